@@ -1,0 +1,49 @@
+"""Shared fixtures: real OpenSSH stand-in hosts on 127.0.0.1 (moola_ops.sandbox).
+
+The hosts are the same ones `invoke sandbox up` starts: own host key, own workspace, one
+authorized client key, a generated known_hosts that the client checks strictly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+from moola_ops.sandbox import Sandbox, start_sandbox
+
+
+@pytest.fixture
+def sandbox_factory() -> Iterator:
+    """Call `sandbox_factory(names, **options)` to start stand-in hosts; all stop at teardown.
+
+    The root lives outside pytest's tmp_path because that is private (0700) and the sandbox
+    login user must be able to reach its workspace.
+    """
+    started: list[Sandbox] = []
+    roots: list[str] = []
+
+    def factory(names: list[str] | None = None, **options) -> Sandbox:
+        root = tempfile.mkdtemp(prefix="moola-sbx-")
+        os.chmod(root, 0o755)
+        roots.append(root)
+        sandbox = start_sandbox(root, names or ["local-1"], **options)
+        started.append(sandbox)
+        return sandbox
+
+    try:
+        yield factory
+    finally:
+        for sandbox in started:
+            sandbox.stop()
+        for root in roots:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def sandbox2(sandbox_factory) -> Sandbox:
+    """Two running stand-in hosts, local-1 and local-2."""
+    return sandbox_factory(["local-1", "local-2"])
