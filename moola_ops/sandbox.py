@@ -13,6 +13,7 @@ Python with torch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -225,9 +226,7 @@ def _start_host(
     for _attempt in range(5):  # a free port can be taken between probe and bind: retry
         port = _free_port()
         config = host_dir / "sshd_config"
-        config.write_text(
-            _sshd_config(port, host_key, authorized, user, bin_dir, name, workspace)
-        )
+        config.write_text(_sshd_config(port, host_key, authorized, user, bin_dir, name, workspace))
         log = open(host_dir / "sshd.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
             [sshd, "-D", "-e", "-f", str(config)],
@@ -364,7 +363,5 @@ def _terminate(pid: int, host_dir: str, timeout: float = 5.0) -> None:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

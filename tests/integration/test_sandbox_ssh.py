@@ -86,9 +86,10 @@ def test_stop_ends_every_sshd(sandbox_factory):
     sandbox.stop()
     assert not any(h.alive() for h in sandbox.hosts.values())
     for pid in pids:
-        assert not Path(f"/proc/{pid}/cmdline").exists() or b"sshd" not in Path(
-            f"/proc/{pid}/cmdline"
-        ).read_bytes()
+        assert (
+            not Path(f"/proc/{pid}/cmdline").exists()
+            or b"sshd" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        )
 
 
 def test_file_size_limit_makes_uploads_fail(sandbox_factory):
