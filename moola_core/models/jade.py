@@ -1,0 +1,196 @@
+"""JadeModel: a BiLSTM over a window of bars, a pattern classifier and an expansion-span head.
+
+    x [B, T, F] --input dropout--> BiLSTMEncoder --> states [B, T, 2H]
+        pooled (masked mean ++ max) [B, 4H] --> class head --> class_logits [B, 2]
+        states (++ position encoding [T, P]) --> span head, one of:
+            pointer        start_logits, end_logits [B, T]; decoded as the best pair s <= e
+            center_length  center, length [B] in bars; Huber loss with delta in bars
+            crf            emissions [B, T, 2]; linear-chain CRF decoded by Viterbi
+
+Loss (explicit, see docs/models.md):
+    loss = class_weight * CE(class) + span_weight * span_loss
+    pointer: (CE(start) + CE(end)) / 2 in nats; center_length: mean Huber over center and length,
+    in bars; crf: negative log-likelihood per bar, in nats.
+
+Imports only the standard library and torch: it runs on GPU hosts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from moola_core import spans
+from moola_core.models.crf import LinearChainCRF
+from moola_core.models.encoder import BiLSTMEncoder
+
+SPAN_HEADS = ("pointer", "center_length", "crf")
+
+# The resolved model config is a plain JSON-able dict (it travels in model.json and the bundle).
+DEFAULT_CONFIG: dict = {
+    "arch": "jade",
+    "n_features": 11,
+    "window_len": 105,
+    "n_classes": 2,
+    "hidden": 48,  # 2 layers x 48 -> about 95K parameters in all
+    "layers": 2,
+    "dropout": 0.2,  # between LSTM layers and inside the heads
+    "input_dropout": 0.1,  # on the bar features, before the encoder
+    "span_head": "pointer",
+    "position_encoding": False,  # sinusoidal bar-position features fed to the span head
+    "position_dim": 16,
+    "huber_delta": 1.0,  # bars; only for span_head == "center_length"
+    "class_weight": 1.0,
+    "span_weight": None,  # None -> the head's default in SPAN_WEIGHT_DEFAULTS
+}
+
+# Each span loss lives on its own scale; these bring them near the class loss at the start
+# of training. A 10-bar Huber error is worth about one confident classification mistake.
+SPAN_WEIGHT_DEFAULTS = {"pointer": 1.0, "center_length": 0.1, "crf": 1.0}
+
+
+def sinusoidal_positions(window_len: int, dim: int) -> torch.Tensor:
+    """Fixed sine/cosine features of the bar index -> [T, dim] (dim even)."""
+    positions = torch.arange(window_len, dtype=torch.float32)[:, None]  # [T, 1]
+    # wavelengths from 2 bars up to about 4 x the window, so every position is distinguishable
+    freqs = torch.exp(-math.log(4.0 * window_len) * torch.arange(0, dim, 2) / dim)  # [dim/2]
+    angles = positions * freqs * math.pi  # [T, dim/2]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+def _mlp(d_in: int, d_hidden: int, d_out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(d_in, d_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_hidden, d_out)
+    )
+
+
+class JadeModel(nn.Module):
+    """Pattern classifier plus expansion-span head over one 105-bar window."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = dict(config)
+        c = self.config
+        self.window_len = c["window_len"]
+        self.span_head = c["span_head"]
+        self.input_dropout = nn.Dropout(c["input_dropout"])
+        self.encoder = BiLSTMEncoder(c["n_features"], c["hidden"], c["layers"], c["dropout"])
+        d_state = self.encoder.out_dim  # 2H
+        self.class_head = _mlp(2 * d_state, c["hidden"], c["n_classes"], c["dropout"])
+
+        d_bar = d_state
+        if c["position_encoding"]:
+            # non-persistent: rebuilt from the config, so weights stay interchangeable
+            pe = sinusoidal_positions(self.window_len, c["position_dim"])
+            self.register_buffer("positions", pe, persistent=False)
+            d_bar += c["position_dim"]
+        if self.span_head == "pointer":
+            self.span_net = _mlp(d_bar, c["hidden"], 2, c["dropout"])  # start, end per bar
+        elif self.span_head == "crf":
+            self.span_net = _mlp(d_bar, c["hidden"], 2, c["dropout"])  # out/in emission per bar
+            self.crf = LinearChainCRF(2)
+        else:  # center_length: one regression from the pooled window
+            self.span_net = _mlp(2 * d_state, c["hidden"], 2, c["dropout"])
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x float [B, T, F], valid bool [B, T] -> dict of raw head outputs (see module doc)."""
+        x = x.masked_fill(~valid[:, :, None], 0.0)  # warm-up bars carry no information
+        states = self.encoder(self.input_dropout(x))  # [B, T, 2H]
+
+        weights = valid.float()[:, :, None]  # [B, T, 1]
+        mean = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # [B, 2H]
+        peak = states.masked_fill(~valid[:, :, None], float("-inf")).amax(1)  # [B, 2H]
+        peak = torch.nan_to_num(peak, neginf=0.0)  # a window without valid bars
+        pooled = torch.cat([mean, peak], dim=1)  # [B, 4H]
+        out = {"class_logits": self.class_head(pooled)}  # [B, C]
+
+        bars = states
+        if self.config["position_encoding"]:
+            pe = self.positions[None].expand(states.shape[0], -1, -1)  # [B, T, P]
+            bars = torch.cat([states, pe], dim=2)  # [B, T, 2H + P]
+
+        if self.span_head == "pointer":
+            logits = self.span_net(bars)  # [B, T, 2]
+            # finite fill: a (bad) gold index on a masked bar gives a large loss, not NaN
+            logits = logits.masked_fill(~valid[:, :, None], -1e4)
+            out["start_logits"], out["end_logits"] = logits[..., 0], logits[..., 1]
+        elif self.span_head == "crf":
+            out["emissions"] = self.span_net(bars) * weights  # [B, T, 2]; 0 on masked bars
+        else:
+            raw = self.span_net(pooled)  # [B, 2]
+            last = float(self.window_len - 1)
+            out["center"] = last * torch.sigmoid(raw[:, 0])  # [B] in 0..T-1
+            out["length"] = 1.0 + last * torch.sigmoid(raw[:, 1])  # [B] in 1..T
+        return out
+
+    # -- loss ------------------------------------------------------------------------------
+    def loss(
+        self,
+        out: dict[str, torch.Tensor],
+        label: torch.Tensor,
+        start: torch.Tensor,
+        end: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Weighted multi-task loss -> (total, {"class": .., "span": ..}) for logging."""
+        c = self.config
+        class_loss = F.cross_entropy(out["class_logits"], label)
+        if self.span_head == "pointer":
+            span_loss = 0.5 * (
+                F.cross_entropy(out["start_logits"], start)
+                + F.cross_entropy(out["end_logits"], end)
+            )
+        elif self.span_head == "crf":
+            tags = spans.to_mask(start, end, self.window_len).long()  # [B, T]
+            span_loss = self.crf.nll(out["emissions"], tags) / self.window_len
+        else:
+            center, length = spans.to_center_length(start, end)
+            predicted = torch.stack([out["center"], out["length"]], dim=1)  # [B, 2]
+            target = torch.stack([center, length], dim=1)
+            span_loss = F.huber_loss(predicted, target, delta=c["huber_delta"])
+        span_weight = c["span_weight"]
+        if span_weight is None:
+            span_weight = SPAN_WEIGHT_DEFAULTS[self.span_head]
+        total = c["class_weight"] * class_loss + span_weight * span_loss
+        return total, {"class": float(class_loss.detach()), "span": float(span_loss.detach())}
+
+    # -- decode ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, out: dict[str, torch.Tensor], valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw head outputs -> {"label", "start", "end", "class_probs"} (see predict)."""
+        class_probs = torch.softmax(out["class_logits"].float(), dim=1)
+        if self.span_head == "pointer":
+            start, end = spans.best_pair(
+                F.log_softmax(out["start_logits"].float(), dim=1),
+                F.log_softmax(out["end_logits"].float(), dim=1),
+                valid,
+            )
+        elif self.span_head == "crf":
+            tags = self.crf.viterbi(out["emissions"].float())  # [B, T]
+            inside = (tags == 1) & valid
+            # no bar tagged in-span: fall back to the single bar the emissions favour most
+            margin = out["emissions"][..., 1] - out["emissions"][..., 0]
+            fallback = margin.masked_fill(~valid, float("-inf")).argmax(dim=1)
+            start, end = spans.from_mask(inside, fallback)
+        else:
+            start, end = spans.from_center_length(out["center"], out["length"], self.window_len)
+        return {
+            "label": class_probs.argmax(dim=1),
+            "start": start.long(),
+            "end": end.long(),
+            "class_probs": class_probs,
+        }
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Eval-mode prediction: {"label" int64[B], "start" int64[B], "end" int64[B] (inclusive),
+        "class_probs" float[B, 2]}. Deterministic; restores the previous train/eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.decode(self.forward(x, valid), valid)
+        finally:
+            self.train(was_training)
