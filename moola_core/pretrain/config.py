@@ -1,0 +1,111 @@
+"""The pre-training config: one pydantic model per section of configs/pretrain.yaml.
+
+Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from moola_core.errors import MoolaError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Section):
+    hidden: int = Field(128, ge=1)
+    layers: int = Field(2, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class MaskingSection(_Section):
+    strategy: Literal["random", "block", "patch"] = "block"
+    ratio: float = Field(0.4, gt=0.0, lt=1.0)
+    block_len: int = Field(8, ge=1)
+    patch_len: int = Field(7, ge=1)
+
+
+class DataSection(_Section):
+    # synthetic: moola_core.data.synthetic.generate_market; real: the pinned real-bar sample;
+    # bars: a bars file (parquet/csv) given in `bars_path`.
+    source: Literal["synthetic", "real", "bars"] = "synthetic"
+    bars_path: str | None = None
+    n_bars: int = Field(60_000, ge=200)
+    market_seed: int = 7
+    difficulty: str = "default"
+    stride: int = Field(5, ge=1)
+    max_gap_minutes: int = Field(5, ge=1)
+    # the last `val_fraction` of the calendar days are validation; or give `split_date`
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    split_date: str | None = None
+    jitter_std: float = Field(0.0, ge=0.0)
+    max_windows: int | None = Field(None, ge=1)
+
+
+class TrainSection(_Section):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class PretrainConfig(_Section):
+    """Every knob of a pre-training run; `PretrainConfig()` is the documented default."""
+
+    model: ModelSection = ModelSection()
+    masking: MaskingSection = MaskingSection()
+    data: DataSection = DataSection()
+    train: TrainSection = TrainSection()
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def config_from_dict(raw: dict | None, source: str = "config") -> PretrainConfig:
+    """Validate a plain dict (e.g. parsed YAML); one clear MoolaError names the first problem."""
+    try:
+        return PretrainConfig.model_validate(raw or {})
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise MoolaError(
+            f"{source}: {where}: {first['msg']} ({exc.error_count()} problem(s)); "
+            "fix the value or remove the key."
+        ) from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> PretrainConfig:
+    """Read configs/pretrain.yaml (or `path`), apply dotted `overrides` like {"train.epochs": 3}."""
+    import yaml
+
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise MoolaError(f"pre-training config {path} does not exist; pass --config PATH.")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise MoolaError(
+                f"{path} is not valid YAML ({exc.__class__.__name__}); fix it."
+            ) from None
+        if not isinstance(raw, dict):
+            raise MoolaError(f"{path} must hold a mapping of sections; see configs/pretrain.yaml.")
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise MoolaError(f"override {dotted!r} must look like section.key, e.g. train.epochs.")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise MoolaError(f"section {section!r} of {path} must be a mapping.")
+        raw[section][key] = value
+    return config_from_dict(raw, source=str(path or "config"))

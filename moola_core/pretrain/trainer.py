@@ -1,0 +1,342 @@
+"""The pre-training loop: epochs over unlabeled windows, checkpoints, resume, DDP.
+
+One function, `pretrain`, serves a laptop, `invoke pretrain` and `torchrun`: when a process
+group is initialised (see `run.py`) the model is wrapped in DistributedDataParallel and every
+rank trains on its own shard of each epoch; rank 0 writes the files.
+
+Everything random is seeded from (seed, epoch, rank), so a run resumed from the checkpoint of
+epoch k ends with the same weights as a run that was never interrupted.
+
+Files in the run directory:
+    checkpoint.pt   model + optimiser + epoch + history (the resume point, after every epoch)
+    encoder.pt      the encoder's state_dict (loads into JadeModel.encoder; weights_only=True)
+    encoder.json    the encoder's shape (n_features, hidden, layers) for `transfer`
+    config.yaml     the resolved config
+    history.jsonl   one line per epoch
+    metrics.json    final figures: losses, windows/s, world size, per-rank weight checksums
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from moola_core.errors import MoolaError
+from moola_core.pretrain.config import PretrainConfig
+from moola_core.pretrain.data import PretrainWindows, build_windows, jitter
+from moola_core.pretrain.masking import make_mask
+from moola_core.pretrain.pretrainer import JadePretrainer, masked_huber_loss
+from moola_core.spec import N_FEATURES
+
+CHECKPOINT = "checkpoint.pt"
+ENCODER_WEIGHTS = "encoder.pt"
+ENCODER_CONFIG = "encoder.json"
+VAL_MASK_SEED = 2_147_483_647  # validation masks are fixed for the whole run
+
+
+@dataclass
+class PretrainResult:
+    """What a finished (or resumed-and-finished) run reports; also written to metrics.json."""
+
+    out_dir: str
+    epochs: int
+    resumed_from_epoch: int
+    train_loss: float
+    val_loss: float | None
+    windows_per_s: float
+    world_size: int
+    device: str
+    train_windows: int
+    val_windows: int
+    cutoff: str
+    weight_checksums: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _dist():
+    """torch.distributed when a process group is up, else None."""
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def pick_device(preference: str) -> torch.device:
+    """cuda (this rank's GPU under torchrun) when available and allowed, else cpu."""
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise MoolaError("train.device is 'cuda' but no GPU is visible; use device: auto or cpu.")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _seed(*parts: int) -> int:
+    digest = hashlib.sha256(",".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def weights_checksum(module: nn.Module) -> str:
+    """sha256 over every parameter and buffer, in state_dict order (same on identical ranks)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _atomic_save(obj, path: Path) -> None:
+    # a crash while writing must leave the previous checkpoint intact
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _check_resumable(saved: dict, config: PretrainConfig, out_dir: Path) -> None:
+    current = config.to_dict()
+    for section in ("model", "masking", "data"):
+        if saved[section] != current[section]:
+            raise MoolaError(
+                f"{out_dir} was started with a different {section} config; resume with the same "
+                f"config (only train.epochs may grow) or use a new --out directory."
+            )
+
+
+def pretrain(
+    config: PretrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    windows: PretrainWindows | None = None,
+    on_progress: Callable[[dict], None] | None = None,
+) -> PretrainResult:
+    """Pre-train the encoder with masked reconstruction; returns the final figures.
+
+    `windows` overrides the configured data (tests, benchmarks); `on_progress` receives
+    {"event": "start"|"step"|"epoch", ...} dicts on rank 0. Raises MoolaError when `out_dir`
+    already holds a checkpoint and `resume` is False, or when the resumed config differs.
+    """
+    dist = _dist()
+    rank = dist.get_rank() if dist else 0
+    world = dist.get_world_size() if dist else 1
+    device = pick_device(config.train.device)
+    out_dir = Path(out_dir)
+    checkpoint_path = out_dir / CHECKPOINT
+    notify = on_progress if (on_progress and rank == 0) else (lambda event: None)
+
+    if checkpoint_path.exists() and not resume:
+        raise MoolaError(
+            f"{out_dir} already holds a pre-training checkpoint; pass --resume to continue it "
+            "or choose a new --out directory."
+        )
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    if windows is None:
+        windows = build_windows(config.data)
+    n_train = windows.train_x.shape[0]
+    per_rank = n_train // world
+    if per_rank == 0:
+        raise MoolaError(f"{n_train} training windows cannot be shared by {world} processes.")
+
+    torch.manual_seed(_seed(config.train.seed, "init"))  # identical initial weights on all ranks
+    model = JadePretrainer(
+        n_features=windows.train_x.shape[-1],
+        hidden=config.model.hidden,
+        layers=config.model.layers,
+        dropout=config.model.dropout,
+    ).to(device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
+    )
+    history: list[dict] = []
+    start_epoch = 0
+    if resume and checkpoint_path.exists():
+        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        _check_resumable(saved["config"], config, out_dir)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        history = list(saved["history"])
+        start_epoch = int(saved["epoch"])
+    trained = model
+    if dist:  # gloo on CPU, NCCL on this rank's GPU; gradients are averaged across ranks
+        device_ids = [device.index] if device.type == "cuda" else None
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    masking = config.masking
+    seq_len = windows.train_x.shape[1]
+    val_count = windows.val_x.shape[0]
+    val_masks = make_mask(
+        val_count,
+        seq_len,
+        masking.strategy,
+        masking.ratio,
+        torch.Generator().manual_seed(VAL_MASK_SEED),
+        block_len=masking.block_len,
+        patch_len=masking.patch_len,
+    )
+    val_rows = torch.arange(rank, val_count, world)  # this rank's share of validation
+    batch_size = config.train.batch_size
+    steps_per_epoch = -(-per_rank // batch_size)
+    notify(
+        {
+            "event": "start",
+            "epochs": config.train.epochs,
+            "start_epoch": start_epoch,
+            "steps_per_epoch": steps_per_epoch,
+            "world_size": world,
+            "device": str(device),
+            **windows.describe(),
+        }
+    )
+
+    train_seconds = 0.0
+    trained_windows = 0
+    for epoch in range(start_epoch, config.train.epochs):
+        trained.train()
+        order = torch.randperm(
+            n_train, generator=torch.Generator().manual_seed(_seed(config.train.seed, epoch))
+        )
+        shard = order[: per_rank * world][rank::world]  # [per_rank]
+        mask_rng = torch.Generator().manual_seed(_seed(config.train.seed, epoch, rank, "mask"))
+        torch.manual_seed(_seed(config.train.seed, epoch, rank, "dropout"))
+        loss_sum, loss_batches = 0.0, 0
+        epoch_start = time.perf_counter()
+        for step, first in enumerate(range(0, per_rank, batch_size)):
+            rows = shard[first : first + batch_size]
+            x = windows.train_x[rows]  # [B, T, F]
+            valid = windows.train_valid[rows]  # [B, T]
+            mask = make_mask(
+                len(rows),
+                seq_len,
+                masking.strategy,
+                masking.ratio,
+                mask_rng,
+                block_len=masking.block_len,
+                patch_len=masking.patch_len,
+            )
+            encoder_input = jitter(x, valid, config.data.jitter_std, mask_rng)
+            x, valid, mask = x.to(device), valid.to(device), mask.to(device)
+            reconstruction = trained(encoder_input.to(device), mask)
+            loss, _ = masked_huber_loss(reconstruction, x, mask, valid)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+            optimizer.step()
+            loss_sum += float(loss.detach())
+            loss_batches += 1
+            notify({"event": "step", "epoch": epoch + 1, "step": step + 1, "loss": float(loss.detach())})
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds += time.perf_counter() - epoch_start
+        trained_windows += per_rank * world
+
+        train_loss = _mean_across_ranks(dist, loss_sum, loss_batches, device)
+        val_loss = _validate(model, windows, val_rows, val_masks, batch_size, device, dist)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "seconds": round(time.perf_counter() - epoch_start, 3),
+        }
+        history.append(record)
+        if rank == 0:
+            _save_epoch(model, optimizer, config, history, epoch + 1, out_dir, windows)
+        if dist:
+            dist.barrier()
+        notify({"event": "epoch", **record, "epochs": config.train.epochs})
+
+    checksums = [weights_checksum(model)]
+    if dist:
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, checksums[0])
+        checksums = list(gathered)
+    last = history[-1] if history else {"train_loss": float("nan"), "val_loss": None}
+    result = PretrainResult(
+        out_dir=str(out_dir),
+        epochs=len(history),
+        resumed_from_epoch=start_epoch,
+        train_loss=last["train_loss"],
+        val_loss=last["val_loss"],
+        windows_per_s=round(trained_windows / train_seconds, 1) if train_seconds else 0.0,
+        world_size=world,
+        device=str(device),
+        train_windows=n_train,
+        val_windows=val_count,
+        cutoff=windows.cutoff,
+        weight_checksums=checksums,
+    )
+    if rank == 0:
+        _atomic_write_text(json.dumps(result.to_dict(), indent=2) + "\n", out_dir / "metrics.json")
+    return result
+
+
+def _mean_across_ranks(dist, total: float, count: int, device: torch.device) -> float:
+    if not dist:
+        return total / max(count, 1)
+    both = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
+    dist.all_reduce(both)
+    return float(both[0] / both[1].clamp(min=1))
+
+
+@torch.no_grad()
+def _validate(model, windows, rows, val_masks, batch_size, device, dist) -> float | None:
+    """Masked loss on this rank's validation rows, summed over ranks. None without val data."""
+    if windows.val_x.shape[0] == 0:
+        return None
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # [loss * values, values]
+    for first in range(0, len(rows), batch_size):
+        chunk = rows[first : first + batch_size]
+        x = windows.val_x[chunk].to(device)
+        valid = windows.val_valid[chunk].to(device)
+        mask = val_masks[chunk].to(device)
+        loss, positions = masked_huber_loss(model(x, mask), x, mask, valid)
+        values = positions * x.shape[-1]
+        total += torch.stack([loss.double() * values, values.double()])
+    if dist:
+        dist.all_reduce(total)
+    return float(total[0] / total[1].clamp(min=1))
+
+
+def _save_epoch(model, optimizer, config, history, epoch, out_dir: Path, windows) -> None:
+    _atomic_save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "config": config.to_dict(),
+            "history": history,
+        },
+        out_dir / CHECKPOINT,
+    )
+    _atomic_save(model.encoder.state_dict(), out_dir / ENCODER_WEIGHTS)
+    encoder_config = {
+        "n_features": int(model.encoder.n_features),
+        "hidden": int(model.encoder.hidden),
+        "layers": int(model.encoder.layers),
+        "dropout": float(config.model.dropout),
+        "epochs": epoch,
+        "cutoff": windows.cutoff,
+        "expects_features": N_FEATURES,
+    }
+    _atomic_write_text(json.dumps(encoder_config, indent=2) + "\n", out_dir / ENCODER_CONFIG)
+    import yaml
+
+    _atomic_write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), out_dir / "config.yaml")
+    lines = "".join(json.dumps(record) + "\n" for record in history)
+    _atomic_write_text(lines, out_dir / "history.jsonl")
