@@ -1,0 +1,307 @@
+"""The eight-phase checklist: loaded from checklists/deployment.yaml, its states from the log.
+
+The YAML says which steps exist; `CHECKS` says which deployment-log line proves each check, so a
+step's state (done, failed, pending, skipped, with who and when) is a pure function of the log.
+Nothing here writes the log: the tasks that run a phase record their own lines.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from moola_core.errors import MoolaError, ValidationError
+
+DEFAULT_CHECKLIST = Path("checklists/deployment.yaml")
+
+# Which log lines a step looks at, relative to the deployment being shown:
+#   "before"     the newest line written before the deployment opened (preflight, select)
+#   "bundle"     the newest line about the deployment's bundle version, written before it opened
+#   "deployment" the lines of that deployment itself (its id), one verdict per host
+#   "after"      lines about the deployment's hosts from when it opened until the next
+#                deployment to one of them (verify, rollback, health checks run later)
+SCOPES = ("before", "bundle", "deployment", "after")
+
+
+@dataclass(frozen=True)
+class Check:
+    """A check a step can name: the log line (phase, step) that proves it and where to look."""
+
+    phase: str
+    step: str
+    scope: str
+    description: str
+
+
+CHECKS: dict[str, Check] = {
+    "preflight.lint": Check("preflight", "lint", "before", "ruff check and format pass"),
+    "preflight.tests": Check("preflight", "tests", "before", "the configured tests pass"),
+    "preflight.data": Check("preflight", "data", "before", "data validation and leakage clean"),
+    "preflight.model": Check("preflight", "model", "before", "model loads, finite, deterministic"),
+    "preflight.doctor": Check("preflight", "doctor", "before", "dependency doctor all OK"),
+    "select.choice": Check("select", "choice", "before", "a run chosen on held-out metrics"),
+    "bundle.build": Check("bundle", "build", "bundle", "the bundle was built and verified"),
+    "deploy.upload": Check("deploy", "upload", "deployment", "bundle uploaded and verified"),
+    "deploy.precheck": Check("deploy", "precheck", "deployment", "runtime check before switch"),
+    "deploy.switch": Check("deploy", "switch", "deployment", "current switched and checked"),
+    "verify.sanity": Check("verify", "sanity", "after", "runtime check through current"),
+    "verify.latency": Check("verify", "latency", "after", "p99 latency within the SLA"),
+    "accept.signoff": Check("accept", "signoff", "deployment", "a named person signed off"),
+    "accept.notes": Check("accept", "notes", "deployment", "release notes recorded"),
+    "rollback.switch": Check("rollback", "switch", "after", "previous release serves again"),
+    "healthcheck.fast": Check("healthcheck", "fast", "after", "fast health check passed"),
+    "healthcheck.deep": Check("healthcheck", "deep", "after", "deep health check passed"),
+}
+
+STATES = ("done", "failed", "pending", "skipped")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One checklist step: automated (proved by `check`) or manual (a recorded sign-off)."""
+
+    id: str
+    title: str
+    check: str
+    manual: bool = False
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One of the eight phases, with the task that runs it and its steps."""
+
+    number: int
+    name: str
+    task: str
+    steps: tuple[Step, ...]
+
+
+@dataclass(frozen=True)
+class Checklist:
+    """The validated checklist: eight phases in order."""
+
+    phases: tuple[Phase, ...]
+
+    def phase(self, number: int) -> Phase:
+        """The phase with this number (1-8)."""
+        return next(p for p in self.phases if p.number == number)
+
+
+def load_checklist(path: str | os.PathLike = DEFAULT_CHECKLIST) -> Checklist:
+    """Read and validate the checklist YAML; any mistake is a ValidationError naming it."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise MoolaError(f"checklist {path} not found: run from the project root") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ValidationError(f"{path} is not valid YAML{where}: fix the syntax") from None
+    return parse_checklist(data, source=str(path))
+
+
+def parse_checklist(data: Any, source: str = "checklist") -> Checklist:
+    """Validate an already-parsed checklist document (see `load_checklist`)."""
+
+    def fail(message: str) -> None:
+        raise ValidationError(f"{source}: {message}")
+
+    if not isinstance(data, dict) or set(data) != {"phases"}:
+        fail("the document must be a mapping with exactly one key, `phases`")
+    phases = []
+    for i, raw in enumerate(data["phases"] or []):
+        if not isinstance(raw, dict):
+            fail(f"phase #{i + 1} must be a mapping")
+        unknown = set(raw) - {"number", "name", "task", "steps"}
+        if unknown:
+            fail(
+                f"phase #{i + 1} has unknown keys {sorted(unknown)}; use number, name, task, steps"
+            )
+        if raw.get("number") != i + 1:
+            fail(f"phase #{i + 1} must have `number: {i + 1}` (phases are numbered in order)")
+        for key in ("name", "task"):
+            if not isinstance(raw.get(key), str) or not raw[key].strip():
+                fail(f"phase {i + 1} needs a non-empty `{key}`")
+        steps = []
+        for j, s in enumerate(raw.get("steps") or []):
+            where = f"phase {i + 1} step #{j + 1}"
+            if not isinstance(s, dict):
+                fail(f"{where} must be a mapping")
+            unknown = set(s) - {"id", "title", "check", "manual", "optional"}
+            if unknown:
+                fail(f"{where} has unknown keys {sorted(unknown)}")
+            for key in ("id", "title", "check"):
+                if not isinstance(s.get(key), str) or not s[key].strip():
+                    fail(f"{where} needs a non-empty `{key}`")
+            if s["check"] not in CHECKS:
+                close = [c for c in CHECKS if c.split(".")[0] == s["check"].split(".")[0]]
+                hint = ", ".join(close or CHECKS)
+                fail(f"{where} ({s['id']}) names unknown check {s['check']!r}; known: {hint}")
+            for key in ("manual", "optional"):
+                if not isinstance(s.get(key, False), bool):
+                    fail(f"{where} `{key}` must be true or false")
+            steps.append(Step(s["id"], s["title"], s["check"], s.get("manual", False),
+                              s.get("optional", False)))  # fmt: skip
+        if not steps:
+            fail(f"phase {i + 1} ({raw['name']}) has no steps")
+        ids = [s.id for s in steps]
+        if len(set(ids)) != len(ids):
+            fail(f"phase {i + 1} has duplicate step ids {ids}")
+        phases.append(Phase(i + 1, raw["name"], raw["task"], tuple(steps)))
+    if len(phases) != 8:
+        fail(f"the checklist has {len(phases)} phases; it must have the eight phases")
+    return Checklist(tuple(phases))
+
+
+# --- states from the deployment log ------------------------------------------------------------
+
+
+@dataclass
+class StepState:
+    """A step's state for one deployment, and the log line that decided it."""
+
+    phase: int
+    step: str
+    title: str
+    check: str
+    manual: bool
+    state: str  # one of STATES
+    by: str = ""  # actor of the deciding line
+    at: str = ""  # time of the deciding line
+    hosts: dict[str, str] = field(default_factory=dict)  # per-host state where it applies
+    detail: str = ""
+
+
+@dataclass
+class ChecklistReport:
+    """Every step's state for one deployment (or for no deployment yet)."""
+
+    deployment: str | None
+    bundle: str
+    hosts: list[str]
+    steps: list[StepState]
+
+    def phase_states(self) -> dict[int, str]:
+        """One state per phase: failed if any step failed, done if all done/skipped, else pending."""
+        result = {}
+        for number in sorted({s.phase for s in self.steps}):
+            states = [s.state for s in self.steps if s.phase == number]
+            if "failed" in states:
+                result[number] = "failed"
+            elif all(st in ("done", "skipped") for st in states):
+                result[number] = "done"
+            else:
+                result[number] = "pending"
+        return result
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able view for --json."""
+        from dataclasses import asdict
+
+        return {
+            "deployment": self.deployment,
+            "bundle": self.bundle,
+            "hosts": self.hosts,
+            "phases": self.phase_states(),
+            "steps": [asdict(s) for s in self.steps],
+        }
+
+
+_STATUS_TO_STATE = {"ok": "done", "failed": "failed", "aborted": "failed", "refused": "failed",
+                    "skipped": "skipped"}  # fmt: skip
+
+
+def deployment_ids(events: list[dict]) -> list[str]:
+    """Ids of deploy runs in the log, oldest first."""
+    seen: dict[str, None] = {}
+    for e in events:
+        if e.get("phase") == "deploy" and e.get("deployment"):
+            seen.setdefault(e["deployment"], None)
+    return list(seen)
+
+
+def latest_deployment(events: list[dict], host: str | None = None) -> str | None:
+    """The newest deploy run in the log (touching `host` when given), or None."""
+    for e in reversed(events):
+        if e.get("phase") == "deploy" and (host is None or e.get("host") == host):
+            return e.get("deployment") or None
+    return None
+
+
+def _verdict(lines: list[dict]) -> tuple[str, dict, dict[str, str]]:
+    """State of a check from its log lines: the newest final line per host decides."""
+    final = [e for e in lines if e.get("status") in _STATUS_TO_STATE]
+    if not final:
+        return "pending", {}, {}
+    per_host: dict[str, dict] = {}
+    for e in final:
+        per_host[e.get("host", "")] = e  # newest wins (lines are oldest first)
+    hosts = {h: _STATUS_TO_STATE[e["status"]] for h, e in per_host.items() if h}
+    states = [_STATUS_TO_STATE[e["status"]] for e in per_host.values()]
+    newest = max(per_host.values(), key=lambda e: e.get("time", ""))
+    if "failed" in states:
+        deciding = next(e for e in per_host.values() if _STATUS_TO_STATE[e["status"]] == "failed")
+        return "failed", deciding, hosts
+    if all(s == "skipped" for s in states):
+        return "skipped", newest, hosts
+    return "done", newest, hosts
+
+
+def checklist_states(
+    checklist: Checklist, events: list[dict], deployment: str | None = None
+) -> ChecklistReport:
+    """Each step's state for `deployment` (default: the newest one) from the log's events."""
+    if deployment is None:
+        deployment = latest_deployment(events)
+    elif deployment not in {e.get("deployment") for e in events}:
+        known = deployment_ids(events)[-5:]
+        raise MoolaError(
+            f"deployment {deployment!r} is not in the log; recent ones: {', '.join(known) or 'none'}"
+        )
+    own = [e for e in events if deployment and e.get("deployment") == deployment]
+    opened = min((e.get("time", "") for e in own), default=None)
+    hosts = sorted({e["host"] for e in own if e.get("host")})
+    bundle = next((e["bundle"] for e in own if e.get("bundle")), "")
+    # the "after" window ends when another deploy run touches one of these hosts
+    closes = min(
+        (e.get("time", "") for e in events
+         if e.get("phase") == "deploy" and e.get("deployment") != deployment
+         and e.get("host") in hosts and opened and e.get("time", "") > opened),
+        default=None,
+    )  # fmt: skip
+
+    steps = []
+    for phase in checklist.phases:
+        for step in phase.steps:
+            check = CHECKS[step.check]
+            matching = [e for e in events
+                        if e.get("phase") == check.phase and e.get("step") == check.step]  # fmt: skip
+            if check.scope == "before":
+                lines = [e for e in matching if opened is None or e.get("time", "") <= opened]
+                lines = lines[-1:]
+            elif check.scope == "bundle":
+                lines = [e for e in matching if bundle and e.get("bundle") == bundle
+                         and (opened is None or e.get("time", "") <= opened)][-1:]  # fmt: skip
+            elif check.scope == "deployment":
+                lines = [e for e in matching if deployment and e.get("deployment") == deployment]
+            else:  # after
+                lines = [e for e in matching if opened and e.get("host") in hosts
+                         and e.get("time", "") >= opened
+                         and (closes is None or e.get("time", "") < closes)]  # fmt: skip
+            state, deciding, per_host = _verdict(lines)
+            if state == "pending" and step.optional and deployment:
+                state = "skipped"
+            detail = deciding.get("detail", {}) if deciding else {}
+            steps.append(StepState(
+                phase=phase.number, step=step.id, title=step.title, check=step.check,
+                manual=step.manual, state=state, by=deciding.get("actor", ""),
+                at=deciding.get("time", ""), hosts=per_host,
+                detail=str(detail.get("summary") or detail.get("error") or ""),
+            ))  # fmt: skip
+    return ChecklistReport(deployment=deployment, bundle=bundle, hosts=hosts, steps=steps)

@@ -1,0 +1,123 @@
+"""The checklist file validates on load, and step states follow from the deployment log."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from moola_core.errors import ValidationError
+from moola_ops import checklist as cl
+from moola_ops.journal import Journal, read_events
+
+
+def test_shipped_checklist_has_eight_phases_and_known_checks():
+    checklist = cl.load_checklist()
+    assert [p.number for p in checklist.phases] == list(range(1, 9))
+    names = [p.name for p in checklist.phases]
+    assert names[0] == "pre-deployment" and names[-1] == "monitoring"
+    steps = [s for p in checklist.phases for s in p.steps]
+    assert all(s.check in cl.CHECKS for s in steps)
+    assert {s.id for s in checklist.phase(6).steps if s.manual} == {"signoff", "documentation"}
+    assert all(s.optional for s in checklist.phase(7).steps)
+
+
+def _shipped() -> dict:
+    return yaml.safe_load(open(cl.DEFAULT_CHECKLIST).read())
+
+
+def test_typo_in_a_check_name_is_an_error():
+    data = _shipped()
+    data["phases"][4]["steps"][1]["check"] = "verify.latncy"
+    with pytest.raises(ValidationError, match=r"unknown check 'verify.latncy'.*verify.latency"):
+        cl.parse_checklist(data)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["phases"].pop(), "it must have the eight phases"),
+        (lambda d: d["phases"][2].update(number=7), "must have `number: 3`"),
+        (lambda d: d["phases"][0]["steps"][0].update(manul=True), "unknown keys"),
+        (lambda d: d["phases"][0]["steps"][0].update(optional="yes"), "must be true or false"),
+        (lambda d: d["phases"][1].update(steps=[]), "has no steps"),
+        (lambda d: d["phases"][0]["steps"].append(d["phases"][0]["steps"][0]), "duplicate"),
+        (lambda d: d.update(extra=1), "exactly one key"),
+    ],
+)
+def test_malformed_checklists_are_refused(edit, message):
+    data = copy.deepcopy(_shipped())
+    edit(data)
+    with pytest.raises(ValidationError, match=message):
+        cl.parse_checklist(data)
+
+
+def test_bad_yaml_names_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("phases:\n  - number: 1\n   name: x\n")
+    with pytest.raises(ValidationError, match="line"):
+        cl.load_checklist(path)
+
+
+def _by_check(report) -> dict[str, cl.StepState]:
+    return {s.check: s for s in report.steps}
+
+
+def test_states_follow_the_log(tmp_path):
+    log = tmp_path / "deployments.jsonl"
+    checklist = cl.load_checklist()
+
+    pre = Journal("preflight", actor="ana", path=log)
+    for step in ("lint", "tests", "data", "model", "doctor"):
+        pre.record("", step, "ok")
+    Journal("select", actor="ana", path=log).record("", "choice", "ok", run_id="r1")
+    Journal("bundle", bundle="v0.1", actor="ana", path=log).record("", "build", "ok")
+
+    # no deployment yet: phases 1-3 done, the rest pending
+    report = cl.checklist_states(checklist, read_events(log))
+    assert report.deployment is None
+    assert report.phase_states()[1] == "done" and report.phase_states()[4] == "pending"
+
+    dep = Journal("deploy", bundle="v0.1", actor="bob", path=log)
+    for host in ("local-1", "local-2"):
+        for step in ("upload", "precheck", "switch"):
+            dep.record(host, step, "ok")
+    verify = Journal("verify", bundle="v0.1", deployment=dep.deployment, actor="bob", path=log)
+    verify.record("local-1", "sanity", "ok")
+    verify.record("local-1", "latency", "ok")
+    verify.record("local-2", "sanity", "failed", summary="golden outputs differ")
+
+    report = cl.checklist_states(checklist, read_events(log))
+    states = _by_check(report)
+    assert report.deployment == dep.deployment and report.hosts == ["local-1", "local-2"]
+    assert report.bundle == "v0.1"
+    assert states["deploy.switch"].state == "done" and states["deploy.switch"].by == "bob"
+    assert states["verify.sanity"].state == "failed"
+    assert states["verify.sanity"].hosts == {"local-1": "done", "local-2": "failed"}
+    assert states["verify.sanity"].detail == "golden outputs differ"
+    assert states["accept.signoff"].state == "pending"
+    assert states["rollback.switch"].state == "skipped"  # optional and not needed
+    assert report.phase_states()[5] == "failed"
+
+    # verify again on local-2: the newest line per host decides
+    verify.record("local-2", "sanity", "ok")
+    verify.record("local-2", "latency", "ok")
+    report = cl.checklist_states(checklist, read_events(log), dep.deployment)
+    assert report.phase_states()[5] == "done"
+
+    # a later deployment to the same hosts starts a new window for "after" checks
+    later = Journal("deploy", bundle="v0.2", actor="bob", path=log)
+    later.record("local-1", "upload", "ok")
+    report = cl.checklist_states(checklist, read_events(log))
+    assert report.deployment == later.deployment
+    assert _by_check(report)["verify.sanity"].state == "pending"
+    assert _by_check(report)["bundle.build"].state == "pending"  # v0.2 was never built
+
+
+def test_unknown_deployment_lists_recent_ones(tmp_path):
+    log = tmp_path / "deployments.jsonl"
+    dep = Journal("deploy", path=log)
+    dep.record("local-1", "switch", "ok")
+    with pytest.raises(Exception, match=dep.deployment):
+        cl.checklist_states(cl.load_checklist(), read_events(log), "nope")
