@@ -1,0 +1,95 @@
+"""Every metric against a case computed by hand; bootstrap intervals behave."""
+
+import numpy as np
+import pytest
+
+from moola_core import metrics
+
+# Four windows; spans are inclusive [start, end].
+TRUTH = {"label": [0, 0, 1, 1], "start": [10, 50, 0, 100], "end": [19, 59, 9, 104]}
+PRED = {"label": [0, 0, 1, 0], "start": [10, 55, 20, 102], "end": [19, 64, 29, 104]}
+
+# By hand:
+#   IoU: w0 10/10 = 1; w1 55..59 = 5 of 15 = 1/3; w2 0; w3 102..104 = 3 of 5 = 0.6
+#   classes: class 0 tp 2 fp 1 fn 0 -> F1 4/5; class 1 tp 1 fp 0 fn 1 -> F1 2/3
+#   bars: tp 10+5+0+3 = 18, predicted 33 (fp 15), true 35 (fn 17)
+#   starts off by 0, 5, 20, 2; ends off by 0, 5, 20, 0
+HAND = {
+    "accuracy": 3 / 4,
+    "macro_f1": (4 / 5 + 2 / 3) / 2,
+    "f1_consolidation": 4 / 5,
+    "f1_retracement": 2 / 3,
+    "inspan_precision": 18 / 33,
+    "inspan_recall": 18 / 35,
+    "inspan_f1": 36 / 68,
+    "span_iou": (1 + 1 / 3 + 0 + 0.6) / 4,
+    "iou_ge_50": 2 / 4,
+    "iou_ge_70": 1 / 4,
+    "start_hit3": 2 / 4,
+    "end_hit3": 2 / 4,
+    "boundary_mae": (0 + 5 + 20 + 1) / 4,
+}
+
+
+def test_every_metric_matches_the_hand_computed_case():
+    got = metrics.point_metrics(PRED, TRUTH)
+    assert set(got) == set(metrics.METRICS) == set(HAND)
+    for name, expected in HAND.items():
+        assert got[name] == pytest.approx(expected), name
+
+
+def test_span_iou_of_inclusive_spans():
+    iou = metrics.span_iou([0, 0, 5], [0, 9, 5], [0, 5, 6], [0, 14, 6])
+    # one-bar spans that coincide: 1; [0,9] vs [5,14]: 5 of 15; adjacent one-bar spans: 0
+    assert iou.tolist() == pytest.approx([1.0, 1 / 3, 0.0])
+
+
+def test_evaluate_reports_value_inside_its_interval_and_is_reproducible():
+    rng = np.random.default_rng(1)
+    n = 40
+    truth = {
+        "label": rng.integers(0, 2, n),
+        "start": rng.integers(0, 50, n),
+        "end": rng.integers(50, 105, n),
+    }
+    pred = {
+        "label": np.where(rng.random(n) < 0.8, truth["label"], 1 - truth["label"]),
+        "start": np.clip(truth["start"] + rng.integers(-6, 7, n), 0, 49),
+        "end": np.clip(truth["end"] + rng.integers(-6, 7, n), 50, 104),
+    }
+    report = metrics.evaluate(pred, truth, n_boot=300, seed=3)
+    assert report["n"] == n
+    for name in metrics.METRICS:
+        entry = report[name]
+        assert entry["ci_low"] <= entry["value"] <= entry["ci_high"], name
+    assert report["span_iou"]["ci_high"] - report["span_iou"]["ci_low"] > 0.01
+    assert metrics.evaluate(pred, truth, n_boot=300, seed=3) == report
+
+
+def test_perfect_predictions_have_a_collapsed_interval_at_the_best_value():
+    report = metrics.evaluate(TRUTH, TRUTH, n_boot=200)
+    for name in ("accuracy", "macro_f1", "span_iou", "inspan_f1", "start_hit3"):
+        assert report[name] == {"value": 1.0, "ci_low": 1.0, "ci_high": 1.0}
+    assert report["boundary_mae"]["value"] == 0.0
+
+
+def test_interval_narrows_with_more_windows():
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (20, 500):
+        values = rng.random(n)
+        ci = metrics.bootstrap_mean_ci(values, n_boot=500)
+        assert ci["ci_low"] <= ci["value"] <= ci["ci_high"]
+        widths.append(ci["ci_high"] - ci["ci_low"])
+    assert widths[1] < widths[0] / 2
+
+
+def test_mismatched_lengths_are_refused():
+    with pytest.raises(ValueError):
+        metrics.point_metrics({"label": [0], "start": [0], "end": [1]}, TRUTH)
+
+
+def test_format_metric():
+    assert metrics.format_metric({"value": 0.5, "ci_low": 0.25, "ci_high": 0.75}) == (
+        "0.500 [0.250, 0.750]"
+    )
