@@ -239,7 +239,14 @@ def pretrain(
             optimizer.step()
             loss_sum += float(loss.detach())
             loss_batches += 1
-            notify({"event": "step", "epoch": epoch + 1, "step": step + 1, "loss": float(loss.detach())})
+            notify(
+                {
+                    "event": "step",
+                    "epoch": epoch + 1,
+                    "step": step + 1,
+                    "loss": float(loss.detach()),
+                }
+            )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds += time.perf_counter() - epoch_start
