@@ -1,0 +1,313 @@
+"""A deterministic synthetic 1-minute market with planted expansion episodes and exact spans.
+
+The stream looks like equity minute bars: 390-bar sessions on weekdays (14:30-21:00 UTC) with
+overnight and weekend gaps, volatility clustering (a slowly varying log-volatility), a U-shaped
+intraday volatility profile and overnight price gaps. Into it we plant episodes, each one a
+pattern followed by an expansion (a run of wide, directional bars):
+
+- consolidation -> expansion: a quiet, range-bound stretch, then a breakout either way;
+- retracement -> expansion: a trend leg, a partial pull-back against it, then the trend resumes.
+
+Every episode lives inside one 105-bar window slot of a session, so a labeled window can be cut
+around it with the exact `expansion_start`/`expansion_end` (inclusive bar indexes in the window).
+Spans start at bar >= SPAN_MIN_START so the features are past their warm-up there.
+
+The difficulty knob (`difficulty="easy" | "default" | "hard"` or a float in [0, 1], easy = 0,
+default = 0.5, hard = 1) moves these together: the expansion's drift and width shrink, the
+pattern's signature fades (a looser consolidation, a shallower pull-back), and decoys appear:
+wide but directionless bursts elsewhere in the window, which fool any rule that only looks for
+"the widest bars". At the default a model must use direction and context, not range alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from moola_core.data.features import ema
+from moola_core.errors import MoolaError
+from moola_core.spec import LABELS, WINDOW_LEN
+
+SESSION_BARS = 390  # 14:30-21:00 UTC, one bar per minute
+SESSION_OPEN = pd.Timedelta(hours=14, minutes=30)
+SLOT_OFFSETS = (15, 140, 265)  # window slots inside a session; 20 free bars separate them
+SPAN_MIN_START = 45  # expansion spans start here or later (features are warm by then)
+SPAN_MAX_END = WINDOW_LEN - 1
+BASE_SIGMA = 6e-4  # per-bar log-return volatility before the intraday profile
+START_DAY = "2021-01-04"  # a Monday
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    """What the difficulty knob moves; see the module docstring."""
+
+    level: float  # 0 easy .. 1 hard
+    expansion_drift: float  # mean log-return per expansion bar, in units of sigma
+    expansion_vol: float  # volatility multiplier inside the expansion
+    consolidation_vol: float  # volatility multiplier inside a consolidation (lower = quieter)
+    retrace_depth: tuple[float, float]  # share of the leg given back by the pull-back
+    decoy_prob: float  # chance that a window holds one directionless wide burst
+    decoy_vol: float  # its volatility multiplier
+
+    @classmethod
+    def of(cls, difficulty: str | float) -> Difficulty:
+        """Resolve "easy"/"default"/"hard" or a float in [0, 1] into parameters."""
+        presets = {"easy": 0.0, "default": 0.5, "hard": 1.0}
+        if isinstance(difficulty, str):
+            if difficulty not in presets:
+                raise MoolaError(
+                    f"unknown difficulty {difficulty!r}; use easy, default, hard or a number "
+                    "between 0 and 1."
+                )
+            level = presets[difficulty]
+        else:
+            level = float(difficulty)
+            if not 0.0 <= level <= 1.0:
+                raise MoolaError(f"difficulty {level} is out of range; use a number in [0, 1].")
+
+        def lerp(easy: float, hard: float) -> float:
+            return easy + (hard - easy) * level
+
+        return cls(
+            level=level,
+            expansion_drift=lerp(1.3, 0.45),
+            expansion_vol=lerp(2.6, 1.5),
+            consolidation_vol=lerp(0.35, 0.8),
+            retrace_depth=(lerp(0.5, 0.25), lerp(0.7, 0.45)),
+            decoy_prob=lerp(0.0, 1.0),
+            decoy_vol=lerp(1.8, 2.4),
+        )
+
+
+@dataclass(frozen=True)
+class SyntheticMarket:
+    """Bars plus the planted episodes (one row per episode, bar indexes into `bars`)."""
+
+    bars: pd.DataFrame  # timestamp (UTC), open, high, low, close, volume
+    episodes: pd.DataFrame  # label, window_start, expansion_start, expansion_end (absolute)
+
+
+def session_timestamps(n_sessions: int) -> pd.DatetimeIndex:
+    """Minute timestamps of n weekday sessions, 390 bars each, starting on START_DAY."""
+    days = pd.bdate_range(START_DAY, periods=n_sessions, tz="UTC")
+    minutes = pd.to_timedelta(np.arange(SESSION_BARS), unit="min") + SESSION_OPEN
+    stamps = days.values[:, None] + minutes.values[None, :]  # [S, 390]
+    return pd.DatetimeIndex(stamps.reshape(-1), tz="UTC")
+
+
+def _plan_episode(rng: np.random.Generator, label: str, window_start: int, knobs: Difficulty):
+    """Choose an episode's geometry; returns a dict of absolute bar ranges and parameters."""
+    length = int(rng.integers(6, 17))  # expansion bars
+    start = int(rng.integers(SPAN_MIN_START + 10, SPAN_MAX_END - length + 2))
+    direction = 1 if rng.random() < 0.5 else -1
+    plan = {
+        "label": label,
+        "window_start": window_start,
+        "expansion_start": window_start + start,
+        "expansion_end": window_start + start + length - 1,
+        "direction": direction,
+    }
+    if label == "consolidation":
+        plan["pattern"] = (window_start + start - int(rng.integers(18, 31)), window_start + start)
+    else:
+        pullback = int(rng.integers(6, 13))
+        leg = int(rng.integers(12, 21))
+        plan["pullback"] = (window_start + start - pullback, window_start + start)
+        plan["leg"] = (window_start + start - pullback - leg, window_start + start - pullback)
+        plan["depth"] = float(rng.uniform(*knobs.retrace_depth))
+    # A decoy: a wide, directionless burst somewhere in the window away from the episode.
+    if rng.random() < knobs.decoy_prob:
+        span = int(rng.integers(5, 12))
+        first_pattern_bar = min(r[0] for k, r in plan.items() if k in ("pattern", "leg"))
+        before = first_pattern_bar - window_start - span - 2
+        after_start = plan["expansion_end"] - window_start + 3
+        choices = []
+        if before >= 3:
+            choices.append(window_start + int(rng.integers(3, before + 1)))
+        if after_start + span <= WINDOW_LEN:
+            choices.append(window_start + after_start)
+        if choices:
+            first = choices[int(rng.integers(len(choices)))]
+            plan["decoy"] = (first, first + span)
+    return plan
+
+
+def _paint_episode(plan: dict, drift: np.ndarray, vol: np.ndarray, zero_sum: list, knobs):
+    """Write an episode's drift (sigma units) and volatility multipliers into the arrays."""
+    a, b = plan["expansion_start"], plan["expansion_end"] + 1
+    drift[a:b] = plan["direction"] * knobs.expansion_drift
+    vol[a:b] = knobs.expansion_vol
+    if plan["label"] == "consolidation":
+        p0, p1 = plan["pattern"]
+        vol[p0:p1] = knobs.consolidation_vol
+        drift[p0:p1] = 0.0
+        zero_sum.append((p0, p1))  # range-bound: no net move across the pattern
+    else:
+        l0, l1 = plan["leg"]
+        q0, q1 = plan["pullback"]
+        leg_drift = 0.9 * plan["direction"]
+        drift[l0:l1] = leg_drift
+        # the pull-back gives back `depth` of the leg's expected move over its own bars
+        drift[q0:q1] = -leg_drift * plan["depth"] * (l1 - l0) / (q1 - q0)
+        vol[q0:q1] = 0.9
+    if "decoy" in plan:
+        d0, d1 = plan["decoy"]
+        vol[d0:d1] = knobs.decoy_vol
+        drift[d0:d1] = 0.0
+        zero_sum.append((d0, d1))
+
+
+def simulate_market(
+    n_sessions: int,
+    seed: int,
+    difficulty: str | float = "default",
+    episode_labels: list[str | None] | None = None,
+    episode_rate: float = 0.3,
+) -> SyntheticMarket:
+    """Simulate n sessions of bars; plant episodes in window slots.
+
+    `episode_labels` fixes the label of each slot in order (None leaves a slot empty); without
+    it each slot gets an episode with probability `episode_rate`, label drawn at random.
+    """
+    if n_sessions < 1:
+        raise MoolaError("n_sessions must be at least 1; ask for more bars.")
+    knobs = Difficulty.of(difficulty)
+    rng = np.random.default_rng(seed)
+    n = n_sessions * SESSION_BARS
+    timestamps = session_timestamps(n_sessions)
+
+    # Volatility: slow log-vol (clustering) x intraday U-shape.
+    log_vol = ema(rng.standard_normal(n), 300) * 7.0  # std ~0.57 for span 300
+    minute = np.tile(np.arange(SESSION_BARS), n_sessions) / (SESSION_BARS - 1)
+    intraday = 0.75 + 1.2 * (minute - 0.5) ** 2 * 4 * 0.5
+    sigma = BASE_SIGMA * np.exp(log_vol - 0.16) * intraday  # [n]
+
+    drift = np.zeros(n)  # in sigma units
+    vol = np.ones(n)
+    zero_sum: list[tuple[int, int]] = []
+    slots = [s * SESSION_BARS + off for s in range(n_sessions) for off in SLOT_OFFSETS]
+    if episode_labels is None:
+        episode_labels = [
+            (LABELS[int(rng.integers(2))] if rng.random() < episode_rate else None) for _ in slots
+        ]
+    if len(episode_labels) > len(slots):
+        raise MoolaError("more episodes than window slots; ask for more sessions.")
+    plans = []
+    for slot, label in zip(slots, episode_labels, strict=False):
+        if label is None:
+            continue
+        plan = _plan_episode(rng, label, slot, knobs)
+        _paint_episode(plan, drift, vol, zero_sum, knobs)
+        plans.append(plan)
+
+    z = rng.standard_normal(n)
+    for p0, p1 in zero_sum:
+        z[p0:p1] -= z[p0:p1].mean()
+    log_ret = sigma * (drift + vol * z)
+    # Overnight gap at each session's first bar.
+    first = np.arange(n_sessions) * SESSION_BARS
+    gap = rng.normal(0.0, 0.004, n_sessions)
+    gap[0] = 0.0
+    close = 100.0 * np.exp(np.cumsum(log_ret) + np.repeat(np.cumsum(gap), SESSION_BARS))
+    open_ = np.empty(n)
+    open_[0] = 100.0
+    open_[1:] = close[:-1]
+    open_[first[1:]] = close[first[1:] - 1] * np.exp(gap[1:])
+    # A small open/close drift inside the bar so that opens are not always the last close.
+    open_ *= np.exp(rng.normal(0.0, 0.1, n) * sigma)
+    wick = sigma * vol * 0.6
+    high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0.0, 1.0, n)) * wick)
+    low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0.0, 1.0, n)) * wick)
+    bar_range = (high - low) / close / BASE_SIGMA
+    volume = np.round(rng.lognormal(7.0, 0.5, n) * intraday * (0.5 + bar_range / 4))
+
+    bars = pd.DataFrame(
+        {
+            "timestamp": timestamps,
+            "open": open_,
+            "high": high,
+            "low": low,
+            "close": close,
+            "volume": volume,
+        }
+    )
+    episodes = pd.DataFrame(
+        [
+            {k: p[k] for k in ("label", "window_start", "expansion_start", "expansion_end")}
+            for p in plans
+        ],
+        columns=["label", "window_start", "expansion_start", "expansion_end"],
+    )
+    return SyntheticMarket(bars, episodes)
+
+
+def generate_market(
+    n_bars: int, seed: int = 0, difficulty: str | float = "default"
+) -> pd.DataFrame:
+    """An unlabeled stream of n_bars synthetic 1-minute bars (for pre-training and benchmarks).
+
+    Columns: timestamp (UTC), open, high, low, close, volume. Deterministic in (n_bars, seed,
+    difficulty). Episodes are planted in about 30% of the window slots.
+    """
+    if n_bars < 1:
+        raise MoolaError("n_bars must be at least 1.")
+    n_sessions = -(-n_bars // SESSION_BARS)
+    market = simulate_market(n_sessions, seed, difficulty)
+    return market.bars.iloc[:n_bars].reset_index(drop=True)
+
+
+def make_labeled_set(
+    n_windows: int = 174,
+    seed: int = 0,
+    difficulty: str | float = "default",
+    augmented_share: float = 0.1,
+    consolidation_share: float = 0.55,
+) -> pd.DataFrame:
+    """A labeled set in the Moola schema, cut from a synthetic market around planted episodes.
+
+    Columns: window_id, label, expansion_start, expansion_end, features (105 x [o,h,l,c]
+    float64 arrays), start_ts, end_ts (UTC, first and last bar). About `augmented_share` of the
+    windows are shifted copies of another window (3-10 bars), as in the original data: they
+    share bars with their source, so splits must keep them on one side.
+    """
+    if n_windows < 1:
+        raise MoolaError("n_windows must be at least 1.")
+    rng = np.random.default_rng([seed, 174])
+    n_aug = int(round(augmented_share * n_windows)) if n_windows > 1 else 0
+    n_base = n_windows - n_aug
+    labels = [LABELS[0] if rng.random() < consolidation_share else LABELS[1] for _ in range(n_base)]
+    n_sessions = -(-n_base // len(SLOT_OFFSETS))
+    market = simulate_market(n_sessions, seed, difficulty, episode_labels=labels)
+    bars, episodes = market.bars, market.episodes
+    ohlc = bars[["open", "high", "low", "close"]].to_numpy()
+    stamps = bars["timestamp"]
+
+    rows = []
+
+    def add(window_id: str, label: str, w0: int, s: int, e: int) -> None:
+        rows.append(
+            {
+                "window_id": window_id,
+                "label": label,
+                "expansion_start": int(s - w0),
+                "expansion_end": int(e - w0),
+                "features": ohlc[w0 : w0 + WINDOW_LEN].copy(),
+                "start_ts": stamps.iloc[w0],
+                "end_ts": stamps.iloc[w0 + WINDOW_LEN - 1],
+            }
+        )
+
+    augment_from = set(rng.choice(n_base, size=n_aug, replace=False).tolist()) if n_aug else set()
+    for k, ep in enumerate(episodes.itertuples(index=False)):
+        add(f"syn{seed}-{k:04d}", ep.label, ep.window_start, ep.expansion_start, ep.expansion_end)
+        if k in augment_from:
+            # shift the window so the span stays inside [SPAN_MIN_START - 10, 104]
+            room_left = ep.expansion_start - ep.window_start - (SPAN_MIN_START - 10)
+            room_right = SPAN_MAX_END - (ep.expansion_end - ep.window_start)
+            shifts = [d for d in range(-10, 11) if abs(d) >= 3 and -room_right <= d <= room_left]
+            d = int(shifts[int(rng.integers(len(shifts)))])
+            add(f"syn{seed}-{k:04d}-aug{d:+d}", ep.label, ep.window_start + d,
+                ep.expansion_start, ep.expansion_end)  # fmt: skip
+    return pd.DataFrame(rows).reset_index(drop=True)
