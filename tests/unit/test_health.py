@@ -1,0 +1,193 @@
+"""Health assessment and its renderings: Nagios states, status line, perfdata, Prometheus."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+
+import pytest
+
+from moola_ops import health as hc
+from moola_ops.commands import health as cmd
+
+
+def _facts(**over) -> cmd.LightFacts:
+    base = dict(
+        workspace_exists=True,
+        now=1000.0,
+        current=cmd.CurrentFact("releases/v0.1", "v0.1", True),
+        checksums=cmd.ChecksumFact(problems=[], version="v0.1"),
+        gpu=cmd.GpuReport(present=False),
+        disk=cmd.DiskFact(total_bytes=100 * 1024**3, free_bytes=50 * 1024**3),
+        lock=None,
+        complete=True,
+    )
+    base.update(over)
+    return cmd.LightFacts(**base)
+
+
+def _assess(facts, expect_gpu=None) -> hc.HostHealth:
+    host = hc.HostHealth(host="h1")
+    hc.assess_light(host, facts, expect_gpu=expect_gpu)
+    return host
+
+
+def test_worst_orders_critical_warning_unknown_ok():
+    assert hc.worst([hc.OK, hc.UNKNOWN]) == hc.UNKNOWN
+    assert hc.worst([hc.UNKNOWN, hc.WARNING]) == hc.WARNING
+    assert hc.worst([hc.WARNING, hc.CRITICAL, hc.UNKNOWN]) == hc.CRITICAL
+    assert hc.worst([]) == hc.OK
+
+
+def test_healthy_host_is_ok():
+    host = _assess(_facts())
+    assert host.state == hc.OK and host.release == "v0.1"
+    assert {c.name for c in host.checks} == {"current", "checksums", "gpu", "disk", "lock"}
+
+
+@pytest.mark.parametrize(
+    "over, expect_gpu, check, state",
+    [
+        (dict(current=cmd.CurrentFact(None, None, False), checksums=None), None, "current", 2),
+        (dict(current=cmd.CurrentFact("releases/v9", "v9", False)), None, "current", 2),
+        (dict(checksums=cmd.ChecksumFact(problems=["weights.pt: sha256 mismatch"])), None,
+         "checksums", 2),
+        (dict(checksums=None), None, "checksums", 2),
+        (dict(disk=cmd.DiskFact(10 * 1024**3, 3 * 1024**3)), None, "disk", 1),
+        (dict(disk=cmd.DiskFact(10 * 1024**3, 100 * 1024**2)), None, "disk", 2),
+        (dict(disk=None), None, "disk", 3),
+        (dict(lock=cmd.LockFact(age_s=7200, holder="ana")), None, "lock", 1),
+        (dict(lock=cmd.LockFact(age_s=60, holder="ana")), None, "lock", 0),
+        ({}, True, "gpu", 2),  # GPU expected, no nvidia-smi
+        (dict(gpu=cmd.GpuReport(True, error="NVIDIA-SMI has failed")), "H100", "gpu", 2),
+        (dict(gpu=cmd.GpuReport(True, [cmd.GpuFact("NVIDIA A40", 1, 2, 3, 4)])), "H100", "gpu", 1),
+        (dict(gpu=cmd.GpuReport(True, [cmd.GpuFact("NVIDIA H100 80GB HBM3", 1, 2, 3, 4)])),
+         "h100", "gpu", 0),
+    ],
+)  # fmt: skip
+def test_each_problem_sets_its_check_state(over, expect_gpu, check, state):
+    host = _assess(_facts(**over), expect_gpu)
+    assert {c.name: c.state for c in host.checks}[check] == state
+    assert host.state == hc.worst([state, hc.OK])
+
+
+def test_stale_lock_message_says_how_to_break_it():
+    host = _assess(_facts(lock=cmd.LockFact(age_s=7200, holder="ana@laptop")))
+    assert "invoke lock --host h1 --break" in host.summary()
+
+
+def _report(p99=2.0, sla=10.0, ok=True):
+    return {"ok": ok, "checks": [{"name": "golden", "ok": ok}],
+            "latency": {"p50_ms": p99 / 2, "p99_ms": p99, "sla_p99_ms": sla}}  # fmt: skip
+
+
+def test_runtime_report_latency_against_sla():
+    def state(report, code=0):
+        host = hc.HostHealth(host="h1")
+        hc.assess_runtime(host, report, code)
+        return {c.name: c.state for c in host.checks}
+
+    assert state(_report(2.0)) == {"model": 0, "latency": 0}
+    assert state(_report(9.0))["latency"] == hc.WARNING  # above 80% of the SLA
+    assert state(_report(12.0))["latency"] == hc.CRITICAL
+    assert state(_report(ok=False), code=1)["model"] == hc.CRITICAL
+    assert state(None, code=2) == {"model": hc.CRITICAL}
+
+
+def _run(*hosts, deep=False) -> hc.HealthRun:
+    return hc.HealthRun(hosts=list(hosts), deep=deep, started=0.0, duration_s=1.25)
+
+
+def _host(name, p99=None, sla=None, state=hc.OK, release="v0.1") -> hc.HostHealth:
+    host = hc.HostHealth(host=name, release=release, p99_ms=p99, sla_p99_ms=sla,
+                         free_bytes=2 * 1024**3)  # fmt: skip
+    host.checks.append(hc.CheckResult("current", state, "x"))
+    return host
+
+
+# A perfdata item: 'label'=value[UOM];[warn];[crit];[min];[max] (Nagios plugin guidelines)
+PERF = re.compile(r"^'[^'=]+'=-?[0-9.]+(ms|s|B|%|c)?(;[0-9.]*){0,4}$")
+
+
+def test_status_line_and_perfdata_follow_the_plugin_format():
+    run = _run(_host("local-1", 1.5, 10.0), _host("local-2", 3.25, 10.0), deep=True)
+    line = hc.status_line(run)
+    assert "\n" not in line
+    text, perf = line.split(" | ")
+    assert text == "MOOLA OK - 2/2 hosts OK (deep), serving v0.1"
+    items = perf.split(" ")
+    assert items[0] == "'p99_ms'=3.25ms;8;10;0"  # the slowest host, warn 80% and crit = SLA
+    assert all(PERF.match(item) for item in items), items
+    assert "'local-1_p99_ms'=1.5ms;;;0" in items
+
+
+def test_status_line_names_problem_hosts():
+    bad = _host("local-2", state=hc.CRITICAL)
+    bad.checks.append(hc.CheckResult("checksums", hc.CRITICAL, "weights.pt | sha256 mismatch"))
+    line = hc.status_line(_run(_host("local-1"), bad))
+    assert line.startswith("MOOLA CRITICAL - 1/2 hosts OK (fast); local-2 CRITICAL ")
+    assert line.count("|") == 1  # a '|' in a message must not start the perfdata early
+
+
+def test_prometheus_text_is_parseable_exposition_format():
+    run = _run(_host("local-1", 1.5, 10.0), _host('we"ird', state=hc.WARNING), deep=True)
+    text = hc.prometheus_text(run, now=1700000000.0)
+    samples = [ln for ln in text.splitlines() if not ln.startswith("#")]
+    sample = re.compile(r'^[a-z0-9_]+\{([a-z]+="([^"\\]|\\.)*",?)*\} -?[0-9.e+-]+$')
+    assert all(sample.match(s) for s in samples), samples
+    assert 'moola_health_state{host="local-1"} 0' in samples
+    assert 'moola_health_state{host="we\\"ird"} 1' in samples
+    assert 'moola_health_latency_p99_seconds{host="local-1"} 0.0015' in samples
+    assert "# TYPE moola_health_state gauge" in text
+
+
+def test_write_textfile_is_atomic_and_readable(tmp_path):
+    target = tmp_path / "textfile" / "moola.prom"
+    hc.write_textfile(target, "a 1\n")
+    assert target.read_text() == "a 1\n"
+    assert oct(target.stat().st_mode & 0o777) == "0o644"
+
+    # a reader polling during many rewrites only ever sees a whole old or new document
+    seen = set()
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            seen.add(target.read_text())
+
+    t = threading.Thread(target=reader)
+    t.start()
+    docs = [f"metric {i}\n" * 2000 for i in range(50)]
+    for doc in docs:
+        hc.write_textfile(target, doc)
+    stop.set()
+    t.join()
+    assert seen <= set(docs) | {"a 1\n"}
+    assert os.listdir(target.parent) == ["moola.prom"]  # no temp files left behind
+
+
+def test_run_parallel_bounds_a_hanging_host():
+    release = threading.Event()
+
+    def probe(name, deadline):
+        if name == "hangs":
+            release.wait(30)  # a host that never answers
+        host = hc.HostHealth(host=name)
+        host.checks.append(hc.CheckResult("current", hc.OK, "fine"))
+        return host
+
+    def fails(name, deadline):
+        raise OSError("Connection refused")
+
+    started = time.monotonic()
+    results = hc.run_parallel(["a", "hangs", "b"], probe, timeout_s=0.5)
+    assert time.monotonic() - started < 2.0
+    assert [h.host for h in results] == ["a", "hangs", "b"]
+    assert [h.state for h in results] == [hc.OK, hc.CRITICAL, hc.OK]
+    assert "timeout" in results[1].summary()
+    release.set()
+
+    [refused] = hc.run_parallel(["c"], fails, timeout_s=5)
+    assert refused.state == hc.CRITICAL and "Connection refused" in refused.summary()

@@ -1,0 +1,147 @@
+"""Light health facts: each parser against recorded output, and the fact script run for real.
+
+The fact script is plain POSIX sh + the host's python3; running it here with `sh -c` on a real
+workspace directory exercises exactly what a host runs, minus SSH.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+from moola_ops.commands import health as cmd
+
+NVIDIA_SMI_TWO_GPUS = """\
+NVIDIA H100 80GB HBM3, 1024, 81559, 3, 34
+NVIDIA H100 80GB HBM3, [N/A], 81559, 0, 31
+"""
+
+
+def test_split_sections_keeps_order_and_text():
+    out = "@@now\n1700000000\n@@current\nreleases/v0.1\nresolves\n@@end\n"
+    assert cmd.split_sections(out) == {
+        "now": "1700000000",
+        "current": "releases/v0.1\nresolves",
+        "end": "",
+    }
+
+
+def test_parse_current_link_release_and_dangling():
+    assert cmd.parse_current("") == cmd.CurrentFact(None, None, False)
+    fact = cmd.parse_current("/workspace/moola/releases/v0.3\nresolves")
+    assert (fact.release, fact.resolves) == ("v0.3", True)
+    assert cmd.parse_current("releases/v0.2\ndangling").resolves is False
+
+
+def test_parse_gpus_from_recorded_nvidia_smi():
+    report = cmd.parse_gpus(NVIDIA_SMI_TWO_GPUS)
+    assert report.present and report.error is None
+    assert [g.name for g in report.gpus] == ["NVIDIA H100 80GB HBM3"] * 2
+    assert report.gpus[0].memory_used_mib == 1024.0
+    assert report.gpus[1].memory_used_mib is None  # "[N/A]" is no number, not a crash
+    assert report.gpus[0].temperature_c == 34.0
+    assert cmd.parse_gpus("absent").present is False
+    failed = cmd.parse_gpus(
+        "NVIDIA-SMI has failed because it couldn't communicate\nnvidia-smi failed"
+    )
+    assert failed.present and failed.error and not failed.gpus
+
+
+def test_parse_free_disk_from_df():
+    text = "/dev/vda   264212084 24080980  82309932      23% /"
+    disk = cmd.parse_free_disk(text)
+    assert disk.total_bytes == 264212084 * 1024
+    assert disk.free_bytes == 82309932 * 1024
+    assert cmd.parse_free_disk("") is None
+    assert cmd.parse_free_disk("garbage") is None
+
+
+def test_parse_lock_names_holder_and_age():
+    holder = {"actor": "ana@laptop", "since": "2026-01-01T00:00:00Z", "what": "deploy v0.3",
+              "pid": 42, "deployment": "20260101T000000Z-abc123"}  # fmt: skip
+    lock = cmd.parse_lock(f"1000\n{json.dumps(holder)}", now=1600)
+    assert lock.age_s == 600
+    assert "ana@laptop" in lock.holder and "deploy v0.3" in lock.holder
+    assert cmd.parse_lock("", now=5) is None
+    assert cmd.parse_lock("1000\n", now=1000).holder == "unknown holder"
+
+
+def test_parse_checksums_problems_and_version():
+    ok = cmd.parse_checksums('{"ok": true, "problems": [], "version": "v0.1"}')
+    assert ok.ok and ok.version == "v0.1"
+    bad = cmd.parse_checksums('{"ok": false, "problems": ["weights.pt: sha256 mismatch"]}')
+    assert not bad.ok and bad.problems == ["weights.pt: sha256 mismatch"]
+    assert cmd.parse_checksums("") is None
+    assert not cmd.parse_checksums("Traceback (most recent call last):").ok
+
+
+def _release(ws, version: str, files: dict[str, bytes]) -> None:
+    rel = ws / "releases" / version
+    rel.mkdir(parents=True)
+    entries = []
+    for name, data in sorted(files.items()):
+        (rel / name).write_bytes(data)
+        entries.append(
+            {"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        )
+    (rel / "manifest.json").write_text(json.dumps({"version": version, "files": entries}))
+
+
+def _run_script(ws) -> cmd.LightFacts:
+    script = cmd.light_facts_command(str(ws), python=sys.executable)
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return cmd.parse_light_facts(out.stdout)
+
+
+def test_fact_script_on_a_real_workspace(tmp_path):
+    ws = tmp_path / "moola"
+    ws.mkdir()
+    _release(ws, "v0.1", {"weights.pt": b"\x00" * 100, "golden.pt": b"golden"})
+    os.symlink("releases/v0.1", ws / "current")
+
+    facts = _run_script(ws)
+    assert facts.complete and facts.workspace_exists
+    assert facts.current.release == "v0.1" and facts.current.resolves
+    assert facts.checksums.ok and facts.checksums.version == "v0.1"
+    assert facts.disk.free_bytes > 0
+    assert facts.lock is None
+
+    # one flipped byte in the weights: the checksum fact names the file
+    (ws / "releases/v0.1/weights.pt").write_bytes(b"\x01" + b"\x00" * 99)
+    (ws / "deploy.lock").mkdir()
+    (ws / "deploy.lock/holder.json").write_text('{"actor": "cron@box", "what": "deploy v0.2"}')
+    facts = _run_script(ws)
+    assert not facts.checksums.ok
+    assert any("weights.pt" in p for p in facts.checksums.problems)
+    assert facts.lock is not None and "cron@box" in facts.lock.holder
+
+
+def test_fact_script_without_workspace_or_current(tmp_path):
+    assert _run_script(tmp_path / "absent").workspace_exists is False
+    ws = tmp_path / "empty"
+    ws.mkdir()
+    facts = _run_script(ws)
+    assert facts.workspace_exists and facts.current.link is None and facts.checksums is None
+    os.symlink("releases/v9", ws / "current")  # dangling: the release was deleted
+    facts = _run_script(ws)
+    assert facts.current.release == "v9" and not facts.current.resolves
+
+
+def test_quoting_keeps_odd_workspace_paths_inert(tmp_path):
+    ws = tmp_path / "with space;touch pwned"
+    ws.mkdir()
+    facts = _run_script(ws)
+    assert facts.workspace_exists and facts.complete
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_runtime_check_command_runs_through_current():
+    line = cmd.runtime_check_command("/workspace/moola", python="python3")
+    assert line == (
+        "cd /workspace/moola/current && PYTHONPATH=/workspace/moola/current/code python3 -m "
+        "moola_core.runtime check --release /workspace/moola/current --json"
+    )
