@@ -286,6 +286,129 @@ def run_parallel(hosts: list[Any], probe: Probe, timeout_s: float, name_of=str) 
     return out
 
 
+def probe_host(host, deadline: float, *, deep: bool = False,
+               policy: HealthPolicy = HealthPolicy()) -> HostHealth:  # fmt: skip
+    """Check one inventory host over one SSH connection: light facts, then the model if deep."""
+    from moola_ops.transport import HostSession
+
+    health = HostHealth(host=host.name)
+
+    def left() -> float:  # seconds until the run's deadline, never below a sliver
+        return max(0.5, deadline - time.monotonic())
+
+    started = time.monotonic()
+    with HostSession(host, command_timeout_s=left()) as ssh:
+        health.checks.append(
+            CheckResult("ssh", OK, f"reachable in {time.monotonic() - started:.2f} s")
+        )
+        result = ssh.run(facts_cmd.light_facts_command(host.workspace, host.python),
+                         timeout_s=left())  # fmt: skip
+        facts = facts_cmd.parse_light_facts(result.stdout)
+        assess_light(health, facts, expect_gpu=host.gpu, policy=policy)
+        if deep:
+            if not facts.current.resolves:
+                health.checks.append(CheckResult("model", CRITICAL, "no release to check"))
+                return health
+            result = ssh.run(facts_cmd.runtime_check_command(host.workspace, host.python),
+                             timeout_s=left())  # fmt: skip
+            report, error = parse_runtime_output(result.stdout, result.stderr)
+            assess_runtime(health, report, result.exit_code, error,
+                           sla_p99_ms=host.latency_sla_ms, policy=policy)  # fmt: skip
+    return health
+
+
+def parse_runtime_output(stdout: str, stderr: str = "") -> tuple[dict | None, str]:
+    """(report as a dict, "") from the runtime check's stdout, or (None, why it is unusable)."""
+    from moola_core.runtime.report import parse_report
+
+    try:
+        return parse_report(stdout).to_dict(), ""
+    except ValueError as exc:
+        tail = (stderr.strip() or stdout.strip()).splitlines()[-1:] or [""]
+        return None, f"{exc}; {tail[0][:200]}"
+
+
+def select_hosts(inventory, selection: str | None) -> tuple[list, dict[str, str]]:
+    """(reachable inventory hosts, {name: why it cannot be checked}) for `selection`.
+
+    An unknown name is the caller's mistake (MoolaError, Nagios UNKNOWN); a stand-in host whose
+    sandbox is not running is a down host (CRITICAL), like a pod that is switched off.
+    """
+    from moola_core.errors import MoolaError
+
+    names: list[str] = []
+    items = [s.strip() for s in (selection or "").split(",") if s.strip()] or list(inventory.hosts)
+    for item in items:
+        if item in inventory.hosts:
+            names.append(item)
+        elif item in inventory.groups:
+            names.extend(inventory.groups[item])
+        else:
+            inventory.resolve([item])  # raises the inventory's message naming the known hosts
+    hosts, down = [], {}
+    for name in dict.fromkeys(names):
+        try:
+            hosts.append(inventory.resolve([name])[0])
+        except MoolaError as exc:
+            down[name] = str(exc)
+    return hosts, down
+
+
+def run_healthcheck(
+    selection: str | None = None,
+    *,
+    deep: bool = False,
+    timeout_s: float = 30.0,
+    inventory_path: str | None = None,
+    inventory=None,
+    policy: HealthPolicy = HealthPolicy(),
+    record: bool = True,
+) -> HealthRun:
+    """Check the selected hosts (default: all) in parallel within `timeout_s`; log each result."""
+    from moola_ops.inventory import load_inventory
+
+    inventory = inventory or load_inventory(inventory_path)
+    hosts, down = select_hosts(inventory, selection)
+    started_wall, started = time.time(), time.monotonic()
+    # the deadline leaves a little room to write the log and render before the caller's bound
+    budget = max(1.0, timeout_s - 0.5)
+    checked = run_parallel(
+        hosts,
+        lambda host, deadline: probe_host(host, deadline, deep=deep, policy=policy),
+        budget,
+        name_of=lambda h: h.name,
+    )
+    for name, why in down.items():
+        health = HostHealth(host=name)
+        health.checks.append(CheckResult("ssh", CRITICAL, why))
+        checked.append(health)
+    order = {name: i for i, name in enumerate(inventory.hosts)}
+    checked.sort(key=lambda h: order.get(h.host, len(order)))
+    run = HealthRun(checked, deep, started_wall, time.monotonic() - started)
+    if record:
+        record_run(run)
+    return run
+
+
+def record_run(run: HealthRun) -> None:
+    """One deployment-log line per host: phase healthcheck, step fast or deep."""
+    from moola_ops.journal import Journal
+
+    journal = Journal("healthcheck")
+    step = "deep" if run.deep else "fast"
+    for h in run.hosts:
+        journal.record(
+            h.host,
+            step,
+            "ok" if h.state in (OK, WARNING) else "failed",
+            duration_s=h.duration_s,
+            bundle=h.release or "",
+            state=STATE_NAMES[h.state],
+            summary=h.summary(),
+            p99_ms=h.p99_ms,
+        )
+
+
 # --- rendering ---------------------------------------------------------------------------------
 
 

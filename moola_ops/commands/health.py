@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from moola_ops.commands import release
+from moola_ops.commands.layout import Layout
 from moola_ops.commands.lock import describe_holder
 
 MARKER = "@@"
@@ -24,22 +25,19 @@ GPU_QUERY = (
 )
 GPU_TIMEOUT_S = 10
 
-# The checksum fact reuses the engine's host-side verifier (one home for "does this release match
-# its manifest"): its source travels as `python3 -c SOURCE verify current ''`, standard library only.
-_HOSTSIDE = Path(__file__).with_name("hostside.py")
-
 
 def light_facts_command(workspace: str, python: str = "python3") -> str:
     """One shell script that prints every light health fact of the host, section by section."""
-    ws = shlex.quote(workspace)
+    ws = Layout(workspace).root  # validated; a leading ~/ stays expandable
     py = shlex.quote(python)
-    verifier = shlex.quote(_HOSTSIDE.read_text())
+    verifier = shlex.quote(release.HOSTSIDE_SOURCE)
     lines = [
         f"cd {ws} 2>/dev/null || {{ echo '{MARKER}workspace'; echo missing; exit 0; }}",
         f"echo '{MARKER}now'; date +%s",
         # the link text names the release; `test -d` proves it resolves to a directory
         f"echo '{MARKER}current'; if [ -L current ]; then readlink current;"
         " [ -d current ] && echo resolves || echo dangling; fi",
+        # the engine's host-side verifier (one home for "does a release match its manifest")
         f"echo '{MARKER}checksums'; if [ -f current/manifest.json ];"
         f" then {py} -c {verifier} verify current '' 2>&1; fi",
         f"echo '{MARKER}gpu'; if command -v nvidia-smi >/dev/null 2>&1;"
@@ -55,11 +53,7 @@ def light_facts_command(workspace: str, python: str = "python3") -> str:
 
 def runtime_check_command(workspace: str, python: str = "python3") -> str:
     """The deep check: the bundle's own runtime checks the release that `current` serves."""
-    rel = shlex.quote(workspace.rstrip("/") + "/current")
-    return (
-        f"cd {rel} && PYTHONPATH={rel}/code {shlex.quote(python)} -m moola_core.runtime "
-        f"check --release {rel} --json"
-    )
+    return release.runtime_check(Layout(workspace), python, "current", through_current=True)
 
 
 # --- parsers ----------------------------------------------------------------------------------

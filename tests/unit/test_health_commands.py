@@ -12,6 +12,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from moola_core.errors import MoolaError
 from moola_ops.commands import health as cmd
 
 NVIDIA_SMI_TWO_GPUS = """\
@@ -131,12 +134,10 @@ def test_fact_script_without_workspace_or_current(tmp_path):
     assert facts.current.release == "v9" and not facts.current.resolves
 
 
-def test_quoting_keeps_odd_workspace_paths_inert(tmp_path):
-    ws = tmp_path / "with space;touch pwned"
-    ws.mkdir()
-    facts = _run_script(ws)
-    assert facts.workspace_exists and facts.complete
-    assert not (tmp_path / "pwned").exists()
+def test_odd_workspace_paths_are_refused_before_any_command():
+    for bad in ("/ws/with space;touch pwned", "relative/ws", "/ws/../etc"):
+        with pytest.raises(MoolaError, match="invalid workspace"):
+            cmd.light_facts_command(bad)
 
 
 def test_runtime_check_command_runs_through_current():
