@@ -1,0 +1,153 @@
+"""A training run's config: one pydantic model per YAML section; unknown keys are errors.
+
+`configs/jade.yaml` is the documented default; the variants (position encoding, CRF,
+center/length regression) change only the `model` section. The `model` section becomes the
+plain dict that `moola_core.models.build_model` takes and that `model.json` stores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from moola_core.errors import MoolaError
+from moola_core.metrics import METRICS
+from moola_core.models.jade import DEFAULT_CONFIG as MODEL_DEFAULTS
+
+DEFAULT_SEEDS = (17, 13, 23, 29)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSection(_Section):
+    # synthetic: moola_core.data.synthetic.make_labeled_set; file: a labeled parquet in `path`
+    source: Literal["synthetic", "file"] = "synthetic"
+    path: str | None = None
+    n_windows: int = Field(174, ge=10)
+    data_seed: int = 0  # the synthetic set's seed (training seeds vary; the data does not)
+    difficulty: str | float = "default"
+
+
+class SplitSection(_Section):
+    # by time (moola_core.data.splits): train first, then validation, then test; windows that
+    # share bars stay on one side and an embargo drops windows too close to a cut. The split
+    # does not depend on the training seed, so every seed is scored on the same windows.
+    val_share: float = Field(0.2, gt=0.0, lt=0.5)
+    test_share: float = Field(0.2, gt=0.0, lt=0.5)
+    embargo_minutes: float = Field(105.0, ge=0.0)
+
+
+class ModelSection(_Section):
+    arch: Literal["jade"] = MODEL_DEFAULTS["arch"]
+    hidden: int = Field(MODEL_DEFAULTS["hidden"], ge=1)
+    layers: int = Field(MODEL_DEFAULTS["layers"], ge=1)
+    dropout: float = Field(MODEL_DEFAULTS["dropout"], ge=0.0, lt=1.0)
+    input_dropout: float = Field(MODEL_DEFAULTS["input_dropout"], ge=0.0, lt=1.0)
+    span_head: Literal["pointer", "center_length", "crf"] = MODEL_DEFAULTS["span_head"]
+    position_encoding: bool = MODEL_DEFAULTS["position_encoding"]
+    position_dim: int = Field(MODEL_DEFAULTS["position_dim"], ge=2)
+    huber_delta: float = Field(MODEL_DEFAULTS["huber_delta"], gt=0.0)
+    class_weight: float = Field(MODEL_DEFAULTS["class_weight"], ge=0.0)
+    span_weight: float | None = Field(MODEL_DEFAULTS["span_weight"], ge=0.0)
+
+
+class OptimSection(_Section):
+    lr: float = Field(3e-3, gt=0.0)
+    weight_decay: float = Field(1e-2, ge=0.0)
+    batch_size: int = Field(32, ge=1)
+    max_epochs: int = Field(60, ge=1)
+    patience: int = Field(15, ge=1)  # epochs without a better validation metric before stopping
+    grad_clip: float = Field(1.0, gt=0.0)
+
+
+class TrainConfig(_Section):
+    """Every knob of a supervised run; `TrainConfig()` is the documented default."""
+
+    name: str = Field("jade", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # the variant
+    seed: int = 17
+    data: DataSection = DataSection()
+    split: SplitSection = SplitSection()
+    model: ModelSection = ModelSection()
+    optim: OptimSection = OptimSection()
+    early_stopping_metric: str = "span_iou"  # on the validation split; or "loss"
+    pretrained_encoder: str | None = None  # a pre-training run dir or encoder.pt
+    freeze_encoder: bool = False
+
+    @field_validator("early_stopping_metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value != "loss" and value not in METRICS:
+            raise ValueError(f"must be 'loss' or one of {list(METRICS)}")
+        return value
+
+    def model_dict(self) -> dict:
+        """The plain model config dict for build_model (what model.json stores)."""
+        return self.model.model_dump(mode="json")
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def config_from_dict(raw: dict | None, source: str = "config") -> TrainConfig:
+    """Validate a plain dict (parsed YAML); one MoolaError sentence names the first problem."""
+    try:
+        config = TrainConfig.model_validate(raw or {})
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise MoolaError(
+            f"{source}: {where}: {first['msg']} ({exc.error_count()} problem(s)); "
+            "fix the value or remove the key."
+        ) from None
+    # the model's own checks (e.g. position encoding needs a per-bar head) apply here too
+    from moola_core.models import resolve_model_config
+
+    resolve_model_config(config.model_dict())
+    return config
+
+
+def _set_dotted(raw: dict, dotted: str, value) -> None:
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise MoolaError(f"override {dotted}: {part} is not a section; check the key.")
+    node[leaf] = value
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
+    """Read a YAML training config (or the defaults) and apply dotted overrides like
+    {"seed": 13, "optim.max_epochs": 5}."""
+    import yaml
+
+    raw: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise MoolaError(f"training config {path} does not exist; pass --config PATH.")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise MoolaError(
+                f"{path} is not valid YAML ({exc.__class__.__name__}); fix it."
+            ) from None
+        if not isinstance(raw, dict):
+            raise MoolaError(f"{path} must hold a mapping of sections; see configs/jade.yaml.")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    return config_from_dict(raw, source)
+
+
+def dump_yaml(config: TrainConfig) -> str:
+    """The resolved config as YAML (runs/<id>/config.yaml)."""
+    import yaml
+
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

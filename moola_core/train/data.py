@@ -1,0 +1,87 @@
+"""The labeled windows a run trains and is scored on, and their train/val/test split."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from moola_core.errors import MoolaError
+from moola_core.train.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Model arrays for every window plus the index of each split into them."""
+
+    arrays: object  # moola_core.data.labeled.ModelArrays
+    train: np.ndarray  # int indexes into arrays
+    val: np.ndarray
+    test: np.ndarray
+    fingerprint: str  # sha256 of the windows, labels and spans the run saw
+
+    def part(self, split: str) -> dict[str, np.ndarray]:
+        """{"x","valid","label","start","end"} of one split ("train", "val" or "test")."""
+        index = getattr(self, split)
+        a = self.arrays
+        return {
+            "x": a.x[index],
+            "valid": a.valid[index],
+            "label": a.label[index],
+            "start": a.start[index],
+            "end": a.end[index],
+        }
+
+    def window_ids(self, split: str) -> list[str]:
+        return [self.arrays.window_id[i] for i in getattr(self, split)]
+
+
+def load_labeled_frame(config: TrainConfig):
+    """The labeled DataFrame the config names (synthetic set or a labeled parquet file)."""
+    from moola_core.data import labeled, synthetic
+
+    if config.data.source == "synthetic":
+        return synthetic.make_labeled_set(
+            n_windows=config.data.n_windows,
+            seed=config.data.data_seed,
+            difficulty=config.data.difficulty,
+        )
+    if not config.data.path:
+        raise MoolaError("data.source is 'file' but data.path is empty; give a labeled parquet.")
+    return labeled.read_labeled(config.data.path)
+
+
+def fingerprint(arrays) -> str:
+    """sha256 over window ids, labels, spans and features: the same data gives the same id."""
+    digest = hashlib.sha256()
+    digest.update("\n".join(arrays.window_id).encode())
+    for array in (arrays.label, arrays.start, arrays.end, arrays.x, arrays.valid):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def prepare_data(config: TrainConfig, frame=None) -> RunData:
+    """Load (or take) the labeled set, compute model arrays and split it without leakage."""
+    from moola_core.data import labeled, splits
+
+    frame = load_labeled_frame(config) if frame is None else frame
+    arrays = labeled.to_model_arrays(frame)
+    split = splits.split_labeled(
+        frame,
+        fractions=(
+            1.0 - config.split.val_share - config.split.test_share,
+            config.split.val_share,
+            config.split.test_share,
+        ),
+        embargo_minutes=config.split.embargo_minutes,
+    )
+    position = {window_id: i for i, window_id in enumerate(arrays.window_id)}
+    indexes = {
+        name: np.array(sorted(position[w] for w in getattr(split, name)), dtype=np.int64)
+        for name in ("train", "val", "test")
+    }
+    for name, index in indexes.items():
+        if len(index) == 0:
+            raise MoolaError(f"the {name} split is empty; use more windows or change split shares.")
+    return RunData(arrays, indexes["train"], indexes["val"], indexes["test"], fingerprint(arrays))

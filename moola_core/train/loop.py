@@ -1,0 +1,268 @@
+"""One supervised training run: AdamW, early stopping on a validation metric, best checkpoint
+kept, then an honest evaluation on the held-out test split next to the baselines.
+
+Deterministic on CPU for a given config (the seed drives initialisation, dropout and batch
+order). Writes runs/<run-id>/ as described in moola_core.train.runs and docs/models.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from moola_core import metrics as M
+from moola_core.baselines import fit_baselines
+from moola_core.models import build_model, n_parameters
+from moola_core.train import runs
+from moola_core.train.config import TrainConfig, config_from_dict, dump_yaml, load_config
+from moola_core.train.data import RunData, prepare_data
+
+N_BOOT = 1000  # bootstrap resamples for the final intervals
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished run: its id, folder and the metrics.json it wrote."""
+
+    run_id: str
+    path: Path
+    metrics: dict
+
+
+def _as_config(config) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, dict):
+        return config_from_dict(config)
+    return load_config(config)
+
+
+def _tensors(part: dict) -> dict[str, torch.Tensor]:
+    return {
+        "x": torch.from_numpy(np.ascontiguousarray(part["x"], dtype=np.float32)),
+        "valid": torch.from_numpy(np.ascontiguousarray(part["valid"], dtype=bool)),
+        "label": torch.from_numpy(np.asarray(part["label"], dtype=np.int64)),
+        "start": torch.from_numpy(np.asarray(part["start"], dtype=np.int64)),
+        "end": torch.from_numpy(np.asarray(part["end"], dtype=np.int64)),
+    }
+
+
+def _truth(part: dict) -> dict[str, np.ndarray]:
+    return {k: np.asarray(part[k]) for k in ("label", "start", "end")}
+
+
+class _Progress:
+    """Epoch progress: a rich bar on a terminal, one plain line per epoch otherwise, or none."""
+
+    def __init__(self, mode: str, run_id: str, max_epochs: int):
+        if mode == "auto":
+            mode = "rich" if sys.stderr.isatty() else "plain"
+        self.mode, self.run_id, self.max_epochs = mode, run_id, max_epochs
+        if mode == "rich":
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[status]}"),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(run_id, total=max_epochs, status="")
+
+    def epoch(self, row: dict, metric: str, best: float, best_epoch: int) -> None:
+        status = (
+            f"loss {row['train_loss']:.3f}  val {metric} {row['val'][metric]:.3f}"
+            if metric != "loss"
+            else f"loss {row['train_loss']:.3f}  val loss {row['val_loss']:.3f}"
+        )
+        status += f"  best {best:.3f} @{best_epoch}"
+        if self.mode == "rich":
+            self.bar.update(self.task, completed=row["epoch"], status=status)
+        elif self.mode == "plain":
+            print(f"{self.run_id} epoch {row['epoch']}/{self.max_epochs} {status}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+    def close(self) -> None:
+        if self.mode == "rich":
+            self.bar.stop()
+
+
+def _evaluate_split(model, part: dict, n_boot: int) -> tuple[dict, dict]:
+    """Predict one split -> (metrics with CIs, predictions as lists)."""
+    t = _tensors(part)
+    pred = {k: v.numpy() for k, v in model.predict(t["x"], t["valid"]).items()}
+    report = M.evaluate(pred, _truth(part), n_boot=n_boot, seed=0)
+    listed = {k: pred[k].tolist() for k in ("label", "start", "end")}
+    listed["class_probs"] = np.round(pred["class_probs"], 5).tolist()
+    return report, listed
+
+
+def train_run(
+    config,
+    runs_dir: str | Path = "runs",
+    *,
+    progress: str = "auto",
+    data: RunData | None = None,
+    n_boot: int = N_BOOT,
+) -> RunResult:
+    """Train one run from a TrainConfig, a dict or a YAML path; write runs/<run-id>/.
+
+    `progress` is "auto" (rich on a terminal, plain lines otherwise), "rich", "plain" or "none".
+    `data` reuses prepared data (benchmarks train many runs on the same windows).
+    """
+    config = _as_config(config)
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    data = data or prepare_data(config)
+    run_id = runs.new_run_id(config.name, config.seed, runs_dir)
+    out = runs_dir / run_id
+    out.mkdir()
+    (out / runs.CONFIG).write_text(dump_yaml(config))
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.model_dict())
+    runs.write_json(out / runs.MODEL, model.config)
+    transfer = None
+    if config.pretrained_encoder:
+        from moola_core.pretrain.transfer import load_pretrained_encoder
+
+        transfer = load_pretrained_encoder(
+            model, config.pretrained_encoder, freeze=config.freeze_encoder
+        )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable, lr=config.optim.lr, weight_decay=config.optim.weight_decay
+    )
+    train, val = _tensors(data.part("train")), _tensors(data.part("val"))
+    val_truth = _truth(data.part("val"))
+    order = torch.Generator().manual_seed(config.seed)
+    metric = config.early_stopping_metric
+    lower_is_better = metric == "loss" or metric in M.LOWER_IS_BETTER
+    sign = -1.0 if lower_is_better else 1.0
+
+    best_score, best_epoch, best_state, since_best = -float("inf"), 0, None, 0
+    report = _Progress(progress, run_id, config.optim.max_epochs)
+    started = time.perf_counter()
+    n_train, batch_size = len(train["x"]), config.optim.batch_size
+    try:
+        with (out / runs.HISTORY).open("w") as history:
+            for epoch in range(1, config.optim.max_epochs + 1):
+                epoch_start = time.perf_counter()
+                model.train()
+                permutation = torch.randperm(n_train, generator=order)
+                totals = {"loss": 0.0, "class": 0.0, "span": 0.0}
+                for i in range(0, n_train, batch_size):
+                    idx = permutation[i : i + batch_size]
+                    output = model(train["x"][idx], train["valid"][idx])
+                    loss, parts = model.loss(
+                        output, train["label"][idx], train["start"][idx], train["end"][idx]
+                    )
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(trainable, config.optim.grad_clip)
+                    optimizer.step()
+                    share = len(idx) / n_train
+                    totals["loss"] += float(loss.detach()) * share
+                    totals["class"] += parts["class"] * share
+                    totals["span"] += parts["span"] * share
+
+                model.eval()
+                with torch.no_grad():
+                    output = model(val["x"], val["valid"])
+                    val_loss, _ = model.loss(output, val["label"], val["start"], val["end"])
+                    pred = {k: v.numpy() for k, v in model.decode(output, val["valid"]).items()}
+                val_metrics = M.point_metrics(pred, val_truth)
+                value = float(val_loss) if metric == "loss" else val_metrics[metric]
+                score = sign * value
+                if score > best_score:
+                    best_score, best_epoch, since_best = score, epoch, 0
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    since_best += 1
+                row = {
+                    "epoch": epoch,
+                    "train_loss": totals["loss"],
+                    "train_class_loss": totals["class"],
+                    "train_span_loss": totals["span"],
+                    "val_loss": float(val_loss),
+                    "val": val_metrics,
+                    "best_epoch": best_epoch,
+                    "seconds": round(time.perf_counter() - epoch_start, 3),
+                }
+                history.write(json.dumps(row) + "\n")
+                history.flush()
+                report.epoch(row, metric, sign * best_score, best_epoch)
+                if since_best >= config.optim.patience:
+                    break
+    finally:
+        report.close()
+    train_seconds = time.perf_counter() - started
+
+    model.load_state_dict(best_state)
+    torch.save(model.state_dict(), out / runs.WEIGHTS)
+
+    results: dict = {}
+    predictions: dict = {}
+    for split in ("val", "test"):
+        results[split], predictions[split] = _evaluate_split(model, data.part(split), n_boot)
+        predictions[split]["window_id"] = data.window_ids(split)
+        predictions[split]["truth"] = {k: v.tolist() for k, v in _truth(data.part(split)).items()}
+    baselines: dict = {}
+    train_part = data.part("train")
+    fitted = fit_baselines(
+        train_part["x"],
+        train_part["valid"],
+        train_part["label"],
+        train_part["start"],
+        train_part["end"],
+    )
+    predictions["baselines"] = {}
+    for name, baseline in fitted.items():
+        baselines[name] = {}
+        predictions["baselines"][name] = {}
+        for split in ("val", "test"):
+            part = data.part(split)
+            pred = baseline.predict(part["x"], part["valid"])
+            baselines[name][split] = M.evaluate(pred, _truth(part), n_boot=n_boot, seed=0)
+            predictions["baselines"][name][split] = {k: v.tolist() for k, v in pred.items()}
+
+    summary = {
+        "run_id": run_id,
+        "variant": config.name,
+        "seed": config.seed,
+        "span_head": config.model.span_head,
+        "position_encoding": config.model.position_encoding,
+        "n_parameters": n_parameters(model),
+        "dataset_fingerprint": data.fingerprint,
+        "n_windows": {s: int(len(getattr(data, s))) for s in ("train", "val", "test")},
+        "early_stopping_metric": metric,
+        "best_epoch": best_epoch,
+        "epochs_run": epoch,
+        "stopped_early": epoch < config.optim.max_epochs,
+        "train_seconds": round(train_seconds, 2),
+        "pretrained_encoder": transfer,
+        "val": results["val"],
+        "test": results["test"],
+        "baselines": baselines,
+    }
+    runs.write_json(out / runs.PREDICTIONS, predictions)
+    runs.write_json(out / runs.METRICS, summary)  # written last: its presence means "finished"
+    return RunResult(run_id, out, summary)
