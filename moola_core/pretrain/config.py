@@ -44,6 +44,9 @@ class DataSection(_Section):
     # the last `val_fraction` of the calendar days are validation; or give `split_date`
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     split_date: str | None = None
+    # window: features computed from each window's own 105 bars, as for labeled windows (the
+    # first ~19 rows are warm-up); stream: computed once per session and sliced (faster)
+    features: Literal["window", "stream"] = "window"
     jitter_std: float = Field(0.0, ge=0.0)
     max_windows: int | None = Field(None, ge=1)
 

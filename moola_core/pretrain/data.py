@@ -16,7 +16,7 @@ import torch
 
 from moola_core.errors import MoolaError
 from moola_core.pretrain.config import DataSection
-from moola_core.spec import WINDOW_LEN
+from moola_core.spec import N_FEATURES, WINDOW_LEN
 
 
 @dataclass
@@ -80,10 +80,14 @@ def date_split(
         cutoff = end_ts.max() + pd.Timedelta(minutes=1)
     else:
         quantile_start = start_ts.sort_values()[int(len(start_ts) * (1.0 - val_fraction))]
-        days = start_ts.normalize().unique().sort_values()
-        cutoff = quantile_start.normalize() if len(days) >= 3 else quantile_start
-        if cutoff <= start_ts.min():
-            cutoff = quantile_start
+        cutoff = quantile_start
+        if len(start_ts.normalize().unique()) >= 3:
+            # the day boundary (before or after the quantile) whose val share is nearest the ask
+            day = quantile_start.normalize()
+            candidates = [c for c in (day, day + pd.Timedelta(days=1)) if start_ts.min() < c]
+            candidates = [c for c in candidates if (start_ts >= c).any()]
+            if candidates:
+                cutoff = min(candidates, key=lambda c: abs((start_ts >= c).mean() - val_fraction))
     train_idx = np.flatnonzero(end_ts < cutoff)
     val_idx = np.flatnonzero(start_ts >= cutoff) if val_fraction > 0 or split_date else np.array([])
     if len(train_idx) == 0:
@@ -126,15 +130,37 @@ def build_windows(section: DataSection, bars: pd.DataFrame | None = None) -> Pre
         val_keep = max(1, section.max_windows // 4)
         if len(val_idx) > val_keep:
             val_idx = val_idx[np.linspace(0, len(val_idx) - 1, val_keep).round().astype(np.int64)]
-    x = np.asarray(window_set.x)
-    valid = np.asarray(window_set.valid)
+    if section.features == "window":
+        train_x, train_valid = per_window_features(bars, window_set.start_index[train_idx])
+        val_x, val_valid = per_window_features(bars, window_set.start_index[val_idx])
+    else:
+        x, valid = np.asarray(window_set.x), np.asarray(window_set.valid)
+        train_x, train_valid = x[train_idx], valid[train_idx]
+        val_x, val_valid = x[val_idx], valid[val_idx]
     return PretrainWindows(
-        train_x=torch.from_numpy(np.ascontiguousarray(x[train_idx], dtype=np.float32)),
-        train_valid=torch.from_numpy(np.ascontiguousarray(valid[train_idx], dtype=bool)),
-        val_x=torch.from_numpy(np.ascontiguousarray(x[val_idx], dtype=np.float32)),
-        val_valid=torch.from_numpy(np.ascontiguousarray(valid[val_idx], dtype=bool)),
+        train_x=torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.float32)),
+        train_valid=torch.from_numpy(np.ascontiguousarray(train_valid, dtype=bool)),
+        val_x=torch.from_numpy(np.ascontiguousarray(val_x, dtype=np.float32)),
+        val_valid=torch.from_numpy(np.ascontiguousarray(val_valid, dtype=bool)),
         cutoff=cutoff.isoformat(),
     )
+
+
+def per_window_features(
+    bars: pd.DataFrame, start_rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features of each window computed from its own 105 bars, exactly as labeled windows get
+    them (moola_core.data.labeled.to_model_arrays): x float32 [N, 105, 11], valid bool [N, 105]."""
+    from moola_core.data.features import compute_features
+
+    ohlc = bars[["open", "high", "low", "close"]].to_numpy(dtype=np.float64)
+    x = np.zeros((len(start_rows), WINDOW_LEN, N_FEATURES), dtype=np.float32)
+    valid = np.zeros((len(start_rows), WINDOW_LEN), dtype=bool)
+    for i, row in enumerate(start_rows):
+        window = ohlc[row : row + WINDOW_LEN]  # [105, 4]
+        features = compute_features(window[:, 0], window[:, 1], window[:, 2], window[:, 3])
+        x[i], valid[i] = features.values, features.valid
+    return x, valid
 
 
 def jitter(x: torch.Tensor, valid: torch.Tensor, std: float, generator: torch.Generator):
