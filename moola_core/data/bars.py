@@ -75,9 +75,7 @@ def validate_bars(df: pd.DataFrame) -> list[Problem]:
         values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
         prices[col] = values
         for i in np.flatnonzero(~np.isfinite(values)):
-            problems.append(
-                Problem(int(i), col, f"price {df[col].iloc[i]!r} is not a finite number")
-            )
+            problems.append(Problem(int(i), col, f"price {df[col].iloc[i]} is not a finite number"))
         for i in np.flatnonzero(np.isfinite(values) & (values <= 0)):
             problems.append(Problem(int(i), col, f"price {values[i]} is not positive"))
     if len(prices) == 4:

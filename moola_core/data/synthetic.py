@@ -179,7 +179,9 @@ def simulate_market(
     timestamps = session_timestamps(n_sessions)
 
     # Volatility: slow log-vol (clustering) x intraday U-shape.
-    log_vol = ema(rng.standard_normal(n), 300) * 7.0  # std ~0.57 for span 300
+    shocks = rng.standard_normal(n)
+    shocks[0] = 0.0  # the EMA is seeded with its first value: start the process at its mean
+    log_vol = np.clip(ema(shocks, 300) * 7.0, -1.5, 1.5)  # stationary std ~0.4
     minute = np.tile(np.arange(SESSION_BARS), n_sessions) / (SESSION_BARS - 1)
     intraday = 0.75 + 1.2 * (minute - 0.5) ** 2 * 4 * 0.5
     sigma = BASE_SIGMA * np.exp(log_vol - 0.16) * intraday  # [n]
