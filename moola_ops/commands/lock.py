@@ -1,0 +1,117 @@
+"""The deploy lock: `mkdir WORKSPACE/deploy.lock` succeeds for exactly one deployer (Kamal's lock).
+
+The lock directory holds `holder.json` (who, when, what, pid, deployment id) so a refused
+deployer can name the holder and an operator can judge a stale lock. Builders return shell
+strings; `parse_*` read their output. Nothing here talks SSH.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+from moola_ops.commands.layout import Layout, check_name
+
+ACQUIRED = "MOOLA-LOCK-ACQUIRED"
+HELD = "MOOLA-LOCK-HELD"
+RELEASED = "MOOLA-LOCK-RELEASED"
+NOT_OURS = "MOOLA-LOCK-NOT-OURS"
+BROKEN = "MOOLA-LOCK-BROKEN"
+FREE = "MOOLA-LOCK-FREE"
+_WRITE_FAILED = shlex.quote(json.dumps({"error": "cannot write the lock holder (disk full?)"}))
+
+
+def holder_json(holder: dict[str, Any]) -> str:
+    """The holder record as one compact JSON line (what `holder.json` contains)."""
+    return json.dumps(holder, sort_keys=True, separators=(",", ":"))
+
+
+def acquire(layout: Layout, holder: dict[str, Any]) -> str:
+    """Create the workspace layout, then take the lock or print who holds it (always exit 0).
+
+    The holder file is written inside the freshly made directory; if that write fails (a full
+    disk) the directory is removed again so no anonymous lock is left behind.
+    """
+    check_name(holder["deployment"], "deployment id")
+    lock = layout.lock
+    holder_file = layout.path("deploy.lock", "holder.json")
+    return (
+        f"mkdir -p {layout.releases} {layout.incoming} {layout.backups} && "
+        f"if mkdir {lock} 2>/dev/null; then "
+        f"if printf '%s\\n' {shlex.quote(holder_json(holder))} > {holder_file}; "
+        f"then echo {ACQUIRED}; else rm -rf {lock}; echo {HELD}; echo {_WRITE_FAILED}; fi; "
+        f"else echo {HELD}; cat {holder_file} 2>/dev/null || echo '{{}}'; fi"
+    )
+
+
+def parse_acquire(output: str) -> tuple[bool, dict[str, Any] | None]:
+    """(acquired, holder) from the output of `acquire`; holder is who has it when refused."""
+    lines = output.strip().splitlines()
+    if not lines:
+        raise ValueError("empty answer to the lock command")
+    marker = next((i for i, line in enumerate(lines) if line in (ACQUIRED, HELD)), None)
+    if marker is None:
+        raise ValueError(f"unexpected answer to the lock command: {output.strip()[:200]!r}")
+    if lines[marker] == ACQUIRED:
+        return True, None
+    return False, _parse_holder("\n".join(lines[marker + 1 : marker + 2]))
+
+
+def release(layout: Layout, deployment: str) -> str:
+    """Release the lock only if `deployment` holds it (moved aside atomically, then removed)."""
+    check_name(deployment, "deployment id")
+    aside = layout.path(f"deploy.lock.released-{deployment}")
+    needle = shlex.quote(f'"deployment":"{deployment}"')
+    holder_file = layout.path("deploy.lock", "holder.json")
+    return (
+        f"if grep -qF {needle} {holder_file} 2>/dev/null && mv -T {layout.lock} {aside}; "
+        f"then rm -rf {aside}; echo {RELEASED}; else echo {NOT_OURS}; fi"
+    )
+
+
+def parse_release(output: str) -> bool:
+    """True when `release` removed our lock; False when the lock was not ours (or gone)."""
+    return RELEASED in output.split()
+
+
+def break_lock(layout: Layout, deployment: str) -> str:
+    """Remove the lock whoever holds it; print the holder it had (for the log), or FREE."""
+    check_name(deployment, "deployment id")
+    aside = layout.path(f"deploy.lock.broken-{deployment}")
+    holder_file = layout.path("deploy.lock", "holder.json")
+    return (
+        f"if [ -d {layout.lock} ]; then cat {holder_file} 2>/dev/null || echo '{{}}'; echo; "
+        f"mv -T {layout.lock} {aside} && rm -rf {aside} && echo {BROKEN}; "
+        f"else echo {FREE}; fi"
+    )
+
+
+def parse_break(output: str) -> tuple[bool, dict[str, Any] | None]:
+    """(broken, previous holder) from the output of `break_lock`."""
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    if BROKEN in lines:
+        return True, _parse_holder(lines[0] if lines[0] != BROKEN else "{}")
+    return False, None
+
+
+def _parse_holder(text: str) -> dict[str, Any]:
+    # An unreadable holder still means "locked": report it as unknown rather than failing.
+    try:
+        holder = json.loads(text or "{}")
+    except json.JSONDecodeError:
+        return {"unreadable": text[:200]}
+    return holder if isinstance(holder, dict) else {"unreadable": text[:200]}
+
+
+def describe_holder(holder: dict[str, Any] | None) -> str:
+    """One phrase naming the holder: 'alice@laptop since 2026-... (deploy v0.3, pid 12, id X)'."""
+    if not holder:
+        return "an unknown holder (the lock has no holder file)"
+    who = holder.get("actor", "someone")
+    when = holder.get("since", "an unknown time")
+    what = holder.get("what", "?")
+    return (
+        f"{who} since {when} ({what}, pid {holder.get('pid', '?')}, "
+        f"deployment {holder.get('deployment', '?')})"
+    )

@@ -1,0 +1,163 @@
+"""Builders for what a deploy, rollback or restore does to a host's releases.
+
+Each function returns one shell command string with every argument quoted; the executor in
+`moola_ops.transport` runs them, several joined into one round trip where they belong together.
+Read top to bottom, this file is exactly what Moola does to a host.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+from moola_ops.commands.layout import Layout, check_name
+
+HOSTSIDE_SOURCE = (Path(__file__).parent / "hostside.py").read_text()
+ARCHIVE_NAME = "bundle.tar.gz"
+
+
+def _hostside(python: str, action: str, *args: str) -> str:
+    # The host-side program travels inside the command: nothing to install on a bare host.
+    return f"{shlex.quote(python)} -c {shlex.quote(HOSTSIDE_SOURCE)} {action} {' '.join(args)}"
+
+
+def stage(layout: Layout, deployment: str) -> str:
+    """Make the staging directory incoming/<deployment>/ for an upload."""
+    return f"mkdir -p {layout.staging(deployment)}"
+
+
+def staged_archive(layout: Layout, deployment: str) -> str:
+    """Unquoted remote path of the uploaded archive (for SFTP, which takes no shell)."""
+    return f"{layout.workspace}/incoming/{check_name(deployment, 'deployment id')}/{ARCHIVE_NAME}"
+
+
+def promote(layout: Layout, python: str, deployment: str, version: str, sha256: str) -> str:
+    """Check the archive's sha256, safe-extract it, verify every file, rename into releases/."""
+    _check_sha(sha256)
+    staging = layout.staging(deployment)
+    archive = layout.path("incoming", deployment, ARCHIVE_NAME)
+    return _hostside(
+        python, "promote", archive, sha256, shlex.quote(version), staging, layout.release(version)
+    )
+
+
+def verify(layout: Layout, python: str, version: str, *, through_current: bool = False) -> str:
+    """Verify releases/<version> (or `current`) file by file against its manifest."""
+    target = layout.current if through_current else layout.release(version)
+    return _hostside(python, "verify", target, shlex.quote(check_name(version, "version")))
+
+
+def runtime_check(layout: Layout, python: str, version: str, *, through_current=False) -> str:
+    """The bundle's own runtime check (model, golden outputs, latency) on a release."""
+    release = layout.current if through_current else layout.release(version)
+    return (
+        f"cd {release} && PYTHONPATH={release}/code "
+        f"{shlex.quote(python)} -m moola_core.runtime check --release {release} --json"
+    )
+
+
+def snapshot(layout: Layout, version: str, name: str) -> str:
+    """Archive releases/<version> into backups/<name> (written to a temp name, then renamed)."""
+    check_name(version, "version")
+    tmp = layout.backup(f".partial-{check_name(name, 'snapshot name')}")
+    return (
+        f"tar -cf {tmp} -C {layout.releases} {shlex.quote(version)} && "
+        f"mv -f {tmp} {layout.backup(name)} || {{ rm -f {tmp}; false; }}"
+    )
+
+
+def snapshot_name(timestamp: str, version: str) -> str:
+    """backups/<UTC timestamp>-<version>.tar: sorts by time, names the version it holds."""
+    return f"{check_name(timestamp, 'timestamp')}-{check_name(version, 'version')}.tar"
+
+
+def parse_snapshot_name(name: str) -> tuple[str, str] | None:
+    """(timestamp, version) from a snapshot file name, or None for anything else."""
+    if not name.endswith(".tar") or "-" not in name or name.startswith("."):
+        return None
+    stamp, _, version = name[: -len(".tar")].partition("-")
+    return (stamp, version) if stamp and version else None
+
+
+def revision_line(**fields: Any) -> str:
+    """One line of the host's revisions.log (JSON: time, action, version, previous, ...)."""
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+
+def switch(layout: Layout, version: str, deployment: str, revision: dict[str, Any]) -> str:
+    """Point `current` at releases/<version> atomically and record it in revisions.log.
+
+    `ln -s` makes a new link under a temp name; `mv -T` renames it over `current` in one
+    rename(2), so a reader sees the old release or the new one, never neither. The relative
+    target keeps the workspace movable. Prints where `current` points afterwards.
+    """
+    check_name(version, "version")
+    tmp = layout.path(f".current-{check_name(deployment, 'deployment id')}")
+    target = shlex.quote(f"releases/{version}")
+    return (
+        f"ln -sfn {target} {tmp} && mv -T {tmp} {layout.current} && "
+        f"printf '%s\\n' {shlex.quote(revision_line(**revision))} >> {layout.revisions} && "
+        f"readlink {layout.current}"
+    )
+
+
+def snapshot_and_switch(
+    layout: Layout,
+    version: str,
+    deployment: str,
+    revision: dict[str, Any],
+    *,
+    snapshot_of: str | None,
+    snapshot_as: str | None,
+) -> str:
+    """Snapshot the release being left (if any), then switch: one round trip, stops on error."""
+    parts = []
+    if snapshot_of and snapshot_as:
+        parts.append(snapshot(layout, snapshot_of, snapshot_as))
+    parts.append(switch(layout, version, deployment, revision))
+    return " && ".join(f"{{ {p}; }}" for p in parts)
+
+
+def prune(layout: Layout, releases: list[str], backups: list[str]) -> str:
+    """Remove the given releases and snapshots, and any staging left by interrupted runs.
+
+    Which ones go is decided by `moola_ops.facts.plan_prune` (never current or previous);
+    run only under the lock, since incoming/ of a live deploy would go too.
+    """
+    paths = [layout.release(v) for v in releases] + [
+        layout.release(v) + ".sha256" for v in releases
+    ]
+    paths += [layout.backup(b) for b in backups]
+    remove = f"rm -rf -- {' '.join(paths)}; " if paths else ""
+    return f"{remove}rm -rf -- {layout.incoming}/* {layout.root}/.current-*"
+
+
+def restore(layout: Layout, python: str, deployment: str, snapshot_file: str, version: str):
+    """Extract backups/<snapshot>, verify it, and put it in place of releases/<version>."""
+    return _hostside(
+        python,
+        "restore",
+        layout.backup(snapshot_file),
+        layout.staging(deployment),
+        layout.releases,
+        shlex.quote(check_name(version, "version")),
+    )
+
+
+def parse_hostside(stdout: str) -> dict[str, Any]:
+    """The JSON report of a host-side action (last JSON line of stdout), or a problem report."""
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                break
+    return {"ok": False, "problems": [f"no report from the host: {stdout.strip()[-300:]!r}"]}
+
+
+def _check_sha(sha256: str) -> None:
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ValueError(f"not a sha256 hex digest: {sha256!r}")

@@ -1,0 +1,287 @@
+"""The inventory: which hosts exist, how to reach them, what they should have.
+
+`inventory/hosts.yaml` is validated with pydantic; a malformed file is reported with the field
+and its line. Hosts marked `sandbox: true` are the local stand-in hosts: their address, port,
+key and workspace come from the running sandbox (`.sandbox/state.json`). A host without
+`hostname` is looked up in `~/.ssh/config` by its name (aliases work). No key material lives in
+the inventory, only paths to keys.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from moola_core.errors import MoolaError
+from moola_ops.commands.layout import check_name, check_workspace
+
+DEFAULT_PATH = Path("inventory/hosts.yaml")
+DEFAULT_WORKSPACE = "/workspace/moola"
+DEFAULT_SANDBOX_ROOT = Path(".sandbox")
+
+
+@dataclass(frozen=True)
+class Host:
+    """One resolved host: everything the transport and the engine need to act on it."""
+
+    name: str
+    hostname: str  # address or ~/.ssh/config alias
+    port: int | None = None  # None: from ~/.ssh/config, else 22
+    user: str | None = None  # None: from ~/.ssh/config, else the local user
+    identity_file: str | None = None
+    known_hosts: str | None = None  # extra known_hosts file checked with ~/.ssh/known_hosts
+    workspace: str = DEFAULT_WORKSPACE
+    python: str = "python3"
+    gpu: str | None = None  # expected GPU (substring of nvidia-smi's name), None: no GPU needed
+    latency_sla_ms: float | None = None  # overrides the bundle's SLA for this host
+    groups: tuple[str, ...] = ()
+    connect_timeout_s: float = 10.0
+    smoke: str | None = None  # shell command run in `current` after a switch; failure rolls back
+    sandbox: bool = False
+
+    @property
+    def address(self) -> str:
+        """user@hostname:port as far as known, for messages."""
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port else ""
+        return f"{user}{self.hostname}{port}"
+
+
+def _models():
+    # pydantic is imported lazily: `invoke --list` must not pay for it.
+    from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+    class HostEntry(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        hostname: str | None = None
+        port: int | None = Field(default=None, ge=1, le=65535)
+        user: str | None = None
+        identity_file: str | None = None
+        known_hosts: str | None = None
+        workspace: str | None = None
+        python: str | None = None
+        gpu: str | None = None
+        latency_sla_ms: float | None = Field(default=None, gt=0)
+        groups: list[str] = []
+        connect_timeout_s: float | None = Field(default=None, gt=0, le=300)
+        smoke: str | None = None
+        sandbox: bool = False
+
+        @field_validator("groups")
+        @classmethod
+        def _groups(cls, value: list[str]) -> list[str]:
+            for group in value:
+                check_name(group, "group name")
+            return value
+
+        @field_validator("workspace")
+        @classmethod
+        def _workspace(cls, value: str | None) -> str | None:
+            return None if value is None else check_workspace(value)
+
+    class Defaults(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        user: str | None = None
+        port: int | None = Field(default=None, ge=1, le=65535)
+        identity_file: str | None = None
+        known_hosts: str | None = None
+        workspace: str = DEFAULT_WORKSPACE
+        python: str = "python3"
+        connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+        @field_validator("workspace")
+        @classmethod
+        def _workspace(cls, value: str) -> str:
+            return check_workspace(value)
+
+    class InventoryFile(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        defaults: Defaults = Defaults()
+        hosts: dict[str, HostEntry]
+
+        @field_validator("hosts")
+        @classmethod
+        def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
+            for name in value:
+                check_name(name, "host name")
+            return value
+
+    return InventoryFile
+
+
+@dataclass
+class Inventory:
+    """Named hosts and groups; `resolve` turns names or groups into `Host`s."""
+
+    hosts: dict[str, Host]
+    source: str = "<memory>"
+    sandbox_root: Path = field(default_factory=lambda: DEFAULT_SANDBOX_ROOT)
+
+    @property
+    def groups(self) -> dict[str, list[str]]:
+        """{group: [host names]} in inventory order."""
+        groups: dict[str, list[str]] = {}
+        for host in self.hosts.values():
+            for group in host.groups:
+                groups.setdefault(group, []).append(host.name)
+        return groups
+
+    def resolve(self, selection: str | list[str] | tuple[str, ...]) -> list[Host]:
+        """Hosts named by `selection`: host names and/or groups, comma separated or a list.
+
+        Unknown names raise MoolaError listing the known hosts and groups; names carrying shell
+        characters are refused before anything else happens.
+        """
+        items = selection.split(",") if isinstance(selection, str) else list(selection)
+        items = [item.strip() for item in items if item and item.strip()]
+        if not items:
+            raise MoolaError("no host given: pass --host NAME (a host or a group, comma separated)")
+        chosen: dict[str, Host] = {}
+        groups = self.groups
+        for item in items:
+            check_name(item, "host name")
+            if item in self.hosts:
+                names = [item]
+            elif item in groups:
+                names = groups[item]
+            else:
+                raise MoolaError(
+                    f"unknown host or group {item!r} in {self.source}; known hosts: "
+                    f"{', '.join(self.hosts) or 'none'}; groups: {', '.join(groups) or 'none'}"
+                )
+            for name in names:
+                chosen.setdefault(name, self.hosts[name])
+        return [self._materialise(host) for host in chosen.values()]
+
+    def _materialise(self, host: Host) -> Host:
+        if not host.sandbox:
+            return host
+        from moola_ops.sandbox import load_state
+
+        sandbox = load_state(self.sandbox_root)
+        running = sandbox.hosts.get(host.name) if sandbox else None
+        if running is None or not running.alive():
+            raise MoolaError(
+                f"host {host.name} is a local stand-in host and it is not running: "
+                f"run `invoke sandbox up` first"
+            )
+        return _from_sandbox_host(running, host)
+
+    @classmethod
+    def from_sandbox(
+        cls, sandbox, *, groups: tuple[str, ...] = ("local",), **overrides
+    ) -> Inventory:
+        """An inventory of every host of a running `moola_ops.sandbox.Sandbox` (tests, benches).
+
+        `overrides` set Host fields on every host (e.g. connect_timeout_s=2, smoke="false").
+        """
+        hosts = {}
+        for name, running in sorted(sandbox.hosts.items()):
+            template = Host(name=name, hostname=running.hostname, groups=groups, sandbox=True)
+            hosts[name] = replace(_from_sandbox_host(running, template), sandbox=False, **overrides)
+        return cls(hosts=hosts, source=f"sandbox {sandbox.root}")
+
+
+def _from_sandbox_host(running, host: Host) -> Host:
+    return replace(
+        host,
+        hostname=running.hostname,
+        port=running.port,
+        user=running.user,
+        identity_file=running.identity_file,
+        known_hosts=running.known_hosts,
+        workspace=running.workspace,
+    )
+
+
+def load_inventory(
+    path: str | os.PathLike | None = None, *, sandbox_root: str | os.PathLike | None = None
+) -> Inventory:
+    """Read and validate the inventory file (default inventory/hosts.yaml, env MOOLA_INVENTORY)."""
+    import yaml
+    from pydantic import ValidationError as PydanticError
+
+    source = Path(path or os.environ.get("MOOLA_INVENTORY") or DEFAULT_PATH)
+    if not source.exists():
+        raise MoolaError(
+            f"inventory {source} not found: create it (see docs/inventory.md) or pass --inventory"
+        )
+    text = source.read_text()
+    try:
+        raw = yaml.safe_load(text)
+        tree = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise MoolaError(
+            f"{source}{where} is not valid YAML: {getattr(exc, 'problem', exc)}"
+        ) from None
+    if not isinstance(raw, dict):
+        raise MoolaError(
+            f"{source} must be a mapping with a `hosts:` section (see docs/inventory.md)"
+        )
+    try:
+        parsed = _models().model_validate(raw)
+    except PydanticError as exc:
+        first = exc.errors()[0]
+        loc = tuple(str(p) for p in first["loc"])
+        line = _line_of(tree, loc)
+        field_name = ".".join(loc) or "file"
+        raise MoolaError(
+            f"{source} line {line}: {field_name}: {first['msg']} (see docs/inventory.md)"
+        ) from None
+    except MoolaError as exc:  # a check_name inside a validator: name the file
+        raise MoolaError(f"{source}: {exc}") from None
+
+    d = parsed.defaults
+    hosts = {}
+    for name, entry in parsed.hosts.items():
+        hosts[name] = Host(
+            name=name,
+            hostname=entry.hostname or name,  # no hostname: the name is an ~/.ssh/config alias
+            port=entry.port or d.port,
+            user=entry.user or d.user,
+            identity_file=_expand(entry.identity_file or d.identity_file),
+            known_hosts=_expand(entry.known_hosts or d.known_hosts),
+            workspace=entry.workspace or d.workspace,
+            python=entry.python or d.python,
+            gpu=entry.gpu,
+            latency_sla_ms=entry.latency_sla_ms,
+            groups=tuple(entry.groups),
+            connect_timeout_s=entry.connect_timeout_s or d.connect_timeout_s,
+            smoke=entry.smoke,
+            sandbox=entry.sandbox,
+        )
+    root = Path(sandbox_root or DEFAULT_SANDBOX_ROOT)  # the sandbox tasks' default root
+    return Inventory(hosts=hosts, source=str(source), sandbox_root=root)
+
+
+def _expand(path: str | None) -> str | None:
+    return os.path.expanduser(path) if path else None
+
+
+def _line_of(tree, loc: tuple[str, ...]) -> int:
+    """1-based line of the deepest YAML node along `loc` (pydantic's error location)."""
+    node, line = tree, (tree.start_mark.line + 1 if tree is not None else 1)
+    for key in loc:
+        if node is None:
+            break
+        if hasattr(node, "value") and isinstance(node.value, list) and node.value:
+            if isinstance(node.value[0], tuple):  # mapping: (key node, value node) pairs
+                match = next((kv for kv in node.value if kv[0].value == key), None)
+                if match is None:
+                    break
+                line = match[0].start_mark.line + 1
+                node = match[1]
+                continue
+            if key.isdigit() and int(key) < len(node.value):  # sequence
+                node = node.value[int(key)]
+                line = node.start_mark.line + 1
+                continue
+        break
+    return line
