@@ -25,6 +25,7 @@ import re
 import shutil
 import sys
 import tarfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 try:
@@ -154,7 +155,7 @@ def read_members(
     try:
         tar = tarfile.open(archive, mode="r:gz")  # noqa: SIM115 - returned open to the caller
         members = tar.getmembers()
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise BundleError(
             f"{archive.name} is not a readable .tar.gz ({exc}): upload or rebuild it again."
         ) from None

@@ -1,0 +1,187 @@
+"""`invoke bundle --version V`: phase 3, a verified, reproducible bundle; `bundle.verify`,
+`bundle.show`. Heavy imports (torch, pydantic) stay inside the task bodies.
+"""
+
+from __future__ import annotations
+
+from invoke import Collection, task
+
+from moola_ops.cli._common import console, print_json, user_errors
+
+
+def _log(version: str, status: str, **detail) -> None:
+    """One line in the deployment log for every build attempt (a forced rebuild included)."""
+    from moola_ops import journal
+
+    journal.append(
+        journal.Event(
+            deployment=journal.new_deployment_id(),
+            actor=journal.current_actor(),
+            host="",
+            bundle=version,
+            phase="bundle",
+            step="build",
+            status=status,
+            detail=detail,
+        )
+    )
+
+
+@task(
+    help={
+        "version": "bundle version: v + numbers and dots, optional -suffix (v0.3, v1.0.0-rc1)",
+        "run": "training run id under runs/ (default: the run in runs/selected.json)",
+        "force": "replace an existing archive of this version (logged; versions are immutable)",
+        "sign": "private SSH key to sign manifest.json with (ssh-keygen -Y sign)",
+        "sla_p99_ms": "latency SLA the runtime check enforces: p99 in ms (default 5)",
+        "out": "folder for the archive (default bundles)",
+        "json": "print the result as one JSON document",
+    },
+    default=True,
+)
+@user_errors
+def build(c, version, run=None, force=False, sign=None, sla_p99_ms=5.0, out="bundles", json=False):
+    """Build bundles/moola-<version>.tar.gz from a training run, then verify it."""
+    from moola_core.bundle import BundleError, build_bundle, validate_version
+
+    validate_version(version)  # before the name reaches the log, a path or a command
+    try:
+        built = build_bundle(
+            version, run, out_dir=out, force=force, sign_key=sign, sla_p99_ms=float(sla_p99_ms)
+        )
+    except BundleError as exc:
+        refused = "immutable" in str(exc)
+        _log(version, "refused" if refused else "failed", error=str(exc), force=force)
+        raise
+    _log(
+        version,
+        "ok",
+        path=str(built.path),
+        sha256=built.sha256,
+        run_id=built.manifest.run_id,
+        force=force,
+        replaced=built.replaced,
+        signed=built.signed,
+    )
+    result = {
+        "path": str(built.path),
+        "sha256": built.sha256,
+        "version": built.manifest.version,
+        "run_id": built.manifest.run_id,
+        "files": len(built.manifest.files),
+        "replaced": built.replaced,
+        "signed": built.signed,
+    }
+    if json:
+        print_json(result)
+        return
+    out_console = console()
+    if built.replaced:
+        out_console.print(f"replaced the existing {built.path} (--force, logged)")
+    out_console.print(
+        f"built {built.path}  {built.manifest.version} from run {built.manifest.run_id}, "
+        f"{len(built.manifest.files)} files, {'signed' if built.signed else 'unsigned'}"
+    )
+    out_console.print(f"sha256 {built.sha256}")
+
+
+@task(
+    help={
+        "path": "bundle archive (bundles/moola-v0.3.tar.gz) or extracted bundle folder",
+        "allowed_signers": "OpenSSH allowed_signers file; when given the signature must verify",
+        "json": "print the result as one JSON document",
+    }
+)
+@user_errors
+def verify(c, path, allowed_signers=None, json=False):
+    """Check every file against the manifest (and the signature); name the first that differs."""
+    from moola_core.bundle import verify_bundle
+
+    info = verify_bundle(path, allowed_signers=allowed_signers)
+    result = {
+        "ok": True,
+        "path": str(info.path),
+        "version": info.manifest.version,
+        "files": len(info.manifest.files),
+        "sha256": info.sha256,
+        "signed": info.signed,
+        "signer": info.signer,
+    }
+    if json:
+        print_json(result)
+        return
+    signature = f", signed by {info.signer}" if info.signer else (
+        ", signed (not checked)" if info.signed else ", unsigned"
+    )  # fmt: skip
+    console().print(
+        f"ok {info.manifest.version}: {len(info.manifest.files)} files match{signature}"
+    )
+
+
+@task(
+    help={
+        "path": "bundle archive or extracted bundle folder",
+        "json": "print the whole manifest as one JSON document",
+    }
+)
+@user_errors
+def show(c, path, json=False):
+    """Show a bundle's manifest: version, provenance, model, metrics, files (after verifying)."""
+    from moola_core.bundle import verify_bundle
+
+    info = verify_bundle(path)
+    manifest = info.manifest
+    if json:
+        print_json({**manifest.model_dump(mode="json"), "archive_sha256": info.sha256})
+        return
+    from rich.table import Table
+
+    source = manifest.source
+    commit = (source.commit or "unknown")[:12] + (" (dirty)" if source.dirty else "")
+    facts = Table(show_header=False, box=None, pad_edge=False)
+    for key, value in [
+        ("version", manifest.version),
+        ("created", f"{manifest.created_at} by {manifest.creator}"),
+        ("source", commit),
+        ("run", manifest.run_id),
+        ("model", f"{manifest.model.architecture}, {manifest.model.parameters} parameters"),
+        ("dataset", manifest.dataset_fingerprint),
+        ("features", f"{len(manifest.feature_spec.names)} x {manifest.feature_spec.window_len}"),
+        ("built with", f"python {manifest.runtime.python}, torch {manifest.runtime.torch}"),
+        ("latency SLA", f"p99 <= {manifest.latency_sla_p99_ms:g} ms"),
+        ("golden", f"{manifest.golden.n_windows} windows, atol {manifest.golden.class_probs_atol}"),
+        ("signed", "yes" if info.signed else "no"),
+        ("archive sha256", info.sha256 or "-"),
+    ]:
+        facts.add_row(key, str(value))
+    out = console()
+    out.print(facts)
+    metrics = _flat(manifest.metrics)
+    if metrics:
+        out.print("metrics  " + ", ".join(f"{k}={v}" for k, v in list(metrics.items())[:12]))
+    files = Table("file", "bytes", "sha256", box=None, pad_edge=False)
+    for entry in manifest.files:
+        if not entry.path.startswith("code/"):
+            files.add_row(entry.path, str(entry.size), entry.sha256[:16])
+    code = [e for e in manifest.files if e.path.startswith("code/")]
+    files.add_row(f"code/ ({len(code)} files)", str(sum(e.size for e in code)), "")
+    out.print(files)
+
+
+def _flat(metrics: dict, prefix: str = "") -> dict:
+    """Nested metrics -> {"test.accuracy": 0.81, ...} with numbers rounded for display."""
+    flat = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = round(value, 4)
+    return flat
+
+
+bundle = Collection("bundle")
+bundle.add_task(build, default=True)
+bundle.add_task(verify)
+bundle.add_task(show)
+
+EXPORTS = [bundle]

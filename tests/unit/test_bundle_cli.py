@@ -1,0 +1,73 @@
+"""`invoke bundle`, `bundle.verify`, `bundle.show` as a person runs them (real Invoke, real files)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from moola_core.bundle.build import REPO_ROOT
+from moola_core.models import build_model
+
+
+def invoke(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MOOLA_LOG": str(cwd / "deploy.jsonl")}
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "-r", str(REPO_ROOT), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_bundle_tasks_build_verify_show_and_refuse(tmp_path):
+    torch.manual_seed(0)
+    model = build_model({"hidden": 8, "layers": 1})
+    run = tmp_path / "runs" / "run-7"
+    run.mkdir(parents=True)
+    torch.save(model.state_dict(), run / "weights.pt")
+    (run / "model.json").write_text(json.dumps(model.config))
+    (run / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.75}}))
+    (tmp_path / "runs" / "selected.json").write_text(json.dumps({"run_id": "run-7"}))
+
+    built = invoke(tmp_path, "bundle", "--version", "v0.3", "--json")
+    assert built.returncode == 0, built.stderr
+    result = json.loads(built.stdout)
+    assert result["run_id"] == "run-7" and result["path"] == "bundles/moola-v0.3.tar.gz"
+
+    again = invoke(tmp_path, "bundle", "--version", "v0.3")
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert "already exists and bundle versions are immutable" in again.stderr
+    forced = invoke(tmp_path, "bundle", "--version", "v0.3", "--force", "--json")
+    assert forced.returncode == 0 and json.loads(forced.stdout)["replaced"] is True
+    bad = invoke(tmp_path, "bundle", "--version", "v0.3;reboot")
+    assert bad.returncode == 1 and "is not valid" in bad.stderr
+
+    log = [json.loads(line) for line in (tmp_path / "deploy.jsonl").read_text().splitlines()]
+    assert [(e["phase"], e["status"]) for e in log] == [
+        ("bundle", "ok"),
+        ("bundle", "refused"),
+        ("bundle", "ok"),
+    ]
+    assert log[2]["detail"]["force"] is True and log[2]["detail"]["replaced"] is True
+
+    verified = invoke(tmp_path, "bundle.verify", "bundles/moola-v0.3.tar.gz", "--json")
+    assert json.loads(verified.stdout)["sha256"] == result["sha256"]
+    shown = invoke(tmp_path, "bundle.show", "bundles/moola-v0.3.tar.gz")
+    assert (
+        shown.returncode == 0 and "run-7" in shown.stdout and "test.accuracy=0.75" in shown.stdout
+    )
+
+    archive = tmp_path / "bundles" / "moola-v0.3.tar.gz"
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    broken = invoke(tmp_path, "bundle.verify", str(archive))
+    assert broken.returncode == 1 and "Traceback" not in broken.stderr
+    assert broken.stderr.startswith("error: ")
