@@ -187,7 +187,7 @@ def _zigzag_events(high: list, low: list, close: list, threshold: list) -> list:
         c = close[t]
         if direction == 1:
             h = high[t]
-            if h >= ext:
+            if h > ext:  # ties keep the earlier bar as the swing
                 ext = h
                 ext_i = t
                 opp = low[t]
@@ -203,7 +203,7 @@ def _zigzag_events(high: list, low: list, close: list, threshold: list) -> list:
                 ext, ext_i, opp, opp_i = opp, opp_i, high[t], t
         else:
             lw = low[t]
-            if lw <= ext:
+            if lw < ext:
                 ext = lw
                 ext_i = t
                 opp = high[t]

@@ -91,10 +91,10 @@ class SyntheticMarket:
 
 def session_timestamps(n_sessions: int) -> pd.DatetimeIndex:
     """Minute timestamps of n weekday sessions, 390 bars each, starting on START_DAY."""
-    days = pd.bdate_range(START_DAY, periods=n_sessions, tz="UTC")
-    minutes = pd.to_timedelta(np.arange(SESSION_BARS), unit="min") + SESSION_OPEN
-    stamps = days.values[:, None] + minutes.values[None, :]  # [S, 390]
-    return pd.DatetimeIndex(stamps.reshape(-1), tz="UTC")
+    days = pd.bdate_range(START_DAY, periods=n_sessions).to_numpy()  # naive dates, read as UTC
+    minutes = (pd.to_timedelta(np.arange(SESSION_BARS), unit="min") + SESSION_OPEN).to_numpy()
+    stamps = days[:, None] + minutes[None, :]  # [S, 390]
+    return pd.DatetimeIndex(stamps.reshape(-1)).tz_localize("UTC")
 
 
 def _plan_episode(rng: np.random.Generator, label: str, window_start: int, knobs: Difficulty):
