@@ -173,6 +173,9 @@ class Options:
     full_post_check: bool = False  # also run the runtime check through `current` after a switch
     accept_new_host_key: bool = False  # pin an unknown host key (logged) instead of refusing
     check_timeout_s: float = 600.0  # runtime check limit
+    check_runs: int | None = None  # timed runs of the runtime check (None: the runtime's default)
+    check_warmup: int | None = None
+    check_backend: str | None = None  # None: the runtime picks the fastest that matches golden
     parallel: int = 4  # hosts at once
     canary: int = 0  # hosts deployed first; the rest stop if one fails
     batch: int = 0  # after the canary, hosts per wave (0: all at once, within `parallel`)
@@ -466,8 +469,16 @@ def _preflight(ctx: _Host, facts: facts_cmd.HostFacts, need_bytes: int) -> None:
 def _runtime_check(ctx: _Host, version: str, *, step: str, through_current: bool = False) -> None:
     """The bundle's runtime check (model, golden outputs, latency); raise StepFailed on failure."""
     with ctx.step(step, version=version, through_current=through_current) as info:
+        o = ctx.opts
         command = release_cmd.runtime_check(
-            ctx.layout, ctx.host.python, version, through_current=through_current
+            ctx.layout,
+            ctx.host.python,
+            version,
+            through_current=through_current,
+            runs=o.check_runs,
+            warmup=o.check_warmup,
+            backend=o.check_backend,
+            sla_p99_ms=ctx.host.latency_sla_ms,
         )
         out = ctx.run(command, timeout_s=ctx.opts.check_timeout_s)
         report = _json_or_none(out.stdout)

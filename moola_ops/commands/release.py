@@ -49,19 +49,42 @@ def verify(layout: Layout, python: str, version: str, *, through_current: bool =
     return _hostside(python, "verify", target, shlex.quote(check_name(version, "version")))
 
 
-def runtime_check(layout: Layout, python: str, version: str, *, through_current=False) -> str:
-    """The bundle's own runtime check (model, golden outputs, latency) on a release."""
+def runtime_check(
+    layout: Layout,
+    python: str,
+    version: str,
+    *,
+    through_current: bool = False,
+    runs: int | None = None,
+    warmup: int | None = None,
+    backend: str | None = None,
+    sla_p99_ms: float | None = None,
+) -> str:
+    """The bundle's own runtime check (model, golden outputs, latency) on a release.
+
+    Runs the release's own code (PYTHONPATH=release/code), so code and model are checked
+    together; `sla_p99_ms` is the host's latency SLA override from the inventory.
+    """
     release = layout.current if through_current else layout.release(version)
+    extra = ""
+    if runs is not None:
+        extra += f" --runs {int(runs)}"
+    if warmup is not None:
+        extra += f" --warmup {int(warmup)}"
+    if backend is not None:
+        extra += f" --backend {shlex.quote(check_name(backend, 'backend'))}"
+    if sla_p99_ms is not None:
+        extra += f" --sla-p99-ms {float(sla_p99_ms)!r}"
     return (
         f"cd {release} && PYTHONPATH={release}/code "
-        f"{shlex.quote(python)} -m moola_core.runtime check --release {release} --json"
+        f"{shlex.quote(python)} -m moola_core.runtime check --release {release} --json{extra}"
     )
 
 
 def snapshot(layout: Layout, version: str, name: str) -> str:
     """Archive releases/<version> into backups/<name> (written to a temp name, then renamed)."""
     check_name(version, "version")
-    tmp = layout.backup(f".partial-{check_name(name, 'snapshot name')}")
+    tmp = layout.path("backups", f".partial-{check_name(name, 'snapshot name')}")
     return (
         f"tar -cf {tmp} -C {layout.releases} {shlex.quote(version)} && "
         f"mv -f {tmp} {layout.backup(name)} || {{ rm -f {tmp}; false; }}"

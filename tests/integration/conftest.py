@@ -1,0 +1,111 @@
+"""Deploy fixtures: real bundles built from a tiny real model, stand-in hosts shared per module.
+
+The stand-in hosts are real OpenSSH servers (moola_ops.sandbox). Building a bundle trains
+nothing: a tiny randomly initialised model is enough for the runtime check to load it, compare
+its golden outputs and time it on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from moola_ops.inventory import Inventory
+from moola_ops.sandbox import start_sandbox
+
+TINY_MODEL = {"hidden": 8, "layers": 1}
+VERSIONS = ("v1.0", "v1.1", "v1.2")
+
+
+def remote_python_dir(root: Path) -> str | None:
+    """A bin dir whose `python3` the sandbox login user can run, with this venv's packages.
+
+    As root the sandbox logs in as an unprivileged user who cannot traverse /root, where a
+    pyenv-made venv's interpreter lives; then a wrapper runs the system Python of the same
+    minor version with the venv's site-packages on its path. Otherwise None (the default).
+    """
+    if os.geteuid() != 0:
+        return None
+    base = Path(sys.base_prefix) / "bin" / "python3"
+    if not str(base.resolve()).startswith("/root/"):
+        return None
+    system = Path("/usr/bin/python3")
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if not system.exists() or version not in os.path.realpath(system):
+        return None
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    bin_dir = root / "remote-bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    wrapper = bin_dir / "python3"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'PYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}{site}" exec {system} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    bin_dir.chmod(0o755)
+    return str(bin_dir)
+
+
+def start_hosts(names: list[str], **options):
+    """Start stand-in hosts in a fresh world-readable root; returns (sandbox, root)."""
+    root = Path(tempfile.mkdtemp(prefix="moola-deploy-"))
+    root.chmod(0o755)
+    sandbox = start_sandbox(root, names, python_bin_dir=remote_python_dir(root), **options)
+    return sandbox, root
+
+
+def make_bundle(out_dir: Path, version: str, *, seed: int = 0, sla_p99_ms: float = 50.0) -> Path:
+    """A real bundle archive of a tiny random model (runtime code frozen from this checkout)."""
+    import torch
+
+    from moola_core.bundle import build_bundle
+    from moola_core.models import build_model
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    runs = out_dir / "runs"
+    run = runs / f"run-{version}"
+    run.mkdir(parents=True, exist_ok=True)
+    model = build_model(TINY_MODEL)
+    torch.save(model.state_dict(), run / "weights.pt")
+    (run / "model.json").write_text(json.dumps(model.config))
+    (run / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.5}, "fingerprint": "ab"}))
+    (run / "config.yaml").write_text(f"seed: {seed}\n")
+    built = build_bundle(
+        version, run.name, runs_dir=runs, out_dir=out_dir / "bundles", sla_p99_ms=sla_p99_ms
+    )
+    return Path(built.path)
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory) -> dict[str, Path]:
+    """Real bundles: v1.0, v1.1, v1.2 (pass their check) and v9.0-slow (fails its latency SLA)."""
+    out = tmp_path_factory.mktemp("bundles")
+    made = {v: make_bundle(out, v, seed=i) for i, v in enumerate(VERSIONS)}
+    made["v9.0-slow"] = make_bundle(out, "v9.0-slow", seed=9, sla_p99_ms=1e-6)
+    return made
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    """Three stand-in hosts shared by a module's tests: (sandbox, Inventory)."""
+    sandbox, root = start_hosts(["dep-1", "dep-2", "dep-3"])
+    try:
+        yield sandbox, Inventory.from_sandbox(sandbox, connect_timeout_s=5)
+    finally:
+        sandbox.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def journal_file(tmp_path, monkeypatch) -> Path:
+    """A private deployment log for one test (env MOOLA_LOG)."""
+    path = tmp_path / "deployments.jsonl"
+    monkeypatch.setenv("MOOLA_LOG", str(path))
+    return path
