@@ -29,10 +29,6 @@ def resolve_model_config(config: dict | None = None) -> dict:
         raise MoolaError(
             f"unknown span_head {resolved['span_head']!r}; choose one of {list(SPAN_HEADS)}."
         )
-    if resolved["position_encoding"] and resolved["span_head"] == "center_length":
-        raise MoolaError(
-            "position_encoding feeds per-bar span heads; use span_head 'pointer' or 'crf' with it."
-        )
     if resolved["position_encoding"] and resolved["position_dim"] % 2:
         raise MoolaError("position_dim must be even (sine and cosine pairs); use e.g. 16.")
     for key in ("hidden", "layers", "n_features", "window_len", "n_classes"):

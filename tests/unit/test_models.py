@@ -67,6 +67,8 @@ def test_predict_contract_for_every_head(head, posenc):
     assert bool((first["end"] <= T - 1).all()) and bool((first["start"] >= 0).all())
     if head != "center_length":  # per-bar heads never point into the warm-up
         assert bool((first["start"] >= 10).all())
+    else:  # its center is a soft-argmax over valid bars
+        assert bool(((first["start"] + first["end"]) / 2 >= 9.5).all())
 
 
 @pytest.mark.parametrize("head", ["pointer", "center_length", "crf"])
@@ -111,7 +113,7 @@ def test_state_dict_loads_with_weights_only(tmp_path):
         ({"hiden": 8}, "unknown model config key"),
         ({"span_head": "argmax"}, "unknown span_head"),
         ({"layers": 0}, "positive integer"),
-        ({"span_head": "center_length", "position_encoding": True}, "per-bar span heads"),
+        ({"position_encoding": True, "position_dim": 5}, "must be even"),
     ],
 )
 def test_bad_configs_raise_one_clear_sentence(config, words):

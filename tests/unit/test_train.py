@@ -1,0 +1,179 @@
+"""Training runs really train (tiny models, few windows): files, determinism, early stopping
+with the best checkpoint kept, config validation, comparison and selection."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from moola_core.errors import MoolaError
+from moola_core.models import build_model
+from moola_core.train import compare_runs, evaluate_run, load_config, select_run, train_run
+from moola_core.train.data import prepare_data
+
+torch.set_num_threads(1)
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+TINY = {
+    "data.n_windows": 60,
+    "model.hidden": 8,
+    "model.layers": 1,
+    "optim.max_epochs": 3,
+    "optim.batch_size": 16,
+}
+
+
+def tiny(**overrides):
+    return load_config(overrides={**TINY, **overrides})
+
+
+@pytest.fixture(scope="module")
+def data():
+    return prepare_data(tiny())
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, data):
+    """Two variants x two seeds in one runs folder."""
+    runs_dir = tmp_path_factory.mktemp("runs")
+    results = [
+        train_run(
+            tiny(name=name, seed=seed, **{"model.span_head": head}),
+            runs_dir,
+            progress="none",
+            data=data,
+            n_boot=100,
+        )  # fmt: skip
+        for name, head in (("pointy", "pointer"), ("tagger", "crf"))
+        for seed in (17, 13)
+    ]
+    return runs_dir, results
+
+
+def test_a_run_writes_every_file_and_its_weights_load_safely(grid):
+    _, results = grid
+    run = results[0]
+    names = {p.name for p in run.path.iterdir()}
+    assert {"config.yaml", "model.json", "weights.pt", "metrics.json", "history.jsonl"} <= names
+    model = build_model(json.loads((run.path / "model.json").read_text()))
+    model.load_state_dict(torch.load(run.path / "weights.pt", weights_only=True))
+    assert load_config(run.path / "config.yaml").seed == 17  # the resolved config reloads
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    assert metrics == run.metrics
+    for split in ("val", "test"):
+        entry = metrics[split]["span_iou"]
+        assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]
+        assert metrics[split]["n"] == metrics["n_windows"][split] > 0
+        for baseline in ("majority", "heuristic"):
+            assert "span_iou" in metrics["baselines"][baseline][split]
+    history = (run.path / "history.jsonl").read_text().splitlines()
+    assert len(history) == metrics["epochs_run"] == 3
+    assert metrics["dataset_fingerprint"].startswith("sha256:")
+
+
+def test_same_seed_same_weights_and_history_other_seed_differs(tmp_path, data):
+    first = train_run(tiny(), tmp_path, progress="none", data=data, n_boot=10)
+    again = train_run(tiny(), tmp_path, progress="none", data=data, n_boot=10)
+    other = train_run(tiny(seed=13), tmp_path, progress="none", data=data, n_boot=10)
+    assert first.run_id != again.run_id
+
+    def weights(run):
+        return torch.load(run.path / "weights.pt", weights_only=True)
+
+    w1, w2, w3 = weights(first), weights(again), weights(other)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert not all(torch.equal(w1[k], w3[k]) for k in w1)
+
+    def losses(run):
+        lines = (run.path / "history.jsonl").read_text().splitlines()
+        return [json.loads(line)["train_loss"] for line in lines]
+
+    assert losses(first) == losses(again)
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tmp_path, data):
+    config = tiny(**{"optim.max_epochs": 25, "optim.patience": 2, "optim.lr": 0.02})
+    run = train_run(config, tmp_path, progress="none", data=data, n_boot=10)
+    metrics = run.metrics
+    assert metrics["stopped_early"] and metrics["epochs_run"] < 25
+    assert metrics["epochs_run"] - metrics["best_epoch"] == 2
+    history = [json.loads(x) for x in (run.path / "history.jsonl").read_text().splitlines()]
+    best_row = history[metrics["best_epoch"] - 1]
+    assert best_row["val"]["span_iou"] == max(row["val"]["span_iou"] for row in history)
+    # the saved weights are the best epoch's, not the last epoch's
+    assert metrics["val"]["span_iou"]["value"] == pytest.approx(best_row["val"]["span_iou"])
+
+
+def test_plain_progress_prints_one_line_per_epoch(tmp_path, data, capsys):
+    train_run(tiny(), tmp_path, progress="plain", data=data, n_boot=10)
+    lines = [line for line in capsys.readouterr().err.splitlines() if " epoch " in line]
+    assert len(lines) == 3 and "epoch 3/3" in lines[-1] and "val span_iou" in lines[-1]
+
+
+def test_every_shipped_config_validates():
+    names = sorted(p.stem for p in CONFIGS.glob("jade*.yaml"))  # training configs
+    assert {"jade", "jade_posenc", "jade_crf", "jade_center"} <= set(names)
+    for name in names:
+        config = load_config(CONFIGS / f"{name}.yaml")
+        assert config.name == name
+        build_model(config.model_dict())
+
+
+@pytest.mark.parametrize(
+    "overrides,words",
+    [
+        ({"optim.lerning_rate": 0.1}, "optim.lerning_rate"),
+        ({"model.span_head": "argmax"}, "model.span_head"),
+        ({"early_stopping_metric": "f2"}, "early_stopping_metric"),
+        ({"split.val_share": 0.9}, "split.val_share"),
+    ],
+)
+def test_bad_configs_fail_with_one_sentence_naming_the_key(overrides, words):
+    with pytest.raises(MoolaError, match=words):
+        load_config(overrides=overrides)
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(MoolaError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_compare_pools_seeds_per_variant_next_to_baselines(grid):
+    runs_dir, _ = grid
+    table = compare_runs(runs_dir, n_boot=100)
+    variants = {row["variant"]: row for row in table.rows}
+    assert set(variants) == {"pointy", "tagger", "majority", "heuristic"}
+    assert sorted(variants["pointy"]["seeds"]) == [13, 17]
+    entry = variants["pointy"]["metrics"]["span_iou"]
+    assert entry["value"] == pytest.approx(sum(entry["per_set"]) / 2)
+    assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]
+    assert "| pointy | 13,17 |" in table.markdown() or "| pointy | 17,13 |" in table.markdown()
+
+
+def test_select_picks_the_best_validation_variant_and_writes_selected_json(grid):
+    runs_dir, results = grid
+    record = select_run(runs_dir, primary_metric="span_iou", n_boot=100)
+    on_disk = json.loads((runs_dir / "selected.json").read_text())
+    assert on_disk == record
+    assert {"run_id", "metric", "value", "ci", "reason", "test"} <= set(record)
+    val_table = compare_runs(runs_dir, split="val", n_boot=100)
+    best = max(val_table.models(), key=lambda r: r["metrics"]["span_iou"]["value"])
+    assert record["variant"] == best["variant"]
+    chosen = next(r for r in results if r.run_id == record["run_id"])
+    assert record["value"] == pytest.approx(chosen.metrics["val"]["span_iou"]["value"], abs=1e-4)
+    assert record["variant"] in record["reason"] and "test" in record["reason"]
+    with pytest.raises(MoolaError, match="unknown metric"):
+        select_run(runs_dir, primary_metric="f2")
+
+
+def test_selection_without_runs_is_a_clear_error(tmp_path):
+    with pytest.raises(MoolaError, match="no finished runs"):
+        select_run(tmp_path)
+
+
+def test_evaluate_reproduces_the_recorded_metrics(grid):
+    runs_dir, results = grid
+    report = evaluate_run(results[0].run_id, runs_dir, n_boot=100)
+    assert report["matches_recorded"] is True
+    with pytest.raises(MoolaError, match="no finished run"):
+        evaluate_run("jade-s1-nothing", runs_dir)
