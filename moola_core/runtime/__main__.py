@@ -34,7 +34,9 @@ def _text(report) -> str:
         lines.append(f"  [{'ok' if check.ok else 'FAIL'}] {check.name}: {check.detail}")
     for backend in report.backends:
         mark = "*" if backend.chosen else " "
-        p50 = f"{backend.trial_p50_ms:.3f} ms" if backend.trial_p50_ms is not None else "-"
+        p50 = "-"
+        if backend.trial_p50_ms is not None:
+            p50 = f"{backend.trial_p50_ms:.3f} ms on {backend.threads} thread(s)"
         lines.append(f"  {mark} backend {backend.name}: {p50}; {backend.detail}")
     if report.device:
         lines.append(f"  device {report.device.device} ({report.device.device_name})")

@@ -69,6 +69,7 @@ class BackendResult:
     trial_p50_ms: float | None  # short timing used to choose; the chosen one is then measured
     chosen: bool
     detail: str
+    threads: int | None = None  # torch CPU threads of its best trial (CPU: 1 or the default)
 
 
 @dataclass
@@ -95,6 +96,7 @@ class Latency:
     mean_ms: float
     max_ms: float
     sla_p99_ms: float
+    threads: int | None = None  # torch CPU threads it was served with
 
 
 @dataclass

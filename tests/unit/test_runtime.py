@@ -88,6 +88,7 @@ def test_host_check_passes_with_only_python_and_torch(release):
     assert chosen.trial_p50_ms == min(b.trial_p50_ms for b in report.backends if b.parity_ok)
     assert report.golden.backend == chosen.name and report.golden.max_abs_diff <= 1e-4
     assert report.latency.backend == chosen.name and report.latency.runs == 20
+    assert report.latency.threads == chosen.threads == 1  # OMP_NUM_THREADS=1 leaves one choice
     assert 0 < report.latency.p50_ms <= report.latency.p99_ms <= report.latency.max_ms
     # the blocked modules really were unavailable to the runtime
     probe = subprocess.run(
