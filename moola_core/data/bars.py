@@ -140,7 +140,7 @@ def session_bounds(timestamps, max_gap_minutes: float) -> np.ndarray:
     n = len(ts)
     if n == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    step_min = np.diff(ts.values).astype("timedelta64[s]").astype(np.float64) / 60.0
+    step_min = np.diff(ts.as_unit("s").asi8) / 60.0
     breaks = np.flatnonzero(step_min > max_gap_minutes) + 1
     starts = np.concatenate(([0], breaks))
     ends = np.concatenate((breaks, [n]))
