@@ -2,6 +2,8 @@
 with the best checkpoint kept, config validation, comparison and selection."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,35 @@ def test_evaluate_reproduces_the_recorded_metrics(grid):
     assert report["matches_recorded"] is True
     with pytest.raises(MoolaError, match="no finished run"):
         evaluate_run("jade-s1-nothing", runs_dir)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def invoke(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True, text=True
+    )
+
+
+def test_invoke_compare_json_and_a_clear_error_for_an_empty_runs_folder(grid, tmp_path):
+    runs_dir, _ = grid
+    done = invoke("compare", "--runs-dir", str(runs_dir), "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["rows"]
+    assert {row["variant"] for row in rows} >= {"pointy", "tagger", "heuristic"}
+    empty = invoke("compare", "--runs-dir", str(tmp_path))
+    assert empty.returncode == 1
+    assert "no finished runs" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def test_doctor_reports_every_check_with_a_fix_for_anything_missing():
+    from moola_ops.cli.train import doctor_checks
+
+    checks = {check["name"]: check for check in doctor_checks(str(REPO))}
+    assert {"python", "torch", "cuda", "fabric", "paramiko", "sshd", "pip check"} <= set(checks)
+    for check in checks.values():
+        assert check["status"] in ("ok", "warn", "fail")
+        if check["status"] != "ok":
+            assert check["fix"], check
+    assert checks["torch"]["status"] == "ok"

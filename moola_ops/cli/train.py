@@ -1,0 +1,288 @@
+"""`invoke train`, `invoke evaluate`, `invoke compare` and `invoke doctor`.
+
+Training, scoring and comparison live in moola_core.train; these tasks parse flags, call one
+function and render the result. torch and pandas load inside the task bodies only.
+"""
+
+from __future__ import annotations
+
+from invoke import task
+from invoke.exceptions import Exit
+
+from moola_ops.cli._common import console, is_tty, print_json, user_errors
+
+HEADLINE = ("span_iou", "iou_ge_50", "start_hit3", "end_hit3", "boundary_mae", "accuracy",
+            "macro_f1")  # fmt: skip
+
+
+def _seeds(seed: str) -> list[int] | None:
+    from moola_core.errors import MoolaError
+    from moola_core.train import DEFAULT_SEEDS
+
+    if not seed:
+        return None
+    if seed == "all":
+        return list(DEFAULT_SEEDS)
+    try:
+        return [int(s) for s in seed.split(",")]
+    except ValueError:
+        raise MoolaError(f"--seed {seed!r} is not a number, a comma list or 'all'.") from None
+
+
+def _table(title: str, rows: list[tuple[str, dict]], columns=HEADLINE):
+    """rich Table (TTY) or aligned plain text of `mean [CI]` per metric and row."""
+    from moola_core.metrics import format_metric
+
+    if is_tty():
+        from rich.table import Table
+
+        table = Table(title=title)
+        table.add_column("")
+        for column in columns:
+            table.add_column(column, justify="right")
+        for name, figures in rows:
+            table.add_row(name, *(format_metric(figures[c]) for c in columns))
+        return table
+    lines = [title]
+    for name, figures in rows:
+        cells = "  ".join(f"{c}={format_metric(figures[c])}" for c in columns)
+        lines.append(f"  {name:<22} {cells}")
+    return "\n".join(lines)
+
+
+@task(
+    help={
+        "config": "training YAML (default configs/jade.yaml; variants in configs/jade_*.yaml)",
+        "seed": "override the seed: one number, a comma list (17,13) or 'all' (17,13,23,29)",
+        "epochs": "override optim.max_epochs",
+        "pretrained": "pre-training run folder or encoder.pt to start the encoder from",
+        "freeze": "with --pretrained: keep the encoder frozen and train only the heads",
+        "runs_dir": "where runs/<run-id>/ folders go (default runs)",
+        "json": "print every run's summary as one JSON document (progress goes to stderr)",
+    }
+)
+@user_errors
+def train(
+    c,
+    config="configs/jade.yaml",
+    seed="",
+    epochs=0,
+    pretrained="",
+    freeze=False,
+    runs_dir="runs",
+    json=False,
+):
+    """Train one run per seed; print held-out test metrics next to the baselines."""
+    from moola_core.train import load_config, train_run
+    from moola_core.train.data import prepare_data
+
+    overrides: dict = {}
+    if epochs:
+        overrides["optim.max_epochs"] = int(epochs)
+    if pretrained:
+        overrides["pretrained_encoder"] = pretrained
+        overrides["freeze_encoder"] = bool(freeze)
+    base = load_config(config, overrides)
+    seeds = _seeds(seed) or [base.seed]
+    data = prepare_data(base)  # every seed trains and is scored on the same windows
+    summaries = []
+    out = console()
+    for one_seed in seeds:
+        result = train_run(base.model_copy(update={"seed": one_seed}), runs_dir, data=data)
+        summaries.append(result.metrics)
+        if not json:
+            m = result.metrics
+            out.print(
+                f"run {result.run_id}: best epoch {m['best_epoch']} of {m['epochs_run']}, "
+                f"{m['train_seconds']:.0f}s, {m['n_parameters']} parameters -> {result.path}"
+            )
+            rows = [(m["variant"], m["test"])]
+            rows += [(name, b["test"]) for name, b in m["baselines"].items()]
+            out.print(_table(f"test split ({m['n_windows']['test']} windows), 95% CI", rows))
+    if json:
+        print_json(summaries if len(summaries) > 1 else summaries[0])
+
+
+@task(
+    help={
+        "run": "run id (a folder under --runs-dir)",
+        "runs_dir": "runs folder (default runs)",
+        "json": "print the report as one JSON document",
+    }
+)
+@user_errors
+def evaluate(c, run, runs_dir="runs", json=False):
+    """Re-score a run's val and test splits from its files; exit 1 if they differ from record."""
+    from moola_core.train import evaluate_run
+
+    report = evaluate_run(run, runs_dir)
+    if json:
+        print_json(report)
+    else:
+        out = console()
+        for split in ("val", "test"):
+            rows = [(report["variant"], report[split])]
+            rows += [(name, b[split]) for name, b in report["baselines"].items()]
+            out.print(_table(f"{run}: {split} split ({report[split]['n']} windows), 95% CI", rows))
+        out.print(
+            "reproduces the recorded metrics: "
+            + ("yes" if report["matches_recorded"] else "NO (data or code changed since)")
+        )
+    if not report["matches_recorded"]:
+        raise Exit(code=1)
+
+
+@task(
+    help={
+        "runs_dir": "runs folder (default runs)",
+        "split": "held-out split to compare on: test (default) or val",
+        "markdown": "print a Markdown table (for docs and reviews)",
+        "json": "print the comparison as one JSON document",
+    }
+)
+@user_errors
+def compare(c, runs_dir="runs", split="test", markdown=False, json=False):
+    """Variants x seeds table with 95% CIs next to the baselines (input to `invoke select`)."""
+    from moola_core.train import compare_runs
+
+    table = compare_runs(runs_dir, split=split)
+    if json:
+        print_json(table.to_dict())
+        return
+    if markdown:
+        print(table.markdown())
+        return
+    rows = []
+    for row in table.rows:
+        seeds = ",".join(str(s) for s in row["seeds"])
+        rows.append((f"{row['variant']} [{seeds}]" if seeds else row["variant"], row["metrics"]))
+    n = table.rows[0]["n"] if table.rows else 0
+    console().print(_table(f"{split} split ({n} windows): mean over seeds [95% CI]", rows))
+    if table.skipped:
+        console().print(f"skipped (no predictions.json): {', '.join(table.skipped)}")
+
+
+# -- doctor --------------------------------------------------------------------------------
+
+PACKAGES = ("numpy", "pandas", "pyarrow", "pydantic", "PyYAML", "invoke", "fabric", "paramiko",
+            "rich")  # fmt: skip
+
+
+def _check(name: str, status: str, detail: str, fix: str = "") -> dict:
+    return {"name": name, "status": status, "detail": detail, "fix": fix}
+
+
+def doctor_checks(root: str = ".") -> list[dict]:
+    """Every environment check: {"name", "status" ok|warn|fail, "detail", "fix"}."""
+    import importlib.metadata as md
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    checks = []
+    version = ".".join(map(str, sys.version_info[:3]))
+    checks.append(
+        _check("python", "ok", version)
+        if sys.version_info >= (3, 11)
+        else _check("python", "fail", version, "use Python 3.11 or newer (scripts/setup.sh)")
+    )
+    for package in PACKAGES:
+        try:
+            checks.append(_check(package, "ok", md.version(package)))
+        except md.PackageNotFoundError:
+            checks.append(_check(package, "fail", "not installed", "run bash scripts/setup.sh"))
+    try:
+        import torch
+
+        checks.append(_check("torch", "ok", torch.__version__))
+        if torch.cuda.is_available():
+            names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            checks.append(_check("cuda", "ok", f"{len(names)} device(s): {', '.join(names)}"))
+        else:
+            checks.append(_check("cuda", "ok", "not available: training and checks run on the CPU"))
+    except ImportError:
+        checks.append(
+            _check("torch", "fail", "not installed", "run bash scripts/setup.sh (pins torch)")
+        )
+    try:
+        checks.append(_check("moola", "ok", f"installed {md.version('moola')}"))
+    except md.PackageNotFoundError:
+        checks.append(
+            _check("moola", "warn", "not pip-installed", "run .venv/bin/pip install -e '.[dev]'")
+        )
+    sshd = shutil.which("sshd") or next(
+        (p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if Path(p).exists()), None
+    )
+    checks.append(
+        _check("sshd", "ok", sshd)
+        if sshd
+        else _check(
+            "sshd",
+            "warn",
+            "OpenSSH server not found (needed by the sandbox and integration tests)",
+            "apt-get install -y openssh-server (scripts/setup.sh does this)",
+        )
+    )
+    for tool in ("ssh", "ssh-keygen"):
+        found = shutil.which(tool)
+        checks.append(
+            _check(tool, "ok", found)
+            if found
+            else _check(tool, "fail", "not found", "apt-get install -y openssh-client")
+        )
+    base = Path(root)
+    for path, what, fix in (
+        ("configs/jade.yaml", "default training config", "restore it from git"),
+        ("data/labeled.parquet", "labeled set", "invoke data.market (or train on synthetic)"),
+        ("runs/selected.json", "selected run", "invoke train, then invoke select"),
+    ):
+        present = (base / path).exists()
+        required = path.startswith("configs/")
+        status = "ok" if present else ("fail" if required else "warn")
+        detail = f"{what}: {path}" + ("" if present else " missing")
+        checks.append(_check(path, status, detail, "" if present else fix))
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "check"], capture_output=True, text=True, check=False
+    )
+    first = (pip.stdout or pip.stderr).strip().splitlines()
+    if pip.returncode == 0:
+        checks.append(_check("pip check", "ok", "no broken requirements"))
+    elif "No module named pip" in (pip.stderr or ""):
+        checks.append(_check("pip check", "warn", "pip is not installed in this Python"))
+    else:
+        checks.append(
+            _check(
+                "pip check",
+                "fail",
+                first[0] if first else f"exit {pip.returncode}",
+                "reinstall the named package: .venv/bin/pip install -e '.[dev]'",
+            )
+        )
+    return checks
+
+
+@task(help={"json": "print the checks as one JSON document"})
+@user_errors
+def doctor(c, json=False):
+    """Check Python, packages, torch/CUDA, sshd, data paths and `pip check`; exit 1 on a failure."""
+    checks = doctor_checks()
+    failed = [ch for ch in checks if ch["status"] == "fail"]
+    if json:
+        print_json({"ok": not failed, "checks": checks})
+    else:
+        out = console()
+        colour = {"ok": "green", "warn": "yellow", "fail": "red"}
+        for ch in checks:
+            tag = ch["status"].upper()
+            if is_tty():
+                tag = f"[{colour[ch['status']]}]{tag:<4}[/]"
+            line = f"{tag:<4} {ch['name']:<22} {ch['detail']}"
+            if ch["fix"]:
+                line += f"  -> {ch['fix']}"
+            out.print(line, markup=is_tty())
+    if failed:
+        raise Exit(code=1)
+
+
+EXPORTS = [train, evaluate, compare, doctor]
