@@ -77,3 +77,9 @@ def test_the_shipped_config_loads_and_typos_are_user_errors(tmp_path):
         config_from_dict({"masking": {"strategy": "stripes"}})
     with pytest.raises(MoolaError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_the_shipped_config_file_states_the_code_defaults():
+    from moola_core.pretrain.config import PretrainConfig
+
+    assert load_config("configs/pretrain.yaml") == PretrainConfig()
