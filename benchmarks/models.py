@@ -149,8 +149,9 @@ def main() -> int:
             f"**The bar is met**: the best variant's CI lies above the heuristic's "
             f"({b_iou['ci_low']:.3f} > {h_iou['ci_high']:.3f})."
             if above
-            else f"**The bar is not met**: the intervals overlap ({best_variant}'s lower end "
-            f"{b_iou['ci_low']:.3f} <= the heuristic's upper end {h_iou['ci_high']:.3f})."
+            else f"**The bar is not met**: {best_variant}'s CI does not lie above the "
+            f"heuristic's (its lower end {b_iou['ci_low']:.3f} <= the heuristic's upper end "
+            f"{h_iou['ci_high']:.3f})."
         ),
         "",
         "## Span IoU per seed (test)",
