@@ -43,14 +43,18 @@ CHECKS: dict[str, Check] = {
     "preflight.doctor": Check("preflight", "doctor", "before", "dependency doctor all OK"),
     "select.choice": Check("select", "choice", "before", "a run chosen on held-out metrics"),
     "bundle.build": Check("bundle", "build", "bundle", "the bundle was built and verified"),
-    "deploy.upload": Check("deploy", "upload", "deployment", "bundle uploaded and verified"),
-    "deploy.precheck": Check("deploy", "precheck", "deployment", "runtime check before switch"),
-    "deploy.switch": Check("deploy", "switch", "deployment", "current switched and checked"),
+    # the engine's step names (moola_ops.engine): promote = uploaded (or already there) and
+    # verified file by file; check = runtime check before the switch; post-check = after it
+    "deploy.upload": Check("deploy", "promote", "deployment", "bundle on the host, verified"),
+    "deploy.precheck": Check("deploy", "check", "deployment", "runtime check before switch"),
+    "deploy.switch": Check("deploy", "post-check", "deployment", "switched and checked again"),
     "verify.sanity": Check("verify", "sanity", "after", "runtime check through current"),
     "verify.latency": Check("verify", "latency", "after", "p99 latency within the SLA"),
     "accept.signoff": Check("accept", "signoff", "deployment", "a named person signed off"),
     "accept.notes": Check("accept", "notes", "deployment", "release notes recorded"),
-    "rollback.switch": Check("rollback", "switch", "after", "previous release serves again"),
+    "rollback.switch": Check(
+        "rollback", "post-check-runtime", "after", "previous release serves again, checked"
+    ),
     "healthcheck.fast": Check("healthcheck", "fast", "after", "fast health check passed"),
     "healthcheck.deep": Check("healthcheck", "deep", "after", "deep health check passed"),
 }

@@ -6,6 +6,10 @@ known_hosts entry (moola_ops.sandbox); the shipped inventory names them local-1,
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 from invoke import task
 
 from moola_ops.cli._common import console, is_tty, print_json, user_errors
@@ -16,6 +20,44 @@ ACTIONS = ("up", "down", "status")
 def host_names(count: int) -> list[str]:
     """The stand-in host names for `--hosts N`: local-1 .. local-N (as in the inventory)."""
     return [f"local-{i}" for i in range(1, count + 1)]
+
+
+def remote_python_bin_dir(root: str | os.PathLike) -> str | None:
+    """A bin dir with a `python3` the stand-in hosts' login user can run, or None if not needed.
+
+    Run as root, the stand-in hosts log in as an unprivileged user. When this virtual
+    environment's interpreter lives where that user cannot go (a pyenv Python under /root),
+    a two-line wrapper runs the system Python of the same minor version with this venv's
+    site-packages on its path, so the hosts have torch like a pod does.
+    """
+    if os.geteuid() != 0:
+        return None
+    base = Path(sys.base_prefix, "bin", "python3").resolve()
+    if not str(base).startswith("/root/"):
+        return None
+    system = Path("/usr/bin/python3")
+    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if not system.exists() or minor not in os.path.realpath(system):
+        return None
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    bin_dir = Path(root).absolute() / "remote-bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    wrapper = bin_dir / "python3"
+    wrapper.write_text(
+        f'#!/bin/sh\nPYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}{site}" exec {system} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    bin_dir.chmod(0o755)
+    return str(bin_dir)
+
+
+def start_hosts(root: str | os.PathLike, names: list[str]):
+    """Start (or keep) the named stand-in hosts under `root`, with a usable remote python3."""
+    from moola_ops.sandbox import start_sandbox
+
+    Path(root).mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o755)
+    return start_sandbox(root, names, python_bin_dir=remote_python_bin_dir(root))
 
 
 def sandbox_rows(root: str = ".sandbox") -> list[dict]:
@@ -72,7 +114,7 @@ def _show(rows: list[dict], as_json: bool) -> None:
 def sandbox(c, action, hosts=2, root=".sandbox", json=False):
     """Start, stop or show the local stand-in hosts (real sshd on 127.0.0.1)."""
     from moola_core.errors import MoolaError
-    from moola_ops.sandbox import start_sandbox, stop_sandbox
+    from moola_ops.sandbox import stop_sandbox
 
     if action not in ACTIONS:
         raise MoolaError(f"unknown sandbox action {action!r}: use one of {', '.join(ACTIONS)}")
@@ -80,7 +122,7 @@ def sandbox(c, action, hosts=2, root=".sandbox", json=False):
         count = int(hosts)
         if not 1 <= count <= 32:
             raise MoolaError(f"--hosts {count} is out of range: use 1 to 32 stand-in hosts")
-        start_sandbox(root, host_names(count))
+        start_hosts(root, host_names(count))
         _show(sandbox_rows(root), json)
     elif action == "down":
         stopped = stop_sandbox(root)

@@ -81,7 +81,7 @@ def test_states_follow_the_log(tmp_path):
 
     dep = Journal("deploy", bundle="v0.1", actor="bob", path=log)
     for host in ("local-1", "local-2"):
-        for step in ("upload", "precheck", "switch"):
+        for step in ("upload", "promote", "check", "switch", "post-check"):
             dep.record(host, step, "ok")
     verify = Journal("verify", bundle="v0.1", deployment=dep.deployment, actor="bob", path=log)
     verify.record("local-1", "sanity", "ok")

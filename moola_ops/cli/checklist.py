@@ -1,0 +1,190 @@
+"""Checklist tasks: `checklist`, `preflight` (phase 1), `select` (2), `verify` (5), `accept` (6).
+
+Each task calls one function of moola_ops.checklist / moola_ops.phases, renders the result
+(rich on a TTY, plain otherwise, `--json` always) and exits non-zero when something failed.
+"""
+
+from __future__ import annotations
+
+from invoke import task
+from invoke.exceptions import Exit
+
+from moola_ops.cli._common import console, is_tty, print_json, user_errors
+
+_MARK = {"done": "✔", "failed": "✘", "pending": "·", "skipped": "–", "ok": "✔"}
+_COLOUR = {"done": "green", "ok": "green", "failed": "red", "pending": "yellow",
+           "skipped": "dim", "refused": "red", "aborted": "red"}  # fmt: skip
+
+
+def _short_time(iso: str) -> str:
+    return iso.replace("T", " ")[:19] if iso else ""
+
+
+def render_checklist(report, checklist) -> None:
+    """Print every phase and step with its state, who and when (rich on a TTY, else plain)."""
+    phases = report.phase_states()
+    head = f"deployment {report.deployment or '(none yet)'}"
+    if report.bundle:
+        head += f"  bundle {report.bundle}  hosts {', '.join(report.hosts)}"
+    if is_tty():
+        from rich.table import Table
+
+        table = Table(title=head, show_lines=False)
+        for col in ("phase", "step", "state", "by", "when", "detail"):
+            table.add_column(col)
+        for phase in checklist.phases:
+            state = phases[phase.number]
+            table.add_row(f"[bold]{phase.number} {phase.name}[/]", f"[dim]{phase.task}[/]",
+                          f"[{_COLOUR[state]}]{state}[/]", "", "", "", end_section=False)  # fmt: skip
+            for s in (s for s in report.steps if s.phase == phase.number):
+                manual = " (manual)" if s.manual else ""
+                hosts = " ".join(f"{h}:{st}" for h, st in sorted(s.hosts.items()))
+                table.add_row("", f"{s.title}{manual}", f"[{_COLOUR[s.state]}]{s.state}[/]",
+                              s.by, _short_time(s.at), " ".join(filter(None, [hosts, s.detail])))  # fmt: skip
+        console().print(table)
+        return
+    print(head)
+    for phase in checklist.phases:
+        print(f"{phase.number} {phase.name} [{phases[phase.number]}]  ({phase.task})")
+        for s in (s for s in report.steps if s.phase == phase.number):
+            who = f"  {s.by} {_short_time(s.at)}" if s.by else ""
+            hosts = (
+                "  " + " ".join(f"{h}:{st}" for h, st in sorted(s.hosts.items())) if s.hosts else ""
+            )
+            detail = f"  {s.detail[:110]}{'...' if len(s.detail) > 110 else ''}" if s.detail else ""
+            manual = " (manual)" if s.manual else ""
+            line = f"  {_MARK[s.state]} {s.state:<8} {s.step:<14}{manual}{who}{hosts}{detail}"
+            print(line.rstrip())
+
+
+def render_phase(report) -> None:
+    """Print a phase report: one row per step, then an overall verdict."""
+    if is_tty():
+        from rich.table import Table
+
+        table = Table(title=f"{report.phase} ({report.deployment})" if report.deployment
+                      else report.phase)  # fmt: skip
+        for col in ("step", "status", "seconds", "summary"):
+            table.add_column(col)
+        for s in report.steps:
+            colour = _COLOUR.get(s.status, "white")
+            table.add_row(s.step, f"[{colour}]{s.status}[/]", f"{s.duration_s:.1f}", s.summary)
+        console().print(table)
+    else:
+        for s in report.steps:
+            print(f"{s.status:<8} {s.step:<18} {s.duration_s:6.1f}s  {s.summary}")
+    print(f"{report.phase}: {'passed' if report.ok else 'FAILED'}")
+
+
+def _finish(report, as_json: bool) -> None:
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        render_phase(report)
+    if not report.ok:
+        raise Exit(code=1)
+
+
+@task(
+    help={
+        "deployment": "deployment id to show (default: the newest deployment in the log)",
+        "file": "checklist file (default checklists/deployment.yaml)",
+        "json": "print one JSON document",
+    }
+)
+@user_errors
+def checklist(c, deployment="", file="", json=False):
+    """Show the eight phases and every step's state from the deployment log."""
+    from moola_ops.checklist import DEFAULT_CHECKLIST, checklist_states, load_checklist
+    from moola_ops.journal import read_events
+
+    spec = load_checklist(file or DEFAULT_CHECKLIST)
+    report = checklist_states(spec, read_events(), deployment or None)
+    if json:
+        print_json(report.to_dict())
+    else:
+        render_checklist(report, spec)
+
+
+@task(
+    help={
+        "config": "training config whose data and model are checked (default configs/jade.yaml)",
+        "tests": "pytest targets, comma separated; 'all' = tests/, 'none' = skip "
+        "(default: a quick unit subset)",
+        "skip": "preflight steps to skip, comma separated: lint,tests,data,model,doctor",
+        "run": "run id whose weights are checked (default: runs/selected.json when present)",
+        "runs_dir": "where training runs live (default runs)",
+        "json": "print one JSON document",
+    }
+)
+@user_errors
+def preflight(c, config="", tests="", skip="", run="", runs_dir="runs", json=False):
+    """Phase 1: lint, tests, data validation + leakage, model checks, dependency doctor."""
+    from moola_ops.phases import run_preflight
+
+    def live(step) -> None:  # progress as each check ends; the table follows
+        if not json and is_tty():
+            console().print(f"{_MARK.get(step.status, '?')} {step.step}: {step.summary}",
+                            markup=False)  # fmt: skip
+
+    report = run_preflight(
+        config_path=config or None,
+        tests=tests,
+        skip=tuple(s.strip() for s in skip.split(",") if s.strip()),
+        run_id=run or None,
+        runs_dir=runs_dir,
+        on_step=live,
+    )
+    _finish(report, json)
+
+
+@task(
+    help={
+        "metric": "primary held-out metric to choose by (default: the training config's)",
+        "runs_dir": "where training runs live (default runs)",
+        "json": "print one JSON document",
+    }
+)
+@user_errors
+def select(c, metric="", runs_dir="runs", json=False):
+    """Phase 2: pick the run to ship on held-out metrics (with CIs), explain and record it."""
+    from moola_ops.phases import run_select
+
+    report = run_select(runs_dir=runs_dir, metric=metric or None)
+    _finish(report, json)
+
+
+@task(
+    help={
+        "host": "inventory host names or a group, comma separated",
+        "timeout": "seconds the whole check may take (default 300)",
+        "json": "print one JSON document",
+    }
+)
+@user_errors
+def verify(c, host, timeout=300.0, json=False):
+    """Phase 5: runtime check through `current` on each host, latency against the SLA."""
+    from moola_ops.phases import run_verify
+
+    report = run_verify(host, timeout_s=float(timeout))
+    _finish(report, json)
+
+
+@task(
+    help={
+        "deployment": "deployment id to accept (see `invoke checklist`)",
+        "by": "name of the person signing off",
+        "note": "release notes recorded with the sign-off (phase 6 documentation)",
+        "json": "print one JSON document",
+    }
+)
+@user_errors
+def accept(c, deployment, by, note="", json=False):
+    """Phase 6: record a sign-off; refused unless phases 1-5 of the deployment passed."""
+    from moola_ops.phases import run_accept
+
+    report = run_accept(deployment, by, note)
+    _finish(report, json)
+
+
+EXPORTS = [checklist, preflight, select, verify, accept]

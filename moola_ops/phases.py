@@ -1,0 +1,369 @@
+"""The checklist phases that are not the deploy engine: preflight (1), select (2), verify (5),
+accept (6). Each runs its checks, records one deployment-log line per step, and returns a plain
+report the task renders. Heavy libraries (torch, pandas) load inside the functions only.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from moola_core.errors import MoolaError
+from moola_ops.journal import Journal, read_events
+
+PREFLIGHT_STEPS = ("lint", "tests", "data", "model", "doctor")
+# A quick, meaningful default subset: the pure unit tests of the model contract and the
+# checklist itself. `--tests all` runs the whole suite; `--tests none` records a skip.
+DEFAULT_TESTS = ("tests/unit/test_spans.py", "tests/unit/test_checklist.py")
+
+
+@dataclass
+class StepOutcome:
+    """One step of a phase: its status (ok, failed, skipped), a one-line summary, facts."""
+
+    step: str
+    status: str
+    summary: str
+    duration_s: float = 0.0
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PhaseReport:
+    """What one phase run did, step by step, under its deployment-log id."""
+
+    phase: str
+    deployment: str
+    steps: list[StepOutcome]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(s.status != "failed" for s in self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "deployment": self.deployment, "ok": self.ok,
+                "steps": [asdict(s) for s in self.steps], **self.facts}  # fmt: skip
+
+
+def _run_step(journal: Journal, name: str, fn: Callable[[], tuple[str, str, dict]],
+              bundle: str = "") -> StepOutcome:  # fmt: skip
+    """Run one check; any exception is that step's failure (recorded), never the phase's crash."""
+    started = time.monotonic()
+    try:
+        status, summary, facts = fn()
+    except KeyboardInterrupt:
+        journal.record("", name, "aborted", duration_s=time.monotonic() - started)
+        raise
+    except Exception as exc:  # a check that crashes has failed; say why in one line
+        status, summary, facts = "failed", _one_line(exc), {}
+    outcome = StepOutcome(name, status, summary, round(time.monotonic() - started, 3), facts)
+    journal.record("", name, status, duration_s=outcome.duration_s, bundle=bundle,
+                   summary=summary, **_jsonable(facts))  # fmt: skip
+    return outcome
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:400]
+
+
+def _jsonable(facts: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(facts, default=str))
+
+
+# --- phase 1: preflight -----------------------------------------------------------------------
+
+
+def _tail(text: str, lines: int = 1) -> str:
+    kept = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return " | ".join(kept[-lines:])[:300]
+
+
+def check_lint(root: Path) -> tuple[str, str, dict]:
+    """ruff check and ruff format --check over the project."""
+    ruff = [sys.executable, "-m", "ruff"]
+    found = []
+    for args in (["check"], ["format", "--check"]):
+        proc = subprocess.run([*ruff, *args, "--output-format=concise", "."], cwd=root,
+                              capture_output=True, text=True)  # fmt: skip
+        if proc.returncode:
+            # concise lines look like "path:line:col: CODE message"
+            found += [ln for ln in proc.stdout.splitlines() if ln.count(":") >= 3]
+            found += [] if found else [_tail(proc.stderr or proc.stdout)]
+    if found:
+        shown = "; ".join(found[:3])
+        return "failed", (f"ruff found {len(found)} problem(s): {shown}; fix them or run "
+                          "`ruff check --fix . && ruff format .`"), {"problems": found[:20]}  # fmt: skip
+    return "ok", "ruff check and format --check pass", {}
+
+
+def check_tests(root: Path, tests: str) -> tuple[str, str, dict]:
+    """pytest over the configured subset ('none' skips, 'all' runs tests/)."""
+    if tests == "none":
+        return "skipped", "tests skipped (--tests none)", {}
+    targets = ["tests"] if tests == "all" else (tests.split(",") if tests else list(DEFAULT_TESTS))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *targets]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    summary = _tail(proc.stdout)
+    if proc.returncode:
+        return "failed", f"pytest failed: {summary}", {"targets": targets}
+    return "ok", f"pytest {' '.join(targets)}: {summary}", {"targets": targets}
+
+
+def check_data(config) -> tuple[str, str, dict]:
+    """Validate the configured labeled set and split it; any leak across splits fails."""
+    from moola_core.data import labeled, splits
+    from moola_core.data.problems import errors_only
+    from moola_core.train.data import load_labeled_frame
+
+    frame = load_labeled_frame(config)
+    problems = errors_only(labeled.validate_labeled(frame))
+    if problems:
+        shown = "; ".join(str(p) for p in problems[:3])
+        return "failed", f"{len(problems)} problem(s) in the labeled set: {shown}", {}
+    fractions = (1.0 - config.split.val_share - config.split.test_share,
+                 config.split.val_share, config.split.test_share)  # fmt: skip
+    split = splits.split_labeled(frame, fractions, config.split.embargo_minutes)
+    report = splits.leakage_report(frame, split, config.split.embargo_minutes)
+    facts = {"windows": len(frame), "train": len(split.train), "val": len(split.val),
+             "test": len(split.test), "leaking_pairs": len(report.pairs)}  # fmt: skip
+    if not report.ok:
+        return "failed", (f"the split leaks: {len(report.pairs)} pair(s), "
+                          f"{len(report.embargo_breaches)} embargo breach(es)"), facts  # fmt: skip
+    return "ok", (f"{len(frame)} windows valid; split {facts['train']}/{facts['val']}/"
+                  f"{facts['test']} with no leakage"), facts  # fmt: skip
+
+
+def check_model(config, runs_dir: Path, run_id: str | None) -> tuple[str, str, dict]:
+    """The model loads (weights_only), gives finite outputs, and the same seed gives the same."""
+    import io
+
+    import torch
+
+    from moola_core.models import build_model
+    from moola_core.spec import N_FEATURES, WINDOW_LEN
+
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(8, WINDOW_LEN, N_FEATURES, generator=gen)  # [B, T, F]
+    valid = torch.ones(8, WINDOW_LEN, dtype=torch.bool)
+
+    def built(seed: int):
+        torch.manual_seed(seed)
+        return build_model(config.model_dict())
+
+    a, b = built(config.seed), built(config.seed)
+    pa, pb = a.predict(x, valid), b.predict(x, valid)
+    if not all(torch.equal(pa[k], pb[k]) for k in pa):
+        return "failed", "two models built with the same seed disagree: seeding is broken", {}
+    facts: dict[str, Any] = {"parameters": sum(p.numel() for p in a.parameters())}
+    if not torch.isfinite(pa["class_probs"]).all():
+        return "failed", "a fresh model gives non-finite class probabilities", facts
+    # which trained runs to check: the one asked for, else the selected one, else every candidate
+    if run_id:
+        run_ids = [run_id]
+    elif (runs_dir / "selected.json").exists():
+        import json
+
+        run_ids = [json.loads((runs_dir / "selected.json").read_text())["run_id"]]
+    else:
+        from moola_core.train.runs import list_runs
+
+        run_ids = [r.run_id for r in list_runs(runs_dir)]
+    from moola_core.train.runs import load_model
+
+    for rid in run_ids:
+        model = load_model(rid, runs_dir)  # weights loaded with weights_only=True
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        buffer.seek(0)
+        torch.load(buffer, weights_only=True)  # what a host does with the shipped weights
+        out1, out2 = model.predict(x, valid), model.predict(x, valid)
+        if not all(torch.equal(out1[k], out2[k]) for k in out1):
+            return "failed", f"run {rid} gives different outputs for the same input", facts
+        if not torch.isfinite(out1["class_probs"]).all():
+            return "failed", f"run {rid} gives non-finite class probabilities", facts
+    facts["runs_checked"] = run_ids
+    what = f"{len(run_ids)} trained run(s)" if run_ids else "a fresh model (no trained run yet)"
+    return (
+        "ok",
+        f"{what}: load with weights_only, finite, deterministic; seeding reproducible",
+        facts,
+    )
+
+
+def check_doctor(root: Path) -> tuple[str, str, dict]:
+    """Every library and tool the checklist needs is importable and consistent."""
+    from importlib import metadata
+
+    facts, missing = {}, []
+    for dist in ("torch", "numpy", "pandas", "pyarrow", "pydantic", "fabric", "paramiko", "invoke"):
+        try:
+            facts[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            missing.append(dist)
+    from moola_ops.sandbox import find_sshd
+
+    try:
+        facts["sshd"] = find_sshd()
+    except MoolaError:
+        missing.append("sshd (apt-get install -y openssh-server)")
+    pip = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True)
+    if pip.returncode:
+        missing.append(f"pip check: {_tail(pip.stdout)}")
+    if missing:
+        return "failed", f"missing or broken: {', '.join(missing)}; run scripts/setup.sh", facts
+    return "ok", "libraries, sshd and pip check OK", facts
+
+
+def run_preflight(
+    *,
+    config_path: str | None = None,
+    tests: str = "",
+    skip: tuple[str, ...] = (),
+    runs_dir: str | os.PathLike = "runs",
+    run_id: str | None = None,
+    root: str | os.PathLike = ".",
+    on_step: Callable[[StepOutcome], None] | None = None,
+) -> PhaseReport:
+    """Phase 1: lint, tests, data validation + leakage, model checks, dependency doctor."""
+    from moola_core.train import load_config
+
+    unknown = set(skip) - set(PREFLIGHT_STEPS)
+    if unknown:
+        raise MoolaError(f"unknown preflight step(s) {sorted(unknown)}: use {PREFLIGHT_STEPS}")
+    root, runs_dir = Path(root), Path(runs_dir)
+    config = load_config(config_path)
+    journal = Journal("preflight")
+    checks = {
+        "lint": lambda: check_lint(root),
+        "tests": lambda: check_tests(root, tests),
+        "data": lambda: check_data(config),
+        "model": lambda: check_model(config, runs_dir, run_id),
+        "doctor": lambda: check_doctor(root),
+    }
+    steps = []
+    for name in PREFLIGHT_STEPS:
+        fn = checks[name]
+        if name in skip:
+            fn = lambda name=name: ("skipped", f"{name} skipped (--skip)", {})  # noqa: E731
+        steps.append(_run_step(journal, name, fn))
+        if on_step:
+            on_step(steps[-1])
+    return PhaseReport("preflight", journal.deployment, steps)
+
+
+# --- phase 2: select --------------------------------------------------------------------------
+
+
+def run_select(
+    *, runs_dir: str | os.PathLike = "runs", metric: str | None = None, n_boot: int = 1000
+) -> PhaseReport:
+    """Phase 2: choose a run on held-out metrics (moola_core.train.select_run) and record it."""
+    from moola_core.train import select_run
+
+    kwargs: dict[str, Any] = {"n_boot": n_boot}
+    if metric:
+        kwargs["primary_metric"] = metric
+    journal = Journal("select")
+    choice: dict[str, Any] = {}
+
+    def choose() -> tuple[str, str, dict]:
+        choice.update(select_run(runs_dir, **kwargs))
+        why = choice.get("reason") or ""
+        return "ok", f"selected {choice.get('run_id')}" + (f": {why}" if why else ""), choice
+
+    step = _run_step(journal, "choice", choose)
+    return PhaseReport("select", journal.deployment, [step], {"selection": choice})
+
+
+# --- phase 5: verify --------------------------------------------------------------------------
+
+
+def run_verify(selection: str, *, timeout_s: float = 300.0, inventory=None) -> PhaseReport:
+    """Phase 5: the runtime check through `current` on each host, latency against the SLA.
+
+    Recorded under the newest deployment of each host, so the checklist of that deployment
+    shows phase 5 done (or failed) with who and when.
+    """
+    from moola_ops.health import OK, STATE_NAMES, WARNING, run_healthcheck
+
+    run = run_healthcheck(selection, deep=True, timeout_s=timeout_s, inventory=inventory,
+                          record=False)  # fmt: skip
+    events = read_events()
+    from moola_ops.checklist import latest_deployment
+
+    steps = []
+    for h in run.hosts:
+        deployment = latest_deployment(events, h.host)
+        journal = Journal("verify", bundle=h.release or "", deployment=deployment)
+        by_name = {c.name: c for c in h.checks}
+        # sanity = reachable, current valid, checksums, model + golden; latency is its own step
+        bad = [c for c in h.checks if c.name in ("ssh", "current", "checksums", "model")
+               and c.state != OK]  # fmt: skip
+        sanity_ok = not bad and "model" in by_name
+        if sanity_ok:
+            summary = f"{h.release}: model loads, golden outputs match"
+        else:
+            summary = "; ".join(f"{c.name}: {c.message}" for c in bad) or "no model check ran"
+        journal.record(h.host, "sanity", "ok" if sanity_ok else "failed", summary=summary,
+                       duration_s=h.duration_s, no_deployment=deployment is None)  # fmt: skip
+        steps.append(StepOutcome(f"{h.host}:sanity", "ok" if sanity_ok else "failed", summary,
+                                 h.duration_s))  # fmt: skip
+        latency = by_name.get("latency")
+        lat_ok = latency is not None and latency.state in (OK, WARNING)
+        lat_summary = latency.message if latency else "no latency measured"
+        journal.record(h.host, "latency", "ok" if lat_ok else "failed", summary=lat_summary,
+                       p50_ms=h.p50_ms, p99_ms=h.p99_ms, sla_p99_ms=h.sla_p99_ms,
+                       state=STATE_NAMES[latency.state] if latency else "UNKNOWN")  # fmt: skip
+        steps.append(StepOutcome(f"{h.host}:latency", "ok" if lat_ok else "failed", lat_summary,
+                                 0.0, {"p50_ms": h.p50_ms, "p99_ms": h.p99_ms,
+                                       "sla_p99_ms": h.sla_p99_ms}))  # fmt: skip
+    return PhaseReport("verify", "", steps, {"hosts": [h.to_dict() for h in run.hosts]})
+
+
+# --- phase 6: accept --------------------------------------------------------------------------
+
+
+def run_accept(deployment: str, by: str, note: str = "", *, checklist_path=None) -> PhaseReport:
+    """Phase 6: record a named sign-off, refused unless phases 1-5 of `deployment` passed."""
+    from moola_ops.checklist import DEFAULT_CHECKLIST, checklist_states, load_checklist
+
+    by = " ".join((by or "").split())
+    if not by or len(by) > 80:
+        raise MoolaError("--by must name the person signing off (1-80 characters)")
+    checklist = load_checklist(checklist_path or DEFAULT_CHECKLIST)
+    report = checklist_states(checklist, read_events(), deployment)
+    open_steps = [s for s in report.steps if s.phase <= 5 and s.state not in ("done", "skipped")]
+    journal = Journal("accept", bundle=report.bundle, deployment=deployment, actor=by)
+    if open_steps:
+        listed = ", ".join(f"{s.phase}/{s.step} {s.state}" for s in open_steps[:6])
+        journal.record("", "signoff", "refused", summary=f"phases 1-5 not passed: {listed}",
+                       operator=_operator())  # fmt: skip
+        raise MoolaError(
+            f"deployment {deployment} cannot be accepted: phases 1-5 have steps not done "
+            f"({listed}); run them and check with `invoke checklist --deployment {deployment}`"
+        )
+    journal.record("", "signoff", "ok", summary=f"accepted by {by}", operator=_operator(),
+                   hosts=report.hosts)  # fmt: skip
+    journal.record("", "notes", "ok" if note else "skipped",
+                   summary=note or "no release notes given (--note)")  # fmt: skip
+    steps = [StepOutcome("signoff", "ok", f"{report.bundle} on {', '.join(report.hosts)} "
+                         f"accepted by {by}"),
+             StepOutcome("notes", "ok" if note else "skipped", note or "no notes")]  # fmt: skip
+    return PhaseReport("accept", deployment, steps, {"bundle": report.bundle, "by": by})
+
+
+def _operator() -> str:
+    from moola_ops.journal import current_actor
+
+    return current_actor()
