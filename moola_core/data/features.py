@@ -118,143 +118,110 @@ def true_range(high: np.ndarray, low: np.ndarray, close: np.ndarray) -> np.ndarr
 def atr(high: np.ndarray, low: np.ndarray, close: np.ndarray, period: int = ATR_PERIOD):
     """Mean true range of the last `period` bars (fewer at the very start; those are warm-up)."""
     tr = true_range(high, low, close)
-    csum = np.concatenate(([0.0], np.cumsum(tr)))
     n = len(tr)
-    idx = np.arange(1, n + 1)
-    lo = np.maximum(idx - period, 0)
-    # The exact windowed sum for the first bars; cumsum differences afterwards would drift in
-    # the last digits on long series, so recompute with a sliding window where it is full.
-    out = (csum[idx] - csum[lo]) / (idx - lo)
-    if n >= period:
-        win = np.lib.stride_tricks.sliding_window_view(tr, period)
-        out[period - 1 :] = win.sum(axis=1) / period
-    return out
+    out = np.cumsum(tr[:period]) / np.arange(1, min(period, n) + 1)  # the first bars: expanding
+    if n <= period:
+        return out
+    # A full window: `period` shifted slices added in a fixed order (exact and causal; a cumsum
+    # difference would drift in the last digits over millions of bars).
+    window_sum = tr[period - 1 :].copy()
+    for lag in range(1, period):
+        window_sum += tr[period - 1 - lag : n - lag]
+    return np.concatenate((out[: period - 1], window_sum / period))
 
 
-def _zigzag_events(high: list, low: list, close: list, threshold: list) -> list:
-    """The zig-zag state machine; returns confirmation events (t, kind, price, index).
+def _zigzag_events(high: list, low: list, up_trigger: list, down_trigger: list, close):
+    """The zig-zag state machine over plain Python floats (this loop is the hot path).
 
-    kind +1: a swing high at `index` with `price` was confirmed at bar t (a down leg starts);
-    kind -1: a swing low. Plain Python floats in lists: this loop is the hot path.
+    `up_trigger` = close + threshold: an up leg ends when its highest high reaches it (the close
+    fell threshold below the high); `down_trigger` = close - threshold mirrors it. Returns
+    (first_kind, flat): flat = [t0, i0, t1, i1, ...], swing k confirmed at bar t_k with its
+    extreme at bar i_k; kinds alternate starting with first_kind (+1 swing high, -1 swing low).
     """
-    events = []
-    append = events.append
-    n = len(close)
-    if n == 0:
-        return events
-    # Undecided start: track the highest high and the lowest low since bar 0.
-    hi = high[0]
-    hi_i = 0
-    lo = low[0]
-    lo_i = 0
-    t = 0
-    direction = 0
-    for t in range(n):
-        h = high[t]
-        lw = low[t]
-        c = close[t]
-        if h > hi:
-            hi = h
-            hi_i = t
-        if lw < lo:
-            lo = lw
-            lo_i = t
-        thr = threshold[t]
-        if hi - c >= thr and (c - lo < thr or hi - c >= c - lo):
-            append((t, 1, hi, hi_i))
-            direction = -1
-            # the down leg's extreme: the lowest low after the swing high if we saw one
-            if lo_i <= hi_i:
-                lo = lw
-                lo_i = t
-            break
-        if c - lo >= thr:
-            append((t, -1, lo, lo_i))
-            direction = 1
-            if hi_i <= lo_i:
-                hi = h
-                hi_i = t
-            break
-    if direction == 0:
-        return events
-    # In an up leg: `ext` is the highest high of the leg; `opp` the lowest low after it (it
-    # becomes the next down leg's starting extreme). Mirrored in a down leg.
-    if direction == 1:
-        ext, ext_i, opp, opp_i = hi, hi_i, low[t], t
-    else:
-        ext, ext_i, opp, opp_i = lo, lo_i, high[t], t
-    for t in range(t + 1, n):  # noqa: B020 (resumes after the undecided start)
-        c = close[t]
+    flat: list[int] = []
+    append = flat.append
+    if not high:
+        return 0, flat
+    direction = 0  # +1 up leg, -1 down leg, 0 undecided (before the first swing)
+    first_kind = 0
+    # undecided: highest high / lowest low since bar 0
+    hi, hi_i, lo, lo_i = high[0], 0, low[0], 0
+    # in a leg: `ext` its extreme, `opp` the opposite extreme since then (the next leg's start)
+    ext = opp = 0.0
+    ext_i = opp_i = 0
+    bars = zip(high, low, up_trigger, down_trigger, strict=True)
+    for t, (h, lw, c_up, c_down) in enumerate(bars):
         if direction == 1:
-            h = high[t]
             if h > ext:  # ties keep the earlier bar as the swing
-                ext = h
-                ext_i = t
-                opp = low[t]
-                opp_i = t
-            else:
-                lw = low[t]
-                if lw < opp:
-                    opp = lw
-                    opp_i = t
-            if ext - c >= threshold[t]:
-                append((t, 1, ext, ext_i))
+                ext, ext_i, opp, opp_i = h, t, lw, t
+            elif lw < opp:
+                opp, opp_i = lw, t
+            if ext >= c_up:
+                append(t)
+                append(ext_i)
                 direction = -1
-                ext, ext_i, opp, opp_i = opp, opp_i, high[t], t
-        else:
-            lw = low[t]
+                ext, ext_i, opp, opp_i = opp, opp_i, h, t
+        elif direction == -1:
             if lw < ext:
-                ext = lw
-                ext_i = t
-                opp = high[t]
-                opp_i = t
-            else:
-                h = high[t]
-                if h > opp:
-                    opp = h
-                    opp_i = t
-            if c - ext >= threshold[t]:
-                append((t, -1, ext, ext_i))
+                ext, ext_i, opp, opp_i = lw, t, h, t
+            elif h > opp:
+                opp, opp_i = h, t
+            if ext <= c_down:
+                append(t)
+                append(ext_i)
                 direction = 1
-                ext, ext_i, opp, opp_i = opp, opp_i, low[t], t
-    return events
+                ext, ext_i, opp, opp_i = opp, opp_i, lw, t
+        else:
+            if h > hi:
+                hi, hi_i = h, t
+            if lw < lo:
+                lo, lo_i = lw, t
+            high_swing = hi >= c_up
+            low_swing = lo <= c_down
+            if high_swing and low_swing:  # one wild bar reversed both ways: the larger wins
+                c = float(close[t])
+                high_swing = hi - c >= c - lo
+                low_swing = not high_swing
+            if high_swing:
+                append(t)
+                append(hi_i)
+                first_kind, direction = 1, -1
+                ext, ext_i = (lo, lo_i) if lo_i > hi_i else (lw, t)
+                opp, opp_i = h, t
+            elif low_swing:
+                append(t)
+                append(lo_i)
+                first_kind, direction = -1, 1
+                ext, ext_i = (hi, hi_i) if hi_i > lo_i else (h, t)
+                opp, opp_i = lw, t
+    return first_kind, flat
+
+
+def _hold(times: np.ndarray, values: np.ndarray, n: int, fill) -> np.ndarray:
+    """Per bar, the value of the last event at or before it (`fill` before the first event)."""
+    out = np.full(n, fill, dtype=values.dtype)
+    if len(times):
+        out[times[0] :] = np.repeat(values, np.diff(np.append(times, n)))
+    return out
 
 
 def zigzag(high: np.ndarray, low: np.ndarray, close: np.ndarray, atr_values: np.ndarray) -> Swings:
     """Run the causal zig-zag (reversal >= SWING_REVERSAL_ATR * ATR) and spread it per bar."""
     n = len(close)
     threshold = SWING_REVERSAL_ATR * atr_values
-    events = _zigzag_events(high.tolist(), low.tolist(), close.tolist(), threshold.tolist())
-    sh_price = np.full(n, np.nan)
-    sl_price = np.full(n, np.nan)
-    sh_index = np.full(n, -1, dtype=np.int64)
-    sl_index = np.full(n, -1, dtype=np.int64)
-    leg_dir = np.zeros(n, dtype=np.int8)
-    if events:
-        ev = np.array(events, dtype=np.float64)  # [E, 4]: t, kind, price, index
-        t_conf = ev[:, 0].astype(np.int64)
-        kind = ev[:, 1]
-        for sign, price_out, index_out in ((1, sh_price, sh_index), (-1, sl_price, sl_index)):
-            pick = kind == sign
-            price_out[t_conf[pick]] = ev[pick, 2]
-            index_out[t_conf[pick]] = ev[pick, 3].astype(np.int64)
-        leg_dir[t_conf] = -kind.astype(np.int8)
-        # Forward-fill each series from the bar where an event was confirmed.
-        _ffill(sh_price, sh_index)
-        _ffill(sl_price, sl_index)
-        last = np.maximum.accumulate(np.where(leg_dir != 0, np.arange(n), 0))
-        leg_dir = np.where(np.arange(n) >= t_conf[0], leg_dir[last], 0).astype(np.int8)
+    first_kind, flat = _zigzag_events(
+        high.tolist(), low.tolist(), (close + threshold).tolist(), (close - threshold).tolist(),
+        close,
+    )  # fmt: skip
+    events = np.array(flat, dtype=np.int64).reshape(-1, 2)  # [E, 2]: confirmed at, extreme at
+    kind = first_kind * (1 - 2 * (np.arange(len(events)) % 2))  # +1 SH, -1 SL, alternating
+    is_high = kind == 1
+    sh_index = _hold(events[is_high, 0], events[is_high, 1], n, -1)
+    sl_index = _hold(events[~is_high, 0], events[~is_high, 1], n, -1)
+    leg_dir = _hold(events[:, 0], (-kind).astype(np.int8), n, 0)
+    sh_price = np.where(sh_index >= 0, high[sh_index], np.nan)
+    sl_price = np.where(sl_index >= 0, low[sl_index], np.nan)
     return Swings(sh_price, sh_index, sl_price, sl_index, leg_dir)
-
-
-def _ffill(price: np.ndarray, index: np.ndarray) -> None:
-    """Forward-fill in place the entries where index >= 0 (the bars where a swing was set)."""
-    n = len(index)
-    has = index >= 0
-    src = np.maximum.accumulate(np.where(has, np.arange(n), -1))
-    known = src >= 0
-    price[known] = price[src[known]]
-    index[known] = index[src[known]]
 
 
 def compute_features(open_, high, low, close) -> Features:

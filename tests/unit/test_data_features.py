@@ -172,3 +172,20 @@ def test_zigzag_confirms_swings_on_a_hand_built_path():
     assert row[COL["bars_since_SH_norm"]] == pytest.approx((25 - 9) / 105, abs=1e-6)
     assert row[COL["bars_since_SL_norm"]] == pytest.approx((25 - 19) / 105, abs=1e-6)
     assert row[COL["expansion_proxy"]] > 0  # up leg, up bar
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_matches_the_bar_by_bar_reference(seed):
+    from moola_core.data.reference import reference_features
+
+    bars = generate_market(2500, seed=seed, difficulty="hard")
+    ohlc = [bars[c].to_numpy() for c in ("open", "high", "low", "close")]
+    ref_values, ref_valid = reference_features(*(a.tolist() for a in ohlc))
+    feats = compute_features(*ohlc)
+    np.testing.assert_array_equal(feats.valid, ref_valid)
+    np.testing.assert_allclose(feats.values, ref_values, atol=1e-6)
+    random = random_bars(2500, seed)
+    ref_values, ref_valid = reference_features(*(a.tolist() for a in random))
+    feats = compute_features(*random)
+    np.testing.assert_array_equal(feats.valid, ref_valid)
+    np.testing.assert_allclose(feats.values, ref_values, atol=1e-6)
