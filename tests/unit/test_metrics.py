@@ -1,9 +1,11 @@
-"""Every metric against a case computed by hand; bootstrap intervals behave."""
+"""Every metric against a case computed by hand; bootstrap intervals behave; baselines."""
 
 import numpy as np
 import pytest
 
 from moola_core import metrics
+from moola_core.baselines import MajorityBaseline, RangeExpansionHeuristic, longest_run
+from moola_core.data.features import COL
 
 # Four windows; spans are inclusive [start, end].
 TRUTH = {"label": [0, 0, 1, 1], "start": [10, 50, 0, 100], "end": [19, 59, 9, 104]}
@@ -93,3 +95,40 @@ def test_format_metric():
     assert metrics.format_metric({"value": 0.5, "ci_low": 0.25, "ci_high": 0.75}) == (
         "0.500 [0.250, 0.750]"
     )
+
+
+# -- baselines --------------------------------------------------------------------------------
+
+
+def test_majority_baseline_predicts_the_majority_class_and_mean_span():
+    baseline = MajorityBaseline().fit(None, None, [1, 1, 0], [10, 20, 30], [20, 30, 41])
+    pred = baseline.predict(np.zeros((2, 105, 11)), np.ones((2, 105), bool))
+    assert pred["label"].tolist() == [1, 1]
+    assert pred["start"].tolist() == [20, 20] and pred["end"].tolist() == [30, 30]
+
+
+def test_longest_run_by_hand():
+    above = np.array([[0, 1, 1, 0, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0, 0, 0]], dtype=bool)
+    score = np.array([[0] * 8, [0, 0, 0, 5, 0, 0, 0, 0]], dtype=float)
+    start, end = longest_run(above, score)
+    assert start.tolist() == [4, 3] and end.tolist() == [6, 3]
+
+
+def test_heuristic_finds_a_planted_wide_run_and_learns_the_quiet_rule():
+    rng = np.random.default_rng(0)
+    n = 40
+    x = np.zeros((n, 105, 11))
+    x[:, :, COL["range_z"]] = rng.uniform(0.6, 1.0, (n, 105))
+    label = np.arange(n) % 2
+    start = rng.integers(50, 80, n)
+    end = start + rng.integers(5, 15, n)
+    for i in range(n):
+        x[i, start[i] : end[i] + 1, COL["range_z"]] = 2.5
+        if label[i] == 0:  # consolidation: quiet before the expansion
+            x[i, start[i] - 20 : start[i], COL["range_z"]] = 0.3
+    valid = np.ones((n, 105), bool)
+    valid[:, :20] = False
+    heuristic = RangeExpansionHeuristic().fit(x, valid, label, start, end)
+    got = metrics.point_metrics(heuristic.predict(x, valid), {"label": label, "start": start,
+                                                              "end": end})  # fmt: skip
+    assert got["span_iou"] > 0.9 and got["accuracy"] == 1.0
