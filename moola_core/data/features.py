@@ -24,6 +24,7 @@ RANGE_EMA_SPAN = 20  # range_z = (H - L) / EMA20(H - L)
 ATR_PERIOD = 10  # ATR = mean true range of the last 10 bars
 SWING_REVERSAL_ATR = 1.2  # a swing is confirmed when price reverses by >= 1.2 ATR
 BARS_SINCE_SCALE = float(WINDOW_LEN)  # bars_since_* = bars / 105
+ZIGZAG_CHUNK = 1 << 15  # bars per chunk of the swing loop
 
 # Bars before this index never have a full EMA/ATR history; swings may need longer.
 MIN_WARMUP = max(RANGE_EMA_SPAN, ATR_PERIOD) - 1
@@ -130,27 +131,23 @@ def atr(high: np.ndarray, low: np.ndarray, close: np.ndarray, period: int = ATR_
     return np.concatenate((out[: period - 1], window_sum / period))
 
 
-def _zigzag_events(high: list, low: list, up_trigger: list, down_trigger: list, close):
+def _zigzag_events(high: list, low: list, up_trigger: list, down_trigger: list, close,
+                   start: int, state: list, flat: list) -> None:  # fmt: skip
     """The zig-zag state machine over plain Python floats (this loop is the hot path).
 
+    Runs over one chunk of bars beginning at bar `start`, resuming from `state` and saving it
+    back, and appends to `flat` = [t0, i0, t1, i1, ...]: swing k confirmed at bar t_k with its
+    extreme at bar i_k; kinds alternate starting with state[1] (+1 swing high, -1 swing low).
     `up_trigger` = close + threshold: an up leg ends when its highest high reaches it (the close
-    fell threshold below the high); `down_trigger` = close - threshold mirrors it. Returns
-    (first_kind, flat): flat = [t0, i0, t1, i1, ...], swing k confirmed at bar t_k with its
-    extreme at bar i_k; kinds alternate starting with first_kind (+1 swing high, -1 swing low).
+    fell threshold below the high); `down_trigger` = close - threshold mirrors it.
     """
-    flat: list[int] = []
     append = flat.append
-    if not high:
-        return 0, flat
-    direction = 0  # +1 up leg, -1 down leg, 0 undecided (before the first swing)
-    first_kind = 0
-    # undecided: highest high / lowest low since bar 0
-    hi, hi_i, lo, lo_i = high[0], 0, low[0], 0
-    # in a leg: `ext` its extreme, `opp` the opposite extreme since then (the next leg's start)
-    ext = opp = 0.0
-    ext_i = opp_i = 0
+    # direction: +1 up leg, -1 down leg, 0 undecided (before the first swing); undecided tracks
+    # the highest high / lowest low since bar 0; in a leg `ext` is its extreme and `opp` the
+    # opposite extreme since then (where the next leg starts)
+    direction, first_kind, hi, hi_i, lo, lo_i, ext, ext_i, opp, opp_i = state
     bars = zip(high, low, up_trigger, down_trigger, strict=True)
-    for t, (h, lw, c_up, c_down) in enumerate(bars):
+    for t, (h, lw, c_up, c_down) in enumerate(bars, start):
         if direction == 1:
             if h > ext:  # ties keep the earlier bar as the swing
                 ext, ext_i, opp, opp_i = h, t, lw, t
@@ -194,7 +191,7 @@ def _zigzag_events(high: list, low: list, up_trigger: list, down_trigger: list, 
                 first_kind, direction = -1, 1
                 ext, ext_i = (hi, hi_i) if hi_i > lo_i else (h, t)
                 opp, opp_i = lw, t
-    return first_kind, flat
+    state[:] = [direction, first_kind, hi, hi_i, lo, lo_i, ext, ext_i, opp, opp_i]
 
 
 def _hold(times: np.ndarray, values: np.ndarray, n: int, fill) -> np.ndarray:
@@ -209,10 +206,19 @@ def zigzag(high: np.ndarray, low: np.ndarray, close: np.ndarray, atr_values: np.
     """Run the causal zig-zag (reversal >= SWING_REVERSAL_ATR * ATR) and spread it per bar."""
     n = len(close)
     threshold = SWING_REVERSAL_ATR * atr_values
-    first_kind, flat = _zigzag_events(
-        high.tolist(), low.tolist(), (close + threshold).tolist(), (close - threshold).tolist(),
-        close,
-    )  # fmt: skip
+    up_trigger = close + threshold
+    down_trigger = close - threshold
+    flat: list[int] = []
+    if n:
+        state = [0, 0, float(high[0]), 0, float(low[0]), 0, 0.0, 0, 0.0, 0]
+        # chunks keep the Python float lists small (cache-friendly, bounded memory)
+        for a in range(0, n, ZIGZAG_CHUNK):
+            b = min(a + ZIGZAG_CHUNK, n)
+            _zigzag_events(high[a:b].tolist(), low[a:b].tolist(), up_trigger[a:b].tolist(),
+                           down_trigger[a:b].tolist(), close, a, state, flat)  # fmt: skip
+        first_kind = state[1]
+    else:
+        first_kind = 0
     events = np.array(flat, dtype=np.int64).reshape(-1, 2)  # [E, 2]: confirmed at, extreme at
     kind = first_kind * (1 - 2 * (np.arange(len(events)) % 2))  # +1 SH, -1 SL, alternating
     is_high = kind == 1

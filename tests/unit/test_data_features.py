@@ -189,3 +189,12 @@ def test_matches_the_bar_by_bar_reference(seed):
     feats = compute_features(*random)
     np.testing.assert_array_equal(feats.valid, ref_valid)
     np.testing.assert_allclose(feats.values, ref_values, atol=1e-6)
+
+
+def test_swing_loop_chunking_changes_nothing(market, monkeypatch):
+    import moola_core.data.features as features
+
+    whole = compute_features(*market)
+    monkeypatch.setattr(features, "ZIGZAG_CHUNK", 7)  # state carried across 429 chunks
+    chunked = compute_features(*market)
+    assert whole.values.tobytes() == chunked.values.tobytes()
