@@ -119,3 +119,27 @@ def test_state_dict_loads_with_weights_only(tmp_path):
 def test_bad_configs_raise_one_clear_sentence(config, words):
     with pytest.raises(MoolaError, match=words):
         resolve_model_config(config)
+
+
+def test_models_import_nothing_but_stdlib_and_torch():
+    """GPU hosts have only Python and torch: block numpy, pandas, pydantic and yaml."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\n"
+        "for name in ('numpy', 'pandas', 'pydantic', 'yaml'): sys.modules[name] = None\n"
+        "import torch\n"
+        "from moola_core.models import build_model\n"
+        "for head in ('pointer', 'center_length', 'crf'):\n"
+        "    model = build_model({'hidden': 4, 'layers': 1, 'span_head': head})\n"
+        "    out = model.predict(torch.zeros(1, 105, 11), torch.ones(1, 105, dtype=torch.bool))\n"
+        "print('ok', sorted(out))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code], cwd=root, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ok ['class_probs', 'end', 'label', 'start']" in done.stdout
