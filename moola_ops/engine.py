@@ -722,7 +722,10 @@ def _switch_back(ctx: _Host, previous: str | None, failed: str) -> str:
             info["removed_current"] = True
         return f"no previous release to return to, so `current` was removed ({failed} stays in releases/)"
     _switch(ctx, previous, failed, "auto-rollback", snapshot=False)
-    _light_check(ctx, previous, step="auto-rollback-check")
+    try:
+        _light_check(ctx, previous, step="auto-rollback-check")
+    except StepFailed as again:
+        return f"switched back to {previous} at once, but its own check failed too: {again}"
     return f"switched back to {previous} at once (verified)"
 
 

@@ -1,0 +1,291 @@
+"""Pure command builders compared as strings, and fact parsers fed recorded host output."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+
+import pytest
+
+from moola_core.errors import MoolaError
+from moola_ops.commands import facts, lock, release
+from moola_ops.commands.layout import Layout, check_name, check_workspace
+
+WS = Layout("/workspace/moola")
+DEP = "20261125T170000Z-abc123"
+
+
+# --- names and layout ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["v0.3", "v1.2.0-rc1", "runpod-1", "local_2", "a+b"])
+def test_safe_names_pass(name):
+    assert check_name(name, "version") == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "v1;rm -rf /", "v1 v2", "$(id)", "`id`", "../etc", "v1/..", "a|b", "-rf", ".hidden"],
+)
+def test_names_with_shell_or_path_characters_are_refused(name):
+    with pytest.raises(MoolaError, match="invalid version"):
+        check_name(name, "version")
+
+
+@pytest.mark.parametrize("path", ["relative/ws", "/ws/../etc", "/ws; rm -rf /", "/", "~", ""])
+def test_bad_workspaces_are_refused(path):
+    with pytest.raises(MoolaError, match="invalid workspace"):
+        check_workspace(path)
+
+
+def test_layout_paths_are_quoted_and_home_stays_expandable():
+    assert WS.current == "/workspace/moola/current"
+    assert Layout("/work space/x".replace(" ", "_")).lock == "/work_space/x/deploy.lock"
+    assert Layout("~/moola").releases == '"$HOME"/moola/releases'
+    with pytest.raises(MoolaError):
+        WS.release("v1;id")
+
+
+# --- lock ------------------------------------------------------------------------------------
+
+
+def test_lock_acquire_is_one_mkdir_with_a_quoted_holder():
+    holder = {"deployment": DEP, "actor": "o'brien@box", "what": "deploy v0.3"}
+    cmd = lock.acquire(WS, holder)
+    assert "mkdir /workspace/moola/deploy.lock 2>/dev/null" in cmd
+    assert shlex.quote(lock.holder_json(holder)) in cmd  # a quote in the actor stays data
+    assert cmd.startswith("mkdir -p /workspace/moola/releases /workspace/moola/incoming")
+
+
+def test_lock_parsers_read_recorded_outputs():
+    assert lock.parse_acquire("MOOLA-LOCK-ACQUIRED\n### workspace\npresent\n") == (True, None)
+    held = 'MOOLA-LOCK-HELD\n{"actor":"alice@laptop","deployment":"X","pid":7}\n### workspace\n'
+    acquired, holder = lock.parse_acquire(held)
+    assert not acquired and holder["actor"] == "alice@laptop"
+    assert "alice@laptop" in lock.describe_holder(holder)
+    assert lock.parse_acquire("MOOLA-LOCK-HELD\n{}\n")[1] == {}
+    with pytest.raises(ValueError):
+        lock.parse_acquire("bash: mkdir: command not found\n")
+    assert lock.parse_release("MOOLA-LOCK-RELEASED\n") is True
+    assert lock.parse_release("MOOLA-LOCK-NOT-OURS\n") is False
+    assert lock.parse_break('{"actor":"ghost"}\n\nMOOLA-LOCK-BROKEN\n') == (
+        True,
+        {"actor": "ghost"},
+    )
+    assert lock.parse_break("MOOLA-LOCK-FREE\n") == (False, None)
+
+
+def test_lock_release_only_removes_our_own_lock():
+    cmd = lock.release(WS, DEP)
+    assert shlex.quote(f'"deployment":"{DEP}"') in cmd
+    assert f"mv -T /workspace/moola/deploy.lock /workspace/moola/deploy.lock.released-{DEP}" in cmd
+
+
+def test_lock_commands_run_in_a_real_shell(tmp_path):
+    """The strings are valid shell: run them against a temp workspace with /bin/sh."""
+    layout = Layout(str(tmp_path / "ws"))
+
+    def sh(cmd: str) -> str:
+        return subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, check=True).stdout
+
+    assert lock.parse_acquire(sh(lock.acquire(layout, {"deployment": DEP})))[0]
+    acquired, holder = lock.parse_acquire(sh(lock.acquire(layout, {"deployment": "other-1"})))
+    assert not acquired and holder["deployment"] == DEP
+    assert not lock.parse_release(sh(lock.release(layout, "other-1")))
+    assert lock.parse_release(sh(lock.release(layout, DEP)))
+    assert not (tmp_path / "ws" / "deploy.lock").exists()
+
+
+# --- release ---------------------------------------------------------------------------------
+
+
+def test_switch_is_a_temp_link_renamed_over_current_and_a_revision_line():
+    revision = {"action": "deploy", "version": "v0.3", "previous": "v0.2"}
+    cmd = release.switch(WS, "v0.3", DEP, revision)
+    assert cmd.startswith(
+        f"ln -sfn releases/v0.3 /workspace/moola/.current-{DEP} && "
+        f"mv -T /workspace/moola/.current-{DEP} /workspace/moola/current && "
+    )
+    assert shlex.quote(release.revision_line(**revision)) in cmd
+    assert cmd.endswith("readlink /workspace/moola/current")
+
+
+def test_switch_and_snapshot_really_work_in_a_shell(tmp_path):
+    ws = tmp_path / "ws"
+    (ws / "releases" / "v1").mkdir(parents=True)
+    (ws / "releases" / "v2").mkdir(parents=True)
+    (ws / "backups").mkdir()
+    (ws / "releases" / "v1" / "a.txt").write_text("one")
+    layout = Layout(str(ws))
+    subprocess.run(["sh", "-c", release.switch(layout, "v1", DEP, {"version": "v1"})], check=True)
+    cmd = release.snapshot_and_switch(
+        layout,
+        "v2",
+        DEP,
+        {"version": "v2"},
+        snapshot_of="v1",
+        snapshot_as="20260101T000000Z-v1.tar",
+    )
+    out = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "releases/v2"
+    assert (ws / "backups" / "20260101T000000Z-v1.tar").is_file()
+    assert [json.loads(x)["version"] for x in (ws / "revisions.log").read_text().splitlines()] == [
+        "v1",
+        "v2",
+    ]
+
+
+def test_promote_and_check_builders_quote_every_argument():
+    sha = "a" * 64
+    cmd = release.promote(WS, "python3", DEP, "v0.3", sha)
+    assert cmd.startswith("python3 -c ")
+    assert cmd.endswith(
+        f"promote /workspace/moola/incoming/{DEP}/bundle.tar.gz {sha} v0.3 "
+        f"/workspace/moola/incoming/{DEP} /workspace/moola/releases/v0.3"
+    )
+    with pytest.raises(ValueError):
+        release.promote(WS, "python3", DEP, "v0.3", "not-a-sha; rm -rf /")
+    check = release.runtime_check(WS, "/opt/py env/python3", "v0.3", runs=5, sla_p99_ms=20)
+    assert check == (
+        "cd /workspace/moola/releases/v0.3 && PYTHONPATH=/workspace/moola/releases/v0.3/code "
+        "'/opt/py env/python3' -m moola_core.runtime check --release "
+        "/workspace/moola/releases/v0.3 --json --runs 5 --sla-p99-ms 20.0"
+    )
+
+
+def test_prune_removes_releases_with_their_markers_and_staging():
+    cmd = release.prune(WS, ["v0.1"], ["20260101T000000Z-v0.1.tar"])
+    assert cmd == (
+        "rm -rf -- /workspace/moola/releases/v0.1 /workspace/moola/releases/v0.1.sha256 "
+        "/workspace/moola/backups/20260101T000000Z-v0.1.tar; "
+        "rm -rf -- /workspace/moola/incoming/* /workspace/moola/.current-*"
+    )
+
+
+def test_snapshot_names_round_trip():
+    name = release.snapshot_name("20261125T170000123456Z", "v1.2.0-rc1")
+    assert release.parse_snapshot_name(name) == ("20261125T170000123456Z", "v1.2.0-rc1")
+    assert release.parse_snapshot_name(".partial-x.tar") is None
+    assert release.parse_snapshot_name("notes.txt") is None
+
+
+def test_hostside_report_parser_tolerates_noise():
+    assert release.parse_hostside('warning: x\n{"ok": true, "files": 3}\n')["files"] == 3
+    assert release.parse_hostside("Traceback ...")["ok"] is False
+
+
+# --- facts -----------------------------------------------------------------------------------
+
+RECORDED = """### workspace
+present
+### current
+releases/v0.3
+### releases
+v0.2 1111111111111111111111111111111111111111111111111111111111111111
+v0.3 2222222222222222222222222222222222222222222222222222222222222222
+v0.1 -
+### backups
+20261125T160000000000Z-v0.1.tar
+20261125T170000000000Z-v0.2.tar
+.partial-20261125T180000000000Z-v0.3.tar
+### lock
+{"actor":"alice@laptop","deployment":"X","pid":7}
+### disk
+/dev/vda         264212084 24083404  82307508      23% /
+### python
+{"python": "3.10.12", "torch": "2.4.1+cu121"}
+### gpu
+NVIDIA H100 80GB HBM3, 81559, 1234, 7
+### revisions
+{"action":"deploy","version":"v0.1"}
+{"action":"deploy","version":"v0.2","previous":"v0.1"}
+{"action":"deploy","version":"v0.3","previous":"v0.2"}
+### end
+"""
+
+
+def test_facts_parse_a_recorded_gpu_host():
+    f = facts.parse(RECORDED)
+    assert f.workspace_exists and f.current == "v0.3"
+    assert f.releases == {"v0.2": "1" * 64, "v0.3": "2" * 64, "v0.1": None}
+    assert f.backups == ["20261125T160000000000Z-v0.1.tar", "20261125T170000000000Z-v0.2.tar"]
+    assert f.locked and f.lock_holder["actor"] == "alice@laptop"
+    assert f.disk_free_bytes == 82307508 * 1024
+    assert (f.python, f.torch) == ("3.10.12", "2.4.1+cu121")
+    assert f.gpus == [{"name": "NVIDIA H100 80GB HBM3", "memory_total_mib": 81559.0,
+                       "memory_used_mib": 1234.0, "utilization_pct": 7.0}]  # fmt: skip
+    assert facts.rollback_target(f) == "v0.2"
+
+
+def test_facts_of_a_bare_host_and_a_cut_answer():
+    bare = facts.parse(
+        "### workspace\nmissing\n### current\n### releases\n### backups\n### lock\n"
+        "### disk\n/dev/x 100 10 90 10% /\n### python\nmissing\n### gpu\n### revisions\n### end\n"
+    )
+    assert not bare.workspace_exists and bare.current is None and not bare.locked
+    assert bare.python is None and bare.torch is None and bare.gpus == []
+    with pytest.raises(ValueError, match="cut short"):
+        facts.parse(RECORDED.split("### gpu")[0])
+
+
+def test_gpu_parser_handles_not_available_fields():
+    assert facts.parse_gpus(["Tesla T4, 15360, [N/A], [N/A]"])[0]["memory_used_mib"] is None
+
+
+def test_gather_is_one_command_with_every_section():
+    cmd = facts.gather(WS, "python3")
+    for section in ("workspace", "current", "releases", "backups", "lock", "disk", "python",
+                    "gpu", "revisions", "end"):  # fmt: skip
+        assert f"echo '### {section}'" in cmd
+
+
+def test_gather_runs_in_a_real_shell(tmp_path):
+    ws = tmp_path / "ws"
+    (ws / "releases" / "v1").mkdir(parents=True)
+    (ws / "releases" / "v1.sha256").write_text("f" * 64 + "\n")
+    (ws / "current").symlink_to("releases/v1")
+    out = subprocess.run(
+        ["sh", "-c", facts.gather(Layout(str(ws)), "python3")], capture_output=True, text=True
+    ).stdout
+    f = facts.parse(out)
+    assert f.current == "v1" and f.releases == {"v1": "f" * 64} and f.python
+
+
+# --- decisions -------------------------------------------------------------------------------
+
+
+def rev(action, version):
+    return {"action": action, "version": version}
+
+
+def test_history_pops_on_rollback_so_a_second_rollback_goes_further_back():
+    lines = [rev("deploy", "v1"), rev("deploy", "v2"), rev("deploy", "v3"), rev("rollback", "v2")]
+    assert facts.release_history(lines) == ["v1", "v2"]
+    f = facts.HostFacts(current="v2", revisions=lines)
+    assert facts.rollback_target(f) == "v1"
+
+
+def test_rollback_target_after_a_redeploy_and_an_auto_rollback():
+    lines = [rev("deploy", "v1"), rev("deploy", "v2"), rev("deploy", "v3"),
+             rev("auto-rollback", "v2"), rev("deploy", "v1")]  # fmt: skip
+    f = facts.HostFacts(current="v1", revisions=lines)
+    assert facts.rollback_target(f) == "v2"
+    assert facts.rollback_target(facts.HostFacts(current="v1", revisions=[])) is None
+
+
+def test_prune_keeps_current_previous_and_newest_by_history_not_name():
+    lines = [rev("deploy", v) for v in ("v9", "v1", "v2", "v3", "v4")]
+    f = facts.HostFacts(
+        current="v4",
+        releases={v: None for v in ("v9", "v1", "v2", "v3", "v4", "v0-never")},
+        backups=[f"2026010{i}T000000Z-{v}.tar" for i, v in enumerate(("v9", "v1", "v2", "v3"))],
+        revisions=lines,
+    )
+    releases, backups = facts.plan_prune(f, keep_releases=2, keep_backups=1)
+    assert releases == ["v0-never", "v1", "v2", "v9"]  # kept: v4 (current), v3 (previous)
+    assert backups == ["20260100T000000Z-v9.tar", "20260101T000000Z-v1.tar",
+                       "20260102T000000Z-v2.tar"]  # fmt: skip
+    # never current or previous, whatever N says
+    releases, _ = facts.plan_prune(f, keep_releases=0, keep_backups=0)
+    assert "v4" not in releases and "v3" not in releases

@@ -1,0 +1,84 @@
+"""The deployment log: schema, concurrent writers from several processes, pandas-readable."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+
+import pytest
+
+from moola_ops.journal import STATUSES, Event, Journal, append, log_path, read_events
+
+
+def _writer(path: str, worker: int, lines: int) -> None:
+    journal = Journal("deploy", bundle="v1", path=path)
+    for i in range(lines):
+        journal.record(f"host-{worker}", "upload", "ok", duration_s=0.1, n=i, pad="x" * 3000)
+
+
+def test_concurrent_processes_neither_interleave_nor_lose_lines(tmp_path):
+    path = tmp_path / "log" / "deployments.jsonl"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(str(path), w, 50)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    raw = path.read_text().splitlines()
+    assert len(raw) == 200
+    events = [json.loads(line) for line in raw]  # every line is whole JSON
+    for w in range(4):
+        assert sorted(e["detail"]["n"] for e in events if e["host"] == f"host-{w}") == list(
+            range(50)
+        )
+
+
+def test_step_records_ok_failed_and_aborted_with_durations(tmp_path):
+    path = tmp_path / "d.jsonl"
+    journal = Journal("deploy", bundle="v0.3", path=path, actor="alice@laptop")
+    with journal.step("runpod-1", "upload") as info:
+        info["bytes"] = 10
+    with pytest.raises(RuntimeError), journal.step("runpod-1", "check"):
+        raise RuntimeError("golden mismatch")
+    with pytest.raises(KeyboardInterrupt), journal.step("runpod-1", "switch"):
+        raise KeyboardInterrupt
+    with journal.step("runpod-1", "prune") as info:
+        info["status"] = "skipped"
+    events = read_events(path)
+    assert [(e["step"], e["status"]) for e in events] == [
+        ("upload", "ok"), ("check", "failed"), ("switch", "aborted"), ("prune", "skipped")
+    ]  # fmt: skip
+    assert events[0]["detail"] == {"bytes": 10}
+    assert events[1]["detail"]["error"] == "golden mismatch"
+    assert {e["deployment"] for e in events} == {journal.deployment}
+    assert all(e["actor"] == "alice@laptop" and e["bundle"] == "v0.3" for e in events)
+    assert all(e["time"].endswith("Z") and e["duration_s"] >= 0 for e in events)
+
+
+def test_env_overrides_the_path_and_filters_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOOLA_LOG", str(tmp_path / "env.jsonl"))
+    assert log_path() == tmp_path / "env.jsonl"
+    a, b = Journal("deploy"), Journal("rollback")
+    a.record("h1", "lock", "ok")
+    b.record("h2", "lock", "refused")
+    assert [e["host"] for e in read_events(phase="rollback")] == ["h2"]
+    assert [e["phase"] for e in read_events(deployment=a.deployment)] == ["deploy"]
+    assert read_events(tmp_path / "missing.jsonl") == []
+
+
+def test_unknown_status_is_a_bug_not_a_line(tmp_path):
+    with pytest.raises(ValueError):
+        append(Event("d", "a", "h", "v", "deploy", "x", "maybe"), tmp_path / "x.jsonl")
+    assert "aborted" in STATUSES
+
+
+def test_a_torn_line_is_skipped_and_pandas_reads_the_log(tmp_path):
+    path = tmp_path / "d.jsonl"
+    Journal("deploy", path=path).record("h", "lock", "ok", holder={"pid": 1})
+    with open(path, "a") as fh:
+        fh.write('{"deployment": "torn"')
+    assert len(read_events(path)) == 1
+    import pandas as pd
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    frame = pd.read_json(path, lines=True)
+    assert list(frame["step"]) == ["lock"]
