@@ -245,16 +245,22 @@ def _float(value: Any) -> float | None:
 Probe = Callable[[Any, float], HostHealth]
 
 
-def run_parallel(hosts: list[Any], probe: Probe, timeout_s: float, name_of=str) -> list[HostHealth]:
-    """Probe every host in its own thread; a host not done within `timeout_s` is CRITICAL.
+def run_parallel(
+    hosts: list[Any], probe: Probe, timeout_s: float, name_of=str, parallel: int = 16
+) -> list[HostHealth]:
+    """Probe every host in its own thread, at most `parallel` at once; a host not done within
+    `timeout_s` (waiting for its turn included) is CRITICAL.
 
     Daemon threads: a host that hangs (a TCP peer that accepts and never answers) cannot hold
     the process past the deadline, and the interpreter does not wait for it at exit.
     """
     deadline = time.monotonic() + timeout_s
     results: dict[int, HostHealth] = {}
+    slots = threading.BoundedSemaphore(max(1, parallel))
 
     def work(i: int, host: Any) -> None:
+        if not slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return  # never got a turn: reported as not done within the timeout
         started = time.monotonic()
         try:
             health = probe(host, deadline)
@@ -262,6 +268,8 @@ def run_parallel(hosts: list[Any], probe: Probe, timeout_s: float, name_of=str) 
             health = HostHealth(host=name_of(host))
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             health.checks.append(CheckResult("ssh", CRITICAL, message[:300]))
+        finally:
+            slots.release()
         health.duration_s = round(time.monotonic() - started, 3)
         results[i] = health
 
@@ -363,6 +371,7 @@ def run_healthcheck(
     inventory=None,
     policy: HealthPolicy = HealthPolicy(),
     record: bool = True,
+    parallel: int = 16,
 ) -> HealthRun:
     """Check the selected hosts (default: all) in parallel within `timeout_s`; log each result."""
     from moola_ops.inventory import load_inventory
@@ -377,6 +386,7 @@ def run_healthcheck(
         lambda host, deadline: probe_host(host, deadline, deep=deep, policy=policy),
         budget,
         name_of=lambda h: h.name,
+        parallel=parallel,
     )
     for name, why in down.items():
         health = HostHealth(host=name)

@@ -33,7 +33,6 @@ DEMO_SLA_P99_MS = 200.0
 # Small and quick: the demo shows the checklist, `invoke train` makes the real models.
 CANDIDATES = (
     {"name": "jade", "seed": 17, "model": {"hidden": 32, "layers": 1}},
-    {"name": "jade", "seed": 13, "model": {"hidden": 32, "layers": 1}},
     {
         "name": "jade-pe",
         "seed": 17,

@@ -58,9 +58,12 @@ def _render_tty(run) -> None:
         "timeout": "seconds the whole run may take; a host not done by then is CRITICAL "
         f"(default {FAST_TIMEOUT_S:g}, with --deep {DEEP_TIMEOUT_S:g})",
         "inventory": "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)",
+        "parallel": "hosts checked at once (default 16; 1 checks one after another)",
     }
 )
-def healthcheck(c, host="", group="", deep=False, json=False, prom="", timeout=0.0, inventory=""):
+def healthcheck(
+    c, host="", group="", deep=False, json=False, prom="", timeout=0.0, inventory="", parallel=16
+):
     """Check hosts in parallel; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios)."""
     from moola_core.errors import MoolaError
     from moola_ops.health import UNKNOWN, prometheus_text, run_healthcheck, status_line
@@ -70,7 +73,7 @@ def healthcheck(c, host="", group="", deep=False, json=False, prom="", timeout=0
     selection = ",".join(s for s in (host, group) if s)
     try:
         run = run_healthcheck(selection or None, deep=deep, timeout_s=limit,
-                              inventory_path=inventory or None)  # fmt: skip
+                              inventory_path=inventory or None, parallel=int(parallel))  # fmt: skip
         if prom:
             write_prom(prom, prometheus_text(run))
     except (MoolaError, OSError) as exc:

@@ -191,3 +191,27 @@ def test_run_parallel_bounds_a_hanging_host():
 
     [refused] = hc.run_parallel(["c"], fails, timeout_s=5)
     assert refused.state == hc.CRITICAL and "Connection refused" in refused.summary()
+
+
+@pytest.mark.parametrize("parallel", [1, 3])
+def test_run_parallel_bounds_concurrency(parallel):
+    active, peak = [0], [0]
+    lock = threading.Lock()
+    together = threading.Barrier(parallel, timeout=5)  # forces overlap up to the bound
+
+    def probe(name, deadline):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        if parallel > 1:
+            together.wait()
+        time.sleep(0.01)
+        with lock:
+            active[0] -= 1
+        host = hc.HostHealth(host=name)
+        host.checks.append(hc.CheckResult("current", hc.OK, "fine"))
+        return host
+
+    results = hc.run_parallel(["a", "b", "c"], probe, timeout_s=10, parallel=parallel)
+    assert [h.state for h in results] == [hc.OK] * 3
+    assert peak[0] == parallel
