@@ -135,19 +135,28 @@ def validate_labeled(df: pd.DataFrame, strict_overlap: bool = False) -> list[Pro
     if "features" in df.columns:
         problems.extend(_validate_features(df["features"]))
 
-    if all(c in df.columns for c in TIME_COLUMNS):
-        severity = "error" if strict_overlap else "warning"
-        for a, b in overlapping_pairs(df):
-            problems.append(
-                Problem(
-                    int(b),
-                    "start_ts",
-                    f"window {df['window_id'].iloc[b]!r} shares bars with row {a} "
-                    f"({df['window_id'].iloc[a]!r}); splits keep them together",
-                    severity,
-                )
-            )
+    if "window_id" in df.columns and "features" in df.columns:
+        problems.extend(_sharing_problems(df, strict_overlap))
     return problems
+
+
+def _sharing_problems(df: pd.DataFrame, strict: bool) -> list[Problem]:
+    """Windows that share bars: by time when start_ts/end_ts exist, else by identical bars."""
+    from moola_core.data.splits import sharing_pairs  # splits builds on this module
+
+    severity = "error" if strict else "warning"
+    column = "start_ts" if all(c in df.columns for c in TIME_COLUMNS) else "features"
+    ids = df["window_id"].tolist()
+    return [
+        Problem(
+            b,
+            column,
+            f"window {ids[b]!r} shares bars with row {a} ({ids[a]!r}; {why}); "
+            "splits keep them together",
+            severity,
+        )  # fmt: skip
+        for (a, b), why in sharing_pairs(df).items()
+    ]
 
 
 def _is_int(value) -> bool:

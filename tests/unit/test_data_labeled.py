@@ -158,3 +158,10 @@ def test_write_refuses_an_invalid_set(labeled, tmp_path):
 def test_empty_frame_reports_missing_columns():
     problems = validate_labeled(pd.DataFrame())
     assert {c for _, c in findings(problems)} >= {"window_id", "label", "features"}
+
+
+def test_sharing_is_found_without_time_columns(labeled):
+    bare = labeled.drop(columns=["start_ts", "end_ts"])
+    warnings = [p for p in validate_labeled(bare) if p.severity == "warning"]
+    assert warnings and all(p.column == "features" for p in warnings)
+    assert any("identical bars" in p.message for p in warnings)
