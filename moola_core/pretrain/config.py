@@ -25,7 +25,7 @@ class ModelSection(_Section):
 
 
 class MaskingSection(_Section):
-    strategy: Literal["random", "block", "patch"] = "block"
+    strategy: Literal["random", "block", "patch"] = "random"  # by the ablation (docs)
     ratio: float = Field(0.4, gt=0.0, lt=1.0)
     block_len: int = Field(8, ge=1)
     patch_len: int = Field(7, ge=1)

@@ -83,3 +83,19 @@ def test_the_shipped_config_file_states_the_code_defaults():
     from moola_core.pretrain.config import PretrainConfig
 
     assert load_config("configs/pretrain.yaml") == PretrainConfig()
+
+
+def test_the_real_bar_sample_gives_date_split_windows_that_pre_train(tmp_path):
+    from moola_core.pretrain.trainer import pretrain
+
+    config = config_from_dict(
+        {
+            "model": {"hidden": 8, "layers": 1},
+            "data": {"source": "real", "stride": 15, "val_fraction": 0.25},
+            "train": {"epochs": 1, "batch_size": 32},
+        }
+    )
+    result = pretrain(config, tmp_path / "real")
+    assert result.train_windows > 20 and result.val_windows > 5
+    assert pd.Timestamp(result.cutoff) == pd.Timestamp(result.cutoff).normalize()
+    assert result.val_loss is not None and result.val_loss > 0
