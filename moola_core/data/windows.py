@@ -18,6 +18,8 @@ from moola_core.data.features import compute_features
 from moola_core.errors import MoolaError
 from moola_core.spec import N_FEATURES, WINDOW_LEN
 
+MAX_GATHER_BYTES = 4 << 30  # refuse to copy more windows than this; a larger stride fits
+
 
 @dataclass(frozen=True)
 class WindowSet:
@@ -80,6 +82,13 @@ def unlabeled_windows(
         pick = slice(first, first + stride * (len(starts) - 1) + 1, stride)  # a view
     else:
         pick = starts  # irregular (gaps): numpy gathers a copy
+        need = len(starts) * WINDOW_LEN * (N_FEATURES * 4 + 1)
+        if need > MAX_GATHER_BYTES:
+            fit = -(-need * stride // MAX_GATHER_BYTES)
+            raise MoolaError(
+                f"{len(starts):,} windows across gaps need {need / 2**30:.1f} GiB as a copy; "
+                f"use a stride of at least {fit} (or fewer bars)."
+            )
     return WindowSet(
         x=all_x[pick],
         valid=all_valid[pick],

@@ -127,3 +127,13 @@ def test_window_arguments_are_checked(bars):
         unlabeled_windows(bars, stride=0)
     short = unlabeled_windows(bars.head(50))
     assert len(short) == 0 and short.x.shape == (0, WINDOW_LEN, N_FEATURES)
+
+
+def test_a_copy_too_large_is_refused_with_a_stride_that_fits(bars, monkeypatch):
+    import moola_core.data.windows as windows
+
+    monkeypatch.setattr(windows, "MAX_GATHER_BYTES", 1 << 20)  # 1 MiB instead of 4 GiB
+    with pytest.raises(MoolaError, match="use a stride of at least") as caught:
+        unlabeled_windows(bars, stride=1)
+    fit = int(str(caught.value).split("at least ")[1].split(" ")[0])
+    assert len(unlabeled_windows(bars, stride=fit).x) > 0
