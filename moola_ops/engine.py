@@ -21,6 +21,7 @@ Public API for other rooms (the checklist and health checks use these):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -125,7 +126,7 @@ def resolve_bundle(spec: str, *, bundles_dir: str | os.PathLike = DEFAULT_BUNDLE
     Names are validated before anything else, so a version carrying shell characters never
     reaches a remote command.
     """
-    is_path = spec.endswith((".tar.gz", ".tgz", ".tar")) or "/" in spec
+    is_path = Path(spec).is_file()
     if is_path:
         path = Path(spec)
     else:
@@ -656,7 +657,11 @@ def _deploy_one(ctx: _Host, bundle: LocalBundle) -> HostOutcome:
                     callback(sent, total)
 
             sent_at = time.monotonic()
-            ctx.ssh.upload(bundle.path, remote, progress=progress)
+            try:
+                ctx.ssh.upload(bundle.path, remote, progress=progress)
+            except (TransportError, Aborted):
+                _discard_staging(ctx)
+                raise
             info["mb_per_s"] = round(bundle.size / 1e6 / max(time.monotonic() - sent_at, 1e-6), 1)
         ctx.checkpoint()
         with ctx.step("promote", sha256=bundle.sha256) as info:
@@ -712,6 +717,12 @@ def _deploy_one(ctx: _Host, bundle: LocalBundle) -> HostOutcome:
         current=version,
         previous=previous,
     )
+
+
+def _discard_staging(ctx: _Host) -> None:
+    """Best effort: remove a partial upload (a dead connection leaves it to the next prune)."""
+    with contextlib.suppress(TransportError):
+        ctx.run(f"rm -rf -- {ctx.layout.staging(ctx.journal.deployment)}", timeout_s=30)
 
 
 def _switch_back(ctx: _Host, previous: str | None, failed: str) -> str:

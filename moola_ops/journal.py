@@ -201,11 +201,13 @@ class Journal:
         try:
             yield info
         except KeyboardInterrupt:
+            info.pop("status", None)
             self.record(host, step, "aborted", duration_s=time.monotonic() - started, **info)
             raise
         except BaseException as exc:
             info.setdefault("error", str(exc) or type(exc).__name__)
-            self.record(host, step, "failed", duration_s=time.monotonic() - started, **info)
+            status = info.pop("status", "failed")  # a step may say "refused" before raising
+            self.record(host, step, status, duration_s=time.monotonic() - started, **info)
             raise
         status = info.pop("status", "ok")
         self.record(host, step, status, duration_s=time.monotonic() - started, **info)

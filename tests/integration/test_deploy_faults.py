@@ -1,0 +1,154 @@
+"""Faults that need their own hosts: Ctrl-C through `invoke deploy`, a cut connection, a full disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from moola_ops import engine
+from moola_ops.inventory import Inventory
+from moola_ops.journal import read_events
+from tests.integration.conftest import start_hosts
+
+pytestmark = [pytest.mark.ssh, pytest.mark.slow]
+
+REPO = Path(__file__).parents[2]
+FAST = engine.Options(check_runs=3, check_warmup=1, check_backend="eager")
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    sandbox, root = start_hosts(["cut-1", "sig-1"])
+    try:
+        yield sandbox, Inventory.from_sandbox(sandbox, connect_timeout_s=5)
+    finally:
+        sandbox.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def settled_on(host, version: str) -> None:
+    ws = Path(host.workspace)
+    assert os.readlink(ws / "current") == f"releases/{version}"
+    assert not (ws / "deploy.lock").exists()
+    check = engine.verify_current(host)
+    assert check.ok and check.version == version, check.problems
+
+
+def session_pids(sandbox_host) -> list[int]:
+    """sshd processes serving connections to one stand-in host (children of its listener)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == sandbox_host.pid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_connection_cut_mid_upload_leaves_current_and_releases_the_lock(
+    hosts, bundles, journal_file
+):
+    sandbox, inventory = hosts
+    (host,) = inventory.resolve("cut-1")
+    assert engine.deploy([host], engine.resolve_bundle(str(bundles["v1.0"])), FAST).ok
+
+    def progress(name, total):
+        def cut(sent, _total):
+            for pid in session_pids(sandbox.hosts["cut-1"]):
+                os.kill(pid, signal.SIGKILL)  # our own sandbox's connection processes
+
+        return cut
+
+    result = engine.deploy(
+        [host], engine.resolve_bundle(str(bundles["v1.1"])), replace(FAST, progress=progress)
+    )
+    outcome = result.outcomes[0]
+    assert outcome.status == "failed" and "upload" in outcome.message, outcome
+    settled_on(host, "v1.0")
+    logged = {e["step"]: e for e in read_events(journal_file, deployment=result.deployment)}
+    assert logged["upload"]["status"] == "failed"
+    assert logged["unlock"]["status"] == "ok" and logged["unlock"]["detail"]["reconnected"]
+
+
+def test_sigint_mid_deploy_through_invoke(hosts, bundles, journal_file, tmp_path):
+    _, inventory = hosts
+    (host,) = inventory.resolve("sig-1")
+    assert engine.deploy([host], engine.resolve_bundle(str(bundles["v1.0"])), FAST).ok
+    yaml_text = (
+        "hosts:\n  sig-1:\n"
+        f"    hostname: {host.hostname}\n    port: {host.port}\n    user: {host.user}\n"
+        f"    identity_file: {host.identity_file}\n    known_hosts: {host.known_hosts}\n"
+        f"    workspace: {host.workspace}\n"
+    )
+    (tmp_path / "hosts.yaml").write_text(yaml_text)
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "invoke"),
+            "deploy",
+            "--host",
+            "sig-1",
+            "--bundle",
+            str(bundles["v1.1"]),
+            "--inventory",
+            str(tmp_path / "hosts.yaml"),
+            "--check-runs",
+            "3",
+        ],  # fmt: skip
+        cwd=REPO,
+        env={**os.environ, "MOOLA_LOG": str(journal_file)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until the deploy holds the lock, then Ctrl-C
+        if any(e["step"] == "lock" and e["status"] == "ok" and e["bundle"] == "v1.1"
+               for e in read_events(journal_file)):  # fmt: skip
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err
+    settled_on(host, "v1.0")
+    events = read_events(journal_file, phase="deploy")
+    assert any(e["status"] == "aborted" and e["step"] == "close" for e in events)
+    assert any(
+        e["status"] == "ok" and e["step"] == "unlock" and e["bundle"] == "v1.1" for e in events
+    )
+
+
+def test_full_disk_during_upload_fails_cleanly(bundles, journal_file):
+    # an sshd whose processes may not write files over 16 KiB: the upload hits "disk full"
+    sandbox, root = start_hosts(["full-1"], fsize_limit_kb=16)
+    try:
+        (host,) = Inventory.from_sandbox(sandbox, connect_timeout_s=5).resolve("full-1")
+        _full_disk_case(host, bundles, journal_file)
+    finally:
+        sandbox.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _full_disk_case(host, bundles, journal_file):
+    result = engine.deploy([host], engine.resolve_bundle(str(bundles["v1.0"])), FAST)
+    outcome = result.outcomes[0]
+    assert outcome.status == "failed" and "upload" in outcome.message, outcome
+    ws = Path(host.workspace)
+    assert not (ws / "current").exists() and not (ws / "deploy.lock").exists()
+    assert not list((ws / "incoming").iterdir())  # the partial upload was removed
+    assert not (ws / "releases" / "v1.0").exists()
+    logged = {e["step"]: e["status"] for e in read_events(journal_file)}
+    assert logged["upload"] == "failed" and logged["unlock"] == "ok"
+    assert json.dumps(result.as_dict())  # the outcome serialises for --json
