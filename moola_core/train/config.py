@@ -77,6 +77,9 @@ class TrainConfig(_Section):
     early_stopping_metric: str = "span_iou"  # on the validation split; or "loss"
     pretrained_encoder: str | None = None  # a pre-training run dir or encoder.pt
     freeze_encoder: bool = False
+    # torch CPU threads while training: this small BiLSTM trains about as fast on one thread,
+    # and more threads fight other work on a shared machine (null: torch's default)
+    cpu_threads: int | None = Field(1, ge=1)
 
     @field_validator("early_stopping_metric")
     @classmethod

@@ -137,6 +137,17 @@ def train_run(
     out.mkdir()
     (out / runs.CONFIG).write_text(dump_yaml(config))
 
+    threads = torch.get_num_threads()
+    if config.cpu_threads:
+        torch.set_num_threads(config.cpu_threads)
+    try:
+        return _train(config, out, run_id, data, progress, n_boot)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: TrainConfig, out: Path, run_id: str, data: RunData, progress: str,
+           n_boot: int) -> RunResult:  # fmt: skip
     torch.manual_seed(config.seed)
     model = build_model(config.model_dict())
     runs.write_json(out / runs.MODEL, model.config)
