@@ -121,3 +121,39 @@ def test_unknown_deployment_lists_recent_ones(tmp_path):
     dep.record("local-1", "switch", "ok")
     with pytest.raises(Exception, match=dep.deployment):
         cl.checklist_states(cl.load_checklist(), read_events(log), "nope")
+
+
+def test_accept_is_refused_until_phases_1_to_5_pass(tmp_path, monkeypatch):
+    from moola_core.errors import MoolaError
+    from moola_ops.phases import run_accept
+
+    log = tmp_path / "deployments.jsonl"
+    monkeypatch.setenv("MOOLA_LOG", str(log))
+    for phase, steps in (
+        ("preflight", ("lint", "tests", "data", "model")),
+        ("select", ("choice",)),
+    ):
+        journal = Journal(phase, actor="ana")
+        for step in steps:
+            journal.record("", step, "ok")
+    Journal("preflight", actor="ana").record("", "doctor", "skipped")  # skipped counts as passed
+    Journal("bundle", bundle="v0.3").record("", "build", "ok")
+    dep = Journal("deploy", bundle="v0.3")
+    for step in ("promote", "check", "post-check"):
+        dep.record("runpod-1", step, "ok")
+
+    with pytest.raises(MoolaError, match=r"cannot be accepted.*5/sanity pending"):
+        run_accept(dep.deployment, "ana")
+    assert read_events(log)[-1]["status"] == "refused"  # the refusal is recorded too
+
+    verify = Journal("verify", bundle="v0.3", deployment=dep.deployment)
+    verify.record("runpod-1", "sanity", "ok")
+    verify.record("runpod-1", "latency", "ok")
+    with pytest.raises(MoolaError, match="--by must name"):
+        run_accept(dep.deployment, "  ")
+    report = run_accept(dep.deployment, "Ana Lima", "first release of the pointer model")
+    assert report.ok and report.facts["by"] == "Ana Lima"
+
+    states = _by_check(cl.checklist_states(cl.load_checklist(), read_events(log), dep.deployment))
+    assert states["accept.signoff"].state == "done" and states["accept.signoff"].by == "Ana Lima"
+    assert states["accept.notes"].detail == "first release of the pointer model"
