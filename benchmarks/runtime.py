@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -91,6 +92,7 @@ def main() -> None:
     args = parser.parse_args()
 
     default_threads = torch.get_num_threads()
+    load_before = round(os.getloadavg()[0], 2)  # other processes share these cores
     device = devices.pick_device("auto")
     name = devices.device_name(device)
     cpu = torch.device("cpu")
@@ -135,6 +137,8 @@ def main() -> None:
         "check_p50_ms": report["latency"]["p50_ms"],
         "check_p99_ms": report["latency"]["p99_ms"],
         "torch": torch.__version__,
+        "cpu_cores": os.cpu_count(),
+        "load_avg_1m": [load_before, round(os.getloadavg()[0], 2)],  # at start, at end
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(render(table, summary, args))
@@ -149,7 +153,10 @@ def render(table, summary, args) -> str:
         f"Written by `python benchmarks/runtime.py --runs {args.runs} --rounds {args.rounds}` "
         f"on {now}: {summary['device_name']} ({platform.machine()}), torch {torch.__version__}, "
         f"default {summary['default_threads']} thread(s). Single-window latency (1 x 105 x 11), input on "
-        "the CPU to outputs on the CPU, random weights; backends measured in interleaved rounds.",
+        "the CPU to outputs on the CPU, random weights; backends measured in interleaved rounds. "
+        f"The machine has {summary['cpu_cores']} cores; its 1-minute load average was "
+        f"{summary['load_avg_1m'][0]} at the start and {summary['load_avg_1m'][1]} at the end, "
+        "so absolute figures include waiting for the CPU (compare rows of one run, not runs).",
         "",
         "| model | parameters | device | threads | backend | p50 ms | p99 ms |",
         "|---|---:|---|---:|---|---:|---:|",

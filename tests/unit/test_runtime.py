@@ -169,3 +169,12 @@ def test_percentile_is_nearest_rank():
     assert percentile([3.0], 99) == 3.0
     with pytest.raises(ValueError):
         percentile([], 50)
+
+
+def test_check_through_the_current_symlink(release, tmp_path):
+    """The deep health check runs on `current`, a symlink to releases/<version>."""
+    current = tmp_path / "current"
+    current.symlink_to(release)
+    report = run_check(current, runs=3, warmup=0, backend="eager")
+    assert report.exit_code == EXIT_PASS, report.summary
+    assert report.release == str(current) and report.version == "v0.3"
