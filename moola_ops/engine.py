@@ -392,7 +392,10 @@ class _TimedStep:
                 return self.inner.__exit__(KeyboardInterrupt, KeyboardInterrupt(), exc[2])
             except KeyboardInterrupt:
                 raise Aborted() from None
-        return self.inner.__exit__(*exc)
+        result = self.inner.__exit__(*exc)
+        if isinstance(exc[1], TransportError) and "(during " not in str(exc[1]):
+            raise TransportError(f"{exc[1]} (during {self.name})") from None
+        return result
 
 
 def _with_host(

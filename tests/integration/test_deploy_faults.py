@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -44,17 +45,21 @@ def settled_on(host, version: str) -> None:
 
 
 def session_pids(sandbox_host) -> list[int]:
-    """sshd processes serving connections to one stand-in host (children of its listener)."""
-    pids = []
+    """Every process serving connections to one stand-in host: all descendants of its sshd."""
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
                 continue
-            if ppid == sandbox_host.pid:
-                pids.append(int(entry.name))
-    return pids
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], list(children.get(sandbox_host.pid, []))
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
 
 
 def test_connection_cut_mid_upload_leaves_current_and_releases_the_lock(
@@ -67,7 +72,8 @@ def test_connection_cut_mid_upload_leaves_current_and_releases_the_lock(
     def progress(name, total):
         def cut(sent, _total):
             for pid in session_pids(sandbox.hosts["cut-1"]):
-                os.kill(pid, signal.SIGKILL)  # our own sandbox's connection processes
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)  # our own sandbox's connection processes
 
         return cut
 
@@ -75,11 +81,15 @@ def test_connection_cut_mid_upload_leaves_current_and_releases_the_lock(
         [host], engine.resolve_bundle(str(bundles["v1.1"])), replace(FAST, progress=progress)
     )
     outcome = result.outcomes[0]
-    assert outcome.status == "failed" and "upload" in outcome.message, outcome
+    # the cut lands during the upload or, when the last block was already sent, the command
+    # after it: either way the run stops there and says which step broke
+    assert outcome.status == "failed" and "broke" in outcome.message, outcome
+    assert "(during upload)" in outcome.message or "(during promote)" in outcome.message
     settled_on(host, "v1.0")
     logged = {e["step"]: e for e in read_events(journal_file, deployment=result.deployment)}
-    assert logged["upload"]["status"] == "failed"
-    assert logged["unlock"]["status"] == "ok" and logged["unlock"]["detail"]["reconnected"]
+    assert "failed" in (logged["upload"]["status"], logged.get("promote", {}).get("status"))
+    # the lock was released over a fresh connection (host key checked again)
+    assert logged["unlock"]["status"] == "ok" and logged["unlock"]["detail"]["released"]
 
 
 def test_sigint_mid_deploy_through_invoke(hosts, bundles, journal_file, tmp_path):
