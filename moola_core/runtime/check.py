@@ -200,7 +200,21 @@ def _run(report, release, device_name, backend, runs, warmup, sla_p99_ms) -> Non
     # float32 everywhere: TF32 would move probabilities by ~1e-3, past the golden tolerance
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    report.device = _device_facts(torch, device)
+    report.device = facts = _device_facts(torch, device)
+    # a host whose GPUs torch cannot use (CPU-only torch wheel, driver older than the CUDA
+    # build) would otherwise serve on the CPU without anyone noticing
+    if device.type == "cpu" and facts.gpus and device_name == "auto":
+        checks.append(
+            Check(
+                "device",
+                False,
+                f"nvidia-smi lists {len(facts.gpus)} GPU(s) ({facts.gpus[0].name}) but torch "
+                f"{facts.torch_version} cannot use CUDA: install a CUDA build of torch that "
+                "matches the driver, or pass --device cpu to accept serving on the CPU",
+            )
+        )
+    else:
+        checks.append(Check("device", True, f"{device} ({facts.device_name})"))
 
     try:
         model = build_model(manifest["model"]["config"])

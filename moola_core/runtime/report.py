@@ -25,7 +25,7 @@ STATUS_BY_EXIT = {EXIT_PASS: "pass", EXIT_FAIL: "fail", EXIT_ERROR: "error"}
 
 @dataclass
 class Check:
-    """One named check: checksums, load, golden_parity, finite, latency_sla."""
+    """One named check: checksums, device, load, golden_parity, finite, latency_sla."""
 
     name: str
     ok: bool

@@ -45,10 +45,12 @@ def make_release(root: Path, version: str = "v0.3", **build) -> Path:
     return safe_extract(built.path, root / "releases" / version)
 
 
-def host_check(release: Path, *args: str) -> subprocess.CompletedProcess:
+def host_check(release: Path, *args: str, path: str | None = None) -> subprocess.CompletedProcess:
     """`cd REL && PYTHONPATH=REL/code python3 -m moola_core.runtime check ...`, modules blocked."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(PYTHONPATH=str(release / "code"), OMP_NUM_THREADS="1")
+    if path is not None:
+        env["PATH"] = path
     return subprocess.run(
         [sys.executable, "-c", PRELUDE, "check", "--release", str(release), *args],
         cwd=release,
@@ -74,6 +76,7 @@ def test_host_check_passes_with_only_python_and_torch(release):
     assert Path(report.code_path) == (release / "code").resolve()
     assert [c.name for c in report.checks] == [
         "checksums",
+        "device",
         "load",
         "golden_parity",
         "finite",
@@ -178,3 +181,29 @@ def test_check_through_the_current_symlink(release, tmp_path):
     report = run_check(current, runs=3, warmup=0, backend="eager")
     assert report.exit_code == EXIT_PASS, report.summary
     assert report.release == str(current) and report.version == "v0.3"
+
+
+def test_gpus_that_torch_cannot_use_fail_the_device_check(release, tmp_path):
+    """A GPU host with a CPU-only torch would serve on the CPU unnoticed. This machine has no
+    GPU, so an `nvidia-smi` stand-in on PATH prints output recorded on an H100 pod."""
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 1, 81559, 0, 31'\n")
+    fake.chmod(0o755)
+    path = f"{fake.parent}{os.pathsep}{os.environ['PATH']}"
+    proc = host_check(release, "--json", "--runs", "3", "--warmup", "0", path=path)
+    assert proc.returncode == EXIT_FAIL, proc.stdout + proc.stderr
+    report = parse_report(proc.stdout)
+    assert report.device.nvidia_smi == "ok"
+    assert report.device.gpus[0].name == "NVIDIA H100 80GB HBM3"
+    assert report.device.gpus[0].memory_total_mib == 81559.0
+    device = next(c for c in report.checks if c.name == "device")
+    assert not device.ok and "install a CUDA build of torch" in device.detail
+    assert report.summary.startswith("device failed for v0.3")
+    # the other checks still ran, so the report says everything else about the release
+    assert [c.ok for c in report.checks if c.name != "device"] == [True] * 5
+    # accepting CPU serving explicitly passes
+    proc = host_check(
+        release, "--json", "--runs", "3", "--warmup", "0", "--device", "cpu", path=path
+    )
+    assert proc.returncode == EXIT_PASS, proc.stdout
