@@ -96,22 +96,21 @@ def write_archive(entries: dict[str, bytes], version: str, dest: str | os.PathLi
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     try:
-        # filename="" keeps the temporary name out of the gzip header
-        with (
-            open(tmp, "wb") as raw,
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz,
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
-        ):
-            for name in sorted(entries):
-                _check_member_name(name)
-                data = entries[name]
-                info = tarfile.TarInfo(f"{top}/{name}")
-                info.size = len(data)
-                info.mtime = int(mtime)
-                info.mode = 0o644
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                tar.addfile(info, io.BytesIO(data))
+        # filename="" keeps the temporary name out of the gzip header; nested `with`s (not one
+        # parenthesised group) so that this file still runs on a host's Python 3.9
+        with open(tmp, "wb") as raw:  # noqa: SIM117
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
+                with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                    for name in sorted(entries):
+                        _check_member_name(name)
+                        data = entries[name]
+                        info = tarfile.TarInfo(f"{top}/{name}")
+                        info.size = len(data)
+                        info.mtime = int(mtime)
+                        info.mode = 0o644
+                        info.uid = info.gid = 0
+                        info.uname = info.gname = ""
+                        tar.addfile(info, io.BytesIO(data))
         os.replace(tmp, dest)
     finally:
         if tmp.exists():

@@ -7,7 +7,6 @@ Standard library and torch only (hosts have nothing else); torch is imported ins
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import platform
@@ -154,7 +153,7 @@ def run_check(
         exit_code=EXIT_ERROR,
         summary="",
         release=str(release),
-        checked_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        checked_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         code_path=str(Path(sys.modules["moola_core"].__file__).resolve().parent.parent),
     )
     try:

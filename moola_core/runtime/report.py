@@ -184,7 +184,7 @@ def _build(kind, value, where: str):
         if missing:
             raise ValueError(f"{where} is missing field(s) {missing}")
         return kind(**{k: _build(hints[k], v, f"{where}.{k}") for k, v in value.items()})
-    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value

@@ -353,3 +353,16 @@ def test_shipped_code_imports_only_stdlib_torch_and_shipped_modules():
                     assert name in modules or name.rsplit(".", 1)[0] in modules, (rel, name)
                 else:
                     assert top in sys.stdlib_module_names or top == "torch", (rel, name)
+
+
+def test_shipped_code_parses_for_the_hosts_python():
+    """Hosts run their own Python (RunPod images ship 3.10): the shipped code must not use
+    3.11-only syntax or `datetime.UTC`; archive.py, uploaded alone, must run on 3.8."""
+    import ast
+
+    for rel in sorted(collect_code(REPO_ROOT)):
+        path = REPO_ROOT / rel.removeprefix("code/")
+        oldest = (3, 8) if path.name == "archive.py" else (3, 10)
+        tree = ast.parse(path.read_text(), feature_version=oldest)
+        for node in ast.walk(tree):
+            assert not (isinstance(node, ast.Attribute) and node.attr == "UTC"), (rel, node.lineno)
