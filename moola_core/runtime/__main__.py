@@ -9,9 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from moola_core.runtime.backends import BACKEND_NAMES
-from moola_core.runtime.check import DEFAULT_RUNS, DEFAULT_WARMUP, run_check
-from moola_core.runtime.report import EXIT_ERROR
+# The release is immutable once verified: write no byte-code caches into it (set before the
+# rest of the runtime is imported; PYTHONDONTWRITEBYTECODE=1 also covers the two packages
+# Python imports before this file runs).
+sys.dont_write_bytecode = True
+
+from moola_core.runtime.backends import BACKEND_NAMES  # noqa: E402 - after the flag
+from moola_core.runtime.check import DEFAULT_RUNS, DEFAULT_WARMUP, run_check  # noqa: E402
+from moola_core.runtime.report import EXIT_ERROR  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
