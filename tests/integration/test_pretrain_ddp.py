@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,6 +26,7 @@ def _torchrun(out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_on_different_shards_end_with_identical_weights(tmp_path):
     out = tmp_path / "ddp"
     done = _torchrun(out, "--epochs", "2")
