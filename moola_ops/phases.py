@@ -202,27 +202,18 @@ def check_model(config, runs_dir: Path, run_id: str | None) -> tuple[str, str, d
 
 
 def check_doctor(root: Path) -> tuple[str, str, dict]:
-    """Every library and tool the checklist needs is importable and consistent."""
-    from importlib import metadata
+    """The dependency doctor of `invoke doctor`: a failing check fails, warnings are reported."""
+    from moola_ops.cli.train import doctor_checks
 
-    facts, missing = {}, []
-    for dist in ("torch", "numpy", "pandas", "pyarrow", "pydantic", "fabric", "paramiko", "invoke"):
-        try:
-            facts[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            missing.append(dist)
-    from moola_ops.sandbox import find_sshd
-
-    try:
-        facts["sshd"] = find_sshd()
-    except MoolaError:
-        missing.append("sshd (apt-get install -y openssh-server)")
-    pip = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True)
-    if pip.returncode:
-        missing.append(f"pip check: {_tail(pip.stdout)}")
-    if missing:
-        return "failed", f"missing or broken: {', '.join(missing)}; run scripts/setup.sh", facts
-    return "ok", "libraries, sshd and pip check OK", facts
+    checks = doctor_checks(str(root))
+    failed = [c for c in checks if c["status"] == "fail"]
+    warned = [c for c in checks if c["status"] == "warn"]
+    facts = {c["name"]: c["detail"] for c in checks}
+    if failed:
+        shown = "; ".join(f"{c['name']}: {c['detail']} -> {c['fix']}" for c in failed[:3])
+        return "failed", f"{len(failed)} doctor check(s) failed: {shown}", facts
+    note = f" ({len(warned)} warning(s): {', '.join(c['name'] for c in warned)})" if warned else ""
+    return "ok", f"{len(checks)} doctor checks pass{note}", facts
 
 
 def run_preflight(

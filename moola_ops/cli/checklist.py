@@ -110,7 +110,7 @@ def checklist(c, deployment="", file="", json=False):
     help={
         "config": "training config whose data and model are checked (default configs/jade.yaml)",
         "tests": "pytest targets, comma separated; 'all' = tests/, 'none' = skip "
-        "(default: a quick unit subset)",
+        "(default: invoke.yaml preflight.tests, else a quick unit subset)",
         "skip": "preflight steps to skip, comma separated: lint,tests,data,model,doctor",
         "run": "run id whose weights are checked (default: runs/selected.json when present)",
         "runs_dir": "where training runs live (default runs)",
@@ -121,6 +121,9 @@ def checklist(c, deployment="", file="", json=False):
 def preflight(c, config="", tests="", skip="", run="", runs_dir="runs", json=False):
     """Phase 1: lint, tests, data validation + leakage, model checks, dependency doctor."""
     from moola_ops.phases import run_preflight
+
+    # Invoke's configuration hierarchy: `preflight: {tests: ...}` in invoke.yaml or `invoke -f FILE`
+    tests = tests or (c.config.get("preflight") or {}).get("tests", "")
 
     def live(step) -> None:  # progress as each check ends; the table follows
         if not json and is_tty():
