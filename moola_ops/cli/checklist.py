@@ -143,7 +143,8 @@ def preflight(c, config="", tests="", skip="", run="", runs_dir="runs", json=Fal
 
 @task(
     help={
-        "metric": "primary held-out metric to choose by (default: the training config's)",
+        "metric": "primary held-out metric to choose by (default: invoke.yaml select.metric, "
+        "else span_iou)",
         "runs_dir": "where training runs live (default runs)",
         "json": "print one JSON document",
     }
@@ -153,6 +154,7 @@ def select(c, metric="", runs_dir="runs", json=False):
     """Phase 2: pick the run to ship on held-out metrics (with CIs), explain and record it."""
     from moola_ops.phases import run_select
 
+    metric = metric or (c.config.get("select") or {}).get("metric", "")  # invoke.yaml select.metric
     report = run_select(runs_dir=runs_dir, metric=metric or None)
     _finish(report, json)
 
