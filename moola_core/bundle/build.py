@@ -197,6 +197,15 @@ def _dataset_fingerprint(metrics: dict, config_text: str | None) -> str:
     return "unknown"
 
 
+def _creator() -> str:
+    """user@machine; containers without a passwd entry get uid<N>@machine."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
 def _created_at(run_dir: Path) -> int:
     """Build timestamp (epoch s): SOURCE_DATE_EPOCH when set, else when the weights were written.
 
@@ -264,7 +273,7 @@ def build_bundle(
     manifest = Manifest(
         version=version,
         created_at=dt.datetime.fromtimestamp(created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        creator=creator or f"{getpass.getuser()}@{socket.gethostname()}",
+        creator=creator or _creator(),
         source=git_source(code_root),
         run_id=run_dir.name,
         model=ModelInfo(
