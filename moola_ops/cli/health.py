@@ -6,6 +6,9 @@ needs no TTY and no environment beyond PATH, and the whole run ends within --tim
 
 from __future__ import annotations
 
+import os
+import sys
+
 from invoke import task
 from invoke.exceptions import Exit
 
@@ -66,7 +69,7 @@ def healthcheck(
 ):
     """Check hosts in parallel; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios)."""
     from moola_core.errors import MoolaError
-    from moola_ops.health import UNKNOWN, prometheus_text, run_healthcheck, status_line
+    from moola_ops.health import UNKNOWN, prometheus_text, run_healthcheck, status_line, worst
     from moola_ops.health import write_textfile as write_prom
 
     limit = float(timeout) or (DEEP_TIMEOUT_S if deep else FAST_TIMEOUT_S)
@@ -74,24 +77,32 @@ def healthcheck(
     try:
         run = run_healthcheck(selection or None, deep=deep, timeout_s=limit,
                               inventory_path=inventory or None, parallel=int(parallel))  # fmt: skip
-        if prom:
-            write_prom(prom, prometheus_text(run))
-    except (MoolaError, OSError) as exc:
-        # the plugin itself could not run (bad flag, broken inventory, unwritable --prom)
+    except MoolaError as exc:
+        # the plugin itself could not run (unknown host, broken inventory)
         line = f"MOOLA UNKNOWN - {' '.join(str(exc).split())}"
         if json:
             print_json({"state": "UNKNOWN", "exit_code": UNKNOWN, "status_line": line})
         else:
             print(line)
         raise Exit(code=UNKNOWN) from None
-    if json:
-        print_json(run.to_dict())
-    elif is_tty():
-        _render_tty(run)
-    else:
-        print(status_line(run))
-        print("\n".join(_long_output(run)))
-    raise Exit(code=run.state)
+    code = run.state
+    if prom:
+        try:
+            write_prom(prom, prometheus_text(run))
+        except OSError as exc:  # the checks ran; their result still counts, plus UNKNOWN
+            print(f"cannot write --prom {prom}: {exc.strerror or exc}", file=sys.stderr)
+            code = worst([code, UNKNOWN])
+    try:
+        if json:
+            print_json(run.to_dict())
+        elif is_tty():
+            _render_tty(run)
+        else:
+            print(status_line(run))
+            print("\n".join(_long_output(run)), flush=True)
+    except BrokenPipeError:  # `| head -1` read the status line and left: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise Exit(code=code)
 
 
 EXPORTS = [healthcheck]

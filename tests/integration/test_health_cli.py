@@ -208,3 +208,14 @@ def test_a_stopped_host_is_critical_and_the_others_are_checked(fleet):
     assert proc.returncode == 2
     first = proc.stdout.splitlines()[0]
     assert first.startswith("MOOLA CRITICAL - 1/2 hosts OK (fast); local-2 CRITICAL ssh: ")
+
+
+def test_unwritable_prom_file_is_unknown_but_the_checks_still_report(fleet):
+    sandbox, inventory, cwd = fleet
+    blocker = cwd / "not-a-dir"
+    blocker.write_text("a file where the textfile directory should be")
+    proc = healthcheck(cwd, "--inventory", str(inventory), "--prom", str(blocker / "moola.prom"))
+    assert proc.returncode == 3
+    assert proc.stdout.startswith("MOOLA OK - 2/2 hosts OK")
+    assert proc.stderr.startswith("cannot write --prom ")
+    assert "Traceback" not in proc.stderr
