@@ -205,6 +205,15 @@ def _check_members(label: str, members: list[tarfile.TarInfo]):
             raise BundleError(
                 f"{label} would unpack to more than {MAX_UNPACKED_BYTES >> 30} GiB: refusing it."
             )
+    for name in files:  # "a" as a file and "a/b" would make a folder of a file
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            if "/".join(parts[:depth]) in files:
+                parent = "/".join(parts[:depth])
+                raise BundleError(
+                    f"{label} holds {name!r} inside the file {parent!r}: refusing it; "
+                    "rebuild the bundle with `invoke bundle`."
+                )
     if top is None or MANIFEST_NAME not in files:
         raise BundleError(f"{label} has no {MANIFEST_NAME}: it is not a Moola bundle.")
     if not top.startswith("moola-"):

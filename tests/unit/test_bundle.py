@@ -262,8 +262,19 @@ def _member(name: str, kind=tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
         (_member("moola-v0.3/dev", tarfile.CHRTYPE), "device, FIFO or other special file"),
         (_member("moola-v0.3/fifo", tarfile.FIFOTYPE), "device, FIFO or other special file"),
         (_member("other/x"), "mixes top-level folders"),
+        (_member("moola-v0.3/manifest.json/x"), "inside the file"),
     ],
-    ids=["dotdot-inside", "dotdot", "absolute", "symlink", "hardlink", "device", "fifo", "other"],
+    ids=[
+        "dotdot-inside",
+        "dotdot",
+        "absolute",
+        "symlink",
+        "hardlink",
+        "device",
+        "fifo",
+        "other",
+        "file-as-folder",
+    ],
 )
 def test_unsafe_archives_are_refused_before_writing(tmp_path, member, message):
     archive = hostile_archive(tmp_path / "moola-v0.3.tar.gz", member)
