@@ -11,7 +11,8 @@ test windows, plus a paired bootstrap of the difference.
 
 Timing: the default config (configs/jade.yaml, seed 17) trains against the 120 s budget; the
 ratio to a reference workload timed in the same run (a fixed LSTM forward/backward loop) says
-how loaded the machine was. One torch thread. The last line of stdout is one JSON object.
+how loaded the machine was; 10 epochs on one thread vs torch's default thread count show why
+`cpu_threads` defaults to 1. One torch thread otherwise. The last line of stdout is JSON.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def main() -> int:
     parser.add_argument("--runs-dir", default="", help="keep the runs here (default: temporary)")
     parser.add_argument("--out", default=str(REPO / "docs/benchmarks/models.md"))
     args = parser.parse_args()
+    default_threads = torch.get_num_threads()  # before pinning to one thread
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = args.variants.split(",")
@@ -95,6 +97,22 @@ def main() -> int:
                   f"{result.metrics['epochs_run']} epochs", file=sys.stderr, flush=True)  # fmt: skip
     reference_after = reference_seconds()
     reference = (reference_before + reference_after) / 2
+
+    # Why cpu_threads defaults to 1: 10 epochs of the default config on one thread and on
+    # torch's default thread count, back to back (same data, same seed).
+    thread_seconds = {}
+    for threads in (1, default_threads):
+        config = configs[variants[0]].model_copy(
+            update={
+                "cpu_threads": threads,
+                "optim": configs[variants[0]].optim.model_copy(
+                    update={"max_epochs": 10, "patience": 10}
+                ),
+            }
+        )
+        with tempfile.TemporaryDirectory() as scratch:
+            result = train_run(config, scratch, progress="none", data=data, n_boot=10)
+        thread_seconds[str(threads)] = result.metrics["train_seconds"]
 
     test = compare_runs(runs_dir, split="test")
     val = compare_runs(runs_dir, split="val")
@@ -160,8 +178,9 @@ def main() -> int:
         "|---|" + "---|" * len(seeds),
     ]
     for row in test.models():
-        per = row["metrics"]["span_iou"]["per_set"]
-        lines.append(f"| {row['variant']} | " + " | ".join(f"{v:.3f}" for v in per) + " |")
+        by_seed = dict(zip(row["seeds"], row["metrics"]["span_iou"]["per_set"], strict=True))
+        cells = " | ".join(f"{by_seed[s]:.3f}" if s in by_seed else "-" for s in seeds)
+        lines.append(f"| {row['variant']} | {cells} |")
     lines += [
         "",
         "## Training time",
@@ -176,10 +195,16 @@ def main() -> int:
         mean_s = float(np.mean(timings[variant]))
         lines.append(f"| {variant} | {mean_s:.1f} | {mean_s / reference:.1f} | "
                      f"{', '.join(map(str, epochs[variant]))} |")  # fmt: skip
+    one, other = thread_seconds.values()
     lines += [
         "",
         f"Default config (`configs/jade.yaml`, seed {seeds[0]}): {default_seconds:.1f} s, "
         f"{default_seconds / BUDGET_S:.2f} of the {BUDGET_S:.0f} s budget.",
+        "",
+        "Threads (10 epochs of the default config, training loop only): "
+        + ", ".join(f"{k} thread(s) {v:.1f} s" for k, v in thread_seconds.items())
+        + f" (torch's default here is {default_threads}); ratio {other / one:.1f}. "
+        "This is why `cpu_threads` defaults to 1.",
         "",
     ]
     Path(args.out).write_text("\n".join(lines))
@@ -206,6 +231,7 @@ def main() -> int:
         "default_train_budget_ratio": round(default_seconds / BUDGET_S, 3),
         "reference_seconds": round(reference, 3),
         "default_train_to_reference_ratio": round(default_seconds / reference, 2),
+        "thread_seconds_10_epochs": thread_seconds,
         "reduced": bool(args.epochs) or seeds != list(SEEDS) or variants != list(VARIANTS),
     }
     print(json.dumps(summary))

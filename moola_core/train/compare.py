@@ -112,7 +112,7 @@ def compare_runs(
     several_datasets = len({fingerprint for _, fingerprint, _ in groups}) > 1
     baselines_done: set[tuple] = set()
     for (variant, fingerprint, windows), members in groups.items():
-        members.sort(key=lambda m: (str(m[0].seed), m[0].run_id))
+        members.sort(key=lambda m: (m[0].seed is None, m[0].seed or 0, m[0].run_id))
         truth = members[0][1][split]["truth"]
         label = _group_label(variant, variant_prints[variant], fingerprint)
         report = M.evaluate_mean([m[1][split] for m in members], truth, n_boot=n_boot)
