@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -327,7 +328,12 @@ def main() -> None:
         THROUGHPUT_128["windows"] = 64
         ABLATION[:] = ABLATION[:2]
     torch.set_num_threads(1)  # the machine is shared; also makes the figures comparable
-    summary = ablation(args) if args.ablation else effect(args)
+    scratch_dirs = set(Path(tempfile.gettempdir()).glob("moola-pretrain-*"))
+    try:
+        summary = ablation(args) if args.ablation else effect(args)
+    finally:  # the runs and checkpoints were only means to the figures
+        for work in set(Path(tempfile.gettempdir()).glob("moola-pretrain-*")) - scratch_dirs:
+            shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(summary))
 
 
