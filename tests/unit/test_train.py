@@ -112,6 +112,12 @@ def test_plain_progress_prints_one_line_per_epoch(tmp_path, data, capsys):
     assert len(lines) == 3 and "epoch 3/3" in lines[-1] and "val span_iou" in lines[-1]
 
 
+def test_rich_progress_shows_the_run_and_its_metric(tmp_path, data, capsys):
+    train_run(tiny(), tmp_path, progress="rich", data=data, n_boot=10)
+    err = capsys.readouterr().err
+    assert "jade-s17-" in err and "3/3" in err and "val span_iou" in err
+
+
 def test_every_shipped_config_validates():
     names = sorted(p.stem for p in CONFIGS.glob("jade*.yaml"))  # training configs
     assert {"jade", "jade_posenc", "jade_crf", "jade_center"} <= set(names)
