@@ -30,17 +30,23 @@ def render_checklist(report, checklist) -> None:
         from rich.table import Table
 
         table = Table(title=head, show_lines=False)
-        for col in ("phase", "step", "state", "by", "when", "detail"):
-            table.add_column(col)
+        table.add_column("#", no_wrap=True)
+        table.add_column("step", ratio=3)
+        table.add_column("state", no_wrap=True)
+        table.add_column("by", no_wrap=True)
+        table.add_column("when", no_wrap=True)
+        table.add_column("detail", ratio=2)
         for phase in checklist.phases:
             state = phases[phase.number]
-            table.add_row(f"[bold]{phase.number} {phase.name}[/]", f"[dim]{phase.task}[/]",
-                          f"[{_COLOUR[state]}]{state}[/]", "", "", "", end_section=False)  # fmt: skip
+            table.add_row(str(phase.number), f"[bold]{phase.name}[/]  [dim]{phase.task}[/]",
+                          f"[{_COLOUR[state]}]{state}[/]", "", "", "")  # fmt: skip
             for s in (s for s in report.steps if s.phase == phase.number):
-                manual = " (manual)" if s.manual else ""
+                manual = " [dim](manual)[/]" if s.manual else ""
                 hosts = " ".join(f"{h}:{st}" for h, st in sorted(s.hosts.items()))
+                detail = " ".join(filter(None, [hosts, s.detail]))
+                detail = detail[:80] + ("..." if len(detail) > 80 else "")
                 table.add_row("", f"{s.title}{manual}", f"[{_COLOUR[s.state]}]{s.state}[/]",
-                              s.by, _short_time(s.at), " ".join(filter(None, [hosts, s.detail])))  # fmt: skip
+                              s.by, _short_time(s.at)[5:16], detail, end_section=False)  # fmt: skip
         console().print(table)
         return
     print(head)
