@@ -212,8 +212,10 @@ def _stages(demo: DemoRun, yaml) -> None:
         built = build_bundle(version, run_id, runs_dir=runs_dir, out_dir=bundles_dir,
                              sla_p99_ms=DEMO_SLA_P99_MS)  # fmt: skip
         verify_bundle(built.path)
-        Journal("bundle", bundle=version).record("", "build", "ok", run_id=run_id,
-                                                 path=str(built.path))  # fmt: skip
+        # the same log line `invoke bundle` writes (phase 3 of the checklist)
+        Journal("bundle", bundle=version).record(
+            "", "build", "ok", run_id=run_id, path=str(built.path),
+            summary=f"{built.path.name} from {run_id}, verified")  # fmt: skip
         return engine.resolve_bundle(version, bundles_dir=bundles_dir)
 
     def current_on_hosts() -> dict[str, str | None]:
