@@ -64,8 +64,9 @@ def _run_step(journal: Journal, name: str, fn: Callable[[], tuple[str, str, dict
     except Exception as exc:  # a check that crashes has failed; say why in one line
         status, summary, facts = "failed", _one_line(exc), {}
     outcome = StepOutcome(name, status, summary, round(time.monotonic() - started, 3), facts)
+    # facts nest under one key: they can never clash with the log line's own fields
     journal.record("", name, status, duration_s=outcome.duration_s, bundle=bundle,
-                   summary=summary, **_jsonable(facts))  # fmt: skip
+                   summary=summary, facts=_jsonable(facts))  # fmt: skip
     return outcome
 
 
