@@ -59,7 +59,7 @@ def build(out: Path, version: str, seed: int) -> Path:
     return Path(built.path)
 
 
-def baseline(sandbox, name: str, archive: Path, version: str, runs: int, warmup: int) -> float:
+def baseline(sandbox, name: str, archive: Path, version: str, args) -> float:
     """Seconds for scp + ssh extract + ssh runtime check + ssh switch, each its own command."""
     host = sandbox.hosts[name]
     ssh = ["ssh", "-F", str(sandbox.ssh_config_path), "-o", "BatchMode=yes", name]
@@ -71,7 +71,8 @@ def baseline(sandbox, name: str, archive: Path, version: str, runs: int, warmup:
     subprocess.run(ssh + [f"mkdir -p {rel} && tar -xzf {ws}/{archive.name} -C {rel} "
                           "--strip-components=1"], check=True)  # fmt: skip
     subprocess.run(ssh + [f"cd {rel} && PYTHONPATH={rel}/code python3 -m moola_core.runtime "
-                          f"check --release {rel} --json --runs {runs} --warmup {warmup}"],
+                          f"check --release {rel} --json --runs {args.check_runs} --warmup "
+                          f"{args.check_warmup} --backend {args.check_backend}"],
                    check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     subprocess.run(ssh + [f"cd {ws} && ln -sfn releases/{version} .current-tmp && "
                           "mv -T .current-tmp current"], check=True)  # fmt: skip
@@ -94,8 +95,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="deploy/baseline pairs (median)")
     parser.add_argument("--check-runs", type=int, default=50, help="runtime check timed runs")
     parser.add_argument("--check-warmup", type=int, default=5)
+    parser.add_argument(
+        "--check-backend",
+        default="eager",
+        help="runtime check backend on both sides (backend choice is benchmarks/runtime.py's)",
+    )
     parser.add_argument("--out", default="docs/benchmarks/deploy.md")
     args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2 (a rollback needs a previous release)")
 
     work = Path(tempfile.mkdtemp(prefix="moola-bench-deploy-"))
     os.environ["MOOLA_LOG"] = str(work / "deployments.jsonl")
@@ -104,7 +112,9 @@ def main() -> None:
     bundle_mb = archives[versions[0]].stat().st_size / 1e6
     names = [f"bench-{i}" for i in range(1, 9)]
     sandbox, root = start_hosts(names + ["base-1"])
-    opts = engine.Options(check_runs=args.check_runs, check_warmup=args.check_warmup)
+    opts = engine.Options(
+        check_runs=args.check_runs, check_warmup=args.check_warmup, check_backend=args.check_backend
+    )
     try:
         inventory = Inventory.from_sandbox(sandbox)
         (host,) = inventory.resolve("bench-1")
@@ -115,8 +125,7 @@ def main() -> None:
             seconds, result = timed(lambda b=bundle: engine.deploy([host], b, opts))
             must(result)
             deploys.append(seconds)
-            baselines.append(baseline(sandbox, "base-1", archives[v], v, args.check_runs,
-                                      args.check_warmup))  # fmt: skip
+            baselines.append(baseline(sandbox, "base-1", archives[v], v, args))
         steps = result.outcomes[0].steps
         last = engine.resolve_bundle(str(archives[versions[args.rounds - 1]]))
         noops = []
@@ -125,7 +134,7 @@ def main() -> None:
             assert result.outcomes[0].status == "noop", result.outcomes
             noops.append(seconds)
         rollbacks = []
-        for _ in range(2):  # back one release, then one more (history pops)
+        for _ in range(min(2, args.rounds - 1)):  # back one release, then one more (history pops)
             seconds, result = timed(lambda: engine.rollback([host], None, opts))
             must(result)
             rollbacks.append(seconds)
@@ -140,6 +149,7 @@ def main() -> None:
     finally:
         sandbox.stop()
         shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
     deploy_s, baseline_s = statistics.median(deploys), statistics.median(baselines)
     figures = {
@@ -155,7 +165,6 @@ def main() -> None:
         "check_runs": args.check_runs,
     }
     write_report(Path(args.out), figures, deploys, baselines, noops, rollbacks, steps, args)
-    shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(figures))
 
 
@@ -170,12 +179,14 @@ def write_report(path, f, deploys, baselines, noops, rollbacks, steps, args) -> 
     rows = "\n".join(f"| {k} | {v:.3f} s |" for k, v in steps.items())
     text = f"""# Deploy benchmark
 
-Written by `python benchmarks/deploy.py --rounds {args.rounds} --check-runs {args.check_runs}`
+Written by `python benchmarks/deploy.py --rounds {args.rounds} --check-runs {args.check_runs}
+--check-backend {args.check_backend}`
 on {dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}, {platform.machine()},
 {os.cpu_count()} CPU cores, load average {load[0]:.1f} when it finished (other work shares
 this machine; deploy and baseline alternate so that load falls on both alike). Every host is a
 real OpenSSH server on 127.0.0.1 sharing those cores. Bundle: {f["bundle_mb"]:.2f} MB (JadeModel
-hidden=128). Both sides run the same runtime check (`--runs {args.check_runs}`).
+hidden=128). Both sides run the same runtime check (`--runs {args.check_runs} --backend
+{args.check_backend}`; how the runtime picks a backend is measured in benchmarks/runtime.py).
 
 | figure | value | target |
 |---|---|---|

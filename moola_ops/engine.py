@@ -342,8 +342,15 @@ class _Host:
                 + "; "
                 + facts_cmd.gather(self.layout, self.host.python)
             )
-            acquired, held_by = lock_cmd.parse_acquire(out.stdout)
-            facts = facts_cmd.parse(out.stdout)
+            try:
+                acquired, held_by = lock_cmd.parse_acquire(out.stdout)
+                facts = facts_cmd.parse(out.stdout)
+            except ValueError:
+                raise StepFailed(
+                    f"could not take the deploy lock on {self.host.name} in "
+                    f"{self.host.workspace}: {out.tail(200) or 'no answer'}; check that the "
+                    "workspace is writable (fix `workspace:` in the inventory)"
+                ) from None
             info["current"] = facts.current
             if not acquired:
                 info["status"] = "refused"

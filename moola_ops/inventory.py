@@ -40,6 +40,7 @@ class Host:
     connect_timeout_s: float = 10.0
     smoke: str | None = None  # shell command run in `current` after a switch; failure rolls back
     sandbox: bool = False
+    ssh_config: str | None = None  # an ssh_config file to read instead of ~/.ssh/config
 
     @property
     def address(self) -> str:
@@ -69,6 +70,7 @@ def _models():
         connect_timeout_s: float | None = Field(default=None, gt=0, le=300)
         smoke: str | None = None
         sandbox: bool = False
+        ssh_config: str | None = None
 
         @field_validator("groups")
         @classmethod
@@ -92,6 +94,7 @@ def _models():
         workspace: str = DEFAULT_WORKSPACE
         python: str = "python3"
         connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+        ssh_config: str | None = None
 
         @field_validator("workspace")
         @classmethod
@@ -256,6 +259,7 @@ def load_inventory(
             connect_timeout_s=entry.connect_timeout_s or d.connect_timeout_s,
             smoke=entry.smoke,
             sandbox=entry.sandbox,
+            ssh_config=_expand(entry.ssh_config or d.ssh_config),
         )
     root = Path(sandbox_root or DEFAULT_SANDBOX_ROOT)  # the sandbox tasks' default root
     return Inventory(hosts=hosts, source=str(source), sandbox_root=root)

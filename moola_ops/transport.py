@@ -91,7 +91,11 @@ class HostSession:
             port=host.port,
             connect_timeout=max(1, int(round(timeout))),
             connect_kwargs=kwargs,
-            config=Config(overrides={"run": {"hide": True, "warn": True, "in_stream": False}}),
+            config=Config(
+                overrides={"run": {"hide": True, "warn": True, "in_stream": False}},
+                # None: ~/.ssh/config and /etc/ssh/ssh_config, so aliases work as with `ssh`
+                runtime_ssh_path=host.ssh_config,
+            ),
         )
         client = conn.client
         known_files = self._known_hosts_files(conn)

@@ -258,3 +258,14 @@ def test_canary_failure_stops_the_rest(fleet, bundles, journal_file):
     by_host = {o.host: o.status for o in result.outcomes}
     assert by_host == {"dep-2": "failed", "dep-3": "skipped"}
     assert result.exit_code == 1
+
+
+def test_ssh_config_aliases_work_with_strict_keys(fleet, journal_file):
+    sandbox, inventory = fleet
+    from moola_ops.inventory import Host
+
+    # only the alias: address, port, user, key and known_hosts all come from the ssh_config
+    alias = Host(name="dep-1", hostname="dep-1", ssh_config=str(sandbox.ssh_config_path),
+                 workspace=inventory.hosts["dep-1"].workspace)  # fmt: skip
+    facts = engine.host_facts(alias)
+    assert facts.current == current_of(inventory.hosts["dep-1"]).split("/")[-1]
