@@ -4,6 +4,8 @@ Raise `MoolaError` (or a subclass) with one sentence that says what is wrong and
 the Invoke front door turns it into that sentence and a non-zero exit, never a traceback.
 """
 
+from __future__ import annotations  # ships to hosts whose Python may predate `int | None`
+
 
 class MoolaError(Exception):
     """A user-facing failure: the message is shown as-is; `exit_code` becomes the exit status."""
