@@ -35,20 +35,26 @@ ONE_TASK = (
 )
 
 
-def timed(cmd: list[str], cwd: Path, repeat: int, warmup: int = 1) -> tuple[float, list[float]]:
-    """Median wall seconds of `repeat` runs after `warmup` untimed ones (page cache)."""
-    times = []
-    for i in range(repeat + warmup):
-        started = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
-        elapsed = time.perf_counter() - started
-        if proc.returncode != 0:
-            raise SystemExit(
-                f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
-            )
+def run_once(cmd: list[str], cwd: Path) -> float:
+    """Wall seconds of one run of `cmd`; a non-zero exit stops the benchmark."""
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
+    return elapsed
+
+
+def paired(a: tuple[list[str], Path], b: tuple[list[str], Path], repeat: int, warmup: int = 1):
+    """Median wall seconds of A and of B, run alternately (A B A B ...) after `warmup` untimed
+    pairs, so a change in the machine's other load hits both sides alike."""
+    times_a, times_b = [], []
+    for i in range(warmup + repeat):
+        ta, tb = run_once(*a), run_once(*b)
         if i >= warmup:
-            times.append(elapsed)
-    return statistics.median(times), times
+            times_a.append(ta)
+            times_b.append(tb)
+    return statistics.median(times_a), statistics.median(times_b)
 
 
 def log(message: str) -> None:
@@ -108,8 +114,8 @@ def main() -> None:
         empty.mkdir()
         (empty / "tasks.py").write_text(ONE_TASK)
         log("timing invoke --list")
-        list_s, _ = timed([INVOKE, "--list"], REPO, args.repeat)
-        empty_s, _ = timed([INVOKE, "--list"], empty, args.repeat)
+        list_s, empty_s = paired(([INVOKE, "--list"], REPO), ([INVOKE, "--list"], empty),
+                                 args.repeat)  # fmt: skip
         figures.update(list_s=list_s, list_empty_s=empty_s, list_vs_empty=list_s / empty_s)
 
         # 8 stand-in hosts, each serving a real tiny bundle
@@ -130,15 +136,15 @@ def main() -> None:
         # run from a scratch directory (its own logs/), so -r names the project's tasks.py
         env_cmd = [INVOKE, "-r", str(REPO), "healthcheck", "--inventory", str(inventory_file)]
         log("timing the fast health check, 1 host vs 8")
-        one_s, _ = timed([*env_cmd, "--host", "local-1"], work, args.repeat)
-        eight_s, _ = timed([*env_cmd, "--group", "fleet"], work, args.repeat)
+        eight_s, one_s = paired(([*env_cmd, "--group", "fleet"], work),
+                                ([*env_cmd, "--host", "local-1"], work), args.repeat)  # fmt: skip
         figures.update(health1_s=one_s, health8_s=eight_s, health8_vs_1=eight_s / one_s)
 
         deep = [*env_cmd, "--group", "fleet", "--deep", "--timeout", "600"]
         log("timing the deep health check, 8 hosts parallel vs one after another")
         # no warm-up: the deploy just ran the same model check on every host
-        par_s, _ = timed(deep, work, args.deep_repeat, warmup=0)
-        ser_s, _ = timed([*deep, "--parallel", "1"], work, args.deep_repeat, warmup=0)
+        par_s, ser_s = paired((deep, work), ([*deep, "--parallel", "1"], work),
+                              args.deep_repeat, warmup=0)  # fmt: skip
         figures.update(deep8_parallel_s=par_s, deep8_serial_s=ser_s,
                        deep8_parallel_vs_serial=par_s / ser_s)  # fmt: skip
     finally:
@@ -177,10 +183,11 @@ def write_page(path: Path, f: dict) -> None:
         "# CLI start-up and health-check scaling",
         "",
         "Written by `python benchmarks/cli.py` (do not edit by hand). Each time is the median",
-        f"wall time of {f['repeat']} runs of the real command in a subprocess ({f['deep_repeat']}",
-        f"for the deep check), on this machine ({f['cpus']} CPU cores, Python {f['python']}),",
-        "against real OpenSSH stand-in hosts on 127.0.0.1, each serving a real bundle of a tiny",
-        "model. Other work on the machine at the time shows in the seconds more than in the ratios.",
+        f"wall time of {f['repeat']} runs ({f['deep_repeat']} for the deep check) of the real",
+        "command in a subprocess; the two sides of each ratio run alternately, so other load on",
+        f"the machine hits both alike. Machine: {f['cpus']} CPU cores, Python {f['python']};",
+        "hosts: real OpenSSH stand-in hosts on 127.0.0.1, each serving a real bundle of a tiny",
+        "model.",
         "",
         "| figure | measured | ratio | target | |",
         "|---|---|---|---|---|",
