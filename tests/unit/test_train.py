@@ -106,6 +106,20 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path, data):
     assert metrics["val"]["span_iou"]["value"] == pytest.approx(best_row["val"]["span_iou"])
 
 
+def test_a_pretrained_encoder_is_loaded_and_stays_put_when_frozen(tmp_path, data):
+    from moola_core.models import BiLSTMEncoder
+
+    torch.manual_seed(5)
+    encoder = BiLSTMEncoder(n_features=11, hidden=8, layers=1)
+    torch.save(encoder.state_dict(), tmp_path / "encoder.pt")
+    config = tiny(pretrained_encoder=str(tmp_path / "encoder.pt"), freeze_encoder=True)
+    run = train_run(config, tmp_path / "runs", progress="none", data=data, n_boot=10)
+    assert run.metrics["pretrained_encoder"]["frozen"] is True
+    trained = torch.load(run.path / "weights.pt", weights_only=True)
+    for key, tensor in encoder.state_dict().items():
+        assert torch.equal(trained[f"encoder.{key}"], tensor), key
+
+
 def test_plain_progress_prints_one_line_per_epoch(tmp_path, data, capsys):
     train_run(tiny(), tmp_path, progress="plain", data=data, n_boot=10)
     lines = [line for line in capsys.readouterr().err.splitlines() if " epoch " in line]
