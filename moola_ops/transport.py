@@ -204,6 +204,10 @@ class HostSession:
         except Aborted:
             raise
         except OSError as exc:
+            if not self._alive():
+                raise TransportError(
+                    f"connection to {self.host.name} broke during the upload: {_reason(exc)}"
+                ) from None
             raise TransportError(
                 f"upload to {self.host.name}:{remote} failed: {_reason(exc)} "
                 "(full disk or file-size limit on the host?)"

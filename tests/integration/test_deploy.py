@@ -269,3 +269,24 @@ def test_ssh_config_aliases_work_with_strict_keys(fleet, journal_file):
                  workspace=inventory.hosts["dep-1"].workspace)  # fmt: skip
     facts = engine.host_facts(alias)
     assert facts.current == current_of(inventory.hosts["dep-1"]).split("/")[-1]
+
+
+def test_drill_rehearses_a_rollback_and_restore_puts_a_snapshot_back(fleet, bundles, journal_file):
+    _, inventory = fleet
+    (host,) = inventory.resolve("dep-1")  # current v1.0 after the tests above
+    assert engine.deploy([host], engine.resolve_bundle(str(bundles["v1.2"])), FAST).ok
+    result = engine.drill([host], FAST)
+    assert result.ok, result.outcomes
+    assert "rolled back to v1.0" in result.outcomes[0].message
+    assert_settled(host, "v1.2")  # forward again
+    assert [r["action"] for r in revisions(host)][-2:] == ["drill-back", "drill-forward"]
+    drill_line = [e for e in read_events(journal_file, deployment=result.deployment)
+                  if e["step"] == "drill"][0]  # fmt: skip
+    assert drill_line["status"] == "ok" and drill_line["detail"]["rollback_s"] > 0
+
+    snapshot = next(b["name"] for b in engine.list_backups(host) if b["version"] == "v1.0")
+    (Path(host.workspace) / "releases" / "v1.0" / "model.json").write_text("{}")
+    restored = engine.restore([host], snapshot)
+    assert restored.ok, restored.outcomes
+    assert engine.rollback([host], "v1.0", FAST).ok  # the restored release verifies and serves
+    assert_settled(host, "v1.0")

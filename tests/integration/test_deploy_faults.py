@@ -162,3 +162,32 @@ def _full_disk_case(host, bundles, journal_file):
     logged = {e["step"]: e["status"] for e in read_events(journal_file)}
     assert logged["upload"] == "failed" and logged["unlock"] == "ok"
     assert json.dumps(result.as_dict())  # the outcome serialises for --json
+
+
+def test_lock_and_log_tasks_through_invoke(hosts, journal_file, tmp_path):
+    _, inventory = hosts
+    (host,) = inventory.resolve("sig-1")
+    (tmp_path / "hosts.yaml").write_text(
+        "hosts:\n  sig-1:\n"
+        f"    hostname: {host.hostname}\n    port: {host.port}\n    user: {host.user}\n"
+        f"    identity_file: {host.identity_file}\n    known_hosts: {host.known_hosts}\n"
+        f"    workspace: {host.workspace}\n"
+    )
+    env = {**os.environ, "MOOLA_LOG": str(journal_file)}
+    invoke = str(Path(sys.executable).parent / "invoke")
+
+    def task(*args):
+        return subprocess.run([invoke, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+
+    inv = ["--inventory", str(tmp_path / "hosts.yaml")]
+    shown = task("lock", "--host", "sig-1", *inv, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == {"sig-1": {"holder": None, "locked": False}}
+    unknown = task("lock", "--host", "sig-9", *inv)
+    assert unknown.returncode == 1 and "known hosts: sig-1" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+    bad = task("deploy", "--host", "sig-1", "--bundle", "v1;reboot", *inv)
+    assert bad.returncode == 1 and "invalid bundle version" in bad.stderr
+    logged = task("log", "--json", "--last", "5")
+    assert logged.returncode == 0 and isinstance(json.loads(logged.stdout), list)
