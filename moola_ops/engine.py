@@ -515,7 +515,8 @@ def _light_check(ctx: _Host, version: str, *, step: str) -> None:
         if report.get("resolved") and not str(report["resolved"]).endswith(expected_tail):
             problems.append(f"current resolves to {report['resolved']}, not releases/{version}")
         if report.get("ok") and not out.ok:
-            problems.append(f"smoke command failed (exit {out.exit_code}): {out.tail(200)}")
+            said = out.stderr.strip()[-200:] or "no output on stderr"
+            problems.append(f"smoke command failed (exit {out.exit_code}): {said}")
         if problems or not out.ok:
             info["problems"] = problems
             raise StepFailed(
@@ -548,11 +549,19 @@ def _switch(ctx: _Host, version: str, previous: str | None, action: str, *, snap
             snapshot_as=snap,
         )
         out = ctx.run(command, timeout_s=300)
-        info["current"] = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else None
-        if not out.ok:
+        if not out.ok:  # ask where `current` points rather than assume it did not move
+            out_now = ctx.run(f"readlink {ctx.layout.current} || true", timeout_s=60)
+            info["error"] = out.tail(200)
+        else:
+            out_now = out
+        lines = out_now.stdout.strip().splitlines()
+        info["current"] = lines[-1] if lines else None
+        if out.stderr.strip():
+            info["stderr"] = out.stderr.strip()[-200:]
+        if info["current"] != f"releases/{version}":
             raise StepFailed(
-                f"switch to {version} on {ctx.host.name} failed before `current` moved: "
-                f"{out.tail(200)}"
+                f"switch to {version} on {ctx.host.name} failed and `current` still points to "
+                f"{info['current'] or 'nothing'}: {out.tail(200)}"
             )
 
 

@@ -121,7 +121,10 @@ def switch(layout: Layout, version: str, deployment: str, revision: dict[str, An
     target = shlex.quote(f"releases/{version}")
     return (
         f"ln -sfn {target} {tmp} && mv -T {tmp} {layout.current} && "
-        f"printf '%s\\n' {shlex.quote(revision_line(**revision))} >> {layout.revisions} && "
+        # once `current` moved, a full disk must not make the switch look failed: the
+        # revisions.log line is best effort and says so on stderr
+        f"{{ printf '%s\\n' {shlex.quote(revision_line(**revision))} >> {layout.revisions} "
+        f"|| echo 'moola: revisions.log line not written' >&2; }} && "
         f"readlink {layout.current}"
     )
 
