@@ -23,30 +23,34 @@ TINY_MODEL = {"hidden": 8, "layers": 1}
 VERSIONS = ("v1.0", "v1.1", "v1.2")
 
 
-def remote_python_dir(root: Path) -> str | None:
-    """A bin dir whose `python3` the sandbox login user can run, with this venv's packages.
+def remote_python_dir(root: Path) -> str:
+    """A bin dir whose `python3` runs on the stand-in hosts: this venv's packages, one thread.
 
     As root the sandbox logs in as an unprivileged user who cannot traverse /root, where a
-    pyenv-made venv's interpreter lives; then a wrapper runs the system Python of the same
-    minor version with the venv's site-packages on its path. Otherwise None (the default).
+    pyenv-made venv's interpreter lives; then the wrapper runs the system Python of the same
+    minor version with the venv's site-packages on its path. Every stand-in host shares this
+    machine's cores, so the wrapper also gives each host's torch one OpenMP thread: with
+    torch's default (one per core) eight concurrent runtime checks spin-wait on each other's
+    cores and slow down several hundred times; a real host has its own cores.
     """
-    if os.geteuid() != 0:
-        return None
+    python = sys.executable
+    site = ""
     base = Path(sys.base_prefix) / "bin" / "python3"
-    if not str(base.resolve()).startswith("/root/"):
-        return None
     system = Path("/usr/bin/python3")
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    if not system.exists() or version not in os.path.realpath(system):
-        return None
-    site = next(p for p in sys.path if p.endswith("site-packages"))
+    if (
+        os.geteuid() == 0
+        and str(base.resolve()).startswith("/root/")
+        and system.exists()
+        and version in os.path.realpath(system)
+    ):
+        python = str(system)
+        site = next(p for p in sys.path if p.endswith("site-packages"))
     bin_dir = root / "remote-bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     wrapper = bin_dir / "python3"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        f'PYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}{site}" exec {system} "$@"\n'
-    )
+    path_line = f'PYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}{site}" ' if site else ""
+    wrapper.write_text(f'#!/bin/sh\nOMP_NUM_THREADS=1 {path_line}exec {python} "$@"\n')
     wrapper.chmod(0o755)
     bin_dir.chmod(0o755)
     return str(bin_dir)
@@ -60,7 +64,7 @@ def start_hosts(names: list[str], **options):
     return sandbox, root
 
 
-def make_bundle(out_dir: Path, version: str, *, seed: int = 0, sla_p99_ms: float = 50.0) -> Path:
+def make_bundle(out_dir: Path, version: str, *, seed: int = 0, sla_p99_ms: float = 60000.0) -> Path:
     """A real bundle archive of a tiny random model (runtime code frozen from this checkout)."""
     import torch
 
