@@ -79,6 +79,7 @@ def test_a_torn_line_is_skipped_and_pandas_reads_the_log(tmp_path):
         fh.write('{"deployment": "torn"')
     assert len(read_events(path)) == 1
     import pandas as pd
+
     path.write_text(path.read_text().splitlines()[0] + "\n")
     frame = pd.read_json(path, lines=True)
     assert list(frame["step"]) == ["lock"]
