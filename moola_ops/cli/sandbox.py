@@ -22,30 +22,33 @@ def host_names(count: int) -> list[str]:
     return [f"local-{i}" for i in range(1, count + 1)]
 
 
-def remote_python_bin_dir(root: str | os.PathLike) -> str | None:
-    """A bin dir with a `python3` the stand-in hosts' login user can run, or None if not needed.
+def remote_python_bin_dir(root: str | os.PathLike) -> str:
+    """A bin dir whose `python3` the stand-in hosts run: this venv's packages, one thread.
 
-    Run as root, the stand-in hosts log in as an unprivileged user. When this virtual
-    environment's interpreter lives where that user cannot go (a pyenv Python under /root),
-    a two-line wrapper runs the system Python of the same minor version with this venv's
-    site-packages on its path, so the hosts have torch like a pod does.
+    Run as root, the stand-in hosts log in as an unprivileged user; when this venv's interpreter
+    lives where that user cannot go (a pyenv Python under /root), the wrapper runs the system
+    Python of the same minor version with this venv's site-packages on its path, so the hosts
+    have torch like a pod does. Every stand-in host shares this machine's cores, so each gets
+    one OpenMP thread: with torch's default (one per core) concurrent runtime checks spin-wait
+    on each other's cores; a real host has its own cores.
     """
-    if os.geteuid() != 0:
-        return None
+    python, site = sys.executable, ""
     base = Path(sys.base_prefix, "bin", "python3").resolve()
-    if not str(base).startswith("/root/"):
-        return None
     system = Path("/usr/bin/python3")
     minor = f"{sys.version_info.major}.{sys.version_info.minor}"
-    if not system.exists() or minor not in os.path.realpath(system):
-        return None
-    site = next(p for p in sys.path if p.endswith("site-packages"))
+    if (
+        os.geteuid() == 0
+        and str(base).startswith("/root/")
+        and system.exists()
+        and minor in os.path.realpath(system)
+    ):
+        python = str(system)
+        site = next(p for p in sys.path if p.endswith("site-packages"))
     bin_dir = Path(root).absolute() / "remote-bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     wrapper = bin_dir / "python3"
-    wrapper.write_text(
-        f'#!/bin/sh\nPYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}{site}" exec {system} "$@"\n'
-    )
+    path = f'PYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}{site}" ' if site else ""
+    wrapper.write_text(f'#!/bin/sh\nOMP_NUM_THREADS=1 {path}exec {python} "$@"\n')
     wrapper.chmod(0o755)
     bin_dir.chmod(0o755)
     return str(bin_dir)
