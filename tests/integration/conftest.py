@@ -8,14 +8,13 @@ its golden outputs and time it on the host.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from moola_ops.cli.sandbox import remote_python_bin_dir
 from moola_ops.inventory import Inventory
 from moola_ops.sandbox import start_sandbox
 
@@ -23,44 +22,12 @@ TINY_MODEL = {"hidden": 8, "layers": 1}
 VERSIONS = ("v1.0", "v1.1", "v1.2")
 
 
-def remote_python_dir(root: Path) -> str:
-    """A bin dir whose `python3` runs on the stand-in hosts: this venv's packages, one thread.
-
-    As root the sandbox logs in as an unprivileged user who cannot traverse /root, where a
-    pyenv-made venv's interpreter lives; then the wrapper runs the system Python of the same
-    minor version with the venv's site-packages on its path. Every stand-in host shares this
-    machine's cores, so the wrapper also gives each host's torch one OpenMP thread: with
-    torch's default (one per core) eight concurrent runtime checks spin-wait on each other's
-    cores and slow down several hundred times; a real host has its own cores.
-    """
-    python = sys.executable
-    site = ""
-    base = Path(sys.base_prefix) / "bin" / "python3"
-    system = Path("/usr/bin/python3")
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    if (
-        os.geteuid() == 0
-        and str(base.resolve()).startswith("/root/")
-        and system.exists()
-        and version in os.path.realpath(system)
-    ):
-        python = str(system)
-        site = next(p for p in sys.path if p.endswith("site-packages"))
-    bin_dir = root / "remote-bin"
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    wrapper = bin_dir / "python3"
-    path_line = f'PYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}{site}" ' if site else ""
-    wrapper.write_text(f'#!/bin/sh\nOMP_NUM_THREADS=1 {path_line}exec {python} "$@"\n')
-    wrapper.chmod(0o755)
-    bin_dir.chmod(0o755)
-    return str(bin_dir)
-
-
 def start_hosts(names: list[str], **options):
     """Start stand-in hosts in a fresh world-readable root; returns (sandbox, root)."""
     root = Path(tempfile.mkdtemp(prefix="moola-deploy-"))
     root.chmod(0o755)
-    sandbox = start_sandbox(root, names, python_bin_dir=remote_python_dir(root), **options)
+    # the same remote python3 as `invoke sandbox up`: torch reachable, one OpenMP thread per host
+    sandbox = start_sandbox(root, names, python_bin_dir=remote_python_bin_dir(root), **options)
     return sandbox, root
 
 
