@@ -290,3 +290,20 @@ def test_drill_rehearses_a_rollback_and_restore_puts_a_snapshot_back(fleet, bund
     assert restored.ok, restored.outcomes
     assert engine.rollback([host], "v1.0", FAST).ok  # the restored release verifies and serves
     assert_settled(host, "v1.0")
+
+
+def test_batches_stop_after_a_failed_wave(fleet, bundles, journal_file):
+    _, inventory = fleet
+    (good,) = inventory.resolve("dep-3")
+    refused_port = socket.socket()  # bound, never listening: connection refused at once
+    refused_port.bind(("127.0.0.1", 0))
+    try:
+        dead = replace(good, name="dead-2", port=refused_port.getsockname()[1])
+        opts = replace(FAST, batch=1)
+        result = engine.deploy([dead, good], engine.resolve_bundle(str(bundles["v1.2"])), opts)
+    finally:
+        refused_port.close()
+    by_host = {o.host: o for o in result.outcomes}
+    assert by_host["dead-2"].status == "failed" and "cannot reach" in by_host["dead-2"].message
+    assert by_host["dep-3"].status == "skipped" and "batch" in by_host["dep-3"].message
+    assert not steps(journal_file, good, result.deployment).get("lock")  # never touched
