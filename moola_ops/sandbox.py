@@ -109,7 +109,7 @@ def start_sandbox(
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
     user = _login_user()
     identity, authorized = _client_key(root_path)
-    bin_dir = python_bin_dir or str(Path(sys.executable).parent)
+    bin_dir = python_bin_dir or remote_python_bin_dir(root_path)
 
     sandbox = load_state(root_path) or Sandbox(root=str(root_path))
     for name in names:
@@ -142,6 +142,38 @@ def stop_sandbox(root: str | os.PathLike = DEFAULT_ROOT) -> list[str]:
         return []
     sandbox.stop()
     return sorted(sandbox.hosts)
+
+
+def remote_python_bin_dir(root: str | os.PathLike) -> str:
+    """A bin dir whose `python3` the stand-in hosts run: this venv's packages, one thread.
+
+    As root, the hosts log in as an unprivileged user; when this venv's interpreter lives where
+    that user cannot go (a pyenv Python under /root), the wrapper runs the system Python of the
+    same minor version with this venv's site-packages on its path, so the hosts have torch as a
+    pod does. Every stand-in host shares this machine's cores, so each gets one OpenMP thread:
+    with torch's default (one per core) concurrent runtime checks spin-wait on each other's
+    cores; a real host has its own cores.
+    """
+    python, site = sys.executable, ""
+    base = Path(sys.base_prefix, "bin", "python3").resolve()
+    system = Path("/usr/bin/python3")
+    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if (
+        os.geteuid() == 0
+        and str(base).startswith("/root/")
+        and system.exists()
+        and minor in os.path.realpath(system)
+    ):
+        python = str(system)
+        site = next(p for p in sys.path if p.endswith("site-packages"))
+    bin_dir = Path(root).absolute() / "remote-bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    wrapper = bin_dir / "python3"
+    path = f'PYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}{site}" ' if site else ""
+    wrapper.write_text(f'#!/bin/sh\nOMP_NUM_THREADS=1 {path}exec {python} "$@"\n')
+    wrapper.chmod(0o755)
+    bin_dir.chmod(0o755)
+    return str(bin_dir)
 
 
 # --- internals -------------------------------------------------------------------------------

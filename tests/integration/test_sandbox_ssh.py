@@ -59,9 +59,11 @@ def test_command_upload_readback_and_exit_code(sandbox2):
 def test_hosts_are_distinct_and_remote_python_is_the_project_env(sandbox2):
     one, two = sandbox2.hosts["local-1"], sandbox2.hosts["local-2"]
     assert one.port != two.port and one.workspace != two.workspace
-    out = ssh(sandbox2, "local-2", 'echo "$MOOLA_SANDBOX_HOST"; python3 -c "import torch"; pwd')
+    out = ssh(
+        sandbox2, "local-2", 'echo "$MOOLA_SANDBOX_HOST" && python3 -c "import torch; print(1)"'
+    )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines()[0] == "local-2"
+    assert out.stdout.splitlines() == ["local-2", "1"]
 
 
 def test_unknown_host_key_is_refused(sandbox2, tmp_path):
