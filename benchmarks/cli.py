@@ -96,7 +96,7 @@ def write_inventory(path: Path, sandbox, python: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per figure")
-    parser.add_argument("--deep-repeat", type=int, default=2, help="timed runs of --deep")
+    parser.add_argument("--deep-repeat", type=int, default=3, help="timed runs of --deep")
     parser.add_argument("--out", default=str(REPO / "docs/benchmarks/cli.md"))
     args = parser.parse_args()
 
