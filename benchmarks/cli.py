@@ -206,6 +206,10 @@ def write_page(path: Path, f: dict) -> None:
         "  latency runs). The 8 stand-in hosts share this machine's cores, so CPU-bound work",
         f"  cannot go below 1/{f['cpus']} of the serial time here; on real hosts each has its",
         "  own GPU and CPU and the parallel run takes about as long as the slowest host.",
+        "- Each stand-in host runs torch with one OpenMP thread (`OMP_NUM_THREADS=1` in its",
+        "  `python3` wrapper), because they share the cores: with torch's default of one thread",
+        "  per core, concurrent model checks spin-wait on each other's cores (a two-host demo",
+        "  deploy took 80 s instead of 2.7 s that way). A real host has its own cores.",
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
