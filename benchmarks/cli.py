@@ -100,9 +100,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "docs/benchmarks/cli.md"))
     args = parser.parse_args()
 
-    from moola_ops.cli.sandbox import start_hosts
     from moola_ops.engine import Options, deploy, resolve_bundle
     from moola_ops.inventory import Inventory
+    from moola_ops.sandbox import start_sandbox
 
     work = Path(tempfile.mkdtemp(prefix="moola-bench-cli-"))
     work.chmod(0o755)
@@ -120,7 +120,7 @@ def main() -> None:
 
         # 8 stand-in hosts, each serving a real tiny bundle
         names = [f"local-{i}" for i in range(1, 9)]
-        sandbox = start_hosts(work / "sandbox", names)
+        sandbox = start_sandbox(work / "sandbox", names)
         remote_bin = work / "sandbox" / "remote-bin" / "python3"
         python = str(remote_bin) if remote_bin.exists() else "python3"
         inventory_file = work / "hosts.yaml"

@@ -138,16 +138,16 @@ def _stop_demo_hosts(root: Path) -> None:
 def _stages(demo: DemoRun, yaml) -> None:
     from moola_ops import engine, phases
     from moola_ops.checklist import checklist_states, load_checklist
-    from moola_ops.cli.sandbox import start_hosts
     from moola_ops.health import OK, STATE_NAMES, run_healthcheck, status_line
     from moola_ops.inventory import Inventory
     from moola_ops.journal import Journal, read_events
+    from moola_ops.sandbox import start_sandbox
 
     root = demo.root
     runs_dir, bundles_dir = root / "runs", root / "bundles"
 
     with demo.stage("start two stand-in hosts", "invoke sandbox up --hosts 2") as st:
-        sandbox = start_hosts(root / "sandbox", list(DEMO_HOSTS))
+        sandbox = start_sandbox(root / "sandbox", list(DEMO_HOSTS))
         expect(all(h.alive() for h in sandbox.hosts.values()), "an sshd did not stay up")
         inventory = Inventory.from_sandbox(sandbox, groups=("local",))
         hosts = inventory.resolve("local")

@@ -6,10 +6,6 @@ known_hosts entry (moola_ops.sandbox); the shipped inventory names them local-1,
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
 from invoke import task
 
 from moola_ops.cli._common import console, is_tty, print_json, user_errors
@@ -20,47 +16,6 @@ ACTIONS = ("up", "down", "status")
 def host_names(count: int) -> list[str]:
     """The stand-in host names for `--hosts N`: local-1 .. local-N (as in the inventory)."""
     return [f"local-{i}" for i in range(1, count + 1)]
-
-
-def remote_python_bin_dir(root: str | os.PathLike) -> str:
-    """A bin dir whose `python3` the stand-in hosts run: this venv's packages, one thread.
-
-    Run as root, the stand-in hosts log in as an unprivileged user; when this venv's interpreter
-    lives where that user cannot go (a pyenv Python under /root), the wrapper runs the system
-    Python of the same minor version with this venv's site-packages on its path, so the hosts
-    have torch like a pod does. Every stand-in host shares this machine's cores, so each gets
-    one OpenMP thread: with torch's default (one per core) concurrent runtime checks spin-wait
-    on each other's cores; a real host has its own cores.
-    """
-    python, site = sys.executable, ""
-    base = Path(sys.base_prefix, "bin", "python3").resolve()
-    system = Path("/usr/bin/python3")
-    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
-    if (
-        os.geteuid() == 0
-        and str(base).startswith("/root/")
-        and system.exists()
-        and minor in os.path.realpath(system)
-    ):
-        python = str(system)
-        site = next(p for p in sys.path if p.endswith("site-packages"))
-    bin_dir = Path(root).absolute() / "remote-bin"
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    wrapper = bin_dir / "python3"
-    path = f'PYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}{site}" ' if site else ""
-    wrapper.write_text(f'#!/bin/sh\nOMP_NUM_THREADS=1 {path}exec {python} "$@"\n')
-    wrapper.chmod(0o755)
-    bin_dir.chmod(0o755)
-    return str(bin_dir)
-
-
-def start_hosts(root: str | os.PathLike, names: list[str]):
-    """Start (or keep) the named stand-in hosts under `root`, with a usable remote python3."""
-    from moola_ops.sandbox import start_sandbox
-
-    Path(root).mkdir(parents=True, exist_ok=True)
-    os.chmod(root, 0o755)
-    return start_sandbox(root, names, python_bin_dir=remote_python_bin_dir(root))
 
 
 def sandbox_rows(root: str = ".sandbox") -> list[dict]:
@@ -117,7 +72,7 @@ def _show(rows: list[dict], as_json: bool) -> None:
 def sandbox(c, action, hosts=2, root=".sandbox", json=False):
     """Start, stop or show the local stand-in hosts (real sshd on 127.0.0.1)."""
     from moola_core.errors import MoolaError
-    from moola_ops.sandbox import stop_sandbox
+    from moola_ops.sandbox import start_sandbox, stop_sandbox
 
     if action not in ACTIONS:
         raise MoolaError(f"unknown sandbox action {action!r}: use one of {', '.join(ACTIONS)}")
@@ -125,7 +80,7 @@ def sandbox(c, action, hosts=2, root=".sandbox", json=False):
         count = int(hosts)
         if not 1 <= count <= 32:
             raise MoolaError(f"--hosts {count} is out of range: use 1 to 32 stand-in hosts")
-        start_hosts(root, host_names(count))
+        start_sandbox(root, host_names(count))
         _show(sandbox_rows(root), json)
     elif action == "down":
         stopped = stop_sandbox(root)

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from moola_ops.cli.sandbox import remote_python_bin_dir
 from moola_ops.inventory import Inventory
-from moola_ops.sandbox import start_sandbox
+from moola_ops.sandbox import remote_python_bin_dir, start_sandbox
 
 TINY_MODEL = {"hidden": 8, "layers": 1}
 VERSIONS = ("v1.0", "v1.1", "v1.2")
