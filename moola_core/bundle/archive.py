@@ -7,7 +7,10 @@ anything is extracted into `releases/`):
     python3 archive.py extract ARCHIVE DEST [--sha256 HEX]   # refuse, extract, verify
     python3 archive.py verify DIR                            # re-check an extracted release
 
-Each prints one JSON line and exits 0 (ok), 1 (the bundle is bad) or 2 (could not run).
+Each prints one JSON line and exits 0 (ok), 1 (the bundle is bad) or 2 (could not run). The
+deploy engine's host-side program (moola_ops/commands/hostside.py) carries this file's source
+and runs these same functions there, so host and workstation share one implementation; it runs
+on Python 3.7 and newer (hence `from __future__ import annotations`, no parenthesised `with`).
 
 Layout of an archive `moola-<version>.tar.gz`: every entry is a regular file under the one
 top-level folder `moola-<version>/`; `manifest.json` lists every other file with its size and
@@ -28,9 +31,9 @@ import tarfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-try:
+if __package__:  # imported as moola_core.bundle.archive
     from moola_core.errors import MoolaError as _ErrorBase
-except ImportError:  # running as a lone script on a host where moola_core is not importable
+else:  # run alone on a host: never import whatever `moola_core` happens to lie on sys.path there
     _ErrorBase = Exception
 
 
@@ -42,7 +45,9 @@ MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.json.sig"
 # Files a bundle may hold that manifest.json does not list: itself and its signature.
 UNLISTED_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
-# Python writes byte-code caches next to the shipped code when the runtime imports it.
+# Python writes byte-code caches next to the shipped code when the runtime imports it. In an
+# archive (a snapshot of a release that ran) they are never extracted: a planted cache would run
+# in place of the verified source it claims to belong to.
 IGNORED_DIR_NAMES = frozenset({"__pycache__"})
 # Refuse archives that would unpack to more than this (a decompression bomb fills the disk).
 MAX_UNPACKED_BYTES = 4 * 1024**3
@@ -140,32 +145,35 @@ def _check_member_name(name: str) -> None:
 
 
 def read_members(
-    archive: str | os.PathLike,
+    archive: str | os.PathLike, *, folder_prefix: str = "moola-"
 ) -> tuple[str, dict[str, tarfile.TarInfo], tarfile.TarFile]:
     """Open an archive and check every entry before anything is written.
 
     Returns (version, {relative path: member}, open TarFile). Refuses absolute paths, '..',
-    links, devices, FIFOs, duplicates, entries outside the one `moola-<version>/` folder and
-    archives that would unpack past MAX_UNPACKED_BYTES. The caller closes the TarFile.
+    links, devices, FIFOs, duplicates, entries outside the one `<folder_prefix><version>/`
+    folder (`moola-<version>/` for bundles, `<version>/` for the deploy engine's snapshots of a
+    release, which are plain .tar) and archives that would unpack past MAX_UNPACKED_BYTES.
+    Entries under __pycache__/ are left out. The caller closes the TarFile.
     """
     archive = Path(archive)
     if not archive.is_file():
         raise BundleError(f"bundle archive {str(archive)!r} does not exist: check the path.")
     try:
-        tar = tarfile.open(archive, mode="r:gz")  # noqa: SIM115 - returned open to the caller
+        # r:* reads .tar.gz bundles and the plain .tar snapshots alike; the checks are the same
+        tar = tarfile.open(archive, mode="r:*")  # noqa: SIM115 - returned open to the caller
         members = tar.getmembers()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise BundleError(
             f"{archive.name} is not a readable .tar.gz ({exc}): upload or rebuild it again."
         ) from None
     try:
-        return (*_check_members(archive.name, members), tar)
+        return (*_check_members(archive.name, members, folder_prefix), tar)
     except BaseException:
         tar.close()
         raise
 
 
-def _check_members(label: str, members: list[tarfile.TarInfo]):
+def _check_members(label: str, members: list[tarfile.TarInfo], folder_prefix: str):
     top = None
     files: dict[str, tarfile.TarInfo] = {}
     total = 0
@@ -197,6 +205,8 @@ def _check_members(label: str, members: list[tarfile.TarInfo]):
                 "folder moola-<version>/: rebuild it with `invoke bundle`."
             )
         _check_member_name(rest)
+        if IGNORED_DIR_NAMES.intersection(rest.split("/")[:-1]):
+            continue  # a byte-code cache: never written (see IGNORED_DIR_NAMES)
         if rest in files:
             raise BundleError(f"{label} holds {rest!r} twice: refusing an ambiguous archive.")
         files[rest] = member
@@ -216,9 +226,9 @@ def _check_members(label: str, members: list[tarfile.TarInfo]):
                 )
     if top is None or MANIFEST_NAME not in files:
         raise BundleError(f"{label} has no {MANIFEST_NAME}: it is not a Moola bundle.")
-    if not top.startswith("moola-"):
-        raise BundleError(f"{label}: top folder {top!r} is not moola-<version>/.")
-    version = validate_version(top[len("moola-") :])
+    if not top.startswith(folder_prefix):
+        raise BundleError(f"{label}: top folder {top!r} is not {folder_prefix}<version>/.")
+    version = validate_version(top[len(folder_prefix) :])
     return version, files
 
 
@@ -344,14 +354,21 @@ def verify_archive(archive: str | os.PathLike) -> dict:
 
 
 def safe_extract(
-    archive: str | os.PathLike, dest: str | os.PathLike, expected_sha256: str | None = None
+    archive: str | os.PathLike,
+    dest: str | os.PathLike,
+    expected_sha256: str | None = None,
+    *,
+    version: str | None = None,
+    folder_prefix: str = "moola-",
 ) -> Path:
     """Extract a bundle archive into `dest` (its files directly, without the top folder).
 
     Every entry is checked before the first byte is written (no absolute paths, '..', links,
     devices); then each file is written fresh and the result verified against manifest.json.
     `dest` must not exist or be empty. On any failure what was written is removed and
-    BundleError raised. `expected_sha256` (of the archive file) is checked first when given.
+    BundleError raised. `expected_sha256` (of the archive file) is checked first when given;
+    `version`, when given, is the version the archive must hold. `folder_prefix` as in
+    `read_members` ("" for a snapshot `<version>/` of a release).
     """
     archive, dest = Path(archive), Path(dest)
     if expected_sha256 is not None:
@@ -363,7 +380,13 @@ def safe_extract(
             )
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise BundleError(f"{dest} already exists and is not empty: extract into a fresh folder.")
-    version, members, tar = read_members(archive)
+    found, members, tar = read_members(archive, folder_prefix=folder_prefix)
+    if version is not None and found != version:
+        tar.close()
+        raise BundleError(
+            f"{archive.name} holds version {found}, not {version}: upload the right archive."
+        )
+    version = found
     created = not dest.exists()
     try:
         with tar:

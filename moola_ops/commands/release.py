@@ -12,9 +12,15 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from moola_core.bundle import archive as bundle_archive
 from moola_ops.commands.layout import Layout, check_name
 
-HOSTSIDE_SOURCE = (Path(__file__).parent / "hostside.py").read_text()
+# The host-side program: hostside.py with archive.py's source ahead of it as a string, so the
+# host extracts and verifies with the very code the workstation uses (see hostside.py).
+HOSTSIDE_SOURCE = (
+    f"ARCHIVE_SOURCE = {Path(bundle_archive.__file__).read_text()!r}\n"
+    + (Path(__file__).parent / "hostside.py").read_text()
+)
 ARCHIVE_NAME = "bundle.tar.gz"
 
 

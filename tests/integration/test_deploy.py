@@ -10,12 +10,14 @@ import json
 import os
 import shutil
 import socket
+import tarfile
 import threading
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from moola_core.bundle.archive import write_archive
 from moola_core.errors import MoolaError
 from moola_ops import engine
 from moola_ops.commands import lock as lock_cmd
@@ -188,6 +190,30 @@ def test_corrupted_upload_is_refused_before_promotion(fleet, bundles, journal_fi
     assert result.outcomes[0].status == "failed"
     assert "failed verification" in result.outcomes[0].message
     assert "sha256" in result.outcomes[0].message
+    assert_settled(host, "v1.2")
+    assert not (Path(host.workspace) / "releases" / "v1.1").exists()
+    assert not list((Path(host.workspace) / "incoming").iterdir())
+
+
+def test_a_file_missing_from_the_manifest_is_refused_before_promotion(
+    fleet, bundles, journal_file, tmp_path
+):
+    """A planted code/torch.py would shadow torch: the runtime runs with PYTHONPATH=REL/code."""
+    _, inventory = fleet
+    (host,) = inventory.resolve("dep-3")  # current v1.2, no v1.1 (the test above)
+    with tarfile.open(bundles["v1.1"]) as tar:
+        entries = {
+            m.name.split("/", 1)[1]: tar.extractfile(m).read()
+            for m in tar.getmembers()
+            if m.isfile()
+        }
+    entries["code/torch.py"] = b"raise SystemExit('planted')\n"
+    planted = write_archive(entries, "v1.1", tmp_path / "moola-v1.1.tar.gz", mtime=0)
+    result = engine.deploy([host], engine.resolve_bundle(str(planted)), FAST)
+    assert result.outcomes[0].status == "failed"
+    assert "failed verification" in result.outcomes[0].message
+    assert "code/torch.py is not listed in the manifest" in result.outcomes[0].message
+    assert steps(journal_file, host, result.deployment)["promote"] == "failed"
     assert_settled(host, "v1.2")
     assert not (Path(host.workspace) / "releases" / "v1.1").exists()
     assert not list((Path(host.workspace) / "incoming").iterdir())

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from moola_core.bundle import archive as bundle_archive
 from moola_core.errors import MoolaError
 from moola_ops.commands import facts, lock, release
 from moola_ops.commands.layout import Layout, check_name, check_workspace
@@ -173,6 +178,99 @@ def test_snapshot_names_round_trip():
 def test_hostside_report_parser_tolerates_noise():
     assert release.parse_hostside('warning: x\n{"ok": true, "files": 3}\n')["files"] == 3
     assert release.parse_hostside("Traceback ...")["ok"] is False
+
+
+# --- the host-side program, run for real by a bare interpreter --------------------------------
+
+
+def bundle_file(path: Path, version: str, files: dict[str, bytes], planted=None) -> str:
+    """A bundle archive whose manifest lists `files`; `planted` entries ride along unlisted."""
+    manifest = {
+        "version": version,
+        "files": [
+            {"path": name, "size": len(data), "sha256": bundle_archive.sha256_bytes(data)}
+            for name, data in sorted(files.items())
+        ],
+    }
+    entries = {**files, "manifest.json": json.dumps(manifest).encode(), **(planted or {})}
+    bundle_archive.write_archive(entries, version, path, mtime=0)
+    return bundle_archive.sha256_file(path)
+
+
+def run_on_host(command: str, cwd: Path) -> tuple[int, dict]:
+    """Run a built command as a host would: a shell, no PYTHONPATH, nothing of the repo nearby."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(cwd)}
+    proc = subprocess.run(
+        ["sh", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
+    return proc.returncode, release.parse_hostside(proc.stdout)
+
+
+def upload(layout: Layout, path: Path) -> None:
+    staged = Path(release.staged_archive(layout, DEP))
+    staged.parent.mkdir(parents=True)
+    Path(layout.releases).mkdir(exist_ok=True)  # the lock step makes it on a real host
+    shutil.copy(path, staged)
+
+
+CODE = {"code/moola_core/spec.py": b"SPEC = 1\n", "model.json": b"{}"}
+
+
+def test_host_program_is_archive_py_plus_the_release_steps_and_fits_one_argument():
+    assert Path(bundle_archive.__file__).read_text() in eval(  # the exact bytes, as a literal
+        release.HOSTSIDE_SOURCE.split("\n", 1)[0].removeprefix("ARCHIVE_SOURCE = ")
+    )
+    # Linux caps one argument (the `sh -c` command sshd runs) at 128 KiB
+    assert len(release.promote(WS, "python3", DEP, "v0.3", "a" * 64)) < 100_000
+
+
+def test_host_promote_refuses_a_file_missing_from_the_manifest(tmp_path):
+    """A planted code/torch.py would shadow torch (the runtime runs with PYTHONPATH=REL/code)."""
+    layout = Layout(str(tmp_path / "ws"))
+    planted = {"code/torch.py": b"import os; os.system('id')\n"}
+    sha = bundle_file(tmp_path / "moola-v0.3.tar.gz", "v0.3", CODE, planted)
+    upload(layout, tmp_path / "moola-v0.3.tar.gz")
+    code, report = run_on_host(release.promote(layout, sys.executable, DEP, "v0.3", sha), tmp_path)
+    assert (code, report["ok"]) == (1, False)
+    assert "code/torch.py is not listed in the manifest" in report["problems"][0]
+    assert not (tmp_path / "ws" / "releases" / "v0.3").exists()
+    assert not (tmp_path / "ws" / "incoming" / DEP).exists()  # staging cleaned
+
+
+def test_host_promote_verify_snapshot_and_restore_round_trip(tmp_path):
+    layout = Layout(str(tmp_path / "ws"))
+    releases = tmp_path / "ws" / "releases"
+    sha = bundle_file(tmp_path / "moola-v0.3.tar.gz", "v0.3", CODE)
+    upload(layout, tmp_path / "moola-v0.3.tar.gz")
+    assert run_on_host(release.promote(layout, sys.executable, DEP, "v0.4", sha), tmp_path)[1][
+        "problems"
+    ] == ["bundle.tar.gz holds version v0.3, not v0.4: upload the right archive."]
+    upload(layout, tmp_path / "moola-v0.3.tar.gz")
+    code, report = run_on_host(release.promote(layout, sys.executable, DEP, "v0.3", sha), tmp_path)
+    assert (code, report) == (0, {"ok": True, "promoted": True, "files": 2})
+    assert (releases / "v0.3.sha256").read_text() == sha + "\n"
+    assert run_on_host(release.verify(layout, sys.executable, "v0.3"), tmp_path)[0] == 0
+
+    (tmp_path / "ws" / "backups").mkdir()
+    pycache = releases / "v0.3" / "code" / "moola_core" / "__pycache__"
+    pycache.mkdir()
+    (pycache / "spec.cpython-311.pyc").write_bytes(b"cache")  # the runtime check leaves these
+    subprocess.run(["sh", "-c", release.snapshot(layout, "v0.3", "s1.tar")], check=True)
+    (releases / "v0.3" / "code" / "torch.py").write_text("planted")
+    code, report = run_on_host(release.verify(layout, sys.executable, "v0.3"), tmp_path)
+    assert code == 1 and "code/torch.py is not listed in the manifest" in report["problems"][0]
+
+    code, report = run_on_host(
+        release.restore(layout, sys.executable, DEP, "s1.tar", "v0.3"), tmp_path
+    )
+    assert (code, report) == (0, {"ok": True, "restored": "v0.3", "files": 2})
+    assert not (releases / "v0.3" / "code" / "torch.py").exists()
+    assert not pycache.exists()  # caches in a snapshot are never written back
+    assert run_on_host(release.verify(layout, sys.executable, "v0.3"), tmp_path)[0] == 0
+    code, report = run_on_host(
+        release.restore(layout, sys.executable, DEP, "s1.tar", "v0.2"), tmp_path
+    )
+    assert code == 1 and "holds version v0.3, not v0.2" in report["problems"][0]
 
 
 # --- facts -----------------------------------------------------------------------------------
