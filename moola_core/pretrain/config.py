@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from moola_core.errors import MoolaError
+from moola_core.yaml_config import read_mapping, set_dotted, validate
 
 
 class _Section(BaseModel):
@@ -75,40 +75,14 @@ class PretrainConfig(_Section):
 
 def config_from_dict(raw: dict | None, source: str = "config") -> PretrainConfig:
     """Validate a plain dict (e.g. parsed YAML); one clear MoolaError names the first problem."""
-    try:
-        return PretrainConfig.model_validate(raw or {})
-    except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise MoolaError(
-            f"{source}: {where}: {first['msg']} ({exc.error_count()} problem(s)); "
-            "fix the value or remove the key."
-        ) from None
+    return validate(PretrainConfig, raw, source)
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> PretrainConfig:
     """Read configs/pretrain.yaml (or `path`), apply dotted `overrides` like {"train.epochs": 3}."""
-    import yaml
-
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise MoolaError(f"pre-training config {path} does not exist; pass --config PATH.")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise MoolaError(
-                f"{path} is not valid YAML ({exc.__class__.__name__}); fix it."
-            ) from None
-        if not isinstance(raw, dict):
-            raise MoolaError(f"{path} must hold a mapping of sections; see configs/pretrain.yaml.")
+    raw = {} if path is None else read_mapping(path, "pre-training config", "configs/pretrain.yaml")
     for dotted, value in (overrides or {}).items():
-        section, _, key = dotted.partition(".")
-        if not key:
+        if "." not in dotted:  # every knob lives in a section
             raise MoolaError(f"override {dotted!r} must look like section.key, e.g. train.epochs.")
-        raw.setdefault(section, {})
-        if not isinstance(raw[section], dict):
-            raise MoolaError(f"section {section!r} of {path} must be a mapping.")
-        raw[section][key] = value
+        set_dotted(raw, dotted, value)
     return config_from_dict(raw, source=str(path or "config"))

@@ -10,12 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from moola_core.errors import MoolaError
 from moola_core.metrics import METRICS
 from moola_core.models.jade import DEFAULT_CONFIG as MODEL_DEFAULTS
+from moola_core.yaml_config import read_mapping, set_dotted, validate
 
 DEFAULT_SEEDS = (17, 13, 23, 29)
 
@@ -98,15 +97,7 @@ class TrainConfig(_Section):
 
 def config_from_dict(raw: dict | None, source: str = "config") -> TrainConfig:
     """Validate a plain dict (parsed YAML); one MoolaError sentence names the first problem."""
-    try:
-        config = TrainConfig.model_validate(raw or {})
-    except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        raise MoolaError(
-            f"{source}: {where}: {first['msg']} ({exc.error_count()} problem(s)); "
-            "fix the value or remove the key."
-        ) from None
+    config = validate(TrainConfig, raw, source)
     # the model's own checks (e.g. position encoding needs a per-bar head) apply here too
     from moola_core.models import resolve_model_config
 
@@ -114,39 +105,13 @@ def config_from_dict(raw: dict | None, source: str = "config") -> TrainConfig:
     return config
 
 
-def _set_dotted(raw: dict, dotted: str, value) -> None:
-    node = raw
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise MoolaError(f"override {dotted}: {part} is not a section; check the key.")
-    node[leaf] = value
-
-
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
     """Read a YAML training config (or the defaults) and apply dotted overrides like
     {"seed": 13, "optim.max_epochs": 5}."""
-    import yaml
-
-    raw: dict = {}
-    source = "defaults"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.is_file():
-            raise MoolaError(f"training config {path} does not exist; pass --config PATH.")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise MoolaError(
-                f"{path} is not valid YAML ({exc.__class__.__name__}); fix it."
-            ) from None
-        if not isinstance(raw, dict):
-            raise MoolaError(f"{path} must hold a mapping of sections; see configs/jade.yaml.")
+    raw = {} if path is None else read_mapping(path, "training config", "configs/jade.yaml")
     for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
-    return config_from_dict(raw, source)
+        set_dotted(raw, dotted, value)
+    return config_from_dict(raw, "defaults" if path is None else str(path))
 
 
 def dump_yaml(config: TrainConfig) -> str:
