@@ -33,30 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from moola_ops import engine  # noqa: E402
 from moola_ops.inventory import Inventory  # noqa: E402
-from tests.integration.conftest import start_hosts  # noqa: E402 - the sandbox + remote python
 
-MODEL = {"hidden": 128}
+# the sandbox + remote python, and real bundles of a random model
+from tests.integration.conftest import make_bundle, start_hosts  # noqa: E402
 
-
-def build(out: Path, version: str, seed: int) -> Path:
-    """A real bundle of the hidden=128 JadeModel (random weights; size is what matters here)."""
-    import torch
-
-    from moola_core.bundle import build_bundle
-    from moola_core.models import build_model
-
-    torch.manual_seed(seed)
-    run = out / "runs" / f"run-{version}"
-    run.mkdir(parents=True, exist_ok=True)
-    model = build_model(MODEL)
-    torch.save(model.state_dict(), run / "weights.pt")
-    (run / "model.json").write_text(json.dumps(model.config))
-    (run / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.5}, "fingerprint": "b"}))
-    (run / "config.yaml").write_text(f"seed: {seed}\n")
-    built = build_bundle(
-        version, run.name, runs_dir=out / "runs", out_dir=out / "bundles", sla_p99_ms=60000.0
-    )
-    return Path(built.path)
+MODEL = {"hidden": 128}  # the default JadeModel size: the archive size is what matters here
 
 
 def baseline(sandbox, name: str, archive: Path, version: str, args) -> float:
@@ -108,7 +89,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="moola-bench-deploy-"))
     os.environ["MOOLA_LOG"] = str(work / "deployments.jsonl")
     versions = [f"v2.{i}" for i in range(args.rounds)] + [f"v3.{i}" for i in range(4)]
-    archives = {v: build(work, v, seed=i) for i, v in enumerate(versions)}
+    archives = {v: make_bundle(work, v, seed=i, model_config=MODEL) for i, v in enumerate(versions)}
     bundle_mb = archives[versions[0]].stat().st_size / 1e6
     names = [f"bench-{i}" for i in range(1, 9)]
     sandbox, root = start_hosts(names + ["base-1"])

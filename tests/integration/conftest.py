@@ -30,8 +30,16 @@ def start_hosts(names: list[str], **options):
     return sandbox, root
 
 
-def make_bundle(out_dir: Path, version: str, *, seed: int = 0, sla_p99_ms: float = 60000.0) -> Path:
-    """A real bundle archive of a tiny random model (runtime code frozen from this checkout)."""
+def make_bundle(
+    out_dir: Path,
+    version: str,
+    *,
+    seed: int = 0,
+    sla_p99_ms: float = 60000.0,
+    model_config: dict | None = None,
+) -> Path:
+    """A real bundle archive of a random model (TINY_MODEL unless `model_config` says otherwise;
+    runtime code frozen from this checkout). benchmarks/deploy.py builds its bundles here too."""
     import torch
 
     from moola_core.bundle import build_bundle
@@ -42,7 +50,7 @@ def make_bundle(out_dir: Path, version: str, *, seed: int = 0, sla_p99_ms: float
     runs = out_dir / "runs"
     run = runs / f"run-{version}"
     run.mkdir(parents=True, exist_ok=True)
-    model = build_model(TINY_MODEL)
+    model = build_model(model_config or TINY_MODEL)
     torch.save(model.state_dict(), run / "weights.pt")
     (run / "model.json").write_text(json.dumps(model.config))
     (run / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.5}, "fingerprint": "ab"}))
