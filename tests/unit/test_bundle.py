@@ -21,19 +21,14 @@ from moola_core.bundle.build import REPO_ROOT, collect_code
 from moola_core.bundle.manifest import Manifest
 from moola_core.bundle.verify import verify_bundle
 from moola_core.models import build_model
-
-TINY_MODEL = {"hidden": 8, "layers": 1}
+from tests.unit.tiny_runs import freeze_runtime_code, make_tiny_run
 
 
 def make_run(runs_dir: Path, run_id: str = "run-1", seed: int = 0) -> Path:
-    """A real run folder: a tiny JadeModel with random weights, as training would leave it."""
-    torch.manual_seed(seed)
-    model = build_model(TINY_MODEL)
-    run = runs_dir / run_id
-    run.mkdir(parents=True)
-    torch.save(model.state_dict(), run / "weights.pt")
-    (run / "model.json").write_text(json.dumps(model.config))
-    (run / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.5}, "fingerprint": "ab"}))
+    """A tiny real run with the config.yaml and test metrics a trained run also leaves."""
+    run = make_tiny_run(
+        runs_dir, run_id, seed=seed, metrics={"test": {"accuracy": 0.5}, "fingerprint": "ab"}
+    )
     (run / "config.yaml").write_text("seed: 0\n")
     os.utime(run / "weights.pt", (1_700_000_000, 1_700_000_000))
     return run
@@ -46,11 +41,7 @@ def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle")
     make_run(root / "runs")
     # a frozen copy, so edits others make to the repo mid-test cannot change the bytes
-    code = root / "code"
-    for rel, data in collect_code(REPO_ROOT).items():
-        target = code / rel.removeprefix("code/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+    code = freeze_runtime_code(root / "code")
     built = build_bundle(
         "v0.3", "run-1", runs_dir=root / "runs", out_dir=root / "bundles", code_root=code
     )

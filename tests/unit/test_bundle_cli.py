@@ -8,10 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
 from moola_core.bundle.build import REPO_ROOT
-from moola_core.models import build_model
+from tests.unit.tiny_runs import make_tiny_run
 
 
 def invoke(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -27,13 +25,7 @@ def invoke(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_bundle_tasks_build_verify_show_and_refuse(tmp_path):
-    torch.manual_seed(0)
-    model = build_model({"hidden": 8, "layers": 1})
-    run = tmp_path / "runs" / "run-7"
-    run.mkdir(parents=True)
-    torch.save(model.state_dict(), run / "weights.pt")
-    (run / "model.json").write_text(json.dumps(model.config))
-    (run / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.75}}))
+    make_tiny_run(tmp_path / "runs", "run-7", metrics={"test": {"accuracy": 0.75}})
     (tmp_path / "runs" / "selected.json").write_text(json.dumps({"run_id": "run-7"}))
 
     built = invoke(tmp_path, "bundle", "--version", "v0.3", "--json")

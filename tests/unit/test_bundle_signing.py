@@ -12,10 +12,9 @@ import torch
 
 from moola_core.bundle import BundleError, build_bundle
 from moola_core.bundle import archive as bundle_archive
-from moola_core.bundle.build import collect_code
 from moola_core.bundle.signing import sign_manifest, verify_signature
 from moola_core.bundle.verify import verify_bundle
-from moola_core.models import build_model
+from tests.unit.tiny_runs import freeze_runtime_code, make_tiny_run
 
 
 def keypair(directory: Path, name: str) -> tuple[Path, str]:
@@ -32,20 +31,11 @@ def signed(tmp_path_factory):
     """A run, a signing key, an allowed_signers file naming it, and a signed bundle."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("signed")
-    torch.manual_seed(0)
-    model = build_model({"hidden": 8, "layers": 1})
-    run = root / "runs" / "run-1"
-    run.mkdir(parents=True)
-    torch.save(model.state_dict(), run / "weights.pt")
-    (run / "model.json").write_text(json.dumps(model.config))
-    (run / "metrics.json").write_text("{}")
+    make_tiny_run(root / "runs", "run-1")
     key, public = keypair(root, "release-key")
     allowed = root / "allowed_signers"
     allowed.write_text(f"release@moola {public}\n")
-    code = root / "code"  # a frozen copy: others' edits to the repo cannot change the bytes
-    for rel, data in collect_code().items():
-        (code / rel[len("code/") :]).parent.mkdir(parents=True, exist_ok=True)
-        (code / rel[len("code/") :]).write_bytes(data)
+    code = freeze_runtime_code(root / "code")  # others' edits cannot change the bytes
     built = build_bundle(
         "v0.4",
         "run-1",

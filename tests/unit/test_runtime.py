@@ -15,9 +15,9 @@ import torch
 
 from moola_core.bundle import build_bundle, safe_extract
 from moola_core.bundle.archive import sha256_bytes
-from moola_core.models import build_model
 from moola_core.runtime.check import percentile, run_check
 from moola_core.runtime.report import EXIT_ERROR, EXIT_FAIL, EXIT_PASS, parse_report
+from tests.unit.tiny_runs import make_tiny_run
 
 BLOCKED = ("numpy", "pandas", "pydantic", "pydantic_core", "yaml")
 # Runs before the runtime: a None entry in sys.modules makes `import numpy` raise ImportError,
@@ -32,13 +32,7 @@ PRELUDE = (
 
 def make_release(root: Path, version: str = "v0.3", **build) -> Path:
     """A real run (tiny JadeModel, random weights) -> bundle -> extracted release folder."""
-    torch.manual_seed(0)
-    model = build_model({"hidden": 8, "layers": 1})
-    run = root / "runs" / "run-1"
-    run.mkdir(parents=True)
-    torch.save(model.state_dict(), run / "weights.pt")
-    (run / "model.json").write_text(json.dumps(model.config))
-    (run / "metrics.json").write_text("{}")
+    make_tiny_run(root / "runs", "run-1")
     built = build_bundle(
         version, "run-1", runs_dir=root / "runs", out_dir=root / "bundles", **build
     )

@@ -1,0 +1,40 @@
+"""Shared by the bundle, signing, runtime and bundle-task tests: a tiny real run to bundle, and
+a frozen copy of the runtime code (so edits others make to the repo mid-test cannot change the
+bytes of a bundle)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TINY_MODEL = {"hidden": 8, "layers": 1}
+
+
+def make_tiny_run(
+    runs_dir: Path, run_id: str = "run-1", *, seed: int = 0, metrics: dict | None = None
+) -> Path:
+    """A real run folder as training leaves it: a tiny JadeModel with random weights (seeded),
+    its model.json and metrics.json."""
+    import torch
+
+    from moola_core.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(TINY_MODEL)
+    run = Path(runs_dir) / run_id
+    run.mkdir(parents=True)
+    torch.save(model.state_dict(), run / "weights.pt")
+    (run / "model.json").write_text(json.dumps(model.config))
+    (run / "metrics.json").write_text(json.dumps(metrics or {}))
+    return run
+
+
+def freeze_runtime_code(dest: Path) -> Path:
+    """Copy the code a bundle ships (bundle.build.collect_code) to `dest`, for `code_root=`."""
+    from moola_core.bundle.build import REPO_ROOT, collect_code
+
+    for rel, data in collect_code(REPO_ROOT).items():
+        target = Path(dest) / rel.removeprefix("code/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return Path(dest)
