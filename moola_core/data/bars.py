@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from moola_core.data.problems import Problem, errors_only, summarize
-from moola_core.errors import MoolaError, ValidationError
+from moola_core.data.problems import Problem, raise_if_errors
+from moola_core.errors import MoolaError
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 BAR_COLUMNS = ("timestamp", *PRICE_COLUMNS)
@@ -102,8 +102,7 @@ def check_bars(df: pd.DataFrame, what: str = "bars") -> pd.DataFrame:
     """Normalize and validate; raise ValidationError listing the problems when there are any."""
     df = normalize_bars(df)
     problems = validate_bars(df)
-    if errors_only(problems):
-        raise ValidationError(summarize(problems, what), problems)
+    raise_if_errors(problems, what)
     return df
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from moola_core.data.features import compute_features
-from moola_core.data.problems import Problem, errors_only, summarize
+from moola_core.data.problems import Problem, raise_if_errors
 from moola_core.errors import MoolaError, ValidationError
 from moola_core.spec import LABELS, N_FEATURES, WINDOW_LEN
 
@@ -250,8 +250,7 @@ def check_labeled(df: pd.DataFrame, what: str = "labeled set") -> pd.DataFrame:
     """Normalize and validate; raise ValidationError listing the problems when any is an error."""
     df = normalize_columns(df)
     problems = validate_labeled(df)
-    if errors_only(problems):
-        raise ValidationError(summarize(problems, what), problems)
+    raise_if_errors(problems, what)
     return df
 
 

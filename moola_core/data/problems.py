@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from moola_core.errors import ValidationError
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -40,3 +42,9 @@ def summarize(problems: list[Problem], what: str, limit: int = 20) -> str:
     shown = "; ".join(str(p) for p in errors[:limit])
     more = f" (and {len(errors) - limit} more)" if len(errors) > limit else ""
     return f"{what} failed validation with {len(errors)} problem(s): {shown}{more}."
+
+
+def raise_if_errors(problems: list[Problem], what: str) -> None:
+    """Raise ValidationError (summary sentence + every finding) when any finding is an error."""
+    if errors_only(problems):
+        raise ValidationError(summarize(problems, what), problems)
