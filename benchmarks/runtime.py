@@ -33,6 +33,7 @@ from moola_core.runtime import devices  # noqa: E402
 from moola_core.runtime.backends import BACKEND_NAMES, BackendUnavailable, make_backend  # noqa: E402
 from moola_core.runtime.check import percentile, run_check, time_backend  # noqa: E402
 from moola_core.spec import N_FEATURES, WINDOW_LEN  # noqa: E402
+from tests.unit.tiny_runs import make_tiny_run  # noqa: E402 - the same run the runtime tests bundle
 
 MODELS = {"default JadeModel": {}, "JadeModel hidden=128": {"hidden": 128}}
 
@@ -66,13 +67,7 @@ def runtime_choice(device_name: str, runs: int) -> tuple[str, dict]:
     """Build a bundle of the default model and let run_check choose, as on a host."""
     with tempfile.TemporaryDirectory(prefix="moola-bench-") as tmp:
         root = Path(tmp)
-        torch.manual_seed(0)
-        model = build_model({})
-        run = root / "runs" / "bench"
-        run.mkdir(parents=True)
-        torch.save(model.state_dict(), run / "weights.pt")
-        (run / "model.json").write_text(json.dumps(model.config))
-        (run / "metrics.json").write_text("{}")
+        make_tiny_run(root / "runs", "bench", model_config={})  # {}: the default model
         # the SLA is not what is measured here; a loaded machine must not abort the benchmark
         built = build_bundle(
             "v0.0-bench", "bench", runs_dir=root / "runs", out_dir=root / "b", sla_p99_ms=1e9

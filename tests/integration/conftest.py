@@ -7,7 +7,6 @@ its golden outputs and time it on the host.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,8 +15,8 @@ import pytest
 
 from moola_ops.inventory import Inventory
 from moola_ops.sandbox import remote_python_bin_dir, start_sandbox
+from tests.unit.tiny_runs import make_tiny_run
 
-TINY_MODEL = {"hidden": 8, "layers": 1}
 VERSIONS = ("v1.0", "v1.1", "v1.2")
 
 
@@ -38,22 +37,21 @@ def make_bundle(
     sla_p99_ms: float = 60000.0,
     model_config: dict | None = None,
 ) -> Path:
-    """A real bundle archive of a random model (TINY_MODEL unless `model_config` says otherwise;
+    """A real bundle archive of a random model (tiny unless `model_config` says otherwise;
     runtime code frozen from this checkout). benchmarks/deploy.py builds its bundles here too."""
     import torch
 
     from moola_core.bundle import build_bundle
-    from moola_core.models import build_model
 
     torch.set_num_threads(1)
-    torch.manual_seed(seed)
     runs = out_dir / "runs"
-    run = runs / f"run-{version}"
-    run.mkdir(parents=True, exist_ok=True)
-    model = build_model(model_config or TINY_MODEL)
-    torch.save(model.state_dict(), run / "weights.pt")
-    (run / "model.json").write_text(json.dumps(model.config))
-    (run / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.5}, "fingerprint": "ab"}))
+    run = make_tiny_run(
+        runs,
+        f"run-{version}",
+        seed=seed,
+        metrics={"test": {"accuracy": 0.5}, "fingerprint": "ab"},
+        model_config=model_config,
+    )
     (run / "config.yaml").write_text(f"seed: {seed}\n")
     built = build_bundle(
         version, run.name, runs_dir=runs, out_dir=out_dir / "bundles", sla_p99_ms=sla_p99_ms

@@ -11,16 +11,22 @@ TINY_MODEL = {"hidden": 8, "layers": 1}
 
 
 def make_tiny_run(
-    runs_dir: Path, run_id: str = "run-1", *, seed: int = 0, metrics: dict | None = None
+    runs_dir: Path,
+    run_id: str = "run-1",
+    *,
+    seed: int = 0,
+    metrics: dict | None = None,
+    model_config: dict | None = None,
 ) -> Path:
-    """A real run folder as training leaves it: a tiny JadeModel with random weights (seeded),
-    its model.json and metrics.json."""
+    """A real run folder as training leaves it: a JadeModel with random weights (seeded; tiny
+    unless `model_config` says otherwise), its model.json and metrics.json. The deploy fixtures
+    and the runtime/deploy benchmarks build their runs here too."""
     import torch
 
     from moola_core.models import build_model
 
     torch.manual_seed(seed)
-    model = build_model(TINY_MODEL)
+    model = build_model(TINY_MODEL if model_config is None else model_config)
     run = Path(runs_dir) / run_id
     run.mkdir(parents=True)
     torch.save(model.state_dict(), run / "weights.pt")
