@@ -22,11 +22,9 @@ Public API for other rooms (the checklist and health checks use these):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
-import tarfile
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from moola_core.bundle import archive as bundle_archive
 from moola_core.errors import MoolaError
 from moola_ops.commands import facts as facts_cmd
 from moola_ops.commands import lock as lock_cmd
@@ -140,26 +139,27 @@ def resolve_bundle(spec: str, *, bundles_dir: str | os.PathLike = DEFAULT_BUNDLE
     check_name(version, "bundle version (from its manifest)")
     if not is_path and version != spec:
         raise MoolaError(f"bundle {path} says version {version!r}, not {spec!r}: rebuild it")
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
     return LocalBundle(
-        path=path, version=version, sha256=digest.hexdigest(), size=path.stat().st_size
+        path=path,
+        version=version,
+        sha256=bundle_archive.sha256_file(path),
+        size=path.stat().st_size,
     )
 
 
 def _archive_version(path: Path) -> str:
-    try:
-        with tarfile.open(path) as tar:
-            for member in tar.getmembers():
-                if member.name.split("/")[-1] == "manifest.json" and member.name.count("/") <= 1:
-                    return str(json.load(tar.extractfile(member))["version"])
-    except (tarfile.TarError, OSError, KeyError, ValueError, TypeError) as exc:
+    """The version a bundle archive's manifest says, after archive.py's checks of its entries
+    (the same the host repeats before extracting: no links, '..', stray folders)."""
+    version, members, tar = bundle_archive.read_members(path)
+    with tar:
+        data = tar.extractfile(members[bundle_archive.MANIFEST_NAME]).read()
+    said = bundle_archive.load_manifest_bytes(data, f"{path.name}:manifest.json").get("version")
+    if said != version:
         raise MoolaError(
-            f"bundle {path} is not a readable bundle archive ({exc}): rebuild it"
-        ) from None
-    raise MoolaError(f"bundle {path} has no manifest.json: rebuild it with `invoke bundle`")
+            f"bundle {path} is in folder moola-{version}/ but its manifest says {said!r}: "
+            "rebuild it with `invoke bundle`"
+        )
+    return version
 
 
 # --- options ----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -387,3 +388,21 @@ def test_prune_keeps_current_previous_and_newest_by_history_not_name():
     # never current or previous, whatever N says
     releases, _ = facts.plan_prune(f, keep_releases=0, keep_backups=0)
     assert "v4" not in releases and "v3" not in releases
+
+
+def test_resolve_bundle_checks_the_archive_as_the_host_will(tmp_path):
+    from moola_ops import engine
+
+    sha = bundle_file(tmp_path / "moola-v0.3.tar.gz", "v0.3", CODE)
+    local = engine.resolve_bundle(str(tmp_path / "moola-v0.3.tar.gz"))
+    assert (local.version, local.sha256) == ("v0.3", sha)
+    link = tarfile.TarInfo("moola-v0.3/code/torch.py")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    with tarfile.open(tmp_path / "linked.tar.gz", "w:gz") as tar:
+        tar.addfile(link)
+    with pytest.raises(MoolaError, match="holds the link 'moola-v0.3/code/torch.py'"):
+        engine.resolve_bundle(str(tmp_path / "linked.tar.gz"))
+    manifest = json.dumps({"version": "v0.4", "files": []}).encode()
+    bundle_archive.write_archive({"manifest.json": manifest}, "v0.3", tmp_path / "odd.tar.gz", 0)
+    with pytest.raises(MoolaError, match="folder moola-v0.3/ but its manifest says 'v0.4'"):
+        engine.resolve_bundle(str(tmp_path / "odd.tar.gz"))
