@@ -12,7 +12,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from invoke.exceptions import Exit
+import invoke
+from invoke.exceptions import Exit, ParseError
+from invoke.parser import Argument
 
 from moola_core.errors import MoolaError
 
@@ -51,3 +53,52 @@ def user_errors(fn: Callable) -> Callable:
             raise Exit("interrupted", code=130) from None
 
     return wrapper
+
+
+class FlagArgument(Argument):
+    """An Invoke argument whose bad value (`--timeout abc`) is one sentence, not a traceback.
+
+    Invoke casts a flag's text with its kind (int, float) and lets the ValueError escape;
+    a ParseError is what Invoke prints as one line and exits 1 on.
+    """
+
+    def set_value(self, value, cast=True):
+        try:
+            super().set_value(value, cast=cast)
+        except (TypeError, ValueError):
+            kind = {int: "a whole number", float: "a number"}.get(self.kind, str(self.kind))
+            raise ParseError(
+                f"error: --{self.name} takes {kind}, not {value!r}; see `invoke -h TASK`."
+            ) from None
+
+
+class MoolaTask(invoke.Task):
+    """Invoke's Task with sound flags: values that fail to parse are one sentence, no flag gets
+    a punctuation short flag (Invoke would hand `check_runs` the short flag `--` once its
+    letters are taken), and number flags say that they take a number in their help.
+    """
+
+    def arg_opts(self, name, default, taken_names):
+        opts = super().arg_opts(name, default, taken_names)
+        opts["names"] = [n for n in opts["names"] if len(n) > 1 or n.isalnum()]
+        return opts
+
+    def get_arguments(self, ignore_unknown_help=None):
+        args = []
+        for arg in super().get_arguments(ignore_unknown_help):
+            sound = FlagArgument(
+                names=arg.names, kind=arg.kind, default=arg.default, help=arg.help,
+                positional=arg.positional, optional=arg.optional,
+                incrementable=arg.incrementable, attr_name=arg.attr_name,
+            )  # fmt: skip
+            # Invoke's help shows =INT or =STRING but nothing for a float flag, which then
+            # reads like an on/off switch.
+            if sound.kind is float and sound.help and not sound.help.startswith("NUMBER"):
+                sound.help = f"NUMBER: {sound.help}"
+            args.append(sound)
+        return args
+
+
+def task(*args, **kwargs):
+    """`invoke.task` building a MoolaTask; every Moola task is declared with this."""
+    return invoke.task(*args, klass=MoolaTask, **kwargs)

@@ -4,9 +4,9 @@
 
 from __future__ import annotations
 
-from invoke import Collection, task
+from invoke import Collection
 
-from moola_ops.cli._common import console, print_json, user_errors
+from moola_ops.cli._common import console, print_json, task, user_errors
 
 
 def _log(version: str, status: str, **detail) -> None:

@@ -6,10 +6,9 @@ Each task calls one function of moola_ops.checklist / moola_ops.phases, renders 
 
 from __future__ import annotations
 
-from invoke import task
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import console, is_tty, print_json, user_errors
+from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
 
 _MARK = {"done": "✔", "failed": "✘", "pending": "·", "skipped": "–", "ok": "✔"}
 _COLOUR = {"done": "green", "ok": "green", "failed": "red", "pending": "yellow",

@@ -4,10 +4,10 @@ split leakage, convert a trusted pickled set. Heavy imports stay inside the task
 
 from __future__ import annotations
 
-from invoke import Collection, task
+from invoke import Collection
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import console, is_tty, print_json, user_errors
+from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
 
 
 @task(

@@ -19,10 +19,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from invoke import task
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import console, is_tty, print_json, user_errors
+from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
 
 DEMO_ROOT = ".moola/demo"
 DEMO_HOSTS = ("local-1", "local-2")

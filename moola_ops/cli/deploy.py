@@ -7,10 +7,9 @@ failed (130 after Ctrl-C). The engine is imported inside the bodies so `invoke -
 
 from __future__ import annotations
 
-from invoke import task
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import console, is_tty, print_json, user_errors
+from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
 
 HOST_HELP = "inventory host names and/or groups, comma separated (e.g. runpod-1 or prod)"
 INVENTORY_HELP = "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)"

@@ -9,10 +9,9 @@ from __future__ import annotations
 import os
 import sys
 
-from invoke import task
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import console, is_tty, print_json
+from moola_ops.cli._common import console, is_tty, print_json, task
 
 FAST_TIMEOUT_S = 30.0
 DEEP_TIMEOUT_S = 300.0

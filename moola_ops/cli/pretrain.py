@@ -9,10 +9,9 @@ import subprocess
 import sys
 import time
 
-from invoke import task
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import console, is_tty, print_json, user_errors
+from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
 
 
 def _default_out() -> str:

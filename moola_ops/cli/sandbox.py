@@ -6,9 +6,7 @@ known_hosts entry (moola_ops.sandbox); the shipped inventory names them local-1,
 
 from __future__ import annotations
 
-from invoke import task
-
-from moola_ops.cli._common import console, is_tty, print_json, user_errors
+from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
 
 ACTIONS = ("up", "down", "status")
 

@@ -6,10 +6,9 @@ function and render the result. torch and pandas load inside the task bodies onl
 
 from __future__ import annotations
 
-from invoke import task
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import console, is_tty, print_json, user_errors
+from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
 
 HEADLINE = ("span_iou", "iou_ge_50", "start_hit3", "end_hit3", "boundary_mae", "accuracy",
             "macro_f1")  # fmt: skip

@@ -1,0 +1,55 @@
+"""Every task's flags as a person meets them: help for each, sane short flags, bad values refused
+in one sentence (real Invoke parsing the real task collection of tasks.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from moola_core.bundle.build import REPO_ROOT
+from moola_ops.cli._common import MoolaTask
+
+
+def all_tasks():
+    sys.path.insert(0, str(REPO_ROOT))
+    import tasks
+
+    def walk(collection, prefix=""):
+        for name, t in collection.tasks.items():
+            yield prefix + name, t
+        for name, sub in collection.collections.items():
+            yield from walk(sub, f"{prefix}{name}.")
+
+    return list(walk(tasks.ns))
+
+
+def invoke(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MOOLA_LOG": str(tmp_path / "log.jsonl")}
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "-r", str(REPO_ROOT), *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_every_task_is_a_moola_task_with_help_and_letter_short_flags():
+    found = all_tasks()
+    assert len(found) > 20
+    for name, t in found:
+        assert isinstance(t, MoolaTask), f"{name}: declare it with moola_ops.cli._common.task"
+        for arg in t.get_arguments():
+            assert arg.help, f"{name} --{arg.name} has no help"
+            shorts = [n for n in arg.names if len(n) == 1]
+            assert all(s.isalnum() for s in shorts), f"{name} --{arg.name} short flag {shorts}"
+            if arg.kind is float:
+                assert arg.help.startswith("NUMBER"), f"{name} --{arg.name} reads like a switch"
+
+
+def test_a_bad_number_is_one_sentence_not_a_traceback(tmp_path):
+    for args, flag in [
+        (("healthcheck", "--timeout", "abc"), "--timeout takes a number, not 'abc'"),
+        (("log", "--last", "x"), "--last takes a whole number, not 'x'"),
+    ]:
+        done = invoke(tmp_path, *args)
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr and flag in done.stderr
