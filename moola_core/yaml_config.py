@@ -23,9 +23,11 @@ def read_mapping(path: str | Path, what: str, example: str) -> dict:
     if not path.is_file():
         raise MoolaError(f"{what} {path} does not exist; pass --config PATH.")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise MoolaError(f"{path} is not valid YAML ({exc.__class__.__name__}); fix it.") from None
+    # An empty file means "all defaults"; `[]`, `0` or '' are mistakes, not empty mappings.
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise MoolaError(f"{path} must hold a mapping of sections; see {example}.")
     return raw

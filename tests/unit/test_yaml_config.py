@@ -12,7 +12,13 @@ from moola_core.yaml_config import read_mapping, set_dotted
 
 @pytest.mark.parametrize(
     ("text", "words"),
-    [("a: [1, 2", "is not valid YAML"), ("- a\n- list\n", "must hold a mapping of sections")],
+    [
+        ("a: [1, 2", "is not valid YAML"),
+        ("- a\n- list\n", "must hold a mapping of sections"),
+        # falsy but not empty: once read as "no keys", so a run silently trained on defaults
+        ("[]\n", "must hold a mapping of sections"),
+        ("0\n", "must hold a mapping of sections"),
+    ],
 )
 def test_bad_files_are_refused_by_both_configs(tmp_path, text, words):
     path = tmp_path / "c.yaml"
