@@ -145,29 +145,30 @@ def _check_member_name(name: str) -> None:
 
 
 def read_members(
-    archive: str | os.PathLike, *, folder_prefix: str = "moola-"
+    archive: str | os.PathLike, *, snapshot: bool = False
 ) -> tuple[str, dict[str, tarfile.TarInfo], tarfile.TarFile]:
     """Open an archive and check every entry before anything is written.
 
     Returns (version, {relative path: member}, open TarFile). Refuses absolute paths, '..',
-    links, devices, FIFOs, duplicates, entries outside the one `<folder_prefix><version>/`
-    folder (`moola-<version>/` for bundles, `<version>/` for the deploy engine's snapshots of a
-    release, which are plain .tar) and archives that would unpack past MAX_UNPACKED_BYTES.
+    links, devices, FIFOs, duplicates, entries outside the one `moola-<version>/` folder and
+    archives that would unpack past MAX_UNPACKED_BYTES. With `snapshot`, the archive is what the
+    deploy engine's snapshot step writes (`tar -cf` of releases/<version>): a plain .tar whose
+    one folder is `<version>/`; the checks are the same.
     Entries under __pycache__/ are left out. The caller closes the TarFile.
     """
     archive = Path(archive)
     if not archive.is_file():
         raise BundleError(f"bundle archive {str(archive)!r} does not exist: check the path.")
     try:
-        # r:* reads .tar.gz bundles and the plain .tar snapshots alike; the checks are the same
-        tar = tarfile.open(archive, mode="r:*")  # noqa: SIM115 - returned open to the caller
+        mode = "r:" if snapshot else "r:gz"
+        tar = tarfile.open(archive, mode=mode)  # noqa: SIM115 - returned open to the caller
         members = tar.getmembers()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise BundleError(
             f"{archive.name} is not a readable .tar.gz ({exc}): upload or rebuild it again."
         ) from None
     try:
-        return (*_check_members(archive.name, members, folder_prefix), tar)
+        return (*_check_members(archive.name, members, "" if snapshot else "moola-"), tar)
     except BaseException:
         tar.close()
         raise
@@ -359,7 +360,7 @@ def safe_extract(
     expected_sha256: str | None = None,
     *,
     version: str | None = None,
-    folder_prefix: str = "moola-",
+    snapshot: bool = False,
 ) -> Path:
     """Extract a bundle archive into `dest` (its files directly, without the top folder).
 
@@ -367,8 +368,8 @@ def safe_extract(
     devices); then each file is written fresh and the result verified against manifest.json.
     `dest` must not exist or be empty. On any failure what was written is removed and
     BundleError raised. `expected_sha256` (of the archive file) is checked first when given;
-    `version`, when given, is the version the archive must hold. `folder_prefix` as in
-    `read_members` ("" for a snapshot `<version>/` of a release).
+    `version`, when given, is the version the archive must hold. `snapshot` as in
+    `read_members` (a release's plain .tar snapshot).
     """
     archive, dest = Path(archive), Path(dest)
     if expected_sha256 is not None:
@@ -380,7 +381,7 @@ def safe_extract(
             )
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise BundleError(f"{dest} already exists and is not empty: extract into a fresh folder.")
-    found, members, tar = read_members(archive, folder_prefix=folder_prefix)
+    found, members, tar = read_members(archive, snapshot=snapshot)
     if version is not None and found != version:
         tar.close()
         raise BundleError(

@@ -103,7 +103,7 @@ def restore(snapshot, staging, releases_dir, version):
     """Extract a snapshot (plain tar of <version>/), verify it, put it in place of the release."""
     tree = os.path.join(staging, "tree")
     try:
-        archive.safe_extract(snapshot, tree, version=version, folder_prefix="")
+        archive.safe_extract(snapshot, tree, version=version, snapshot=True)
     except archive.BundleError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         return 1, {"problems": [f"snapshot {os.path.basename(snapshot)}: {exc}"]}
