@@ -4,9 +4,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from invoke import Collection
 
+from moola_core.errors import MoolaError
 from moola_ops.cli._common import console, print_json, task, user_errors
+
+PATH_HELP = "bundle version (v0.3: bundles/moola-v0.3.tar.gz), archive or extracted bundle folder"
 
 
 def _log(version: str, status: str, **detail) -> None:
@@ -87,7 +92,7 @@ def build(c, version, run=None, force=False, sign=None, sla_p99_ms=5.0, out="bun
 
 @task(
     help={
-        "path": "bundle archive (bundles/moola-v0.3.tar.gz) or extracted bundle folder",
+        "path": PATH_HELP,
         "allowed_signers": "OpenSSH allowed_signers file; when given the signature must verify",
         "json": "print the result as one JSON document",
     }
@@ -97,7 +102,7 @@ def verify(c, path, allowed_signers=None, json=False):
     """Check every file against the manifest (and the signature); name the first that differs."""
     from moola_core.bundle import verify_bundle
 
-    info = verify_bundle(path, allowed_signers=allowed_signers)
+    info = verify_bundle(_locate(path), allowed_signers=allowed_signers)
     result = {
         "ok": True,
         "path": str(info.path),
@@ -120,7 +125,7 @@ def verify(c, path, allowed_signers=None, json=False):
 
 @task(
     help={
-        "path": "bundle archive or extracted bundle folder",
+        "path": PATH_HELP,
         "json": "print the whole manifest as one JSON document",
     }
 )
@@ -129,7 +134,7 @@ def show(c, path, json=False):
     """Show a bundle's manifest: version, provenance, model, metrics, files (after verifying)."""
     from moola_core.bundle import verify_bundle
 
-    info = verify_bundle(path)
+    info = verify_bundle(_locate(path))
     manifest = info.manifest
     if json:
         print_json({**manifest.model_dump(mode="json"), "archive_sha256": info.sha256})
@@ -166,6 +171,20 @@ def show(c, path, json=False):
     code = [e for e in manifest.files if e.path.startswith("code/")]
     files.add_row(f"code/ ({len(code)} files)", str(sum(e.size for e in code)), "")
     out.print(files)
+
+
+def _locate(spec: str) -> Path:
+    """A bundle path as given, or the version `v0.3` -> bundles/moola-v0.3.tar.gz (as deploy)."""
+    path = Path(spec)
+    if path.exists():
+        return path
+    archive = Path("bundles") / f"moola-{spec}.tar.gz"
+    if "/" not in spec and archive.is_file():
+        return archive
+    raise MoolaError(
+        f"bundle {spec!r} not found: pass an archive, an extracted bundle folder or a version "
+        f"whose {archive} exists (build it with `invoke bundle --version VERSION`)."
+    )
 
 
 def _flat(metrics: dict, prefix: str = "") -> dict:

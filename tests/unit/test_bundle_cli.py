@@ -55,6 +55,13 @@ def test_bundle_tasks_build_verify_show_and_refuse(tmp_path):
     assert (
         shown.returncode == 0 and "run-7" in shown.stdout and "test.accuracy=0.75" in shown.stdout
     )
+    # a version works where a path does, as for `invoke deploy --bundle v0.3`
+    by_version = invoke(tmp_path, "bundle.show", "v0.3", "--json")
+    assert by_version.returncode == 0 and json.loads(by_version.stdout)["version"] == "v0.3"
+    assert invoke(tmp_path, "bundle.verify", "v0.3").returncode == 0
+    missing = invoke(tmp_path, "bundle.show", "v9.9")
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "bundles/moola-v9.9.tar.gz exists (build it with `invoke bundle" in missing.stderr
 
     archive = tmp_path / "bundles" / "moola-v0.3.tar.gz"
     data = bytearray(archive.read_bytes())
