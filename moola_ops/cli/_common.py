@@ -40,7 +40,8 @@ def print_json(payload: Any) -> None:
 def user_errors(fn: Callable) -> Callable:
     """Turn MoolaError into one clear line on stderr and its exit code (no traceback).
 
-    KeyboardInterrupt exits 130 after the callee had its chance to clean up.
+    KeyboardInterrupt exits 130 after the callee had its chance to clean up; a reader that
+    closed the pipe early (`| head`) ends the task quietly.
     """
 
     @functools.wraps(fn)
@@ -51,6 +52,11 @@ def user_errors(fn: Callable) -> Callable:
             raise Exit(f"error: {exc}", code=exc.exit_code) from None
         except KeyboardInterrupt:
             raise Exit("interrupted", code=130) from None
+        except BrokenPipeError:
+            # `invoke log | head` closed our stdout: what was read is what the reader wanted.
+            # Point stdout at /dev/null so the interpreter's final flush cannot fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise Exit(code=0) from None
 
     return wrapper
 

@@ -3,6 +3,7 @@ in one sentence (real Invoke parsing the real task collection of tasks.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -53,3 +54,20 @@ def test_a_bad_number_is_one_sentence_not_a_traceback(tmp_path):
         done = invoke(tmp_path, *args)
         assert done.returncode == 1, done.stderr
         assert "Traceback" not in done.stderr and flag in done.stderr
+
+
+def test_output_piped_into_head_ends_quietly(tmp_path):
+    line = {"time": "2026-01-01T00:00:00.000Z", "deployment": "d1", "actor": "me", "host": "h",
+            "bundle": "v0.1", "phase": "deploy", "step": "switch", "status": "ok",
+            "duration_s": 0.1, "detail": {}}  # fmt: skip
+    (tmp_path / "log.jsonl").write_text((json.dumps(line) + "\n") * 3000)  # ~300 KB of output
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MOOLA_LOG": str(tmp_path / "log.jsonl")}
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "-r", str(REPO_ROOT), "log", "--last", "0"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert b"d1" in reader.stdout.readline()  # what `head -1` reads, then it goes away
+    reader.stdout.close()
+    stderr = reader.stderr.read().decode()
+    assert reader.wait(timeout=60) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
