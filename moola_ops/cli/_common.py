@@ -62,11 +62,16 @@ def user_errors(fn: Callable) -> Callable:
 
 
 class FlagArgument(Argument):
-    """An Invoke argument whose bad value (`--timeout abc`) is one sentence, not a traceback.
+    """An Invoke argument whose bad or missing value (`--timeout abc`) is one plain sentence.
 
     Invoke casts a flag's text with its kind (int, float) and lets the ValueError escape;
     a ParseError is what Invoke prints as one line and exits 1 on.
     """
+
+    def __repr__(self) -> str:
+        # Invoke names a flag given no value by its repr: "Flag --deployment needed value ...",
+        # not "Flag <Argument: deployment (d) *> ...".
+        return f"--{self.name}"
 
     def set_value(self, value, cast=True):
         try:

@@ -71,3 +71,9 @@ def test_output_piped_into_head_ends_quietly(tmp_path):
     stderr = reader.stderr.read().decode()
     assert reader.wait(timeout=60) == 0, stderr
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def test_a_flag_given_no_value_is_named_as_typed(tmp_path):
+    done = invoke(tmp_path, "accept", "--by", "me", "--deployment")
+    assert done.returncode == 1
+    assert "Flag --deployment needed value" in done.stderr and "<" not in done.stderr
