@@ -14,6 +14,7 @@ A changed key is always refused. Every connect and command has a timeout.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import time
@@ -23,6 +24,12 @@ from pathlib import Path
 
 from moola_core.errors import MoolaError
 from moola_ops.inventory import Host
+
+# Paramiko's transport thread logs a failed handshake ("Error reading SSH protocol banner") with
+# a traceback through Python's last-resort handler on stderr, which cron mails; the failure
+# already reaches the user as one TransportError sentence. A handler of our own keeps it quiet
+# (a program that configures logging still gets the records through the root logger).
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class TransportError(MoolaError):

@@ -3,10 +3,13 @@ in one sentence (real Invoke parsing the real task collection of tasks.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 
 from moola_core.bundle.build import REPO_ROOT
 from moola_ops.cli._common import MoolaTask
@@ -77,3 +80,25 @@ def test_a_flag_given_no_value_is_named_as_typed(tmp_path):
     done = invoke(tmp_path, "accept", "--by", "me", "--deployment")
     assert done.returncode == 1
     assert "Flag --deployment needed value" in done.stderr and "<" not in done.stderr
+
+
+def test_a_host_that_drops_the_handshake_is_one_line_on_stderr(tmp_path):
+    # a port that accepts and hangs up at once: Paramiko's thread used to print a traceback
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+
+    def hang_up():
+        with contextlib.suppress(OSError):
+            while True:
+                server.accept()[0].close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    inventory = tmp_path / "hosts.yaml"
+    inventory.write_text(f"hosts:\n  mute:\n    hostname: 127.0.0.1\n    port: {port}\n")
+    done = invoke(tmp_path, "lock", "--host", "mute", "--inventory", str(inventory))
+    server.close()
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: cannot reach mute"), done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
