@@ -374,8 +374,11 @@ def run_healthcheck(
     parallel: int = 16,
 ) -> HealthRun:
     """Check the selected hosts (default: all) in parallel within `timeout_s`; log each result."""
+    from moola_core.errors import MoolaError
     from moola_ops.inventory import load_inventory
 
+    if not timeout_s > 0:  # a negative or zero bound used to become a silent 1 s
+        raise MoolaError(f"--timeout {timeout_s:g} is not a positive number of seconds: try 30.")
     inventory = inventory or load_inventory(inventory_path)
     hosts, down = select_hosts(inventory, selection)
     started_wall, started = time.time(), time.monotonic()

@@ -102,3 +102,12 @@ def test_a_host_that_drops_the_handshake_is_one_line_on_stderr(tmp_path):
     assert done.returncode == 1
     assert done.stderr.startswith("error: cannot reach mute"), done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_timeout_that_is_not_positive_is_refused(tmp_path):
+    health = invoke(tmp_path, "healthcheck", "--host", "local-1", "--timeout", "-5")
+    assert health.returncode == 3  # Nagios UNKNOWN: the plugin could not run
+    assert health.stdout.startswith("MOOLA UNKNOWN - --timeout -5 is not a positive number")
+    verify = invoke(tmp_path, "verify", "--host", "local-1", "--timeout", "0")
+    assert verify.returncode == 1 and "Traceback" not in verify.stderr
+    assert "--timeout 0 is not a positive number of seconds" in verify.stdout + verify.stderr
