@@ -14,7 +14,7 @@ from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
     help={
         "out": "directory for bars.parquet, labeled.parquet, split.json, leakage.json (default data)",
         "seed": "random seed; the same seed gives the same files (default 0)",
-        "bars": "number of 1-minute bars in the unlabeled stream (default 19500 = 50 sessions)",
+        "bars": "number of 1-minute bars in the unlabeled stream (0, the default: 19500 = 50 sessions)",
         "windows": "number of labeled windows (default 174, as in the real set)",
         "difficulty": "easy, default, hard, or a number in [0, 1] (see docs/data.md)",
         "json": "print the summary as one JSON document",

@@ -15,7 +15,7 @@ HOST_HELP = "inventory host names and/or groups, comma separated (e.g. runpod-1 
 INVENTORY_HELP = "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)"
 FLEET_HELP = {
     "parallel": "hosts deployed at the same time (default 4)",
-    "canary": "deploy to this many hosts first; stop the rest if one fails (e.g. 1)",
+    "canary": "deploy to this many hosts first; stop the rest if one fails (e.g. 1; 0: none)",
     "batch": "after the canary, roll the other hosts in waves of this many (0: all at once)",
 }
 COMMON_HELP = {
@@ -23,7 +23,7 @@ COMMON_HELP = {
     "inventory": INVENTORY_HELP,
     "json": "print one JSON document instead of the table",
     "accept_new_host_key": "pin a host key not yet in known_hosts (logged) instead of refusing",
-    "check_runs": "timed runs of the runtime check (default: the runtime's own)",
+    "check_runs": "timed runs of the runtime check (0, the default: the runtime's own)",
 }
 
 
@@ -137,7 +137,7 @@ def drill(c, host, inventory="", parallel=1, accept_new_host_key=False, check_ru
     _render(engine.drill(hosts, opts), json)
 
 
-@task(help={"host": "one inventory host", "inventory": INVENTORY_HELP, "json": "print JSON"})
+@task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": "print JSON"})
 @user_errors
 def backups(c, host, inventory="", json=False):
     """List the snapshots on a host (taken before each switch), newest first."""

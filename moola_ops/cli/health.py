@@ -58,7 +58,7 @@ def _render_tty(run) -> None:
         "json": "print one JSON document instead of the status line",
         "prom": "also write a Prometheus textfile-collector file here (atomic rename)",
         "timeout": "seconds the whole run may take; a host not done by then is CRITICAL "
-        f"(default {FAST_TIMEOUT_S:g}, with --deep {DEEP_TIMEOUT_S:g})",
+        f"(0, the default: {FAST_TIMEOUT_S:g}, with --deep {DEEP_TIMEOUT_S:g})",
         "inventory": "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)",
         "parallel": "hosts checked at once (default 16; 1 checks one after another)",
     }

@@ -48,7 +48,8 @@ def _torchrun(nproc: int, config: str, out: str, resume: bool, epochs: int, sets
         "config": "pre-training YAML (default configs/pretrain.yaml)",
         "out": "run directory for checkpoints and encoder.pt (default runs/pretrain-<UTC time>)",
         "resume": "continue the run in --out from its last finished epoch",
-        "epochs": "override train.epochs (with --resume: train on up to this many epochs)",
+        "epochs": "override train.epochs (0, the default: keep the config's; with --resume: "
+        "train on up to this many epochs)",
         "set": "override one config key, SECTION.KEY=VALUE (repeatable), e.g. train.lr=3e-4",
         "nproc": "processes under torchrun with DistributedDataParallel (1 = this process)",
         "json": "print the final figures as one JSON document",

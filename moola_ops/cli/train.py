@@ -53,7 +53,7 @@ def _table(title: str, rows: list[tuple[str, dict]], columns=HEADLINE):
     help={
         "config": "training YAML (default configs/jade.yaml; variants in configs/jade_*.yaml)",
         "seed": "override the seed: one number, a comma list (17,13) or 'all' (17,13,23,29)",
-        "epochs": "override optim.max_epochs",
+        "epochs": "override optim.max_epochs (0, the default: keep the config's)",
         "pretrained": "pre-training run folder or encoder.pt to start the encoder from",
         "freeze": "with --pretrained: keep the encoder frozen and train only the heads",
         "runs_dir": "where runs/<run-id>/ folders go (default runs)",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -28,6 +29,15 @@ def all_tasks():
     return list(walk(tasks.ns))
 
 
+def arguments(t) -> list:
+    """t.get_arguments() without losing t.help (Invoke pops each flag's help as it reads it)."""
+    saved = dict(t.help)
+    try:
+        return t.get_arguments()
+    finally:
+        t.help = saved
+
+
 def invoke(tmp_path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MOOLA_LOG": str(tmp_path / "log.jsonl")}
     return subprocess.run(
@@ -41,7 +51,7 @@ def test_every_task_is_a_moola_task_with_help_and_letter_short_flags():
     assert len(found) > 20
     for name, t in found:
         assert isinstance(t, MoolaTask), f"{name}: declare it with moola_ops.cli._common.task"
-        for arg in t.get_arguments():
+        for arg in arguments(t):
             assert arg.help, f"{name} --{arg.name} has no help"
             shorts = [n for n in arg.names if len(n) == 1]
             assert all(s.isalnum() for s in shorts), f"{name} --{arg.name} short flag {shorts}"
@@ -111,3 +121,13 @@ def test_a_timeout_that_is_not_positive_is_refused(tmp_path):
     verify = invoke(tmp_path, "verify", "--host", "local-1", "--timeout", "0")
     assert verify.returncode == 1 and "Traceback" not in verify.stderr
     assert "--timeout 0 is not a positive number of seconds" in verify.stdout + verify.stderr
+
+
+def test_a_number_flag_defaulting_to_0_says_what_0_means():
+    # `--epochs 0` silently trained the config's 60 epochs: the help must say 0 means "unset"
+    for name, t in all_tasks():
+        for arg in arguments(t):
+            if arg.kind in (int, float) and arg.default == 0:
+                assert re.search(r"\b0\b", arg.help), f"{name} --{arg.name}: {arg.help}"
+    backups = dict(all_tasks())["backups"]
+    assert "groups" in next(a.help for a in arguments(backups) if a.name == "host")
