@@ -171,6 +171,22 @@ def restore(c, host, snapshot, inventory="", json=False):
     _render(engine.restore(_hosts(host, inventory), snapshot), json)
 
 
+def lock_line(state: dict) -> str:
+    """The words for one host's row of `invoke lock`: from its --json entry."""
+    from moola_ops.commands.lock import describe_holder
+
+    # An empty holder ({}: a lock directory without holder.json, left by a run that died
+    # between mkdir and writing it) is still a lock: test for None, never for truth.
+    if "broken" in state:
+        broken = state["broken"]
+        return (
+            f"broke the lock of {describe_holder(state['holder'])}" if broken else "was not locked"
+        )
+    if "released" in state:
+        return "released" if state["released"] else "was not locked"
+    return f"locked by {describe_holder(state['holder'])}" if state["locked"] else "free"
+
+
 @task(
     name="lock",
     help={
@@ -185,24 +201,20 @@ def restore(c, host, snapshot, inventory="", json=False):
 def lock_(c, host, release=False, break_=False, inventory="", json=False):
     """Show who holds each host's deploy lock; --release your own, --break a stale one."""
     from moola_ops import engine
-    from moola_ops.commands.lock import describe_holder
 
     report = {}
     for h in _hosts(host, inventory):
         if break_:
             holder = engine.break_lock(h)
             report[h.name] = {"broken": holder is not None, "holder": holder}
-            line = f"broke the lock of {describe_holder(holder)}" if holder else "was not locked"
         elif release:
             released = engine.release_lock(h)
             report[h.name] = {"released": released}
-            line = "released" if released else "was not locked"
         else:
             holder = engine.lock_status(h)
             report[h.name] = {"locked": holder is not None, "holder": holder}
-            line = f"locked by {describe_holder(holder)}" if holder else "free"
         if not json:
-            print(f"{h.name}: {line}")
+            print(f"{h.name}: {lock_line(report[h.name])}")
     if json:
         print_json(report)
 

@@ -14,6 +14,7 @@ import threading
 
 from moola_core.bundle.build import REPO_ROOT
 from moola_ops.cli._common import MoolaTask
+from moola_ops.cli.deploy import lock_line
 
 
 def all_tasks():
@@ -131,3 +132,11 @@ def test_a_number_flag_defaulting_to_0_says_what_0_means():
                 assert re.search(r"\b0\b", arg.help), f"{name} --{arg.name}: {arg.help}"
     backups = dict(all_tasks())["backups"]
     assert "groups" in next(a.help for a in arguments(backups) if a.name == "host")
+
+
+def test_a_lock_without_holder_file_is_reported_as_a_lock():
+    # {}: deploy.lock exists but holder.json does not (a run died between mkdir and write)
+    assert lock_line({"locked": True, "holder": {}}).startswith("locked by an unknown holder")
+    assert lock_line({"broken": True, "holder": {}}).startswith("broke the lock of an unknown")
+    assert lock_line({"locked": False, "holder": None}) == "free"
+    assert lock_line({"broken": False, "holder": None}) == "was not locked"
