@@ -211,8 +211,11 @@ def load_inventory(
 
     source = Path(path or os.environ.get("MOOLA_INVENTORY") or DEFAULT_PATH)
     if not source.exists():
+        # cron and `invoke -r DIR` run from elsewhere; a relative default is then the mystery
+        where = "" if source.is_absolute() else f" (relative to {Path.cwd()}: cd to the project)"
         raise MoolaError(
-            f"inventory {source} not found: create it (see docs/inventory.md) or pass --inventory"
+            f"inventory {source} not found{where}: create it (see docs/inventory.md) "
+            "or pass --inventory"
         )
     text = source.read_text()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -84,9 +85,14 @@ def test_malformed_files_name_the_field_and_line(tmp_path, text, expected):
     assert expected in str(err.value)
 
 
-def test_missing_file_says_how_to_fix(tmp_path):
-    with pytest.raises(MoolaError, match="not found"):
+def test_missing_file_says_how_to_fix(tmp_path, monkeypatch):
+    with pytest.raises(MoolaError, match="not found: create it"):
         load_inventory(tmp_path / "nope.yaml")
+    # run from the wrong folder (cron without `cd`, `invoke -r`): say where it looked
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MOOLA_INVENTORY", raising=False)
+    with pytest.raises(MoolaError, match=re.escape(f"relative to {tmp_path}: cd to the project")):
+        load_inventory()
 
 
 def test_sandbox_hosts_need_the_running_sandbox(tmp_path):
