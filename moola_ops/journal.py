@@ -19,7 +19,7 @@ import secrets
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,9 @@ class Event:
     def to_json(self) -> str:
         """The event as one compact JSON line (no trailing newline)."""
         return json.dumps(asdict(self), sort_keys=True, default=str, separators=(",", ":"))
+
+
+EVENT_FIELDS = frozenset(f.name for f in fields(Event))  # every line a writer appends has all
 
 
 def log_path(path: str | os.PathLike | None = None) -> Path:
@@ -112,7 +115,9 @@ def read_events(
 ) -> list[dict[str, Any]]:
     """All events of the log (oldest first), optionally filtered; [] when there is no log yet.
 
-    A torn last line (a crash mid-write on a filesystem without flock) is skipped, not fatal.
+    A torn last line (a crash mid-write on a filesystem without flock) is skipped, not fatal;
+    so is a line that is not an event (hand-edited, another tool's), which the readers of the
+    log (`invoke log`, `checklist`, `accept`) could not use.
     """
     target = log_path(path)
     if not target.exists():
@@ -131,6 +136,8 @@ def read_events(
         try:
             event = json.loads(raw)
         except json.JSONDecodeError:
+            continue
+        if not isinstance(event, dict) or not event.keys() >= EVENT_FIELDS:
             continue
         if deployment and event.get("deployment") != deployment:
             continue

@@ -83,3 +83,13 @@ def test_a_torn_line_is_skipped_and_pandas_reads_the_log(tmp_path):
     path.write_text(path.read_text().splitlines()[0] + "\n")
     frame = pd.read_json(path, lines=True)
     assert list(frame["step"]) == ["lock"]
+
+
+def test_lines_that_are_not_events_are_skipped(tmp_path):
+    # `invoke log` and `invoke checklist` died with KeyError / AttributeError on such lines
+    path = tmp_path / "log.jsonl"
+    Journal("deploy", path=path, actor="alice@laptop").record("h1", "switch", "ok")
+    with open(path, "a") as fh:
+        fh.write('{}\n[1]\n"x"\n{"time": "2026-01-01T00:00:00.000Z", "phase": "deploy"}\n{torn\n')
+    Journal("rollback", path=path, actor="alice@laptop").record("h1", "switch", "ok")
+    assert [e["phase"] for e in read_events(path)] == ["deploy", "rollback"]
