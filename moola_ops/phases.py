@@ -175,7 +175,11 @@ def check_model(config, runs_dir: Path, run_id: str | None) -> tuple[str, str, d
     elif (runs_dir / "selected.json").exists():
         import json
 
-        run_ids = [json.loads((runs_dir / "selected.json").read_text())["run_id"]]
+        selected = runs_dir / "selected.json"
+        try:
+            run_ids = [json.loads(selected.read_text())["run_id"]]
+        except (ValueError, KeyError, TypeError):  # the bare "'run_id'" said nothing useful
+            return "failed", f"{selected} has no run_id: run `invoke select` again", facts
     else:
         from moola_core.train.runs import list_runs
 
