@@ -168,15 +168,19 @@ def select(c, metric="", runs_dir="runs", json=False):
     help={
         "host": "inventory host names or a group, comma separated",
         "timeout": "seconds the whole check may take (default 300)",
+        "inventory": "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)",
         "json": "print one JSON document",
     }
 )
 @user_errors
-def verify(c, host, timeout=300.0, json=False):
+def verify(c, host, timeout=300.0, inventory="", json=False):
     """Phase 5: runtime check through `current` on each host, latency against the SLA."""
+    from moola_ops.inventory import load_inventory
     from moola_ops.phases import run_verify
 
-    report = run_verify(host, timeout_s=float(timeout))
+    # like deploy and rollback: the hosts just deployed from --inventory can be verified there
+    hosts = load_inventory(inventory or None) if inventory else None
+    report = run_verify(host, timeout_s=float(timeout), inventory=hosts)
     _finish(report, json)
 
 

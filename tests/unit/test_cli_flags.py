@@ -140,3 +140,11 @@ def test_a_lock_without_holder_file_is_reported_as_a_lock():
     assert lock_line({"broken": True, "holder": {}}).startswith("broke the lock of an unknown")
     assert lock_line({"locked": False, "holder": None}) == "free"
     assert lock_line({"broken": False, "holder": None}) == "was not locked"
+
+
+def test_verify_reads_the_inventory_it_is_given(tmp_path):
+    inventory = tmp_path / "fleet.yaml"
+    inventory.write_text("hosts:\n  gpu-7:\n    hostname: 127.0.0.1\n")
+    done = invoke(tmp_path, "verify", "--host", "gpu-9", "--inventory", str(inventory))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"unknown host or group 'gpu-9' in {inventory}; known hosts: gpu-7" in done.stderr
