@@ -86,12 +86,17 @@ class FlagArgument(Argument):
 class MoolaTask(invoke.Task):
     """Invoke's Task with sound flags: values that fail to parse are one sentence, no flag gets
     a punctuation short flag (Invoke would hand `check_runs` the short flag `--` once its
-    letters are taken), and number flags say that they take a number in their help.
+    letters are taken) nor `-h` (`invoke TASK -h` shows the task's help), and number flags say
+    that they take a number in their help.
     """
 
     def arg_opts(self, name, default, taken_names):
         opts = super().arg_opts(name, default, taken_names)
-        opts["names"] = [n for n in opts["names"] if len(n) > 1 or n.isalnum()]
+        long, *short = opts["names"]
+        if short and (short[0] == "h" or not short[0].isalnum()):
+            # -h stays help: `invoke healthcheck -h` said "Flag --host needed value" instead
+            free = [ch for ch in long if ch.isalnum() and ch != "h" and ch not in taken_names]
+            opts["names"] = [long, *free[:1]]
         return opts
 
     def get_arguments(self, ignore_unknown_help=None):

@@ -55,7 +55,7 @@ def test_every_task_is_a_moola_task_with_help_and_letter_short_flags():
         for arg in arguments(t):
             assert arg.help, f"{name} --{arg.name} has no help"
             shorts = [n for n in arg.names if len(n) == 1]
-            assert all(s.isalnum() for s in shorts), f"{name} --{arg.name} short flag {shorts}"
+            assert all(s.isalnum() and s != "h" for s in shorts), f"{name} --{arg.name} {shorts}"
             if arg.kind is float:
                 assert arg.help.startswith("NUMBER"), f"{name} --{arg.name} reads like a switch"
 
@@ -148,3 +148,10 @@ def test_verify_reads_the_inventory_it_is_given(tmp_path):
     done = invoke(tmp_path, "verify", "--host", "gpu-9", "--inventory", str(inventory))
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"unknown host or group 'gpu-9' in {inventory}; known hosts: gpu-7" in done.stderr
+
+
+def test_dash_h_after_a_task_is_its_help(tmp_path):
+    # (Invoke checks required flags first: `invoke deploy -h` still asks for --bundle)
+    for name in ("healthcheck", "log", "checklist"):
+        done = invoke(tmp_path, name, "-h")
+        assert done.returncode == 0 and f"[--core-opts] {name} [--options]" in done.stdout
