@@ -62,7 +62,9 @@ def verify_signature(
     allowed_signers = Path(allowed_signers).expanduser()
     if not allowed_signers.is_file():
         raise BundleError(
-            f"allowed_signers file {str(allowed_signers)!r} does not exist: fix the path in the inventory."
+            # the inventory has no such field; the path comes from `bundle.verify --allowed-signers`
+            f"allowed_signers file {str(allowed_signers)!r} does not exist: check the path "
+            "given to --allowed-signers."
         )
     if not signature:
         raise BundleError(
