@@ -17,6 +17,8 @@ NVIDIA_SMI_QUERY = (
     "--query-gpu=" + ",".join(NVIDIA_SMI_FIELDS),
     "--format=csv,noheader,nounits",
 )
+# The same query as one shell command, for the deploy engine's and health check's fact scripts.
+NVIDIA_SMI_COMMAND = " ".join(NVIDIA_SMI_QUERY)
 
 
 def _number(text: str) -> float | None:

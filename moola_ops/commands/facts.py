@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from moola_core.runtime.devices import NVIDIA_SMI_COMMAND, parse_nvidia_smi
 from moola_ops.commands.layout import Layout
 
 SECTION = "### "
-GPU_QUERY = "name,memory.total,memory.used,utilization.gpu"
 _PYTHON_PROBE = (
     "import sys, json\n"
     "try:\n"
@@ -69,8 +69,7 @@ def gather(layout: Layout, python: str, *, revisions: int = 50) -> str:
             f"echo '{SECTION}disk'; (df -Pk {ws} 2>/dev/null || df -Pk /) | tail -n 1",
             f"echo '{SECTION}python'; {shlex.quote(python)} -c {shlex.quote(_PYTHON_PROBE)} "
             "2>/dev/null || echo missing",
-            f"echo '{SECTION}gpu'; nvidia-smi --query-gpu={GPU_QUERY} "
-            "--format=csv,noheader,nounits 2>/dev/null",
+            f"echo '{SECTION}gpu'; {NVIDIA_SMI_COMMAND} 2>/dev/null",
             f"echo '{SECTION}revisions'; tail -n {int(revisions)} {layout.revisions} 2>/dev/null",
             f"echo '{SECTION}end'",
         ]
@@ -135,29 +134,12 @@ def parse_df(line: str) -> int | None:
 
 
 def parse_gpus(lines: list[str]) -> list[dict[str, Any]]:
-    """GPUs from `nvidia-smi --query-gpu=name,memory.total,memory.used,utilization.gpu ...`."""
-    gpus = []
-    for line in lines:
-        cols = [c.strip() for c in line.split(",")]
-        if len(cols) != 4:
-            continue
-        name, total, used, util = cols
-        gpus.append(
-            {
-                "name": name,
-                "memory_total_mib": _num(total),
-                "memory_used_mib": _num(used),
-                "utilization_pct": _num(util),
-            }
-        )
-    return gpus
-
-
-def _num(text: str) -> float | None:
+    """GPUs from the runtime's nvidia-smi query, as dicts; [] when its answer is not a GPU list
+    (no nvidia-smi, or its "has failed" message)."""
     try:
-        return float(text)
+        return [asdict(gpu) for gpu in parse_nvidia_smi("\n".join(lines))]
     except ValueError:
-        return None  # "[N/A]" on some GPUs
+        return []
 
 
 # --- decisions over facts ---------------------------------------------------------------------

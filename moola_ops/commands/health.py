@@ -13,16 +13,15 @@ import json
 import shlex
 from dataclasses import dataclass, field
 
+from moola_core.runtime.devices import NVIDIA_SMI_COMMAND, parse_nvidia_smi
+from moola_core.runtime.report import GpuFact
 from moola_ops.commands import release
 from moola_ops.commands.layout import Layout
 from moola_ops.commands.lock import describe_holder
 
 MARKER = "@@"
 # nvidia-smi can hang on a wedged GPU; `timeout` bounds it so one sick GPU cannot stall the run.
-GPU_QUERY = (
-    "nvidia-smi --query-gpu=name,memory.used,memory.total,utilization.gpu,temperature.gpu "
-    "--format=csv,noheader,nounits"
-)
+GPU_QUERY = NVIDIA_SMI_COMMAND
 GPU_TIMEOUT_S = 10
 
 
@@ -116,17 +115,6 @@ def parse_checksums(text: str) -> ChecksumFact | None:
 
 
 @dataclass
-class GpuFact:
-    """One GPU as nvidia-smi reports it (memory in MiB, utilization in %, temperature in C)."""
-
-    name: str
-    memory_used_mib: float | None
-    memory_total_mib: float | None
-    utilization_pct: float | None
-    temperature_c: float | None
-
-
-@dataclass
 class GpuReport:
     """nvidia-smi's answer: present or not, the GPUs it listed, or the error it gave."""
 
@@ -135,26 +123,16 @@ class GpuReport:
     error: str | None = None
 
 
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:  # "[N/A]", "[Not Supported]"
-        return None
-
-
 def parse_gpus(text: str) -> GpuReport:
     """Parse `nvidia-smi --query-gpu=name,memory.used,memory.total,utilization.gpu,
     temperature.gpu --format=csv,noheader,nounits`, or `absent` when there is no nvidia-smi."""
     text = text.strip()
     if text == "absent":
         return GpuReport(present=False)
-    gpus = []
-    for line in text.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) != 5:
-            return GpuReport(present=True, error=text[-200:] or "nvidia-smi printed nothing")
-        name, used, total, util, temp = parts
-        gpus.append(GpuFact(name, _number(used), _number(total), _number(util), _number(temp)))
+    try:
+        gpus = parse_nvidia_smi(text)
+    except ValueError:
+        return GpuReport(present=True, error=text[-200:])
     if not gpus:
         return GpuReport(present=True, error="nvidia-smi listed no GPU")
     return GpuReport(present=True, gpus=gpus)

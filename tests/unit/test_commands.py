@@ -295,7 +295,7 @@ v0.1 -
 ### python
 {"python": "3.10.12", "torch": "2.4.1+cu121"}
 ### gpu
-NVIDIA H100 80GB HBM3, 81559, 1234, 7
+NVIDIA H100 80GB HBM3, 1234, 81559, 7, 41
 ### revisions
 {"action":"deploy","version":"v0.1"}
 {"action":"deploy","version":"v0.2","previous":"v0.1"}
@@ -312,8 +312,9 @@ def test_facts_parse_a_recorded_gpu_host():
     assert f.locked and f.lock_holder["actor"] == "alice@laptop"
     assert f.disk_free_bytes == 82307508 * 1024
     assert (f.python, f.torch) == ("3.10.12", "2.4.1+cu121")
-    assert f.gpus == [{"name": "NVIDIA H100 80GB HBM3", "memory_total_mib": 81559.0,
-                       "memory_used_mib": 1234.0, "utilization_pct": 7.0}]  # fmt: skip
+    assert f.gpus == [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_used_mib": 1234.0,
+                       "memory_total_mib": 81559.0, "utilization_pct": 7.0,
+                       "temperature_c": 41.0}]  # fmt: skip
     assert facts.rollback_target(f) == "v0.2"
 
 
@@ -329,7 +330,8 @@ def test_facts_of_a_bare_host_and_a_cut_answer():
 
 
 def test_gpu_parser_handles_not_available_fields():
-    assert facts.parse_gpus(["Tesla T4, 15360, [N/A], [N/A]"])[0]["memory_used_mib"] is None
+    assert facts.parse_gpus(["Tesla T4, [N/A], 15360, [N/A], 40"])[0]["memory_used_mib"] is None
+    assert facts.parse_gpus(["NVIDIA-SMI has failed because it couldn't communicate"]) == []
 
 
 def test_gather_is_one_command_with_every_section():

@@ -62,8 +62,8 @@ def test_healthy_host_is_ok():
         (dict(lock=cmd.LockFact(age_s=60, holder="ana")), None, "lock", 0),
         ({}, True, "gpu", 2),  # GPU expected, no nvidia-smi
         (dict(gpu=cmd.GpuReport(True, error="NVIDIA-SMI has failed")), "H100", "gpu", 2),
-        (dict(gpu=cmd.GpuReport(True, [cmd.GpuFact("NVIDIA A40", 1, 2, 3, 4)])), "H100", "gpu", 1),
-        (dict(gpu=cmd.GpuReport(True, [cmd.GpuFact("NVIDIA H100 80GB HBM3", 1, 2, 3, 4)])),
+        (dict(gpu=cmd.GpuReport(True, [cmd.GpuFact(0, "NVIDIA A40", 1, 2, 3, 4)])), "H100", "gpu", 1),
+        (dict(gpu=cmd.GpuReport(True, [cmd.GpuFact(0, "NVIDIA H100 80GB HBM3", 1, 2, 3, 4)])),
          "h100", "gpu", 0),
     ],
 )  # fmt: skip
