@@ -6,6 +6,7 @@ Tasks stay thin: parse flags, call one function of moola_ops/moola_core, render,
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import sys
@@ -89,6 +90,29 @@ class MoolaTask(invoke.Task):
     letters are taken) nor `-h` (`invoke TASK -h` shows the task's help), and number flags say
     that they take a number in their help.
     """
+
+    def fill_implicit_positionals(self, positional):
+        # Required flags stay flags: Invoke checks positionals before it looks at -h, so
+        # `invoke deploy -h` said "did not receive required positional arguments" instead of
+        # showing help. __call__ names a missing required flag instead.
+        return [] if positional is None else positional
+
+    def __call__(self, *args, **kwargs):
+        required = [
+            name
+            for name, param in self.argspec(self.body).parameters.items()
+            if param.default is inspect.Parameter.empty and name not in self.positional
+        ]
+        missing = [name for name in required if kwargs.get(name) is None]
+        if missing:
+            flags = ", ".join("--" + self.name_of(n) for n in missing)
+            verb = "is" if len(missing) == 1 else "are"
+            raise Exit(f"error: {flags} {verb} required (add -h after the task for its flags)", 1)
+        return super().__call__(*args, **kwargs)
+
+    @staticmethod
+    def name_of(attr: str) -> str:
+        return attr.replace("_", "-")
 
     def arg_opts(self, name, default, taken_names):
         opts = super().arg_opts(name, default, taken_names)

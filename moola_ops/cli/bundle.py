@@ -91,11 +91,12 @@ def build(c, version, run=None, force=False, sign=None, sla_p99_ms=5.0, out="bun
 
 
 @task(
+    positional=["path"],
     help={
         "path": PATH_HELP,
         "allowed_signers": "OpenSSH allowed_signers file; when given the signature must verify",
         "json": "print the result as one JSON document",
-    }
+    },
 )
 @user_errors
 def verify(c, path, allowed_signers=None, json=False):
@@ -124,10 +125,11 @@ def verify(c, path, allowed_signers=None, json=False):
 
 
 @task(
+    positional=["path"],
     help={
         "path": PATH_HELP,
         "json": "print the whole manifest as one JSON document",
-    }
+    },
 )
 @user_errors
 def show(c, path, json=False):

@@ -134,11 +134,12 @@ def leakage(c, path="data/labeled.parquet", split="", embargo=105.0, json=False)
 
 
 @task(
+    positional=["src", "dst"],
     help={
         "src": "parquet whose features column holds pickled cells",
         "dst": "new parquet to write in the safe list form",
         "trust": "required: unpickling can run code, so confirm you trust the file's source",
-    }
+    },
 )
 @user_errors
 def convert_pickled(c, src, dst, trust=False):

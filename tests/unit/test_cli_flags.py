@@ -151,7 +151,17 @@ def test_verify_reads_the_inventory_it_is_given(tmp_path):
 
 
 def test_dash_h_after_a_task_is_its_help(tmp_path):
-    # (Invoke checks required flags first: `invoke deploy -h` still asks for --bundle)
-    for name in ("healthcheck", "log", "checklist"):
+    # required flags are flags, not positionals, so Invoke reaches -h before it checks them
+    for name in ("healthcheck", "log", "checklist", "deploy", "accept", "lock", "restore"):
         done = invoke(tmp_path, name, "-h")
         assert done.returncode == 0 and f"[--core-opts] {name} [--options]" in done.stdout
+
+
+def test_a_missing_required_flag_is_named(tmp_path):
+    done = invoke(tmp_path, "deploy", "--host", "local-1")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert (
+        done.stderr.strip() == "error: --bundle is required (add -h after the task for its flags)"
+    )
+    done = invoke(tmp_path, "accept")
+    assert "--deployment, --by are required" in done.stderr
