@@ -638,8 +638,24 @@ def deploy(hosts: list[Host], bundle: LocalBundle, opts: Options | None = None) 
     )
 
 
+def _check_signature(bundle: LocalBundle, host: Host) -> str | None:
+    """The signer of `bundle` per the host's allowed_signers; StepFailed before the host is
+    touched when the bundle is unsigned, tampered with or signed by someone else."""
+    from moola_core.bundle import verify_bundle
+
+    try:
+        return verify_bundle(bundle.path, allowed_signers=host.allowed_signers).signer
+    except MoolaError as exc:
+        raise StepFailed(
+            f"{bundle.version} refused for {host.name}, nothing changed: {exc}"
+        ) from None
+
+
 def _deploy_one(ctx: _Host, bundle: LocalBundle) -> HostOutcome:
     name, version = ctx.host.name, bundle.version
+    if ctx.host.allowed_signers:
+        with ctx.step("signature", allowed_signers=ctx.host.allowed_signers) as info:
+            info["signer"] = _check_signature(bundle, ctx.host)
     facts = ctx.lock_and_facts(f"deploy {version}")
     previous = facts.current
     on_host = facts.releases.get(version, "absent") if version in facts.releases else "absent"

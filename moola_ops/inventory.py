@@ -41,6 +41,7 @@ class Host:
     smoke: str | None = None  # shell command run in `current` after a switch; failure rolls back
     sandbox: bool = False
     ssh_config: str | None = None  # an ssh_config file to read instead of ~/.ssh/config
+    allowed_signers: str | None = None  # when set, deploy refuses bundles not signed by one
 
     @property
     def address(self) -> str:
@@ -71,6 +72,7 @@ def _models():
         smoke: str | None = None
         sandbox: bool = False
         ssh_config: str | None = None
+        allowed_signers: str | None = None
 
         @field_validator("groups")
         @classmethod
@@ -95,6 +97,7 @@ def _models():
         python: str = "python3"
         connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
         ssh_config: str | None = None
+        allowed_signers: str | None = None
 
         @field_validator("workspace")
         @classmethod
@@ -263,6 +266,7 @@ def load_inventory(
             smoke=entry.smoke,
             sandbox=entry.sandbox,
             ssh_config=_expand(entry.ssh_config or d.ssh_config),
+            allowed_signers=_expand(entry.allowed_signers or d.allowed_signers),
         )
     root = Path(sandbox_root or DEFAULT_SANDBOX_ROOT)  # the sandbox tasks' default root
     return Inventory(hosts=hosts, source=str(source), sandbox_root=root)

@@ -333,3 +333,36 @@ def test_batches_stop_after_a_failed_wave(fleet, bundles, journal_file):
     assert by_host["dead-2"].status == "failed" and "cannot reach" in by_host["dead-2"].message
     assert by_host["dep-3"].status == "skipped" and "batch" in by_host["dep-3"].message
     assert not steps(journal_file, good, result.deployment).get("lock")  # never touched
+
+
+def test_a_host_with_allowed_signers_takes_only_signed_bundles(
+    sandbox_factory, bundles, journal_file, tmp_path
+):
+    import subprocess
+
+    from moola_core.bundle import build_bundle
+    from tests.unit.tiny_runs import make_tiny_run
+
+    key = tmp_path / "release_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(f"release@moola {key.with_suffix('.pub').read_text()}")
+    make_tiny_run(tmp_path / "runs", "run-signed", seed=3)
+    signed = build_bundle(
+        "v2.0", "run-signed", runs_dir=tmp_path / "runs", out_dir=tmp_path / "b", sign_key=key
+    )
+
+    sandbox = sandbox_factory(["sig-1"])
+    inventory = Inventory.from_sandbox(sandbox, allowed_signers=str(allowed))
+    (host,) = inventory.resolve("sig-1")
+
+    unsigned = engine.deploy([host], engine.resolve_bundle(str(bundles["v1.0"])), FAST)
+    assert unsigned.outcomes[0].status == "failed"
+    assert "refused for sig-1, nothing changed" in unsigned.outcomes[0].message
+    assert steps(journal_file, host, unsigned.deployment)["signature"] == "failed"
+    assert current_of(host) is None and not (Path(host.workspace) / "releases").exists()
+
+    ok = engine.deploy([host], engine.resolve_bundle(str(signed.path)), FAST)
+    assert ok.outcomes[0].status == "ok", ok.outcomes[0].message
+    assert steps(journal_file, host, ok.deployment)["signature"] == "ok"
+    assert_settled(host, "v2.0")
