@@ -21,6 +21,7 @@ import resource
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -107,9 +108,9 @@ def start_sandbox(
     sshd = find_sshd()
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
-    user = _login_user()
+    user = _login_user(root_path)
     identity, authorized = _client_key(root_path)
-    bin_dir = python_bin_dir or remote_python_bin_dir(root_path)
+    bin_dir = python_bin_dir or remote_python_bin_dir(root_path, user)
 
     sandbox = load_state(root_path) or Sandbox(root=str(root_path))
     for name in names:
@@ -144,7 +145,7 @@ def stop_sandbox(root: str | os.PathLike = DEFAULT_ROOT) -> list[str]:
     return sorted(sandbox.hosts)
 
 
-def remote_python_bin_dir(root: str | os.PathLike) -> str:
+def remote_python_bin_dir(root: str | os.PathLike, login_user: str | None = None) -> str:
     """A bin dir whose `python3` the stand-in hosts run: this venv's packages, one thread.
 
     As root, the hosts log in as an unprivileged user; when this venv's interpreter lives where
@@ -160,12 +161,13 @@ def remote_python_bin_dir(root: str | os.PathLike) -> str:
     minor = f"{sys.version_info.major}.{sys.version_info.minor}"
     if (
         os.geteuid() == 0
+        and login_user != "root"
         and str(base).startswith("/root/")
         and system.exists()
         and minor in os.path.realpath(system)
     ):
         python = str(system)
-        site = next(p for p in sys.path if p.endswith("site-packages"))
+        site = _site_packages()
     bin_dir = Path(root).absolute() / "remote-bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     wrapper = bin_dir / "python3"
@@ -184,9 +186,23 @@ def _check_name(name: str) -> None:
         raise MoolaError(f"invalid sandbox host name {name!r}: use letters, digits, '-' and '_'")
 
 
-def _login_user() -> str:
+def _others_can_reach(path: str | os.PathLike) -> bool:
+    """True when a user who is neither owner nor group can traverse every folder down to path."""
+    target = Path(path).resolve()
+    return all(p.stat().st_mode & stat.S_IXOTH for p in [*target.parents, target])
+
+
+def _site_packages() -> str:
+    return next(p for p in sys.path if p.endswith("site-packages"))
+
+
+def _login_user(root: Path) -> str:
     if os.geteuid() != 0:
         return pwd.getpwuid(os.geteuid()).pw_name
+    if not (_others_can_reach(root) and _others_can_reach(_site_packages())):
+        # A checkout under a private folder (/root/...): an unprivileged login could reach
+        # neither the workspace nor torch, so log in as root (slower shell start, same checks).
+        return "root"
     try:
         pwd.getpwnam(SANDBOX_USER)
     except KeyError:

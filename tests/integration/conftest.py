@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from moola_ops.inventory import Inventory
-from moola_ops.sandbox import remote_python_bin_dir, start_sandbox
+from moola_ops.sandbox import start_sandbox
 from tests.unit.tiny_runs import make_tiny_run
 
 VERSIONS = ("v1.0", "v1.1", "v1.2")
@@ -25,7 +25,7 @@ def start_hosts(names: list[str], **options):
     root = Path(tempfile.mkdtemp(prefix="moola-deploy-"))
     root.chmod(0o755)
     # the same remote python3 as `invoke sandbox up`: torch reachable, one OpenMP thread per host
-    sandbox = start_sandbox(root, names, python_bin_dir=remote_python_bin_dir(root), **options)
+    sandbox = start_sandbox(root, names, **options)
     return sandbox, root
 
 
