@@ -197,6 +197,7 @@ def _from_sandbox_host(running, host: Host) -> Host:
     return replace(
         host,
         hostname=running.hostname,
+        python=running.python,
         port=running.port,
         user=running.user,
         identity_file=running.identity_file,

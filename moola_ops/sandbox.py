@@ -48,6 +48,8 @@ class SandboxHost:
     workspace: str
     pid: int
     host_dir: str
+    # absolute, so a login shell's start-up files (pyenv in root's .bashrc) cannot swap it
+    python: str = "python3"
 
     def alive(self) -> bool:
         """True when this host's sshd process is still running."""
@@ -296,6 +298,7 @@ def _start_host(
                 workspace=str(workspace),
                 pid=proc.pid,
                 host_dir=str(host_dir),
+                python=str(Path(bin_dir) / "python3"),
             )
         proc.kill()
         proc.wait()

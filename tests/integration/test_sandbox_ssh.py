@@ -59,9 +59,8 @@ def test_command_upload_readback_and_exit_code(sandbox2):
 def test_hosts_are_distinct_and_remote_python_is_the_project_env(sandbox2):
     one, two = sandbox2.hosts["local-1"], sandbox2.hosts["local-2"]
     assert one.port != two.port and one.workspace != two.workspace
-    out = ssh(
-        sandbox2, "local-2", 'echo "$MOOLA_SANDBOX_HOST" && python3 -c "import torch; print(1)"'
-    )
+    command = f'echo "$MOOLA_SANDBOX_HOST" && {two.python} -c "import torch; print(1)"'
+    out = ssh(sandbox2, "local-2", command)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["local-2", "1"]
 
