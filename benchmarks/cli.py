@@ -121,8 +121,7 @@ def main() -> None:
         # 8 stand-in hosts, each serving a real tiny bundle
         names = [f"local-{i}" for i in range(1, 9)]
         sandbox = start_sandbox(work / "sandbox", names)
-        remote_bin = work / "sandbox" / "remote-bin" / "python3"
-        python = str(remote_bin) if remote_bin.exists() else "python3"
+        python = sandbox.hosts[names[0]].python
         inventory_file = work / "hosts.yaml"
         write_inventory(inventory_file, sandbox, python)
         os.environ["MOOLA_LOG"] = str(work / "deployments.jsonl")

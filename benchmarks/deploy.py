@@ -51,7 +51,7 @@ def baseline(sandbox, name: str, archive: Path, version: str, args) -> float:
                     f"{name}:{ws}/{archive.name}"], check=True)  # fmt: skip
     subprocess.run(ssh + [f"mkdir -p {rel} && tar -xzf {ws}/{archive.name} -C {rel} "
                           "--strip-components=1"], check=True)  # fmt: skip
-    subprocess.run(ssh + [f"cd {rel} && PYTHONPATH={rel}/code python3 -m moola_core.runtime "
+    subprocess.run(ssh + [f"cd {rel} && PYTHONPATH={rel}/code {host.python} -m moola_core.runtime "
                           f"check --release {rel} --json --runs {args.check_runs} --warmup "
                           f"{args.check_warmup} --backend {args.check_backend}"],
                    check=True, stdout=subprocess.DEVNULL)  # fmt: skip
