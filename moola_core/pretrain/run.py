@@ -103,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume,
             on_progress=lambda event: print_epoch(event, stream),
         )
+        if distributed:
+            import torch.distributed as dist
+
+            # every rank done before any tears gloo down: a rank leaving early aborted its peer
+            # at exit ("terminate called without an active exception", exit -6)
+            dist.barrier()
     except MoolaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

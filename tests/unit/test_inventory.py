@@ -111,6 +111,7 @@ def test_inventory_from_a_sandbox_object():
     class Running:  # the fields of moola_ops.sandbox.SandboxHost the inventory reads
         hostname, port, user = "127.0.0.1", 2222, "me"
         identity_file, known_hosts, workspace = "/k/id", "/k/known_hosts", "/w/one"
+        python = "/sbx/remote-bin/python3"
 
     class FakeSandbox:
         root = "/tmp/x"
@@ -121,3 +122,4 @@ def test_inventory_from_a_sandbox_object():
     assert (host.port, host.workspace, host.known_hosts, host.connect_timeout_s) == (
         2222, "/w/one", "/k/known_hosts", 2
     )  # fmt: skip
+    assert host.python == "/sbx/remote-bin/python3"
