@@ -105,14 +105,10 @@ class MoolaTask(invoke.Task):
         ]
         missing = [name for name in required if kwargs.get(name) is None]
         if missing:
-            flags = ", ".join("--" + self.name_of(n) for n in missing)
+            flags = ", ".join("--" + name.replace("_", "-") for name in missing)
             verb = "is" if len(missing) == 1 else "are"
             raise Exit(f"error: {flags} {verb} required (add -h after the task for its flags)", 1)
         return super().__call__(*args, **kwargs)
-
-    @staticmethod
-    def name_of(attr: str) -> str:
-        return attr.replace("_", "-")
 
     def arg_opts(self, name, default, taken_names):
         opts = super().arg_opts(name, default, taken_names)
