@@ -164,7 +164,7 @@ def remote_python_bin_dir(root: str | os.PathLike, login_user: str | None = None
     if (
         os.geteuid() == 0
         and login_user != "root"
-        and str(base).startswith("/root/")
+        and not _others_can_reach(base)
         and system.exists()
         and minor in os.path.realpath(system)
     ):
