@@ -103,7 +103,6 @@ def test_gate_allows_reads_only_the_manifest():
 
 def test_gate_allows_takes_a_real_manifest(tmp_path):
     from moola_core.bundle import build_bundle, verify_bundle
-
     from tests.unit.tiny_runs import freeze_runtime_code, make_tiny_run
 
     code = freeze_runtime_code(tmp_path / "code")
