@@ -28,6 +28,9 @@ def git_commit(root: Path = REPO) -> dict:
         return proc.stdout.strip() if proc.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
+    if commit is None and os.environ.get("MOOLA_SOURCE_COMMIT"):
+        # a copy of the tree without .git (a GPU host): the commit it was copied from
+        return {"commit": os.environ["MOOLA_SOURCE_COMMIT"], "dirty": None}
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
