@@ -52,15 +52,18 @@ def smooth_windows(n: int, generator: torch.Generator):
 
 
 def pretrain_mode(mode: str, windows, args, device: str, scratch: Path) -> dict:
+    """One pre-training run; `mode` is legacy, fast_fp32 or fast_bf16, optionally `@BATCH`."""
     from moola_core.pretrain.config import config_from_dict
     from moola_core.pretrain.trainer import pretrain
 
+    mode, _, batch = mode.partition("@")
+    batch_size = int(batch) if batch else args.batch_size
     config = config_from_dict(
         {
             "model": {"hidden": args.hidden, "layers": args.layers},
             "train": {
                 "epochs": args.epochs,
-                "batch_size": args.batch_size,
+                "batch_size": batch_size,
                 "device": device,
                 "legacy_loop": mode == "legacy",
                 "bf16": mode == "fast_bf16",
@@ -70,7 +73,7 @@ def pretrain_mode(mode: str, windows, args, device: str, scratch: Path) -> dict:
     if device == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
-    result = pretrain(config, scratch / mode, windows=windows)
+    result = pretrain(config, scratch / f"{mode}-{batch_size}", windows=windows)
     wall = time.perf_counter() - started
     return {
         "wall_s": round(wall, 2),
@@ -83,6 +86,7 @@ def pretrain_mode(mode: str, windows, args, device: str, scratch: Path) -> dict:
             else None
         ),
         "bf16": result.bf16,
+        "batch_size": batch_size,
         "device": result.device,
     }
 
@@ -147,7 +151,9 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help="comma list; MODE@BATCH runs it at another batch"
+    )
     parser.add_argument("--supervised-windows", type=int, default=3000)
     parser.add_argument("--supervised-epochs", type=int, default=20)
     parser.add_argument("--supervised-batch", type=int, default=32)
@@ -168,7 +174,7 @@ def main() -> int:
     if device == "cpu":
         torch.set_num_threads(1)
     modes = [m for m in args.modes.split(",") if m]
-    unknown = set(modes) - set(MODES)
+    unknown = {m.partition("@")[0] for m in modes} - set(MODES)
     if unknown:
         parser.error(f"unknown mode(s) {sorted(unknown)}; choose from {MODES}")
 

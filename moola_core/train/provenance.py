@@ -27,10 +27,12 @@ def git_commit(root: Path = REPO) -> dict:
             return None
         return proc.stdout.strip() if proc.returncode == 0 else None
 
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != Path(root).resolve():
+        # a copy of the tree outside its repository (a GPU host, or nested in another
+        # checkout, whose commit would be the wrong one): the commit it was copied from, if said
+        return {"commit": os.environ.get("MOOLA_SOURCE_COMMIT") or None, "dirty": None}
     commit = git("rev-parse", "HEAD")
-    if commit is None and os.environ.get("MOOLA_SOURCE_COMMIT"):
-        # a copy of the tree without .git (a GPU host): the commit it was copied from
-        return {"commit": os.environ["MOOLA_SOURCE_COMMIT"], "dirty": None}
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
