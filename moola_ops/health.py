@@ -1,10 +1,11 @@
 """Health checks for cron (phase 8): assess each host's facts, in parallel, within a deadline.
 
 Light and importable in milliseconds: no torch, numpy or pandas, ever (cron runs this every few
-minutes). The flow: `run_healthcheck` asks every host for its facts in parallel threads
-(commands/health.py builds the commands, the transport runs them), `assess_*` turns facts into
-Nagios states, and the renderers make the one status line + perfdata, the JSON document and
-the Prometheus textfile.
+minutes). The flow: `run_healthcheck` asks every host for its facts through the fleet executor
+(`moola_ops.fleet`, the same one deploys use), the facts come from the one registry
+(`commands/facts.py`, one round trip per host), `assess_*` turns facts into Nagios states, and
+the renderers make the one status line + perfdata, the JSON document and the Prometheus
+textfile.
 
 Nagios plugin convention: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. When several results combine,
 CRITICAL beats WARNING beats UNKNOWN beats OK (monitoring-plugins' `max_state_alt`): a known
@@ -15,14 +16,15 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moola_ops.commands import health as facts_cmd
+from moola_ops import steps
+from moola_ops.commands import facts as facts_cmd
+from moola_ops.commands import lock as lock_cmd
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -35,7 +37,7 @@ class HealthPolicy:
 
     disk_warn_bytes: int = 5 * 1024**3
     disk_crit_bytes: int = 1 * 1024**3
-    stale_lock_s: float = 30 * 60  # a deploy takes minutes; a lock older than this is stale
+    stale_lock_s: float = lock_cmd.MAX_AGE_S  # the longest a deploy may take (its deadlines)
     latency_warn_fraction: float = 0.8  # p99 above 80% of the SLA warns before it breaks
 
 
@@ -122,7 +124,7 @@ def _gib(n: int) -> str:
 
 def assess_light(
     host: HostHealth,
-    facts: facts_cmd.LightFacts,
+    facts: facts_cmd.HostFacts,
     *,
     expect_gpu: str | bool | None,
     policy: HealthPolicy = HealthPolicy(),
@@ -134,50 +136,55 @@ def assess_light(
     """
     add = host.checks.append
     if not facts.workspace_exists:
-        add(CheckResult("current", CRITICAL, "workspace missing: deploy a bundle first"))
+        add(CheckResult(steps.CHECK_CURRENT, CRITICAL, "workspace missing: deploy a bundle first"))
         return
     if not facts.complete:
-        add(CheckResult("facts", UNKNOWN, "the fact script did not run to its end"))
-    cur = facts.current
-    host.release = cur.release
-    if cur.link is None:
-        add(CheckResult("current", CRITICAL, "no current release: deploy a bundle"))
-    elif not cur.resolves:
-        add(CheckResult("current", CRITICAL, f"current -> {cur.link} does not resolve: roll back"))
+        add(CheckResult(steps.CHECK_FACTS, UNKNOWN, "the fact script did not run to its end"))
+    link = facts.link
+    host.release = facts.current
+    if link.link is None:
+        add(CheckResult(steps.CHECK_CURRENT, CRITICAL, "no current release: deploy a bundle"))
+    elif facts.current is None:
+        problem = facts.current_problem or f"current -> {link.link} is not a release"
+        add(CheckResult(steps.CHECK_CURRENT, CRITICAL, f"{problem}: roll back or redeploy"))
     else:
-        add(CheckResult("current", OK, f"current -> {cur.release}"))
+        add(CheckResult(steps.CHECK_CURRENT, OK, f"current -> {facts.current}"))
 
     sums = facts.checksums
-    if cur.resolves:
+    if link.resolves:
         if sums is None:
-            add(CheckResult("checksums", CRITICAL, "current release has no manifest.json"))
+            add(
+                CheckResult(steps.CHECK_CHECKSUMS, CRITICAL, "current release has no manifest.json")
+            )
         elif sums.problems:
             listed = "; ".join(sums.problems[:3])
-            add(CheckResult("checksums", CRITICAL,
-                            f"{listed}: roll back or redeploy the release"))  # fmt: skip
+            message = f"{listed}: roll back or redeploy the release"
+            add(CheckResult(steps.CHECK_CHECKSUMS, CRITICAL, message))
         else:
-            add(CheckResult("checksums", OK, f"{sums.version or 'release'} matches its manifest"))
+            message = f"{sums.version or 'release'} matches its manifest"
+            add(CheckResult(steps.CHECK_CHECKSUMS, OK, message))
 
     gpu = facts.gpu
     host.gpus = [asdict(g) for g in gpu.gpus]
+    name = steps.CHECK_GPU
     if expect_gpu:
         if not gpu.present:
-            add(CheckResult("gpu", CRITICAL, "GPU expected but nvidia-smi is missing"))
+            add(CheckResult(name, CRITICAL, "GPU expected but nvidia-smi is missing"))
         elif gpu.error:
-            add(CheckResult("gpu", CRITICAL, f"nvidia-smi failed: {gpu.error}"))
+            add(CheckResult(name, CRITICAL, f"nvidia-smi failed: {gpu.error}"))
         elif isinstance(expect_gpu, str) and not any(
             expect_gpu.lower() in g.name.lower() for g in gpu.gpus
         ):
             names = ", ".join(g.name for g in gpu.gpus)
-            add(CheckResult("gpu", WARNING, f"expected a {expect_gpu} GPU, found {names}"))
+            add(CheckResult(name, WARNING, f"expected a {expect_gpu} GPU, found {names}"))
         else:
-            add(CheckResult("gpu", OK, ", ".join(g.name for g in gpu.gpus)))
+            add(CheckResult(name, OK, ", ".join(g.name for g in gpu.gpus)))
     else:
-        add(CheckResult("gpu", OK, "no GPU expected"))
+        add(CheckResult(name, OK, "no GPU expected"))
 
     disk = facts.disk
     if disk is None:
-        add(CheckResult("disk", UNKNOWN, "could not read free disk space"))
+        add(CheckResult(steps.CHECK_DISK, UNKNOWN, "could not read free disk space"))
     else:
         host.free_bytes = disk.free_bytes
         if disk.free_bytes < policy.disk_crit_bytes:
@@ -187,27 +194,41 @@ def assess_light(
         else:
             state = OK
         hint = "" if state == OK else ": prune old releases and backups"
-        add(CheckResult("disk", state, f"{_gib(disk.free_bytes)} free{hint}"))
+        add(CheckResult(steps.CHECK_DISK, state, f"{_gib(disk.free_bytes)} free{hint}"))
 
     lock = facts.lock
     if lock is None:
-        add(CheckResult("lock", OK, "not locked"))
-    elif lock.age_s > policy.stale_lock_s:
-        add(CheckResult("lock", WARNING,
-                        f"stale deploy lock ({lock.age_s / 60:.0f} min, {lock.holder}): "
-                        f"break it with `invoke lock --host {host.host} --break`"))  # fmt: skip
+        add(CheckResult(steps.CHECK_LOCK, OK, "not locked"))
+        return
+    who = lock_cmd.describe_holder(lock.holder)
+    stale = lock_cmd.stale_reason(lock.holder, lock.age_s, max_age_s=policy.stale_lock_s)
+    if stale:
+        message = (
+            f"STALE deploy lock ({stale}; {lock.age_s / 60:.0f} min, {who}): break it with "
+            f"`{lock_cmd.break_hint(host.host)}`"
+        )
+        add(CheckResult(steps.CHECK_LOCK, WARNING, message))
     else:
-        add(CheckResult("lock", OK, f"deploy in progress ({lock.holder})"))
+        add(CheckResult(steps.CHECK_LOCK, OK, f"deploy in progress ({who})"))
 
 
 def assess_runtime(
-    host: HostHealth, report: dict | None, exit_code: int, error: str = "", *,
-    sla_p99_ms: float | None = None, policy: HealthPolicy = HealthPolicy(),
-) -> None:  # fmt: skip
+    host: HostHealth,
+    report: dict | None,
+    exit_code: int,
+    error: str = "",
+    *,
+    sla_p99_ms: float | None = None,
+    policy: HealthPolicy = HealthPolicy(),
+) -> None:
     """Add the deep checks (model, golden parity, latency vs SLA) from a runtime report."""
     add = host.checks.append
     if report is None:
-        add(CheckResult("model", CRITICAL, f"runtime check could not run: {error or exit_code}"))
+        add(
+            CheckResult(
+                steps.CHECK_MODEL, CRITICAL, f"runtime check could not run: {error or exit_code}"
+            )
+        )
         return
     latency = report.get("latency") or {}
     host.p50_ms = _float(latency.get("p50_ms"))
@@ -216,20 +237,28 @@ def assess_runtime(
     host.sla_p99_ms = sla
     failed = [c for c in report.get("checks", []) if not c.get("ok", c.get("passed", True))]
     if exit_code == 0 and not failed:
-        add(CheckResult("model", OK, "model loads, golden outputs match"))
+        add(CheckResult(steps.CHECK_MODEL, OK, "model loads, golden outputs match"))
     else:
         names = ", ".join(str(c.get("name")) for c in failed) or f"exit {exit_code}"
-        add(CheckResult("model", CRITICAL, f"runtime check failed ({names}): roll back"))
+        add(CheckResult(steps.CHECK_MODEL, CRITICAL, f"runtime check failed ({names}): roll back"))
     if host.p99_ms is None:
-        add(CheckResult("latency", UNKNOWN, "the runtime report has no p99 latency"))
+        add(CheckResult(steps.CHECK_LATENCY, UNKNOWN, "the runtime report has no p99 latency"))
     elif sla is None:
-        add(CheckResult("latency", OK, f"p99 {host.p99_ms:.2f} ms (no SLA set)"))
+        add(CheckResult(steps.CHECK_LATENCY, OK, f"p99 {host.p99_ms:.2f} ms (no SLA set)"))
     elif host.p99_ms > sla:
-        add(CheckResult("latency", CRITICAL, f"p99 {host.p99_ms:.2f} ms over the {sla} ms SLA"))
+        add(
+            CheckResult(
+                steps.CHECK_LATENCY, CRITICAL, f"p99 {host.p99_ms:.2f} ms over the {sla} ms SLA"
+            )
+        )
     elif host.p99_ms > policy.latency_warn_fraction * sla:
-        add(CheckResult("latency", WARNING, f"p99 {host.p99_ms:.2f} ms near the {sla} ms SLA"))
+        add(
+            CheckResult(
+                steps.CHECK_LATENCY, WARNING, f"p99 {host.p99_ms:.2f} ms near the {sla} ms SLA"
+            )
+        )
     else:
-        add(CheckResult("latency", OK, f"p99 {host.p99_ms:.2f} ms within {sla} ms"))
+        add(CheckResult(steps.CHECK_LATENCY, OK, f"p99 {host.p99_ms:.2f} ms within {sla} ms"))
 
 
 def _float(value: Any) -> float | None:
@@ -248,55 +277,42 @@ Probe = Callable[[Any, float], HostHealth]
 def run_parallel(
     hosts: list[Any], probe: Probe, timeout_s: float, name_of=str, parallel: int = 16
 ) -> list[HostHealth]:
-    """Probe every host in its own thread, at most `parallel` at once; a host not done within
-    `timeout_s` (waiting for its turn included) is CRITICAL.
+    """Probe every host through the fleet executor, at most `parallel` at once; a host not
+    done within `timeout_s` (waiting for its turn included) is CRITICAL, never waited for."""
+    from moola_ops.fleet import run_fleet
 
-    Daemon threads: a host that hangs (a TCP peer that accepts and never answers) cannot hold
-    the process past the deadline, and the interpreter does not wait for it at exit.
-    """
-    deadline = time.monotonic() + timeout_s
-    results: dict[int, HostHealth] = {}
-    slots = threading.BoundedSemaphore(max(1, parallel))
+    def failed(host: Any, exc: BaseException) -> HostHealth:
+        health = HostHealth(host=name_of(host))
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        health.checks.append(CheckResult(steps.CHECK_SSH, CRITICAL, message[:300]))
+        return health
 
-    def work(i: int, host: Any) -> None:
-        if not slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            return  # never got a turn: reported as not done within the timeout
+    def late(host: Any, waited: float) -> HostHealth:
+        health = HostHealth(host=name_of(host), duration_s=round(timeout_s, 3))
+        message = f"no answer within the {timeout_s:g} s timeout"
+        health.checks.append(CheckResult(steps.CHECK_SSH, CRITICAL, message))
+        return health
+
+    def work(host: Any, cancel, deadline: float) -> HostHealth:
         started = time.monotonic()
         try:
             health = probe(host, deadline)
         except Exception as exc:  # one host's failure is that host's CRITICAL, not the run's
-            health = HostHealth(host=name_of(host))
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            health.checks.append(CheckResult("ssh", CRITICAL, message[:300]))
-        finally:
-            slots.release()
+            health = failed(host, exc)
         health.duration_s = round(time.monotonic() - started, 3)
-        results[i] = health
+        return health
 
-    threads = [
-        threading.Thread(target=work, args=(i, h), daemon=True, name=f"health-{name_of(h)}")
-        for i, h in enumerate(hosts)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    out = []
-    for i, host in enumerate(hosts):
-        if i in results:
-            out.append(results[i])
-        else:
-            late = HostHealth(host=name_of(host), duration_s=round(timeout_s, 3))
-            late.checks.append(
-                CheckResult("ssh", CRITICAL, f"no answer within the {timeout_s:g} s timeout")
-            )
-            out.append(late)
-    return out
+    return run_fleet(
+        hosts, work, parallel=parallel, run_deadline_s=timeout_s, on_late=late, on_error=failed
+    )
 
 
-def probe_host(host, deadline: float, *, deep: bool = False,
-               policy: HealthPolicy = HealthPolicy()) -> HostHealth:  # fmt: skip
+def probe_host(
+    host, deadline: float, *, deep: bool = False, policy: HealthPolicy = HealthPolicy()
+) -> HostHealth:
     """Check one inventory host over one SSH connection: light facts, then the model if deep."""
+    from moola_ops.commands import release
+    from moola_ops.commands.layout import Layout
     from moola_ops.transport import HostSession
 
     health = HostHealth(host=host.name)
@@ -305,23 +321,30 @@ def probe_host(host, deadline: float, *, deep: bool = False,
         return max(0.5, deadline - time.monotonic())
 
     started = time.monotonic()
+    layout = Layout(host.workspace)
     with HostSession(host, command_timeout_s=left()) as ssh:
-        health.checks.append(
-            CheckResult("ssh", OK, f"reachable in {time.monotonic() - started:.2f} s")
-        )
-        result = ssh.run(facts_cmd.light_facts_command(host.workspace, host.python),
-                         timeout_s=left())  # fmt: skip
-        facts = facts_cmd.parse_light_facts(result.stdout)
+        reached = f"reachable in {time.monotonic() - started:.2f} s"
+        health.checks.append(CheckResult(steps.CHECK_SSH, OK, reached))
+        command = facts_cmd.gather(layout, host.python, facts_cmd.HEALTH_FACTS)
+        facts = facts_cmd.parse(ssh.run(command, timeout_s=left()).stdout, strict=False)
         assess_light(health, facts, expect_gpu=host.gpu, policy=policy)
         if deep:
-            if not facts.current.resolves:
-                health.checks.append(CheckResult("model", CRITICAL, "no release to check"))
+            if facts.current is None:
+                health.checks.append(
+                    CheckResult(steps.CHECK_MODEL, CRITICAL, "no release to check")
+                )
                 return health
-            result = ssh.run(facts_cmd.runtime_check_command(host.workspace, host.python),
-                             timeout_s=left())  # fmt: skip
+            check = release.runtime_check(layout, host.python, "current", through_current=True)
+            result = ssh.run(check, timeout_s=left())
             report, error = parse_runtime_output(result.stdout, result.stderr)
-            assess_runtime(health, report, result.exit_code, error,
-                           sla_p99_ms=host.latency_sla_ms, policy=policy)  # fmt: skip
+            assess_runtime(
+                health,
+                report,
+                result.exit_code,
+                error,
+                sla_p99_ms=host.latency_sla_ms,
+                policy=policy,
+            )
     return health
 
 
@@ -408,7 +431,7 @@ def record_run(run: HealthRun) -> None:
     from moola_ops.journal import Journal
 
     journal = Journal("healthcheck")
-    step = "deep" if run.deep else "fast"
+    step = steps.HEALTH_DEEP if run.deep else steps.HEALTH_FAST
     for h in run.hosts:
         journal.record(
             h.host,
@@ -489,21 +512,42 @@ def prometheus_text(run: HealthRun, now: float | None = None) -> str:
     """The run as a Prometheus textfile-collector document (one gauge family per figure)."""
     now = time.time() if now is None else now
     families: list[tuple[str, str, list[tuple[dict, float]]]] = [
-        ("moola_health_state", "Nagios state per host (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN).",
-         [({"host": h.host}, h.state) for h in run.hosts]),
-        ("moola_health_check_state", "Nagios state of each check per host.",
-         [({"host": h.host, "check": c.name}, c.state) for h in run.hosts for c in h.checks]),
-        ("moola_health_release_info", "The release `current` points at (value 1).",
-         [({"host": h.host, "release": h.release}, 1) for h in run.hosts if h.release]),
-        ("moola_health_free_disk_bytes", "Free bytes on the workspace filesystem.",
-         [({"host": h.host}, h.free_bytes) for h in run.hosts if h.free_bytes is not None]),
-        ("moola_health_latency_p99_seconds", "p99 single-window latency (deep check).",
-         [({"host": h.host}, h.p99_ms / 1000) for h in run.hosts if h.p99_ms is not None]),
-        ("moola_health_check_duration_seconds", "Wall time of the host's check.",
-         [({"host": h.host}, h.duration_s) for h in run.hosts]),
-        ("moola_health_last_run_timestamp_seconds", "When the check last ran (unix time).",
-         [({"kind": "deep" if run.deep else "fast"}, round(now, 3))]),
-    ]  # fmt: skip
+        (
+            "moola_health_state",
+            "Nagios state per host (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN).",
+            [({"host": h.host}, h.state) for h in run.hosts],
+        ),
+        (
+            "moola_health_check_state",
+            "Nagios state of each check per host.",
+            [({"host": h.host, "check": c.name}, c.state) for h in run.hosts for c in h.checks],
+        ),
+        (
+            "moola_health_release_info",
+            "The release `current` points at (value 1).",
+            [({"host": h.host, "release": h.release}, 1) for h in run.hosts if h.release],
+        ),
+        (
+            "moola_health_free_disk_bytes",
+            "Free bytes on the workspace filesystem.",
+            [({"host": h.host}, h.free_bytes) for h in run.hosts if h.free_bytes is not None],
+        ),
+        (
+            "moola_health_latency_p99_seconds",
+            "p99 single-window latency (deep check).",
+            [({"host": h.host}, h.p99_ms / 1000) for h in run.hosts if h.p99_ms is not None],
+        ),
+        (
+            "moola_health_check_duration_seconds",
+            "Wall time of the host's check.",
+            [({"host": h.host}, h.duration_s) for h in run.hosts],
+        ),
+        (
+            "moola_health_last_run_timestamp_seconds",
+            "When the check last ran (unix time).",
+            [({"kind": "deep" if run.deep else "fast"}, round(now, 3))],
+        ),
+    ]
     lines = []
     for name, help_text, samples in families:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
