@@ -14,12 +14,7 @@ problem is more urgent than an unknown one.
 
 from __future__ import annotations
 
-import os
-import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from moola_ops import steps
@@ -39,6 +34,9 @@ class HealthPolicy:
     disk_crit_bytes: int = 1 * 1024**3
     stale_lock_s: float = lock_cmd.MAX_AGE_S  # the longest a deploy may take (its deadlines)
     latency_warn_fraction: float = 0.8  # p99 above 80% of the SLA warns before it breaks
+
+
+DEFAULT_POLICY = HealthPolicy()
 
 
 def worst(states: list[int]) -> int:
@@ -268,311 +266,46 @@ def _float(value: Any) -> float | None:
         return None
 
 
-# --- running the checks ------------------------------------------------------------------------
+# running the checks and rendering them, importable from here as before (their homes are
+# health_run.py and health_output.py)
+from moola_ops.health_output import (  # noqa: E402
+    perfdata,
+    prometheus_text,
+    status_line,
+    write_textfile,
+)
+from moola_ops.health_run import (  # noqa: E402
+    Probe,
+    parse_runtime_output,
+    probe_host,
+    record_run,
+    run_healthcheck,
+    run_parallel,
+    select_hosts,
+)
 
-# A probe gets (host, deadline in time.monotonic() seconds) and fills in a HostHealth.
-Probe = Callable[[Any, float], HostHealth]
-
-
-def run_parallel(
-    hosts: list[Any], probe: Probe, timeout_s: float, name_of=str, parallel: int = 16
-) -> list[HostHealth]:
-    """Probe every host through the fleet executor, at most `parallel` at once; a host not
-    done within `timeout_s` (waiting for its turn included) is CRITICAL, never waited for."""
-    from moola_ops.fleet import run_fleet
-
-    def failed(host: Any, exc: BaseException) -> HostHealth:
-        health = HostHealth(host=name_of(host))
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        health.checks.append(CheckResult(steps.CHECK_SSH, CRITICAL, message[:300]))
-        return health
-
-    def late(host: Any, waited: float) -> HostHealth:
-        health = HostHealth(host=name_of(host), duration_s=round(timeout_s, 3))
-        message = f"no answer within the {timeout_s:g} s timeout"
-        health.checks.append(CheckResult(steps.CHECK_SSH, CRITICAL, message))
-        return health
-
-    def work(host: Any, cancel, deadline: float) -> HostHealth:
-        started = time.monotonic()
-        try:
-            health = probe(host, deadline)
-        except Exception as exc:  # one host's failure is that host's CRITICAL, not the run's
-            health = failed(host, exc)
-        health.duration_s = round(time.monotonic() - started, 3)
-        return health
-
-    return run_fleet(
-        hosts, work, parallel=parallel, run_deadline_s=timeout_s, on_late=late, on_error=failed
-    )
-
-
-def probe_host(
-    host, deadline: float, *, deep: bool = False, policy: HealthPolicy = HealthPolicy()
-) -> HostHealth:
-    """Check one inventory host over one SSH connection: light facts, then the model if deep."""
-    from moola_ops.commands import release
-    from moola_ops.commands.layout import Layout
-    from moola_ops.transport import HostSession
-
-    health = HostHealth(host=host.name)
-
-    def left() -> float:  # seconds until the run's deadline, never below a sliver
-        return max(0.5, deadline - time.monotonic())
-
-    started = time.monotonic()
-    layout = Layout(host.workspace)
-    with HostSession(host, command_timeout_s=left()) as ssh:
-        reached = f"reachable in {time.monotonic() - started:.2f} s"
-        health.checks.append(CheckResult(steps.CHECK_SSH, OK, reached))
-        command = facts_cmd.gather(layout, host.python, facts_cmd.HEALTH_FACTS)
-        facts = facts_cmd.parse(ssh.run(command, timeout_s=left()).stdout, strict=False)
-        assess_light(health, facts, expect_gpu=host.gpu, policy=policy)
-        if deep:
-            if facts.current is None:
-                health.checks.append(
-                    CheckResult(steps.CHECK_MODEL, CRITICAL, "no release to check")
-                )
-                return health
-            check = release.runtime_check(layout, host.python, "current", through_current=True)
-            result = ssh.run(check, timeout_s=left())
-            report, error = parse_runtime_output(result.stdout, result.stderr)
-            assess_runtime(
-                health,
-                report,
-                result.exit_code,
-                error,
-                sla_p99_ms=host.latency_sla_ms,
-                policy=policy,
-            )
-    return health
-
-
-def parse_runtime_output(stdout: str, stderr: str = "") -> tuple[dict | None, str]:
-    """(report as a dict, "") from the runtime check's stdout, or (None, why it is unusable)."""
-    from moola_core.runtime.report import parse_report
-
-    try:
-        return parse_report(stdout).to_dict(), ""
-    except ValueError as exc:
-        tail = (stderr.strip() or stdout.strip()).splitlines()[-1:] or [""]
-        return None, f"{exc}; {tail[0][:200]}"
-
-
-def select_hosts(inventory, selection: str | None) -> tuple[list, dict[str, str]]:
-    """(reachable inventory hosts, {name: why it cannot be checked}) for `selection`.
-
-    An unknown name is the caller's mistake (MoolaError, Nagios UNKNOWN); a stand-in host whose
-    sandbox is not running is a down host (CRITICAL), like a pod that is switched off.
-    """
-    from moola_core.errors import MoolaError
-
-    names: list[str] = []
-    items = [s.strip() for s in (selection or "").split(",") if s.strip()] or list(inventory.hosts)
-    for item in items:
-        if item in inventory.hosts:
-            names.append(item)
-        elif item in inventory.groups:
-            names.extend(inventory.groups[item])
-        else:
-            inventory.resolve([item])  # raises the inventory's message naming the known hosts
-    hosts, down = [], {}
-    for name in dict.fromkeys(names):
-        try:
-            hosts.append(inventory.resolve([name])[0])
-        except MoolaError as exc:
-            down[name] = str(exc)
-    return hosts, down
-
-
-def run_healthcheck(
-    selection: str | None = None,
-    *,
-    deep: bool = False,
-    timeout_s: float = 30.0,
-    inventory_path: str | None = None,
-    inventory=None,
-    policy: HealthPolicy = HealthPolicy(),
-    record: bool = True,
-    parallel: int = 16,
-) -> HealthRun:
-    """Check the selected hosts (default: all) in parallel within `timeout_s`; log each result."""
-    from moola_core.errors import MoolaError
-    from moola_ops.inventory import load_inventory
-
-    if not timeout_s > 0:  # a negative or zero bound used to become a silent 1 s
-        raise MoolaError(f"--timeout {timeout_s:g} is not a positive number of seconds: try 30.")
-    inventory = inventory or load_inventory(inventory_path)
-    hosts, down = select_hosts(inventory, selection)
-    started_wall, started = time.time(), time.monotonic()
-    # the deadline leaves a little room to write the log and render before the caller's bound
-    budget = max(1.0, timeout_s - 0.5)
-    checked = run_parallel(
-        hosts,
-        lambda host, deadline: probe_host(host, deadline, deep=deep, policy=policy),
-        budget,
-        name_of=lambda h: h.name,
-        parallel=parallel,
-    )
-    for name, why in down.items():
-        health = HostHealth(host=name)
-        health.checks.append(CheckResult("ssh", CRITICAL, why))
-        checked.append(health)
-    order = {name: i for i, name in enumerate(inventory.hosts)}
-    checked.sort(key=lambda h: order.get(h.host, len(order)))
-    run = HealthRun(checked, deep, started_wall, time.monotonic() - started)
-    if record:
-        record_run(run)
-    return run
-
-
-def record_run(run: HealthRun) -> None:
-    """One deployment-log line per host: phase healthcheck, step fast or deep."""
-    from moola_ops.journal import Journal
-
-    journal = Journal("healthcheck")
-    step = steps.HEALTH_DEEP if run.deep else steps.HEALTH_FAST
-    for h in run.hosts:
-        journal.record(
-            h.host,
-            step,
-            "ok" if h.state in (OK, WARNING) else "failed",
-            duration_s=h.duration_s,
-            bundle=h.release or "",
-            state=STATE_NAMES[h.state],
-            summary=h.summary(),
-            p99_ms=h.p99_ms,
-        )
-
-
-# --- rendering ---------------------------------------------------------------------------------
-
-
-def _num(value: float) -> str:
-    """A number as plain text: integers whole (byte counts), floats without exponent noise."""
-    if isinstance(value, int) or float(value).is_integer():
-        return str(int(value))
-    return repr(round(float(value), 6))
-
-
-def _perf(label: str, value: float, uom: str = "", warn="", crit="", lo="", hi="") -> str:
-    fields = [f"{_num(value)}{uom}", str(warn), str(crit), str(lo), str(hi)]
-    while fields and fields[-1] == "":
-        fields.pop()
-    return f"'{label}'=" + ";".join(fields)
-
-
-def perfdata(run: HealthRun) -> str:
-    """Nagios perfdata: worst p99 ('p99_ms'=..ms;warn;crit), host counts, per-host figures."""
-    parts = []
-    p99s = [h for h in run.hosts if h.p99_ms is not None]
-    if p99s:
-        slowest = max(p99s, key=lambda h: h.p99_ms)
-        sla = slowest.sla_p99_ms
-        warn = f"{HealthPolicy().latency_warn_fraction * sla:g}" if sla else ""
-        crit = f"{sla:g}" if sla else ""
-        parts.append(_perf("p99_ms", round(slowest.p99_ms, 3), "ms", warn, crit, 0))
-    counts = {name: 0 for name in STATE_NAMES.values()}
-    for h in run.hosts:
-        counts[STATE_NAMES[h.state]] += 1
-    parts.append(_perf("hosts_ok", counts["OK"], "", "", "", 0, len(run.hosts)))
-    parts.append(_perf("hosts_warning", counts["WARNING"], "", "", "", 0, len(run.hosts)))
-    parts.append(_perf("hosts_critical", counts["CRITICAL"], "", "", "", 0, len(run.hosts)))
-    parts.append(_perf("duration_s", round(run.duration_s, 3), "s", "", "", 0))
-    for h in run.hosts:
-        if h.p99_ms is not None:
-            parts.append(_perf(f"{h.host}_p99_ms", round(h.p99_ms, 3), "ms", "", "", 0))
-        if h.free_bytes is not None:
-            parts.append(_perf(f"{h.host}_free_disk", h.free_bytes, "B", "", "", 0))
-    return " ".join(parts)
-
-
-def status_line(run: HealthRun) -> str:
-    """The one Nagios status line: state, a summary naming the problem hosts, then perfdata."""
-    kind = "deep" if run.deep else "fast"
-    n = len(run.hosts)
-    bad = [h for h in run.hosts if h.state != OK]
-    if not run.hosts:
-        text = "no hosts to check"
-    elif not bad:
-        releases = sorted({h.release or "none" for h in run.hosts})
-        text = f"{n}/{n} hosts OK ({kind}), serving {', '.join(releases)}"
-    else:
-        problems = "; ".join(f"{h.host} {STATE_NAMES[h.state]} {h.summary()}" for h in bad)
-        text = f"{n - len(bad)}/{n} hosts OK ({kind}); {problems}"
-    text = " ".join(text.replace("|", "/").split())  # '|' would start perfdata early
-    return f"MOOLA {STATE_NAMES[run.state]} - {text} | {perfdata(run)}"
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
-
-
-def prometheus_text(run: HealthRun, now: float | None = None) -> str:
-    """The run as a Prometheus textfile-collector document (one gauge family per figure)."""
-    now = time.time() if now is None else now
-    families: list[tuple[str, str, list[tuple[dict, float]]]] = [
-        (
-            "moola_health_state",
-            "Nagios state per host (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN).",
-            [({"host": h.host}, h.state) for h in run.hosts],
-        ),
-        (
-            "moola_health_check_state",
-            "Nagios state of each check per host.",
-            [({"host": h.host, "check": c.name}, c.state) for h in run.hosts for c in h.checks],
-        ),
-        (
-            "moola_health_release_info",
-            "The release `current` points at (value 1).",
-            [({"host": h.host, "release": h.release}, 1) for h in run.hosts if h.release],
-        ),
-        (
-            "moola_health_free_disk_bytes",
-            "Free bytes on the workspace filesystem.",
-            [({"host": h.host}, h.free_bytes) for h in run.hosts if h.free_bytes is not None],
-        ),
-        (
-            "moola_health_latency_p99_seconds",
-            "p99 single-window latency (deep check).",
-            [({"host": h.host}, h.p99_ms / 1000) for h in run.hosts if h.p99_ms is not None],
-        ),
-        (
-            "moola_health_check_duration_seconds",
-            "Wall time of the host's check.",
-            [({"host": h.host}, h.duration_s) for h in run.hosts],
-        ),
-        (
-            "moola_health_last_run_timestamp_seconds",
-            "When the check last ran (unix time).",
-            [({"kind": "deep" if run.deep else "fast"}, round(now, 3))],
-        ),
-    ]
-    lines = []
-    for name, help_text, samples in families:
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-        for labels, value in samples:
-            inner = ",".join(f'{k}="{_label(str(v))}"' for k, v in labels.items())
-            lines.append(f"{name}{{{inner}}} {_num(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def write_textfile(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` atomically: a temp file in the same directory, fsync, then rename over.
-
-    The node exporter never reads a half-written file; its `*.prom` glob skips the temp name.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the exporter usually runs as another user
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+__all__ = [
+    "CRITICAL",
+    "OK",
+    "STATE_NAMES",
+    "UNKNOWN",
+    "WARNING",
+    "CheckResult",
+    "HealthPolicy",
+    "HealthRun",
+    "HostHealth",
+    "assess_light",
+    "assess_runtime",
+    "parse_runtime_output",
+    "Probe",
+    "perfdata",
+    "probe_host",
+    "prometheus_text",
+    "record_run",
+    "run_healthcheck",
+    "run_parallel",
+    "select_hosts",
+    "status_line",
+    "worst",
+    "write_textfile",
+]

@@ -249,7 +249,7 @@ def check_model(config, runs_dir: Path, run_id: str | None) -> tuple[str, str, d
 
 def check_doctor(root: Path) -> tuple[str, str, dict]:
     """The dependency doctor of `invoke doctor`: a failing check fails, warnings are reported."""
-    from moola_ops.cli.train import doctor_checks
+    from moola_ops.doctor import doctor_checks
 
     checks = doctor_checks(str(root))
     failed = [c for c in checks if c["status"] == "fail"]

@@ -16,14 +16,23 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from moola_core.runtime.devices import NVIDIA_SMI_COMMAND, parse_nvidia_smi
 from moola_core.runtime.report import GpuFact
-from moola_ops import steps
 from moola_ops.commands import release
-from moola_ops.commands.layout import BUNDLE_MARKER, Layout, check_name
+from moola_ops.commands.hostfacts import (
+    ATTRIBUTE,
+    ChecksumFact,
+    CurrentLink,
+    DiskFact,
+    GpuReport,
+    HostFacts,
+    LockFact,
+    PythonFact,
+)
+from moola_ops.commands.layout import BUNDLE_MARKER, Layout
 
 SECTION = "### "
 END = "end"
@@ -51,64 +60,6 @@ class Fact:
     description: str = ""
 
 
-# --- parsed shapes ------------------------------------------------------------------------------
-
-
-@dataclass
-class CurrentLink:
-    """What `current` is on disk: the link text, where it resolves, the workspace's real path."""
-
-    link: str | None = None  # None: there is no `current` link
-    resolved: str | None = None  # `readlink -f current`
-    root: str | None = None  # the workspace's physical path (`pwd -P`)
-    resolves: bool = False  # the link leads to a directory
-
-
-@dataclass
-class LockFact:
-    """A deploy lock that is present: its holder record and its age on the host's clock."""
-
-    holder: dict[str, Any]
-    age_s: float = 0.0
-
-
-@dataclass
-class DiskFact:
-    """Space on the workspace's filesystem, in bytes."""
-
-    total_bytes: int
-    free_bytes: int
-
-
-@dataclass
-class PythonFact:
-    """The host interpreter named in the inventory: its version and torch's (None = missing)."""
-
-    python: str | None = None
-    torch: str | None = None
-
-
-@dataclass
-class GpuReport:
-    """nvidia-smi's answer: present or not, the GPUs it listed, or the error it gave."""
-
-    present: bool = False
-    gpus: list[GpuFact] = field(default_factory=list)
-    error: str | None = None
-
-
-@dataclass
-class ChecksumFact:
-    """The release behind `current` verified against its manifest (size + sha256 per file)."""
-
-    problems: list[str] = field(default_factory=list)
-    version: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
 # --- fragments and parsers ----------------------------------------------------------------------
 
 
@@ -124,21 +75,25 @@ def parse_workspace(lines: list[str]) -> bool:
 def _current_cmd(layout: Layout, python: str) -> str:
     cur = layout.current
     return (
-        f"if [ -L {cur} ]; then readlink {cur}; readlink -f {cur} || echo; "
-        f"(cd {layout.root} && pwd -P); [ -d {cur} ] && echo resolves || echo dangling; fi"
+        f'if [ -L {cur} ]; then echo "link $(readlink {cur})"; '
+        f'echo "resolved $(readlink -f {cur})"; echo "root $(cd {layout.root} && pwd -P)"; '
+        f"if [ -d {cur} ]; then echo 'state resolves'; else echo 'state dangling'; fi; fi"
     )
 
 
 def parse_current(lines: list[str]) -> CurrentLink:
-    """Link text, resolved path, workspace path, resolves|dangling (nothing: no link)."""
+    """`link`, `resolved`, `root` and `state` lines (nothing at all: there is no link)."""
     if not lines:
         return CurrentLink()
-    padded = lines + [""] * (4 - len(lines))
+    values = {}
+    for line in lines:
+        key, _, value = line.partition(" ")
+        values[key] = value.strip() or None
     return CurrentLink(
-        link=padded[0].strip() or None,
-        resolved=padded[1].strip() or None if len(lines) >= 3 else None,
-        root=padded[2].strip() or None if len(lines) >= 3 else None,
-        resolves=lines[-1].strip() == "resolves",
+        link=values.get("link") or "",
+        resolved=values.get("resolved"),
+        root=values.get("root"),
+        resolves=values.get("state") == "resolves",
     )
 
 
@@ -354,59 +309,6 @@ def split_sections(output: str) -> dict[str, list[str]]:
     return sections
 
 
-@dataclass
-class HostFacts:
-    """What one host told us; a fact not asked for stays at its default (see `asked`)."""
-
-    workspace_exists: bool = True
-    link: CurrentLink = field(default_factory=CurrentLink)
-    releases: dict[str, str | None] = field(default_factory=dict)  # version -> archive sha256
-    backups: list[str] = field(default_factory=list)  # snapshot file names, oldest first
-    lock: LockFact | None = None
-    disk: DiskFact | None = None
-    interpreter: PythonFact = field(default_factory=PythonFact)
-    gpu: GpuReport = field(default_factory=GpuReport)
-    revisions: list[dict[str, Any]] = field(default_factory=list)  # last lines, oldest first
-    checksums: ChecksumFact | None = None
-    server: Any = None  # the serving room's fact (registered by it)
-    asked: tuple[str, ...] = ()
-    complete: bool = True  # the answer ran to its end marker
-    current: str | None = None  # the VALID release behind `current` (see resolve_current)
-    current_problem: str | None = None  # why `current` does not count, one sentence
-
-    @property
-    def locked(self) -> bool:
-        return self.lock is not None
-
-    @property
-    def lock_holder(self) -> dict[str, Any] | None:
-        return self.lock.holder if self.lock is not None else None
-
-    @property
-    def disk_free_bytes(self) -> int | None:
-        return self.disk.free_bytes if self.disk is not None else None
-
-    @property
-    def python(self) -> str | None:
-        return self.interpreter.python
-
-    @property
-    def torch(self) -> str | None:
-        return self.interpreter.torch
-
-    @property
-    def gpus(self) -> list[dict[str, Any]]:
-        return [asdict(g) for g in self.gpu.gpus]
-
-
-_ATTRIBUTE = {
-    "workspace": "workspace_exists",
-    "current": "link",
-    "python": "interpreter",
-    "gpus": "gpu",
-}
-
-
 def parse(output: str, *, strict: bool = True) -> HostFacts:
     """HostFacts from the output of `gather`: each section read by its fact's own parser.
 
@@ -422,127 +324,39 @@ def parse(output: str, *, strict: bool = True) -> HostFacts:
         if fact is None:
             continue
         asked.append(name)
-        setattr(facts, _ATTRIBUTE.get(name, name), fact.parse(lines))
+        setattr(facts, ATTRIBUTE.get(name, name), fact.parse(lines))
     facts.asked = tuple(asked)
     facts.current, facts.current_problem = resolve_current(facts)
     return facts
 
 
-# --- decisions over facts -----------------------------------------------------------------------
+# the decisions over facts, importable from here as before (their home is decisions.py)
+from moola_ops.commands.decisions import (  # noqa: E402
+    newest_snapshot,
+    plan_prune,
+    release_history,
+    resolve_current,
+    rollback_target,
+)
 
-
-def resolve_current(facts: HostFacts) -> tuple[str | None, str | None]:
-    """(version, None) when `current` is a release Moola deployed, else (None, why not).
-
-    `current` counts only when it resolves to releases/<version> inside the workspace, for a
-    version on disk that revisions.log names, whose archive sha256 matches the one deployed.
-    No link at all is (None, None): a host that has no release yet.
-    """
-    link = facts.link
-    if link.link is None:
-        return None, None
-    if not link.resolves:
-        return None, f"current -> {link.link} does not resolve (its release is gone)"
-    name = link.link.rstrip("/").rsplit("/", 1)[-1]
-    inside = link.root and link.resolved == f"{link.root.rstrip('/')}/releases/{name}"
-    try:
-        check_name(name, "release")
-    except Exception:
-        inside = False
-    if not inside:
-        return None, (
-            f"current -> {link.link} is not a release in this workspace's releases/ "
-            f"(it resolves to {link.resolved or 'an unknown place'})"
-        )
-    if "releases" in facts.asked and name not in facts.releases:
-        return None, f"current -> {link.link} names no release on disk"
-    if "revisions" in facts.asked:
-        lines = [r for r in facts.revisions if r.get("version") == name]
-        if not lines:
-            return None, f"current -> releases/{name}, which revisions.log never deployed"
-        deployed = next((r["sha256"] for r in reversed(lines) if r.get("sha256")), None)
-        on_disk = facts.releases.get(name) if "releases" in facts.asked else deployed
-        if deployed and on_disk != deployed:
-            return None, (
-                f"current -> releases/{name}, whose archive sha256 ({str(on_disk)[:12]}) is not "
-                f"the one deployed ({deployed[:12]})"
-            )
-    return name, None
-
-
-def release_history(revisions: list[dict[str, Any]]) -> list[str]:
-    """The stack of versions that served, oldest first, replayed from revisions.log.
-
-    A deploy pushes its version; a rollback to X pops back to X (so a second rollback goes
-    further back instead of flip-flopping); a rollback to a version not on the stack pushes it.
-    """
-    stack: list[str] = []
-    for line in revisions:
-        version, action = line.get("version"), line.get("action")
-        if not version:
-            continue
-        if action in steps.BACK_ACTIONS and version in stack:
-            while stack[-1] != version:
-                stack.pop()
-        elif action in steps.BACK_ACTIONS + steps.FORWARD_ACTIONS and (
-            not stack or stack[-1] != version
-        ):
-            stack.append(version)
-    return stack
-
-
-def rollback_target(facts: HostFacts) -> str | None:
-    """The version that served before the current one, from the host's own history."""
-    stack = release_history(facts.revisions)
-    if stack and stack[-1] == facts.current:
-        stack = stack[:-1]
-    for version in reversed(stack):
-        if version != facts.current:
-            return version
-    return None
-
-
-def plan_prune(
-    facts: HostFacts,
-    *,
-    keep_releases: int,
-    keep_backups: int,
-    protect: tuple[str, ...] = (),
-) -> tuple[list[str], list[str]]:
-    """(releases, snapshots) to delete: keep the newest N and M, never current or previous.
-
-    Releases are ordered by when they last served (revisions.log), not by mtime; releases the
-    history never mentions count as oldest. The newest snapshot of current and of previous is
-    always kept too, so a damaged rollback target can be restored.
-    """
-    previous = rollback_target(facts)
-    keep = {v for v in (facts.current, previous, *protect) if v}
-    served = release_history(facts.revisions)
-    order = sorted(facts.releases, key=lambda v: (_last_index(served, v), v), reverse=True)
-    keep.update(order[: max(keep_releases, 0)])
-    releases = sorted(v for v in facts.releases if v not in keep)
-
-    snapshots = sorted(facts.backups, reverse=True)  # timestamp-first names: newest first
-    keep_snap = set(snapshots[: max(keep_backups, 0)])
-    for version in (facts.current, previous):
-        newest = next((b for b in snapshots if _snapshot_version(b) == version), None)
-        if newest:
-            keep_snap.add(newest)
-    backups = sorted(b for b in facts.backups if b not in keep_snap)
-    return releases, backups
-
-
-def _last_index(items: list[str], value: str) -> int:
-    return max((i for i, v in enumerate(items) if v == value), default=-1)
-
-
-def _snapshot_version(name: str) -> str | None:
-    parsed = release.parse_snapshot_name(name)
-    return parsed[1] if parsed else None
-
-
-def newest_snapshot(facts: HostFacts, version: str) -> str | None:
-    """The newest snapshot file holding `version`, or None."""
-    return next(
-        (b for b in sorted(facts.backups, reverse=True) if _snapshot_version(b) == version), None
-    )
+__all__ = [
+    "FACTS",
+    "Fact",
+    "HostFacts",
+    "gather",
+    "parse",
+    "register",
+    "split_sections",
+    "newest_snapshot",
+    "plan_prune",
+    "release_history",
+    "resolve_current",
+    "rollback_target",
+    "CurrentLink",
+    "LockFact",
+    "DiskFact",
+    "PythonFact",
+    "GpuReport",
+    "ChecksumFact",
+    "GpuFact",
+]

@@ -36,18 +36,22 @@ def holder_json(holder: dict[str, Any]) -> str:
 def acquire(layout: Layout, holder: dict[str, Any]) -> str:
     """Create the workspace layout, then take the lock or print who holds it (always exit 0).
 
-    The holder file is written inside the freshly made directory; if that write fails (a full
-    disk) the directory is removed again so no anonymous lock is left behind.
+    The lock appears whole: holder.json is written into a private folder that is then renamed
+    to deploy.lock in one rename(2), which fails while another holder's (non-empty) lock is
+    there; so a refused deployer always finds the holder's name. A failed write (a full disk)
+    leaves nothing behind.
     """
-    check_name(holder["deployment"], "deployment id")
+    deployment = check_name(holder["deployment"], "deployment id")
     lock = layout.lock
+    fresh = layout.path(f".deploy.lock-{deployment}")
     holder_file = layout.path("deploy.lock", "holder.json")
+    write = f"printf '%s\\n' {shlex.quote(holder_json(holder))} > {fresh}/holder.json"
     return (
         f"mkdir -p {layout.releases} {layout.incoming} {layout.backups} && "
-        f"if mkdir {lock} 2>/dev/null; then "
-        f"if printf '%s\\n' {shlex.quote(holder_json(holder))} > {holder_file}; "
-        f"then echo {ACQUIRED}; else rm -rf {lock}; echo {HELD}; echo {_WRITE_FAILED}; fi; "
-        f"else echo {HELD}; cat {holder_file} 2>/dev/null || echo '{{}}'; fi"
+        f"rm -rf {fresh} && mkdir {fresh} && "
+        f"if ! {write}; then rm -rf {fresh}; echo {HELD}; echo {_WRITE_FAILED}; "
+        f"elif [ ! -e {lock} ] && mv -T {fresh} {lock} 2>/dev/null; then echo {ACQUIRED}; "
+        f"else rm -rf {fresh}; echo {HELD}; cat {holder_file} 2>/dev/null || echo '{{}}'; fi"
     )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from moola_core.errors import MoolaError
 from moola_ops import steps
+from moola_ops.commands import compose
 from moola_ops.commands import facts as facts_cmd
 from moola_ops.commands import lock as lock_cmd
 from moola_ops.commands import release as release_cmd
@@ -189,7 +190,9 @@ class HostContext:
         """Take the deploy lock and read the host's facts in one round trip."""
         with self.step(steps.LOCK, what=what) as info:
             acquire = lock_cmd.acquire(self.layout, self.holder(what))
-            out = self.run(f"{acquire}; {facts_cmd.gather(self.layout, self.host.python)}")
+            out = self.run(
+                compose.combine(acquire, facts_cmd.gather(self.layout, self.host.python))
+            )
             try:
                 acquired, held_by = lock_cmd.parse_acquire(out.stdout)
                 facts = facts_cmd.parse(out.stdout)

@@ -266,7 +266,7 @@ def switch_back(ctx: HostContext, previous: str | None, failed: str) -> str:
     ctx.unsettled = None
     if previous is None:
         with ctx.step(steps.AUTO_ROLLBACK, version=None) as info:
-            ctx.run_reconnecting(f"{release_cmd.remove_current(ctx.layout)}", info)
+            ctx.run_reconnecting(release_cmd.remove_current(ctx.layout), info)
             info["removed_current"] = True
         return (
             f"no previous release to return to, so `current` was removed "

@@ -59,7 +59,10 @@ def test_layout_paths_are_quoted_and_home_stays_expandable():
 def test_lock_acquire_is_one_mkdir_with_a_quoted_holder():
     holder = {"deployment": DEP, "actor": "o'brien@box", "what": "deploy v0.3"}
     cmd = lock.acquire(WS, holder)
-    assert "mkdir /workspace/moola/deploy.lock 2>/dev/null" in cmd
+    # the lock appears whole (holder.json inside) by one rename, never as an empty folder
+    assert (
+        f"mv -T /workspace/moola/.deploy.lock-{DEP} /workspace/moola/deploy.lock 2>/dev/null" in cmd
+    )
     assert shlex.quote(lock.holder_json(holder)) in cmd  # a quote in the actor stays data
     assert cmd.startswith("mkdir -p /workspace/moola/releases /workspace/moola/incoming")
 
@@ -291,10 +294,10 @@ def test_host_promote_verify_snapshot_and_restore_round_trip(tmp_path):
 RECORDED = """### workspace
 present
 ### current
-releases/v0.3
-/workspace/moola/releases/v0.3
-/workspace/moola
-resolves
+link releases/v0.3
+resolved /workspace/moola/releases/v0.3
+root /workspace/moola
+state resolves
 ### releases
 v0.2 1111111111111111111111111111111111111111111111111111111111111111
 v0.3 2222222222222222222222222222222222222222222222222222222222222222

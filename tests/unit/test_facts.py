@@ -35,9 +35,11 @@ def test_split_sections_keeps_order_and_text():
 
 def test_parse_current_link_release_and_dangling():
     assert cmd.parse_current([]) == cmd.CurrentLink(None, None, None, False)
-    fact = cmd.parse_current(["releases/v0.3", "/ws/releases/v0.3", "/ws", "resolves"])
+    lines = ["link releases/v0.3", "resolved /ws/releases/v0.3", "root /ws", "state resolves"]
+    fact = cmd.parse_current(lines)
     assert (fact.link, fact.resolved, fact.resolves) == ("releases/v0.3", "/ws/releases/v0.3", True)
-    assert cmd.parse_current(["releases/v0.2", "", "/ws", "dangling"]).resolves is False
+    dangling = ["link releases/v0.2", "resolved /ws/releases/v0.2", "root /ws", "state dangling"]
+    assert cmd.parse_current(dangling).resolves is False
 
 
 def test_parse_gpus_from_recorded_nvidia_smi():
