@@ -260,6 +260,29 @@ def drill(
     _run(c, json, lambda: engine.drill(hosts, opts))
 
 
+@task(
+    help={
+        "host": HOST_HELP,
+        "inventory": INVENTORY_HELP,
+        "keep_releases": "releases kept on each host besides current and previous (default 5)",
+        "keep_backups": "snapshots kept on each host (default 5)",
+        "plan": PLAN_HELP,
+        "json": "print JSON",
+    }
+)
+@user_errors
+def prune(c, host, inventory="", keep_releases=5, keep_backups=5, plan=False, json=False):
+    """Remove old releases and snapshots (never current, the rollback target or their newest
+    snapshots); deploys do this after each success."""
+    from moola_ops import engine
+
+    hosts = _hosts(host, inventory)
+    opts = _options(
+        keep_releases=int(keep_releases), keep_backups=int(keep_backups), plan=_planning(c, plan)
+    )
+    _run(c, json, lambda: engine.prune(hosts, opts))
+
+
 @task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": "print JSON"})
 @user_errors
 def backups(c, host, inventory="", json=False):
@@ -381,4 +404,4 @@ def log(c, host="", deployment="", phase="", last=30, json=False):
         )
 
 
-EXPORTS = [deploy, rollback, drill, backups, restore, lock_, log]
+EXPORTS = [deploy, rollback, drill, prune, backups, restore, lock_, log]
