@@ -322,7 +322,8 @@ def settle(ctx: HostContext, exc: BaseException) -> HostOutcome:
     name = ctx.host.name
     notes: list[str] = []
     current = ctx.previous
-    if isinstance(exc, Aborted | KeyboardInterrupt):
+    cut = ctx.cancel.is_set() and isinstance(exc, TransportError)  # our Ctrl-C cut the line
+    if isinstance(exc, Aborted | KeyboardInterrupt) or cut:
         status, first = "aborted", "stopped by Ctrl-C"
         ctx.record(steps.ABORTED, "aborted", reason="Ctrl-C")
     elif isinstance(exc, Refused):
