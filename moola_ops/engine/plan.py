@@ -68,7 +68,7 @@ class Planner:
         lock = self.facts.lock
         if lock is None:
             return "free"
-        stale = lock_cmd.stale_reason(lock.holder, lock.age_s, max_age_s=self.opts.host_deadline_s)
+        stale = lock_cmd.stale_reason(lock.holder, lock.age_s, max_age_s=lock_cmd.MAX_AGE_S)
         who = lock_cmd.describe_holder(lock.holder)
         if stale:
             return f"STALE lock of {who} ({stale}): {lock_cmd.break_hint(self.host.name)}"

@@ -212,3 +212,104 @@ def test_a_lock_broken_before_the_switch_stops_the_switch(
     with pytest.raises(Exception, match="belongs to other@ci"):
         engine.release_lock(host)  # not ours: only its holder (by deployment id) or --break
     assert engine.release_lock(host, other["deployment"])
+
+
+def test_one_hung_host_never_holds_the_fleet_past_its_deadline(hosts, bundles, journal_file):
+    _, inventory, root = hosts
+    hung_host, good = inventory.resolve("hard-2,hard-3")
+    python, started = hanging_python(root, hung_host)
+    hung = replace(hung_host, python=python)
+    # a check deadline far away, but each host's whole run bounded at 25 s
+    opts = replace(FAST, check_timeout_s=600, deadline_s=25)
+    result = engine.deploy([hung, good], engine.resolve_bundle(str(bundles["v1.2"])), opts)
+    by_host = {o.host: o for o in result.outcomes}
+    assert by_host["hard-3"].ok, by_host["hard-3"]
+    assert by_host["hard-2"].status == "failed"
+    # the first cause is named: the deadline, not a later unlock or cleanup problem
+    message = by_host["hard-2"].message
+    assert "deadline" in message or "did not finish within" in message, message
+    assert not message.startswith("unlock")
+    assert by_host["hard-2"].duration_s < 600  # bounded by the host's deadline, not the check's
+    bound = time.monotonic() + 60  # the host's own `timeout` ends the check at the deadline
+    while hung_checks_left() and time.monotonic() < bound:
+        time.sleep(0.5)
+    assert hung_checks_left() == []
+
+
+def test_a_stale_lock_is_called_stale_with_the_break_command(hosts, bundles, journal_file):
+    import socket
+
+    _, inventory, _ = hosts
+    (host,) = inventory.resolve("hard-3")
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that is gone on this machine
+    holder = {
+        "deployment": "20260101T000000Z-dead01",
+        "actor": "me@here",
+        "what": "deploy v9",
+        "pid": dead.pid,
+        "client": socket.gethostname(),
+        "since": "2026-01-01T00:00:00Z",
+    }
+    with HostSession(host) as ssh:
+        ssh.run(lock_cmd.acquire(Layout(host.workspace), holder))
+    refused = engine.deploy([host], engine.resolve_bundle(str(bundles["v1.2"])), FAST)
+    message = refused.outcomes[0].message
+    assert refused.outcomes[0].status == "refused" and "STALE" in message
+    assert f"invoke lock --host {host.name} --break" in message
+    assert "is gone" in engine.lock_status(host)["stale"]
+    from moola_ops.health import WARNING, probe_host
+
+    health = probe_host(host, time.monotonic() + 60)
+    lock_check = {c.name: c for c in health.checks}["lock"]
+    assert lock_check.state == WARNING and "STALE" in lock_check.message
+    assert engine.break_lock(host)["deployment"] == holder["deployment"]
+
+
+def test_current_outside_releases_is_never_taken_for_a_release(hosts, bundles, journal_file):
+    _, inventory, root = hosts
+    (host,) = inventory.resolve("hard-3")
+    for version in ("v1.0", "v1.2"):
+        assert engine.deploy([host], engine.resolve_bundle(str(bundles[version])), FAST).ok
+    ws = Path(host.workspace)
+    outside = root / "stash-v1.2"
+    if not outside.exists():
+        shutil.copytree(ws / "releases" / "v1.2", outside)
+    (ws / "current").unlink()
+    (ws / "current").symlink_to(outside)
+    from moola_ops.health import CRITICAL, probe_host
+
+    health = probe_host(host, time.monotonic() + 60)
+    current = {c.name: c for c in health.checks}["current"]
+    assert current.state == CRITICAL and "not a release in this workspace" in current.message
+    assert not engine.verify_current(host).ok
+    again = engine.deploy([host], engine.resolve_bundle(str(bundles["v1.2"])), FAST)
+    outcome = again.outcomes[0]
+    assert outcome.status == "ok", outcome  # not a "noop": the copy outside is not v1.2
+    assert "treated as no current release" in outcome.message and outcome.previous is None
+    assert os.readlink(ws / "current") == "releases/v1.2"
+
+    (ws / "current").unlink()
+    (ws / "current").symlink_to("/etc")
+    back = engine.rollback([host], "v1.0", FAST)
+    assert back.ok, back.outcomes
+    revisions = (ws / "revisions.log").read_text()
+    assert '"previous":"etc"' not in revisions and '"previous":null' in revisions.splitlines()[-1]
+
+
+def test_repair_re_uploads_the_same_bytes_of_a_damaged_release(hosts, bundles, journal_file):
+    _, inventory, _ = hosts
+    (host,) = inventory.resolve("hard-3")  # current v1.0 (rollback above)
+    weights = Path(host.workspace) / "releases" / "v1.0" / "weights.pt"
+    weights.write_bytes(b"damaged")
+    assert not engine.verify_current(host).ok
+    result = engine.repair([host], engine.resolve_bundle(str(bundles["v1.0"])), FAST)
+    assert result.ok and "repaired v1.0" in result.outcomes[0].message, result.outcomes
+    logged = {
+        e["step"]: e["status"] for e in read_events(journal_file, deployment=result.deployment)
+    }
+    assert logged["verify"] == "failed" and logged["repair"] == "ok"
+    assert logged["promote"] == "ok" and logged["check"] == "ok" and logged["post-check"] == "ok"
+    assert engine.verify_current(host).ok
+    other = engine.repair([host], engine.resolve_bundle(str(bundles["v1.1"])), FAST)
+    assert other.outcomes[0].status in ("failed", "noop")
