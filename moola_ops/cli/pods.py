@@ -99,6 +99,8 @@ def list_(c, json=False, inventory=""):
             )
         console().print(table)
     else:
+        if pods:
+            print("id\tname\tstatus\tgpu\tcost\tuptime\tssh\thosts")
         for p in pods:
             hosts = ",".join(named.get(p.id, [])) or "-"
             print(

@@ -265,3 +265,29 @@ def test_every_task_keeps_the_key_out_of_every_output(runpod_api, pod_host, bund
             assert secret not in proc.stdout and secret not in proc.stderr, what
         assert secret not in log and secret not in cache
         assert secret not in pod_host["known"].read_text()
+
+
+def test_stop_on_a_terminal_asks_for_the_pod_id(runpod_api, pod_host):
+    """A person at a terminal types the id; anything else leaves the pod running."""
+    if not shutil.which("script"):
+        pytest.fail("util-linux `script` is needed to give the task a terminal")
+    env = {**cli_env(runpod_api, pod_host), "TERM": "xterm"}
+    command = f"{sys.executable} -m invoke -r {REPO} pods.stop --pod {POD}"
+
+    def at_terminal(typed: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["script", "-qec", command, "/dev/null"],
+            input=typed,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    wrong = at_terminal("yes\n")
+    assert wrong.returncode == 1 and "not confirmed" in wrong.stdout
+    assert runpod_api.pods[POD]["desiredStatus"] == "RUNNING"
+    right = at_terminal(POD + "\n")
+    assert right.returncode == 0, right.stdout
+    assert "stop requested (desired status EXITED)" in right.stdout
+    assert runpod_api.pods[POD]["desiredStatus"] == "EXITED"
