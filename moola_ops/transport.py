@@ -77,6 +77,7 @@ class HostSession:
         self.accept_new_host_key = accept_new_host_key
         self.command_timeout_s = command_timeout_s
         self.accepted_key: str | None = None  # fingerprint pinned by accept_new_host_key
+        self.connected_to: Host | None = None  # the host as reached (a pod: its address now)
         self._conn = None
         self._sftp = None
 
@@ -160,6 +161,7 @@ class HostSession:
                 f"{_reason(exc)}; check the address, the port mapping and that the host is up"
             ) from None
         self._conn = conn
+        self.connected_to = host
         return self
 
     def _known_hosts_files(self, conn) -> list[Path]:

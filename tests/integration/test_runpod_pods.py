@@ -133,6 +133,7 @@ def test_a_recreated_pod_is_refused_until_its_new_key_is_pinned(runpod_api, pod_
     assert json.loads(again.stdout)["state"] == "match"
     with HostSession(host) as ssh:  # strict again, and the new key is the pinned one
         assert ssh.run("echo ok").stdout.strip() == "ok"
+        assert ssh.connected_to.port == new_port and host.port is None
 
 
 def test_healthcheck_says_why_a_pod_is_down_without_connecting(runpod_api, pod_host):

@@ -343,3 +343,39 @@ def test_the_key_file_named_in_the_defaults_is_used(runpod_api, tmp_path, monkey
     (host,) = load_inventory(path).resolve("g")
     assert host.endpoint().port == 40122
     assert json.loads((tmp_path / "runpod-pods.json").read_text())["pods"]["abc123"]
+
+
+# --- host keys of pods --------------------------------------------------------------------------
+
+
+def test_pin_replaces_only_the_pods_alias_and_compare_prefers_it(tmp_path):
+    import base64
+
+    from moola_ops import hostkeys
+
+    def key(seed: bytes) -> hostkeys.ScannedKey:
+        blob = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + seed * 32
+        return hostkeys.ScannedKey("ssh-ed25519", base64.b64encode(blob).decode())
+
+    old, new, other = key(b"a"), key(b"b"), key(b"c")
+    known = tmp_path / "known_hosts"
+    known.write_text(
+        f"runpod-p1 ssh-ed25519 {old.blob}\n"
+        f"[127.0.0.1]:4000 ssh-ed25519 {other.blob}\n"  # that address served another pod once
+        f"elsewhere ssh-ed25519 {other.blob}\n"
+    )
+    report = hostkeys.compare("runpod-p1", "127.0.0.1", 4000, [new], [known])
+    assert report.state == "differs" and report.pinned[0]["as"] == "runpod-p1"
+    assert "DIFFERS" in report.sentence("p1") and "--pin" in report.sentence("p1")
+    assert hostkeys.compare("runpod-p1", "127.0.0.1", 4000, [old], [known]).state == "match"
+    assert hostkeys.compare("runpod-p2", "10.0.0.1", 22, [new], [known]).state == "unpinned"
+
+    hostkeys.pin("runpod-p1", [new], known)
+    lines = known.read_text().splitlines()
+    assert lines == [
+        f"[127.0.0.1]:4000 ssh-ed25519 {other.blob}",
+        f"elsewhere ssh-ed25519 {other.blob}",
+        f"runpod-p1 ssh-ed25519 {new.blob}",
+    ]
+    assert hostkeys.compare("runpod-p1", "127.0.0.1", 4000, [new], [known]).state == "match"
+    assert new.fingerprint.startswith("SHA256:") and new.fingerprint != old.fingerprint
