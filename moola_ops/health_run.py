@@ -38,7 +38,10 @@ def run_parallel(
     def failed(host: Any, exc: BaseException) -> HostHealth:
         health = HostHealth(host=name_of(host))
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        health.checks.append(CheckResult(steps.CHECK_SSH, CRITICAL, message[:300]))
+        # a RunPod look-up names its own check and state (a stopped pod: CRITICAL)
+        check = getattr(exc, "check", steps.CHECK_SSH)
+        state = getattr(exc, "nagios_state", CRITICAL)
+        health.checks.append(CheckResult(check, state, message[:300]))
         return health
 
     def late(host: Any, waited: float) -> HostHealth:

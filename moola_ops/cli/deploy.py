@@ -11,6 +11,7 @@ from invoke.exceptions import Exit
 
 from moola_core.errors import MoolaError
 from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
+from moola_ops.runpod import REFRESH_HELP
 
 HOST_HELP = "inventory host names and/or groups, comma separated (e.g. runpod-1 or prod)"
 INVENTORY_HELP = "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)"
@@ -27,6 +28,7 @@ COMMON_HELP = {
     "check_runs": "timed runs of the runtime check (0, the default: the runtime's own)",
     "check_timeout": "seconds the runtime check may take on a host before it is stopped there "
     "(default 600)",
+    "refresh": REFRESH_HELP,
 }
 PLAN_HELP = (
     "say what would happen on each host (facts read only; nothing locked or changed); "
@@ -34,9 +36,11 @@ PLAN_HELP = (
 )
 
 
-def _hosts(host: str, inventory: str):
+def _hosts(host: str, inventory: str, refresh: bool = False):
     from moola_ops.inventory import load_inventory
+    from moola_ops.runpod import refresh_cache
 
+    refresh_cache(refresh)  # runpod_pod_id hosts: the first look-up asks the API
     return load_inventory(inventory or None).resolve(host)
 
 
@@ -156,11 +160,12 @@ def deploy(
     plan=False,
     repair=False,
     json=False,
+    refresh=False,
 ):
     """Phase 4: ship a bundle to hosts: lock, upload, verify, check, switch, check, prune."""
     from moola_ops import engine
 
-    hosts = _hosts(host, inventory)
+    hosts = _hosts(host, inventory, refresh)
     local = engine.resolve_bundle(bundle)
     planning = _planning(c, plan)
     bar, factory = _progress_factory() if not (json or planning) else (None, None)
@@ -216,11 +221,12 @@ def rollback(
     check_timeout=600.0,
     plan=False,
     json=False,
+    refresh=False,
 ):
     """Phase 7: switch hosts back to their previous release (from revisions.log), checked."""
     from moola_ops import engine
 
-    hosts = _hosts(host, inventory)
+    hosts = _hosts(host, inventory, refresh)
     opts = _options(
         parallel=int(parallel),
         canary=int(canary),
@@ -244,13 +250,14 @@ def drill(
     check_runs=0,
     check_timeout=600.0,
     json=False,
+    refresh=False,
 ):
     """Rehearse a rollback on live hosts: back to previous, check, forward again, check."""
     from moola_ops import engine
 
     if c.config.run.dry:
         raise MoolaError("drill has no plan: it is a rehearsal; run it without --dry")
-    hosts = _hosts(host, inventory)
+    hosts = _hosts(host, inventory, refresh)
     opts = _options(
         parallel=int(parallel),
         accept_new_host_key=accept_new_host_key,
@@ -268,29 +275,39 @@ def drill(
         "keep_backups": "snapshots kept on each host (default 5)",
         "plan": PLAN_HELP,
         "json": "print JSON",
+        "refresh": REFRESH_HELP,
     }
 )
 @user_errors
-def prune(c, host, inventory="", keep_releases=5, keep_backups=5, plan=False, json=False):
+def prune(
+    c, host, inventory="", keep_releases=5, keep_backups=5, plan=False, json=False, refresh=False
+):
     """Remove old releases and snapshots (never current, the rollback target or their newest
     snapshots); deploys do this after each success."""
     from moola_ops import engine
 
-    hosts = _hosts(host, inventory)
+    hosts = _hosts(host, inventory, refresh)
     opts = _options(
         keep_releases=int(keep_releases), keep_backups=int(keep_backups), plan=_planning(c, plan)
     )
     _run(c, json, lambda: engine.prune(hosts, opts))
 
 
-@task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": "print JSON"})
+@task(
+    help={
+        "host": HOST_HELP,
+        "inventory": INVENTORY_HELP,
+        "json": "print JSON",
+        "refresh": REFRESH_HELP,
+    }
+)
 @user_errors
-def backups(c, host, inventory="", json=False):
+def backups(c, host, inventory="", json=False, refresh=False):
     """List the snapshots on a host (taken before each switch), newest first."""
     from moola_ops import engine
 
     rows = []
-    for h in _hosts(host, inventory):
+    for h in _hosts(host, inventory, refresh):
         rows += [dict(row, host=h.name) for row in engine.list_backups(h)]
     if json:
         print_json(rows)
@@ -308,14 +325,15 @@ def backups(c, host, inventory="", json=False):
         "inventory": INVENTORY_HELP,
         "plan": PLAN_HELP,
         "json": "print JSON",
+        "refresh": REFRESH_HELP,
     }
 )
 @user_errors
-def restore(c, host, snapshot, inventory="", plan=False, json=False):
+def restore(c, host, snapshot, inventory="", plan=False, json=False, refresh=False):
     """Restore releases/<version> on hosts from a snapshot (verified before it is put back)."""
     from moola_ops import engine
 
-    hosts = _hosts(host, inventory)
+    hosts = _hosts(host, inventory, refresh)
     opts = _options(plan=_planning(c, plan))
     _run(c, json, lambda: engine.restore(hosts, snapshot, opts))
 
@@ -350,15 +368,18 @@ def lock_line(state: dict) -> str:
         "break_": "break the lock whoever holds it (a stale lock; logged)",
         "inventory": INVENTORY_HELP,
         "json": "print JSON",
+        "refresh": REFRESH_HELP,
     },
 )
 @user_errors
-def lock_(c, host, release=False, deployment="", break_=False, inventory="", json=False):
+def lock_(
+    c, host, release=False, deployment="", break_=False, inventory="", json=False, refresh=False
+):
     """Show who holds each host's deploy lock; --release your own, --break a stale one."""
     from moola_ops import engine
 
     report = {}
-    for h in _hosts(host, inventory):
+    for h in _hosts(host, inventory, refresh):
         if break_:
             holder = engine.break_lock(h)
             report[h.name] = {"broken": holder is not None, "holder": holder}
