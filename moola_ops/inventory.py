@@ -37,7 +37,9 @@ class Host:
     gpu: str | None = None  # expected GPU (substring of nvidia-smi's name), None: no GPU needed
     latency_sla_ms: float | None = None  # overrides the bundle's SLA for this host
     groups: tuple[str, ...] = ()
-    connect_timeout_s: float = 10.0
+    connect_timeout_s: float = 10.0  # per connection attempt
+    connect_retries: int = 2  # further attempts when connection set-up fails (never commands)
+    keepalive_s: float = 5.0  # SSH keepalive interval; 3 silent intervals = the host is dead
     smoke: str | None = None  # shell command run in `current` after a switch; failure rolls back
     sandbox: bool = False
     ssh_config: str | None = None  # an ssh_config file to read instead of ~/.ssh/config
@@ -69,6 +71,8 @@ def _models():
         latency_sla_ms: float | None = Field(default=None, gt=0)
         groups: list[str] = []
         connect_timeout_s: float | None = Field(default=None, gt=0, le=300)
+        connect_retries: int | None = Field(default=None, ge=0, le=10)
+        keepalive_s: float | None = Field(default=None, ge=0, le=300)
         smoke: str | None = None
         sandbox: bool = False
         ssh_config: str | None = None
@@ -96,6 +100,8 @@ def _models():
         workspace: str = DEFAULT_WORKSPACE
         python: str = "python3"
         connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+        connect_retries: int = Field(default=2, ge=0, le=10)
+        keepalive_s: float = Field(default=5.0, ge=0, le=300)
         ssh_config: str | None = None
         allowed_signers: str | None = None
 
@@ -264,6 +270,8 @@ def load_inventory(
             latency_sla_ms=entry.latency_sla_ms,
             groups=tuple(entry.groups),
             connect_timeout_s=entry.connect_timeout_s or d.connect_timeout_s,
+            connect_retries=_first(entry.connect_retries, d.connect_retries),
+            keepalive_s=_first(entry.keepalive_s, d.keepalive_s),
             smoke=entry.smoke,
             sandbox=entry.sandbox,
             ssh_config=_expand(entry.ssh_config or d.ssh_config),
@@ -271,6 +279,11 @@ def load_inventory(
         )
     root = Path(sandbox_root or DEFAULT_SANDBOX_ROOT)  # the sandbox tasks' default root
     return Inventory(hosts=hosts, source=str(source), sandbox_root=root)
+
+
+def _first(value, default):
+    """`value` unless it is None (0 is a real choice: no retries, no keepalives)."""
+    return default if value is None else value
 
 
 def _expand(path: str | None) -> str | None:
