@@ -24,3 +24,37 @@ class ValidationError(MoolaError):
     def __init__(self, message: str, problems: list | None = None):
         super().__init__(message)
         self.problems = list(problems or [])
+
+
+# What a person can do about the OSErrors that reach a task (by errno name).
+_OS_ADVICE = {
+    "ENOSPC": "free disk space",
+    "EDQUOT": "free disk space (quota exceeded)",
+    "EFBIG": "the file hit a size limit: free space or raise the limit",
+    "EACCES": "check its permissions",
+    "EPERM": "check its permissions (or an immutable flag: lsattr)",
+    "EROFS": "the filesystem is read-only: use a writable location",
+    "ENOENT": "check the path",
+    "EISDIR": "it is a folder: give a file instead",
+    "ENOTDIR": "a file is in the way of a folder on that path",
+    "EEXIST": "remove it or choose another name",
+}
+
+
+def os_error_sentence(exc: OSError, action: str = "") -> str:
+    """One sentence for an OSError: what failed, on which path, and what to do.
+
+    `action` says what Moola was doing ("write the deployment log"); without it the sentence
+    starts from the path.
+    """
+    import errno as _errno
+
+    name = _errno.errorcode.get(exc.errno or 0, "")
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    path = exc.filename if exc.filename is not None else ""
+    if exc.filename2 is not None:
+        path = f"{path} -> {exc.filename2}"
+    what = f"could not {action}" if action else "a file operation failed"
+    where = f" {path}" if path else ""
+    advice = _OS_ADVICE.get(name, "check the path and try again")
+    return f"{what}{where} ({reason}): {advice}"
