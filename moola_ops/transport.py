@@ -258,14 +258,17 @@ class HostSession:
         if self._watchdog is not None:
             self._watchdog.stop()
             self._watchdog = None
-        if self._sftp is not None:
-            with contextlib.suppress(Exception):
-                self._sftp.close()
-            self._sftp = None
+        self._close_sftp()
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
+
+    def _close_sftp(self) -> None:
+        if self._sftp is not None:
+            with contextlib.suppress(Exception):
+                self._sftp.close()
+            self._sftp = None
 
     def cancel(self) -> None:
         """Stop what this session is doing, from any thread (Ctrl-C, a fleet's deadline).
@@ -430,7 +433,7 @@ class HostSession:
                     self._sftp = self._conn.sftp()
                 self._sftp.put(str(local), remote, callback=progress, confirm=True)
         except Aborted:
-            self._drop("aborted")  # the SFTP channel may hold half a request: start afresh
+            self._close_sftp()  # it may hold half a request: the next upload starts afresh
             raise
         except Exception as exc:
             self._check_cancelled()
@@ -464,7 +467,7 @@ class HostSession:
     def _check_alive(self, during: str) -> None:
         """Raise the watchdog's sentence when it closed the connection (dead peer, deadline)."""
         reason = self._dropped
-        if reason in ("cancelled", "aborted") or self._cancelled.is_set():
+        if reason == "cancelled" or self._cancelled.is_set():
             raise Aborted()
         if reason:
             raise TransportError(f"{reason}{' (' + during + ')' if during else ''}")

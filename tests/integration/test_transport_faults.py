@@ -333,3 +333,21 @@ def test_a_changed_host_key_names_both_fingerprints_and_the_line_to_edit(host, t
     assert f"known_hosts has {keygen_l(other.with_suffix('.pub'))}" in message
     assert f"edit {known} line {index + 1}" in message
     assert session.connect_attempts == 1  # a changed key is never retried
+
+
+def test_an_upload_stopped_by_its_callback_leaves_the_session_usable(host, tmp_path):
+    # the engine's Ctrl-C path: the progress callback raises Aborted, then the lock is released
+    # over the same connection
+    resolved, running = host
+    local = tmp_path / "small.bin"
+    local.write_bytes(os.urandom(1 << 20))
+
+    def stop(sent: int, total: int) -> None:
+        raise Aborted()
+
+    with HostSession(resolved) as ssh:
+        with pytest.raises(Aborted):
+            ssh.upload(local, f"{running.workspace}/small.bin", progress=stop)
+        assert ssh.run("echo unlocked").stdout == "unlocked\n"
+        ssh.upload(local, f"{running.workspace}/again.bin")
+        assert Path(running.workspace, "again.bin").read_bytes() == local.read_bytes()
