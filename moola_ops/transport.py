@@ -430,7 +430,7 @@ class HostSession:
         try:
             with self._guard(time.monotonic() + limit, reason):
                 if self._sftp is None:
-                    self._sftp = self._conn.sftp()
+                    self._sftp = self._conn.client.open_sftp()  # ours: Fabric caches a closed one
                 self._sftp.put(str(local), remote, callback=progress, confirm=True)
         except Aborted:
             self._close_sftp()  # it may hold half a request: the next upload starts afresh

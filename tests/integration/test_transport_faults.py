@@ -66,10 +66,14 @@ class Freezer:
         self.stopped: list[int] = []
 
     def freeze(self) -> None:
-        for pid in _descendants(self.sshd_pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
-                self.stopped.append(pid)
+        # twice: a process forked between listing and stopping its parent is caught the second
+        # time (a stopped parent forks no more)
+        for _ in range(2):
+            for pid in _descendants(self.sshd_pid):
+                if pid not in self.stopped:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGSTOP)
+                        self.stopped.append(pid)
         assert self.stopped, "no sshd session process to freeze"
 
     def thaw(self) -> None:
@@ -237,6 +241,7 @@ def test_a_command_to_a_frozen_host_ends_by_keepalive(host, freezer):
     resolved, _ = host
     ssh = HostSession(resolved, keepalive_s=1).open()
     try:
+        ssh.run("true")  # the session's own sshd process exists once a command ran
         freezer.freeze()
         thread, box = _in_thread(lambda: ssh.run("true", timeout_s=600))
         thread.join(60)
