@@ -38,6 +38,11 @@ _OS_ADVICE = {
     "EISDIR": "it is a folder: give a file instead",
     "ENOTDIR": "a file is in the way of a folder on that path",
     "EEXIST": "remove it or choose another name",
+    "ECONNREFUSED": "check the address and that the service is up",
+    "ECONNRESET": "the other side hung up: try again",
+    "ETIMEDOUT": "check the network and that the other side is up",
+    "EHOSTUNREACH": "check the network and the address",
+    "EPIPE": "the other side went away: try again",
 }
 
 
@@ -45,16 +50,18 @@ def os_error_sentence(exc: OSError, action: str = "") -> str:
     """One sentence for an OSError: what failed, on which path, and what to do.
 
     `action` says what Moola was doing ("write the deployment log"); without it the sentence
-    starts from the path.
+    names the path ("cannot use PATH (Is a directory): ...").
     """
     import errno as _errno
 
     name = _errno.errorcode.get(exc.errno or 0, "")
     reason = exc.strerror or str(exc) or type(exc).__name__
-    path = exc.filename if exc.filename is not None else ""
+    path = "" if exc.filename is None else str(exc.filename)
     if exc.filename2 is not None:
         path = f"{path} -> {exc.filename2}"
-    what = f"could not {action}" if action else "a file operation failed"
-    where = f" {path}" if path else ""
-    advice = _OS_ADVICE.get(name, "check the path and try again")
-    return f"{what}{where} ({reason}): {advice}"
+    if action:
+        what = f"could not {action}" + (f" {path}" if path else "")
+    else:
+        what = f"cannot use {path}" if path else "a system call failed"
+    advice = _OS_ADVICE.get(name, "check the path and try again" if path else "try again")
+    return f"{what} ({reason}): {advice}"

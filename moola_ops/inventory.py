@@ -53,6 +53,17 @@ class Host:
         return f"{user}{self.hostname}{port}"
 
 
+def _workspace_of(value: str) -> str:
+    """A workspace as the inventory accepts it: absolute on the host, never `~/...`."""
+    if value.startswith("~"):
+        # the shell would expand it, but uploads (SFTP) and the paths in every message would not
+        raise ValueError(
+            f"workspace {value!r} starts with '~', which uploads do not expand: write the "
+            "absolute path on the host, e.g. /root/moola or /workspace/moola"
+        )
+    return check_workspace(value)
+
+
 def _models():
     # pydantic is imported lazily: `invoke --list` must not pay for it.
     from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -88,7 +99,7 @@ def _models():
         @field_validator("workspace")
         @classmethod
         def _workspace(cls, value: str | None) -> str | None:
-            return None if value is None else check_workspace(value)
+            return None if value is None else _workspace_of(value)
 
     class Defaults(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -108,7 +119,7 @@ def _models():
         @field_validator("workspace")
         @classmethod
         def _workspace(cls, value: str) -> str:
-            return check_workspace(value)
+            return _workspace_of(value)
 
     class InventoryFile(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -227,7 +238,9 @@ def load_inventory(
             f"inventory {source} not found{where}: create it (see docs/inventory.md) "
             "or pass --inventory"
         )
-    text = source.read_text()
+    from moola_core.yaml_config import read_text
+
+    text = read_text(source, "inventory")
     try:
         raw = yaml.safe_load(text)
         tree = yaml.compose(text)
@@ -248,8 +261,9 @@ def load_inventory(
         loc = tuple(str(p) for p in first["loc"])
         line = _line_of(tree, loc)
         field_name = ".".join(loc) or "file"
+        msg = first["msg"].removeprefix("Value error, ")
         raise MoolaError(
-            f"{source} line {line}: {field_name}: {first['msg']} (see docs/inventory.md)"
+            f"{source} line {line}: {field_name}: {msg} (see docs/inventory.md)"
         ) from None
     except MoolaError as exc:  # a check_name inside a validator: name the file
         raise MoolaError(f"{source}: {exc}") from None

@@ -142,9 +142,8 @@ def _open_log(target: Path) -> int:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except FileExistsError:  # exist_ok covers folders only: a file holds the folder's name
-            raise NotADirectoryError(
-                errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(target.parent)
-            ) from None
+            reason = f"{os.strerror(errno.ENOTDIR)}: {target.parent} is a file"
+            raise NotADirectoryError(errno.ENOTDIR, reason, str(target)) from None
         # read as well: the last byte says whether the file ends on a whole line
         return os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError as exc:
