@@ -146,6 +146,7 @@ class HostSession:
         self.keepalive_s = host.keepalive_s if keepalive_s is None else keepalive_s
         self.connect_backoff_s = connect_backoff_s
         self.accepted_key: str | None = None  # fingerprint pinned by accept_new_host_key
+        self.connected_to: Host | None = None  # the host as reached (a pod: its address now)
         self.connect_attempts = 0  # how many attempts the last open() took
         self._conn = None
         self._sftp = None
@@ -161,17 +162,35 @@ class HostSession:
         """Connect and authenticate; raise TransportError / HostKeyError with one clear line.
 
         Connection set-up failures are retried `host.connect_retries` times with a growing
-        pause; a refused key or host key is not (it will not change by itself).
+        pause; a refused key or host key is not (it will not change by itself). A
+        `runpod_pod_id` host is looked up first (`Host.endpoint`, moola_ops/runpod.py); when
+        the (possibly cached) address fails, the pod is looked up once more and, if it moved
+        (a restart), connected to there.
         """
-        host = self.host
-        attempts = 1 + max(0, int(host.connect_retries))
+        target = self.host.endpoint()
+        if not self.host.runpod_pod_id:
+            return self._open(target)
+        try:  # once at the cached address: a pod that moved is looked up, not waited for
+            return self._open(target, retries=0)
+        except TransportError as first:
+            if self._cancelled.is_set():
+                raise
+            again = self.host.endpoint(refresh=True)
+            moved = (again.hostname, again.port) != (target.hostname, target.port)
+            if not moved and isinstance(first, HostKeyError):
+                raise
+            return self._open(again, retries=None if moved else target.connect_retries - 1)
+
+    def _open(self, host: Host, retries: int | None = None) -> HostSession:
+        retries = host.connect_retries if retries is None else retries
+        attempts = 1 + max(0, int(retries))
         pause = self.connect_backoff_s
         started = time.monotonic()
         for attempt in range(1, attempts + 1):
             self.connect_attempts = attempt
             self._check_cancelled()
             try:
-                self._conn = self._connect_once()
+                self._conn = self._connect_once(host)
                 break
             except _SetupFailed as failed:
                 if attempt == attempts:
@@ -187,16 +206,16 @@ class HostSession:
                 pause = min(pause * 2, CONNECT_BACKOFF_MAX_S)
         transport = self._conn.client.get_transport()
         self._dropped = None
+        self.connected_to = host
         if self.keepalive_s and self.keepalive_s > 0:
             self._watchdog = _Watchdog(self, transport, float(self.keepalive_s))
             self._watchdog.start()
         return self
 
-    def _connect_once(self):
+    def _connect_once(self, host: Host):
         import paramiko
         from fabric import Config, Connection
 
-        host = self.host
         timeout = host.connect_timeout_s
         kwargs: dict = {"banner_timeout": timeout, "auth_timeout": timeout}
         if host.identity_file:
@@ -215,12 +234,17 @@ class HostSession:
         )
         client = conn.client
         known_files = self._known_hosts_files(conn)
-        for path in known_files:
-            if path.exists():
-                client.load_host_keys(str(path))
-        client.set_missing_host_key_policy(
-            _PinNewKey(self, known_files[-1]) if self.accept_new_host_key else _RefuseUnknown()
-        )
+        pod = host.runpod_pod_id
+        if pod:  # pinned under a stable alias: a pod's address changes on every restart
+            _load_pod_keys(client, known_files, pod, conn.host, conn.port)
+        else:
+            for path in known_files:
+                if path.exists():
+                    client.load_host_keys(str(path))
+        if self.accept_new_host_key:
+            client.set_missing_host_key_policy(_PinNewKey(self, known_files[-1], pod))
+        else:
+            client.set_missing_host_key_policy(_RefuseUnknown(pod))
         try:
             conn.open()
         except HostKeyError:
@@ -641,20 +665,38 @@ def key_fingerprint_line(key) -> str:
 def changed_key_message(host: Host, hostname: str, port: int, new_key, old_key, files) -> str:
     """The sentence for a changed host key: both fingerprints and the known_hosts line to fix."""
     entry = hostname if port in (None, 22) else f"[{hostname}]:{port}"
-    where = _known_hosts_line(files, entry, old_key)
+    pod = host.runpod_pod_id
+    names = [entry]
+    if pod:  # a pod's key is pinned under its alias (moola_ops/runpod.py)
+        from moola_ops.runpod import key_alias
+
+        names.insert(0, key_alias(pod))
+    where = _known_hosts_line(files, names, old_key)
     fix = f"edit {where[0]} line {where[1]}" if where else "edit the known_hosts file that holds it"
-    remove = f"ssh-keygen -R '{entry}'" + (f" -f {where[0]}" if where else "")
+    remove = f"ssh-keygen -R '{where[2] if where else entry}'" + (
+        f" -f {where[0]}" if where else ""
+    )
+    if pod:
+        then = (
+            f"compare `invoke pods.known-host --pod {pod}` with the pod's own "
+            f"`ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` and pin it with `--pin` (or {fix})"
+        )
+    else:
+        then = (
+            "check the new fingerprint out of band (on the host: ssh-keygen -lf "
+            f"/etc/ssh/ssh_host_*_key.pub), then {fix} (or run `{remove}`) and connect again"
+        )
+    rebuilt = "the pod was re-created" if pod else "the host was rebuilt"
     return (
         f"host key of {host.name} ({entry}) CHANGED: the host now offers "
         f"{key_fingerprint_line(new_key)} but known_hosts has {key_fingerprint_line(old_key)}; "
-        "refusing to connect. If the host was rebuilt, check the new fingerprint out of band "
-        f"(on the host: ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then {fix} "
-        f"(or run `{remove}`) and connect again"
+        f"refusing to connect. If {rebuilt}, {then}"
     )
 
 
-def _known_hosts_line(files, entry: str, key) -> tuple[str, int] | None:
-    """(file, 1-based line) of the known_hosts entry for `entry` with `key`, hashed or not."""
+def _known_hosts_line(files, names: list[str], key) -> tuple[str, int, str] | None:
+    """(file, 1-based line, name) of the known_hosts entry for one of `names` with `key`,
+    hashed or not."""
     from paramiko.hostkeys import HostKeyEntry, HostKeys
 
     for path in files:
@@ -670,17 +712,46 @@ def _known_hosts_line(files, entry: str, key) -> tuple[str, int] | None:
             if parsed is None or parsed.key is None or parsed.key != key:
                 continue
             for name in parsed.hostnames:
-                if name == entry or (
-                    name.startswith("|1|") and HostKeys.hash_host(entry, name) == name
-                ):
-                    return str(path), number
+                for wanted in names:
+                    hashed = name.startswith("|1|") and HostKeys.hash_host(wanted, name) == name
+                    if name == wanted or hashed:
+                        return str(path), number, wanted
     return None
+
+
+def _load_pod_keys(client, files: list[Path], pod_id: str, hostname: str, port: int) -> None:
+    """Give paramiko the key pinned for the pod under its alias (`runpod-<id>`, as OpenSSH's
+    HostKeyAlias) as the key of its current address; a pin under `[ip]:port` counts only when
+    the alias has none (that address may have belonged to another pod before).
+    """
+    import paramiko
+
+    from moola_ops.runpod import key_alias
+
+    keys = paramiko.HostKeys()
+    for path in files:
+        if path.exists():
+            keys.load(str(path))
+    name = hostname if port in (None, 22) else f"[{hostname}]:{port}"
+    pinned = keys.lookup(key_alias(pod_id)) or keys.lookup(name) or {}
+    for key_type in list(pinned):
+        client.get_host_keys().add(name, key_type, pinned[key_type])
 
 
 class _RefuseUnknown:
     """Missing-host-key policy: refuse with one sentence that says how to pin the key."""
 
+    def __init__(self, pod_id: str | None = None):
+        self.pod_id = pod_id
+
     def missing_host_key(self, client, hostname, key):
+        if self.pod_id:
+            raise HostKeyError(
+                f"host key of pod {self.pod_id} ({hostname}) is not pinned ({key.get_name()} "
+                f"SHA256:{_fingerprint(key)}): check it with `invoke pods.known-host --pod "
+                f"{self.pod_id}` and pin it with `--pin` (or deploy with `--accept-new-host-key`; "
+                "that choice is logged)"
+            )
         raise HostKeyError(
             f"host key of {hostname} is not in known_hosts ({key.get_name()} "
             f"SHA256:{_fingerprint(key)}): verify it and add it (ssh-keyscan, or "
@@ -691,13 +762,18 @@ class _RefuseUnknown:
 class _PinNewKey:
     """Missing-host-key policy for an explicit, logged trust-on-first-use."""
 
-    def __init__(self, session: HostSession, known_hosts: Path):
+    def __init__(self, session: HostSession, known_hosts: Path, pod_id: str | None = None):
         self.session = session
         self.known_hosts = known_hosts
+        self.pod_id = pod_id
 
     def missing_host_key(self, client, hostname, key):
         client.get_host_keys().add(hostname, key.get_name(), key)
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        if self.pod_id:  # under the pod's alias, so the pin survives the next restart
+            from moola_ops.runpod import key_alias
+
+            hostname = key_alias(self.pod_id)
         with open(self.known_hosts, "a") as fh:
             fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
         self.session.accepted_key = f"{key.get_name()} SHA256:{_fingerprint(key)}"
