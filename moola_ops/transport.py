@@ -245,9 +245,16 @@ class HostSession:
             client.set_missing_host_key_policy(_PinNewKey(self, known_files[-1], pod))
         else:
             client.set_missing_host_key_policy(_RefuseUnknown(pod))
+        settled = threading.Event()
+        threading.Thread(target=self._stop_on_cancel, args=(conn, settled), daemon=True).start()
         try:
+            if self._cancelled.is_set():
+                raise Aborted()
             conn.open()
         except HostKeyError:
+            conn.close()
+            raise
+        except Aborted:
             conn.close()
             raise
         except paramiko.BadHostKeyException as exc:
@@ -265,8 +272,23 @@ class HostSession:
             ) from None
         except (OSError, EOFError, paramiko.SSHException) as exc:
             conn.close()
+            self._check_cancelled()
             raise _SetupFailed(_reason(exc)) from None
+        finally:
+            settled.set()
         return conn
+
+    def _stop_on_cancel(self, conn, settled: threading.Event) -> None:
+        """While `conn` is being opened: on cancel(), close its transport (Fabric's close()
+        skips one still handshaking) so a hanging handshake ends at once."""
+        while not settled.is_set():
+            if self._cancelled.wait(0.1):
+                transport = conn.client.get_transport()
+                if transport is not None:
+                    with contextlib.suppress(Exception):
+                        transport.close()
+                    return
+                settled.wait(0.05)  # the TCP connect is still under way
 
     def _known_hosts_files(self, conn) -> list[Path]:
         files = [Path("~/.ssh/known_hosts").expanduser()]
@@ -298,8 +320,9 @@ class HostSession:
         """Stop what this session is doing, from any thread (Ctrl-C, a fleet's deadline).
 
         A running command has its remote process group killed and raises Aborted; a running
-        upload is cut (the connection is closed) and raises Aborted. Later calls raise Aborted
-        at once: open a new HostSession to clean up (unlock) after a cancel.
+        upload is cut (the connection is closed) and raises Aborted; a connection being set up
+        stops (its handshake is closed; a TCP connect still waiting ends by connect_timeout_s).
+        Later calls raise Aborted at once: open a new HostSession to clean up after a cancel.
         """
         self._cancelled.set()
         with self._lock:

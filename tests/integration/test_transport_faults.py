@@ -356,3 +356,31 @@ def test_an_upload_stopped_by_its_callback_leaves_the_session_usable(host, tmp_p
         assert ssh.run("echo unlocked").stdout == "unlocked\n"
         ssh.upload(local, f"{running.workspace}/again.bin")
         assert Path(running.workspace, "again.bin").read_bytes() == local.read_bytes()
+
+
+def test_cancel_ends_a_handshake_that_hangs(host):
+    # a port that accepts TCP and never speaks SSH: the banner wait would last connect_timeout_s
+    resolved, _ = host
+    silent = socket.create_server(("127.0.0.1", 0))
+    accepted = threading.Event()
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            held.append(silent.accept()[0])
+            accepted.set()
+
+    threading.Thread(target=accept, daemon=True).start()
+    mute = replace(resolved, port=silent.getsockname()[1], connect_timeout_s=120)
+    ssh = HostSession(mute)
+    try:
+        thread, box = _in_thread(ssh.open)
+        assert accepted.wait(30)
+        ssh.cancel()
+        thread.join(30)
+        assert not thread.is_alive(), "cancel did not end the handshake"
+        assert isinstance(box.get("error"), Aborted), box
+    finally:
+        silent.close()
+        for conn in held:
+            conn.close()
