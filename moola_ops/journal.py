@@ -109,11 +109,10 @@ def append(event: Event, path: str | os.PathLike | None = None) -> Event:
         event.time = _now_iso()
     target = log_path(path)
     line = (event.to_json() + "\n").encode()
-    fd = _open_log(target)
+    # O_APPEND + one write per line; the flock also serialises writers on filesystems where
+    # O_APPEND alone is not atomic for larger lines (NFS), and makes readers see whole lines.
+    fd = _open_log(target, fcntl.LOCK_EX)
     try:
-        # O_APPEND + one write per line; the flock also serialises writers on filesystems where
-        # O_APPEND alone is not atomic for larger lines (NFS), and makes readers see whole lines.
-        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -133,11 +132,13 @@ def check_writable(path: str | os.PathLike | None = None) -> Path:
     its start with one sentence instead of after a host changed.
     """
     target = log_path(path)
-    os.close(_open_log(target))
+    os.close(_open_log(target))  # closing the descriptor also drops its lock
     return target
 
 
-def _open_log(target: Path) -> int:
+def _open_log(target: Path, lock: int = fcntl.LOCK_SH) -> int:
+    """The log opened for appending (created with its folder) and flocked with `lock`;
+    JournalWriteError when that is impossible."""
     try:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -145,9 +146,11 @@ def _open_log(target: Path) -> int:
             reason = f"{os.strerror(errno.ENOTDIR)}: {target.parent} is a file"
             raise NotADirectoryError(errno.ENOTDIR, reason, str(target)) from None
         # read as well: the last byte says whether the file ends on a whole line
-        return os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError as exc:
         raise _write_error(target, exc) from None
+    fcntl.flock(fd, lock)
+    return fd
 
 
 def _write_whole(fd: int, data: bytes, size_before: int, target: Path) -> None:
