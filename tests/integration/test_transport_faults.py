@@ -142,6 +142,9 @@ def test_exit_codes_output_and_a_signal_come_back_unchanged(host):
         assert (done.exit_code, done.stdout, done.stderr) == (7, "out\n", "err\n")
         big = ssh.run("head -c 300000 /dev/zero | tr '\\0' a")
         assert big.stdout == "a" * 300000
+        # the wrapper quotes the command once more: quotes and $ reach the shell unchanged
+        quoted = ssh.run("""printf '%s|' "it's" 'a "b"' '$NOT' "$((1+1))"; echo""")
+        assert quoted.stdout == 'it\'s|a "b"|$NOT|2|\n' and quoted.stderr == ""
         killed = ssh.run("kill -KILL $$")
         assert killed.exit_code == -1 and "killed by a signal" in killed.stderr
 
