@@ -79,6 +79,10 @@ def test_checklist_log_and_gates_after_the_demo(demo, demo_root):
     assert all(report["phases"][str(n)] == "done" for n in range(1, 7))
     signoff = next(s for s in report["steps"] if s["check"] == "accept.signoff")
     assert signoff["by"] == "demo"
+    # the shipped model passed phase 2's quality gate on its own merits, not by an override
+    gate = next(s for s in report["steps"] if s["check"] == "select.gate")
+    assert gate["state"] == "done" and "quality gate passed" in gate["detail"]
+    assert "OVERRIDDEN" not in gate["detail"]
 
     # v0.2 was deployed and rolled back, never verified: accepting it is refused, clearly
     proc = invoke("accept", "--deployment", second, "--by", "ana", env=log)
