@@ -313,3 +313,24 @@ def test_repair_re_uploads_the_same_bytes_of_a_damaged_release(hosts, bundles, j
     assert engine.verify_current(host).ok
     other = engine.repair([host], engine.resolve_bundle(str(bundles["v1.1"])), FAST)
     assert other.outcomes[0].status in ("failed", "noop")
+
+
+def test_a_log_that_fails_after_promote_still_unlocks_and_removes_the_release(
+    hosts, bundles, journal_file, tmp_path, monkeypatch
+):
+    _, inventory, _ = hosts
+    (host,) = inventory.resolve("hard-1")
+    assert engine.deploy([host], engine.resolve_bundle(str(bundles["v1.0"])), FAST).ok
+    gate = tmp_path / "gate"
+    worker, results = _deploy_paused_at(
+        "promote", host, engine.resolve_bundle(str(bundles["v1.1"])), gate, monkeypatch
+    )
+    journal_file.unlink()
+    journal_file.mkdir()  # the promote line (and every later one) cannot be written
+    gate.touch()
+    worker.join(300)
+    outcome = results[0].outcomes[0]
+    assert outcome.status == "failed" and "could not be written" in outcome.message
+    settled(host, "v1.0", new="v1.1")
+    assert not (Path(host.workspace) / "deploy.lock").exists()
+    assert not list((Path(host.workspace) / "incoming").iterdir())
