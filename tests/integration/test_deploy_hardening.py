@@ -27,6 +27,16 @@ from tests.integration.conftest import start_hosts
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 REPO = Path(__file__).parents[2]
+
+
+def default_signals() -> None:
+    """In the child: Ctrl-C and SIGTERM at their defaults. A test run started in the background
+    by a shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt; the
+    tests that send a signal must not depend on how they were started."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 FAST = engine.Options(check_runs=3, check_warmup=1, check_backend="eager")
 HANG = "987.25"  # the hung check's `sleep` argument, to find it among the processes
 
@@ -130,6 +140,7 @@ def test_ctrl_c_during_a_hung_check_is_honoured_at_once(hosts, bundles, journal_
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_signals,
     )
     bound = time.monotonic() + 300  # a bound on a broken run, not a timing assertion
     while not started.exists() and proc.poll() is None and time.monotonic() < bound:
