@@ -297,6 +297,7 @@ def run_parallel(
 def probe_host(host, deadline: float, *, deep: bool = False,
                policy: HealthPolicy = HealthPolicy()) -> HostHealth:  # fmt: skip
     """Check one inventory host over one SSH connection: light facts, then the model if deep."""
+    from moola_ops.journal import transient_step
     from moola_ops.transport import HostSession
 
     health = HostHealth(host=host.name)
@@ -305,20 +306,27 @@ def probe_host(host, deadline: float, *, deep: bool = False,
         return max(0.5, deadline - time.monotonic())
 
     started = time.monotonic()
-    with HostSession(host, command_timeout_s=left()) as ssh:
+    ssh = HostSession(host, command_timeout_s=left())
+    with transient_step("healthcheck", host.name, "connect"):
+        ssh.open()
+    with ssh:  # open already: closes it at the end
         health.checks.append(
             CheckResult("ssh", OK, f"reachable in {time.monotonic() - started:.2f} s")
         )
-        result = ssh.run(facts_cmd.light_facts_command(host.workspace, host.python),
-                         timeout_s=left())  # fmt: skip
+        with transient_step("healthcheck", host.name, "facts"):
+            result = ssh.run(
+                facts_cmd.light_facts_command(host.workspace, host.python), timeout_s=left()
+            )
         facts = facts_cmd.parse_light_facts(result.stdout)
         assess_light(health, facts, expect_gpu=host.gpu, policy=policy)
         if deep:
             if not facts.current.resolves:
                 health.checks.append(CheckResult("model", CRITICAL, "no release to check"))
                 return health
-            result = ssh.run(facts_cmd.runtime_check_command(host.workspace, host.python),
-                             timeout_s=left())  # fmt: skip
+            with transient_step("healthcheck", host.name, "runtime-check"):
+                result = ssh.run(
+                    facts_cmd.runtime_check_command(host.workspace, host.python), timeout_s=left()
+                )
             report, error = parse_runtime_output(result.stdout, result.stderr)
             assess_runtime(health, report, result.exit_code, error,
                            sla_p99_ms=host.latency_sla_ms, policy=policy)  # fmt: skip

@@ -17,8 +17,9 @@ import json
 import os
 import secrets
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,6 +83,99 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# --- listeners: live progress of whatever this process records (moola_ops.progress) ------------
+
+Listener = Callable[[Event], None]
+_listeners: list[Listener] = []
+_listeners_lock = threading.Lock()
+
+
+def subscribe(listener: Listener) -> Callable[[], None]:
+    """Call `listener(event)` for every event this process appends to any log, and for a
+    transient status="started" event when a `Journal.step` begins (never written to a file).
+
+    Returns the function that unsubscribes it. Listeners run on the thread that records (the
+    engine's worker threads included), must be quick, and cannot break a run: an exception in
+    a listener is swallowed.
+    """
+    with _listeners_lock:
+        _listeners.append(listener)
+
+    def unsubscribe() -> None:
+        with _listeners_lock, contextlib.suppress(ValueError):
+            _listeners.remove(listener)
+
+    return unsubscribe
+
+
+def notify(event: Event) -> None:
+    """Pass `event` to every listener (see `subscribe`)."""
+    with _listeners_lock:
+        listeners = list(_listeners)
+    for listener in listeners:
+        with contextlib.suppress(Exception):
+            listener(event)
+
+
+def announce(
+    phase: str, host: str, step: str, *, deployment: str = "", bundle: str = "", **detail: Any
+) -> None:
+    """Tell listeners that `step` started on `host` without writing a line (work whose result
+    is logged once at its end, such as a health check's probes)."""
+    if not _listeners:
+        return
+    notify(
+        Event(
+            deployment=deployment,
+            actor="",
+            host=host,
+            bundle=bundle,
+            phase=phase,
+            step=step,
+            status="started",
+            detail=detail,
+            time=_now_iso(),
+        )
+    )
+
+
+@contextlib.contextmanager
+def transient_step(phase: str, host: str, step: str, **detail: Any) -> Iterator[dict[str, Any]]:
+    """Like `Journal.step` for listeners only: "started" on entry, ok/failed/aborted with the
+    duration on exit, nothing written (a health probe logs one line per host at its end)."""
+    info: dict[str, Any] = dict(detail)
+    if not _listeners:
+        yield info
+        return
+    announce(phase, host, step, **detail)
+    started = time.monotonic()
+    status = "ok"
+    try:
+        yield info
+    except KeyboardInterrupt:
+        status = "aborted"
+        raise
+    except BaseException as exc:
+        status = "failed"
+        info.setdefault("error", str(exc) or type(exc).__name__)
+        raise
+    finally:
+        notify(
+            Event(
+                deployment="",
+                actor="",
+                host=host,
+                bundle="",
+                phase=phase,
+                step=step,
+                status=info.pop("status", status),
+                detail=info,
+                time=_now_iso(),
+                duration_s=round(time.monotonic() - started, 4),
+            )
+        )
+
+
 def append(event: Event, path: str | os.PathLike | None = None) -> Event:
     """Append one event as a JSON line under an exclusive flock; flushed and fsynced."""
     if event.status not in STATUSES:
@@ -103,6 +197,7 @@ def append(event: Event, path: str | os.PathLike | None = None) -> Event:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+    notify(event)
     return event
 
 
@@ -205,6 +300,10 @@ class Journal:
         """
         info: dict[str, Any] = dict(detail)
         started = time.monotonic()
+        if _listeners:
+            announce(
+                self.phase, host, step, deployment=self.deployment, bundle=self.bundle, **detail
+            )
         try:
             yield info
         except KeyboardInterrupt:

@@ -179,8 +179,11 @@ def verify(c, host, timeout=300.0, inventory="", json=False):
     from moola_ops.phases import run_verify
 
     # like deploy and rollback: the hosts just deployed from --inventory can be verified there
+    from moola_ops.progress import show
+
     hosts = load_inventory(inventory or None) if inventory else None
-    report = run_verify(host, timeout_s=float(timeout), inventory=hosts)
+    with show("verify", plain=not json):
+        report = run_verify(host, timeout_s=float(timeout), inventory=hosts)
     _finish(report, json)
 
 

@@ -77,7 +77,9 @@ class DemoRun:
         _say(f"\n== {len(self.stages):>2}. {name}   ({command})", bold=True)
         started = time.monotonic()
         try:
-            yield stage
+            # each step of the engine and the phases as it happens (live on a terminal)
+            with _stage_progress(name):
+                yield stage
             stage.ok = True
         except Exception as exc:
             stage.detail = " ".join(str(exc).split()) or type(exc).__name__
@@ -89,6 +91,15 @@ class DemoRun:
                 f"   -> {mark} in {stage.seconds:.1f} s"
                 + (f": {stage.detail}" if stage.detail else "")
             )
+
+
+def _stage_progress(name: str):
+    import sys
+
+    from moola_ops.progress import live_terminal, show
+
+    # off a terminal the step lines join the stage lines on stdout, in order
+    return show(name, stream=None if live_terminal() else sys.stdout)
 
 
 def _say(text: str, bold: bool = False) -> None:

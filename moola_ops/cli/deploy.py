@@ -39,6 +39,13 @@ def _options(**kw):
     return Options(**{k: v for k, v in kw.items() if v is not None})
 
 
+def _progress(title: str, hosts, as_json: bool):
+    """Each host's current step while the engine works (moola_ops.progress)."""
+    from moola_ops.progress import show
+
+    return show(title, hosts=[h.name for h in hosts], plain=not as_json)
+
+
 def _render(result, as_json: bool) -> None:
     if as_json:
         print_json(result.as_dict())
@@ -62,22 +69,6 @@ def _render(result, as_json: bool) -> None:
         raise Exit(code=result.exit_code)
 
 
-def _progress_factory():
-    """A rich progress bar per host upload on a TTY; None (no output) otherwise."""
-    if not is_tty():
-        return None, None
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-    bar = Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                   console=console(), transient=True)  # fmt: skip
-
-    def factory(host: str, total: int):
-        task_id = bar.add_task(f"upload {host}", total=total)
-        return lambda sent, _total: bar.update(task_id, completed=sent)
-
-    return bar, factory
-
-
 @task(
     help={
         **COMMON_HELP,
@@ -97,15 +88,18 @@ def deploy(c, host, bundle, inventory="", parallel=4, canary=0, batch=0, keep_re
 
     hosts = _hosts(host, inventory)
     local = engine.resolve_bundle(bundle)
-    bar, factory = _progress_factory() if not json else (None, None)
-    opts = _options(parallel=int(parallel), canary=int(canary), batch=int(batch),
-                    keep_releases=int(keep_releases), keep_backups=int(keep_backups),
-                    full_post_check=full_post_check, accept_new_host_key=accept_new_host_key,
-                    check_runs=int(check_runs) or None, progress=factory)  # fmt: skip
-    if bar is not None:
-        with bar:
-            result = engine.deploy(hosts, local, opts)
-    else:
+    with _progress(f"deploy {local.version}", hosts, json) as view:
+        opts = _options(
+            parallel=int(parallel),
+            canary=int(canary),
+            batch=int(batch),
+            keep_releases=int(keep_releases),
+            keep_backups=int(keep_backups),
+            full_post_check=full_post_check,
+            accept_new_host_key=accept_new_host_key,
+            check_runs=int(check_runs) or None,
+            progress=view.upload,
+        )
         result = engine.deploy(hosts, local, opts)
     _render(result, json)
 
@@ -121,7 +115,9 @@ def rollback(c, host, to="", inventory="", parallel=4, canary=0, batch=0,
     opts = _options(parallel=int(parallel), canary=int(canary), batch=int(batch),
                     accept_new_host_key=accept_new_host_key,
                     check_runs=int(check_runs) or None)  # fmt: skip
-    _render(engine.rollback(hosts, to or None, opts), json)
+    with _progress("rollback", hosts, json):
+        result = engine.rollback(hosts, to or None, opts)
+    _render(result, json)
 
 
 @task(help={**COMMON_HELP, "parallel": FLEET_HELP["parallel"]})
@@ -134,7 +130,9 @@ def drill(c, host, inventory="", parallel=1, accept_new_host_key=False, check_ru
     hosts = _hosts(host, inventory)
     opts = _options(parallel=int(parallel), accept_new_host_key=accept_new_host_key,
                     check_runs=int(check_runs) or None)  # fmt: skip
-    _render(engine.drill(hosts, opts), json)
+    with _progress("drill", hosts, json):
+        result = engine.drill(hosts, opts)
+    _render(result, json)
 
 
 @task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": "print JSON"})
@@ -168,7 +166,10 @@ def restore(c, host, snapshot, inventory="", json=False):
     """Restore releases/<version> on hosts from a snapshot (verified before it is put back)."""
     from moola_ops import engine
 
-    _render(engine.restore(_hosts(host, inventory), snapshot), json)
+    hosts = _hosts(host, inventory)
+    with _progress("restore", hosts, json):
+        result = engine.restore(hosts, snapshot)
+    _render(result, json)
 
 
 def lock_line(state: dict) -> str:

@@ -36,7 +36,8 @@ def _render_tty(run) -> None:
 
     colour = {"OK": "green", "WARNING": "yellow", "CRITICAL": "red", "UNKNOWN": "magenta"}
     out = console()
-    out.print(status_line(run), markup=False)
+    # the status without its perfdata: the table below shows the same figures for a person
+    out.print(status_line(run).split(" | ", 1)[0], markup=False)
     table = Table("host", "state", "check", "message")
     for h in run.hosts:
         for i, c in enumerate(h.checks):
@@ -73,9 +74,18 @@ def healthcheck(
 
     limit = float(timeout) or (DEEP_TIMEOUT_S if deep else FAST_TIMEOUT_S)
     selection = ",".join(s for s in (host, group) if s)
+    from moola_ops.progress import show
+
     try:
-        run = run_healthcheck(selection or None, deep=deep, timeout_s=limit,
-                              inventory_path=inventory or None, parallel=int(parallel))  # fmt: skip
+        # a Nagios plugin prints only its status: progress is for a person at a terminal
+        with show(f"healthcheck {'--deep' if deep else ''}".strip(), plain=False):
+            run = run_healthcheck(
+                selection or None,
+                deep=deep,
+                timeout_s=limit,
+                inventory_path=inventory or None,
+                parallel=int(parallel),
+            )
     except MoolaError as exc:
         # the plugin itself could not run (unknown host, broken inventory)
         line = f"MOOLA UNKNOWN - {' '.join(str(exc).split())}"
