@@ -187,12 +187,12 @@ def append(event: Event, path: str | os.PathLike | None = None) -> Event:
     line = (event.to_json() + "\n").encode()
     # O_APPEND + one write per line; the flock also serialises writers on filesystems where
     # O_APPEND alone is not atomic for larger lines (NFS), and makes readers see whole lines.
-    fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = _open_current(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, fcntl.LOCK_EX)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             os.write(fd, line)
             os.fsync(fd)
+            rotate_if_full(target, fd)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
@@ -215,16 +215,10 @@ def read_events(
     log (`invoke log`, `checklist`, `accept`) could not use.
     """
     target = log_path(path)
-    if not target.exists():
+    if not target.exists() and not rotated_files(target):
         return []
     events = []
-    with open(target, encoding="utf-8") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_SH)
-        try:
-            lines = fh.readlines()
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-    for raw in lines:
+    for raw in read_lines(target):
         raw = raw.strip()
         if not raw:
             continue
@@ -242,6 +236,90 @@ def read_events(
             continue
         events.append(event)
     return events
+
+
+# --- rotation by size: deployments.jsonl.1 is the newest rotated file, .N the oldest ------------
+
+DEFAULT_MAX_MB = 16.0  # env MOOLA_LOG_MAX_MB; invoke.yaml moola.log_max_mb
+DEFAULT_KEEP = 5  # rotated files kept; env MOOLA_LOG_KEEP; invoke.yaml moola.log_keep
+
+
+def _limits() -> tuple[int, int]:
+    """(bytes at which the log rotates, rotated files kept); a bad setting falls back."""
+    try:
+        max_mb = float(os.environ.get("MOOLA_LOG_MAX_MB") or DEFAULT_MAX_MB)
+    except ValueError:
+        max_mb = DEFAULT_MAX_MB
+    try:
+        keep = int(os.environ.get("MOOLA_LOG_KEEP") or DEFAULT_KEEP)
+    except ValueError:
+        keep = DEFAULT_KEEP
+    return max(1, int(max_mb * 1024 * 1024)), max(1, keep)
+
+
+def rotated_files(target: Path) -> list[Path]:
+    """The rotated files of the log at `target` that exist, oldest first (.N ... .1)."""
+    found = []
+    for candidate in target.parent.glob(target.name + ".*"):
+        suffix = candidate.name[len(target.name) + 1 :]
+        if suffix.isdigit():
+            found.append((int(suffix), candidate))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def _open_current(target: Path, flags: int, lock: int) -> int:
+    """Open and flock the file that is `target` now: a rotation between open and lock renamed
+    the file we opened, so open again (the rotated file is never written or locked again)."""
+    while True:
+        fd = os.open(target, flags, 0o644)
+        fcntl.flock(fd, lock)
+        try:
+            if os.fstat(fd).st_ino == os.stat(target).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def rotate_if_full(target: Path, fd: int) -> bool:
+    """With the exclusive lock held on `fd` (the current log): when it has reached the size
+    limit, shift .1 -> .2 ... (dropping beyond the kept count) and rename it to .1."""
+    max_bytes, keep = _limits()
+    if os.fstat(fd).st_size < max_bytes:
+        return False
+    for old in rotated_files(target):
+        n = int(old.name.rsplit(".", 1)[1])
+        if n >= keep:
+            old.unlink(missing_ok=True)
+        else:
+            os.replace(old, old.with_name(f"{target.name}.{n + 1}"))
+    os.replace(target, target.with_name(target.name + ".1"))
+    return True
+
+
+def read_lines(target: Path) -> list[str]:
+    """Every line of the log, rotated files first, read while the current file is share-locked
+    (no rotation can happen meanwhile, so no line is read twice or missed)."""
+    try:
+        fd = _open_current(target, os.O_RDONLY, fcntl.LOCK_SH)
+    except FileNotFoundError:  # rotated and not written since (or never written)
+        return [line for f in rotated_files(target) for line in _lines(f)]
+    try:
+        lines = [line for f in rotated_files(target) for line in _lines(f)]
+        with os.fdopen(os.dup(fd), encoding="utf-8", errors="replace") as fh:
+            lines += fh.readlines()
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    return lines
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:  # dropped by a rotation since it was listed
+        return []
 
 
 class Journal:

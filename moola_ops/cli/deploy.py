@@ -1,4 +1,4 @@
-"""Phases 4 and 7: `invoke deploy`, `rollback`, `drill`, `backups`, `restore`, `lock`, `log`.
+"""Phases 4 and 7: `invoke deploy`, `rollback`, `drill`, `backups`, `restore`, `lock`.
 
 Thin tasks: parse flags, call one function of `moola_ops.engine`, render the outcome (a rich
 table on a TTY, plain lines otherwise, `--json` for machines), exit non-zero when any host
@@ -220,34 +220,4 @@ def lock_(c, host, release=False, break_=False, inventory="", json=False):
         print_json(report)
 
 
-@task(
-    help={
-        "host": "only lines of this host",
-        "deployment": "only lines of this deployment id",
-        "phase": "only lines of this phase (deploy, rollback, drill, ...)",
-        "last": "show the last N lines (default 30)",
-        "json": "print the lines as JSON",
-    }
-)
-@user_errors
-def log(c, host="", deployment="", phase="", last=30, json=False):
-    """Show the deployment log (logs/deployments.jsonl or env MOOLA_LOG), newest last."""
-    from moola_ops.journal import log_path, read_events
-
-    events = read_events(host=host or None, deployment=deployment or None, phase=phase or None)
-    events = events[-int(last) :] if int(last) > 0 else events
-    if json:
-        print_json(events)
-        return
-    if not events:
-        print(f"no matching lines in {log_path()}")
-    for e in events:
-        detail = e.get("detail") or {}
-        extra = detail.get("error") or ""
-        print(
-            f"{e['time']} {e['deployment']} {e['phase']:<8} {e['host'] or '-':<10} "
-            f"{e['step']:<12} {e['status']:<8} {e['duration_s']:>7.2f}s {e['bundle']} {extra}"
-        )
-
-
-EXPORTS = [deploy, rollback, drill, backups, restore, lock_, log]
+EXPORTS = [deploy, rollback, drill, backups, restore, lock_]  # `log`: moola_ops/cli/log.py

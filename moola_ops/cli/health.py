@@ -62,7 +62,8 @@ def _render_tty(run) -> None:
         f"(0, the default: {FAST_TIMEOUT_S:g}, with --deep {DEEP_TIMEOUT_S:g})",
         "inventory": "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)",
         "parallel": "hosts checked at once (default 16; 1 checks one after another)",
-    }
+    },
+    bad_value_exit=3,  # Nagios UNKNOWN: the plugin could not even run
 )
 def healthcheck(
     c, host="", group="", deep=False, json=False, prom="", timeout=0.0, inventory="", parallel=16
