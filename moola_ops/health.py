@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moola_ops import nagios
 from moola_ops.commands import health as facts_cmd
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -37,6 +38,30 @@ class HealthPolicy:
     disk_crit_bytes: int = 1 * 1024**3
     stale_lock_s: float = 30 * 60  # a deploy takes minutes; a lock older than this is stale
     latency_warn_fraction: float = 0.8  # p99 above 80% of the SLA warns before it breaks
+    # Nagios ranges from -w/-c ({figure: Range}, moola_ops.nagios); they beat the host's
+    # inventory `warning:`/`critical:` fields, which beat the defaults above
+    warning: dict = field(default_factory=dict, hash=False)
+    critical: dict = field(default_factory=dict, hash=False)
+
+    def ranges(self, host=None, sla_ms: float | None = None) -> tuple[dict, dict]:
+        """(warning, critical) ranges for one inventory host (None: the flags only)."""
+        warn, crit = nagios.defaults(
+            sla_ms,
+            warn_fraction=self.latency_warn_fraction,
+            disk_warn_gib=self.disk_warn_bytes / 1024**3,
+            disk_crit_gib=self.disk_crit_bytes / 1024**3,
+            stale_lock_min=self.stale_lock_s / 60,
+        )
+        host_warn = dict(getattr(host, "warning", None) or {})
+        host_crit = dict(getattr(host, "critical", None) or {})
+        return (
+            nagios.layered(warn, _ranges(host_warn), self.warning),
+            nagios.layered(crit, _ranges(host_crit), self.critical),
+        )
+
+
+def _ranges(raw: dict) -> dict:
+    return {k: v if isinstance(v, nagios.Range) else nagios.parse_range(v) for k, v in raw.items()}
 
 
 def worst(states: list[int]) -> int:
@@ -66,6 +91,8 @@ class HostHealth:
     sla_p99_ms: float | None = None
     gpus: list[dict] = field(default_factory=list)
     duration_s: float = 0.0
+    p99_warning: object = field(default=None, repr=False)  # the nagios.Range that applied
+    p99_critical: object = field(default=None, repr=False)
 
     @property
     def state(self) -> int:
@@ -82,6 +109,8 @@ class HostHealth:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["p99_warning"] = str(self.p99_warning) if self.p99_warning else None
+        data["p99_critical"] = str(self.p99_critical) if self.p99_critical else None
         data["state"] = STATE_NAMES[self.state]
         for c in data["checks"]:
             c["state"] = STATE_NAMES[c["state"]]
@@ -126,6 +155,7 @@ def assess_light(
     *,
     expect_gpu: str | bool | None,
     policy: HealthPolicy = HealthPolicy(),
+    inventory_host=None,
 ) -> None:
     """Add the light checks (current, checksums, GPU, disk, lock) to `host` from its facts.
 
@@ -180,20 +210,22 @@ def assess_light(
         add(CheckResult("disk", UNKNOWN, "could not read free disk space"))
     else:
         host.free_bytes = disk.free_bytes
-        if disk.free_bytes < policy.disk_crit_bytes:
-            state = CRITICAL
-        elif disk.free_bytes < policy.disk_warn_bytes:
-            state = WARNING
-        else:
-            state = OK
+        warn, crit = policy.ranges(inventory_host)
+        state = nagios.judge(disk.free_bytes / 1024**3, warn.get("free_gib"), crit.get("free_gib"))
         hint = "" if state == OK else ": prune old releases and backups"
         add(CheckResult("disk", state, f"{_gib(disk.free_bytes)} free{hint}"))
 
     lock = facts.lock
+    warn, crit = policy.ranges(inventory_host)
+    lock_state = (
+        OK
+        if lock is None
+        else nagios.judge(lock.age_s / 60, warn.get("lock_min"), crit.get("lock_min"))
+    )
     if lock is None:
         add(CheckResult("lock", OK, "not locked"))
-    elif lock.age_s > policy.stale_lock_s:
-        add(CheckResult("lock", WARNING,
+    elif lock_state != OK:
+        add(CheckResult("lock", lock_state,
                         f"stale deploy lock ({lock.age_s / 60:.0f} min, {lock.holder}): "
                         f"break it with `invoke lock --host {host.host} --break`"))  # fmt: skip
     else:
@@ -202,7 +234,7 @@ def assess_light(
 
 def assess_runtime(
     host: HostHealth, report: dict | None, exit_code: int, error: str = "", *,
-    sla_p99_ms: float | None = None, policy: HealthPolicy = HealthPolicy(),
+    sla_p99_ms: float | None = None, policy: HealthPolicy = HealthPolicy(), inventory_host=None,
 ) -> None:  # fmt: skip
     """Add the deep checks (model, golden parity, latency vs SLA) from a runtime report."""
     add = host.checks.append
@@ -220,16 +252,28 @@ def assess_runtime(
     else:
         names = ", ".join(str(c.get("name")) for c in failed) or f"exit {exit_code}"
         add(CheckResult("model", CRITICAL, f"runtime check failed ({names}): roll back"))
-    if host.p99_ms is None:
+    warn, crit = policy.ranges(inventory_host, sla)
+    host.p99_warning, host.p99_critical = warn.get("p99_ms"), crit.get("p99_ms")
+    own = "p99_ms" in policy.critical or "p99_ms" in dict(
+        getattr(inventory_host, "critical", None) or {}
+    )
+    p99 = host.p99_ms
+    if p99 is None:
         add(CheckResult("latency", UNKNOWN, "the runtime report has no p99 latency"))
-    elif sla is None:
-        add(CheckResult("latency", OK, f"p99 {host.p99_ms:.2f} ms (no SLA set)"))
-    elif host.p99_ms > sla:
-        add(CheckResult("latency", CRITICAL, f"p99 {host.p99_ms:.2f} ms over the {sla} ms SLA"))
-    elif host.p99_ms > policy.latency_warn_fraction * sla:
-        add(CheckResult("latency", WARNING, f"p99 {host.p99_ms:.2f} ms near the {sla} ms SLA"))
+        return
+    if host.p99_warning is None and host.p99_critical is None:
+        add(CheckResult("latency", OK, f"p99 {p99:.2f} ms (no SLA set)"))
+        return
+    state = nagios.judge(p99, host.p99_warning, host.p99_critical)
+    sla_text = f" (SLA {sla:g} ms)" if sla else ""
+    if state == CRITICAL:
+        limit = f"critical range {host.p99_critical}" if own or not sla else f"{sla:g} ms SLA"
+        message = f"p99 {p99:.2f} ms over the {limit}"
+    elif state == WARNING:
+        message = f"p99 {p99:.2f} ms outside the warning range {host.p99_warning}{sla_text}"
     else:
-        add(CheckResult("latency", OK, f"p99 {host.p99_ms:.2f} ms within {sla} ms"))
+        message = f"p99 {p99:.2f} ms within " + (f"{sla:g} ms" if sla else "its thresholds")
+    add(CheckResult("latency", state, message))
 
 
 def _float(value: Any) -> float | None:
@@ -318,7 +362,7 @@ def probe_host(host, deadline: float, *, deep: bool = False,
                 facts_cmd.light_facts_command(host.workspace, host.python), timeout_s=left()
             )
         facts = facts_cmd.parse_light_facts(result.stdout)
-        assess_light(health, facts, expect_gpu=host.gpu, policy=policy)
+        assess_light(health, facts, expect_gpu=host.gpu, policy=policy, inventory_host=host)
         if deep:
             if not facts.current.resolves:
                 health.checks.append(CheckResult("model", CRITICAL, "no release to check"))
@@ -328,8 +372,15 @@ def probe_host(host, deadline: float, *, deep: bool = False,
                     facts_cmd.runtime_check_command(host.workspace, host.python), timeout_s=left()
                 )
             report, error = parse_runtime_output(result.stdout, result.stderr)
-            assess_runtime(health, report, result.exit_code, error,
-                           sla_p99_ms=host.latency_sla_ms, policy=policy)  # fmt: skip
+            assess_runtime(
+                health,
+                report,
+                result.exit_code,
+                error,
+                sla_p99_ms=host.latency_sla_ms,
+                policy=policy,
+                inventory_host=host,
+            )
     return health
 
 
@@ -352,15 +403,8 @@ def select_hosts(inventory, selection: str | None) -> tuple[list, dict[str, str]
     """
     from moola_core.errors import MoolaError
 
-    names: list[str] = []
     items = [s.strip() for s in (selection or "").split(",") if s.strip()] or list(inventory.hosts)
-    for item in items:
-        if item in inventory.hosts:
-            names.append(item)
-        elif item in inventory.groups:
-            names.extend(inventory.groups[item])
-        else:
-            inventory.resolve([item])  # raises the inventory's message naming the known hosts
+    names = inventory.names(items)  # hosts, groups and globs; unknown ones raise MoolaError
     hosts, down = [], {}
     for name in dict.fromkeys(names):
         try:
@@ -454,8 +498,12 @@ def perfdata(run: HealthRun) -> str:
     if p99s:
         slowest = max(p99s, key=lambda h: h.p99_ms)
         sla = slowest.sla_p99_ms
-        warn = f"{HealthPolicy().latency_warn_fraction * sla:g}" if sla else ""
-        crit = f"{sla:g}" if sla else ""
+        # the Nagios ranges that judged it (the plugin guidelines' warn;crit fields)
+        warn = str(
+            slowest.p99_warning
+            or (f"{HealthPolicy().latency_warn_fraction * sla:g}" if sla else "")
+        )
+        crit = str(slowest.p99_critical or (f"{sla:g}" if sla else ""))
         parts.append(_perf("p99_ms", round(slowest.p99_ms, 3), "ms", warn, crit, 0))
     counts = {name: 0 for name in STATE_NAMES.values()}
     for h in run.hosts:

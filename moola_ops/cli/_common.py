@@ -117,9 +117,12 @@ def _section(config, name: str) -> dict:
 
 
 def setting(c, dotted: str, default: Any = None) -> Any:
-    """A value from Invoke's configuration ("healthcheck.timeout"), or `default` when unset."""
+    """A value from Invoke's configuration ("healthcheck.timeout"), or `default` when unset.
+
+    `c` is a task's context or an `invoke.Config` (None: nothing configured)."""
     section, _, key = dotted.partition(".")
-    value = _section(getattr(c, "config", None), section).get(key)
+    config = c.config if isinstance(c, invoke.Context) else c  # a task's context or a Config
+    value = _section(config, section).get(key)
     return default if value in (None, "") else value
 
 
@@ -146,7 +149,7 @@ class _BadFlag(Exception):
     pass
 
 
-def task(*args, bad_value_exit: int = 1, **kwargs):
+def task(*args, **kwargs):
     """`invoke.task` as Invoke documents it, with Moola's conventions for every task:
 
     - no automatic short flags (`auto_shortflags=False`): one letter meant different things in
@@ -154,7 +157,7 @@ def task(*args, bad_value_exit: int = 1, **kwargs):
     - flags without a default are required flags, never positionals (`positional=[]`), so
       `invoke deploy -h` shows help; a missing one is named in one sentence;
     - number flags are read as text and converted here, so `--timeout abc` is one sentence
-      (exit `bad_value_exit`: 3, UNKNOWN, for the Nagios plugin) instead of a traceback;
+      and exit 1 instead of a traceback (the health check converts its own: UNKNOWN, 3);
     - the `moola:` settings of Invoke's configuration are applied first (see apply_settings).
     """
     kwargs.setdefault("auto_shortflags", False)
@@ -189,7 +192,7 @@ def task(*args, bad_value_exit: int = 1, **kwargs):
                     if n in kw and not isinstance(kw[n], kind):
                         kw[n] = number(kw[n], "--" + n.replace("_", "-"), whole=kind is int)
             except MoolaError as exc:
-                raise Exit(f"error: {exc}", code=bad_value_exit) from None
+                raise Exit(f"error: {exc}", code=1) from None
             return body(c, *a, **kw)
 
         # Invoke reads flags from the signature: number flags are text here (converted above)
