@@ -11,10 +11,14 @@ from invoke.exceptions import Exit
 
 from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
 
-HOST_HELP = "inventory host names and/or groups, comma separated (e.g. runpod-1 or prod)"
+HOST_HELP = (
+    "inventory host names, groups and/or globs over host names, comma separated "
+    "(e.g. runpod-1, prod or 'local-*')"
+)
 INVENTORY_HELP = "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)"
 FLEET_HELP = {
-    "parallel": "hosts deployed at the same time (default 4)",
+    "parallel": "hosts deployed at the same time (0, the default: invoke.yaml deploy.parallel, "
+    "else 4)",
     "canary": "deploy to this many hosts first; stop the rest if one fails (e.g. 1; 0: none)",
     "batch": "after the canary, roll the other hosts in waves of this many (0: all at once)",
 }
@@ -31,6 +35,13 @@ def _hosts(host: str, inventory: str):
     from moola_ops.inventory import load_inventory
 
     return load_inventory(inventory or None).resolve(host)
+
+
+def _setting(c, flag: int, key: str, default: int, *, unset: int = 0) -> int:
+    """A flag's value, else invoke.yaml's `key`, else `default` (moola_ops.cli._common)."""
+    from moola_ops.cli._common import setting, whole_number
+
+    return int(flag) if flag != unset else whole_number(setting(c, key, default), key)
 
 
 def _options(**kw):
@@ -74,14 +85,16 @@ def _render(result, as_json: bool) -> None:
         **COMMON_HELP,
         **FLEET_HELP,
         "bundle": "bundle version (bundles/moola-VERSION.tar.gz) or a path to an archive",
-        "keep_releases": "releases kept on each host besides current and previous (default 5)",
-        "keep_backups": "snapshots kept on each host (default 5)",
+        "keep_releases": "releases kept on each host besides current and previous "
+        "(default: invoke.yaml deploy.keep_releases, else 5)",
+        "keep_backups": "snapshots kept on each host (default: invoke.yaml deploy.keep_backups, "
+        "else 5)",
         "full_post_check": "after the switch, also run the runtime check through `current`",
     }
 )
 @user_errors
-def deploy(c, host, bundle, inventory="", parallel=4, canary=0, batch=0, keep_releases=5,
-           keep_backups=5, full_post_check=False, accept_new_host_key=False, check_runs=0,
+def deploy(c, host, bundle, inventory="", parallel=0, canary=0, batch=0, keep_releases=-1,
+           keep_backups=-1, full_post_check=False, accept_new_host_key=False, check_runs=0,
            json=False):  # fmt: skip
     """Phase 4: ship a bundle to hosts: lock, upload, verify, check, switch, check, prune."""
     from moola_ops import engine
@@ -90,11 +103,11 @@ def deploy(c, host, bundle, inventory="", parallel=4, canary=0, batch=0, keep_re
     local = engine.resolve_bundle(bundle)
     with _progress(f"deploy {local.version}", hosts, json) as view:
         opts = _options(
-            parallel=int(parallel),
+            parallel=_setting(c, parallel, "deploy.parallel", 4),
             canary=int(canary),
             batch=int(batch),
-            keep_releases=int(keep_releases),
-            keep_backups=int(keep_backups),
+            keep_releases=_setting(c, keep_releases, "deploy.keep_releases", 5, unset=-1),
+            keep_backups=_setting(c, keep_backups, "deploy.keep_backups", 5, unset=-1),
             full_post_check=full_post_check,
             accept_new_host_key=accept_new_host_key,
             check_runs=int(check_runs) or None,
@@ -106,14 +119,14 @@ def deploy(c, host, bundle, inventory="", parallel=4, canary=0, batch=0, keep_re
 
 @task(help={**COMMON_HELP, **FLEET_HELP, "to": "version to roll back to (default: previous)"})
 @user_errors
-def rollback(c, host, to="", inventory="", parallel=4, canary=0, batch=0,
+def rollback(c, host, to="", inventory="", parallel=0, canary=0, batch=0,
              accept_new_host_key=False, check_runs=0, json=False):  # fmt: skip
     """Phase 7: switch hosts back to their previous release (from revisions.log), checked."""
     from moola_ops import engine
 
     hosts = _hosts(host, inventory)
-    opts = _options(parallel=int(parallel), canary=int(canary), batch=int(batch),
-                    accept_new_host_key=accept_new_host_key,
+    opts = _options(parallel=_setting(c, parallel, "deploy.parallel", 4), canary=int(canary),
+                    batch=int(batch), accept_new_host_key=accept_new_host_key,
                     check_runs=int(check_runs) or None)  # fmt: skip
     with _progress("rollback", hosts, json):
         result = engine.rollback(hosts, to or None, opts)
