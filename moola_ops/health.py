@@ -14,6 +14,7 @@ problem is more urgent than an unknown one.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import threading
 import time
@@ -182,7 +183,8 @@ def assess_light(
         if sums is None:
             add(CheckResult("checksums", CRITICAL, "current release has no manifest.json"))
         elif sums.problems:
-            listed = "; ".join(sums.problems[:3])
+            # the verifier's own fix is for a bundle being uploaded; a live release has one fix
+            listed = "; ".join(_fact_only(p) for p in sums.problems[:3])
             add(CheckResult("checksums", CRITICAL,
                             f"{listed}: roll back or redeploy the release"))  # fmt: skip
         else:
@@ -274,6 +276,14 @@ def assess_runtime(
     else:
         message = f"p99 {p99:.2f} ms within " + (f"{sla:g} ms" if sla else "its thresholds")
     add(CheckResult("latency", state, message))
+
+
+_BUNDLE_FIX = re.compile(r"(: (upload or rebuild|remove it or rebuild)\b[^:]*)?\.?\s*$")
+
+
+def _fact_only(problem: str) -> str:
+    """ "...; the file is damaged: upload or rebuild the bundle." -> "...; the file is damaged"."""
+    return _BUNDLE_FIX.sub("", problem.strip())
 
 
 def _float(value: Any) -> float | None:

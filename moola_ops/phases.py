@@ -296,11 +296,12 @@ def run_verify(selection: str, *, timeout_s: float = 300.0, inventory=None) -> P
     run = run_healthcheck(selection, deep=True, timeout_s=timeout_s, inventory=inventory,
                           record=False)  # fmt: skip
     events = read_events()
-    from moola_ops.checklist import latest_deployment
+    from moola_ops.checklist import serving_deployment
 
     steps = []
     for h in run.hosts:
-        deployment = latest_deployment(events, h.host)
+        # the deploy run that made this release live (not a later one that failed)
+        deployment = serving_deployment(events, h.host, h.release)
         journal = Journal("verify", bundle=h.release or "", deployment=deployment)
         by_name = {c.name: c for c in h.checks}
         # sanity = reachable, current valid, checksums, model + golden; latency is its own step

@@ -10,9 +10,9 @@ from invoke.exceptions import Exit
 
 from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
 
-_MARK = {"done": "✔", "failed": "✘", "pending": "·", "skipped": "–", "ok": "✔"}
+_MARK = {"done": "✔", "failed": "✘", "pending": "·", "skipped": "–", "ok": "✔", "not needed": "–"}
 _COLOUR = {"done": "green", "ok": "green", "failed": "red", "pending": "yellow",
-           "skipped": "dim", "refused": "red", "aborted": "red"}  # fmt: skip
+           "skipped": "dim", "refused": "red", "aborted": "red", "not needed": "dim"}  # fmt: skip
 
 
 def _short_time(iso: str) -> str:

@@ -216,7 +216,7 @@ def _stages(demo: DemoRun, yaml) -> None:
         demo.facts["selected"] = choice["run_id"]
         st.detail = f"{choice['run_id']} ({choice['metric']} {choice['value']} on validation)"
 
-    def build(version: str, run_id: str) -> engine.LocalBundle:
+    def build(version: str, run_id: str, override: str = "") -> engine.LocalBundle:
         from moola_core.bundle import build_bundle, verify_bundle
 
         built = build_bundle(version, run_id, runs_dir=runs_dir, out_dir=bundles_dir,
@@ -224,8 +224,15 @@ def _stages(demo: DemoRun, yaml) -> None:
         verify_bundle(built.path)
         # the same log line `invoke bundle` writes (phase 3 of the checklist)
         Journal("bundle", bundle=version).record(
-            "", "build", "ok", run_id=run_id, path=str(built.path),
-            summary=f"{built.path.name} from {run_id}, verified")  # fmt: skip
+            "",
+            "build",
+            "ok",
+            run_id=run_id,
+            path=str(built.path),
+            sha256=built.sha256,
+            summary=f"{built.path.name} from {run_id}, verified",
+            **({"override": override} if override else {}),
+        )
         return engine.resolve_bundle(version, bundles_dir=bundles_dir)
 
     def current_on_hosts() -> dict[str, str | None]:
@@ -274,11 +281,16 @@ def _stages(demo: DemoRun, yaml) -> None:
 
     with demo.stage("bundle v0.2 and deploy it", "invoke bundle ... && invoke deploy ...") as st:
         other = next(r for r in demo.facts["run_ids"] if r != demo.facts["selected"])
-        v02 = build("v0.2", other)
+        # not the selected run: `invoke bundle --run ID --override REASON` records why
+        v02 = build("v0.2", other, override="demo: the other candidate, to show a rollback")
         result = engine.deploy(hosts, v02)
         expect(result.ok, f"deploy of v0.2 failed: {[o.message for o in result.outcomes]}")
         live = current_on_hosts()
         expect(set(live.values()) == {"v0.2"}, f"current after deploy: {live}")
+        # the cron checks see v0.2 while it is live (phase 8 of its checklist)
+        for deep in (False, True):
+            run = run_healthcheck("local", deep=deep, timeout_s=240, inventory=inventory)
+            expect(run.state == OK, f"health check of v0.2: {status_line(run)}")
         demo.facts["deploy_v02"] = result.deployment
         st.detail = f"deployment {result.deployment}; current = v0.2 on both (from {other})"
 
