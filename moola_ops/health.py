@@ -379,7 +379,10 @@ def probe_host(host, deadline: float, *, deep: bool = False,
                 return health
             with transient_step("healthcheck", host.name, "runtime-check"):
                 result = ssh.run(
-                    facts_cmd.runtime_check_command(host.workspace, host.python), timeout_s=left()
+                    facts_cmd.runtime_check_command(
+                        host.workspace, host.python, host.latency_sla_ms
+                    ),
+                    timeout_s=left(),
                 )
             report, error = parse_runtime_output(result.stdout, result.stderr)
             assess_runtime(

@@ -50,9 +50,14 @@ def light_facts_command(workspace: str, python: str = "python3") -> str:
     return "\n".join(lines)
 
 
-def runtime_check_command(workspace: str, python: str = "python3") -> str:
-    """The deep check: the bundle's own runtime checks the release that `current` serves."""
-    return release.runtime_check(Layout(workspace), python, "current", through_current=True)
+def runtime_check_command(
+    workspace: str, python: str = "python3", sla_p99_ms: float | None = None
+) -> str:
+    """The deep check: the bundle's own runtime checks the release that `current` serves,
+    against the host's latency SLA (inventory `latency_sla_ms`) when it has one."""
+    return release.runtime_check(
+        Layout(workspace), python, "current", through_current=True, sla_p99_ms=sla_p99_ms
+    )
 
 
 # --- parsers ----------------------------------------------------------------------------------
