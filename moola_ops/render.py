@@ -98,8 +98,18 @@ def _row(e: dict[str, Any]) -> Row:
         status=str(e.get("status", "")),
         seconds=f"{float(e.get('duration_s') or 0):.2f}",
         bundle=str(e.get("bundle") or ""),
-        reason=reason_of(e) if e.get("status") != "ok" or e.get("phase") != "healthcheck" else "",
+        reason=_reason_cell(e),
     )
+
+
+def _reason_cell(e: dict[str, Any]) -> str:
+    """A failure's reason in full; an ok line's summary shortened (health: none)."""
+    text = reason_of(e)
+    if e.get("status") in BAD:
+        return text
+    if e.get("phase") == "healthcheck":
+        return ""
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def log_rows(events: list[dict[str, Any]], *, collapse_health: bool = True) -> list[Row]:
