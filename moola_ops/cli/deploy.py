@@ -10,6 +10,7 @@ from __future__ import annotations
 from invoke.exceptions import Exit
 
 from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
+from moola_ops.runpod import REFRESH_HELP
 
 HOST_HELP = (
     "inventory host names, groups and/or globs over host names, comma separated "
@@ -28,12 +29,15 @@ COMMON_HELP = {
     "json": "print one JSON document instead of the table",
     "accept_new_host_key": "pin a host key not yet in known_hosts (logged) instead of refusing",
     "check_runs": "timed runs of the runtime check (0, the default: the runtime's own)",
+    "refresh": REFRESH_HELP,
 }
 
 
-def _hosts(host: str, inventory: str):
+def _hosts(host: str, inventory: str, refresh: bool = False):
     from moola_ops.inventory import load_inventory
+    from moola_ops.runpod import refresh_cache
 
+    refresh_cache(refresh)  # runpod_pod_id hosts: the first look-up asks the API
     return load_inventory(inventory or None).resolve(host)
 
 
@@ -95,11 +99,11 @@ def _render(result, as_json: bool) -> None:
 @user_errors
 def deploy(c, host, bundle, inventory="", parallel=0, canary=0, batch=0, keep_releases=-1,
            keep_backups=-1, full_post_check=False, accept_new_host_key=False, check_runs=0,
-           json=False):  # fmt: skip
+           json=False, refresh=False):  # fmt: skip
     """Phase 4: ship a bundle to hosts: lock, upload, verify, check, switch, check, prune."""
     from moola_ops import engine
 
-    hosts = _hosts(host, inventory)
+    hosts = _hosts(host, inventory, refresh)
     local = engine.resolve_bundle(bundle)
     with _progress(f"deploy {local.version}", hosts, json) as view:
         opts = _options(
@@ -120,11 +124,11 @@ def deploy(c, host, bundle, inventory="", parallel=0, canary=0, batch=0, keep_re
 @task(help={**COMMON_HELP, **FLEET_HELP, "to": "version to roll back to (default: previous)"})
 @user_errors
 def rollback(c, host, to="", inventory="", parallel=0, canary=0, batch=0,
-             accept_new_host_key=False, check_runs=0, json=False):  # fmt: skip
+             accept_new_host_key=False, check_runs=0, json=False, refresh=False):  # fmt: skip
     """Phase 7: switch hosts back to their previous release (from revisions.log), checked."""
     from moola_ops import engine
 
-    hosts = _hosts(host, inventory)
+    hosts = _hosts(host, inventory, refresh)
     opts = _options(parallel=_setting(c, parallel, "deploy.parallel", 4), canary=int(canary),
                     batch=int(batch), accept_new_host_key=accept_new_host_key,
                     check_runs=int(check_runs) or None)  # fmt: skip
@@ -136,11 +140,11 @@ def rollback(c, host, to="", inventory="", parallel=0, canary=0, batch=0,
 @task(help={**COMMON_HELP, "parallel": FLEET_HELP["parallel"]})
 @user_errors
 def drill(c, host, inventory="", parallel=1, accept_new_host_key=False, check_runs=0,
-          json=False):  # fmt: skip
+          json=False, refresh=False):  # fmt: skip
     """Rehearse a rollback on live hosts: back to previous, check, forward again, check."""
     from moola_ops import engine
 
-    hosts = _hosts(host, inventory)
+    hosts = _hosts(host, inventory, refresh)
     opts = _options(parallel=int(parallel), accept_new_host_key=accept_new_host_key,
                     check_runs=int(check_runs) or None)  # fmt: skip
     with _progress("drill", hosts, json):
@@ -148,14 +152,21 @@ def drill(c, host, inventory="", parallel=1, accept_new_host_key=False, check_ru
     _render(result, json)
 
 
-@task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": "print JSON"})
+@task(
+    help={
+        "host": HOST_HELP,
+        "inventory": INVENTORY_HELP,
+        "json": "print JSON",
+        "refresh": REFRESH_HELP,
+    }
+)
 @user_errors
-def backups(c, host, inventory="", json=False):
+def backups(c, host, inventory="", json=False, refresh=False):
     """List the snapshots on a host (taken before each switch), newest first."""
     from moola_ops import engine
 
     rows = []
-    for h in _hosts(host, inventory):
+    for h in _hosts(host, inventory, refresh):
         rows += [dict(row, host=h.name) for row in engine.list_backups(h)]
     if json:
         print_json(rows)
@@ -172,14 +183,15 @@ def backups(c, host, inventory="", json=False):
         "snapshot": "snapshot file name from `invoke backups`",
         "inventory": INVENTORY_HELP,
         "json": "print JSON",
+        "refresh": REFRESH_HELP,
     }
 )
 @user_errors
-def restore(c, host, snapshot, inventory="", json=False):
+def restore(c, host, snapshot, inventory="", json=False, refresh=False):
     """Restore releases/<version> on hosts from a snapshot (verified before it is put back)."""
     from moola_ops import engine
 
-    hosts = _hosts(host, inventory)
+    hosts = _hosts(host, inventory, refresh)
     with _progress("restore", hosts, json):
         result = engine.restore(hosts, snapshot)
     _render(result, json)
@@ -209,15 +221,16 @@ def lock_line(state: dict) -> str:
         "break_": "break the lock whoever holds it (a stale lock; logged)",
         "inventory": INVENTORY_HELP,
         "json": "print JSON",
+        "refresh": REFRESH_HELP,
     },
 )
 @user_errors
-def lock_(c, host, release=False, break_=False, inventory="", json=False):
+def lock_(c, host, release=False, break_=False, inventory="", json=False, refresh=False):
     """Show who holds each host's deploy lock; --release your own, --break a stale one."""
     from moola_ops import engine
 
     report = {}
-    for h in _hosts(host, inventory):
+    for h in _hosts(host, inventory, refresh):
         if break_:
             holder = engine.break_lock(h)
             report[h.name] = {"broken": holder is not None, "holder": holder}

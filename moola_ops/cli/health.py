@@ -30,6 +30,7 @@ from moola_ops.cli._common import (
     task,
     whole_number,
 )
+from moola_ops.runpod import REFRESH_HELP
 
 FAST_TIMEOUT_S = 30.0
 DEEP_TIMEOUT_S = 300.0
@@ -93,6 +94,7 @@ def check(
     warning: str = "",
     critical: str = "",
     config=None,
+    refresh: bool = False,
 ) -> int:
     """Run the check, print the result as a Nagios plugin does, return the exit code."""
     from moola_core.errors import MoolaError
@@ -104,6 +106,9 @@ def check(
         from moola_ops.health import HealthPolicy, run_healthcheck
         from moola_ops.nagios import parse_thresholds
         from moola_ops.progress import show
+        from moola_ops.runpod import refresh_cache
+
+        refresh_cache(refresh)  # runpod_pod_id hosts: the first look-up asks the API
 
         limit = float(timeout) or float(
             setting(
@@ -181,6 +186,7 @@ def _report(run, *, as_json: bool, prom: str) -> int:
         f"else {DEFAULT_PARALLEL}; 1 checks one after another)",
         "warning": THRESHOLD_HELP.format(what="WARNING", key="warning"),
         "critical": THRESHOLD_HELP.format(what="CRITICAL", key="critical"),
+        "refresh": REFRESH_HELP,
     },
 )
 def healthcheck(
@@ -195,6 +201,7 @@ def healthcheck(
     parallel="",
     warning="",
     critical="",
+    refresh=False,
 ):
     """Check hosts in parallel; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios)."""
     code = check(
@@ -209,6 +216,7 @@ def healthcheck(
         warning=warning,
         critical=critical,
         config=c.config,
+        refresh=refresh,
     )
     raise Exit(code=code)
 
@@ -274,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prom", default="", help="also write a Prometheus textfile here")
     parser.add_argument("--inventory", default="", help="inventory file")
     parser.add_argument("--parallel", type=int, default=0, help="hosts checked at once")
+    parser.add_argument("--refresh", action="store_true", help=REFRESH_HELP)
     args = parser.parse_args(argv)
     # paths given relative to where cron started us, before we move to the project
     prom = str(Path(args.prom).absolute()) if args.prom else ""
@@ -299,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         warning=args.warning,
         critical=args.critical,
         config=config,
+        refresh=args.refresh,
     )
 
 
