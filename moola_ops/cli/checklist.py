@@ -166,7 +166,7 @@ def select(c, metric="", runs_dir="runs", json=False):
 
 @task(
     help={
-        "host": "inventory host names or a group, comma separated",
+        "host": "inventory host names, groups and/or globs (local-*), comma separated",
         "timeout": "seconds the whole check may take (default 300)",
         "inventory": "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)",
         "json": "print one JSON document",

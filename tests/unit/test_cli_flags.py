@@ -172,3 +172,28 @@ def test_a_missing_required_flag_is_named(tmp_path):
     )
     done = invoke(tmp_path, "accept")
     assert "--deployment, --by are required" in done.stderr
+
+
+def test_help_piped_into_head_ends_quietly(tmp_path):
+    # `invoke deploy -h | head -3`: Invoke prints the help, head leaves after three lines
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    for name in ("deploy", "healthcheck", "log"):
+        reader = subprocess.Popen(
+            [sys.executable, "-m", "invoke", "-r", str(REPO_ROOT), name, "-h"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+        )
+        assert reader.stdout.readline().startswith(b"Usage: ")
+        reader.stdout.close()  # the reader is gone before the rest is written
+        stderr = reader.stderr.read().decode()
+        assert reader.wait(timeout=60) == 0, stderr
+        assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
+def test_train_says_what_it_does_from_its_first_second(tmp_path):
+    done = invoke(tmp_path, "train", "--config", "missing.yaml")
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[0] == "train: loading torch and the training code"
