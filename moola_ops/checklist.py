@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from moola_core.errors import MoolaError, ValidationError
+from moola_ops import steps as names
 
 DEFAULT_CHECKLIST = Path("checklists/deployment.yaml")
 
@@ -31,9 +32,14 @@ class Check:
     """A check a step can name: the log line (phase, step) that proves it and where to look."""
 
     phase: str
-    step: str
+    step: str | tuple[str, ...]  # the log step (or any of these steps) that proves it
     scope: str
     description: str
+
+    def proves(self, event: dict) -> bool:
+        """True when the log line `event` is one this check reads."""
+        names = self.step if isinstance(self.step, tuple) else (self.step,)
+        return event.get("phase") == self.phase and event.get("step") in names
 
 
 CHECKS: dict[str, Check] = {
@@ -44,20 +50,35 @@ CHECKS: dict[str, Check] = {
     "preflight.doctor": Check("preflight", "doctor", "before", "dependency doctor all OK"),
     "select.choice": Check("select", "choice", "before", "a run chosen on held-out metrics"),
     "bundle.build": Check("bundle", "build", "bundle", "the bundle was built and verified"),
-    # the engine's step names (moola_ops.engine): promote = uploaded (or already there) and
-    # verified file by file; check = runtime check before the switch; post-check = after it
-    "deploy.upload": Check("deploy", "promote", "deployment", "bundle on the host, verified"),
-    "deploy.precheck": Check("deploy", "check", "deployment", "runtime check before switch"),
-    "deploy.switch": Check("deploy", "post-check", "deployment", "switched and checked again"),
-    "verify.sanity": Check("verify", "sanity", "after", "runtime check through current"),
-    "verify.latency": Check("verify", "latency", "after", "p99 latency within the SLA"),
+    # the engine's step names (moola_ops.steps): promote = uploaded and verified file by file,
+    # verify = already on the host and verified file by file; check = runtime check before the
+    # switch; post-check = through `current` after it
+    "deploy.upload": Check(
+        names.DEPLOY, (names.PROMOTE, names.VERIFY), "deployment", "bundle on the host, verified"
+    ),
+    "deploy.precheck": Check(
+        names.DEPLOY, names.CHECK, "deployment", "runtime check before switch"
+    ),
+    "deploy.switch": Check(
+        names.DEPLOY, names.POST_CHECK, "deployment", "switched and checked again"
+    ),
+    "verify.sanity": Check(
+        names.VERIFY_PHASE, names.VERIFY_SANITY, "after", "runtime check through current"
+    ),
+    "verify.latency": Check(
+        names.VERIFY_PHASE, names.VERIFY_LATENCY, "after", "p99 latency within the SLA"
+    ),
     "accept.signoff": Check("accept", "signoff", "deployment", "a named person signed off"),
     "accept.notes": Check("accept", "notes", "deployment", "release notes recorded"),
     "rollback.switch": Check(
-        "rollback", "post-check-runtime", "after", "previous release serves again, checked"
+        names.ROLLBACK, names.POST_CHECK_RUNTIME, "after", "previous release serves again, checked"
     ),
-    "healthcheck.fast": Check("healthcheck", "fast", "after", "fast health check passed"),
-    "healthcheck.deep": Check("healthcheck", "deep", "after", "deep health check passed"),
+    "healthcheck.fast": Check(
+        names.HEALTHCHECK, names.HEALTH_FAST, "after", "fast health check passed"
+    ),
+    "healthcheck.deep": Check(
+        names.HEALTHCHECK, names.HEALTH_DEEP, "after", "deep health check passed"
+    ),
 }
 
 STATES = ("done", "failed", "pending", "skipped")
@@ -155,8 +176,15 @@ def parse_checklist(data: Any, source: str = "checklist") -> Checklist:
             for key in ("manual", "optional"):
                 if not isinstance(s.get(key, False), bool):
                     fail(f"{where} `{key}` must be true or false")
-            steps.append(Step(s["id"], s["title"], s["check"], s.get("manual", False),
-                              s.get("optional", False)))  # fmt: skip
+            steps.append(
+                Step(
+                    s["id"],
+                    s["title"],
+                    s["check"],
+                    s.get("manual", False),
+                    s.get("optional", False),
+                )
+            )
         if not steps:
             fail(f"phase {i + 1} ({raw['name']}) has no steps")
         ids = [s.id for s in steps]
@@ -225,8 +253,13 @@ class ChecklistReport:
         }
 
 
-_STATUS_TO_STATE = {"ok": "done", "failed": "failed", "aborted": "failed", "refused": "failed",
-                    "skipped": "skipped"}  # fmt: skip
+_STATUS_TO_STATE = {
+    "ok": "done",
+    "failed": "failed",
+    "aborted": "failed",
+    "refused": "failed",
+    "skipped": "skipped",
+}
 
 
 def deployment_ids(events: list[dict]) -> list[str]:
@@ -329,19 +362,25 @@ def checklist_states(
     # the "after" window ends when another deploy run touches one of these hosts
     # (a deploy that failed before its release went live leaves this one serving: it does not)
     closes = min(
-        (e.get("time", "") for e in events
-         if e.get("phase") == "deploy" and e.get("deployment") != deployment
-         and e.get("host") in hosts and opened and e.get("time", "") > opened
-         and e.get("step") == "post-check" and e.get("status") == "ok"),
+        (
+            e.get("time", "")
+            for e in events
+            if e.get("phase") == names.DEPLOY
+            and e.get("deployment") != deployment
+            and e.get("host") in hosts
+            and opened
+            and e.get("time", "") > opened
+            and e.get("step") == names.POST_CHECK
+            and e.get("status") == "ok"
+        ),
         default=None,
-    )  # fmt: skip
+    )
 
     steps = []
     for phase in checklist.phases:
         for step in phase.steps:
             check = CHECKS[step.check]
-            matching = [e for e in events
-                        if e.get("phase") == check.phase and e.get("step") == check.step]  # fmt: skip
+            matching = [e for e in events if check.proves(e)]
             tie = ""  # why the lines found do not count for this deployment
             if check.scope == "before":
                 lines = [e for e in matching if opened is None or e.get("time", "") <= opened]
@@ -374,15 +413,25 @@ def checklist_states(
                         )
                 lines = lines[-1:]
             elif check.scope == "bundle":
-                lines = [e for e in matching if bundle and e.get("bundle") == bundle
-                         and (opened is None or e.get("time", "") <= opened)][-1:]  # fmt: skip
+                lines = [
+                    e
+                    for e in matching
+                    if bundle
+                    and e.get("bundle") == bundle
+                    and (opened is None or e.get("time", "") <= opened)
+                ][-1:]
             elif check.scope == "deployment":
                 lines = [e for e in matching if deployment and e.get("deployment") == deployment]
             else:  # after
-                lines = [e for e in matching if opened and e.get("host") in hosts
-                         and e.get("time", "") >= opened
-                         and (closes is None or e.get("time", "") < closes)]  # fmt: skip
-                if check.phase in ("verify", "healthcheck") and bundle:
+                lines = [
+                    e
+                    for e in matching
+                    if opened
+                    and e.get("host") in hosts
+                    and e.get("time", "") >= opened
+                    and (closes is None or e.get("time", "") < closes)
+                ]
+                if check.phase in (names.VERIFY_PHASE, names.HEALTHCHECK) and bundle:
                     # only checks of this deployment's release count (not of the one still
                     # live after this deployment failed, nor of the one rolled back to)
                     lines = [e for e in lines if e.get("bundle") == bundle]
@@ -401,10 +450,18 @@ def checklist_states(
             detail = deciding.get("detail", {}) if deciding else {}
             if tie:
                 detail = {"summary": tie}
-            steps.append(StepState(
-                phase=phase.number, step=step.id, title=step.title, check=step.check,
-                manual=step.manual, state=state, by=deciding.get("actor", ""),
-                at=deciding.get("time", ""), hosts=per_host,
-                detail=str(detail.get("summary") or detail.get("error") or ""),
-            ))  # fmt: skip
+            steps.append(
+                StepState(
+                    phase=phase.number,
+                    step=step.id,
+                    title=step.title,
+                    check=step.check,
+                    manual=step.manual,
+                    state=state,
+                    by=deciding.get("actor", ""),
+                    at=deciding.get("time", ""),
+                    hosts=per_host,
+                    detail=str(detail.get("summary") or detail.get("error") or ""),
+                )
+            )
     return ChecklistReport(deployment=deployment, bundle=bundle, hosts=hosts, steps=steps)
