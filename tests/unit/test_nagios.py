@@ -9,7 +9,7 @@ import pytest
 from moola_core.errors import MoolaError
 from moola_ops import health as hc
 from moola_ops import nagios
-from moola_ops.commands import health as cmd
+from moola_ops.commands import facts as cmd
 from moola_ops.inventory import Host
 
 
@@ -72,15 +72,17 @@ def test_judge_prefers_critical():
 
 
 def _facts(free_gib: float, lock_age_s: float | None = None):
-    return cmd.LightFacts(
+    return cmd.HostFacts(
         workspace_exists=True,
-        now=0,
+        link=cmd.CurrentLink("releases/v0.1", "/ws/releases/v0.1", "/ws", True),
+        current="v0.1",
+        checksums=cmd.ChecksumFact(problems=[], version="v0.1"),
+        gpu=cmd.GpuReport(present=False),
+        disk=cmd.DiskFact(total_bytes=100 * 1024**3, free_bytes=int(free_gib * 1024**3)),
+        lock=None
+        if lock_age_s is None
+        else cmd.LockFact(age_s=lock_age_s, holder={"actor": "ana"}),
         complete=True,
-        current=cmd.CurrentFact("releases/v0.1", "v0.1", True),
-        checksums=cmd.ChecksumFact(version="v0.1"),
-        gpu=cmd.GpuReport(False),
-        disk=cmd.DiskFact(100 * 1024**3, int(free_gib * 1024**3)),
-        lock=None if lock_age_s is None else cmd.LockFact(age_s=lock_age_s, holder="ana"),
     )
 
 
