@@ -49,6 +49,7 @@ CHECKS: dict[str, Check] = {
     "preflight.model": Check("preflight", "model", "before", "model loads, finite, deterministic"),
     "preflight.doctor": Check("preflight", "doctor", "before", "dependency doctor all OK"),
     "select.choice": Check("select", "choice", "before", "a run chosen on held-out metrics"),
+    "select.gate": Check("select", "gate", "before", "the chosen run passed the quality gate"),
     "bundle.build": Check("bundle", "build", "bundle", "the bundle was built and verified"),
     # the engine's step names (moola_ops.steps): promote = uploaded and verified file by file,
     # verify = already on the host and verified file by file; check = runtime check before the

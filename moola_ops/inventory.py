@@ -40,7 +40,9 @@ class Host:
     gpu: str | None = None  # expected GPU (substring of nvidia-smi's name), None: no GPU needed
     latency_sla_ms: float | None = None  # overrides the bundle's SLA for this host
     groups: tuple[str, ...] = ()
-    connect_timeout_s: float = 10.0
+    connect_timeout_s: float = 10.0  # per connection attempt
+    connect_retries: int = 2  # further attempts when connection set-up fails (never commands)
+    keepalive_s: float = 5.0  # SSH keepalive interval; 3 silent intervals = the host is dead
     smoke: str | None = None  # shell command run in `current` after a switch; failure rolls back
     sandbox: bool = False
     ssh_config: str | None = None  # an ssh_config file to read instead of ~/.ssh/config
@@ -73,6 +75,17 @@ class Host:
         return resolve_host(self, refresh=refresh)
 
 
+def _workspace_of(value: str) -> str:
+    """A workspace as the inventory accepts it: absolute on the host, never `~/...`."""
+    if value.startswith("~"):
+        # the shell would expand it, but uploads (SFTP) and the paths in every message would not
+        raise ValueError(
+            f"workspace {value!r} starts with '~', which uploads do not expand: write the "
+            "absolute path on the host, e.g. /root/moola or /workspace/moola"
+        )
+    return check_workspace(value)
+
+
 def _models():
     # pydantic is imported lazily: `invoke --list` must not pay for it.
     from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -91,6 +104,8 @@ def _models():
         latency_sla_ms: float | None = Field(default=None, gt=0)
         groups: list[str] = []
         connect_timeout_s: float | None = Field(default=None, gt=0, le=300)
+        connect_retries: int | None = Field(default=None, ge=0, le=10)
+        keepalive_s: float | None = Field(default=None, ge=0, le=300)
         smoke: str | None = None
         sandbox: bool = False
         ssh_config: str | None = None
@@ -141,7 +156,7 @@ def _models():
         @field_validator("workspace")
         @classmethod
         def _workspace(cls, value: str | None) -> str | None:
-            return None if value is None else check_workspace(value)
+            return None if value is None else _workspace_of(value)
 
     class Defaults(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -153,6 +168,8 @@ def _models():
         workspace: str = DEFAULT_WORKSPACE
         python: str = "python3"
         connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+        connect_retries: int = Field(default=2, ge=0, le=10)
+        keepalive_s: float = Field(default=5.0, ge=0, le=300)
         ssh_config: str | None = None
         allowed_signers: str | None = None
         runpod_api_key_file: str | None = None  # a path; the key itself never lives here
@@ -160,7 +177,7 @@ def _models():
         @field_validator("workspace")
         @classmethod
         def _workspace(cls, value: str) -> str:
-            return check_workspace(value)
+            return _workspace_of(value)
 
     class InventoryFile(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -308,7 +325,9 @@ def load_inventory(
             f"inventory {source} not found{where}: create it (see docs/inventory.md) "
             "or pass --inventory"
         )
-    text = source.read_text()
+    from moola_core.yaml_config import read_text
+
+    text = read_text(source, "inventory")
     try:
         raw = yaml.safe_load(text)
         tree = yaml.compose(text)
@@ -330,8 +349,9 @@ def load_inventory(
         loc = tuple(str(p) for p in first["loc"])
         line = _line_of(tree, loc)
         field_name = ".".join(loc) or "file"
+        msg = first["msg"].removeprefix("Value error, ")
         raise MoolaError(
-            f"{source} line {line}: {field_name}: {first['msg']} (see docs/inventory.md)"
+            f"{source} line {line}: {field_name}: {msg} (see docs/inventory.md)"
         ) from None
     except MoolaError as exc:  # a check_name inside a validator: name the file
         raise MoolaError(f"{source}: {exc}") from None
@@ -353,6 +373,8 @@ def load_inventory(
             latency_sla_ms=entry.latency_sla_ms,
             groups=tuple(entry.groups),
             connect_timeout_s=entry.connect_timeout_s or d.connect_timeout_s,
+            connect_retries=_first(entry.connect_retries, d.connect_retries),
+            keepalive_s=_first(entry.keepalive_s, d.keepalive_s),
             smoke=entry.smoke,
             sandbox=entry.sandbox,
             ssh_config=_expand(entry.ssh_config or d.ssh_config),
@@ -384,6 +406,11 @@ def _refuse_secrets(raw: dict, source: Path) -> None:
                 "key; set RUNPOD_API_KEY or put the key in a file (mode 600) and name it with "
                 "`runpod_api_key_file:` under defaults"
             )
+
+
+def _first(value, default):
+    """`value` unless it is None (0 is a real choice: no retries, no keepalives)."""
+    return default if value is None else value
 
 
 def _expand(path: str | None) -> str | None:

@@ -6,11 +6,16 @@ the deploy engine, the checklist and the health checks all write through `Journa
 Each line is appended with one `write` under an exclusive `fcntl.flock` and flushed + fsynced
 before the lock is released, so concurrent runs (two terminals, cron) neither interleave nor
 lose lines. The file reads with `pandas.read_json(path, lines=True)`.
+
+A line that cannot be written whole (full disk, file-size limit, the log is a folder or not
+writable) is taken back out and raises JournalWriteError, one sentence; a line torn by a crash
+in an older writer never hides the next event, which then starts on a fresh line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import getpass
 import json
@@ -24,6 +29,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from moola_core.errors import MoolaError, os_error_sentence
 
 DEFAULT_LOG = Path("logs/deployments.jsonl")
 
@@ -53,6 +60,14 @@ class Event:
 
 
 EVENT_FIELDS = frozenset(f.name for f in fields(Event))  # every line a writer appends has all
+
+
+class JournalWriteError(MoolaError):
+    """The deployment log could not be written; nothing partial was left in it."""
+
+    def __init__(self, message: str, path: Path):
+        super().__init__(message)
+        self.path = path
 
 
 def log_path(path: str | os.PathLike | None = None) -> Path:
@@ -177,28 +192,101 @@ def transient_step(phase: str, host: str, step: str, **detail: Any) -> Iterator[
 
 
 def append(event: Event, path: str | os.PathLike | None = None) -> Event:
-    """Append one event as a JSON line under an exclusive flock; flushed and fsynced."""
+    """Append one event as a JSON line under an exclusive flock; flushed and fsynced.
+
+    Raises JournalWriteError (one sentence) when the line cannot be written whole; a partly
+    written line is truncated away again, so the log only ever holds whole lines.
+    """
     if event.status not in STATUSES:
         raise ValueError(f"unknown journal status {event.status!r}; use one of {STATUSES}")
     if not event.time:
         event.time = _now_iso()
     target = log_path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     line = (event.to_json() + "\n").encode()
     # O_APPEND + one write per line; the flock also serialises writers on filesystems where
     # O_APPEND alone is not atomic for larger lines (NFS), and makes readers see whole lines.
-    fd = _open_current(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, fcntl.LOCK_EX)
+    fd = _open_log(target, fcntl.LOCK_EX)
     try:
         try:
-            os.write(fd, line)
-            os.fsync(fd)
-            rotate_if_full(target, fd)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # a torn last line must not swallow this event
+            _write_whole(fd, line, size, target)
+            rotate_if_full(target, fd)  # still under the exclusive lock
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
     notify(event)
     return event
+
+
+def check_writable(path: str | os.PathLike | None = None) -> Path:
+    """Make sure the deployment log can be appended to (creating it); JournalWriteError if not.
+
+    Tasks call it before they touch a host, so a log that cannot be written stops the run at
+    its start with one sentence instead of after a host changed.
+    """
+    target = log_path(path)
+    os.close(_open_log(target))  # closing the descriptor also drops its lock
+    return target
+
+
+def _open_log(target: Path, lock: int = fcntl.LOCK_SH) -> int:
+    """The log opened for appending (created with its folder) and flocked with `lock`;
+    JournalWriteError when that is impossible."""
+    try:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # exist_ok covers folders only: a file holds the folder's name
+            reason = f"{os.strerror(errno.ENOTDIR)}: {target.parent} is a file"
+            raise NotADirectoryError(errno.ENOTDIR, reason, str(target)) from None
+        while True:
+            # read as well: the last byte says whether the file ends on a whole line
+            fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            fcntl.flock(fd, lock)
+            if _still_current(fd, target):
+                return fd
+            # a rotation renamed the file between open and lock: open the new one
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+    except OSError as exc:
+        raise _write_error(target, exc) from None
+
+
+def _still_current(fd: int, target: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(target).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _write_whole(fd: int, data: bytes, size_before: int, target: Path) -> None:
+    """Write all of `data` (looping over short writes) and fsync, or take it back out."""
+    written = 0
+    try:
+        while written < len(data):
+            count = os.write(fd, data[written:])
+            if count <= 0:  # no progress and no error: treat as a full disk
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+            written += count
+        os.fsync(fd)
+    except OSError as exc:
+        note = ""
+        if written:
+            try:
+                os.ftruncate(fd, size_before)
+                note = f"; only {written} of {len(data)} bytes fit and were taken back out"
+            except OSError:  # left torn: the next event starts on a fresh line (append)
+                note = f"; only {written} of {len(data)} bytes fit"
+        raise _write_error(target, exc, note) from None
+
+
+def _write_error(target: Path, exc: OSError, note: str = "") -> JournalWriteError:
+    if exc.filename is None:
+        exc.filename = str(target)
+    sentence = os_error_sentence(exc, "write the deployment log")
+    return JournalWriteError(f"{sentence}, or set MOOLA_LOG to a writable file{note}", target)
 
 
 def read_events(
@@ -273,11 +361,8 @@ def _open_current(target: Path, flags: int, lock: int) -> int:
     while True:
         fd = os.open(target, flags, 0o644)
         fcntl.flock(fd, lock)
-        try:
-            if os.fstat(fd).st_ino == os.stat(target).st_ino:
-                return fd
-        except FileNotFoundError:
-            pass
+        if _still_current(fd, target):
+            return fd
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 

@@ -42,7 +42,9 @@ def user_errors(fn: Callable) -> Callable:
     """Turn MoolaError into one clear line on stderr and its exit code (no traceback).
 
     KeyboardInterrupt exits 130 after the callee had its chance to clean up; a reader that
-    closed the pipe early (`| head`) ends the task quietly.
+    closed the pipe early (`| head`) ends the task quietly. Any other OSError (a full disk, a
+    folder where a file should be, no permission) and a file that is not UTF-8 are one
+    sentence and exit 1 as well: a task never ends in a traceback for what a person can fix.
     """
 
     @functools.wraps(fn)
@@ -58,7 +60,18 @@ def user_errors(fn: Callable) -> Callable:
             # Point stdout at /dev/null so the interpreter's final flush cannot fail again.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise Exit(code=0) from None
+        except OSError as exc:
+            from moola_core.errors import os_error_sentence
 
+            raise Exit(f"error: {os_error_sentence(exc)}", code=1) from None
+        except UnicodeDecodeError as exc:
+            raise Exit(
+                f"error: a file Moola read is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                f"at offset {exc.start}): save it as UTF-8",
+                code=1,
+            ) from None
+
+    wrapper.user_errors = True  # tests check that every task is wrapped
     return wrapper
 
 

@@ -151,16 +151,19 @@ def preflight(c, config="", tests="", skip="", run="", runs_dir="runs", json=Fal
         "metric": "primary held-out metric to choose by (default: invoke.yaml select.metric, "
         "else span_iou)",
         "runs_dir": "where training runs live (default runs)",
+        "override": "ship a run that fails the quality gate anyway; the reason is recorded with "
+        "your name as a sign-off in the log (invoke checklist shows it)",
         "json": "print one JSON document",
     }
 )
 @user_errors
-def select(c, metric="", runs_dir="runs", json=False):
-    """Phase 2: pick the run to ship on held-out metrics (with CIs), explain and record it."""
+def select(c, metric="", runs_dir="runs", override=None, json=False):
+    """Phase 2: pick the run to ship on held-out metrics (with CIs), then the quality gate: exit 1
+    unless it beats the heuristic and the linear baseline (or --override "reason")."""
     from moola_ops.phases import run_select
 
     metric = metric or (c.config.get("select") or {}).get("metric", "")  # invoke.yaml select.metric
-    report = run_select(runs_dir=runs_dir, metric=metric or None)
+    report = run_select(runs_dir=runs_dir, metric=metric or None, override=override)
     _finish(report, json)
 
 

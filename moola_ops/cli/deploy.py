@@ -269,6 +269,36 @@ def drill(
     help={
         "host": HOST_HELP,
         "inventory": INVENTORY_HELP,
+        "keep_releases": "releases kept on each host besides current and previous "
+        "(default: invoke.yaml deploy.keep_releases, else 5)",
+        "keep_backups": "snapshots kept on each host (default: invoke.yaml deploy.keep_backups, "
+        "else 5)",
+        "plan": PLAN_HELP,
+        "json": "print JSON",
+        "refresh": REFRESH_HELP,
+    }
+)
+@user_errors
+def prune(
+    c, host, inventory="", keep_releases=-1, keep_backups=-1, plan=False, json=False, refresh=False
+):
+    """Remove old releases and snapshots (never current, the rollback target or their newest
+    snapshots); deploys do this after each success."""
+    from moola_ops import engine
+
+    hosts = _hosts(host, inventory, refresh)
+    opts = _options(
+        keep_releases=_setting(c, keep_releases, "deploy.keep_releases", 5, unset=-1),
+        keep_backups=_setting(c, keep_backups, "deploy.keep_backups", 5, unset=-1),
+        plan=_planning(c, plan),
+    )
+    _run(c, json, lambda view: engine.prune(hosts, opts), "prune", hosts)
+
+
+@task(
+    help={
+        "host": HOST_HELP,
+        "inventory": INVENTORY_HELP,
         "json": "print JSON",
         "refresh": REFRESH_HELP,
     }
@@ -367,4 +397,4 @@ def lock_(
         print_json(report)
 
 
-EXPORTS = [deploy, rollback, drill, backups, restore, lock_]  # `log`: moola_ops/cli/log.py
+EXPORTS = [deploy, rollback, drill, prune, backups, restore, lock_]  # `log`: cli/log.py

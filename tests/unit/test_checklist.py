@@ -71,7 +71,9 @@ def test_states_follow_the_log(tmp_path):
     pre = Journal("preflight", actor="ana", path=log)
     for step in ("lint", "tests", "data", "model", "doctor"):
         pre.record("", step, "ok")
-    Journal("select", actor="ana", path=log).record("", "choice", "ok", run_id="r1")
+    select = Journal("select", actor="ana", path=log)
+    select.record("", "choice", "ok", run_id="r1")
+    select.record("", "gate", "ok", run_id="r1")
     Journal("bundle", bundle="v0.1", actor="ana", path=log).record("", "build", "ok")
 
     # no deployment yet: phases 1-3 done, the rest pending
@@ -131,7 +133,7 @@ def test_accept_is_refused_until_phases_1_to_5_pass(tmp_path, monkeypatch):
     monkeypatch.setenv("MOOLA_LOG", str(log))
     for phase, steps in (
         ("preflight", ("lint", "tests", "data", "model")),
-        ("select", ("choice",)),
+        ("select", ("choice", "gate")),
     ):
         journal = Journal(phase, actor="ana")
         for step in steps:
