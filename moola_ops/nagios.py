@@ -13,7 +13,8 @@ Moola's health check judges three figures per host; `-w/--warning` and `-c/--cri
     p99_ms    the model's p99 latency in ms (deep check); default warning 80% of the SLA, critical
               over the SLA (`latency_sla_ms` of the host, else the bundle's)
     free_gib  free space on the workspace filesystem in GiB; default warning `5:`, critical `1:`
-    lock_min  age of a deploy lock in minutes; default warning `30` (a stale lock)
+    lock_min  age of a deploy lock in minutes; default warning: the longest a deploy may take
+              (HealthPolicy.stale_lock_s); a lock whose holder is gone warns at any age
 
 Precedence: the flag, then the host's `warning:`/`critical:` fields in the inventory, then
 the defaults above.
