@@ -223,6 +223,26 @@ class HostSession:
             raise TransportError(f"upload to {self.host.name} broke: {_reason(exc)}") from None
         return size
 
+    def read_bytes(self, remote: str, *, offset: int = 0, length: int | None = None) -> bytes:
+        """Read `length` bytes (default: to the end) of `remote` (absolute path) from `offset`
+        over SFTP; a missing file or a broken connection raises TransportError."""
+        self._require()
+        if self._sftp is None:
+            self._sftp = self._conn.sftp()
+        try:
+            with self._sftp.open(remote, "rb") as fh:
+                fh.seek(offset)
+                fh.prefetch(None if length is None else offset + length)
+                return fh.read() if length is None else fh.read(length)
+        except Exception as exc:
+            if not self._alive():
+                raise TransportError(
+                    f"connection to {self.host.name} broke while reading {remote}: {_reason(exc)}"
+                ) from None
+            raise TransportError(
+                f"reading {self.host.name}:{remote} failed: {_reason(exc)}"
+            ) from None
+
     def _require(self):
         if self._conn is None:
             raise TransportError(f"not connected to {self.host.name}")
