@@ -245,6 +245,7 @@ def monitor(
         lab = live["label"][good]
         for i, name in enumerate(LABELS):
             series[f"label_{name}"].append(int((lab == i).sum()))
+    series["bin_s"][-1] = max(1.0, min(width, until - edges[-2]))  # the last bin may be partial
     result.series = series
 
     # checks
