@@ -393,10 +393,13 @@ def record(result: ABResult, host: str, *, pulled: str = "") -> None:
     """One deployment-log line (phase ab, step compare): the evidence phase 6 shows."""
     from moola_ops.journal import Journal
 
+    # the line is about the candidate: `invoke checklist` shows it in phase 6 of the candidate's
+    # deployment (promote: ok, keep: failed, not enough evidence yet: skipped)
+    status = {"promote": "ok", "keep": "failed"}.get(result.decision, "skipped")
     Journal("ab", bundle=result.shadow_release).record(
         host,
         "compare",
-        "ok",
+        status,
         summary=result.sentence,
         decision=result.decision,
         live=result.live_release,
@@ -413,3 +416,45 @@ def record(result: ABResult, host: str, *, pulled: str = "") -> None:
         more_requests=result.more_requests,
         pulled=pulled,
     )
+
+
+def run_ab(
+    host_name: str,
+    *,
+    since: str = "",
+    outcomes: str | None = None,
+    candidate: str | None = None,
+    inventory=None,
+    inventory_path: str | None = None,
+    cache=None,
+    pull: bool = True,
+    record_result: bool = True,
+) -> tuple[ABResult, Any]:
+    """`invoke ab`: pull the host's captures, analyse them, save ab.json, log the evidence."""
+    import json as _json
+    import time as _time
+    from pathlib import Path
+
+    from moola_ops.captures import DEFAULT_CACHE, load_table, parse_since, pull_host, resolve_host
+
+    cache = Path(cache) if cache is not None else DEFAULT_CACHE
+    start = parse_since(since)
+    truth = None
+    if outcomes:
+        from moola_core.data.labeled import read_labeled
+
+        if not Path(outcomes).is_file():
+            raise MoolaError(f"--outcomes {outcomes} does not exist; give a labeled parquet file")
+        truth = read_labeled(outcomes)
+    host = resolve_host(host_name, inventory, inventory_path)
+    pulled = pull_host(host, cache) if pull else None
+    table = load_table(cache, host.name, since=start)
+    result = analyze(table, truth, shadow_release=candidate, since=start, until=_time.time())
+    folder = cache / host.name
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "ab.json.tmp"
+    tmp.write_text(_json.dumps(result.to_dict()))
+    tmp.replace(folder / "ab.json")
+    if record_result:
+        record(result, host.name, pulled=pulled.summary() if pulled else "")
+    return result, pulled

@@ -455,3 +455,26 @@ def parse_since(value: str, now: float | None = None) -> float | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
+
+
+def resolve_host(name: str, inventory=None, inventory_path: str | None = None):
+    """The one inventory host named `name` (an Inventory may be passed, as the engine does)."""
+    from moola_ops.inventory import load_inventory
+
+    inv = inventory if inventory is not None else load_inventory(inventory_path)
+    hosts = inv.resolve(name)
+    if len(hosts) != 1:
+        raise MoolaError(
+            f"--host {name!r} names {len(hosts)} hosts; give one host (captures are per host)"
+        )
+    return hosts[0]
+
+
+def pull_host(host, cache: str | os.PathLike = DEFAULT_CACHE, session=None) -> PullResult:
+    """Open an SSH session to `host` (unless given) and pull its captures into the cache."""
+    from moola_ops.transport import HostSession
+
+    if session is not None:
+        return pull_captures(session, host, cache)
+    with HostSession(host) as opened:
+        return pull_captures(opened, host, cache)

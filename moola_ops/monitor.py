@@ -419,3 +419,125 @@ def save(result: MonitorResult, cache: str | os.PathLike) -> Path:
     tmp.write_text(json.dumps(result.to_dict()))
     os.replace(tmp, path)
     return path
+
+
+# --- the task's flow: pull (bounded), reference, compute, save ---------------------------------
+
+
+def _release_manifest(session, host, release: str) -> dict | None:
+    from moola_ops.commands.layout import Layout, check_name
+
+    check_name(release, "release")
+    res = session.run(f"cat {Layout(host.workspace).path('releases', release, 'manifest.json')}",
+                      timeout_s=30)  # fmt: skip
+    if res.exit_code != 0:
+        return None
+    try:
+        return json.loads(res.stdout)
+    except ValueError:
+        return None
+
+
+def _resolve_reference(spec: str, release: str | None, manifest: dict | None, runs_dir, cache):
+    """(reference bins, name): --reference FILE.parquet or RUN_ID, else the release's run."""
+    cache = Path(cache)
+    if spec:
+        if spec.endswith(".parquet") or Path(spec).is_file():
+            if not Path(spec).is_file():
+                raise MoolaError(f"--reference {spec} does not exist; give a labeled parquet")
+            from moola_core.data.labeled import read_labeled
+
+            return reference_from_labeled(read_labeled(spec)), spec
+        return reference_from_run(spec, runs_dir, cache), f"run {spec}"
+    if release is None:
+        return None, ""
+    by_release = cache / "reference" / f"release-{release}.json"
+    if by_release.is_file():
+        saved = json.loads(by_release.read_text())
+        return saved["bins"], saved["name"]
+    if manifest is None:
+        return None, ""
+    run_id = manifest.get("run_id", "")
+    bins = reference_from_run(run_id, runs_dir, cache)
+    name = f"run {run_id} (training data of {release})"
+    by_release.parent.mkdir(parents=True, exist_ok=True)
+    by_release.write_text(json.dumps({"bins": bins, "name": name}))
+    return bins, name
+
+
+def run_monitor(
+    host_name: str,
+    *,
+    since: str = "1h",
+    reference: str = "",
+    runs_dir: str | os.PathLike = "runs",
+    inventory=None,
+    inventory_path: str | None = None,
+    cache=None,
+    timeout_s: float = 60.0,
+    pull: bool = True,
+    policy: MonitorPolicy | None = None,
+    save_result: bool = True,
+) -> MonitorResult:
+    """`invoke monitor`: pull (within `timeout_s`), compute over [since, now], save for the report.
+
+    When the host does not answer in time the figures come from the local cache and an UNKNOWN
+    check says so: a cron run always ends, and always prints one status line.
+    """
+    import threading
+
+    from moola_ops.captures import DEFAULT_CACHE, load_table, parse_since, resolve_host
+    from moola_ops.transport import HostSession
+
+    started = time.monotonic()
+    cache = Path(cache) if cache is not None else DEFAULT_CACHE
+    now = time.time()
+    start = parse_since(since, now)
+    host = resolve_host(host_name, inventory, inventory_path)
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        from moola_ops.captures import pull_captures
+
+        try:
+            with HostSession(host) as session:
+                box["pull"] = pull_captures(session, host, cache)
+                live = load_table(cache, host.name, since=start)
+                live = live.select(live["role"] == 0)
+                if len(live):
+                    import numpy as np
+
+                    names, counts = np.unique(live["release"], return_counts=True)
+                    box["release"] = str(names[int(np.argmax(counts))])
+                    box["manifest"] = _release_manifest(session, host, box["release"])
+        except Exception as exc:  # reported as a check, never a traceback in cron
+            box["error"] = str(exc) or type(exc).__name__
+
+    extra: list[Check] = []
+    if pull:
+        thread = threading.Thread(target=work, daemon=True, name=f"monitor-pull-{host.name}")
+        thread.start()
+        thread.join(max(1.0, timeout_s - 5.0))  # leave time to compute from what we have
+        if thread.is_alive():
+            extra.append(Check("pull", UNKNOWN, f"{host.name} did not send its captures within "
+                               f"{timeout_s:g} s; figures are from the local cache"))  # fmt: skip
+        elif "error" in box:
+            extra.append(Check("pull", UNKNOWN, f"captures not pulled ({box['error']}); figures "
+                               "are from the local cache"))  # fmt: skip
+    table = load_table(cache, host.name, since=start, with_ohlc=True)
+    release = box.get("release")
+    if release is None:
+        live = table["release"][table["role"] == 0]
+        release = str(live[-1]) if len(live) else None
+    bins, name = _resolve_reference(reference, release, box.get("manifest"), runs_dir, cache)
+    sla = host.latency_sla_ms or (box.get("manifest") or {}).get("latency_sla_p99_ms")
+    result = monitor(table, bins, host=host.name, since=start, until=now, sla_p99_ms=sla,
+                     policy=policy, reference_name=name)  # fmt: skip
+    if bins is None and len(table):
+        result.checks.append(Check("drift", UNKNOWN, f"no training reference for {release}: "
+                                   "pass --reference FILE|RUN_ID"))  # fmt: skip
+    result.checks = extra + result.checks
+    result.duration_s = time.monotonic() - started
+    if save_result:
+        save(result, cache)
+    return result
