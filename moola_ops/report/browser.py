@@ -74,7 +74,12 @@ class _Pipe:
         msg = {"id": self.next_id, "method": method, "params": params or {}}
         if session:
             msg["sessionId"] = session
-        os.write(self.write_fd, json.dumps(msg).encode() + b"\0")
+        try:
+            os.write(self.write_fd, json.dumps(msg).encode() + b"\0")
+        except BrokenPipeError:
+            raise MoolaError(
+                f"Chromium exited before {method}; run it by hand to see why"
+            ) from None
         while True:
             reply = self.receive(timeout)
             if reply.get("id") == self.next_id:
@@ -133,7 +138,11 @@ def check_page(
         args.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
 
     def wire():  # in the child: our pipe ends become fds 3 and 4, inheritable
-        a, b = os.dup(to_browser_r), os.dup(from_browser_w)  # above 4: no clobbering
+        import fcntl
+
+        # copies numbered 10 and up first, so neither target (3, 4) is a source we still need
+        a = fcntl.fcntl(to_browser_r, fcntl.F_DUPFD, 10)
+        b = fcntl.fcntl(from_browser_w, fcntl.F_DUPFD, 10)
         os.dup2(a, 3)
         os.dup2(b, 4)
 
