@@ -80,25 +80,40 @@ def status(session, host: Host) -> ServeStatus:
     return serve_cmd.parse_status(out.stdout or out.stderr)
 
 
-def ensure_proxy(session, host: Host) -> dict[str, Any]:
+def ensure_proxy(session, host: Host, *, read_timeout_s: float | None = None) -> dict[str, Any]:
     """The front proxy runs on the host's public port (started when it does not)."""
-    data = _run(
-        session,
-        serve_cmd.proxy(_layout(host), host.python, serve_cmd.public_port(host), host.serve_bind),
-        timeout_s=60,
+    command = serve_cmd.proxy(
+        _layout(host),
+        host.python,
+        serve_cmd.public_port(host),
+        host.serve_bind,
+        read_timeout_s=read_timeout_s,
     )
+    data = _run(session, command, timeout_s=60)
     if not data.get("ok"):
         raise ServeError(f"the serving proxy on {host.name} did not start: {data.get('error')}")
     return data
 
 
 def start_candidate(
-    session, host: Host, version: str, *, device: str = "auto", timeout_s: float = READY_TIMEOUT_S
+    session,
+    host: Host,
+    version: str,
+    *,
+    device: str = "auto",
+    timeout_s: float = READY_TIMEOUT_S,
+    server_args: tuple[str, ...] = (),
 ) -> Started:
     """Start `version`'s server on a private port and wait for /readyz (model loaded, golden
-    parity passed). Live traffic is untouched; a server that never gets ready is stopped."""
+    parity passed). Live traffic is untouched; a server that never gets ready is stopped.
+    `server_args` are extra flags of `python -m moola_core.runtime serve`."""
     command = serve_cmd.start(
-        _layout(host), host.python, version, device=device, timeout_s=timeout_s
+        _layout(host),
+        host.python,
+        version,
+        device=device,
+        timeout_s=timeout_s,
+        server_args=server_args,
     )
     data = _run(session, command, timeout_s=timeout_s + 60)
     return Started(

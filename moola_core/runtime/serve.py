@@ -51,7 +51,6 @@ ANSWER_TIMEOUT_S = 60.0  # a request whose batch has not run by then gets a 503
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-HOOK_ENV = "MOOLA_SERVE_HOOK_DIR"  # tests only: hold a forward pass while DIR/hold exists
 
 
 class BadRequest(Exception):
@@ -184,14 +183,16 @@ class Batcher:
     as its own pass. `max_batch=1` turns batching off: one request per pass.
     """
 
-    def __init__(self, predictor: Predictor, metrics, max_batch: int, max_wait_s: float):
+    def __init__(
+        self, predictor: Predictor, metrics, max_batch: int, max_wait_s: float, hold_dir=None
+    ):
         self.predictor, self.metrics = predictor, metrics
         self.max_batch, self.max_wait_s = max(1, max_batch), max(0.0, max_wait_s)
         self.queue: collections.deque[_Pending] = collections.deque()
         self.cond = threading.Condition()
         self.arriving = 0  # requests being read/featurised that will submit soon
         self.stopping = False
-        self.hook_dir = os.environ.get(HOOK_ENV)
+        self.hook_dir = hold_dir  # tests: each pass waits while DIR/hold exists
         self.thread = threading.Thread(target=self._run, name="batcher", daemon=True)
 
     def start(self) -> None:
@@ -623,7 +624,9 @@ class ServerState:
         self.args = args
         self.predictor = predictor
         self.metrics = Metrics()
-        self.batcher = Batcher(predictor, self.metrics, args.max_batch, args.max_wait_ms / 1e3)
+        self.batcher = Batcher(
+            predictor, self.metrics, args.max_batch, args.max_wait_ms / 1e3, args.test_hold_dir
+        )
         self.captures: Captures | None = None
         self.ready = False
         self.not_ready_reason = "loading the model"
@@ -942,6 +945,11 @@ def add_parser(sub) -> None:
     p.add_argument("--capture-max-mb", type=float, default=DEFAULT_CAPTURE_MAX_MB)
     p.add_argument("--capture-keep-mb", type=float, default=DEFAULT_CAPTURE_KEEP_MB)
     p.add_argument("--role", default="live", choices=("live", "shadow"))
+    p.add_argument(
+        "--test-hold-dir",
+        default=None,
+        help="tests only: before each forward pass touch DIR/in-forward, wait while DIR/hold exists",
+    )
     p.add_argument(
         "--state-file",
         default=None,

@@ -268,7 +268,11 @@ def start_server(ws, release, device="auto", extra=(), timeout=DEFAULT_READY_TIM
     stem = f"{release}-{_stamp()}"
     record_path = os.path.join(serve_dir(ws), "servers", f"{stem}.json")
     log = _log_path(ws, f"server-{stem}")
-    env = dict(os.environ, PYTHONPATH=os.path.join(folder, "code"), PYTHONDONTWRITEBYTECODE="1")
+    # the release's own code first; what the host's python needs (its PYTHONPATH) after it
+    path = os.pathsep.join(
+        p for p in (os.path.join(folder, "code"), os.environ.get("PYTHONPATH")) if p
+    )
+    env = dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1")
     argv = [
         sys.executable,
         "-m",
@@ -362,7 +366,7 @@ def proxy_source():
     return source
 
 
-def ensure_proxy(ws, port, bind):
+def ensure_proxy(ws, port, bind, read_timeout=None):
     """Start the front proxy on `port` unless it already runs; -> {pid, port, started}."""
     folder = serve_dir(ws)
     os.makedirs(folder, exist_ok=True)
@@ -382,8 +386,11 @@ def ensure_proxy(ws, port, bind):
         fh.write(proxy_source())
     os.replace(tmp, code)
     log = _log_path(ws, f"proxy-{_stamp()}")
+    argv = [sys.executable, code, "--workspace", ws, "--port", str(port or 0), "--bind", bind]
+    if read_timeout:
+        argv += ["--read-timeout-s", str(read_timeout)]
     proc = _spawn(
-        [sys.executable, code, "--workspace", ws, "--port", str(port or 0), "--bind", bind],
+        argv,
         ws,
         dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
         log,
@@ -568,6 +575,7 @@ def _parser():
     p = add("proxy")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--bind", default="127.0.0.1")
+    p.add_argument("--read-timeout", type=float, default=None)
     p = add("switch")
     p.add_argument("--release", required=True)
     p.add_argument("--port", type=int, default=None)
@@ -599,7 +607,7 @@ def run(args):
     if args.action == "start":
         return start_server(ws, args.release, args.device, args.server_arg, args.timeout)
     if args.action == "proxy":
-        return dict(ensure_proxy(ws, args.port, args.bind), ok=True)
+        return dict(ensure_proxy(ws, args.port, args.bind, args.read_timeout), ok=True)
     if args.action == "switch":
         return switch(ws, args.release, args.port, not args.no_standby)
     if args.action == "drain":

@@ -36,7 +36,9 @@ import time
 import uuid
 
 MAX_HEADER_BYTES = 65536
-MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_BODY_BYTES = 4 * 1024 * 1024  # the server's default limit, refused here before forwarding
+DISCARD_BYTES = 32 * 1024 * 1024  # an over-limit body up to this is read and dropped, so the
+# client reads its 413 instead of a connection reset
 IDLE_TIMEOUT_S = 75.0  # a kept-alive client connection may sit idle this long
 READ_TIMEOUT_S = 10.0  # the rest of a request must arrive within this
 UPSTREAM_TIMEOUT_S = 120.0
@@ -124,14 +126,14 @@ class Upstream:
         if not status_line:
             raise ConnectionResetError("upstream closed the connection")
         headers, length, keep = _read_headers(self.rfile)
-        data = _read_exact(self.rfile, length) if length else b""
+        data = _read_exact(self.rfile, length) if length else b""  # our servers always send it
         if status_line.startswith(b"HTTP/1.0"):
             keep = False
         return status_line, headers, data, keep
 
 
 def _read_headers(rfile):
-    headers, length, keep, total = [], 0, True, 0
+    headers, length, keep, total = [], None, True, 0
     while True:
         line = rfile.readline(MAX_HEADER_BYTES)
         total += len(line)
@@ -235,18 +237,27 @@ class Handler(socketserver.StreamRequestHandler):
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
             raise ClientError(400, "the request line is malformed")
         method, target, version = parts
-        self.connection.settimeout(READ_TIMEOUT_S)
+        read_timeout = server.read_timeout_s
+        self.connection.settimeout(read_timeout)
         try:
             headers, length, keep = _read_headers(self.rfile)
+            if length is None:
+                if method in (b"POST", b"PUT", b"PATCH"):
+                    raise ClientError(411, "a Content-Length header is required")
+                length = 0
             if length > MAX_BODY_BYTES:
+                left = length if length <= DISCARD_BYTES else 0
+                while left > 0:
+                    chunk = self.rfile.read(min(1 << 16, left))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
                 raise ClientError(
                     413, f"the body has {length} bytes, at most {MAX_BODY_BYTES} are accepted"
                 )
             body = _read_exact(self.rfile, length) if length else b""
         except TimeoutError:
-            raise ClientError(
-                408, f"the request did not arrive within {READ_TIMEOUT_S:g}s"
-            ) from None
+            raise ClientError(408, f"the request did not arrive within {read_timeout:g}s") from None
         if version == b"HTTP/1.0":
             keep = False
         path = target.split(b"?", 1)[0]
@@ -353,8 +364,9 @@ class ProxyServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     request_queue_size = 256
 
-    def __init__(self, address, state_path):
+    def __init__(self, address, state_path, read_timeout_s=READ_TIMEOUT_S):
         socketserver.ThreadingTCPServer.__init__(self, address, Handler)
+        self.read_timeout_s = read_timeout_s
         self.route = Route(state_path)
         self.stats = Stats()
         self.started = time.time()
@@ -431,11 +443,14 @@ def main(argv=None):
     parser.add_argument("--port", type=int, required=True, help="public port; 0 picks one")
     parser.add_argument("--bind", default="127.0.0.1", help="address (0.0.0.0: every interface)")
     parser.add_argument("--drain-timeout-s", type=float, default=30.0)
+    parser.add_argument("--read-timeout-s", type=float, default=READ_TIMEOUT_S)
     args = parser.parse_args(argv)
     serve_dir = os.path.join(args.workspace, "serve")
     os.makedirs(serve_dir, exist_ok=True)
     try:
-        server = ProxyServer((args.bind, args.port), os.path.join(serve_dir, "state.json"))
+        server = ProxyServer(
+            (args.bind, args.port), os.path.join(serve_dir, "state.json"), args.read_timeout_s
+        )
     except OSError as exc:
         print(f"moola proxy: cannot listen on {args.bind}:{args.port}: {exc}", file=sys.stderr)
         return 2

@@ -81,8 +81,8 @@ def start(
     if device not in DEVICES:
         raise MoolaError(f"invalid device {device!r}: choose one of {', '.join(DEVICES)}")
     extra = []
-    for arg in server_args:
-        extra += ["--server-arg", shlex.quote(arg)]
+    for arg in server_args:  # "=" form: a value that starts with "--" stays a value
+        extra.append(shlex.quote(f"--server-arg={arg}"))
     return _ctl(
         layout,
         python,
@@ -97,9 +97,17 @@ def start(
     )
 
 
-def proxy(layout: Layout, python: str, port: int, bind: str = "127.0.0.1") -> str:
+def proxy(
+    layout: Layout,
+    python: str,
+    port: int,
+    bind: str = "127.0.0.1",
+    *,
+    read_timeout_s: float | None = None,
+) -> str:
     """Start the front proxy on the public port unless it runs. Prints {ok, pid, port, started}."""
-    return _ctl(layout, python, "proxy", "--port", _port(port), "--bind", _bind(bind))
+    extra = [] if read_timeout_s is None else ["--read-timeout", repr(float(read_timeout_s))]
+    return _ctl(layout, python, "proxy", "--port", _port(port), "--bind", _bind(bind), *extra)
 
 
 def switch(
