@@ -42,6 +42,8 @@ class Host:
     sandbox: bool = False
     ssh_config: str | None = None  # an ssh_config file to read instead of ~/.ssh/config
     allowed_signers: str | None = None  # when set, deploy refuses bundles not signed by one
+    serve_port: int | None = None  # the model server's public port (None: 8080; 0: pick once)
+    serve_bind: str = "127.0.0.1"  # the proxy's address; 0.0.0.0 to expose it (docs/serving.md)
 
     @property
     def address(self) -> str:
@@ -73,6 +75,8 @@ def _models():
         sandbox: bool = False
         ssh_config: str | None = None
         allowed_signers: str | None = None
+        serve_port: int | None = Field(default=None, ge=0, le=65535)
+        serve_bind: str | None = None
 
         @field_validator("groups")
         @classmethod
@@ -98,6 +102,8 @@ def _models():
         connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
         ssh_config: str | None = None
         allowed_signers: str | None = None
+        serve_port: int | None = Field(default=None, ge=0, le=65535)
+        serve_bind: str = "127.0.0.1"
 
         @field_validator("workspace")
         @classmethod
@@ -203,6 +209,8 @@ def _from_sandbox_host(running, host: Host) -> Host:
         identity_file=running.identity_file,
         known_hosts=running.known_hosts,
         workspace=running.workspace,
+        # stand-in hosts share 127.0.0.1: each picks a free public port once and keeps it
+        serve_port=host.serve_port if host.serve_port is not None else 0,
     )
 
 
@@ -268,6 +276,8 @@ def load_inventory(
             sandbox=entry.sandbox,
             ssh_config=_expand(entry.ssh_config or d.ssh_config),
             allowed_signers=_expand(entry.allowed_signers or d.allowed_signers),
+            serve_port=entry.serve_port if entry.serve_port is not None else d.serve_port,
+            serve_bind=entry.serve_bind or d.serve_bind,
         )
     root = Path(sandbox_root or DEFAULT_SANDBOX_ROOT)  # the sandbox tasks' default root
     return Inventory(hosts=hosts, source=str(source), sandbox_root=root)
