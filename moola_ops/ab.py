@@ -228,10 +228,12 @@ def analyze(
     between = span_iou(
         pairs["start_live"], pairs["end_live"], pairs["start_shadow"], pairs["end_shadow"]
     )
+    # latency is a property of a request (its windows share one), so one value per request
+    per_request = pairs.drop_duplicates("request_id")
     latency = {
         role: {
-            "p50": boot_quantile(pairs[f"latency_ms_{role}"], 0.50, n_boot, seed + 1),
-            "p99": boot_quantile(pairs[f"latency_ms_{role}"], 0.99, n_boot, seed + 2),
+            "p50": boot_quantile(per_request[f"latency_ms_{role}"], 0.50, n_boot, seed + 1),
+            "p99": boot_quantile(per_request[f"latency_ms_{role}"], 0.99, n_boot, seed + 2),
         }
         for role in ("live", "shadow")
     }
