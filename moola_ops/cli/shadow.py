@@ -7,10 +7,9 @@ without ever delaying or changing a live answer.
 
 from __future__ import annotations
 
-import invoke
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import MoolaTask, print_json, task, user_errors
+from moola_ops.cli._common import print_json, task, user_errors
 
 _COMMON = {
     "host": "the inventory host (one)",
@@ -32,8 +31,7 @@ def _show(status, json: bool) -> None:
         print(status.summary())
 
 
-@invoke.task(
-    klass=MoolaTask,
+@task(
     positional=["action"],
     help={
         "action": "start (run --candidate as the shadow), stop (drain it), status",
