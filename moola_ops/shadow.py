@@ -4,7 +4,8 @@
 1. puts the candidate's bundle on the host when it is not there (the deploy's own upload and
    promote builders: staged, extracted, verified file by file), without touching `current`;
 2. starts its model server on a private port with `--role shadow` (its captures are marked
-   shadow) and waits for /readyz (model loaded, golden parity passed);
+   shadow), waits for /readyz (model loaded, golden parity passed) and lowers every thread of
+   it to nice 19, so on a busy host it only gets the CPU the live server leaves;
 3. writes `"shadow": {"release", "port", "pid", "fraction"}` into WORKSPACE/serve/state.json
    (atomic rename): from the next request on, the front proxy copies that fraction of
    /v1/predict requests, with the same X-Moola-Request-Id, to the shadow *after* the live
@@ -55,6 +56,27 @@ with open(tmp, "w") as fh:
 os.replace(tmp, path)
 print(json.dumps({"ok": True, "old": old, "shadow": state["shadow"]}))
 """
+
+# Runs on the host: lower every thread of the shadow's server to nice 19 (Linux sets priority
+# per thread; threads started later inherit it from the thread that starts them), so on a busy
+# host the shadow gets the CPU the live server leaves, and live latency stays where it was.
+_DEPRIORITISE = r"""
+import json, os, sys
+pid, nice = int(sys.argv[1]), int(sys.argv[2])
+done = 0
+try:
+    tids = [int(t) for t in os.listdir("/proc/%d/task" % pid)]
+except OSError:
+    tids = [pid]
+for tid in tids:
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+        done += 1
+    except OSError:
+        pass
+print(json.dumps({"ok": done > 0, "threads": done}))
+"""
+SHADOW_NICE = 19
 
 # The proxy's counters (GET /_proxy/stats on its port), read on the host
 _PROXY_STATS = r"""
@@ -225,6 +247,10 @@ def start(
                     f"the shadow server of {bundle.version} on {host.name} did not get ready "
                     f"({started.reason}); live traffic is untouched. Log: {started.log}"
                 )
+        with journal.step(host.name, "deprioritise", nice=SHADOW_NICE) as info:
+            res = session.run(f"{shlex.quote(host.python)} -c {shlex.quote(_DEPRIORITISE)} "
+                              f"{int(started.pid)} {SHADOW_NICE}", timeout_s=30)  # fmt: skip
+            info["threads"] = res.stdout.strip()[-80:]
         with journal.step(host.name, "route", fraction=fraction) as info:
             shadow = {"release": bundle.version, "port": started.port, "pid": started.pid,
                       "fraction": fraction, "since": time.time()}  # fmt: skip
