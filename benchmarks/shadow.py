@@ -125,8 +125,8 @@ def bench_report(tmp: Path) -> dict:
 
 
 RATE = 40.0  # requests per second, the same steady load with the shadow off and on
-ROUND_S = 8.0
-ROUNDS = 3
+ROUND_S = 6.0
+ROUNDS = 5
 
 
 def steady_load(port: int, bodies: list[bytes], rate: float, seconds: float) -> list[float]:

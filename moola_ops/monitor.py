@@ -178,7 +178,7 @@ def reference_from_run(run_id: str, runs_dir: str | os.PathLike, cache: str | os
 
 def _bin_seconds(span: float) -> float:
     """A readable time bin giving 20-120 points over the window."""
-    for seconds in (10, 30, 60, 300, 900, 3600, 6 * 3600, 86400):
+    for seconds in (1, 2, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400):
         if span / seconds <= 120:
             return float(seconds)
     return 86400.0

@@ -350,6 +350,9 @@ def _drift_section(hosts: list[str], cache: Path) -> Section:
         if not path.is_file():
             continue
         result = json.loads(path.read_text())
+        if not result.get("n_requests"):  # nothing to draw: the status line says why
+            section.body.append(f"<p class='status {result['state']}'>{_esc(result['status_line'].split(' | ')[0])}</p>")  # fmt: skip
+            continue
         _figure(section, f"drift-{host}", figures.drift_figure(result, f"drift-{host}"),
                 f"{host}, {_iso(result['since'])} to {_iso(result['until'])}: PSI of each "
                 "input feature against the training data (dashed: 0.1 warning, 0.25 "

@@ -210,17 +210,25 @@ def latency_histogram(latencies: dict[str, Any], salt: str, sla_ms: float | None
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, 3.0))
+    every = np.concatenate([np.asarray(v, dtype=float) for v in latencies.values()])
+    every = every[np.isfinite(every) & (every > 0)]
+    # a few slow requests (a cold start) would squash the rest: log scale when the tail is long
+    log = len(every) > 0 and np.percentile(every, 99.9) > 10 * np.percentile(every, 50)
+    edges = np.geomspace(every.min(), every.max(), 61) if log and len(every) else 60
     for i, (host, values) in enumerate(sorted(latencies.items())):
         values = np.asarray(values, dtype=float)
         if not len(values):
             continue
         p50, p99 = np.percentile(values, [50, 99])
-        ax.hist(values, bins=60, alpha=0.55, color=PALETTE[i % len(PALETTE)],
+        ax.hist(values, bins=edges, alpha=0.55, color=PALETTE[i % len(PALETTE)],
                 label=f"{host}: n={len(values)}, p50 {p50:.1f} ms, p99 {p99:.1f} ms")  # fmt: skip
         ax.axvline(p99, color=PALETTE[i % len(PALETTE)], ls=":", lw=1)
     if sla_ms:
         ax.axvline(sla_ms, color=BAD, lw=1.2, label=f"SLA p99 {sla_ms:g} ms")
-    ax.set(title="served latency (captured live requests)", xlabel="ms", ylabel="requests")
+    if log:
+        ax.set_xscale("log")
+    ax.set(title="served latency (captured live requests)" + (", log scale" if log else ""),
+           xlabel="ms", ylabel="windows")  # fmt: skip
     ax.legend(fontsize=7)
     return to_svg(fig, salt)
 
@@ -287,11 +295,18 @@ def drift_figure(result: dict, salt: str) -> str:
 
         t = [datetime.fromtimestamp(x, UTC) for x in series["t"]]
         per_min = [n / (b / 60.0) for n, b in zip(series["requests"], series["bin_s"], strict=True)]
-        ax_t.plot(t, per_min, color=PALETTE[0], label="requests/min")
+        ax_t.plot(t, per_min, color=PALETTE[0], marker="o", ms=3, label="requests/min")
         ax_t.set_ylabel("requests/min")
+        ax_t.set_ylim(bottom=0)
         ax2 = ax_t.twinx()
         p99 = [v if v is not None else float("nan") for v in series["p99_ms"]]
-        ax2.plot(t, p99, color=WARN, label="p99 ms")
+        ax2.plot(t, p99, color=WARN, marker="o", ms=3, label="p99 ms")
+        ax2.set_ylim(bottom=0)
+        if len(t) == 1:  # one bin: a readable span around it, not a default date range
+            from datetime import timedelta
+
+            half = timedelta(seconds=max(1.0, series["bin_s"][0]))
+            ax_t.set_xlim(t[0] - half, t[0] + half)
         ax2.set_ylabel("p99 ms")
         _time_axis(ax_t)
         lines = ax_t.get_lines() + ax2.get_lines()
