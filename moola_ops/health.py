@@ -267,7 +267,9 @@ def run_parallel(
         except Exception as exc:  # one host's failure is that host's CRITICAL, not the run's
             health = HostHealth(host=name_of(host))
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            health.checks.append(CheckResult("ssh", CRITICAL, message[:300]))
+            # a RunPod look-up names its own check and state (a stopped pod: CRITICAL)
+            check, state = getattr(exc, "check", "ssh"), getattr(exc, "nagios_state", CRITICAL)
+            health.checks.append(CheckResult(check, state, message[:300]))
         finally:
             slots.release()
         health.duration_s = round(time.monotonic() - started, 3)

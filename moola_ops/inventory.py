@@ -3,8 +3,10 @@
 `inventory/hosts.yaml` is validated with pydantic; a malformed file is reported with the field
 and its line. Hosts marked `sandbox: true` are the local stand-in hosts: their address, port,
 key and workspace come from the running sandbox (`.sandbox/state.json`). A host without
-`hostname` is looked up in `~/.ssh/config` by its name (aliases work). No key material lives in
-the inventory, only paths to keys.
+`hostname` is looked up in `~/.ssh/config` by its name (aliases work). A host naming
+`runpod_pod_id:` is found through RunPod's API when it is connected to (`Host.endpoint()`,
+moola_ops/runpod.py); nothing asks the API before that. No key material lives in the inventory,
+only paths to keys (SSH keys, the RunPod API key file).
 """
 
 from __future__ import annotations
@@ -44,18 +46,34 @@ class Host:
     allowed_signers: str | None = None  # when set, deploy refuses bundles not signed by one
     serve_port: int | None = None  # the model server's public port (None: 8080; 0: pick once)
     serve_bind: str = "127.0.0.1"  # the proxy's address; 0.0.0.0 to expose it (docs/serving.md)
+    runpod_pod_id: str | None = None  # address and port come from RunPod's API at connect
+    runpod_api_key_file: str | None = None  # from the defaults; env RUNPOD_API_KEY wins
 
     @property
     def address(self) -> str:
         """user@hostname:port as far as known, for messages."""
         user = f"{self.user}@" if self.user else ""
         port = f":{self.port}" if self.port else ""
-        return f"{user}{self.hostname}{port}"
+        pod = f"pod {self.runpod_pod_id}" if self.runpod_pod_id else ""
+        if not self.hostname:  # a pod not looked up yet
+            return f"{user}{pod}"
+        return f"{user}{self.hostname}{port}" + (f" ({pod})" if pod else "")
+
+    def endpoint(self, *, refresh: bool = False) -> Host:
+        """This host with the address to connect to now: itself, or for a `runpod_pod_id` host
+        its pod's public IP and the port mapped to 22, asked of RunPod's API (cached briefly;
+        `refresh` asks again). Raises MoolaError with the fix when the pod cannot be reached.
+        """
+        if not self.runpod_pod_id:
+            return self
+        from moola_ops.runpod import resolve_host
+
+        return resolve_host(self, refresh=refresh)
 
 
 def _models():
     # pydantic is imported lazily: `invoke --list` must not pay for it.
-    from pydantic import BaseModel, ConfigDict, Field, field_validator
+    from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
     class HostEntry(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -77,6 +95,24 @@ def _models():
         allowed_signers: str | None = None
         serve_port: int | None = Field(default=None, ge=0, le=65535)
         serve_bind: str | None = None
+        runpod_pod_id: str | None = None
+
+        @field_validator("runpod_pod_id")
+        @classmethod
+        def _pod_id(cls, value: str | None) -> str | None:
+            from moola_ops.runpod import check_pod_id
+
+            return None if value is None else check_pod_id(value)
+
+        @model_validator(mode="after")
+        def _one_address(self):
+            if self.runpod_pod_id and (self.hostname or self.port or self.sandbox):
+                given = "hostname" if self.hostname else "port" if self.port else "sandbox"
+                raise ValueError(
+                    f"runpod_pod_id and {given} both given: keep runpod_pod_id (the address "
+                    "and port come from RunPod) or remove it"
+                )
+            return self
 
         @field_validator("groups")
         @classmethod
@@ -104,6 +140,7 @@ def _models():
         allowed_signers: str | None = None
         serve_port: int | None = Field(default=None, ge=0, le=65535)
         serve_bind: str = "127.0.0.1"
+        runpod_api_key_file: str | None = None  # a path; the key itself never lives here
 
         @field_validator("workspace")
         @classmethod
@@ -133,6 +170,7 @@ class Inventory:
     hosts: dict[str, Host]
     source: str = "<memory>"
     sandbox_root: Path = field(default_factory=lambda: DEFAULT_SANDBOX_ROOT)
+    runpod_api_key_file: str | None = None  # defaults.runpod_api_key_file, for `invoke pods`
 
     @property
     def groups(self) -> dict[str, list[str]]:
@@ -243,6 +281,7 @@ def load_inventory(
         raise MoolaError(
             f"{source} must be a mapping with a `hosts:` section (see docs/inventory.md)"
         )
+    _refuse_secrets(raw, source)
     try:
         parsed = _models().model_validate(raw)
     except PydanticError as exc:
@@ -261,8 +300,9 @@ def load_inventory(
     for name, entry in parsed.hosts.items():
         hosts[name] = Host(
             name=name,
-            hostname=entry.hostname or name,  # no hostname: the name is an ~/.ssh/config alias
-            port=entry.port or d.port,
+            # no hostname: the name is an ~/.ssh/config alias; a pod: looked up at connect
+            hostname="" if entry.runpod_pod_id else (entry.hostname or name),
+            port=None if entry.runpod_pod_id else (entry.port or d.port),
             user=entry.user or d.user,
             identity_file=_expand(entry.identity_file or d.identity_file),
             known_hosts=_expand(entry.known_hosts or d.known_hosts),
@@ -278,9 +318,31 @@ def load_inventory(
             allowed_signers=_expand(entry.allowed_signers or d.allowed_signers),
             serve_port=entry.serve_port if entry.serve_port is not None else d.serve_port,
             serve_bind=entry.serve_bind or d.serve_bind,
+            runpod_pod_id=entry.runpod_pod_id,
+            runpod_api_key_file=_expand(d.runpod_api_key_file),
         )
     root = Path(sandbox_root or DEFAULT_SANDBOX_ROOT)  # the sandbox tasks' default root
-    return Inventory(hosts=hosts, source=str(source), sandbox_root=root)
+    return Inventory(
+        hosts=hosts,
+        source=str(source),
+        sandbox_root=root,
+        runpod_api_key_file=_expand(d.runpod_api_key_file),
+    )
+
+
+def _refuse_secrets(raw: dict, source: Path) -> None:
+    """An API key written into the inventory is refused by name, never echoed."""
+    sections = [("defaults", raw.get("defaults"))]
+    hosts = raw.get("hosts")
+    if isinstance(hosts, dict):
+        sections += [(f"hosts.{name}", entry) for name, entry in hosts.items()]
+    for where, section in sections:
+        if isinstance(section, dict) and "runpod_api_key" in section:
+            raise MoolaError(
+                f"{source}: {where}.runpod_api_key: the inventory must not hold the RunPod API "
+                "key; set RUNPOD_API_KEY or put the key in a file (mode 600) and name it with "
+                "`runpod_api_key_file:` under defaults"
+            )
 
 
 def _expand(path: str | None) -> str | None:

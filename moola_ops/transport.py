@@ -77,17 +77,34 @@ class HostSession:
         self.accept_new_host_key = accept_new_host_key
         self.command_timeout_s = command_timeout_s
         self.accepted_key: str | None = None  # fingerprint pinned by accept_new_host_key
+        self.connected_to: Host | None = None  # the host as reached (a pod: its address now)
         self._conn = None
         self._sftp = None
 
     # -- connection -----------------------------------------------------------------------
 
     def open(self) -> HostSession:
-        """Connect and authenticate; raise TransportError / HostKeyError with one clear line."""
+        """Connect and authenticate; raise TransportError / HostKeyError with one clear line.
+
+        A `runpod_pod_id` host is looked up first (`Host.endpoint`, moola_ops/runpod.py); when
+        the (possibly cached) address fails, the pod is looked up once more and, if it moved
+        (a restart), connected to there.
+        """
+        target = self.host.endpoint()
+        try:
+            return self._open(target)
+        except TransportError:
+            if not self.host.runpod_pod_id:
+                raise
+            again = self.host.endpoint(refresh=True)
+            if (again.hostname, again.port) == (target.hostname, target.port):
+                raise
+            return self._open(again)
+
+    def _open(self, host: Host) -> HostSession:
         import paramiko
         from fabric import Config, Connection
 
-        host = self.host
         timeout = host.connect_timeout_s
         kwargs: dict = {"banner_timeout": timeout, "auth_timeout": timeout}
         if host.identity_file:
@@ -106,21 +123,32 @@ class HostSession:
         )
         client = conn.client
         known_files = self._known_hosts_files(conn)
-        for path in known_files:
-            if path.exists():
-                client.load_host_keys(str(path))
-        client.set_missing_host_key_policy(
-            _PinNewKey(self, known_files[-1]) if self.accept_new_host_key else _RefuseUnknown()
-        )
+        pod = host.runpod_pod_id
+        if pod:  # pinned under a stable alias: a pod's address changes on every restart
+            _load_pod_keys(client, known_files, pod, conn.host, conn.port)
+        else:
+            for path in known_files:
+                if path.exists():
+                    client.load_host_keys(str(path))
+        if self.accept_new_host_key:
+            client.set_missing_host_key_policy(_PinNewKey(self, known_files[-1], pod))
+        else:
+            client.set_missing_host_key_policy(_RefuseUnknown(pod))
         try:
             conn.open()
         except HostKeyError:
             raise
         except paramiko.BadHostKeyException as exc:
+            fix = (
+                f"if the pod was re-created, compare `invoke pods.known-host --pod {pod}` with "
+                "the pod's own `ssh-keygen -lf` and pin it with `--pin`"
+                if pod
+                else "if the host was rebuilt, verify the new key and replace its known_hosts line"
+            )
             raise HostKeyError(
                 f"host key of {host.name} ({conn.host}:{conn.port}) CHANGED from the one in "
                 f"known_hosts ({exc.expected_key.get_fingerprint().hex()}): refusing to connect; "
-                "if the host was rebuilt, verify the new key and replace its known_hosts line"
+                f"{fix}"
             ) from None
         except paramiko.AuthenticationException:
             raise TransportError(
@@ -133,6 +161,7 @@ class HostSession:
                 f"{_reason(exc)}; check the address, the port mapping and that the host is up"
             ) from None
         self._conn = conn
+        self.connected_to = host
         return self
 
     def _known_hosts_files(self, conn) -> list[Path]:
@@ -260,10 +289,39 @@ def _reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def _load_pod_keys(client, files: list[Path], pod_id: str, hostname: str, port: int) -> None:
+    """Give paramiko the key pinned for the pod under its alias (`runpod-<id>`, as OpenSSH's
+    HostKeyAlias) as the key of its current address; a pin under `[ip]:port` counts only when
+    the alias has none (that address may have belonged to another pod before).
+    """
+    import paramiko
+
+    from moola_ops.runpod import key_alias
+
+    keys = paramiko.HostKeys()
+    for path in files:
+        if path.exists():
+            keys.load(str(path))
+    name = hostname if port in (None, 22) else f"[{hostname}]:{port}"
+    pinned = keys.lookup(key_alias(pod_id)) or keys.lookup(name) or {}
+    for key_type in list(pinned):
+        client.get_host_keys().add(name, key_type, pinned[key_type])
+
+
 class _RefuseUnknown:
     """Missing-host-key policy: refuse with one sentence that says how to pin the key."""
 
+    def __init__(self, pod_id: str | None = None):
+        self.pod_id = pod_id
+
     def missing_host_key(self, client, hostname, key):
+        if self.pod_id:
+            raise HostKeyError(
+                f"host key of pod {self.pod_id} ({hostname}) is not pinned ({key.get_name()} "
+                f"SHA256:{_fingerprint(key)}): check it with `invoke pods.known-host --pod "
+                f"{self.pod_id}` and pin it with `--pin` (or deploy with `--accept-new-host-key`; "
+                "that choice is logged)"
+            )
         raise HostKeyError(
             f"host key of {hostname} is not in known_hosts ({key.get_name()} "
             f"SHA256:{_fingerprint(key)}): verify it and add it (ssh-keyscan, or "
@@ -274,13 +332,18 @@ class _RefuseUnknown:
 class _PinNewKey:
     """Missing-host-key policy for an explicit, logged trust-on-first-use."""
 
-    def __init__(self, session: HostSession, known_hosts: Path):
+    def __init__(self, session: HostSession, known_hosts: Path, pod_id: str | None = None):
         self.session = session
         self.known_hosts = known_hosts
+        self.pod_id = pod_id
 
     def missing_host_key(self, client, hostname, key):
         client.get_host_keys().add(hostname, key.get_name(), key)
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        if self.pod_id:  # under the pod's alias, so the pin survives the next restart
+            from moola_ops.runpod import key_alias
+
+            hostname = key_alias(self.pod_id)
         with open(self.known_hosts, "a") as fh:
             fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
         self.session.accepted_key = f"{key.get_name()} SHA256:{_fingerprint(key)}"

@@ -170,13 +170,17 @@ def select(c, metric="", runs_dir="runs", json=False):
         "timeout": "seconds the whole check may take (default 300)",
         "inventory": "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)",
         "json": "print one JSON document",
+        "refresh": "ask RunPod where pods are now instead of using the 60 s cache",
     }
 )
 @user_errors
-def verify(c, host, timeout=300.0, inventory="", json=False):
+def verify(c, host, timeout=300.0, inventory="", json=False, refresh=False):
     """Phase 5: runtime check through `current` on each host, latency against the SLA."""
     from moola_ops.inventory import load_inventory
     from moola_ops.phases import run_verify
+    from moola_ops.runpod import refresh_cache
+
+    refresh_cache(refresh)
 
     # like deploy and rollback: the hosts just deployed from --inventory can be verified there
     hosts = load_inventory(inventory or None) if inventory else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from invoke.exceptions import Exit
 
 from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
+from moola_ops.runpod import REFRESH_HELP
 
 HOST_HELP = "inventory host names and/or groups, comma separated (e.g. runpod-1 or prod)"
 INVENTORY_HELP = "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)"
@@ -24,12 +25,15 @@ COMMON_HELP = {
     "json": "print one JSON document instead of the table",
     "accept_new_host_key": "pin a host key not yet in known_hosts (logged) instead of refusing",
     "check_runs": "timed runs of the runtime check (0, the default: the runtime's own)",
+    "refresh": REFRESH_HELP,
 }
 
 
-def _hosts(host: str, inventory: str):
+def _hosts(host: str, inventory: str, refresh: bool = False):
     from moola_ops.inventory import load_inventory
+    from moola_ops.runpod import refresh_cache
 
+    refresh_cache(refresh)  # runpod_pod_id hosts: the first look-up asks the API
     return load_inventory(inventory or None).resolve(host)
 
 
@@ -91,11 +95,11 @@ def _progress_factory():
 @user_errors
 def deploy(c, host, bundle, inventory="", parallel=4, canary=0, batch=0, keep_releases=5,
            keep_backups=5, full_post_check=False, accept_new_host_key=False, check_runs=0,
-           json=False):  # fmt: skip
+           json=False, refresh=False):  # fmt: skip
     """Phase 4: ship a bundle to hosts: lock, upload, verify, check, switch, check, prune."""
     from moola_ops import engine
 
-    hosts = _hosts(host, inventory)
+    hosts = _hosts(host, inventory, refresh)
     local = engine.resolve_bundle(bundle)
     bar, factory = _progress_factory() if not json else (None, None)
     opts = _options(parallel=int(parallel), canary=int(canary), batch=int(batch),
@@ -113,11 +117,11 @@ def deploy(c, host, bundle, inventory="", parallel=4, canary=0, batch=0, keep_re
 @task(help={**COMMON_HELP, **FLEET_HELP, "to": "version to roll back to (default: previous)"})
 @user_errors
 def rollback(c, host, to="", inventory="", parallel=4, canary=0, batch=0,
-             accept_new_host_key=False, check_runs=0, json=False):  # fmt: skip
+             accept_new_host_key=False, check_runs=0, json=False, refresh=False):  # fmt: skip
     """Phase 7: switch hosts back to their previous release (from revisions.log), checked."""
     from moola_ops import engine
 
-    hosts = _hosts(host, inventory)
+    hosts = _hosts(host, inventory, refresh)
     opts = _options(parallel=int(parallel), canary=int(canary), batch=int(batch),
                     accept_new_host_key=accept_new_host_key,
                     check_runs=int(check_runs) or None)  # fmt: skip
@@ -127,24 +131,31 @@ def rollback(c, host, to="", inventory="", parallel=4, canary=0, batch=0,
 @task(help={**COMMON_HELP, "parallel": FLEET_HELP["parallel"]})
 @user_errors
 def drill(c, host, inventory="", parallel=1, accept_new_host_key=False, check_runs=0,
-          json=False):  # fmt: skip
+          json=False, refresh=False):  # fmt: skip
     """Rehearse a rollback on live hosts: back to previous, check, forward again, check."""
     from moola_ops import engine
 
-    hosts = _hosts(host, inventory)
+    hosts = _hosts(host, inventory, refresh)
     opts = _options(parallel=int(parallel), accept_new_host_key=accept_new_host_key,
                     check_runs=int(check_runs) or None)  # fmt: skip
     _render(engine.drill(hosts, opts), json)
 
 
-@task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": "print JSON"})
+@task(
+    help={
+        "host": HOST_HELP,
+        "inventory": INVENTORY_HELP,
+        "json": "print JSON",
+        "refresh": REFRESH_HELP,
+    }
+)
 @user_errors
-def backups(c, host, inventory="", json=False):
+def backups(c, host, inventory="", json=False, refresh=False):
     """List the snapshots on a host (taken before each switch), newest first."""
     from moola_ops import engine
 
     rows = []
-    for h in _hosts(host, inventory):
+    for h in _hosts(host, inventory, refresh):
         rows += [dict(row, host=h.name) for row in engine.list_backups(h)]
     if json:
         print_json(rows)
@@ -161,14 +172,15 @@ def backups(c, host, inventory="", json=False):
         "snapshot": "snapshot file name from `invoke backups`",
         "inventory": INVENTORY_HELP,
         "json": "print JSON",
+        "refresh": REFRESH_HELP,
     }
 )
 @user_errors
-def restore(c, host, snapshot, inventory="", json=False):
+def restore(c, host, snapshot, inventory="", json=False, refresh=False):
     """Restore releases/<version> on hosts from a snapshot (verified before it is put back)."""
     from moola_ops import engine
 
-    _render(engine.restore(_hosts(host, inventory), snapshot), json)
+    _render(engine.restore(_hosts(host, inventory, refresh), snapshot), json)
 
 
 def lock_line(state: dict) -> str:
@@ -195,15 +207,16 @@ def lock_line(state: dict) -> str:
         "break_": "break the lock whoever holds it (a stale lock; logged)",
         "inventory": INVENTORY_HELP,
         "json": "print JSON",
+        "refresh": REFRESH_HELP,
     },
 )
 @user_errors
-def lock_(c, host, release=False, break_=False, inventory="", json=False):
+def lock_(c, host, release=False, break_=False, inventory="", json=False, refresh=False):
     """Show who holds each host's deploy lock; --release your own, --break a stale one."""
     from moola_ops import engine
 
     report = {}
-    for h in _hosts(host, inventory):
+    for h in _hosts(host, inventory, refresh):
         if break_:
             holder = engine.break_lock(h)
             report[h.name] = {"broken": holder is not None, "holder": holder}

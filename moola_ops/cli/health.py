@@ -12,6 +12,7 @@ import sys
 from invoke.exceptions import Exit
 
 from moola_ops.cli._common import console, is_tty, print_json, task
+from moola_ops.runpod import REFRESH_HELP
 
 FAST_TIMEOUT_S = 30.0
 DEEP_TIMEOUT_S = 300.0
@@ -61,15 +62,28 @@ def _render_tty(run) -> None:
         f"(0, the default: {FAST_TIMEOUT_S:g}, with --deep {DEEP_TIMEOUT_S:g})",
         "inventory": "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)",
         "parallel": "hosts checked at once (default 16; 1 checks one after another)",
+        "refresh": REFRESH_HELP,
     }
 )
 def healthcheck(
-    c, host="", group="", deep=False, json=False, prom="", timeout=0.0, inventory="", parallel=16
+    c,
+    host="",
+    group="",
+    deep=False,
+    json=False,
+    prom="",
+    timeout=0.0,
+    inventory="",
+    parallel=16,
+    refresh=False,
 ):
     """Check hosts in parallel; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios)."""
     from moola_core.errors import MoolaError
     from moola_ops.health import UNKNOWN, prometheus_text, run_healthcheck, status_line, worst
     from moola_ops.health import write_textfile as write_prom
+    from moola_ops.runpod import refresh_cache
+
+    refresh_cache(refresh)  # runpod_pod_id hosts: the first look-up asks the API
 
     limit = float(timeout) or (DEEP_TIMEOUT_S if deep else FAST_TIMEOUT_S)
     selection = ",".join(s for s in (host, group) if s)
