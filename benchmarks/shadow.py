@@ -7,9 +7,10 @@ Figures (targets from issue #11):
 - report_s: `build_report` for the demo's inputs (two trained candidates, a deployment log,
   captures, an A/B and monitor results on two hosts), target <= 10 s; the figures' inputs are
   made first and not timed.
-- live_p50_shadow_over_off, live_p99_shadow_over_off: live latency at the same steady load with
-  a shadow at sample 1.0 vs no shadow, on a stand-in host (target <= 1.15 each); measured only
-  when the model server with its shadow hook is present (see docs/benchmarks/shadow.md).
+- live_p50_shadow_over_off, live_p99_shadow_over_off: live latency through the host's proxy at
+  the same steady open-loop load with a real shadow at sample 1.0 vs no shadow, on a stand-in
+  host (target <= 1.15 each); live_p*_copy_over_off: the same with a stub shadow that answers
+  at once (what the copying alone costs).
 
 Writes docs/benchmarks/shadow.md.
 """
@@ -126,7 +127,7 @@ def bench_report(tmp: Path) -> dict:
 
 RATE = 40.0  # requests per second, the same steady load with the shadow off and on
 ROUND_S = 6.0
-ROUNDS = 5
+ROUNDS = 4
 
 
 def steady_load(port: int, bodies: list[bytes], rate: float, seconds: float) -> list[float]:
@@ -166,6 +167,11 @@ def steady_load(port: int, bodies: list[bytes], rate: float, seconds: float) -> 
     return latencies
 
 
+def _empty(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def bench_shadow(tmp: Path) -> dict:
     """Live latency through the host's proxy at a steady load, shadow (sample 1.0) vs off."""
     import numpy as np
@@ -176,6 +182,7 @@ def bench_shadow(tmp: Path) -> dict:
     from moola_ops.transport import HostSession
     from tests.integration.conftest import make_bundle, start_hosts
     from tests.integration.test_serving import window
+    from tests.integration.test_shadow import FAKE_SHADOW
 
     bundles = {v: make_bundle(tmp / "bundles", v, seed=i) for i, v in enumerate(("v1.0", "v1.1"))}
     sandbox, root = start_hosts(["bench-shadow"])
@@ -192,20 +199,30 @@ def bench_shadow(tmp: Path) -> dict:
                                    journal_path=str(tmp / "log.jsonl"))  # fmt: skip
             route = {"release": "v1.1", "port": started.port, "pid": started.pid,
                      "fraction": 1.0}  # fmt: skip
+            # a stub shadow that answers at once: what the copying alone costs the live side
+            stub = subprocess.Popen([sys.executable, "-c", FAKE_SHADOW, "ok",
+                                     str(_empty(tmp / "stub"))], stdout=subprocess.PIPE,
+                                    text=True)  # fmt: skip
+            routes = {"off": None, "on": route,
+                      "copy": {"release": "stub", "port": int(stub.stdout.readline()),
+                               "pid": None, "fraction": 1.0}}  # fmt: skip
             bodies = [json.dumps({"windows": [window(s)]}).encode() for s in range(32)]
-            steady_load(port, bodies, RATE, 2.0)  # warm-up, shadow on
-            sides: dict[str, list[float]] = {"off": [], "on": []}
-            for _ in range(ROUNDS):  # alternate, so other load on the machine hits both alike
-                for side in ("off", "on"):
-                    shadow._edit_state(session, host, "set" if side == "on" else "clear",
-                                       route if side == "on" else None)  # fmt: skip
+            steady_load(port, bodies, RATE, 2.0)  # warm-up
+            sides: dict[str, list[float]] = {side: [] for side in routes}
+            for _ in range(ROUNDS):  # interleaved, so other load on the machine hits all alike
+                for side, target in routes.items():
+                    shadow._edit_state(session, host, "set" if target else "clear", target)
                     sides[side] += steady_load(port, bodies, RATE, ROUND_S)
+            stub.kill()
+            stub.wait()
             stats = serving.status(session, host)
             shadow.stop(host, session=session, journal_path=str(tmp / "log.jsonl"))
         p = {k: np.percentile(v, [50, 99]) for k, v in sides.items()}
         return {
             "live_p50_shadow_over_off": round(float(p["on"][0] / p["off"][0]), 3),
             "live_p99_shadow_over_off": round(float(p["on"][1] / p["off"][1]), 3),
+            "live_p50_copy_over_off": round(float(p["copy"][0] / p["off"][0]), 3),
+            "live_p99_copy_over_off": round(float(p["copy"][1] / p["off"][1]), 3),
             "live_ms": {
                 k: {"p50": round(float(v[0]), 3), "p99": round(float(v[1]), 3), "n": len(sides[k])}
                 for k, v in p.items()
@@ -231,9 +248,14 @@ def write_page(figures: dict, machine: str) -> Path:
         ("report_s", "the demo's report (11 figures)", "<= 10 s"),
         ("live_p50_shadow_over_off", "live p50, shadow at 1.0 / no shadow", "<= 1.15"),
         ("live_p99_shadow_over_off", "live p99, shadow at 1.0 / no shadow", "<= 1.15"),
+        (
+            "live_p99_copy_over_off",
+            "live p99, copies to a stub shadow / no shadow",
+            "<= 1.15 (diagnostic)",
+        ),
     ]
     targets = {"ab_report_s": 5.0, "report_s": 10.0, "live_p50_shadow_over_off": 1.15,
-               "live_p99_shadow_over_off": 1.15}  # fmt: skip
+               "live_p99_shadow_over_off": 1.15, "live_p99_copy_over_off": 1.15}  # fmt: skip
     lines = [
         "# Shadow, A/B and report benchmark",
         "",
@@ -262,10 +284,15 @@ def write_page(figures: dict, machine: str) -> Path:
             f"- Live latency through the host's proxy at {figures['shadow_load']}: no shadow "
             f"p50 {ms['off']['p50']} ms / p99 {ms['off']['p99']} ms (n={ms['off']['n']}); "
             f"shadow at 1.0 p50 {ms['on']['p50']} ms / p99 {ms['on']['p99']} ms "
-            f"(n={ms['on']['n']}). Latency counts from each request's scheduled time, so "
-            "queueing behind the shadow would show. The shadow is a second model server on the "
-            "same host: on this shared 2-core machine it competes with the live server for the "
-            "CPU; on a GPU host it shares the GPU."
+            f"(n={ms['on']['n']}); copies to a stub shadow that answers at once p50 "
+            f"{ms['copy']['p50']} ms / p99 {ms['copy']['p99']} ms (ratios "
+            f"{figures['live_p50_copy_over_off']} / {figures['live_p99_copy_over_off']}). "
+            "Latency counts from each request's scheduled time, so queueing behind the shadow "
+            "would show. The stub side isolates the proxy's copying (sent after the live "
+            "answer, from its own thread); what the real shadow adds beyond it is the shadow "
+            "model's compute on the same host: here 2 cores shared with other work (load "
+            f"{figures['load_avg_1m']}), where the shadow runs at nice 19 under SCHED_IDLE; on "
+            "a host with idle cores or a GPU that share is free."
         )
     path = ROOT / "docs" / "benchmarks" / "shadow.md"
     path.write_text("\n".join(lines) + "\n")

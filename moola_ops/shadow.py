@@ -4,8 +4,8 @@
 1. puts the candidate's bundle on the host when it is not there (the deploy's own upload and
    promote builders: staged, extracted, verified file by file), without touching `current`;
 2. starts its model server on a private port with `--role shadow` (its captures are marked
-   shadow), waits for /readyz (model loaded, golden parity passed) and lowers every thread of
-   it to nice 19, so on a busy host it only gets the CPU the live server leaves;
+   shadow), waits for /readyz (model loaded, golden parity passed) and puts every thread of
+   it at nice 19 under SCHED_IDLE, so on a busy host it only gets CPU the live server leaves;
 3. writes `"shadow": {"release", "port", "pid", "fraction"}` into WORKSPACE/serve/state.json
    (atomic rename): from the next request on, the front proxy copies that fraction of
    /v1/predict requests, with the same X-Moola-Request-Id, to the shadow *after* the live
@@ -57,9 +57,9 @@ os.replace(tmp, path)
 print(json.dumps({"ok": True, "old": old, "shadow": state["shadow"]}))
 """
 
-# Runs on the host: lower every thread of the shadow's server to nice 19 (Linux sets priority
-# per thread; threads started later inherit it from the thread that starts them), so on a busy
-# host the shadow gets the CPU the live server leaves, and live latency stays where it was.
+# Runs on the host: every thread of the shadow's server to nice 19 and the SCHED_IDLE policy
+# (Linux sets both per thread; threads started later inherit them from the thread that starts
+# them), so on a busy host the shadow only gets CPU time the live server does not want.
 _DEPRIORITISE = r"""
 import json, os, sys
 pid, nice = int(sys.argv[1]), int(sys.argv[2])
@@ -68,13 +68,19 @@ try:
     tids = [int(t) for t in os.listdir("/proc/%d/task" % pid)]
 except OSError:
     tids = [pid]
+idle = 0
 for tid in tids:
     try:
         os.setpriority(os.PRIO_PROCESS, tid, nice)
         done += 1
     except OSError:
         pass
-print(json.dumps({"ok": done > 0, "threads": done}))
+    try:  # SCHED_IDLE: runs only on CPU time no normal task wants (Linux; else nice alone)
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        idle += 1
+    except (AttributeError, OSError):
+        pass
+print(json.dumps({"ok": done > 0, "threads": done, "sched_idle": idle}))
 """
 SHADOW_NICE = 19
 

@@ -155,10 +155,11 @@ def test_real_shadow_captures_pairs_then_stops(live_host, bundles, reference, tm
     host, workspace, log = live_host
     now = shadow.start(host, str(bundles["v1.1"]), fraction=1.0, journal_path=str(log))
     assert now.release == "v1.1" and now.running and now.ready and now.live == "v1.0"
-    # every thread of the shadow runs at nice 19 (field 19 of /proc/PID/task/TID/stat)
-    tasks = Path(f"/proc/{now.pid}/task")
-    nices = {int((t / "stat").read_text().rsplit(")", 1)[1].split()[16]) for t in tasks.iterdir()}
-    assert nices == {shadow.SHADOW_NICE}
+    # every thread of the shadow runs at nice 19 under SCHED_IDLE (fields 19 and 41 of
+    # /proc/PID/task/TID/stat; policy 5 is SCHED_IDLE)
+    stats = [(t / "stat").read_text().rsplit(")", 1)[1].split()
+             for t in Path(f"/proc/{now.pid}/task").iterdir()]  # fmt: skip
+    assert {(int(f[16]), int(f[38])) for f in stats} == {(shadow.SHADOW_NICE, os.SCHED_IDLE)}
     assert _answers(host) == reference  # live answers unchanged with a real shadow beside
 
     captured = workspace / "captures" / "v1.1"
