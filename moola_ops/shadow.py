@@ -330,7 +330,7 @@ def promote(
         return result
     with HostSession(host) as session:
         served = serving.status(session, host)
-        if served.served_release != candidate:  # the engine did not move traffic itself
+        if served.served_release != bundle.version:  # the engine did not move traffic itself
             serving.restart(session, host)
         stop(host, session=session, journal_path=journal_path)
     return result

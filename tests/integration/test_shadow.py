@@ -194,3 +194,16 @@ def test_bad_sample_and_live_candidate_are_refused(live_host, bundles):
         shadow.start(host, str(bundles["v1.1"]), fraction=1.5)
     with pytest.raises(MoolaError, match="live release"):
         shadow.start(host, str(bundles["v1.0"]), journal_path=str(log))
+
+
+def test_promote_deploys_the_shadow_and_serves_it(live_host, bundles):
+    """Last in the module: v1.1 becomes live through the normal deploy path."""
+    host, workspace, log = live_host
+    shadow.start(host, str(bundles["v1.1"]), fraction=0.5, journal_path=str(log))
+    result = shadow.promote(host, bundles_dir=str(bundles["v1.1"].parent), journal_path=str(log))
+    assert result.ok, [o.message for o in result.outcomes]
+    with HostSession(host) as session:
+        now = serving.status(session, host)
+    assert now.current == "v1.1" and now.served_release == "v1.1" and now.shadow is None
+    status, data, _ = post(PORTS[host.name], body(WINDOWS[0]))
+    assert status == 200 and data["release"] == "v1.1"
