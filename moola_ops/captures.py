@@ -113,16 +113,17 @@ def _record_row(rec: dict) -> tuple | None:
             start, end = int(out["start"]), int(out["end"])
             abstain = bool(out.get("abstain", False))
         window_id = rec.get("window_id")
+        index = rec.get("index")  # null on an error line (the request failed as a whole)
         return (
             str(rec.get("request_id", "")),
-            int(rec.get("index", 0)),
+            -1 if index is None else int(index),
             "" if window_id is None else str(window_id),
             float(rec["time"]),
             str(rec.get("release", "")),
             role,
             int(rec["status"]),
             float(rec.get("latency_ms", float("nan"))),
-            int(rec.get("batch_size", 0)),
+            int(rec.get("batch_size") or 0),
             label,
             prob,
             start,

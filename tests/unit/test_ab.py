@@ -156,3 +156,14 @@ def test_parse_since():
     assert parse_since("2026-11-27T17:00:00Z") == pytest.approx(1795798800.0)
     with pytest.raises(MoolaError, match="--since"):
         parse_since("yesterday")
+
+
+def test_error_lines_as_the_server_writes_them_are_rows():
+    """serve.py's error line: index, window_id null, batch_size 0, no output, no ohlc."""
+    line = {"v": 1, "request_id": "r9", "time": 5.0, "release": "v0.1", "role": "live",
+            "status": 400, "latency_ms": 0.4, "index": None, "window_id": None,
+            "batch_size": 0, "error": "window 0: expected 105 bars"}  # fmt: skip
+    table = _table([line, record("r1", 0, release="v0.1", role="live", time=6.0)])
+    assert len(table) == 2 and table.skipped == 0
+    assert table["status"].tolist() == [400, 200] and table["index"].tolist() == [-1, 0]
+    assert table["label"][0] == -1 and not table["has_ohlc"][0]
