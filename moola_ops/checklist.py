@@ -69,6 +69,8 @@ CHECKS: dict[str, Check] = {
     "verify.latency": Check(
         names.VERIFY_PHASE, names.VERIFY_LATENCY, "after", "p99 latency within the SLA"
     ),
+    # invoke ab logs its verdict about the candidate bundle before that bundle is deployed
+    "ab.compare": Check("ab", "compare", "bundle", "candidate beat the live release in an A/B"),
     "accept.signoff": Check("accept", "signoff", "deployment", "a named person signed off"),
     "accept.notes": Check("accept", "notes", "deployment", "release notes recorded"),
     "rollback.switch": Check(

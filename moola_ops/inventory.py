@@ -50,6 +50,8 @@ class Host:
     # Nagios threshold ranges of the health check for this host: ((figure, range), ...)
     warning: tuple[tuple[str, str], ...] = ()
     critical: tuple[tuple[str, str], ...] = ()
+    serve_port: int | None = None  # the model server's public port (None: 8080; 0: pick once)
+    serve_bind: str = "127.0.0.1"  # the proxy's address; 0.0.0.0 to expose it (docs/serving.md)
     runpod_pod_id: str | None = None  # address and port come from RunPod's API at connect
     runpod_api_key_file: str | None = None  # from the defaults; env RUNPOD_API_KEY wins
 
@@ -127,6 +129,8 @@ def _models():
                 raise ValueError(str(exc)) from None
             return {str(k): str(v) for k, v in value.items()}
 
+        serve_port: int | None = Field(default=None, ge=0, le=65535)
+        serve_bind: str | None = None
         runpod_pod_id: str | None = None
 
         @field_validator("runpod_pod_id")
@@ -172,6 +176,8 @@ def _models():
         keepalive_s: float = Field(default=5.0, ge=0, le=300)
         ssh_config: str | None = None
         allowed_signers: str | None = None
+        serve_port: int | None = Field(default=None, ge=0, le=65535)
+        serve_bind: str = "127.0.0.1"
         runpod_api_key_file: str | None = None  # a path; the key itself never lives here
 
         @field_validator("workspace")
@@ -307,6 +313,8 @@ def _from_sandbox_host(running, host: Host) -> Host:
         identity_file=running.identity_file,
         known_hosts=running.known_hosts,
         workspace=running.workspace,
+        # stand-in hosts share 127.0.0.1: each picks a free public port once and keeps it
+        serve_port=host.serve_port if host.serve_port is not None else 0,
     )
 
 
@@ -381,6 +389,8 @@ def load_inventory(
             allowed_signers=_expand(entry.allowed_signers or d.allowed_signers),
             warning=tuple(entry.warning.items()),
             critical=tuple(entry.critical.items()),
+            serve_port=entry.serve_port if entry.serve_port is not None else d.serve_port,
+            serve_bind=entry.serve_bind or d.serve_bind,
             runpod_pod_id=entry.runpod_pod_id,
             runpod_api_key_file=_expand(d.runpod_api_key_file),
         )

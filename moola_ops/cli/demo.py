@@ -357,6 +357,11 @@ def _stages(demo: DemoRun, yaml) -> None:
                  f"{e['status']}")  # fmt: skip
         st.detail = "v0.1: phases 1-6 done; v0.2: deployed, rolled back, monitored"
 
+    from moola_ops.report.demo import shadow_ab_report  # shadow, A/B, decision, monitor, report
+
+    shadow_ab_report(demo, hosts=hosts, root=root, bundles_dir=bundles_dir, runs_dir=runs_dir,
+                     say=_say)  # fmt: skip
+
 
 @task(
     help={
@@ -377,6 +382,8 @@ def demo(c, root=DEMO_ROOT, keep=False, json=False):
                     "stages": [s.__dict__ for s in run.stages]})  # fmt: skip
     _say(f"\n{'demo passed' if run.ok else 'demo FAILED'} in {total:.0f} s "
          f"({len(run.stages)} stages); everything it made is in {root}")  # fmt: skip
+    if run.facts.get("report"):
+        _say(f"report: {run.facts['report']}")
     if not run.ok:
         raise Exit(f"error: {run.error}", code=1)
 
