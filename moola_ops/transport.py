@@ -485,6 +485,12 @@ class HostSession:
         except Exception as exc:
             self._check_cancelled()
             self._check_alive("during the upload")
+            transport = self._conn.client.get_transport() if self._conn is not None else None
+            if str(exc) == "Socket is closed" or not (transport and transport.is_active()):
+                # the peer went away (paramiko says so before its own thread notices): not a disk
+                raise TransportError(
+                    f"connection to {self.host.name} broke during the upload: {_reason(exc)}"
+                ) from None
             if isinstance(exc, OSError):
                 raise TransportError(
                     f"upload to {self.host.name}:{remote} failed: {_reason(exc)} "
