@@ -489,6 +489,11 @@ class HostSession:
         except Exception as exc:
             self._check_cancelled()
             self._check_alive("during the upload")
+            transport = self._conn.client.get_transport() if self._conn is not None else None
+            if transport is None or not transport.is_active():
+                raise TransportError(
+                    f"connection to {self.host.name} broke during the upload: {_reason(exc)}"
+                ) from None
             if isinstance(exc, OSError):
                 raise TransportError(
                     f"upload to {self.host.name}:{remote} failed: {_reason(exc)} "
