@@ -505,6 +505,30 @@ class HostSession:
                 self._upload_active = False
         return size
 
+    def read_bytes(
+        self, remote: str, *, offset: int = 0, length: int | None = None, deadline_s: float = 120.0
+    ) -> bytes:
+        """Read `length` bytes (default: to the end) of `remote` (absolute path) from `offset`
+        over SFTP, within `deadline_s`; a missing file or a broken connection raises
+        TransportError."""
+        self._check_cancelled()
+        self._transport()
+        reason = f"reading {self.host.name}:{remote} did not finish within {deadline_s:g}s"
+        try:
+            with self._guard(time.monotonic() + deadline_s, reason):
+                if self._sftp is None:
+                    self._sftp = self._conn.client.open_sftp()
+                with self._sftp.open(remote, "rb") as fh:
+                    fh.seek(offset)
+                    fh.prefetch(None if length is None else offset + length)
+                    return fh.read() if length is None else fh.read(length)
+        except Exception as exc:
+            self._check_cancelled()
+            self._check_alive(f"while reading {remote}")
+            raise TransportError(
+                f"reading {self.host.name}:{remote} failed: {_reason(exc)}"
+            ) from None
+
     # -- internals ------------------------------------------------------------------------
 
     def _transport(self):
