@@ -309,7 +309,7 @@ def monitor(
 
 
 def _num(value: float) -> str:
-    from moola_ops.health import _num as health_num
+    from moola_ops.health_output import _num as health_num
 
     return health_num(value)
 
@@ -354,7 +354,7 @@ def status_line(result: MonitorResult) -> str:
 
 def prometheus_text(result: MonitorResult, now: float | None = None) -> str:
     """The result as a Prometheus textfile-collector document."""
-    from moola_ops.health import _label
+    from moola_ops.health_output import _label
 
     now = time.time() if now is None else now
     h = {"host": result.host}
