@@ -312,8 +312,13 @@ def read_events(
     target = log_path(path)
     if not target.exists() and not rotated_files(target):
         return []
+    try:
+        lines = read_lines(target)
+    except OSError as exc:  # a folder or an unreadable file at the log's path: one sentence
+        exc.filename = str(target)
+        raise MoolaError(os_error_sentence(exc, "read the deployment log")) from None
     events = []
-    for raw in read_lines(target):
+    for raw in lines:
         raw = raw.strip()
         if not raw:
             continue
