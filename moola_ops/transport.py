@@ -405,6 +405,10 @@ class HostSession:
                 code = chan.recv_exit_status()
         except (Aborted, MoolaError):
             raise
+        except KeyboardInterrupt:  # Ctrl-C in the thread that runs it: the command stops too
+            if chan is not None and not chan.closed:
+                self._kill(_await_pgid(chan, pgid, err, wait_s=0.5))
+            raise
         except (OSError, EOFError, paramiko.SSHException) as exc:
             self._check_cancelled()
             self._check_alive("during a command")
