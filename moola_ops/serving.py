@@ -44,6 +44,7 @@ class Started:
     log: str | None = None
     log_tail: str = ""
     start_s: float = 0.0
+    sla_p99_ms: float | None = None  # the release's own latency SLA (manifest)
 
 
 @dataclass
@@ -125,6 +126,7 @@ def start_candidate(
         log=data.get("log"),
         log_tail=data.get("log_tail") or "",
         start_s=float(data.get("start_s") or 0.0),
+        sla_p99_ms=data.get("sla_p99_ms"),
     )
 
 
@@ -136,6 +138,7 @@ def probe(
     requests: int = 20,
     concurrency: int = 1,
     windows: int = 1,
+    warmup: int = 0,
 ) -> Probe:
     """Send real prediction requests from the host: through the proxy (port 0, the path users
     hit) or to one server's private port."""
@@ -146,6 +149,7 @@ def probe(
         requests=requests,
         concurrency=concurrency,
         windows=windows,
+        warmup=warmup,
     )
     data = _run(session, command, timeout_s=120)
     if "requests" not in data:
@@ -224,6 +228,126 @@ def restart(session, host: Host, *, device: str = "auto") -> dict[str, Any]:
             f"({started.reason}); the old one keeps serving. Log: {started.log}"
         )
     return move_traffic(session, host, now.current, port=started.port)
+
+
+# --- the engine's stages -----------------------------------------------------------------------
+# deploy and rollback call these with their per-host context `ctx` (moola_ops.engine._Host:
+# .ssh an open HostSession, .host, .opts, .step(name, **detail) a deployment-log step).
+
+PROBE_REQUESTS = 100  # timed requests of the pre-switch latency check (after PROBE_WARMUP)
+PROBE_WARMUP = 10
+
+
+def deploy_start(ctx, version: str) -> Started:
+    """Before the switch: start `version`'s server on a private port, wait for /readyz, then
+    measure p99 over real HTTP against the SLA. On failure the candidate is stopped and nothing
+    switched; the server that was live keeps serving (steps serve-start, serve-check)."""
+    host = ctx.host
+    with ctx.step("serve-start", version=version) as info:
+        proxy = ensure_proxy(ctx.ssh, host)
+        info["proxy_port"] = proxy.get("port")
+        started = start_candidate(ctx.ssh, host, version)
+        info.update(pid=started.pid, port=started.port, start_s=started.start_s)
+        if not started.ok:
+            info["log_tail"] = started.log_tail[-400:]
+            raise ServeError(
+                f"the server for {version} on {host.name} never got ready ({started.reason}); "
+                f"nothing switched, the live release keeps serving. Log: {started.log}"
+            )
+    with ctx.step("serve-check", version=version, port=started.port) as info:
+        sla = host.latency_sla_ms or started.sla_p99_ms
+        result = probe(
+            ctx.ssh, host, port=started.port, requests=PROBE_REQUESTS, warmup=PROBE_WARMUP
+        )
+        info.update(
+            p50_ms=result.p50_ms,
+            p99_ms=result.p99_ms,
+            sla_p99_ms=sla,
+            failures=result.failures,
+            releases=result.releases,
+        )
+        problem = None
+        if not result.answered_by(version):
+            problem = f"answers {result.releases}, failures {result.errors or result.error}"
+        elif sla is not None and result.p99_ms is not None and result.p99_ms > sla:
+            problem = f"p99 {result.p99_ms:.2f} ms over HTTP > SLA {sla:g} ms"
+        if problem:
+            drain(ctx.ssh, host, started.pid)
+            raise ServeError(
+                f"the server for {version} on {host.name} failed its HTTP check ({problem}); "
+                "it was stopped and nothing switched"
+            )
+    return started
+
+
+def deploy_move(ctx, version: str, started: Started) -> dict[str, Any]:
+    """After `current` switched: the proxy routes to the new server; the old live server
+    becomes the warm standby (or drains) (step serve-switch)."""
+    return move_to(ctx, version, int(started.port))
+
+
+def serve_post_check(ctx, version: str) -> None:
+    """Through the public port: real requests, every one answered by `version`."""
+    with ctx.step("serve-post-check", version=version) as info:
+        result = probe(ctx.ssh, ctx.host, port=0, requests=5)
+        info.update(releases=result.releases, p50_ms=result.p50_ms, failures=result.failures)
+        if not result.answered_by(version):
+            raise ServeError(
+                f"after the switch {ctx.host.name} answered {result.releases or 'nothing'} "
+                f"instead of {version} ({'; '.join(result.errors) or result.error or 'no detail'})"
+            )
+
+
+def switch_back(ctx, previous: str, failed: str | None = None) -> str:
+    """After a failed post-switch check: traffic back to `previous` (its warm standby, or a
+    server started for it); the failed release's server drains (step serve-switch-back)."""
+    host = ctx.host
+    with ctx.step("serve-switch-back", version=previous, failed=failed) as info:
+        now = status(ctx.ssh, host)
+        live = now.live or {}
+        if live.get("release") == previous and now.live_alive:
+            info["moved"] = False  # traffic never left it
+        else:
+            standby = now.standby or {}
+            if not (standby.get("release") == previous and now.standby_ready):
+                started = start_candidate(ctx.ssh, host, previous)
+                if not started.ok:
+                    raise ServeError(f"no server for {previous} could start: {started.reason}")
+            moved = move_traffic(ctx.ssh, host, previous, keep_standby=False)
+            info.update(moved=True, live=moved["live"], drained=moved["drained"])
+        return f"traffic is back on {previous}"
+
+
+def warm_standby(ctx, target: str) -> dict[str, Any] | None:
+    """Rollback's fast path: the warm standby of `target` (alive, ready, and answering a real
+    request as `target`), or None when there is none (step serve-standby)."""
+    with ctx.step("serve-standby", version=target) as info:
+        data = _run(ctx.ssh, serve_cmd.standby(_layout(ctx.host), ctx.host.python, target))
+        info["standby"] = data.get("standby")
+        info["probe"] = {k: (data.get("probe") or {}).get(k) for k in ("p50_ms", "releases")}
+        if not data.get("ok"):
+            info.update(status="skipped", reason=data.get("error"))
+            return None
+        return data["standby"]
+
+
+def target_server(ctx, target: str) -> tuple[int, bool]:
+    """Before a rollback's switch: (port, warm) of a ready server for `target`, its warm
+    standby when there is one, else a server started and checked like a deploy's."""
+    standby = warm_standby(ctx, target)
+    if standby is not None:
+        return int(standby["port"]), True
+    return int(deploy_start(ctx, target).port), False
+
+
+def move_to(ctx, target: str, port: int) -> dict[str, Any]:
+    """Traffic to `target`'s server on `port` (step serve-switch); the server that was live
+    becomes the standby, so going forward again is as quick."""
+    keep = getattr(ctx.opts, "keep_standby", KEEP_STANDBY)
+    with ctx.step("serve-switch", version=target, port=port) as info:
+        moved = move_traffic(ctx.ssh, ctx.host, target, port=port, keep_standby=keep)
+        info.update(live=moved["live"], standby=moved["standby"], drained=moved["drained"])
+    return moved
 
 
 # --- the front door ----------------------------------------------------------------------------

@@ -164,10 +164,10 @@ def outputs_to_rows(out: dict) -> list[dict]:
 
 
 class _Pending:
-    __slots__ = ("x", "valid", "n", "done", "rows", "error", "batch_size")
+    __slots__ = ("ohlc", "n", "done", "rows", "error", "batch_size")
 
-    def __init__(self, x, valid):
-        self.x, self.valid, self.n = x, valid, int(x.shape[0])
+    def __init__(self, ohlc):
+        self.ohlc, self.n = ohlc, int(ohlc.shape[0])
         self.done = threading.Event()
         self.rows: list[dict] | None = None
         self.error: str | None = None
@@ -190,7 +190,7 @@ class Batcher:
         self.max_batch, self.max_wait_s = max(1, max_batch), max(0.0, max_wait_s)
         self.queue: collections.deque[_Pending] = collections.deque()
         self.cond = threading.Condition()
-        self.arriving = 0  # requests being read/featurised that will submit soon
+        self.arriving = 0  # requests being read and parsed that will submit soon
         self.stopping = False
         self.hook_dir = hold_dir  # tests: each pass waits while DIR/hold exists
         self.thread = threading.Thread(target=self._run, name="batcher", daemon=True)
@@ -204,8 +204,9 @@ class Batcher:
             if delta < 0:
                 self.cond.notify_all()
 
-    def submit(self, x, valid) -> _Pending:
-        pending = _Pending(x, valid)
+    def submit(self, ohlc) -> _Pending:
+        """Queue OHLC windows [k, 105, 4]; features are computed per batch, in one call."""
+        pending = _Pending(ohlc)
         with self.cond:
             self.arriving -= 1
             self.queue.append(pending)
@@ -265,9 +266,8 @@ class Batcher:
                 self._hold()
             size = sum(p.n for p in batch)
             try:
-                x = torch.cat([p.x for p in batch]) if len(batch) > 1 else batch[0].x
-                valid = torch.cat([p.valid for p in batch]) if len(batch) > 1 else batch[0].valid
-                rows = outputs_to_rows(self.predictor.forward(x, valid))
+                ohlc = torch.cat([p.ohlc for p in batch]) if len(batch) > 1 else batch[0].ohlc
+                rows = self.predictor.predict_ohlc(ohlc)
                 offset = 0
                 for p in batch:
                     p.rows, p.batch_size = rows[offset : offset + p.n], size
@@ -811,8 +811,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             body = self._read_body(length, args.read_timeout_s)
             ohlc, ids, grids = parse_windows(body, args.max_windows)
-            x, valid = state.predictor.features(ohlc)
-            pending = batcher.submit(x, valid)
+            pending = batcher.submit(ohlc)
             submitted = True
         finally:
             if not submitted:

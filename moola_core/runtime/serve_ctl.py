@@ -19,6 +19,7 @@ Standard library only; Python 3.8+.
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import random
@@ -163,25 +164,53 @@ def percentile(values, q):
     return ordered[rank - 1]
 
 
-def probe(port, requests=20, concurrency=1, windows=1, timeout=10.0):
-    """Send real prediction requests; latency percentiles, failures and who answered."""
+def probe(port, requests=20, concurrency=1, windows=1, timeout=10.0, warmup=0):
+    """Send real prediction requests; latency percentiles, failures and who answered. The
+    first `warmup` answers of each client are not timed (connection set-up, first calls)."""
     bodies = [
         json.dumps({"windows": [synthetic_window(i * 31 + j) for j in range(windows)]}).encode()
         for i in range(min(requests, 16))
     ]
     latencies, failures, releases, errors = [], 0, {}, []
     lock = threading.Lock()
-    counter = iter(range(requests))
+    counter = iter(range(requests + warmup * max(1, concurrency)))
 
     def worker():
         nonlocal failures
+        conn = None  # one kept-alive connection per client, as a real client holds it
+        untimed = warmup
         for i in counter:
             started = time.perf_counter()
-            status, answer = http(port, "/v1/predict", bodies[i % len(bodies)], timeout)
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+                conn.request(
+                    "POST",
+                    "/v1/predict",
+                    bodies[i % len(bodies)],
+                    {"Content-Type": "application/json"},
+                )
+                response = conn.getresponse()
+                status, raw = response.status, response.read()
+                try:
+                    answer = json.loads(raw)
+                except ValueError:
+                    answer = raw.decode("utf-8", "replace")
+                if response.will_close:
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as exc:
+                status, answer = 0, f"{type(exc).__name__}: {exc}"
+                if conn is not None:
+                    conn.close()
+                conn = None
             ms = (time.perf_counter() - started) * 1e3
+            timed = untimed <= 0
+            untimed -= 1
             with lock:
                 if status == 200 and isinstance(answer, dict):
-                    latencies.append(ms)
+                    if timed:
+                        latencies.append(ms)
                     release = answer.get("release")
                     releases[release] = releases.get(release, 0) + 1
                 else:
@@ -189,6 +218,8 @@ def probe(port, requests=20, concurrency=1, windows=1, timeout=10.0):
                     if len(errors) < 3:
                         reason = answer.get("error") if isinstance(answer, dict) else answer
                         errors.append(f"{status or 'no answer'}: {str(reason)[:160]}")
+        if conn is not None:
+            conn.close()
 
     threads = [threading.Thread(target=worker) for _ in range(max(1, concurrency))]
     for t in threads:
@@ -299,8 +330,10 @@ def start_server(ws, release, device="auto", extra=(), timeout=DEFAULT_READY_TIM
             break
         time.sleep(0.02)
     record = _read_json(record_path) or {}
+    manifest = _read_json(os.path.join(folder, "manifest.json")) or {}
     result = {
         "release": release,
+        "sla_p99_ms": manifest.get("latency_sla_p99_ms"),
         "pid": proc.pid,
         "port": record.get("port"),
         "log": log,
@@ -473,6 +506,32 @@ def switch(ws, release, port=None, keep_standby=True):
     }
 
 
+def standby_check(ws, release, requests=3):
+    """The warm standby of `release`: alive, /readyz 200, and real requests answered by it."""
+    standby = read_state(ws).get("standby") or {}
+    if standby.get("release") != release or not alive(standby.get("pid"), ws):
+        return {
+            "ok": False,
+            "error": f"no running standby of {release}",
+            "standby": standby or None,
+        }
+    code, _answer = http(standby["port"], "/readyz", timeout=5.0)
+    if code != 200:
+        return {
+            "ok": False,
+            "error": f"the standby of {release} is not ready ({code})",
+            "standby": standby,
+        }
+    result = probe(standby["port"], requests)
+    ok = result["ok"] and set(result["releases"]) == {release}
+    return {
+        "ok": ok,
+        "standby": standby,
+        "probe": result,
+        "error": None if ok else f"the standby answered {result['releases']} {result['errors']}",
+    }
+
+
 def status(ws):
     state = read_state(ws)
     found = servers(ws)
@@ -583,6 +642,9 @@ def _parser():
     p = add("drain")
     p.add_argument("--pid", type=int, required=True)
     add("status")
+    p = add("standby")
+    p.add_argument("--release", required=True)
+    p.add_argument("--requests", type=int, default=3)
     p = add("stop")
     p.add_argument("--wait", type=float, default=DEFAULT_DRAIN_TIMEOUT_S)
     p = add("probe")
@@ -590,6 +652,7 @@ def _parser():
     p.add_argument("--requests", type=int, default=20)
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--windows", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=0)
     p = add("ensure")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--bind", default="127.0.0.1")
@@ -614,13 +677,15 @@ def run(args):
         return {"ok": True, "drained": drain(args.pid, ws)}
     if args.action == "status":
         return status(ws)
+    if args.action == "standby":
+        return standby_check(ws, args.release, args.requests)
     if args.action == "stop":
         return stop(ws, args.wait)
     if args.action == "probe":
         port = args.port or proxy_port(ws)
         if not port:
             raise Failed("the proxy is not running: start serving first")
-        return probe(port, args.requests, args.concurrency, args.windows)
+        return probe(port, args.requests, args.concurrency, args.windows, warmup=args.warmup)
     if args.action == "ensure":
         return ensure(
             ws,

@@ -135,6 +135,20 @@ def status(layout: Layout, python: str) -> str:
     return _ctl(layout, python, "status")
 
 
+def standby(layout: Layout, python: str, version: str, *, requests: int = 3) -> str:
+    """Is the warm standby of `version` alive and ready, and does it answer real requests as
+    `version`? One round trip (rollback's fast path). Prints {ok, standby, probe, error}."""
+    return _ctl(
+        layout,
+        python,
+        "standby",
+        "--release",
+        shlex.quote(check_name(version, "version")),
+        "--requests",
+        str(int(requests)),
+    )
+
+
 def stop(layout: Layout, python: str, wait_s: float = 30.0) -> str:
     """Stop the proxy and every server (each drains first, killed after `wait_s`)."""
     return _ctl(layout, python, "stop", "--wait", repr(float(wait_s)))
@@ -148,13 +162,17 @@ def probe(
     requests: int = 20,
     concurrency: int = 1,
     windows: int = 1,
+    warmup: int = 0,
 ) -> str:
     """Real prediction requests from the host itself (pod ports are not public): through the
-    proxy (port 0) or straight to a server's private port. Prints latency p50/p99, failures and
+    proxy (port 0) or straight to a server's private port, one kept-alive connection per
+    client. Prints latency p50/p99 (after `warmup` untimed requests per client), failures and
     which release answered."""
     for value, what in ((requests, "requests"), (concurrency, "concurrency"), (windows, "windows")):
         if not isinstance(value, int) or value < 1:
             raise MoolaError(f"invalid {what} {value!r}: give a whole number >= 1")
+    if not isinstance(warmup, int) or warmup < 0:
+        raise MoolaError(f"invalid warmup {warmup!r}: give a whole number >= 0")
     return _ctl(
         layout,
         python,
@@ -167,6 +185,8 @@ def probe(
         str(concurrency),
         "--windows",
         str(windows),
+        "--warmup",
+        str(warmup),
     )
 
 
