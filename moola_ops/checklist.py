@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from moola_core.errors import MoolaError, ValidationError
+from moola_ops import steps as names
 
 DEFAULT_CHECKLIST = Path("checklists/deployment.yaml")
 
@@ -30,9 +31,14 @@ class Check:
     """A check a step can name: the log line (phase, step) that proves it and where to look."""
 
     phase: str
-    step: str
+    step: str | tuple[str, ...]  # the log step (or any of these steps) that proves it
     scope: str
     description: str
+
+    def proves(self, event: dict) -> bool:
+        """True when the log line `event` is one this check reads."""
+        names = self.step if isinstance(self.step, tuple) else (self.step,)
+        return event.get("phase") == self.phase and event.get("step") in names
 
 
 CHECKS: dict[str, Check] = {
@@ -43,20 +49,35 @@ CHECKS: dict[str, Check] = {
     "preflight.doctor": Check("preflight", "doctor", "before", "dependency doctor all OK"),
     "select.choice": Check("select", "choice", "before", "a run chosen on held-out metrics"),
     "bundle.build": Check("bundle", "build", "bundle", "the bundle was built and verified"),
-    # the engine's step names (moola_ops.engine): promote = uploaded (or already there) and
-    # verified file by file; check = runtime check before the switch; post-check = after it
-    "deploy.upload": Check("deploy", "promote", "deployment", "bundle on the host, verified"),
-    "deploy.precheck": Check("deploy", "check", "deployment", "runtime check before switch"),
-    "deploy.switch": Check("deploy", "post-check", "deployment", "switched and checked again"),
-    "verify.sanity": Check("verify", "sanity", "after", "runtime check through current"),
-    "verify.latency": Check("verify", "latency", "after", "p99 latency within the SLA"),
+    # the engine's step names (moola_ops.steps): promote = uploaded and verified file by file,
+    # verify = already on the host and verified file by file; check = runtime check before the
+    # switch; post-check = through `current` after it
+    "deploy.upload": Check(
+        names.DEPLOY, (names.PROMOTE, names.VERIFY), "deployment", "bundle on the host, verified"
+    ),
+    "deploy.precheck": Check(
+        names.DEPLOY, names.CHECK, "deployment", "runtime check before switch"
+    ),
+    "deploy.switch": Check(
+        names.DEPLOY, names.POST_CHECK, "deployment", "switched and checked again"
+    ),
+    "verify.sanity": Check(
+        names.VERIFY_PHASE, names.VERIFY_SANITY, "after", "runtime check through current"
+    ),
+    "verify.latency": Check(
+        names.VERIFY_PHASE, names.VERIFY_LATENCY, "after", "p99 latency within the SLA"
+    ),
     "accept.signoff": Check("accept", "signoff", "deployment", "a named person signed off"),
     "accept.notes": Check("accept", "notes", "deployment", "release notes recorded"),
     "rollback.switch": Check(
-        "rollback", "post-check-runtime", "after", "previous release serves again, checked"
+        names.ROLLBACK, names.POST_CHECK_RUNTIME, "after", "previous release serves again, checked"
     ),
-    "healthcheck.fast": Check("healthcheck", "fast", "after", "fast health check passed"),
-    "healthcheck.deep": Check("healthcheck", "deep", "after", "deep health check passed"),
+    "healthcheck.fast": Check(
+        names.HEALTHCHECK, names.HEALTH_FAST, "after", "fast health check passed"
+    ),
+    "healthcheck.deep": Check(
+        names.HEALTHCHECK, names.HEALTH_DEEP, "after", "deep health check passed"
+    ),
 }
 
 STATES = ("done", "failed", "pending", "skipped")
@@ -150,8 +171,15 @@ def parse_checklist(data: Any, source: str = "checklist") -> Checklist:
             for key in ("manual", "optional"):
                 if not isinstance(s.get(key, False), bool):
                     fail(f"{where} `{key}` must be true or false")
-            steps.append(Step(s["id"], s["title"], s["check"], s.get("manual", False),
-                              s.get("optional", False)))  # fmt: skip
+            steps.append(
+                Step(
+                    s["id"],
+                    s["title"],
+                    s["check"],
+                    s.get("manual", False),
+                    s.get("optional", False),
+                )
+            )
         if not steps:
             fail(f"phase {i + 1} ({raw['name']}) has no steps")
         ids = [s.id for s in steps]
@@ -217,8 +245,13 @@ class ChecklistReport:
         }
 
 
-_STATUS_TO_STATE = {"ok": "done", "failed": "failed", "aborted": "failed", "refused": "failed",
-                    "skipped": "skipped"}  # fmt: skip
+_STATUS_TO_STATE = {
+    "ok": "done",
+    "failed": "failed",
+    "aborted": "failed",
+    "refused": "failed",
+    "skipped": "skipped",
+}
 
 
 def deployment_ids(events: list[dict]) -> list[str]:
@@ -274,38 +307,61 @@ def checklist_states(
     bundle = next((e["bundle"] for e in own if e.get("bundle")), "")
     # the "after" window ends when another deploy run touches one of these hosts
     closes = min(
-        (e.get("time", "") for e in events
-         if e.get("phase") == "deploy" and e.get("deployment") != deployment
-         and e.get("host") in hosts and opened and e.get("time", "") > opened),
+        (
+            e.get("time", "")
+            for e in events
+            if e.get("phase") == names.DEPLOY
+            and e.get("deployment") != deployment
+            and e.get("host") in hosts
+            and opened
+            and e.get("time", "") > opened
+        ),
         default=None,
-    )  # fmt: skip
+    )
 
     steps = []
     for phase in checklist.phases:
         for step in phase.steps:
             check = CHECKS[step.check]
-            matching = [e for e in events
-                        if e.get("phase") == check.phase and e.get("step") == check.step]  # fmt: skip
+            matching = [e for e in events if check.proves(e)]
             if check.scope == "before":
                 lines = [e for e in matching if opened is None or e.get("time", "") <= opened]
                 lines = lines[-1:]
             elif check.scope == "bundle":
-                lines = [e for e in matching if bundle and e.get("bundle") == bundle
-                         and (opened is None or e.get("time", "") <= opened)][-1:]  # fmt: skip
+                lines = [
+                    e
+                    for e in matching
+                    if bundle
+                    and e.get("bundle") == bundle
+                    and (opened is None or e.get("time", "") <= opened)
+                ][-1:]
             elif check.scope == "deployment":
                 lines = [e for e in matching if deployment and e.get("deployment") == deployment]
             else:  # after
-                lines = [e for e in matching if opened and e.get("host") in hosts
-                         and e.get("time", "") >= opened
-                         and (closes is None or e.get("time", "") < closes)]  # fmt: skip
+                lines = [
+                    e
+                    for e in matching
+                    if opened
+                    and e.get("host") in hosts
+                    and e.get("time", "") >= opened
+                    and (closes is None or e.get("time", "") < closes)
+                ]
             state, deciding, per_host = _verdict(lines)
             if state == "pending" and step.optional and deployment:
                 state = "skipped"
             detail = deciding.get("detail", {}) if deciding else {}
-            steps.append(StepState(
-                phase=phase.number, step=step.id, title=step.title, check=step.check,
-                manual=step.manual, state=state, by=deciding.get("actor", ""),
-                at=deciding.get("time", ""), hosts=per_host,
-                detail=str(detail.get("summary") or detail.get("error") or ""),
-            ))  # fmt: skip
+            steps.append(
+                StepState(
+                    phase=phase.number,
+                    step=step.id,
+                    title=step.title,
+                    check=step.check,
+                    manual=step.manual,
+                    state=state,
+                    by=deciding.get("actor", ""),
+                    at=deciding.get("time", ""),
+                    hosts=per_host,
+                    detail=str(detail.get("summary") or detail.get("error") or ""),
+                )
+            )
     return ChecklistReport(deployment=deployment, bundle=bundle, hosts=hosts, steps=steps)

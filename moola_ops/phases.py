@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from moola_core.errors import MoolaError
+from moola_ops import steps as names
 from moola_ops.journal import Journal, read_events
 
 PREFLIGHT_STEPS = ("lint", "tests", "data", "model", "doctor")
@@ -48,12 +49,18 @@ class PhaseReport:
         return all(s.status != "failed" for s in self.steps)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase, "deployment": self.deployment, "ok": self.ok,
-                "steps": [asdict(s) for s in self.steps], **self.facts}  # fmt: skip
+        return {
+            "phase": self.phase,
+            "deployment": self.deployment,
+            "ok": self.ok,
+            "steps": [asdict(s) for s in self.steps],
+            **self.facts,
+        }
 
 
-def _run_step(journal: Journal, name: str, fn: Callable[[], tuple[str, str, dict]],
-              bundle: str = "") -> StepOutcome:  # fmt: skip
+def _run_step(
+    journal: Journal, name: str, fn: Callable[[], tuple[str, str, dict]], bundle: str = ""
+) -> StepOutcome:
     """Run one check; any exception is that step's failure (recorded), never the phase's crash."""
     started = time.monotonic()
     try:
@@ -65,8 +72,15 @@ def _run_step(journal: Journal, name: str, fn: Callable[[], tuple[str, str, dict
         status, summary, facts = "failed", _one_line(exc), {}
     outcome = StepOutcome(name, status, summary, round(time.monotonic() - started, 3), facts)
     # facts nest under one key: they can never clash with the log line's own fields
-    journal.record("", name, status, duration_s=outcome.duration_s, bundle=bundle,
-                   summary=summary, facts=_jsonable(facts))  # fmt: skip
+    journal.record(
+        "",
+        name,
+        status,
+        duration_s=outcome.duration_s,
+        bundle=bundle,
+        summary=summary,
+        facts=_jsonable(facts),
+    )
     return outcome
 
 
@@ -94,16 +108,23 @@ def check_lint(root: Path) -> tuple[str, str, dict]:
     ruff = [sys.executable, "-m", "ruff"]
     found = []
     for args in (["check"], ["format", "--check"]):
-        proc = subprocess.run([*ruff, *args, "--output-format=concise", "."], cwd=root,
-                              capture_output=True, text=True)  # fmt: skip
+        proc = subprocess.run(
+            [*ruff, *args, "--output-format=concise", "."], cwd=root, capture_output=True, text=True
+        )
         if proc.returncode:
             # concise lines look like "path:line:col: CODE message"
             found += [ln for ln in proc.stdout.splitlines() if ln.count(":") >= 3]
             found += [] if found else [_tail(proc.stderr or proc.stdout)]
     if found:
         shown = "; ".join(found[:3])
-        return "failed", (f"ruff found {len(found)} problem(s): {shown}; fix them or run "
-                          "`ruff check --fix . && ruff format .`"), {"problems": found[:20]}  # fmt: skip
+        return (
+            "failed",
+            (
+                f"ruff found {len(found)} problem(s): {shown}; fix them or run "
+                "`ruff check --fix . && ruff format .`"
+            ),
+            {"problems": found[:20]},
+        )
     return "ok", "ruff check and format --check pass", {}
 
 
@@ -131,17 +152,37 @@ def check_data(config) -> tuple[str, str, dict]:
     if problems:
         shown = "; ".join(str(p) for p in problems[:3])
         return "failed", f"{len(problems)} problem(s) in the labeled set: {shown}", {}
-    fractions = (1.0 - config.split.val_share - config.split.test_share,
-                 config.split.val_share, config.split.test_share)  # fmt: skip
+    fractions = (
+        1.0 - config.split.val_share - config.split.test_share,
+        config.split.val_share,
+        config.split.test_share,
+    )
     split = splits.split_labeled(frame, fractions, config.split.embargo_minutes)
     report = splits.leakage_report(frame, split, config.split.embargo_minutes)
-    facts = {"windows": len(frame), "train": len(split.train), "val": len(split.val),
-             "test": len(split.test), "leaking_pairs": len(report.pairs)}  # fmt: skip
+    facts = {
+        "windows": len(frame),
+        "train": len(split.train),
+        "val": len(split.val),
+        "test": len(split.test),
+        "leaking_pairs": len(report.pairs),
+    }
     if not report.ok:
-        return "failed", (f"the split leaks: {len(report.pairs)} pair(s), "
-                          f"{len(report.embargo_breaches)} embargo breach(es)"), facts  # fmt: skip
-    return "ok", (f"{len(frame)} windows valid; split {facts['train']}/{facts['val']}/"
-                  f"{facts['test']} with no leakage"), facts  # fmt: skip
+        return (
+            "failed",
+            (
+                f"the split leaks: {len(report.pairs)} pair(s), "
+                f"{len(report.embargo_breaches)} embargo breach(es)"
+            ),
+            facts,
+        )
+    return (
+        "ok",
+        (
+            f"{len(frame)} windows valid; split {facts['train']}/{facts['val']}/"
+            f"{facts['test']} with no leakage"
+        ),
+        facts,
+    )
 
 
 def check_model(config, runs_dir: Path, run_id: str | None) -> tuple[str, str, dict]:
@@ -208,7 +249,7 @@ def check_model(config, runs_dir: Path, run_id: str | None) -> tuple[str, str, d
 
 def check_doctor(root: Path) -> tuple[str, str, dict]:
     """The dependency doctor of `invoke doctor`: a failing check fails, warnings are reported."""
-    from moola_ops.cli.train import doctor_checks
+    from moola_ops.doctor import doctor_checks
 
     checks = doctor_checks(str(root))
     failed = [c for c in checks if c["status"] == "fail"]
@@ -293,37 +334,63 @@ def run_verify(selection: str, *, timeout_s: float = 300.0, inventory=None) -> P
     """
     from moola_ops.health import OK, STATE_NAMES, WARNING, run_healthcheck
 
-    run = run_healthcheck(selection, deep=True, timeout_s=timeout_s, inventory=inventory,
-                          record=False)  # fmt: skip
+    run = run_healthcheck(
+        selection, deep=True, timeout_s=timeout_s, inventory=inventory, record=False
+    )
     events = read_events()
     from moola_ops.checklist import latest_deployment
 
     steps = []
     for h in run.hosts:
         deployment = latest_deployment(events, h.host)
-        journal = Journal("verify", bundle=h.release or "", deployment=deployment)
+        journal = Journal(names.VERIFY_PHASE, bundle=h.release or "", deployment=deployment)
         by_name = {c.name: c for c in h.checks}
         # sanity = reachable, current valid, checksums, model + golden; latency is its own step
-        bad = [c for c in h.checks if c.name in ("ssh", "current", "checksums", "model")
-               and c.state != OK]  # fmt: skip
-        sanity_ok = not bad and "model" in by_name
+        sanity_checks = (
+            names.CHECK_SSH,
+            names.CHECK_CURRENT,
+            names.CHECK_CHECKSUMS,
+            names.CHECK_MODEL,
+        )
+        bad = [c for c in h.checks if c.name in sanity_checks and c.state != OK]
+        sanity_ok = not bad and names.CHECK_MODEL in by_name
         if sanity_ok:
             summary = f"{h.release}: model loads, golden outputs match"
         else:
             summary = "; ".join(f"{c.name}: {c.message}" for c in bad) or "no model check ran"
-        journal.record(h.host, "sanity", "ok" if sanity_ok else "failed", summary=summary,
-                       duration_s=h.duration_s, no_deployment=deployment is None)  # fmt: skip
-        steps.append(StepOutcome(f"{h.host}:sanity", "ok" if sanity_ok else "failed", summary,
-                                 h.duration_s))  # fmt: skip
-        latency = by_name.get("latency")
+        journal.record(
+            h.host,
+            names.VERIFY_SANITY,
+            "ok" if sanity_ok else "failed",
+            summary=summary,
+            duration_s=h.duration_s,
+            no_deployment=deployment is None,
+        )
+        steps.append(
+            StepOutcome(f"{h.host}:sanity", "ok" if sanity_ok else "failed", summary, h.duration_s)
+        )
+        latency = by_name.get(names.CHECK_LATENCY)
         lat_ok = latency is not None and latency.state in (OK, WARNING)
         lat_summary = latency.message if latency else "no latency measured"
-        journal.record(h.host, "latency", "ok" if lat_ok else "failed", summary=lat_summary,
-                       p50_ms=h.p50_ms, p99_ms=h.p99_ms, sla_p99_ms=h.sla_p99_ms,
-                       state=STATE_NAMES[latency.state] if latency else "UNKNOWN")  # fmt: skip
-        steps.append(StepOutcome(f"{h.host}:latency", "ok" if lat_ok else "failed", lat_summary,
-                                 0.0, {"p50_ms": h.p50_ms, "p99_ms": h.p99_ms,
-                                       "sla_p99_ms": h.sla_p99_ms}))  # fmt: skip
+        journal.record(
+            h.host,
+            names.VERIFY_LATENCY,
+            "ok" if lat_ok else "failed",
+            summary=lat_summary,
+            p50_ms=h.p50_ms,
+            p99_ms=h.p99_ms,
+            sla_p99_ms=h.sla_p99_ms,
+            state=STATE_NAMES[latency.state] if latency else "UNKNOWN",
+        )
+        steps.append(
+            StepOutcome(
+                f"{h.host}:latency",
+                "ok" if lat_ok else "failed",
+                lat_summary,
+                0.0,
+                {"p50_ms": h.p50_ms, "p99_ms": h.p99_ms, "sla_p99_ms": h.sla_p99_ms},
+            )
+        )
     return PhaseReport("verify", "", steps, {"hosts": [h.to_dict() for h in run.hosts]})
 
 
@@ -343,19 +410,29 @@ def run_accept(deployment: str, by: str, note: str = "", *, checklist_path=None)
     journal = Journal("accept", bundle=report.bundle, deployment=deployment, actor=by)
     if open_steps:
         listed = ", ".join(f"{s.phase}/{s.step} {s.state}" for s in open_steps[:6])
-        journal.record("", "signoff", "refused", summary=f"phases 1-5 not passed: {listed}",
-                       operator=_operator())  # fmt: skip
+        journal.record(
+            "",
+            "signoff",
+            "refused",
+            summary=f"phases 1-5 not passed: {listed}",
+            operator=_operator(),
+        )
         raise MoolaError(
             f"deployment {deployment} cannot be accepted: phases 1-5 have steps not done "
             f"({listed}); run them and check with `invoke checklist --deployment {deployment}`"
         )
-    journal.record("", "signoff", "ok", summary=f"accepted by {by}", operator=_operator(),
-                   hosts=report.hosts)  # fmt: skip
-    journal.record("", "notes", "ok" if note else "skipped",
-                   summary=note or "no release notes given (--note)")  # fmt: skip
-    steps = [StepOutcome("signoff", "ok", f"{report.bundle} on {', '.join(report.hosts)} "
-                         f"accepted by {by}"),
-             StepOutcome("notes", "ok" if note else "skipped", note or "no notes")]  # fmt: skip
+    journal.record(
+        "", "signoff", "ok", summary=f"accepted by {by}", operator=_operator(), hosts=report.hosts
+    )
+    journal.record(
+        "", "notes", "ok" if note else "skipped", summary=note or "no release notes given (--note)"
+    )
+    steps = [
+        StepOutcome(
+            "signoff", "ok", f"{report.bundle} on {', '.join(report.hosts)} accepted by {by}"
+        ),
+        StepOutcome("notes", "ok" if note else "skipped", note or "no notes"),
+    ]
     return PhaseReport("accept", deployment, steps, {"bundle": report.bundle, "by": by})
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from invoke.exceptions import Exit
 
+from moola_core.errors import MoolaError
 from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
 
 HOST_HELP = "inventory host names and/or groups, comma separated (e.g. runpod-1 or prod)"
@@ -24,7 +25,13 @@ COMMON_HELP = {
     "json": "print one JSON document instead of the table",
     "accept_new_host_key": "pin a host key not yet in known_hosts (logged) instead of refusing",
     "check_runs": "timed runs of the runtime check (0, the default: the runtime's own)",
+    "check_timeout": "seconds the runtime check may take on a host before it is stopped there "
+    "(default 600)",
 }
+PLAN_HELP = (
+    "say what would happen on each host (facts read only; nothing locked or changed); "
+    "Invoke's --dry does the same"
+)
 
 
 def _hosts(host: str, inventory: str):
@@ -39,7 +46,30 @@ def _options(**kw):
     return Options(**{k: v for k, v in kw.items() if v is not None})
 
 
+def _run(c, as_json: bool, call):
+    """Run an engine call; after Ctrl-C (or SIGTERM) show what each host ended on, exit 130."""
+    from moola_ops.engine import Interrupted
+
+    try:
+        result = call()
+    except Interrupted as stop:
+        print("interrupted (Ctrl-C): each host below ended as shown", flush=True)
+        _render(stop.result, as_json)
+        raise Exit(code=130) from None
+    _render(result, as_json)
+
+
+def _planning(c, plan: bool) -> bool:
+    """--plan, or Invoke's own --dry (c.config.run.dry): say what would happen, change nothing."""
+    return bool(plan or c.config.run.dry)
+
+
 def _render(result, as_json: bool) -> None:
+    if result.outcomes and all(o.status == "planned" for o in result.outcomes) and not as_json:
+        from moola_ops.engine.plan import render_plan
+
+        print(render_plan(result))
+        return
     if as_json:
         print_json(result.as_dict())
     elif is_tty():
@@ -49,17 +79,29 @@ def _render(result, as_json: bool) -> None:
         table = Table("host", "outcome", "current", "was", "time", "what happened")
         for o in result.outcomes:
             c = colour.get(o.status, "red")
-            table.add_row(o.host, f"[{c}]{o.status}[/]", o.current or "-", o.previous or "-",
-                          f"{o.duration_s:.1f}s", o.message)  # fmt: skip
+            table.add_row(
+                o.host,
+                f"[{c}]{o.status}[/]",
+                o.current or "-",
+                o.previous or "-",
+                f"{o.duration_s:.1f}s",
+                o.message,
+            )
         out = console()
         out.print(table)
-        out.print(f"{result.phase} {result.deployment}: {'OK' if result.ok else 'FAILED'}")
+        out.print(f"{result.phase} {result.deployment}: {_verdict(result)}")
     else:
         for o in result.outcomes:
             print(f"{o.host}\t{o.status}\t{o.current or '-'}\t{o.duration_s:.1f}s\t{o.message}")
-        print(f"{result.phase} {result.deployment}: {'OK' if result.ok else 'FAILED'}")
+        print(f"{result.phase} {result.deployment}: {_verdict(result)}")
     if not result.ok:
         raise Exit(code=result.exit_code)
+
+
+def _verdict(result) -> str:
+    if result.interrupted:
+        return "INTERRUPTED"
+    return "OK" if result.ok else "FAILED"
 
 
 def _progress_factory():
@@ -68,8 +110,14 @@ def _progress_factory():
         return None, None
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    bar = Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                   console=console(), transient=True)  # fmt: skip
+    bar = Progress(
+        "{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console(),
+        transient=True,
+    )
 
     def factory(host: str, total: int):
         task_id = bar.add_task(f"upload {host}", total=total)
@@ -86,55 +134,130 @@ def _progress_factory():
         "keep_releases": "releases kept on each host besides current and previous (default 5)",
         "keep_backups": "snapshots kept on each host (default 5)",
         "full_post_check": "after the switch, also run the runtime check through `current`",
+        "repair": "re-upload and re-verify the same bytes of a damaged release (logged)",
+        "plan": PLAN_HELP,
     }
 )
 @user_errors
-def deploy(c, host, bundle, inventory="", parallel=4, canary=0, batch=0, keep_releases=5,
-           keep_backups=5, full_post_check=False, accept_new_host_key=False, check_runs=0,
-           json=False):  # fmt: skip
+def deploy(
+    c,
+    host,
+    bundle,
+    inventory="",
+    parallel=4,
+    canary=0,
+    batch=0,
+    keep_releases=5,
+    keep_backups=5,
+    full_post_check=False,
+    accept_new_host_key=False,
+    check_runs=0,
+    check_timeout=600.0,
+    plan=False,
+    repair=False,
+    json=False,
+):
     """Phase 4: ship a bundle to hosts: lock, upload, verify, check, switch, check, prune."""
     from moola_ops import engine
 
     hosts = _hosts(host, inventory)
     local = engine.resolve_bundle(bundle)
-    bar, factory = _progress_factory() if not json else (None, None)
-    opts = _options(parallel=int(parallel), canary=int(canary), batch=int(batch),
-                    keep_releases=int(keep_releases), keep_backups=int(keep_backups),
-                    full_post_check=full_post_check, accept_new_host_key=accept_new_host_key,
-                    check_runs=int(check_runs) or None, progress=factory)  # fmt: skip
+    planning = _planning(c, plan)
+    bar, factory = _progress_factory() if not (json or planning) else (None, None)
+    opts = _options(
+        parallel=int(parallel),
+        canary=int(canary),
+        batch=int(batch),
+        keep_releases=int(keep_releases),
+        keep_backups=int(keep_backups),
+        full_post_check=full_post_check,
+        accept_new_host_key=accept_new_host_key,
+        check_runs=int(check_runs) or None,
+        check_timeout_s=_seconds(check_timeout, "--check-timeout"),
+        plan=planning,
+        progress=factory,
+    )
+    run = engine.repair if repair else engine.deploy
+    if repair and planning:
+        raise MoolaError("--repair has no plan yet: run `invoke deploy --plan` to see the host")
     if bar is not None:
         with bar:
-            result = engine.deploy(hosts, local, opts)
+            _run(c, json, lambda: run(hosts, local, opts))
     else:
-        result = engine.deploy(hosts, local, opts)
-    _render(result, json)
+        _run(c, json, lambda: run(hosts, local, opts))
 
 
-@task(help={**COMMON_HELP, **FLEET_HELP, "to": "version to roll back to (default: previous)"})
+def _seconds(value, flag: str) -> float:
+    seconds = float(value)
+    if not seconds > 0:
+        raise MoolaError(f"{flag} {value} is not a positive number of seconds: try 600")
+    return seconds
+
+
+@task(
+    help={
+        **COMMON_HELP,
+        **FLEET_HELP,
+        "to": "version to roll back to (default: previous)",
+        "plan": PLAN_HELP,
+    }
+)
 @user_errors
-def rollback(c, host, to="", inventory="", parallel=4, canary=0, batch=0,
-             accept_new_host_key=False, check_runs=0, json=False):  # fmt: skip
+def rollback(
+    c,
+    host,
+    to="",
+    inventory="",
+    parallel=4,
+    canary=0,
+    batch=0,
+    accept_new_host_key=False,
+    check_runs=0,
+    check_timeout=600.0,
+    plan=False,
+    json=False,
+):
     """Phase 7: switch hosts back to their previous release (from revisions.log), checked."""
     from moola_ops import engine
 
     hosts = _hosts(host, inventory)
-    opts = _options(parallel=int(parallel), canary=int(canary), batch=int(batch),
-                    accept_new_host_key=accept_new_host_key,
-                    check_runs=int(check_runs) or None)  # fmt: skip
-    _render(engine.rollback(hosts, to or None, opts), json)
+    opts = _options(
+        parallel=int(parallel),
+        canary=int(canary),
+        batch=int(batch),
+        accept_new_host_key=accept_new_host_key,
+        check_runs=int(check_runs) or None,
+        check_timeout_s=_seconds(check_timeout, "--check-timeout"),
+        plan=_planning(c, plan),
+    )
+    _run(c, json, lambda: engine.rollback(hosts, to or None, opts))
 
 
 @task(help={**COMMON_HELP, "parallel": FLEET_HELP["parallel"]})
 @user_errors
-def drill(c, host, inventory="", parallel=1, accept_new_host_key=False, check_runs=0,
-          json=False):  # fmt: skip
+def drill(
+    c,
+    host,
+    inventory="",
+    parallel=1,
+    accept_new_host_key=False,
+    check_runs=0,
+    check_timeout=600.0,
+    json=False,
+):
     """Rehearse a rollback on live hosts: back to previous, check, forward again, check."""
     from moola_ops import engine
 
+    if c.config.run.dry:
+        raise MoolaError("drill has no plan: it is a rehearsal; run it without --dry")
     hosts = _hosts(host, inventory)
-    opts = _options(parallel=int(parallel), accept_new_host_key=accept_new_host_key,
-                    check_runs=int(check_runs) or None)  # fmt: skip
-    _render(engine.drill(hosts, opts), json)
+    opts = _options(
+        parallel=int(parallel),
+        accept_new_host_key=accept_new_host_key,
+        check_runs=int(check_runs) or None,
+        check_timeout_s=_seconds(check_timeout, "--check-timeout"),
+    )
+    _run(c, json, lambda: engine.drill(hosts, opts))
 
 
 @task(help={"host": HOST_HELP, "inventory": INVENTORY_HELP, "json": "print JSON"})
@@ -160,15 +283,18 @@ def backups(c, host, inventory="", json=False):
         "host": HOST_HELP,
         "snapshot": "snapshot file name from `invoke backups`",
         "inventory": INVENTORY_HELP,
+        "plan": PLAN_HELP,
         "json": "print JSON",
     }
 )
 @user_errors
-def restore(c, host, snapshot, inventory="", json=False):
+def restore(c, host, snapshot, inventory="", plan=False, json=False):
     """Restore releases/<version> on hosts from a snapshot (verified before it is put back)."""
     from moola_ops import engine
 
-    _render(engine.restore(_hosts(host, inventory), snapshot), json)
+    hosts = _hosts(host, inventory)
+    opts = _options(plan=_planning(c, plan))
+    _run(c, json, lambda: engine.restore(hosts, snapshot, opts))
 
 
 def lock_line(state: dict) -> str:
@@ -184,21 +310,27 @@ def lock_line(state: dict) -> str:
         )
     if "released" in state:
         return "released" if state["released"] else "was not locked"
-    return f"locked by {describe_holder(state['holder'])}" if state["locked"] else "free"
+    if not state["locked"]:
+        return "free"
+    holder = state["holder"]
+    if holder.get("stale"):
+        return f"STALE lock of {describe_holder(holder)} ({holder['stale']}): {holder['break']}"
+    return f"locked by {describe_holder(holder)}"
 
 
 @task(
     name="lock",
     help={
         "host": HOST_HELP,
-        "release": "release the lock if you hold it",
+        "release": "release the lock held by --deployment ID (only its holder may)",
+        "deployment": "the deployment id holding the lock (with --release)",
         "break_": "break the lock whoever holds it (a stale lock; logged)",
         "inventory": INVENTORY_HELP,
         "json": "print JSON",
     },
 )
 @user_errors
-def lock_(c, host, release=False, break_=False, inventory="", json=False):
+def lock_(c, host, release=False, deployment="", break_=False, inventory="", json=False):
     """Show who holds each host's deploy lock; --release your own, --break a stale one."""
     from moola_ops import engine
 
@@ -208,7 +340,7 @@ def lock_(c, host, release=False, break_=False, inventory="", json=False):
             holder = engine.break_lock(h)
             report[h.name] = {"broken": holder is not None, "holder": holder}
         elif release:
-            released = engine.release_lock(h)
+            released = engine.release_lock(h, deployment or None)
             report[h.name] = {"released": released}
         else:
             holder = engine.lock_status(h)

@@ -1,24 +1,44 @@
-"""Remote facts (pyinfra's shape): one command that asks, one parser that reads its answer.
+"""Remote facts, one registry (pyinfra's shape): a fact is a shell fragment plus its parser.
 
-`gather(layout, python)` asks a host, in one round trip, for everything a deploy, rollback,
-lock display or health check needs to decide: where `current` points, which releases and
-snapshots exist, who holds the lock, free disk, Python + torch, GPUs, recent revisions.
-`parse(output)` turns the answer into `HostFacts`; tests feed it recorded outputs.
-The planning functions below (`release_history`, `rollback_target`, `plan_prune`) are pure
-decisions over those facts.
+Every thing a host can tell Moola is one `Fact` in `FACTS`: `workspace`, `current`,
+`releases`, `backups`, `lock`, `disk`, `python`, `gpus`, `revisions`, `checksums` (and `server`
+once the serving room registers it with `register`). `gather(layout, python, names)` combines any
+subset into ONE shell command (one SSH round trip) whose answer is split into `### name`
+sections; `parse(output)` hands each section to its fact's parser and returns `HostFacts`.
+Parsers are tested from recorded `{command, output, fact}` files under tests/data/facts/.
+
+Decisions over facts live here too, pure and testable: which release `current` really is
+(`resolve_current`), the rollback target, what to prune.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from moola_core.runtime.devices import NVIDIA_SMI_COMMAND, parse_nvidia_smi
-from moola_ops.commands.layout import Layout
+from moola_core.runtime.report import GpuFact
+from moola_ops.commands import release
+from moola_ops.commands.hostfacts import (
+    ATTRIBUTE,
+    ChecksumFact,
+    CurrentLink,
+    DiskFact,
+    GpuReport,
+    HostFacts,
+    LockFact,
+    PythonFact,
+)
+from moola_ops.commands.layout import BUNDLE_MARKER, Layout
 
 SECTION = "### "
+END = "end"
+GPU_TIMEOUT_S = 10  # nvidia-smi can hang on a wedged GPU; `timeout` bounds it
+REVISIONS_READ = 50  # last lines of revisions.log a decision needs
+
 _PYTHON_PROBE = (
     "import sys, json\n"
     "try:\n"
@@ -30,50 +50,250 @@ _PYTHON_PROBE = (
 )
 
 
-@dataclass
-class HostFacts:
-    """What one host told us about itself (see `gather`)."""
+@dataclass(frozen=True)
+class Fact:
+    """One thing a host can tell: `command(layout, python)` asks, `parse(lines)` reads."""
 
-    workspace_exists: bool = True
-    current: str | None = None  # version `current` points at, None when there is no current
-    current_target: str | None = None  # raw link target, e.g. "releases/v0.3"
-    releases: dict[str, str | None] = field(default_factory=dict)  # version -> archive sha256
-    backups: list[str] = field(default_factory=list)  # snapshot file names, oldest first
-    lock_holder: dict[str, Any] | None = None  # None when unlocked
-    disk_free_bytes: int | None = None
-    python: str | None = None  # remote Python version, None when the interpreter is missing
-    torch: str | None = None  # torch version installed there, None when missing
-    gpus: list[dict[str, Any]] = field(default_factory=list)
-    revisions: list[dict[str, Any]] = field(default_factory=list)  # last lines, oldest first
-
-    @property
-    def locked(self) -> bool:
-        return self.lock_holder is not None
+    name: str
+    command: Callable[[Layout, str], str]
+    parse: Callable[[list[str]], Any]
+    description: str = ""
 
 
-def gather(layout: Layout, python: str, *, revisions: int = 50) -> str:
-    """One shell command printing every fact in `### name` sections (always exits 0)."""
-    ws = layout.root
-    return "; ".join(
-        [
-            f"echo '{SECTION}workspace'; if [ -d {ws} ]; then echo present; else echo missing; fi",
-            f"echo '{SECTION}current'; readlink {layout.current} 2>/dev/null",
-            f"echo '{SECTION}releases'; for d in {layout.releases}/*/; do "
-            '[ -d "$d" ] || continue; '
-            'v=$(basename "$d"); '
-            'printf \'%s %s\\n\' "$v" "$(cat "${d%/}.sha256" 2>/dev/null || echo -)"; '
-            "done",
-            f"echo '{SECTION}backups'; ls -1 {layout.backups} 2>/dev/null",
-            f"echo '{SECTION}lock'; if [ -d {layout.lock} ]; then "
-            f"cat {layout.path('deploy.lock', 'holder.json')} 2>/dev/null || echo '{{}}'; fi",
-            f"echo '{SECTION}disk'; (df -Pk {ws} 2>/dev/null || df -Pk /) | tail -n 1",
-            f"echo '{SECTION}python'; {shlex.quote(python)} -c {shlex.quote(_PYTHON_PROBE)} "
-            "2>/dev/null || echo missing",
-            f"echo '{SECTION}gpu'; {NVIDIA_SMI_COMMAND} 2>/dev/null",
-            f"echo '{SECTION}revisions'; tail -n {int(revisions)} {layout.revisions} 2>/dev/null",
-            f"echo '{SECTION}end'",
-        ]
+# --- fragments and parsers ----------------------------------------------------------------------
+
+
+def _workspace_cmd(layout: Layout, python: str) -> str:
+    return f"if [ -d {layout.root} ]; then echo present; else echo missing; fi"
+
+
+def parse_workspace(lines: list[str]) -> bool:
+    """True when the workspace folder exists."""
+    return lines[:1] == ["present"]
+
+
+def _current_cmd(layout: Layout, python: str) -> str:
+    cur = layout.current
+    return (
+        f'if [ -L {cur} ]; then echo "link $(readlink {cur})"; '
+        f'echo "resolved $(readlink -f {cur})"; echo "root $(cd {layout.root} && pwd -P)"; '
+        f"if [ -d {cur} ]; then echo 'state resolves'; else echo 'state dangling'; fi; fi"
     )
+
+
+def parse_current(lines: list[str]) -> CurrentLink:
+    """`link`, `resolved`, `root` and `state` lines (nothing at all: there is no link)."""
+    if not lines:
+        return CurrentLink()
+    values = {}
+    for line in lines:
+        key, _, value = line.partition(" ")
+        values[key] = value.strip() or None
+    return CurrentLink(
+        link=values.get("link") or "",
+        resolved=values.get("resolved"),
+        root=values.get("root"),
+        resolves=values.get("state") == "resolves",
+    )
+
+
+def _releases_cmd(layout: Layout, python: str) -> str:
+    return (
+        f"for d in {layout.releases}/*/; do "
+        '[ -d "$d" ] || continue; '
+        'v=$(basename "$d"); '
+        f'printf \'%s %s\\n\' "$v" "$(cat "${{d%/}}{BUNDLE_MARKER}" 2>/dev/null || echo -)"; '
+        "done"
+    )
+
+
+def parse_releases(lines: list[str]) -> dict[str, str | None]:
+    """{version: sha256 of the archive it came from, or None when its marker is missing}."""
+    out: dict[str, str | None] = {}
+    for line in lines:
+        version, _, sha = line.partition(" ")
+        out[version] = None if sha in ("", "-") else sha
+    return out
+
+
+def _backups_cmd(layout: Layout, python: str) -> str:
+    return f"ls -1 {layout.backups} 2>/dev/null"
+
+
+def parse_backups(lines: list[str]) -> list[str]:
+    """Snapshot file names, oldest first (partial ones, dot-named, left out)."""
+    return sorted(b for b in lines if not b.startswith("."))
+
+
+def _lock_cmd(layout: Layout, python: str) -> str:
+    holder = layout.path("deploy.lock", "holder.json")
+    return (
+        f'if [ -d {layout.lock} ]; then echo "$(date +%s) $(stat -c %Y {layout.lock})"; '
+        f"head -c 4000 {holder} 2>/dev/null; echo; fi"
+    )
+
+
+def parse_lock(lines: list[str]) -> LockFact | None:
+    """None when unlocked; else the holder record and the lock's age (host clock)."""
+    if not lines:
+        return None
+    age = 0.0
+    first = lines[0].split()
+    rest = lines
+    if len(first) == 2 and all(x.isdigit() for x in first):
+        age = max(0.0, float(int(first[0]) - int(first[1])))
+        rest = lines[1:]
+    raw = "\n".join(rest).strip()
+    try:
+        holder = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        holder = {"unreadable": raw[:200]}
+    return LockFact(holder if isinstance(holder, dict) else {"unreadable": raw[:200]}, age)
+
+
+def _disk_cmd(layout: Layout, python: str) -> str:
+    return f"(df -Pk {layout.root} 2>/dev/null || df -Pk /) | tail -n 1"
+
+
+def parse_disk(lines: list[str]) -> DiskFact | None:
+    """From the last `df -Pk` line: 1K-blocks (2nd column) and available (4th)."""
+    cols = lines[-1].split() if lines else []
+    if len(cols) < 4 or not cols[1].isdigit() or not cols[3].isdigit():
+        return None
+    return DiskFact(total_bytes=int(cols[1]) * 1024, free_bytes=int(cols[3]) * 1024)
+
+
+def _python_cmd(layout: Layout, python: str) -> str:
+    return f"{shlex.quote(python)} -c {shlex.quote(_PYTHON_PROBE)} 2>/dev/null || echo missing"
+
+
+def parse_python(lines: list[str]) -> PythonFact:
+    """The probe's JSON line, or `missing` when the interpreter is not there."""
+    try:
+        info = json.loads(lines[0]) if lines else None
+    except json.JSONDecodeError:
+        info = None
+    if not isinstance(info, dict):
+        return PythonFact()
+    return PythonFact(python=info.get("python"), torch=info.get("torch"))
+
+
+def _gpus_cmd(layout: Layout, python: str) -> str:
+    return (
+        "if command -v nvidia-smi >/dev/null 2>&1; then "
+        f"timeout {GPU_TIMEOUT_S} {NVIDIA_SMI_COMMAND} 2>&1 || echo 'nvidia-smi failed'; "
+        "else echo absent; fi"
+    )
+
+
+def parse_gpus(lines: list[str]) -> GpuReport:
+    """nvidia-smi --query-gpu=... --format=csv,noheader,nounits; `absent` without nvidia-smi."""
+    text = "\n".join(lines).strip()
+    if text == "absent":
+        return GpuReport(present=False)
+    try:
+        gpus = parse_nvidia_smi(text)
+    except ValueError:
+        return GpuReport(present=True, error=text[-200:] or "no answer")
+    if not gpus:
+        return GpuReport(present=True, error="nvidia-smi listed no GPU")
+    return GpuReport(present=True, gpus=gpus)
+
+
+def _revisions_cmd(layout: Layout, python: str) -> str:
+    return f"tail -n {REVISIONS_READ} {layout.revisions} 2>/dev/null"
+
+
+def parse_revisions(lines: list[str]) -> list[dict[str, Any]]:
+    """revisions.log lines, oldest first; a torn or hand-edited line is skipped."""
+    out = []
+    for line in lines:
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            out.append(value)
+    return out
+
+
+def _checksums_cmd(layout: Layout, python: str) -> str:
+    cur = layout.current
+    return (
+        f"if [ -f {cur}/manifest.json ]; then "
+        f"{release.hostside(python, 'verify', cur, shlex.quote(''))} 2>&1; fi"
+    )
+
+
+def parse_checksums(lines: list[str]) -> ChecksumFact | None:
+    """The host-side verifier's JSON report on `current`; None when it has no manifest."""
+    text = "\n".join(lines).strip()
+    if not text:
+        return None
+    report = release.parse_hostside(text)
+    problems = list(report.get("problems") or [])
+    if problems[:1] and problems[0].startswith("no report from the host"):
+        return ChecksumFact(problems=[f"checksum verifier failed: {text[-200:]}"])
+    return ChecksumFact(problems=problems, version=report.get("version"))
+
+
+FACTS: dict[str, Fact] = {}
+
+
+def register(fact: Fact) -> Fact:
+    """Add a fact to the registry (the serving room registers `server` this way)."""
+    FACTS[fact.name] = fact
+    return fact
+
+
+for _fact in (
+    Fact("workspace", _workspace_cmd, parse_workspace, "the workspace folder exists"),
+    Fact("current", _current_cmd, parse_current, "where `current` points and resolves"),
+    Fact("releases", _releases_cmd, parse_releases, "releases on disk and their archive sha256"),
+    Fact("backups", _backups_cmd, parse_backups, "snapshot files in backups/"),
+    Fact("lock", _lock_cmd, parse_lock, "the deploy lock's holder and age"),
+    Fact("disk", _disk_cmd, parse_disk, "free and total bytes of the workspace's filesystem"),
+    Fact("python", _python_cmd, parse_python, "the inventory's python and its torch"),
+    Fact("gpus", _gpus_cmd, parse_gpus, "GPUs from nvidia-smi"),
+    Fact("revisions", _revisions_cmd, parse_revisions, "the last lines of revisions.log"),
+    Fact("checksums", _checksums_cmd, parse_checksums, "current's files against its manifest"),
+):
+    register(_fact)
+
+DEPLOY_FACTS = (
+    "workspace",
+    "current",
+    "releases",
+    "backups",
+    "lock",
+    "disk",
+    "python",
+    "gpus",
+    "revisions",
+)
+HEALTH_FACTS = (
+    "workspace",
+    "current",
+    "releases",
+    "revisions",
+    "checksums",
+    "gpus",
+    "disk",
+    "lock",
+)
+
+
+# --- the gatherer -------------------------------------------------------------------------------
+
+
+def gather(layout: Layout, python: str, names: Iterable[str] = DEPLOY_FACTS) -> str:
+    """ONE shell command printing each named fact in a `### name` section (always exits 0)."""
+    parts = []
+    for name in names:
+        fact = FACTS[name]
+        parts.append(f"echo '{SECTION}{name}'; {{ {fact.command(layout, python)}; }}")
+    parts.append(f"echo '{SECTION}{END}'")
+    return "; ".join(parts)
 
 
 def split_sections(output: str) -> dict[str, list[str]]:
@@ -89,138 +309,54 @@ def split_sections(output: str) -> dict[str, list[str]]:
     return sections
 
 
-def parse(output: str) -> HostFacts:
-    """HostFacts from the output of `gather`; raises ValueError on a truncated answer."""
-    s = split_sections(output)
-    if "end" not in s:
+def parse(output: str, *, strict: bool = True) -> HostFacts:
+    """HostFacts from the output of `gather`: each section read by its fact's own parser.
+
+    A cut answer (no end marker) raises ValueError when `strict`, else is marked incomplete.
+    """
+    sections = split_sections(output)
+    if END not in sections and strict:
         raise ValueError("the host's answer to the facts command was cut short")
-    facts = HostFacts(workspace_exists=s.get("workspace", ["missing"])[:1] == ["present"])
-    target = (s.get("current") or [None])[0]
-    facts.current_target = target
-    facts.current = target.rstrip("/").rsplit("/", 1)[-1] if target else None
-    for line in s.get("releases", []):
-        version, _, sha = line.partition(" ")
-        facts.releases[version] = None if sha in ("", "-") else sha
-    facts.backups = sorted(b for b in s.get("backups", []) if not b.startswith("."))
-    if "lock" in s and s["lock"]:
-        try:
-            holder = json.loads(s["lock"][0])
-        except json.JSONDecodeError:
-            holder = {"unreadable": s["lock"][0][:200]}
-        facts.lock_holder = holder if isinstance(holder, dict) else {}
-    facts.disk_free_bytes = parse_df((s.get("disk") or [""])[0])
-    probe = (s.get("python") or ["missing"])[0]
-    if probe != "missing":
-        try:
-            info = json.loads(probe)
-            facts.python, facts.torch = info.get("python"), info.get("torch")
-        except json.JSONDecodeError:
-            facts.python = None
-    facts.gpus = parse_gpus(s.get("gpu", []))
-    for line in s.get("revisions", []):
-        try:
-            facts.revisions.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a hand-edited or torn line must not stop a rollback
+    facts = HostFacts(complete=END in sections)
+    asked = []
+    for name, lines in sections.items():
+        fact = FACTS.get(name)
+        if fact is None:
+            continue
+        asked.append(name)
+        setattr(facts, ATTRIBUTE.get(name, name), fact.parse(lines))
+    facts.asked = tuple(asked)
+    facts.current, facts.current_problem = resolve_current(facts)
     return facts
 
 
-def parse_df(line: str) -> int | None:
-    """Free bytes from one POSIX `df -Pk` data line (4th column is available KiB)."""
-    cols = line.split()
-    if len(cols) < 4 or not cols[3].isdigit():
-        return None
-    return int(cols[3]) * 1024
+# the decisions over facts, importable from here as before (their home is decisions.py)
+from moola_ops.commands.decisions import (  # noqa: E402
+    newest_snapshot,
+    plan_prune,
+    release_history,
+    resolve_current,
+    rollback_target,
+)
 
-
-def parse_gpus(lines: list[str]) -> list[dict[str, Any]]:
-    """GPUs from the runtime's nvidia-smi query, as dicts; [] when its answer is not a GPU list
-    (no nvidia-smi, or its "has failed" message)."""
-    try:
-        return [asdict(gpu) for gpu in parse_nvidia_smi("\n".join(lines))]
-    except ValueError:
-        return []
-
-
-# --- decisions over facts ---------------------------------------------------------------------
-
-BACK_ACTIONS = ("rollback", "auto-rollback", "drill-back")
-FORWARD_ACTIONS = ("deploy", "drill-forward")
-
-
-def release_history(revisions: list[dict[str, Any]]) -> list[str]:
-    """The stack of versions that served, oldest first, replayed from revisions.log.
-
-    A deploy pushes its version; a rollback to X pops back to X (so a second rollback goes
-    further back instead of flip-flopping); a rollback to a version not on the stack pushes it.
-    """
-    stack: list[str] = []
-    for line in revisions:
-        version, action = line.get("version"), line.get("action")
-        if not version:
-            continue
-        if action in BACK_ACTIONS and version in stack:
-            while stack[-1] != version:
-                stack.pop()
-        elif action in BACK_ACTIONS + FORWARD_ACTIONS and (not stack or stack[-1] != version):
-            stack.append(version)
-    return stack
-
-
-def rollback_target(facts: HostFacts) -> str | None:
-    """The version that served before the current one, from the host's own history."""
-    stack = release_history(facts.revisions)
-    if stack and stack[-1] == facts.current:
-        stack = stack[:-1]
-    for version in reversed(stack):
-        if version != facts.current:
-            return version
-    return None
-
-
-def plan_prune(
-    facts: HostFacts,
-    *,
-    keep_releases: int,
-    keep_backups: int,
-    protect: tuple[str, ...] = (),
-) -> tuple[list[str], list[str]]:
-    """(releases, snapshots) to delete: keep the newest N and M, never current or previous.
-
-    Releases are ordered by when they last served (revisions.log), not by mtime; releases the
-    history never mentions count as oldest. The newest snapshot of current and of previous is
-    always kept too, so a damaged rollback target can be restored.
-    """
-    previous = rollback_target(facts)
-    keep = {v for v in (facts.current, previous, *protect) if v}
-    served = release_history(facts.revisions)
-    order = sorted(facts.releases, key=lambda v: (_last_index(served, v), v), reverse=True)
-    keep.update(order[: max(keep_releases, 0)])
-    releases = sorted(v for v in facts.releases if v not in keep)
-
-    snapshots = sorted(facts.backups, reverse=True)  # timestamp-first names: newest first
-    keep_snap = set(snapshots[: max(keep_backups, 0)])
-    for version in (facts.current, previous):
-        newest = next((b for b in snapshots if _snapshot_version(b) == version), None)
-        if newest:
-            keep_snap.add(newest)
-    backups = sorted(b for b in facts.backups if b not in keep_snap)
-    return releases, backups
-
-
-def _last_index(items: list[str], value: str) -> int:
-    return max((i for i, v in enumerate(items) if v == value), default=-1)
-
-
-def _snapshot_version(name: str) -> str | None:
-    from moola_ops.commands.release import parse_snapshot_name
-
-    parsed = parse_snapshot_name(name)
-    return parsed[1] if parsed else None
-
-
-def newest_snapshot(facts: HostFacts, version: str) -> str | None:
-    """The newest snapshot file holding `version`, or None."""
-    return next(
-        (b for b in sorted(facts.backups, reverse=True) if _snapshot_version(b) == version), None
-    )
+__all__ = [
+    "FACTS",
+    "Fact",
+    "HostFacts",
+    "gather",
+    "parse",
+    "register",
+    "split_sections",
+    "newest_snapshot",
+    "plan_prune",
+    "release_history",
+    "resolve_current",
+    "rollback_target",
+    "CurrentLink",
+    "LockFact",
+    "DiskFact",
+    "PythonFact",
+    "GpuReport",
+    "ChecksumFact",
+    "GpuFact",
+]

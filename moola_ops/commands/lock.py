@@ -8,7 +8,10 @@ strings; `parse_*` read their output. Nothing here talks SSH.
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import socket
+from collections.abc import Callable
 from typing import Any
 
 from moola_ops.commands.layout import Layout, check_name
@@ -19,6 +22,9 @@ RELEASED = "MOOLA-LOCK-RELEASED"
 NOT_OURS = "MOOLA-LOCK-NOT-OURS"
 BROKEN = "MOOLA-LOCK-BROKEN"
 FREE = "MOOLA-LOCK-FREE"
+# The longest a deploy may take: moola_ops.engine.Options().host_deadline_s (every step at its
+# own deadline, plus cleanup). A lock older than this is stale whoever holds it.
+MAX_AGE_S = 1800.0 + 3 * 600.0 + 8 * 300.0 + 6 * 30.0
 _WRITE_FAILED = shlex.quote(json.dumps({"error": "cannot write the lock holder (disk full?)"}))
 
 
@@ -30,18 +36,22 @@ def holder_json(holder: dict[str, Any]) -> str:
 def acquire(layout: Layout, holder: dict[str, Any]) -> str:
     """Create the workspace layout, then take the lock or print who holds it (always exit 0).
 
-    The holder file is written inside the freshly made directory; if that write fails (a full
-    disk) the directory is removed again so no anonymous lock is left behind.
+    The lock appears whole: holder.json is written into a private folder that is then renamed
+    to deploy.lock in one rename(2), which fails while another holder's (non-empty) lock is
+    there; so a refused deployer always finds the holder's name. A failed write (a full disk)
+    leaves nothing behind.
     """
-    check_name(holder["deployment"], "deployment id")
+    deployment = check_name(holder["deployment"], "deployment id")
     lock = layout.lock
+    fresh = layout.path(f".deploy.lock-{deployment}")
     holder_file = layout.path("deploy.lock", "holder.json")
+    write = f"printf '%s\\n' {shlex.quote(holder_json(holder))} > {fresh}/holder.json"
     return (
         f"mkdir -p {layout.releases} {layout.incoming} {layout.backups} && "
-        f"if mkdir {lock} 2>/dev/null; then "
-        f"if printf '%s\\n' {shlex.quote(holder_json(holder))} > {holder_file}; "
-        f"then echo {ACQUIRED}; else rm -rf {lock}; echo {HELD}; echo {_WRITE_FAILED}; fi; "
-        f"else echo {HELD}; cat {holder_file} 2>/dev/null || echo '{{}}'; fi"
+        f"rm -rf {fresh} && mkdir {fresh} && "
+        f"if ! {write}; then rm -rf {fresh}; echo {HELD}; echo {_WRITE_FAILED}; "
+        f"elif [ ! -e {lock} ] && mv -T {fresh} {lock} 2>/dev/null; then echo {ACQUIRED}; "
+        f"else rm -rf {fresh}; echo {HELD}; cat {holder_file} 2>/dev/null || echo '{{}}'; fi"
     )
 
 
@@ -65,7 +75,8 @@ def release(layout: Layout, deployment: str) -> str:
     needle = shlex.quote(f'"deployment":"{deployment}"')
     holder_file = layout.path("deploy.lock", "holder.json")
     return (
-        f"if grep -qF {needle} {holder_file} 2>/dev/null && mv -T {layout.lock} {aside}; "
+        f"if ( [ -f {holder_file} ] || exit 1; exec 9<{holder_file}; flock -w 10 9 2>/dev/null; "
+        f"grep -qF {needle} {holder_file} && mv -T {layout.lock} {aside} ); "
         f"then rm -rf {aside}; echo {RELEASED}; else echo {NOT_OURS}; fi"
     )
 
@@ -82,7 +93,8 @@ def break_lock(layout: Layout, deployment: str) -> str:
     holder_file = layout.path("deploy.lock", "holder.json")
     return (
         f"if [ -d {layout.lock} ]; then cat {holder_file} 2>/dev/null || echo '{{}}'; echo; "
-        f"mv -T {layout.lock} {aside} && rm -rf {aside} && echo {BROKEN}; "
+        f"( [ -f {holder_file} ] && exec 9<{holder_file} && flock -w 10 9 2>/dev/null; "
+        f"mv -T {layout.lock} {aside} ) && rm -rf {aside} && echo {BROKEN}; "
         f"else echo {FREE}; fi"
     )
 
@@ -102,6 +114,47 @@ def _parse_holder(text: str) -> dict[str, Any]:
     except json.JSONDecodeError:
         return {"unreadable": text[:200]}
     return holder if isinstance(holder, dict) else {"unreadable": text[:200]}
+
+
+def stale_reason(
+    holder: dict[str, Any] | None,
+    age_s: float | None,
+    *,
+    max_age_s: float,
+    here: str | None = None,
+    pid_alive: Callable[[int], bool] | None = None,
+) -> str | None:
+    """Why a lock is stale, or None when its holder may still be running.
+
+    Stale: its holder ran on this machine (`client` == `here`) and that pid is gone, or it is
+    older than `max_age_s` (the longest a deploy may take), or it names no holder at all.
+    """
+    if not holder:
+        return "it names no holder"
+    here = socket.gethostname() if here is None else here
+    pid = holder.get("pid")
+    if holder.get("client") == here and isinstance(pid, int) and pid > 0:
+        alive = (pid_alive or _pid_alive)(pid)
+        if not alive:
+            return f"its process {pid} on {here} is gone"
+    if age_s is not None and age_s > max_age_s:
+        return f"it is {age_s / 60:.0f} min old, longer than any deploy may take"
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def break_hint(host: str) -> str:
+    """The command that breaks a stale lock (in every message about one)."""
+    return f"invoke lock --host {host} --break"
 
 
 def describe_holder(holder: dict[str, Any] | None) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from moola_core.bundle import archive as bundle_archive
-from moola_ops.commands.layout import Layout, check_name
+from moola_ops.commands.layout import BUNDLE_MARKER, Layout, check_name
 
 # The host-side program: hostside.py with archive.py's source ahead of it as a string, so the
 # host extracts and verifies with the very code the workstation uses (see hostside.py).
@@ -22,10 +22,12 @@ HOSTSIDE_SOURCE = (
     + (Path(__file__).parent / "hostside.py").read_text()
 )
 ARCHIVE_NAME = "bundle.tar.gz"
+LOCK_NOT_OURS = "MOOLA-SWITCH-LOCK-NOT-OURS"  # the switch found the lock held by another run
 
 
-def _hostside(python: str, action: str, *args: str) -> str:
-    # The host-side program travels inside the command: nothing to install on a bare host.
+def hostside(python: str, action: str, *args: str) -> str:
+    """`python -c PROGRAM ACTION ARGS` (ARGS already quoted): the host-side program travels
+    inside the command, so a bare host needs nothing installed."""
     return f"{shlex.quote(python)} -c {shlex.quote(HOSTSIDE_SOURCE)} {action} {' '.join(args)}"
 
 
@@ -44,7 +46,7 @@ def promote(layout: Layout, python: str, deployment: str, version: str, sha256: 
     _check_sha(sha256)
     staging = layout.staging(deployment)
     archive = layout.path("incoming", deployment, ARCHIVE_NAME)
-    return _hostside(
+    return hostside(
         python, "promote", archive, sha256, shlex.quote(version), staging, layout.release(version)
     )
 
@@ -52,7 +54,7 @@ def promote(layout: Layout, python: str, deployment: str, version: str, sha256: 
 def verify(layout: Layout, python: str, version: str, *, through_current: bool = False) -> str:
     """Verify releases/<version> (or `current`) file by file against its manifest."""
     target = layout.current if through_current else layout.release(version)
-    return _hostside(python, "verify", target, shlex.quote(check_name(version, "version")))
+    return hostside(python, "verify", target, shlex.quote(check_name(version, "version")))
 
 
 def runtime_check(
@@ -87,6 +89,28 @@ def runtime_check(
     )
 
 
+def bounded(command: str, layout: Layout, deployment: str, deadline_s: float) -> str:
+    """Run `command` under the host's own `timeout` (TERM, then KILL 5 s later), recording its
+    process id in incoming/<deployment>.pid so `kill_bounded` can stop it from a new connection.
+
+    The bound holds on the host even when the connection that started it is gone.
+    """
+    pidfile = layout.path("incoming", f"{check_name(deployment, 'deployment id')}.pid")
+    seconds = max(1, int(round(float(deadline_s))))
+    inner = f"echo $$ > {pidfile}; exec timeout -k 5 {seconds} sh -c {shlex.quote(command)}"
+    return f"sh -c {shlex.quote(inner)}; rc=$?; rm -f {pidfile}; exit $rc"
+
+
+def kill_bounded(layout: Layout, deployment: str) -> str:
+    """Stop a command started by `bounded` (its `timeout` forwards TERM to the check)."""
+    pidfile = layout.path("incoming", f"{check_name(deployment, 'deployment id')}.pid")
+    return (
+        f"if [ -f {pidfile} ]; then kill -TERM $(cat {pidfile}) 2>/dev/null; sleep 1; "
+        f"pkill -KILL -P $(cat {pidfile}) 2>/dev/null; kill -KILL $(cat {pidfile}) 2>/dev/null; "
+        f"rm -f {pidfile}; fi; true"
+    )
+
+
 def snapshot(layout: Layout, version: str, name: str) -> str:
     """Archive releases/<version> into backups/<name> (written to a temp name, then renamed)."""
     check_name(version, "version")
@@ -110,6 +134,56 @@ def parse_snapshot_name(name: str) -> tuple[str, str] | None:
     return (stamp, version) if stamp and version else None
 
 
+def smoke(layout: Layout, command: str) -> str:
+    """The operator's own smoke command (inventory `smoke:`), run inside `current`."""
+    return f"cd {layout.current} && {{ {command}; }}"
+
+
+def checked_with_smoke(verify_command: str, layout: Layout, smoke_command: str | None) -> str:
+    """The light check through `current`: verify, then the smoke command if there is one."""
+    if not smoke_command:
+        return verify_command
+    return f"{verify_command} && {smoke(layout, smoke_command)}"
+
+
+def current_target(layout: Layout) -> str:
+    """Where `current` points now (nothing printed when there is no link)."""
+    return f"readlink {layout.current} || true"
+
+
+def set_aside(layout: Layout, version: str, deployment: str) -> str:
+    """Move a damaged releases/<version> into incoming/<deployment>/ (removed with it) so the
+    same bytes can be promoted again (`deploy --repair`)."""
+    staging = layout.staging(deployment)
+    rel = layout.release(version)
+    return f"mkdir -p {staging} && mv -T {rel} {staging}/damaged && rm -f -- {rel}{BUNDLE_MARKER}"
+
+
+def remove_current(layout: Layout) -> str:
+    """Remove the `current` link (a first deploy whose check failed has nothing to go back to)."""
+    return f"rm -f -- {layout.current}"
+
+
+def remove_staging(layout: Layout, deployment: str) -> str:
+    """Remove incoming/<deployment>/ (a partial or failed upload)."""
+    return f"rm -rf -- {layout.staging(deployment)}"
+
+
+def remove_release(layout: Layout, version: str, *, unless_current: bool = True) -> str:
+    """Remove releases/<version> and its .sha256 marker (a release that failed its check).
+
+    Refuses (prints KEPT) when `current` resolves to it, so a retry can never delete what serves.
+    """
+    rel = layout.release(version)
+    remove = f"rm -rf -- {rel} {rel}{BUNDLE_MARKER}"
+    if not unless_current:
+        return remove
+    return (
+        f'if [ "$(readlink -f {layout.current} 2>/dev/null)" = "$(readlink -f {rel} 2>/dev/null)" ]'
+        f" && [ -e {rel} ]; then echo KEPT; else {remove}; fi"
+    )
+
+
 def revision_line(**fields: Any) -> str:
     """One line of the host's revisions.log (JSON: time, action, version, previous, ...)."""
     return json.dumps(fields, sort_keys=True, separators=(",", ":"))
@@ -118,20 +192,26 @@ def revision_line(**fields: Any) -> str:
 def switch(layout: Layout, version: str, deployment: str, revision: dict[str, Any]) -> str:
     """Point `current` at releases/<version> atomically and record it in revisions.log.
 
-    `ln -s` makes a new link under a temp name; `mv -T` renames it over `current` in one
-    rename(2), so a reader sees the old release or the new one, never neither. The relative
-    target keeps the workspace movable. Prints where `current` points afterwards.
+    Only while `deployment` still holds the lock: the ownership test and the switch run under
+    `flock` on the lock's holder file, which `invoke lock --release/--break` take too, so a lock
+    broken meanwhile stops the switch (it prints NOT_OURS and exits 3). `ln -s` makes a new link
+    under a temp name; `mv -T` renames it over `current` in one rename(2), so a reader sees the
+    old release or the new one, never neither. Prints where `current` points afterwards.
     """
     check_name(version, "version")
     tmp = layout.path(f".current-{check_name(deployment, 'deployment id')}")
     target = shlex.quote(f"releases/{version}")
+    holder = layout.path("deploy.lock", "holder.json")
+    needle = shlex.quote(f'"deployment":"{deployment}"')
     return (
-        f"ln -sfn {target} {tmp} && mv -T {tmp} {layout.current} && "
+        f"( [ -f {holder} ] || exit 3; exec 9<{holder}; flock -w 10 9 2>/dev/null; "
+        f"grep -qF {needle} {holder} || exit 3; "
+        f"ln -sfn {target} {tmp} && mv -T {tmp} {layout.current} || exit 1; "
         # once `current` moved, a full disk must not make the switch look failed: the
         # revisions.log line is best effort and says so on stderr
-        f"{{ printf '%s\\n' {shlex.quote(revision_line(**revision))} >> {layout.revisions} "
-        f"|| echo 'moola: revisions.log line not written' >&2; }} && "
-        f"readlink {layout.current}"
+        f"printf '%s\\n' {shlex.quote(revision_line(**revision))} >> {layout.revisions} "
+        f"|| echo 'moola: revisions.log line not written' >&2 ); rc=$?; "
+        f"[ $rc = 3 ] && echo {LOCK_NOT_OURS}; readlink {layout.current}; exit $rc"
     )
 
 
@@ -159,7 +239,7 @@ def prune(layout: Layout, releases: list[str], backups: list[str]) -> str:
     run only under the lock, since incoming/ of a live deploy would go too.
     """
     paths = [layout.release(v) for v in releases] + [
-        layout.release(v) + ".sha256" for v in releases
+        layout.release(v) + BUNDLE_MARKER for v in releases
     ]
     paths += [layout.backup(b) for b in backups]
     remove = f"rm -rf -- {' '.join(paths)}; " if paths else ""
@@ -168,7 +248,7 @@ def prune(layout: Layout, releases: list[str], backups: list[str]) -> str:
 
 def restore(layout: Layout, python: str, deployment: str, snapshot_file: str, version: str):
     """Extract backups/<snapshot>, verify it, and put it in place of releases/<version>."""
-    return _hostside(
+    return hostside(
         python,
         "restore",
         layout.backup(snapshot_file),

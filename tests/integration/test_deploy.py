@@ -161,8 +161,13 @@ def test_two_deploys_at_once_one_is_refused_naming_the_holder(fleet, bundles, jo
 def test_stale_lock_is_shown_refuses_deploys_and_can_be_broken(fleet, bundles, journal_file):
     _, inventory = fleet
     (host,) = inventory.resolve("dep-3")
-    stale = {"deployment": "20200101T000000Z-dead00", "actor": "ghost@gone", "what": "deploy v0",
-             "since": "2020-01-01T00:00:00Z", "pid": 1}  # fmt: skip
+    stale = {
+        "deployment": "20200101T000000Z-dead00",
+        "actor": "ghost@gone",
+        "what": "deploy v0",
+        "since": "2020-01-01T00:00:00Z",
+        "pid": 1,
+    }
     with HostSession(host) as ssh:
         ssh.run(lock_cmd.acquire(Layout(host.workspace), stale))
     assert engine.lock_status(host)["actor"] == "ghost@gone"
@@ -183,9 +188,14 @@ def test_corrupted_upload_is_refused_before_promotion(fleet, bundles, journal_fi
     archive = tmp_path / "moola-v1.1.tar.gz"
     shutil.copy(bundles["v1.1"], archive)
     good = engine.resolve_bundle(str(archive))
-    data = bytearray(archive.read_bytes())
+    # the original may change now: Moola ships its private copy (the bytes it verified) ...
+    archive.write_bytes(b"swapped")
+    # ... so corrupt that copy after its full verification, as a bad disk or link would: the
+    # host's sha256 check still refuses it
+    good.verify()
+    data = bytearray(good.path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # the bytes that travel differ from the ones we hashed
-    archive.write_bytes(bytes(data))
+    good.path.write_bytes(bytes(data))
     result = engine.deploy([host], good, FAST)
     assert result.outcomes[0].status == "failed"
     assert "failed verification" in result.outcomes[0].message
@@ -213,7 +223,9 @@ def test_a_file_missing_from_the_manifest_is_refused_before_promotion(
     assert result.outcomes[0].status == "failed"
     assert "failed verification" in result.outcomes[0].message
     assert "code/torch.py is not listed in the manifest" in result.outcomes[0].message
-    assert steps(journal_file, host, result.deployment)["promote"] == "failed"
+    # the same full verification as `invoke bundle.verify`, here, before any upload (#15.5)
+    assert steps(journal_file, host, result.deployment)["bundle-verify"] == "failed"
+    assert "upload" not in steps(journal_file, host, result.deployment)
     assert_settled(host, "v1.2")
     assert not (Path(host.workspace) / "releases" / "v1.1").exists()
     assert not list((Path(host.workspace) / "incoming").iterdir())
@@ -248,8 +260,9 @@ def test_unknown_host_key_is_refused_and_can_be_pinned_explicitly(fleet, journal
     facts_opts.accept_new_host_key = True
     pinned = engine.rollback([stranger], "v1.0", facts_opts)  # v1.0 is current: a no-op
     assert pinned.outcomes[0].status == "noop", pinned.outcomes
-    connect = [e for e in read_events(journal_file, deployment=pinned.deployment)
-               if e["step"] == "connect"][0]  # fmt: skip
+    connect = [
+        e for e in read_events(journal_file, deployment=pinned.deployment) if e["step"] == "connect"
+    ][0]
     assert connect["detail"]["accepted_new_host_key"].startswith("ssh-ed25519 SHA256:")
     assert "ssh-ed25519" in empty.read_text()
 
@@ -291,8 +304,12 @@ def test_ssh_config_aliases_work_with_strict_keys(fleet, journal_file):
     from moola_ops.inventory import Host
 
     # only the alias: address, port, user, key and known_hosts all come from the ssh_config
-    alias = Host(name="dep-1", hostname="dep-1", ssh_config=str(sandbox.ssh_config_path),
-                 workspace=inventory.hosts["dep-1"].workspace)  # fmt: skip
+    alias = Host(
+        name="dep-1",
+        hostname="dep-1",
+        ssh_config=str(sandbox.ssh_config_path),
+        workspace=inventory.hosts["dep-1"].workspace,
+    )
     facts = engine.host_facts(alias)
     assert facts.current == current_of(inventory.hosts["dep-1"]).split("/")[-1]
 
@@ -306,8 +323,9 @@ def test_drill_rehearses_a_rollback_and_restore_puts_a_snapshot_back(fleet, bund
     assert "rolled back to v1.0" in result.outcomes[0].message
     assert_settled(host, "v1.2")  # forward again
     assert [r["action"] for r in revisions(host)][-2:] == ["drill-back", "drill-forward"]
-    drill_line = [e for e in read_events(journal_file, deployment=result.deployment)
-                  if e["step"] == "drill"][0]  # fmt: skip
+    drill_line = [
+        e for e in read_events(journal_file, deployment=result.deployment) if e["step"] == "drill"
+    ][0]
     assert drill_line["status"] == "ok" and drill_line["detail"]["rollback_s"] > 0
 
     snapshot = next(b["name"] for b in engine.list_backups(host) if b["version"] == "v1.0")

@@ -92,10 +92,9 @@ def test_connection_cut_mid_upload_leaves_current_and_releases_the_lock(
     assert logged["unlock"]["status"] == "ok" and logged["unlock"]["detail"]["released"]
 
 
-def test_sigint_mid_deploy_through_invoke(hosts, bundles, journal_file, tmp_path):
-    _, inventory = hosts
-    (host,) = inventory.resolve("sig-1")
-    assert engine.deploy([host], engine.resolve_bundle(str(bundles["v1.0"])), FAST).ok
+def _invoke_deploy_paused_at(step, host, bundle, journal_file, tmp_path) -> subprocess.Popen:
+    """`invoke deploy` in its own process, told to wait at the entry of `step` (the engine's
+    MOOLA_PAUSE_AT hook) until the test has sent its signal: no race with the deploy's speed."""
     yaml_text = (
         "hosts:\n  sig-1:\n"
         f"    hostname: {host.hostname}\n    port: {host.port}\n    user: {host.user}\n"
@@ -103,41 +102,81 @@ def test_sigint_mid_deploy_through_invoke(hosts, bundles, journal_file, tmp_path
         f"    workspace: {host.workspace}\n"
     )
     (tmp_path / "hosts.yaml").write_text(yaml_text)
+    gate = tmp_path / f"gate-{step}"
+    env = {
+        **os.environ,
+        "MOOLA_LOG": str(journal_file),
+        "MOOLA_PAUSE_AT": step,
+        "MOOLA_PAUSE_FILE": str(gate),
+    }
+    invoke = str(Path(sys.executable).parent / "invoke")
+    args = [
+        "deploy",
+        "--host",
+        "sig-1",
+        "--bundle",
+        str(bundle),
+        "--inventory",
+        str(tmp_path / "hosts.yaml"),
+        "--check-runs",
+        "3",
+    ]
     proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "invoke"),
-            "deploy",
-            "--host",
-            "sig-1",
-            "--bundle",
-            str(bundles["v1.1"]),
-            "--inventory",
-            str(tmp_path / "hosts.yaml"),
-            "--check-runs",
-            "3",
-        ],  # fmt: skip
+        [invoke, *args],
         cwd=REPO,
-        env={**os.environ, "MOOLA_LOG": str(journal_file)},
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait until the deploy holds the lock, then Ctrl-C
-        if any(e["step"] == "lock" and e["status"] == "ok" and e["bundle"] == "v1.1"
-               for e in read_events(journal_file)):  # fmt: skip
-            break
+    waiting = Path(f"{gate}.waiting")
+    deadline = time.monotonic() + 300  # not a timing assertion: a bound on a broken run
+    while not waiting.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    assert waiting.exists(), proc.communicate(timeout=60)
+    return proc
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_mid_deploy_through_invoke(hosts, bundles, journal_file, tmp_path, signum):
+    _, inventory = hosts
+    (host,) = inventory.resolve("sig-1")
+    assert engine.deploy([host], engine.resolve_bundle(str(bundles["v1.0"])), FAST).ok
+    # the deploy holds the lock and is about to upload when the signal arrives
+    proc = _invoke_deploy_paused_at("upload", host, bundles["v1.1"], journal_file, tmp_path)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err
+    assert "interrupted" in out and "sig-1\taborted\tv1.0" in out  # what each host ended on
     settled_on(host, "v1.0")
     events = read_events(journal_file, phase="deploy")
     assert any(e["status"] == "aborted" and e["step"] == "close" for e in events)
     assert any(
         e["status"] == "ok" and e["step"] == "unlock" and e["bundle"] == "v1.1" for e in events
     )
+
+
+def test_sigint_after_the_switch_leaves_the_checked_release_live(
+    hosts, bundles, journal_file, tmp_path
+):
+    _, inventory = hosts
+    (host,) = inventory.resolve("sig-1")
+    assert engine.deploy([host], engine.resolve_bundle(str(bundles["v1.0"])), FAST).ok
+    # current has moved to v1.2; its check through current is about to run
+    proc = _invoke_deploy_paused_at("post-check", host, bundles["v1.2"], journal_file, tmp_path)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    # documented: Ctrl-C exits 130 even here, and says the new release is live and checked
+    assert proc.returncode == 130, (out, err)
+    assert "v1.2 is live and checked on sig-1" in out
+    settled_on(host, "v1.2")
+    logged = {
+        e["step"]: e["status"]
+        for e in read_events(journal_file, phase="deploy")
+        if e["bundle"] == "v1.2"
+    }
+    assert logged["post-check"] == "ok" and logged["unlock"] == "ok" and "prune" not in logged
 
 
 def test_full_disk_during_upload_fails_cleanly(bundles, journal_file):
@@ -177,8 +216,9 @@ def test_lock_and_log_tasks_through_invoke(hosts, journal_file, tmp_path):
     invoke = str(Path(sys.executable).parent / "invoke")
 
     def task(*args):
-        return subprocess.run([invoke, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=120)  # fmt: skip
+        return subprocess.run(
+            [invoke, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        )
 
     inv = ["--inventory", str(tmp_path / "hosts.yaml")]
     shown = task("lock", "--host", "sig-1", *inv, "--json")

@@ -38,6 +38,8 @@ def make_release(workspace: str, version: str, *, current: bool = True) -> Path:
             {"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         )
     (rel / "manifest.json").write_text(json.dumps({"version": version, "files": entries}))
+    with open(Path(workspace) / "revisions.log", "a") as log:  # as a deploy records it
+        log.write(json.dumps({"action": "deploy", "version": version}) + "\n")
     if current:
         link = Path(workspace) / "current"
         link.unlink(missing_ok=True)

@@ -59,7 +59,10 @@ def test_layout_paths_are_quoted_and_home_stays_expandable():
 def test_lock_acquire_is_one_mkdir_with_a_quoted_holder():
     holder = {"deployment": DEP, "actor": "o'brien@box", "what": "deploy v0.3"}
     cmd = lock.acquire(WS, holder)
-    assert "mkdir /workspace/moola/deploy.lock 2>/dev/null" in cmd
+    # the lock appears whole (holder.json inside) by one rename, never as an empty folder
+    assert (
+        f"mv -T /workspace/moola/.deploy.lock-{DEP} /workspace/moola/deploy.lock 2>/dev/null" in cmd
+    )
     assert shlex.quote(lock.holder_json(holder)) in cmd  # a quote in the actor stays data
     assert cmd.startswith("mkdir -p /workspace/moola/releases /workspace/moola/incoming")
 
@@ -109,12 +112,15 @@ def test_lock_commands_run_in_a_real_shell(tmp_path):
 def test_switch_is_a_temp_link_renamed_over_current_and_a_revision_line():
     revision = {"action": "deploy", "version": "v0.3", "previous": "v0.2"}
     cmd = release.switch(WS, "v0.3", DEP, revision)
-    assert cmd.startswith(
+    # only while this deployment still holds the lock (checked under flock), then the rename
+    guard = cmd.index(f'grep -qF \'"deployment":"{DEP}"\' /workspace/moola/deploy.lock/')
+    assert guard < cmd.index(
         f"ln -sfn releases/v0.3 /workspace/moola/.current-{DEP} && "
-        f"mv -T /workspace/moola/.current-{DEP} /workspace/moola/current && "
+        f"mv -T /workspace/moola/.current-{DEP} /workspace/moola/current"
     )
+    assert "flock -w 10 9" in cmd
     assert shlex.quote(release.revision_line(**revision)) in cmd
-    assert cmd.endswith("readlink /workspace/moola/current")
+    assert cmd.endswith("readlink /workspace/moola/current; exit $rc")
 
 
 def test_switch_and_snapshot_really_work_in_a_shell(tmp_path):
@@ -124,6 +130,15 @@ def test_switch_and_snapshot_really_work_in_a_shell(tmp_path):
     (ws / "backups").mkdir()
     (ws / "releases" / "v1" / "a.txt").write_text("one")
     layout = Layout(str(ws))
+    refused = subprocess.run(
+        ["sh", "-c", release.switch(layout, "v1", DEP, {"version": "v1"})],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 3 and release.LOCK_NOT_OURS in refused.stdout  # no lock held
+    assert not (ws / "current").exists()
+    holder = {"deployment": DEP, "actor": "t"}
+    subprocess.run(["sh", "-c", lock.acquire(layout, holder)], check=True, capture_output=True)
     subprocess.run(["sh", "-c", release.switch(layout, "v1", DEP, {"version": "v1"})], check=True)
     cmd = release.snapshot_and_switch(
         layout,
@@ -279,7 +294,10 @@ def test_host_promote_verify_snapshot_and_restore_round_trip(tmp_path):
 RECORDED = """### workspace
 present
 ### current
-releases/v0.3
+link releases/v0.3
+resolved /workspace/moola/releases/v0.3
+root /workspace/moola
+state resolves
 ### releases
 v0.2 1111111111111111111111111111111111111111111111111111111111111111
 v0.3 2222222222222222222222222222222222222222222222222222222222222222
@@ -294,7 +312,7 @@ v0.1 -
 /dev/vda         264212084 24083404  82307508      23% /
 ### python
 {"python": "3.10.12", "torch": "2.4.1+cu121"}
-### gpu
+### gpus
 NVIDIA H100 80GB HBM3, 1234, 81559, 7, 41
 ### revisions
 {"action":"deploy","version":"v0.1"}
@@ -312,16 +330,24 @@ def test_facts_parse_a_recorded_gpu_host():
     assert f.locked and f.lock_holder["actor"] == "alice@laptop"
     assert f.disk_free_bytes == 82307508 * 1024
     assert (f.python, f.torch) == ("3.10.12", "2.4.1+cu121")
-    assert f.gpus == [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_used_mib": 1234.0,
-                       "memory_total_mib": 81559.0, "utilization_pct": 7.0,
-                       "temperature_c": 41.0}]  # fmt: skip
+    assert f.gpus == [
+        {
+            "index": 0,
+            "name": "NVIDIA H100 80GB HBM3",
+            "memory_used_mib": 1234.0,
+            "memory_total_mib": 81559.0,
+            "utilization_pct": 7.0,
+            "temperature_c": 41.0,
+        }
+    ]
     assert facts.rollback_target(f) == "v0.2"
 
 
 def test_facts_of_a_bare_host_and_a_cut_answer():
     bare = facts.parse(
         "### workspace\nmissing\n### current\n### releases\n### backups\n### lock\n"
-        "### disk\n/dev/x 100 10 90 10% /\n### python\nmissing\n### gpu\n### revisions\n### end\n"
+        "### disk\n/dev/x 100 10 90 10% /\n### python\nmissing\n### gpus\nabsent\n### revisions\n"
+        "### end\n"
     )
     assert not bare.workspace_exists and bare.current is None and not bare.locked
     assert bare.python is None and bare.torch is None and bare.gpus == []
@@ -330,14 +356,25 @@ def test_facts_of_a_bare_host_and_a_cut_answer():
 
 
 def test_gpu_parser_handles_not_available_fields():
-    assert facts.parse_gpus(["Tesla T4, [N/A], 15360, [N/A], 40"])[0]["memory_used_mib"] is None
-    assert facts.parse_gpus(["NVIDIA-SMI has failed because it couldn't communicate"]) == []
+    t4 = facts.parse_gpus(["Tesla T4, [N/A], 15360, [N/A], 40"])
+    assert t4.gpus[0].memory_used_mib is None
+    assert facts.parse_gpus(["NVIDIA-SMI has failed because it couldn't communicate"]).gpus == []
 
 
 def test_gather_is_one_command_with_every_section():
     cmd = facts.gather(WS, "python3")
-    for section in ("workspace", "current", "releases", "backups", "lock", "disk", "python",
-                    "gpu", "revisions", "end"):  # fmt: skip
+    for section in (
+        "workspace",
+        "current",
+        "releases",
+        "backups",
+        "lock",
+        "disk",
+        "python",
+        "gpus",
+        "revisions",
+        "end",
+    ):
         assert f"echo '### {section}'" in cmd
 
 
@@ -346,6 +383,9 @@ def test_gather_runs_in_a_real_shell(tmp_path):
     (ws / "releases" / "v1").mkdir(parents=True)
     (ws / "releases" / "v1.sha256").write_text("f" * 64 + "\n")
     (ws / "current").symlink_to("releases/v1")
+    (ws / "revisions.log").write_text(
+        '{"action":"deploy","version":"v1","sha256":"' + "f" * 64 + '"}\n'
+    )
     out = subprocess.run(
         ["sh", "-c", facts.gather(Layout(str(ws)), "python3")], capture_output=True, text=True
     ).stdout
@@ -368,8 +408,13 @@ def test_history_pops_on_rollback_so_a_second_rollback_goes_further_back():
 
 
 def test_rollback_target_after_a_redeploy_and_an_auto_rollback():
-    lines = [rev("deploy", "v1"), rev("deploy", "v2"), rev("deploy", "v3"),
-             rev("auto-rollback", "v2"), rev("deploy", "v1")]  # fmt: skip
+    lines = [
+        rev("deploy", "v1"),
+        rev("deploy", "v2"),
+        rev("deploy", "v3"),
+        rev("auto-rollback", "v2"),
+        rev("deploy", "v1"),
+    ]
     f = facts.HostFacts(current="v1", revisions=lines)
     assert facts.rollback_target(f) == "v2"
     assert facts.rollback_target(facts.HostFacts(current="v1", revisions=[])) is None
@@ -385,8 +430,11 @@ def test_prune_keeps_current_previous_and_newest_by_history_not_name():
     )
     releases, backups = facts.plan_prune(f, keep_releases=2, keep_backups=1)
     assert releases == ["v0-never", "v1", "v2", "v9"]  # kept: v4 (current), v3 (previous)
-    assert backups == ["20260100T000000Z-v9.tar", "20260101T000000Z-v1.tar",
-                       "20260102T000000Z-v2.tar"]  # fmt: skip
+    assert backups == [
+        "20260100T000000Z-v9.tar",
+        "20260101T000000Z-v1.tar",
+        "20260102T000000Z-v2.tar",
+    ]
     # never current or previous, whatever N says
     releases, _ = facts.plan_prune(f, keep_releases=0, keep_backups=0)
     assert "v4" not in releases and "v3" not in releases

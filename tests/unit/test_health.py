@@ -10,14 +10,14 @@ import time
 import pytest
 
 from moola_ops import health as hc
-from moola_ops.commands import health as cmd
+from moola_ops.commands import facts as cmd
 
 
-def _facts(**over) -> cmd.LightFacts:
+def _facts(**over) -> cmd.HostFacts:
     base = dict(
         workspace_exists=True,
-        now=1000.0,
-        current=cmd.CurrentFact("releases/v0.1", "v0.1", True),
+        link=cmd.CurrentLink("releases/v0.1", "/ws/releases/v0.1", "/ws", True),
+        current="v0.1",
         checksums=cmd.ChecksumFact(problems=[], version="v0.1"),
         gpu=cmd.GpuReport(present=False),
         disk=cmd.DiskFact(total_bytes=100 * 1024**3, free_bytes=50 * 1024**3),
@@ -25,7 +25,7 @@ def _facts(**over) -> cmd.LightFacts:
         complete=True,
     )
     base.update(over)
-    return cmd.LightFacts(**base)
+    return cmd.HostFacts(**base)
 
 
 def _assess(facts, expect_gpu=None) -> hc.HostHealth:
@@ -50,23 +50,55 @@ def test_healthy_host_is_ok():
 @pytest.mark.parametrize(
     "over, expect_gpu, check, state",
     [
-        (dict(current=cmd.CurrentFact(None, None, False), checksums=None), None, "current", 2),
-        (dict(current=cmd.CurrentFact("releases/v9", "v9", False)), None, "current", 2),
-        (dict(checksums=cmd.ChecksumFact(problems=["weights.pt: sha256 mismatch"])), None,
-         "checksums", 2),
+        (dict(link=cmd.CurrentLink(), current=None, checksums=None), None, "current", 2),
+        (
+            dict(
+                link=cmd.CurrentLink("releases/v9", None, "/ws", False),
+                current=None,
+                current_problem="current -> releases/v9 does not resolve",
+            ),
+            None,
+            "current",
+            2,
+        ),
+        (
+            dict(
+                link=cmd.CurrentLink("/etc", "/etc", "/ws", True),
+                current=None,
+                current_problem="current -> /etc is not a release",
+            ),
+            None,
+            "current",
+            2,
+        ),
+        (
+            dict(checksums=cmd.ChecksumFact(problems=["weights.pt: sha256 mismatch"])),
+            None,
+            "checksums",
+            2,
+        ),
         (dict(checksums=None), None, "checksums", 2),
         (dict(disk=cmd.DiskFact(10 * 1024**3, 3 * 1024**3)), None, "disk", 1),
         (dict(disk=cmd.DiskFact(10 * 1024**3, 100 * 1024**2)), None, "disk", 2),
         (dict(disk=None), None, "disk", 3),
-        (dict(lock=cmd.LockFact(age_s=7200, holder="ana")), None, "lock", 1),
-        (dict(lock=cmd.LockFact(age_s=60, holder="ana")), None, "lock", 0),
+        (dict(lock=cmd.LockFact({"actor": "ana"}, age_s=7200)), None, "lock", 1),
+        (dict(lock=cmd.LockFact({"actor": "ana"}, age_s=60)), None, "lock", 0),
         ({}, True, "gpu", 2),  # GPU expected, no nvidia-smi
         (dict(gpu=cmd.GpuReport(True, error="NVIDIA-SMI has failed")), "H100", "gpu", 2),
-        (dict(gpu=cmd.GpuReport(True, [cmd.GpuFact(0, "NVIDIA A40", 1, 2, 3, 4)])), "H100", "gpu", 1),
-        (dict(gpu=cmd.GpuReport(True, [cmd.GpuFact(0, "NVIDIA H100 80GB HBM3", 1, 2, 3, 4)])),
-         "h100", "gpu", 0),
+        (
+            dict(gpu=cmd.GpuReport(True, [cmd.GpuFact(0, "NVIDIA A40", 1, 2, 3, 4)])),
+            "H100",
+            "gpu",
+            1,
+        ),
+        (
+            dict(gpu=cmd.GpuReport(True, [cmd.GpuFact(0, "NVIDIA H100 80GB HBM3", 1, 2, 3, 4)])),
+            "h100",
+            "gpu",
+            0,
+        ),
     ],
-)  # fmt: skip
+)
 def test_each_problem_sets_its_check_state(over, expect_gpu, check, state):
     host = _assess(_facts(**over), expect_gpu)
     assert {c.name: c.state for c in host.checks}[check] == state
@@ -74,13 +106,16 @@ def test_each_problem_sets_its_check_state(over, expect_gpu, check, state):
 
 
 def test_stale_lock_message_says_how_to_break_it():
-    host = _assess(_facts(lock=cmd.LockFact(age_s=7200, holder="ana@laptop")))
+    host = _assess(_facts(lock=cmd.LockFact({"actor": "ana@laptop"}, age_s=7200)))
     assert "invoke lock --host h1 --break" in host.summary()
 
 
 def _report(p99=2.0, sla=10.0, ok=True):
-    return {"ok": ok, "checks": [{"name": "golden", "ok": ok}],
-            "latency": {"p50_ms": p99 / 2, "p99_ms": p99, "sla_p99_ms": sla}}  # fmt: skip
+    return {
+        "ok": ok,
+        "checks": [{"name": "golden", "ok": ok}],
+        "latency": {"p50_ms": p99 / 2, "p99_ms": p99, "sla_p99_ms": sla},
+    }
 
 
 def test_runtime_report_latency_against_sla():
@@ -101,8 +136,9 @@ def _run(*hosts, deep=False) -> hc.HealthRun:
 
 
 def _host(name, p99=None, sla=None, state=hc.OK, release="v0.1") -> hc.HostHealth:
-    host = hc.HostHealth(host=name, release=release, p99_ms=p99, sla_p99_ms=sla,
-                         free_bytes=2 * 1024**3)  # fmt: skip
+    host = hc.HostHealth(
+        host=name, release=release, p99_ms=p99, sla_p99_ms=sla, free_bytes=2 * 1024**3
+    )
     host.checks.append(hc.CheckResult("current", state, "x"))
     return host
 

@@ -15,7 +15,8 @@ import sys
 import pytest
 
 from moola_core.errors import MoolaError
-from moola_ops.commands import health as cmd
+from moola_ops.commands import facts as cmd
+from moola_ops.commands.layout import Layout
 
 NVIDIA_SMI_TWO_GPUS = """\
 NVIDIA H100 80GB HBM3, 1024, 81559, 3, 34
@@ -24,61 +25,68 @@ NVIDIA H100 80GB HBM3, [N/A], 81559, 0, 31
 
 
 def test_split_sections_keeps_order_and_text():
-    out = "@@now\n1700000000\n@@current\nreleases/v0.1\nresolves\n@@end\n"
+    out = "### lock\n1700000000 1699999000\n### current\nreleases/v0.1\nresolves\n### end\n"
     assert cmd.split_sections(out) == {
-        "now": "1700000000",
-        "current": "releases/v0.1\nresolves",
-        "end": "",
+        "lock": ["1700000000 1699999000"],
+        "current": ["releases/v0.1", "resolves"],
+        "end": [],
     }
 
 
 def test_parse_current_link_release_and_dangling():
-    assert cmd.parse_current("") == cmd.CurrentFact(None, None, False)
-    fact = cmd.parse_current("/workspace/moola/releases/v0.3\nresolves")
-    assert (fact.release, fact.resolves) == ("v0.3", True)
-    assert cmd.parse_current("releases/v0.2\ndangling").resolves is False
+    assert cmd.parse_current([]) == cmd.CurrentLink(None, None, None, False)
+    lines = ["link releases/v0.3", "resolved /ws/releases/v0.3", "root /ws", "state resolves"]
+    fact = cmd.parse_current(lines)
+    assert (fact.link, fact.resolved, fact.resolves) == ("releases/v0.3", "/ws/releases/v0.3", True)
+    dangling = ["link releases/v0.2", "resolved /ws/releases/v0.2", "root /ws", "state dangling"]
+    assert cmd.parse_current(dangling).resolves is False
 
 
 def test_parse_gpus_from_recorded_nvidia_smi():
-    report = cmd.parse_gpus(NVIDIA_SMI_TWO_GPUS)
+    report = cmd.parse_gpus(NVIDIA_SMI_TWO_GPUS.splitlines())
     assert report.present and report.error is None
     assert [g.name for g in report.gpus] == ["NVIDIA H100 80GB HBM3"] * 2
     assert report.gpus[0].memory_used_mib == 1024.0
     assert report.gpus[1].memory_used_mib is None  # "[N/A]" is no number, not a crash
     assert report.gpus[0].temperature_c == 34.0
-    assert cmd.parse_gpus("absent").present is False
+    assert cmd.parse_gpus(["absent"]).present is False
     failed = cmd.parse_gpus(
-        "NVIDIA-SMI has failed because it couldn't communicate\nnvidia-smi failed"
+        ["NVIDIA-SMI has failed because it couldn't communicate", "nvidia-smi failed"]
     )
     assert failed.present and failed.error and not failed.gpus
 
 
 def test_parse_free_disk_from_df():
     text = "/dev/vda   264212084 24080980  82309932      23% /"
-    disk = cmd.parse_free_disk(text)
+    disk = cmd.parse_disk([text])
     assert disk.total_bytes == 264212084 * 1024
     assert disk.free_bytes == 82309932 * 1024
-    assert cmd.parse_free_disk("") is None
-    assert cmd.parse_free_disk("garbage") is None
+    assert cmd.parse_disk([]) is None
+    assert cmd.parse_disk(["garbage"]) is None
 
 
 def test_parse_lock_names_holder_and_age():
-    holder = {"actor": "ana@laptop", "since": "2026-01-01T00:00:00Z", "what": "deploy v0.3",
-              "pid": 42, "deployment": "20260101T000000Z-abc123"}  # fmt: skip
-    lock = cmd.parse_lock(f"1000\n{json.dumps(holder)}", now=1600)
+    holder = {
+        "actor": "ana@laptop",
+        "since": "2026-01-01T00:00:00Z",
+        "what": "deploy v0.3",
+        "pid": 42,
+        "deployment": "20260101T000000Z-abc123",
+    }
+    lock = cmd.parse_lock(["1600 1000", json.dumps(holder)])
     assert lock.age_s == 600
-    assert "ana@laptop" in lock.holder and "deploy v0.3" in lock.holder
-    assert cmd.parse_lock("", now=5) is None
-    assert cmd.parse_lock("1000\n", now=1000).holder == "unknown holder"
+    assert lock.holder["actor"] == "ana@laptop" and lock.holder["what"] == "deploy v0.3"
+    assert cmd.parse_lock([]) is None
+    assert cmd.parse_lock(["1000 1000"]).holder == {}  # a lock without a holder file
 
 
 def test_parse_checksums_problems_and_version():
-    ok = cmd.parse_checksums('{"ok": true, "problems": [], "version": "v0.1"}')
+    ok = cmd.parse_checksums(['{"ok": true, "problems": [], "version": "v0.1"}'])
     assert ok.ok and ok.version == "v0.1"
-    bad = cmd.parse_checksums('{"ok": false, "problems": ["weights.pt: sha256 mismatch"]}')
+    bad = cmd.parse_checksums(['{"ok": false, "problems": ["weights.pt: sha256 mismatch"]}'])
     assert not bad.ok and bad.problems == ["weights.pt: sha256 mismatch"]
-    assert cmd.parse_checksums("") is None
-    assert not cmd.parse_checksums("Traceback (most recent call last):").ok
+    assert cmd.parse_checksums([]) is None
+    assert not cmd.parse_checksums(["Traceback (most recent call last):"]).ok
 
 
 def _release(ws, version: str, files: dict[str, bytes]) -> None:
@@ -93,11 +101,11 @@ def _release(ws, version: str, files: dict[str, bytes]) -> None:
     (rel / "manifest.json").write_text(json.dumps({"version": version, "files": entries}))
 
 
-def _run_script(ws) -> cmd.LightFacts:
-    script = cmd.light_facts_command(str(ws), python=sys.executable)
+def _run_script(ws) -> cmd.HostFacts:
+    script = cmd.gather(Layout(str(ws)), sys.executable, cmd.HEALTH_FACTS)
     out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
-    return cmd.parse_light_facts(out.stdout)
+    return cmd.parse(out.stdout)
 
 
 def test_fact_script_on_a_real_workspace(tmp_path):
@@ -105,10 +113,11 @@ def test_fact_script_on_a_real_workspace(tmp_path):
     ws.mkdir()
     _release(ws, "v0.1", {"weights.pt": b"\x00" * 100, "golden.pt": b"golden"})
     os.symlink("releases/v0.1", ws / "current")
+    (ws / "revisions.log").write_text('{"action": "deploy", "version": "v0.1"}\n')
 
     facts = _run_script(ws)
     assert facts.complete and facts.workspace_exists
-    assert facts.current.release == "v0.1" and facts.current.resolves
+    assert facts.current == "v0.1" and facts.link.resolves
     assert facts.checksums.ok and facts.checksums.version == "v0.1"
     assert facts.disk.free_bytes > 0
     assert facts.lock is None
@@ -120,7 +129,7 @@ def test_fact_script_on_a_real_workspace(tmp_path):
     facts = _run_script(ws)
     assert not facts.checksums.ok
     assert any("weights.pt" in p for p in facts.checksums.problems)
-    assert facts.lock is not None and "cron@box" in facts.lock.holder
+    assert facts.lock is not None and facts.lock.holder["actor"] == "cron@box"
 
 
 def test_fact_script_without_workspace_or_current(tmp_path):
@@ -128,20 +137,25 @@ def test_fact_script_without_workspace_or_current(tmp_path):
     ws = tmp_path / "empty"
     ws.mkdir()
     facts = _run_script(ws)
-    assert facts.workspace_exists and facts.current.link is None and facts.checksums is None
+    assert facts.workspace_exists and facts.link.link is None and facts.checksums is None
     os.symlink("releases/v9", ws / "current")  # dangling: the release was deleted
     facts = _run_script(ws)
-    assert facts.current.release == "v9" and not facts.current.resolves
+    assert facts.link.link == "releases/v9" and not facts.link.resolves
+    assert facts.current is None and "does not resolve" in facts.current_problem
 
 
 def test_odd_workspace_paths_are_refused_before_any_command():
     for bad in ("/ws/with space;touch pwned", "relative/ws", "/ws/../etc"):
         with pytest.raises(MoolaError, match="invalid workspace"):
-            cmd.light_facts_command(bad)
+            cmd.gather(Layout(bad), "python3")
 
 
 def test_runtime_check_command_runs_through_current():
-    line = cmd.runtime_check_command("/workspace/moola", python="python3")
+    from moola_ops.commands import release
+
+    line = release.runtime_check(
+        Layout("/workspace/moola"), "python3", "current", through_current=True
+    )
     assert line == (
         "cd /workspace/moola/current && PYTHONPATH=/workspace/moola/current/code python3 -m "
         "moola_core.runtime check --release /workspace/moola/current --json"

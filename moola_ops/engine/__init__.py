@@ -1,0 +1,67 @@
+"""The deploy engine: deploy, rollback, drill, restore, repair, plans, backups and the lock.
+
+Rooms: `results` (outcomes, options), `bundle` (the local bundle, verified once, uploaded from a
+private copy), `context` (one host during a run, and the guard that always settles it),
+`stages` (the named stages; `switch_checked` is the one that moves `current`), `flows` (deploy,
+rollback, drill, restore, repair as stage lists), `runner` (a flow over a fleet, through
+`moola_ops.fleet`), `plan` (what a run would do, read-only), `admin` (facts, backups, lock,
+verify_current). Commands come from `moola_ops.commands`; `moola_ops.transport` runs them.
+
+Public API for other rooms:
+    resolve_bundle(spec) -> LocalBundle
+    deploy(hosts, bundle, opts) / rollback(hosts, to, opts) / drill(hosts, opts)
+    restore(hosts, snapshot, opts) / repair(hosts, bundle, opts) -> FleetResult
+    plan_deploy / plan_rollback / plan_prune_run / plan_restore -> FleetResult (status planned)
+    list_backups(host) / lock_status(host) / release_lock / break_lock / host_facts(host)
+    verify_current(host, deep=False) -> CurrentCheck
+"""
+
+from __future__ import annotations
+
+from moola_ops.engine.admin import (
+    CurrentCheck,
+    break_lock,
+    host_facts,
+    list_backups,
+    lock_status,
+    release_lock,
+    verify_current,
+)
+from moola_ops.engine.bundle import DEFAULT_BUNDLES, LocalBundle, resolve_bundle
+from moola_ops.engine.results import (
+    DISK_FACTOR,
+    FleetResult,
+    HostOutcome,
+    Interrupted,
+    LogFailed,
+    Options,
+    Refused,
+    StepFailed,
+)
+from moola_ops.engine.workflows import deploy, drill, repair, restore, rollback
+
+__all__ = [
+    "DEFAULT_BUNDLES",
+    "DISK_FACTOR",
+    "CurrentCheck",
+    "FleetResult",
+    "HostOutcome",
+    "Interrupted",
+    "LocalBundle",
+    "LogFailed",
+    "Options",
+    "Refused",
+    "StepFailed",
+    "break_lock",
+    "deploy",
+    "drill",
+    "host_facts",
+    "list_backups",
+    "lock_status",
+    "release_lock",
+    "repair",
+    "resolve_bundle",
+    "restore",
+    "rollback",
+    "verify_current",
+]

@@ -1,0 +1,375 @@
+"""One host during one run: its session, layout, journal, facts, and the guard around its stages.
+
+The guard (`run_guarded`) is the safety net every flow runs inside: whatever the local side does
+(a step fails, the deployment log cannot be written, Ctrl-C, SIGTERM, a bug), before the host is
+left it stops a runtime check still running there, switches `current` back if it moved to a
+release whose check had not passed, removes a release that failed or never finished its check,
+and releases the lock, each over a fresh connection if the old one broke, each within
+`Options.cleanup_timeout_s`. What the local log could not record is still in the host's
+revisions.log (the switch writes it there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from moola_core.errors import MoolaError
+from moola_ops import steps
+from moola_ops.commands import compose
+from moola_ops.commands import facts as facts_cmd
+from moola_ops.commands import lock as lock_cmd
+from moola_ops.commands import release as release_cmd
+from moola_ops.commands.layout import Layout
+from moola_ops.engine.results import HostOutcome, LogFailed, Options, Refused, StepFailed
+from moola_ops.inventory import Host
+from moola_ops.journal import Journal
+from moola_ops.transport import Aborted, HostSession, Result, TransportError
+
+Stage = tuple[str, Callable[["HostContext"], "HostOutcome | None"]]
+
+
+class HostContext:
+    """A host during one run; stages read and write its fields (facts, target, previous)."""
+
+    def __init__(self, host: Host, journal: Journal, opts: Options, cancel: threading.Event):
+        self.host = host
+        self.journal = journal
+        self.opts = opts
+        self.cancel = cancel
+        self.layout = Layout(host.workspace)
+        self.ssh = HostSession(host, accept_new_host_key=opts.accept_new_host_key)
+        self.steps: dict[str, float] = {}
+        self.deadline: float | None = None
+        # what the flow found and decided
+        self.facts: facts_cmd.HostFacts | None = None
+        self.previous: str | None = None  # the valid release `current` held when we came
+        self.target: str | None = None
+        self.bundle = None
+        self.on_host: str = "absent"
+        self.notes: list[str] = []  # sentences added to the host's outcome
+        # what the guard must undo or finish
+        self.locked = False
+        self.in_switch = False  # inside the switch stage: Ctrl-C waits for its end
+        self.unsettled: tuple[str, str | None] | None = None  # (target, previous) not yet checked
+        self.unchecked: str | None = None  # a release this run put on disk, not yet checked
+        self.staging = False
+        self.check_running = False
+        self.switched = False  # `current` moved to the target and its check passed
+        self.cleaning = False
+        self.log_problem: str | None = None
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Stop here if Ctrl-C was pressed (between stages, never inside the switch)."""
+        if self.cancel.is_set():
+            raise Aborted()
+
+    def interrupt(self) -> None:
+        """Called from the waiting thread on Ctrl-C: cut the connection unless a switch is
+        under way, so a long remote command (upload, check) ends now; the guard cleans up."""
+        if not self.in_switch:
+            with contextlib.suppress(Exception):
+                self.ssh.close()
+
+    def timeout(self, seconds: float) -> float:
+        """`seconds`, but never past this host's deadline (at least one second)."""
+        if self.deadline is None:
+            return seconds
+        return max(1.0, min(seconds, self.deadline - time.monotonic()))
+
+    def run(self, command: str, *, timeout_s: float | None = None) -> Result:
+        if self.cancel.is_set() and not (self.in_switch or self.cleaning):
+            raise Aborted()
+        return self.ssh.run(
+            command, timeout_s=self.timeout(timeout_s or self.opts.command_timeout_s)
+        )
+
+    @contextlib.contextmanager
+    def step(self, name: str, **detail: Any) -> Iterator[dict[str, Any]]:
+        """One named step: journal line (ok / failed / aborted) and its duration.
+
+        A failure to write the local log becomes LogFailed (one sentence) after the step's own
+        work; during cleanup it is remembered instead, so cleanup always runs to its end.
+        """
+        self.pause_point(name)
+        started = time.monotonic()
+        body_error: list[BaseException] = []
+        try:
+            with self.journal.step(self.host.name, name, **detail) as info:
+                try:
+                    yield info
+                except Aborted:
+                    info["status"] = "aborted"
+                    body_error.append(Aborted())
+                    raise
+                except BaseException as exc:
+                    body_error.append(exc)
+                    raise
+        except BaseException as exc:
+            self.steps[name] = round(time.monotonic() - started, 3)
+            if body_error and exc is body_error[0] or isinstance(exc, Aborted):
+                if isinstance(exc, TransportError) and "(during " not in str(exc):
+                    raise TransportError(f"{exc} (during {name})") from None
+                raise
+            self._log_failed(exc)
+            if body_error:
+                raise body_error[0] from None
+            if not self.cleaning:
+                raise LogFailed(self.log_problem) from None
+            return
+        self.steps[name] = round(time.monotonic() - started, 3)
+
+    def pause_point(self, name: str) -> None:
+        """Tests and rehearsals: with env MOOLA_PAUSE_AT=<step> and MOOLA_PAUSE_FILE=<path>,
+        wait at the entry of that step (after writing <path>.waiting) until <path> exists or
+        Ctrl-C; a test can then interrupt at exactly the point it names."""
+        if os.environ.get("MOOLA_PAUSE_AT") != name or not os.environ.get("MOOLA_PAUSE_FILE"):
+            return
+        gate = os.environ["MOOLA_PAUSE_FILE"]
+        with open(f"{gate}.waiting", "w") as fh:
+            fh.write(f"{self.host.name} {name}\n")
+        while not os.path.exists(gate) and not self.cancel.is_set():
+            time.sleep(0.05)
+        if self.cancel.is_set() and not (self.in_switch or self.cleaning):
+            raise Aborted()
+
+    def record(self, name: str, status: str, **detail: Any) -> None:
+        """One log line outside a step; a log failure is remembered, never raised."""
+        try:
+            self.journal.record(self.host.name, name, status, **detail)
+        except Exception as exc:
+            self._log_failed(exc)
+
+    def _log_failed(self, exc: BaseException) -> None:
+        if self.log_problem is None:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            self.log_problem = (
+                f"the deployment log {self.journal.path} could not be written ({reason}); "
+                f"{self.host.name}'s own revisions.log still records every switch"
+            )
+
+    # -- connection, facts, lock ----------------------------------------------------------
+
+    def connect(self) -> None:
+        with self.step(steps.CONNECT, address=self.host.address) as info:
+            self.ssh.open()
+            if self.ssh.accepted_key:
+                info["accepted_new_host_key"] = self.ssh.accepted_key
+
+    def reconnect(self) -> None:
+        """A fresh connection (host key checked again) after the old one broke."""
+        with contextlib.suppress(Exception):
+            self.ssh.close()
+        self.ssh = HostSession(self.host)
+        self.ssh.open()
+
+    def read_facts(self, names=facts_cmd.DEPLOY_FACTS) -> facts_cmd.HostFacts:
+        """The named facts in one round trip, read-only."""
+        out = self.run(facts_cmd.gather(self.layout, self.host.python, names))
+        return facts_cmd.parse(out.stdout)
+
+    def holder(self, what: str) -> dict[str, Any]:
+        return {
+            "deployment": self.journal.deployment,
+            "actor": self.journal.actor,
+            "what": what,
+            "since": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "pid": os.getpid(),
+            "client": socket.gethostname(),
+        }
+
+    def lock_and_facts(self, what: str) -> facts_cmd.HostFacts:
+        """Take the deploy lock and read the host's facts in one round trip."""
+        with self.step(steps.LOCK, what=what) as info:
+            acquire = lock_cmd.acquire(self.layout, self.holder(what))
+            out = self.run(
+                compose.combine(acquire, facts_cmd.gather(self.layout, self.host.python))
+            )
+            try:
+                acquired, held_by = lock_cmd.parse_acquire(out.stdout)
+                facts = facts_cmd.parse(out.stdout)
+            except ValueError:
+                raise StepFailed(
+                    f"could not take the deploy lock on {self.host.name} in "
+                    f"{self.host.workspace}: {out.tail(200) or 'no answer'}; check that the "
+                    "workspace is writable (fix `workspace:` in the inventory)"
+                ) from None
+            info["current"] = facts.current
+            if facts.current_problem:
+                info["current_problem"] = facts.current_problem
+            if not acquired:
+                info["status"] = "refused"
+                info["holder"] = held_by
+                raise Refused(lock_message(self.host.name, held_by, facts, self.opts))
+            self.locked = True
+        self.facts = facts
+        self.previous = facts.current
+        return facts
+
+    def unlock(self) -> None:
+        """Release our lock; on a broken connection, reconnect once to do it."""
+        if not self.locked:
+            return
+        with self.step(steps.UNLOCK) as info:
+            out = self.run_reconnecting(
+                lock_cmd.release(self.layout, self.journal.deployment), info
+            )
+            info["released"] = lock_cmd.parse_release(out.stdout)
+            self.locked = False
+
+    def run_reconnecting(self, command: str, info: dict | None = None) -> Result:
+        """Run a cleanup command within the cleanup deadline, reconnecting once if needed."""
+        limit = self.opts.cleanup_timeout_s
+        try:
+            return self.ssh.run(command, timeout_s=limit)
+        except TransportError:
+            self.reconnect()
+            if info is not None:
+                info["reconnected"] = True
+            return self.ssh.run(command, timeout_s=limit)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ssh.close()
+
+
+def lock_message(name: str, holder: dict | None, facts: facts_cmd.HostFacts, opts: Options) -> str:
+    """`H is locked by ...`, calling a stale lock stale, always with the --break command."""
+    age = facts.lock.age_s if facts.lock is not None else None
+    stale = lock_cmd.stale_reason(holder, age, max_age_s=opts.host_deadline_s)
+    hint = lock_cmd.break_hint(name)
+    if stale:
+        return f"{name} is locked by {lock_cmd.describe_holder(holder)}, a STALE lock ({stale}): {hint}"
+    return f"{name} is locked by {lock_cmd.describe_holder(holder)}; wait for that run, or if it is dead: {hint}"
+
+
+# --- the guard ----------------------------------------------------------------------------------
+
+
+def run_stages(ctx: HostContext, stages: list[Stage]) -> HostOutcome:
+    """Run named stages in order; a stage may end the flow early by returning an outcome."""
+    for _name, stage in stages:
+        if not ctx.switched:
+            ctx.checkpoint()
+        elif ctx.cancel.is_set():
+            return after_switch_interrupted(ctx)
+        outcome = stage(ctx)
+        if outcome is not None:
+            return outcome
+    raise StepFailed(f"the flow on {ctx.host.name} ended without an outcome")  # a bug
+
+
+def after_switch_interrupted(ctx: HostContext) -> HostOutcome:
+    """Ctrl-C after a checked switch: the new release stays live; later stages are skipped."""
+    ctx.record(steps.ABORTED, "aborted", reason="Ctrl-C after the switch", current=ctx.target)
+    return HostOutcome(
+        ctx.host.name,
+        "aborted",
+        f"Ctrl-C after the switch: {ctx.target} is live and checked on {ctx.host.name} "
+        "(later stages such as prune skipped)",
+        current=ctx.target,
+        previous=ctx.previous,
+    )
+
+
+def run_guarded(
+    host: Host,
+    journal: Journal,
+    opts: Options,
+    cancel: threading.Event,
+    deadline: float | None,
+    stages: list[Stage],
+    prepare: Callable[[HostContext], None] | None = None,
+    contexts: dict[str, HostContext] | None = None,
+) -> HostOutcome:
+    """Connect, run the stages, and whatever happens settle the host (see module docstring)."""
+    started = time.monotonic()
+    ctx = HostContext(host, journal, opts, cancel)
+    ctx.deadline = deadline
+    if contexts is not None:
+        contexts[host.name] = ctx
+    if prepare is not None:
+        prepare(ctx)
+    try:
+        ctx.connect()
+        outcome = run_stages(ctx, stages)
+        ctx.cleaning = True
+        ctx.unlock()
+    except BaseException as exc:  # every way out passes through settle()
+        outcome = settle(ctx, exc)
+    finally:
+        ctx.close()
+    if ctx.log_problem and ctx.log_problem not in outcome.message:
+        outcome.message = f"{outcome.message}; {ctx.log_problem}"
+        if outcome.status in ("ok", "noop"):
+            outcome.status = "failed"
+    outcome.steps = ctx.steps
+    outcome.duration_s = round(time.monotonic() - started, 3)
+    return outcome
+
+
+def settle(ctx: HostContext, exc: BaseException) -> HostOutcome:
+    """After a failure: stop the check, switch back, remove the unchecked release, unlock."""
+    ctx.cleaning = True
+    name = ctx.host.name
+    notes: list[str] = []
+    current = ctx.previous
+    if isinstance(exc, Aborted | KeyboardInterrupt):
+        status, first = "aborted", "stopped by Ctrl-C"
+        ctx.record(steps.ABORTED, "aborted", reason="Ctrl-C")
+    elif isinstance(exc, Refused):
+        status, first = "refused", str(exc)
+    elif isinstance(exc, MoolaError):
+        status, first = "failed", str(exc)
+    else:
+        status, first = "failed", f"internal error: {type(exc).__name__}: {exc}"
+        ctx.record(steps.INTERNAL_ERROR, "failed", error=repr(exc))
+    if ctx.locked:
+        with contextlib.suppress(Exception):
+            notes += cleanup_host(ctx)
+        if ctx.unsettled is None and ctx.switched:
+            current = ctx.target
+        try:
+            ctx.unlock()
+            if status == "aborted":
+                notes.append("lock released")
+        except Exception as unlock_error:
+            notes.append(
+                f"the lock could not be released ({unlock_error}): check the host, then "
+                f"{lock_cmd.break_hint(name)}"
+            )
+    message = "; ".join([first, *notes])
+    return HostOutcome(name, status, message, current=current, previous=ctx.previous)
+
+
+def cleanup_host(ctx: HostContext) -> list[str]:
+    """The undo part of settle(); each action logged under step `cleanup`, notes returned."""
+    from moola_ops.engine import stages
+
+    notes: list[str] = []
+    with ctx.step(steps.CLEANUP) as info:
+        if ctx.check_running:
+            ctx.run_reconnecting(release_cmd.kill_bounded(ctx.layout, ctx.journal.deployment), info)
+            ctx.check_running = False
+            info["killed_check"] = True
+        if ctx.unsettled is not None:
+            target, previous = ctx.unsettled
+            notes.append(stages.switch_back(ctx, previous, target))
+        if ctx.unchecked is not None and ctx.unchecked != ctx.previous:
+            out = ctx.run_reconnecting(release_cmd.remove_release(ctx.layout, ctx.unchecked), info)
+            info["removed_release"] = ctx.unchecked if "KEPT" not in out.stdout else None
+            ctx.unchecked = None
+        if ctx.staging:
+            ctx.run_reconnecting(
+                release_cmd.remove_staging(ctx.layout, ctx.journal.deployment), info
+            )
+            ctx.staging = False
+    return [n for n in notes if n]
