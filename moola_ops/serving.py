@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moola_core.errors import MoolaError
+from moola_ops import steps
 from moola_ops.commands import serve as serve_cmd
 from moola_ops.commands.layout import Layout
 from moola_ops.commands.serve import ServeStatus
+from moola_ops.engine.results import StepFailed
 from moola_ops.inventory import Host
 
 ACTIONS = ("start", "stop", "status", "restart", "ensure")
@@ -28,8 +30,9 @@ READY_TIMEOUT_S = 180.0
 KEEP_STANDBY = True  # after a switch the previous release's server stays warm (fast rollback)
 
 
-class ServeError(MoolaError):
-    """A serving operation failed on a host; the message says what and what to do."""
+class ServeError(StepFailed):
+    """A serving operation failed on a host; the message says what and what to do. A step
+    failure to the engine: inside the switch it sends `current` and traffic back."""
 
 
 @dataclass
@@ -243,7 +246,7 @@ def deploy_start(ctx, version: str) -> Started:
     measure p99 over real HTTP against the SLA. On failure the candidate is stopped and nothing
     switched; the server that was live keeps serving (steps serve-start, serve-check)."""
     host = ctx.host
-    with ctx.step("serve-start", version=version) as info:
+    with ctx.step(steps.SERVE_START, version=version) as info:
         proxy = ensure_proxy(ctx.ssh, host)
         info["proxy_port"] = proxy.get("port")
         started = start_candidate(ctx.ssh, host, version)
@@ -254,7 +257,7 @@ def deploy_start(ctx, version: str) -> Started:
                 f"the server for {version} on {host.name} never got ready ({started.reason}); "
                 f"nothing switched, the live release keeps serving. Log: {started.log}"
             )
-    with ctx.step("serve-check", version=version, port=started.port) as info:
+    with ctx.step(steps.SERVE_CHECK, version=version, port=started.port) as info:
         sla = host.latency_sla_ms or started.sla_p99_ms
         result = probe(
             ctx.ssh, host, port=started.port, requests=PROBE_REQUESTS, warmup=PROBE_WARMUP
@@ -288,7 +291,7 @@ def deploy_move(ctx, version: str, started: Started) -> dict[str, Any]:
 
 def serve_post_check(ctx, version: str) -> None:
     """Through the public port: real requests, every one answered by `version`."""
-    with ctx.step("serve-post-check", version=version) as info:
+    with ctx.step(steps.SERVE_POST_CHECK, version=version) as info:
         result = probe(ctx.ssh, ctx.host, port=0, requests=5)
         info.update(releases=result.releases, p50_ms=result.p50_ms, failures=result.failures)
         if not result.answered_by(version):
@@ -302,7 +305,7 @@ def switch_back(ctx, previous: str, failed: str | None = None) -> str:
     """After a failed post-switch check: traffic back to `previous` (its warm standby, or a
     server started for it); the failed release's server drains (step serve-switch-back)."""
     host = ctx.host
-    with ctx.step("serve-switch-back", version=previous, failed=failed) as info:
+    with ctx.step(steps.SERVE_SWITCH_BACK, version=previous, failed=failed) as info:
         now = status(ctx.ssh, host)
         live = now.live or {}
         if live.get("release") == previous and now.live_alive:
@@ -321,7 +324,7 @@ def switch_back(ctx, previous: str, failed: str | None = None) -> str:
 def warm_standby(ctx, target: str) -> dict[str, Any] | None:
     """Rollback's fast path: the warm standby of `target` (alive, ready, and answering a real
     request as `target`), or None when there is none (step serve-standby)."""
-    with ctx.step("serve-standby", version=target) as info:
+    with ctx.step(steps.SERVE_STANDBY, version=target) as info:
         data = _run(ctx.ssh, serve_cmd.standby(_layout(ctx.host), ctx.host.python, target))
         info["standby"] = data.get("standby")
         info["probe"] = {k: (data.get("probe") or {}).get(k) for k in ("p50_ms", "releases")}
@@ -344,10 +347,48 @@ def move_to(ctx, target: str, port: int) -> dict[str, Any]:
     """Traffic to `target`'s server on `port` (step serve-switch); the server that was live
     becomes the standby, so going forward again is as quick."""
     keep = getattr(ctx.opts, "keep_standby", KEEP_STANDBY)
-    with ctx.step("serve-switch", version=target, port=port) as info:
+    with ctx.step(steps.SERVE_SWITCH, version=target, port=port) as info:
         moved = move_traffic(ctx.ssh, ctx.host, target, port=port, keep_standby=keep)
         info.update(live=moved["live"], standby=moved["standby"], drained=moved["drained"])
     return moved
+
+
+# --- hooks the engine calls (registered in moola_ops/engine/flows.py) -------------------------
+
+
+def prepare_target(ctx) -> None:
+    """Before the switch (deploy and rollback): a ready server for `ctx.target`, its warm
+    standby when there is one, else one started and checked over HTTP. Live traffic is untouched
+    until the switch; if no server gets ready, nothing switches."""
+    if not ctx.opts.serve:
+        return
+    port, warm = target_server(ctx, ctx.target)
+    ctx.serve_target = (ctx.target, port, warm)
+
+
+def traffic_follows(ctx, target: str) -> None:
+    """Right after `current` moved: live traffic moves to `target`'s server (the one prepared
+    before the switch; in a drill, the warm standby)."""
+    if not ctx.opts.serve:
+        return
+    prepared = getattr(ctx, "serve_target", None)
+    if prepared and prepared[0] == target:
+        port = prepared[1]
+    else:
+        port, _warm = target_server(ctx, target)
+    move_to(ctx, target, port)
+
+
+def check_traffic(ctx, target: str) -> None:
+    """After the post-check: real requests through the public port are answered by `target`."""
+    if ctx.opts.serve:
+        serve_post_check(ctx, target)
+
+
+def traffic_back(ctx, previous: str, failed: str) -> None:
+    """`current` went back after a failed check: traffic goes back with it."""
+    if ctx.opts.serve:
+        switch_back(ctx, previous, failed)
 
 
 # --- the front door ----------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def current_version(ws):
 # --- HTTP on the host --------------------------------------------------------------------------
 
 
-def http(port, path, body=None, timeout=5.0):
+def ask(port, path, body=None, timeout=5.0):
     """(status, parsed JSON or text) from 127.0.0.1:port; (0, reason) when nothing answers."""
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body)
     if body is not None:
@@ -231,7 +231,8 @@ def probe(port, requests=20, concurrency=1, windows=1, timeout=10.0, warmup=0):
         "requests": requests,
         "concurrency": concurrency,
         "windows": windows,
-        "ok": failures == 0,
+        # a client thread that died answered nothing: that is a failure too
+        "ok": failures == 0 and sum(releases.values()) == requests + warmup * max(1, concurrency),
         "failures": failures,
         "errors": errors,
         "releases": releases,
@@ -341,7 +342,7 @@ def start_server(ws, release, device="auto", extra=(), timeout=DEFAULT_READY_TIM
         "start_s": round(time.monotonic() - started, 3),
     }
     if record.get("ready") and proc.poll() is None:
-        status, answer = http(record["port"], "/readyz")
+        status, answer = ask(record["port"], "/readyz")
         if status == 200:
             result.update(ok=True, ready=True)
             return result
@@ -491,7 +492,7 @@ def switch(ws, release, port=None, keep_standby=True):
     seen = None
     pport = proxy_port(ws)
     if pport:
-        status, answer = http(pport, "/_proxy/state")
+        status, answer = ask(pport, "/_proxy/state")
         seen = answer.get("state", {}).get("live") if status == 200 else None
         if not seen or seen.get("port") != new["port"]:
             raise Failed(f"the proxy on port {pport} still routes to {seen}: check serve/ logs")
@@ -515,7 +516,7 @@ def standby_check(ws, release, requests=3):
             "error": f"no running standby of {release}",
             "standby": standby or None,
         }
-    code, _answer = http(standby["port"], "/readyz", timeout=5.0)
+    code, _answer = ask(standby["port"], "/readyz", timeout=5.0)
     if code != 200:
         return {
             "ok": False,
@@ -537,7 +538,7 @@ def status(ws):
     found = servers(ws)
     for s in found:
         if s["alive"] and s.get("port"):
-            code, answer = http(s["port"], "/readyz", timeout=2.0)
+            code, answer = ask(s["port"], "/readyz", timeout=2.0)
             s["ready_now"] = code == 200
     pport = proxy_port(ws)
     record = _read_json(os.path.join(serve_dir(ws), "proxy.json")) or {}
@@ -560,9 +561,9 @@ def status(ws):
         live_alive = alive(live.get("pid"), ws)
         result["live_alive"] = live_alive
         if pport and live_alive:
-            code, answer = http(pport, "/healthz", timeout=2.0)
+            code, answer = ask(pport, "/healthz", timeout=2.0)
             result["served_release"] = answer.get("release") if code == 200 else None
-            code, answer = http(pport, "/readyz", timeout=2.0)
+            code, answer = ask(pport, "/readyz", timeout=2.0)
             result["live_ready"] = code == 200
     return result
 
@@ -594,7 +595,7 @@ def ensure(ws, port, bind, device, extra, keep_standby, timeout):
     state = read_state(ws)
     live = state.get("live") or {}
     if live.get("release") == version and alive(live.get("pid"), ws):
-        code, _answer = http(live["port"], "/readyz", timeout=5.0)
+        code, _answer = ask(live["port"], "/readyz", timeout=5.0)
         if code == 200:
             return {
                 "ok": True,

@@ -18,6 +18,7 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -294,6 +295,55 @@ def test_traffic_moves_and_back_under_a_steady_stream_without_a_failed_request(s
     assert set(stream.releases) == {"v1.0", "v1.1"}
 
 
+def test_deploy_and_rollback_move_live_traffic_without_a_failed_request(served, bundles):
+    host, log = served
+    opts = engine.Options(**{**FAST.__dict__, "journal_path": str(log)})
+    v12 = engine.resolve_bundle(str(bundles["v1.2"]))
+    before = host_status(host)
+    assert before.serving and before.current == "v1.1"
+    with Stream(before.proxy_port) as stream:
+        deployed = engine.deploy([host], v12, opts)
+        assert deployed.ok, deployed.outcomes
+        wait_for(lambda: stream.releases.get("v1.2", 0) >= 3, "answers from v1.2")
+        now = host_status(host)
+        assert now.served_release == "v1.2" and now.standby["release"] == "v1.1"
+        back = engine.rollback([host], None, opts)
+        assert back.ok, back.outcomes
+        seen = stream.releases.get("v1.1", 0)
+        wait_for(lambda: stream.releases.get("v1.1", 0) >= seen + 3, "answers from v1.1 again")
+    assert stream.failures == [], stream.failures[:3]
+    after = host_status(host)
+    assert after.served_release == after.current == "v1.1" and after.standby["release"] == "v1.2"
+    assert after.live["pid"] == now.standby["pid"]  # the warm standby took the traffic back
+    deploy_steps = {
+        e["step"]: e["status"] for e in read_events(log, deployment=deployed.deployment)
+    }
+    for step in ("serve-start", "serve-check", "switch", "serve-switch", "serve-post-check"):
+        assert deploy_steps[step] == "ok", (step, deploy_steps)
+    rollback_steps = {e["step"]: e["status"] for e in read_events(log, deployment=back.deployment)}
+    for step in ("serve-standby", "switch", "serve-switch", "serve-post-check"):
+        assert rollback_steps[step] == "ok", (step, rollback_steps)
+    assert "serve-start" not in rollback_steps  # nothing had to start: the standby was warm
+
+
+def test_a_failed_post_switch_check_moves_traffic_back_too(served, bundles):
+    host, log = served
+    opts = engine.Options(**{**FAST.__dict__, "journal_path": str(log)})
+    failing = replace(host, smoke="false")  # the operator's smoke command fails after the switch
+    before = host_status(host)
+    with Stream(before.proxy_port) as stream:
+        result = engine.deploy([failing], engine.resolve_bundle(str(bundles["v1.0"])), opts)
+        count = sum(stream.releases.values())
+        wait_for(lambda: sum(stream.releases.values()) > count + 3, "answers after the switch back")
+    (outcome,) = result.outcomes
+    assert outcome.status == "failed" and "switched back to v1.1" in outcome.message, outcome
+    assert stream.failures == [], stream.failures[:3]
+    after = host_status(host)
+    assert after.current == after.served_release == "v1.1" and after.serving
+    steps = {e["step"]: e["status"] for e in read_events(log, deployment=result.deployment)}
+    assert steps["serve-switch"] == "ok" and steps["serve-switch-back"] == "ok", steps
+
+
 def test_sigterm_drains_a_request_held_in_flight(served):
     host, _ = served
     hold_dir = Path(host.workspace) / "hold"
@@ -356,16 +406,16 @@ def test_a_release_whose_server_never_gets_ready_is_stopped_and_nothing_moves(se
         code_root=code,
     )
     before = host_status(host)
-    # only the release files are needed: stage it with the engine, then switch back
-    assert engine.deploy([host], engine.resolve_bundle(str(built.path)), FAST).ok
-    assert engine.rollback([host], before.current, FAST).ok
-    with HostSession(host) as session:
-        started = serving.start_candidate(session, host, "v3.0-broken", timeout_s=120)
-        assert not started.ok and "this release cannot serve" in started.reason, started
-        assert started.pid is not None
-        wait_for(lambda: not pid_alive(started.pid), "the failed server to be gone")
-        with pytest.raises(serving.ServeError, match="no ready server of v3.0-broken"):
-            serving.move_traffic(session, host, "v3.0-broken")
+    log = served[1]
+    opts = engine.Options(**{**FAST.__dict__, "journal_path": str(log)})
+    result = engine.deploy([host], engine.resolve_bundle(str(built.path)), opts)
+    (outcome,) = result.outcomes
+    assert outcome.status == "failed" and "never got ready" in outcome.message, outcome.message
+    assert "this release cannot serve" in outcome.message and "nothing switched" in outcome.message
     after = host_status(host)
-    assert after.live == before.live and after.serving
+    assert after.current == before.current and after.live == before.live and after.serving
     assert post(after.proxy_port, body(window(7)))[1]["release"] == before.served_release
+    assert not [s for s in after.servers if s.get("release") == "v3.0-broken"]  # none lingers
+    events = read_events(log, deployment=result.deployment)
+    by_step = {e["step"]: e["status"] for e in events}
+    assert by_step["serve-start"] == "failed" and "switch" not in by_step
