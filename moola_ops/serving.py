@@ -92,6 +92,7 @@ def ensure_proxy(session, host: Host, *, read_timeout_s: float | None = None) ->
         serve_cmd.public_port(host),
         host.serve_bind,
         read_timeout_s=read_timeout_s,
+        keep_running=host.serve_port is None,  # no port configured: keep the one it has
     )
     data = _run(session, command, timeout_s=60)
     if not data.get("ok"):
@@ -210,6 +211,7 @@ def ensure(
         device=device,
         keep_standby=keep_standby,
         timeout_s=timeout_s,
+        keep_running=host.serve_port is None,
     )
     data = _run(session, command, timeout_s=timeout_s + 60)
     if not data.get("ok"):
@@ -259,9 +261,10 @@ def deploy_start(ctx, version: str) -> Started:
             )
     with ctx.step(steps.SERVE_CHECK, version=version, port=started.port) as info:
         sla = host.latency_sla_ms or started.sla_p99_ms
-        result = probe(
-            ctx.ssh, host, port=started.port, requests=PROBE_REQUESTS, warmup=PROBE_WARMUP
-        )
+        # as many timed requests as the runtime check's timed runs (--check-runs), same warm-up
+        requests = ctx.opts.check_runs or PROBE_REQUESTS
+        warmup = PROBE_WARMUP if ctx.opts.check_warmup is None else ctx.opts.check_warmup
+        result = probe(ctx.ssh, host, port=started.port, requests=requests, warmup=warmup)
         info.update(
             p50_ms=result.p50_ms,
             p99_ms=result.p99_ms,

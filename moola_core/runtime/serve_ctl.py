@@ -400,13 +400,14 @@ def proxy_source():
     return source
 
 
-def ensure_proxy(ws, port, bind, read_timeout=None):
-    """Start the front proxy on `port` unless it already runs; -> {pid, port, started}."""
+def ensure_proxy(ws, port, bind, read_timeout=None, keep_running=False):
+    """Start the front proxy on `port` unless it already runs; -> {pid, port, started}. A proxy
+    running on another port is an error, unless `keep_running` (no port was configured)."""
     folder = serve_dir(ws)
     os.makedirs(folder, exist_ok=True)
     record = _read_json(os.path.join(folder, "proxy.json"))
     if record and alive(record.get("pid"), ws):
-        if port and record.get("port") != port:
+        if port and record.get("port") != port and not keep_running:
             raise Failed(
                 f"the proxy runs on port {record.get('port')}, not {port}: "
                 "stop serving first to change the port"
@@ -583,10 +584,10 @@ def stop(ws, wait_s):
     return {"ok": True, "stopped": stopped}
 
 
-def ensure(ws, port, bind, device, extra, keep_standby, timeout):
+def ensure(ws, port, bind, device, extra, keep_standby, timeout, keep_running=False):
     """Idempotent (cron-safe): the proxy runs and the live server is `current`'s, ready."""
     actions = []
-    proxy = ensure_proxy(ws, port, bind)
+    proxy = ensure_proxy(ws, port, bind, keep_running=keep_running)
     if proxy["started"]:
         actions.append(f"started the proxy on port {proxy['port']}")
     version = current_version(ws)
@@ -636,6 +637,7 @@ def _parser():
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--bind", default="127.0.0.1")
     p.add_argument("--read-timeout", type=float, default=None)
+    p.add_argument("--keep-running", action="store_true", help="accept a proxy on another port")
     p = add("switch")
     p.add_argument("--release", required=True)
     p.add_argument("--port", type=int, default=None)
@@ -661,6 +663,7 @@ def _parser():
     p.add_argument("--timeout", type=float, default=DEFAULT_READY_TIMEOUT_S)
     p.add_argument("--server-arg", action="append", default=[])
     p.add_argument("--no-standby", action="store_true")
+    p.add_argument("--keep-running", action="store_true", help="accept a proxy on another port")
     return parser
 
 
@@ -671,7 +674,9 @@ def run(args):
     if args.action == "start":
         return start_server(ws, args.release, args.device, args.server_arg, args.timeout)
     if args.action == "proxy":
-        return dict(ensure_proxy(ws, args.port, args.bind, args.read_timeout), ok=True)
+        return dict(
+            ensure_proxy(ws, args.port, args.bind, args.read_timeout, args.keep_running), ok=True
+        )
     if args.action == "switch":
         return switch(ws, args.release, args.port, not args.no_standby)
     if args.action == "drain":
@@ -696,6 +701,7 @@ def run(args):
             args.server_arg,
             not args.no_standby,
             args.timeout,
+            args.keep_running,
         )
     raise Failed(f"unknown action {args.action}")
 

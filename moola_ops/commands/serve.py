@@ -104,9 +104,13 @@ def proxy(
     bind: str = "127.0.0.1",
     *,
     read_timeout_s: float | None = None,
+    keep_running: bool = False,
 ) -> str:
-    """Start the front proxy on the public port unless it runs. Prints {ok, pid, port, started}."""
+    """Start the front proxy on the public port unless it runs. Prints {ok, pid, port, started}.
+    `keep_running`: a proxy already running on another port is kept (no port configured)."""
     extra = [] if read_timeout_s is None else ["--read-timeout", repr(float(read_timeout_s))]
+    if keep_running:
+        extra.append("--keep-running")
     return _ctl(layout, python, "proxy", "--port", _port(port), "--bind", _bind(bind), *extra)
 
 
@@ -199,6 +203,7 @@ def ensure(
     device: str = "auto",
     keep_standby: bool = True,
     timeout_s: float = 180.0,
+    keep_running: bool = False,
 ) -> str:
     """Idempotent: the proxy runs and `current`'s server is live and ready; starts what is
     missing and does nothing otherwise (cron-safe)."""
@@ -216,6 +221,8 @@ def ensure(
     ]
     if not keep_standby:
         args.append("--no-standby")
+    if keep_running:
+        args.append("--keep-running")
     return _ctl(layout, python, "ensure", *args)
 
 
