@@ -82,6 +82,10 @@ def probe_host(
         command = facts_cmd.gather(layout, host.python, facts_cmd.HEALTH_FACTS)
         facts = facts_cmd.parse(ssh.run(command, timeout_s=left()).stdout, strict=False)
         assess_light(health, facts, expect_gpu=host.gpu, policy=policy)
+        if facts.current is not None:  # the live service (docs/serving.md)
+            from moola_ops.serving import assess_service
+
+            assess_service(health, ssh, host, deep=deep, policy=policy, timeout_s=left())
         if deep:
             if facts.current is None:
                 health.checks.append(

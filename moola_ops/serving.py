@@ -22,7 +22,6 @@ from moola_ops import steps
 from moola_ops.commands import serve as serve_cmd
 from moola_ops.commands.layout import Layout
 from moola_ops.commands.serve import ServeStatus
-from moola_ops.engine.results import StepFailed
 from moola_ops.inventory import Host
 
 ACTIONS = ("start", "stop", "status", "restart", "ensure")
@@ -30,9 +29,9 @@ READY_TIMEOUT_S = 180.0
 KEEP_STANDBY = True  # after a switch the previous release's server stays warm (fast rollback)
 
 
-class ServeError(StepFailed):
-    """A serving operation failed on a host; the message says what and what to do. A step
-    failure to the engine: inside the switch it sends `current` and traffic back."""
+class ServeError(MoolaError):
+    """A serving operation failed on a host; the message says what and what to do. The engine's
+    hooks raise it as a StepFailed: inside the switch it sends `current` and traffic back."""
 
 
 @dataclass
@@ -359,6 +358,23 @@ def move_to(ctx, target: str, port: int) -> dict[str, Any]:
 # --- hooks the engine calls (registered in moola_ops/engine/flows.py) -------------------------
 
 
+def _step_failure(fn):
+    """The engine's stages expect StepFailed (it switches back on it); imported lazily so that
+    this module stays light for the health check's cron path."""
+
+    def hook(*args):
+        try:
+            return fn(*args)
+        except ServeError as exc:
+            from moola_ops.engine.results import StepFailed
+
+            raise StepFailed(str(exc)) from None
+
+    hook.__doc__ = fn.__doc__
+    return hook
+
+
+@_step_failure
 def prepare_target(ctx) -> None:
     """Before the switch (deploy and rollback): a ready server for `ctx.target`, its warm
     standby when there is one, else one started and checked over HTTP. Live traffic is untouched
@@ -369,6 +385,7 @@ def prepare_target(ctx) -> None:
     ctx.serve_target = (ctx.target, port, warm)
 
 
+@_step_failure
 def traffic_follows(ctx, target: str) -> None:
     """Right after `current` moved: live traffic moves to `target`'s server (the one prepared
     before the switch; in a drill, the warm standby)."""
@@ -382,16 +399,108 @@ def traffic_follows(ctx, target: str) -> None:
     move_to(ctx, target, port)
 
 
+@_step_failure
 def check_traffic(ctx, target: str) -> None:
     """After the post-check: real requests through the public port are answered by `target`."""
     if ctx.opts.serve:
         serve_post_check(ctx, target)
 
 
+@_step_failure
 def traffic_back(ctx, previous: str, failed: str) -> None:
     """`current` went back after a failed check: traffic goes back with it."""
     if ctx.opts.serve:
         switch_back(ctx, previous, failed)
+
+
+# --- the live service in the health check (moola_ops/health_run.py) ---------------------------
+
+HEALTH_BURST = 50  # --deep: requests of the burst, 4 clients at once
+
+
+def assess_service(health, session, host: Host, *, deep: bool, policy=None, timeout_s=None):
+    """Add the live-service checks to a HostHealth: server running and ready, serving the
+    release `current` points at, one real request (its latency); --deep: a burst's p99 vs the
+    SLA. Server down or the wrong release is CRITICAL. One SSH round trip."""
+    from moola_ops.health import CRITICAL, OK, WARNING, CheckResult
+
+    command = serve_cmd.health(_layout(host), host.python, burst=HEALTH_BURST if deep else 0)
+    out = session.run(command, timeout_s=timeout_s or 60)
+    data = serve_cmd.parse(out.stdout or out.stderr)
+    add = health.checks.append
+    if not data.get("ok"):
+        add(CheckResult(steps.CHECK_SERVICE, CRITICAL, f"no serving status: {data.get('error')}"))
+        return
+    if not data.get("set_up"):
+        add(
+            CheckResult(
+                steps.CHECK_SERVICE,
+                OK,
+                f"serving was never started here: invoke serve --host {host.name} start",
+            )
+        )
+        return
+    now = serve_cmd.parse_status(out.stdout or out.stderr)
+    problem = now.problem()
+    one = data.get("probe") or {}
+    if problem is None and not one.get("ok"):
+        problem = f"a real request failed: {'; '.join(one.get('errors') or []) or 'no answer'}"
+    if problem is None and set(one.get("releases") or {}) != {now.current}:
+        problem = f"a real request was answered by {one.get('releases')}, not {now.current}"
+    health.service_up = problem is None
+    if problem:
+        hint = f"; run invoke serve --host {host.name} --ensure"
+        add(CheckResult(steps.CHECK_SERVICE, CRITICAL, problem + hint))
+        return
+    health.service_ms = one.get("p50_ms")
+    add(
+        CheckResult(
+            steps.CHECK_SERVICE,
+            OK,
+            f"serving {now.served_release} on port {now.proxy_port}, one request "
+            f"{health.service_ms} ms",
+        )
+    )
+    burst = data.get("burst")
+    if not deep or not burst:
+        return
+    sla = host.latency_sla_ms or data.get("sla_p99_ms")
+    p99 = burst.get("p99_ms")
+    health.service_p99_ms = p99
+    warn = getattr(policy, "latency_warn_fraction", 0.8)
+    if not burst.get("ok") or p99 is None:
+        add(
+            CheckResult(
+                steps.CHECK_SERVICE_LATENCY,
+                CRITICAL,
+                f"burst of {burst.get('requests')}: {burst.get('failures')} failed",
+            )
+        )
+    elif sla and p99 > sla:
+        add(
+            CheckResult(
+                steps.CHECK_SERVICE_LATENCY,
+                CRITICAL,
+                f"burst p99 {p99:.2f} ms over HTTP > SLA {sla:g} ms",
+            )
+        )
+    elif sla and p99 > warn * sla:
+        add(
+            CheckResult(
+                steps.CHECK_SERVICE_LATENCY,
+                WARNING,
+                f"burst p99 {p99:.2f} ms over HTTP near the SLA {sla:g} ms",
+            )
+        )
+    else:
+        within = f" within SLA {sla:g} ms" if sla else " (no SLA set)"
+        add(
+            CheckResult(
+                steps.CHECK_SERVICE_LATENCY,
+                OK,
+                f"burst of {burst.get('requests')}: p99 {p99:.2f} ms{within}",
+            )
+        )
 
 
 # --- the front door ----------------------------------------------------------------------------

@@ -83,6 +83,8 @@ CHECK_DISK = "disk"
 CHECK_LOCK = "lock"
 CHECK_MODEL = "model"
 CHECK_LATENCY = "latency"
+CHECK_SERVICE = "service"  # the live server: running, ready, serving current, one real request
+CHECK_SERVICE_LATENCY = "service-latency"  # --deep: a burst's p99 over HTTP vs the SLA
 
 # --- phase 5 (verify) steps -----------------------------------------------------------------
 VERIFY_SANITY = "sanity"

@@ -569,6 +569,21 @@ def status(ws):
     return result
 
 
+def health(ws, burst=0, concurrency=4):
+    """The live service as a monitor sees it, in one round trip: status, one real request
+    through the public port, and with `burst` a short burst's latency percentiles."""
+    result = status(ws)
+    result["set_up"] = os.path.exists(os.path.join(serve_dir(ws), "state.json"))
+    manifest = _read_json(os.path.join(ws, "current", "manifest.json")) or {}
+    result["sla_p99_ms"] = manifest.get("latency_sla_p99_ms")
+    pport = result["proxy"]["port"] if result["proxy"]["running"] else None
+    if pport and result.get("live_alive"):
+        result["probe"] = probe(pport, 1, warmup=0)
+        if burst:
+            result["burst"] = probe(pport, burst, concurrency, warmup=2)
+    return result
+
+
 def stop(ws, wait_s):
     """Stop the proxy and every server of this workspace (each drains first)."""
     stopped = []
@@ -645,6 +660,9 @@ def _parser():
     p = add("drain")
     p.add_argument("--pid", type=int, required=True)
     add("status")
+    p = add("health")
+    p.add_argument("--burst", type=int, default=0)
+    p.add_argument("--concurrency", type=int, default=4)
     p = add("standby")
     p.add_argument("--release", required=True)
     p.add_argument("--requests", type=int, default=3)
@@ -683,6 +701,8 @@ def run(args):
         return {"ok": True, "drained": drain(args.pid, ws)}
     if args.action == "status":
         return status(ws)
+    if args.action == "health":
+        return health(ws, args.burst, args.concurrency)
     if args.action == "standby":
         return standby_check(ws, args.release, args.requests)
     if args.action == "stop":

@@ -153,6 +153,19 @@ def standby(layout: Layout, python: str, version: str, *, requests: int = 3) -> 
     )
 
 
+def health(layout: Layout, python: str, *, burst: int = 0, concurrency: int = 4) -> str:
+    """The live service for a monitor, one round trip: status, one real request through the
+    public port, and a burst of `burst` requests (`concurrency` clients) when asked."""
+    if (
+        not isinstance(burst, int)
+        or burst < 0
+        or not isinstance(concurrency, int)
+        or concurrency < 1
+    ):
+        raise MoolaError(f"invalid burst {burst!r} / concurrency {concurrency!r}")
+    return _ctl(layout, python, "health", "--burst", str(burst), "--concurrency", str(concurrency))
+
+
 def stop(layout: Layout, python: str, wait_s: float = 30.0) -> str:
     """Stop the proxy and every server (each drains first, killed after `wait_s`)."""
     return _ctl(layout, python, "stop", "--wait", repr(float(wait_s)))

@@ -220,14 +220,33 @@ def test_every_bad_input_gets_one_sentence_and_the_server_keeps_serving(served):
     assert 'moola_serve_requests_total{status="400"}' in metrics
 
 
-def test_kill_9_then_ensure_restores_serving(served):
+def service_check(host, deep: bool = False):
+    """The healthcheck's live-service result for this host: (state name, check messages)."""
+    from moola_ops.health import STATE_NAMES, run_healthcheck
+    from moola_ops.inventory import Inventory as Inv
+
+    run = run_healthcheck(
+        host.name, deep=deep, inventory=Inv(hosts={host.name: host}), record=False, timeout_s=120
+    )
+    (result,) = run.hosts
+    checks = {c.name: (STATE_NAMES[c.state], c.message) for c in result.checks}
+    return checks, result
+
+
+def test_kill_9_is_critical_then_ensure_restores_serving(served):
     host, log = served
+    checks, result = service_check(host, deep=True)
+    assert checks["service"][0] == "OK" and "serving v1.1" in checks["service"][1]
+    assert checks["service-latency"][0] == "OK" and result.service_p99_ms > 0
     before = host_status(host)
     os.kill(before.live["pid"], signal.SIGKILL)
     wait_for(lambda: not pid_alive(before.live["pid"]), "the killed server to be gone")
     after = host_status(host)
     assert not after.serving and "is not running" in after.problem()
     assert post(after.proxy_port, body(window(4)))[0] == 502  # a clean error, not a hang
+    checks, result = service_check(host)
+    assert checks["service"][0] == "CRITICAL" and "is not running" in checks["service"][1]
+    assert result.service_up is False
     (outcome,) = serving.run([host], "ensure", journal_path=str(log))
     assert outcome.ok and "started the server for v1.1" in outcome.message, outcome.message
     restored = host_status(host)
@@ -235,6 +254,23 @@ def test_kill_9_then_ensure_restores_serving(served):
     assert restored.live["pid"] != before.live["pid"]
     (again,) = serving.run([host], "ensure", journal_path=str(log))
     assert again.ok and again.message == "nothing to do"  # idempotent: cron-safe
+    assert service_check(host)[0]["service"][0] == "OK"
+
+
+def test_serving_another_release_than_current_is_critical(served):
+    host, _ = served
+    current = Path(host.workspace) / "current"
+    target = os.readlink(current)
+    os.symlink("releases/v1.0", f"{current}.tmp")
+    os.replace(f"{current}.tmp", current)  # someone moved `current` by hand
+    try:
+        checks, _ = service_check(host)
+        assert checks["service"][0] == "CRITICAL"
+        assert "serving v1.1, but current is v1.0" in checks["service"][1]
+    finally:
+        os.symlink(target, f"{current}.tmp")
+        os.replace(f"{current}.tmp", current)
+    assert service_check(host)[0]["service"][0] == "OK"
 
 
 class Stream:
