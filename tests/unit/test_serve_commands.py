@@ -66,6 +66,17 @@ def test_builders_quote_everything_and_check_names():
         "2",
         "--windows",
         "1",
+        "--warmup",
+        "0",
+    ]
+    assert args_of(serve.health(WS, "python3", burst=50))[1:] == [
+        "health",
+        "--workspace",
+        "/workspace/moola",
+        "--burst",
+        "50",
+        "--concurrency",
+        "4",
     ]
     for bad in (
         lambda: serve.start(WS, "python3", "v1;rm -rf /"),
