@@ -606,3 +606,85 @@ def stop_local_workspace(workspace: str, wait_s: float = 5.0) -> None:
         timeout=wait_s * 10 + 30,
         check=False,
     )
+
+
+# --- real requests during a demo's deploy and rollback -----------------------------------------
+
+
+class TrafficStream:
+    """One client per host sending real requests one after another through the host's public
+    port (stand-in hosts: their ports are on this machine), counting what failed."""
+
+    def __init__(self, ports: dict[str, int]):
+        import threading
+
+        self.ports = ports
+        self.stopping = threading.Event()
+        self.answered: dict[str, dict[str, int]] = {name: {} for name in ports}
+        self.failed: dict[str, list[str]] = {name: [] for name in ports}
+        self.gaps: dict[str, float] = {name: 0.0 for name in ports}
+        self.threads = [
+            threading.Thread(target=self._run, args=(name, port), daemon=True)
+            for name, port in ports.items()
+        ]
+
+    def _run(self, name: str, port: int) -> None:
+        import http.client
+        import json
+
+        from moola_core.runtime.serve_ctl import synthetic_window
+
+        body = json.dumps({"windows": [synthetic_window(7)]}).encode()
+        conn, last = http.client.HTTPConnection("127.0.0.1", port, timeout=30), time.monotonic()
+        while not self.stopping.is_set():
+            try:
+                conn.request("POST", "/v1/predict", body=body)
+                response = conn.getresponse()
+                answer = json.loads(response.read())
+                if response.status == 200:
+                    counts = self.answered[name]
+                    counts[answer["release"]] = counts.get(answer["release"], 0) + 1
+                else:
+                    self.failed[name].append(f"{response.status}: {answer.get('error')}")
+            except (OSError, ValueError, http.client.HTTPException) as exc:
+                self.failed[name].append(f"{type(exc).__name__}: {exc}")
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            now = time.monotonic()
+            self.gaps[name], last = max(self.gaps[name], now - last), now
+        conn.close()
+
+    def start(self) -> TrafficStream:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        """Stop the clients; {requests, failed, failures (a few), longest_gap_ms, answered}."""
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+        answered = sum(sum(c.values()) for c in self.answered.values())
+        failed = sum(len(f) for f in self.failed.values())
+        return {
+            "requests": answered + failed,
+            "failed": failed,
+            "failures": [f for fs in self.failed.values() for f in fs][:3],
+            "longest_gap_ms": round(max(self.gaps.values(), default=0.0) * 1e3, 1),
+            "answered": self.answered,
+        }
+
+
+def demo_traffic(hosts: list[Host]) -> TrafficStream:
+    """Start real requests to every (stand-in) host's public port; `.stop()` says how many
+    failed. `invoke demo` runs it through its deploy and rollback (zero is the bar)."""
+    from moola_ops.transport import HostSession
+
+    ports = {}
+    for host in hosts:
+        with HostSession(host) as session:
+            now = status(session, host)
+        if not now.proxy_port:
+            raise ServeError(f"{host.name} does not serve: {now.problem()}")
+        ports[host.name] = int(now.proxy_port)
+    return TrafficStream(ports).start()
