@@ -35,6 +35,9 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+# imported at start, not on first use: a release folder pruned under a running server must
+# not break it later
+from moola_core.runtime import hostfeatures
 from moola_core.spec import LABELS, WINDOW_LEN
 
 DEFAULT_MAX_BATCH = 64  # windows in one forward pass
@@ -132,8 +135,6 @@ class Predictor:
 
     def features(self, ohlc):
         """OHLC float64 [B, 105, 4] -> (features [B, 105, 11], valid [B, 105])."""
-        from moola_core.runtime import hostfeatures
-
         return hostfeatures.compute_features(ohlc)
 
     def predict_ohlc(self, ohlc) -> list[dict]:

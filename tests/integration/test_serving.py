@@ -170,6 +170,48 @@ def test_predict_health_metrics_and_captures_through_the_public_port(served):
     assert any(e["phase"] == "serve" and e["step"] == "start" for e in read_events(log))
 
 
+def test_invoke_serve_status_and_ensure_from_the_command_line(served, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    host, log = served
+    entry = {
+        "hostname": host.hostname,
+        "port": host.port,
+        "user": host.user,
+        "identity_file": host.identity_file,
+        "known_hosts": host.known_hosts,
+        "workspace": host.workspace,
+        "python": host.python,
+    }
+    inventory = tmp_path / "hosts.yaml"
+    inventory.write_text(yaml.safe_dump({"hosts": {host.name: entry}}))
+    invoke = str(Path(sys.executable).with_name("invoke"))
+    env = dict(os.environ, MOOLA_LOG=str(log))
+
+    def run(*args):
+        return subprocess.run(
+            [invoke, "serve", *args, "--inventory", str(inventory)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+
+    status = run("status", "--host", host.name)
+    assert status.returncode == 0, status.stderr
+    assert (
+        status.stdout.startswith(f"{host.name}\tok\t") and "serving v1.1 on port" in status.stdout
+    )
+    ensure = run("--host", host.name, "--ensure")
+    assert ensure.returncode == 0 and "nothing to do" in ensure.stdout, ensure.stdout
+    bad = run("restart-all", "--host", host.name)
+    assert bad.returncode == 1 and "unknown serve action 'restart-all'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
 BAD_INPUTS = [
     (b"{", 400, "not valid JSON"),
     (b"[1, 2]", 400, "JSON object"),
