@@ -28,8 +28,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
 WINDOW_LEN = 105
 DEFAULT_READY_TIMEOUT_S = 180.0
@@ -128,17 +126,18 @@ def current_version(ws):
 
 
 def ask(port, path, body=None, timeout=5.0):
-    """(status, parsed JSON or text) from 127.0.0.1:port; (0, reason) when nothing answers."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body)
-    if body is not None:
-        request.add_header("Content-Type", "application/json")
+    """(status, parsed JSON or text) from 127.0.0.1:port; (0, reason) when nothing answers.
+    http.client, not urllib: urllib.request alone costs ~60 ms of start-up per command."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    except (OSError, ValueError) as exc:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request("POST" if body is not None else "GET", path, body=body, headers=headers)
+        response = conn.getresponse()
+        status, raw = response.status, response.read()
+    except (OSError, http.client.HTTPException) as exc:
         return 0, f"{type(exc).__name__}: {exc}"
+    finally:
+        conn.close()
     try:
         return status, json.loads(raw)
     except ValueError:
