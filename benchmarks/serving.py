@@ -7,7 +7,8 @@ Stand-in mode (one run, real OpenSSH host on 127.0.0.1, the default JadeModel, r
 - http_over_inprocess_p50: on the host, with the host's python: p50 of one window through the
   public port (proxy -> server, HTTP keep-alive) over the p50 of `Predictor.predict_ohlc` in
   process (features + model, one thread, as the server runs), same release, alternating
-  blocks of 30 calls (10 rounds) so the load of the shared machine falls on both alike;
+  blocks of 30 calls (10 rounds, 1 ms rest after each call on every path) so the load of the
+  shared machine falls on both alike;
 - batched_vs_unbatched_throughput: windows/s at 32 concurrent clients against a server with
   dynamic batching (defaults) over one with `--max-batch 1`, same release, same host;
 - failed_during_deploy / failed_during_rollback and the longest gap between answers: a client
@@ -248,6 +249,9 @@ for _ in range(10):
             started = time.perf_counter()
             call()
             times[name].append((time.perf_counter() - started) * 1e3)
+            # every path rests between calls, as a request/response client does: on a busy
+            # machine the scheduler slows a busy loop more than a process that sleeps
+            time.sleep(0.001)
 print(json.dumps(times))
 """
 

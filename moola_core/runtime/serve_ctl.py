@@ -482,11 +482,14 @@ def switch(ws, release, port=None, keep_standby=True):
             standby = old
         elif drain(old["pid"], ws):
             drained.append(old)
-    # other stray ready servers of the new release (an old instance after a restart) drain too
-    done = {d["pid"] for d in drained} | {new["pid"]}
+    # any other server is a stray (an old instance after a restart, a candidate left by an
+    # interrupted deploy): it drains too; the shadow (issue #11) is not ours to stop
+    keep = {d["pid"] for d in drained} | {new["pid"]}
+    keep |= {(x or {}).get("pid") for x in (standby, state.get("shadow"))}
+    shadow_port = (state.get("shadow") or {}).get("port")
     for s in servers(ws):
-        same = s.get("release") == release and s["pid"] not in done and s["alive"]
-        if same and drain(s["pid"], ws):
+        stray = s["alive"] and s["pid"] not in keep and s.get("port") != shadow_port
+        if stray and drain(s["pid"], ws):
             drained.append(_server_entry(s))
     new_state = write_state(ws, dict(state, live=new, standby=standby))
     seen = None

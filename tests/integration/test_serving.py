@@ -379,12 +379,16 @@ def test_deploy_and_rollback_move_live_traffic_without_a_failed_request(served, 
     v12 = engine.resolve_bundle(str(bundles["v1.2"]))
     before = host_status(host)
     assert before.serving and before.current == "v1.1"
+    with HostSession(host) as session:  # a stray: as if an interrupted deploy left it behind
+        stray = serving.start_candidate(session, host, "v1.0")
+    assert stray.ok and pid_alive(stray.pid)
     with Stream(before.proxy_port) as stream:
         deployed = engine.deploy([host], v12, opts)
         assert deployed.ok, deployed.outcomes
         wait_for(lambda: stream.releases.get("v1.2", 0) >= 3, "answers from v1.2")
         now = host_status(host)
         assert now.served_release == "v1.2" and now.standby["release"] == "v1.1"
+        wait_for(lambda: not pid_alive(stray.pid), "the stray server to drain at the switch")
         back = engine.rollback([host], None, opts)
         assert back.ok, back.outcomes
         seen = stream.releases.get("v1.1", 0)
