@@ -1,7 +1,12 @@
 """Evaluation metrics for the classifier and the expansion span, with bootstrap 95% CIs.
 
 Validation and test sets hold a few dozen windows, so every figure comes with a bootstrap
-confidence interval over windows (resampled with replacement, percentile method).
+confidence interval (percentile method). What is resampled is what varies independently:
+windows that share bars (an augmented copy and its source) form one *group* and are drawn
+together (`truth["group"]`, when given), and when several training seeds are pooled the seeds
+are resampled too, so the interval covers both the data and the training noise.
+
+Calibration (`ece`, `brier`) is reported when the predictions carry `class_probs` [N, C].
 
 Spans are inclusive bar ranges [start, end] (see moola_core.spans). Per-bar in-span precision,
 recall and F1 pool bars over all windows (micro); span IoU is per window, then averaged.
@@ -33,9 +38,19 @@ METRIC_DESCRIPTIONS = {
     "start_hit3": "share of windows whose predicted start is within +-3 bars",
     "end_hit3": "share of windows whose predicted end is within +-3 bars",
     "boundary_mae": "mean absolute boundary error in bars, (|ds| + |de|) / 2 per window",
+    **{
+        f"span_iou_{name}": f"span IoU over the windows whose true class is {name}"
+        for name in LABELS
+    },
 }
 METRICS = tuple(METRIC_DESCRIPTIONS)
-LOWER_IS_BETTER = {"boundary_mae"}
+CALIBRATION_DESCRIPTIONS = {
+    "ece": "expected calibration error of the top class probability (10 equal-width bins)",
+    "brier": "mean over windows of sum over classes of (probability - truth)^2",
+}
+CALIBRATION_METRICS = tuple(CALIBRATION_DESCRIPTIONS)
+LOWER_IS_BETTER = {"boundary_mae", "ece", "brier"}
+ECE_BINS = 10
 
 
 def _as_int(values) -> np.ndarray:
@@ -87,6 +102,8 @@ def per_window(pred: Mapping, truth: Mapping, n_classes: int = len(LABELS)) -> d
         "start_hit": (np.abs(ps - ts) <= HIT_TOLERANCE).astype(float),
         "end_hit": (np.abs(pe - te) <= HIT_TOLERANCE).astype(float),
         "boundary_err": (np.abs(ps - ts) + np.abs(pe - te)) / 2.0,
+        "class_iou": (overlap / (pred_len + true_len - overlap))[:, None] * true_is,  # [N, C]
+        "class_n": true_is.astype(float),  # [N, C]
     }
 
 
@@ -112,7 +129,37 @@ def _metrics_from_sums(sums: dict, n: np.ndarray | float) -> dict:
         "end_hit3": sums["end_hit"] / n,
         "boundary_mae": sums["boundary_err"] / n,
     }
+    class_iou = np.divide(
+        sums["class_iou"],
+        sums["class_n"],
+        out=np.full_like(sums["class_n"], np.nan, dtype=float),
+        where=sums["class_n"] > 0,
+    )
+    for i, name in enumerate(LABELS):
+        out[f"span_iou_{name}"] = class_iou[..., i]
+    if "conf_bins" in sums:
+        gap = np.abs(sums["conf_bins"] - sums["correct_bins"]).sum(axis=-1)
+        out["ece"] = gap / n
+        out["brier"] = sums["brier"] / n
     return out
+
+
+def calibration_parts(probs, true_label, bins: int = ECE_BINS) -> dict:
+    """Per-window quantities of ECE and Brier: confidence and correctness per bin, squared
+    error. probs float [N, C], true_label int [N] -> {"conf_bins", "correct_bins" [N, bins],
+    "brier" [N]}."""
+    probs = np.asarray(probs, dtype=float)
+    true_label = _as_int(true_label)
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == true_label).astype(float)
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    member = np.arange(bins)[None, :] == which[:, None]  # [N, bins]
+    onehot = np.arange(probs.shape[1])[None, :] == true_label[:, None]
+    return {
+        "conf_bins": member * confidence[:, None],
+        "correct_bins": member * correct[:, None],
+        "brier": ((probs - onehot) ** 2).sum(axis=1),
+    }
 
 
 def _with_thresholds(parts: dict) -> dict:
@@ -122,9 +169,16 @@ def _with_thresholds(parts: dict) -> dict:
     return parts
 
 
-def point_metrics(pred: Mapping, truth: Mapping) -> dict[str, float]:
-    """Every metric in METRICS on the whole set, without intervals."""
+def _parts(pred: Mapping, truth: Mapping) -> dict:
     parts = _with_thresholds(per_window(pred, truth))
+    if pred.get("class_probs") is not None:
+        parts.update(calibration_parts(pred["class_probs"], truth["label"]))
+    return parts
+
+
+def point_metrics(pred: Mapping, truth: Mapping) -> dict[str, float]:
+    """Every metric in METRICS (plus ece and brier when `pred` has class_probs), no intervals."""
+    parts = _parts(pred, truth)
     sums = {k: v.sum(axis=0) for k, v in parts.items()}
     values = _metrics_from_sums(sums, len(parts["iou"]))
     # a class absent from truth and predictions scores 0 rather than an undefined NaN
@@ -138,39 +192,95 @@ def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
         return np.nanmean(values, axis=axis)
 
 
-def _boot_metrics(pred: Mapping, truth: Mapping, idx: np.ndarray) -> dict:
-    """Metrics of one prediction set on every bootstrap resample idx [B, N] -> {name: [B]}."""
-    parts = _with_thresholds(per_window(pred, truth))
-    boot_sums = {k: v[idx].sum(axis=1) for k, v in parts.items()}  # [B] or [B, C]
-    return _metrics_from_sums(boot_sums, idx.shape[1])
+def resample_weights(groups, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Cluster-bootstrap weights [B, N]: draw the groups with replacement (as many as there are)
+    and count how often each window's group was drawn. Windows of one group move together."""
+    groups = np.asarray(groups).reshape(-1)
+    _, inverse = np.unique(groups, return_inverse=True)
+    n_groups = int(inverse.max()) + 1 if len(inverse) else 0
+    drawn = rng.integers(0, n_groups, size=(n_boot, n_groups))  # [B, G]
+    counts = np.zeros((n_boot, n_groups))
+    np.add.at(counts, (np.arange(n_boot)[:, None], drawn), 1.0)
+    return counts[:, inverse]  # [B, N]
+
+
+def _groups_of(truth: Mapping, n: int) -> np.ndarray:
+    group = truth.get("group") if hasattr(truth, "get") else None
+    if group is None:
+        return np.arange(n)
+    group = np.asarray(group).reshape(-1)
+    if len(group) != n:
+        raise ValueError("truth['group'] must have one entry per window")
+    return group
+
+
+def _boot_metrics(pred: Mapping, truth: Mapping, weights: np.ndarray) -> dict:
+    """Metrics of one prediction set on every weighted resample weights [B, N] -> {name: [B]}."""
+    parts = _parts(pred, truth)
+    boot_sums = {k: np.tensordot(weights, v, axes=(1, 0)) for k, v in parts.items()}
+    return _metrics_from_sums(boot_sums, weights.sum(axis=1))
+
+
+def _set_weights(k: int, n_boot: int, rng: np.random.Generator, resample: bool) -> np.ndarray:
+    """How often each of k prediction sets (seeds) counts in each resample -> [B, K]."""
+    if not resample or k == 1:
+        return np.ones((n_boot, k))
+    drawn = rng.integers(0, k, size=(n_boot, k))
+    counts = np.zeros((n_boot, k))
+    np.add.at(counts, (np.arange(n_boot)[:, None], drawn), 1.0)
+    return counts
+
+
+def _mean_over_sets(boot: np.ndarray, set_weights: np.ndarray) -> np.ndarray:
+    """Weighted mean over sets of boot [K, B] with set_weights [B, K], ignoring NaN -> [B]."""
+    w = set_weights.T * ~np.isnan(boot)  # [K, B]
+    total = np.nansum(np.nan_to_num(boot) * w, axis=0)
+    den = w.sum(axis=0)
+    return np.divide(total, den, out=np.full_like(total, np.nan), where=den > 0)
 
 
 def _interval(boot: np.ndarray, level: float) -> tuple[float, float]:
     tail = (1.0 - level) / 2.0 * 100.0
+    if np.all(np.isnan(boot)):
+        return 0.0, 0.0
     low, high = np.nan_to_num(np.nanpercentile(boot, [tail, 100.0 - tail]), nan=0.0)
     return float(low), float(high)
 
 
-def evaluate_mean(
-    preds: list[Mapping], truth: Mapping, n_boot: int = 1000, seed: int = 0, level: float = 0.95
-) -> dict:
-    """Metrics averaged over several prediction sets of the same windows (e.g. one per training
-    seed), with a bootstrap CI over windows: every resample scores all sets on the same windows.
-
-    Returns {"n": N, "n_sets": K, name: {"value", "ci_low", "ci_high", "per_set": [K]}}.
-    """
-    if not preds:
-        raise ValueError("no predictions to evaluate")
+def _resamples(truth, n_sets, n_boot, seed, resample_sets):
     n = len(np.asarray(truth["label"]).reshape(-1))
     if n == 0:
         raise ValueError("cannot evaluate an empty set of windows")
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))  # [B, N]
+    rng = np.random.default_rng(seed)
+    weights = resample_weights(_groups_of(truth, n), n_boot, rng)  # [B, N]
+    return n, weights, _set_weights(n_sets, n_boot, rng, resample_sets)
+
+
+def evaluate_mean(
+    preds: list[Mapping],
+    truth: Mapping,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    resample_sets: bool = True,
+) -> dict:
+    """Metrics averaged over several prediction sets of the same windows (e.g. one per training
+    seed), with a bootstrap CI: each resample draws the windows' groups (`truth["group"]`, or
+    each window alone) and, with `resample_sets`, the sets (seeds) too.
+
+    Returns {"n": N, "n_sets": K, name: {"value", "ci_low", "ci_high", "per_set": [K]}};
+    ece and brier are included when every set carries class_probs.
+    """
+    if not preds:
+        raise ValueError("no predictions to evaluate")
+    n, weights, set_w = _resamples(truth, len(preds), n_boot, seed, resample_sets)
     points = [point_metrics(p, truth) for p in preds]
-    boots = [_boot_metrics(p, truth, idx) for p in preds]
+    boots = [_boot_metrics(p, truth, weights) for p in preds]
+    names = [m for m in (*METRICS, *CALIBRATION_METRICS) if all(m in pt for pt in points)]
     report: dict = {"n": n, "n_sets": len(preds)}
-    for name in METRICS:
+    for name in names:
         per_set = [pt[name] for pt in points]
-        boot = _nanmean(np.stack([b[name] for b in boots]), axis=0)  # [B]
+        boot = _mean_over_sets(np.stack([b[name] for b in boots]), set_w)  # [B]
         low, high = _interval(boot, level)
         report[name] = {
             "value": float(np.mean(per_set)),
@@ -186,12 +296,14 @@ def evaluate(
 ) -> dict[str, dict]:
     """Every metric with a bootstrap CI: {name: {"value", "ci_low", "ci_high"}} plus "n".
 
-    Resamples windows with replacement `n_boot` times (seeded, so reports are reproducible).
+    Resamples windows (or their groups, `truth["group"]`) `n_boot` times, seeded, so reports
+    are reproducible.
     """
     report = evaluate_mean([pred], truth, n_boot=n_boot, seed=seed, level=level)
     out: dict = {"n": report["n"]}
-    for name in METRICS:
-        out[name] = {k: report[name][k] for k in ("value", "ci_low", "ci_high")}
+    for name, entry in report.items():
+        if isinstance(entry, dict):
+            out[name] = {k: entry[k] for k in ("value", "ci_low", "ci_high")}
     return out
 
 
@@ -205,13 +317,20 @@ def paired_difference(
     level: float = 0.95,
 ) -> dict[str, float]:
     """mean(metric of A sets) - mean(metric of B sets) on the same windows, with a paired
-    bootstrap CI (both scored on each resample): tighter than comparing two separate CIs."""
+    bootstrap CI (both scored on each resample of groups, and of the seeds of each side):
+    tighter than comparing two separate CIs."""
     n = len(np.asarray(truth["label"]).reshape(-1))
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    if n == 0:
+        raise ValueError("cannot compare on an empty set of windows")
+    rng = np.random.default_rng(seed)
+    weights = resample_weights(_groups_of(truth, n), n_boot, rng)
 
     def mean_over(preds):
         value = np.mean([point_metrics(p, truth)[metric] for p in preds])
-        boot = _nanmean(np.stack([_boot_metrics(p, truth, idx)[metric] for p in preds]), 0)
+        set_w = _set_weights(len(preds), n_boot, rng, True)
+        boot = _mean_over_sets(
+            np.stack([_boot_metrics(p, truth, weights)[metric] for p in preds]), set_w
+        )
         return value, boot
 
     value_a, boot_a = mean_over(preds_a)

@@ -9,7 +9,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from moola_core.errors import MoolaError
+from moola_core.errors import MoolaError, os_error_sentence
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """The UTF-8 text of the file `path`; MoolaError (one sentence) when it is a folder, cannot
+    be read or is not UTF-8. `what` names the file in messages ("inventory")."""
+    path = Path(path)
+    if path.is_dir():
+        raise MoolaError(f"{what} {path} is a folder, not a file: give the file itself.")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise MoolaError(os_error_sentence(exc, f"read the {what}") + ".") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise MoolaError(
+            f"{what} {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}): "
+            "save it as UTF-8."
+        ) from None
 
 
 def read_mapping(path: str | Path, what: str, example: str) -> dict:
@@ -20,10 +40,11 @@ def read_mapping(path: str | Path, what: str, example: str) -> dict:
     import yaml
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise MoolaError(f"{what} {path} does not exist; pass --config PATH.")
+    text = read_text(path, what)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise MoolaError(f"{path} is not valid YAML ({exc.__class__.__name__}); fix it.") from None
     # An empty file means "all defaults"; `[]`, `0` or '' are mistakes, not empty mappings.

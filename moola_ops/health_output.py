@@ -32,8 +32,10 @@ def perfdata(run: HealthRun) -> str:
     if p99s:
         slowest = max(p99s, key=lambda h: h.p99_ms)
         sla = slowest.sla_p99_ms
-        warn = f"{HealthPolicy().latency_warn_fraction * sla:g}" if sla else ""
-        crit = f"{sla:g}" if sla else ""
+        # the Nagios ranges that judged it (the plugin guidelines' warn;crit fields)
+        default_warn = f"{HealthPolicy().latency_warn_fraction * sla:g}" if sla else ""
+        warn = str(slowest.p99_warning or default_warn)
+        crit = str(slowest.p99_critical or (f"{sla:g}" if sla else ""))
         parts.append(_perf("p99_ms", round(slowest.p99_ms, 3), "ms", warn, crit, 0))
     counts = {name: 0 for name in STATE_NAMES.values()}
     for h in run.hosts:

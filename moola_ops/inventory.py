@@ -3,12 +3,15 @@
 `inventory/hosts.yaml` is validated with pydantic; a malformed file is reported with the field
 and its line. Hosts marked `sandbox: true` are the local stand-in hosts: their address, port,
 key and workspace come from the running sandbox (`.sandbox/state.json`). A host without
-`hostname` is looked up in `~/.ssh/config` by its name (aliases work). No key material lives in
-the inventory, only paths to keys.
+`hostname` is looked up in `~/.ssh/config` by its name (aliases work). A host naming
+`runpod_pod_id:` is found through RunPod's API when it is connected to (`Host.endpoint()`,
+moola_ops/runpod.py); nothing asks the API before that. No key material lives in the inventory,
+only paths to keys (SSH keys, the RunPod API key file).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,25 +40,57 @@ class Host:
     gpu: str | None = None  # expected GPU (substring of nvidia-smi's name), None: no GPU needed
     latency_sla_ms: float | None = None  # overrides the bundle's SLA for this host
     groups: tuple[str, ...] = ()
-    connect_timeout_s: float = 10.0
+    connect_timeout_s: float = 10.0  # per connection attempt
+    connect_retries: int = 2  # further attempts when connection set-up fails (never commands)
+    keepalive_s: float = 5.0  # SSH keepalive interval; 3 silent intervals = the host is dead
     smoke: str | None = None  # shell command run in `current` after a switch; failure rolls back
     sandbox: bool = False
     ssh_config: str | None = None  # an ssh_config file to read instead of ~/.ssh/config
     allowed_signers: str | None = None  # when set, deploy refuses bundles not signed by one
+    # Nagios threshold ranges of the health check for this host: ((figure, range), ...)
+    warning: tuple[tuple[str, str], ...] = ()
+    critical: tuple[tuple[str, str], ...] = ()
     serve_port: int | None = None  # the model server's public port (None: 8080; 0: pick once)
     serve_bind: str = "127.0.0.1"  # the proxy's address; 0.0.0.0 to expose it (docs/serving.md)
+    runpod_pod_id: str | None = None  # address and port come from RunPod's API at connect
+    runpod_api_key_file: str | None = None  # from the defaults; env RUNPOD_API_KEY wins
 
     @property
     def address(self) -> str:
         """user@hostname:port as far as known, for messages."""
         user = f"{self.user}@" if self.user else ""
         port = f":{self.port}" if self.port else ""
-        return f"{user}{self.hostname}{port}"
+        pod = f"pod {self.runpod_pod_id}" if self.runpod_pod_id else ""
+        if not self.hostname:  # a pod not looked up yet
+            return f"{user}{pod}"
+        return f"{user}{self.hostname}{port}" + (f" ({pod})" if pod else "")
+
+    def endpoint(self, *, refresh: bool = False) -> Host:
+        """This host with the address to connect to now: itself, or for a `runpod_pod_id` host
+        its pod's public IP and the port mapped to 22, asked of RunPod's API (cached briefly;
+        `refresh` asks again). Raises MoolaError with the fix when the pod cannot be reached.
+        """
+        if not self.runpod_pod_id:
+            return self
+        from moola_ops.runpod import resolve_host
+
+        return resolve_host(self, refresh=refresh)
+
+
+def _workspace_of(value: str) -> str:
+    """A workspace as the inventory accepts it: absolute on the host, never `~/...`."""
+    if value.startswith("~"):
+        # the shell would expand it, but uploads (SFTP) and the paths in every message would not
+        raise ValueError(
+            f"workspace {value!r} starts with '~', which uploads do not expand: write the "
+            "absolute path on the host, e.g. /root/moola or /workspace/moola"
+        )
+    return check_workspace(value)
 
 
 def _models():
     # pydantic is imported lazily: `invoke --list` must not pay for it.
-    from pydantic import BaseModel, ConfigDict, Field, field_validator
+    from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
     class HostEntry(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -71,12 +106,49 @@ def _models():
         latency_sla_ms: float | None = Field(default=None, gt=0)
         groups: list[str] = []
         connect_timeout_s: float | None = Field(default=None, gt=0, le=300)
+        connect_retries: int | None = Field(default=None, ge=0, le=10)
+        keepalive_s: float | None = Field(default=None, ge=0, le=300)
         smoke: str | None = None
         sandbox: bool = False
         ssh_config: str | None = None
         allowed_signers: str | None = None
+        warning: dict[str, str] = {}
+        critical: dict[str, str] = {}
+
+        @field_validator("warning", "critical", mode="before")
+        @classmethod
+        def _thresholds(cls, value: Any) -> dict[str, str]:
+            from moola_ops.nagios import parse_thresholds
+
+            if not isinstance(value, dict):
+                raise ValueError("a mapping of figure: Nagios range, e.g. {p99_ms: '~:40'}")
+            text = ",".join(f"{k}={v}" for k, v in value.items())
+            try:
+                parse_thresholds(text, "threshold")
+            except MoolaError as exc:
+                raise ValueError(str(exc)) from None
+            return {str(k): str(v) for k, v in value.items()}
+
         serve_port: int | None = Field(default=None, ge=0, le=65535)
         serve_bind: str | None = None
+        runpod_pod_id: str | None = None
+
+        @field_validator("runpod_pod_id")
+        @classmethod
+        def _pod_id(cls, value: str | None) -> str | None:
+            from moola_ops.runpod import check_pod_id
+
+            return None if value is None else check_pod_id(value)
+
+        @model_validator(mode="after")
+        def _one_address(self):
+            if self.runpod_pod_id and (self.hostname or self.port or self.sandbox):
+                given = "hostname" if self.hostname else "port" if self.port else "sandbox"
+                raise ValueError(
+                    f"runpod_pod_id and {given} both given: keep runpod_pod_id (the address "
+                    "and port come from RunPod) or remove it"
+                )
+            return self
 
         @field_validator("groups")
         @classmethod
@@ -88,7 +160,7 @@ def _models():
         @field_validator("workspace")
         @classmethod
         def _workspace(cls, value: str | None) -> str | None:
-            return None if value is None else check_workspace(value)
+            return None if value is None else _workspace_of(value)
 
     class Defaults(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -100,15 +172,18 @@ def _models():
         workspace: str = DEFAULT_WORKSPACE
         python: str = "python3"
         connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+        connect_retries: int = Field(default=2, ge=0, le=10)
+        keepalive_s: float = Field(default=5.0, ge=0, le=300)
         ssh_config: str | None = None
         allowed_signers: str | None = None
         serve_port: int | None = Field(default=None, ge=0, le=65535)
         serve_bind: str = "127.0.0.1"
+        runpod_api_key_file: str | None = None  # a path; the key itself never lives here
 
         @field_validator("workspace")
         @classmethod
         def _workspace(cls, value: str) -> str:
-            return check_workspace(value)
+            return _workspace_of(value)
 
     class InventoryFile(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -133,6 +208,7 @@ class Inventory:
     hosts: dict[str, Host]
     source: str = "<memory>"
     sandbox_root: Path = field(default_factory=lambda: DEFAULT_SANDBOX_ROOT)
+    runpod_api_key_file: str | None = None  # defaults.runpod_api_key_file, for `invoke pods`
 
     @property
     def groups(self) -> dict[str, list[str]]:
@@ -143,8 +219,9 @@ class Inventory:
                 groups.setdefault(group, []).append(host.name)
         return groups
 
-    def resolve(self, selection: str | list[str] | tuple[str, ...]) -> list[Host]:
-        """Hosts named by `selection`: host names and/or groups, comma separated or a list.
+    def names(self, selection: str | list[str] | tuple[str, ...]) -> list[str]:
+        """Host names selected by host names, groups and globs over host names (`local-*`),
+        comma separated or a list, in the order given, each once.
 
         Unknown names raise MoolaError listing the known hosts and groups; names carrying shell
         characters are refused before anything else happens.
@@ -153,22 +230,49 @@ class Inventory:
         items = [item.strip() for item in items if item and item.strip()]
         if not items:
             raise MoolaError("no host given: pass --host NAME (a host or a group, comma separated)")
-        chosen: dict[str, Host] = {}
+        chosen: dict[str, None] = {}
         groups = self.groups
         for item in items:
-            check_name(item, "host name")
-            if item in self.hosts:
-                names = [item]
-            elif item in groups:
-                names = groups[item]
-            else:
-                raise MoolaError(
-                    f"unknown host or group {item!r} in {self.source}; known hosts: "
-                    f"{', '.join(self.hosts) or 'none'}; groups: {', '.join(groups) or 'none'}"
+            if any(ch in item for ch in "*?["):
+                # a glob: its letters pass the same gate as a name, the wildcards are ours
+                check_name(
+                    item.replace("*", "x")
+                    .replace("?", "x")
+                    .replace("[", "x")
+                    .replace("]", "x")
+                    .replace("!", "x"),
+                    "host pattern",
                 )
+                names = [n for n in self.hosts if fnmatch.fnmatchcase(n, item)]
+                names = names or [
+                    n
+                    for g, members in groups.items()
+                    if fnmatch.fnmatchcase(g, item)
+                    for n in members
+                ]
+                if not names:
+                    raise MoolaError(
+                        f"no host matches {item!r} in {self.source}; known hosts: "
+                        f"{', '.join(self.hosts) or 'none'}"
+                    )
+            else:
+                check_name(item, "host name")
+                if item in self.hosts:
+                    names = [item]
+                elif item in groups:
+                    names = groups[item]
+                else:
+                    raise MoolaError(
+                        f"unknown host or group {item!r} in {self.source}; known hosts: "
+                        f"{', '.join(self.hosts) or 'none'}; groups: {', '.join(groups) or 'none'}"
+                    )
             for name in names:
-                chosen.setdefault(name, self.hosts[name])
-        return [self._materialise(host) for host in chosen.values()]
+                chosen.setdefault(name, None)
+        return list(chosen)
+
+    def resolve(self, selection: str | list[str] | tuple[str, ...]) -> list[Host]:
+        """Hosts named by `selection` (see `names`: hosts, groups, globs), ready to connect."""
+        return [self._materialise(self.hosts[name]) for name in self.names(selection)]
 
     def _materialise(self, host: Host) -> Host:
         if not host.sandbox:
@@ -229,7 +333,9 @@ def load_inventory(
             f"inventory {source} not found{where}: create it (see docs/inventory.md) "
             "or pass --inventory"
         )
-    text = source.read_text()
+    from moola_core.yaml_config import read_text
+
+    text = read_text(source, "inventory")
     try:
         raw = yaml.safe_load(text)
         tree = yaml.compose(text)
@@ -243,6 +349,7 @@ def load_inventory(
         raise MoolaError(
             f"{source} must be a mapping with a `hosts:` section (see docs/inventory.md)"
         )
+    _refuse_secrets(raw, source)
     try:
         parsed = _models().model_validate(raw)
     except PydanticError as exc:
@@ -250,8 +357,9 @@ def load_inventory(
         loc = tuple(str(p) for p in first["loc"])
         line = _line_of(tree, loc)
         field_name = ".".join(loc) or "file"
+        msg = first["msg"].removeprefix("Value error, ")
         raise MoolaError(
-            f"{source} line {line}: {field_name}: {first['msg']} (see docs/inventory.md)"
+            f"{source} line {line}: {field_name}: {msg} (see docs/inventory.md)"
         ) from None
     except MoolaError as exc:  # a check_name inside a validator: name the file
         raise MoolaError(f"{source}: {exc}") from None
@@ -261,8 +369,9 @@ def load_inventory(
     for name, entry in parsed.hosts.items():
         hosts[name] = Host(
             name=name,
-            hostname=entry.hostname or name,  # no hostname: the name is an ~/.ssh/config alias
-            port=entry.port or d.port,
+            # no hostname: the name is an ~/.ssh/config alias; a pod: looked up at connect
+            hostname="" if entry.runpod_pod_id else (entry.hostname or name),
+            port=None if entry.runpod_pod_id else (entry.port or d.port),
             user=entry.user or d.user,
             identity_file=_expand(entry.identity_file or d.identity_file),
             known_hosts=_expand(entry.known_hosts or d.known_hosts),
@@ -272,15 +381,46 @@ def load_inventory(
             latency_sla_ms=entry.latency_sla_ms,
             groups=tuple(entry.groups),
             connect_timeout_s=entry.connect_timeout_s or d.connect_timeout_s,
+            connect_retries=_first(entry.connect_retries, d.connect_retries),
+            keepalive_s=_first(entry.keepalive_s, d.keepalive_s),
             smoke=entry.smoke,
             sandbox=entry.sandbox,
             ssh_config=_expand(entry.ssh_config or d.ssh_config),
             allowed_signers=_expand(entry.allowed_signers or d.allowed_signers),
+            warning=tuple(entry.warning.items()),
+            critical=tuple(entry.critical.items()),
             serve_port=entry.serve_port if entry.serve_port is not None else d.serve_port,
             serve_bind=entry.serve_bind or d.serve_bind,
+            runpod_pod_id=entry.runpod_pod_id,
+            runpod_api_key_file=_expand(d.runpod_api_key_file),
         )
     root = Path(sandbox_root or DEFAULT_SANDBOX_ROOT)  # the sandbox tasks' default root
-    return Inventory(hosts=hosts, source=str(source), sandbox_root=root)
+    return Inventory(
+        hosts=hosts,
+        source=str(source),
+        sandbox_root=root,
+        runpod_api_key_file=_expand(d.runpod_api_key_file),
+    )
+
+
+def _refuse_secrets(raw: dict, source: Path) -> None:
+    """An API key written into the inventory is refused by name, never echoed."""
+    sections = [("defaults", raw.get("defaults"))]
+    hosts = raw.get("hosts")
+    if isinstance(hosts, dict):
+        sections += [(f"hosts.{name}", entry) for name, entry in hosts.items()]
+    for where, section in sections:
+        if isinstance(section, dict) and "runpod_api_key" in section:
+            raise MoolaError(
+                f"{source}: {where}.runpod_api_key: the inventory must not hold the RunPod API "
+                "key; set RUNPOD_API_KEY or put the key in a file (mode 600) and name it with "
+                "`runpod_api_key_file:` under defaults"
+            )
+
+
+def _first(value, default):
+    """`value` unless it is None (0 is a real choice: no retries, no keepalives)."""
+    return default if value is None else value
 
 
 def _expand(path: str | None) -> str | None:

@@ -238,13 +238,43 @@ def check_model(config, runs_dir: Path, run_id: str | None) -> tuple[str, str, d
             return "failed", f"run {rid} gives different outputs for the same input", facts
         if not torch.isfinite(out1["class_probs"]).all():
             return "failed", f"run {rid} gives non-finite class probabilities", facts
+        learned = check_learned(runs_dir / rid)
+        if learned:
+            return "failed", f"run {rid} did not learn: {learned}", facts
     facts["runs_checked"] = run_ids
     what = f"{len(run_ids)} trained run(s)" if run_ids else "a fresh model (no trained run yet)"
+    learned = "; validation loss fell and beats the majority baseline" if run_ids else ""
     return (
         "ok",
-        f"{what}: load with weights_only, finite, deterministic; seeding reproducible",
+        f"{what}: load with weights_only, finite, deterministic{learned}; seeding reproducible",
         facts,
     )
+
+
+def check_learned(run_path: Path) -> str:
+    """'' when the run learned (its validation loss fell below the first epoch's and its
+    validation span IoU beats the majority baseline's), else why not, in a few words."""
+    import json
+
+    history = [
+        json.loads(line)
+        for line in (run_path / "history.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    losses = [row["val_loss"] for row in history if row.get("val_loss") is not None]
+    if len(losses) < 2 or not min(losses[1:]) < losses[0]:
+        return f"the validation loss never fell below its first epoch's ({losses[:1]})"
+    metrics = json.loads((run_path / "metrics.json").read_text())
+    model = metrics["val"]["span_iou"]["value"]
+    majority = metrics.get("baselines", {}).get("majority", {}).get("val", {}).get("span_iou")
+    if majority is None:
+        return "no majority baseline recorded to compare with; train the run again"
+    if not model > majority["value"]:
+        return (
+            f"validation span IoU {model:.3f} is not above the majority baseline's "
+            f"{majority['value']:.3f}"
+        )
+    return ""
 
 
 def check_doctor(root: Path) -> tuple[str, str, dict]:
@@ -303,14 +333,26 @@ def run_preflight(
 
 
 def run_select(
-    *, runs_dir: str | os.PathLike = "runs", metric: str | None = None, n_boot: int = 1000
+    *,
+    runs_dir: str | os.PathLike = "runs",
+    metric: str | None = None,
+    n_boot: int = 1000,
+    override: str | None = None,
 ) -> PhaseReport:
-    """Phase 2: choose a run on held-out metrics (moola_core.train.select_run) and record it."""
+    """Phase 2: choose a run on held-out metrics (moola_core.train.select_run), then the quality
+    gate (moola_core.train.gate): the phase fails unless the chosen run beats the heuristic and
+    the linear baseline on validation (paired CI above 0) without regressing on test, or a
+    person overrides it with a reason (`override`), recorded as a sign-off in the log."""
     from moola_core.train import select_run
 
     kwargs: dict[str, Any] = {"n_boot": n_boot}
     if metric:
         kwargs["primary_metric"] = metric
+    if override is not None:
+        if not override.strip():
+            raise MoolaError('--override needs a reason, e.g. --override "hotfix, approved by X".')
+        kwargs["override"] = override
+        kwargs["by"] = _operator()
     journal = Journal("select")
     choice: dict[str, Any] = {}
 
@@ -320,7 +362,36 @@ def run_select(
         return "ok", f"selected {choice.get('run_id')}" + (f": {why}" if why else ""), choice
 
     step = _run_step(journal, "choice", choose)
-    return PhaseReport("select", journal.deployment, [step], {"selection": choice})
+    steps = [step]
+    if step.status == "ok":
+        steps.append(_run_step(journal, "gate", lambda: _gate_step(choice)))
+    return PhaseReport("select", journal.deployment, steps, {"selection": choice})
+
+
+def _gate_step(choice: dict) -> tuple[str, str, dict]:
+    """The gate verdict of the chosen run as a step: ok, ok with a named override, or failed."""
+    gate = choice.get("gate") or {}
+    facts = {"run_id": choice.get("run_id"), "gate": gate}
+    if gate.get("passed"):
+        return "ok", f"{choice.get('run_id')}: {gate.get('summary')}", facts
+    override = gate.get("override")
+    if override:
+        return (
+            "ok",
+            (
+                f"OVERRIDDEN by {override['by']} ({override['at']}): {override['reason']}; "
+                f"{gate.get('summary')}"
+            ),
+            facts,
+        )
+    return (
+        "failed",
+        (
+            f"{choice.get('run_id')}: {gate.get('summary') or 'no gate result'}; train a better "
+            'model or ship it anyway with `invoke select --override "reason"`'
+        ),
+        facts,
+    )
 
 
 # --- phase 5: verify --------------------------------------------------------------------------
@@ -341,11 +412,12 @@ def run_verify(selection: str, *, timeout_s: float = 300.0, inventory=None) -> P
         selection, deep=True, timeout_s=timeout_s, inventory=inventory, record=False
     )
     events = read_events()
-    from moola_ops.checklist import latest_deployment
+    from moola_ops.checklist import serving_deployment
 
     steps = []
     for h in run.hosts:
-        deployment = latest_deployment(events, h.host)
+        # the deploy run that made this release live (not a later one that failed)
+        deployment = serving_deployment(events, h.host, h.release)
         journal = Journal(names.VERIFY_PHASE, bundle=h.release or "", deployment=deployment)
         by_name = {c.name: c for c in h.checks}
         # sanity = reachable, current valid, checksums, model + golden; latency is its own step

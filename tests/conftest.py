@@ -7,6 +7,7 @@ authorized client key, a generated known_hosts that the client checks strictly.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -47,3 +48,23 @@ def sandbox_factory() -> Iterator:
 def sandbox2(sandbox_factory) -> Sandbox:
     """Two running stand-in hosts, local-1 and local-2."""
     return sandbox_factory(["local-1", "local-2"])
+
+
+@pytest.fixture
+def runpod_api(tmp_path, monkeypatch):
+    """A local stand-in of RunPod's GraphQL API (tests/runpod_standin.py), with the process
+    pointed at it: RUNPOD_API_KEY (a fresh random key), RUNPOD_API_BASE_URL and a private
+    pod cache (MOOLA_RUNPOD_CACHE)."""
+    from moola_ops import runpod
+    from tests.runpod_standin import StandInRunPod
+
+    key = "rpa_" + secrets.token_hex(20).upper()
+    api = StandInRunPod(key)
+    monkeypatch.setenv("RUNPOD_API_KEY", key)
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", api.url)
+    monkeypatch.setenv("MOOLA_RUNPOD_CACHE", str(tmp_path / "runpod-pods.json"))
+    monkeypatch.setattr(runpod, "_fresh_after", 0.0)
+    try:
+        yield api
+    finally:
+        api.close()

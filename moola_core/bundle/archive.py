@@ -51,6 +51,11 @@ UNLISTED_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
 IGNORED_DIR_NAMES = frozenset({"__pycache__"})
 # Refuse archives that would unpack to more than this (a decompression bomb fills the disk).
 MAX_UNPACKED_BYTES = 4 * 1024**3
+# manifest.json is parsed in memory, so its size is capped (a real one lists a few hundred
+# files in tens of KB); the signature likewise (an SSH signature is well under 2 KB).
+MAX_MANIFEST_BYTES = 8 * 1024**2
+MAX_SIGNATURE_BYTES = 64 * 1024
+_CHUNK = 1 << 20  # files are hashed and copied in 1 MiB pieces: memory stays flat
 
 _VERSION_RE = re.compile(r"v[0-9]{1,6}(\.[0-9]{1,6}){0,3}(-[A-Za-z0-9]{1,32})?")
 
@@ -78,10 +83,15 @@ def sha256_bytes(data: bytes) -> str:
 
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+        return sha256_stream(fh)
+
+
+def sha256_stream(stream) -> str:
+    """Hex sha256 of a binary stream read to its end in 1 MiB chunks (never whole)."""
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: stream.read(_CHUNK), b""):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -211,6 +221,7 @@ def _check_members(label: str, members: list[tarfile.TarInfo], folder_prefix: st
         if rest in files:
             raise BundleError(f"{label} holds {rest!r} twice: refusing an ambiguous archive.")
         files[rest] = member
+        _check_small_file(label, rest, member.size)
         total += member.size
         if total > MAX_UNPACKED_BYTES:
             raise BundleError(
@@ -231,6 +242,33 @@ def _check_members(label: str, members: list[tarfile.TarInfo], folder_prefix: st
         raise BundleError(f"{label}: top folder {top!r} is not {folder_prefix}<version>/.")
     version = validate_version(top[len(folder_prefix) :])
     return version, files
+
+
+def _check_small_file(label: str, name: str, size: int) -> None:
+    """Refuse a manifest or signature too large to be real before it is read into memory."""
+    cap = {MANIFEST_NAME: MAX_MANIFEST_BYTES, SIGNATURE_NAME: MAX_SIGNATURE_BYTES}.get(name)
+    if cap is not None and size > cap:
+        raise BundleError(
+            f"{label}: {name} is {size / 1024**2:.1f} MiB, more than the "
+            f"{cap / 1024**2:g} MiB such a file may be: refusing it; rebuild the bundle."
+        )
+
+
+def read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, label: str, name: str) -> bytes:
+    """The bytes of manifest.json or its signature from an open archive (size-capped)."""
+    _check_small_file(label, name, member.size)
+    return tar.extractfile(member).read()
+
+
+def unpacked_size(archive: str | os.PathLike) -> int:
+    """Bytes a bundle archive writes when extracted (every file it holds, after its checks).
+
+    This, not the compressed size, is what a host needs free: the deploy engine's disk check
+    uses it. Raises BundleError for an archive `read_members` refuses.
+    """
+    _version, members, tar = read_members(archive)
+    tar.close()
+    return sum(member.size for member in members.values())
 
 
 def load_manifest_bytes(data: bytes, label: str = MANIFEST_NAME) -> dict:
@@ -322,6 +360,7 @@ def verify_directory(root: str | os.PathLike) -> dict:
     manifest_path = root / MANIFEST_NAME
     if not manifest_path.is_file():
         raise BundleError(f"{root} has no {MANIFEST_NAME}: it is not an extracted bundle.")
+    _check_small_file(str(root), MANIFEST_NAME, manifest_path.stat().st_size)
     manifest = load_manifest_bytes(manifest_path.read_bytes(), f"{root}/{MANIFEST_NAME}")
     check_file_list(manifest["files"], directory_files(root), str(root))
     return manifest
@@ -334,16 +373,16 @@ def verify_archive(archive: str | os.PathLike) -> dict:
     version, members, tar = read_members(archive)
     label = Path(archive).name
     with tar:
-        manifest_bytes = tar.extractfile(members[MANIFEST_NAME]).read()
+        manifest_bytes = read_member(tar, members[MANIFEST_NAME], label, MANIFEST_NAME)
         manifest = load_manifest_bytes(manifest_bytes, f"{label}:{MANIFEST_NAME}")
         actual = {
-            name: (member.size, lambda m=member: sha256_bytes(tar.extractfile(m).read()))
+            name: (member.size, lambda m=member: sha256_stream(tar.extractfile(m)))
             for name, member in members.items()
         }
         check_file_list(manifest["files"], actual, label)
         signature = None
         if SIGNATURE_NAME in members:
-            signature = tar.extractfile(members[SIGNATURE_NAME]).read()
+            signature = read_member(tar, members[SIGNATURE_NAME], label, SIGNATURE_NAME)
     if manifest.get("version") != version:
         raise BundleError(
             f"{label}: folder says {version} but manifest.json says {manifest.get('version')!r}: "
@@ -402,7 +441,7 @@ def safe_extract(
                 # O_EXCL: never follow or overwrite something already there
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 with os.fdopen(fd, "wb") as out:
-                    shutil.copyfileobj(source, out, 1 << 20)
+                    shutil.copyfileobj(source, out, _CHUNK)
         manifest = verify_directory(dest)
         if manifest.get("version") != version:
             raise BundleError(

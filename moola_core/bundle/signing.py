@@ -7,7 +7,10 @@ Ed25519 and RSA signatures are deterministic, so a signed bundle stays reproduci
 
 from __future__ import annotations
 
+import base64
+import binascii
 import shutil
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -51,6 +54,42 @@ def sign_manifest(manifest_bytes: bytes, key_path: str | Path) -> bytes:
         return signature.read_bytes()
 
 
+def signature_namespace(signature: bytes) -> str:
+    """The namespace an armored OpenSSH signature (SSHSIG) was made for; BundleError when the
+    bytes are not such a signature. The format: PROTOCOL.sshsig in OpenSSH's sources."""
+    text = signature.decode("ascii", errors="replace").strip().splitlines()
+    if (
+        not text
+        or text[0] != "-----BEGIN SSH SIGNATURE-----"
+        or text[-1] != ("-----END SSH SIGNATURE-----")
+    ):
+        raise BundleError(_DAMAGED)
+    try:
+        blob = base64.b64decode("".join(text[1:-1]), validate=True)
+    except (binascii.Error, ValueError):
+        raise BundleError(_DAMAGED) from None
+    if blob[:6] != b"SSHSIG" or len(blob) < 10:
+        raise BundleError(_DAMAGED)
+    offset = 10  # magic, then a uint32 version
+    fields = []
+    for _ in range(2):  # the public key, then the namespace
+        if offset + 4 > len(blob):
+            raise BundleError(_DAMAGED)
+        (length,) = struct.unpack(">I", blob[offset : offset + 4])
+        offset += 4
+        if offset + length > len(blob):
+            raise BundleError(_DAMAGED)
+        fields.append(blob[offset : offset + length])
+        offset += length
+    return fields[1].decode("utf-8", errors="replace")
+
+
+_DAMAGED = (
+    "manifest.json.sig is not an OpenSSH signature (damaged or another format): rebuild and "
+    "sign the bundle again with `invoke bundle --sign KEY`."
+)
+
+
 def verify_signature(
     manifest_bytes: bytes, signature: bytes | None, allowed_signers: str | Path
 ) -> str:
@@ -70,6 +109,14 @@ def verify_signature(
         raise BundleError(
             "the bundle is not signed but signatures are required: rebuild it with "
             "`invoke bundle --sign KEY`."
+        )
+    namespace = signature_namespace(signature)
+    if namespace != NAMESPACE:
+        # ssh-keygen would only say "verification failed", which reads as a changed manifest
+        raise BundleError(
+            f"the bundle's signature was made for namespace {namespace!r}, not {NAMESPACE!r}: "
+            "that key signed something else (a git commit, a file), not this bundle; sign the "
+            "bundle itself with `invoke bundle --sign KEY`."
         )
     keygen = _ssh_keygen()
     with tempfile.TemporaryDirectory(prefix="moola-verify-") as tmp:

@@ -32,7 +32,10 @@ def verify_bundle(path: str | Path, allowed_signers: str | Path | None = None) -
         raw = _archive.verify_directory(path)
         manifest_bytes = (path / _archive.MANIFEST_NAME).read_bytes()
         sig_path = path / _archive.SIGNATURE_NAME
-        signature = sig_path.read_bytes() if sig_path.is_file() else None
+        signature = None
+        if sig_path.is_file():
+            _archive._check_small_file(str(path), sig_path.name, sig_path.stat().st_size)
+            signature = sig_path.read_bytes()
         archive_sha = None
     else:
         raw = _archive.verify_archive(path)

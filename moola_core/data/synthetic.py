@@ -17,6 +17,13 @@ default = 0.5, hard = 1) moves these together: the expansion's drift and width s
 pattern's signature fades (a looser consolidation, a shallower pull-back), and decoys appear:
 wide but directionless bursts elsewhere in the window, which fool any rule that only looks for
 "the widest bars". At the default a model must use direction and context, not range alone.
+
+Windows with no expansion at all are part of the knob too (`Difficulty.no_pattern_share`: 20%
+at easy, 35% at default, 50% at hard): the sets used to measure whether a model can say "no
+pattern" (`make_detection_set`) mix them with episode windows, and `make_asof_set` cuts each
+episode as a live system would see it, `d` bars after the expansion began (d < 0: before).
+The labeled training set (`make_labeled_set`) stays episode windows only: its schema has a
+class for every window.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ class Difficulty:
     retrace_depth: tuple[float, float]  # share of the leg given back by the pull-back
     decoy_prob: float  # chance that a window holds one directionless wide burst
     decoy_vol: float  # its volatility multiplier
+    no_pattern_share: float  # share of windows without any expansion in detection sets
 
     @classmethod
     def of(cls, difficulty: str | float) -> Difficulty:
@@ -78,6 +86,7 @@ class Difficulty:
             retrace_depth=(lerp(0.5, 0.25), lerp(0.7, 0.45)),
             decoy_prob=lerp(0.0, 1.0),
             decoy_vol=lerp(1.8, 2.4),
+            no_pattern_share=lerp(0.2, 0.5),
         )
 
 
@@ -313,3 +322,130 @@ def make_labeled_set(
             add(f"syn{seed}-{k:04d}-aug{d:+d}", ep.label, ep.window_start + d,
                 ep.expansion_start, ep.expansion_end)  # fmt: skip
     return pd.DataFrame(rows).reset_index(drop=True)
+
+
+def window_arrays(windows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Model inputs of OHLC windows ([105, 4] each) -> x float32 [N, 105, 11], valid bool."""
+    from moola_core.data.features import compute_features
+    from moola_core.spec import N_FEATURES
+
+    x = np.zeros((len(windows), WINDOW_LEN, N_FEATURES), dtype=np.float32)
+    valid = np.zeros((len(windows), WINDOW_LEN), dtype=bool)
+    for i, ohlc in enumerate(windows):
+        feats = compute_features(ohlc[:, 0], ohlc[:, 1], ohlc[:, 2], ohlc[:, 3])
+        x[i], valid[i] = feats.values, feats.valid
+    return x, valid
+
+
+@dataclass(frozen=True)
+class EvalWindows:
+    """Windows for detection and as-of evaluation, with the truth a live system would know.
+
+    has_pattern False: no expansion is visible in the window (start/end are -1, label -1).
+    """
+
+    x: np.ndarray  # float32 [N, 105, 11]
+    valid: np.ndarray  # bool [N, 105]
+    has_pattern: np.ndarray  # bool [N]
+    label: np.ndarray  # int64 [N], -1 without a pattern
+    start: np.ndarray  # int64 [N] (inclusive bar indexes in the window), -1 without
+    end: np.ndarray
+    window_id: list[str]
+
+
+def make_detection_set(
+    n_windows: int = 600,
+    seed: int = 0,
+    difficulty: str | float = "default",
+    no_pattern_share: float | None = None,
+) -> EvalWindows:
+    """Episode windows mixed with windows that hold no expansion (`no_pattern_share` of them,
+    by default the difficulty's), cut from one synthetic market in window slots."""
+    knobs = Difficulty.of(difficulty)
+    share = knobs.no_pattern_share if no_pattern_share is None else float(no_pattern_share)
+    if not 0.0 <= share < 1.0 or n_windows < 1:
+        raise MoolaError("need n_windows >= 1 and a no-pattern share in [0, 1).")
+    rng = np.random.default_rng([seed, 600])
+    labels = [
+        None if rng.random() < share else LABELS[int(rng.integers(2))] for _ in range(n_windows)
+    ]
+    market = simulate_market(
+        -(-n_windows // len(SLOT_OFFSETS)), seed, difficulty, episode_labels=labels
+    )
+    ohlc = market.bars[["open", "high", "low", "close"]].to_numpy()
+    slots = [
+        s * SESSION_BARS + off
+        for s in range(len(market.bars) // SESSION_BARS)
+        for off in SLOT_OFFSETS
+    ]
+    episodes = iter(market.episodes.itertuples(index=False))
+    windows, has, label, start, end, ids = [], [], [], [], [], []
+    for k, (slot, name) in enumerate(zip(slots, labels, strict=False)):
+        windows.append(ohlc[slot : slot + WINDOW_LEN])
+        ids.append(f"det{seed}-{k:04d}")
+        if name is None:
+            has.append(False)
+            label.append(-1)
+            start.append(-1)
+            end.append(-1)
+            continue
+        ep = next(episodes)
+        has.append(True)
+        label.append(LABELS.index(ep.label))
+        start.append(ep.expansion_start - slot)
+        end.append(ep.expansion_end - slot)
+    x, valid = window_arrays(windows)
+    return EvalWindows(
+        x,
+        valid,
+        np.array(has),
+        np.array(label, dtype=np.int64),
+        np.array(start, dtype=np.int64),
+        np.array(end, dtype=np.int64),
+        ids,
+    )
+
+
+def make_asof_set(
+    n_windows: int = 300, seed: int = 0, difficulty: str | float = "default", delay: int = 0
+) -> EvalWindows:
+    """Each episode as a live system sees it: the 105 bars ending `delay` bars after the
+    expansion's first bar (delay < 0: that many bars before it, so no expansion is visible).
+
+    The visible span is [104 - delay, min(expansion end, 104)] in the cut window. Episodes whose
+    cut would start before the first bar of the stream are skipped.
+    """
+    if n_windows < 1:
+        raise MoolaError("n_windows must be at least 1.")
+    rng = np.random.default_rng([seed, 105])
+    labels = [LABELS[int(rng.integers(2))] for _ in range(n_windows)]
+    market = simulate_market(
+        -(-n_windows // len(SLOT_OFFSETS)) + 1,
+        seed,
+        difficulty,
+        episode_labels=[None, None, None, *labels],
+    )
+    ohlc = market.bars[["open", "high", "low", "close"]].to_numpy()
+    windows, has, label, start, end, ids = [], [], [], [], [], []
+    for k, ep in enumerate(market.episodes.itertuples(index=False)):
+        last = ep.expansion_start + delay  # the newest bar the live system has
+        first = last - (WINDOW_LEN - 1)
+        if first < 0 or last >= len(ohlc):
+            continue
+        windows.append(ohlc[first : last + 1])
+        ids.append(f"asof{seed}-{k:04d}{delay:+d}")
+        visible = delay >= 0
+        has.append(visible)
+        label.append(LABELS.index(ep.label) if visible else -1)
+        start.append(ep.expansion_start - first if visible else -1)
+        end.append(min(ep.expansion_end, last) - first if visible else -1)
+    x, valid = window_arrays(windows)
+    return EvalWindows(
+        x,
+        valid,
+        np.array(has),
+        np.array(label, dtype=np.int64),
+        np.array(start, dtype=np.int64),
+        np.array(end, dtype=np.int64),
+        ids,
+    )

@@ -31,6 +31,13 @@ def resolve_model_config(config: dict | None = None) -> dict:
         )
     if resolved["position_encoding"] and resolved["position_dim"] % 2:
         raise MoolaError("position_dim must be even (sine and cosine pairs); use e.g. 16.")
+    for key in ("temperature", "span_temperature"):
+        value = resolved[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise MoolaError(f"model config {key} must be a positive number, got {value!r}.")
+    threshold = resolved["abstain_threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise MoolaError(f"model config abstain_threshold must be a number, got {threshold!r}.")
     for key in ("hidden", "layers", "n_features", "window_len", "n_classes"):
         if not isinstance(resolved[key], int) or resolved[key] < 1:
             raise MoolaError(

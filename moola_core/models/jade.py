@@ -45,6 +45,13 @@ DEFAULT_CONFIG: dict = {
     "huber_delta": 1.0,  # bars; only for span_head == "center_length"
     "class_weight": 1.0,
     "span_weight": None,  # None -> the head's default in SPAN_WEIGHT_DEFAULTS
+    "causal": False,  # one-directional encoder: a bar's state sees only earlier bars
+    # Fitted after training on the validation split (moola_core.train.calibration), stored in
+    # model.json so the bundle carries them: temperatures that calibrate the class and
+    # span-pointer probabilities, and the confidence below which predict() abstains.
+    "temperature": 1.0,
+    "span_temperature": 1.0,
+    "abstain_threshold": 0.0,
 }
 
 # Each span loss lives on its own scale. The pointer and CRF losses are in nats per decision,
@@ -80,7 +87,9 @@ class JadeModel(nn.Module):
         self.window_len = c["window_len"]
         self.span_head = c["span_head"]
         self.input_dropout = nn.Dropout(c["input_dropout"])
-        self.encoder = BiLSTMEncoder(c["n_features"], c["hidden"], c["layers"], c["dropout"])
+        self.encoder = BiLSTMEncoder(
+            c["n_features"], c["hidden"], c["layers"], c["dropout"], causal=bool(c["causal"])
+        )
         d_state = self.encoder.out_dim  # 2H
         self.class_head = _mlp(2 * d_state, c["hidden"], c["n_classes"], c["dropout"])
 
@@ -139,8 +148,12 @@ class JadeModel(nn.Module):
         label: torch.Tensor,
         start: torch.Tensor,
         end: torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Weighted multi-task loss -> (total, {"class": .., "span": ..}) for logging."""
+        detached: bool = False,
+    ) -> tuple[torch.Tensor, dict]:
+        """Weighted multi-task loss -> (total, {"class": .., "span": ..}) for logging.
+
+        The parts are floats, or with `detached` detached tensors on the model's device (reading
+        a float forces a host sync; a GPU loop sums tensors and reads once per epoch)."""
         c = self.config
         class_loss = F.cross_entropy(out["class_logits"], label)
         if self.span_head == "pointer":
@@ -160,19 +173,27 @@ class JadeModel(nn.Module):
         if span_weight is None:
             span_weight = SPAN_WEIGHT_DEFAULTS[self.span_head]
         total = c["class_weight"] * class_loss + span_weight * span_loss
-        return total, {"class": float(class_loss.detach()), "span": float(span_loss.detach())}
+        parts = {"class": class_loss.detach(), "span": span_loss.detach()}
+        if not detached:
+            parts = {k: float(v) for k, v in parts.items()}
+        return total, parts
 
     # -- decode ----------------------------------------------------------------------------
     @torch.no_grad()
     def decode(self, out: dict[str, torch.Tensor], valid: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Raw head outputs -> {"label", "start", "end", "class_probs"} (see predict)."""
-        class_probs = torch.softmax(out["class_logits"].float(), dim=1)
+        """Raw head outputs -> {"label", "start", "end", "class_probs", "confidence",
+        "abstain"} (see predict)."""
+        c = self.config
+        class_probs = torch.softmax(out["class_logits"].float() / c["temperature"], dim=1)
+        confidence = class_probs.max(dim=1).values
         if self.span_head == "pointer":
-            start, end = spans.best_pair(
-                F.log_softmax(out["start_logits"].float(), dim=1),
-                F.log_softmax(out["end_logits"].float(), dim=1),
-                valid,
-            )
+            start_lp = F.log_softmax(out["start_logits"].float() / c["span_temperature"], dim=1)
+            end_lp = F.log_softmax(out["end_logits"].float() / c["span_temperature"], dim=1)
+            start, end = spans.best_pair(start_lp, end_lp, valid)
+            # the calibrated probability that this window holds an expansion at the decoded
+            # place: start and end probability of the chosen pair
+            rows = torch.arange(start.shape[0], device=start.device)
+            confidence = torch.exp(start_lp[rows, start] + end_lp[rows, end])
         elif self.span_head == "crf":
             tags = self.crf.viterbi(out["emissions"].float())  # [B, T]
             inside = (tags == 1) & valid
@@ -187,12 +208,17 @@ class JadeModel(nn.Module):
             "start": start.long(),
             "end": end.long(),
             "class_probs": class_probs,
+            "confidence": confidence,
+            "abstain": confidence < c["abstain_threshold"],
         }
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         """Eval-mode prediction: {"label" int64[B], "start" int64[B], "end" int64[B] (inclusive),
-        "class_probs" float[B, 2]}. Deterministic; restores the previous train/eval mode."""
+        "class_probs" float[B, 2] (temperature-calibrated), "confidence" float[B] (pointer head:
+        calibrated probability of the decoded start and end; other heads: top class
+        probability), "abstain" bool[B] (confidence below the threshold fitted on validation:
+        the model says "no pattern here")}. Deterministic; restores the train/eval mode."""
         was_training = self.training
         self.eval()
         try:

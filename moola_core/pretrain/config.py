@@ -29,6 +29,10 @@ class MaskingSection(_Section):
     ratio: float = Field(0.4, gt=0.0, lt=1.0)
     block_len: int = Field(8, ge=1)
     patch_len: int = Field(7, ge=1)
+    # the reconstruction target: "std" divides each feature by its standard deviation over the
+    # training windows, so every feature weighs the same in the loss (unscaled, the swing
+    # distances dominated it); "none" is the raw feature values
+    target_scale: Literal["none", "std"] = "std"
 
 
 class DataSection(_Section):
@@ -59,6 +63,13 @@ class TrainSection(_Section):
     grad_clip: float = Field(1.0, gt=0.0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # on a GPU, forward passes under bf16 autocast (the loss stays float32); no effect on a CPU.
+    # Off by default: slower than float32 for this LSTM on an H200 (18.0K vs 26.1K windows/s,
+    # docs/benchmarks/gpu_training.md)
+    bf16: bool = False
+    # the loop before the GPU path: masks drawn and copied every step, the loss read on the host
+    # every step (a sync), no autocast. Kept to measure before/after (benchmarks/gpu_training.py)
+    legacy_loop: bool = False
 
 
 class PretrainConfig(_Section):

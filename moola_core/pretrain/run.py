@@ -73,6 +73,8 @@ def print_epoch(event: dict, stream=None) -> None:
         )
     elif event["event"] == "epoch":
         val = "-" if event["val_loss"] is None else f"{event['val_loss']:.4f}"
+        if event.get("interpolation_val_loss") is not None:
+            val += f" (interpolation {event['interpolation_val_loss']:.4f})"
         print(
             f"epoch {event['epoch']}/{event['epochs']}  train {event['train_loss']:.4f}  "
             f"val {val}  ({event['seconds']:.1f}s)",

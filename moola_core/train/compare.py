@@ -57,9 +57,16 @@ class Comparison:
         for row in self.rows:
             seeds = ",".join(str(s) for s in row["seeds"]) if row["kind"] == "model" else "-"
             cells = [row["variant"], seeds, str(row["n"])]
-            cells += [M.format_metric(row["metrics"][c]) for c in columns]
+            cells += [
+                M.format_metric(row["metrics"][c]) if c in row["metrics"] else "-" for c in columns
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
+
+
+def _metric_entries(report: dict) -> dict:
+    """The metric entries of an evaluate_mean report (METRICS, plus ece/brier when present)."""
+    return {k: v for k, v in report.items() if isinstance(v, dict)}
 
 
 def _load_predictions(run: runs.Run) -> dict | None:
@@ -124,7 +131,7 @@ def compare_runs(
                 "seeds": [m[0].seed for m in members],
                 "run_ids": [m[0].run_id for m in members],
                 "n": report["n"],
-                "metrics": {k: report[k] for k in M.METRICS},
+                "metrics": _metric_entries(report),
             }
         )
         if (fingerprint, windows) in baselines_done:
@@ -140,7 +147,7 @@ def compare_runs(
                     "seeds": [],
                     "run_ids": [members[0][0].run_id],
                     "n": report["n"],
-                    "metrics": {k: report[k] for k in M.METRICS},
+                    "metrics": _metric_entries(report),
                 }
             )
     comparison.rows.sort(key=lambda r: (-r["metrics"]["span_iou"]["value"], r["variant"]))
@@ -165,13 +172,20 @@ def evaluate_run(run_id: str, runs_dir: str | Path = "runs", n_boot: int = 1000)
     model = runs.load_model(run_id, runs_dir)
     out: dict = {"run_id": run_id, "variant": run.variant, "seed": run.seed, "baselines": {}}
     train = data.part("train")
-    fitted = fit_baselines(train["x"], train["valid"], train["label"], train["start"], train["end"])
+    fitted = fit_baselines(
+        train["x"],
+        train["valid"],
+        train["label"],
+        train["start"],
+        train["end"],
+        val=data.part("val"),
+    )
     for split in ("val", "test"):
         part = data.part(split)
         with torch.no_grad():
             pred = model.predict(torch.from_numpy(part["x"]), torch.from_numpy(part["valid"]))
         pred = {k: v.numpy() for k, v in pred.items()}
-        truth = {k: part[k] for k in ("label", "start", "end")}
+        truth = data.truth(split)
         out[split] = M.evaluate(pred, truth, n_boot=n_boot)
         for name, baseline in fitted.items():
             out["baselines"].setdefault(name, {})[split] = M.evaluate(

@@ -53,6 +53,7 @@ class ModelSection(_Section):
     huber_delta: float = Field(MODEL_DEFAULTS["huber_delta"], gt=0.0)
     class_weight: float = Field(MODEL_DEFAULTS["class_weight"], ge=0.0)
     span_weight: float | None = Field(MODEL_DEFAULTS["span_weight"], ge=0.0)
+    causal: bool = MODEL_DEFAULTS["causal"]  # one-directional encoder (live use: see models.md)
 
 
 class OptimSection(_Section):
@@ -79,6 +80,14 @@ class TrainConfig(_Section):
     # torch CPU threads while training: this small BiLSTM trains about as fast on one thread,
     # and more threads fight other work on a shared machine (null: torch's default)
     cpu_threads: int | None = Field(1, ge=1)
+    # where to train: auto = the GPU when one is visible, else the CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # on a GPU, run forward passes under bf16 autocast (CPU training is always float32). Off by
+    # default: on an H200 the cuDNN LSTM was slower in bf16 (3.2K vs 5.2K windows/s) and its
+    # validation loss worse (docs/benchmarks/gpu_training.md)
+    bf16: bool = False
+    # calibration: share of validation patterns the abstain threshold keeps answered
+    abstain_recall: float = Field(0.9, gt=0.0, le=1.0)
 
     @field_validator("early_stopping_metric")
     @classmethod

@@ -20,6 +20,9 @@ class RunData:
     val: np.ndarray
     test: np.ndarray
     fingerprint: str  # sha256 of the windows, labels and spans the run saw
+    # overlap group per window (windows that share bars have the same id): the bootstrap
+    # resamples groups, not windows, so an augmented copy never counts as independent evidence
+    groups: np.ndarray | None = None
 
     def part(self, split: str) -> dict[str, np.ndarray]:
         """{"x","valid","label","start","end"} of one split ("train", "val" or "test")."""
@@ -31,6 +34,18 @@ class RunData:
             "label": a.label[index],
             "start": a.start[index],
             "end": a.end[index],
+        }
+
+    def truth(self, split: str) -> dict[str, np.ndarray]:
+        """{"label","start","end","group"} of one split (what metrics.evaluate scores against)."""
+        index = getattr(self, split)
+        a = self.arrays
+        groups = self.groups if self.groups is not None else np.arange(len(a.label))
+        return {
+            "label": a.label[index],
+            "start": a.start[index],
+            "end": a.end[index],
+            "group": groups[index],
         }
 
     def window_ids(self, split: str) -> list[str]:
@@ -61,6 +76,23 @@ def fingerprint(arrays) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def overlap_groups(n: int, pairs) -> np.ndarray:
+    """Group id per row: rows linked by a (a, b) pair share an id, transitively (union-find)."""
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.array([find(i) for i in range(n)], dtype=np.int64)
+
+
 def prepare_data(config: TrainConfig, frame=None) -> RunData:
     """Load (or take) the labeled set, compute model arrays and split it without leakage."""
     from moola_core.data import labeled, splits
@@ -84,4 +116,10 @@ def prepare_data(config: TrainConfig, frame=None) -> RunData:
     for name, index in indexes.items():
         if len(index) == 0:
             raise MoolaError(f"the {name} split is empty; use more windows or change split shares.")
-    return RunData(arrays, indexes["train"], indexes["val"], indexes["test"], fingerprint(arrays))
+    frame = frame.reset_index(drop=True)
+    row_group = overlap_groups(len(frame), splits.sharing_pairs(frame).keys())
+    by_id = dict(zip((str(w) for w in frame["window_id"]), row_group, strict=True))
+    groups = np.array([by_id[w] for w in arrays.window_id], dtype=np.int64)
+    return RunData(
+        arrays, indexes["train"], indexes["val"], indexes["test"], fingerprint(arrays), groups
+    )

@@ -7,7 +7,6 @@ order). Writes runs/<run-id>/ as described in moola_core.train.runs and docs/mod
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 import time
@@ -21,8 +20,10 @@ from moola_core import metrics as M
 from moola_core.baselines import fit_baselines
 from moola_core.models import build_model, n_parameters
 from moola_core.train import runs
+from moola_core.train.calibration import calibrate
 from moola_core.train.config import TrainConfig, config_from_dict, dump_yaml, load_config
 from moola_core.train.data import RunData, prepare_data
+from moola_core.train.provenance import provenance
 
 N_BOOT = 1000  # bootstrap resamples for the final intervals
 
@@ -44,14 +45,35 @@ def _as_config(config) -> TrainConfig:
     return load_config(config)
 
 
-def _tensors(part: dict) -> dict[str, torch.Tensor]:
+def _tensors(part: dict, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     return {
-        "x": torch.from_numpy(np.ascontiguousarray(part["x"], dtype=np.float32)),
-        "valid": torch.from_numpy(np.ascontiguousarray(part["valid"], dtype=bool)),
-        "label": torch.from_numpy(np.asarray(part["label"], dtype=np.int64)),
-        "start": torch.from_numpy(np.asarray(part["start"], dtype=np.int64)),
-        "end": torch.from_numpy(np.asarray(part["end"], dtype=np.int64)),
+        "x": torch.from_numpy(np.ascontiguousarray(part["x"], dtype=np.float32)).to(device),
+        "valid": torch.from_numpy(np.ascontiguousarray(part["valid"], dtype=bool)).to(device),
+        "label": torch.from_numpy(np.asarray(part["label"], dtype=np.int64)).to(device),
+        "start": torch.from_numpy(np.asarray(part["start"], dtype=np.int64)).to(device),
+        "end": torch.from_numpy(np.asarray(part["end"], dtype=np.int64)).to(device),
     }
+
+
+def pick_device(preference: str) -> torch.device:
+    """The training device: cuda when asked (or 'auto' and one is visible), else cpu."""
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        from moola_core.errors import MoolaError
+
+        raise MoolaError("device is 'cuda' but no GPU is visible; use device: auto or cpu.")
+    return torch.device("cuda")
+
+
+def _autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on a GPU (the LSTM and linear layers run in bf16, losses in float32);
+    a no-op on the CPU, so CPU results are the float32 ones."""
+    import contextlib
+
+    if device.type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _truth(part: dict) -> dict[str, np.ndarray]:
@@ -105,13 +127,14 @@ class _Progress:
             self.bar.stop()
 
 
-def _evaluate_split(model, part: dict, n_boot: int) -> tuple[dict, dict]:
+def _evaluate_split(model, part: dict, truth: dict, n_boot: int) -> tuple[dict, dict]:
     """Predict one split -> (metrics with CIs, predictions as lists)."""
     t = _tensors(part)
     pred = {k: v.numpy() for k, v in model.predict(t["x"], t["valid"]).items()}
-    report = M.evaluate(pred, _truth(part), n_boot=n_boot, seed=0)
-    listed = {k: pred[k].tolist() for k in ("label", "start", "end")}
+    report = M.evaluate(pred, truth, n_boot=n_boot, seed=0)
+    listed = {k: pred[k].tolist() for k in ("label", "start", "end", "abstain")}
     listed["class_probs"] = np.round(pred["class_probs"], 5).tolist()
+    listed["confidence"] = np.round(pred["confidence"], 6).tolist()
     return report, listed
 
 
@@ -151,6 +174,7 @@ def _train(config: TrainConfig, out: Path, run_id: str, data: RunData, progress:
     torch.manual_seed(config.seed)
     model = build_model(config.model_dict())
     runs.write_json(out / runs.MODEL, model.config)
+    device = pick_device(config.device)
     transfer = None
     if config.pretrained_encoder:
         from moola_core.pretrain.transfer import load_pretrained_encoder
@@ -158,11 +182,12 @@ def _train(config: TrainConfig, out: Path, run_id: str, data: RunData, progress:
         transfer = load_pretrained_encoder(
             model, config.pretrained_encoder, freeze=config.freeze_encoder
         )
+    model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=config.optim.lr, weight_decay=config.optim.weight_decay
     )
-    train, val = _tensors(data.part("train")), _tensors(data.part("val"))
+    train, val = _tensors(data.part("train"), device), _tensors(data.part("val"), device)
     val_truth = _truth(data.part("val"))
     order = torch.Generator().manual_seed(config.seed)
     metric = config.early_stopping_metric
@@ -173,39 +198,51 @@ def _train(config: TrainConfig, out: Path, run_id: str, data: RunData, progress:
     report = _Progress(progress, run_id, config.optim.max_epochs)
     started = time.perf_counter()
     n_train, batch_size = len(train["x"]), config.optim.batch_size
+    history_rows: list[dict] = []
     try:
         with (out / runs.HISTORY).open("w") as history:
             for epoch in range(1, config.optim.max_epochs + 1):
                 epoch_start = time.perf_counter()
                 model.train()
-                permutation = torch.randperm(n_train, generator=order)
-                totals = {"loss": 0.0, "class": 0.0, "span": 0.0}
+                permutation = torch.randperm(n_train, generator=order).to(device)
+                # summed on the device and read once per epoch: no host sync per step
+                totals_t = torch.zeros(3, dtype=torch.float64, device=device)
                 for i in range(0, n_train, batch_size):
                     idx = permutation[i : i + batch_size]
-                    output = model(train["x"][idx], train["valid"][idx])
+                    with _autocast(device, config.bf16):
+                        output = model(train["x"][idx], train["valid"][idx])
+                    output = {k: v.float() for k, v in output.items()}
                     loss, parts = model.loss(
-                        output, train["label"][idx], train["start"][idx], train["end"][idx]
+                        output,
+                        train["label"][idx],
+                        train["start"][idx],
+                        train["end"][idx],
+                        detached=True,
                     )
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(trainable, config.optim.grad_clip)
                     optimizer.step()
                     share = len(idx) / n_train
-                    totals["loss"] += float(loss.detach()) * share
-                    totals["class"] += parts["class"] * share
-                    totals["span"] += parts["span"] * share
+                    totals_t += torch.stack([loss.detach(), parts["class"], parts["span"]]) * share
+                totals = dict(zip(("loss", "class", "span"), totals_t.tolist(), strict=True))
 
                 model.eval()
                 with torch.no_grad():
-                    output = model(val["x"], val["valid"])
+                    with _autocast(device, config.bf16):
+                        output = model(val["x"], val["valid"])
+                    output = {k: v.float() for k, v in output.items()}
                     val_loss, _ = model.loss(output, val["label"], val["start"], val["end"])
-                    pred = {k: v.numpy() for k, v in model.decode(output, val["valid"]).items()}
+                    decoded = model.decode(output, val["valid"])
+                    pred = {k: v.cpu().numpy() for k, v in decoded.items()}
                 val_metrics = M.point_metrics(pred, val_truth)
                 value = float(val_loss) if metric == "loss" else val_metrics[metric]
                 score = sign * value
                 if score > best_score:
                     best_score, best_epoch, since_best = score, epoch, 0
-                    best_state = copy.deepcopy(model.state_dict())
+                    best_state = {
+                        k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+                    }
                 else:
                     since_best += 1
                 row = {
@@ -218,6 +255,7 @@ def _train(config: TrainConfig, out: Path, run_id: str, data: RunData, progress:
                     "best_epoch": best_epoch,
                     "seconds": round(time.perf_counter() - epoch_start, 3),
                 }
+                history_rows.append(row)
                 history.write(json.dumps(row) + "\n")
                 history.flush()
                 report.epoch(row, metric, sign * best_score, best_epoch)
@@ -227,15 +265,29 @@ def _train(config: TrainConfig, out: Path, run_id: str, data: RunData, progress:
         report.close()
     train_seconds = time.perf_counter() - started
 
+    model.to("cpu")
     model.load_state_dict(best_state)
     torch.save(model.state_dict(), out / runs.WEIGHTS)
+    # temperatures and the abstain threshold, fitted on validation, travel in model.json
+    cal = _tensors(data.part("val"))
+    calibration = calibrate(
+        model,
+        cal["x"],
+        cal["valid"],
+        cal["label"],
+        cal["start"],
+        cal["end"],
+        recall=config.abstain_recall,
+    )
+    runs.write_json(out / runs.MODEL, model.config)
 
     results: dict = {}
     predictions: dict = {}
     for split in ("val", "test"):
-        results[split], predictions[split] = _evaluate_split(model, data.part(split), n_boot)
+        truth = data.truth(split)
+        results[split], predictions[split] = _evaluate_split(model, data.part(split), truth, n_boot)
         predictions[split]["window_id"] = data.window_ids(split)
-        predictions[split]["truth"] = {k: v.tolist() for k, v in _truth(data.part(split)).items()}
+        predictions[split]["truth"] = {k: v.tolist() for k, v in truth.items()}
     baselines: dict = {}
     train_part = data.part("train")
     fitted = fit_baselines(
@@ -244,6 +296,7 @@ def _train(config: TrainConfig, out: Path, run_id: str, data: RunData, progress:
         train_part["label"],
         train_part["start"],
         train_part["end"],
+        val=data.part("val"),
     )
     predictions["baselines"] = {}
     for name, baseline in fitted.items():
@@ -252,8 +305,12 @@ def _train(config: TrainConfig, out: Path, run_id: str, data: RunData, progress:
         for split in ("val", "test"):
             part = data.part(split)
             pred = baseline.predict(part["x"], part["valid"])
-            baselines[name][split] = M.evaluate(pred, _truth(part), n_boot=n_boot, seed=0)
-            predictions["baselines"][name][split] = {k: v.tolist() for k, v in pred.items()}
+            baselines[name][split] = M.evaluate(pred, data.truth(split), n_boot=n_boot, seed=0)
+            predictions["baselines"][name][split] = {
+                k: np.round(v, 5).tolist() if k == "class_probs" else v.tolist()
+                for k, v in pred.items()
+            }
+    val_losses = [row["val_loss"] for row in history_rows]
 
     summary = {
         "run_id": run_id,
@@ -270,6 +327,16 @@ def _train(config: TrainConfig, out: Path, run_id: str, data: RunData, progress:
         "stopped_early": epoch < config.optim.max_epochs,
         "train_seconds": round(train_seconds, 2),
         "pretrained_encoder": transfer,
+        "device": str(device),
+        "bf16": bool(config.bf16 and device.type == "cuda"),
+        # did it learn? the validation loss of the first epoch against the best one
+        "learning": {
+            "first_val_loss": round(val_losses[0], 5),
+            "best_val_loss": round(min(val_losses), 5),
+            "val_loss_fell": bool(min(val_losses) < val_losses[0]),
+        },
+        "calibration": calibration,
+        "provenance": provenance(str(device)),
         "val": results["val"],
         "test": results["test"],
         "baselines": baselines,

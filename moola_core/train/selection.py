@@ -4,11 +4,16 @@ The choice is made on the validation split only: first the variant with the best
 seeds (one lucky seed on ~35 windows proves little), then that variant's best seed. The test
 split is never looked at to choose; its figure is reported next to the heuristic's as the
 honest estimate of what the chosen run does on unseen windows.
+
+Then the quality gate (moola_core.train.gate) is evaluated for every candidate run and written
+into its metrics.json, so any bundle built from any of them carries its verdict; the chosen
+run's verdict (and a person's override of a failing one) also goes into runs/selected.json.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 from moola_core import metrics as M
@@ -27,12 +32,18 @@ def select_run(
     *,
     write: bool = True,
     n_boot: int = 1000,
+    override: str | None = None,
+    by: str | None = None,
 ) -> dict:
     """Pick the run to ship by `primary_metric` on validation; write runs/selected.json.
 
     Returns the record written: run_id, variant, seed, metric, split, value, ci, variant_mean,
-    test (value and ci), heuristic_test, beats_heuristic, reason, candidates, selected_at.
+    test (value and ci), heuristic_test, beats_heuristic, gate, reason, candidates,
+    selected_at. `override` (a reason) with `by` (who) lets a run that failed the gate ship:
+    it is recorded in `gate["override"]` of the record and of the run's metrics.json.
     """
+    if override is not None and not override.strip():
+        raise MoolaError('--override needs a reason, e.g. --override "hotfix, approved by X".')
     if primary_metric not in M.METRICS:
         raise MoolaError(
             f"unknown metric {primary_metric!r}; choose one of {', '.join(M.METRICS)}."
@@ -88,6 +99,20 @@ def select_run(
         )
     reason += "."
 
+    gates = _gate_candidates(runs_dir, variants, primary_metric, n_boot, write)
+    gate = gates[run.run_id]
+    if not gate["passed"] and override:
+        gate["override"] = {
+            "reason": " ".join(override.split()),
+            "by": by or "unknown",
+            "at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        if write:
+            _store_gate(run, gate)
+    reason += " " + gate["summary"][0].upper() + gate["summary"][1:] + "."
+    if gate.get("override"):
+        reason += f" Overridden by {gate['override']['by']}: {gate['override']['reason']}."
+
     record = {
         "run_id": run.run_id,
         "variant": best["variant"],
@@ -104,6 +129,7 @@ def select_run(
             else None
         ),
         "beats_heuristic": beats,
+        "gate": gate,
         "reason": reason,
         "candidates": {
             "runs": sum(len(v["run_ids"]) for v in variants),
@@ -114,3 +140,25 @@ def select_run(
     if write:
         runs.write_json(Path(runs_dir) / runs.SELECTED, record)
     return record
+
+
+def _store_gate(run: runs.Run, gate: dict) -> None:
+    """Write the gate verdict into the run's metrics.json (what a bundle's manifest carries)."""
+    metrics = json.loads((run.path / runs.METRICS).read_text())
+    metrics["gate"] = gate
+    runs.write_json(run.path / runs.METRICS, metrics)
+
+
+def _gate_candidates(runs_dir, variants, metric: str, n_boot: int, write: bool) -> dict:
+    """Evaluate the gate of every candidate run -> {run_id: gate}; stored in each metrics.json."""
+    from moola_core.train.gate import evaluate_gate
+
+    gates = {}
+    for row in variants:
+        for run_id in row["run_ids"]:
+            run = runs.load_run(run_id, runs_dir)
+            predictions = json.loads((run.path / runs.PREDICTIONS).read_text())
+            gates[run_id] = evaluate_gate(predictions, metric, n_boot=n_boot)
+            if write:
+                _store_gate(run, gates[run_id])
+    return gates

@@ -10,9 +10,9 @@ from invoke.exceptions import Exit
 
 from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
 
-_MARK = {"done": "✔", "failed": "✘", "pending": "·", "skipped": "–", "ok": "✔"}
+_MARK = {"done": "✔", "failed": "✘", "pending": "·", "skipped": "–", "ok": "✔", "not needed": "–"}
 _COLOUR = {"done": "green", "ok": "green", "failed": "red", "pending": "yellow",
-           "skipped": "dim", "refused": "red", "aborted": "red"}  # fmt: skip
+           "skipped": "dim", "refused": "red", "aborted": "red", "not needed": "dim"}  # fmt: skip
 
 
 def _short_time(iso: str) -> str:
@@ -151,36 +151,46 @@ def preflight(c, config="", tests="", skip="", run="", runs_dir="runs", json=Fal
         "metric": "primary held-out metric to choose by (default: invoke.yaml select.metric, "
         "else span_iou)",
         "runs_dir": "where training runs live (default runs)",
+        "override": "ship a run that fails the quality gate anyway; the reason is recorded with "
+        "your name as a sign-off in the log (invoke checklist shows it)",
         "json": "print one JSON document",
     }
 )
 @user_errors
-def select(c, metric="", runs_dir="runs", json=False):
-    """Phase 2: pick the run to ship on held-out metrics (with CIs), explain and record it."""
+def select(c, metric="", runs_dir="runs", override=None, json=False):
+    """Phase 2: pick the run to ship on held-out metrics (with CIs), then the quality gate: exit 1
+    unless it beats the heuristic and the linear baseline (or --override "reason")."""
     from moola_ops.phases import run_select
 
     metric = metric or (c.config.get("select") or {}).get("metric", "")  # invoke.yaml select.metric
-    report = run_select(runs_dir=runs_dir, metric=metric or None)
+    report = run_select(runs_dir=runs_dir, metric=metric or None, override=override)
     _finish(report, json)
 
 
 @task(
     help={
-        "host": "inventory host names or a group, comma separated",
+        "host": "inventory host names, groups and/or globs (local-*), comma separated",
         "timeout": "seconds the whole check may take (default 300)",
         "inventory": "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)",
         "json": "print one JSON document",
+        "refresh": "ask RunPod where pods are now instead of using the 60 s cache",
     }
 )
 @user_errors
-def verify(c, host, timeout=300.0, inventory="", json=False):
+def verify(c, host, timeout=300.0, inventory="", json=False, refresh=False):
     """Phase 5: runtime check through `current` on each host, latency against the SLA."""
     from moola_ops.inventory import load_inventory
     from moola_ops.phases import run_verify
+    from moola_ops.runpod import refresh_cache
+
+    refresh_cache(refresh)
 
     # like deploy and rollback: the hosts just deployed from --inventory can be verified there
+    from moola_ops.progress import show
+
     hosts = load_inventory(inventory or None) if inventory else None
-    report = run_verify(host, timeout_s=float(timeout), inventory=hosts)
+    with show("verify", plain=not json):
+        report = run_verify(host, timeout_s=float(timeout), inventory=hosts)
     _finish(report, json)
 
 

@@ -132,13 +132,16 @@ def _with_progress_bar(run_pretraining, settings, out, resume):
                 f"split at {event['cutoff']}, on {event['device']}"
             )
         elif event["event"] == "step":
-            progress.update(
-                bar, advance=1, description=f"epoch {event['epoch']} loss {event['loss']:.4f}"
-            )
+            # the GPU-friendly loop reads the loss once per epoch, so a step may carry none
+            loss = "" if event.get("loss") is None else f" loss {event['loss']:.4f}"
+            progress.update(bar, advance=1, description=f"epoch {event['epoch']}{loss}")
         elif event["event"] == "epoch":
             val = "-" if event["val_loss"] is None else f"{event['val_loss']:.4f}"
+            interp = event.get("interpolation_val_loss")
+            interp = "" if interp is None else f" (interpolation {interp:.4f})"
             progress.console.print(
-                f"epoch {event['epoch']}/{event['epochs']}: train {event['train_loss']:.4f}, val {val}"
+                f"epoch {event['epoch']}/{event['epochs']}: train {event['train_loss']:.4f}, "
+                f"val {val}{interp}"
             )
 
     with progress:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import invoke
 from invoke.exceptions import Exit
+from invoke.parser import Argument as FlagArgument
 
-from moola_ops.cli._common import FlagArgument, MoolaTask, console, is_tty, print_json, user_errors
+from moola_ops.cli._common import console, is_tty, print_json, user_errors
 
 
 class _EnsureFlag(FlagArgument):
@@ -26,7 +27,7 @@ class _EnsureFlag(FlagArgument):
             self.partner.set_value("ensure")
 
 
-class ServeTask(MoolaTask):
+class ServeTask(invoke.Task):
     def get_arguments(self, ignore_unknown_help=None):
         args = super().get_arguments(ignore_unknown_help)
         action = next(a for a in args if a.name == "action")
@@ -50,6 +51,7 @@ class ServeTask(MoolaTask):
 @invoke.task(
     klass=ServeTask,
     positional=["action"],
+    auto_shortflags=False,
     help={
         "action": "start (idempotent), stop (drain, then exit), status, restart (zero downtime)",
         "host": "inventory host names and/or groups, comma separated",

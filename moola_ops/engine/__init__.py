@@ -11,7 +11,7 @@ Public API for other rooms:
     resolve_bundle(spec) -> LocalBundle
     deploy(hosts, bundle, opts) / rollback(hosts, to, opts) / drill(hosts, opts)
     restore(hosts, snapshot, opts) / repair(hosts, bundle, opts) -> FleetResult
-    plan_deploy / plan_rollback / plan_prune_run / plan_restore -> FleetResult (status planned)
+    prune(hosts, opts); with Options(plan=True) each returns the plan instead (status planned)
     list_backups(host) / lock_status(host) / release_lock / break_lock / host_facts(host)
     verify_current(host, deep=False) -> CurrentCheck
 """
@@ -38,7 +38,7 @@ from moola_ops.engine.results import (
     Refused,
     StepFailed,
 )
-from moola_ops.engine.workflows import deploy, drill, repair, restore, rollback
+from moola_ops.engine.workflows import deploy, drill, prune, repair, restore, rollback
 
 __all__ = [
     "DEFAULT_BUNDLES",
@@ -57,6 +57,7 @@ __all__ = [
     "drill",
     "host_facts",
     "list_backups",
+    "prune",
     "lock_status",
     "release_lock",
     "repair",

@@ -13,7 +13,6 @@ from moola_ops.commands import facts as facts_cmd
 from moola_ops.commands import lock as lock_cmd
 from moola_ops.commands import release as release_cmd
 from moola_ops.commands.layout import Layout
-from moola_ops.engine.results import Options
 from moola_ops.inventory import Host
 from moola_ops.journal import Journal
 from moola_ops.transport import HostSession
@@ -49,7 +48,7 @@ def lock_status(host: Host) -> dict[str, Any] | None:
     if facts.lock is None:
         return None
     holder = dict(facts.lock.holder)
-    why = lock_cmd.stale_reason(holder, facts.lock.age_s, max_age_s=Options().host_deadline_s)
+    why = lock_cmd.stale_reason(holder, facts.lock.age_s, max_age_s=lock_cmd.MAX_AGE_S)
     if why:
         holder["stale"] = why
         holder["break"] = lock_cmd.break_hint(host.name)

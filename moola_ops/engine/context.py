@@ -244,7 +244,7 @@ class HostContext:
 def lock_message(name: str, holder: dict | None, facts: facts_cmd.HostFacts, opts: Options) -> str:
     """`H is locked by ...`, calling a stale lock stale, always with the --break command."""
     age = facts.lock.age_s if facts.lock is not None else None
-    stale = lock_cmd.stale_reason(holder, age, max_age_s=opts.host_deadline_s)
+    stale = lock_cmd.stale_reason(holder, age, max_age_s=lock_cmd.MAX_AGE_S)
     hint = lock_cmd.break_hint(name)
     if stale:
         return f"{name} is locked by {lock_cmd.describe_holder(holder)}, a STALE lock ({stale}): {hint}"
@@ -322,7 +322,8 @@ def settle(ctx: HostContext, exc: BaseException) -> HostOutcome:
     name = ctx.host.name
     notes: list[str] = []
     current = ctx.previous
-    if isinstance(exc, Aborted | KeyboardInterrupt):
+    cut = ctx.cancel.is_set() and isinstance(exc, TransportError)  # our Ctrl-C cut the line
+    if isinstance(exc, Aborted | KeyboardInterrupt) or cut:
         status, first = "aborted", "stopped by Ctrl-C"
         ctx.record(steps.ABORTED, "aborted", reason="Ctrl-C")
     elif isinstance(exc, Refused):

@@ -317,6 +317,21 @@ def restore_stages(snapshot: str, version: str) -> list[Stage]:
     return [(steps.LOCK, _lock(lambda ctx: f"restore {snapshot}")), (steps.RESTORE, restore)]
 
 
+# --- prune (on its own) -------------------------------------------------------------------------
+
+
+def prune_stages() -> list[Stage]:
+    """Lock, prune (never current or its rollback target), unlock."""
+
+    def prune(ctx: HostContext) -> HostOutcome:
+        stages.prune(ctx, (ctx.previous,) if ctx.previous else ())
+        return HostOutcome(
+            ctx.host.name, "ok", f"pruned {ctx.host.name}", ctx.previous, ctx.previous
+        )
+
+    return [(steps.LOCK, _lock(lambda ctx: "prune")), (steps.PRUNE, prune)]
+
+
 # --- repair (re-upload the same bytes of a damaged release) -------------------------------------
 
 

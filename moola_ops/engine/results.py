@@ -103,6 +103,7 @@ class Options:
     canary: int = 0  # hosts deployed first; the rest stop if one fails
     batch: int = 0  # after the canary, hosts per wave (0: all at once, within `parallel`)
     plan: bool = False  # read facts and say what would happen; change nothing, lock nothing
+    deadline_s: float | None = None  # one host's whole run (None: host_deadline_s's sum)
     progress: Callable[[str, int], Callable[[int, int], None] | None] | None = None
     journal_path: str | None = None  # None: env MOOLA_LOG or logs/deployments.jsonl
     serve: bool = True  # start the target's server, move live traffic with `current`
@@ -112,6 +113,8 @@ class Options:
     def host_deadline_s(self) -> float:
         """The longest one host's run may take: every step at its own deadline, plus cleanup.
         A lock older than this is stale."""
+        if self.deadline_s:
+            return self.deadline_s
         return (
             self.upload_timeout_s
             + 3 * self.check_timeout_s

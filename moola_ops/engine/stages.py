@@ -214,6 +214,9 @@ def switch(
         info["current"] = lines[-1] if lines else None
         if out.stderr.strip():
             info["stderr"] = out.stderr.strip()[-200:]
+        moved = release_cmd.LOCK_NOT_OURS not in lines and info["current"] == f"releases/{version}"
+        if not moved and ctx.unsettled and ctx.unsettled[0] == version:
+            ctx.unsettled = None  # `current` did not move: nothing to switch back
         if release_cmd.LOCK_NOT_OURS in lines:
             info["status"] = "refused"
             raise StepFailed(

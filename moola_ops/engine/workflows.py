@@ -75,6 +75,17 @@ def restore(hosts: list[Host], snapshot: str, opts: Options | None = None) -> Fl
     )
 
 
+def prune(hosts: list[Host], opts: Options | None = None) -> FleetResult:
+    """Remove old releases and snapshots (keep_releases / keep_backups; never current or the
+    rollback target, nor their newest snapshots)."""
+    opts = opts or Options()
+    if opts.plan:
+        from moola_ops.engine.plan import plan_prune_run
+
+        return plan_prune_run(hosts, opts)
+    return run_phase(steps.PRUNE_PHASE, hosts, opts, flows.prune_stages)
+
+
 def repair(hosts: list[Host], bundle: LocalBundle, opts: Options | None = None) -> FleetResult:
     """Re-upload and re-verify the same bytes of a damaged release (checked, logged)."""
     opts = opts or Options()

@@ -123,3 +123,42 @@ def test_inventory_from_a_sandbox_object():
         2222, "/w/one", "/k/known_hosts", 2
     )  # fmt: skip
     assert host.python == "/sbx/remote-bin/python3"
+
+
+def test_a_home_relative_workspace_is_refused_with_the_line(tmp_path):
+    # `~/moola` reached the shell expanded but SFTP uploads literally: "No such file" on upload
+    text = GOOD.replace("  runpod-2:\n", "  runpod-2:\n    workspace: ~/moola\n")
+    with pytest.raises(MoolaError) as err:
+        load_inventory(write(tmp_path, text))
+    message = str(err.value)
+    assert "line 13: hosts.runpod-2.workspace: workspace '~/moola' starts with '~'" in message
+    assert "write the absolute path on the host" in message and "Value error" not in message
+    with pytest.raises(MoolaError, match="defaults.workspace: workspace '~/' starts with"):
+        load_inventory(
+            write(tmp_path, GOOD.replace("workspace: /workspace/moola", "workspace: ~/"))
+        )
+
+
+def test_an_inventory_that_is_not_utf8_text_or_is_a_folder_is_one_sentence(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(
+        GOOD.replace("runpod-2:", "runpod-2:\n    gpu: A100 \xe9t\xe9").encode("latin-1")
+    )
+    with pytest.raises(MoolaError, match=r"is not UTF-8 text \(byte 0xe9 on line 13\): save it"):
+        load_inventory(path)
+    folder = tmp_path / "inventory"
+    folder.mkdir()
+    with pytest.raises(MoolaError, match="is a folder, not a file"):
+        load_inventory(folder)
+
+
+def test_keepalive_and_connect_retries_come_from_the_inventory(tmp_path):
+    text = GOOD.replace("  user: root\n", "  user: root\n  keepalive_s: 2\n  connect_retries: 0\n")
+    text = text.replace("    port: 40122\n", "    port: 40122\n    keepalive_s: 0\n")
+    inv = load_inventory(write(tmp_path, text))
+    one, two = inv.resolve("runpod-1,runpod-2")
+    assert (one.keepalive_s, one.connect_retries) == (0, 0)  # 0 is a choice: keepalives off
+    assert (two.keepalive_s, two.connect_retries) == (2, 0)
+    bad = GOOD.replace("  user: root\n", "  user: root\n  connect_retries: -1\n")
+    with pytest.raises(MoolaError, match="defaults.connect_retries"):
+        load_inventory(write(tmp_path, bad))

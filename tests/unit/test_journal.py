@@ -93,3 +93,77 @@ def test_lines_that_are_not_events_are_skipped(tmp_path):
         fh.write('{}\n[1]\n"x"\n{"time": "2026-01-01T00:00:00.000Z", "phase": "deploy"}\n{torn\n')
     Journal("rollback", path=path, actor="alice@laptop").record("h1", "switch", "ok")
     assert [e["phase"] for e in read_events(path)] == ["deploy", "rollback"]
+
+
+# --- the write path fails loudly and never tears the log (issue 15, item 1) -----------------
+
+_SHORT_WRITE = """
+import resource, signal, sys
+from moola_ops.journal import Journal, JournalWriteError
+path, limit = sys.argv[1], int(sys.argv[2])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit write() fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    Journal("deploy", path=path).record("h1", "switch", "ok", pad="x" * 12000)
+except JournalWriteError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def _record_under_file_limit(path, limit: int):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-c", _SHORT_WRITE, str(path), str(limit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_short_write_is_an_error_and_leaves_only_whole_lines(tmp_path):
+    path = tmp_path / "d.jsonl"
+    Journal("deploy", path=path).record("h1", "lock", "ok")
+    before = path.read_bytes()
+    # the file may grow by 4 KB: a 12 KB event is written partly, then the disk is "full"
+    done = _record_under_file_limit(path, len(before) + 4096)
+    assert done.returncode == 3, done.stderr  # an error, not a silent truncation
+    message = done.stdout.strip()
+    assert message.startswith(f"could not write the deployment log {path} (File too large)")
+    assert "only 4096 of" in message and "taken back out" in message
+    assert "\n" not in message and "Traceback" not in done.stderr
+    assert path.read_bytes() == before  # the partial line was removed
+    Journal("deploy", path=path).record("h1", "unlock", "ok")
+    assert [e["step"] for e in read_events(path)] == ["lock", "unlock"]
+
+
+def test_an_event_after_a_torn_line_starts_on_a_fresh_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    Journal("deploy", path=path).record("h1", "lock", "ok")
+    with open(path, "ab") as fh:  # what a writer killed mid-line (or an old version) leaves
+        fh.write(b'{"deployment": "torn", "pad": "xxxx')
+    Journal("deploy", path=path).record("h1", "switch", "ok")
+    Journal("deploy", path=path).record("h1", "unlock", "ok")
+    assert [e["step"] for e in read_events(path)] == ["lock", "switch", "unlock"]
+    assert path.read_bytes().endswith(b"\n")
+
+
+def test_a_log_that_cannot_be_written_is_one_sentence(tmp_path):
+    from moola_core.errors import MoolaError
+    from moola_ops.journal import JournalWriteError, check_writable
+
+    folder = tmp_path / "log-is-a-folder"
+    folder.mkdir()
+    with pytest.raises(JournalWriteError) as caught:
+        Journal("deploy", path=folder).record("h1", "switch", "ok")
+    assert isinstance(caught.value, MoolaError)
+    assert str(caught.value).startswith(f"could not write the deployment log {folder}")
+    assert "it is a folder" in str(caught.value)
+
+    blocked = tmp_path / "a-file" / "deployments.jsonl"  # its folder is a file
+    blocked.parent.write_text("")
+    with pytest.raises(JournalWriteError, match="a file is in the way"):
+        check_writable(blocked)
+    assert check_writable(tmp_path / "new" / "d.jsonl").is_file()

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from moola_core import metrics
-from moola_core.baselines import MajorityBaseline, RangeExpansionHeuristic, longest_run
+from moola_core.baselines import (
+    LinearBaseline,
+    MajorityBaseline,
+    RangeExpansionHeuristic,
+    longest_run,
+)
 from moola_core.data.features import COL
 
 # Four windows; spans are inclusive [start, end].
@@ -30,6 +35,8 @@ HAND = {
     "start_hit3": 2 / 4,
     "end_hit3": 2 / 4,
     "boundary_mae": (0 + 5 + 20 + 1) / 4,
+    "span_iou_consolidation": (1 + 1 / 3) / 2,  # windows 0 and 1 are truly consolidation
+    "span_iou_retracement": (0 + 0.6) / 2,
 }
 
 
@@ -38,6 +45,56 @@ def test_every_metric_matches_the_hand_computed_case():
     assert set(got) == set(metrics.METRICS) == set(HAND)
     for name, expected in HAND.items():
         assert got[name] == pytest.approx(expected), name
+
+
+def test_ece_and_brier_by_hand():
+    # top probabilities 0.9 (right), 0.8 (wrong), 0.6 (right), 0.55 (right); bins of 0.1:
+    # [0.9]: |0.9 - 1| = 0.1; [0.8]: |0.8 - 0| = 0.8; [0.5, 0.6): |0.55 - 1| = 0.45;
+    # [0.6, 0.7): |0.6 - 1| = 0.4 -> ECE = (0.1 + 0.8 + 0.45 + 0.4) / 4
+    probs = [[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.45, 0.55]]
+    pred = {**TRUTH, "label": [0, 0, 1, 1], "class_probs": probs}
+    truth = {**TRUTH, "label": [0, 1, 1, 1]}
+    got = metrics.point_metrics(pred, truth)
+    assert got["ece"] == pytest.approx((0.1 + 0.8 + 0.45 + 0.4) / 4)
+    brier = [0.1**2 * 2, 0.8**2 * 2, 0.4**2 * 2, 0.45**2 * 2]
+    assert got["brier"] == pytest.approx(sum(brier) / 4)
+    assert "ece" not in metrics.point_metrics(PRED, TRUTH)  # no probabilities, no calibration
+
+
+def test_group_bootstrap_moves_windows_of_one_group_together():
+    rng = np.random.default_rng(0)
+    groups = np.array([0, 0, 1, 2, 2, 2])
+    weights = metrics.resample_weights(groups, 500, rng)
+    assert weights.shape == (500, 6)
+    assert np.array_equal(weights[:, 0], weights[:, 1])
+    assert np.array_equal(weights[:, 3], weights[:, 5])
+    assert np.allclose(weights[:, [0, 2, 3]].sum(axis=1), 3)  # three groups drawn each time
+
+
+def test_copies_in_one_group_widen_the_interval_honestly():
+    # 20 windows, each duplicated: counted as 40 independent windows the CI is too narrow
+    rng = np.random.default_rng(2)
+    base = {"label": rng.integers(0, 2, 20), "start": rng.integers(40, 60, 20)}
+    base["end"] = base["start"] + 10
+    truth = {k: np.repeat(v, 2) for k, v in base.items()}
+    pred = {**truth, "start": truth["start"] + np.repeat(rng.integers(-6, 7, 20), 2)}
+    naive = metrics.evaluate(pred, truth, n_boot=800)["span_iou"]
+    grouped = metrics.evaluate(pred, {**truth, "group": np.arange(40) // 2}, n_boot=800)
+    width = lambda e: e["ci_high"] - e["ci_low"]  # noqa: E731
+    assert width(grouped["span_iou"]) > 1.2 * width(naive)
+
+
+def test_resampling_seeds_widens_the_interval_when_seeds_disagree():
+    rng = np.random.default_rng(3)
+    n = 50
+    truth = {"label": rng.integers(0, 2, n), "start": np.full(n, 50), "end": np.full(n, 60)}
+    good = {**truth}
+    bad = {**truth, "start": np.full(n, 56)}
+    fixed = metrics.evaluate_mean([good, bad], truth, n_boot=500, resample_sets=False)
+    drawn = metrics.evaluate_mean([good, bad], truth, n_boot=500, resample_sets=True)
+    assert fixed["span_iou"]["value"] == drawn["span_iou"]["value"]
+    assert fixed["span_iou"]["ci_high"] - fixed["span_iou"]["ci_low"] < 1e-9  # windows agree
+    assert drawn["span_iou"]["ci_high"] - drawn["span_iou"]["ci_low"] > 0.2  # seeds do not
 
 
 def test_span_iou_of_inclusive_spans():
@@ -132,3 +189,37 @@ def test_heuristic_finds_a_planted_wide_run_and_learns_the_quiet_rule():
     got = metrics.point_metrics(heuristic.predict(x, valid), {"label": label, "start": start,
                                                               "end": end})  # fmt: skip
     assert got["span_iou"] > 0.9 and got["accuracy"] == 1.0
+
+
+def _planted(n: int, seed: int):
+    """Windows with a bump in feature 0 over [s, e] (the span) and the class in feature 1."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 0.3, (n, 105, 11)).astype(np.float32)
+    label = rng.integers(0, 2, n)
+    start = rng.integers(30, 80, n)
+    end = start + rng.integers(5, 20, n)
+    for i in range(n):
+        x[i, start[i] : end[i] + 1, 0] += 2.0
+        x[i, :, 1] += 0.8 * (2 * label[i] - 1)
+    valid = np.ones((n, 105), bool)
+    valid[:, :10] = False
+    return {"x": x, "valid": valid, "label": label, "start": start, "end": end}
+
+
+def test_linear_baseline_learns_a_planted_span_and_class_deterministically():
+    train, val, test = _planted(80, 0), _planted(30, 1), _planted(30, 2)
+    fitted = LinearBaseline().fit(
+        train["x"], train["valid"], train["label"], train["start"], train["end"], val=val
+    )
+    pred = fitted.predict(test["x"], test["valid"])
+    got = metrics.point_metrics(pred, test)
+    assert got["span_iou"] > 0.6 and got["accuracy"] > 0.9
+    assert np.allclose(pred["class_probs"].sum(axis=1), 1.0)
+    assert (pred["start"] >= 10).all() and (pred["start"] <= pred["end"]).all()  # valid bars only
+    assert sum(p.numel() for p in fitted.conv.parameters()) == 11 * 13 * 2 + 2  # 288
+    again = (
+        LinearBaseline()
+        .fit(train["x"], train["valid"], train["label"], train["start"], train["end"], val=val)
+        .predict(test["x"], test["valid"])
+    )
+    assert all(np.array_equal(pred[k], again[k]) for k in pred)

@@ -57,7 +57,9 @@ def test_predict_contract_for_every_head(head, posenc):
     first = model.predict(x, valid)
     assert model.training  # predict restores the mode it found
     second = model.predict(x, valid)
-    assert set(first) == {"label", "start", "end", "class_probs"}
+    assert set(first) == {"label", "start", "end", "class_probs", "confidence", "abstain"}
+    assert first["abstain"].dtype == torch.bool and first["abstain"].shape == (6,)
+    assert first["confidence"].shape == (6,) and bool((first["confidence"] <= 1).all())
     for key in ("label", "start", "end"):
         assert first[key].dtype == torch.int64 and first[key].shape == (6,)
         assert torch.equal(first[key], second[key])  # eval mode: deterministic
@@ -142,4 +144,4 @@ def test_models_import_nothing_but_stdlib_and_torch():
         [sys.executable, "-W", "ignore", "-c", code], cwd=root, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
-    assert "ok ['class_probs', 'end', 'label', 'start']" in done.stdout
+    assert "ok ['abstain', 'class_probs', 'confidence', 'end', 'label', 'start']" in done.stdout

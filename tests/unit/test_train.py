@@ -164,7 +164,9 @@ def test_compare_pools_seeds_per_variant_next_to_baselines(grid):
     runs_dir, _ = grid
     table = compare_runs(runs_dir, n_boot=100)
     variants = {row["variant"]: row for row in table.rows}
-    assert set(variants) == {"pointy", "tagger", "majority", "heuristic"}
+    assert set(variants) == {"pointy", "tagger", "majority", "heuristic", "linear"}
+    assert "ece" in variants["pointy"]["metrics"] and "ece" in variants["linear"]["metrics"]
+    assert "span_iou_retracement" in variants["heuristic"]["metrics"]
     assert sorted(variants["pointy"]["seeds"]) == [13, 17]
     entry = variants["pointy"]["metrics"]["span_iou"]
     assert entry["value"] == pytest.approx(sum(entry["per_set"]) / 2)
@@ -192,6 +194,23 @@ def test_select_picks_the_best_validation_variant_and_writes_selected_json(grid)
 def test_selection_without_runs_is_a_clear_error(tmp_path):
     with pytest.raises(MoolaError, match="no finished runs"):
         select_run(tmp_path)
+
+
+def test_a_run_records_provenance_calibration_and_abstention(grid):
+    _, results = grid
+    run = results[0]
+    metrics = run.metrics
+    assert set(metrics["provenance"]) >= {"commit", "dirty", "versions", "machine"}
+    assert metrics["provenance"]["versions"]["torch"] == torch.__version__
+    assert metrics["device"] == "cpu" and metrics["bf16"] is False
+    assert metrics["learning"]["first_val_loss"] >= metrics["learning"]["best_val_loss"]
+    model_json = json.loads((run.path / "model.json").read_text())
+    assert model_json["temperature"] == metrics["calibration"]["temperature"]
+    assert model_json["abstain_threshold"] == metrics["calibration"]["abstain_threshold"]
+    predictions = json.loads((run.path / "predictions.json").read_text())
+    assert len(predictions["test"]["abstain"]) == len(predictions["test"]["label"])
+    assert len(predictions["test"]["truth"]["group"]) == len(predictions["test"]["label"])
+    assert set(predictions["baselines"]) == {"majority", "heuristic", "linear"}
 
 
 def test_evaluate_reproduces_the_recorded_metrics(grid):

@@ -45,3 +45,13 @@ def test_overrides_nest_and_unknown_keys_name_where():
         load_pretrain(None, {"train.epcohs": 3})
     with pytest.raises(MoolaError, match=r"defaults: surprise: Extra inputs .* \(1 problem\(s\)\)"):
         load_train(None, {"surprise": 1})
+
+
+def test_a_config_that_is_not_utf8_or_is_a_folder_is_one_sentence(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"optim:\n  max_epochs: 3\n# caf\xe9\n")
+    for load in (load_train, load_pretrain):
+        with pytest.raises(MoolaError, match=r"is not UTF-8 text \(byte 0xe9 on line 3\)"):
+            load(path)
+    with pytest.raises(MoolaError, match="is a folder, not a file"):
+        read_mapping(tmp_path, "training config", "configs/jade.yaml")

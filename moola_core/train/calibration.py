@@ -1,0 +1,71 @@
+"""Calibration after training, fitted on the validation split only.
+
+Temperature scaling (Guo et al. 2017): divide the logits by one positive number T chosen to
+minimise the validation negative log-likelihood. It changes no decision (argmax and the best
+start/end pair stay the same), only how sure the model says it is. Two temperatures: one for
+the class head, one for the span pointer's start and end logits.
+
+The abstain threshold: `predict` answers "no pattern" (abstain) when its confidence is below
+it. Validation holds only windows with a pattern, so the threshold is the confidence quantile
+that keeps `recall` of them answered (default 0.9: abstain on at most about a tenth of real
+patterns); how many pattern-free windows it then refuses is measured on a detection set
+(benchmarks/models.py), never assumed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+LOG_T_GRID = torch.linspace(math.log(0.05), math.log(20.0), 241)  # T from 0.05 to 20
+
+
+def fit_temperature(nll_at) -> tuple[float, float, float]:
+    """Grid search on log T of a function T -> mean NLL -> (T, nll at T=1, nll at T)."""
+    values = torch.tensor([float(nll_at(float(math.exp(v)))) for v in LOG_T_GRID])
+    best = int(torch.argmin(values))
+    return float(math.exp(float(LOG_T_GRID[best]))), float(nll_at(1.0)), float(values[best])
+
+
+@torch.no_grad()
+def calibrate(model, x, valid, label, start, end, recall: float = 0.9) -> dict:
+    """Fit the temperatures and the abstain threshold on validation tensors; write them into
+    `model.config` and return what was fitted (with the NLL before and after)."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(x, valid)
+        logits = out["class_logits"].float()
+        temperature, class_before, class_after = fit_temperature(
+            lambda t: F.cross_entropy(logits / t, label)
+        )
+        fitted = {
+            "temperature": round(temperature, 4),
+            "class_nll_before": round(class_before, 4),
+            "class_nll_after": round(class_after, 4),
+        }
+        model.config["temperature"] = fitted["temperature"]
+        if "start_logits" in out:
+            s_logits, e_logits = out["start_logits"].float(), out["end_logits"].float()
+            span_t, span_before, span_after = fit_temperature(
+                lambda t: (
+                    0.5
+                    * (F.cross_entropy(s_logits / t, start) + F.cross_entropy(e_logits / t, end))
+                )
+            )
+            fitted.update(
+                span_temperature=round(span_t, 4),
+                span_nll_before=round(span_before, 4),
+                span_nll_after=round(span_after, 4),
+            )
+            model.config["span_temperature"] = fitted["span_temperature"]
+        model.config["abstain_threshold"] = 0.0
+        confidence = model.decode(out, valid)["confidence"].float()
+        threshold = float(torch.quantile(confidence, 1.0 - recall)) if len(confidence) else 0.0
+        model.config["abstain_threshold"] = threshold
+        fitted.update(abstain_threshold=threshold, abstain_recall_target=recall)
+        return fitted
+    finally:
+        model.train(was_training)

@@ -1,0 +1,161 @@
+"""`--plan` and Invoke's `--dry`: facts read, nothing changed, the commands a real run sends.
+
+A planned deploy must leave every host byte-identical (the workspace tree, its contents and
+mtimes), take no lock and log nothing; the commands it lists must be the ones the real deploy
+then sends, in order (run-time values such as the deployment id and timestamps aside).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from moola_ops import engine
+from moola_ops.engine import plan as plan_mod
+from moola_ops.inventory import Inventory
+from moola_ops.journal import read_events
+from moola_ops.transport import HostSession
+from tests.integration.conftest import start_hosts
+
+pytestmark = [pytest.mark.ssh, pytest.mark.slow]
+
+REPO = Path(__file__).parents[2]
+FAST = engine.Options(
+    check_runs=3, check_warmup=1, check_backend="eager", keep_releases=1, keep_backups=1
+)
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    sandbox, root = start_hosts(["plan-1"])
+    try:
+        yield sandbox, Inventory.from_sandbox(sandbox, connect_timeout_s=5)
+    finally:
+        sandbox.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def tree(workspace: str) -> dict[str, tuple]:
+    """Every path under the workspace: kind, mode, size, mtime (ns), link target, content hash."""
+    state = {}
+    for base, dirs, files in os.walk(workspace):
+        for name in dirs + files:
+            path = os.path.join(base, name)
+            st = os.lstat(path)
+            link = os.readlink(path) if os.path.islink(path) else None
+            digest = None
+            if os.path.isfile(path) and not link:
+                digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            state[os.path.relpath(path, workspace)] = (
+                st.st_mode,
+                st.st_size,
+                st.st_mtime_ns,
+                link,
+                digest,
+            )
+    return state
+
+
+RUN_VALUES = [
+    (re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}"), "DEPLOYMENT"),
+    (re.compile(r"'\{\"actor\":[^']*\}'"), "HOLDER"),
+    (re.compile(r"'\{\"action\":[^']*\}'"), "REVISION"),
+    (re.compile(r"(\d{8}T\d{6}\d*Z|TIME)-(?=[^ ]*\.tar)"), "STAMP-"),
+]
+
+
+def normalised(command: str) -> str:
+    for pattern, token in RUN_VALUES:
+        command = pattern.sub(token, command)
+    return command
+
+
+def test_a_planned_deploy_changes_nothing_and_lists_what_the_deploy_runs(
+    hosts, bundles, journal_file, monkeypatch
+):
+    _, inventory = hosts
+    (host,) = inventory.resolve("plan-1")
+    assert engine.deploy([host], engine.resolve_bundle(str(bundles["v1.0"])), FAST).ok
+    v11 = engine.resolve_bundle(str(bundles["v1.1"]))
+    logged_before = read_events(journal_file)
+    before = tree(host.workspace)
+
+    planned = engine.deploy([host], v11, replace(FAST, plan=True))
+    (outcome,) = planned.outcomes
+    assert outcome.status == "planned" and planned.ok, outcome
+    plan = outcome.plan
+    assert (plan["current"], plan["target"]) == ("v1.0", "v1.1")
+    assert plan["upload"]["bytes"] == v11.size and plan["lock"] == "free"
+    assert plan["snapshot"] == "TIME-v1.0.tar"
+    assert [c["step"] for c in plan["commands"]] == [
+        "lock",
+        "upload",
+        "upload",
+        "promote",
+        "check",
+        "switch",
+        "post-check",
+        "prune",
+        "prune",
+        "unlock",
+    ]
+    assert "PLAN deploy v1.1" in plan_mod.render_plan(planned)
+    # nothing changed on the host, nothing logged as a deploy
+    assert tree(host.workspace) == before
+    assert read_events(journal_file) == logged_before
+
+    sent: list[str] = []
+    real_run, real_upload = HostSession.run, HostSession.upload
+
+    def run(self, command, **kw):
+        sent.append(command)
+        return real_run(self, command, **kw)
+
+    def upload(self, local, remote, **kw):
+        sent.append(plan_mod.UPLOAD.format(local=local, host=self.host.name, remote=remote))
+        return real_upload(self, local, remote, **kw)
+
+    monkeypatch.setattr(HostSession, "run", run)
+    monkeypatch.setattr(HostSession, "upload", upload)
+    done = engine.deploy([host], v11, FAST)
+    assert done.ok, done.outcomes
+    assert [normalised(c) for c in sent] == [normalised(c["command"]) for c in plan["commands"]]
+
+
+def test_invoke_dry_and_plan_flags_plan_instead_of_deploying(
+    hosts, bundles, journal_file, tmp_path
+):
+    _, inventory = hosts
+    (host,) = inventory.resolve("plan-1")
+    (tmp_path / "hosts.yaml").write_text(
+        "hosts:\n  plan-1:\n"
+        f"    hostname: {host.hostname}\n    port: {host.port}\n    user: {host.user}\n"
+        f"    identity_file: {host.identity_file}\n    known_hosts: {host.known_hosts}\n"
+        f"    workspace: {host.workspace}\n"
+    )
+    invoke = str(Path(sys.executable).parent / "invoke")
+    env = {**os.environ, "MOOLA_LOG": str(journal_file)}
+    inv = ["--host", "plan-1", "--inventory", str(tmp_path / "hosts.yaml")]
+    before = tree(host.workspace)
+    for args in (
+        ["--dry", "deploy", *inv, "--bundle", str(bundles["v1.2"])],
+        ["deploy", *inv, "--bundle", str(bundles["v1.2"]), "--plan"],
+        ["--dry", "rollback", *inv],
+        ["prune", *inv, "--plan"],
+    ):
+        proc = subprocess.run(
+            [invoke, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
+        assert proc.stdout.startswith("PLAN "), proc.stdout
+        assert "nothing was changed" in proc.stdout and "[lock]" in proc.stdout
+    assert tree(host.workspace) == before
+    assert read_events(journal_file) == []

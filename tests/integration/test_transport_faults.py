@@ -1,0 +1,389 @@
+"""Transport faults over real OpenSSH stand-in hosts: frozen sshd, deadlines, kills, retries.
+
+A "frozen" host has every process of its sshd except the listener stopped with SIGSTOP: the
+TCP connection stays up and the kernel keeps acknowledging, exactly what a hung sshd or a
+network that silently drops packets looks like to the client. Each test picks the moment of
+the fault itself (a progress callback, a file the remote command writes), never a sleep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from moola_ops.inventory import Inventory
+from moola_ops.transport import (
+    Aborted,
+    CommandTimeout,
+    HostKeyError,
+    HostSession,
+    TransportError,
+)
+
+pytestmark = pytest.mark.ssh
+
+
+@pytest.fixture
+def host(sandbox_factory):
+    sandbox = sandbox_factory(["tx-1"])
+    (resolved,) = Inventory.from_sandbox(sandbox, connect_timeout_s=5).resolve("tx-1")
+    resolved = replace(resolved, connect_retries=0)
+    yield resolved, sandbox.hosts["tx-1"]
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+class Freezer:
+    """SIGSTOP every process under a stand-in host's sshd listener; SIGCONT them at the end."""
+
+    def __init__(self, sshd_pid: int):
+        self.sshd_pid = sshd_pid
+        self.stopped: list[int] = []
+
+    def freeze(self) -> None:
+        # twice: a process forked between listing and stopping its parent is caught the second
+        # time (a stopped parent forks no more)
+        for _ in range(2):
+            for pid in _descendants(self.sshd_pid):
+                if pid not in self.stopped:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGSTOP)
+                        self.stopped.append(pid)
+        assert self.stopped, "no sshd session process to freeze"
+
+    def thaw(self) -> None:
+        for pid in self.stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self.stopped.clear()
+
+
+@pytest.fixture
+def freezer(host):
+    frozen = Freezer(host[1].pid)
+    yield frozen
+    frozen.thaw()
+
+
+def _in_thread(fn):
+    """Run fn in a thread; returns (thread, box) where box holds 'result' or 'error'."""
+    box: dict = {}
+
+    def body():
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def _wait_for(path: Path, limit_s: float = 30.0) -> None:
+    """Wait until the remote command wrote `path` (the test's chosen moment)."""
+    end = time.monotonic() + limit_s
+    while not path.exists():
+        assert time.monotonic() < end, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state == "Z"
+
+
+def test_a_command_past_its_deadline_is_killed_with_its_children(host):
+    resolved, running = host
+    pid_file = Path(running.workspace) / "child.pid"
+    with HostSession(resolved) as ssh:
+        with pytest.raises(CommandTimeout) as caught:
+            # the command never ends by itself; its background child must die with it
+            ssh.run(f"sleep 1000 & echo $! > {pid_file}; wait", timeout_s=2)
+        assert caught.value.killed and caught.value.timeout_s == 2
+        assert "did not finish within 2s and was stopped on the host" in str(caught.value)
+        assert _gone(int(pid_file.read_text()))
+        assert ssh.run("echo still usable").stdout == "still usable\n"
+
+
+def test_exit_codes_output_and_a_signal_come_back_unchanged(host):
+    resolved, _ = host
+    with HostSession(resolved) as ssh:
+        done = ssh.run("echo out; echo err >&2; exit 7")
+        assert (done.exit_code, done.stdout, done.stderr) == (7, "out\n", "err\n")
+        big = ssh.run("head -c 300000 /dev/zero | tr '\\0' a")
+        assert big.stdout == "a" * 300000
+        # the wrapper quotes the command once more: quotes and $ reach the shell unchanged
+        quoted = ssh.run("""printf '%s|' "it's" 'a "b"' '$NOT' "$((1+1))"; echo""")
+        assert quoted.stdout == 'it\'s|a "b"|$NOT|2|\n' and quoted.stderr == ""
+        killed = ssh.run("kill -KILL $$")
+        assert killed.exit_code == -1 and "killed by a signal" in killed.stderr
+
+
+def test_cancel_stops_a_running_command_on_the_host_within_seconds(host):
+    resolved, running = host
+    pid_file = Path(running.workspace) / "cancel.pid"
+    ssh = HostSession(resolved).open()
+    try:
+        thread, box = _in_thread(
+            lambda: ssh.run(f"sleep 1000 & echo $! > {pid_file}; wait", timeout_s=600)
+        )
+        _wait_for(pid_file)
+        ssh.cancel()
+        thread.join(30)
+        assert not thread.is_alive() and isinstance(box.get("error"), Aborted)
+        assert _gone(int(pid_file.read_text()))
+        with pytest.raises(Aborted):
+            ssh.run("true")  # a cancelled session does nothing more
+    finally:
+        ssh.close()
+
+
+def test_an_upload_to_a_frozen_sshd_ends_by_keepalive_with_one_sentence(host, freezer, tmp_path):
+    resolved, running = host
+    local = tmp_path / "big.bin"
+    local.write_bytes(os.urandom(1 << 20) * 48)  # more than TCP buffers + SSH window hold
+    ssh = HostSession(resolved, keepalive_s=1).open()
+
+    def progress(sent: int, total: int) -> None:
+        if not freezer.stopped:
+            freezer.freeze()  # right after the first block went out
+
+    try:
+        thread, box = _in_thread(
+            lambda: ssh.upload(local, f"{running.workspace}/big.bin", progress=progress)
+        )
+        thread.join(120)  # the default deadline would be 110 s: keepalives end it first
+        assert not thread.is_alive(), "the upload hung on a frozen host"
+        error = box.get("error")
+        assert isinstance(error, TransportError), box
+        assert "tx-1 stopped answering: no reply to keepalives" in str(error)
+        assert "during the upload" in str(error) and "\n" not in str(error)
+    finally:
+        ssh.close()
+
+
+def test_an_upload_without_keepalives_ends_by_its_deadline(host, freezer, tmp_path):
+    resolved, running = host
+    local = tmp_path / "big.bin"
+    local.write_bytes(os.urandom(1 << 20) * 48)
+    ssh = HostSession(resolved, keepalive_s=0).open()
+
+    def progress(sent: int, total: int) -> None:
+        if not freezer.stopped:
+            freezer.freeze()
+
+    try:
+        thread, box = _in_thread(
+            lambda: ssh.upload(
+                local, f"{running.workspace}/big.bin", progress=progress, deadline_s=3
+            )
+        )
+        thread.join(60)
+        assert not thread.is_alive(), "the upload outlived its deadline"
+        assert isinstance(box.get("error"), TransportError), box
+        assert "the upload to tx-1 did not finish within 3s" in str(box["error"])
+    finally:
+        ssh.close()
+
+
+def test_cancel_cuts_an_upload_stuck_on_a_frozen_host(host, freezer, tmp_path):
+    resolved, running = host
+    local = tmp_path / "big.bin"
+    local.write_bytes(os.urandom(1 << 20) * 48)
+    ssh = HostSession(resolved, keepalive_s=0).open()
+    frozen = threading.Event()
+
+    def progress(sent: int, total: int) -> None:
+        if not freezer.stopped:
+            freezer.freeze()
+            frozen.set()
+
+    try:
+        thread, box = _in_thread(
+            lambda: ssh.upload(local, f"{running.workspace}/b", progress=progress)
+        )
+        assert frozen.wait(60)
+        ssh.cancel()
+        thread.join(30)
+        assert not thread.is_alive() and isinstance(box.get("error"), Aborted), box
+    finally:
+        ssh.close()
+
+
+def test_a_command_to_a_frozen_host_ends_by_keepalive(host, freezer):
+    resolved, _ = host
+    ssh = HostSession(resolved, keepalive_s=1).open()
+    try:
+        ssh.run("true")  # the session's own sshd process exists once a command ran
+        freezer.freeze()
+        thread, box = _in_thread(lambda: ssh.run("true", timeout_s=600))
+        thread.join(60)
+        assert not thread.is_alive()
+        assert isinstance(box.get("error"), TransportError), box
+        assert "stopped answering" in str(box["error"])
+        assert not isinstance(box["error"], CommandTimeout)
+    finally:
+        ssh.close()
+
+
+class DropFirstProxy:
+    """A TCP forwarder to sshd that hangs up on the first `drops` connections (a flaky link
+    or sshd's MaxStartups), then forwards the rest."""
+
+    def __init__(self, port: int, drops: int = 1):
+        self.target = port
+        self.drops = drops
+        self.accepted = 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.server.accept()
+                self.accepted += 1
+                if self.accepted <= self.drops:
+                    client.close()
+                    continue
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+                for a, b in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_connection_setup_is_retried_with_backoff(host):
+    resolved, _ = host
+    proxy = DropFirstProxy(resolved.port, drops=2)
+    try:
+        via = replace(resolved, port=proxy.port, connect_retries=2)
+        # the stand-in's known_hosts pins 127.0.0.1 at sshd's own port; the proxy's differs
+        known = (
+            Path(resolved.known_hosts)
+            .read_text()
+            .replace(f"[127.0.0.1]:{resolved.port}", f"[127.0.0.1]:{proxy.port}")
+        )
+        Path(resolved.known_hosts).write_text(known)
+        with HostSession(via, connect_backoff_s=0.1) as ssh:
+            assert ssh.connect_attempts == 3 and proxy.accepted == 3
+            assert ssh.run("echo ok").stdout == "ok\n"
+        proxy.drops, proxy.accepted = 10, 0
+        with pytest.raises(TransportError, match=r"after 2 attempts"):
+            HostSession(replace(via, connect_retries=1), connect_backoff_s=0.1).open()
+        assert proxy.accepted == 2
+    finally:
+        proxy.close()
+
+
+def test_a_changed_host_key_names_both_fingerprints_and_the_line_to_edit(host, tmp_path):
+    resolved, running = host
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    known = Path(resolved.known_hosts)
+    entry = f"[127.0.0.1]:{resolved.port}"
+    lines = known.read_text().splitlines()
+    index = next(i for i, line in enumerate(lines) if line.startswith(entry + " "))
+    kind, blob = other.with_suffix(".pub").read_text().split()[:2]
+    lines[index] = f"{entry} {kind} {blob}"
+    known.write_text("\n".join(lines) + "\n")
+
+    def keygen_l(path) -> str:  # "256 SHA256:... comment (ED25519)" -> without the comment
+        done = subprocess.run(["ssh-keygen", "-lf", str(path)], capture_output=True, text=True)
+        words = done.stdout.split()
+        return f"{words[0]} {words[1]} {words[-1]}"
+
+    new_key = Path(running.host_dir) / "ssh_host_ed25519_key.pub"
+    session = HostSession(resolved)
+    with pytest.raises(HostKeyError) as caught:
+        session.open()
+    message = str(caught.value)
+    assert f"now offers {keygen_l(new_key)}" in message
+    assert f"known_hosts has {keygen_l(other.with_suffix('.pub'))}" in message
+    assert f"edit {known} line {index + 1}" in message
+    assert session.connect_attempts == 1  # a changed key is never retried
+
+
+def test_an_upload_stopped_by_its_callback_leaves_the_session_usable(host, tmp_path):
+    # the engine's Ctrl-C path: the progress callback raises Aborted, then the lock is released
+    # over the same connection
+    resolved, running = host
+    local = tmp_path / "small.bin"
+    local.write_bytes(os.urandom(1 << 20))
+
+    def stop(sent: int, total: int) -> None:
+        raise Aborted()
+
+    with HostSession(resolved) as ssh:
+        with pytest.raises(Aborted):
+            ssh.upload(local, f"{running.workspace}/small.bin", progress=stop)
+        assert ssh.run("echo unlocked").stdout == "unlocked\n"
+        ssh.upload(local, f"{running.workspace}/again.bin")
+        assert Path(running.workspace, "again.bin").read_bytes() == local.read_bytes()
+
+
+def test_cancel_ends_a_handshake_that_hangs(host):
+    # a port that accepts TCP and never speaks SSH: the banner wait would last connect_timeout_s
+    resolved, _ = host
+    silent = socket.create_server(("127.0.0.1", 0))
+    accepted = threading.Event()
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            held.append(silent.accept()[0])
+            accepted.set()
+
+    threading.Thread(target=accept, daemon=True).start()
+    mute = replace(resolved, port=silent.getsockname()[1], connect_timeout_s=120)
+    ssh = HostSession(mute)
+    try:
+        thread, box = _in_thread(ssh.open)
+        assert accepted.wait(30)
+        ssh.cancel()
+        thread.join(30)
+        assert not thread.is_alive(), "cancel did not end the handshake"
+        assert isinstance(box.get("error"), Aborted), box
+    finally:
+        silent.close()
+        for conn in held:
+            conn.close()
