@@ -8,6 +8,9 @@
 3. `invoke healthcheck --deep` of 8 hosts in parallel vs the same 8 one after another
    (`--parallel 1`). Every stand-in host shares this machine's cores, so for CPU-bound work
    (torch import, model load, latency runs) 1/cores is the floor of this ratio.
+4. The ops-only install: a fresh venv with `pip install -c constraints.txt '.[ops]'` (no torch,
+   numpy, pandas, pyarrow): its size on disk (`ops_venv_mb`), and the fast health check of the
+   same 8 hosts run by its `invoke` vs the full install's (`ops_healthcheck_vs_full`).
 
 Every figure is the median wall time of --repeat runs of the real command in a subprocess.
 Writes docs/benchmarks/cli.md; the last line printed is a JSON object.
@@ -146,14 +149,32 @@ def main() -> None:
                               args.deep_repeat, warmup=0)  # fmt: skip
         figures.update(deep8_parallel_s=par_s, deep8_serial_s=ser_s,
                        deep8_parallel_vs_serial=par_s / ser_s)  # fmt: skip
+
+        # 4. the ops-only install, built fresh from the lock as a deploy/cron box would
+        log("building the ops-only venv (pip install '.[ops]' from constraints.txt)")
+        ops_invoke, ops_mb, ops_versions = ops_venv(work / "ops")
+        figures.update(ops_venv_mb=ops_mb)
+        ops_cmd = [ops_invoke, *env_cmd[1:], "--group", "fleet"]
+        log("timing the fast health check of 8 hosts, ops-only install vs full install")
+        ops_s, full_s = paired((ops_cmd, work), ([*env_cmd, "--group", "fleet"], work), args.repeat)
+        figures.update(
+            ops_health8_s=ops_s, full_health8_s=full_s, ops_healthcheck_vs_full=ops_s / full_s
+        )
     finally:
         if sandbox is not None:
             sandbox.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     figures = {k: round(v, 3) for k, v in figures.items()}
-    figures.update(cpus=os.cpu_count(), python=platform.python_version(), repeat=args.repeat,
-                   deep_repeat=args.deep_repeat)  # fmt: skip
+    figures.update(
+        cpus=os.cpu_count(),
+        python=platform.python_version(),
+        repeat=args.repeat,
+        deep_repeat=args.deep_repeat,
+        commit=commit(),
+        versions=versions(),
+        ops_versions=ops_versions,
+    )
     write_page(Path(args.out), figures)
     print(f"invoke --list: project {figures['list_s']} s vs one task {figures['list_empty_s']} s "
           f"-> {figures['list_vs_empty']}x (target <= 3)")  # fmt: skip
@@ -162,7 +183,58 @@ def main() -> None:
     print(f"healthcheck --deep, 8 hosts: parallel {figures['deep8_parallel_s']} s vs one after "
           f"another {figures['deep8_serial_s']} s -> {figures['deep8_parallel_vs_serial']} "
           "(target <= 0.6)")  # fmt: skip
+    print(
+        f"ops-only install: {figures['ops_venv_mb']} MB (target <= 150); fast healthcheck "
+        f"of 8 hosts {figures['ops_health8_s']} s vs full install {figures['full_health8_s']} s"
+        f" -> {figures['ops_healthcheck_vs_full']}x (target <= 1.1)"
+    )
     print(json.dumps(figures, sort_keys=True))
+
+
+def ops_venv(path: Path) -> tuple[str, float, dict]:
+    """A fresh ops-only venv at `path`: (its invoke, its size in MB, its package versions)."""
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    pip = [str(path / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, "-c", str(REPO / "constraints.txt"), f"{REPO}[ops]"], check=True)
+    listing = subprocess.run(
+        [
+            str(path / "bin" / "python"),
+            "-m",
+            "pip",
+            "list",
+            "--format",
+            "json",
+            "--disable-pip-version-check",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    installed = {p["name"].lower(): p["version"] for p in json.loads(listing)}
+    heavy = sorted(set(installed) & {"torch", "numpy", "pandas", "pyarrow"})
+    if heavy:
+        raise SystemExit(f"the ops-only install pulled in {heavy}")
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+    return str(path / "bin" / "invoke"), size / 1e6, installed
+
+
+def commit() -> str:
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    )
+    return done.stdout.strip() or "unknown"
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    found = {}
+    for name in ("invoke", "fabric", "paramiko", "pydantic", "rich", "torch"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def write_page(path: Path, f: dict) -> None:
@@ -177,6 +249,11 @@ def write_page(path: Path, f: dict) -> None:
         ("deep8_parallel_vs_serial", f"`healthcheck --deep`, 8 hosts: parallel "
          f"{f['deep8_parallel_s']} s / `--parallel 1` {f['deep8_serial_s']} s",
          f["deep8_parallel_vs_serial"], 0.6),
+        ("ops_venv_mb", "size of a fresh ops-only venv (`pip install '.[ops]'`, MB)",
+         f["ops_venv_mb"], 150),
+        ("ops_healthcheck_vs_full", f"`invoke healthcheck`, 8 hosts: ops-only install "
+         f"{f['ops_health8_s']} s / full install {f['full_health8_s']} s",
+         f["ops_healthcheck_vs_full"], 1.1),
     ]  # fmt: skip
     lines = [
         "# CLI start-up and health-check scaling",
@@ -185,6 +262,7 @@ def write_page(path: Path, f: dict) -> None:
         f"wall time of {f['repeat']} runs ({f['deep_repeat']} for the deep check) of the real",
         "command in a subprocess; the two sides of each ratio run alternately, so other load on",
         f"the machine hits both alike. Machine: {f['cpus']} CPU cores, Python {f['python']};",
+        f"commit {f['commit']}; {', '.join(f'{k} {v}' for k, v in f['versions'].items())}.",
         "hosts: real OpenSSH stand-in hosts on 127.0.0.1, each serving a real bundle of a tiny",
         "model.",
         "",
@@ -209,6 +287,9 @@ def write_page(path: Path, f: dict) -> None:
         "  `python3` wrapper), because they share the cores: with torch's default of one thread",
         "  per core, concurrent model checks spin-wait on each other's cores (a two-host demo",
         "  deploy took 80 s instead of 2.7 s that way). A real host has its own cores.",
+        "- The ops-only install (`pip install 'moola[ops]'`) has Invoke, Fabric/Paramiko,",
+        "  pydantic, PyYAML and rich but no torch, numpy, pandas or pyarrow; the health check",
+        "  imports none of those in either install, so both start about as fast.",
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,9 @@ DEFAULT_CHECKLIST = Path("checklists/deployment.yaml")
 #   "before"     the newest line written before the deployment opened (preflight, select)
 #   "bundle"     the newest line about the deployment's bundle version, written before it opened
 #   "deployment" the lines of that deployment itself (its id), one verdict per host
-#   "after"      lines about the deployment's hosts from when it opened until the next
-#                deployment to one of them (verify, rollback, health checks run later)
+#   "after"      lines about the deployment's hosts from when it opened until another
+#                deployment went live on one of them (verify, rollback, health checks run
+#                later); verify and health lines count only when about this deployment's release
 SCOPES = ("before", "bundle", "deployment", "after")
 
 
@@ -68,6 +69,8 @@ CHECKS: dict[str, Check] = {
     "verify.latency": Check(
         names.VERIFY_PHASE, names.VERIFY_LATENCY, "after", "p99 latency within the SLA"
     ),
+    # invoke ab logs its verdict about the candidate bundle before that bundle is deployed
+    "ab.compare": Check("ab", "compare", "bundle", "candidate beat the live release in an A/B"),
     "accept.signoff": Check("accept", "signoff", "deployment", "a named person signed off"),
     "accept.notes": Check("accept", "notes", "deployment", "release notes recorded"),
     "rollback.switch": Check(
@@ -82,6 +85,7 @@ CHECKS: dict[str, Check] = {
 }
 
 STATES = ("done", "failed", "pending", "skipped")
+PHASE_STATES = ("done", "failed", "pending", "not needed")
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,9 @@ def load_checklist(path: str | os.PathLike = DEFAULT_CHECKLIST) -> Checklist:
     import yaml
 
     path = Path(path)
+    if path == DEFAULT_CHECKLIST and not path.exists():
+        # `invoke -r PATH` and cron run from elsewhere: the project's own checklist
+        path = Path(__file__).resolve().parents[1] / DEFAULT_CHECKLIST
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -221,12 +228,15 @@ class ChecklistReport:
     steps: list[StepState]
 
     def phase_states(self) -> dict[int, str]:
-        """One state per phase: failed if any step failed, done if all done/skipped, else pending."""
+        """One state per phase: failed if any step failed; "not needed" if every step was
+        skipped (no rollback happened); done if all are done or skipped; else pending."""
         result = {}
         for number in sorted({s.phase for s in self.steps}):
             states = [s.state for s in self.steps if s.phase == number]
             if "failed" in states:
                 result[number] = "failed"
+            elif all(st == "skipped" for st in states):
+                result[number] = "not needed"
             elif all(st in ("done", "skipped") for st in states):
                 result[number] = "done"
             else:
@@ -262,6 +272,30 @@ def deployment_ids(events: list[dict]) -> list[str]:
         if e.get("phase") == "deploy" and e.get("deployment"):
             seen.setdefault(e["deployment"], None)
     return list(seen)
+
+
+def run_of(event: dict) -> str:
+    """The training run a log line is about: detail.run_id, or a selection's facts.run_id."""
+    detail = event.get("detail") or {}
+    facts = detail.get("facts") if isinstance(detail.get("facts"), dict) else {}
+    return str(detail.get("run_id") or facts.get("run_id") or "")
+
+
+def serving_deployment(events: list[dict], host: str, release: str | None) -> str | None:
+    """The newest deploy run that left `release` live on `host` (its post-switch check passed);
+    else the newest deploy run touching `host`. Verify results are recorded under it, so a
+    failed deploy of another version is never credited with them."""
+    if release:
+        for e in reversed(events):
+            if (
+                e.get("phase") == "deploy"
+                and e.get("host") == host
+                and e.get("bundle") == release
+                and e.get("step") == "post-check"
+                and e.get("status") == "ok"
+            ):
+                return e.get("deployment") or None
+    return latest_deployment(events, host)
 
 
 def latest_deployment(events: list[dict], host: str | None = None) -> str | None:
@@ -306,7 +340,30 @@ def checklist_states(
     opened = min((e.get("time", "") for e in own), default=None)
     hosts = sorted({e["host"] for e in own if e.get("host")})
     bundle = next((e["bundle"] for e in own if e.get("bundle")), "")
+    # the archive this deployment shipped (its open line, else a promote line)
+    sha256 = next(
+        (
+            str(e["detail"]["sha256"])
+            for e in own
+            if isinstance(e.get("detail"), dict) and e["detail"].get("sha256")
+        ),
+        "",
+    )
+    # the bundle's build line (phase 3) says which run it was built from (phase 2)
+    built = [
+        e
+        for e in events
+        if e.get("phase") == "bundle"
+        and e.get("step") == "build"
+        and bundle
+        and e.get("bundle") == bundle
+        and e.get("status") == "ok"
+        and (opened is None or e.get("time", "") <= opened)
+    ]
+    build_line = built[-1] if built else None
+    bundle_run = run_of(build_line) if build_line else ""
     # the "after" window ends when another deploy run touches one of these hosts
+    # (a deploy that failed before its release went live leaves this one serving: it does not)
     closes = min(
         (
             e.get("time", "")
@@ -316,6 +373,8 @@ def checklist_states(
             and e.get("host") in hosts
             and opened
             and e.get("time", "") > opened
+            and e.get("step") == names.POST_CHECK
+            and e.get("status") == "ok"
         ),
         default=None,
     )
@@ -325,8 +384,36 @@ def checklist_states(
         for step in phase.steps:
             check = CHECKS[step.check]
             matching = [e for e in events if check.proves(e)]
+            tie = ""  # why the lines found do not count for this deployment
             if check.scope == "before":
                 lines = [e for e in matching if opened is None or e.get("time", "") <= opened]
+                if check.phase == "select" and bundle_run and lines:
+                    # phase 2 counts for the run the bundle was built from: its own selection,
+                    # else an override recorded when the bundle was built
+                    chosen = [e for e in lines if run_of(e) in ("", bundle_run)]
+                    override = (
+                        (build_line.get("detail") or {}).get("override") if build_line else ""
+                    )
+                    if chosen:
+                        lines = chosen
+                    elif override:
+                        lines = [
+                            {
+                                **build_line,
+                                "status": "ok",
+                                "detail": {
+                                    "summary": f"run {bundle_run} was not selected; bundle built with "
+                                    f"override: {override}"
+                                },
+                            }
+                        ]
+                    else:
+                        tie = (
+                            f"bundle {bundle} was built from run {bundle_run}, which no "
+                            f"selection chose (last: {run_of(lines[-1]) or 'unknown'}): "
+                            f"select it with `invoke select`, or rebuild with --override "
+                            "REASON"
+                        )
                 lines = lines[-1:]
             elif check.scope == "bundle":
                 lines = [
@@ -347,10 +434,25 @@ def checklist_states(
                     and e.get("time", "") >= opened
                     and (closes is None or e.get("time", "") < closes)
                 ]
+                if check.phase in (names.VERIFY_PHASE, names.HEALTHCHECK) and bundle:
+                    # only checks of this deployment's release count (not of the one still
+                    # live after this deployment failed, nor of the one rolled back to)
+                    lines = [e for e in lines if e.get("bundle") == bundle]
             state, deciding, per_host = _verdict(lines)
+            if check.phase == "bundle" and state == "done" and sha256:
+                built_sha = str((deciding.get("detail") or {}).get("sha256") or "")
+                if built_sha and built_sha != sha256:
+                    tie = (
+                        f"the deployed archive (sha256 {sha256[:12]}) is not the one built "
+                        f"and verified as {bundle} (sha256 {built_sha[:12]})"
+                    )
+            if tie:
+                state, per_host = "failed", {}
             if state == "pending" and step.optional and deployment:
                 state = "skipped"
             detail = deciding.get("detail", {}) if deciding else {}
+            if tie:
+                detail = {"summary": tie}
             steps.append(
                 StepState(
                     phase=phase.number,

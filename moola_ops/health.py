@@ -14,10 +14,11 @@ problem is more urgent than an unknown one.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from moola_ops import steps
+from moola_ops import nagios, steps
 from moola_ops.commands import facts as facts_cmd
 from moola_ops.commands import lock as lock_cmd
 
@@ -34,6 +35,30 @@ class HealthPolicy:
     disk_crit_bytes: int = 1 * 1024**3
     stale_lock_s: float = lock_cmd.MAX_AGE_S  # the longest a deploy may take (its deadlines)
     latency_warn_fraction: float = 0.8  # p99 above 80% of the SLA warns before it breaks
+    # Nagios ranges from -w/-c ({figure: Range}, moola_ops.nagios); they beat the host's
+    # inventory `warning:`/`critical:` fields, which beat the defaults above
+    warning: dict = field(default_factory=dict, hash=False)
+    critical: dict = field(default_factory=dict, hash=False)
+
+    def ranges(self, host=None, sla_ms: float | None = None) -> tuple[dict, dict]:
+        """(warning, critical) ranges for one inventory host (None: the flags only)."""
+        warn, crit = nagios.defaults(
+            sla_ms,
+            warn_fraction=self.latency_warn_fraction,
+            disk_warn_gib=self.disk_warn_bytes / 1024**3,
+            disk_crit_gib=self.disk_crit_bytes / 1024**3,
+            stale_lock_min=self.stale_lock_s / 60,
+        )
+        host_warn = dict(getattr(host, "warning", None) or {})
+        host_crit = dict(getattr(host, "critical", None) or {})
+        return (
+            nagios.layered(warn, _ranges(host_warn), self.warning),
+            nagios.layered(crit, _ranges(host_crit), self.critical),
+        )
+
+
+def _ranges(raw: dict) -> dict:
+    return {k: v if isinstance(v, nagios.Range) else nagios.parse_range(v) for k, v in raw.items()}
 
 
 DEFAULT_POLICY = HealthPolicy()
@@ -64,8 +89,13 @@ class HostHealth:
     p50_ms: float | None = None
     p99_ms: float | None = None
     sla_p99_ms: float | None = None
+    p99_warning: object = field(default=None, repr=False)  # the nagios.Range that applied
+    p99_critical: object = field(default=None, repr=False)
     gpus: list[dict] = field(default_factory=list)
     duration_s: float = 0.0
+    service_up: bool | None = None  # the live server answered as `current` (None: not probed)
+    service_ms: float | None = None  # one real request through the public port
+    service_p99_ms: float | None = None  # --deep: a burst's p99 over HTTP
 
     @property
     def state(self) -> int:
@@ -82,6 +112,8 @@ class HostHealth:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["p99_warning"] = str(self.p99_warning) if self.p99_warning else None
+        data["p99_critical"] = str(self.p99_critical) if self.p99_critical else None
         data["state"] = STATE_NAMES[self.state]
         for c in data["checks"]:
             c["state"] = STATE_NAMES[c["state"]]
@@ -126,6 +158,7 @@ def assess_light(
     *,
     expect_gpu: str | bool | None,
     policy: HealthPolicy = HealthPolicy(),
+    inventory_host=None,
 ) -> None:
     """Add the light checks (current, checksums, GPU, disk, lock) to `host` from its facts.
 
@@ -155,7 +188,8 @@ def assess_light(
                 CheckResult(steps.CHECK_CHECKSUMS, CRITICAL, "current release has no manifest.json")
             )
         elif sums.problems:
-            listed = "; ".join(sums.problems[:3])
+            # the verifier's own fix is for a bundle being uploaded; a live release has one fix
+            listed = "; ".join(_fact_only(p) for p in sums.problems[:3])
             message = f"{listed}: roll back or redeploy the release"
             add(CheckResult(steps.CHECK_CHECKSUMS, CRITICAL, message))
         else:
@@ -185,12 +219,8 @@ def assess_light(
         add(CheckResult(steps.CHECK_DISK, UNKNOWN, "could not read free disk space"))
     else:
         host.free_bytes = disk.free_bytes
-        if disk.free_bytes < policy.disk_crit_bytes:
-            state = CRITICAL
-        elif disk.free_bytes < policy.disk_warn_bytes:
-            state = WARNING
-        else:
-            state = OK
+        warn, crit = policy.ranges(inventory_host)
+        state = nagios.judge(disk.free_bytes / 1024**3, warn.get("free_gib"), crit.get("free_gib"))
         hint = "" if state == OK else ": prune old releases and backups"
         add(CheckResult(steps.CHECK_DISK, state, f"{_gib(disk.free_bytes)} free{hint}"))
 
@@ -200,12 +230,20 @@ def assess_light(
         return
     who = lock_cmd.describe_holder(lock.holder)
     stale = lock_cmd.stale_reason(lock.holder, lock.age_s, max_age_s=policy.stale_lock_s)
+    warn, crit = policy.ranges(inventory_host)
+    state = nagios.judge(lock.age_s / 60, warn.get("lock_min"), crit.get("lock_min"))
     if stale:
         message = (
             f"STALE deploy lock ({stale}; {lock.age_s / 60:.0f} min, {who}): break it with "
             f"`{lock_cmd.break_hint(host.host)}`"
         )
-        add(CheckResult(steps.CHECK_LOCK, WARNING, message))
+        add(CheckResult(steps.CHECK_LOCK, worst([state, WARNING]), message))
+    elif state != OK:
+        message = (
+            f"deploy lock held {lock.age_s / 60:.0f} min ({who}), outside the lock_min range: "
+            f"if that run is dead, break it with `{lock_cmd.break_hint(host.host)}`"
+        )
+        add(CheckResult(steps.CHECK_LOCK, state, message))
     else:
         add(CheckResult(steps.CHECK_LOCK, OK, f"deploy in progress ({who})"))
 
@@ -218,6 +256,7 @@ def assess_runtime(
     *,
     sla_p99_ms: float | None = None,
     policy: HealthPolicy = HealthPolicy(),
+    inventory_host=None,
 ) -> None:
     """Add the deep checks (model, golden parity, latency vs SLA) from a runtime report."""
     add = host.checks.append
@@ -239,24 +278,36 @@ def assess_runtime(
     else:
         names = ", ".join(str(c.get("name")) for c in failed) or f"exit {exit_code}"
         add(CheckResult(steps.CHECK_MODEL, CRITICAL, f"runtime check failed ({names}): roll back"))
-    if host.p99_ms is None:
+    warn, crit = policy.ranges(inventory_host, sla)
+    host.p99_warning, host.p99_critical = warn.get("p99_ms"), crit.get("p99_ms")
+    own = "p99_ms" in policy.critical or "p99_ms" in dict(
+        getattr(inventory_host, "critical", None) or {}
+    )
+    p99 = host.p99_ms
+    if p99 is None:
         add(CheckResult(steps.CHECK_LATENCY, UNKNOWN, "the runtime report has no p99 latency"))
-    elif sla is None:
-        add(CheckResult(steps.CHECK_LATENCY, OK, f"p99 {host.p99_ms:.2f} ms (no SLA set)"))
-    elif host.p99_ms > sla:
-        add(
-            CheckResult(
-                steps.CHECK_LATENCY, CRITICAL, f"p99 {host.p99_ms:.2f} ms over the {sla} ms SLA"
-            )
-        )
-    elif host.p99_ms > policy.latency_warn_fraction * sla:
-        add(
-            CheckResult(
-                steps.CHECK_LATENCY, WARNING, f"p99 {host.p99_ms:.2f} ms near the {sla} ms SLA"
-            )
-        )
+        return
+    if host.p99_warning is None and host.p99_critical is None:
+        add(CheckResult(steps.CHECK_LATENCY, OK, f"p99 {p99:.2f} ms (no SLA set)"))
+        return
+    state = nagios.judge(p99, host.p99_warning, host.p99_critical)
+    sla_text = f" (SLA {sla:g} ms)" if sla else ""
+    if state == CRITICAL:
+        limit = f"critical range {host.p99_critical}" if own or not sla else f"{sla:g} ms SLA"
+        message = f"p99 {p99:.2f} ms over the {limit}"
+    elif state == WARNING:
+        message = f"p99 {p99:.2f} ms outside the warning range {host.p99_warning}{sla_text}"
     else:
-        add(CheckResult(steps.CHECK_LATENCY, OK, f"p99 {host.p99_ms:.2f} ms within {sla} ms"))
+        message = f"p99 {p99:.2f} ms within " + (f"{sla:g} ms" if sla else "its thresholds")
+    add(CheckResult(steps.CHECK_LATENCY, state, message))
+
+
+_BUNDLE_FIX = re.compile(r"(: (upload or rebuild|remove it or rebuild)\b[^:]*)?\.?\s*$")
+
+
+def _fact_only(problem: str) -> str:
+    """ "...; the file is damaged: upload or rebuild the bundle." -> "...; the file is damaged"."""
+    return _BUNDLE_FIX.sub("", problem.strip())
 
 
 def _float(value: Any) -> float | None:

@@ -70,6 +70,7 @@ def probe_host(
     """Check one inventory host over one SSH connection: light facts, then the model if deep."""
     from moola_ops.commands import release
     from moola_ops.commands.layout import Layout
+    from moola_ops.journal import transient_step
     from moola_ops.transport import HostSession
 
     health = HostHealth(host=host.name)
@@ -79,20 +80,34 @@ def probe_host(
 
     started = time.monotonic()
     layout = Layout(host.workspace)
-    with HostSession(host, command_timeout_s=left()) as ssh:
+    ssh = HostSession(host, command_timeout_s=left())
+    # each probe step shows as it happens (moola_ops.progress); nothing more is logged
+    with transient_step(steps.HEALTHCHECK, host.name, "connect"):
+        ssh.open()
+    with ssh:  # open already: closes it at the end
         reached = f"reachable in {time.monotonic() - started:.2f} s"
         health.checks.append(CheckResult(steps.CHECK_SSH, OK, reached))
         command = facts_cmd.gather(layout, host.python, facts_cmd.HEALTH_FACTS)
-        facts = facts_cmd.parse(ssh.run(command, timeout_s=left()).stdout, strict=False)
-        assess_light(health, facts, expect_gpu=host.gpu, policy=policy)
+        with transient_step(steps.HEALTHCHECK, host.name, "facts"):
+            facts = facts_cmd.parse(ssh.run(command, timeout_s=left()).stdout, strict=False)
+        assess_light(health, facts, expect_gpu=host.gpu, policy=policy, inventory_host=host)
+        if facts.current is not None:  # the live service (docs/serving.md)
+            from moola_ops.serving import assess_service
+
+            with transient_step(steps.HEALTHCHECK, host.name, "service"):
+                assess_service(health, ssh, host, deep=deep, policy=policy, timeout_s=left())
         if deep:
             if facts.current is None:
                 health.checks.append(
                     CheckResult(steps.CHECK_MODEL, CRITICAL, "no release to check")
                 )
                 return health
-            check = release.runtime_check(layout, host.python, "current", through_current=True)
-            result = ssh.run(check, timeout_s=left())
+            # against the host's SLA (inventory latency_sla_ms) when it has one, as deploy does
+            check = release.runtime_check(
+                layout, host.python, "current", through_current=True, sla_p99_ms=host.latency_sla_ms
+            )
+            with transient_step(steps.HEALTHCHECK, host.name, "runtime-check"):
+                result = ssh.run(check, timeout_s=left())
             report, error = parse_runtime_output(result.stdout, result.stderr)
             assess_runtime(
                 health,
@@ -101,6 +116,7 @@ def probe_host(
                 error,
                 sla_p99_ms=host.latency_sla_ms,
                 policy=policy,
+                inventory_host=host,
             )
     return health
 
@@ -124,15 +140,8 @@ def select_hosts(inventory, selection: str | None) -> tuple[list, dict[str, str]
     """
     from moola_core.errors import MoolaError
 
-    names: list[str] = []
     items = [s.strip() for s in (selection or "").split(",") if s.strip()] or list(inventory.hosts)
-    for item in items:
-        if item in inventory.hosts:
-            names.append(item)
-        elif item in inventory.groups:
-            names.extend(inventory.groups[item])
-        else:
-            inventory.resolve([item])  # raises the inventory's message naming the known hosts
+    names = inventory.names(items)  # hosts, groups and globs; unknown ones raise MoolaError
     hosts, down = [], {}
     for name in dict.fromkeys(names):
         try:

@@ -11,6 +11,7 @@ only paths to keys (SSH keys, the RunPod API key file).
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -46,6 +47,11 @@ class Host:
     sandbox: bool = False
     ssh_config: str | None = None  # an ssh_config file to read instead of ~/.ssh/config
     allowed_signers: str | None = None  # when set, deploy refuses bundles not signed by one
+    # Nagios threshold ranges of the health check for this host: ((figure, range), ...)
+    warning: tuple[tuple[str, str], ...] = ()
+    critical: tuple[tuple[str, str], ...] = ()
+    serve_port: int | None = None  # the model server's public port (None: 8080; 0: pick once)
+    serve_bind: str = "127.0.0.1"  # the proxy's address; 0.0.0.0 to expose it (docs/serving.md)
     runpod_pod_id: str | None = None  # address and port come from RunPod's API at connect
     runpod_api_key_file: str | None = None  # from the defaults; env RUNPOD_API_KEY wins
 
@@ -106,6 +112,25 @@ def _models():
         sandbox: bool = False
         ssh_config: str | None = None
         allowed_signers: str | None = None
+        warning: dict[str, str] = {}
+        critical: dict[str, str] = {}
+
+        @field_validator("warning", "critical", mode="before")
+        @classmethod
+        def _thresholds(cls, value: Any) -> dict[str, str]:
+            from moola_ops.nagios import parse_thresholds
+
+            if not isinstance(value, dict):
+                raise ValueError("a mapping of figure: Nagios range, e.g. {p99_ms: '~:40'}")
+            text = ",".join(f"{k}={v}" for k, v in value.items())
+            try:
+                parse_thresholds(text, "threshold")
+            except MoolaError as exc:
+                raise ValueError(str(exc)) from None
+            return {str(k): str(v) for k, v in value.items()}
+
+        serve_port: int | None = Field(default=None, ge=0, le=65535)
+        serve_bind: str | None = None
         runpod_pod_id: str | None = None
 
         @field_validator("runpod_pod_id")
@@ -151,6 +176,8 @@ def _models():
         keepalive_s: float = Field(default=5.0, ge=0, le=300)
         ssh_config: str | None = None
         allowed_signers: str | None = None
+        serve_port: int | None = Field(default=None, ge=0, le=65535)
+        serve_bind: str = "127.0.0.1"
         runpod_api_key_file: str | None = None  # a path; the key itself never lives here
 
         @field_validator("workspace")
@@ -192,8 +219,9 @@ class Inventory:
                 groups.setdefault(group, []).append(host.name)
         return groups
 
-    def resolve(self, selection: str | list[str] | tuple[str, ...]) -> list[Host]:
-        """Hosts named by `selection`: host names and/or groups, comma separated or a list.
+    def names(self, selection: str | list[str] | tuple[str, ...]) -> list[str]:
+        """Host names selected by host names, groups and globs over host names (`local-*`),
+        comma separated or a list, in the order given, each once.
 
         Unknown names raise MoolaError listing the known hosts and groups; names carrying shell
         characters are refused before anything else happens.
@@ -202,22 +230,49 @@ class Inventory:
         items = [item.strip() for item in items if item and item.strip()]
         if not items:
             raise MoolaError("no host given: pass --host NAME (a host or a group, comma separated)")
-        chosen: dict[str, Host] = {}
+        chosen: dict[str, None] = {}
         groups = self.groups
         for item in items:
-            check_name(item, "host name")
-            if item in self.hosts:
-                names = [item]
-            elif item in groups:
-                names = groups[item]
-            else:
-                raise MoolaError(
-                    f"unknown host or group {item!r} in {self.source}; known hosts: "
-                    f"{', '.join(self.hosts) or 'none'}; groups: {', '.join(groups) or 'none'}"
+            if any(ch in item for ch in "*?["):
+                # a glob: its letters pass the same gate as a name, the wildcards are ours
+                check_name(
+                    item.replace("*", "x")
+                    .replace("?", "x")
+                    .replace("[", "x")
+                    .replace("]", "x")
+                    .replace("!", "x"),
+                    "host pattern",
                 )
+                names = [n for n in self.hosts if fnmatch.fnmatchcase(n, item)]
+                names = names or [
+                    n
+                    for g, members in groups.items()
+                    if fnmatch.fnmatchcase(g, item)
+                    for n in members
+                ]
+                if not names:
+                    raise MoolaError(
+                        f"no host matches {item!r} in {self.source}; known hosts: "
+                        f"{', '.join(self.hosts) or 'none'}"
+                    )
+            else:
+                check_name(item, "host name")
+                if item in self.hosts:
+                    names = [item]
+                elif item in groups:
+                    names = groups[item]
+                else:
+                    raise MoolaError(
+                        f"unknown host or group {item!r} in {self.source}; known hosts: "
+                        f"{', '.join(self.hosts) or 'none'}; groups: {', '.join(groups) or 'none'}"
+                    )
             for name in names:
-                chosen.setdefault(name, self.hosts[name])
-        return [self._materialise(host) for host in chosen.values()]
+                chosen.setdefault(name, None)
+        return list(chosen)
+
+    def resolve(self, selection: str | list[str] | tuple[str, ...]) -> list[Host]:
+        """Hosts named by `selection` (see `names`: hosts, groups, globs), ready to connect."""
+        return [self._materialise(self.hosts[name]) for name in self.names(selection)]
 
     def _materialise(self, host: Host) -> Host:
         if not host.sandbox:
@@ -258,6 +313,8 @@ def _from_sandbox_host(running, host: Host) -> Host:
         identity_file=running.identity_file,
         known_hosts=running.known_hosts,
         workspace=running.workspace,
+        # stand-in hosts share 127.0.0.1: each picks a free public port once and keeps it
+        serve_port=host.serve_port if host.serve_port is not None else 0,
     )
 
 
@@ -330,6 +387,10 @@ def load_inventory(
             sandbox=entry.sandbox,
             ssh_config=_expand(entry.ssh_config or d.ssh_config),
             allowed_signers=_expand(entry.allowed_signers or d.allowed_signers),
+            warning=tuple(entry.warning.items()),
+            critical=tuple(entry.critical.items()),
+            serve_port=entry.serve_port if entry.serve_port is not None else d.serve_port,
+            serve_bind=entry.serve_bind or d.serve_bind,
             runpod_pod_id=entry.runpod_pod_id,
             runpod_api_key_file=_expand(d.runpod_api_key_file),
         )

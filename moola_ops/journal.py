@@ -22,8 +22,9 @@ import json
 import os
 import secrets
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,11 +63,16 @@ EVENT_FIELDS = frozenset(f.name for f in fields(Event))  # every line a writer a
 
 
 class JournalWriteError(MoolaError):
-    """The deployment log could not be written; nothing partial was left in it."""
+    """The deployment log could not be written; nothing partial was left in it.
 
-    def __init__(self, message: str, path: Path):
+    `.path` is the log, `.strerror` the operating system's reason ("No space left on device"),
+    as on the OSError it replaces.
+    """
+
+    def __init__(self, message: str, path: Path, strerror: str = ""):
         super().__init__(message)
         self.path = path
+        self.strerror = strerror
 
 
 def log_path(path: str | os.PathLike | None = None) -> Path:
@@ -97,6 +103,99 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# --- listeners: live progress of whatever this process records (moola_ops.progress) ------------
+
+Listener = Callable[[Event], None]
+_listeners: list[Listener] = []
+_listeners_lock = threading.Lock()
+
+
+def subscribe(listener: Listener) -> Callable[[], None]:
+    """Call `listener(event)` for every event this process appends to any log, and for a
+    transient status="started" event when a `Journal.step` begins (never written to a file).
+
+    Returns the function that unsubscribes it. Listeners run on the thread that records (the
+    engine's worker threads included), must be quick, and cannot break a run: an exception in
+    a listener is swallowed.
+    """
+    with _listeners_lock:
+        _listeners.append(listener)
+
+    def unsubscribe() -> None:
+        with _listeners_lock, contextlib.suppress(ValueError):
+            _listeners.remove(listener)
+
+    return unsubscribe
+
+
+def notify(event: Event) -> None:
+    """Pass `event` to every listener (see `subscribe`)."""
+    with _listeners_lock:
+        listeners = list(_listeners)
+    for listener in listeners:
+        with contextlib.suppress(Exception):
+            listener(event)
+
+
+def announce(
+    phase: str, host: str, step: str, *, deployment: str = "", bundle: str = "", **detail: Any
+) -> None:
+    """Tell listeners that `step` started on `host` without writing a line (work whose result
+    is logged once at its end, such as a health check's probes)."""
+    if not _listeners:
+        return
+    notify(
+        Event(
+            deployment=deployment,
+            actor="",
+            host=host,
+            bundle=bundle,
+            phase=phase,
+            step=step,
+            status="started",
+            detail=detail,
+            time=_now_iso(),
+        )
+    )
+
+
+@contextlib.contextmanager
+def transient_step(phase: str, host: str, step: str, **detail: Any) -> Iterator[dict[str, Any]]:
+    """Like `Journal.step` for listeners only: "started" on entry, ok/failed/aborted with the
+    duration on exit, nothing written (a health probe logs one line per host at its end)."""
+    info: dict[str, Any] = dict(detail)
+    if not _listeners:
+        yield info
+        return
+    announce(phase, host, step, **detail)
+    started = time.monotonic()
+    status = "ok"
+    try:
+        yield info
+    except KeyboardInterrupt:
+        status = "aborted"
+        raise
+    except BaseException as exc:
+        status = "failed"
+        info.setdefault("error", str(exc) or type(exc).__name__)
+        raise
+    finally:
+        notify(
+            Event(
+                deployment="",
+                actor="",
+                host=host,
+                bundle="",
+                phase=phase,
+                step=step,
+                status=info.pop("status", status),
+                detail=info,
+                time=_now_iso(),
+                duration_s=round(time.monotonic() - started, 4),
+            )
+        )
+
+
 def append(event: Event, path: str | os.PathLike | None = None) -> Event:
     """Append one event as a JSON line under an exclusive flock; flushed and fsynced.
 
@@ -118,10 +217,12 @@ def append(event: Event, path: str | os.PathLike | None = None) -> Event:
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 line = b"\n" + line  # a torn last line must not swallow this event
             _write_whole(fd, line, size, target)
+            rotate_if_full(target, fd)  # still under the exclusive lock
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+    notify(event)
     return event
 
 
@@ -145,12 +246,24 @@ def _open_log(target: Path, lock: int = fcntl.LOCK_SH) -> int:
         except FileExistsError:  # exist_ok covers folders only: a file holds the folder's name
             reason = f"{os.strerror(errno.ENOTDIR)}: {target.parent} is a file"
             raise NotADirectoryError(errno.ENOTDIR, reason, str(target)) from None
-        # read as well: the last byte says whether the file ends on a whole line
-        fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        while True:
+            # read as well: the last byte says whether the file ends on a whole line
+            fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            fcntl.flock(fd, lock)
+            if _still_current(fd, target):
+                return fd
+            # a rotation renamed the file between open and lock: open the new one
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
     except OSError as exc:
         raise _write_error(target, exc) from None
-    fcntl.flock(fd, lock)
-    return fd
+
+
+def _still_current(fd: int, target: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(target).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _write_whole(fd: int, data: bytes, size_before: int, target: Path) -> None:
@@ -178,7 +291,9 @@ def _write_error(target: Path, exc: OSError, note: str = "") -> JournalWriteErro
     if exc.filename is None:
         exc.filename = str(target)
     sentence = os_error_sentence(exc, "write the deployment log")
-    return JournalWriteError(f"{sentence}, or set MOOLA_LOG to a writable file{note}", target)
+    return JournalWriteError(
+        f"{sentence}, or set MOOLA_LOG to a writable file{note}", target, exc.strerror or str(exc)
+    )
 
 
 def read_events(
@@ -195,15 +310,14 @@ def read_events(
     log (`invoke log`, `checklist`, `accept`) could not use.
     """
     target = log_path(path)
-    if not target.exists():
+    if not target.exists() and not rotated_files(target):
         return []
+    try:
+        lines = read_lines(target)
+    except OSError as exc:  # a folder or an unreadable file at the log's path: one sentence
+        exc.filename = str(target)
+        raise MoolaError(os_error_sentence(exc, "read the deployment log")) from None
     events = []
-    with open(target, encoding="utf-8") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_SH)
-        try:
-            lines = fh.readlines()
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
     for raw in lines:
         raw = raw.strip()
         if not raw:
@@ -222,6 +336,87 @@ def read_events(
             continue
         events.append(event)
     return events
+
+
+# --- rotation by size: deployments.jsonl.1 is the newest rotated file, .N the oldest ------------
+
+DEFAULT_MAX_MB = 16.0  # env MOOLA_LOG_MAX_MB; invoke.yaml moola.log_max_mb
+DEFAULT_KEEP = 5  # rotated files kept; env MOOLA_LOG_KEEP; invoke.yaml moola.log_keep
+
+
+def _limits() -> tuple[int, int]:
+    """(bytes at which the log rotates, rotated files kept); a bad setting falls back."""
+    try:
+        max_mb = float(os.environ.get("MOOLA_LOG_MAX_MB") or DEFAULT_MAX_MB)
+    except ValueError:
+        max_mb = DEFAULT_MAX_MB
+    try:
+        keep = int(os.environ.get("MOOLA_LOG_KEEP") or DEFAULT_KEEP)
+    except ValueError:
+        keep = DEFAULT_KEEP
+    return max(1, int(max_mb * 1024 * 1024)), max(1, keep)
+
+
+def rotated_files(target: Path) -> list[Path]:
+    """The rotated files of the log at `target` that exist, oldest first (.N ... .1)."""
+    found = []
+    for candidate in target.parent.glob(target.name + ".*"):
+        suffix = candidate.name[len(target.name) + 1 :]
+        if suffix.isdigit():
+            found.append((int(suffix), candidate))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def _open_current(target: Path, flags: int, lock: int) -> int:
+    """Open and flock the file that is `target` now: a rotation between open and lock renamed
+    the file we opened, so open again (the rotated file is never written or locked again)."""
+    while True:
+        fd = os.open(target, flags, 0o644)
+        fcntl.flock(fd, lock)
+        if _still_current(fd, target):
+            return fd
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def rotate_if_full(target: Path, fd: int) -> bool:
+    """With the exclusive lock held on `fd` (the current log): when it has reached the size
+    limit, shift .1 -> .2 ... (dropping beyond the kept count) and rename it to .1."""
+    max_bytes, keep = _limits()
+    if os.fstat(fd).st_size < max_bytes:
+        return False
+    for old in rotated_files(target):
+        n = int(old.name.rsplit(".", 1)[1])
+        if n >= keep:
+            old.unlink(missing_ok=True)
+        else:
+            os.replace(old, old.with_name(f"{target.name}.{n + 1}"))
+    os.replace(target, target.with_name(target.name + ".1"))
+    return True
+
+
+def read_lines(target: Path) -> list[str]:
+    """Every line of the log, rotated files first, read while the current file is share-locked
+    (no rotation can happen meanwhile, so no line is read twice or missed)."""
+    try:
+        fd = _open_current(target, os.O_RDONLY, fcntl.LOCK_SH)
+    except FileNotFoundError:  # rotated and not written since (or never written)
+        return [line for f in rotated_files(target) for line in _lines(f)]
+    try:
+        lines = [line for f in rotated_files(target) for line in _lines(f)]
+        with os.fdopen(os.dup(fd), encoding="utf-8", errors="replace") as fh:
+            lines += fh.readlines()
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    return lines
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:  # dropped by a rotation since it was listed
+        return []
 
 
 class Journal:
@@ -280,6 +475,10 @@ class Journal:
         """
         info: dict[str, Any] = dict(detail)
         started = time.monotonic()
+        if _listeners:
+            announce(
+                self.phase, host, step, deployment=self.deployment, bundle=self.bundle, **detail
+            )
         try:
             yield info
         except KeyboardInterrupt:

@@ -70,7 +70,11 @@ class Sandbox:
 
     def stop(self) -> None:
         """Stop every sshd of this sandbox and forget it (idempotent)."""
+        from moola_ops.serving import stop_local_workspace
+
         for host in self.hosts.values():
+            # model servers run in their own sessions (they outlive SSH, as on a pod)
+            stop_local_workspace(host.workspace)
             _terminate(host.pid, host.host_dir)
         state = Path(self.root) / STATE_FILE
         state.unlink(missing_ok=True)

@@ -405,6 +405,10 @@ class HostSession:
                 code = chan.recv_exit_status()
         except (Aborted, MoolaError):
             raise
+        except KeyboardInterrupt:  # Ctrl-C in the thread that runs it: the command stops too
+            if chan is not None and not chan.closed:
+                self._kill(_await_pgid(chan, pgid, err, wait_s=0.5))
+            raise
         except (OSError, EOFError, paramiko.SSHException) as exc:
             self._check_cancelled()
             self._check_alive("during a command")
@@ -485,6 +489,12 @@ class HostSession:
         except Exception as exc:
             self._check_cancelled()
             self._check_alive("during the upload")
+            transport = self._conn.client.get_transport() if self._conn is not None else None
+            if str(exc) == "Socket is closed" or not (transport and transport.is_active()):
+                # the peer went away (paramiko says so before its own thread notices): not a disk
+                raise TransportError(
+                    f"connection to {self.host.name} broke during the upload: {_reason(exc)}"
+                ) from None
             if isinstance(exc, OSError):
                 raise TransportError(
                     f"upload to {self.host.name}:{remote} failed: {_reason(exc)} "
@@ -495,6 +505,30 @@ class HostSession:
             with self._lock:
                 self._upload_active = False
         return size
+
+    def read_bytes(
+        self, remote: str, *, offset: int = 0, length: int | None = None, deadline_s: float = 120.0
+    ) -> bytes:
+        """Read `length` bytes (default: to the end) of `remote` (absolute path) from `offset`
+        over SFTP, within `deadline_s`; a missing file or a broken connection raises
+        TransportError."""
+        self._check_cancelled()
+        self._transport()
+        reason = f"reading {self.host.name}:{remote} did not finish within {deadline_s:g}s"
+        try:
+            with self._guard(time.monotonic() + deadline_s, reason):
+                if self._sftp is None:
+                    self._sftp = self._conn.client.open_sftp()
+                with self._sftp.open(remote, "rb") as fh:
+                    fh.seek(offset)
+                    fh.prefetch(None if length is None else offset + length)
+                    return fh.read() if length is None else fh.read(length)
+        except Exception as exc:
+            self._check_cancelled()
+            self._check_alive(f"while reading {remote}")
+            raise TransportError(
+                f"reading {self.host.name}:{remote} failed: {_reason(exc)}"
+            ) from None
 
     # -- internals ------------------------------------------------------------------------
 

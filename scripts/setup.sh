@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up everything Moola needs on a fresh Debian machine: the virtual environment (.venv), torch
-# pinned first so the machine's local CPU wheel is used, the project itself with its dev extras,
-# and OpenSSH's server for the local stand-in hosts. Idempotent: a second run takes a second.
+# pinned first so the machine's local CPU wheel is used, the project itself with every extra
+# (ml, real, report, dev) at the exact versions of the lock file constraints.txt, OpenSSH's server
+# for the local stand-in hosts and chromium for the report's browser test. Idempotent: a second
+# run takes a second. A deploy or cron box needs less: see README, "Ops-only install".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,27 +16,37 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 
-# Reinstall only when the project's requirements changed since the last successful install.
+# Reinstall only when the project's requirements or the lock changed since the last install.
 stamp=.venv/.moola-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
   if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     # Pinned: an unpinned torch pulls a multi-GB CUDA build; this one is the local CPU wheel.
     say "installing torch==$TORCH_VERSION"
     .venv/bin/pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
   fi
-  say "installing moola and its dependencies"
-  .venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev,real]'
+  say "installing moola and its dependencies (versions from constraints.txt)"
+  .venv/bin/pip install --quiet --disable-pip-version-check -c constraints.txt \
+    -e '.[ml,real,report,dev]'
   touch "$stamp"
 fi
 
+# System packages: sshd (stand-in hosts are real OpenSSH servers), chromium (the report's test
+# renders the page in a real headless browser).
+missing=()
 if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then
+  missing+=(openssh-server)
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+  missing+=(chromium)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    say "installing openssh-server (local stand-in hosts are real sshd processes)"
+    say "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
-    apt-get install -y -qq openssh-server >/dev/null
+    apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    say "sshd is missing: run 'sudo apt-get install -y openssh-server', then this script again" >&2
+    say "missing ${missing[*]}: run 'sudo apt-get install -y ${missing[*]}', then this script again" >&2
     exit 1
   fi
 fi

@@ -1,4 +1,5 @@
-"""`python -m moola_core.runtime check --release DIR [--json]`: check a release on this host.
+"""`python -m moola_core.runtime check --release DIR [--json]`: check a release on this host;
+`python -m moola_core.runtime serve --release DIR --port P`: serve it (docs/serving.md).
 
 Prints one JSON document with --json (nothing else on stdout), a short text otherwise. Exit 0
 when every check passes, 1 when one fails, 2 when the check could not run.
@@ -17,6 +18,7 @@ sys.dont_write_bytecode = True
 from moola_core.runtime.backends import BACKEND_NAMES  # noqa: E402 - after the flag
 from moola_core.runtime.check import DEFAULT_RUNS, DEFAULT_WARMUP, run_check  # noqa: E402
 from moola_core.runtime.report import EXIT_ERROR  # noqa: E402
+from moola_core.runtime.serve import add_parser as add_serve_parser  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--runs", type=int, default=DEFAULT_RUNS, help="timed single-window runs")
     check.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="untimed runs first")
     check.add_argument("--sla-p99-ms", type=float, default=None, help="override manifest SLA")
+    add_serve_parser(sub)
     return parser
 
 
@@ -51,6 +54,10 @@ def _text(report) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = _parser().parse_args(argv)  # usage errors exit 2 ("could not run") via argparse
+    if args.command == "serve":
+        from moola_core.runtime.serve import serve
+
+        return serve(args)
     report = run_check(
         args.release,
         device=args.device,

@@ -5,6 +5,7 @@ Tasks stay thin: parse flags, call one function of moola_ops/moola_core, render,
 
 from __future__ import annotations
 
+import atexit
 import functools
 import inspect
 import json
@@ -14,8 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import invoke
-from invoke.exceptions import Exit, ParseError
-from invoke.parser import Argument
+from invoke.exceptions import Exit
 
 from moola_core.errors import MoolaError
 
@@ -75,79 +75,155 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-class FlagArgument(Argument):
-    """An Invoke argument whose bad or missing value (`--timeout abc`) is one plain sentence.
-
-    Invoke casts a flag's text with its kind (int, float) and lets the ValueError escape;
-    a ParseError is what Invoke prints as one line and exits 1 on.
-    """
-
-    def __repr__(self) -> str:
-        # Invoke names a flag given no value by its repr: "Flag --deployment needed value ...",
-        # not "Flag <Argument: deployment (d) *> ...".
-        return f"--{self.name}"
-
-    def set_value(self, value, cast=True):
-        try:
-            super().set_value(value, cast=cast)
-        except (TypeError, ValueError):
-            kind = {int: "a whole number", float: "a number"}.get(self.kind, str(self.kind))
-            raise ParseError(
-                f"error: --{self.name} takes {kind}, not {value!r}; see `invoke -h TASK`."
-            ) from None
+def _exit_quietly_on_a_closed_pipe() -> None:
+    """`invoke deploy -h | head -3`: Invoke printed the help, `head` left; the interpreter's
+    last flush of stdout would fail with a BrokenPipeError traceback. atexit runs before it."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
-class MoolaTask(invoke.Task):
-    """Invoke's Task with sound flags: values that fail to parse are one sentence, no flag gets
-    a punctuation short flag (Invoke would hand `check_runs` the short flag `--` once its
-    letters are taken) nor `-h` (`invoke TASK -h` shows the task's help), and number flags say
-    that they take a number in their help.
-    """
+def _closed_pipe_hook(kind, value, tb, _previous=sys.excepthook) -> None:
+    """A BrokenPipeError that reached the top (Invoke printing help into `| head -3`) ends
+    the program quietly, as a reader that has read enough expects; anything else is reported
+    by the previous hook."""
+    if issubclass(kind, BrokenPipeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        os._exit(0)
+    _previous(kind, value, tb)
 
-    def fill_implicit_positionals(self, positional):
-        # Required flags stay flags: Invoke checks positionals before it looks at -h, so
-        # `invoke deploy -h` said "did not receive required positional arguments" instead of
-        # showing help. __call__ names a missing required flag instead.
-        return [] if positional is None else positional
 
-    def __call__(self, *args, **kwargs):
-        required = [
-            name
-            for name, param in self.argspec(self.body).parameters.items()
-            if param.default is inspect.Parameter.empty and name not in self.positional
-        ]
-        missing = [name for name in required if kwargs.get(name) is None]
-        if missing:
-            flags = ", ".join("--" + name.replace("_", "-") for name in missing)
-            verb = "is" if len(missing) == 1 else "are"
-            raise Exit(f"error: {flags} {verb} required (add -h after the task for its flags)", 1)
-        return super().__call__(*args, **kwargs)
+atexit.register(_exit_quietly_on_a_closed_pipe)
+sys.excepthook = _closed_pipe_hook
 
-    def arg_opts(self, name, default, taken_names):
-        opts = super().arg_opts(name, default, taken_names)
-        long, *short = opts["names"]
-        if short and (short[0] == "h" or not short[0].isalnum()):
-            # -h stays help: `invoke healthcheck -h` said "Flag --host needed value" instead
-            free = [ch for ch in long if ch.isalnum() and ch != "h" and ch not in taken_names]
-            opts["names"] = [long, *free[:1]]
-        return opts
+# --- settings: Invoke's configuration hierarchy, MOOLA_* environment variables win -----------
 
-    def get_arguments(self, ignore_unknown_help=None):
-        args = []
-        for arg in super().get_arguments(ignore_unknown_help):
-            sound = FlagArgument(
-                names=arg.names, kind=arg.kind, default=arg.default, help=arg.help,
-                positional=arg.positional, optional=arg.optional,
-                incrementable=arg.incrementable, attr_name=arg.attr_name,
-            )  # fmt: skip
-            # Invoke's help shows =INT or =STRING but nothing for a float flag, which then
-            # reads like an on/off switch.
-            if sound.kind is float and sound.help and not sound.help.startswith("NUMBER"):
-                sound.help = f"NUMBER: {sound.help}"
-            args.append(sound)
-        return args
+# invoke.yaml `moola:` key -> the environment variable the library reads (env wins when set)
+ENV_SETTINGS = {
+    "inventory": "MOOLA_INVENTORY",
+    "log": "MOOLA_LOG",
+    "log_max_mb": "MOOLA_LOG_MAX_MB",
+    "log_keep": "MOOLA_LOG_KEEP",
+    "actor": "MOOLA_ACTOR",
+}
+
+
+def apply_settings(config) -> None:
+    """Export the `moola:` settings of Invoke's configuration (invoke.yaml, INVOKE_MOOLA_*,
+    `invoke -f FILE`) as MOOLA_* variables, unless the environment already sets them."""
+    section = _section(config, "moola")
+    for key, env in ENV_SETTINGS.items():
+        value = section.get(key)
+        if value not in (None, "") and not os.environ.get(env):
+            os.environ[env] = str(value)
+
+
+def _section(config, name: str) -> dict:
+    try:
+        value = config.get(name) if config is not None else None
+    except Exception:  # a config object without .get
+        value = None
+    return dict(value) if value else {}
+
+
+def setting(c, dotted: str, default: Any = None) -> Any:
+    """A value from Invoke's configuration ("healthcheck.timeout"), or `default` when unset.
+
+    `c` is a task's context or an `invoke.Config` (None: nothing configured)."""
+    section, _, key = dotted.partition(".")
+    config = c.config if isinstance(c, invoke.Context) else c  # a task's context or a Config
+    value = _section(config, section).get(key)
+    return default if value in (None, "") else value
+
+
+# --- flags: numbers parsed here, so a bad value is one sentence ----------------------------
+
+
+def number(value: Any, flag: str, *, whole: bool = False) -> int | float:
+    """`value` of `flag` as a number (a whole one with `whole`), else a MoolaError sentence."""
+    if isinstance(value, bool):
+        raise MoolaError(f"{flag} needs a value")
+    try:
+        return int(str(value).strip()) if whole else float(str(value).strip())
+    except ValueError:
+        kind = "a whole number" if whole else "a number"
+        raise MoolaError(f"{flag} takes {kind}, not {value!r}; see `invoke -h TASK`.") from None
+
+
+def whole_number(value: Any, flag: str) -> int:
+    """`number(value, flag, whole=True)`."""
+    return int(number(value, flag, whole=True))
+
+
+class _BadFlag(Exception):
+    pass
 
 
 def task(*args, **kwargs):
-    """`invoke.task` building a MoolaTask; every Moola task is declared with this."""
-    return invoke.task(*args, klass=MoolaTask, **kwargs)
+    """`invoke.task` as Invoke documents it, with Moola's conventions for every task:
+
+    - no automatic short flags (`auto_shortflags=False`): one letter meant different things in
+      different tasks; the long names are the interface (`-h` stays help);
+    - flags without a default are required flags, never positionals (`positional=[]`), so
+      `invoke deploy -h` shows help; a missing one is named in one sentence;
+    - number flags are read as text and converted here, so `--timeout abc` is one sentence
+      and exit 1 instead of a traceback (the health check converts its own: UNKNOWN, 3);
+    - the `moola:` settings of Invoke's configuration are applied first (see apply_settings).
+    """
+    kwargs.setdefault("auto_shortflags", False)
+    kwargs.setdefault("positional", [])
+
+    def decorate(body: Callable) -> invoke.Task:
+        signature = inspect.signature(body)
+        params = list(signature.parameters.values())[1:]  # after the context
+        required = [
+            p.name
+            for p in params
+            if p.default is inspect.Parameter.empty and p.name not in kwargs["positional"]
+        ]
+        numbers = {p.name: type(p.default) for p in params if type(p.default) in (int, float)}
+        kwargs.setdefault("optional", required)  # `--by` with no value is named below
+
+        @functools.wraps(body)
+        def run(c, *a, **kw):
+            apply_settings(getattr(c, "config", None))
+            missing = [n for n in required if kw.get(n) is None]
+            if missing:
+                flags = ", ".join("--" + n.replace("_", "-") for n in missing)
+                verb = "is" if len(missing) == 1 else "are"
+                raise Exit(
+                    f"error: {flags} {verb} required (add -h after the task for its flags)", 1
+                )
+            for n in required:
+                if kw.get(n) is True:
+                    raise Exit(f"error: --{n.replace('_', '-')} needs a value", 1)
+            try:
+                for n, kind in numbers.items():
+                    if n in kw and not isinstance(kw[n], kind):
+                        kw[n] = number(kw[n], "--" + n.replace("_", "-"), whole=kind is int)
+            except MoolaError as exc:
+                raise Exit(f"error: {exc}", code=1) from None
+            return body(c, *a, **kw)
+
+        # Invoke reads flags from the signature: number flags are text here (converted above)
+        run.__signature__ = signature.replace(
+            parameters=[
+                p.replace(default=str(p.default)) if p.name in numbers else p
+                for p in signature.parameters.values()
+            ]
+        )
+        helps = kwargs.get("help") or {}
+        for n in required:
+            if helps.get(n) and not helps[n].endswith("(required)"):
+                helps[n] = f"{helps[n]} (required)"
+        for n, kind in numbers.items():
+            text = helps.get(n, "")
+            word = "WHOLE NUMBER" if kind is int else "NUMBER"
+            if text and not text.startswith(word):
+                helps[n] = f"{word}: {text}"
+        return invoke.task(*args, **kwargs)(run)
+
+    return decorate

@@ -36,6 +36,8 @@ def _log(version: str, status: str, **detail) -> None:
     help={
         "version": "bundle version: v + numbers and dots, optional -suffix (v0.3, v1.0.0-rc1)",
         "run": "training run id under runs/ (default: the run in runs/selected.json)",
+        "override": "why a --run other than the selected one ships (recorded; the checklist's "
+        "phase 2 shows it); without it such a run is refused",
         "force": "replace an existing archive of this version (logged; versions are immutable)",
         "sign": "private SSH key to sign manifest.json with (ssh-keygen -Y sign)",
         "sla_p99_ms": "latency SLA the runtime check enforces: p99 in ms (default 5)",
@@ -45,11 +47,28 @@ def _log(version: str, status: str, **detail) -> None:
     default=True,
 )
 @user_errors
-def build(c, version, run=None, force=False, sign=None, sla_p99_ms=5.0, out="bundles", json=False):
+def build(
+    c,
+    version,
+    run=None,
+    force=False,
+    sign=None,
+    sla_p99_ms=5.0,
+    out="bundles",
+    override="",
+    json=False,
+):
     """Build bundles/moola-<version>.tar.gz from a training run, then verify it."""
     from moola_core.bundle import BundleError, build_bundle, validate_version
 
     validate_version(version)  # before the name reaches the log, a path or a command
+    selected = _selected_run()
+    override = " ".join((override or "").split())
+    if run and selected and run != selected and not override:
+        raise MoolaError(
+            f"run {run} is not the selected run {selected} (runs/selected.json): select it with "
+            "`invoke select`, or pass --override 'why this run ships' (recorded in the log)"
+        )
     try:
         built = build_bundle(
             version, run, out_dir=out, force=force, sign_key=sign, sla_p99_ms=float(sla_p99_ms)
@@ -67,6 +86,8 @@ def build(c, version, run=None, force=False, sign=None, sla_p99_ms=5.0, out="bun
         force=force,
         replaced=built.replaced,
         signed=built.signed,
+        selected_run=selected or "",
+        **({"override": override} if override and built.manifest.run_id != selected else {}),
     )
     result = {
         "path": str(built.path),
@@ -163,9 +184,9 @@ def show(c, path, json=False):
         facts.add_row(key, str(value))
     out = console()
     out.print(facts)
-    metrics = _flat(manifest.metrics)
-    if metrics:
-        out.print("metrics  " + ", ".join(f"{k}={v}" for k, v in list(metrics.items())[:12]))
+    table = metrics_table(manifest.metrics)
+    if table is not None:
+        out.print(table)
     files = Table("file", "bytes", "sha256", box=None, pad_edge=False)
     for entry in manifest.files:
         if not entry.path.startswith("code/"):
@@ -173,6 +194,16 @@ def show(c, path, json=False):
     code = [e for e in manifest.files if e.path.startswith("code/")]
     files.add_row(f"code/ ({len(code)} files)", str(sum(e.size for e in code)), "")
     out.print(files)
+
+
+def _selected_run(runs_dir: str = "runs") -> str:
+    """The run id phase 2 chose (runs/selected.json), or "" when none is recorded."""
+    import json as _json
+
+    try:
+        return str(_json.loads((Path(runs_dir) / "selected.json").read_text())["run_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def _locate(spec: str) -> Path:
@@ -187,6 +218,59 @@ def _locate(spec: str) -> Path:
         f"bundle {spec!r} not found: pass an archive, an extracted bundle folder or a version "
         f"whose {archive} exists (build it with `invoke bundle --version VERSION`)."
     )
+
+
+def metrics_table(metrics: dict):
+    """Held-out metrics as a table: one row per metric, a column per split (value [95% CI]),
+    then the baselines' headline figures; None when the bundle carries no metrics."""
+    from rich.table import Table
+
+    splits = [s for s in ("val", "test") if isinstance(metrics.get(s), dict) and metrics[s]]
+    rows: dict[str, dict[str, str]] = {}
+    for split in splits:
+        for name, value in metrics[split].items():
+            cell = _cell(value)
+            if cell:
+                rows.setdefault(name, {})[split] = cell
+    baselines = metrics.get("baselines") if isinstance(metrics.get("baselines"), dict) else {}
+    if not rows and not baselines:
+        flat = _flat(metrics)
+        if not flat:
+            return None
+        table = Table(
+            "metric", "value", title="metrics", box=None, pad_edge=False, title_justify="left"
+        )
+        for key, value in flat.items():
+            table.add_row(key, str(value))
+        return table
+    table = Table(
+        "metric", *splits, title="metrics (95% CI)", box=None, pad_edge=False, title_justify="left"
+    )
+    for name, cells in rows.items():
+        table.add_row(name, *(cells.get(split, "-") for split in splits))
+    for base, figures in baselines.items():
+        split = "test" if isinstance(figures, dict) and "test" in figures else None
+        values = figures.get(split) if split else None
+        if isinstance(values, dict):
+            iou = _cell(values.get("span_iou")) or _cell(values.get("accuracy")) or ""
+            table.add_row(f"baseline {base}", *([""] * (len(splits) - 1)), iou)
+    return table
+
+
+def _cell(value) -> str:
+    """0.8123 -> "0.812"; {"value": .8, "ci_low": .7, "ci_high": .9} -> "0.800 [0.700, 0.900]"."""
+    if isinstance(value, bool):
+        return ""
+    if isinstance(value, int | float):
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+    if isinstance(value, dict) and isinstance(value.get("value"), int | float):
+        text = f"{value['value']:.3f}"
+        if isinstance(value.get("ci_low"), int | float) and isinstance(
+            value.get("ci_high"), int | float
+        ):
+            text += f" [{value['ci_low']:.3f}, {value['ci_high']:.3f}]"
+        return text
+    return ""
 
 
 def _flat(metrics: dict, prefix: str = "") -> dict:

@@ -10,9 +10,9 @@ from invoke.exceptions import Exit
 
 from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
 
-_MARK = {"done": "✔", "failed": "✘", "pending": "·", "skipped": "–", "ok": "✔"}
+_MARK = {"done": "✔", "failed": "✘", "pending": "·", "skipped": "–", "ok": "✔", "not needed": "–"}
 _COLOUR = {"done": "green", "ok": "green", "failed": "red", "pending": "yellow",
-           "skipped": "dim", "refused": "red", "aborted": "red"}  # fmt: skip
+           "skipped": "dim", "refused": "red", "aborted": "red", "not needed": "dim"}  # fmt: skip
 
 
 def _short_time(iso: str) -> str:
@@ -169,7 +169,7 @@ def select(c, metric="", runs_dir="runs", override=None, json=False):
 
 @task(
     help={
-        "host": "inventory host names or a group, comma separated",
+        "host": "inventory host names, groups and/or globs (local-*), comma separated",
         "timeout": "seconds the whole check may take (default 300)",
         "inventory": "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)",
         "json": "print one JSON document",
@@ -186,8 +186,11 @@ def verify(c, host, timeout=300.0, inventory="", json=False, refresh=False):
     refresh_cache(refresh)
 
     # like deploy and rollback: the hosts just deployed from --inventory can be verified there
+    from moola_ops.progress import show
+
     hosts = load_inventory(inventory or None) if inventory else None
-    report = run_verify(host, timeout_s=float(timeout), inventory=hosts)
+    with show("verify", plain=not json):
+        report = run_verify(host, timeout_s=float(timeout), inventory=hosts)
     _finish(report, json)
 
 

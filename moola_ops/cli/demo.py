@@ -77,7 +77,9 @@ class DemoRun:
         _say(f"\n== {len(self.stages):>2}. {name}   ({command})", bold=True)
         started = time.monotonic()
         try:
-            yield stage
+            # each step of the engine and the phases as it happens (live on a terminal)
+            with _stage_progress(name):
+                yield stage
             stage.ok = True
         except Exception as exc:
             stage.detail = " ".join(str(exc).split()) or type(exc).__name__
@@ -89,6 +91,15 @@ class DemoRun:
                 f"   -> {mark} in {stage.seconds:.1f} s"
                 + (f": {stage.detail}" if stage.detail else "")
             )
+
+
+def _stage_progress(name: str):
+    import sys
+
+    from moola_ops.progress import live_terminal, show
+
+    # off a terminal the step lines join the stage lines on stdout, in order
+    return show(name, stream=None if live_terminal() else sys.stdout)
 
 
 def _say(text: str, bold: bool = False) -> None:
@@ -135,7 +146,7 @@ def _stop_demo_hosts(root: Path) -> None:
 
 
 def _stages(demo: DemoRun, yaml) -> None:
-    from moola_ops import engine, phases
+    from moola_ops import engine, phases, serving
     from moola_ops.checklist import checklist_states, load_checklist
     from moola_ops.health import OK, STATE_NAMES, run_healthcheck, status_line
     from moola_ops.inventory import Inventory
@@ -216,7 +227,7 @@ def _stages(demo: DemoRun, yaml) -> None:
             "quality gate passed"
         )
 
-    def build(version: str, run_id: str) -> engine.LocalBundle:
+    def build(version: str, run_id: str, override: str = "") -> engine.LocalBundle:
         from moola_core.bundle import build_bundle, verify_bundle
 
         built = build_bundle(version, run_id, runs_dir=runs_dir, out_dir=bundles_dir,
@@ -224,8 +235,15 @@ def _stages(demo: DemoRun, yaml) -> None:
         verify_bundle(built.path)
         # the same log line `invoke bundle` writes (phase 3 of the checklist)
         Journal("bundle", bundle=version).record(
-            "", "build", "ok", run_id=run_id, path=str(built.path),
-            summary=f"{built.path.name} from {run_id}, verified")  # fmt: skip
+            "",
+            "build",
+            "ok",
+            run_id=run_id,
+            path=str(built.path),
+            sha256=built.sha256,
+            summary=f"{built.path.name} from {run_id}, verified",
+            **({"override": override} if override else {}),
+        )
         return engine.resolve_bundle(version, bundles_dir=bundles_dir)
 
     def current_on_hosts() -> dict[str, str | None]:
@@ -281,14 +299,20 @@ def _stages(demo: DemoRun, yaml) -> None:
         expect(report.ok, "accept failed")
         st.detail = f"signed off by demo for deployment {demo.facts['deploy_v01']}"
 
+    traffic = serving.demo_traffic(hosts)  # real requests through deploy and rollback
     with demo.stage("bundle v0.2 and deploy it", "invoke bundle ... && invoke deploy ...") as st:
         other = next(r for r in demo.facts["run_ids"] if r != demo.facts["selected"])
-        v02 = build("v0.2", other)
+        # not the selected run: `invoke bundle --run ID --override REASON` records why
+        v02 = build("v0.2", other, override="demo: the other candidate, to show a rollback")
         gate_of(v02)  # the runner-up was gated too, and passed
         result = engine.deploy(hosts, v02)
         expect(result.ok, f"deploy of v0.2 failed: {[o.message for o in result.outcomes]}")
         live = current_on_hosts()
         expect(set(live.values()) == {"v0.2"}, f"current after deploy: {live}")
+        # the cron checks see v0.2 while it is live (phase 8 of its checklist)
+        for deep in (False, True):
+            run = run_healthcheck("local", deep=deep, timeout_s=240, inventory=inventory)
+            expect(run.state == OK, f"health check of v0.2: {status_line(run)}")
         demo.facts["deploy_v02"] = result.deployment
         st.detail = f"deployment {result.deployment}; current = v0.2 on both (from {other})"
 
@@ -301,7 +325,13 @@ def _stages(demo: DemoRun, yaml) -> None:
         expect(result.ok, f"rollback failed: {[o.message for o in result.outcomes]}")
         live = current_on_hosts()
         expect(set(live.values()) == {"v0.1"}, f"current after rollback: {live}")
-        st.detail = f"v0.1 serves again on both, checked ({seconds:.1f} s)"
+        sent = traffic.stop()
+        _say(
+            f"   requests during deploy and rollback: {sent['requests']}, failed {sent['failed']}"
+            f", longest gap {sent['longest_gap_ms']} ms"
+        )
+        expect(sent["failed"] == 0, f"{sent['failed']} requests failed: {sent['failures']}")
+        st.detail = f"v0.1 serves again on both, checked ({seconds:.1f} s); 0 failed requests"
 
     with demo.stage(
         "phase 8: health checks", "invoke healthcheck && invoke healthcheck --deep"
@@ -334,6 +364,11 @@ def _stages(demo: DemoRun, yaml) -> None:
                  f"{e['status']}")  # fmt: skip
         st.detail = "v0.1: phases 1-6 done; v0.2: deployed, rolled back, monitored"
 
+    from moola_ops.report.demo import shadow_ab_report  # shadow, A/B, decision, monitor, report
+
+    shadow_ab_report(demo, hosts=hosts, root=root, bundles_dir=bundles_dir, runs_dir=runs_dir,
+                     say=_say)  # fmt: skip
+
 
 @task(
     help={
@@ -354,6 +389,8 @@ def demo(c, root=DEMO_ROOT, keep=False, json=False):
                     "stages": [s.__dict__ for s in run.stages]})  # fmt: skip
     _say(f"\n{'demo passed' if run.ok else 'demo FAILED'} in {total:.0f} s "
          f"({len(run.stages)} stages); everything it made is in {root}")  # fmt: skip
+    if run.facts.get("report"):
+        _say(f"report: {run.facts['report']}")
     if not run.ok:
         raise Exit(f"error: {run.error}", code=1)
 

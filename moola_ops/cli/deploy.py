@@ -1,8 +1,10 @@
-"""Phases 4 and 7: `invoke deploy`, `rollback`, `drill`, `backups`, `restore`, `lock`, `log`.
+"""Phases 4 and 7: `invoke deploy`, `rollback`, `drill`, `backups`, `restore`, `lock`.
 
 Thin tasks: parse flags, call one function of `moola_ops.engine`, render the outcome (a rich
 table on a TTY, plain lines otherwise, `--json` for machines), exit non-zero when any host
 failed (130 after Ctrl-C). The engine is imported inside the bodies so `invoke --list` is fast.
+While the engine works, each host's current step shows (moola_ops.progress). `invoke log` lives
+in moola_ops/cli/log.py.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ from moola_core.errors import MoolaError
 from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
 from moola_ops.runpod import REFRESH_HELP
 
-HOST_HELP = "inventory host names and/or groups, comma separated (e.g. runpod-1 or prod)"
+HOST_HELP = (
+    "inventory host names, groups and/or globs over host names, comma separated "
+    "(e.g. runpod-1, prod or 'local-*')"
+)
 INVENTORY_HELP = "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)"
 FLEET_HELP = {
-    "parallel": "hosts deployed at the same time (default 4)",
+    "parallel": "hosts deployed at the same time (0, the default: invoke.yaml deploy.parallel, "
+    "else 4)",
     "canary": "deploy to this many hosts first; stop the rest if one fails (e.g. 1; 0: none)",
     "batch": "after the canary, roll the other hosts in waves of this many (0: all at once)",
 }
@@ -44,18 +50,29 @@ def _hosts(host: str, inventory: str, refresh: bool = False):
     return load_inventory(inventory or None).resolve(host)
 
 
+def _setting(c, flag: int, key: str, default: int, *, unset: int = 0) -> int:
+    """A flag's value, else invoke.yaml's `key`, else `default` (moola_ops.cli._common)."""
+    from moola_ops.cli._common import setting, whole_number
+
+    return int(flag) if flag != unset else whole_number(setting(c, key, default), key)
+
+
 def _options(**kw):
     from moola_ops.engine import Options
 
     return Options(**{k: v for k, v in kw.items() if v is not None})
 
 
-def _run(c, as_json: bool, call):
-    """Run an engine call; after Ctrl-C (or SIGTERM) show what each host ended on, exit 130."""
+def _run(c, as_json: bool, call, title: str = "", hosts=()):
+    """Run an engine call showing each host's current step (moola_ops.progress; `call` gets
+    the view, whose `upload` is the engine's byte-progress factory); after Ctrl-C (or SIGTERM)
+    show what each host ended on, exit 130."""
     from moola_ops.engine import Interrupted
+    from moola_ops.progress import show
 
     try:
-        result = call()
+        with show(title, hosts=[h.name for h in hosts], plain=not as_json) as view:
+            result = call(view)
     except Interrupted as stop:
         print("interrupted (Ctrl-C): each host below ended as shown", flush=True)
         _render(stop.result, as_json)
@@ -108,35 +125,15 @@ def _verdict(result) -> str:
     return "OK" if result.ok else "FAILED"
 
 
-def _progress_factory():
-    """A rich progress bar per host upload on a TTY; None (no output) otherwise."""
-    if not is_tty():
-        return None, None
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-    bar = Progress(
-        "{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=console(),
-        transient=True,
-    )
-
-    def factory(host: str, total: int):
-        task_id = bar.add_task(f"upload {host}", total=total)
-        return lambda sent, _total: bar.update(task_id, completed=sent)
-
-    return bar, factory
-
-
 @task(
     help={
         **COMMON_HELP,
         **FLEET_HELP,
         "bundle": "bundle version (bundles/moola-VERSION.tar.gz) or a path to an archive",
-        "keep_releases": "releases kept on each host besides current and previous (default 5)",
-        "keep_backups": "snapshots kept on each host (default 5)",
+        "keep_releases": "releases kept on each host besides current and previous "
+        "(default: invoke.yaml deploy.keep_releases, else 5)",
+        "keep_backups": "snapshots kept on each host (default: invoke.yaml deploy.keep_backups, "
+        "else 5)",
         "full_post_check": "after the switch, also run the runtime check through `current`",
         "repair": "re-upload and re-verify the same bytes of a damaged release (logged)",
         "plan": PLAN_HELP,
@@ -148,11 +145,11 @@ def deploy(
     host,
     bundle,
     inventory="",
-    parallel=4,
+    parallel=0,
     canary=0,
     batch=0,
-    keep_releases=5,
-    keep_backups=5,
+    keep_releases=-1,
+    keep_backups=-1,
     full_post_check=False,
     accept_new_host_key=False,
     check_runs=0,
@@ -168,28 +165,29 @@ def deploy(
     hosts = _hosts(host, inventory, refresh)
     local = engine.resolve_bundle(bundle)
     planning = _planning(c, plan)
-    bar, factory = _progress_factory() if not (json or planning) else (None, None)
-    opts = _options(
-        parallel=int(parallel),
+    opts = dict(
+        parallel=_setting(c, parallel, "deploy.parallel", 4),
         canary=int(canary),
         batch=int(batch),
-        keep_releases=int(keep_releases),
-        keep_backups=int(keep_backups),
+        keep_releases=_setting(c, keep_releases, "deploy.keep_releases", 5, unset=-1),
+        keep_backups=_setting(c, keep_backups, "deploy.keep_backups", 5, unset=-1),
         full_post_check=full_post_check,
         accept_new_host_key=accept_new_host_key,
         check_runs=int(check_runs) or None,
         check_timeout_s=_seconds(check_timeout, "--check-timeout"),
         plan=planning,
-        progress=factory,
     )
     run = engine.repair if repair else engine.deploy
     if repair and planning:
         raise MoolaError("--repair has no plan yet: run `invoke deploy --plan` to see the host")
-    if bar is not None:
-        with bar:
-            _run(c, json, lambda: run(hosts, local, opts))
-    else:
-        _run(c, json, lambda: run(hosts, local, opts))
+    title = f"{'repair' if repair else 'deploy'} {local.version}"
+    _run(
+        c,
+        json,
+        lambda view: run(hosts, local, _options(**opts, progress=view.upload)),
+        title,
+        hosts,
+    )
 
 
 def _seconds(value, flag: str) -> float:
@@ -213,7 +211,7 @@ def rollback(
     host,
     to="",
     inventory="",
-    parallel=4,
+    parallel=0,
     canary=0,
     batch=0,
     accept_new_host_key=False,
@@ -228,7 +226,7 @@ def rollback(
 
     hosts = _hosts(host, inventory, refresh)
     opts = _options(
-        parallel=int(parallel),
+        parallel=_setting(c, parallel, "deploy.parallel", 4),
         canary=int(canary),
         batch=int(batch),
         accept_new_host_key=accept_new_host_key,
@@ -236,7 +234,7 @@ def rollback(
         check_timeout_s=_seconds(check_timeout, "--check-timeout"),
         plan=_planning(c, plan),
     )
-    _run(c, json, lambda: engine.rollback(hosts, to or None, opts))
+    _run(c, json, lambda view: engine.rollback(hosts, to or None, opts), "rollback", hosts)
 
 
 @task(help={**COMMON_HELP, "parallel": FLEET_HELP["parallel"]})
@@ -264,15 +262,17 @@ def drill(
         check_runs=int(check_runs) or None,
         check_timeout_s=_seconds(check_timeout, "--check-timeout"),
     )
-    _run(c, json, lambda: engine.drill(hosts, opts))
+    _run(c, json, lambda view: engine.drill(hosts, opts), "drill", hosts)
 
 
 @task(
     help={
         "host": HOST_HELP,
         "inventory": INVENTORY_HELP,
-        "keep_releases": "releases kept on each host besides current and previous (default 5)",
-        "keep_backups": "snapshots kept on each host (default 5)",
+        "keep_releases": "releases kept on each host besides current and previous "
+        "(default: invoke.yaml deploy.keep_releases, else 5)",
+        "keep_backups": "snapshots kept on each host (default: invoke.yaml deploy.keep_backups, "
+        "else 5)",
         "plan": PLAN_HELP,
         "json": "print JSON",
         "refresh": REFRESH_HELP,
@@ -280,7 +280,7 @@ def drill(
 )
 @user_errors
 def prune(
-    c, host, inventory="", keep_releases=5, keep_backups=5, plan=False, json=False, refresh=False
+    c, host, inventory="", keep_releases=-1, keep_backups=-1, plan=False, json=False, refresh=False
 ):
     """Remove old releases and snapshots (never current, the rollback target or their newest
     snapshots); deploys do this after each success."""
@@ -288,9 +288,11 @@ def prune(
 
     hosts = _hosts(host, inventory, refresh)
     opts = _options(
-        keep_releases=int(keep_releases), keep_backups=int(keep_backups), plan=_planning(c, plan)
+        keep_releases=_setting(c, keep_releases, "deploy.keep_releases", 5, unset=-1),
+        keep_backups=_setting(c, keep_backups, "deploy.keep_backups", 5, unset=-1),
+        plan=_planning(c, plan),
     )
-    _run(c, json, lambda: engine.prune(hosts, opts))
+    _run(c, json, lambda view: engine.prune(hosts, opts), "prune", hosts)
 
 
 @task(
@@ -335,7 +337,7 @@ def restore(c, host, snapshot, inventory="", plan=False, json=False, refresh=Fal
 
     hosts = _hosts(host, inventory, refresh)
     opts = _options(plan=_planning(c, plan))
-    _run(c, json, lambda: engine.restore(hosts, snapshot, opts))
+    _run(c, json, lambda view: engine.restore(hosts, snapshot, opts), "restore", hosts)
 
 
 def lock_line(state: dict) -> str:
@@ -378,6 +380,9 @@ def lock_(
     """Show who holds each host's deploy lock; --release your own, --break a stale one."""
     from moola_ops import engine
 
+    if (break_ or release) and c.config.run.dry:
+        what = "--break" if break_ else "--release"
+        raise MoolaError(f"--dry: lock {what} would change the lock; nothing was done")
     report = {}
     for h in _hosts(host, inventory, refresh):
         if break_:
@@ -395,34 +400,4 @@ def lock_(
         print_json(report)
 
 
-@task(
-    help={
-        "host": "only lines of this host",
-        "deployment": "only lines of this deployment id",
-        "phase": "only lines of this phase (deploy, rollback, drill, ...)",
-        "last": "show the last N lines (default 30)",
-        "json": "print the lines as JSON",
-    }
-)
-@user_errors
-def log(c, host="", deployment="", phase="", last=30, json=False):
-    """Show the deployment log (logs/deployments.jsonl or env MOOLA_LOG), newest last."""
-    from moola_ops.journal import log_path, read_events
-
-    events = read_events(host=host or None, deployment=deployment or None, phase=phase or None)
-    events = events[-int(last) :] if int(last) > 0 else events
-    if json:
-        print_json(events)
-        return
-    if not events:
-        print(f"no matching lines in {log_path()}")
-    for e in events:
-        detail = e.get("detail") or {}
-        extra = detail.get("error") or ""
-        print(
-            f"{e['time']} {e['deployment']} {e['phase']:<8} {e['host'] or '-':<10} "
-            f"{e['step']:<12} {e['status']:<8} {e['duration_s']:>7.2f}s {e['bundle']} {extra}"
-        )
-
-
-EXPORTS = [deploy, rollback, drill, prune, backups, restore, lock_, log]
+EXPORTS = [deploy, rollback, drill, prune, backups, restore, lock_]  # `log`: cli/log.py

@@ -78,6 +78,12 @@ def train(
     json=False,
 ):
     """Train one run per seed; print held-out test metrics next to the baselines."""
+    import sys
+
+    def say(message: str) -> None:  # progress from the first second, on stderr (--json stays clean)
+        print(f"train: {message}", file=sys.stderr, flush=True)
+
+    say("loading torch and the training code")
     from moola_core.train import load_config, train_run
     from moola_core.train.data import prepare_data
 
@@ -89,7 +95,9 @@ def train(
         overrides["freeze_encoder"] = bool(freeze)
     base = load_config(config, overrides)
     seeds = _seeds(seed) or [base.seed]
+    say(f"{config}: preparing the data (features per window, time split)")
     data = prepare_data(base)  # every seed trains and is scored on the same windows
+    say(f"training {len(seeds)} run(s), seed(s) {', '.join(map(str, seeds))}")
     summaries = []
     out = console()
     for one_seed in seeds:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -62,14 +63,24 @@ def test_demo_passes_every_stage(demo):
     assert all(s["ok"] for s in summary["stages"])
     assert "demo passed" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+    # real requests went through the deploy of v0.2 and the rollback, and none failed
+    sent = re.search(r"requests during deploy and rollback: (\d+), failed (\d+)", proc.stdout)
+    assert sent and int(sent.group(1)) > 0 and int(sent.group(2)) == 0, proc.stdout[-2000:]
+    # the last act: shadow, A/B with known outcomes, its decision acted on, monitor, report
+    for expected in ("shadow v0.2 beside v0.1", "A/B on live traffic", "monitor", "the report"):
+        assert expected in names
+    report = proc.stdout.strip().splitlines()[-1]
+    assert report.startswith("report: ") and Path(report.removeprefix("report: ")).is_file()
 
 
 def test_checklist_log_and_gates_after_the_demo(demo, demo_root):
     log = {"MOOLA_LOG": str(demo_root / "deployments.jsonl")}
     events = [json.loads(line) for line in Path(log["MOOLA_LOG"]).read_text().splitlines()]
     deploys = list(dict.fromkeys(e["deployment"] for e in events if e["phase"] == "deploy"))
-    assert len(deploys) == 2
-    first, second = deploys
+    # v0.1, v0.2; then two more (v0.2 on each host) only when the A/B's decision was promote
+    promoted = any(e["phase"] == "ab" and e["status"] == "ok" for e in events)
+    assert len(deploys) == (4 if promoted else 2)
+    first, second = deploys[:2]
 
     # the accepted v0.1 deployment: phases 1-6 done, with the sign-off's who
     proc = invoke("checklist", "--deployment", first, "--json", env=log)

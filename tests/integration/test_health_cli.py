@@ -73,10 +73,22 @@ def healthcheck(cwd: Path, *args: str, env_extra: dict | None = None, timeout: f
     env = {"PATH": "/usr/bin:/bin", **(env_extra or {})}
     started = time.monotonic()
     proc = subprocess.run(
-        ["env", "-i", *[f"{k}={v}" for k, v in env.items()], INVOKE, "-r", str(REPO),
-         "healthcheck", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            "env",
+            "-i",
+            *[f"{k}={v}" for k, v in env.items()],
+            INVOKE,
+            "-r",
+            str(REPO),
+            "healthcheck",
+            *args,
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     proc.elapsed = time.monotonic() - started
     return proc
 
@@ -221,3 +233,40 @@ def test_unwritable_prom_file_is_unknown_but_the_checks_still_report(fleet):
     assert proc.stdout.startswith("MOOLA OK - 2/2 hosts OK")
     assert proc.stderr.startswith("cannot write --prom ")
     assert "Traceback" not in proc.stderr
+
+
+def test_thresholds_from_flags_and_inventory_and_globs(fleet):
+    sandbox, _, cwd = fleet
+    import yaml
+
+    inventory = write_inventory(cwd / "hosts.yaml", sandbox)
+    doc = yaml.safe_load(inventory.read_text())
+    # local-2 wants a million GiB free: its own inventory threshold makes it CRITICAL
+    doc["hosts"]["local-2"]["critical"] = {"free_gib": "1000000:"}
+    inventory.write_text(yaml.safe_dump(doc))
+    proc = healthcheck(cwd, "--inventory", str(inventory), "--host", "local-*")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("MOOLA CRITICAL - 1/2 hosts OK (fast); local-2 CRITICAL disk: ")
+    # the flag beats the inventory field
+    proc = healthcheck(
+        cwd,
+        "--inventory",
+        str(inventory),
+        "--host",
+        "local-*",
+        "--critical",
+        "free_gib=0:",
+        "--warning",
+        "free_gib=1000000:",
+    )
+    assert proc.returncode == 1, proc.stdout
+    assert proc.stdout.startswith("MOOLA WARNING - 0/2 hosts OK (fast)")
+    # every failure to even run the check is UNKNOWN with a status line
+    for args in (("--warning", "p99_ms=fast"), ("--timeout", "abc"), ("--host", "nope-*")):
+        proc = healthcheck(cwd, "--inventory", str(inventory), *args)
+        assert proc.returncode == 3, (args, proc.stdout, proc.stderr)
+        assert proc.stdout.startswith("MOOLA UNKNOWN - ") and "Traceback" not in proc.stderr
+    doc["hosts"]["local-1"]["warning"] = {"free_gib": "ten"}
+    inventory.write_text(yaml.safe_dump(doc))
+    proc = healthcheck(cwd, "--inventory", str(inventory))
+    assert proc.returncode == 3 and "'ten' is not a number" in proc.stdout

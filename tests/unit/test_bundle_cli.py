@@ -52,9 +52,10 @@ def test_bundle_tasks_build_verify_show_and_refuse(tmp_path):
     verified = invoke(tmp_path, "bundle.verify", "bundles/moola-v0.3.tar.gz", "--json")
     assert json.loads(verified.stdout)["sha256"] == result["sha256"]
     shown = invoke(tmp_path, "bundle.show", "bundles/moola-v0.3.tar.gz")
-    assert (
-        shown.returncode == 0 and "run-7" in shown.stdout and "test.accuracy=0.75" in shown.stdout
-    )
+    assert shown.returncode == 0 and "run-7" in shown.stdout
+    # metrics are a table, one row per metric and a column per split, not a flattened dump
+    rows = {line.split()[0]: line.split()[1:] for line in shown.stdout.splitlines() if line.strip()}
+    assert rows["metric"] == ["test"] and rows["accuracy"] == ["0.750"], shown.stdout
     # a version works where a path does, as for `invoke deploy --bundle v0.3`
     by_version = invoke(tmp_path, "bundle.show", "v0.3", "--json")
     assert by_version.returncode == 0 and json.loads(by_version.stdout)["version"] == "v0.3"
@@ -70,3 +71,41 @@ def test_bundle_tasks_build_verify_show_and_refuse(tmp_path):
     broken = invoke(tmp_path, "bundle.verify", str(archive))
     assert broken.returncode == 1 and "Traceback" not in broken.stderr
     assert broken.stderr.startswith("error: ")
+
+
+def test_a_bundle_from_an_unselected_run_needs_an_override_with_a_reason(tmp_path):
+    metrics = {
+        "val": {"span_iou": {"value": 0.61, "ci_low": 0.55, "ci_high": 0.67}},
+        "test": {"span_iou": {"value": 0.58, "ci_low": 0.5, "ci_high": 0.66}},
+    }
+    make_tiny_run(tmp_path / "runs", "run-7", metrics=metrics)
+    make_tiny_run(tmp_path / "runs", "run-8", metrics=metrics)
+    (tmp_path / "runs" / "selected.json").write_text(json.dumps({"run_id": "run-7"}))
+    refused = invoke(tmp_path, "bundle", "--version", "v0.4", "--run", "run-8")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "run run-8 is not the selected run run-7" in refused.stderr
+    assert not (tmp_path / "bundles" / "moola-v0.4.tar.gz").exists()
+    built = invoke(
+        tmp_path,
+        "bundle",
+        "--version",
+        "v0.4",
+        "--run",
+        "run-8",
+        "--override",
+        "hotfix: run-7 misses the new session filter",
+    )
+    assert built.returncode == 0, built.stderr
+    line = json.loads((tmp_path / "deploy.jsonl").read_text().splitlines()[-1])
+    assert line["detail"]["override"] == "hotfix: run-7 misses the new session filter"
+    assert line["detail"]["run_id"] == "run-8" and line["detail"]["selected_run"] == "run-7"
+    shown = invoke(tmp_path, "bundle.show", "v0.4")
+    span = next(v for v in shown.stdout.splitlines() if v.startswith("span_iou"))
+    assert span.split(maxsplit=1)[1].split() == [
+        "0.610",
+        "[0.550,",
+        "0.670]",
+        "0.580",
+        "[0.500,",
+        "0.660]",
+    ]

@@ -159,3 +159,88 @@ def test_accept_is_refused_until_phases_1_to_5_pass(tmp_path, monkeypatch):
     states = _by_check(cl.checklist_states(cl.load_checklist(), read_events(log), dep.deployment))
     assert states["accept.signoff"].state == "done" and states["accept.signoff"].by == "Ana Lima"
     assert states["accept.notes"].detail == "first release of the pointer model"
+
+
+def _released(log, version: str, run: str, sha: str, hosts=("h1",), ok=True) -> Journal:
+    """A bundle build of `run` and a deploy of it (its post-switch check ok or failed)."""
+    Journal("bundle", bundle=version, path=log).record("", "build", "ok", run_id=run, sha256=sha)
+    dep = Journal("deploy", bundle=version, path=log)
+    dep.record("", "open", "started", hosts=list(hosts), sha256=sha)
+    for host in hosts:
+        dep.record(host, "promote", "ok", sha256=sha)
+        dep.record(host, "check", "ok" if ok else "failed", error="" if ok else "p99 over SLA")
+        if ok:
+            dep.record(host, "post-check", "ok")
+    return dep
+
+
+def test_verify_after_a_failed_deploy_does_not_credit_the_failed_release(tmp_path, monkeypatch):
+    from moola_ops import phases
+    from moola_ops.health import CheckResult, HealthRun, HostHealth
+
+    log = tmp_path / "deployments.jsonl"
+    monkeypatch.setenv("MOOLA_LOG", str(log))
+    Journal("select", path=log).record("", "choice", "ok", facts={"run_id": "r1"})
+    v02 = _released(log, "v0.2", "r1", "aa" * 32)
+    v03 = _released(log, "v0.3", "r1", "bb" * 32, ok=False)  # failed before its switch
+
+    # `invoke verify` now checks what is live: v0.2 (a real run_verify, its probe replaced)
+    live = HostHealth(host="h1", release="v0.2", p99_ms=1.0, sla_p99_ms=5.0)
+    live.checks += [CheckResult(n, 0, "fine") for n in ("ssh", "current", "checksums", "model")]
+    live.checks.append(CheckResult("latency", 0, "p99 1.00 ms within 5 ms"))
+    monkeypatch.setattr(
+        "moola_ops.health.run_healthcheck", lambda *a, **k: HealthRun([live], True, 0.0, 1.0)
+    )
+    assert phases.run_verify("h1").ok
+
+    checklist = cl.load_checklist()
+    failed = cl.checklist_states(checklist, read_events(log), v03.deployment)
+    assert failed.phase_states()[5] == "pending", _by_check(failed)["verify.sanity"]
+    assert failed.phase_states()[4] == "failed"
+    serving = cl.checklist_states(checklist, read_events(log), v02.deployment)
+    assert serving.phase_states()[5] == "done"  # recorded under the deploy that made v0.2 live
+    assert _by_check(serving)["verify.sanity"].detail == "v0.2: model loads, golden outputs match"
+
+
+def test_phase_7_is_not_needed_when_no_rollback_happened(tmp_path):
+    log = tmp_path / "deployments.jsonl"
+    dep = _released(log, "v0.1", "r1", "cc" * 32)
+    report = cl.checklist_states(cl.load_checklist(), read_events(log), dep.deployment)
+    assert _by_check(report)["rollback.switch"].state == "skipped"
+    assert report.phase_states()[7] == "not needed"
+    Journal("rollback", bundle="v0.0", path=log).record("h1", "post-check-runtime", "ok")
+    report = cl.checklist_states(cl.load_checklist(), read_events(log), dep.deployment)
+    assert report.phase_states()[7] == "done"
+
+
+def test_phases_2_and_3_are_tied_to_the_bundles_run_and_sha256(tmp_path):
+    log = tmp_path / "deployments.jsonl"
+    checklist = cl.load_checklist()
+    Journal("select", path=log).record("", "choice", "ok", facts={"run_id": "seed-17"})
+    # a bundle built from another seed than the selected one
+    other = _released(log, "v0.3", "seed-13", "dd" * 32)
+    states = _by_check(cl.checklist_states(checklist, read_events(log), other.deployment))
+    assert states["select.choice"].state == "failed"
+    assert "built from run seed-13, which no selection chose (last: seed-17)" in (
+        states["select.choice"].detail
+    )
+    # the same, with an override recorded at build time
+    Journal("bundle", bundle="v0.4", path=log).record(
+        "", "build", "ok", run_id="seed-13", sha256="ee" * 32, override="hotfix for session gaps"
+    )
+    dep = Journal("deploy", bundle="v0.4", path=log)
+    dep.record("", "open", "started", sha256="ee" * 32)
+    states = _by_check(cl.checklist_states(checklist, read_events(log), dep.deployment))
+    assert states["select.choice"].state == "done"
+    assert states["select.choice"].detail.endswith("override: hotfix for session gaps")
+    # its own recorded selection counts too
+    Journal("select", path=log).record("", "choice", "ok", facts={"run_id": "seed-13"})
+    again = _released(log, "v0.5", "seed-13", "ff" * 32)
+    states = _by_check(cl.checklist_states(checklist, read_events(log), again.deployment))
+    assert states["select.choice"].state == "done"
+    # a rebuilt archive (another sha256) under a deployed version breaks phase 3
+    rebuilt = Journal("deploy", bundle="v0.5", path=log)
+    rebuilt.record("", "open", "started", sha256="99" * 32)
+    states = _by_check(cl.checklist_states(checklist, read_events(log), rebuilt.deployment))
+    assert states["bundle.build"].state == "failed"
+    assert "is not the one built and verified as v0.5" in states["bundle.build"].detail

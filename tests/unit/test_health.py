@@ -251,3 +251,16 @@ def test_run_parallel_bounds_concurrency(parallel):
     results = hc.run_parallel(["a", "b", "c"], probe, timeout_s=10, parallel=parallel)
     assert [h.state for h in results] == [hc.OK] * 3
     assert peak[0] == parallel
+
+
+def test_a_damaged_release_names_the_fact_and_one_fix():
+    problem = (
+        "releases/v0.1: weights.pt has sha256 ab12... but the manifest says cd34...; "
+        "the file is damaged: upload or rebuild the bundle."
+    )
+    host = _assess(_facts(checksums=cmd.ChecksumFact(problems=[problem])))
+    message = {c.name: c.message for c in host.checks}["checksums"]
+    assert message == (
+        "releases/v0.1: weights.pt has sha256 ab12... but the manifest says "
+        "cd34...; the file is damaged: roll back or redeploy the release"
+    )

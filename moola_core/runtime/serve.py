@@ -1,0 +1,1058 @@
+"""The model server: `python -m moola_core.runtime serve --release DIR --port P`.
+
+Answers predictions over HTTP from OHLC windows (features computed here, by
+`runtime.hostfeatures`, the code tested for parity with the training features), gathers
+concurrent requests into one forward pass (Triton's two knobs: largest batch, longest wait),
+and exposes liveness, readiness and Prometheus metrics. Every answered window is appended to
+`captures/<release>/` (the contract in docs/serving.md), rotated and bounded in size.
+
+    POST /v1/predict   {"windows": [[[o,h,l,c] x 105], ...]}  or  [{"id": "w1", "ohlc": [...]}]
+    GET  /healthz      alive: release, sha256, device, uptime (200 while the process runs)
+    GET  /readyz       200 once the model is loaded and golden parity passed, else 503
+    GET  /metrics      Prometheus text format
+
+Bad input never crashes the server and never shows a traceback: it gets a 4xx and one sentence.
+SIGTERM drains: the listener closes, requests in flight finish, captures are flushed, exit 0.
+
+Standard library and torch only (this file ships to hosts).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import math
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+# imported at start, not on first use: a release folder pruned under a running server must
+# not break it later
+from moola_core.runtime import hostfeatures
+from moola_core.spec import LABELS, WINDOW_LEN
+
+DEFAULT_MAX_BATCH = 64  # windows in one forward pass
+DEFAULT_MAX_WAIT_MS = 2.0  # longest a gathered batch waits for requests still arriving
+DEFAULT_MAX_WINDOWS = 256  # windows in one request
+DEFAULT_MAX_BODY_MB = 4.0
+DEFAULT_READ_TIMEOUT_S = 10.0  # a client must send its request within this (slow clients)
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
+DEFAULT_CAPTURE_MAX_MB = 16.0  # one capture file is closed at this size
+DEFAULT_CAPTURE_KEEP_MB = 256.0  # per release; the oldest files go beyond it
+CAPTURE_QUEUE = 20000  # windows waiting to be written; beyond it captures are dropped (counted)
+ANSWER_TIMEOUT_S = 60.0  # a request whose batch has not run by then gets a 503
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+class BadRequest(Exception):
+    """The client's request is wrong: `status` (4xx) and one sentence."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+# --- the model ---------------------------------------------------------------------------------
+
+
+class Predictor:
+    """One release loaded for serving: checksums verified, model on its device, golden parity
+    checked for single windows and a batch. `predict_ohlc` is the in-process path the server
+    (and benchmarks/serving.py) use."""
+
+    def __init__(self, release: str | os.PathLike, device: str = "auto"):
+        self.release = Path(release)
+        self.device_name = device
+        self.version = "?"
+        self.manifest_sha256 = ""
+        self.bundle_sha256: str | None = None
+        self.device = None
+        self.model = None
+        self.has_abstain = False
+
+    def load(self) -> str:
+        """Load and check the release; return one line of what was checked. Raises on failure."""
+        import hashlib
+
+        import torch
+
+        from moola_core.bundle.archive import verify_directory
+        from moola_core.models import build_model
+        from moola_core.runtime import devices
+        from moola_core.runtime.check import compare_golden, finite_problem
+
+        manifest_bytes = (self.release / "manifest.json").read_bytes()
+        manifest = json.loads(manifest_bytes)
+        self.version = str(manifest["version"])
+        self.manifest_sha256 = hashlib.sha256(manifest_bytes).hexdigest()
+        marker = self.release.resolve().parent / (self.release.resolve().name + ".sha256")
+        if marker.is_file():
+            self.bundle_sha256 = (marker.read_text().split() or [None])[0]
+        verify_directory(self.release)  # never load code or weights that are not what was built
+        self.device = devices.pick_device(self.device_name)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        model = build_model(manifest["model"]["config"])
+        weights = self.release / manifest["model"].get("weights", "weights.pt")
+        model.load_state_dict(torch.load(weights, map_location=self.device, weights_only=True))
+        self.model = model.to(self.device).eval()
+        golden = torch.load(self.release / manifest["golden"]["path"], weights_only=True)
+        atol = float(manifest["golden"]["class_probs_atol"])
+        # golden parity on the path this server uses: one window at a time and one batch
+        single = [
+            self.forward(golden["x"][i : i + 1], golden["valid"][i : i + 1])
+            for i in range(len(golden["x"]))
+        ]
+        single = {k: torch.cat([row[k] for row in single]) for k in single[0]}
+        batch = self.forward(golden["x"], golden["valid"])
+        for name, outputs in (("single-window", single), ("batched", batch)):
+            ok, _diff, _labels, _spans, detail = compare_golden(outputs, golden, atol)
+            problem = finite_problem(outputs, int(golden["x"].shape[1]))
+            if not ok or problem:
+                raise RuntimeError(f"golden parity failed ({name}): {problem or detail}")
+        self.has_abstain = "abstain" in batch
+        return f"{self.version} on {self.device}: golden parity passed (single and batched)"
+
+    def forward(self, x, valid) -> dict:
+        """Features [B, T, F] + mask [B, T] (CPU) -> model outputs on the CPU."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.model.predict(x.to(self.device), valid.to(self.device))
+        return {key: value.cpu() for key, value in out.items()}
+
+    def features(self, ohlc):
+        """OHLC float64 [B, 105, 4] -> (features [B, 105, 11], valid [B, 105])."""
+        return hostfeatures.compute_features(ohlc)
+
+    def predict_ohlc(self, ohlc) -> list[dict]:
+        """In-process prediction of OHLC windows [B, 105, 4] -> one output dict per window."""
+        x, valid = self.features(ohlc)
+        return outputs_to_rows(self.forward(x, valid))
+
+
+def outputs_to_rows(out: dict) -> list[dict]:
+    """Model outputs (CPU tensors) -> [{"label", "probs", "start", "end", "abstain"}]."""
+    labels = out["label"].tolist()
+    probs = out["class_probs"].tolist()
+    starts, ends = out["start"].tolist(), out["end"].tolist()
+    abstain = out["abstain"].tolist() if "abstain" in out else [False] * len(labels)
+    return [
+        {
+            "label": LABELS[labels[i]],
+            "probs": {name: round(p, 6) for name, p in zip(LABELS, probs[i], strict=True)},
+            "start": starts[i],
+            "end": ends[i],
+            "abstain": bool(abstain[i]),
+        }
+        for i in range(len(labels))
+    ]
+
+
+# --- dynamic batching --------------------------------------------------------------------------
+
+
+class _Pending:
+    __slots__ = ("ohlc", "n", "done", "rows", "error", "batch_size")
+
+    def __init__(self, ohlc):
+        self.ohlc, self.n = ohlc, int(ohlc.shape[0])
+        self.done = threading.Event()
+        self.rows: list[dict] | None = None
+        self.error: str | None = None
+        self.batch_size = 0
+
+
+class Batcher:
+    """Gathers submitted windows into forward passes of at most `max_batch` windows.
+
+    The first waiting request starts a batch; it waits up to `max_wait_s` for more only while
+    other requests are still being read (so a lone request never waits), and what queued up
+    while the model was busy goes into the next pass. A request larger than `max_batch` runs
+    as its own pass. `max_batch=1` turns batching off: one request per pass.
+    """
+
+    def __init__(
+        self, predictor: Predictor, metrics, max_batch: int, max_wait_s: float, hold_dir=None
+    ):
+        self.predictor, self.metrics = predictor, metrics
+        self.max_batch, self.max_wait_s = max(1, max_batch), max(0.0, max_wait_s)
+        self.queue: collections.deque[_Pending] = collections.deque()
+        self.cond = threading.Condition()
+        self.arriving = 0  # requests being read and parsed that will submit soon
+        self.stopping = False
+        self.hook_dir = hold_dir  # tests: each pass waits while DIR/hold exists
+        self.thread = threading.Thread(target=self._run, name="batcher", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def arrive(self, delta: int) -> None:
+        with self.cond:
+            self.arriving += delta
+            if delta < 0:
+                self.cond.notify_all()
+
+    def submit(self, ohlc) -> _Pending:
+        """Queue OHLC windows [k, 105, 4]; features are computed per batch, in one call."""
+        pending = _Pending(ohlc)
+        with self.cond:
+            self.arriving -= 1
+            self.queue.append(pending)
+            self.cond.notify_all()
+        return pending
+
+    def stop(self) -> None:
+        """Finish what is queued, then stop the thread."""
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+        self.thread.join(timeout=DEFAULT_DRAIN_TIMEOUT_S)
+
+    def queued_windows(self) -> int:
+        with self.cond:
+            return sum(p.n for p in self.queue)
+
+    def _take(self) -> list[_Pending] | None:
+        with self.cond:
+            while not self.queue:
+                if self.stopping:
+                    return None
+                self.cond.wait()
+            batch = [self.queue.popleft()]
+            size = batch[0].n
+            if self.max_batch == 1:
+                return batch
+            deadline = time.monotonic() + self.max_wait_s
+            while size < self.max_batch:
+                if self.queue:
+                    if size + self.queue[0].n > self.max_batch:
+                        break
+                    nxt = self.queue.popleft()
+                    batch.append(nxt)
+                    size += nxt.n
+                    continue
+                left = deadline - time.monotonic()
+                if self.arriving <= 0 or left <= 0 or self.stopping:
+                    break
+                self.cond.wait(left)
+            return batch
+
+    def _hold(self) -> None:
+        hold = Path(self.hook_dir, "hold")
+        Path(self.hook_dir, "in-forward").touch()
+        while hold.exists():
+            time.sleep(0.005)
+
+    def _run(self) -> None:
+        import torch
+
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            if self.hook_dir:
+                self._hold()
+            size = sum(p.n for p in batch)
+            try:
+                ohlc = torch.cat([p.ohlc for p in batch]) if len(batch) > 1 else batch[0].ohlc
+                rows = self.predictor.predict_ohlc(ohlc)
+                offset = 0
+                for p in batch:
+                    p.rows, p.batch_size = rows[offset : offset + p.n], size
+                    offset += p.n
+            except Exception as exc:  # a failed pass answers its requests with a 500, no crash
+                print(f"moola serve: forward pass failed: {exc!r}", file=sys.stderr, flush=True)
+                for p in batch:
+                    p.error = f"the model failed on this batch ({type(exc).__name__})"
+            self.metrics.observe_batch(size)
+            for p in batch:
+                p.done.set()
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+class Metrics:
+    """Counters and histograms, rendered in the Prometheus text format."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.requests: dict[str, int] = collections.Counter()
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.batch_counts = [0] * (len(BATCH_BUCKETS) + 1)
+        self.batch_sum = 0
+        self.predictions: dict[str, int] = collections.Counter({label: 0 for label in LABELS})
+        self.captures_dropped = 0
+
+    @staticmethod
+    def _bucket(buckets, value) -> int:
+        for i, bound in enumerate(buckets):
+            if value <= bound:
+                return i
+        return len(buckets)
+
+    def observe_request(self, status: int, seconds: float) -> None:
+        with self.lock:
+            self.requests[str(status)] += 1
+            self.latency_counts[self._bucket(LATENCY_BUCKETS, seconds)] += 1
+            self.latency_sum += seconds
+
+    def observe_batch(self, size: int) -> None:
+        with self.lock:
+            self.batch_counts[self._bucket(BATCH_BUCKETS, size)] += 1
+            self.batch_sum += size
+
+    def observe_labels(self, rows: list[dict]) -> None:
+        with self.lock:
+            for row in rows:
+                self.predictions[row["label"]] += 1
+
+    def dropped(self, n: int) -> None:
+        with self.lock:
+            self.captures_dropped += n
+
+    def render(self, info: dict, gauges: dict) -> str:
+        lines = []
+
+        def histogram(name, help_text, buckets, counts, total):
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} histogram")
+            running = 0
+            for bound, count in zip((*buckets, "+Inf"), counts, strict=True):
+                running += count
+                lines.append(f'{name}_bucket{{le="{bound}"}} {running}')
+            lines.append(f"{name}_sum {total}")
+            lines.append(f"{name}_count {running}")
+
+        with self.lock:
+            lines += [
+                "# HELP moola_serve_info The release this server answers with.",
+                "# TYPE moola_serve_info gauge",
+            ]
+            labels = ",".join(f'{k}="{_label_value(v)}"' for k, v in sorted(info.items()))
+            lines.append(f"moola_serve_info{{{labels}}} 1")
+            lines += [
+                "# HELP moola_serve_requests_total Requests answered, by HTTP status.",
+                "# TYPE moola_serve_requests_total counter",
+            ]
+            for status, count in sorted(self.requests.items()):
+                lines.append(f'moola_serve_requests_total{{status="{status}"}} {count}')
+            histogram(
+                "moola_serve_request_duration_seconds",
+                "Request wall time on the server.",
+                LATENCY_BUCKETS,
+                self.latency_counts,
+                round(self.latency_sum, 6),
+            )
+            histogram(
+                "moola_serve_batch_size",
+                "Windows per forward pass.",
+                BATCH_BUCKETS,
+                self.batch_counts,
+                self.batch_sum,
+            )
+            lines += [
+                "# HELP moola_serve_predictions_total Windows answered, by predicted label.",
+                "# TYPE moola_serve_predictions_total counter",
+            ]
+            for label, count in sorted(self.predictions.items()):
+                lines.append(f'moola_serve_predictions_total{{label="{label}"}} {count}')
+            lines += [
+                "# HELP moola_serve_captures_dropped_total Capture lines dropped (queue full).",
+                "# TYPE moola_serve_captures_dropped_total counter",
+                f"moola_serve_captures_dropped_total {self.captures_dropped}",
+            ]
+        for name, (help_text, value) in sorted(gauges.items()):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
+        return "\n".join(lines) + "\n"
+
+
+def _label_value(value) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+
+
+# --- captures ----------------------------------------------------------------------------------
+
+
+class Captures:
+    """Appends one JSON line per answered window (and per error) to captures/<release>/.
+
+    A background thread encodes and writes, so a live answer never waits on the disk; when more
+    than CAPTURE_QUEUE windows wait, new lines are dropped and counted in the metrics. A file is
+    closed at `max_mb`; beyond `keep_mb` per release the oldest files are deleted.
+    """
+
+    def __init__(
+        self, root: Path, release: str, role: str, max_mb: float, keep_mb: float, metrics: Metrics
+    ):
+        self.dir = Path(root) / release
+        self.release, self.role, self.metrics = release, role, metrics
+        self.max_bytes = int(max_mb * 1024 * 1024)
+        self.keep_bytes = int(keep_mb * 1024 * 1024)
+        self.items: collections.deque = collections.deque()
+        self.cond = threading.Condition()
+        self.queued = 0
+        self.closing = False
+        self.file = None
+        self.file_path: Path | None = None
+        self.written = 0
+        self.seq = 0
+        self.thread = threading.Thread(target=self._run, name="captures", daemon=True)
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.thread.start()
+
+    def put(self, item: dict, windows: int = 1) -> None:
+        with self.cond:
+            if self.closing or self.queued + windows > CAPTURE_QUEUE:
+                self.metrics.dropped(windows)
+                return
+            self.items.append(item)
+            self.queued += windows
+            self.cond.notify()
+
+    def close(self) -> None:
+        """Write what is queued, then close the file."""
+        with self.cond:
+            self.closing = True
+            self.cond.notify()
+        self.thread.join(timeout=DEFAULT_DRAIN_TIMEOUT_S)
+
+    def _lines(self, item: dict) -> list[str]:
+        base = {
+            "v": 1,
+            "request_id": item["request_id"],
+            "time": item["time"],
+            "release": self.release,
+            "role": self.role,
+            "status": item["status"],
+            "latency_ms": item["latency_ms"],
+        }
+        if "error" in item:
+            return [
+                json.dumps(
+                    {
+                        **base,
+                        "index": None,
+                        "window_id": None,
+                        "batch_size": 0,
+                        "error": item["error"],
+                    }
+                )
+            ]
+        out = []
+        for index, (window_id, ohlc, output) in enumerate(
+            zip(item["ids"], item["ohlc"], item["rows"], strict=True)
+        ):
+            line = {
+                **base,
+                "index": index,
+                "window_id": window_id,
+                "batch_size": item["batch_size"],
+                "ohlc": ohlc,
+                "output": output,
+            }
+            out.append(json.dumps(line, separators=(",", ":")))
+        return out
+
+    def _open(self) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        while True:
+            self.seq += 1
+            path = self.dir / f"{stamp}-{self.seq:04d}.jsonl"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                continue
+            self.file, self.file_path, self.written = os.fdopen(fd, "w"), path, 0
+            self._prune()
+            return
+
+    def _prune(self) -> None:
+        files = sorted(self.dir.glob("*.jsonl"))
+        sizes = {}
+        for path in files:
+            try:
+                sizes[path] = path.stat().st_size
+            except OSError:
+                continue
+        total = sum(sizes.values())
+        for path in files:
+            if total <= self.keep_bytes or path == self.file_path:
+                break
+            with contextlib.suppress(OSError):
+                path.unlink()
+            total -= sizes.get(path, 0)
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.items and not self.closing:
+                    self.cond.wait()
+                items = list(self.items)
+                self.items.clear()
+                self.queued = 0
+                closing = self.closing
+            try:
+                for item in items:
+                    for line in self._lines(item):
+                        if self.file is None or self.written >= self.max_bytes:
+                            if self.file is not None:
+                                self.file.close()
+                            self._open()
+                        self.file.write(line + "\n")
+                        self.written += len(line) + 1
+                if self.file is not None:
+                    self.file.flush()
+            except OSError as exc:  # a full disk loses captures, never answers
+                print(f"moola serve: capture write failed: {exc}", file=sys.stderr, flush=True)
+                self.metrics.dropped(len(items))
+                self.file = None
+            if closing:
+                if self.file is not None:
+                    self.file.close()
+                return
+
+
+# --- request parsing ---------------------------------------------------------------------------
+
+
+def _reject_constant(name: str):
+    raise BadRequest(400, f"{name} is not a number: send finite prices only")
+
+
+def parse_windows(body: bytes, max_windows: int):
+    """Request body -> (ohlc float64 [N, 105, 4], ids, rows as lists); BadRequest when wrong."""
+    import torch
+
+    try:
+        payload = json.loads(body, parse_constant=_reject_constant)
+    except BadRequest:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(400, f"the body is not valid JSON ({_short(exc)})") from None
+    if not isinstance(payload, dict) or "windows" not in payload:
+        raise BadRequest(400, 'the body must be a JSON object with "windows": a list of windows')
+    windows = payload["windows"]
+    if not isinstance(windows, list) or not windows:
+        raise BadRequest(400, '"windows" must be a non-empty list of windows')
+    if len(windows) > max_windows:
+        raise BadRequest(
+            413, f"{len(windows)} windows in one request, at most {max_windows} are accepted"
+        )
+    ids, grids = [], []
+    for i, window in enumerate(windows):
+        window_id = None
+        if isinstance(window, dict):
+            window_id = window.get("id")
+            if window_id is not None and not (isinstance(window_id, str) and len(window_id) <= 128):
+                raise BadRequest(400, f"window {i}: id must be a string of at most 128 characters")
+            window = window.get("ohlc")
+        if not isinstance(window, list) or len(window) != WINDOW_LEN:
+            got = len(window) if isinstance(window, list) else type(window).__name__
+            raise BadRequest(
+                400,
+                f"window {i}: expected {WINDOW_LEN} bars of [open, high, low, close], got {got}",
+            )
+        ids.append(window_id)
+        grids.append(window)
+    try:
+        if b"true" in body or b"false" in body:
+            raise TypeError("booleans possible")  # torch would read true as 1.0: check slowly
+        ohlc = torch.tensor(grids, dtype=torch.float64)
+        if ohlc.shape != (len(grids), WINDOW_LEN, 4):
+            raise ValueError("shape")
+    except (TypeError, ValueError, RuntimeError):
+        _explain_grid(grids)  # raises BadRequest naming the first bad bar
+        ohlc = torch.tensor(grids, dtype=torch.float64)
+    finite = torch.isfinite(ohlc)
+    if not bool(finite.all()):
+        w, b, _ = (~finite).nonzero()[0].tolist()
+        raise BadRequest(400, f"window {w} bar {b}: prices must be finite numbers")
+    if not bool((ohlc > 0).all()):
+        w, b, _ = (ohlc <= 0).nonzero()[0].tolist()
+        raise BadRequest(400, f"window {w} bar {b}: prices must be positive")
+    o, h, lo, c = ohlc.unbind(2)
+    broken = (h < torch.maximum(o, c)) | (lo > torch.minimum(o, c))
+    if bool(broken.any()):
+        w, b = broken.nonzero()[0].tolist()
+        raise BadRequest(
+            400, f"window {w} bar {b}: high and low must contain open and close (got {grids[w][b]})"
+        )
+    return ohlc, ids, grids
+
+
+def _explain_grid(grids: list) -> None:
+    for w, window in enumerate(grids):
+        for b, bar in enumerate(window):
+            if not isinstance(bar, list) or len(bar) != 4:
+                raise BadRequest(400, f"window {w} bar {b}: expected [open, high, low, close]")
+            for value in bar:
+                if type(value) not in (int, float):
+                    raise BadRequest(
+                        400, f"window {w} bar {b}: {json.dumps(value)[:40]} is not a number"
+                    )
+                if not math.isfinite(value):
+                    raise BadRequest(400, f"window {w} bar {b}: prices must be finite numbers")
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).split("\n")[0][:120]
+
+
+# --- HTTP --------------------------------------------------------------------------------------
+
+
+class ServerState:
+    """What the handlers share: the predictor, batcher, metrics, captures and the flags."""
+
+    def __init__(self, args, predictor: Predictor):
+        self.args = args
+        self.predictor = predictor
+        self.metrics = Metrics()
+        self.batcher = Batcher(
+            predictor, self.metrics, args.max_batch, args.max_wait_ms / 1e3, args.test_hold_dir
+        )
+        self.captures: Captures | None = None
+        self.ready = False
+        self.not_ready_reason = "loading the model"
+        self.draining = False
+        self.started = time.time()
+        self.inflight = 0
+        self.inflight_lock = threading.Condition()
+
+    def enter(self) -> None:
+        with self.inflight_lock:
+            self.inflight += 1
+
+    def leave(self) -> None:
+        with self.inflight_lock:
+            self.inflight -= 1
+            self.inflight_lock.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self.inflight_lock:
+            while self.inflight > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.inflight_lock.wait(left)
+        return True
+
+    def health(self) -> dict:
+        p = self.predictor
+        return {
+            "status": "draining" if self.draining else "alive",
+            "release": p.version,
+            "sha256": p.bundle_sha256 or p.manifest_sha256,
+            "manifest_sha256": p.manifest_sha256,
+            "device": str(p.device) if p.device is not None else None,
+            "uptime_s": round(time.time() - self.started, 3),
+            "pid": os.getpid(),
+            "port": self.args.port,
+            "ready": self.ready and not self.draining,
+            "role": self.args.role,
+            "max_batch": self.args.max_batch,
+            "max_wait_ms": self.args.max_wait_ms,
+            "captures": self.captures is not None,
+        }
+
+
+class ModelHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True  # idle keep-alive connections must not hold a drain open
+    allow_reuse_address = True
+    request_queue_size = 256
+    state: ServerState
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "moola-serve"
+    sys_version = ""
+    server: ModelHTTPServer
+
+    def setup(self) -> None:
+        self.timeout = self.server.state.args.read_timeout_s  # bounds every read (slow clients)
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format, *args) -> None:  # noqa: A002 - the base class's name
+        pass  # no access log: metrics and captures say what was answered
+
+    def send_error(self, code, message=None, explain=None) -> None:
+        # the base class's HTML page for a malformed request line or headers: one JSON sentence
+        sentence = {
+            400: "the request line or headers are malformed",
+            414: "the request line is too long",
+            431: "the request headers are too large",
+            501: f"method {self.command!r} is not supported",
+        }.get(code, message or "error")
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self._send_json(code, {"error": sentence, "status": code})
+
+    def _send_json(self, status: int, payload: dict, extra: dict | None = None) -> None:
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        self._send(status, body, "application/json", extra)
+
+    def _send(self, status: int, body: bytes, content_type: str, extra=None) -> None:
+        state = self.server.state
+        self.send_response_only(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Moola-Release", state.predictor.version)
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
+        if state.draining or self.close_connection:
+            self.close_connection = True
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _request_id(self) -> str:
+        given = self.headers.get("X-Moola-Request-Id", "")
+        return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+    def do_GET(self) -> None:  # noqa: N802 - the base class's naming
+        state = self.server.state
+        state.enter()
+        try:
+            path = self.path.split("?", 1)[0]
+            if path == "/healthz":
+                self._send_json(200, state.health())
+            elif path == "/readyz":
+                ready = state.ready and not state.draining
+                reason = "draining" if state.draining else state.not_ready_reason
+                body = {"ready": ready, "release": state.predictor.version}
+                if not ready:
+                    body["reason"] = reason
+                self._send_json(200 if ready else 503, body)
+            elif path == "/metrics":
+                text = state.metrics.render(*_metric_context(state))
+                self._send(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
+            else:
+                self._send_json(404, {"error": f"no such path {path!r}", "status": 404})
+        finally:
+            state.leave()
+
+    def do_POST(self) -> None:  # noqa: N802
+        state = self.server.state
+        state.enter()
+        started = time.perf_counter()
+        request_id = self._request_id()
+        try:
+            if self.path.split("?", 1)[0] != "/v1/predict":
+                raise BadRequest(404, f"no such path {self.path[:80]!r}: POST /v1/predict")
+            status, payload = self._predict(request_id, started)
+        except BadRequest as exc:
+            status, payload = exc.status, {"error": str(exc), "status": exc.status}
+        except Exception as exc:  # never a traceback to the client; the log keeps it
+            traceback.print_exc(file=sys.stderr)
+            status = 500
+            payload = {"error": f"internal error ({type(exc).__name__}); see the server log"}
+        seconds = time.perf_counter() - started
+        if status != 200:
+            payload["request_id"] = request_id
+            if state.captures is not None and status != 404:
+                state.captures.put(
+                    {
+                        "request_id": request_id,
+                        "time": time.time(),
+                        "status": status,
+                        "latency_ms": round(seconds * 1e3, 3),
+                        "error": payload["error"],
+                    }
+                )
+        try:
+            if status in (408, 411, 413):
+                self.close_connection = True  # the rest of the body is unread
+            self._send_json(status, payload, {"X-Moola-Request-Id": request_id})
+        except OSError:
+            pass  # the client left; nothing to answer
+        finally:
+            state.metrics.observe_request(status, seconds)
+            state.leave()
+
+    def _predict(self, request_id: str, started: float) -> tuple[int, dict]:
+        state = self.server.state
+        args = state.args
+        if not state.ready:  # a draining server still answers what reaches it
+            raise BadRequest(503, f"the server is not ready: {state.not_ready_reason}")
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raise BadRequest(411, "send the body with a Content-Length, not chunked")
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:
+            raise BadRequest(411, "a Content-Length header is required")
+        try:
+            length = int(length_text)
+        except ValueError:
+            raise BadRequest(400, "the Content-Length header is not a number") from None
+        limit = int(args.max_body_mb * 1024 * 1024)
+        if length > limit or length < 0:
+            raise BadRequest(413, f"the body has {length} bytes, at most {limit} are accepted")
+        batcher = state.batcher
+        batcher.arrive(1)
+        submitted = False
+        try:
+            body = self._read_body(length, args.read_timeout_s)
+            ohlc, ids, grids = parse_windows(body, args.max_windows)
+            pending = batcher.submit(ohlc)
+            submitted = True
+        finally:
+            if not submitted:
+                batcher.arrive(-1)
+        if not pending.done.wait(ANSWER_TIMEOUT_S):
+            raise BadRequest(
+                503, f"no answer within {ANSWER_TIMEOUT_S:g}s: the server is overloaded"
+            )
+        if pending.error:
+            raise RuntimeError(pending.error)
+        rows = pending.rows
+        state.metrics.observe_labels(rows)
+        release = state.predictor.version
+        latency_ms = round((time.perf_counter() - started) * 1e3, 3)
+        if state.captures is not None:
+            state.captures.put(
+                {
+                    "request_id": request_id,
+                    "time": time.time(),
+                    "status": 200,
+                    "latency_ms": latency_ms,
+                    "batch_size": pending.batch_size,
+                    "ids": ids,
+                    "ohlc": grids,
+                    "rows": rows,
+                },
+                windows=len(rows),
+            )
+        predictions = [
+            {"index": i, "id": ids[i], **row, "release": release} for i, row in enumerate(rows)
+        ]
+        return 200, {"release": release, "request_id": request_id, "predictions": predictions}
+
+    def _read_body(self, length: int, timeout_s: float) -> bytes:
+        """Exactly `length` bytes within `timeout_s` in all (a trickling client cannot hold a
+        thread longer), else 408; a body that ends early is a 400."""
+        deadline = time.monotonic() + timeout_s
+        chunks, have = [], 0
+        try:
+            while have < length:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(left)
+                chunk = self.rfile.read1(min(length - have, 1 << 16))
+                if not chunk:
+                    raise BadRequest(400, "the body ended before Content-Length bytes arrived")
+                chunks.append(chunk)
+                have += len(chunk)
+        except TimeoutError:
+            raise BadRequest(
+                408, f"the request body did not arrive within {timeout_s:g}s"
+            ) from None
+        finally:
+            self.connection.settimeout(timeout_s)
+        return b"".join(chunks)
+
+    def _not_allowed(self) -> None:
+        self.close_connection = True
+        self._send_json(405, {"error": f"method {self.command} is not allowed here", "status": 405})
+
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed
+
+
+def _metric_context(state: ServerState) -> tuple[dict, dict]:
+    p = state.predictor
+    info = {
+        "release": p.version,
+        "sha256": p.bundle_sha256 or p.manifest_sha256,
+        "device": str(p.device),
+        "role": state.args.role,
+    }
+    gauges = {
+        "moola_serve_ready": ("1 when the server answers predictions.", int(state.ready)),
+        "moola_serve_queue_windows": (
+            "Windows waiting for a forward pass.",
+            state.batcher.queued_windows(),
+        ),
+        "moola_serve_inflight_requests": ("Requests being handled.", state.inflight),
+        "moola_serve_uptime_seconds": (
+            "Seconds since start.",
+            round(time.time() - state.started, 3),
+        ),
+    }
+    return info, gauges
+
+
+# --- the process -------------------------------------------------------------------------------
+
+
+def _write_state(path: str | None, payload: dict) -> None:
+    if not path:
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh)
+    os.replace(tmp, path)
+
+
+def add_parser(sub) -> None:
+    """The `serve` subcommand's flags (see docs/serving.md)."""
+    p = sub.add_parser("serve", help="answer predictions over HTTP for a release")
+    p.add_argument("--release", required=True, help="extracted bundle folder (releases/<v>)")
+    p.add_argument("--port", type=int, required=True, help="TCP port; 0 picks a free one")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        help="largest forward pass in windows (1: batching off)",
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=DEFAULT_MAX_WAIT_MS,
+        help="longest a batch waits for requests still arriving",
+    )
+    p.add_argument("--max-windows", type=int, default=DEFAULT_MAX_WINDOWS)
+    p.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB)
+    p.add_argument("--read-timeout-s", type=float, default=DEFAULT_READ_TIMEOUT_S)
+    p.add_argument("--drain-timeout-s", type=float, default=DEFAULT_DRAIN_TIMEOUT_S)
+    p.add_argument(
+        "--capture-dir",
+        default=None,
+        help="captures root (default: WORKSPACE/captures when the release is in "
+        "WORKSPACE/releases/)",
+    )
+    p.add_argument("--no-capture", action="store_true", help="do not write captures")
+    p.add_argument("--capture-max-mb", type=float, default=DEFAULT_CAPTURE_MAX_MB)
+    p.add_argument("--capture-keep-mb", type=float, default=DEFAULT_CAPTURE_KEEP_MB)
+    p.add_argument("--role", default="live", choices=("live", "shadow"))
+    p.add_argument(
+        "--test-hold-dir",
+        default=None,
+        help="tests only: before each forward pass touch DIR/in-forward, wait while DIR/hold exists",
+    )
+    p.add_argument(
+        "--state-file",
+        default=None,
+        help="write {pid, port, release, ready} here (the host's process manager)",
+    )
+
+
+def default_capture_dir(release: Path) -> Path | None:
+    """WORKSPACE/captures for a release at WORKSPACE/releases/<v> (or reached via current)."""
+    resolved = release.resolve()
+    if resolved.parent.name == "releases":
+        return resolved.parent.parent / "captures"
+    return None
+
+
+def serve(args) -> int:
+    """Run the server until SIGTERM/SIGINT; exit 0 after a drain, 3 when the release failed
+    to load or pass golden parity (the reason is in the log and the state file)."""
+    release = Path(args.release)
+    if not (release / "manifest.json").is_file():
+        print(f"moola serve: {release} has no manifest.json: check --release", file=sys.stderr)
+        return 2
+    predictor = Predictor(release, args.device)
+    state = ServerState(args, predictor)
+    try:
+        httpd = ModelHTTPServer((args.host, args.port), Handler)
+    except OSError as exc:
+        print(f"moola serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+    httpd.state = state
+    args.port = httpd.server_address[1]
+    record = {
+        "pid": os.getpid(),
+        "port": args.port,
+        "release": None,
+        "path": str(release),
+        "ready": False,
+        "started": time.time(),
+    }
+    _write_state(args.state_file, record)
+    stop_reason: list[str] = []
+
+    def on_signal(signum, _frame):
+        if not stop_reason:
+            stop_reason.append(signal.Signals(signum).name)
+            state.draining = True
+            threading.Thread(target=httpd.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    failed: list[str] = []
+
+    def load() -> None:
+        try:
+            detail = predictor.load()
+        except Exception as exc:
+            failed.append(f"{type(exc).__name__}: {_short(exc)}")
+            state.not_ready_reason = f"the release failed to load: {failed[0]}"
+            print(f"moola serve: not ready: {state.not_ready_reason}", file=sys.stderr, flush=True)
+            _write_state(args.state_file, {**record, "failed": state.not_ready_reason})
+            threading.Thread(target=httpd.shutdown, daemon=True).start()
+            return
+        capture_dir = args.capture_dir or default_capture_dir(release)
+        if not args.no_capture and capture_dir:
+            state.captures = Captures(
+                Path(capture_dir),
+                predictor.version,
+                args.role,
+                args.capture_max_mb,
+                args.capture_keep_mb,
+                state.metrics,
+            )
+            state.captures.start()
+        state.batcher.start()
+        state.ready = True
+        record.update(release=predictor.version, ready=True)
+        _write_state(args.state_file, record)
+        print(
+            f"moola serve: ready on {args.host}:{args.port}: {detail}", file=sys.stderr, flush=True
+        )
+
+    threading.Thread(target=load, name="load", daemon=True).start()
+    print(
+        f"moola serve: listening on {args.host}:{args.port} for {release}",
+        file=sys.stderr,
+        flush=True,
+    )
+    httpd.serve_forever(poll_interval=0.1)
+    httpd.server_close()  # no new connections from here on
+    if failed:
+        return 3
+    drained = state.wait_idle(args.drain_timeout_s)
+    if state.ready:
+        state.batcher.stop()
+    if state.captures is not None:
+        state.captures.close()
+    print(
+        f"moola serve: stopped ({stop_reason[0] if stop_reason else 'shutdown'}); "
+        f"{'drained' if drained else 'drain timed out'}",
+        file=sys.stderr,
+        flush=True,
+    )
+    if args.state_file:
+        with contextlib.suppress(OSError):
+            os.unlink(args.state_file)
+    return 0 if drained else 1

@@ -1,0 +1,747 @@
+"""Runs ON the host: start, probe, switch, drain and stop model servers and the front proxy.
+
+`moola_ops/commands/serve.py` sends this file as `python3 -c PROGRAM ACTION ...` (PROGRAM is
+serve_proxy.py's source as the string PROXY_SOURCE, then this file), so a bare pod needs
+nothing installed and the engine never depends on code an older release left on disk. The
+pod's start command runs the same file from the current release:
+`python3 WS/current/code/moola_core/runtime/serve_ctl.py ensure --workspace WS --port 8080`.
+
+Everything lives under WORKSPACE/serve/:
+    state.json            which server is live / standby / shadow (the proxy reads it)
+    proxy.json, proxy.py  the proxy's pid and port; its code (written before each start)
+    servers/<release>-<stamp>.json   one per server process: pid, port, ready (the server writes it)
+    logs/*.log            one log per process, the newest kept
+Servers and the proxy are started in their own session (setsid): they outlive the SSH session.
+
+Every action prints one JSON document on stdout; exit 0 ok, 1 the action failed, 2 bad input.
+Standard library only; Python 3.8+.
+"""
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+WINDOW_LEN = 105
+DEFAULT_READY_TIMEOUT_S = 180.0
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
+LOGS_KEPT = 20
+
+
+class Failed(Exception):
+    """The action could not do what was asked: one sentence."""
+
+
+# --- paths and records ------------------------------------------------------------------------
+
+
+def serve_dir(ws):
+    return os.path.join(ws, "serve")
+
+
+def _read_json(path):
+    try:
+        with open(path) as fh:
+            value = json.load(fh)
+        return value if isinstance(value, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path, payload):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh, sort_keys=True)
+    os.replace(tmp, path)  # the proxy sees the old file or the new one, never half of one
+
+
+def read_state(ws):
+    return _read_json(os.path.join(serve_dir(ws), "state.json")) or {"v": 1}
+
+
+def write_state(ws, state):
+    state = dict(state, v=1, updated=time.time())
+    _write_json(os.path.join(serve_dir(ws), "state.json"), state)
+    return state
+
+
+def alive(pid, ws):
+    """True when `pid` runs and is one of this workspace's processes (guards pid reuse)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmdline = fh.read()
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            if fh.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+                return False  # a zombie has exited
+    except OSError:
+        return True  # no /proc: trust kill(0)
+    return os.path.realpath(ws).encode() in cmdline or ws.encode() in cmdline
+
+
+def servers(ws):
+    """Every server record under serve/servers/, with `alive` filled in; dead ones pruned."""
+    folder = os.path.join(serve_dir(ws), "servers")
+    found = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(folder, name)
+        record = _read_json(path)
+        if record is None:
+            continue
+        record["file"] = name
+        record["alive"] = alive(record.get("pid"), ws)
+        if not record["alive"] and not record.get("failed"):
+            with contextlib.suppress(OSError):  # an exited server leaves nothing behind
+                os.unlink(path)
+            continue
+        found.append(record)
+    return found
+
+
+def current_version(ws):
+    try:
+        target = os.readlink(os.path.join(ws, "current"))
+    except OSError:
+        return None
+    return target.rstrip("/").rsplit("/", 1)[-1] or None
+
+
+# --- HTTP on the host --------------------------------------------------------------------------
+
+
+def ask(port, path, body=None, timeout=5.0):
+    """(status, parsed JSON or text) from 127.0.0.1:port; (0, reason) when nothing answers.
+    http.client, not urllib: urllib.request alone costs ~60 ms of start-up per command."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request("POST" if body is not None else "GET", path, body=body, headers=headers)
+        response = conn.getresponse()
+        status, raw = response.status, response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        return 0, f"{type(exc).__name__}: {exc}"
+    finally:
+        conn.close()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode("utf-8", "replace")
+
+
+def synthetic_window(seed):
+    """A plausible 105-bar OHLC window (random walk), for probes: nothing to ship to the host."""
+    rng = random.Random(seed)
+    rows, price = [], 100.0
+    for _ in range(WINDOW_LEN):
+        close = price * (1.0 + rng.gauss(0.0, 0.002))
+        high = max(price, close) * (1.0 + abs(rng.gauss(0.0, 0.001)))
+        low = min(price, close) * (1.0 - abs(rng.gauss(0.0, 0.001)))
+        rows.append([round(price, 6), round(high, 6), round(low, 6), round(close, 6)])
+        price = close
+    return rows
+
+
+def percentile(values, q):
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), -(-int(q * len(ordered)) // 100)))
+    return ordered[rank - 1]
+
+
+def probe(port, requests=20, concurrency=1, windows=1, timeout=10.0, warmup=0):
+    """Send real prediction requests; latency percentiles, failures and who answered. The
+    first `warmup` answers of each client are not timed (connection set-up, first calls)."""
+    bodies = [
+        json.dumps({"windows": [synthetic_window(i * 31 + j) for j in range(windows)]}).encode()
+        for i in range(min(requests, 16))
+    ]
+    latencies, failures, releases, errors = [], 0, {}, []
+    lock = threading.Lock()
+    counter = iter(range(requests + warmup * max(1, concurrency)))
+
+    def worker():
+        nonlocal failures
+        conn = None  # one kept-alive connection per client, as a real client holds it
+        untimed = warmup
+        for i in counter:
+            started = time.perf_counter()
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+                conn.request(
+                    "POST",
+                    "/v1/predict",
+                    bodies[i % len(bodies)],
+                    {"Content-Type": "application/json"},
+                )
+                response = conn.getresponse()
+                status, raw = response.status, response.read()
+                try:
+                    answer = json.loads(raw)
+                except ValueError:
+                    answer = raw.decode("utf-8", "replace")
+                if response.will_close:
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as exc:
+                status, answer = 0, f"{type(exc).__name__}: {exc}"
+                if conn is not None:
+                    conn.close()
+                conn = None
+            ms = (time.perf_counter() - started) * 1e3
+            timed = untimed <= 0
+            untimed -= 1
+            with lock:
+                if status == 200 and isinstance(answer, dict):
+                    if timed:
+                        latencies.append(ms)
+                    release = answer.get("release")
+                    releases[release] = releases.get(release, 0) + 1
+                else:
+                    failures += 1
+                    if len(errors) < 3:
+                        reason = answer.get("error") if isinstance(answer, dict) else answer
+                        errors.append(f"{status or 'no answer'}: {str(reason)[:160]}")
+        if conn is not None:
+            conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(max(1, concurrency))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    result = {
+        "port": port,
+        "requests": requests,
+        "concurrency": concurrency,
+        "windows": windows,
+        # a client thread that died answered nothing: that is a failure too
+        "ok": failures == 0 and sum(releases.values()) == requests + warmup * max(1, concurrency),
+        "failures": failures,
+        "errors": errors,
+        "releases": releases,
+    }
+    if latencies:
+        result.update(
+            p50_ms=round(percentile(latencies, 50), 3),
+            p99_ms=round(percentile(latencies, 99), 3),
+            max_ms=round(max(latencies), 3),
+        )
+    return result
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+def _log_path(ws, stem):
+    folder = os.path.join(serve_dir(ws), "logs")
+    os.makedirs(folder, exist_ok=True)
+    logs = sorted(os.listdir(folder))
+    for old in logs[: max(0, len(logs) - LOGS_KEPT)]:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(folder, old))
+    return os.path.join(folder, f"{stem}.log")
+
+
+def _stamp():
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:].replace(
+        ".", ""
+    )
+
+
+def _spawn(argv, cwd, env, log):
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return proc
+
+
+def _tail(path, chars=600):
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - chars))
+            return fh.read().decode("utf-8", "replace").strip().replace("\n", " | ")
+    except OSError:
+        return ""
+
+
+def start_server(ws, release, device="auto", extra=(), timeout=DEFAULT_READY_TIMEOUT_S):
+    """Start a server for releases/<release> on a free private port and wait until it is ready
+    (golden parity passed), failed, or `timeout` passed. Never touches live traffic."""
+    folder = os.path.join(ws, "releases", release)
+    if not os.path.isfile(os.path.join(folder, "manifest.json")):
+        raise Failed(f"release {release} is not in {ws}/releases: deploy it first")
+    os.makedirs(os.path.join(serve_dir(ws), "servers"), exist_ok=True)
+    stem = f"{release}-{_stamp()}"
+    record_path = os.path.join(serve_dir(ws), "servers", f"{stem}.json")
+    log = _log_path(ws, f"server-{stem}")
+    # the release's own code first; what the host's python needs (its PYTHONPATH) after it
+    path = os.pathsep.join(
+        p for p in (os.path.join(folder, "code"), os.environ.get("PYTHONPATH")) if p
+    )
+    env = dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1")
+    argv = [
+        sys.executable,
+        "-m",
+        "moola_core.runtime",
+        "serve",
+        "--release",
+        folder,
+        "--port",
+        "0",
+        "--device",
+        device,
+        "--state-file",
+        record_path,
+        *extra,
+    ]
+    started = time.monotonic()
+    proc = _spawn(argv, folder, env, log)
+    record = None
+    while time.monotonic() - started < timeout:
+        record = _read_json(record_path)
+        if record and (record.get("ready") or record.get("failed")):
+            break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    record = _read_json(record_path) or {}
+    manifest = _read_json(os.path.join(folder, "manifest.json")) or {}
+    result = {
+        "release": release,
+        "sla_p99_ms": manifest.get("latency_sla_p99_ms"),
+        "pid": proc.pid,
+        "port": record.get("port"),
+        "log": log,
+        "record": os.path.basename(record_path),
+        "start_s": round(time.monotonic() - started, 3),
+    }
+    if record.get("ready") and proc.poll() is None:
+        status, answer = ask(record["port"], "/readyz")
+        if status == 200:
+            result.update(ok=True, ready=True)
+            return result
+        reason = f"/readyz answered {status}: {answer}"
+    elif record.get("failed"):
+        reason = record["failed"]
+    elif proc.poll() is not None:
+        reason = f"the server exited with code {proc.returncode}"
+    else:
+        reason = f"not ready within {timeout:g}s"
+    if proc.poll() is None:
+        _terminate(proc.pid, ws, 5.0)  # a server that is not ready never lingers
+    with contextlib.suppress(OSError):
+        os.unlink(record_path)
+    result.update(ok=False, ready=False, reason=reason, log_tail=_tail(log))
+    return result
+
+
+def _terminate(pid, ws, wait_s):
+    """SIGTERM (drain), wait up to `wait_s`, then SIGKILL; True when it exited in time."""
+    if not alive(pid, ws):
+        return True
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError:
+        return True
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        if not alive(pid, ws):
+            return True
+        time.sleep(0.02)
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+    return False
+
+
+def drain(pid, ws):
+    """SIGTERM: the server stops accepting, answers what it holds and exits on its own."""
+    if alive(pid, ws):
+        try:
+            os.kill(pid, signal.SIGTERM)
+            return True
+        except OSError:
+            return False
+    return False
+
+
+def proxy_source():
+    source = globals().get("PROXY_SOURCE")
+    if source is None:  # run from a release's code/: the proxy file beside this one
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_proxy.py")) as fh:
+            source = fh.read()
+    return source
+
+
+def ensure_proxy(ws, port, bind, read_timeout=None, keep_running=False):
+    """Start the front proxy on `port` unless it already runs; -> {pid, port, started}. A proxy
+    running on another port is an error, unless `keep_running` (no port was configured)."""
+    folder = serve_dir(ws)
+    os.makedirs(folder, exist_ok=True)
+    record = _read_json(os.path.join(folder, "proxy.json"))
+    if record and alive(record.get("pid"), ws):
+        if port and record.get("port") != port and not keep_running:
+            raise Failed(
+                f"the proxy runs on port {record.get('port')}, not {port}: "
+                "stop serving first to change the port"
+            )
+        return {"pid": record["pid"], "port": record["port"], "started": False}
+    if not port and record and record.get("port"):
+        port = record["port"]  # keep the port the host had (stand-in hosts pick one once)
+    code = os.path.join(folder, "proxy.py")
+    tmp = f"{code}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write(proxy_source())
+    os.replace(tmp, code)
+    log = _log_path(ws, f"proxy-{_stamp()}")
+    argv = [sys.executable, code, "--workspace", ws, "--port", str(port or 0), "--bind", bind]
+    if read_timeout:
+        argv += ["--read-timeout-s", str(read_timeout)]
+    proc = _spawn(
+        argv,
+        ws,
+        dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
+        log,
+    )
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        record = _read_json(os.path.join(folder, "proxy.json"))
+        if record and record.get("pid") == proc.pid:
+            return {"pid": proc.pid, "port": record["port"], "started": True}
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    raise Failed(f"the proxy did not start on port {port}: {_tail(log, 300) or 'no log'}")
+
+
+def proxy_port(ws):
+    record = _read_json(os.path.join(serve_dir(ws), "proxy.json"))
+    if record and alive(record.get("pid"), ws):
+        return record.get("port")
+    return None
+
+
+def _server_entry(record):
+    return {
+        "release": record.get("release"),
+        "port": record.get("port"),
+        "pid": record.get("pid"),
+        "record": record.get("file"),
+    }
+
+
+def switch(ws, release, port=None, keep_standby=True):
+    """Make the ready server of `release` (on `port`, or the newest) live; the server that was
+    live becomes the standby (or drains), and a standby pushed out drains. The proxy is asked
+    which server it now routes to before this returns."""
+    candidates = [
+        s
+        for s in servers(ws)
+        if s.get("release") == release
+        and s["alive"]
+        and s.get("ready")
+        and (port is None or s.get("port") == port)
+    ]
+    if not candidates:
+        raise Failed(f"no ready server of {release} runs on this host: start it first")
+    new = _server_entry(candidates[-1])
+    state = read_state(ws)
+    old_live, old_standby = state.get("live"), state.get("standby")
+    drained = []
+    standby = None
+    for old in (old_live, old_standby):
+        if not old or old.get("pid") == new["pid"] or not alive(old.get("pid"), ws):
+            continue
+        if keep_standby and standby is None and old.get("release") != release:
+            standby = old
+        elif drain(old["pid"], ws):
+            drained.append(old)
+    # any other server is a stray (an old instance after a restart, a candidate left by an
+    # interrupted deploy): it drains too; the shadow (issue #11) is not ours to stop
+    keep = {d["pid"] for d in drained} | {new["pid"]}
+    keep |= {(x or {}).get("pid") for x in (standby, state.get("shadow"))}
+    shadow_port = (state.get("shadow") or {}).get("port")
+    for s in servers(ws):
+        stray = s["alive"] and s["pid"] not in keep and s.get("port") != shadow_port
+        if stray and drain(s["pid"], ws):
+            drained.append(_server_entry(s))
+    new_state = write_state(ws, dict(state, live=new, standby=standby))
+    seen = None
+    pport = proxy_port(ws)
+    if pport:
+        status, answer = ask(pport, "/_proxy/state")
+        seen = answer.get("state", {}).get("live") if status == 200 else None
+        if not seen or seen.get("port") != new["port"]:
+            raise Failed(f"the proxy on port {pport} still routes to {seen}: check serve/ logs")
+    return {
+        "ok": True,
+        "live": new,
+        "standby": standby,
+        "drained": drained,
+        "proxy_port": pport,
+        "proxy_sees": seen,
+        "state_updated": new_state["updated"],
+    }
+
+
+def standby_check(ws, release, requests=3):
+    """The warm standby of `release`: alive, /readyz 200, and real requests answered by it."""
+    standby = read_state(ws).get("standby") or {}
+    if standby.get("release") != release or not alive(standby.get("pid"), ws):
+        return {
+            "ok": False,
+            "error": f"no running standby of {release}",
+            "standby": standby or None,
+        }
+    code, _answer = ask(standby["port"], "/readyz", timeout=5.0)
+    if code != 200:
+        return {
+            "ok": False,
+            "error": f"the standby of {release} is not ready ({code})",
+            "standby": standby,
+        }
+    result = probe(standby["port"], requests)
+    ok = result["ok"] and set(result["releases"]) == {release}
+    return {
+        "ok": ok,
+        "standby": standby,
+        "probe": result,
+        "error": None if ok else f"the standby answered {result['releases']} {result['errors']}",
+    }
+
+
+def status(ws):
+    state = read_state(ws)
+    found = servers(ws)
+    for s in found:
+        if s["alive"] and s.get("port"):
+            code, answer = ask(s["port"], "/readyz", timeout=2.0)
+            s["ready_now"] = code == 200
+    pport = proxy_port(ws)
+    record = _read_json(os.path.join(serve_dir(ws), "proxy.json")) or {}
+    live = state.get("live")
+    result = {
+        "ok": True,
+        "workspace": ws,
+        "current": current_version(ws),
+        "proxy": {
+            "running": pport is not None,
+            "port": pport or record.get("port"),
+            "pid": record.get("pid") if pport else None,
+        },
+        "live": live,
+        "standby": state.get("standby"),
+        "shadow": state.get("shadow"),
+        "servers": found,
+    }
+    if live:
+        live_alive = alive(live.get("pid"), ws)
+        result["live_alive"] = live_alive
+        if pport and live_alive:
+            code, answer = ask(pport, "/healthz", timeout=2.0)
+            result["served_release"] = answer.get("release") if code == 200 else None
+            code, answer = ask(pport, "/readyz", timeout=2.0)
+            result["live_ready"] = code == 200
+    return result
+
+
+def health(ws, burst=0, concurrency=4):
+    """The live service as a monitor sees it, in one round trip: status, one real request
+    through the public port, and with `burst` a short burst's latency percentiles."""
+    result = status(ws)
+    result["set_up"] = os.path.exists(os.path.join(serve_dir(ws), "state.json"))
+    manifest = _read_json(os.path.join(ws, "current", "manifest.json")) or {}
+    result["sla_p99_ms"] = manifest.get("latency_sla_p99_ms")
+    pport = result["proxy"]["port"] if result["proxy"]["running"] else None
+    if pport and result.get("live_alive"):
+        result["probe"] = probe(pport, 1, warmup=0)
+        if burst:
+            result["burst"] = probe(pport, burst, concurrency, warmup=2)
+    return result
+
+
+def stop(ws, wait_s):
+    """Stop the proxy and every server of this workspace (each drains first)."""
+    stopped = []
+    state = read_state(ws)
+    record = _read_json(os.path.join(serve_dir(ws), "proxy.json"))
+    pids = [s["pid"] for s in servers(ws) if s["alive"]]
+    if record and alive(record.get("pid"), ws):
+        pids.insert(0, record["pid"])
+    for pid in pids:
+        clean = _terminate(pid, ws, wait_s)
+        stopped.append({"pid": pid, "drained": clean})
+    write_state(ws, dict(state, live=None, standby=None, shadow=None))
+    return {"ok": True, "stopped": stopped}
+
+
+def ensure(ws, port, bind, device, extra, keep_standby, timeout, keep_running=False):
+    """Idempotent (cron-safe): the proxy runs and the live server is `current`'s, ready."""
+    actions = []
+    proxy = ensure_proxy(ws, port, bind, keep_running=keep_running)
+    if proxy["started"]:
+        actions.append(f"started the proxy on port {proxy['port']}")
+    version = current_version(ws)
+    if version is None:
+        raise Failed(f"{ws}/current does not exist: deploy a release first")
+    state = read_state(ws)
+    live = state.get("live") or {}
+    if live.get("release") == version and alive(live.get("pid"), ws):
+        code, _answer = ask(live["port"], "/readyz", timeout=5.0)
+        if code == 200:
+            return {
+                "ok": True,
+                "actions": actions or ["nothing to do"],
+                "live": live,
+                "proxy": proxy,
+            }
+    started = start_server(ws, version, device, extra, timeout)
+    if not started["ok"]:
+        raise Failed(
+            f"the server for {version} did not get ready: {started['reason']} "
+            f"(log {started['log']}: {started.get('log_tail', '')[-300:]})"
+        )
+    actions.append(f"started the server for {version} on port {started['port']}")
+    moved = switch(ws, version, started["port"], keep_standby)
+    actions.append(f"moved traffic to {version}")
+    return {"ok": True, "actions": actions, "live": moved["live"], "proxy": proxy}
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="serve_ctl")
+    sub = parser.add_subparsers(dest="action", required=True)
+
+    def add(name):
+        p = sub.add_parser(name)
+        p.add_argument("--workspace", required=True)
+        return p
+
+    p = add("start")
+    p.add_argument("--release", required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--timeout", type=float, default=DEFAULT_READY_TIMEOUT_S)
+    p.add_argument("--server-arg", action="append", default=[])
+    p = add("proxy")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--bind", default="127.0.0.1")
+    p.add_argument("--read-timeout", type=float, default=None)
+    p.add_argument("--keep-running", action="store_true", help="accept a proxy on another port")
+    p = add("switch")
+    p.add_argument("--release", required=True)
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--no-standby", action="store_true")
+    p = add("drain")
+    p.add_argument("--pid", type=int, required=True)
+    add("status")
+    p = add("health")
+    p.add_argument("--burst", type=int, default=0)
+    p.add_argument("--concurrency", type=int, default=4)
+    p = add("standby")
+    p.add_argument("--release", required=True)
+    p.add_argument("--requests", type=int, default=3)
+    p = add("stop")
+    p.add_argument("--wait", type=float, default=DEFAULT_DRAIN_TIMEOUT_S)
+    p = add("probe")
+    p.add_argument("--port", type=int, default=0, help="0: the proxy (the path users hit)")
+    p.add_argument("--requests", type=int, default=20)
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--windows", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=0)
+    p = add("ensure")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--bind", default="127.0.0.1")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--timeout", type=float, default=DEFAULT_READY_TIMEOUT_S)
+    p.add_argument("--server-arg", action="append", default=[])
+    p.add_argument("--no-standby", action="store_true")
+    p.add_argument("--keep-running", action="store_true", help="accept a proxy on another port")
+    return parser
+
+
+def run(args):
+    ws = os.path.abspath(os.path.expanduser(args.workspace))
+    if not os.path.isdir(ws):
+        raise Failed(f"workspace {ws} does not exist")
+    if args.action == "start":
+        return start_server(ws, args.release, args.device, args.server_arg, args.timeout)
+    if args.action == "proxy":
+        return dict(
+            ensure_proxy(ws, args.port, args.bind, args.read_timeout, args.keep_running), ok=True
+        )
+    if args.action == "switch":
+        return switch(ws, args.release, args.port, not args.no_standby)
+    if args.action == "drain":
+        return {"ok": True, "drained": drain(args.pid, ws)}
+    if args.action == "status":
+        return status(ws)
+    if args.action == "health":
+        return health(ws, args.burst, args.concurrency)
+    if args.action == "standby":
+        return standby_check(ws, args.release, args.requests)
+    if args.action == "stop":
+        return stop(ws, args.wait)
+    if args.action == "probe":
+        port = args.port or proxy_port(ws)
+        if not port:
+            raise Failed("the proxy is not running: start serving first")
+        return probe(port, args.requests, args.concurrency, args.windows, warmup=args.warmup)
+    if args.action == "ensure":
+        return ensure(
+            ws,
+            args.port,
+            args.bind,
+            args.device,
+            args.server_arg,
+            not args.no_standby,
+            args.timeout,
+            args.keep_running,
+        )
+    raise Failed(f"unknown action {args.action}")
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        result = run(args)
+    except Failed as exc:
+        result = {"ok": False, "error": str(exc)}
+    except Exception as exc:  # one JSON document even when something unexpected breaks
+        result = {
+            "ok": False,
+            "error": f"serve_ctl {args.action} crashed: {type(exc).__name__}: {exc}",
+        }
+    print(json.dumps(result, sort_keys=True, default=str), flush=True)
+    return 0 if result.get("ok") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""`invoke serve --host H start|stop|status|restart` and `invoke serve --host H --ensure`.
+
+The model server on each host: started detached from the SSH session (pid file and log under
+WORKSPACE/serve/), behind a small front proxy on the host's public port (inventory
+`serve_port`, default 8080). `--ensure` is idempotent and cron-safe: it starts what is missing
+for `current` and does nothing otherwise. See docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import invoke
+from invoke.exceptions import Exit
+from invoke.parser import Argument as FlagArgument
+
+from moola_ops.cli._common import console, is_tty, print_json, user_errors
+
+
+class _EnsureFlag(FlagArgument):
+    """`--ensure` also fills the positional action, so `invoke serve --host H --ensure` parses
+    (Invoke requires every positional argument)."""
+
+    partner: FlagArgument | None = None
+
+    def set_value(self, value, cast=True):
+        super().set_value(value, cast=cast)
+        if value and self.partner is not None and self.partner.value is None:
+            self.partner.set_value("ensure")
+
+
+class ServeTask(invoke.Task):
+    def get_arguments(self, ignore_unknown_help=None):
+        args = super().get_arguments(ignore_unknown_help)
+        action = next(a for a in args if a.name == "action")
+        for i, arg in enumerate(args):
+            if arg.name == "ensure":
+                flag = _EnsureFlag(
+                    names=arg.names,
+                    kind=arg.kind,
+                    default=arg.default,
+                    help=arg.help,
+                    positional=arg.positional,
+                    optional=arg.optional,
+                    incrementable=arg.incrementable,
+                    attr_name=arg.attr_name,
+                )
+                flag.partner = action
+                args[i] = flag
+        return args
+
+
+@invoke.task(
+    klass=ServeTask,
+    positional=["action"],
+    auto_shortflags=False,
+    help={
+        "action": "start (idempotent), stop (drain, then exit), status, restart (zero downtime)",
+        "host": "inventory host names and/or groups, comma separated",
+        "ensure": "cron-safe: start the proxy and `current`'s server when missing, else nothing",
+        "device": "auto (CUDA when torch sees a GPU), cpu or cuda",
+        "no_standby": "after a switch, drain the previous release instead of keeping it warm",
+        "inventory": "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)",
+        "json": "print one JSON document",
+    },
+)
+@user_errors
+def serve(
+    c, action=None, host="", ensure=False, device="auto", no_standby=False, inventory="", json=False
+):
+    """Run the model server on hosts: start, stop, status, restart, or --ensure (cron)."""
+    from moola_core.errors import MoolaError
+    from moola_ops import serving
+    from moola_ops.inventory import load_inventory
+
+    if ensure and action not in (None, "ensure"):
+        raise MoolaError("give an action or --ensure, not both")
+    chosen = "ensure" if ensure else action
+    if chosen not in serving.ACTIONS:
+        raise MoolaError(
+            f"unknown serve action {action!r}: use start, stop, status, restart or --ensure"
+        )
+    hosts = load_inventory(inventory or None).resolve(host)
+    outcomes = serving.run(hosts, chosen, device=device, keep_standby=not no_standby)
+    if json:
+        print_json([o.__dict__ for o in outcomes])
+    elif is_tty():
+        out = console()
+        for o in outcomes:
+            mark = "[green]ok[/]" if o.ok else "[red]FAILED[/]"
+            out.print(f"{o.host}: {mark} {o.message}", highlight=False)
+    else:
+        for o in outcomes:
+            print(f"{o.host}\t{'ok' if o.ok else 'FAILED'}\t{o.duration_s:.1f}s\t{o.message}")
+    if not all(o.ok for o in outcomes):
+        raise Exit(code=2 if chosen == "status" else 1)
+
+
+EXPORTS = [serve]

@@ -1,0 +1,90 @@
+"""`invoke shadow start|stop|status --host H` and `invoke promote --host H` (docs/ab.md).
+
+The shadow is a candidate release's server beside the live one; the front proxy copies a
+sample of live requests to it after answering, so its answers are captured for `invoke ab`
+without ever delaying or changing a live answer.
+"""
+
+from __future__ import annotations
+
+from invoke.exceptions import Exit
+
+from moola_ops.cli._common import print_json, task, user_errors
+
+_COMMON = {
+    "host": "the inventory host (one)",
+    "inventory": "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)",
+    "json": "print one JSON document",
+}
+
+
+def _host(name: str, inventory: str):
+    from moola_ops.captures import resolve_host
+
+    return resolve_host(name, inventory_path=inventory or None)
+
+
+def _show(status, json: bool) -> None:
+    if json:
+        print_json(status.to_dict())
+    else:
+        print(status.summary())
+
+
+@task(
+    positional=["action"],
+    help={
+        "action": "start (run --candidate as the shadow), stop (drain it), status",
+        **_COMMON,
+        "candidate": "start: bundle version (or archive path) to run as the shadow",
+        "sample": "start: fraction of live requests copied to the shadow, in (0, 1] (default 1.0)",
+        "bundles_dir": "where bundle archives live (default bundles)",
+        "device": "start: the shadow server's device, auto, cpu or cuda (default auto)",
+    },
+)
+@user_errors
+def shadow(c, action, host, candidate="", sample=1.0, bundles_dir="bundles", device="auto",
+           inventory="", json=False):  # fmt: skip
+    """A candidate beside the live release, fed a copy of live traffic: start, stop, status."""
+    from moola_core.errors import MoolaError
+    from moola_ops import shadow as ops
+
+    target = _host(host, inventory)
+    if action == "start":
+        if not candidate:
+            raise MoolaError("shadow start needs --candidate VERSION (a bundle version)")
+        _show(ops.start(target, candidate, fraction=float(sample), bundles_dir=bundles_dir,
+                        device=device), json)  # fmt: skip
+    elif action == "stop":
+        _show(ops.stop(target), json)
+    elif action == "status":
+        _show(ops.status(target), json)
+    else:
+        raise MoolaError(f"unknown shadow action {action!r}: use start, stop or status")
+
+
+@task(
+    help={
+        **_COMMON,
+        "candidate": "release to promote (default: the host's shadow)",
+        "bundles_dir": "where bundle archives live (default bundles)",
+    }
+)
+@user_errors
+def promote(c, host, candidate="", bundles_dir="bundles", inventory="", json=False):
+    """Deploy the shadow's release through the normal zero-downtime path, then stop the shadow."""
+    from moola_ops import shadow as ops
+
+    result = ops.promote(_host(host, inventory), bundles_dir=bundles_dir,
+                            candidate=candidate or None)  # fmt: skip
+    if json:
+        print_json({"ok": result.ok, "deployment": result.deployment,
+                    "outcomes": [o.__dict__ for o in result.outcomes]})  # fmt: skip
+    else:
+        for o in result.outcomes:
+            print(f"{o.host}: {o.status} {o.message}")
+    if not result.ok:
+        raise Exit(code=result.exit_code)
+
+
+EXPORTS = [shadow, promote]

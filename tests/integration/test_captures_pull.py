@@ -1,0 +1,121 @@
+"""Pulling captures from a real OpenSSH stand-in host: incremental, checksummed; then `invoke ab`
+and `invoke monitor` over what was pulled, and a host that stops answering."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from moola_core.data import labeled as labeled_io
+from moola_core.data import synthetic
+from moola_ops import ab, monitor
+from moola_ops.captures import load_table, pull_host
+from moola_ops.checklist import checklist_states, load_checklist
+from moola_ops.health import OK, UNKNOWN
+from moola_ops.inventory import Inventory
+from moola_ops.journal import Journal, read_events
+from tests.unit.capture_factory import ab_traffic
+
+NAME = "20261127T170000Z-1.jsonl"
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return synthetic.make_labeled_set(n_windows=174, seed=7)
+
+
+def _lines(records) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in records).encode()
+
+
+def _write(path: Path, data: bytes, mode: str = "wb") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for folder in (path.parent.parent, path.parent):
+        os.chmod(folder, 0o755)
+    with open(path, mode) as fh:
+        fh.write(data)
+    os.chmod(path, 0o644)
+
+
+@pytest.fixture
+def host_and_files(sandbox_factory, frame):
+    sandbox = sandbox_factory(["local-1"])
+    inventory = Inventory.from_sandbox(sandbox)
+    host = inventory.resolve("local-1")[0]
+    remote = Path(sandbox.hosts["local-1"].workspace) / "captures" / "v0.1" / NAME
+    return inventory, host, remote
+
+
+def test_pull_is_incremental_and_checksummed(host_and_files, frame, tmp_path):
+    inventory, host, remote = host_and_files
+    cache = tmp_path / "cache"
+    first = _lines(ab_traffic(frame, 20, seed=1))
+    torn = _lines(ab_traffic(frame, 1, seed=2, t0=1_900_000_000.0))
+    _write(remote, first + torn[:100])  # the server is mid-line
+    pulled = pull_host(host, cache)
+    assert pulled.files == 1 and pulled.fetched_files == 1 and not pulled.refetched
+    assert pulled.fetched_bytes == len(first) + 100
+    assert len(load_table(cache, "local-1")) == 40  # the torn line waits
+
+    more = _lines(ab_traffic(frame, 5, seed=3, t0=1_950_000_000.0))
+    _write(remote, torn[100:] + more, mode="ab")
+    pulled = pull_host(host, cache)
+    assert pulled.fetched_bytes == len(torn) - 100 + len(more)  # only the new bytes travel
+    assert len(load_table(cache, "local-1")) == 40 + 2 + 10
+
+    assert pull_host(host, cache).fetched_files == 0  # nothing new: nothing fetched
+
+    # the host's file changed under us (same name, other bytes): fetched again, whole
+    data = remote.read_bytes().replace(b"req-0", b"req-X", 1) + more
+    _write(remote, data)
+    pulled = pull_host(host, cache)
+    assert pulled.refetched == [f"v0.1/{NAME}"]
+    local = cache / "local-1" / "raw" / "v0.1" / NAME
+    assert local.read_bytes() == data
+
+
+def test_ab_over_ssh_is_logged_and_shown_by_the_checklist(
+    host_and_files, frame, tmp_path, monkeypatch
+):
+    inventory, host, remote = host_and_files
+    monkeypatch.setenv("MOOLA_LOG", str(tmp_path / "log.jsonl"))
+    _write(remote, _lines(ab_traffic(frame, 300, seed=4, live_acc=0.6, shadow_acc=0.95)))
+    outcomes = labeled_io.write_labeled(frame, tmp_path / "outcomes.parquet")
+    result, pulled = ab.run_ab("local-1", outcomes=str(outcomes), inventory=inventory,
+                               cache=tmp_path / "cache")  # fmt: skip
+    assert pulled.fetched_files == 1 and result.decision == "promote"
+    assert (tmp_path / "cache" / "local-1" / "ab.json").is_file()
+    line = read_events(phase="ab")[-1]
+    assert line["bundle"] == "v0.2" and line["status"] == "ok"
+    assert line["detail"]["summary"] == result.sentence
+    # the candidate's deployment shows the A/B as phase 6 evidence
+    deploy = Journal("deploy", bundle="v0.2")
+    deploy.record("local-1", "post-check", "ok")
+    report = checklist_states(load_checklist(), read_events(), deploy.deployment)
+    step = next(s for s in report.steps if s.step == "ab")
+    assert step.phase == 6 and step.state == "done" and step.detail.startswith("promote v0.2")
+
+
+def test_monitor_pulls_and_falls_back_to_the_cache_when_the_host_is_gone(
+    sandbox_factory, frame, tmp_path
+):
+    sandbox = sandbox_factory(["local-1"])
+    inventory = Inventory.from_sandbox(sandbox)
+    remote = Path(sandbox.hosts["local-1"].workspace) / "captures" / "v0.1" / NAME
+    records = [r for r in ab_traffic(frame, 120, seed=5) if r["role"] == "live"]
+    _write(remote, _lines(records))
+    reference = labeled_io.write_labeled(frame, tmp_path / "train.parquet")
+    kwargs = {"since": "2026-01-01T00:00:00Z", "reference": str(reference),
+              "inventory": inventory, "cache": tmp_path / "cache", "timeout_s": 30}  # fmt: skip
+    result = monitor.run_monitor("local-1", **kwargs)
+    assert result.state == OK, monitor.status_line(result)
+    assert result.n_requests == 120 and result.psi_windows == 120
+    assert (tmp_path / "cache" / "local-1" / "monitor.json").is_file()
+
+    sandbox.stop()  # the host stops answering: the cache still gives the figures
+    result = monitor.run_monitor("local-1", **kwargs)
+    assert result.state == UNKNOWN and result.checks[0].name == "pull"
+    assert result.n_requests == 120
