@@ -490,7 +490,9 @@ class HostSession:
             self._check_cancelled()
             self._check_alive("during the upload")
             transport = self._conn.client.get_transport() if self._conn is not None else None
-            if transport is None or not transport.is_active():
+            # EOFError: the channel ended under us, often before the transport thread has
+            # marked the connection inactive
+            if isinstance(exc, EOFError) or transport is None or not transport.is_active():
                 raise TransportError(
                     f"connection to {self.host.name} broke during the upload: {_reason(exc)}"
                 ) from None
@@ -706,6 +708,8 @@ class _Watchdog(threading.Thread):
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, socket.timeout | TimeoutError):
         return "timed out"
+    if isinstance(exc, EOFError):
+        return "the connection was closed"
     text = str(exc).strip()
     return text or type(exc).__name__
 
