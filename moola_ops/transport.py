@@ -490,9 +490,10 @@ class HostSession:
             self._check_cancelled()
             self._check_alive("during the upload")
             transport = self._conn.client.get_transport() if self._conn is not None else None
-            # EOFError: the channel ended under us, often before the transport thread has
-            # marked the connection inactive
-            if isinstance(exc, EOFError) or transport is None or not transport.is_active():
+            # EOFError or "Socket is closed": the peer went away, often before paramiko's own
+            # thread has marked the connection inactive; not a full disk
+            gone = isinstance(exc, EOFError) or str(exc) == "Socket is closed"
+            if gone or transport is None or not transport.is_active():
                 raise TransportError(
                     f"connection to {self.host.name} broke during the upload: {_reason(exc)}"
                 ) from None

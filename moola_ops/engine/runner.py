@@ -38,11 +38,13 @@ def run_phase(
         return run_guarded(host, journal, opts, cancel, deadline, stages, prepare, contexts)
 
     def skipped(host: Host, reason: str) -> HostOutcome:
-        journal.record(host.name, steps.SKIPPED, "skipped", reason=reason.split(" (")[0])
+        with contextlib.suppress(Exception):  # a broken log must not stop the rollout's report
+            journal.record(host.name, steps.SKIPPED, "skipped", reason=reason.split(" (")[0])
         return HostOutcome(host.name, "skipped", f"not attempted: {reason}")
 
     def late(host: Host, waited: float) -> HostOutcome:
-        journal.record(host.name, steps.ABORTED, "failed", reason="deadline", waited_s=waited)
+        with contextlib.suppress(Exception):
+            journal.record(host.name, steps.ABORTED, "failed", reason="deadline", waited_s=waited)
         return HostOutcome(
             host.name,
             "failed",
