@@ -405,6 +405,10 @@ class HostSession:
                 code = chan.recv_exit_status()
         except (Aborted, MoolaError):
             raise
+        except KeyboardInterrupt:  # Ctrl-C in the thread that runs it: the command stops too
+            if chan is not None and not chan.closed:
+                self._kill(_await_pgid(chan, pgid, err, wait_s=0.5))
+            raise
         except (OSError, EOFError, paramiko.SSHException) as exc:
             self._check_cancelled()
             self._check_alive("during a command")
@@ -485,6 +489,12 @@ class HostSession:
         except Exception as exc:
             self._check_cancelled()
             self._check_alive("during the upload")
+            transport = self._conn.client.get_transport() if self._conn is not None else None
+            if str(exc) == "Socket is closed" or not (transport and transport.is_active()):
+                # the peer went away (paramiko says so before its own thread notices): not a disk
+                raise TransportError(
+                    f"connection to {self.host.name} broke during the upload: {_reason(exc)}"
+                ) from None
             if isinstance(exc, OSError):
                 raise TransportError(
                     f"upload to {self.host.name}:{remote} failed: {_reason(exc)} "

@@ -380,6 +380,9 @@ def lock_(
     """Show who holds each host's deploy lock; --release your own, --break a stale one."""
     from moola_ops import engine
 
+    if (break_ or release) and c.config.run.dry:
+        what = "--break" if break_ else "--release"
+        raise MoolaError(f"--dry: lock {what} would change the lock; nothing was done")
     report = {}
     for h in _hosts(host, inventory, refresh):
         if break_:

@@ -77,7 +77,8 @@ class HostContext:
         under way, so a long remote command (upload, check) ends now; the guard cleans up."""
         if not self.in_switch:
             with contextlib.suppress(Exception):
-                self.ssh.close()
+                # a transport that can cancel kills the running remote command's process group
+                getattr(self.ssh, "cancel", self.ssh.close)()
 
     def timeout(self, seconds: float) -> float:
         """`seconds`, but never past this host's deadline (at least one second)."""
@@ -230,7 +231,7 @@ class HostContext:
         limit = self.opts.cleanup_timeout_s
         try:
             return self.ssh.run(command, timeout_s=limit)
-        except TransportError:
+        except (TransportError, Aborted):  # broken, or cancelled by our own Ctrl-C
             self.reconnect()
             if info is not None:
                 info["reconnected"] = True

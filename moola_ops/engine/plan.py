@@ -12,7 +12,6 @@ identical.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from moola_ops import steps
@@ -145,6 +144,8 @@ class Planner:
         self.add(steps.UNLOCK, lock_cmd.release(self.layout, self.deployment))
 
     def outcome(self, current: str | None, target: str | None, summary: str, **plan: Any):
+        """A `planned` outcome; `upload`, `snapshot`, `prune` default to none."""
+        plan = {"upload": None, "snapshot": None, "prune": None, **plan}
         plan.update(
             current=current,
             target=target,
@@ -175,22 +176,12 @@ def _plan_deploy_one(p: Planner, bundle: LocalBundle) -> HostOutcome:
     previous, version = facts.current, bundle.version
     on_host = facts.releases.get(version) or ("unknown" if version in facts.releases else None)
     if previous == version and on_host == bundle.sha256:
-        return p.outcome(
-            previous,
-            version,
-            f"{version} is already current: nothing to do",
-            upload=None,
-            snapshot=None,
-            prune=None,
-        )
+        return p.outcome(previous, version, f"{version} is already current: nothing to do")
     if on_host not in (None, bundle.sha256):
         return p.outcome(
             previous,
             version,
             f"refused: {version} on the host came from other bytes; bump the version",
-            upload=None,
-            snapshot=None,
-            prune=None,
         )
     upload = None
     if on_host is None:
@@ -234,22 +225,10 @@ def _plan_rollback_one(p: Planner, to: str | None) -> HostOutcome:
     target = to or decisions.rollback_target(facts)
     if target is None:
         return p.outcome(
-            previous,
-            None,
-            "refused: no previous release in revisions.log; pass --to VERSION",
-            upload=None,
-            snapshot=None,
-            prune=None,
+            previous, None, "refused: no previous release in revisions.log; pass --to VERSION"
         )
     if target == previous:
-        return p.outcome(
-            previous,
-            target,
-            f"{target} is already current: nothing to do",
-            upload=None,
-            snapshot=None,
-            prune=None,
-        )
+        return p.outcome(previous, target, f"{target} is already current: nothing to do")
     restore = None
     if target in facts.releases:
         p.add(steps.VERIFY, release_cmd.verify(p.layout, p.host.python, target))
@@ -257,12 +236,7 @@ def _plan_rollback_one(p: Planner, to: str | None) -> HostOutcome:
         restore = decisions.newest_snapshot(facts, target)
         if restore is None:
             return p.outcome(
-                previous,
-                target,
-                f"refused: {target} is not on the host and has no snapshot",
-                upload=None,
-                snapshot=None,
-                prune=None,
+                previous, target, f"refused: {target} is not on the host and has no snapshot"
             )
         p.add(
             steps.RESTORE,
@@ -281,9 +255,6 @@ def _plan_rollback_one(p: Planner, to: str | None) -> HostOutcome:
         previous,
         target,
         f"would roll back {previous or 'nothing'} -> {target}",
-        upload=None,
-        snapshot=None,
-        prune=None,
         restore_from=restore,
     )
 
@@ -298,8 +269,6 @@ def _plan_prune_one(p: Planner) -> HostOutcome:
         facts.current,
         facts.current,
         f"would remove {n} release(s)/snapshot(s)",
-        upload=None,
-        snapshot=None,
         prune=pruned,
     )
 
@@ -307,14 +276,7 @@ def _plan_prune_one(p: Planner) -> HostOutcome:
 def _plan_restore_one(p: Planner, snapshot: str, version: str) -> HostOutcome:
     facts = p.read()
     if snapshot not in facts.backups:
-        return p.outcome(
-            facts.current,
-            version,
-            f"refused: no snapshot {snapshot} on the host",
-            upload=None,
-            snapshot=None,
-            prune=None,
-        )
+        return p.outcome(facts.current, version, f"refused: no snapshot {snapshot} on the host")
     p.add(
         steps.RESTORE, release_cmd.restore(p.layout, p.host.python, p.deployment, snapshot, version)
     )
@@ -322,26 +284,14 @@ def _plan_restore_one(p: Planner, snapshot: str, version: str) -> HostOutcome:
         verify = release_cmd.verify(p.layout, p.host.python, version, through_current=True)
         p.add(steps.POST_CHECK, release_cmd.checked_with_smoke(verify, p.layout, p.host.smoke))
     p.unlock()
-    return p.outcome(
-        facts.current,
-        version,
-        f"would restore {version} from {snapshot}",
-        upload=None,
-        snapshot=None,
-        prune=None,
-    )
+    return p.outcome(facts.current, version, f"would restore {version} from {snapshot}")
 
 
 def _plan(phase: str, hosts: list[Host], opts: Options, one, *, what: str, bundle: str = ""):
     deployment = new_deployment_id()
-    lock = threading.Lock()
-    planners: dict[str, Planner] = {}
 
     def work(host: Host, cancel, deadline) -> HostOutcome:
-        p = Planner(host, opts, deployment, what)
-        with lock:
-            planners[host.name] = p
-        return one(p)
+        return one(Planner(host, opts, deployment, what))
 
     def failed(host: Host, exc: BaseException) -> HostOutcome:
         return HostOutcome(host.name, "failed", f"could not read the host's facts: {exc}")

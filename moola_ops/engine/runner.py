@@ -11,7 +11,7 @@ from moola_ops.engine.context import HostContext, Stage, run_guarded
 from moola_ops.engine.results import FleetResult, HostOutcome, Interrupted, Options
 from moola_ops.fleet import FleetInterrupted, run_fleet
 from moola_ops.inventory import Host
-from moola_ops.journal import Journal
+from moola_ops.journal import Journal, JournalWriteError
 
 
 def run_phase(
@@ -38,11 +38,13 @@ def run_phase(
         return run_guarded(host, journal, opts, cancel, deadline, stages, prepare, contexts)
 
     def skipped(host: Host, reason: str) -> HostOutcome:
-        journal.record(host.name, steps.SKIPPED, "skipped", reason=reason.split(" (")[0])
+        with contextlib.suppress(Exception):  # a broken log must not stop the rollout's report
+            journal.record(host.name, steps.SKIPPED, "skipped", reason=reason.split(" (")[0])
         return HostOutcome(host.name, "skipped", f"not attempted: {reason}")
 
     def late(host: Host, waited: float) -> HostOutcome:
-        journal.record(host.name, steps.ABORTED, "failed", reason="deadline", waited_s=waited)
+        with contextlib.suppress(Exception):
+            journal.record(host.name, steps.ABORTED, "failed", reason="deadline", waited_s=waited)
         return HostOutcome(
             host.name,
             "failed",
@@ -88,7 +90,8 @@ def run_phase(
                 )
     result = FleetResult(journal.deployment, phase, bundle, outcomes, interrupted=interrupted)
     status = "aborted" if interrupted else ("ok" if result.ok else "failed")
-    with contextlib.suppress(OSError):  # each host's outcome already names a log failure
+    # each host's outcome already names a log failure (JournalWriteError: harden's journal)
+    with contextlib.suppress(OSError, JournalWriteError):
         journal.record(
             "",
             steps.CLOSE,

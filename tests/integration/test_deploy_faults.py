@@ -23,6 +23,16 @@ from tests.integration.conftest import start_hosts
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 REPO = Path(__file__).parents[2]
+
+
+def default_signals() -> None:
+    """In the child: Ctrl-C and SIGTERM at their defaults. A test run started in the background
+    by a shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt; the
+    tests that send a signal must not depend on how they were started."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 FAST = engine.Options(check_runs=3, check_warmup=1, check_backend="eager")
 
 
@@ -128,6 +138,7 @@ def _invoke_deploy_paused_at(step, host, bundle, journal_file, tmp_path) -> subp
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_signals,
     )
     waiting = Path(f"{gate}.waiting")
     deadline = time.monotonic() + 300  # not a timing assertion: a bound on a broken run

@@ -27,6 +27,16 @@ from tests.integration.conftest import start_hosts
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 REPO = Path(__file__).parents[2]
+
+
+def default_signals() -> None:
+    """In the child: Ctrl-C and SIGTERM at their defaults. A test run started in the background
+    by a shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt; the
+    tests that send a signal must not depend on how they were started."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 FAST = engine.Options(check_runs=3, check_warmup=1, check_backend="eager")
 HANG = "987.25"  # the hung check's `sleep` argument, to find it among the processes
 
@@ -130,6 +140,7 @@ def test_ctrl_c_during_a_hung_check_is_honoured_at_once(hosts, bundles, journal_
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_signals,
     )
     bound = time.monotonic() + 300  # a bound on a broken run, not a timing assertion
     while not started.exists() and proc.poll() is None and time.monotonic() < bound:
@@ -313,3 +324,24 @@ def test_repair_re_uploads_the_same_bytes_of_a_damaged_release(hosts, bundles, j
     assert engine.verify_current(host).ok
     other = engine.repair([host], engine.resolve_bundle(str(bundles["v1.1"])), FAST)
     assert other.outcomes[0].status in ("failed", "noop")
+
+
+def test_a_log_that_fails_after_promote_still_unlocks_and_removes_the_release(
+    hosts, bundles, journal_file, tmp_path, monkeypatch
+):
+    _, inventory, _ = hosts
+    (host,) = inventory.resolve("hard-1")
+    assert engine.deploy([host], engine.resolve_bundle(str(bundles["v1.0"])), FAST).ok
+    gate = tmp_path / "gate"
+    worker, results = _deploy_paused_at(
+        "promote", host, engine.resolve_bundle(str(bundles["v1.1"])), gate, monkeypatch
+    )
+    journal_file.unlink()
+    journal_file.mkdir()  # the promote line (and every later one) cannot be written
+    gate.touch()
+    worker.join(300)
+    outcome = results[0].outcomes[0]
+    assert outcome.status == "failed" and "could not be written" in outcome.message
+    settled(host, "v1.0", new="v1.1")
+    assert not (Path(host.workspace) / "deploy.lock").exists()
+    assert not list((Path(host.workspace) / "incoming").iterdir())
