@@ -166,8 +166,9 @@ def test_parse_windows_accepts_both_forms_and_names_the_first_bad_bar():
     from moola_core.runtime.serve import BadRequest, parse_windows
 
     body = json.dumps({"windows": [window(), {"id": "a", "ohlc": window(20.0)}]}).encode()
-    ohlc, ids, grids = parse_windows(body, 10)
+    ohlc, ids, grids, raws = parse_windows(body, 10)
     assert tuple(ohlc.shape) == (2, 105, 4) and ids == [None, "a"] and grids[1] == window(20.0)
+    assert json.loads(raws[0]) == window() and raws[1] is None  # the object form is re-encoded
     bad = window()
     bad = bad[:7] + [[1, 2, 0.5, "x"]] + bad[8:]
     with pytest.raises(BadRequest, match='window 1 bar 7: "x" is not a number'):
@@ -175,6 +176,37 @@ def test_parse_windows_accepts_both_forms_and_names_the_first_bad_bar():
     with pytest.raises(BadRequest) as too_many:
         parse_windows(json.dumps({"windows": [window()] * 3}).encode(), 2)
     assert too_many.value.status == 413
+
+
+def test_capture_lines_reuse_the_window_text_and_stay_one_line(tmp_path):
+    from moola_core.runtime.serve import Captures, Metrics, parse_windows
+
+    pretty = json.dumps({"windows": [window(11.0)]}, indent=1).encode()  # newlines inside
+    compact = json.dumps({"windows": [window(12.0)], "extra": 1}).encode()  # not the plain form
+    plain = b' {"windows" : [ ' + json.dumps(window(13.0)).encode() + b" ] } "
+    captures = Captures(tmp_path, "v1", "live", 16, 256, Metrics())
+    captures.start()
+    for i, data in enumerate((pretty, compact, plain)):
+        _ohlc, ids, grids, raws = parse_windows(data, 10)
+        rows = [{"label": "retracement", "probs": {}, "start": 0, "end": 1, "abstain": False}]
+        captures.put(
+            {
+                "request_id": f"r{i}",
+                "time": 1.0,
+                "status": 200,
+                "latency_ms": 1.0,
+                "batch_size": 1,
+                "ids": ids,
+                "ohlc": grids,
+                "raw": raws,
+                "rows": rows,
+            }
+        )
+    captures.close()
+    (path,) = (tmp_path / "v1").glob("*.jsonl")
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["ohlc"] for x in lines] == [window(11.0), window(12.0), window(13.0)]
+    assert all(x["output"]["label"] == "retracement" for x in lines)
 
 
 def test_captures_rotate_at_max_and_keep_the_newest_within_the_budget(tmp_path):
