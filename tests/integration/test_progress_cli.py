@@ -49,6 +49,8 @@ def inventory(path: Path, sandbox) -> Path:
             "workspace": h.workspace,
             "groups": ["pg"],
             "latency_sla_ms": 60000,
+            # the stand-ins share 127.0.0.1: each picks a free port for its model server
+            "serve_port": 0,
         }
         for name, h in sandbox.hosts.items()
     }
