@@ -56,7 +56,8 @@ def os_error_sentence(exc: OSError, action: str = "") -> str:
 
     name = _errno.errorcode.get(exc.errno or 0, "")
     reason = exc.strerror or str(exc) or type(exc).__name__
-    path = "" if exc.filename is None else str(exc.filename)
+    # an int is a file descriptor (os.fdopen), which names nothing a person can fix
+    path = "" if exc.filename is None or isinstance(exc.filename, int) else str(exc.filename)
     if exc.filename2 is not None:
         path = f"{path} -> {exc.filename2}"
     if action:

@@ -93,6 +93,9 @@ class HostHealth:
     p99_critical: object = field(default=None, repr=False)
     gpus: list[dict] = field(default_factory=list)
     duration_s: float = 0.0
+    service_up: bool | None = None  # the live server answered as `current` (None: not probed)
+    service_ms: float | None = None  # one real request through the public port
+    service_p99_ms: float | None = None  # --deep: a burst's p99 over HTTP
 
     @property
     def state(self) -> int:

@@ -49,6 +49,12 @@ def perfdata(run: HealthRun) -> str:
             parts.append(_perf(f"{h.host}_p99_ms", round(h.p99_ms, 3), "ms", "", "", 0))
         if h.free_bytes is not None:
             parts.append(_perf(f"{h.host}_free_disk", h.free_bytes, "B", "", "", 0))
+        if h.service_ms is not None:
+            parts.append(_perf(f"{h.host}_service_ms", round(h.service_ms, 3), "ms", "", "", 0))
+        if h.service_p99_ms is not None:
+            parts.append(
+                _perf(f"{h.host}_service_p99_ms", round(h.service_p99_ms, 3), "ms", "", "", 0)
+            )
     return " ".join(parts)
 
 
@@ -96,6 +102,29 @@ def prometheus_text(run: HealthRun, now: float | None = None) -> str:
             "moola_health_free_disk_bytes",
             "Free bytes on the workspace filesystem.",
             [({"host": h.host}, h.free_bytes) for h in run.hosts if h.free_bytes is not None],
+        ),
+        (
+            "moola_health_service_up",
+            "1 when the live server answers as the release `current` points at.",
+            [({"host": h.host}, int(h.service_up)) for h in run.hosts if h.service_up is not None],
+        ),
+        (
+            "moola_health_service_latency_seconds",
+            "One real request through the public port, on the host.",
+            [
+                ({"host": h.host}, h.service_ms / 1000)
+                for h in run.hosts
+                if h.service_ms is not None
+            ],
+        ),
+        (
+            "moola_health_service_p99_seconds",
+            "p99 of a short burst through the public port (deep check).",
+            [
+                ({"host": h.host}, h.service_p99_ms / 1000)
+                for h in run.hosts
+                if h.service_p99_ms is not None
+            ],
         ),
         (
             "moola_health_latency_p99_seconds",

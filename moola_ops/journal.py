@@ -63,11 +63,16 @@ EVENT_FIELDS = frozenset(f.name for f in fields(Event))  # every line a writer a
 
 
 class JournalWriteError(MoolaError):
-    """The deployment log could not be written; nothing partial was left in it."""
+    """The deployment log could not be written; nothing partial was left in it.
 
-    def __init__(self, message: str, path: Path):
+    `.path` is the log, `.strerror` the operating system's reason ("No space left on device"),
+    as on the OSError it replaces.
+    """
+
+    def __init__(self, message: str, path: Path, strerror: str = ""):
         super().__init__(message)
         self.path = path
+        self.strerror = strerror
 
 
 def log_path(path: str | os.PathLike | None = None) -> Path:
@@ -286,7 +291,9 @@ def _write_error(target: Path, exc: OSError, note: str = "") -> JournalWriteErro
     if exc.filename is None:
         exc.filename = str(target)
     sentence = os_error_sentence(exc, "write the deployment log")
-    return JournalWriteError(f"{sentence}, or set MOOLA_LOG to a writable file{note}", target)
+    return JournalWriteError(
+        f"{sentence}, or set MOOLA_LOG to a writable file{note}", target, exc.strerror or str(exc)
+    )
 
 
 def read_events(
@@ -305,8 +312,13 @@ def read_events(
     target = log_path(path)
     if not target.exists() and not rotated_files(target):
         return []
+    try:
+        lines = read_lines(target)
+    except OSError as exc:  # a folder or an unreadable file at the log's path: one sentence
+        exc.filename = str(target)
+        raise MoolaError(os_error_sentence(exc, "read the deployment log")) from None
     events = []
-    for raw in read_lines(target):
+    for raw in lines:
         raw = raw.strip()
         if not raw:
             continue

@@ -398,7 +398,10 @@ def _gate_step(choice: dict) -> tuple[str, str, dict]:
 
 
 def run_verify(selection: str, *, timeout_s: float = 300.0, inventory=None) -> PhaseReport:
-    """Phase 5: the runtime check through `current` on each host, latency against the SLA.
+    """Phase 5: the runtime check through `current` on each host, then sanity and latency
+    through the live server (a real request answered by `current`'s release; a burst's p99 over
+    HTTP against the SLA; docs/serving.md). A host that never started serving is judged on the
+    runtime check alone.
 
     Recorded under the newest deployment of each host, so the checklist of that deployment
     shows phase 5 done (or failed) with who and when.
@@ -423,11 +426,14 @@ def run_verify(selection: str, *, timeout_s: float = 300.0, inventory=None) -> P
             names.CHECK_CURRENT,
             names.CHECK_CHECKSUMS,
             names.CHECK_MODEL,
+            names.CHECK_SERVICE,  # the live server answers as `current`
         )
         bad = [c for c in h.checks if c.name in sanity_checks and c.state != OK]
         sanity_ok = not bad and names.CHECK_MODEL in by_name
         if sanity_ok:
             summary = f"{h.release}: model loads, golden outputs match"
+            if h.service_up:
+                summary += f"; the live server answers as {h.release}"
         else:
             summary = "; ".join(f"{c.name}: {c.message}" for c in bad) or "no model check ran"
         journal.record(
@@ -441,9 +447,12 @@ def run_verify(selection: str, *, timeout_s: float = 300.0, inventory=None) -> P
         steps.append(
             StepOutcome(f"{h.host}:sanity", "ok" if sanity_ok else "failed", summary, h.duration_s)
         )
-        latency = by_name.get(names.CHECK_LATENCY)
+        # through the live server when it serves (the path users hit), else the runtime check
+        latency = by_name.get(names.CHECK_SERVICE_LATENCY) or by_name.get(names.CHECK_LATENCY)
         lat_ok = latency is not None and latency.state in (OK, WARNING)
         lat_summary = latency.message if latency else "no latency measured"
+        if latency is not None and latency.name == names.CHECK_SERVICE_LATENCY:
+            lat_summary = f"live server: {lat_summary}"
         journal.record(
             h.host,
             names.VERIFY_LATENCY,
@@ -452,6 +461,8 @@ def run_verify(selection: str, *, timeout_s: float = 300.0, inventory=None) -> P
             p50_ms=h.p50_ms,
             p99_ms=h.p99_ms,
             sla_p99_ms=h.sla_p99_ms,
+            service_ms=h.service_ms,
+            service_p99_ms=h.service_p99_ms,
             state=STATE_NAMES[latency.state] if latency else "UNKNOWN",
         )
         steps.append(

@@ -44,6 +44,13 @@ PRUNE = "prune"
 UNLOCK = "unlock"
 CLEANUP = "cleanup"  # what the guard removed after a failure (unchecked release, staging)
 DRILL_STEP = "drill"
+# serving (moola_ops/serving.py, docs/serving.md)
+SERVE_START = "serve-start"  # the target's server on a private port, ready (golden parity)
+SERVE_CHECK = "serve-check"  # real requests over HTTP to it: answered by it, p99 within SLA
+SERVE_STANDBY = "serve-standby"  # rollback: the target's warm standby, probed before the move
+SERVE_SWITCH = "serve-switch"  # live traffic moved to the target's server (proxy confirms)
+SERVE_POST_CHECK = "serve-post-check"  # real requests through the public port, answered by it
+SERVE_SWITCH_BACK = "serve-switch-back"  # traffic back with `current` after a failed check
 SKIPPED = "skipped"
 ABORTED = "aborted"
 INTERNAL_ERROR = "internal-error"
@@ -77,6 +84,8 @@ CHECK_DISK = "disk"
 CHECK_LOCK = "lock"
 CHECK_MODEL = "model"
 CHECK_LATENCY = "latency"
+CHECK_SERVICE = "service"  # the live server: running, ready, serving current, one real request
+CHECK_SERVICE_LATENCY = "service-latency"  # --deep: a burst's p99 over HTTP vs the SLA
 
 # --- phase 5 (verify) steps -----------------------------------------------------------------
 VERIFY_SANITY = "sanity"

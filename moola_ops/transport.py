@@ -405,6 +405,10 @@ class HostSession:
                 code = chan.recv_exit_status()
         except (Aborted, MoolaError):
             raise
+        except KeyboardInterrupt:  # Ctrl-C in the thread that runs it: the command stops too
+            if chan is not None and not chan.closed:
+                self._kill(_await_pgid(chan, pgid, err, wait_s=0.5))
+            raise
         except (OSError, EOFError, paramiko.SSHException) as exc:
             self._check_cancelled()
             self._check_alive("during a command")
@@ -486,8 +490,10 @@ class HostSession:
             self._check_cancelled()
             self._check_alive("during the upload")
             transport = self._conn.client.get_transport() if self._conn is not None else None
-            if str(exc) == "Socket is closed" or not (transport and transport.is_active()):
-                # the peer went away (paramiko says so before its own thread notices): not a disk
+            # EOFError or "Socket is closed": the peer went away, often before paramiko's own
+            # thread has marked the connection inactive; not a full disk
+            gone = isinstance(exc, EOFError) or str(exc) == "Socket is closed"
+            if gone or transport is None or not transport.is_active():
                 raise TransportError(
                     f"connection to {self.host.name} broke during the upload: {_reason(exc)}"
                 ) from None
@@ -703,6 +709,8 @@ class _Watchdog(threading.Thread):
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, socket.timeout | TimeoutError):
         return "timed out"
+    if isinstance(exc, EOFError):
+        return "the connection was closed"
     text = str(exc).strip()
     return text or type(exc).__name__
 

@@ -35,6 +35,9 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+# imported at start, not on first use: a release folder pruned under a running server must
+# not break it later
+from moola_core.runtime import hostfeatures
 from moola_core.spec import LABELS, WINDOW_LEN
 
 DEFAULT_MAX_BATCH = 64  # windows in one forward pass
@@ -132,8 +135,6 @@ class Predictor:
 
     def features(self, ohlc):
         """OHLC float64 [B, 105, 4] -> (features [B, 105, 11], valid [B, 105])."""
-        from moola_core.runtime import hostfeatures
-
         return hostfeatures.compute_features(ohlc)
 
     def predict_ohlc(self, ohlc) -> list[dict]:
@@ -164,10 +165,10 @@ def outputs_to_rows(out: dict) -> list[dict]:
 
 
 class _Pending:
-    __slots__ = ("x", "valid", "n", "done", "rows", "error", "batch_size")
+    __slots__ = ("ohlc", "n", "done", "rows", "error", "batch_size")
 
-    def __init__(self, x, valid):
-        self.x, self.valid, self.n = x, valid, int(x.shape[0])
+    def __init__(self, ohlc):
+        self.ohlc, self.n = ohlc, int(ohlc.shape[0])
         self.done = threading.Event()
         self.rows: list[dict] | None = None
         self.error: str | None = None
@@ -190,7 +191,7 @@ class Batcher:
         self.max_batch, self.max_wait_s = max(1, max_batch), max(0.0, max_wait_s)
         self.queue: collections.deque[_Pending] = collections.deque()
         self.cond = threading.Condition()
-        self.arriving = 0  # requests being read/featurised that will submit soon
+        self.arriving = 0  # requests being read and parsed that will submit soon
         self.stopping = False
         self.hook_dir = hold_dir  # tests: each pass waits while DIR/hold exists
         self.thread = threading.Thread(target=self._run, name="batcher", daemon=True)
@@ -204,8 +205,9 @@ class Batcher:
             if delta < 0:
                 self.cond.notify_all()
 
-    def submit(self, x, valid) -> _Pending:
-        pending = _Pending(x, valid)
+    def submit(self, ohlc) -> _Pending:
+        """Queue OHLC windows [k, 105, 4]; features are computed per batch, in one call."""
+        pending = _Pending(ohlc)
         with self.cond:
             self.arriving -= 1
             self.queue.append(pending)
@@ -265,9 +267,8 @@ class Batcher:
                 self._hold()
             size = sum(p.n for p in batch)
             try:
-                x = torch.cat([p.x for p in batch]) if len(batch) > 1 else batch[0].x
-                valid = torch.cat([p.valid for p in batch]) if len(batch) > 1 else batch[0].valid
-                rows = outputs_to_rows(self.predictor.forward(x, valid))
+                ohlc = torch.cat([p.ohlc for p in batch]) if len(batch) > 1 else batch[0].ohlc
+                rows = self.predictor.predict_ohlc(ohlc)
                 offset = 0
                 for p in batch:
                     p.rows, p.batch_size = rows[offset : offset + p.n], size
@@ -811,8 +812,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             body = self._read_body(length, args.read_timeout_s)
             ohlc, ids, grids = parse_windows(body, args.max_windows)
-            x, valid = state.predictor.features(ohlc)
-            pending = batcher.submit(x, valid)
+            pending = batcher.submit(ohlc)
             submitted = True
         finally:
             if not submitted:

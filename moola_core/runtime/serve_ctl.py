@@ -19,6 +19,7 @@ Standard library only; Python 3.8+.
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import random
@@ -27,8 +28,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
 WINDOW_LEN = 105
 DEFAULT_READY_TIMEOUT_S = 180.0
@@ -126,18 +125,19 @@ def current_version(ws):
 # --- HTTP on the host --------------------------------------------------------------------------
 
 
-def http(port, path, body=None, timeout=5.0):
-    """(status, parsed JSON or text) from 127.0.0.1:port; (0, reason) when nothing answers."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body)
-    if body is not None:
-        request.add_header("Content-Type", "application/json")
+def ask(port, path, body=None, timeout=5.0):
+    """(status, parsed JSON or text) from 127.0.0.1:port; (0, reason) when nothing answers.
+    http.client, not urllib: urllib.request alone costs ~60 ms of start-up per command."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    except (OSError, ValueError) as exc:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request("POST" if body is not None else "GET", path, body=body, headers=headers)
+        response = conn.getresponse()
+        status, raw = response.status, response.read()
+    except (OSError, http.client.HTTPException) as exc:
         return 0, f"{type(exc).__name__}: {exc}"
+    finally:
+        conn.close()
     try:
         return status, json.loads(raw)
     except ValueError:
@@ -163,25 +163,53 @@ def percentile(values, q):
     return ordered[rank - 1]
 
 
-def probe(port, requests=20, concurrency=1, windows=1, timeout=10.0):
-    """Send real prediction requests; latency percentiles, failures and who answered."""
+def probe(port, requests=20, concurrency=1, windows=1, timeout=10.0, warmup=0):
+    """Send real prediction requests; latency percentiles, failures and who answered. The
+    first `warmup` answers of each client are not timed (connection set-up, first calls)."""
     bodies = [
         json.dumps({"windows": [synthetic_window(i * 31 + j) for j in range(windows)]}).encode()
         for i in range(min(requests, 16))
     ]
     latencies, failures, releases, errors = [], 0, {}, []
     lock = threading.Lock()
-    counter = iter(range(requests))
+    counter = iter(range(requests + warmup * max(1, concurrency)))
 
     def worker():
         nonlocal failures
+        conn = None  # one kept-alive connection per client, as a real client holds it
+        untimed = warmup
         for i in counter:
             started = time.perf_counter()
-            status, answer = http(port, "/v1/predict", bodies[i % len(bodies)], timeout)
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+                conn.request(
+                    "POST",
+                    "/v1/predict",
+                    bodies[i % len(bodies)],
+                    {"Content-Type": "application/json"},
+                )
+                response = conn.getresponse()
+                status, raw = response.status, response.read()
+                try:
+                    answer = json.loads(raw)
+                except ValueError:
+                    answer = raw.decode("utf-8", "replace")
+                if response.will_close:
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as exc:
+                status, answer = 0, f"{type(exc).__name__}: {exc}"
+                if conn is not None:
+                    conn.close()
+                conn = None
             ms = (time.perf_counter() - started) * 1e3
+            timed = untimed <= 0
+            untimed -= 1
             with lock:
                 if status == 200 and isinstance(answer, dict):
-                    latencies.append(ms)
+                    if timed:
+                        latencies.append(ms)
                     release = answer.get("release")
                     releases[release] = releases.get(release, 0) + 1
                 else:
@@ -189,6 +217,8 @@ def probe(port, requests=20, concurrency=1, windows=1, timeout=10.0):
                     if len(errors) < 3:
                         reason = answer.get("error") if isinstance(answer, dict) else answer
                         errors.append(f"{status or 'no answer'}: {str(reason)[:160]}")
+        if conn is not None:
+            conn.close()
 
     threads = [threading.Thread(target=worker) for _ in range(max(1, concurrency))]
     for t in threads:
@@ -200,7 +230,8 @@ def probe(port, requests=20, concurrency=1, windows=1, timeout=10.0):
         "requests": requests,
         "concurrency": concurrency,
         "windows": windows,
-        "ok": failures == 0,
+        # a client thread that died answered nothing: that is a failure too
+        "ok": failures == 0 and sum(releases.values()) == requests + warmup * max(1, concurrency),
         "failures": failures,
         "errors": errors,
         "releases": releases,
@@ -299,8 +330,10 @@ def start_server(ws, release, device="auto", extra=(), timeout=DEFAULT_READY_TIM
             break
         time.sleep(0.02)
     record = _read_json(record_path) or {}
+    manifest = _read_json(os.path.join(folder, "manifest.json")) or {}
     result = {
         "release": release,
+        "sla_p99_ms": manifest.get("latency_sla_p99_ms"),
         "pid": proc.pid,
         "port": record.get("port"),
         "log": log,
@@ -308,7 +341,7 @@ def start_server(ws, release, device="auto", extra=(), timeout=DEFAULT_READY_TIM
         "start_s": round(time.monotonic() - started, 3),
     }
     if record.get("ready") and proc.poll() is None:
-        status, answer = http(record["port"], "/readyz")
+        status, answer = ask(record["port"], "/readyz")
         if status == 200:
             result.update(ok=True, ready=True)
             return result
@@ -366,13 +399,14 @@ def proxy_source():
     return source
 
 
-def ensure_proxy(ws, port, bind, read_timeout=None):
-    """Start the front proxy on `port` unless it already runs; -> {pid, port, started}."""
+def ensure_proxy(ws, port, bind, read_timeout=None, keep_running=False):
+    """Start the front proxy on `port` unless it already runs; -> {pid, port, started}. A proxy
+    running on another port is an error, unless `keep_running` (no port was configured)."""
     folder = serve_dir(ws)
     os.makedirs(folder, exist_ok=True)
     record = _read_json(os.path.join(folder, "proxy.json"))
     if record and alive(record.get("pid"), ws):
-        if port and record.get("port") != port:
+        if port and record.get("port") != port and not keep_running:
             raise Failed(
                 f"the proxy runs on port {record.get('port')}, not {port}: "
                 "stop serving first to change the port"
@@ -448,17 +482,20 @@ def switch(ws, release, port=None, keep_standby=True):
             standby = old
         elif drain(old["pid"], ws):
             drained.append(old)
-    # other stray ready servers of the new release (an old instance after a restart) drain too
-    done = {d["pid"] for d in drained} | {new["pid"]}
+    # any other server is a stray (an old instance after a restart, a candidate left by an
+    # interrupted deploy): it drains too; the shadow (issue #11) is not ours to stop
+    keep = {d["pid"] for d in drained} | {new["pid"]}
+    keep |= {(x or {}).get("pid") for x in (standby, state.get("shadow"))}
+    shadow_port = (state.get("shadow") or {}).get("port")
     for s in servers(ws):
-        same = s.get("release") == release and s["pid"] not in done and s["alive"]
-        if same and drain(s["pid"], ws):
+        stray = s["alive"] and s["pid"] not in keep and s.get("port") != shadow_port
+        if stray and drain(s["pid"], ws):
             drained.append(_server_entry(s))
     new_state = write_state(ws, dict(state, live=new, standby=standby))
     seen = None
     pport = proxy_port(ws)
     if pport:
-        status, answer = http(pport, "/_proxy/state")
+        status, answer = ask(pport, "/_proxy/state")
         seen = answer.get("state", {}).get("live") if status == 200 else None
         if not seen or seen.get("port") != new["port"]:
             raise Failed(f"the proxy on port {pport} still routes to {seen}: check serve/ logs")
@@ -473,12 +510,38 @@ def switch(ws, release, port=None, keep_standby=True):
     }
 
 
+def standby_check(ws, release, requests=3):
+    """The warm standby of `release`: alive, /readyz 200, and real requests answered by it."""
+    standby = read_state(ws).get("standby") or {}
+    if standby.get("release") != release or not alive(standby.get("pid"), ws):
+        return {
+            "ok": False,
+            "error": f"no running standby of {release}",
+            "standby": standby or None,
+        }
+    code, _answer = ask(standby["port"], "/readyz", timeout=5.0)
+    if code != 200:
+        return {
+            "ok": False,
+            "error": f"the standby of {release} is not ready ({code})",
+            "standby": standby,
+        }
+    result = probe(standby["port"], requests)
+    ok = result["ok"] and set(result["releases"]) == {release}
+    return {
+        "ok": ok,
+        "standby": standby,
+        "probe": result,
+        "error": None if ok else f"the standby answered {result['releases']} {result['errors']}",
+    }
+
+
 def status(ws):
     state = read_state(ws)
     found = servers(ws)
     for s in found:
         if s["alive"] and s.get("port"):
-            code, answer = http(s["port"], "/readyz", timeout=2.0)
+            code, answer = ask(s["port"], "/readyz", timeout=2.0)
             s["ready_now"] = code == 200
     pport = proxy_port(ws)
     record = _read_json(os.path.join(serve_dir(ws), "proxy.json")) or {}
@@ -501,10 +564,25 @@ def status(ws):
         live_alive = alive(live.get("pid"), ws)
         result["live_alive"] = live_alive
         if pport and live_alive:
-            code, answer = http(pport, "/healthz", timeout=2.0)
+            code, answer = ask(pport, "/healthz", timeout=2.0)
             result["served_release"] = answer.get("release") if code == 200 else None
-            code, answer = http(pport, "/readyz", timeout=2.0)
+            code, answer = ask(pport, "/readyz", timeout=2.0)
             result["live_ready"] = code == 200
+    return result
+
+
+def health(ws, burst=0, concurrency=4):
+    """The live service as a monitor sees it, in one round trip: status, one real request
+    through the public port, and with `burst` a short burst's latency percentiles."""
+    result = status(ws)
+    result["set_up"] = os.path.exists(os.path.join(serve_dir(ws), "state.json"))
+    manifest = _read_json(os.path.join(ws, "current", "manifest.json")) or {}
+    result["sla_p99_ms"] = manifest.get("latency_sla_p99_ms")
+    pport = result["proxy"]["port"] if result["proxy"]["running"] else None
+    if pport and result.get("live_alive"):
+        result["probe"] = probe(pport, 1, warmup=0)
+        if burst:
+            result["burst"] = probe(pport, burst, concurrency, warmup=2)
     return result
 
 
@@ -523,10 +601,10 @@ def stop(ws, wait_s):
     return {"ok": True, "stopped": stopped}
 
 
-def ensure(ws, port, bind, device, extra, keep_standby, timeout):
+def ensure(ws, port, bind, device, extra, keep_standby, timeout, keep_running=False):
     """Idempotent (cron-safe): the proxy runs and the live server is `current`'s, ready."""
     actions = []
-    proxy = ensure_proxy(ws, port, bind)
+    proxy = ensure_proxy(ws, port, bind, keep_running=keep_running)
     if proxy["started"]:
         actions.append(f"started the proxy on port {proxy['port']}")
     version = current_version(ws)
@@ -535,7 +613,7 @@ def ensure(ws, port, bind, device, extra, keep_standby, timeout):
     state = read_state(ws)
     live = state.get("live") or {}
     if live.get("release") == version and alive(live.get("pid"), ws):
-        code, _answer = http(live["port"], "/readyz", timeout=5.0)
+        code, _answer = ask(live["port"], "/readyz", timeout=5.0)
         if code == 200:
             return {
                 "ok": True,
@@ -576,6 +654,7 @@ def _parser():
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--bind", default="127.0.0.1")
     p.add_argument("--read-timeout", type=float, default=None)
+    p.add_argument("--keep-running", action="store_true", help="accept a proxy on another port")
     p = add("switch")
     p.add_argument("--release", required=True)
     p.add_argument("--port", type=int, default=None)
@@ -583,6 +662,12 @@ def _parser():
     p = add("drain")
     p.add_argument("--pid", type=int, required=True)
     add("status")
+    p = add("health")
+    p.add_argument("--burst", type=int, default=0)
+    p.add_argument("--concurrency", type=int, default=4)
+    p = add("standby")
+    p.add_argument("--release", required=True)
+    p.add_argument("--requests", type=int, default=3)
     p = add("stop")
     p.add_argument("--wait", type=float, default=DEFAULT_DRAIN_TIMEOUT_S)
     p = add("probe")
@@ -590,6 +675,7 @@ def _parser():
     p.add_argument("--requests", type=int, default=20)
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--windows", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=0)
     p = add("ensure")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--bind", default="127.0.0.1")
@@ -597,6 +683,7 @@ def _parser():
     p.add_argument("--timeout", type=float, default=DEFAULT_READY_TIMEOUT_S)
     p.add_argument("--server-arg", action="append", default=[])
     p.add_argument("--no-standby", action="store_true")
+    p.add_argument("--keep-running", action="store_true", help="accept a proxy on another port")
     return parser
 
 
@@ -607,20 +694,26 @@ def run(args):
     if args.action == "start":
         return start_server(ws, args.release, args.device, args.server_arg, args.timeout)
     if args.action == "proxy":
-        return dict(ensure_proxy(ws, args.port, args.bind, args.read_timeout), ok=True)
+        return dict(
+            ensure_proxy(ws, args.port, args.bind, args.read_timeout, args.keep_running), ok=True
+        )
     if args.action == "switch":
         return switch(ws, args.release, args.port, not args.no_standby)
     if args.action == "drain":
         return {"ok": True, "drained": drain(args.pid, ws)}
     if args.action == "status":
         return status(ws)
+    if args.action == "health":
+        return health(ws, args.burst, args.concurrency)
+    if args.action == "standby":
+        return standby_check(ws, args.release, args.requests)
     if args.action == "stop":
         return stop(ws, args.wait)
     if args.action == "probe":
         port = args.port or proxy_port(ws)
         if not port:
             raise Failed("the proxy is not running: start serving first")
-        return probe(port, args.requests, args.concurrency, args.windows)
+        return probe(port, args.requests, args.concurrency, args.windows, warmup=args.warmup)
     if args.action == "ensure":
         return ensure(
             ws,
@@ -630,6 +723,7 @@ def run(args):
             args.server_arg,
             not args.no_standby,
             args.timeout,
+            args.keep_running,
         )
     raise Failed(f"unknown action {args.action}")
 

@@ -146,7 +146,7 @@ def _stop_demo_hosts(root: Path) -> None:
 
 
 def _stages(demo: DemoRun, yaml) -> None:
-    from moola_ops import engine, phases
+    from moola_ops import engine, phases, serving
     from moola_ops.checklist import checklist_states, load_checklist
     from moola_ops.health import OK, STATE_NAMES, run_healthcheck, status_line
     from moola_ops.inventory import Inventory
@@ -299,6 +299,7 @@ def _stages(demo: DemoRun, yaml) -> None:
         expect(report.ok, "accept failed")
         st.detail = f"signed off by demo for deployment {demo.facts['deploy_v01']}"
 
+    traffic = serving.demo_traffic(hosts)  # real requests through deploy and rollback
     with demo.stage("bundle v0.2 and deploy it", "invoke bundle ... && invoke deploy ...") as st:
         other = next(r for r in demo.facts["run_ids"] if r != demo.facts["selected"])
         # not the selected run: `invoke bundle --run ID --override REASON` records why
@@ -324,7 +325,13 @@ def _stages(demo: DemoRun, yaml) -> None:
         expect(result.ok, f"rollback failed: {[o.message for o in result.outcomes]}")
         live = current_on_hosts()
         expect(set(live.values()) == {"v0.1"}, f"current after rollback: {live}")
-        st.detail = f"v0.1 serves again on both, checked ({seconds:.1f} s)"
+        sent = traffic.stop()
+        _say(
+            f"   requests during deploy and rollback: {sent['requests']}, failed {sent['failed']}"
+            f", longest gap {sent['longest_gap_ms']} ms"
+        )
+        expect(sent["failed"] == 0, f"{sent['failed']} requests failed: {sent['failures']}")
+        st.detail = f"v0.1 serves again on both, checked ({seconds:.1f} s); 0 failed requests"
 
     with demo.stage(
         "phase 8: health checks", "invoke healthcheck && invoke healthcheck --deep"

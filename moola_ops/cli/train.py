@@ -11,7 +11,7 @@ from invoke.exceptions import Exit
 from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
 
 HEADLINE = ("span_iou", "iou_ge_50", "start_hit3", "end_hit3", "boundary_mae", "accuracy",
-            "macro_f1")  # fmt: skip
+            "macro_f1", "ece", "brier")  # fmt: skip
 
 
 def _seeds(seed: str) -> list[int] | None:
@@ -28,9 +28,15 @@ def _seeds(seed: str) -> list[int] | None:
         raise MoolaError(f"--seed {seed!r} is not a number, a comma list or 'all'.") from None
 
 
+def _cell(figures: dict, column: str) -> str:
+    """`mean [CI]`, or '-' where a row has no such metric (ece/brier need probabilities)."""
+    from moola_core.metrics import format_metric
+
+    return format_metric(figures[column]) if column in figures else "-"
+
+
 def _table(title: str, rows: list[tuple[str, dict]], columns=HEADLINE):
     """rich Table (TTY) or aligned plain text of `mean [CI]` per metric and row."""
-    from moola_core.metrics import format_metric
 
     if is_tty():
         from rich.table import Table
@@ -40,11 +46,11 @@ def _table(title: str, rows: list[tuple[str, dict]], columns=HEADLINE):
         for column in columns:
             table.add_column(column, justify="right")
         for name, figures in rows:
-            table.add_row(name, *(format_metric(figures[c]) for c in columns))
+            table.add_row(name, *(_cell(figures, c) for c in columns))
         return table
     lines = [title]
     for name, figures in rows:
-        cells = "  ".join(f"{c}={format_metric(figures[c])}" for c in columns)
+        cells = "  ".join(f"{c}={_cell(figures, c)}" for c in columns)
         lines.append(f"  {name:<22} {cells}")
     return "\n".join(lines)
 

@@ -104,9 +104,13 @@ def proxy(
     bind: str = "127.0.0.1",
     *,
     read_timeout_s: float | None = None,
+    keep_running: bool = False,
 ) -> str:
-    """Start the front proxy on the public port unless it runs. Prints {ok, pid, port, started}."""
+    """Start the front proxy on the public port unless it runs. Prints {ok, pid, port, started}.
+    `keep_running`: a proxy already running on another port is kept (no port configured)."""
     extra = [] if read_timeout_s is None else ["--read-timeout", repr(float(read_timeout_s))]
+    if keep_running:
+        extra.append("--keep-running")
     return _ctl(layout, python, "proxy", "--port", _port(port), "--bind", _bind(bind), *extra)
 
 
@@ -135,6 +139,33 @@ def status(layout: Layout, python: str) -> str:
     return _ctl(layout, python, "status")
 
 
+def standby(layout: Layout, python: str, version: str, *, requests: int = 3) -> str:
+    """Is the warm standby of `version` alive and ready, and does it answer real requests as
+    `version`? One round trip (rollback's fast path). Prints {ok, standby, probe, error}."""
+    return _ctl(
+        layout,
+        python,
+        "standby",
+        "--release",
+        shlex.quote(check_name(version, "version")),
+        "--requests",
+        str(int(requests)),
+    )
+
+
+def health(layout: Layout, python: str, *, burst: int = 0, concurrency: int = 4) -> str:
+    """The live service for a monitor, one round trip: status, one real request through the
+    public port, and a burst of `burst` requests (`concurrency` clients) when asked."""
+    if (
+        not isinstance(burst, int)
+        or burst < 0
+        or not isinstance(concurrency, int)
+        or concurrency < 1
+    ):
+        raise MoolaError(f"invalid burst {burst!r} / concurrency {concurrency!r}")
+    return _ctl(layout, python, "health", "--burst", str(burst), "--concurrency", str(concurrency))
+
+
 def stop(layout: Layout, python: str, wait_s: float = 30.0) -> str:
     """Stop the proxy and every server (each drains first, killed after `wait_s`)."""
     return _ctl(layout, python, "stop", "--wait", repr(float(wait_s)))
@@ -148,13 +179,17 @@ def probe(
     requests: int = 20,
     concurrency: int = 1,
     windows: int = 1,
+    warmup: int = 0,
 ) -> str:
     """Real prediction requests from the host itself (pod ports are not public): through the
-    proxy (port 0) or straight to a server's private port. Prints latency p50/p99, failures and
+    proxy (port 0) or straight to a server's private port, one kept-alive connection per
+    client. Prints latency p50/p99 (after `warmup` untimed requests per client), failures and
     which release answered."""
     for value, what in ((requests, "requests"), (concurrency, "concurrency"), (windows, "windows")):
         if not isinstance(value, int) or value < 1:
             raise MoolaError(f"invalid {what} {value!r}: give a whole number >= 1")
+    if not isinstance(warmup, int) or warmup < 0:
+        raise MoolaError(f"invalid warmup {warmup!r}: give a whole number >= 0")
     return _ctl(
         layout,
         python,
@@ -167,6 +202,8 @@ def probe(
         str(concurrency),
         "--windows",
         str(windows),
+        "--warmup",
+        str(warmup),
     )
 
 
@@ -179,6 +216,7 @@ def ensure(
     device: str = "auto",
     keep_standby: bool = True,
     timeout_s: float = 180.0,
+    keep_running: bool = False,
 ) -> str:
     """Idempotent: the proxy runs and `current`'s server is live and ready; starts what is
     missing and does nothing otherwise (cron-safe)."""
@@ -196,6 +234,8 @@ def ensure(
     ]
     if not keep_standby:
         args.append("--no-standby")
+    if keep_running:
+        args.append("--keep-running")
     return _ctl(layout, python, "ensure", *args)
 
 

@@ -28,11 +28,23 @@ from moola_ops.engine.bundle import LocalBundle
 from moola_ops.engine.context import HostContext, Stage
 from moola_ops.engine.results import DISK_FACTOR, HostOutcome, StepFailed
 
-# Where serving stages plug in (the serve room fills these lists; empty until it does):
-# after the pre-switch check: start the candidate's server and wait until it is ready;
-# after the switch: move live traffic, drain the old server, keep it as standby.
-SERVE_BEFORE_SWITCH: list[Stage] = []
+
+# Where serving plugs in (moola_ops/serving.py, docs/serving.md): after the pre-switch check a
+# ready server for the target (its warm standby, or one started and checked over HTTP); inside
+# the switch stage live traffic follows `current` (stages.AFTER_*); the old server stays warm.
+def _serving():
+    from moola_ops import serving  # imported when first used: it imports the engine's results
+
+    return serving
+
+
+SERVE_BEFORE_SWITCH: list[Stage] = [(steps.SERVE_START, lambda ctx: _serving().prepare_target(ctx))]
 SERVE_AFTER_SWITCH: list[Stage] = []
+stages.AFTER_SWITCH.append(lambda ctx, target: _serving().traffic_follows(ctx, target))
+stages.AFTER_CHECK.append(lambda ctx, target: _serving().check_traffic(ctx, target))
+stages.AFTER_SWITCH_BACK.append(
+    lambda ctx, prev, failed: _serving().traffic_back(ctx, prev, failed)
+)
 
 
 def _lock(what: Callable[[HostContext], str]) -> Callable[[HostContext], None]:

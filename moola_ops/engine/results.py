@@ -106,6 +106,8 @@ class Options:
     deadline_s: float | None = None  # one host's whole run (None: host_deadline_s's sum)
     progress: Callable[[str, int], Callable[[int, int], None] | None] | None = None
     journal_path: str | None = None  # None: env MOOLA_LOG or logs/deployments.jsonl
+    serve: bool = True  # start the target's server, move live traffic with `current`
+    keep_standby: bool = True  # the previous release's server stays warm (fast rollback)
 
     @property
     def host_deadline_s(self) -> float:

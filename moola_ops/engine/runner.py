@@ -11,7 +11,7 @@ from moola_ops.engine.context import HostContext, Stage, run_guarded
 from moola_ops.engine.results import FleetResult, HostOutcome, Interrupted, Options
 from moola_ops.fleet import FleetInterrupted, run_fleet
 from moola_ops.inventory import Host
-from moola_ops.journal import Journal
+from moola_ops.journal import Journal, JournalWriteError
 
 
 def run_phase(
@@ -90,7 +90,8 @@ def run_phase(
                 )
     result = FleetResult(journal.deployment, phase, bundle, outcomes, interrupted=interrupted)
     status = "aborted" if interrupted else ("ok" if result.ok else "failed")
-    with contextlib.suppress(Exception):  # each host's outcome already names a log failure
+    # each host's outcome already names a log failure (JournalWriteError: harden's journal)
+    with contextlib.suppress(OSError, JournalWriteError):
         journal.record(
             "",
             steps.CLOSE,

@@ -230,6 +230,14 @@ def switch(
             )
 
 
+# Serving's hooks inside the switch (moola_ops.serving, registered in flows.py): live traffic
+# follows `current` right after the switch, is checked after the post-check, and goes back with
+# `current` on a failed check. A hook raises StepFailed to make the switch go back.
+AFTER_SWITCH: list = []  # fn(ctx, target)
+AFTER_CHECK: list = []  # fn(ctx, target)
+AFTER_SWITCH_BACK: list = []  # fn(ctx, previous, failed)
+
+
 def switch_checked(
     ctx: HostContext,
     target: str,
@@ -248,11 +256,15 @@ def switch_checked(
         ctx.unsettled = (target, previous)
         switch(ctx, target, previous, action, snapshot=snapshot)
         try:
+            for hook in AFTER_SWITCH:
+                hook(ctx, target)
             light_check(ctx, target, step=f"{prefix}{steps.POST_CHECK}")
             if runtime:
                 runtime_check(
                     ctx, target, step=f"{prefix}{steps.POST_CHECK_RUNTIME}", through_current=True
                 )
+            for hook in AFTER_CHECK:
+                hook(ctx, target)
         except (StepFailed, TransportError) as failure:
             back = switch_back(ctx, previous, target)
             raise StepFailed(f"{failure}; {back}") from None
@@ -279,6 +291,8 @@ def switch_back(ctx: HostContext, previous: str | None, failed: str) -> str:
     ctx.cleaning = True  # the way back runs even after Ctrl-C, over a fresh connection if needed
     try:
         switch(ctx, previous, failed, steps.ACTION_AUTO_ROLLBACK, snapshot=False)
+        for hook in AFTER_SWITCH_BACK:
+            hook(ctx, previous, failed)
         light_check(ctx, previous, step=steps.AUTO_ROLLBACK_CHECK)
     except (StepFailed, TransportError) as again:
         return f"switched back to {previous} at once, but its own check failed too: {again}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -62,6 +63,9 @@ def test_demo_passes_every_stage(demo):
     assert all(s["ok"] for s in summary["stages"])
     assert "demo passed" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+    # real requests went through the deploy of v0.2 and the rollback, and none failed
+    sent = re.search(r"requests during deploy and rollback: (\d+), failed (\d+)", proc.stdout)
+    assert sent and int(sent.group(1)) > 0 and int(sent.group(2)) == 0, proc.stdout[-2000:]
     # the last act: shadow, A/B with known outcomes, its decision acted on, monitor, report
     for expected in ("shadow v0.2 beside v0.1", "A/B on live traffic", "monitor", "the report"):
         assert expected in names
@@ -86,6 +90,10 @@ def test_checklist_log_and_gates_after_the_demo(demo, demo_root):
     assert all(report["phases"][str(n)] == "done" for n in range(1, 7))
     signoff = next(s for s in report["steps"] if s["check"] == "accept.signoff")
     assert signoff["by"] == "demo"
+    # the shipped model passed phase 2's quality gate on its own merits, not by an override
+    gate = next(s for s in report["steps"] if s["check"] == "select.gate")
+    assert gate["state"] == "done" and "quality gate passed" in gate["detail"]
+    assert "OVERRIDDEN" not in gate["detail"]
 
     # v0.2 was deployed and rolled back, never verified: accepting it is refused, clearly
     proc = invoke("accept", "--deployment", second, "--by", "ana", env=log)

@@ -387,3 +387,40 @@ def test_cancel_ends_a_handshake_that_hangs(host):
         silent.close()
         for conn in held:
             conn.close()
+
+
+def test_ctrl_c_in_the_running_thread_stops_the_remote_command(host):
+    import _thread
+
+    resolved, running = host
+    pid_file = Path(running.workspace) / "ctrl-c.pid"
+
+    def press_ctrl_c() -> None:
+        _wait_for(pid_file)  # the command runs: now
+        _thread.interrupt_main()
+
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    with HostSession(resolved) as ssh:
+        with pytest.raises(KeyboardInterrupt):
+            ssh.run(f"sleep 1000 & echo $! > {pid_file}; wait", timeout_s=600)
+        assert _gone(int(pid_file.read_text()))
+        assert ssh.run("echo usable").stdout == "usable\n"
+
+
+def test_an_upload_whose_connection_is_killed_says_the_connection_broke(host, tmp_path):
+    resolved, running = host
+    local = tmp_path / "big.bin"
+    local.write_bytes(os.urandom(1 << 20) * 16)
+    killed: list[int] = []
+
+    def cut(sent: int, total: int) -> None:
+        if not killed:
+            for pid in _descendants(running.pid):  # this host's connection processes only
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+
+    with HostSession(resolved) as ssh, pytest.raises(TransportError) as caught:
+        ssh.upload(local, f"{running.workspace}/cut.bin", progress=cut)
+    assert str(caught.value).startswith("connection to tx-1 broke during the upload")
+    assert "full disk" not in str(caught.value)

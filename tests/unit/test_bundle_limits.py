@@ -47,14 +47,18 @@ def _sparse(path: Path, size: int) -> Path:
     return path
 
 
+# Peak RSS of this process image: VmHWM belongs to the address space that execve made fresh
+# (getrusage's ru_maxrss would carry over the forking pytest's own peak, torch and all).
 _MEASURE = """
-import resource, sys
+import sys
 sys.path.insert(0, sys.argv[1])
 import archive  # alone, as on a host: standard library only
 assert archive._ErrorBase is Exception
 archive.verify_archive(sys.argv[2])
 archive.safe_extract(sys.argv[2], sys.argv[3])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+with open("/proc/self/status") as fh:
+    peak_kb = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+print(peak_kb * 1024)
 """
 
 

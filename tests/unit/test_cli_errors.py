@@ -19,11 +19,12 @@ def one_sentence(done) -> str:
 
 
 def test_every_task_is_wrapped_by_user_errors():
-    # healthcheck maps its own failures to Nagios UNKNOWN (exit 3) instead
+    # the Nagios plugins map their own failures to UNKNOWN (exit 3) instead
+    plugins = {"healthcheck", "monitor"}
     unwrapped = [
         name
         for name, t in all_tasks()
-        if name != "healthcheck" and not getattr(t.body, "user_errors", False)
+        if name not in plugins and not getattr(t.body, "user_errors", False)
     ]
     assert not unwrapped, f"wrap these tasks with moola_ops.cli._common.user_errors: {unwrapped}"
 
@@ -32,7 +33,10 @@ def test_an_os_error_inside_a_task_is_one_sentence(tmp_path):
     log = tmp_path / "log.jsonl"
     log.mkdir()  # the deployment log is a folder: reading it is an IsADirectoryError
     line = one_sentence(invoke(tmp_path, "log"))
-    assert line == f"error: cannot use {log} (Is a directory): it is a folder: give a file instead"
+    assert line == (
+        f"error: could not read the deployment log {log} (Is a directory): it is a folder: "
+        "give a file instead"
+    )
 
 
 def test_an_inventory_that_is_a_folder_or_not_utf8_is_one_sentence(tmp_path):

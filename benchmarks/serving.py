@@ -1,0 +1,589 @@
+"""The model server on a stand-in host, measured through the path users hit.
+
+    python benchmarks/serving.py [--seconds 6] [--out docs/benchmarks/serving.md]
+    python benchmarks/serving.py --local [--clients 64] [--seconds 10] [--device auto]
+
+Stand-in mode (one run, real OpenSSH host on 127.0.0.1, the default JadeModel, random weights):
+- http_over_inprocess_p50: on the host, with the host's python: p50 of one window through the
+  public port (proxy -> server, HTTP keep-alive) over the p50 of `Predictor.predict_ohlc` in
+  process (features + model, one thread, as the server runs), same release, alternating
+  blocks of 30 calls (10 rounds, 1 ms rest after each call on every path) so the load of the
+  shared machine falls on both alike;
+- batched_vs_unbatched_throughput: windows/s at 32 concurrent clients against a server with
+  dynamic batching (defaults) over one with `--max-batch 1`, same release, same host;
+- failed_during_deploy / failed_during_rollback and the longest gap between answers: a client
+  sends one request after another through the public port while `engine.deploy` and then
+  `invoke rollback` (a subprocess, as a person runs it) move traffic;
+- rollback_to_served_s: from starting `invoke rollback` to the first answer served by the
+  previous release (warm standby); rollback_cold_s is the same for a release without standby;
+- the SO_REUSEPORT experiment behind docs/serving.md's choice of a front proxy.
+
+Local mode (a GPU box, no sshd): builds a release, starts the server on 127.0.0.1 in this
+machine and prints windows/s and p99 at `--clients` concurrent clients (batched and unbatched).
+
+The last line of output is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MODEL: dict = {}  # the default JadeModel config (build_model fills every key)
+
+
+def window(seed: int) -> list[list[float]]:
+    rng = random.Random(seed)
+    rows, price = [], 100.0
+    for _ in range(105):
+        close = price * (1 + rng.gauss(0, 0.003))
+        high = max(price, close) * (1 + abs(rng.gauss(0, 0.001)))
+        low = min(price, close) * (1 - abs(rng.gauss(0, 0.001)))
+        rows.append([price, high, low, close])
+        price = close
+    return rows
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), -(-int(q * len(ordered)) // 100)))
+    return ordered[rank - 1]
+
+
+class Client:
+    """One kept-alive HTTP connection."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def post(self, body: bytes) -> tuple[int, dict | None]:
+        try:
+            self.conn.request("POST", "/v1/predict", body=body)
+            response = self.conn.getresponse()
+            return response.status, json.loads(response.read())
+        except (OSError, http.client.HTTPException, ValueError):
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            return 0, None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def throughput(port: int, clients: int, seconds: float, windows: int = 1) -> dict:
+    """Windows/s and latency with `clients` threads each sending back-to-back requests."""
+    bodies = [
+        json.dumps({"windows": [window(i * 7 + j) for j in range(windows)]}).encode()
+        for i in range(clients)
+    ]
+    stop, start = threading.Event(), threading.Barrier(clients + 1)
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    failures = [0] * clients
+
+    def run(i: int) -> None:
+        client = Client(port)
+        client.post(bodies[i])  # connect and warm up before the clock starts
+        start.wait()
+        while not stop.is_set():
+            began = time.perf_counter()
+            status, _ = client.post(bodies[i])
+            if status == 200:
+                latencies[i].append((time.perf_counter() - began) * 1e3)
+            else:
+                failures[i] += 1
+        client.close()
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    start.wait()
+    began = time.perf_counter()
+    time.sleep(seconds)  # the measurement window (a benchmark, not a test)
+    stop.set()
+    elapsed = time.perf_counter() - began
+    for t in threads:
+        t.join(timeout=120)
+    flat = [x for per in latencies for x in per]
+    return {
+        "windows_per_s": round(len(flat) * windows / elapsed, 1),
+        "requests": len(flat),
+        "failures": sum(failures),
+        "p50_ms": round(percentile(flat, 50), 3) if flat else None,
+        "p99_ms": round(percentile(flat, 99), 3) if flat else None,
+        "clients": clients,
+        "seconds": round(elapsed, 2),
+    }
+
+
+class Stream:
+    """A client sending one request after another; records who answered and when."""
+
+    def __init__(self, port: int):
+        self.port, self.stop = port, threading.Event()
+        self.answers: list[tuple[float, str]] = []
+        self.failures: list[str] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        client, body = Client(self.port), json.dumps({"windows": [window(9)]}).encode()
+        while not self.stop.is_set():
+            status, answer = client.post(body)
+            if status == 200:
+                self.answers.append((time.perf_counter(), answer["release"]))
+            else:
+                self.failures.append(f"{status}: {answer}")
+        client.close()
+
+    def longest_gap_ms(self) -> float:
+        times = [t for t, _ in self.answers]
+        return round(
+            max((b - a for a, b in zip(times, times[1:], strict=False)), default=0) * 1e3, 1
+        )
+
+    def first_after(self, t0: float, release: str) -> float | None:
+        return next((t - t0 for t, r in self.answers if t >= t0 and r == release), None)
+
+    def __enter__(self) -> Stream:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.answers and not self.failures and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+
+
+def reuseport_experiment(connections: int = 40) -> dict:
+    """Two SO_REUSEPORT listeners; connections queue; the old listener closes unaccepted."""
+
+    def listener(port: int = 0) -> socket.socket:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen(128)
+        return s
+
+    old = listener()
+    port = old.getsockname()[1]
+    new = listener(port)
+    clients = []
+    for _ in range(connections):
+        c = socket.create_connection(("127.0.0.1", port))
+        c.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        clients.append(c)
+    time.sleep(0.1)  # let the kernel queue them
+    old.close()
+    reset = 0
+    for c in clients:
+        c.settimeout(0.3)
+        try:
+            if c.recv(10) == b"":
+                reset += 1
+        except ConnectionResetError:
+            reset += 1
+        except TimeoutError:
+            pass  # still queued on the new listener: it would be served
+        c.close()
+    new.close()
+    return {"connections": connections, "reset": reset}
+
+
+# Run ON the host, by the host's own python (the stand-in's wrapper, as the server itself runs):
+# predict() in process and one window over HTTP (proxy, then the server's private port), in
+# alternating blocks so the load of a shared machine falls on every path alike.
+ON_HOST = r"""
+import http.client, json, random, sys, time
+import torch
+from moola_core.runtime.serve import Predictor
+
+release, proxy_port, direct_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = random.Random(1)
+rows, price = [], 100.0
+for _ in range(105):
+    close = price * (1 + rng.gauss(0, 0.003))
+    rows.append([price, max(price, close) * 1.001, min(price, close) * 0.999, close])
+    price = close
+body = json.dumps({"windows": [rows]}).encode()
+torch.set_num_threads(1)
+predictor = Predictor(release, "cpu")
+predictor.load()
+ohlc = torch.tensor([rows], dtype=torch.float64)
+
+def http_call(port):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    def call():
+        conn.request("POST", "/v1/predict", body=body)
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200, response.status
+    return call
+
+paths = {"inprocess": lambda: predictor.predict_ohlc(ohlc), "proxy": http_call(proxy_port),
+         "direct": http_call(direct_port)}
+times = {name: [] for name in paths}
+for call in paths.values():
+    for _ in range(30):
+        call()
+for _ in range(10):
+    for name, call in paths.items():
+        for _ in range(30):
+            started = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - started) * 1e3)
+            # every path rests between calls, as a request/response client does: on a busy
+            # machine the scheduler slows a busy loop more than a process that sleeps
+            time.sleep(0.001)
+print(json.dumps(times))
+"""
+
+
+def on_host_latency(host, proxy_port: int, direct_port: int) -> dict[str, list[float]]:
+    release = Path(host.workspace) / "releases" / "v1.1"
+    env = dict(os.environ, PYTHONPATH=str(release / "code"))
+    proc = subprocess.run(
+        [host.python, "-c", ON_HOST, str(release), str(proxy_port), str(direct_port)],
+        cwd=release,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"the on-host latency run failed: {proc.stderr[-500:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def versions() -> dict:
+    import torch
+
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "commit": commit,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+# --- stand-in hosts ----------------------------------------------------------------------------
+
+
+def write_inventory(path: Path, host) -> None:
+    import yaml
+
+    entry = {
+        "hostname": host.hostname,
+        "port": host.port,
+        "user": host.user,
+        "identity_file": host.identity_file,
+        "known_hosts": host.known_hosts,
+        "workspace": host.workspace,
+        "python": host.python,
+        "serve_port": 0,
+    }
+    path.write_text(yaml.safe_dump({"hosts": {host.name: entry}}))
+
+
+def run_standin(args) -> dict:
+    os.environ["OMP_NUM_THREADS"] = "1"  # before torch loads: as the stand-in hosts run it
+    from moola_ops import engine, serving
+    from moola_ops.inventory import Inventory
+    from moola_ops.transport import HostSession
+    from tests.integration.conftest import make_bundle, start_hosts
+
+    work = Path(tempfile.mkdtemp(prefix="moola-bench-serve-"))
+    log = work / "deployments.jsonl"
+    os.environ["MOOLA_LOG"] = str(log)
+    sandbox, root = start_hosts(["bench-1"])
+    result: dict = {}
+    try:
+        print("building bundles (default JadeModel, random weights) ...", flush=True)
+        bundles = {
+            v: engine.resolve_bundle(str(make_bundle(work, v, seed=i, model_config=MODEL)))
+            for i, v in enumerate(("v1.0", "v1.1", "v1.2"))
+        }
+        (host,) = Inventory.from_sandbox(sandbox, connect_timeout_s=5).resolve("bench-1")
+        opts = engine.Options(check_runs=20, check_warmup=5, check_backend="eager")
+        for v in ("v1.0", "v1.1"):
+            outcome = engine.deploy([host], bundles[v], opts)
+            if not outcome.ok:
+                raise SystemExit(f"deploy {v} failed: {outcome.outcomes}")
+        with HostSession(host) as session:
+            now = serving.status(session, host)
+        if not now.serving or now.served_release != "v1.1":
+            raise SystemExit(f"the engine did not leave v1.1 serving: {now}")
+        public, live = now.proxy_port, now.live
+
+        print("latency: in process vs through the public port ...", flush=True)
+        times = on_host_latency(host, public, live["port"])
+        p50 = {name: percentile(values, 50) for name, values in times.items()}
+        result.update(
+            inprocess_p50_ms=round(p50["inprocess"], 3),
+            http_p50_ms=round(p50["proxy"], 3),
+            http_p99_ms=round(percentile(times["proxy"], 99), 3),
+            http_direct_p50_ms=round(p50["direct"], 3),
+            http_over_inprocess_p50=round(p50["proxy"] / p50["inprocess"], 3),
+        )
+
+        print(f"throughput at {args.clients} clients, batched vs unbatched ...", flush=True)
+        with HostSession(host) as session:
+            # the same server as the live one, batching off; then both again without captures
+            plain = serving.start_candidate(session, host, "v1.1", server_args=("--max-batch", "1"))
+            plain_nocap = serving.start_candidate(
+                session, host, "v1.1", server_args=("--max-batch", "1", "--no-capture")
+            )
+            capless = serving.start_candidate(session, host, "v1.1", server_args=("--no-capture",))
+        batched = throughput(live["port"], args.clients, args.seconds)
+        unbatched = throughput(plain.port, args.clients, args.seconds)
+        batched_nocap = throughput(capless.port, args.clients, args.seconds)
+        unbatched_nocap = throughput(plain_nocap.port, args.clients, args.seconds)
+        with HostSession(host) as session:
+            for started in (plain, plain_nocap, capless):
+                serving.drain(session, host, started.pid)
+        result.update(
+            batched=batched,
+            unbatched=unbatched,
+            batched_without_captures=batched_nocap,
+            unbatched_without_captures=unbatched_nocap,
+            batched_vs_unbatched_throughput=round(
+                batched["windows_per_s"] / max(unbatched["windows_per_s"], 1e-9), 2
+            ),
+        )
+
+        print("deploy v1.2 under a steady stream ...", flush=True)
+        with Stream(public) as stream:
+            t0 = time.perf_counter()
+            deployed = engine.deploy([host], bundles["v1.2"], opts)
+            deploy_s = time.perf_counter() - t0
+            switched_at = stream.first_after(t0, "v1.2")
+            time.sleep(0.3)  # a few answers after the switch
+        if not deployed.ok:
+            raise SystemExit(f"deploy v1.2 failed: {deployed.outcomes}")
+        result.update(
+            failed_during_deploy=len(stream.failures),
+            deploy_longest_gap_ms=stream.longest_gap_ms(),
+            deploy_s=round(deploy_s, 2),
+            deploy_first_v12_answer_s=round(switched_at, 3) if switched_at else None,
+            deploy_failures_sample=stream.failures[:3],
+        )
+
+        print("invoke rollback (warm standby) under a steady stream ...", flush=True)
+        inventory = work / "hosts.yaml"
+        write_inventory(inventory, host)
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        invoke = str(Path(sys.executable).with_name("invoke"))
+        with Stream(public) as stream:
+            t0 = time.perf_counter()
+            proc = subprocess.run(
+                [invoke, "rollback", "--host", "bench-1", "--inventory", str(inventory)],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            rollback_s = time.perf_counter() - t0
+            served = stream.first_after(t0, "v1.1")
+            time.sleep(0.3)
+        if proc.returncode != 0:
+            raise SystemExit(f"invoke rollback failed: {proc.stdout} {proc.stderr}")
+        result.update(
+            failed_during_rollback=len(stream.failures),
+            rollback_longest_gap_ms=stream.longest_gap_ms(),
+            rollback_to_served_s=round(served, 3) if served else None,
+            rollback_command_s=round(rollback_s, 2),
+            rollback_failures_sample=stream.failures[:3],
+        )
+
+        print("in-process rollback and a cold rollback (no standby) ...", flush=True)
+        with Stream(public) as stream:  # live v1.1, standby v1.2
+            t0 = time.perf_counter()
+            warm = engine.rollback([host], "v1.2", opts)
+            result["rollback_inprocess_to_served_s"] = round(
+                stream.first_after(t0, "v1.2") or -1, 3
+            )
+            t0 = time.perf_counter()
+            cold = engine.rollback([host], "v1.0", opts)  # v1.0's server drained long ago
+            result["rollback_cold_s"] = round(stream.first_after(t0, "v1.0") or -1, 3)
+            time.sleep(0.3)
+        result["failed_during_inprocess_rollbacks"] = len(stream.failures)
+        if not (warm.ok and cold.ok):
+            raise SystemExit(f"rollbacks failed: {warm.outcomes} {cold.outcomes}")
+        with HostSession(host) as session:
+            now = serving.status(session, host)
+        result["standby_rss_mib"] = rss_mib((now.standby or {}).get("pid") or 0)
+        result["live_rss_mib"] = rss_mib((now.live or {}).get("pid") or 0)
+        steps = [json.loads(x) for x in log.read_text().splitlines()]
+        result["logged_serve_steps"] = sorted(
+            {e["step"] for e in steps if e["step"].startswith("serve-")}
+        )
+    finally:
+        sandbox.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+    result["reuseport"] = reuseport_experiment()
+    return result
+
+
+# --- local (GPU box) ---------------------------------------------------------------------------
+
+
+def run_local(args) -> dict:
+    from moola_core.bundle import safe_extract
+    from tests.integration.conftest import make_bundle
+
+    work = Path(tempfile.mkdtemp(prefix="moola-bench-local-"))
+    procs = []
+    try:
+        archive = make_bundle(work, "v1.0", model_config=MODEL)
+        release = safe_extract(archive, work / "ws" / "releases" / "v1.0")
+        result = {"device_flag": args.device, "clients": args.clients}
+        for name, extra in (("batched", []), ("unbatched", ["--max-batch", "1"])):
+            state = work / f"{name}.json"
+            env = dict(os.environ, PYTHONPATH=str(release / "code"))
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "moola_core.runtime",
+                    "serve",
+                    "--release",
+                    str(release),
+                    "--port",
+                    "0",
+                    "--device",
+                    args.device,
+                    "--no-capture",
+                    "--state-file",
+                    str(state),
+                    *extra,
+                ],
+                cwd=release,
+                env=env,
+                stderr=subprocess.DEVNULL,
+            )
+            procs.append(proc)
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                record = json.loads(state.read_text()) if state.exists() else {}
+                if record.get("ready") or record.get("failed") or proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+            if not record.get("ready"):
+                raise SystemExit(f"the {name} server did not get ready: {record}")
+            conn = http.client.HTTPConnection("127.0.0.1", record["port"], timeout=30)
+            conn.request("GET", "/healthz")
+            result["device"] = json.loads(conn.getresponse().read())["device"]
+            conn.close()
+            result[name] = throughput(record["port"], args.clients, args.seconds)
+            proc.terminate()
+            proc.wait(timeout=60)
+        result["windows_per_s"] = result["batched"]["windows_per_s"]
+        result["p99_ms"] = result["batched"]["p99_ms"]
+        result["batched_vs_unbatched_throughput"] = round(
+            result["batched"]["windows_per_s"] / max(result["unbatched"]["windows_per_s"], 1e-9), 2
+        )
+        return result
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def write_markdown(path: Path, result: dict, meta: dict) -> None:
+    r = result
+    lines = [
+        "# Serving benchmark (stand-in host)",
+        "",
+        f"`python benchmarks/serving.py` — commit {meta['commit']}, {meta['utc']}, Python "
+        f"{meta['python']}, torch {meta['torch']}, {meta['machine']}, load average "
+        f"{meta['load_avg']} at the start (the machine is shared: timings are noisy). The "
+        "default JadeModel (random weights); the stand-in host's server runs one OpenMP thread.",
+        "",
+        "| figure | value | target |",
+        "|---|---|---|",
+        f"| p50 one window in process (`Predictor.predict_ohlc`, features + model) | {r['inprocess_p50_ms']} ms | |",
+        f"| p50 / p99 one window through the public port (proxy -> server, keep-alive) | {r['http_p50_ms']} / {r['http_p99_ms']} ms | |",
+        f"| p50 straight to the server's private port | {r['http_direct_p50_ms']} ms | |",
+        f"| **http_over_inprocess_p50** | **{r['http_over_inprocess_p50']}** | <= 1.5 |",
+        f"| windows/s at {r['batched']['clients']} clients, dynamic batching (captures on) | {r['batched']['windows_per_s']} (p99 {r['batched']['p99_ms']} ms) | |",
+        f"| windows/s, captures off: batching / no batching | {r['batched_without_captures']['windows_per_s']} / {r['unbatched_without_captures']['windows_per_s']} | |",
+        f"| windows/s, batching off (`--max-batch 1`, captures on) | {r['unbatched']['windows_per_s']} (p99 {r['unbatched']['p99_ms']} ms) | |",
+        f"| **batched_vs_unbatched_throughput** | **{r['batched_vs_unbatched_throughput']}** | >= 3 |",
+        f"| **failed_during_deploy** (longest gap between answers) | **{r['failed_during_deploy']}** ({r['deploy_longest_gap_ms']} ms) | 0 |",
+        f"| **failed_during_rollback** (longest gap) | **{r['failed_during_rollback']}** ({r['rollback_longest_gap_ms']} ms) | 0 |",
+        f"| **rollback_to_served_s**: `invoke rollback` started -> first answer by the previous release (warm standby) | **{r['rollback_to_served_s']}** | <= 1.0 |",
+        f"| same, `engine.rollback` in process (no CLI start-up) | {r['rollback_inprocess_to_served_s']} s | |",
+        f"| baseline: rollback to a release without a standby (start + readiness + HTTP check) | {r['rollback_cold_s']} s | |",
+        f"| failed requests during those two rollbacks | {r['failed_during_inprocess_rollbacks']} | 0 |",
+        f"| memory of the warm standby (RSS) / of the live server | {r['standby_rss_mib']} / {r['live_rss_mib']} MiB | |",
+        f"| SO_REUSEPORT hand-over: queued connections reset when the old listener closed | {r['reuseport']['reset']}/{r['reuseport']['connections']} | (why a proxy) |",
+        "",
+        f"Deploy under the stream took {r['deploy_s']} s end to end; the first answer by the "
+        f"new release came {r['deploy_first_v12_answer_s']} s after it started. Steps logged: "
+        f"{', '.join(r['logged_serve_steps'])}.",
+        "",
+        "Local mode for a GPU box (no sshd, server on 127.0.0.1 of that machine, 64 clients):",
+        "`python benchmarks/serving.py --local --clients 64 --seconds 10 --device auto`.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--local", action="store_true", help="no sshd: a server on this machine")
+    parser.add_argument("--clients", type=int, default=None, help="concurrent clients")
+    parser.add_argument("--seconds", type=float, default=None, help="per throughput run")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "serving.md"))
+    args = parser.parse_args()
+    meta = versions()
+    meta["utc"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if args.local:
+        args.clients = args.clients or 64
+        args.seconds = args.seconds or 10.0
+        result = run_local(args)
+    else:
+        args.clients = args.clients or 32
+        args.seconds = args.seconds or 6.0
+        result = run_standin(args)
+        write_markdown(Path(args.out), result, meta)
+        print(f"wrote {args.out}")
+    print(json.dumps({**result, **meta}, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Serving builders compared as strings, parsers fed recorded host output, and the server's
+pure parts (request parsing, capture rotation) without a network."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from moola_core.errors import MoolaError
+from moola_ops.commands import serve
+from moola_ops.commands.layout import Layout
+from moola_ops.inventory import Host
+
+WS = Layout("/workspace/moola")
+
+
+def args_of(command: str) -> list[str]:
+    """The words after the inline program: `python3 -c PROGRAM ACTION ...`."""
+    words = shlex.split(command)
+    assert words[1] == "-c" and words[2] == serve.CTL_SOURCE
+    return [words[0], *words[3:]]
+
+
+def test_builders_quote_everything_and_check_names():
+    assert args_of(serve.start(WS, "/opt/py 3/python", "v1.0")) == [
+        "/opt/py 3/python",
+        "start",
+        "--workspace",
+        "/workspace/moola",
+        "--release",
+        "v1.0",
+        "--device",
+        "auto",
+        "--timeout",
+        "180.0",
+    ]
+    assert args_of(serve.start(WS, "python3", "v1", server_args=("--role", "shadow")))[-2:] == [
+        "--server-arg=--role",
+        "--server-arg=shadow",
+    ]
+    assert args_of(serve.switch(WS, "python3", "v1.1", port=4000, keep_standby=False)) == [
+        "python3",
+        "switch",
+        "--workspace",
+        "/workspace/moola",
+        "--release",
+        "v1.1",
+        "--port",
+        "4000",
+        "--no-standby",
+    ]
+    home = serve.proxy(Layout("~/ws"), "python3", 8080, "0.0.0.0")
+    assert ' --workspace "$HOME"/ws --port 8080 --bind 0.0.0.0' in home  # ~ stays expandable
+    assert args_of(serve.probe(WS, "python3", port=0, requests=5, concurrency=2))[1:] == [
+        "probe",
+        "--workspace",
+        "/workspace/moola",
+        "--port",
+        "0",
+        "--requests",
+        "5",
+        "--concurrency",
+        "2",
+        "--windows",
+        "1",
+        "--warmup",
+        "0",
+    ]
+    assert args_of(serve.health(WS, "python3", burst=50))[1:] == [
+        "health",
+        "--workspace",
+        "/workspace/moola",
+        "--burst",
+        "50",
+        "--concurrency",
+        "4",
+    ]
+    for bad in (
+        lambda: serve.start(WS, "python3", "v1;rm -rf /"),
+        lambda: serve.switch(WS, "python3", "$(id)"),
+        lambda: serve.start(WS, "python3", "v1", device="tpu"),
+        lambda: serve.proxy(WS, "python3", 70000),
+        lambda: serve.proxy(WS, "python3", 8080, "0.0.0.0; id"),
+        lambda: serve.drain(WS, "python3", 1),
+        lambda: serve.probe(WS, "python3", requests=0),
+    ):
+        with pytest.raises(MoolaError):
+            bad()
+
+
+def test_public_port_and_pod_start_line():
+    assert serve.public_port(Host("h", "x")) == serve.DEFAULT_PORT == 8080
+    assert serve.public_port(Host("h", "x", serve_port=9000)) == 9000
+    line = serve.start_command_line("/workspace/moola", port=8080, bind="0.0.0.0")
+    assert line == (
+        "python3 /workspace/moola/current/code/moola_core/runtime/serve_ctl.py ensure "
+        "--workspace /workspace/moola --port 8080 --bind 0.0.0.0"
+    )
+
+
+RECORDED_STATUS = json.dumps(
+    {
+        "ok": True,
+        "current": "v1.1",
+        "workspace": "/workspace/moola",
+        "proxy": {"running": True, "port": 8080, "pid": 40},
+        "live": {"release": "v1.1", "port": 41000, "pid": 41, "record": "v1.1-1.json"},
+        "standby": {"release": "v1.0", "port": 42000, "pid": 42, "record": "v1.0-1.json"},
+        "shadow": None,
+        "live_alive": True,
+        "live_ready": True,
+        "served_release": "v1.1",
+        "servers": [
+            {
+                "release": "v1.0",
+                "pid": 42,
+                "port": 42000,
+                "alive": True,
+                "ready": True,
+                "ready_now": True,
+            },
+            {
+                "release": "v1.1",
+                "pid": 41,
+                "port": 41000,
+                "alive": True,
+                "ready": True,
+                "ready_now": True,
+            },
+        ],
+    }
+)
+
+
+def test_parse_status_from_recorded_output():
+    status = serve.parse_status("noise before\n" + RECORDED_STATUS + "\n")
+    assert status.serving and status.standby_ready and status.problem() is None
+    assert (status.proxy_port, status.live["port"], status.standby["release"]) == (
+        8080,
+        41000,
+        "v1.0",
+    )
+    wrong = json.loads(RECORDED_STATUS)
+    wrong["served_release"] = "v1.0"
+    assert serve.parse_status(json.dumps(wrong)).problem() == "serving v1.0, but current is v1.1"
+    down = json.loads(RECORDED_STATUS)
+    down["live_alive"] = False
+    assert "is not running" in serve.parse_status(json.dumps(down)).problem()
+    assert not serve.parse_status("").ok
+    assert "no answer from the host" in serve.parse_status("Traceback ...").problem()
+    failed = serve.parse_status('{"ok": false, "error": "workspace /x does not exist"}')
+    assert failed.problem() == "workspace /x does not exist"
+
+
+# --- the server's pure parts ------------------------------------------------------------------
+
+
+def window(price: float = 10.0) -> list[list[float]]:
+    return [[price, price * 1.01, price * 0.99, price]] * 105
+
+
+def test_parse_windows_accepts_both_forms_and_names_the_first_bad_bar():
+    from moola_core.runtime.serve import BadRequest, parse_windows
+
+    body = json.dumps({"windows": [window(), {"id": "a", "ohlc": window(20.0)}]}).encode()
+    ohlc, ids, grids = parse_windows(body, 10)
+    assert tuple(ohlc.shape) == (2, 105, 4) and ids == [None, "a"] and grids[1] == window(20.0)
+    bad = window()
+    bad = bad[:7] + [[1, 2, 0.5, "x"]] + bad[8:]
+    with pytest.raises(BadRequest, match='window 1 bar 7: "x" is not a number'):
+        parse_windows(json.dumps({"windows": [window(), bad]}).encode(), 10)
+    with pytest.raises(BadRequest) as too_many:
+        parse_windows(json.dumps({"windows": [window()] * 3}).encode(), 2)
+    assert too_many.value.status == 413
+
+
+def test_captures_rotate_at_max_and_keep_the_newest_within_the_budget(tmp_path):
+    from moola_core.runtime.serve import Captures, Metrics
+
+    metrics = Metrics()
+    captures = Captures(tmp_path, "v1.0", "live", max_mb=0.01, keep_mb=0.03, metrics=metrics)
+    captures.start()
+    rows = [
+        {
+            "label": "consolidation",
+            "probs": {"consolidation": 0.6, "retracement": 0.4},
+            "start": 3,
+            "end": 9,
+            "abstain": False,
+        }
+    ]
+    for i in range(40):
+        captures.put(
+            {
+                "request_id": f"r{i}",
+                "time": 1.0,
+                "status": 200,
+                "latency_ms": 1.0,
+                "batch_size": 1,
+                "ids": [None],
+                "ohlc": [window()],
+                "rows": rows,
+            }
+        )
+    captures.put(
+        {
+            "request_id": "bad",
+            "time": 1.0,
+            "status": 400,
+            "latency_ms": 0.1,
+            "error": "the body is not valid JSON",
+        }
+    )
+    captures.close()
+    files = sorted((tmp_path / "v1.0").glob("*.jsonl"))
+    assert len(files) >= 2  # rotated
+    total = sum(f.stat().st_size for f in files)
+    assert total <= 0.03 * 1024 * 1024 + 0.01 * 1024 * 1024 + 8192  # keep + the open file
+    lines = [json.loads(x) for f in files for x in f.read_text().splitlines()]
+    assert lines[-1]["request_id"] == "bad" and lines[-1]["status"] == 400
+    assert "output" not in lines[-1] and "ohlc" not in lines[-1]
+    assert lines[0]["request_id"] != "r0"  # the oldest went first
+    assert all(x["v"] == 1 and x["release"] == "v1.0" for x in lines)
+
+
+def test_a_full_capture_queue_drops_and_counts_instead_of_blocking(tmp_path, monkeypatch):
+    from moola_core.runtime import serve as server
+
+    monkeypatch.setattr(server, "CAPTURE_QUEUE", 2)
+    metrics = server.Metrics()
+    captures = server.Captures(tmp_path, "v1", "live", 16, 256, metrics)
+    # not started: nothing drains the queue, as when the disk is slower than the traffic
+    item = {"request_id": "r", "time": 1.0, "status": 400, "latency_ms": 0.1, "error": "x"}
+    for _ in range(5):
+        captures.put(item)
+    assert metrics.captures_dropped == 3
+    assert "moola_serve_captures_dropped_total 3" in metrics.render({"release": "v1"}, {})
+    assert not any(Path(tmp_path).rglob("*.jsonl"))
