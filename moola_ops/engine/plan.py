@@ -87,6 +87,14 @@ class Planner:
         )
         self.add(step, release_cmd.bounded(check, self.layout, self.deployment, o.check_timeout_s))
 
+    def serving(self, target: str) -> None:
+        """With serving on, the target's server is started, probed and given live traffic with
+        the switch; its ports and process ids are chosen on the host at run time, so the plan
+        names the step rather than its commands (moola_ops/serving.py builds them)."""
+        if self.opts.serve:
+            what = "start its server on a free port, probe it, move live traffic with `current`"
+            self.add(steps.SERVE_START, f"<serve {target}: {what}; commands chosen at run time>")
+
     def switch_checked(
         self,
         target: str,
@@ -196,6 +204,7 @@ def _plan_deploy_one(p: Planner, bundle: LocalBundle) -> HostOutcome:
     else:
         p.add(steps.VERIFY, release_cmd.verify(p.layout, p.host.python, version))
     p.runtime_check(version, steps.CHECK, through_current=False)
+    p.serving(version)
     snap = p.switch_checked(
         version,
         previous,
@@ -242,6 +251,7 @@ def _plan_rollback_one(p: Planner, to: str | None) -> HostOutcome:
             steps.RESTORE,
             release_cmd.restore(p.layout, p.host.python, p.deployment, restore, target),
         )
+    p.serving(target)
     p.switch_checked(
         target,
         previous,
