@@ -25,6 +25,7 @@ CLOSE = "close"
 # --- per-host steps of deploy, rollback, drill, restore, in the order they run ------------------
 CONNECT = "connect"
 BUNDLE_VERIFY = "bundle-verify"  # the full `invoke bundle.verify`, here, before any upload
+GATE = "gate"  # phase 2's quality-gate verdict in the manifest (an override is shown)
 SIGNATURE = "signature"
 LOCK = "lock"  # takes the lock and reads the host's facts in the same round trip
 NOOP = "noop"

@@ -20,6 +20,8 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 
+from moola_core.bundle.gate import gate_allows  # noqa: F401  (its home: light, deploy uses it)
+
 GATE_BASELINES = ("heuristic", "linear")
 LEVEL = 0.95
 
@@ -103,36 +105,3 @@ def gate_summary(checks: list[dict], metric: str, passed: bool) -> str:
         )
     verdict = "passed" if passed else "FAILED"
     return f"quality gate {verdict} on paired {metric} differences: " + "; ".join(parts)
-
-
-def gate_allows(manifest) -> tuple[bool, str]:
-    """May this bundle be deployed? -> (ok, one sentence). Pure: reads the manifest only.
-
-    `manifest` is a bundle Manifest, its dict, or a run's metrics dict. Allowed when the run's
-    recorded gate passed, or when it failed and carries a person's override; refused when it
-    failed without one or when no gate result is recorded (the run never went through phase 2).
-    """
-    if hasattr(manifest, "model_dump"):
-        manifest = manifest.model_dump(mode="json")
-    manifest = manifest if isinstance(manifest, Mapping) else {}
-    metrics = manifest.get("metrics") if isinstance(manifest.get("metrics"), Mapping) else manifest
-    run = manifest.get("run_id") or metrics.get("run_id") or "the run"
-    gate = metrics.get("gate")
-    if not isinstance(gate, Mapping) or "passed" not in gate:
-        return False, (
-            f"{run} carries no quality-gate result: run `invoke select` (phase 2) on it and "
-            "rebuild the bundle, or choose a bundle whose run passed the gate."
-        )
-    if gate.get("passed") is True:
-        return True, f"{run} passed the quality gate ({gate.get('metric', 'span_iou')})."
-    override = gate.get("override")
-    if isinstance(override, Mapping) and str(override.get("reason", "")).strip():
-        return True, (
-            f"{run} failed the quality gate but {override.get('by') or 'someone'} overrode it "
-            f"on {override.get('at') or '?'}: {override['reason']}"
-        )
-    return False, (
-        f"{run} failed the quality gate ({gate.get('summary') or 'see runs/selected.json'}); "
-        'train a better model, or ship it anyway with `invoke select --override "reason"` '
-        "and rebuild the bundle."
-    )

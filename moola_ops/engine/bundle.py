@@ -48,11 +48,17 @@ class LocalBundle:
             from moola_core.bundle import verify_bundle
 
             try:
-                verify_bundle(self.path)
+                verified = verify_bundle(self.path)
             except MoolaError as exc:
                 self._verified["error"] = str(exc)
                 raise
             self._verified["ok"] = True
+            self._verified["manifest"] = verified.manifest
+
+    @property
+    def manifest(self):
+        """The verified manifest (after `verify()`), else None."""
+        return self._verified.get("manifest")
 
     def signer(self, allowed_signers: str) -> str | None:
         """Who signed the copy per `allowed_signers`; MoolaError when unsigned or tampered."""

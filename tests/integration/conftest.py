@@ -36,6 +36,7 @@ def make_bundle(
     seed: int = 0,
     sla_p99_ms: float = 60000.0,
     model_config: dict | None = None,
+    metrics: dict | None = None,
 ) -> Path:
     """A real bundle archive of a random model (tiny unless `model_config` says otherwise;
     runtime code frozen from this checkout). benchmarks/deploy.py builds its bundles here too."""
@@ -49,7 +50,7 @@ def make_bundle(
         runs,
         f"run-{version}",
         seed=seed,
-        metrics={"test": {"accuracy": 0.5}, "fingerprint": "ab"},
+        metrics=metrics or {"test": {"accuracy": 0.5}, "fingerprint": "ab"},
         model_config=model_config,
     )
     (run / "config.yaml").write_text(f"seed: {seed}\n")
