@@ -94,11 +94,10 @@ def predict(model, x: np.ndarray, valid: np.ndarray, batch: int = 256) -> dict[s
 def fresh_labeled(n: int, seed: int):
     """A fresh labeled set as model arrays plus truth with overlap groups."""
     from moola_core.data import labeled, splits, synthetic
-    from moola_core.train.data import overlap_groups
 
     frame = synthetic.make_labeled_set(n_windows=n, seed=seed).reset_index(drop=True)
     arrays = labeled.to_model_arrays(frame)
-    row_group = overlap_groups(len(frame), splits.sharing_pairs(frame).keys())
+    row_group = splits.overlap_groups(len(frame), splits.sharing_pairs(frame).keys())
     by_id = dict(zip((str(w) for w in frame["window_id"]), row_group, strict=True))
     truth = {
         "label": arrays.label,

@@ -49,7 +49,7 @@ def labeled_data(difficulty: str = "default", sizes=TRAIN_SIZES):
     """One labeled set split by time; the train sets are nested random subsets of the train
     part, and every arm is scored on the same val and test windows (overlap groups kept)."""
     from moola_core.data import labeled, splits, synthetic
-    from moola_core.train.data import RunData, fingerprint, overlap_groups
+    from moola_core.train.data import RunData, fingerprint
 
     frame = synthetic.make_labeled_set(
         n_windows=LABELED["n_windows"], seed=LABELED["seed"], difficulty=difficulty
@@ -63,7 +63,7 @@ def labeled_data(difficulty: str = "default", sizes=TRAIN_SIZES):
     }
     if len(index["train"]) < max(sizes):
         raise SystemExit(f"only {len(index['train'])} train windows; raise LABELED n_windows")
-    row_group = overlap_groups(len(frame), splits.sharing_pairs(frame).keys())
+    row_group = splits.overlap_groups(len(frame), splits.sharing_pairs(frame).keys())
     by_id = dict(zip((str(w) for w in frame["window_id"]), row_group, strict=True))
     groups = np.array([by_id[w] for w in arrays.window_id], dtype=np.int64)
     pool = np.random.default_rng(0).permutation(index["train"])

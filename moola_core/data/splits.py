@@ -126,8 +126,8 @@ def _has_time(df: pd.DataFrame) -> bool:
     return "start_ts" in df.columns and "end_ts" in df.columns
 
 
-def _groups(n: int, pairs) -> np.ndarray:
-    """Union-find over rows: group id per row (rows sharing bars, transitively)."""
+def overlap_groups(n: int, pairs) -> np.ndarray:
+    """Group id per row: rows linked by a (a, b) pair share an id, transitively (union-find)."""
     parent = list(range(n))
 
     def find(i: int) -> int:
@@ -164,7 +164,7 @@ def split_labeled(
         end = pd.to_datetime(df["end_ts"], utc=True).to_numpy()
     else:
         start = end = np.arange(n)
-    group = _groups(n, sharing_pairs(df).keys())
+    group = overlap_groups(n, sharing_pairs(df).keys())
 
     # Groups in time order, each with its first start, last end, size and label counts.
     gids = np.unique(group)

@@ -76,23 +76,6 @@ def fingerprint(arrays) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def overlap_groups(n: int, pairs) -> np.ndarray:
-    """Group id per row: rows linked by a (a, b) pair share an id, transitively (union-find)."""
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in pairs:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return np.array([find(i) for i in range(n)], dtype=np.int64)
-
-
 def prepare_data(config: TrainConfig, frame=None) -> RunData:
     """Load (or take) the labeled set, compute model arrays and split it without leakage."""
     from moola_core.data import labeled, splits
@@ -117,7 +100,7 @@ def prepare_data(config: TrainConfig, frame=None) -> RunData:
         if len(index) == 0:
             raise MoolaError(f"the {name} split is empty; use more windows or change split shares.")
     frame = frame.reset_index(drop=True)
-    row_group = overlap_groups(len(frame), splits.sharing_pairs(frame).keys())
+    row_group = splits.overlap_groups(len(frame), splits.sharing_pairs(frame).keys())
     by_id = dict(zip((str(w) for w in frame["window_id"]), row_group, strict=True))
     groups = np.array([by_id[w] for w in arrays.window_id], dtype=np.int64)
     return RunData(
