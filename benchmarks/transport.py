@@ -36,23 +36,7 @@ sys.path.insert(0, str(REPO))
 from moola_ops.inventory import Inventory  # noqa: E402
 from moola_ops.sandbox import start_sandbox  # noqa: E402
 from moola_ops.transport import HostSession, TransportError  # noqa: E402
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        found.append(child)
-        todo += children.get(child, [])
-    return found
+from tests.integration.helpers import descendants  # noqa: E402
 
 
 def command_latency(host, n: int) -> dict:
@@ -107,7 +91,7 @@ def frozen_detection(host, sshd_pid: int, workspace: str, keepalive_s: float) ->
     def progress(sent: int, total: int) -> None:
         if not stopped:
             for _ in range(2):
-                for pid in _descendants(sshd_pid):
+                for pid in descendants(sshd_pid):
                     if pid not in stopped:
                         os.kill(pid, signal.SIGSTOP)
                         stopped.append(pid)

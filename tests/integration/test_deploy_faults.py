@@ -19,18 +19,11 @@ from moola_ops import engine
 from moola_ops.inventory import Inventory
 from moola_ops.journal import read_events
 from tests.integration.conftest import start_hosts
+from tests.integration.helpers import default_signals, descendants, write_inventory
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 REPO = Path(__file__).parents[2]
-
-
-def default_signals() -> None:
-    """In the child: Ctrl-C and SIGTERM at their defaults. A test run started in the background
-    by a shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt; the
-    tests that send a signal must not depend on how they were started."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 FAST = engine.Options(check_runs=3, check_warmup=1, check_backend="eager")
@@ -54,24 +47,6 @@ def settled_on(host, version: str) -> None:
     assert check.ok and check.version == version, check.problems
 
 
-def session_pids(sandbox_host) -> list[int]:
-    """Every process serving connections to one stand-in host: all descendants of its sshd."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], list(children.get(sandbox_host.pid, []))
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += children.get(pid, [])
-    return found
-
-
 def test_connection_cut_mid_upload_leaves_current_and_releases_the_lock(
     hosts, bundles, journal_file
 ):
@@ -81,7 +56,8 @@ def test_connection_cut_mid_upload_leaves_current_and_releases_the_lock(
 
     def progress(name, total):
         def cut(sent, _total):
-            for pid in session_pids(sandbox.hosts["cut-1"]):
+            # every process serving connections to the host: all descendants of its sshd
+            for pid in descendants(sandbox.hosts["cut-1"].pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)  # our own sandbox's connection processes
 
@@ -105,13 +81,7 @@ def test_connection_cut_mid_upload_leaves_current_and_releases_the_lock(
 def _invoke_deploy_paused_at(step, host, bundle, journal_file, tmp_path) -> subprocess.Popen:
     """`invoke deploy` in its own process, told to wait at the entry of `step` (the engine's
     MOOLA_PAUSE_AT hook) until the test has sent its signal: no race with the deploy's speed."""
-    yaml_text = (
-        "hosts:\n  sig-1:\n"
-        f"    hostname: {host.hostname}\n    port: {host.port}\n    user: {host.user}\n"
-        f"    identity_file: {host.identity_file}\n    known_hosts: {host.known_hosts}\n"
-        f"    workspace: {host.workspace}\n"
-    )
-    (tmp_path / "hosts.yaml").write_text(yaml_text)
+    write_inventory(tmp_path / "hosts.yaml", {"sig-1": host})
     gate = tmp_path / f"gate-{step}"
     env = {
         **os.environ,
@@ -217,12 +187,7 @@ def _full_disk_case(host, bundles, journal_file):
 def test_lock_and_log_tasks_through_invoke(hosts, journal_file, tmp_path):
     _, inventory = hosts
     (host,) = inventory.resolve("sig-1")
-    (tmp_path / "hosts.yaml").write_text(
-        "hosts:\n  sig-1:\n"
-        f"    hostname: {host.hostname}\n    port: {host.port}\n    user: {host.user}\n"
-        f"    identity_file: {host.identity_file}\n    known_hosts: {host.known_hosts}\n"
-        f"    workspace: {host.workspace}\n"
-    )
+    write_inventory(tmp_path / "hosts.yaml", {"sig-1": host})
     env = {**os.environ, "MOOLA_LOG": str(journal_file)}
     invoke = str(Path(sys.executable).parent / "invoke")
 

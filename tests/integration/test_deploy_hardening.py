@@ -23,18 +23,11 @@ from moola_ops.inventory import Inventory
 from moola_ops.journal import read_events
 from moola_ops.transport import HostSession
 from tests.integration.conftest import start_hosts
+from tests.integration.helpers import default_signals, write_inventory
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 REPO = Path(__file__).parents[2]
-
-
-def default_signals() -> None:
-    """In the child: Ctrl-C and SIGTERM at their defaults. A test run started in the background
-    by a shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt; the
-    tests that send a signal must not depend on how they were started."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 FAST = engine.Options(check_runs=3, check_warmup=1, check_backend="eager")
@@ -113,12 +106,7 @@ def test_ctrl_c_during_a_hung_check_is_honoured_at_once(hosts, bundles, journal_
     (host,) = inventory.resolve("hard-2")
     assert engine.deploy([host], engine.resolve_bundle(str(bundles["v1.0"])), FAST).ok
     python, started = hanging_python(root, host)
-    (tmp_path / "hosts.yaml").write_text(
-        "hosts:\n  hard-2:\n"
-        f"    hostname: {host.hostname}\n    port: {host.port}\n    user: {host.user}\n"
-        f"    identity_file: {host.identity_file}\n    known_hosts: {host.known_hosts}\n"
-        f"    workspace: {host.workspace}\n    python: {python}\n"
-    )
+    write_inventory(tmp_path / "hosts.yaml", {"hard-2": host}, python=python)
     invoke = str(Path(sys.executable).parent / "invoke")
     proc = subprocess.Popen(
         [

@@ -24,6 +24,7 @@ from moola_ops.inventory import Inventory
 from moola_ops.journal import read_events
 from moola_ops.transport import HostSession
 from tests.integration.conftest import start_hosts
+from tests.integration.helpers import write_inventory
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
@@ -142,12 +143,7 @@ def test_invoke_dry_and_plan_flags_plan_instead_of_deploying(
 ):
     _, inventory = hosts
     (host,) = inventory.resolve("plan-1")
-    (tmp_path / "hosts.yaml").write_text(
-        "hosts:\n  plan-1:\n"
-        f"    hostname: {host.hostname}\n    port: {host.port}\n    user: {host.user}\n"
-        f"    identity_file: {host.identity_file}\n    known_hosts: {host.known_hosts}\n"
-        f"    workspace: {host.workspace}\n"
-    )
+    write_inventory(tmp_path / "hosts.yaml", {"plan-1": host})
     invoke = str(Path(sys.executable).parent / "invoke")
     env = {**os.environ, "MOOLA_LOG": str(journal_file)}
     inv = ["--host", "plan-1", "--inventory", str(tmp_path / "hosts.yaml")]

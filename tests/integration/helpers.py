@@ -1,0 +1,67 @@
+"""Helpers shared by the integration tests and the benchmarks that drive stand-in hosts.
+
+Plain functions, no fixtures and no heavy imports: benchmarks/transport.py imports
+them as well as the tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+
+
+def default_signals() -> None:
+    """In the child: Ctrl-C and SIGTERM at their defaults. A test run started in the background
+    by a shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt; the
+    tests that send a signal must not depend on how they were started."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, their children, ...), read from /proc. Given a
+    stand-in host's sshd pid: every process serving connections to that host."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children.get(child, [])
+    return found
+
+
+def host_entry(host, *, with_python: bool = False, **extra) -> dict:
+    """An explicit inventory entry (no `sandbox: true`) for one stand-in host: a
+    `moola_ops.sandbox.SandboxHost` or an inventory `Host`. `with_python` adds the host's own
+    python; `extra` keys (groups, serve_port, latency_sla_ms, python, ...) are added as given."""
+    entry = {
+        "hostname": host.hostname,
+        "port": host.port,
+        "user": host.user,
+        "identity_file": host.identity_file,
+        "known_hosts": host.known_hosts,
+        "workspace": host.workspace,
+    }
+    if with_python:
+        entry["python"] = host.python
+    entry.update(copy.deepcopy(extra))  # no shared lists: plain YAML, no &id anchors
+    return entry
+
+
+def write_inventory(path: Path, hosts: Mapping[str, object], **options) -> Path:
+    """Write an inventory file naming `hosts` ({name: host}) explicitly; `options` go to
+    `host_entry` for every host. Returns `path`."""
+    import yaml
+
+    entries = {name: host_entry(host, **options) for name, host in hosts.items()}
+    path.write_text(yaml.safe_dump({"hosts": entries}))
+    return path
