@@ -142,6 +142,11 @@ def prometheus_text(run: HealthRun, now: float | None = None) -> str:
             [({"kind": "deep" if run.deep else "fast"}, round(now, 3))],
         ),
     ]
+    return gauge_text(families)
+
+
+def gauge_text(families) -> str:
+    """Prometheus text for gauge families: [(name, help, [(labels dict, value), ...]), ...]."""
     lines = []
     for name, help_text, samples in families:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]

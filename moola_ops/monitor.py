@@ -354,7 +354,7 @@ def status_line(result: MonitorResult) -> str:
 
 def prometheus_text(result: MonitorResult, now: float | None = None) -> str:
     """The result as a Prometheus textfile-collector document."""
-    from moola_ops.health_output import _label
+    from moola_ops.health_output import gauge_text
 
     now = time.time() if now is None else now
     h = {"host": result.host}
@@ -376,13 +376,11 @@ def prometheus_text(result: MonitorResult, now: float | None = None) -> str:
         ("moola_monitor_last_run_timestamp_seconds", "When the monitor last ran (unix time).",
          [(h, round(now, 3))]),
     ]  # fmt: skip
-    lines = []
-    for name, help_text, samples in families:
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-        for labels, value in samples:
-            inner = ",".join(f'{k}="{_label(str(v))}"' for k, v in labels.items())
-            lines.append(f"{name}{{{inner}}} {_num(round(float(value), 6))}")
-    return "\n".join(lines) + "\n"
+    # every value rounded to 6 decimals before it is printed
+    rounded = [
+        (name, text, [(lab, round(float(v), 6)) for lab, v in s]) for name, text, s in families
+    ]
+    return gauge_text(rounded)
 
 
 def render_text(result: MonitorResult) -> list[str]:
