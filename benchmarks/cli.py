@@ -32,6 +32,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from tests.integration.helpers import write_inventory  # noqa: E402
+
 INVOKE = str(Path(sys.executable).parent / "invoke")
 ONE_TASK = (
     'from invoke import task\n\n\n@task\ndef hello(c):\n    """Say hello."""\n    print("hello")\n'
@@ -84,18 +87,6 @@ def tiny_bundle(out: Path) -> Path:
     return built.path
 
 
-def write_inventory(path: Path, sandbox, python: str) -> None:
-    import yaml
-
-    hosts = {
-        name: {"hostname": h.hostname, "port": h.port, "user": h.user,
-               "identity_file": h.identity_file, "known_hosts": h.known_hosts,
-               "workspace": h.workspace, "python": python, "groups": ["fleet"]}
-        for name, h in sorted(sandbox.hosts.items())
-    }  # fmt: skip
-    path.write_text(yaml.safe_dump({"hosts": hosts}))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per figure")
@@ -126,7 +117,7 @@ def main() -> None:
         sandbox = start_sandbox(work / "sandbox", names)
         python = sandbox.hosts[names[0]].python
         inventory_file = work / "hosts.yaml"
-        write_inventory(inventory_file, sandbox, python)
+        write_inventory(inventory_file, sandbox.hosts, python=python, groups=["fleet"])
         os.environ["MOOLA_LOG"] = str(work / "deployments.jsonl")
         bundle = resolve_bundle(str(tiny_bundle(work)))
         fleet = Inventory.from_sandbox(sandbox, groups=("fleet",), python=python)

@@ -32,7 +32,6 @@ import http.client
 import json
 import os
 import platform
-import random
 import shutil
 import socket
 import subprocess
@@ -45,19 +44,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.integration.helpers import window, write_inventory  # noqa: E402
+
 MODEL: dict = {}  # the default JadeModel config (build_model fills every key)
-
-
-def window(seed: int) -> list[list[float]]:
-    rng = random.Random(seed)
-    rows, price = [], 100.0
-    for _ in range(105):
-        close = price * (1 + rng.gauss(0, 0.003))
-        high = max(price, close) * (1 + abs(rng.gauss(0, 0.001)))
-        low = min(price, close) * (1 - abs(rng.gauss(0, 0.001)))
-        rows.append([price, high, low, close])
-        price = close
-    return rows
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -300,22 +289,6 @@ def versions() -> dict:
 # --- stand-in hosts ----------------------------------------------------------------------------
 
 
-def write_inventory(path: Path, host) -> None:
-    import yaml
-
-    entry = {
-        "hostname": host.hostname,
-        "port": host.port,
-        "user": host.user,
-        "identity_file": host.identity_file,
-        "known_hosts": host.known_hosts,
-        "workspace": host.workspace,
-        "python": host.python,
-        "serve_port": 0,
-    }
-    path.write_text(yaml.safe_dump({"hosts": {host.name: entry}}))
-
-
 def run_standin(args) -> dict:
     os.environ["OMP_NUM_THREADS"] = "1"  # before torch loads: as the stand-in hosts run it
     from moola_ops import engine, serving
@@ -401,7 +374,7 @@ def run_standin(args) -> dict:
 
         print("invoke rollback (warm standby) under a steady stream ...", flush=True)
         inventory = work / "hosts.yaml"
-        write_inventory(inventory, host)
+        write_inventory(inventory, {host.name: host}, with_python=True, serve_port=0)
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         invoke = str(Path(sys.executable).with_name("invoke"))
         with Stream(public) as stream:

@@ -181,7 +181,7 @@ def bench_shadow(tmp: Path) -> dict:
     from moola_ops.sandbox import stop_sandbox
     from moola_ops.transport import HostSession
     from tests.integration.conftest import make_bundle, start_hosts
-    from tests.integration.test_serving import window
+    from tests.integration.helpers import window
     from tests.integration.test_shadow import FAKE_SHADOW
 
     bundles = {v: make_bundle(tmp / "bundles", v, seed=i) for i, v in enumerate(("v1.0", "v1.1"))}

@@ -1,12 +1,13 @@
 """Helpers shared by the integration tests and the benchmarks that drive stand-in hosts.
 
-Plain functions, no fixtures and no heavy imports: benchmarks/transport.py imports
-them as well as the tests.
+Plain functions, no fixtures and no heavy imports: the benchmarks (transport, serving, shadow,
+cli) import them as well as the tests.
 """
 
 from __future__ import annotations
 
 import copy
+import random
 import signal
 from collections.abc import Mapping
 from pathlib import Path
@@ -65,3 +66,16 @@ def write_inventory(path: Path, hosts: Mapping[str, object], **options) -> Path:
     entries = {name: host_entry(host, **options) for name, host in hosts.items()}
     path.write_text(yaml.safe_dump({"hosts": entries}))
     return path
+
+
+def window(seed: int) -> list[list[float]]:
+    """A 105-bar OHLC random walk from 100.0, the same for the same seed."""
+    rng = random.Random(seed)
+    rows, price = [], 100.0
+    for _ in range(105):
+        close = price * (1 + rng.gauss(0, 0.003))
+        high = max(price, close) * (1 + abs(rng.gauss(0, 0.001)))
+        low = min(price, close) * (1 - abs(rng.gauss(0, 0.001)))
+        rows.append([price, high, low, close])
+        price = close
+    return rows

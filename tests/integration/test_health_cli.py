@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.helpers import host_entry
+
 pytestmark = pytest.mark.ssh
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,18 +53,7 @@ def write_inventory(path: Path, sandbox, extra: dict | None = None) -> Path:
     """A plain inventory (no `sandbox: true`) naming the running stand-in hosts explicitly."""
     import yaml
 
-    hosts = {
-        name: {
-            "hostname": h.hostname,
-            "port": h.port,
-            "user": h.user,
-            "identity_file": h.identity_file,
-            "known_hosts": h.known_hosts,
-            "workspace": h.workspace,
-            "groups": ["local"],
-        }
-        for name, h in sandbox.hosts.items()
-    }
+    hosts = {name: host_entry(h, groups=["local"]) for name, h in sandbox.hosts.items()}
     hosts.update(extra or {})
     path.write_text(yaml.safe_dump({"hosts": hosts}))
     return path

@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.integration.conftest import start_hosts
+from tests.integration.helpers import write_inventory
 
 pytestmark = pytest.mark.ssh
 
@@ -62,21 +62,9 @@ def test_the_ops_install_has_no_ml_stack(ops_bin):
 def test_deploy_rollback_healthcheck_log_checklist_from_the_ops_install(
     ops_bin, pair, bundles, tmp_path
 ):
-    hosts = {
-        name: {
-            "hostname": h.hostname,
-            "port": h.port,
-            "user": h.user,
-            "python": h.python,
-            "identity_file": h.identity_file,
-            "known_hosts": h.known_hosts,
-            "workspace": h.workspace,
-            "groups": ["ops"],
-        }
-        for name, h in pair.hosts.items()
-    }
-    inventory = tmp_path / "hosts.yaml"
-    inventory.write_text(yaml.safe_dump({"hosts": hosts}))
+    inventory = write_inventory(
+        tmp_path / "hosts.yaml", pair.hosts, with_python=True, groups=["ops"]
+    )
     log = tmp_path / "log.jsonl"
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "MOOLA_LOG": str(log)}
 

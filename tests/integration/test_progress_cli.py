@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.integration.conftest import start_hosts
+from tests.integration.helpers import write_inventory
 
 pytestmark = pytest.mark.ssh
 
@@ -38,24 +38,10 @@ def pair():
 
 
 def inventory(path: Path, sandbox) -> Path:
-    hosts = {
-        name: {
-            "hostname": h.hostname,
-            "port": h.port,
-            "user": h.user,
-            "python": h.python,
-            "identity_file": h.identity_file,
-            "known_hosts": h.known_hosts,
-            "workspace": h.workspace,
-            "groups": ["pg"],
-            "latency_sla_ms": 60000,
-            # the stand-ins share 127.0.0.1: each picks a free port for its model server
-            "serve_port": 0,
-        }
-        for name, h in sandbox.hosts.items()
-    }
-    path.write_text(yaml.safe_dump({"hosts": hosts}))
-    return path
+    # the stand-ins share 127.0.0.1: each picks a free port for its model server
+    return write_inventory(
+        path, sandbox.hosts, with_python=True, groups=["pg"], latency_sla_ms=60000, serve_port=0
+    )
 
 
 def run(cwd: Path, *args: str) -> subprocess.CompletedProcess:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -29,23 +28,12 @@ from moola_ops.inventory import Inventory
 from moola_ops.journal import read_events
 from moola_ops.transport import HostSession
 from tests.integration.conftest import start_hosts
+from tests.integration.helpers import window, write_inventory
 from tests.unit.tiny_runs import freeze_runtime_code, make_tiny_run
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 FAST = engine.Options(check_runs=3, check_warmup=1, check_backend="eager")
-
-
-def window(seed: int) -> list[list[float]]:
-    rng = random.Random(seed)
-    rows, price = [], 100.0
-    for _ in range(105):
-        close = price * (1 + rng.gauss(0, 0.003))
-        high = max(price, close) * (1 + abs(rng.gauss(0, 0.001)))
-        low = min(price, close) * (1 - abs(rng.gauss(0, 0.001)))
-        rows.append([price, high, low, close])
-        price = close
-    return rows
 
 
 def body(*windows) -> bytes:
@@ -174,20 +162,8 @@ def test_invoke_serve_status_and_ensure_from_the_command_line(served, tmp_path):
     import subprocess
     import sys
 
-    import yaml
-
     host, log = served
-    entry = {
-        "hostname": host.hostname,
-        "port": host.port,
-        "user": host.user,
-        "identity_file": host.identity_file,
-        "known_hosts": host.known_hosts,
-        "workspace": host.workspace,
-        "python": host.python,
-    }
-    inventory = tmp_path / "hosts.yaml"
-    inventory.write_text(yaml.safe_dump({"hosts": {host.name: entry}}))
+    inventory = write_inventory(tmp_path / "hosts.yaml", {host.name: host}, with_python=True)
     invoke = str(Path(sys.executable).with_name("invoke"))
     env = dict(os.environ, MOOLA_LOG=str(log))
 
