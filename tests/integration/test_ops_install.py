@@ -62,8 +62,9 @@ def test_the_ops_install_has_no_ml_stack(ops_bin):
 def test_deploy_rollback_healthcheck_log_checklist_from_the_ops_install(
     ops_bin, pair, bundles, tmp_path
 ):
+    # the stand-ins share 127.0.0.1: each picks a free port for its model server
     inventory = write_inventory(
-        tmp_path / "hosts.yaml", pair.hosts, with_python=True, groups=["ops"]
+        tmp_path / "hosts.yaml", pair.hosts, with_python=True, groups=["ops"], serve_port=0
     )
     log = tmp_path / "log.jsonl"
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "MOOLA_LOG": str(log)}
