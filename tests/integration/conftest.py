@@ -7,6 +7,7 @@ its golden outputs and time it on the host.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,6 +28,18 @@ def start_hosts(names: list[str], **options):
     # the same remote python3 as `invoke sandbox up`: torch reachable, one OpenMP thread per host
     sandbox = start_sandbox(root, names, **options)
     return sandbox, root
+
+
+@contextlib.contextmanager
+def running_hosts(names: list[str], **options):
+    """`start_hosts` for a with-block: yields (sandbox, root); stops the hosts and removes the
+    root on the way out, whatever happened inside."""
+    sandbox, root = start_hosts(names, **options)
+    try:
+        yield sandbox, root
+    finally:
+        sandbox.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def make_bundle(
@@ -72,12 +85,8 @@ def bundles(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def fleet():
     """Three stand-in hosts shared by a module's tests: (sandbox, Inventory)."""
-    sandbox, root = start_hosts(["dep-1", "dep-2", "dep-3"])
-    try:
+    with running_hosts(["dep-1", "dep-2", "dep-3"]) as (sandbox, _root):
         yield sandbox, Inventory.from_sandbox(sandbox, connect_timeout_s=5)
-    finally:
-        sandbox.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

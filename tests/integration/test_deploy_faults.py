@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 from moola_ops import engine
 from moola_ops.inventory import Inventory
 from moola_ops.journal import read_events
-from tests.integration.conftest import start_hosts
+from tests.integration.conftest import running_hosts
 from tests.integration.helpers import default_signals, descendants, write_inventory
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
@@ -31,12 +30,8 @@ FAST = engine.Options(check_runs=3, check_warmup=1, check_backend="eager")
 
 @pytest.fixture(scope="module")
 def hosts():
-    sandbox, root = start_hosts(["cut-1", "sig-1"])
-    try:
+    with running_hosts(["cut-1", "sig-1"]) as (sandbox, _root):
         yield sandbox, Inventory.from_sandbox(sandbox, connect_timeout_s=5)
-    finally:
-        sandbox.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def settled_on(host, version: str) -> None:
@@ -162,13 +157,9 @@ def test_sigint_after_the_switch_leaves_the_checked_release_live(
 
 def test_full_disk_during_upload_fails_cleanly(bundles, journal_file):
     # an sshd whose processes may not write files over 16 KiB: the upload hits "disk full"
-    sandbox, root = start_hosts(["full-1"], fsize_limit_kb=16)
-    try:
+    with running_hosts(["full-1"], fsize_limit_kb=16) as (sandbox, _root):
         (host,) = Inventory.from_sandbox(sandbox, connect_timeout_s=5).resolve("full-1")
         _full_disk_case(host, bundles, journal_file)
-    finally:
-        sandbox.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _full_disk_case(host, bundles, journal_file):

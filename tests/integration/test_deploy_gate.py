@@ -4,7 +4,6 @@ person's override is recorded in it; the log shows the verdict either way."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from moola_ops import engine
 from moola_ops.inventory import Inventory
 from moola_ops.journal import read_events
-from tests.integration.conftest import make_bundle, start_hosts
+from tests.integration.conftest import make_bundle, running_hosts
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
@@ -22,13 +21,9 @@ FAILED_GATE = {"passed": False, "metric": "span_iou", "summary": "lost to the li
 
 @pytest.fixture(scope="module")
 def gate_host():
-    sandbox, root = start_hosts(["gate-1"])
-    try:
+    with running_hosts(["gate-1"]) as (sandbox, _root):
         (host,) = Inventory.from_sandbox(sandbox, connect_timeout_s=5).resolve("gate-1")
         yield host
-    finally:
-        sandbox.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _gate_step(journal_file, deployment):

@@ -22,7 +22,7 @@ from moola_ops.commands.layout import Layout
 from moola_ops.inventory import Inventory
 from moola_ops.journal import read_events
 from moola_ops.transport import HostSession
-from tests.integration.conftest import start_hosts
+from tests.integration.conftest import running_hosts
 from tests.integration.helpers import default_signals, write_inventory
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
@@ -36,12 +36,8 @@ HANG = "987.25"  # the hung check's `sleep` argument, to find it among the proce
 
 @pytest.fixture(scope="module")
 def hosts():
-    sandbox, root = start_hosts(["hard-1", "hard-2", "hard-3"])
-    try:
+    with running_hosts(["hard-1", "hard-2", "hard-3"]) as (sandbox, root):
         yield sandbox, Inventory.from_sandbox(sandbox, connect_timeout_s=5), root
-    finally:
-        sandbox.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def hanging_python(root: Path, host) -> tuple[str, Path]:

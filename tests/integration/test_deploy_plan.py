@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -23,7 +22,7 @@ from moola_ops.engine import plan as plan_mod
 from moola_ops.inventory import Inventory
 from moola_ops.journal import read_events
 from moola_ops.transport import HostSession
-from tests.integration.conftest import start_hosts
+from tests.integration.conftest import running_hosts
 from tests.integration.helpers import write_inventory
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
@@ -43,12 +42,8 @@ FAST = engine.Options(
 
 @pytest.fixture(scope="module")
 def hosts():
-    sandbox, root = start_hosts(["plan-1"])
-    try:
+    with running_hosts(["plan-1"]) as (sandbox, _root):
         yield sandbox, Inventory.from_sandbox(sandbox, connect_timeout_s=5)
-    finally:
-        sandbox.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def tree(workspace: str) -> dict[str, tuple]:

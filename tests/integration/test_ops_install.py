@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import start_hosts
+from tests.integration.conftest import running_hosts
 from tests.integration.helpers import write_inventory
 
 pytestmark = pytest.mark.ssh
@@ -37,12 +37,8 @@ def ops_bin() -> Path:
 
 @pytest.fixture(scope="module")
 def pair():
-    sandbox, root = start_hosts(["ops-1", "ops-2"])
-    try:
+    with running_hosts(["ops-1", "ops-2"]) as (sandbox, _root):
         yield sandbox
-    finally:
-        sandbox.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_the_ops_install_has_no_ml_stack(ops_bin):

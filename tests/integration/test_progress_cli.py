@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pty
 import select
-import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import start_hosts
+from tests.integration.conftest import running_hosts
 from tests.integration.helpers import write_inventory
 
 pytestmark = pytest.mark.ssh
@@ -29,12 +28,8 @@ INVOKE = str(Path(sys.executable).parent / "invoke")
 
 @pytest.fixture(scope="module")
 def pair():
-    sandbox, root = start_hosts(["pg-1", "pg-2"])
-    try:
+    with running_hosts(["pg-1", "pg-2"]) as (sandbox, _root):
         yield sandbox
-    finally:
-        sandbox.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def inventory(path: Path, sandbox) -> Path:
