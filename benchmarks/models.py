@@ -233,7 +233,6 @@ def main() -> int:
     )
 
     # -- the fresh set, detection and as-of: every run's model and the protocol's baselines --
-    from moola_core.baselines import fit_baselines
     from moola_core.data import synthetic
     from moola_core.train.runs import load_model
 
@@ -241,15 +240,7 @@ def main() -> int:
     fresh, fresh_truth = fresh_labeled(FRESH_WINDOWS, FRESH_SEED)
     det = synthetic.make_detection_set(DETECTION_WINDOWS, seed=DETECTION_SEED)
     asof = {d: synthetic.make_asof_set(ASOF_WINDOWS, seed=ASOF_SEED, delay=d) for d in DELAYS}
-    train_part = data.part("train")
-    fitted = fit_baselines(
-        train_part["x"],
-        train_part["valid"],
-        train_part["label"],
-        train_part["start"],
-        train_part["end"],
-        val=data.part("val"),
-    )
+    fitted = data.fit_baselines()
     fresh_rows, fresh_preds, models_by_variant = [], {}, {}
     for row in test.models():
         models = [load_model(run_id, runs_dir) for run_id in row["run_ids"]]

@@ -162,7 +162,6 @@ def evaluate_run(run_id: str, runs_dir: str | Path = "runs", n_boot: int = 1000)
     """
     import torch
 
-    from moola_core.baselines import fit_baselines
     from moola_core.train.config import load_config
     from moola_core.train.data import prepare_data
 
@@ -171,15 +170,7 @@ def evaluate_run(run_id: str, runs_dir: str | Path = "runs", n_boot: int = 1000)
     data = prepare_data(config)
     model = runs.load_model(run_id, runs_dir)
     out: dict = {"run_id": run_id, "variant": run.variant, "seed": run.seed, "baselines": {}}
-    train = data.part("train")
-    fitted = fit_baselines(
-        train["x"],
-        train["valid"],
-        train["label"],
-        train["start"],
-        train["end"],
-        val=data.part("val"),
-    )
+    fitted = data.fit_baselines()
     for split in ("val", "test"):
         part = data.part(split)
         with torch.no_grad():

@@ -36,6 +36,20 @@ class RunData:
             "end": a.end[index],
         }
 
+    def fit_baselines(self) -> dict:
+        """Every simple baseline fitted on the train split, stopping on val -> {name: fitted}."""
+        from moola_core.baselines import fit_baselines
+
+        train = self.part("train")
+        return fit_baselines(
+            train["x"],
+            train["valid"],
+            train["label"],
+            train["start"],
+            train["end"],
+            val=self.part("val"),
+        )
+
     def truth(self, split: str) -> dict[str, np.ndarray]:
         """{"label","start","end","group"} of one split (what metrics.evaluate scores against)."""
         index = getattr(self, split)

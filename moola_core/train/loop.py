@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from moola_core import metrics as M
-from moola_core.baselines import fit_baselines
 from moola_core.models import build_model, n_parameters
 from moola_core.train import runs
 from moola_core.train.calibration import calibrate
@@ -289,15 +288,7 @@ def _train(config: TrainConfig, out: Path, run_id: str, data: RunData, progress:
         predictions[split]["window_id"] = data.window_ids(split)
         predictions[split]["truth"] = {k: v.tolist() for k, v in truth.items()}
     baselines: dict = {}
-    train_part = data.part("train")
-    fitted = fit_baselines(
-        train_part["x"],
-        train_part["valid"],
-        train_part["label"],
-        train_part["start"],
-        train_part["end"],
-        val=data.part("val"),
-    )
+    fitted = data.fit_baselines()
     predictions["baselines"] = {}
     for name, baseline in fitted.items():
         baselines[name] = {}
