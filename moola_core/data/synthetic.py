@@ -353,6 +353,20 @@ class EvalWindows:
     window_id: list[str]
 
 
+def _eval_windows(windows, has, label, start, end, ids) -> EvalWindows:
+    """EvalWindows from per-window lists (OHLC windows, has-pattern flags, truth, ids)."""
+    x, valid = window_arrays(windows)
+    return EvalWindows(
+        x,
+        valid,
+        np.array(has),
+        np.array(label, dtype=np.int64),
+        np.array(start, dtype=np.int64),
+        np.array(end, dtype=np.int64),
+        ids,
+    )
+
+
 def make_detection_set(
     n_windows: int = 600,
     seed: int = 0,
@@ -394,16 +408,7 @@ def make_detection_set(
         label.append(LABELS.index(ep.label))
         start.append(ep.expansion_start - slot)
         end.append(ep.expansion_end - slot)
-    x, valid = window_arrays(windows)
-    return EvalWindows(
-        x,
-        valid,
-        np.array(has),
-        np.array(label, dtype=np.int64),
-        np.array(start, dtype=np.int64),
-        np.array(end, dtype=np.int64),
-        ids,
-    )
+    return _eval_windows(windows, has, label, start, end, ids)
 
 
 def make_asof_set(
@@ -439,13 +444,4 @@ def make_asof_set(
         label.append(LABELS.index(ep.label) if visible else -1)
         start.append(ep.expansion_start - first if visible else -1)
         end.append(min(ep.expansion_end, last) - first if visible else -1)
-    x, valid = window_arrays(windows)
-    return EvalWindows(
-        x,
-        valid,
-        np.array(has),
-        np.array(label, dtype=np.int64),
-        np.array(start, dtype=np.int64),
-        np.array(end, dtype=np.int64),
-        ids,
-    )
+    return _eval_windows(windows, has, label, start, end, ids)
