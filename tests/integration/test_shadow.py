@@ -23,7 +23,8 @@ from moola_ops.captures import load_table, pull_host
 from moola_ops.inventory import Inventory
 from moola_ops.transport import HostSession
 from tests.integration.conftest import start_hosts
-from tests.integration.test_serving import FAST, body, post, wait_for, window
+from tests.integration.helpers import window
+from tests.integration.test_serving import FAST, body, post, wait_for
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 

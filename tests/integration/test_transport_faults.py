@@ -28,6 +28,7 @@ from moola_ops.transport import (
     HostSession,
     TransportError,
 )
+from tests.integration.helpers import descendants
 
 pytestmark = pytest.mark.ssh
 
@@ -38,24 +39,6 @@ def host(sandbox_factory):
     (resolved,) = Inventory.from_sandbox(sandbox, connect_timeout_s=5).resolve("tx-1")
     resolved = replace(resolved, connect_retries=0)
     yield resolved, sandbox.hosts["tx-1"]
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
 
 
 class Freezer:
@@ -69,7 +52,7 @@ class Freezer:
         # twice: a process forked between listing and stopping its parent is caught the second
         # time (a stopped parent forks no more)
         for _ in range(2):
-            for pid in _descendants(self.sshd_pid):
+            for pid in descendants(self.sshd_pid):
                 if pid not in self.stopped:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGSTOP)
@@ -415,7 +398,7 @@ def test_an_upload_whose_connection_is_killed_says_the_connection_broke(host, tm
 
     def cut(sent: int, total: int) -> None:
         if not killed:
-            for pid in _descendants(running.pid):  # this host's connection processes only
+            for pid in descendants(running.pid):  # this host's connection processes only
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
