@@ -72,6 +72,8 @@ def test_deploy_rollback_healthcheck_log_checklist_from_the_ops_install(
             "known_hosts": h.known_hosts,
             "workspace": h.workspace,
             "groups": ["ops"],
+            # the stand-ins share 127.0.0.1: each picks a free port for its model server
+            "serve_port": 0,
         }
         for name, h in pair.hosts.items()
     }
