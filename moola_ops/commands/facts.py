@@ -111,7 +111,9 @@ def parse_releases(lines: list[str]) -> dict[str, str | None]:
     """{version: sha256 of the archive it came from, or None when its marker is missing}."""
     out: dict[str, str | None] = {}
     for line in lines:
-        version, _, sha = line.partition(" ")
+        # the sha256 (or "-") is the last field: a folder name with spaces stays whole, so a
+        # prune never acts on the first word of an odd name
+        version, _, sha = line.rpartition(" ")
         out[version] = None if sha in ("", "-") else sha
     return out
 

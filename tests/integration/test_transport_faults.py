@@ -96,13 +96,19 @@ def _wait_for(path: Path, limit_s: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    return state == "Z"
+def _gone(pid: int, limit_s: float = 15.0) -> bool:
+    """True once `pid` has exited (a zombie counts): the kill travels over a second channel and
+    lands a moment after the call returns, so wait for it (bounded) instead of racing it."""
+    end = time.monotonic() + limit_s
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z" or time.monotonic() > end:
+            return state == "Z"
+        time.sleep(0.05)
 
 
 def test_a_command_past_its_deadline_is_killed_with_its_children(host):
