@@ -4,7 +4,6 @@ item 6): in a canary rollout a failed host stops the fleet, and housekeeping mus
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from moola_ops import engine
 from moola_ops.inventory import Inventory
 from moola_ops.journal import read_events
-from tests.integration.conftest import start_hosts
+from tests.integration.conftest import running_hosts
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
@@ -23,13 +22,9 @@ FAST = engine.Options(
 
 @pytest.fixture(scope="module")
 def prune_host():
-    sandbox, root = start_hosts(["prune-1"])
-    try:
+    with running_hosts(["prune-1"]) as (sandbox, _root):
         (host,) = Inventory.from_sandbox(sandbox, connect_timeout_s=5).resolve("prune-1")
         yield host
-    finally:
-        sandbox.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_an_odd_folder_under_releases_is_a_prune_warning_not_a_failed_deploy(
