@@ -29,7 +29,6 @@ from moola_ops.engine.admin import (
 )
 from moola_ops.engine.bundle import DEFAULT_BUNDLES, LocalBundle, resolve_bundle
 from moola_ops.engine.results import (
-    DISK_FACTOR,
     FleetResult,
     HostOutcome,
     Interrupted,
@@ -42,7 +41,6 @@ from moola_ops.engine.workflows import deploy, drill, prune, repair, restore, ro
 
 __all__ = [
     "DEFAULT_BUNDLES",
-    "DISK_FACTOR",
     "CurrentCheck",
     "FleetResult",
     "HostOutcome",

@@ -56,6 +56,14 @@ class LocalBundle:
             self._verified["manifest"] = verified.manifest
 
     @property
+    def unpacked(self) -> int:
+        """Bytes the release takes once extracted (`archive.unpacked_size` of the copy), once."""
+        with self._lock:
+            if "unpacked" not in self._verified:
+                self._verified["unpacked"] = bundle_archive.unpacked_size(self.path)
+            return self._verified["unpacked"]
+
+    @property
     def manifest(self):
         """The verified manifest (after `verify()`), else None."""
         return self._verified.get("manifest")

@@ -26,7 +26,7 @@ from moola_ops.commands import release as release_cmd
 from moola_ops.engine import stages
 from moola_ops.engine.bundle import LocalBundle
 from moola_ops.engine.context import HostContext, Stage
-from moola_ops.engine.results import DISK_FACTOR, HostOutcome, StepFailed
+from moola_ops.engine.results import HostOutcome, StepFailed, disk_need
 
 
 # Where serving plugs in (moola_ops/serving.py, docs/serving.md): after the pre-switch check a
@@ -132,7 +132,8 @@ def _noop_or_reuse(ctx: HostContext) -> HostOutcome | None:
 
 
 def _preflight(ctx: HostContext) -> None:
-    stages.preflight(ctx, ctx.bundle.size * DISK_FACTOR if ctx.on_host == "absent" else 0)
+    need = disk_need(ctx.bundle.size, ctx.bundle.unpacked) if ctx.on_host == "absent" else 0
+    stages.preflight(ctx, need)
 
 
 def _upload(ctx: HostContext) -> None:

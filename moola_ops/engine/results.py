@@ -8,7 +8,14 @@ from typing import Any
 
 from moola_core.errors import MoolaError
 
-DISK_FACTOR = 3  # free disk needed: archive + extracted release + a snapshot
+
+def disk_need(archive_bytes: int, unpacked_bytes: int) -> int:
+    """Free disk a deploy needs on the host: the uploaded archive, the release it unpacks to,
+    and a snapshot of the release being left (about as large). The unpacked size, not the
+    compressed one, is what fills a volume."""
+    return archive_bytes + 2 * unpacked_bytes
+
+
 STATUSES = ("ok", "noop", "planned", "failed", "refused", "aborted", "skipped")
 
 

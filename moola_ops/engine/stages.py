@@ -17,7 +17,7 @@ from moola_ops import steps
 from moola_ops.commands import facts as facts_cmd
 from moola_ops.commands import release as release_cmd
 from moola_ops.engine.context import HostContext
-from moola_ops.engine.results import DISK_FACTOR, StepFailed
+from moola_ops.engine.results import StepFailed
 from moola_ops.transport import Aborted, TransportError
 
 
@@ -42,7 +42,8 @@ def preflight(ctx: HostContext, need_bytes: int) -> None:
         if facts.disk_free_bytes is not None and facts.disk_free_bytes < need_bytes:
             raise StepFailed(
                 f"{name} has {facts.disk_free_bytes / 1e6:.1f} MB free in {ctx.host.workspace}, "
-                f"needs {need_bytes / 1e6:.1f} MB ({DISK_FACTOR} x the bundle): free space "
+                f"needs {need_bytes / 1e6:.1f} MB (the archive, the release it unpacks to and a "
+                "snapshot): free space "
                 "or lower keep_releases / keep_backups"
             )
         if ctx.host.gpu:

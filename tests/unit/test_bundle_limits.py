@@ -133,3 +133,19 @@ def test_unpacked_size_is_what_extraction_writes(tmp_path):
     dest = tmp_path / "out"
     archive.safe_extract(bundle, dest)
     assert size == sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+
+
+def test_the_deploy_disk_check_counts_the_unpacked_size_not_the_compressed_one(tmp_path):
+    """A bundle that unpacks far larger than its archive (zeros compress ~1000:1) must not
+    pass a free-space check sized from the archive and then fill the volume."""
+    from moola_ops import engine
+    from moola_ops.engine.results import disk_need
+
+    source = tmp_path / "src"
+    source.mkdir()
+    big = 16 * 1024**2
+    archive_path = _bundle(tmp_path, {"weights.bin": _sparse(source / "weights.bin", big)})
+    local = engine.resolve_bundle(str(archive_path))
+    assert local.size < big / 100  # what the old check multiplied by 3
+    assert local.unpacked == big + (tmp_path / "manifest.json").stat().st_size
+    assert disk_need(local.size, local.unpacked) >= 2 * big > 3 * local.size
