@@ -76,7 +76,7 @@ def _bundle_checks(ctx: HostContext) -> None:
                 f"bundle {bundle.version} failed verification here, nothing uploaded to "
                 f"{ctx.host.name}: {exc}"
             ) from None
-    _quality_gate(ctx)
+    stages.quality_gate(ctx)
     if ctx.host.allowed_signers:
         with ctx.step(steps.SIGNATURE, allowed_signers=ctx.host.allowed_signers) as info:
             try:
@@ -85,26 +85,6 @@ def _bundle_checks(ctx: HostContext) -> None:
                 raise StepFailed(
                     f"{bundle.version} refused for {ctx.host.name}, nothing changed: {exc}"
                 ) from None
-
-
-def _quality_gate(ctx: HostContext) -> None:
-    """Phase 2's verdict, as the verified manifest carries it: a bundle whose run failed the
-    quality gate ships only with a person's recorded override. A bundle built from a run that
-    phase 2 never judged (no verdict) is shipped with that said in the log."""
-    from moola_core.bundle.gate import gate_allows, gate_verdict
-
-    manifest = ctx.bundle.manifest
-    with ctx.step(steps.GATE) as info:
-        if manifest is None or gate_verdict(manifest) is None:
-            info["summary"] = (
-                f"{ctx.bundle.version} carries no quality-gate verdict (its run never went "
-                "through `invoke select`)"
-            )
-            return
-        allowed, why = gate_allows(manifest)
-        info["summary"] = why
-        if not allowed:
-            raise StepFailed(f"{ctx.bundle.version} refused for {ctx.host.name}: {why}")
 
 
 def _noop_or_reuse(ctx: HostContext) -> HostOutcome | None:

@@ -344,3 +344,23 @@ def prune(ctx: HostContext, protect: tuple[str, ...]) -> None:
             info["warning"] = str(exc)
         if "warning" in info:
             info["status"] = "skipped"
+
+
+def quality_gate(ctx: HostContext) -> None:
+    """Phase 2's verdict, as the verified manifest carries it: a bundle whose run failed the
+    quality gate ships only with a person's recorded override. A bundle built from a run that
+    phase 2 never judged (no verdict) is shipped with that said in the log."""
+    from moola_core.bundle.gate import gate_allows, gate_verdict
+
+    manifest = ctx.bundle.manifest
+    with ctx.step(steps.GATE) as info:
+        if manifest is None or gate_verdict(manifest) is None:
+            info["summary"] = (
+                f"{ctx.bundle.version} carries no quality-gate verdict (its run never went "
+                "through `invoke select`)"
+            )
+            return
+        allowed, why = gate_allows(manifest)
+        info["summary"] = why
+        if not allowed:
+            raise StepFailed(f"{ctx.bundle.version} refused for {ctx.host.name}: {why}")
