@@ -158,6 +158,22 @@ def whole_number(value: Any, flag: str) -> int:
     return int(number(value, flag, whole=True))
 
 
+HELP_WORDS = ("-h", "--help")
+
+
+def show_task_help(name: str) -> None:
+    """`invoke TASK -h` for a task with a positional argument (serve, shadow): Invoke hands
+    the `-h` to the positional, so print what `invoke --help TASK` prints, then stop."""
+    import subprocess
+
+    argv, core = sys.argv[1:], []
+    for i, arg in enumerate(argv[:-1]):
+        if arg in ("-r", "--search-root", "-c", "--collection"):
+            core += [arg, argv[i + 1]]
+    code = subprocess.call([sys.executable, "-m", "invoke", *core, "--help", name])
+    raise Exit(code=code)
+
+
 class _BadFlag(Exception):
     pass
 
@@ -190,6 +206,8 @@ def task(*args, **kwargs):
         @functools.wraps(body)
         def run(c, *a, **kw):
             apply_settings(getattr(c, "config", None))
+            if any(kw.get(n) in HELP_WORDS for n in kwargs["positional"]):
+                show_task_help(body.__name__.replace("_", "-"))
             missing = [n for n in required if kw.get(n) is None]
             if missing:
                 flags = ", ".join("--" + n.replace("_", "-") for n in missing)

@@ -12,7 +12,14 @@ import invoke
 from invoke.exceptions import Exit
 from invoke.parser import Argument as FlagArgument
 
-from moola_ops.cli._common import console, is_tty, print_json, user_errors
+from moola_ops.cli._common import (
+    HELP_WORDS,
+    console,
+    is_tty,
+    print_json,
+    show_task_help,
+    user_errors,
+)
 
 
 class _EnsureFlag(FlagArgument):
@@ -71,6 +78,8 @@ def serve(
     from moola_ops import serving
     from moola_ops.inventory import load_inventory
 
+    if action in HELP_WORDS:
+        show_task_help("serve")
     if ensure and action not in (None, "ensure"):
         raise MoolaError("give an action or --ensure, not both")
     chosen = "ensure" if ensure else action

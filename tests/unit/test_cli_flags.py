@@ -164,6 +164,16 @@ def test_dash_h_after_a_task_is_its_help(tmp_path):
         assert done.returncode == 0 and f"[--core-opts] {name} [--options]" in done.stdout
 
 
+def test_dash_h_is_help_for_tasks_with_a_positional_action_too(tmp_path):
+    # Invoke hands `-h` to a positional argument; serve and shadow show their help all the same
+    for name in ("serve", "shadow"):
+        for flag in ("-h", "--help"):
+            done = invoke(tmp_path, name, flag)
+            assert done.returncode == 0, done.stderr
+            assert f"[--core-opts] {name} [--options]" in done.stdout
+            assert "unknown" not in done.stderr and "required" not in done.stderr
+
+
 def test_a_missing_required_flag_is_named(tmp_path):
     done = invoke(tmp_path, "deploy", "--host", "local-1")
     assert done.returncode == 1 and "Traceback" not in done.stderr
