@@ -54,10 +54,13 @@ class LocalBundle:
                 raise
             self._verified["ok"] = True
             self._verified["manifest"] = verified.manifest
+            # sized from the bytes just verified, so a later read of the copy is never needed
+            self._verified["unpacked"] = bundle_archive.unpacked_size(self.path)
 
     @property
     def unpacked(self) -> int:
-        """Bytes the release takes once extracted (`archive.unpacked_size` of the copy), once."""
+        """Bytes the release takes once extracted (`archive.unpacked_size` of the copy, taken
+        when `verify()` ran; computed here only for a bundle that was never verified)."""
         with self._lock:
             if "unpacked" not in self._verified:
                 self._verified["unpacked"] = bundle_archive.unpacked_size(self.path)
