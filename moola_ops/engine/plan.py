@@ -23,6 +23,7 @@ from moola_ops.commands.hostfacts import HostFacts
 from moola_ops.commands.layout import Layout
 from moola_ops.engine.bundle import LocalBundle
 from moola_ops.engine.results import FleetResult, HostOutcome, Options
+from moola_ops.engine.stages import check_command
 from moola_ops.fleet import run_fleet
 from moola_ops.inventory import Host
 from moola_ops.journal import current_actor, new_deployment_id
@@ -75,16 +76,7 @@ class Planner:
 
     def runtime_check(self, version: str, step: str, *, through_current: bool) -> None:
         o = self.opts
-        check = release_cmd.runtime_check(
-            self.layout,
-            self.host.python,
-            version,
-            through_current=through_current,
-            runs=o.check_runs,
-            warmup=o.check_warmup,
-            backend=o.check_backend,
-            sla_p99_ms=self.host.latency_sla_ms,
-        )
+        check = check_command(self.layout, self.host, o, version, through_current=through_current)
         self.add(step, release_cmd.bounded(check, self.layout, self.deployment, o.check_timeout_s))
 
     def serving(self, target: str) -> None:

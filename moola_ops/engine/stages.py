@@ -108,6 +108,21 @@ def verify_release(ctx: HostContext, version: str, *, step: str) -> list[str]:
         return problems
 
 
+def check_command(layout, host, opts, version: str, *, through_current: bool) -> str:
+    """The runtime-check command for `version` with the run's options: one builder for the
+    run and its plan, so the plan lists what the run sends."""
+    return release_cmd.runtime_check(
+        layout,
+        host.python,
+        version,
+        through_current=through_current,
+        runs=opts.check_runs,
+        warmup=opts.check_warmup,
+        backend=opts.check_backend,
+        sla_p99_ms=host.latency_sla_ms,
+    )
+
+
 def runtime_check(ctx: HostContext, version: str, *, step: str, through_current=False) -> None:
     """The bundle's runtime check (model, golden outputs, latency) under the host's own
     deadline; its report's `summary` is the sentence shown. StepFailed on failure."""
@@ -115,16 +130,7 @@ def runtime_check(ctx: HostContext, version: str, *, step: str, through_current=
 
     o = ctx.opts
     with ctx.step(step, version=version, through_current=through_current) as info:
-        check = release_cmd.runtime_check(
-            ctx.layout,
-            ctx.host.python,
-            version,
-            through_current=through_current,
-            runs=o.check_runs,
-            warmup=o.check_warmup,
-            backend=o.check_backend,
-            sla_p99_ms=ctx.host.latency_sla_ms,
-        )
+        check = check_command(ctx.layout, ctx.host, o, version, through_current=through_current)
         limit = ctx.timeout(o.check_timeout_s)
         command = release_cmd.bounded(check, ctx.layout, ctx.journal.deployment, limit)
         ctx.check_running = True
