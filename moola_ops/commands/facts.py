@@ -39,11 +39,28 @@ END = "end"
 GPU_TIMEOUT_S = 10  # nvidia-smi can hang on a wedged GPU; `timeout` bounds it
 REVISIONS_READ = 50  # last lines of revisions.log a decision needs
 
+# torch's version from torch/version.py, found without importing torch or scanning every
+# installed distribution (importlib.metadata costs ~70 ms here: it runs in every lock's round
+# trip, which rollback waits for); the metadata is the fallback
 _PYTHON_PROBE = (
     "import sys, json\n"
-    "try:\n"
+    "def version():\n"
+    "    import importlib.util, os, re\n"
+    "    spec = importlib.util.find_spec('torch')\n"
+    "    if spec is None:\n"
+    "        return None\n"
+    "    try:\n"
+    "        with open(os.path.join(os.path.dirname(spec.origin), 'version.py')) as fh:\n"
+    "            m = re.search(r'^__version__\\s*(?::\\s*str\\s*)?=\\s*[\\x27\\x22]([^\\x27\\x22]+)',"
+    " fh.read(), re.M)\n"
+    "        if m:\n"
+    "            return m.group(1)\n"
+    "    except (OSError, TypeError):\n"
+    "        pass\n"
     "    from importlib import metadata\n"
-    "    torch = metadata.version('torch')\n"
+    "    return metadata.version('torch')\n"
+    "try:\n"
+    "    torch = version()\n"
     "except Exception:\n"
     "    torch = None\n"
     "print(json.dumps({'python': sys.version.split()[0], 'torch': torch}))\n"
