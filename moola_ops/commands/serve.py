@@ -153,6 +153,20 @@ def standby(layout: Layout, python: str, version: str, *, requests: int = 3) -> 
     )
 
 
+def standby_switch(
+    layout: Layout, python: str, version: str, *, requests: int = 1, keep_standby: bool = True
+) -> str:
+    """Rollback's fast path, ONE round trip: probe the warm standby of `version` (alive,
+    /readyz, `requests` real requests answered as `version`) and, only when it passed, move
+    traffic to it. Prints {ok, standby, probe, moved, error}; nothing moves on a failed probe."""
+    if not isinstance(requests, int) or isinstance(requests, bool) or requests < 1:
+        raise MoolaError(f"invalid requests {requests!r}: give a whole number >= 1")
+    args = ["--release", shlex.quote(check_name(version, "version")), "--requests", str(requests)]
+    if not keep_standby:
+        args.append("--no-standby")
+    return _ctl(layout, python, "standby-switch", *args)
+
+
 def health(layout: Layout, python: str, *, burst: int = 0, concurrency: int = 4) -> str:
     """The live service for a monitor, one round trip: status, one real request through the
     public port, and a burst of `burst` requests (`concurrency` clients) when asked."""
@@ -249,6 +263,17 @@ def start_command_line(
         f"{shlex.quote(python)} {ctl} ensure --workspace {layout.root} "
         f"--port {_port(port)} --bind {_bind(bind)}"
     )
+
+
+# --- the serving fact (facts.py `server`, read in the lock's round trip) -----------------------
+
+
+def standby_of(state: dict[str, Any] | None, version: str) -> dict[str, Any] | None:
+    """The standby entry of `version` in a serving state, or None."""
+    standby = (state or {}).get("standby")
+    if isinstance(standby, dict) and standby.get("release") == version and standby.get("port"):
+        return standby
+    return None
 
 
 # --- parsers ---------------------------------------------------------------------------------
