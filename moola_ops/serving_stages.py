@@ -40,6 +40,8 @@ def deploy_start(ctx, version: str) -> Started:
     measure p99 over real HTTP against the SLA. On failure the candidate is stopped and nothing
     switched; the server that was live keeps serving (steps serve-start, serve-check)."""
     host = ctx.host
+    # from here until traffic reaches it, a failure or Ctrl-C stops it (stop_candidate)
+    ctx.serve_candidate = version
     with ctx.step(steps.SERVE_START, version=version) as info:
         proxy = ensure_proxy(ctx.ssh, host)
         info["proxy_port"] = proxy.get("port")
@@ -180,7 +182,23 @@ def move_to(ctx, target: str, port: int) -> dict[str, Any]:
     with ctx.step(steps.SERVE_SWITCH, version=target, port=port) as info:
         moved = move_traffic(ctx.ssh, ctx.host, target, port=port, keep_standby=keep)
         info.update(live=moved["live"], standby=moved["standby"], drained=moved["drained"])
+    if getattr(ctx, "serve_candidate", None) == target:
+        ctx.serve_candidate = None  # live now: the switch-back, not the cleanup, handles it
     return moved
+
+
+def stop_candidate(ctx, info: dict) -> list[dict] | None:
+    """The engine's cleanup (failure or Ctrl-C before traffic moved): the server this run
+    started for its target drains, whether or not its start command answered (an interrupted
+    start leaves a server with no pid known here). Runs over a fresh connection if needed."""
+    version = getattr(ctx, "serve_candidate", None)
+    if not version:
+        return None
+    ctx.serve_candidate = None
+    out = ctx.run_reconnecting(
+        serve_cmd.stop_candidates(_layout(ctx.host), ctx.host.python, version), info
+    )
+    return serve_cmd.parse(out.stdout).get("drained")
 
 
 # --- hooks the engine calls (registered in moola_ops/engine/flows.py) -------------------------

@@ -134,6 +134,14 @@ def drain(layout: Layout, python: str, pid: int) -> str:
     return _ctl(layout, python, "drain", "--pid", str(pid))
 
 
+def stop_candidates(layout: Layout, python: str, version: str) -> str:
+    """Drain every server of `version` that is not live, standby or shadow: the candidate of a
+    deploy that failed or was interrupted before traffic moved to it. Prints {ok, drained}."""
+    return _ctl(
+        layout, python, "stop-candidates", "--release", shlex.quote(check_name(version, "version"))
+    )
+
+
 def status(layout: Layout, python: str) -> str:
     """Proxy, live/standby servers, every server process and what the public port serves."""
     return _ctl(layout, python, "status")

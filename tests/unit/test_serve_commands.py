@@ -78,7 +78,28 @@ def test_builders_quote_everything_and_check_names():
         "--concurrency",
         "4",
     ]
+    # rollback's one round trip: probe the standby, then move traffic; a deploy's cleanup
+    assert args_of(serve.standby_switch(WS, "python3", "v1.0", keep_standby=False))[1:] == [
+        "standby-switch",
+        "--workspace",
+        "/workspace/moola",
+        "--release",
+        "v1.0",
+        "--requests",
+        "1",
+        "--no-standby",
+    ]
+    assert args_of(serve.stop_candidates(WS, "python3", "v1.2"))[1:] == [
+        "stop-candidates",
+        "--workspace",
+        "/workspace/moola",
+        "--release",
+        "v1.2",
+    ]
     for bad in (
+        lambda: serve.standby_switch(WS, "python3", "v1;id"),
+        lambda: serve.standby_switch(WS, "python3", "v1", requests=0),
+        lambda: serve.stop_candidates(WS, "python3", "../v1"),
         lambda: serve.start(WS, "python3", "v1;rm -rf /"),
         lambda: serve.switch(WS, "python3", "$(id)"),
         lambda: serve.start(WS, "python3", "v1", device="tpu"),
@@ -271,3 +292,14 @@ def test_a_full_capture_queue_drops_and_counts_instead_of_blocking(tmp_path, mon
     assert metrics.captures_dropped == 3
     assert "moola_serve_captures_dropped_total 3" in metrics.render({"release": "v1"}, {})
     assert not any(Path(tmp_path).rglob("*.jsonl"))
+
+
+def test_a_warm_standby_is_read_from_the_serving_fact():
+    state = {
+        "live": {"release": "v1.1", "port": 40101, "pid": 41},
+        "standby": {"release": "v1.0", "port": 40007, "pid": 37},
+    }
+    assert serve.standby_of(state, "v1.0") == state["standby"]
+    assert serve.standby_of(state, "v1.1") is None  # live, not a standby
+    assert serve.standby_of({"standby": None}, "v1.0") is None
+    assert serve.standby_of(None, "v1.0") is None  # the host never served
