@@ -33,7 +33,9 @@ def assess_service(health, session, host: Host, *, deep: bool, policy=None, time
             CheckResult(
                 steps.CHECK_SERVICE,
                 OK,
-                f"serving was never started here: invoke serve --host {host.name} start",
+                f"not serving: serving was never started on this host (deployed with "
+                f"--no-serve or before serving existed); to serve: invoke serve --host "
+                f"{host.name} start",
             )
         )
         return
