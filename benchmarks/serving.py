@@ -2,6 +2,7 @@
 
     python benchmarks/serving.py [--seconds 6] [--out docs/benchmarks/serving.md]
     python benchmarks/serving.py --local [--clients 64] [--seconds 10] [--device auto]
+    python benchmarks/serving.py --server-ab GITREF [--clients 32] [--seconds 6]
 
 Stand-in mode (one run, real OpenSSH host on 127.0.0.1, the default JadeModel, random weights):
 - http_over_inprocess_p50: on the host, with the host's python: p50 of one window through the
@@ -23,12 +24,18 @@ Stand-in mode (one run, real OpenSSH host on 127.0.0.1, the default JadeModel, r
 Local mode (a GPU box, no sshd): builds a release, starts the server on 127.0.0.1 in this
 machine and prints windows/s and p99 at `--clients` concurrent clients (batched and unbatched).
 
+Server A/B mode (no sshd): this checkout's `runtime/serve.py` against GITREF's, the same
+release served by both, alternating on the same machine (one-window latency, windows/s at
+`--clients` with batching on and off, captures off): a before/after of a server change measured
+in one run, not across runs on a shared machine.
+
 The last line of output is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import http.client
 import json
@@ -108,9 +115,13 @@ def throughput(port: int, clients: int, seconds: float, windows: int = 1) -> dic
     began = time.perf_counter()
     time.sleep(seconds)  # the measurement window (a benchmark, not a test)
     stop.set()
-    elapsed = time.perf_counter() - began
     for t in threads:
         t.join(timeout=120)
+    # the server writes captures in the background: the clock runs until what was answered is
+    # also on disk, so a run does not hand its capture work to the next measurement
+    while unwritten_captures(port) > 0 and time.perf_counter() - began < 300:
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - began
     flat = [x for per in latencies for x in per]
     return {
         "windows_per_s": round(len(flat) * windows / elapsed, 1),
@@ -121,6 +132,20 @@ def throughput(port: int, clients: int, seconds: float, windows: int = 1) -> dic
         "clients": clients,
         "seconds": round(elapsed, 2),
     }
+
+
+def unwritten_captures(port: int) -> float:
+    """The server's moola_serve_captures_unwritten_windows gauge (0 when it has none)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    for line in text.splitlines():
+        if line.startswith("moola_serve_captures_unwritten_windows "):
+            return float(line.split()[1])
+    return 0.0
 
 
 class Stream:
@@ -533,6 +558,105 @@ def run_local(args) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _start_server(release: Path, code: Path, state: Path, extra: list[str]):
+    """A model server for `release` running the server code in `code` (PYTHONPATH), one
+    OpenMP thread as on a stand-in host; (process, port) once ready."""
+    env = dict(os.environ, PYTHONPATH=str(code), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moola_core.runtime", "serve", "--release", str(release)]
+        + ["--port", "0", "--device", "cpu", "--state-file", str(state), *extra],
+        cwd=release,
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    record: dict = {}
+    while time.monotonic() < deadline:
+        record = json.loads(state.read_text()) if state.exists() else {}
+        if record.get("ready") or record.get("failed") or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    if not record.get("ready"):
+        proc.kill()
+        raise SystemExit(f"a server did not get ready: {record}")
+    return proc, record["port"]
+
+
+def lone_latency(ports: dict[str, int], rounds: int = 10, block: int = 30) -> dict[str, float]:
+    """p50 ms of one window, one client, alternating blocks over the servers in `ports`."""
+    body = json.dumps({"windows": [window(11)]}).encode()
+    clients = {name: Client(port) for name, port in ports.items()}
+    times: dict[str, list[float]] = {name: [] for name in ports}
+    for client in clients.values():
+        for _ in range(block):
+            client.post(body)
+    for _ in range(rounds):
+        for name, client in clients.items():
+            for _ in range(block):
+                began = time.perf_counter()
+                client.post(body)
+                times[name].append((time.perf_counter() - began) * 1e3)
+                time.sleep(0.001)
+    for client in clients.values():
+        client.close()
+    return {name: round(percentile(values, 50), 3) for name, values in times.items()}
+
+
+def run_server_ab(args) -> dict:
+    """This checkout's server against `args.server_ab`'s (its runtime/serve.py), same release,
+    same machine, alternating: one-window latency straight to each server, and windows/s at
+    `args.clients` clients with batching on and off (captures off). Both run the
+    same release; only the server code on PYTHONPATH differs."""
+    from moola_core.bundle import safe_extract
+    from tests.integration.conftest import make_bundle
+
+    ref = args.server_ab
+    old = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{ref}:moola_core/runtime/serve.py"],
+        capture_output=True,
+        text=True,
+    )
+    if old.returncode != 0:
+        raise SystemExit(f"cannot read serve.py at {ref}: {old.stderr.strip()}")
+    work = Path(tempfile.mkdtemp(prefix="moola-bench-ab-"))
+    procs = []
+    try:
+        release = safe_extract(make_bundle(work, "v1.0", model_config=MODEL), work / "rel" / "v1.0")
+        codes = {"head": release / "code", "base": work / "base-code"}
+        shutil.copytree(release / "code", codes["base"])
+        (codes["base"] / "moola_core" / "runtime" / "serve.py").write_text(old.stdout)
+        ports: dict[str, dict[str, int]] = {"batched": {}, "unbatched": {}}
+        for mode, extra in (("batched", []), ("unbatched", ["--max-batch", "1"])):
+            for name, code in codes.items():
+                # captures off: their code is the same in both, and a backlog written after
+                # one run would slow the next (the old server has no gauge to wait on)
+                args_of = [*extra, "--no-capture"]
+                proc, port = _start_server(release, code, work / f"{mode}-{name}.json", args_of)
+                procs.append(proc)
+                ports[mode][name] = port
+        result: dict = {"ref": ref, "clients": args.clients, "seconds": args.seconds}
+        result["lone_p50_ms"] = lone_latency(ports["batched"])
+        rates: dict = {mode: {"base": [], "head": []} for mode in ports}
+        for order in (("base", "head"), ("head", "base")):
+            for mode in ports:
+                for name in order:
+                    run = throughput(ports[mode][name], args.clients, args.seconds)
+                    rates[mode][name].append(run["windows_per_s"])
+        result["windows_per_s"] = rates
+        mean = {m: {n: sum(v) / len(v) for n, v in by.items()} for m, by in rates.items()}
+        result["batched_vs_unbatched"] = {
+            n: round(mean["batched"][n] / max(mean["unbatched"][n], 1e-9), 2) for n in codes
+        }
+        return result
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=60)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def write_markdown(path: Path, result: dict, meta: dict) -> None:
     r = result
     lines = [
@@ -586,10 +710,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None, help="per throughput run")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "serving.md"))
+    parser.add_argument(
+        "--server-ab",
+        metavar="GITREF",
+        help="no sshd: this checkout's server against GITREF's, same release, same run",
+    )
     args = parser.parse_args()
     meta = versions()
     meta["utc"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    if args.local:
+    if args.server_ab:
+        args.clients = args.clients or 32
+        args.seconds = args.seconds or 6.0
+        result = run_server_ab(args)
+    elif args.local:
         args.clients = args.clients or 64
         args.seconds = args.seconds or 10.0
         result = run_local(args)

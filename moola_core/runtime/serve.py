@@ -166,7 +166,7 @@ def outputs_to_rows(out: dict) -> list[dict]:
 
 
 class _Pending:
-    __slots__ = ("ohlc", "n", "done", "rows", "error", "batch_size", "inline")
+    __slots__ = ("ohlc", "n", "done", "rows", "error", "batch_size")
 
     def __init__(self, ohlc):
         self.ohlc, self.n = ohlc, int(ohlc.shape[0])
@@ -174,7 +174,6 @@ class _Pending:
         self.rows: list[dict] | None = None
         self.error: str | None = None
         self.batch_size = 0
-        self.inline = False  # the model was idle and nothing else waited: the caller runs it
 
 
 class Batcher:
@@ -184,10 +183,6 @@ class Batcher:
     other requests are still being read (so a lone request never waits), and what queued up
     while the model was busy goes into the next pass. A request larger than `max_batch` runs
     as its own pass. `max_batch=1` turns batching off: one request per pass.
-
-    A lone request (model idle, nothing queued, no other request being read) runs its pass in
-    its own handler thread (`run_inline`): no hand-over to the batcher thread and back, which
-    on a CPU host cost more than the proxy hop. One pass runs at a time either way (`busy`).
     """
 
     def __init__(
@@ -199,7 +194,6 @@ class Batcher:
         self.cond = threading.Condition()
         self.arriving = 0  # requests being read and parsed that will submit soon
         self.stopping = False
-        self.busy = False  # a forward pass runs (in the batcher thread or inline)
         self.hook_dir = hold_dir  # tests: each pass waits while DIR/hold exists
         self.thread = threading.Thread(target=self._run, name="batcher", daemon=True)
 
@@ -217,21 +211,9 @@ class Batcher:
         pending = _Pending(ohlc)
         with self.cond:
             self.arriving -= 1
-            if not (self.busy or self.queue or self.arriving > 0 or self.stopping):
-                self.busy = pending.inline = True  # the caller runs it: see run_inline
-                return pending
             self.queue.append(pending)
             self.cond.notify_all()
         return pending
-
-    def run_inline(self, pending: _Pending) -> None:
-        """The pass of a request `submit` marked inline, in the caller's thread."""
-        try:
-            self._pass([pending])
-        finally:
-            with self.cond:
-                self.busy = False
-                self.cond.notify_all()
 
     def stop(self) -> None:
         """Finish what is queued, then stop the thread."""
@@ -246,11 +228,10 @@ class Batcher:
 
     def _take(self) -> list[_Pending] | None:
         with self.cond:
-            while not self.queue or self.busy:
-                if self.stopping and not self.queue and not self.busy:
+            while not self.queue:
+                if self.stopping:
                     return None
                 self.cond.wait()
-            self.busy = True
             batch = [self.queue.popleft()]
             size = batch[0].n
             if self.max_batch == 1:
@@ -277,38 +258,29 @@ class Batcher:
             time.sleep(0.005)
 
     def _run(self) -> None:
+        import torch
+
         while True:
             batch = self._take()
             if batch is None:
                 return
+            if self.hook_dir:
+                self._hold()
+            size = sum(p.n for p in batch)
             try:
-                self._pass(batch)
-            finally:
-                with self.cond:
-                    self.busy = False
-                    self.cond.notify_all()
-
-    def _pass(self, batch: list[_Pending]) -> None:
-        """One forward pass over the requests of `batch` (features for all at once)."""
-        import torch
-
-        if self.hook_dir:
-            self._hold()
-        size = sum(p.n for p in batch)
-        try:
-            ohlc = torch.cat([p.ohlc for p in batch]) if len(batch) > 1 else batch[0].ohlc
-            rows = self.predictor.predict_ohlc(ohlc)
-            offset = 0
+                ohlc = torch.cat([p.ohlc for p in batch]) if len(batch) > 1 else batch[0].ohlc
+                rows = self.predictor.predict_ohlc(ohlc)
+                offset = 0
+                for p in batch:
+                    p.rows, p.batch_size = rows[offset : offset + p.n], size
+                    offset += p.n
+            except Exception as exc:  # a failed pass answers its requests with a 500, no crash
+                print(f"moola serve: forward pass failed: {exc!r}", file=sys.stderr, flush=True)
+                for p in batch:
+                    p.error = f"the model failed on this batch ({type(exc).__name__})"
+            self.metrics.observe_batch(size)
             for p in batch:
-                p.rows, p.batch_size = rows[offset : offset + p.n], size
-                offset += p.n
-        except Exception as exc:  # a failed pass answers its requests with a 500, no crash
-            print(f"moola serve: forward pass failed: {exc!r}", file=sys.stderr, flush=True)
-            for p in batch:
-                p.error = f"the model failed on this batch ({type(exc).__name__})"
-        self.metrics.observe_batch(size)
-        for p in batch:
-            p.done.set()
+                p.done.set()
 
 
 # --- metrics -----------------------------------------------------------------------------------
@@ -435,6 +407,7 @@ class Captures:
         self.items: collections.deque = collections.deque()
         self.cond = threading.Condition()
         self.queued = 0
+        self.unwritten = 0  # windows put and not yet written (queued + being written)
         self.closing = False
         self.file = None
         self.file_path: Path | None = None
@@ -453,6 +426,7 @@ class Captures:
                 return
             self.items.append(item)
             self.queued += windows
+            self.unwritten += windows
             self.cond.notify()
 
     def close(self) -> None:
@@ -538,7 +512,7 @@ class Captures:
                     self.cond.wait()
                 items = list(self.items)
                 self.items.clear()
-                self.queued = 0
+                taken, self.queued = self.queued, 0
                 closing = self.closing
             try:
                 for item in items:
@@ -555,6 +529,8 @@ class Captures:
                 print(f"moola serve: capture write failed: {exc}", file=sys.stderr, flush=True)
                 self.metrics.dropped(len(items))
                 self.file = None
+            with self.cond:
+                self.unwritten -= taken
             if closing:
                 if self.file is not None:
                     self.file.close()
@@ -933,8 +909,6 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             if not submitted:
                 batcher.arrive(-1)
-        if pending.inline:
-            batcher.run_inline(pending)
         if not pending.done.wait(ANSWER_TIMEOUT_S):
             raise BadRequest(
                 503, f"no answer within {ANSWER_TIMEOUT_S:g}s: the server is overloaded"
@@ -1011,6 +985,10 @@ def _metric_context(state: ServerState) -> tuple[dict, dict]:
             state.batcher.queued_windows(),
         ),
         "moola_serve_inflight_requests": ("Requests being handled.", state.inflight),
+        "moola_serve_captures_unwritten_windows": (
+            "Captured windows not written to disk yet (queued or being written).",
+            state.captures.unwritten if state.captures is not None else 0,
+        ),
         "moola_serve_uptime_seconds": (
             "Seconds since start.",
             round(time.time() - state.started, 3),

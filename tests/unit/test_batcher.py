@@ -1,5 +1,5 @@
-"""The server's dynamic batcher with a real (tiny) release loaded: a lone request runs its pass
-in its own thread, requests that arrive while a pass runs share the next one. A file hook
+"""The server's dynamic batcher with a real (tiny) release loaded: a lone request is answered
+alone and at once, requests that arrive while a pass runs share the next one. A file hook
 (`hold_dir`) holds a pass at a named moment; nothing here depends on timing."""
 
 from __future__ import annotations
@@ -30,11 +30,9 @@ def ohlc(seed: int):
 
 
 def handle(batcher: Batcher, seed: int):
-    """What the request handler does: announce, submit, run inline when told, wait."""
+    """What the request handler does: announce (being read), submit, wait for the answer."""
     batcher.arrive(1)
     pending = batcher.submit(ohlc(seed))
-    if pending.inline:
-        batcher.run_inline(pending)
     assert pending.done.wait(120)
     return pending
 
@@ -46,15 +44,18 @@ def wait_for(condition, what: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.005)
 
 
-def test_a_lone_request_runs_inline_and_late_arrivals_share_the_next_pass(predictor, tmp_path):
+def test_a_lone_request_is_answered_alone_and_late_arrivals_share_the_next_pass(
+    predictor, tmp_path
+):
     hold = tmp_path / "hold"
     batcher = Batcher(predictor, Metrics(), max_batch=64, max_wait_s=0.002, hold_dir=tmp_path)
     batcher.start()
     try:
-        lone = handle(batcher, 1)  # the model is idle: no hand-over to the batcher thread
-        assert lone.inline and lone.batch_size == 1 and lone.error is None
+        lone = handle(batcher, 1)  # nothing else arrives: it does not wait for company
+        assert lone.batch_size == 1 and lone.error is None
         assert lone.rows == predictor.predict_ohlc(ohlc(1))  # the same answer as in process
 
+        Path(tmp_path, "in-forward").unlink()  # every pass touches it; the lone one did
         hold.touch()  # the next pass waits at its start until the file goes
         first: list = []
         runner = threading.Thread(target=lambda: first.append(handle(batcher, 2)))
@@ -70,9 +71,8 @@ def test_a_lone_request_runs_inline_and_late_arrivals_share_the_next_pass(predic
         hold.unlink()
         for thread in (runner, *clients):
             thread.join(120)
-        assert first[0].inline and first[0].batch_size == 1
+        assert first[0].batch_size == 1
         assert sorted(p.batch_size for p in late) == [3, 3, 3]  # one pass for the three
-        assert not any(p.inline for p in late)
         for p in late:
             assert p.error is None and len(p.rows) == 1
     finally:
