@@ -5,7 +5,7 @@ and its line. Hosts marked `sandbox: true` are the local stand-in hosts: their a
 key and workspace come from the running sandbox (`.sandbox/state.json`). A host without
 `hostname` is looked up in `~/.ssh/config` by its name (aliases work). A host naming
 `runpod_pod_id:` is found through RunPod's API when it is connected to (`Host.endpoint()`,
-moola_ops/runpod.py); nothing asks the API before that. No key material lives in the inventory,
+moola_ops/runpod/); nothing asks the API before that. No key material lives in the inventory,
 only paths to keys (SSH keys, the RunPod API key file).
 """
 

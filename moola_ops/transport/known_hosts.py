@@ -26,7 +26,7 @@ def changed_key_message(host: Host, hostname: str, port: int, new_key, old_key, 
     entry = hostname if port in (None, 22) else f"[{hostname}]:{port}"
     pod = host.runpod_pod_id
     names = [entry]
-    if pod:  # a pod's key is pinned under its alias (moola_ops/runpod.py)
+    if pod:  # a pod's key is pinned under its alias (moola_ops/runpod/)
         from moola_ops.runpod import key_alias
 
         names.insert(0, key_alias(pod))

@@ -72,7 +72,7 @@ class HostSession:
 
         Connection set-up failures are retried `host.connect_retries` times with a growing
         pause; a refused key or host key is not (it will not change by itself). A
-        `runpod_pod_id` host is looked up first (`Host.endpoint`, moola_ops/runpod.py); when
+        `runpod_pod_id` host is looked up first (`Host.endpoint`, moola_ops/runpod/); when
         the (possibly cached) address fails, the pod is looked up once more and, if it moved
         (a restart), connected to there.
         """
