@@ -1,19 +1,19 @@
 """How a command runs on the host: wrapped in its own process group under the host's
-`timeout`, its group id reported first on stderr, killed over a second channel; and what it
-returned (Result)."""
+`timeout` (the wrapper and the kill are built in `moola_ops/commands/process.py`), its group
+id read off the front of stderr, killed over a second channel; and what it returned (Result)."""
 
 from __future__ import annotations
 
 import contextlib
-import shlex
 import time
 from dataclasses import dataclass
+
+from moola_ops.commands.process import PGID_TAG, kill_command, wrap_command  # noqa: F401
 
 KILL_WAIT_S = 10.0  # how long the kill of a timed-out command may take over its own channel
 # The host-side `timeout` fires this much after our own deadline, so that while the connection
 # lives Moola decides first (and an exit status 124 of the command itself stays unambiguous).
 HOST_TIMEOUT_SLACK_S = 15.0
-_PGID_TAG = "moola-pgid:"  # first stderr line of a wrapped command: its process group id
 
 
 @dataclass
@@ -35,39 +35,11 @@ class Result:
         return text[-chars:]
 
 
-def wrap_command(command: str, host_timeout_s: float) -> str:
-    """`command` as the host runs it: report the process group, then run it under `timeout`.
-
-    The login shell execs into `timeout` (or, on a host without it, the shell), so the process
-    group id printed first is the group of everything the command starts: killing it kills them
-    all. The command itself runs in the user's login shell ($SHELL), as an unwrapped one would.
-    """
-    limit = max(1, int(host_timeout_s + 0.999))
-    inner = f'"${{SHELL:-/bin/sh}}" -c {shlex.quote(command)}'
-    return (
-        f"echo {_PGID_TAG}$$ >&2; "
-        f"if command -v timeout >/dev/null 2>&1; then exec timeout -k 5 {limit} {inner}; "
-        f"else exec {inner}; fi"
-    )
-
-
-def kill_command(pgid: int) -> str:
-    """Stop a process group: TERM, up to 3 s to end, then KILL; exit 0 once it is gone.
-
-    `kill -SIG -PGID` without `--`: dash's builtin (Debian's /bin/sh) takes no `--`."""
-    group = f"-{int(pgid)}"
-    return (
-        f"kill -TERM {group} 2>/dev/null || exit 0; i=0; "
-        f"while kill -0 {group} 2>/dev/null && [ $i -lt 30 ]; do sleep 0.1; i=$((i+1)); done; "
-        f"kill -KILL {group} 2>/dev/null; sleep 0.1; ! kill -0 {group} 2>/dev/null"
-    )
-
-
 def take_pgid(err: bytearray, final: bool = False) -> tuple[int | None, bytearray]:
     """Split the wrapper's `moola-pgid:N` line off the front of stderr once it is complete.
 
     Returns (None, err) while the line is still incomplete, (-1, err) when there is none."""
-    tag = _PGID_TAG.encode()
+    tag = PGID_TAG.encode()
     end = err.find(b"\n")
     if end < 0:
         waiting = tag.startswith(bytes(err)) or err.startswith(tag)
