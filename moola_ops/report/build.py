@@ -323,6 +323,17 @@ def _hosts_section(events: list[dict], hosts: list[str], cache: Path) -> Section
     return section
 
 
+def ab_hosts(hosts: list[str], events: list[dict], bundle: str | None) -> list[str]:
+    """The report's hosts, then every host where an A/B judged `bundle` as the candidate (the
+    evidence a promote acted on: it ran on one host, the promote may have deployed elsewhere)."""
+    out = list(hosts)
+    for e in events:
+        host = e.get("host")
+        if e.get("phase") == "ab" and bundle and e.get("bundle") == bundle and host not in out:
+            out.append(host)
+    return out
+
+
 def _ab_section(hosts: list[str], cache: Path) -> Section:
     from moola_ops.report import figures
 
@@ -332,8 +343,10 @@ def _ab_section(hosts: list[str], cache: Path) -> Section:
         if not path.is_file():
             continue
         result = json.loads(path.read_text())
+        when = f", until {_iso(result['until'])}" if result.get("until") else ""
         _figure(section, f"ab-{host}", figures.ab_figure(result, f"ab-{host}"),
-                f"{host}: the shadow and the live release on the same requests.")  # fmt: skip
+                f"{host}: the shadow {result['shadow_release']} and the live release "
+                f"{result['live_release']} on the same requests{when}.")  # fmt: skip
         section.body.append(f"<p class='decision {result['decision']}'>{_esc(host)}: "
                             f"{_esc(result['sentence'])}</p>")  # fmt: skip
     if not section.figures:
@@ -443,17 +456,20 @@ def build_report(
     events = read_events(log)
     checklist, state = _checklist_section(events, deployment)
     if hosts is None:
-        hosts = list(state.hosts) if state is not None and state.hosts else []
+        # --deployment: its hosts. Else every host the log or the cache knows: a promote
+        # deploys host by host, so the newest deployment alone would hide the others
+        hosts = list(state.hosts) if deployment and state is not None and state.hosts else []
         if not hosts:
             seen = {e["host"] for e in events if e.get("host")}
             if cache.is_dir():
                 seen |= {p.name for p in cache.iterdir() if p.is_dir() and p.name != "reference"}
             hosts = sorted(seen)
+    bundle = state.bundle if state is not None else None
     sections = [
         _candidates(runs_dir),
         _spans(runs_dir, real),
         _hosts_section(events, hosts, cache),
-        _ab_section(hosts, cache),
+        _ab_section(ab_hosts(hosts, events, bundle), cache),
         _drift_section(hosts, cache),
         checklist,
     ]
