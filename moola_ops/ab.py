@@ -319,7 +319,8 @@ def run_ab(
     import time as _time
     from pathlib import Path
 
-    from moola_ops.captures import DEFAULT_CACHE, load_table, parse_since, pull_host, resolve_host
+    from moola_ops.captures import DEFAULT_CACHE, load_table, parse_since, resolve_host
+    from moola_ops.captures_pull import pull_host
 
     cache = Path(cache) if cache is not None else DEFAULT_CACHE
     start = parse_since(since)
