@@ -30,13 +30,30 @@ def fit_temperature(nll_at) -> tuple[float, float, float]:
 
 
 @torch.no_grad()
-def calibrate(model, x, valid, label, start, end, recall: float = 0.9) -> dict:
+def calibrate(model, x, valid, label, start, end, recall: float = 0.9, has_pattern=None) -> dict:
     """Fit the temperatures and the abstain threshold on validation tensors; write them into
-    `model.config` and return what was fitted (with the NLL before and after)."""
+    `model.config` and return what was fitted (with the NLL before and after).
+
+    `has_pattern` (bool [N]; None: all) marks pattern-free validation windows: the class and
+    span temperatures and the threshold's recall use the windows with a pattern only; a model
+    with an objectness head also gets `object_temperature`, fitted on all of them."""
     was_training = model.training
     model.eval()
     try:
         out = model(x, valid)
+        if "object_logit" in out and has_pattern is not None:
+            obj = out["object_logit"].float()
+            target = has_pattern.float()
+            object_t, object_before, object_after = fit_temperature(
+                lambda t: F.binary_cross_entropy_with_logits(obj / t, target)
+            )
+            model.config["object_temperature"] = round(object_t, 4)
+        else:
+            object_t = None
+        if has_pattern is not None:
+            keep = has_pattern.bool()
+            out = {k: v[keep] for k, v in out.items()}
+            valid, label, start, end = valid[keep], label[keep], start[keep], end[keep]
         logits = out["class_logits"].float()
         temperature, class_before, class_after = fit_temperature(
             lambda t: F.cross_entropy(logits / t, label)
@@ -61,6 +78,12 @@ def calibrate(model, x, valid, label, start, end, recall: float = 0.9) -> dict:
                 span_nll_after=round(span_after, 4),
             )
             model.config["span_temperature"] = fitted["span_temperature"]
+        if object_t is not None:
+            fitted.update(
+                object_temperature=model.config["object_temperature"],
+                object_nll_before=round(object_before, 4),
+                object_nll_after=round(object_after, 4),
+            )
         model.config["abstain_threshold"] = 0.0
         confidence = model.decode(out, valid)["confidence"].float()
         threshold = float(torch.quantile(confidence, 1.0 - recall)) if len(confidence) else 0.0
