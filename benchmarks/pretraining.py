@@ -119,6 +119,60 @@ def fine_tune(data, seed: int, encoder_dir: Path | None, runs_dir: Path, freeze=
     }
 
 
+def linear_rows(data: dict, difficulty: str) -> list[dict]:
+    """The strongest simple baseline beside the arms: the linear pointer (+ logistic class),
+    fitted on each labeled set's train windows, stopping on validation; seedless, so one fit
+    per set. Scored on the same test windows with the same CI (overlap groups resampled)."""
+    from moola_core import metrics as M
+    from moola_core.baselines import LinearBaseline
+
+    rows = []
+    for size, run_data in data.items():
+        train, val, test = (run_data.part(s) for s in ("train", "val", "test"))
+        fitted = LinearBaseline().fit(
+            train["x"], train["valid"], train["label"], train["start"], train["end"], val=val
+        )
+        report = M.evaluate(
+            fitted.predict(test["x"], test["valid"]), run_data.truth("test"), n_boot=1000
+        )
+        val_report = M.point_metrics(fitted.predict(val["x"], val["valid"]), run_data.truth("val"))
+        rows.append(
+            {
+                "difficulty": difficulty,
+                "labels": size,
+                "arm": "linear",
+                "seeds": 1,
+                "span_iou": round(report["span_iou"]["value"], 4),
+                "span_iou_ci": [
+                    round(report["span_iou"]["ci_low"], 4),
+                    round(report["span_iou"]["ci_high"], 4),
+                ],
+                "accuracy": round(report["accuracy"]["value"], 4),
+                "val_span_iou": round(val_report["span_iou"], 4),
+            }
+        )
+    return rows
+
+
+def baseline_only(args) -> dict:
+    """Only the linear baseline's rows (seconds): for tables whose arms were measured before."""
+    from moola_core.train.provenance import provenance
+
+    sizes = [int(v) for v in args.sizes.split(",")]
+    rows = []
+    for difficulty in args.difficulties.split(","):
+        data, _ = labeled_data(difficulty, sizes)
+        rows += linear_rows(data, difficulty)
+    for r in rows:
+        print(
+            f"| {r['difficulty']} | {r['labels']} | linear | {r['span_iou']:.3f} "
+            f"[{r['span_iou_ci'][0]:.3f}, {r['span_iou_ci'][1]:.3f}] | - | - | "
+            f"{r['accuracy']:.3f} |",
+            file=sys.stderr,
+        )
+    return {"effect": rows, "provenance": provenance("cpu")}
+
+
 def effect(args) -> dict:
     from moola_core import metrics as M
 
@@ -193,6 +247,7 @@ def effect(args) -> dict:
                         seeds_better=int(sum(d > 0 for d in per_seed)),
                     )
                 rows.append(row)
+        rows += linear_rows(data, difficulty)
     total = time.perf_counter() - t0
     page = effect_page(rows, pretrained, split_sizes, seeds, pre_config, total, args)
     Path(args.out).write_text(page)
@@ -243,7 +298,8 @@ def effect_page(rows, pretrained, split_sizes, seeds, pre_config, total, args) -
         f"{pre_config.model.hidden} x {pre_config.model.layers} (the shipped JadeModel's).",
         f"- Arms: `scratch` (random init), `finetuned` (pre-trained encoder, all weights "
         f"trainable), `frozen` (pre-trained encoder frozen, heads trained); seeds "
-        f"{', '.join(map(str, seeds))}; `train_run` defaults (early stopping on val span IoU).",
+        f"{', '.join(map(str, seeds))}; `train_run` defaults (early stopping on val span IoU). "
+        "Beside them, `linear`: the linear pointer baseline (seedless) on the same windows.",
         "",
         "## Masked reconstruction: the model against interpolation",
         "",
@@ -423,6 +479,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ablation", action="store_true", help="masking ablation (validation)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, no figures")
+    parser.add_argument(
+        "--baseline-only", action="store_true", help="only the linear baseline rows (seconds)"
+    )
     parser.add_argument("--sizes", default=",".join(map(str, TRAIN_SIZES)))
     parser.add_argument("--difficulties", default=",".join(DIFFICULTIES))
     parser.add_argument("--seeds", type=int, default=len(SEEDS), help=f"1..{len(SEEDS)}")
@@ -448,7 +507,10 @@ def main() -> None:
     if DEVICE == "cpu" or not torch.cuda.is_available():
         torch.set_num_threads(1)  # the machine is shared; also makes the figures comparable
     try:
-        summary = ablation(args) if args.ablation else effect(args)
+        if args.baseline_only:
+            summary = baseline_only(args)
+        else:
+            summary = ablation(args) if args.ablation else effect(args)
     finally:  # the runs and checkpoints were only means to the figures
         for work in set(Path(tempfile.gettempdir()).glob("moola-pretrain-*")) - scratch_dirs:
             shutil.rmtree(work, ignore_errors=True)
