@@ -393,7 +393,10 @@ def ablation(args) -> dict:
         print(f"{results[-1]}", flush=True)
     val_truth = probes_of[0][0]["val"]["truth"]
     current = next(i for i, m in enumerate(ABLATION) if m == DEFAULT_MASKING)
-    for r, probes in zip(results, probes_of, strict=True):
+    for i, (r, probes) in enumerate(zip(results, probes_of, strict=True)):
+        if i == current:  # itself: no difference to show
+            r["val_minus_default"] = None
+            continue
         diff = M.paired_difference(
             [p["val"] for p in probes],
             [p["val"] for p in probes_of[current]],
@@ -407,7 +410,9 @@ def ablation(args) -> dict:
             round(diff["ci_high"], 4),
         ]
     best = max(range(len(results)), key=lambda i: results[i]["probe_val_span_iou"])
-    kept = best if results[best]["val_minus_default"][1] > 0 else current
+    kept = current
+    if best != current and results[best]["val_minus_default"][1] > 0:
+        kept = best
     test = M.evaluate_mean(
         [p["test"] for p in probes_of[kept]], probes_of[kept][0]["test"]["truth"], n_boot=1000
     )["span_iou"]
@@ -443,7 +448,8 @@ def ablation(args) -> dict:
         lines.append(
             f"| {r['strategy']}{f' ({size})' if size else ''} | {r['ratio']} | "
             f"{r['val_loss']:.4f} | {r['interpolation_val_loss']:.4f} | "
-            f"{r['probe_val_span_iou']:.3f} | {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] |"
+            f"{r['probe_val_span_iou']:.3f} | "
+            + (f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] |" if d else "(the default) |")
         )
     lines += [
         "",
