@@ -46,6 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from moola_core import metrics as M  # noqa: E402
+from moola_core.train.calibration import f1_threshold  # noqa: E402
 
 SEEDS = (17, 13, 23, 29, 31, 37, 41, 43)
 DATA_SEEDS = {"train": 9101, "val": 9102, "test": 9103}  # never used in development
@@ -134,18 +135,6 @@ def train_model(sets: dict, seed: int, objectness: bool, max_epochs: int) -> tup
 def predict(model, ev) -> dict[str, np.ndarray]:
     t = _tensors(ev)
     return {k: v.numpy() for k, v in model.predict(t["x"], t["valid"]).items()}
-
-
-def f1_threshold(confidence: np.ndarray, has: np.ndarray) -> float:
-    """The answer threshold (answer when confidence >= it) with the best detection F1."""
-    best, best_t = -1.0, 0.0
-    for t in np.unique(confidence):
-        answered = confidence >= t
-        tp = float((answered & has).sum())
-        f1 = 2 * tp / max(float(answered.sum()) + float(has.sum()), 1.0)
-        if f1 > best:
-            best, best_t = f1, float(t)
-    return best_t
 
 
 class LinearDetector:
