@@ -1062,6 +1062,26 @@ def default_capture_dir(release: Path) -> Path | None:
     return None
 
 
+def yield_to_live(role: str) -> bool:
+    """A shadow's answers are never waited for, so it must not take CPU from the live server on
+    the same host: the calling thread (the main one, before any other starts, so every thread
+    of the server inherits it) goes to nice 19 and SCHED_IDLE (Linux: runs only on CPU time no
+    normal task wants), and torch computes on one thread, leaving the other cores to the live
+    server. Returns whether anything changed (False for the live role)."""
+    if role != "shadow":
+        return False
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    import torch
+
+    torch.set_num_threads(1)
+    with contextlib.suppress(RuntimeError):  # only before the first inter-op parallel work
+        torch.set_num_interop_threads(1)
+    return True
+
+
 def serve(args) -> int:
     """Run the server until SIGTERM/SIGINT; exit 0 after a drain, 3 when the release failed
     to load or pass golden parity (the reason is in the log and the state file)."""
@@ -1069,6 +1089,7 @@ def serve(args) -> int:
     if not (release / "manifest.json").is_file():
         print(f"moola serve: {release} has no manifest.json: check --release", file=sys.stderr)
         return 2
+    yield_to_live(args.role)
     # the handlers' base class reads headers through http.client.parse_headers: this process
     # only serves, so the light parser above stands in for it here (never on import)
     http.client.parse_headers = parse_headers
