@@ -15,7 +15,7 @@ import threading
 from invoke import Task
 
 from moola_core.bundle.build import REPO_ROOT
-from moola_ops.cli.deploy import lock_line
+from moola_ops.cli.lock import lock_line
 
 
 def all_tasks():

@@ -1,0 +1,72 @@
+"""`invoke lock --host H [--release --deployment ID | --break]`: who holds each host's deploy
+lock; release your own, break a stale one (both logged). Shares the deploy tasks' helpers."""
+
+from __future__ import annotations
+
+from moola_core.errors import MoolaError
+from moola_ops.cli._common import print_json, task, user_errors
+from moola_ops.cli.deploy import HOST_HELP, INVENTORY_HELP, _hosts
+from moola_ops.runpod import REFRESH_HELP
+
+
+def lock_line(state: dict) -> str:
+    """The words for one host's row of `invoke lock`: from its --json entry."""
+    from moola_ops.commands.lock import describe_holder
+
+    # An empty holder ({}: a lock directory without holder.json, left by a run that died
+    # between mkdir and writing it) is still a lock: test for None, never for truth.
+    if "broken" in state:
+        broken = state["broken"]
+        return (
+            f"broke the lock of {describe_holder(state['holder'])}" if broken else "was not locked"
+        )
+    if "released" in state:
+        return "released" if state["released"] else "was not locked"
+    if not state["locked"]:
+        return "free"
+    holder = state["holder"]
+    if holder.get("stale"):
+        return f"STALE lock of {describe_holder(holder)} ({holder['stale']}): {holder['break']}"
+    return f"locked by {describe_holder(holder)}"
+
+
+@task(
+    name="lock",
+    help={
+        "host": HOST_HELP,
+        "release": "release the lock held by --deployment ID (only its holder may)",
+        "deployment": "the deployment id holding the lock (with --release)",
+        "break_": "break the lock whoever holds it (a stale lock; logged)",
+        "inventory": INVENTORY_HELP,
+        "json": "print JSON",
+        "refresh": REFRESH_HELP,
+    },
+)
+@user_errors
+def lock_(
+    c, host, release=False, deployment="", break_=False, inventory="", json=False, refresh=False
+):
+    """Show who holds each host's deploy lock; --release your own, --break a stale one."""
+    from moola_ops import engine
+
+    if (break_ or release) and c.config.run.dry:
+        what = "--break" if break_ else "--release"
+        raise MoolaError(f"--dry: lock {what} would change the lock; nothing was done")
+    report = {}
+    for h in _hosts(host, inventory, refresh):
+        if break_:
+            holder = engine.break_lock(h)
+            report[h.name] = {"broken": holder is not None, "holder": holder}
+        elif release:
+            released = engine.release_lock(h, deployment or None)
+            report[h.name] = {"released": released}
+        else:
+            holder = engine.lock_status(h)
+            report[h.name] = {"locked": holder is not None, "holder": holder}
+        if not json:
+            print(f"{h.name}: {lock_line(report[h.name])}")
+    if json:
+        print_json(report)
+
+
+EXPORTS = [lock_]
