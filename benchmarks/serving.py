@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 from tests.integration.helpers import window, write_inventory  # noqa: E402
 
 MODEL: dict = {}  # the default JadeModel config (build_model fills every key)
+ROLLBACK_STREAM_PAUSE_S = 0.005  # the timed rollbacks' client: one request every ~8 ms
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -149,10 +150,11 @@ def unwritten_captures(port: int) -> float:
 
 
 class Stream:
-    """A client sending one request after another; records who answered and when."""
+    """A client sending one request after another (`pause_s` between an answer and the next
+    request); records who answered and when."""
 
-    def __init__(self, port: int):
-        self.port, self.stop = port, threading.Event()
+    def __init__(self, port: int, pause_s: float = 0.0):
+        self.port, self.stop, self.pause_s = port, threading.Event(), pause_s
         self.answers: list[tuple[float, str]] = []
         self.failures: list[str] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -165,6 +167,8 @@ class Stream:
                 self.answers.append((time.perf_counter(), answer["release"]))
             else:
                 self.failures.append(f"{status}: {answer}")
+            if self.pause_s:
+                self.stop.wait(self.pause_s)
         client.close()
 
     def longest_gap_ms(self) -> float:
@@ -429,11 +433,14 @@ def run_standin(args) -> dict:
         # three rollbacks, each to the warm standby (v1.1, then back to v1.2, then v1.1 again:
         # the previous live server is the standby each time); the first is plain `invoke
         # rollback` (to the previous release), as a person runs it. Median reported, all kept.
+        # The client pauses ROLLBACK_STREAM_PAUSE_S after each answer: back to back, client,
+        # proxy and server take one of this machine's two cores from the CLI being timed (on a
+        # pod they run on the pod, the CLI elsewhere); the pause bounds the resolution.
         served_s, command_s, failures, gaps, steps_of = [], [], [], [], []
         for target in ("v1.1", "v1.2", "v1.1"):
             logged = len(log.read_text().splitlines())
             to = ["--to", target] if served_s else []
-            with Stream(public) as stream:
+            with Stream(public, ROLLBACK_STREAM_PAUSE_S) as stream:
                 t0, t0_wall = time.perf_counter(), time.time()
                 proc = subprocess.run(
                     [invoke, "rollback", "--host", "bench-1", "--inventory", str(inventory), *to],
@@ -458,12 +465,13 @@ def run_standin(args) -> dict:
             rollback_longest_gap_ms=max(gaps),
             rollback_to_served_s=served_s[middle],
             rollback_to_served_runs_s=served_s,
+            rollback_stream_pause_ms=ROLLBACK_STREAM_PAUSE_S * 1e3,
             rollback_command_s=command_s[middle],
             rollback_failures_sample=failures[:3],
         )
 
         print("in-process rollback and a cold rollback (no standby) ...", flush=True)
-        with Stream(public) as stream:  # live v1.1, standby v1.2
+        with Stream(public, ROLLBACK_STREAM_PAUSE_S) as stream:  # live v1.1, standby v1.2
             t0 = time.perf_counter()
             warm = engine.rollback([host], "v1.2", opts)
             result["rollback_inprocess_to_served_s"] = round(
@@ -680,7 +688,7 @@ def write_markdown(path: Path, result: dict, meta: dict) -> None:
         f"| **batched_vs_unbatched_throughput** | **{r['batched_vs_unbatched_throughput']}** | >= 3 |",
         f"| **failed_during_deploy** (longest gap between answers) | **{r['failed_during_deploy']}** ({r['deploy_longest_gap_ms']} ms) | 0 |",
         f"| **failed_during_rollback** (longest gap) | **{r['failed_during_rollback']}** ({r['rollback_longest_gap_ms']} ms) | 0 |",
-        f"| **rollback_to_served_s**: `invoke rollback` started -> first answer by the previous release (warm standby); median of three (all three) | **{r['rollback_to_served_s']}** ({', '.join(str(x) for x in r['rollback_to_served_runs_s'])} s) | <= 1.0 |",
+        f"| **rollback_to_served_s**: `invoke rollback` started -> first answer by the previous release (warm standby); median of three (all three); the client pauses {r['rollback_stream_pause_ms']:g} ms after each answer | **{r['rollback_to_served_s']}** ({', '.join(str(x) for x in r['rollback_to_served_runs_s'])} s) | <= 1.0 |",
         f"| same, `engine.rollback` in process (no CLI start-up) | {r['rollback_inprocess_to_served_s']} s | |",
         f"| baseline: rollback to a release without a standby (start + readiness + HTTP check) | {r['rollback_cold_s']} s | |",
         f"| failed requests during those two rollbacks | {r['failed_during_inprocess_rollbacks']} | 0 |",

@@ -161,6 +161,7 @@ def standby_switch(ctx, target: str) -> dict[str, Any] | None:
         data = _run(ctx.ssh, command)
         info["standby"] = data.get("standby")
         info["probe"] = {k: (data.get("probe") or {}).get(k) for k in ("p50_ms", "releases")}
+        info["on_host_ms"] = {"check": data.get("check_ms"), "move": data.get("switch_ms")}
         if not data.get("passed"):
             info.update(status="skipped", reason=data.get("error"))
             return None

@@ -1,6 +1,6 @@
 """Runs ON the host: start, probe, switch, drain and stop model servers and the front proxy.
 
-`moola_ops/commands/serve.py` sends this file as `python3 -c PROGRAM ACTION ...` (PROGRAM is
+`moola_ops/commands/serve.py` sends this file as `python3 -S -c PROGRAM ACTION ...` (PROGRAM is
 serve_proxy.py's source as the string PROXY_SOURCE, then this file), so a bare pod needs
 nothing installed and the engine never depends on code an older release left on disk. The
 pod's start command runs the same file from the current release:
@@ -554,15 +554,20 @@ def standby_switch(ws, release, requests=1, keep_standby=True):
     """Rollback's fast path in ONE round trip: probe the warm standby of `release` (alive,
     /readyz 200, real requests answered by it), and only when it passed, move traffic to it.
     Prints {ok, passed, standby, probe, moved, error}; nothing moves when the probe fails."""
+    began = time.monotonic()
     checked = standby_check(ws, release, requests)
+    checked["check_ms"] = round((time.monotonic() - began) * 1e3, 1)
     if not checked["ok"]:
         return dict(checked, passed=False, moved=None)
     port = checked["standby"]["port"]
+    began = time.monotonic()
     try:
         moved = switch(ws, release, port, keep_standby)
     except Failed as exc:
         return dict(checked, ok=False, passed=True, moved=None, error=str(exc))
-    return dict(checked, passed=True, moved=moved)
+    return dict(
+        checked, passed=True, moved=moved, switch_ms=round((time.monotonic() - began) * 1e3, 1)
+    )
 
 
 def status(ws):

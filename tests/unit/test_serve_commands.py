@@ -18,10 +18,10 @@ WS = Layout("/workspace/moola")
 
 
 def args_of(command: str) -> list[str]:
-    """The words after the inline program: `python3 -c PROGRAM ACTION ...`."""
+    """The words after the inline program: `python3 -S -c PROGRAM ACTION ...`."""
     words = shlex.split(command)
-    assert words[1] == "-c" and words[2] == serve.CTL_SOURCE
-    return [words[0], *words[3:]]
+    assert words[1:3] == ["-S", "-c"] and words[3] == serve.CTL_SOURCE
+    return [words[0], *words[4:]]
 
 
 def test_builders_quote_everything_and_check_names():
