@@ -10,11 +10,8 @@ so each shadowed window is a pair. `analyze(table)` reports, with bootstrap 95% 
   shadow - live in accuracy and in span IoU against the true span, and one decision sentence:
   promote, keep, or not enough evidence yet (with how many more requests it would take).
 
-Bootstraps are vectorised so 100,000 pairs take about a second: the mean of a resample is drawn
-from a multinomial over the distinct per-pair values (exact for agreement, accuracy and IoU
-differences, whose values come from a small set; values are put on a 4,096-level grid only when
-there are more distinct ones, moving a resample's mean by under 2.5e-4), and a quantile of a
-resample is the order statistic at a Beta-distributed rank (exact for the percentile bootstrap).
+The bootstraps live in moola_ops/ab_stats.py, the promote/keep/wait rule in
+moola_ops/ab_rule.py; this module re-exports both, so `ab.boot_mean`, `ab.decide` keep working.
 
 Light at import: numpy and pandas are imported inside the functions.
 """
@@ -27,29 +24,12 @@ from typing import Any
 
 from moola_core.errors import MoolaError
 from moola_core.spec import LABELS
+from moola_ops.ab_rule import MIN_EFFECT, PRIMARY, QUALITY, decide, needed_requests
+from moola_ops.ab_stats import LEVEL, MAX_GRID, N_BOOT, Estimate, boot_mean, boot_quantile
 
-N_BOOT = 1000  # resamples per CI, as moola_core.metrics
-LEVEL = 0.95
-PRIMARY = "span_iou"  # the metric `invoke select` chooses by; accuracy must not get worse
-MIN_EFFECT = 0.01  # with no observed difference, "more requests" is sized to detect this much
-MAX_GRID = 4096  # distinct values above which a bootstrap mean works on a value grid
-SHADOW_ERROR_MARGIN = 0.01  # shadow failing this much more often than live is a reason to keep
-
-
-@dataclass
-class Estimate:
-    """A figure with its bootstrap CI."""
-
-    value: float
-    ci_low: float
-    ci_high: float
-
-    def fmt(self, digits: int = 3, signed: bool = False) -> str:
-        sign = "+" if signed else ""
-        return (
-            f"{self.value:{sign}.{digits}f} [{self.ci_low:{sign}.{digits}f}, "
-            f"{self.ci_high:{sign}.{digits}f}]"
-        )
+__all__ = ["LEVEL", "MAX_GRID", "MIN_EFFECT", "N_BOOT", "PRIMARY", "ABResult", "Estimate",
+           "analyze", "boot_mean", "boot_quantile", "decide", "needed_requests", "pair",
+           "record", "render_text", "run_ab"]  # fmt: skip
 
 
 @dataclass
@@ -72,72 +52,15 @@ class ABResult:
     more_requests: int | None = None
     sentence: str = ""
     labels: dict[str, dict[str, float]] = field(default_factory=dict)  # role -> label mix
+    primary: str = PRIMARY  # the metric the decision goes by (moola_ops/ab_rule.py)
+    sla_p99_ms: float | None = (
+        None  # the shadow's p99 over it (even at its CI's low end) is a regression
+    )
+    error_diff: Estimate | None = None  # shadow - live error rate on the same requests
+    reasons: list[str] = field(default_factory=list)  # what made the decision keep
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# --- bootstrap ---------------------------------------------------------------------------------
-
-
-def _rng(seed: int):
-    import numpy as np
-
-    return np.random.default_rng(seed)
-
-
-def _interval(boot, level: float) -> tuple[float, float]:
-    import numpy as np
-
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(boot, [tail, 1.0 - tail])
-    return float(low), float(high)
-
-
-def boot_mean(values, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> Estimate:
-    """Mean of `values` with a percentile-bootstrap CI (multinomial over distinct values)."""
-    import numpy as np
-
-    values = np.asarray(values, dtype=float).reshape(-1)
-    n = len(values)
-    if n == 0:
-        return Estimate(math.nan, math.nan, math.nan)
-    uniq, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    if len(uniq) > MAX_GRID:
-        # the grid keeps each bin's mean value, so the full-sample mean is unchanged
-        edges = np.linspace(values.min(), values.max(), MAX_GRID + 1)
-        bins = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, MAX_GRID - 1)
-        counts = np.bincount(bins, minlength=MAX_GRID)
-        sums = np.bincount(bins, weights=values, minlength=MAX_GRID)
-        keep = counts > 0
-        uniq, counts = sums[keep] / counts[keep], counts[keep]
-    rng = _rng(seed)
-    draws = rng.multinomial(n, counts / n, size=n_boot)  # [B, K]
-    boot = draws @ uniq / n
-    low, high = _interval(boot, level)
-    return Estimate(float(values.mean()), low, high)
-
-
-def boot_quantile(
-    values, q: float, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL
-) -> Estimate:
-    """The q-quantile of `values` with a percentile-bootstrap CI.
-
-    A resample's k-th smallest value is the original's value at rank ceil(n * U), U ~ Beta(k,
-    n - k + 1) (the k-th of n uniform order statistics), so no resample is ever materialised.
-    """
-    import numpy as np
-
-    values = np.sort(np.asarray(values, dtype=float).reshape(-1))
-    values = values[np.isfinite(values)]
-    n = len(values)
-    if n == 0:
-        return Estimate(math.nan, math.nan, math.nan)
-    k = min(n, max(1, math.ceil(q * n)))
-    u = _rng(seed).beta(k, n - k + 1, size=n_boot)
-    ranks = np.clip(np.ceil(u * n).astype(np.int64) - 1, 0, n - 1)
-    low, high = _interval(values[ranks], level)
-    return Estimate(float(np.quantile(values, q)), low, high)
 
 
 # --- pairing -----------------------------------------------------------------------------------
@@ -177,6 +100,11 @@ def pair(table, shadow_release: str | None = None):
     live = frame[frame["role"] == 0]
     shadow = frame[(frame["role"] == 1) & (frame["release"] == shadow_release)]
     keys = ["request_id", "index"]
+    failed = (shadow["index"] == -1) & (shadow["status"] != 200)
+    if failed.any():  # an error line stands for every window of its request
+        windows = live.loc[live["index"] >= 0, keys].drop_duplicates()
+        spread = windows.merge(shadow[failed].drop(columns="index"), on="request_id")
+        shadow = pd.concat([shadow[~failed], spread[shadow.columns]], ignore_index=True)
     both = live.merge(shadow, on=keys, suffixes=("_live", "_shadow"), validate="many_to_many")
     both = both.drop_duplicates(subset=keys, keep="last")
     if both.empty:
@@ -195,6 +123,10 @@ def pair(table, shadow_release: str | None = None):
         "shadow_error_rate": float((ok_live & ~ok_shadow).sum() / max(1, ok_live.sum())),
         "live_error_rate": float((~ok_live).sum() / max(1, len(both))),
     }
+    # per request: shadow failed (1) or not (0), minus the same for live
+    flags = pd.DataFrame({"request_id": both["request_id"], "live": ~ok_live,
+                          "shadow": ~ok_shadow}).groupby("request_id", sort=False).max()  # fmt: skip
+    facts["error_diff"] = boot_mean(flags["shadow"].astype(float) - flags["live"].astype(float))
     pairs = both[ok_live & ok_shadow & (both["label_live"] >= 0) & (both["label_shadow"] >= 0)]
     return pairs.reset_index(drop=True), facts
 
@@ -211,12 +143,18 @@ def analyze(
     seed: int = 0,
     since: float | None = None,
     until: float | None = None,
+    primary: str = PRIMARY,
+    sla_p99_ms: float | None = None,
 ) -> ABResult:
-    """The A/B report of a CaptureTable; `outcomes` is a labeled DataFrame (or None)."""
+    """The A/B report of a CaptureTable; `outcomes` is a labeled DataFrame (or None).
+    `primary`: the metric the decision goes by (span_iou or accuracy); `sla_p99_ms`: the
+    shadow's latency p99 over it is a regression (moola_ops/ab_rule.py)."""
     import numpy as np
 
     from moola_core.metrics import span_iou
 
+    if primary not in QUALITY:
+        raise MoolaError(f"--primary {primary!r} is not one of {', '.join(QUALITY)}")
     pairs, facts = pair(table, shadow_release)
     n = len(pairs)
     if n == 0:
@@ -254,6 +192,9 @@ def analyze(
         since=since,
         until=until,
         labels=mix,
+        primary=primary,
+        sla_p99_ms=sla_p99_ms,
+        error_diff=facts["error_diff"],
     )
     if outcomes is not None:
         result.outcomes = _with_outcomes(pairs, outcomes, n_boot, seed)
@@ -297,73 +238,6 @@ def _with_outcomes(pairs, outcomes, n_boot: int, seed: int) -> dict[str, Any]:
     return out
 
 
-def needed_requests(diff: dict, n: int) -> int:
-    """How many requests in all (with outcomes) make the 95% CI exclude zero at the observed
-    effect (at least MIN_EFFECT): the CI's half-width shrinks as 1/sqrt(n)."""
-    half = (diff["ci_high"] - diff["ci_low"]) / 2.0
-    effect = max(abs(diff["value"]), MIN_EFFECT)
-    if not math.isfinite(half) or half <= 0:
-        return n
-    return math.ceil(n * (half / effect) ** 2)
-
-
-def decide(result: ABResult) -> ABResult:
-    """Fill `decision`, `more_requests` and the one sentence."""
-    live, cand = result.live_release, result.shadow_release
-    agree = f"they agree on {100 * result.agreement.value:.1f}% of labels"
-    if result.shadow_error_rate > result.live_error_rate + SHADOW_ERROR_MARGIN:
-        result.decision = "keep"
-        result.sentence = (
-            f"keep {live}: {cand} failed {100 * result.shadow_error_rate:.1f}% of the "
-            f"{result.n_pairs + result.shadow_errors} shadowed requests that {live} answered."
-        )
-        return result
-    if result.outcomes is None:
-        result.decision = "more-evidence"
-        result.sentence = (
-            f"not enough evidence yet: no outcomes were given (--outcomes FILE), so accuracy "
-            f"is unknown; on {result.n_pairs:,} paired requests {agree} "
-            f"and their spans overlap with IoU {result.span_iou.value:.3f}."
-        )
-        return result
-    o = result.outcomes
-    n = o["n"]
-    iou, acc = o["span_iou"]["diff"], o["accuracy"]["diff"]
-    facts = (
-        f"span IoU {_change(iou)} and accuracy {_change(acc)} on {n:,} requests with known "
-        "outcomes (shadow - live, 95% CIs)"
-    )
-    worse = [name for name, d in (("span IoU", iou), ("accuracy", acc)) if d["ci_high"] < 0]
-    better = [d for d in (iou, acc) if d["ci_low"] > 0]
-    if worse:
-        result.decision = "keep"
-        result.sentence = f"keep {live}: {cand} is worse in {' and '.join(worse)}: {facts}."
-    elif better:
-        result.decision = "promote"
-        result.sentence = f"promote {cand}: it beats {live} with {facts}."
-    elif all(d["ci_high"] < MIN_EFFECT for d in (iou, acc)):
-        # both intervals rule out a gain worth having: more traffic would not change the answer
-        result.decision = "keep"
-        result.sentence = (
-            f"keep {live}: {cand} gains less than {MIN_EFFECT} in either metric: {facts}."
-        )
-    else:
-        more = min(needed_requests(iou, n), needed_requests(acc, n)) - n
-        # requests with outcomes are a share of all shadowed requests
-        share = n / max(1, n + o["n_without"])
-        result.more_requests = max(1, math.ceil(max(more, 1) / share))
-        result.decision = "more-evidence"
-        result.sentence = (
-            f"not enough evidence yet: {facts}; at the observed effect about "
-            f"{result.more_requests:,} more shadowed requests would settle it."
-        )
-    return result
-
-
-def _change(d: dict) -> str:
-    return f"{d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
-
-
 def render_text(result: ABResult) -> list[str]:
     """Plain lines for a terminal: the figures, then the decision sentence."""
     lat = result.latency_ms
@@ -376,8 +250,11 @@ def render_text(result: ABResult) -> list[str]:
         f"shadow {lat['shadow']['p50'].fmt(2)}",
         f"  latency p99 ms       live {lat['live']['p99'].fmt(2)}   "
         f"shadow {lat['shadow']['p99'].fmt(2)}",
-        f"  shadow errors        {result.shadow_errors} ({100 * result.shadow_error_rate:.2f}%)",
+        f"  shadow errors        {result.shadow_errors} ({100 * result.shadow_error_rate:.2f}%)"
+        + (f", error rate diff {result.error_diff.fmt(3, True)}" if result.error_diff else ""),
     ]
+    if result.sla_p99_ms:
+        lines.append(f"  latency SLA          p99 <= {result.sla_p99_ms:g} ms")
     if result.outcomes:
         o = result.outcomes
         for metric in ("accuracy", "span_iou"):
@@ -416,6 +293,8 @@ def record(result: ABResult, host: str, *, pulled: str = "") -> None:
             "span_iou_diff": result.outcomes["span_iou"]["diff"],
         },
         more_requests=result.more_requests,
+        primary=result.primary,
+        reasons=result.reasons,
         pulled=pulled,
     )
 
@@ -431,13 +310,17 @@ def run_ab(
     cache=None,
     pull: bool = True,
     record_result: bool = True,
+    primary: str = PRIMARY,
 ) -> tuple[ABResult, Any]:
-    """`invoke ab`: pull the host's captures, analyse them, save ab.json, log the evidence."""
+    """`invoke ab`: pull the host's captures, analyse them, save ab.json, log the evidence.
+    The latency SLA is the host's `latency_sla_ms`, else the candidate bundle's (read on the
+    host when pulling)."""
     import json as _json
     import time as _time
     from pathlib import Path
 
-    from moola_ops.captures import DEFAULT_CACHE, load_table, parse_since, pull_host, resolve_host
+    from moola_ops.captures import DEFAULT_CACHE, load_table, parse_since, resolve_host
+    from moola_ops.captures_pull import pull_host
 
     cache = Path(cache) if cache is not None else DEFAULT_CACHE
     start = parse_since(since)
@@ -449,9 +332,29 @@ def run_ab(
             raise MoolaError(f"--outcomes {outcomes} does not exist; give a labeled parquet file")
         truth = read_labeled(outcomes)
     host = resolve_host(host_name, inventory, inventory_path)
-    pulled = pull_host(host, cache) if pull else None
-    table = load_table(cache, host.name, since=start)
-    result = analyze(table, truth, shadow_release=candidate, since=start, until=_time.time())
+    session = None
+    if pull:
+        from moola_ops.transport import HostSession
+
+        session = HostSession(host).open()
+    try:
+        pulled = pull_host(host, cache, session) if session is not None else None
+        table = load_table(cache, host.name, since=start)
+        result = analyze(table, truth, shadow_release=candidate, since=start,
+                         until=_time.time(), primary=primary,
+                         sla_p99_ms=host.latency_sla_ms)  # fmt: skip
+        if result.sla_p99_ms is None and session is not None:
+            from moola_ops.monitor import _release_manifest
+
+            sla = (_release_manifest(session, host, result.shadow_release) or {}).get(
+                "latency_sla_p99_ms"
+            )
+            if sla:
+                result.sla_p99_ms = float(sla)
+                decide(result)
+    finally:
+        if session is not None:
+            session.close()
     folder = cache / host.name
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "ab.json.tmp"

@@ -31,10 +31,23 @@ from typing import Any
 
 from moola_core.errors import MoolaError
 from moola_core.spec import FEATURE_NAMES, LABELS
+from moola_ops.drift import (
+    PSI_BINS,
+    PSI_FLOOR,
+    psi,
+    reference_bins,
+    reference_from_labeled,
+    reference_from_run,
+    window_features,
+)
 from moola_ops.health import CRITICAL, OK, STATE_NAMES, UNKNOWN, WARNING, worst
+from moola_ops.monitor_output import perfdata, prometheus_text, render_text, status_line
 
-PSI_BINS = 10
-PSI_FLOOR = 1e-4  # a bin share of zero would make ln(a / e) infinite
+__all__ = ["PSI_BINS", "PSI_FLOOR", "Check", "MonitorPolicy", "MonitorResult", "monitor",
+           "perfdata", "prometheus_text", "psi", "reference_bins", "reference_from_labeled",
+           "reference_from_run", "render_text", "run_monitor", "save", "status_line",
+           "window_features"]  # fmt: skip
+
 MAX_WINDOWS = 2000  # windows whose features are computed for PSI (the newest ones)
 MIN_WINDOWS = 30  # fewer captured windows than this: PSI is not judged (too noisy)
 
@@ -93,84 +106,6 @@ class MonitorResult:
         for c in data["checks"]:
             c["state"] = STATE_NAMES[c["state"]]
         return data
-
-
-# --- PSI ---------------------------------------------------------------------------------------
-
-
-def reference_bins(x, valid, bins: int = PSI_BINS) -> dict[str, dict[str, list[float]]]:
-    """Per feature: inner decile edges of the training values (valid bars) and each bin's share."""
-    import numpy as np
-
-    x = np.asarray(x, dtype=float)
-    mask = np.asarray(valid, dtype=bool)
-    out = {}
-    for j, name in enumerate(FEATURE_NAMES):
-        values = x[..., j][mask]
-        if len(values) == 0:
-            raise MoolaError("the training reference has no valid bars to compare against")
-        inner = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
-        share = np.bincount(np.searchsorted(inner, values, side="right"), minlength=len(inner) + 1)
-        out[name] = {"edges": inner.tolist(), "share": (share / share.sum()).tolist()}
-    return out
-
-
-def psi(reference: dict[str, list[float]], values) -> float:
-    """Population stability index of `values` against one feature's reference bins."""
-    import numpy as np
-
-    edges = np.asarray(reference["edges"], dtype=float)
-    expected = np.maximum(np.asarray(reference["share"], dtype=float), PSI_FLOOR)
-    counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
-    actual = np.maximum(counts / max(1, counts.sum()), PSI_FLOOR)
-    return float(np.sum((actual - expected) * np.log(actual / expected)))
-
-
-def window_features(ohlc):
-    """Features [n, 105, 11] and valid [n, 105] of captured windows, as training computes them."""
-    import numpy as np
-
-    from moola_core.data.features import compute_features
-
-    ohlc = np.asarray(ohlc, dtype=float)
-    xs = np.zeros((len(ohlc), ohlc.shape[1], len(FEATURE_NAMES)), dtype="float32")
-    valid = np.zeros((len(ohlc), ohlc.shape[1]), dtype=bool)
-    for i, w in enumerate(ohlc):
-        f = compute_features(w[:, 0], w[:, 1], w[:, 2], w[:, 3])
-        xs[i], valid[i] = f.values, f.valid
-    return xs, valid
-
-
-def reference_from_labeled(frame) -> dict:
-    """Reference bins from a labeled DataFrame (all its windows)."""
-    from moola_core.data.labeled import to_model_arrays
-
-    arrays = to_model_arrays(frame)
-    return reference_bins(arrays.x, arrays.valid)
-
-
-def reference_from_run(run_id: str, runs_dir: str | os.PathLike, cache: str | os.PathLike):
-    """Reference bins of a training run's train split (cached as JSON by run id)."""
-    cached = Path(cache) / "reference" / f"{run_id}.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
-    from moola_core.train.config import load_config
-    from moola_core.train.data import prepare_data
-    from moola_core.train.runs import CONFIG, run_dir
-
-    path = run_dir(run_id, runs_dir)
-    if not (path / CONFIG).is_file():
-        raise MoolaError(
-            f"run {run_id} has no {CONFIG}, so its training data is unknown; pass "
-            "--reference FILE (a labeled parquet of the training data)"
-        )
-    train = prepare_data(load_config(path / CONFIG)).part("train")
-    bins = reference_bins(train["x"], train["valid"])
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp")
-    tmp.write_text(json.dumps(bins))
-    os.replace(tmp, cached)
-    return bins
 
 
 # --- the report --------------------------------------------------------------------------------
@@ -305,110 +240,6 @@ def monitor(
     return result
 
 
-# --- rendering ---------------------------------------------------------------------------------
-
-
-def _num(value: float) -> str:
-    from moola_ops.health_output import _num as health_num
-
-    return health_num(value)
-
-
-def perfdata(result: MonitorResult, policy: MonitorPolicy | None = None) -> str:
-    """Nagios perfdata: rate, error rate, p50/p99, max PSI and PSI per feature."""
-    policy = policy or MonitorPolicy()
-    parts = [
-        f"'rate_per_min'={_num(round(result.rate_per_min, 3))};;;0",
-        f"'error_rate'={_num(round(result.error_rate, 6))};{policy.error_warn:g};"
-        f"{policy.error_crit:g};0;1",
-    ]
-    if result.p50_ms is not None:
-        parts.append(f"'p50_ms'={_num(round(result.p50_ms, 3))}ms;;;0")
-    if result.p99_ms is not None:
-        sla = result.sla_p99_ms
-        warn = f"{policy.latency_warn_fraction * sla:g}" if sla else ""
-        crit = f"{sla:g}" if sla else ""
-        parts.append(f"'p99_ms'={_num(round(result.p99_ms, 3))}ms;{warn};{crit};0")
-    finite = {k: v for k, v in result.psi.items() if math.isfinite(v)}
-    if finite:
-        parts.append(
-            f"'psi_max'={_num(round(max(finite.values()), 4))};{policy.psi_warn:g};"
-            f"{policy.psi_crit:g};0"
-        )
-        parts += [f"'psi_{k}'={_num(round(v, 4))};;;0" for k, v in finite.items()]
-    parts.append(f"'requests'={result.n_requests};;;0")
-    return " ".join(parts)
-
-
-def status_line(result: MonitorResult) -> str:
-    """MOOLA-MONITOR STATE - summary | perfdata (one line, Nagios plugin output)."""
-    bad = [c for c in result.checks if c.state != OK]
-    if bad:
-        text = "; ".join(f"{c.name} {STATE_NAMES[c.state]}: {c.message}" for c in bad)
-    else:
-        text = "; ".join(c.message for c in result.checks)
-    text = f"{result.host}: {text}" if result.host else text
-    text = " ".join(text.replace("|", "/").split())
-    return f"MOOLA-MONITOR {STATE_NAMES[result.state]} - {text} | {perfdata(result)}"
-
-
-def prometheus_text(result: MonitorResult, now: float | None = None) -> str:
-    """The result as a Prometheus textfile-collector document."""
-    from moola_ops.health_output import gauge_text
-
-    now = time.time() if now is None else now
-    h = {"host": result.host}
-    finite = {k: v for k, v in result.psi.items() if math.isfinite(v)}
-    families = [
-        ("moola_monitor_state", "Nagios state of the monitor (0 OK .. 3 UNKNOWN).",
-         [(h, result.state)]),
-        ("moola_monitor_requests_per_minute", "Live requests per minute in the window.",
-         [(h, result.rate_per_min)]),
-        ("moola_monitor_error_ratio", "Share of live requests that failed.",
-         [(h, result.error_rate)]),
-        ("moola_monitor_latency_seconds", "Server-side latency quantiles in the window.",
-         [({**h, "quantile": q}, v / 1000) for q, v in (("0.5", result.p50_ms),
-                                                      ("0.99", result.p99_ms)) if v is not None]),
-        ("moola_monitor_label_ratio", "Share of each predicted label.",
-         [({**h, "label": k}, v) for k, v in result.labels.items()]),
-        ("moola_monitor_feature_psi", "Population stability index per input feature.",
-         [({**h, "feature": k}, v) for k, v in finite.items()]),
-        ("moola_monitor_last_run_timestamp_seconds", "When the monitor last ran (unix time).",
-         [(h, round(now, 3))]),
-    ]  # fmt: skip
-    # every value rounded to 6 decimals before it is printed
-    rounded = [
-        (name, text, [(lab, round(float(v), 6)) for lab, v in s]) for name, text, s in families
-    ]
-    return gauge_text(rounded)
-
-
-def render_text(result: MonitorResult) -> list[str]:
-    """Long output lines after the status line."""
-    lines = [
-        f"window {_iso(result.since)} .. {_iso(result.until)}; releases "
-        f"{', '.join(result.releases) or '-'}",
-        f"requests {result.n_requests} ({result.rate_per_min:.1f}/min), errors "
-        f"{result.n_errors} ({100 * result.error_rate:.2f}%)",
-    ]
-    if result.p99_ms is not None:
-        lines.append(f"latency p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms")
-    if result.labels:
-        lines.append("labels " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in result.labels.items()))
-    if result.psi:
-        lines.append(f"PSI vs {result.reference or 'training'} ({result.psi_windows} windows):")
-        lines += [f"  {k:<20} {v:.3f}" for k, v in result.psi.items()]
-    for c in result.checks:
-        lines.append(f"[{STATE_NAMES[c.state]}] {c.name}: {c.message}")
-    return lines
-
-
-def _iso(ts: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
 def save(result: MonitorResult, cache: str | os.PathLike) -> Path:
     """Keep the latest result per host for the report: <cache>/<host>/monitor.json."""
     path = Path(cache) / result.host / "monitor.json"
@@ -495,7 +326,7 @@ def run_monitor(
     box: dict[str, Any] = {}
 
     def work() -> None:
-        from moola_ops.captures import pull_captures
+        from moola_ops.captures_pull import pull_captures
 
         try:
             with HostSession(host) as session:

@@ -4,8 +4,10 @@
 1. puts the candidate's bundle on the host when it is not there (the deploy's own upload and
    promote builders: staged, extracted, verified file by file), without touching `current`;
 2. starts its model server on a private port with `--role shadow` (its captures are marked
-   shadow), waits for /readyz (model loaded, golden parity passed) and puts every thread of
-   it at nice 19 under SCHED_IDLE, so on a busy host it only gets CPU the live server leaves;
+   shadow; the server lowers itself to nice 19 under SCHED_IDLE before its first thread starts
+   and computes on one torch thread), waits for /readyz (model loaded, golden parity passed)
+   and puts every thread of it at nice 19 under SCHED_IDLE again (a server of an older
+   runtime does not lower itself), so on a busy host it only gets CPU the live server leaves;
 3. writes `"shadow": {"release", "port", "pid", "fraction"}` into WORKSPACE/serve/state.json
    (atomic rename): from the next request on, the front proxy copies that fraction of
    /v1/predict requests, with the same X-Moola-Request-Id, to the shadow *after* the live
@@ -83,6 +85,9 @@ for tid in tids:
 print(json.dumps({"ok": done > 0, "threads": done, "sched_idle": idle}))
 """
 SHADOW_NICE = 19
+# The shadow batches like the live server (same --max-wait-ms): a longer window would save a
+# little CPU but add its length to every latency the A/B compares against the SLA.
+SHADOW_SERVER_ARGS = ("--role", "shadow")
 
 # The proxy's counters (GET /_proxy/stats on its port), read on the host
 _PROXY_STATS = r"""
@@ -172,7 +177,7 @@ def stage_release(session, host, bundle, journal) -> str:
         report = release_cmd.parse_hostside(out.stdout)
         info["report"] = report
         if out.exit_code != 0 or not report.get("ok"):
-            session.run(f"rm -rf -- {layout.staging(deployment)}", timeout_s=60)
+            session.run(release_cmd.remove_staging(layout, deployment), timeout_s=60)
             raise MoolaError(
                 f"bundle {bundle.version} failed verification on {host.name}: "
                 f"{'; '.join(report.get('problems', [])[:3]) or out.tail(200)}"
@@ -246,7 +251,7 @@ def start(
             info["result"] = stage_release(session, host, bundle, journal)
         with journal.step(host.name, "start") as info:
             started = serving.start_candidate(session, host, bundle.version, device=device,
-                                              server_args=("--role", "shadow"))  # fmt: skip
+                                              server_args=SHADOW_SERVER_ARGS)  # fmt: skip
             info.update(pid=started.pid, port=started.port, start_s=started.start_s)
             if not started.ok:
                 raise MoolaError(

@@ -15,8 +15,11 @@ A minimal HTTP/1.1 forwarder (Content-Length bodies, keep-alive on both sides, o
 connection per client connection), because a general-purpose client would add more latency
 than the model takes. A request is retried once on a fresh connection when the upstream closed
 a kept-alive connection before answering (predictions are idempotent). `shadow` copies a
-sampled fraction of /v1/predict requests to a candidate server after the live answer went out,
-on a bounded queue (full: dropped and counted); the live answer never waits for it.
+sampled fraction of /v1/predict requests to a candidate server after the live answer went out:
+the proxy hands the request's bytes, without waiting, to a socket read by the mirror, a process
+it forked at start (nice 19) that sends them to the shadow; a full socket buffer drops the copy
+(counted). The live answer never waits for the shadow, and the copying never holds the proxy's
+interpreter lock. Without fork or SOCK_SEQPACKET, a thread with a bounded queue copies instead.
 
 Standard library only; Python 3.8+. Run: `python3 serve_proxy.py --workspace WS --port P`.
 """
@@ -27,6 +30,7 @@ import contextlib
 import json
 import os
 import random
+import select
 import signal
 import socket
 import socketserver
@@ -43,6 +47,10 @@ IDLE_TIMEOUT_S = 75.0  # a kept-alive client connection may sit idle this long
 READ_TIMEOUT_S = 10.0  # the rest of a request must arrive within this
 UPSTREAM_TIMEOUT_S = 120.0
 SHADOW_QUEUE = 256
+MIRROR_CHUNK = 60 * 1024  # one message on the mirror socket (fits the default socket buffer)
+MIRROR_NICE = 19
+MIRROR_BUFFER_BYTES = 8 * 1024 * 1024  # asked for; copies beyond what is granted are dropped
+MIRROR_ASK_S = 0.5  # /_proxy/state waits this long for the mirror's counters
 HOP_HEADERS = {
     b"connection",
     b"keep-alive",
@@ -344,7 +352,7 @@ class Handler(socketserver.StreamRequestHandler):
                 "state": server.route.current(),
                 "pid": os.getpid(),
                 "port": server.server_address[1],
-                "stats": dict(server.stats.counts),
+                "stats": dict(server.stats.counts, **server.shadow_counts()),
                 "uptime_s": round(time.time() - server.started, 3),
             }
         if path == b"/_proxy/healthz":
@@ -375,7 +383,13 @@ class ProxyServer(socketserver.ThreadingTCPServer):
         self.cond = threading.Condition()
         self.shadow_items = collections.deque()
         self.shadow_cond = threading.Condition()
-        threading.Thread(target=self._shadow_loop, name="shadow", daemon=True).start()
+        self.copy_ids = iter(range(1, 1 << 62))
+        self.mirror_lock = threading.Lock()  # a copy's chunks go out together
+        self.ask_lock = threading.Lock()
+        self.mirror_stats = {}
+        self.mirror = _start_mirror(self.socket)
+        if self.mirror is None:  # no fork / no SOCK_SEQPACKET here: copy from a thread instead
+            threading.Thread(target=self._shadow_loop, name="shadow", daemon=True).start()
 
     def enter(self):
         with self.cond:
@@ -402,12 +416,60 @@ class ProxyServer(socketserver.ThreadingTCPServer):
             return
         if fraction <= 0 or random.random() >= fraction:
             return
+        if self.mirror is not None:
+            self._to_mirror(port, head, body)
+            return
         with self.shadow_cond:
             if len(self.shadow_items) >= SHADOW_QUEUE:
                 self.stats.add("shadow_dropped")
                 return
             self.shadow_items.append((port, head, body))
             self.shadow_cond.notify()
+
+    def _to_mirror(self, port, head, body):
+        """Hand the copy's bytes to the mirror process without waiting: a full socket buffer
+        drops the copy (counted). Sent in chunks under a lock; the mirror discards a copy
+        whose chunks stop early."""
+        data = head + body
+        with self.mirror_lock:
+            copy_id = next(self.copy_ids)
+            for lo in range(0, len(data), MIRROR_CHUNK):
+                more = 1 if lo + MIRROR_CHUNK < len(data) else 0
+                label = f"{copy_id} {port} {more}\n".encode()
+                try:
+                    self.mirror.sendmsg(
+                        [label, data[lo : lo + MIRROR_CHUNK]], [], socket.MSG_DONTWAIT
+                    )
+                except OSError:  # full (EAGAIN), or the mirror is gone
+                    self.stats.add("shadow_dropped")
+                    return
+
+    def shadow_counts(self):
+        """The mirror's counters: asked for on the mirror socket, answered after the copies
+        already queued there (waited for at most MIRROR_ASK_S; else the last known ones)."""
+        if self.mirror is None:
+            return {}
+        with self.ask_lock:
+            self._read_counts()
+            with self.mirror_lock:
+                try:
+                    self.mirror.send(b"0 0 0\n", socket.MSG_DONTWAIT)
+                except OSError:
+                    return dict(self.mirror_stats)
+            if select.select([self.mirror], [], [], MIRROR_ASK_S)[0]:
+                self._read_counts()
+            return dict(self.mirror_stats)
+
+    def _read_counts(self):
+        while True:
+            try:
+                data = self.mirror.recv(65536, socket.MSG_DONTWAIT)
+            except OSError:
+                return
+            if not data:
+                return
+            with contextlib.suppress(ValueError):
+                self.mirror_stats = json.loads(data.decode())
 
     def _shadow_loop(self):
         upstreams = {}
@@ -428,6 +490,97 @@ class ProxyServer(socketserver.ThreadingTCPServer):
                 if stale is not None:
                     stale.close()
                 self.stats.add("shadow_errors")
+
+
+def _start_mirror(listener):
+    """Fork the mirror: a process at low CPU priority that sends the copies to the shadow, so
+    the proxy's live path only hands bytes it already holds to a socket: it never waits for the
+    shadow and never shares its interpreter lock with the copying. Forked before any thread
+    starts. Returns the proxy's end of the socket pair, or None where this is not possible."""
+    try:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for end in (ours, theirs):  # the kernel caps it at net.core.wmem_max
+            with contextlib.suppress(OSError):
+                end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MIRROR_BUFFER_BYTES)
+        pid = os.fork()
+    except (AttributeError, OSError):
+        return None
+    if pid:
+        theirs.close()
+        return ours
+    code = 0
+    try:
+        listener.close()  # the public port stays with the proxy alone
+        ours.close()
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, MIRROR_NICE)
+        _mirror_loop(theirs)
+    except BaseException:  # the child never returns into the proxy's code
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _mirror_loop(conn):
+    """The mirror process: reassemble each copy from its chunks onto a bounded queue (full:
+    dropped, counted) that a sender thread empties into the shadow over a kept-alive
+    connection. Reading eagerly keeps the socket from filling while the shadow is slow.
+    Ends when the proxy's end closes (the proxy exited)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the proxy's drain decides, not a Ctrl-C
+    queue, cond, counts = collections.deque(), threading.Condition(), collections.Counter()
+    threading.Thread(target=_mirror_send, args=(queue, cond, counts), daemon=True).start()
+    parts, current = [], None
+    while True:
+        message = conn.recv(MIRROR_CHUNK + 64)
+        if not message:
+            return
+        label, _, chunk = message.partition(b"\n")
+        copy_id, port, more = label.split()
+        if copy_id == b"0":  # the proxy asks for the counters
+            with cond:
+                totals = json.dumps(dict(counts)).encode()
+            with contextlib.suppress(OSError):
+                conn.send(totals, socket.MSG_DONTWAIT)
+            continue
+        if copy_id != current:  # a new copy; an unfinished one before it was cut: dropped
+            if parts:
+                with cond:
+                    counts["shadow_dropped"] += 1
+            current, parts = copy_id, []
+        parts.append(chunk)
+        if more == b"1":
+            continue
+        data, parts = b"".join(parts), []
+        with cond:
+            if len(queue) >= SHADOW_QUEUE:
+                counts["shadow_dropped"] += 1
+            else:
+                queue.append((int(port), data))
+                cond.notify()
+
+
+def _mirror_send(queue, cond, counts):
+    upstreams = {}
+    while True:
+        with cond:
+            while not queue:
+                cond.wait()
+            port, data = queue.popleft()
+        end = data.find(b"\r\n\r\n") + 4
+        try:
+            upstream = upstreams.get(port) or Upstream(port)
+            upstreams[port] = upstream
+            _status, _headers, _data, keep = upstream.exchange(data[:end], data[end:])
+            if not keep:
+                upstreams.pop(port).close()
+            outcome = "shadow_sent"
+        except (OSError, ValueError, ClientError):
+            stale = upstreams.pop(port, None)
+            if stale is not None:
+                stale.close()
+            outcome = "shadow_errors"
+        with cond:
+            counts[outcome] += 1
 
 
 def _write_json(path, payload):

@@ -16,20 +16,22 @@ from moola_ops.cli._common import print_json, task, user_errors
         "cache": "local folder for pulled captures (default .moola/captures)",
         "no_pull": "use only what is already in the local cache (no SSH)",
         "no_record": "do not write the result to the deployment log",
+        "primary": "the metric the decision goes by: span_iou (default, as `invoke select`) or "
+        "accuracy; the other must not regress (docs/ab.md)",
         "inventory": "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)",
         "json": "print one JSON document",
     }
 )
 @user_errors
 def ab(c, host, since="", outcomes="", candidate="", cache="", no_pull=False, no_record=False,
-       inventory="", json=False):  # fmt: skip
+       inventory="", json=False, primary="span_iou"):  # fmt: skip
     """A/B on live traffic: agreement, span IoU, latency with CIs; promote, keep or wait."""
     from moola_ops.ab import render_text, run_ab
 
     result, pulled = run_ab(host, since=since, outcomes=outcomes or None,
                             candidate=candidate or None, inventory_path=inventory or None,
                             cache=cache or None, pull=not no_pull,
-                            record_result=not no_record)  # fmt: skip
+                            record_result=not no_record, primary=primary)  # fmt: skip
     if json:
         payload = result.to_dict()
         payload["pulled"] = pulled.summary() if pulled else None

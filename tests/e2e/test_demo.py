@@ -71,6 +71,8 @@ def test_demo_passes_every_stage(demo):
         assert expected in names
     report = proc.stdout.strip().splitlines()[-1]
     assert report.startswith("report: ") and Path(report.removeprefix("report: ")).is_file()
+    # ...and the page shows the A/B the demo ran on local-1, whatever host the promote ended on
+    assert 'id="fig-ab-local-1"' in Path(report.removeprefix("report: ")).read_text()
 
 
 def test_checklist_log_and_gates_after_the_demo(demo, demo_root):

@@ -1,0 +1,164 @@
+"""The proxy's mirror process (serve_proxy._start_mirror): the live path hands each copy's bytes
+to a socket without waiting; a forked process at nice 19 sends them to the shadow, byte for
+byte (also a body larger than one socket message), counts them, and ends with the proxy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from moola_core.runtime import serve_proxy
+
+PROXY = Path(serve_proxy.__file__)
+
+# a stand-in model server: keeps every body it gets as got-<n>, answers 200
+STUB = r"""
+import http.server, json, os, sys
+folder = sys.argv[1]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        rid = self.headers.get("X-Moola-Request-Id", "")
+        n = len(os.listdir(folder))
+        with open(os.path.join(folder, "got-%d" % n), "wb") as fh:
+            fh.write(rid.encode() + b"\n" + body)
+        data = json.dumps({"ok": True, "port": self.server.server_address[1]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *a):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+def _until(condition, what: str, timeout_s: float = 30.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not happen within {timeout_s:g} s")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+@pytest.fixture
+def proxied(tmp_path):
+    """A proxy whose live and shadow are stub servers; yields (port, proxy, folders, ws)."""
+    procs, folders, ports = [], {}, {}
+    for role in ("live", "shadow"):
+        folders[role] = tmp_path / role
+        folders[role].mkdir()
+        proc = subprocess.Popen([sys.executable, "-c", STUB, str(folders[role])],
+                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+        procs.append(proc)
+        ports[role] = int(proc.stdout.readline())
+    ws = tmp_path / "ws"
+    (ws / "serve").mkdir(parents=True)
+    (ws / "serve" / "state.json").write_text(json.dumps({
+        "v": 1, "live": {"release": "a", "port": ports["live"], "pid": procs[0].pid},
+        "shadow": {"release": "b", "port": ports["shadow"], "fraction": 1.0}}))  # fmt: skip
+    proxy = subprocess.Popen([sys.executable, str(PROXY), "--workspace", str(ws), "--port", "0"],
+                             stderr=subprocess.PIPE)  # fmt: skip
+    procs.append(proxy)
+    record = ws / "serve" / "proxy.json"
+    _until(record.is_file, "the proxy's record")
+    try:
+        yield json.loads(record.read_text())["port"], proxy, folders, ws
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def _post(port: int, body: bytes, rid: str) -> bytes:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/predict", data=body,
+                                 headers={"X-Moola-Request-Id": rid})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.read()
+
+
+def _stats(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_proxy/state", timeout=30) as r:
+        return json.loads(r.read())["stats"]
+
+
+def test_copies_reach_the_shadow_byte_for_byte_from_a_low_priority_process(proxied):
+    port, proxy, folders, _ws = proxied
+    bodies = [json.dumps({"windows": [[[i, i + 1, i - 1, i]] * 105]}).encode() for i in range(20)]
+    big = json.dumps({"pad": "x" * (3 * serve_proxy.MIRROR_CHUNK + 17)}).encode()
+    for i, body in enumerate([*bodies, big]):
+        answer = json.loads(_post(port, body, f"req-{i}"))
+        assert answer["ok"]  # the live stub answered
+    _until(lambda: _stats(port).get("shadow_sent") == 21, "21 copies sent")
+    got = {}
+    for path in folders["shadow"].iterdir():
+        rid, _, body = path.read_bytes().partition(b"\n")
+        got[rid.decode()] = body
+    assert got == {f"req-{i}": body for i, body in enumerate([*bodies, big])}
+    stats = _stats(port)
+    assert stats.get("shadow_errors", 0) == 0 and stats.get("shadow_dropped", 0) == 0
+    (mirror,) = _children(proxy.pid)
+    assert os.getpriority(os.PRIO_PROCESS, mirror) == serve_proxy.MIRROR_NICE
+    # the mirror does not hold the public port: only the proxy answers there
+    proxy.send_signal(signal.SIGTERM)
+    assert proxy.wait(timeout=60) == 0
+    _until(lambda: not Path(f"/proc/{mirror}").exists() or _zombie(mirror), "the mirror's exit")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_dead_shadow_is_counted_and_the_live_answers_go_on(proxied):
+    port, _proxy, folders, ws = proxied
+    path = ws / "serve" / "state.json"
+    state = json.loads(path.read_text())
+    state["shadow"]["port"] = _closed_port()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)  # as the shadow tasks write it: the proxy sees it on the next request
+    for i in range(5):
+        assert json.loads(_post(port, b'{"windows": []}', f"dead-{i}"))["ok"]
+    _until(lambda: _stats(port).get("shadow_errors") == 5, "5 failed copies counted")
+    assert len(list(folders["live"].iterdir())) == 5
+    assert list(folders["shadow"].iterdir()) == []
+
+
+def _closed_port() -> int:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
