@@ -124,11 +124,26 @@ def train_model(sets: dict, seed: int, objectness: bool, max_epochs: int) -> tup
     model.load_state_dict(best_state)
     if objectness:
         val = _tensors(sets["val"])
-        calibrate(model, val["x"], val["valid"], val["label"], val["start"], val["end"],
-                  recall=defaults.abstain_recall, has_pattern=val["has"])  # fmt: skip
+        calibrate(
+            model,
+            val["x"],
+            val["valid"],
+            val["label"],
+            val["start"],
+            val["end"],
+            recall=defaults.abstain_recall,
+            has_pattern=val["has"],
+        )
     else:
-        calibrate(model, val_pos["x"], val_pos["valid"], val_pos["label"], val_pos["start"],
-                  val_pos["end"], recall=defaults.abstain_recall)  # fmt: skip
+        calibrate(
+            model,
+            val_pos["x"],
+            val_pos["valid"],
+            val_pos["label"],
+            val_pos["start"],
+            val_pos["end"],
+            recall=defaults.abstain_recall,
+        )
     return model, ran
 
 
@@ -267,8 +282,11 @@ def run(args) -> dict:
                 for split in ("val", "test"):
                     answered = preds[split]["confidence"] >= threshold
                     parts[split][arm].append(per_window(answered, preds[split], sets[split]))
-            print(f"seed {seed} {kind}: {ran} epochs, {time.perf_counter() - t1:.0f}s",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"seed {seed} {kind}: {ran} epochs, {time.perf_counter() - t1:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
     # the simple baseline: a linear detector + the linear pointer for the span (seedless)
     detector = LinearDetector().fit(sets["train"], sets["val"])
     pos = {s: sets[s].has_pattern.astype(bool) for s in sets}
@@ -370,11 +388,13 @@ def page(s: dict) -> str:
             if "minus_threshold" in r:
                 d = r["minus_threshold"]
                 lines.append(
-                    f"| {arm} | " + " | ".join(
+                    f"| {arm} | "
+                    + " | ".join(
                         f"{d[f][0]:+.3f} [{d[f][1]:+.3f}, {d[f][2]:+.3f}]"
                         for f in ("precision", "recall", "f1", "span_iou")
-                    ) + " |"
-                )  # fmt: skip
+                    )
+                    + " |"
+                )
         lines.append("")
     lines += [f"Chosen on validation detection F1: `{s['chosen_on_validation']}`.", ""]
     return "\n".join(lines)

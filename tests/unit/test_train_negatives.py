@@ -119,3 +119,38 @@ def test_without_negatives_a_run_reports_no_detection(tmp_path):
     result = train_run(tiny(**{"optim.max_epochs": 1}), tmp_path, progress="none", n_boot=10)
     assert result.metrics["detection"] is None and result.metrics["negatives"] is None
     assert result.metrics["calibration"]["abstain_rule"] == "recall"
+
+
+def test_invoke_train_says_how_well_an_objectness_run_says_no_pattern(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    raw = yaml.safe_load((repo / "configs" / "jade_objectness.yaml").read_text())
+    raw["data"]["n_windows"] = 60
+    raw["model"].update(hidden=8, layers=1)
+    raw["optim"].update(max_epochs=2, batch_size=16)
+    config = tmp_path / "jade_objectness.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "invoke",
+            "train",
+            "--config",
+            str(config),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "saying 'no pattern' on test (" in done.stdout
+    assert "pattern-free): precision" in done.stdout
