@@ -414,7 +414,13 @@ def main() -> int:
         mean_s = float(np.mean(timings[variant]))
         lines.append(f"| {variant} | {mean_s:.1f} | {mean_s / reference:.1f} | "
                      f"{', '.join(map(str, epochs[variant]))} |")  # fmt: skip
-    one, other = thread_seconds.values()
+    # torch's default may itself be one thread (OMP_NUM_THREADS=1): then there is no ratio
+    seconds = list(thread_seconds.values())
+    ratio = (
+        f"ratio {seconds[1] / seconds[0]:.1f}. This is why `cpu_threads` defaults to 1."
+        if len(seconds) == 2
+        else "no comparison (only one thread here)."
+    )
     lines += [
         "",
         f"Default config (`configs/jade.yaml`, seed {seeds[0]}): {default_seconds:.1f} s, "
@@ -422,8 +428,7 @@ def main() -> int:
         "",
         "Threads (10 epochs of the default config, training loop only): "
         + ", ".join(f"{k} thread(s) {v:.1f} s" for k, v in thread_seconds.items())
-        + f" (torch's default here is {default_threads}); ratio {other / one:.1f}. "
-        "This is why `cpu_threads` defaults to 1.",
+        + f" (torch's default here is {default_threads}); {ratio}",
         "",
     ]
     Path(args.out).write_text("\n".join(lines))

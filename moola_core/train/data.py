@@ -141,13 +141,27 @@ def prepare_data(config: TrainConfig, frame=None) -> RunData:
     row_group = splits.overlap_groups(len(frame), splits.sharing_pairs(frame).keys())
     by_id = dict(zip((str(w) for w in frame["window_id"]), row_group, strict=True))
     groups = np.array([by_id[w] for w in arrays.window_id], dtype=np.int64)
+    # the fingerprint names the labeled windows (what val and test scores are computed on), so
+    # runs with and without pattern-free windows compare on the same windows; the negatives
+    # carry their own fingerprint (negatives_fingerprint, in metrics.json)
     negatives = load_negatives(config, {k: len(v) for k, v in indexes.items()})
-    digest = fingerprint(arrays)
-    if negatives:  # the run saw other windows: its data id says so
-        extra = hashlib.sha256(digest.encode())
-        for split in ("train", "val", "test"):
-            extra.update(np.ascontiguousarray(negatives[split]["x"]).tobytes())
-        digest = "sha256:" + extra.hexdigest()
     return RunData(
-        arrays, indexes["train"], indexes["val"], indexes["test"], digest, groups, negatives
+        arrays,
+        indexes["train"],
+        indexes["val"],
+        indexes["test"],
+        fingerprint(arrays),
+        groups,
+        negatives,
     )
+
+
+def negatives_fingerprint(negatives: dict | None) -> str | None:
+    """sha256 over the pattern-free windows of every split (None without them)."""
+    if not negatives:
+        return None
+    digest = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        digest.update(np.ascontiguousarray(negatives[split]["x"]).tobytes())
+        digest.update(np.ascontiguousarray(negatives[split]["valid"]).tobytes())
+    return "sha256:" + digest.hexdigest()

@@ -21,7 +21,7 @@ from moola_core.models import build_model, n_parameters
 from moola_core.train import runs
 from moola_core.train.calibration import calibrate
 from moola_core.train.config import TrainConfig, config_from_dict, dump_yaml, load_config
-from moola_core.train.data import RunData, prepare_data
+from moola_core.train.data import RunData, negatives_fingerprint, prepare_data
 from moola_core.train.provenance import provenance
 
 N_BOOT = 1000  # bootstrap resamples for the final intervals
@@ -405,6 +405,16 @@ def _train(config: TrainConfig, out: Path, run_id: str, data: RunData, progress:
         "calibration": calibration,
         # abstention as detection, with the pattern-free windows (data.negative_share > 0)
         "detection": detection or None,
+        "negatives": (
+            {
+                "share": config.data.negative_share,
+                "n_windows": {s: len(data.negatives[s]["x"]) for s in ("train", "val", "test")},
+                "fingerprint": negatives_fingerprint(data.negatives),
+                "trained_on": objectness,
+            }
+            if data.negatives
+            else None
+        ),
         "provenance": provenance(str(device)),
         "val": results["val"],
         "test": results["test"],

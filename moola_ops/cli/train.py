@@ -112,6 +112,13 @@ def train(
             rows = [(m["variant"], m["test"])]
             rows += [(name, b["test"]) for name, b in m["baselines"].items()]
             out.print(_table(f"test split ({m['n_windows']['test']} windows), 95% CI", rows))
+            det = (m.get("detection") or {}).get("test")
+            if det:  # data.negative_share: how well it says "no pattern"
+                out.print(
+                    f"saying 'no pattern' on test ({det['n_patterns']} patterns, "
+                    f"{det['n_pattern_free']} pattern-free): precision {det['precision']:.3f}, "
+                    f"recall {det['recall']:.3f}, F1 {det['f1']:.3f}"
+                )
     if json:
         print_json(summaries if len(summaries) > 1 else summaries[0])
 

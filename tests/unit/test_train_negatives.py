@@ -13,7 +13,7 @@ from moola_core.errors import MoolaError
 from moola_core.models import build_model
 from moola_core.train import load_config, train_run
 from moola_core.train.calibration import f1_threshold
-from moola_core.train.data import prepare_data
+from moola_core.train.data import negatives_fingerprint, prepare_data
 
 torch.set_num_threads(1)
 
@@ -41,9 +41,12 @@ def test_negatives_are_added_to_every_split_in_the_asked_share():
         assert data.negatives[split]["x"].shape[1:] == (105, 11)
     # the splits' pattern-free windows are not copies of each other
     assert not np.array_equal(data.negatives["val"]["x"][0], data.negatives["test"]["x"][0])
-    # the labeled windows are unchanged; the data id records that the run saw more
+    # the labeled windows (and their id, which compare/select pool by) are unchanged; the
+    # pattern-free windows have their own id
     assert np.array_equal(data.train, plain.train) and plain.negatives is None
-    assert data.fingerprint != plain.fingerprint
+    assert data.fingerprint == plain.fingerprint
+    assert negatives_fingerprint(data.negatives).startswith("sha256:")
+    assert negatives_fingerprint(None) is None
 
 
 @pytest.mark.parametrize(
@@ -90,6 +93,7 @@ def test_an_objectness_run_trains_on_negatives_and_reports_detection(tmp_path):
         det = metrics["detection"][split]
         assert det["n_pattern_free"] > 0 and det["n_patterns"] == metrics["n_windows"][split]
         assert 0.0 <= det["precision"] <= 1.0 and 0.0 <= det["recall"] <= 1.0
+    assert metrics["negatives"]["trained_on"] is True and metrics["negatives"]["share"] == 0.35
     cal = metrics["calibration"]
     assert cal["abstain_rule"] == "f1" and cal["object_temperature"] > 0
     model_config = json.loads((result.path / "model.json").read_text())
@@ -113,5 +117,40 @@ def test_an_objectness_run_trains_on_negatives_and_reports_detection(tmp_path):
 
 def test_without_negatives_a_run_reports_no_detection(tmp_path):
     result = train_run(tiny(**{"optim.max_epochs": 1}), tmp_path, progress="none", n_boot=10)
-    assert result.metrics["detection"] is None
+    assert result.metrics["detection"] is None and result.metrics["negatives"] is None
     assert result.metrics["calibration"]["abstain_rule"] == "recall"
+
+
+def test_invoke_train_says_how_well_an_objectness_run_says_no_pattern(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    raw = yaml.safe_load((repo / "configs" / "jade_objectness.yaml").read_text())
+    raw["data"]["n_windows"] = 60
+    raw["model"].update(hidden=8, layers=1)
+    raw["optim"].update(max_epochs=2, batch_size=16)
+    config = tmp_path / "jade_objectness.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "invoke",
+            "train",
+            "--config",
+            str(config),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "saying 'no pattern' on test (" in done.stdout
+    assert "pattern-free): precision" in done.stdout
