@@ -542,11 +542,8 @@ def _mirror_loop(conn):
             with contextlib.suppress(OSError):
                 conn.send(totals, socket.MSG_DONTWAIT)
             continue
-        if copy_id != current:  # a new copy; an unfinished one before it was cut: dropped
-            if parts:
-                with cond:
-                    counts["shadow_dropped"] += 1
-            current, parts = copy_id, []
+        if copy_id != current:  # a new copy (an unfinished one before it was cut short and
+            current, parts = copy_id, []  # already counted as dropped by the proxy)
         parts.append(chunk)
         if more == b"1":
             continue
