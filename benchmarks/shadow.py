@@ -321,8 +321,8 @@ def write_page(figures: dict, machine: str) -> Path:
             + "; ".join(f"{k} [{v[0]}, {v[1]}]" for k, v in ci.items())
             + ".",
             "- Latency counts from each request's scheduled time, so queueing behind the shadow "
-            "would show. The stub side isolates the proxy's copying (sent after the live answer, "
-            "from its own thread); the no-shadow-again side shows how far this machine moves a "
+            "would show. The stub side isolates the proxy's copying (the live path hands the bytes "
+            "to the proxy's mirror process, which sends them); the no-shadow-again side shows how far this machine moves a "
             "ratio that should be 1. The shadow's server runs at nice 19 under SCHED_IDLE with "
             "one torch thread, so it only gets CPU the live server leaves.",
             f"- Load average (1 min) at the start {figures['load_avg_1m']} and at the end "
