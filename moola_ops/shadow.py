@@ -177,7 +177,7 @@ def stage_release(session, host, bundle, journal) -> str:
         report = release_cmd.parse_hostside(out.stdout)
         info["report"] = report
         if out.exit_code != 0 or not report.get("ok"):
-            session.run(f"rm -rf -- {layout.staging(deployment)}", timeout_s=60)
+            session.run(release_cmd.remove_staging(layout, deployment), timeout_s=60)
             raise MoolaError(
                 f"bundle {bundle.version} failed verification on {host.name}: "
                 f"{'; '.join(report.get('problems', [])[:3]) or out.tail(200)}"

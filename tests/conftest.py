@@ -55,7 +55,7 @@ def runpod_api(tmp_path, monkeypatch):
     """A local stand-in of RunPod's GraphQL API (tests/runpod_standin.py), with the process
     pointed at it: RUNPOD_API_KEY (a fresh random key), RUNPOD_API_BASE_URL and a private
     pod cache (MOOLA_RUNPOD_CACHE)."""
-    from moola_ops import runpod
+    from moola_ops.runpod import cache as runpod_cache
     from tests.runpod_standin import StandInRunPod
 
     key = "rpa_" + secrets.token_hex(20).upper()
@@ -63,7 +63,7 @@ def runpod_api(tmp_path, monkeypatch):
     monkeypatch.setenv("RUNPOD_API_KEY", key)
     monkeypatch.setenv("RUNPOD_API_BASE_URL", api.url)
     monkeypatch.setenv("MOOLA_RUNPOD_CACHE", str(tmp_path / "runpod-pods.json"))
-    monkeypatch.setattr(runpod, "_fresh_after", 0.0)
+    monkeypatch.setattr(runpod_cache, "_fresh_after", 0.0)
     try:
         yield api
     finally:

@@ -411,6 +411,21 @@ def make_detection_set(
     return _eval_windows(windows, has, label, start, end, ids)
 
 
+def make_pattern_free_windows(
+    n_windows: int, seed: int = 0, difficulty: str | float = "default"
+) -> tuple[np.ndarray, np.ndarray]:
+    """`n_windows` windows without any expansion (the difficulty's decoys still appear), cut
+    from one synthetic market in window slots -> model inputs (x [N, 105, 11], valid [N, 105]).
+    Training with negatives (`data.negative_share`) takes its pattern-free windows here."""
+    if n_windows < 1:
+        raise MoolaError("n_windows must be at least 1.")
+    sessions = -(-n_windows // len(SLOT_OFFSETS))
+    market = simulate_market(sessions, seed, difficulty, episode_labels=[None] * n_windows)
+    ohlc = market.bars[["open", "high", "low", "close"]].to_numpy()
+    slots = [s * SESSION_BARS + off for s in range(sessions) for off in SLOT_OFFSETS]
+    return window_arrays([ohlc[slot : slot + WINDOW_LEN] for slot in slots[:n_windows]])
+
+
 def make_asof_set(
     n_windows: int = 300, seed: int = 0, difficulty: str | float = "default", delay: int = 0
 ) -> EvalWindows:

@@ -31,10 +31,14 @@ def resolve_model_config(config: dict | None = None) -> dict:
         )
     if resolved["position_encoding"] and resolved["position_dim"] % 2:
         raise MoolaError("position_dim must be even (sine and cosine pairs); use e.g. 16.")
-    for key in ("temperature", "span_temperature"):
+    for key in ("temperature", "span_temperature", "object_temperature", "object_weight"):
         value = resolved[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise MoolaError(f"model config {key} must be a positive number, got {value!r}.")
+    if not isinstance(resolved["objectness"], bool):
+        raise MoolaError(
+            f"model config objectness must be true or false, got {resolved['objectness']!r}."
+        )
     threshold = resolved["abstain_threshold"]
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise MoolaError(f"model config abstain_threshold must be a number, got {threshold!r}.")

@@ -46,11 +46,17 @@ DEFAULT_CONFIG: dict = {
     "class_weight": 1.0,
     "span_weight": None,  # None -> the head's default in SPAN_WEIGHT_DEFAULTS
     "causal": False,  # one-directional encoder: a bar's state sees only earlier bars
+    # An objectness head: one logit per window, "does it hold a pattern at all?", trained with
+    # pattern-free windows (has_pattern False) next to the episodes. With it, confidence is its
+    # calibrated probability; without it (default), confidence comes from the span pointer.
+    "objectness": False,
+    "object_weight": 1.0,
     # Fitted after training on the validation split (moola_core.train.calibration), stored in
     # model.json so the bundle carries them: temperatures that calibrate the class and
     # span-pointer probabilities, and the confidence below which predict() abstains.
     "temperature": 1.0,
     "span_temperature": 1.0,
+    "object_temperature": 1.0,
     "abstain_threshold": 0.0,
 }
 
@@ -102,6 +108,8 @@ class JadeModel(nn.Module):
         # two numbers per bar: start/end logits (pointer), out/in emissions (crf), or a
         # where-is-the-center logit and a length vote (center_length)
         self.span_net = _mlp(d_bar, c["hidden"], 2, c["dropout"])
+        if c["objectness"]:
+            self.object_head = _mlp(2 * d_state, c["hidden"], 1, c["dropout"])
         if self.span_head == "crf":
             self.crf = LinearChainCRF(2)
 
@@ -117,6 +125,8 @@ class JadeModel(nn.Module):
         peak = torch.nan_to_num(peak, neginf=0.0)  # a window without valid bars
         pooled = torch.cat([mean, peak], dim=1)  # [B, 4H]
         out = {"class_logits": self.class_head(pooled)}  # [B, C]
+        if self.config["objectness"]:
+            out["object_logit"] = self.object_head(pooled)[:, 0]  # [B]
 
         bars = states
         if self.config["position_encoding"]:
@@ -149,11 +159,48 @@ class JadeModel(nn.Module):
         start: torch.Tensor,
         end: torch.Tensor,
         detached: bool = False,
+        has_pattern: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict]:
         """Weighted multi-task loss -> (total, {"class": .., "span": ..}) for logging.
 
+        With the objectness head, `has_pattern` (bool [B]; None: every window holds one) marks
+        pattern-free windows: they count only in the objectness loss (binary cross-entropy,
+        weighed `object_weight`, logged as "object"); class and span losses are means over the
+        windows with a pattern (their label/start/end are ignored elsewhere, e.g. -1).
+
         The parts are floats, or with `detached` detached tensors on the model's device (reading
         a float forces a host sync; a GPU loop sums tensors and reads once per epoch)."""
+        c = self.config
+        object_loss = None
+        if c["objectness"]:
+            target = (
+                torch.ones_like(out["object_logit"])
+                if has_pattern is None
+                else has_pattern.to(out["object_logit"].dtype)
+            )
+            object_loss = F.binary_cross_entropy_with_logits(out["object_logit"], target)
+            if has_pattern is not None:
+                keep = has_pattern.bool()
+                out = {k: v[keep] for k, v in out.items()}
+                label, start, end = label[keep], start[keep], end[keep]
+        if label.shape[0]:
+            class_loss, span_loss = self._task_losses(out, label, start, end)
+        else:  # a batch of pattern-free windows only
+            class_loss = span_loss = out["class_logits"].sum() * 0.0
+        span_weight = c["span_weight"]
+        if span_weight is None:
+            span_weight = SPAN_WEIGHT_DEFAULTS[self.span_head]
+        total = c["class_weight"] * class_loss + span_weight * span_loss
+        parts = {"class": class_loss.detach(), "span": span_loss.detach()}
+        if object_loss is not None:
+            total = total + c["object_weight"] * object_loss
+            parts["object"] = object_loss.detach()
+        if not detached:
+            parts = {k: float(v) for k, v in parts.items()}
+        return total, parts
+
+    def _task_losses(self, out, label, start, end) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class loss, span loss) over windows that hold a pattern."""
         c = self.config
         class_loss = F.cross_entropy(out["class_logits"], label)
         if self.span_head == "pointer":
@@ -169,14 +216,7 @@ class JadeModel(nn.Module):
             predicted = torch.stack([out["center"], out["length"]], dim=1)  # [B, 2]
             target = torch.stack([center, length], dim=1)
             span_loss = F.huber_loss(predicted, target, delta=c["huber_delta"])
-        span_weight = c["span_weight"]
-        if span_weight is None:
-            span_weight = SPAN_WEIGHT_DEFAULTS[self.span_head]
-        total = c["class_weight"] * class_loss + span_weight * span_loss
-        parts = {"class": class_loss.detach(), "span": span_loss.detach()}
-        if not detached:
-            parts = {k: float(v) for k, v in parts.items()}
-        return total, parts
+        return class_loss, span_loss
 
     # -- decode ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -203,6 +243,9 @@ class JadeModel(nn.Module):
             start, end = spans.from_mask(inside, fallback)
         else:
             start, end = spans.from_center_length(out["center"], out["length"], self.window_len)
+        if c["objectness"]:
+            # the calibrated probability that the window holds a pattern at all
+            confidence = torch.sigmoid(out["object_logit"].float() / c["object_temperature"])
         return {
             "label": class_probs.argmax(dim=1),
             "start": start.long(),
@@ -215,7 +258,8 @@ class JadeModel(nn.Module):
     @torch.no_grad()
     def predict(self, x: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         """Eval-mode prediction: {"label" int64[B], "start" int64[B], "end" int64[B] (inclusive),
-        "class_probs" float[B, 2] (temperature-calibrated), "confidence" float[B] (pointer head:
+        "class_probs" float[B, 2] (temperature-calibrated), "confidence" float[B] (objectness
+        head: calibrated probability that the window holds a pattern; else pointer head:
         calibrated probability of the decoded start and end; other heads: top class
         probability), "abstain" bool[B] (confidence below the threshold fitted on validation:
         the model says "no pattern here")}. Deterministic; restores the train/eval mode."""

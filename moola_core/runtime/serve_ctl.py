@@ -536,6 +536,35 @@ def standby_check(ws, release, requests=3):
     }
 
 
+def stop_candidates(ws, release):
+    """Drain every server of `release` that is neither live, standby nor shadow: the candidate
+    a failed or interrupted deploy started (live traffic never reached it)."""
+    state = read_state(ws)
+    keep = {(state.get(role) or {}).get("pid") for role in ("live", "standby", "shadow")}
+    shadow_port = (state.get("shadow") or {}).get("port")
+    drained = []
+    for s in servers(ws):
+        mine = s.get("release") == release and s["pid"] not in keep
+        if s["alive"] and mine and s.get("port") != shadow_port and drain(s["pid"], ws):
+            drained.append(_server_entry(s))
+    return {"ok": True, "drained": drained}
+
+
+def standby_switch(ws, release, requests=1, keep_standby=True):
+    """Rollback's fast path in ONE round trip: probe the warm standby of `release` (alive,
+    /readyz 200, real requests answered by it), and only when it passed, move traffic to it.
+    Prints {ok, passed, standby, probe, moved, error}; nothing moves when the probe fails."""
+    checked = standby_check(ws, release, requests)
+    if not checked["ok"]:
+        return dict(checked, passed=False, moved=None)
+    port = checked["standby"]["port"]
+    try:
+        moved = switch(ws, release, port, keep_standby)
+    except Failed as exc:
+        return dict(checked, ok=False, passed=True, moved=None, error=str(exc))
+    return dict(checked, passed=True, moved=moved)
+
+
 def status(ws):
     state = read_state(ws)
     found = servers(ws)
@@ -668,6 +697,12 @@ def _parser():
     p = add("standby")
     p.add_argument("--release", required=True)
     p.add_argument("--requests", type=int, default=3)
+    p = add("stop-candidates")
+    p.add_argument("--release", required=True)
+    p = add("standby-switch")
+    p.add_argument("--release", required=True)
+    p.add_argument("--requests", type=int, default=1)
+    p.add_argument("--no-standby", action="store_true")
     p = add("stop")
     p.add_argument("--wait", type=float, default=DEFAULT_DRAIN_TIMEOUT_S)
     p = add("probe")
@@ -707,6 +742,10 @@ def run(args):
         return health(ws, args.burst, args.concurrency)
     if args.action == "standby":
         return standby_check(ws, args.release, args.requests)
+    if args.action == "stop-candidates":
+        return stop_candidates(ws, args.release)
+    if args.action == "standby-switch":
+        return standby_switch(ws, args.release, args.requests, not args.no_standby)
     if args.action == "stop":
         return stop(ws, args.wait)
     if args.action == "probe":

@@ -29,14 +29,68 @@ def fit_temperature(nll_at) -> tuple[float, float, float]:
     return float(math.exp(float(LOG_T_GRID[best]))), float(nll_at(1.0)), float(values[best])
 
 
+def f1_threshold(confidence, has_pattern) -> float:
+    """The threshold (answer when confidence >= it) with the best detection F1 over windows
+    with (`has_pattern` True) and without a pattern; ties go to the lowest threshold."""
+    confidence = torch.as_tensor(confidence, dtype=torch.float64).reshape(-1)
+    has = torch.as_tensor(has_pattern, dtype=torch.bool).reshape(-1)
+    if not len(confidence):
+        return 0.0
+    order = torch.argsort(confidence, descending=True, stable=True)
+    conf, hit = confidence[order], has[order].double()
+    tp = torch.cumsum(hit, 0)  # answering the k + 1 most confident windows
+    answered = torch.arange(1, len(conf) + 1, dtype=torch.float64)
+    f1 = 2 * tp / (answered + hit.sum())
+    # a cut can only fall between distinct values: the last index of each run of equal ones
+    last = torch.ones(len(conf), dtype=torch.bool)
+    last[:-1] = conf[:-1] != conf[1:]
+    f1 = torch.where(last, f1, torch.full_like(f1, -1.0))
+    k = int(torch.nonzero(f1 == f1.max())[-1])
+    return float(conf[k])
+
+
 @torch.no_grad()
-def calibrate(model, x, valid, label, start, end, recall: float = 0.9) -> dict:
+def calibrate(
+    model,
+    x,
+    valid,
+    label,
+    start,
+    end,
+    recall: float = 0.9,
+    has_pattern=None,
+    rule: str = "recall",
+) -> dict:
     """Fit the temperatures and the abstain threshold on validation tensors; write them into
-    `model.config` and return what was fitted (with the NLL before and after)."""
+    `model.config` and return what was fitted (with the NLL before and after).
+
+    `has_pattern` (bool [N]; None: all) marks pattern-free validation windows: the class and
+    span temperatures and the threshold's recall use the windows with a pattern only; a model
+    with an objectness head also gets `object_temperature`, fitted on all of them. `rule`
+    "recall" keeps `recall` of the patterns answered; "f1" maximises detection F1 over all
+    windows (it needs pattern-free ones)."""
+    if rule not in ("recall", "f1"):
+        raise ValueError(f"unknown abstain rule {rule!r}")
+    if rule == "f1" and (has_pattern is None or bool(has_pattern.all())):
+        raise ValueError("the f1 abstain rule needs pattern-free validation windows")
+    all_valid = valid
     was_training = model.training
     model.eval()
     try:
-        out = model(x, valid)
+        out = full_out = model(x, valid)
+        if "object_logit" in out and has_pattern is not None:
+            obj = out["object_logit"].float()
+            target = has_pattern.float()
+            object_t, object_before, object_after = fit_temperature(
+                lambda t: F.binary_cross_entropy_with_logits(obj / t, target)
+            )
+            model.config["object_temperature"] = round(object_t, 4)
+        else:
+            object_t = None
+        if has_pattern is not None:
+            keep = has_pattern.bool()
+            out = {k: v[keep] for k, v in out.items()}
+            valid, label, start, end = valid[keep], label[keep], start[keep], end[keep]
         logits = out["class_logits"].float()
         temperature, class_before, class_after = fit_temperature(
             lambda t: F.cross_entropy(logits / t, label)
@@ -61,11 +115,23 @@ def calibrate(model, x, valid, label, start, end, recall: float = 0.9) -> dict:
                 span_nll_after=round(span_after, 4),
             )
             model.config["span_temperature"] = fitted["span_temperature"]
+        if object_t is not None:
+            fitted.update(
+                object_temperature=model.config["object_temperature"],
+                object_nll_before=round(object_before, 4),
+                object_nll_after=round(object_after, 4),
+            )
         model.config["abstain_threshold"] = 0.0
-        confidence = model.decode(out, valid)["confidence"].float()
-        threshold = float(torch.quantile(confidence, 1.0 - recall)) if len(confidence) else 0.0
+        if rule == "f1":
+            confidence = model.decode(full_out, all_valid)["confidence"].float()
+            threshold = f1_threshold(confidence, has_pattern)
+        else:
+            confidence = model.decode(out, valid)["confidence"].float()
+            threshold = float(torch.quantile(confidence, 1.0 - recall)) if len(confidence) else 0.0
         model.config["abstain_threshold"] = threshold
-        fitted.update(abstain_threshold=threshold, abstain_recall_target=recall)
+        fitted.update(abstain_threshold=threshold, abstain_rule=rule)
+        if rule == "recall":
+            fitted["abstain_recall_target"] = recall
         return fitted
     finally:
         model.train(was_training)

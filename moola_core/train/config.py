@@ -30,6 +30,10 @@ class DataSection(_Section):
     n_windows: int = Field(174, ge=10)
     data_seed: int = 0  # the synthetic set's seed (training seeds vary; the data does not)
     difficulty: str | float = "default"
+    # pattern-free windows added to every split so that they make this share of it (0: none):
+    # from separate synthetic markets of the same difficulty (one seed per split, never the
+    # labeled set's), so the model can learn and be scored on saying "no pattern"
+    negative_share: float = Field(0.0, ge=0.0, lt=0.9)
 
 
 class SplitSection(_Section):
@@ -54,6 +58,9 @@ class ModelSection(_Section):
     class_weight: float = Field(MODEL_DEFAULTS["class_weight"], ge=0.0)
     span_weight: float | None = Field(MODEL_DEFAULTS["span_weight"], ge=0.0)
     causal: bool = MODEL_DEFAULTS["causal"]  # one-directional encoder (live use: see models.md)
+    # a "does this window hold a pattern?" head trained on data.negative_share's windows
+    objectness: bool = MODEL_DEFAULTS["objectness"]
+    object_weight: float = Field(MODEL_DEFAULTS["object_weight"], gt=0.0)
 
 
 class OptimSection(_Section):
@@ -88,6 +95,10 @@ class TrainConfig(_Section):
     bf16: bool = False
     # calibration: share of validation patterns the abstain threshold keeps answered
     abstain_recall: float = Field(0.9, gt=0.0, le=1.0)
+    # how the threshold is chosen on validation: "recall" keeps abstain_recall of the patterns
+    # answered; "f1" maximises detection F1 over patterns and pattern-free windows (needs
+    # data.negative_share > 0)
+    abstain_rule: Literal["recall", "f1"] = "recall"
 
     @field_validator("early_stopping_metric")
     @classmethod
@@ -106,7 +117,25 @@ class TrainConfig(_Section):
 
 def config_from_dict(raw: dict | None, source: str = "config") -> TrainConfig:
     """Validate a plain dict (parsed YAML); one MoolaError sentence names the first problem."""
+    from moola_core.errors import MoolaError
+
     config = validate(TrainConfig, raw, source)
+    negatives = config.data.negative_share > 0
+    if negatives and config.data.source != "synthetic":
+        raise MoolaError(
+            f"{source}: data.negative_share needs data.source: synthetic (pattern-free windows "
+            "come from the synthetic market); set it to 0 for a labeled file."
+        )
+    if config.model.objectness and not negatives:
+        raise MoolaError(
+            f"{source}: model.objectness needs pattern-free windows to learn from; set "
+            "data.negative_share (e.g. 0.35)."
+        )
+    if config.abstain_rule == "f1" and not negatives:
+        raise MoolaError(
+            f"{source}: abstain_rule: f1 needs pattern-free validation windows; set "
+            "data.negative_share (e.g. 0.35) or use abstain_rule: recall."
+        )
     # the model's own checks (e.g. position encoding needs a per-bar head) apply here too
     from moola_core.models import resolve_model_config
 

@@ -23,6 +23,9 @@ class RunData:
     # overlap group per window (windows that share bars have the same id): the bootstrap
     # resamples groups, not windows, so an augmented copy never counts as independent evidence
     groups: np.ndarray | None = None
+    # pattern-free windows per split (data.negative_share): {"train"|"val"|"test": {"x",
+    # "valid"}}; None without. They never enter the labeled metrics or the baselines.
+    negatives: dict | None = None
 
     def part(self, split: str) -> dict[str, np.ndarray]:
         """{"x","valid","label","start","end"} of one split ("train", "val" or "test")."""
@@ -64,6 +67,27 @@ class RunData:
 
     def window_ids(self, split: str) -> list[str]:
         return [self.arrays.window_id[i] for i in getattr(self, split)]
+
+
+NEGATIVE_SEED_BASE = 7100  # pattern-free markets: 7100 + 10 * data_seed + split (1, 2, 3)
+
+
+def load_negatives(config: TrainConfig, counts: dict[str, int]) -> dict | None:
+    """Pattern-free windows for each split so that they make `data.negative_share` of it:
+    one synthetic market of the run's difficulty per split, seeded apart from the labeled set
+    and from each other (no window is shared across splits)."""
+    share = config.data.negative_share
+    if share <= 0:
+        return None
+    from moola_core.data import synthetic
+
+    out = {}
+    for i, split in enumerate(("train", "val", "test"), start=1):
+        n = max(1, int(round(counts[split] * share / (1.0 - share))))
+        seed = NEGATIVE_SEED_BASE + 10 * config.data.data_seed + i
+        x, valid = synthetic.make_pattern_free_windows(n, seed, config.data.difficulty)
+        out[split] = {"x": x, "valid": valid}
+    return out
 
 
 def load_labeled_frame(config: TrainConfig):
@@ -117,6 +141,13 @@ def prepare_data(config: TrainConfig, frame=None) -> RunData:
     row_group = splits.overlap_groups(len(frame), splits.sharing_pairs(frame).keys())
     by_id = dict(zip((str(w) for w in frame["window_id"]), row_group, strict=True))
     groups = np.array([by_id[w] for w in arrays.window_id], dtype=np.int64)
+    negatives = load_negatives(config, {k: len(v) for k, v in indexes.items()})
+    digest = fingerprint(arrays)
+    if negatives:  # the run saw other windows: its data id says so
+        extra = hashlib.sha256(digest.encode())
+        for split in ("train", "val", "test"):
+            extra.update(np.ascontiguousarray(negatives[split]["x"]).tobytes())
+        digest = "sha256:" + extra.hexdigest()
     return RunData(
-        arrays, indexes["train"], indexes["val"], indexes["test"], fingerprint(arrays), groups
+        arrays, indexes["train"], indexes["val"], indexes["test"], digest, groups, negatives
     )

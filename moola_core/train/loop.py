@@ -54,6 +54,43 @@ def _tensors(part: dict, device: torch.device | str = "cpu") -> dict[str, torch.
     }
 
 
+def _with_negatives(part: dict, negatives: dict, device) -> dict[str, torch.Tensor]:
+    """Labeled tensors followed by pattern-free windows, plus "has" (bool: holds a pattern);
+    the pattern-free rows' label, start and end are 0 and never read (see JadeModel.loss)."""
+    n_neg = len(negatives["x"])
+    zeros = torch.zeros(n_neg, dtype=torch.int64, device=device)
+    extra = {
+        "x": torch.from_numpy(np.ascontiguousarray(negatives["x"], dtype=np.float32)).to(device),
+        "valid": torch.from_numpy(np.ascontiguousarray(negatives["valid"], dtype=bool)).to(device),
+        "label": zeros,
+        "start": zeros,
+        "end": zeros,
+    }
+    out = {k: torch.cat([part[k], extra[k]]) for k in extra}
+    out["has"] = torch.cat(
+        [
+            torch.ones(len(part["x"]), dtype=torch.bool, device=device),
+            torch.zeros(n_neg, dtype=torch.bool, device=device),
+        ]
+    )
+    return out
+
+
+def _detection(answered_patterns: np.ndarray, answered_free: np.ndarray) -> dict:
+    """Abstention as detection over patterns and pattern-free windows (answered = not
+    abstained): precision, recall, F1 and the counts."""
+    tp = int(answered_patterns.sum())
+    fp = int(answered_free.sum())
+    n_pos = len(answered_patterns)
+    return {
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / n_pos if n_pos else 0.0,
+        "f1": 2 * tp / (tp + fp + n_pos) if tp + fp + n_pos else 0.0,
+        "n_patterns": n_pos,
+        "n_pattern_free": len(answered_free),
+    }
+
+
 def pick_device(preference: str) -> torch.device:
     """The training device: cuda when asked (or 'auto' and one is visible), else cpu."""
     if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
@@ -73,6 +110,12 @@ def _autocast(device: torch.device, bf16: bool):
     if device.type == "cuda" and bf16:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def _no_truth(free: dict) -> dict[str, np.ndarray]:
+    """Placeholder label/start/end (0) for pattern-free windows, which have none."""
+    zeros = np.zeros(len(free["x"]), dtype=np.int64)
+    return {"label": zeros, "start": zeros, "end": zeros}
 
 
 def _truth(part: dict) -> dict[str, np.ndarray]:
@@ -188,6 +231,13 @@ def _train(config: TrainConfig, out: Path, run_id: str, data: RunData, progress:
     )
     train, val = _tensors(data.part("train"), device), _tensors(data.part("val"), device)
     val_truth = _truth(data.part("val"))
+    # pattern-free windows train only an objectness head; without one they are used only to
+    # choose the abstain threshold and to score detection
+    objectness = bool(config.model.objectness and data.negatives)
+    n_val = len(val["x"])
+    if objectness:
+        train = _with_negatives(train, data.negatives["train"], device)
+        val = _with_negatives(val, data.negatives["val"], device)
     order = torch.Generator().manual_seed(config.seed)
     metric = config.early_stopping_metric
     lower_is_better = metric == "loss" or metric in M.LOWER_IS_BETTER
@@ -217,6 +267,7 @@ def _train(config: TrainConfig, out: Path, run_id: str, data: RunData, progress:
                         train["start"][idx],
                         train["end"][idx],
                         detached=True,
+                        has_pattern=train["has"][idx] if objectness else None,
                     )
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -231,8 +282,16 @@ def _train(config: TrainConfig, out: Path, run_id: str, data: RunData, progress:
                     with _autocast(device, config.bf16):
                         output = model(val["x"], val["valid"])
                     output = {k: v.float() for k, v in output.items()}
-                    val_loss, _ = model.loss(output, val["label"], val["start"], val["end"])
-                    decoded = model.decode(output, val["valid"])
+                    val_loss, _ = model.loss(
+                        output,
+                        val["label"],
+                        val["start"],
+                        val["end"],
+                        has_pattern=val["has"] if objectness else None,
+                    )
+                    # the labeled metrics read the windows with a pattern (they come first)
+                    output = {k: v[:n_val] for k, v in output.items()}
+                    decoded = model.decode(output, val["valid"][:n_val])
                     pred = {k: v.cpu().numpy() for k, v in decoded.items()}
                 val_metrics = M.point_metrics(pred, val_truth)
                 value = float(val_loss) if metric == "loss" else val_metrics[metric]
@@ -269,6 +328,8 @@ def _train(config: TrainConfig, out: Path, run_id: str, data: RunData, progress:
     torch.save(model.state_dict(), out / runs.WEIGHTS)
     # temperatures and the abstain threshold, fitted on validation, travel in model.json
     cal = _tensors(data.part("val"))
+    if data.negatives:
+        cal = _with_negatives(cal, data.negatives["val"], "cpu")
     calibration = calibrate(
         model,
         cal["x"],
@@ -277,6 +338,8 @@ def _train(config: TrainConfig, out: Path, run_id: str, data: RunData, progress:
         cal["start"],
         cal["end"],
         recall=config.abstain_recall,
+        has_pattern=cal.get("has"),
+        rule=config.abstain_rule,
     )
     runs.write_json(out / runs.MODEL, model.config)
 
@@ -287,6 +350,19 @@ def _train(config: TrainConfig, out: Path, run_id: str, data: RunData, progress:
         results[split], predictions[split] = _evaluate_split(model, data.part(split), truth, n_boot)
         predictions[split]["window_id"] = data.window_ids(split)
         predictions[split]["truth"] = {k: v.tolist() for k, v in truth.items()}
+    detection: dict = {}
+    if data.negatives:
+        predictions["negatives"] = {}
+        for split in ("val", "test"):
+            free = _tensors({**data.negatives[split], **_no_truth(data.negatives[split])})
+            pred = model.predict(free["x"], free["valid"])
+            answered_free = ~pred["abstain"].numpy()
+            answered = ~np.asarray(predictions[split]["abstain"], dtype=bool)
+            detection[split] = _detection(answered, answered_free)
+            predictions["negatives"][split] = {
+                "confidence": np.round(pred["confidence"].numpy(), 6).tolist(),
+                "abstain": pred["abstain"].numpy().tolist(),
+            }
     baselines: dict = {}
     fitted = data.fit_baselines()
     predictions["baselines"] = {}
@@ -327,6 +403,8 @@ def _train(config: TrainConfig, out: Path, run_id: str, data: RunData, progress:
             "val_loss_fell": bool(min(val_losses) < val_losses[0]),
         },
         "calibration": calibration,
+        # abstention as detection, with the pattern-free windows (data.negative_share > 0)
+        "detection": detection or None,
         "provenance": provenance(str(device)),
         "val": results["val"],
         "test": results["test"],

@@ -136,6 +136,8 @@ def _verdict(result) -> str:
         "else 5)",
         "full_post_check": "after the switch, also run the runtime check through `current`",
         "repair": "re-upload and re-verify the same bytes of a damaged release (logged)",
+        "no_serve": "files only: no server is started and live traffic stays where it is "
+        "(`invoke serve --host H --ensure` moves it later; docs/serving.md)",
         "plan": PLAN_HELP,
     }
 )
@@ -156,6 +158,7 @@ def deploy(
     check_timeout=600.0,
     plan=False,
     repair=False,
+    no_serve=False,
     json=False,
     refresh=False,
 ):
@@ -176,6 +179,7 @@ def deploy(
         check_runs=int(check_runs) or None,
         check_timeout_s=_seconds(check_timeout, "--check-timeout"),
         plan=planning,
+        serve=not no_serve,
     )
     run = engine.repair if repair else engine.deploy
     if repair and planning:

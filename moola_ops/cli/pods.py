@@ -1,6 +1,6 @@
 """`invoke pods`: the RunPod account's pods, and stop / resume / terminate / known-host.
 
-Thin tasks over moola_ops/runpod.py (a standard-library client of RunPod's GraphQL API). The
+Thin tasks over moola_ops/runpod/ (a standard-library client of RunPod's GraphQL API). The
 API key comes from RUNPOD_API_KEY or the file named by `runpod_api_key_file:` in the
 inventory's defaults and is never printed. Changing a pod asks for confirmation: `--yes ID`
 naming the pod, or typing its id on a terminal; terminate takes `--yes ID` only.

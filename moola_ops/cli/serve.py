@@ -10,55 +10,42 @@ from __future__ import annotations
 
 import invoke
 from invoke.exceptions import Exit
-from invoke.parser import Argument as FlagArgument
+from invoke.parser import Argument
 
-from moola_ops.cli._common import (
-    HELP_WORDS,
-    console,
-    is_tty,
-    print_json,
-    show_task_help,
-    user_errors,
-)
+from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
 
 
-class _EnsureFlag(FlagArgument):
-    """`--ensure` also fills the positional action, so `invoke serve --host H --ensure` parses
-    (Invoke requires every positional argument)."""
+class _EnsureFlag(Argument):
+    """`--ensure` names the action too (it fills the positional `action` with "ensure")."""
 
-    partner: FlagArgument | None = None
+    action: Argument | None = None
 
     def set_value(self, value, cast=True):
         super().set_value(value, cast=cast)
-        if value and self.partner is not None and self.partner.value is None:
-            self.partner.set_value("ensure")
+        if value and self.action is not None and self.action.value is None:
+            self.action.set_value("ensure")
 
 
 class ServeTask(invoke.Task):
+    """Invoke requires every positional argument to be given, so `invoke serve --host H
+    --ensure` (the issue's cron line) would not parse with `action` positional. The one change
+    to Invoke's parsing: the `--ensure` flag also fills `action`. Everything else is the
+    standard task (`moola_ops.cli._common.task`: long flags only, `-h` shows help)."""
+
     def get_arguments(self, ignore_unknown_help=None):
         args = super().get_arguments(ignore_unknown_help)
         action = next(a for a in args if a.name == "action")
         for i, arg in enumerate(args):
             if arg.name == "ensure":
-                flag = _EnsureFlag(
-                    names=arg.names,
-                    kind=arg.kind,
-                    default=arg.default,
-                    help=arg.help,
-                    positional=arg.positional,
-                    optional=arg.optional,
-                    incrementable=arg.incrementable,
-                    attr_name=arg.attr_name,
-                )
-                flag.partner = action
+                flag = _EnsureFlag(names=arg.names, kind=bool, default=False, help=arg.help)
+                flag.action = action
                 args[i] = flag
         return args
 
 
-@invoke.task(
+@task(
     klass=ServeTask,
     positional=["action"],
-    auto_shortflags=False,
     help={
         "action": "start (idempotent), stop (drain, then exit), status, restart (zero downtime)",
         "host": "inventory host names and/or groups, comma separated",
@@ -78,8 +65,6 @@ def serve(
     from moola_ops import serving
     from moola_ops.inventory import load_inventory
 
-    if action in HELP_WORDS:
-        show_task_help("serve")
     if ensure and action not in (None, "ensure"):
         raise MoolaError("give an action or --ensure, not both")
     chosen = "ensure" if ensure else action

@@ -1,10 +1,10 @@
 """Remote facts, one registry (pyinfra's shape): a fact is a shell fragment plus its parser.
 
 Every thing a host can tell Moola is one `Fact` in `FACTS`: `workspace`, `current`,
-`releases`, `backups`, `lock`, `disk`, `python`, `gpus`, `revisions`, `checksums` (and `server`
-once the serving room registers it with `register`). `gather(layout, python, names)` combines any
-subset into ONE shell command (one SSH round trip) whose answer is split into `### name`
-sections; `parse(output)` hands each section to its fact's parser and returns `HostFacts`.
+`releases`, `backups`, `lock`, `disk`, `python`, `gpus`, `revisions`, `checksums`, `server`
+(serve/state.json). `gather(layout, python, names)` combines any subset into ONE shell
+command (one SSH round trip) whose answer is split into `### name` sections; `parse(output)`
+hands each section to its fact's parser and returns `HostFacts`.
 Parsers are tested from recorded `{command, output, fact}` files under tests/data/facts/.
 
 Decisions over facts live here too, pure and testable: which release `current` really is
@@ -39,11 +39,28 @@ END = "end"
 GPU_TIMEOUT_S = 10  # nvidia-smi can hang on a wedged GPU; `timeout` bounds it
 REVISIONS_READ = 50  # last lines of revisions.log a decision needs
 
+# torch's version from torch/version.py, found without importing torch or scanning every
+# installed distribution (importlib.metadata costs ~70 ms here: it runs in every lock's round
+# trip, which rollback waits for); the metadata is the fallback
 _PYTHON_PROBE = (
     "import sys, json\n"
-    "try:\n"
+    "def version():\n"
+    "    import importlib.util, os, re\n"
+    "    spec = importlib.util.find_spec('torch')\n"
+    "    if spec is None:\n"
+    "        return None\n"
+    "    try:\n"
+    "        with open(os.path.join(os.path.dirname(spec.origin), 'version.py')) as fh:\n"
+    "            m = re.search(r'^__version__\\s*(?::\\s*str\\s*)?=\\s*[\\x27\\x22]([^\\x27\\x22]+)',"
+    " fh.read(), re.M)\n"
+    "        if m:\n"
+    "            return m.group(1)\n"
+    "    except (OSError, TypeError):\n"
+    "        pass\n"
     "    from importlib import metadata\n"
-    "    torch = metadata.version('torch')\n"
+    "    return metadata.version('torch')\n"
+    "try:\n"
+    "    torch = version()\n"
     "except Exception:\n"
     "    torch = None\n"
     "print(json.dumps({'python': sys.version.split()[0], 'torch': torch}))\n"
@@ -239,6 +256,22 @@ def parse_checksums(lines: list[str]) -> ChecksumFact | None:
     return ChecksumFact(problems=problems, version=report.get("version"))
 
 
+def _server_cmd(layout: Layout, python: str) -> str:
+    # serve/state.json as it is (no python started): the lock's round trip already tells
+    # rollback which release has a warm standby (moola_ops/serving.py)
+    return f"cat {layout.path('serve', 'state.json')} 2>/dev/null; echo"
+
+
+def parse_server(lines: list[str]) -> dict[str, Any] | None:
+    """The serving state {live, standby, shadow, ...}; None when the host never served or the
+    file is unreadable (serving then asks the host itself)."""
+    try:
+        value = json.loads("\n".join(lines)) if lines else None
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 FACTS: dict[str, Fact] = {}
 
 
@@ -259,6 +292,7 @@ for _fact in (
     Fact("gpus", _gpus_cmd, parse_gpus, "GPUs from nvidia-smi"),
     Fact("revisions", _revisions_cmd, parse_revisions, "the last lines of revisions.log"),
     Fact("checksums", _checksums_cmd, parse_checksums, "current's files against its manifest"),
+    Fact("server", _server_cmd, parse_server, "serve/state.json: live and standby servers"),
 ):
     register(_fact)
 
@@ -272,6 +306,7 @@ DEPLOY_FACTS = (
     "python",
     "gpus",
     "revisions",
+    "server",
 )
 HEALTH_FACTS = (
     "workspace",

@@ -134,6 +134,14 @@ def drain(layout: Layout, python: str, pid: int) -> str:
     return _ctl(layout, python, "drain", "--pid", str(pid))
 
 
+def stop_candidates(layout: Layout, python: str, version: str) -> str:
+    """Drain every server of `version` that is not live, standby or shadow: the candidate of a
+    deploy that failed or was interrupted before traffic moved to it. Prints {ok, drained}."""
+    return _ctl(
+        layout, python, "stop-candidates", "--release", shlex.quote(check_name(version, "version"))
+    )
+
+
 def status(layout: Layout, python: str) -> str:
     """Proxy, live/standby servers, every server process and what the public port serves."""
     return _ctl(layout, python, "status")
@@ -151,6 +159,20 @@ def standby(layout: Layout, python: str, version: str, *, requests: int = 3) -> 
         "--requests",
         str(int(requests)),
     )
+
+
+def standby_switch(
+    layout: Layout, python: str, version: str, *, requests: int = 1, keep_standby: bool = True
+) -> str:
+    """Rollback's fast path, ONE round trip: probe the warm standby of `version` (alive,
+    /readyz, `requests` real requests answered as `version`) and, only when it passed, move
+    traffic to it. Prints {ok, standby, probe, moved, error}; nothing moves on a failed probe."""
+    if not isinstance(requests, int) or isinstance(requests, bool) or requests < 1:
+        raise MoolaError(f"invalid requests {requests!r}: give a whole number >= 1")
+    args = ["--release", shlex.quote(check_name(version, "version")), "--requests", str(requests)]
+    if not keep_standby:
+        args.append("--no-standby")
+    return _ctl(layout, python, "standby-switch", *args)
 
 
 def health(layout: Layout, python: str, *, burst: int = 0, concurrency: int = 4) -> str:
@@ -249,6 +271,17 @@ def start_command_line(
         f"{shlex.quote(python)} {ctl} ensure --workspace {layout.root} "
         f"--port {_port(port)} --bind {_bind(bind)}"
     )
+
+
+# --- the serving fact (facts.py `server`, read in the lock's round trip) -----------------------
+
+
+def standby_of(state: dict[str, Any] | None, version: str) -> dict[str, Any] | None:
+    """The standby entry of `version` in a serving state, or None."""
+    standby = (state or {}).get("standby")
+    if isinstance(standby, dict) and standby.get("release") == version and standby.get("port"):
+        return standby
+    return None
 
 
 # --- parsers ---------------------------------------------------------------------------------

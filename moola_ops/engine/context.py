@@ -365,6 +365,10 @@ def cleanup_host(ctx: HostContext) -> list[str]:
         if ctx.unsettled is not None:
             target, previous = ctx.unsettled
             notes.append(stages.switch_back(ctx, previous, target))
+        if getattr(ctx, "serve_candidate", None):  # started, but traffic never reached it
+            from moola_ops.serving_stages import stop_candidate
+
+            info["stopped_candidate"] = stop_candidate(ctx, info)
         if ctx.unchecked is not None and ctx.unchecked != ctx.previous:
             out = ctx.run_reconnecting(release_cmd.remove_release(ctx.layout, ctx.unchecked), info)
             info["removed_release"] = ctx.unchecked if "KEPT" not in out.stdout else None

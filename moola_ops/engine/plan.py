@@ -12,167 +12,21 @@ identical.
 
 from __future__ import annotations
 
-from typing import Any
-
 from moola_ops import steps
-from moola_ops.commands import compose, decisions
-from moola_ops.commands import facts as facts_cmd
-from moola_ops.commands import lock as lock_cmd
+from moola_ops.commands import decisions
 from moola_ops.commands import release as release_cmd
-from moola_ops.commands.hostfacts import HostFacts
-from moola_ops.commands.layout import Layout
 from moola_ops.engine.bundle import LocalBundle
+from moola_ops.engine.planner import RUN_TIME_PORT, UPLOAD, Planner, after_switch  # noqa: F401
 from moola_ops.engine.results import FleetResult, HostOutcome, Options
-from moola_ops.engine.stages import check_command
 from moola_ops.fleet import run_fleet
 from moola_ops.inventory import Host
-from moola_ops.journal import current_actor, new_deployment_id
-from moola_ops.transport import HostSession
+from moola_ops.journal import new_deployment_id
 
-UPLOAD = "sftp put {local} -> {host}:{remote}"  # the one step that is not a shell command
-
-
-class Planner:
-    """One host's plan: its facts (read-only) and the commands, in the order a run sends them."""
-
-    def __init__(self, host: Host, opts: Options, deployment: str, what: str):
-        self.host = host
-        self.opts = opts
-        self.deployment = deployment
-        self.layout = Layout(host.workspace)
-        self.commands: list[dict[str, str]] = []
-        self.facts: HostFacts | None = None
-        self.what = what
-
-    def add(self, step: str, command: str) -> None:
-        self.commands.append({"step": step, "command": command})
-
-    def read(self) -> HostFacts:
-        """The deploy facts, read-only (the same fragments the lock step gathers)."""
-        gather = facts_cmd.gather(self.layout, self.host.python)
-        with HostSession(self.host, accept_new_host_key=False) as ssh:
-            out = ssh.run(gather, timeout_s=self.opts.command_timeout_s)
-        self.facts = facts_cmd.parse(out.stdout)
-        holder = {
-            "deployment": self.deployment,
-            "actor": current_actor(),
-            "what": self.what,
-            "since": "<time of the run>",
-            "pid": 0,
-            "client": "<this machine>",
-        }
-        self.add(steps.LOCK, compose.combine(lock_cmd.acquire(self.layout, holder), gather))
-        return self.facts
-
-    def lock_state(self) -> str:
-        lock = self.facts.lock
-        if lock is None:
-            return "free"
-        stale = lock_cmd.stale_reason(lock.holder, lock.age_s, max_age_s=lock_cmd.MAX_AGE_S)
-        who = lock_cmd.describe_holder(lock.holder)
-        if stale:
-            return f"STALE lock of {who} ({stale}): {lock_cmd.break_hint(self.host.name)}"
-        return f"held by {who}: the run would be refused"
-
-    def runtime_check(self, version: str, step: str, *, through_current: bool) -> None:
-        o = self.opts
-        check = check_command(self.layout, self.host, o, version, through_current=through_current)
-        self.add(step, release_cmd.bounded(check, self.layout, self.deployment, o.check_timeout_s))
-
-    def serving(self, target: str) -> None:
-        """With serving on, the target's server is started, probed and given live traffic with
-        the switch; its ports and process ids are chosen on the host at run time, so the plan
-        names the step rather than its commands (moola_ops/serving.py builds them)."""
-        if self.opts.serve:
-            what = "start its server on a free port, probe it, move live traffic with `current`"
-            self.add(steps.SERVE_START, f"<serve {target}: {what}; commands chosen at run time>")
-
-    def switch_checked(
-        self,
-        target: str,
-        previous: str | None,
-        action: str,
-        *,
-        snapshot: bool,
-        runtime: bool,
-        sha256: str | None,
-    ) -> str | None:
-        snap = None
-        if snapshot and previous:
-            snap = release_cmd.snapshot_name("TIME", previous)  # the run stamps the UTC time
-        revision: dict[str, Any] = {
-            "time": "<time of the switch>",
-            "action": action,
-            "version": target,
-            "previous": previous,
-            "deployment": self.deployment,
-            "actor": current_actor(),
-        }
-        if sha256:
-            revision["sha256"] = sha256
-        self.add(
-            steps.SWITCH,
-            release_cmd.snapshot_and_switch(
-                self.layout,
-                target,
-                self.deployment,
-                revision,
-                snapshot_of=previous if snap else None,
-                snapshot_as=snap,
-            ),
-        )
-        verify = release_cmd.verify(self.layout, self.host.python, target, through_current=True)
-        self.add(
-            steps.POST_CHECK, release_cmd.checked_with_smoke(verify, self.layout, self.host.smoke)
-        )
-        if runtime:
-            self.runtime_check(target, steps.POST_CHECK_RUNTIME, through_current=True)
-        return snap
-
-    def prune(self, after: HostFacts, protect: tuple[str, ...]) -> dict[str, list[str]]:
-        releases, backups = decisions.plan_prune(
-            after,
-            keep_releases=self.opts.keep_releases,
-            keep_backups=self.opts.keep_backups,
-            protect=protect,
-        )
-        self.add(steps.PRUNE, facts_cmd.gather(self.layout, self.host.python))
-        self.add(steps.PRUNE, release_cmd.prune(self.layout, releases, backups))
-        return {"releases": releases, "backups": backups}
-
-    def unlock(self) -> None:
-        self.add(steps.UNLOCK, lock_cmd.release(self.layout, self.deployment))
-
-    def outcome(self, current: str | None, target: str | None, summary: str, **plan: Any):
-        """A `planned` outcome; `upload`, `snapshot`, `prune` default to none."""
-        plan = {"upload": None, "snapshot": None, "prune": None, **plan}
-        plan.update(
-            current=current,
-            target=target,
-            lock=self.lock_state(),
-            commands=self.commands,
-            current_problem=self.facts.current_problem,
-            summary=summary,
-        )
-        return HostOutcome(
-            self.host.name, "planned", summary, current=current, previous=current, plan=plan
-        )
-
-
-def _after_switch(facts: HostFacts, target: str, action: str, sha: str | None) -> HostFacts:
-    """The facts as they would be after the switch (for the prune decision)."""
-    after = HostFacts(**{**facts.__dict__})
-    after.releases = {**facts.releases, target: sha or facts.releases.get(target)}
-    after.revisions = [*facts.revisions, {"action": action, "version": target}]
-    after.current = target
-    return after
-
-
-# --- per flow -----------------------------------------------------------------------------------
+# --- per flow (UPLOAD and RUN_TIME_PORT are importable from here) ---------------------------
 
 
 def _plan_deploy_one(p: Planner, bundle: LocalBundle) -> HostOutcome:
-    facts = p.read()
+    facts = p.read(serving=True)
     previous, version = facts.current, bundle.version
     on_host = facts.releases.get(version) or ("unknown" if version in facts.releases else None)
     if previous == version and on_host == bundle.sha256:
@@ -205,7 +59,7 @@ def _plan_deploy_one(p: Planner, bundle: LocalBundle) -> HostOutcome:
         runtime=p.opts.full_post_check,
         sha256=bundle.sha256,
     )
-    after = _after_switch(facts, version, steps.ACTION_DEPLOY, bundle.sha256)
+    after = after_switch(facts, version, steps.ACTION_DEPLOY, bundle.sha256)
     pruned = p.prune(after, (version,) + ((previous,) if previous else ()))
     p.unlock()
     moving = f"{previous or 'nothing'} -> {version}"
@@ -221,7 +75,7 @@ def _plan_deploy_one(p: Planner, bundle: LocalBundle) -> HostOutcome:
 
 
 def _plan_rollback_one(p: Planner, to: str | None) -> HostOutcome:
-    facts = p.read()
+    facts = p.read(serving=True)
     previous = facts.current
     target = to or decisions.rollback_target(facts)
     if target is None:
@@ -361,6 +215,8 @@ def render_plan(result: FleetResult) -> str:
         lines.append(f"  lock: {plan.get('lock', '?')}")
         if plan.get("upload"):
             lines.append(f"  upload: {plan['upload']['bytes']} bytes to {plan['upload']['to']}")
+        if plan.get("serving"):
+            lines.append(f"  serving: {plan['serving']}")
         if plan.get("snapshot"):
             lines.append(f"  snapshot: {plan.get('current')} -> backups/{plan['snapshot']}")
         if plan.get("prune"):
@@ -369,5 +225,20 @@ def render_plan(result: FleetResult) -> str:
                 f"  prune: releases {pr['releases'] or 'none'}, snapshots {pr['backups'] or 'none'}"
             )
         for i, c in enumerate(plan.get("commands", []), 1):
-            lines.append(f"  {i:>2}. [{c['step']}] {c['command'][:400]}")
+            lines.append(f"  {i:>2}. [{c['step']}] {_readable(c['command'])[:400]}")
     return "\n".join(lines)
+
+
+def _readable(command: str) -> str:
+    """A command as a person reads it: the host-side programs that travel inline (`python3 -c
+    PROGRAM`) named instead of spelled out (`--json` shows every byte)."""
+    import shlex
+
+    from moola_ops.commands import serve as serve_cmd
+
+    for source, name in (
+        (release_cmd.HOSTSIDE_SOURCE, "<hostside.py>"),
+        (serve_cmd.CTL_SOURCE, "<serve_ctl.py>"),
+    ):
+        command = command.replace(shlex.quote(source), name)
+    return command

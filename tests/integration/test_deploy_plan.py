@@ -28,8 +28,7 @@ from tests.integration.helpers import write_inventory
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 REPO = Path(__file__).parents[2]
-# serving off: a server's ports and pids are chosen at run time, so the plan names that step
-# instead of listing its commands
+# serving off here; SERVED below plans and runs the same flows with the model servers
 FAST = engine.Options(
     serve=False,
     check_runs=3,
@@ -38,6 +37,9 @@ FAST = engine.Options(
     keep_releases=1,
     keep_backups=1,
 )
+
+
+SERVED = replace(FAST, serve=True)
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +117,14 @@ def test_a_planned_deploy_changes_nothing_and_lists_what_the_deploy_runs(
     assert tree(host.workspace) == before
     assert read_events(journal_file) == logged_before
 
+    sent = recording(monkeypatch)
+    done = engine.deploy([host], v11, FAST)
+    assert done.ok, done.outcomes
+    assert [normalised(c) for c in sent] == [normalised(c["command"]) for c in plan["commands"]]
+
+
+def recording(monkeypatch) -> list[str]:
+    """Every command and upload HostSession sends from now on, in order (they still run)."""
     sent: list[str] = []
     real_run, real_upload = HostSession.run, HostSession.upload
 
@@ -128,9 +138,95 @@ def test_a_planned_deploy_changes_nothing_and_lists_what_the_deploy_runs(
 
     monkeypatch.setattr(HostSession, "run", run)
     monkeypatch.setattr(HostSession, "upload", upload)
-    done = engine.deploy([host], v11, FAST)
-    assert done.ok, done.outcomes
-    assert [normalised(c) for c in sent] == [normalised(c["command"]) for c in plan["commands"]]
+    return sent
+
+
+def started_port(journal_file: Path, deployment: str) -> int:
+    """The private port the real run's new server got (its serve-start line)."""
+    (line,) = [
+        e
+        for e in read_events(journal_file, deployment=deployment)
+        if e["step"] == "serve-start" and e["status"] == "ok"
+    ]
+    return int(line["detail"]["port"])
+
+
+def test_with_serving_the_plan_lists_the_serving_commands_a_deploy_and_rollback_send(
+    bundles, journal_file, monkeypatch
+):
+    with running_hosts(["plan-srv"]) as (sandbox, _root):
+        (host,) = Inventory.from_sandbox(sandbox, connect_timeout_s=5).resolve("plan-srv")
+        assert engine.deploy([host], engine.resolve_bundle(str(bundles["v1.0"])), SERVED).ok
+        v11 = engine.resolve_bundle(str(bundles["v1.1"]))
+        logged_before = read_events(journal_file)
+        before = tree(host.workspace)
+
+        # deploy: no warm standby of v1.1, so a new server starts on a port picked at run time
+        planned = engine.deploy([host], v11, replace(SERVED, plan=True))
+        (outcome,) = planned.outcomes
+        assert outcome.status == "planned", outcome
+        deploy_plan = outcome.plan
+        assert [c["step"] for c in deploy_plan["commands"]] == [
+            "lock",
+            "upload",
+            "upload",
+            "promote",
+            "check",
+            "serve-standby",
+            "serve-start",
+            "serve-start",
+            "serve-check",
+            "switch",
+            "serve-switch",
+            "post-check",
+            "serve-post-check",
+            "prune",
+            "prune",
+            "unlock",
+        ]
+        assert deploy_plan["serving"] == "a new server for v1.1 starts on a private port"
+        at_run_time = [
+            c["step"] for c in deploy_plan["commands"] if "--port <port>" in c["command"]
+        ]
+        assert at_run_time == ["serve-check", "serve-switch"]
+        text = plan_mod.render_plan(planned)
+        assert "[serve-start]" in text and "<serve_ctl.py> start --workspace" in text
+        assert tree(host.workspace) == before  # servers running, nothing on the host changed
+        assert read_events(journal_file) == logged_before
+
+        with monkeypatch.context() as patched:
+            sent = recording(patched)
+            done = engine.deploy([host], v11, SERVED)
+        assert done.ok, done.outcomes
+        port = started_port(journal_file, done.deployment)
+        ran = [re.sub(rf"--port {port}\b", "--port <port>", c) for c in sent]
+        assert [normalised(c) for c in ran] == [
+            normalised(c["command"]) for c in deploy_plan["commands"]
+        ]
+
+        # rollback: v1.0's server is the warm standby, so the plan knows its port exactly
+        planned = engine.rollback([host], None, replace(SERVED, plan=True))
+        (outcome,) = planned.outcomes
+        back_plan = outcome.plan
+        assert back_plan["serving"].startswith("the warm standby of v1.0 (port ")
+        assert [c["step"] for c in back_plan["commands"]] == [
+            "lock",
+            "verify",
+            "serve-standby",
+            "switch",
+            "serve-switch",
+            "post-check",
+            "post-check-runtime",
+            "serve-post-check",
+            "unlock",
+        ]
+        with monkeypatch.context() as patched:
+            sent = recording(patched)
+            back = engine.rollback([host], None, SERVED)
+        assert back.ok, back.outcomes
+        assert [normalised(c) for c in sent] == [
+            normalised(c["command"]) for c in back_plan["commands"]
+        ]
 
 
 def test_invoke_dry_and_plan_flags_plan_instead_of_deploying(

@@ -378,10 +378,16 @@ def test_deploy_and_rollback_move_live_traffic_without_a_failed_request(served, 
     }
     for step in ("serve-start", "serve-check", "switch", "serve-switch", "serve-post-check"):
         assert deploy_steps[step] == "ok", (step, deploy_steps)
-    rollback_steps = {e["step"]: e["status"] for e in read_events(log, deployment=back.deployment)}
+    events = read_events(log, deployment=back.deployment)
+    rollback_steps = {e["step"]: e["status"] for e in events}
     for step in ("serve-standby", "switch", "serve-switch", "serve-post-check"):
         assert rollback_steps[step] == "ok", (step, rollback_steps)
     assert "serve-start" not in rollback_steps  # nothing had to start: the standby was warm
+    order = [e["step"] for e in events]
+    # the standby was probed (a real request answered by v1.1) before traffic moved to it
+    assert order.index("serve-standby") < order.index("serve-switch")
+    probed = next(e for e in events if e["step"] == "serve-standby")["detail"]
+    assert probed["probe"]["releases"] == {"v1.1": 1} and probed["standby"]["release"] == "v1.1"
 
 
 def test_a_failed_post_switch_check_moves_traffic_back_too(served, bundles):
@@ -477,3 +483,102 @@ def test_a_release_whose_server_never_gets_ready_is_stopped_and_nothing_moves(se
     events = read_events(log, deployment=result.deployment)
     by_step = {e["step"]: e["status"] for e in events}
     assert by_step["serve-start"] == "failed" and "switch" not in by_step
+
+
+def test_a_dead_standby_is_replaced_by_a_started_server_and_nothing_fails(served, bundles):
+    host, log = served
+    opts = engine.Options(**{**FAST.__dict__, "journal_path": str(log)})
+    if host_status(host).current != "v1.1":
+        assert engine.rollback([host], "v1.1", opts).ok
+    assert engine.deploy([host], engine.resolve_bundle(str(bundles["v1.2"])), opts).ok
+    now = host_status(host)
+    assert now.served_release == "v1.2" and now.standby["release"] == "v1.1"
+    os.kill(now.standby["pid"], signal.SIGKILL)  # state.json still names it: the facts do too
+    wait_for(lambda: not pid_alive(now.standby["pid"]), "the standby to die")
+    with Stream(now.proxy_port) as stream:
+        back = engine.rollback([host], "v1.1", opts)
+        assert back.ok, back.outcomes
+        wait_for(lambda: stream.releases.get("v1.1", 0) >= 3, "answers from v1.1")
+    assert stream.failures == [], stream.failures[:3]
+    events = read_events(log, deployment=back.deployment)
+    by_step = {e["step"]: e for e in events}
+    assert by_step["serve-standby"]["status"] == "skipped"  # probed: not running, nothing moved
+    assert by_step["serve-start"]["status"] == by_step["serve-switch"]["status"] == "ok"
+    after = host_status(host)
+    assert (
+        after.served_release == after.current == "v1.1" and after.live["pid"] != now.standby["pid"]
+    )
+
+
+def _cli(host, tmp_path, log, *args, env=None, popen=False):
+    import subprocess
+    import sys
+
+    from tests.integration.helpers import default_signals
+
+    inventory = write_inventory(tmp_path / "hosts.yaml", {host.name: host}, with_python=True)
+    argv = [str(Path(sys.executable).with_name("invoke")), *args, "--inventory", str(inventory)]
+    environ = {**os.environ, "MOOLA_LOG": str(log), **(env or {})}
+    if popen:
+        return subprocess.Popen(
+            argv,
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=default_signals,
+        )
+    return subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_stopping_a_deploy_between_serve_start_and_the_switch_stops_the_candidate(
+    served, bundles, tmp_path, sig
+):
+    host, log = served
+    before = host_status(host)
+    assert before.serving and not [
+        s for s in before.servers if s.get("release") == "v1.0" and s["alive"]
+    ]
+    gate = tmp_path / "gate"
+    # the deploy waits at the entry of serve-check: v1.0's candidate is up, traffic not moved
+    env = {"MOOLA_PAUSE_AT": "serve-check", "MOOLA_PAUSE_FILE": str(gate)}
+    args = ("deploy", "--host", host.name, "--bundle", str(bundles["v1.0"]), "--check-runs", "3")
+    proc = _cli(host, tmp_path, log, *args, env=env, popen=True)
+    wait_for(lambda: Path(f"{gate}.waiting").exists() or proc.poll() is not None, "the pause")
+    assert proc.poll() is None, proc.communicate()
+    candidates = [s for s in host_status(host).servers if s.get("release") == "v1.0" and s["alive"]]
+    assert len(candidates) == 1  # the candidate runs on its private port
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, (out, err)
+    wait_for(lambda: not pid_alive(candidates[0]["pid"]), "the candidate to drain and exit")
+    after = host_status(host)
+    assert after.current == before.current and after.live == before.live and after.serving
+    cleanup = [e for e in read_events(log) if e["step"] == "cleanup"][-1]
+    stopped = cleanup["detail"]["stopped_candidate"]
+    assert [s["pid"] for s in stopped] == [candidates[0]["pid"]]
+
+
+def test_deploy_no_serve_ships_the_files_and_leaves_traffic_alone(served, bundles, tmp_path):
+    host, log = served
+    before = host_status(host)
+    assert before.serving and before.current == "v1.1"
+    done = _cli(
+        host,
+        tmp_path,
+        log,
+        *("deploy", "--host", host.name, "--bundle", str(bundles["v1.0"]), "--no-serve"),
+        *("--check-runs", "3"),
+    )
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    after = host_status(host)
+    assert after.current == "v1.0"  # the files moved ...
+    assert after.live == before.live and after.served_release == "v1.1"  # ... traffic did not
+    deployment = done.stdout.strip().splitlines()[-1].split()[1].rstrip(":")
+    steps = [e["step"] for e in read_events(log, deployment=deployment)]
+    assert "switch" in steps and not [s for s in steps if s.startswith("serve-")], steps
+    # back as it was, serving untouched again
+    opts = engine.Options(**{**FAST.__dict__, "journal_path": str(log), "serve": False})
+    assert engine.rollback([host], "v1.1", opts).ok
+    assert host_status(host).current == "v1.1"

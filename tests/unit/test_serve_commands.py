@@ -78,7 +78,28 @@ def test_builders_quote_everything_and_check_names():
         "--concurrency",
         "4",
     ]
+    # rollback's one round trip: probe the standby, then move traffic; a deploy's cleanup
+    assert args_of(serve.standby_switch(WS, "python3", "v1.0", keep_standby=False))[1:] == [
+        "standby-switch",
+        "--workspace",
+        "/workspace/moola",
+        "--release",
+        "v1.0",
+        "--requests",
+        "1",
+        "--no-standby",
+    ]
+    assert args_of(serve.stop_candidates(WS, "python3", "v1.2"))[1:] == [
+        "stop-candidates",
+        "--workspace",
+        "/workspace/moola",
+        "--release",
+        "v1.2",
+    ]
     for bad in (
+        lambda: serve.standby_switch(WS, "python3", "v1;id"),
+        lambda: serve.standby_switch(WS, "python3", "v1", requests=0),
+        lambda: serve.stop_candidates(WS, "python3", "../v1"),
         lambda: serve.start(WS, "python3", "v1;rm -rf /"),
         lambda: serve.switch(WS, "python3", "$(id)"),
         lambda: serve.start(WS, "python3", "v1", device="tpu"),
@@ -271,3 +292,36 @@ def test_a_full_capture_queue_drops_and_counts_instead_of_blocking(tmp_path, mon
     assert metrics.captures_dropped == 3
     assert "moola_serve_captures_dropped_total 3" in metrics.render({"release": "v1"}, {})
     assert not any(Path(tmp_path).rglob("*.jsonl"))
+
+
+def test_a_warm_standby_is_read_from_the_serving_fact():
+    state = {
+        "live": {"release": "v1.1", "port": 40101, "pid": 41},
+        "standby": {"release": "v1.0", "port": 40007, "pid": 37},
+    }
+    assert serve.standby_of(state, "v1.0") == state["standby"]
+    assert serve.standby_of(state, "v1.1") is None  # live, not a standby
+    assert serve.standby_of({"standby": None}, "v1.0") is None
+    assert serve.standby_of(None, "v1.0") is None  # the host never served
+
+
+def test_the_servers_header_parser_keeps_the_stdlib_limits_and_reads_what_it_needs():
+    import http.client
+    import io
+
+    from moola_core.runtime.serve import parse_headers
+
+    raw = (
+        b"Host: 127.0.0.1\r\nContent-Length: 12\r\nX-Moola-Request-Id: r-1\r\n"
+        b"X-Folded: a\r\n  b\r\ncontent-length: 99\r\n\r\n{body}"
+    )
+    stream = io.BytesIO(raw)
+    headers = parse_headers(stream)
+    assert headers.get("CONTENT-LENGTH") == "12"  # any case; the first of a repeated name
+    assert headers.get("x-moola-request-id") == "r-1" and headers.get("X-Folded") == "a b"
+    assert headers.get("Expect", "") == "" and "host" in headers
+    assert stream.read() == b"{body}"  # the body is left unread
+    with pytest.raises(http.client.LineTooLong):
+        parse_headers(io.BytesIO(b"X: " + b"a" * 70000 + b"\r\n\r\n"))
+    with pytest.raises(http.client.HTTPException):
+        parse_headers(io.BytesIO(b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n"))

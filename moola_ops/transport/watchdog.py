@@ -1,0 +1,99 @@
+"""Keepalives and deadlines for one SSH connection (a daemon thread per HostSession)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from moola_ops.transport.session import HostSession
+
+KEEPALIVE_MAX_MISSED = 3  # silent keepalive intervals before the peer counts as dead
+
+
+class Watchdog(threading.Thread):
+    """Keepalives and deadlines for one connection, on a daemon thread.
+
+    Every `interval` seconds without a packet from the peer it sends an OpenSSH keepalive that
+    asks for an answer; when nothing at all arrived for KEEPALIVE_MAX_MISSED intervals, or an
+    operation's deadline passed, it closes the transport so that the waiting call fails.
+    """
+
+    def __init__(self, session: HostSession, transport, interval: float):
+        super().__init__(name=f"moola-keepalive-{session.host.name}", daemon=True)
+        self.session = session
+        self.transport = transport
+        self.interval = interval
+        self.heard = time.monotonic()
+        self.dropped: str | None = None
+        self._deadline: tuple[float, str] | None = None
+        self._stopped = threading.Event()
+        self._sender: threading.Thread | None = None
+        self._probed = 0.0
+        if interval > 0:
+            self._listen()
+
+    def _listen(self) -> None:
+        # Any packet from the peer proves it alive: during an upload the acknowledgements
+        # arrive while our own keepalive may still sit behind megabytes of data.
+        packetizer = self.transport.packetizer
+        read_message = packetizer.read_message
+
+        def read_and_note():
+            message = read_message()
+            self.heard = time.monotonic()
+            return message
+
+        packetizer.read_message = read_and_note
+
+    def set_deadline(self, when: float | None, reason: str) -> None:
+        self._deadline = None if when is None else (when, reason)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def run(self) -> None:
+        tick = 0.25 if self.interval <= 0 else min(0.25, self.interval / 4)
+        while not self._stopped.wait(tick):
+            if not self.transport.is_active():
+                return
+            now = time.monotonic()
+            deadline = self._deadline
+            if deadline is not None and now > deadline[0]:
+                self._drop(deadline[1])
+                return
+            if self.interval <= 0:
+                continue
+            silent = now - self.heard
+            if silent > self.interval * KEEPALIVE_MAX_MISSED:
+                self._drop(
+                    f"{self.session.host.name} stopped answering: no reply to keepalives for "
+                    f"{silent:.0f}s (sshd stopped or the network is down)"
+                )
+                return
+            if silent >= self.interval and now - self._probed >= self.interval:
+                self._probe()
+                self._probed = now
+
+    def _probe(self) -> None:
+        if self._sender is not None and self._sender.is_alive():
+            return  # the previous keepalive is still stuck in a full send buffer
+        self._sender = threading.Thread(target=self._send_keepalive, daemon=True)
+        self._sender.start()
+
+    def _send_keepalive(self) -> None:
+        from paramiko.common import cMSG_GLOBAL_REQUEST
+        from paramiko.message import Message
+
+        message = Message()
+        message.add_byte(cMSG_GLOBAL_REQUEST)
+        message.add_string("keepalive@openssh.com")
+        message.add_boolean(True)  # want a reply: OpenSSH answers with REQUEST_FAILURE
+        with contextlib.suppress(Exception):
+            self.transport._send_user_message(message)
+
+    def _drop(self, reason: str) -> None:
+        self.dropped = reason
+        self.session._drop(reason)
