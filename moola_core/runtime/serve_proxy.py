@@ -564,18 +564,23 @@ def _mirror_send(queue, cond, counts):
                 cond.wait()
             port, data = queue.popleft()
         end = data.find(b"\r\n\r\n") + 4
-        try:
-            upstream = upstreams.get(port) or Upstream(port)
-            upstreams[port] = upstream
-            _status, _headers, _data, keep = upstream.exchange(data[:end], data[end:])
-            if not keep:
-                upstreams.pop(port).close()
-            outcome = "shadow_sent"
-        except (OSError, ValueError, ClientError):
-            stale = upstreams.pop(port, None)
-            if stale is not None:
-                stale.close()
-            outcome = "shadow_errors"
+        for _attempt in (0, 1):  # a kept-alive connection the shadow closed: once more, fresh
+            fresh = port not in upstreams
+            try:
+                upstream = upstreams.get(port) or Upstream(port)
+                upstreams[port] = upstream
+                _status, _headers, _data, keep = upstream.exchange(data[:end], data[end:])
+                if not keep:
+                    upstreams.pop(port).close()
+                outcome = "shadow_sent"
+                break
+            except (OSError, ValueError, ClientError):
+                stale = upstreams.pop(port, None)
+                if stale is not None:
+                    stale.close()
+                outcome = "shadow_errors"
+                if fresh:
+                    break
         with cond:
             counts[outcome] += 1
 
