@@ -26,9 +26,10 @@ from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
 DEMO_ROOT = ".moola/demo"
 DEMO_HOSTS = ("local-1", "local-2")
 # The stand-in hosts are CPU processes sharing this machine with the demo itself: a generous
-# latency SLA keeps the demo about the checklist, not about this laptop's load. A real GPU host
-# uses the bundle's default SLA (5 ms p99) or the inventory's latency_sla_ms.
-DEMO_SLA_P99_MS = 200.0
+# latency SLA keeps the demo about the checklist, not about this laptop's load (at load 8 on two
+# cores, with the demo's own request stream running, the HTTP check's p99 reached 230 ms). A
+# real GPU host uses the bundle's default SLA (5 ms p99) or the inventory's latency_sla_ms.
+DEMO_SLA_P99_MS = 1000.0
 # The demo's models must pass phase 2's quality gate honestly (beat the heuristic and the
 # linear baseline on validation with a paired CI above 0), so they are the default model
 # trained on enough windows for that difference to be measurable: 600 windows give ~120

@@ -26,7 +26,7 @@ from moola_ops.journal import new_deployment_id
 
 
 def _plan_deploy_one(p: Planner, bundle: LocalBundle) -> HostOutcome:
-    facts = p.read(serving=True)
+    facts = p.read()
     previous, version = facts.current, bundle.version
     on_host = facts.releases.get(version) or ("unknown" if version in facts.releases else None)
     if previous == version and on_host == bundle.sha256:
@@ -75,7 +75,7 @@ def _plan_deploy_one(p: Planner, bundle: LocalBundle) -> HostOutcome:
 
 
 def _plan_rollback_one(p: Planner, to: str | None) -> HostOutcome:
-    facts = p.read(serving=True)
+    facts = p.read()
     previous = facts.current
     target = to or decisions.rollback_target(facts)
     if target is None:

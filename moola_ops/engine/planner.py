@@ -42,21 +42,18 @@ class Planner:
         self.commands: list[dict[str, str]] = []
         self.facts: HostFacts | None = None
         self.what = what
-        self.serving_now = None  # ServeStatus, read with the facts when serving is on
-        self.serve_port: int | None = None  # the target server's port when known before the run
+        self.serve_warm: dict[str, Any] | None = None  # the target's recorded warm standby
         self.serve_note: str | None = None  # which server would take traffic
 
     def add(self, step: str, command: str) -> None:
         self.commands.append({"step": step, "command": command})
 
-    def read(self, *, serving: bool = False) -> HostFacts:
-        """The deploy facts, read-only (the same fragments the lock step gathers); with
-        `serving` (deploy, rollback) and serving on, what serves now as well."""
+    def read(self) -> HostFacts:
+        """The deploy facts, read-only (the same fragments the lock step gathers, serve/state.json
+        included)."""
         gather = facts_cmd.gather(self.layout, self.host.python)
         with HostSession(self.host, accept_new_host_key=False) as ssh:
             out = ssh.run(gather, timeout_s=self.opts.command_timeout_s)
-            if serving and self.opts.serve:
-                self.serve_status(ssh)
         self.facts = facts_cmd.parse(out.stdout)
         holder = {
             "deployment": self.deployment,
@@ -84,66 +81,74 @@ class Planner:
         check = check_command(self.layout, self.host, o, version, through_current=through_current)
         self.add(step, release_cmd.bounded(check, self.layout, self.deployment, o.check_timeout_s))
 
-    def serve_status(self, ssh: HostSession) -> None:
-        """With serving on: what serves now (read-only: state files and /readyz, no request
-        that a server would capture), to know whether the target has a warm standby."""
-        from moola_ops.commands import serve as serve_cmd
-
-        out = ssh.run(serve_cmd.status(self.layout, self.host.python), timeout_s=60)
-        self.serving_now = serve_cmd.parse_status(out.stdout or out.stderr)
-
     def serving(self, target: str) -> None:
-        """Before the switch, with serving on (moola_ops/serving.py, prepare_target): the
-        target's warm standby is probed; without one, the proxy is ensured and a server
-        started on a private port, then checked over HTTP. A port the host picks at run time
-        is shown as RUN_TIME_PORT."""
+        """Before the switch, with serving on (moola_ops/serving_stages.py, prepare_target). The
+        lock's facts carry serve/state.json (`server`): a recorded standby of the target costs
+        nothing now (it is probed and given traffic in one command after the switch); without
+        one, the proxy is ensured and a server started on a private port, then checked over
+        HTTP. A port the host picks at run time is shown as RUN_TIME_PORT."""
         if not self.opts.serve:
             return
-        from moola_ops import serving as srv
         from moola_ops.commands import serve as serve_cmd
 
-        layout, host = self.layout, self.host
-        self.add(steps.SERVE_STANDBY, serve_cmd.standby(layout, host.python, target))
-        now = self.serving_now
-        standby = (now.standby or {}) if now is not None else {}
-        if standby.get("release") == target and now.standby_ready and standby.get("port"):
-            self.serve_port = int(standby["port"])
-            self.serve_note = f"the warm standby of {target} (port {self.serve_port}) takes traffic"
+        layout, host, facts = self.layout, self.host, self.facts
+        known = "server" in facts.asked
+        standby = serve_cmd.standby_of(facts.server, target) if known else None
+        if standby is not None:
+            self.serve_warm = standby
+            self.serve_note = (
+                f"the warm standby of {target} (port {standby['port']}) is probed and given "
+                "traffic in one command after the switch (a new server starts if it fails)"
+            )
             return
+        if not known:  # facts without serve/state.json: the run probes for a standby first
+            self.add(steps.SERVE_STANDBY, serve_cmd.standby(layout, host.python, target))
         self.serve_note = f"a new server for {target} starts on a private port"
-        self.add(
-            steps.SERVE_START,
-            serve_cmd.proxy(
-                layout,
-                host.python,
-                serve_cmd.public_port(host),
-                host.serve_bind,
-                keep_running=host.serve_port is None,
-            ),
+        self._start_server(target)
+
+    def _start_server(self, target: str) -> None:
+        """serving_stages.deploy_start: ensure the proxy, start the server, check it over HTTP."""
+        from moola_ops import serving as srv
+        from moola_ops import serving_stages as stages_srv
+        from moola_ops.commands import serve as serve_cmd
+
+        layout, host, o = self.layout, self.host, self.opts
+        proxy = serve_cmd.proxy(
+            layout,
+            host.python,
+            serve_cmd.public_port(host),
+            host.serve_bind,
+            keep_running=host.serve_port is None,
         )
-        self.add(
-            steps.SERVE_START,
-            serve_cmd.start(layout, host.python, target, timeout_s=srv.READY_TIMEOUT_S),
-        )
-        o = self.opts
+        self.add(steps.SERVE_START, proxy)
+        start = serve_cmd.start(layout, host.python, target, timeout_s=srv.READY_TIMEOUT_S)
+        self.add(steps.SERVE_START, start)
         probe = serve_cmd.probe(
             layout,
             host.python,
             port=_SENTINEL_PORT,
-            requests=o.check_runs or srv.PROBE_REQUESTS,
-            warmup=srv.PROBE_WARMUP if o.check_warmup is None else o.check_warmup,
+            requests=o.check_runs or stages_srv.PROBE_REQUESTS,
+            warmup=stages_srv.PROBE_WARMUP if o.check_warmup is None else o.check_warmup,
         )
         self.add(steps.SERVE_CHECK, _at_run_time(probe))
 
     def serve_switch(self, target: str) -> None:
-        """Right after `current` moved: live traffic moves to the target's server."""
+        """Right after `current` moved (serving_stages.traffic_follows): live traffic moves to
+        the server started before the switch, or the warm standby is probed and moved to in
+        one command."""
         if not self.opts.serve:
             return
         from moola_ops.commands import serve as serve_cmd
 
-        port = _SENTINEL_PORT if self.serve_port is None else self.serve_port
+        keep = self.opts.keep_standby
+        if self.serve_warm is not None:
+            move = serve_cmd.standby_switch(
+                self.layout, self.host.python, target, keep_standby=keep
+            )
+            self.add(steps.SERVE_STANDBY, move)
+            return
         move = serve_cmd.switch(
-            self.layout, self.host.python, target, port=port, keep_standby=self.opts.keep_standby
+            self.layout, self.host.python, target, port=_SENTINEL_PORT, keep_standby=keep
         )
         self.add(steps.SERVE_SWITCH, _at_run_time(move))
 

@@ -172,7 +172,6 @@ def test_with_serving_the_plan_lists_the_serving_commands_a_deploy_and_rollback_
             "upload",
             "promote",
             "check",
-            "serve-standby",
             "serve-start",
             "serve-start",
             "serve-check",
@@ -204,7 +203,8 @@ def test_with_serving_the_plan_lists_the_serving_commands_a_deploy_and_rollback_
             normalised(c["command"]) for c in deploy_plan["commands"]
         ]
 
-        # rollback: v1.0's server is the warm standby, so the plan knows its port exactly
+        # rollback: v1.0's server is the warm standby (the lock's facts read serve/state.json), so
+        # after the switch one command probes it and moves traffic; nothing starts
         planned = engine.rollback([host], None, replace(SERVED, plan=True))
         (outcome,) = planned.outcomes
         back_plan = outcome.plan
@@ -212,9 +212,8 @@ def test_with_serving_the_plan_lists_the_serving_commands_a_deploy_and_rollback_
         assert [c["step"] for c in back_plan["commands"]] == [
             "lock",
             "verify",
-            "serve-standby",
             "switch",
-            "serve-switch",
+            "serve-standby",
             "post-check",
             "post-check-runtime",
             "serve-post-check",
