@@ -542,11 +542,8 @@ def _mirror_loop(conn):
             with contextlib.suppress(OSError):
                 conn.send(totals, socket.MSG_DONTWAIT)
             continue
-        if copy_id != current:  # a new copy; an unfinished one before it was cut: dropped
-            if parts:
-                with cond:
-                    counts["shadow_dropped"] += 1
-            current, parts = copy_id, []
+        if copy_id != current:  # a new copy (an unfinished one before it was cut short and
+            current, parts = copy_id, []  # already counted as dropped by the proxy)
         parts.append(chunk)
         if more == b"1":
             continue
@@ -567,18 +564,23 @@ def _mirror_send(queue, cond, counts):
                 cond.wait()
             port, data = queue.popleft()
         end = data.find(b"\r\n\r\n") + 4
-        try:
-            upstream = upstreams.get(port) or Upstream(port)
-            upstreams[port] = upstream
-            _status, _headers, _data, keep = upstream.exchange(data[:end], data[end:])
-            if not keep:
-                upstreams.pop(port).close()
-            outcome = "shadow_sent"
-        except (OSError, ValueError, ClientError):
-            stale = upstreams.pop(port, None)
-            if stale is not None:
-                stale.close()
-            outcome = "shadow_errors"
+        for _attempt in (0, 1):  # a kept-alive connection the shadow closed: once more, fresh
+            fresh = port not in upstreams
+            try:
+                upstream = upstreams.get(port) or Upstream(port)
+                upstreams[port] = upstream
+                _status, _headers, _data, keep = upstream.exchange(data[:end], data[end:])
+                if not keep:
+                    upstreams.pop(port).close()
+                outcome = "shadow_sent"
+                break
+            except (OSError, ValueError, ClientError):
+                stale = upstreams.pop(port, None)
+                if stale is not None:
+                    stale.close()
+                outcome = "shadow_errors"
+                if fresh:
+                    break
         with cond:
             counts[outcome] += 1
 

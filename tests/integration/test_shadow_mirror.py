@@ -22,7 +22,7 @@ PROXY = Path(serve_proxy.__file__)
 # a stand-in model server: keeps every body it gets as got-<n>, answers 200
 STUB = r"""
 import http.server, json, os, sys
-folder = sys.argv[1]
+folder, mode = sys.argv[1], sys.argv[2]
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_POST(self):
@@ -36,6 +36,9 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+        # "close": drop the connection after each answer without saying so (as a server whose
+        # keep-alive timed out): the next request on it fails
+        self.close_connection = mode == "close"
     def log_message(self, *a):
         pass
 server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
@@ -68,13 +71,15 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.fixture
-def proxied(tmp_path):
-    """A proxy whose live and shadow are stub servers; yields (port, proxy, folders, ws)."""
+def proxied(tmp_path, request):
+    """A proxy whose live and shadow are stub servers; yields (port, proxy, folders, ws).
+    Parametrised indirectly with the shadow stub's mode ("keep" by default)."""
+    modes = {"live": "keep", "shadow": getattr(request, "param", "keep")}
     procs, folders, ports = [], {}, {}
     for role in ("live", "shadow"):
         folders[role] = tmp_path / role
         folders[role].mkdir()
-        proc = subprocess.Popen([sys.executable, "-c", STUB, str(folders[role])],
+        proc = subprocess.Popen([sys.executable, "-c", STUB, str(folders[role]), modes[role]],
                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
         procs.append(proc)
         ports[role] = int(proc.stdout.readline())
@@ -152,6 +157,16 @@ def test_a_dead_shadow_is_counted_and_the_live_answers_go_on(proxied):
     _until(lambda: _stats(port).get("shadow_errors") == 5, "5 failed copies counted")
     assert len(list(folders["live"].iterdir())) == 5
     assert list(folders["shadow"].iterdir()) == []
+
+
+@pytest.mark.parametrize("proxied", ["close"], indirect=True)
+def test_a_connection_the_shadow_dropped_is_retried_once_fresh(proxied):
+    port, _proxy, folders, _ws = proxied
+    for i in range(6):
+        assert json.loads(_post(port, b'{"windows": []}', f"c-{i}"))["ok"]
+    _until(lambda: _stats(port).get("shadow_sent") == 6, "6 copies sent")
+    assert _stats(port).get("shadow_errors", 0) == 0
+    assert len(list(folders["shadow"].iterdir())) == 6
 
 
 def _closed_port() -> int:
