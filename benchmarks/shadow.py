@@ -253,10 +253,20 @@ def bench_shadow(tmp: Path) -> dict:
                     shadow._edit_state(session, host, "set" if target else "clear", target)
                     time.sleep(SETTLE_S)
                     sides[side] += steady_load(port, bodies, RATE, ROUND_S)
+            # copies still queued in the mirror finish before the stub goes (else they would
+            # count as errors): wait until the proxy's shadow counters stop moving (bounded)
+            shadow._edit_state(session, host, "clear")
+            stats_proxy, deadline = {}, time.monotonic() + 60
+            while time.monotonic() < deadline:
+                now = shadow.status_on(session, host).proxy
+                if now == stats_proxy:
+                    break
+                stats_proxy = now
+                time.sleep(1.0)
             stub.kill()
             stub.wait()
+            shadow._edit_state(session, host, "set", route)  # so that stop() drains it
             stats = serving.status(session, host)
-            stats_proxy = shadow.status_on(session, host).proxy
             shadow.stop(host, session=session, journal_path=str(tmp / "log.jsonl"))
         p = {k: np.percentile(v, [50, 99]) for k, v in sides.items()}
         return {
