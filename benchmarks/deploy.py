@@ -11,7 +11,11 @@ Measured in one run, on real OpenSSH servers (moola_ops.sandbox) sharing this ma
   deploy and baseline alternate, `--rounds` times each, medians compared;
 - a redeploy of the current version (no-op), a rollback (including its runtime check);
 - a deploy to 8 hosts one after another vs the same 8 in parallel.
-Both sides run the same runtime check (`--runs`, `--warmup` alike). The last line is JSON.
+Both sides run the same runtime check (`--runs`, `--warmup` alike). These figures deploy files
+only (`serve=False`, as `invoke deploy --no-serve`), because the baseline starts no server:
+like for like. Then, as figures of their own, two deploys that also start the release's server
+and move traffic, and a rollback to the warm standby (benchmarks/serving.py measures serving
+itself: zero failed requests, time to the first answer). The last line is JSON.
 """
 
 from __future__ import annotations
@@ -89,12 +93,16 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="moola-bench-deploy-"))
     os.environ["MOOLA_LOG"] = str(work / "deployments.jsonl")
     versions = [f"v2.{i}" for i in range(args.rounds)] + [f"v3.{i}" for i in range(4)]
+    versions += ["v4.0", "v4.1"]  # the deploys that serve
     archives = {v: make_bundle(work, v, seed=i, model_config=MODEL) for i, v in enumerate(versions)}
     bundle_mb = archives[versions[0]].stat().st_size / 1e6
     names = [f"bench-{i}" for i in range(1, 9)]
     sandbox, root = start_hosts(names + ["base-1"])
     opts = engine.Options(
-        check_runs=args.check_runs, check_warmup=args.check_warmup, check_backend=args.check_backend
+        check_runs=args.check_runs,
+        check_warmup=args.check_warmup,
+        check_backend=args.check_backend,
+        serve=False,  # files only, like the baseline; serving is measured after
     )
     try:
         inventory = Inventory.from_sandbox(sandbox)
@@ -119,6 +127,18 @@ def main() -> None:
             seconds, result = timed(lambda: engine.rollback([host], None, opts))
             must(result)
             rollbacks.append(seconds)
+
+        serving = _with(opts, serve=True)
+        serve_deploys = []
+        for v in ("v4.0", "v4.1"):  # the first also starts the host's front proxy
+            bundle = engine.resolve_bundle(str(archives[v]))
+            seconds, result = timed(lambda b=bundle: engine.deploy([host], b, serving))
+            must(result)
+            serve_deploys.append(seconds)
+        serve_steps = result.outcomes[0].steps
+        seconds, result = timed(lambda: engine.rollback([host], None, serving))
+        must(result)
+        serve_rollback = seconds
 
         fleet = inventory.resolve(names)
         serial, parallel = [], []
@@ -146,12 +166,15 @@ def main() -> None:
         "fleet8_serial_s": round(serial_s, 3),
         "fleet8_parallel_s": round(parallel_s, 3),
         "fleet8_parallel_vs_serial": round(parallel_s / serial_s, 3),
+        "serve_deploy_s": round(serve_deploys[-1], 3),
+        "serve_rollback_standby_s": round(serve_rollback, 3),
         "bundle_mb": round(bundle_mb, 3),
         "check_runs": args.check_runs,
     }
     raw = {"deploys": deploys, "baselines": baselines, "noops": noops, "rollbacks": rollbacks,
-           "fleet_serial": serial, "fleet_parallel": parallel}  # fmt: skip
-    write_report(Path(args.out), figures, raw, steps, args)
+           "fleet_serial": serial, "fleet_parallel": parallel,
+           "serve_deploys": serve_deploys, "serve_rollback": [serve_rollback]}  # fmt: skip
+    write_report(Path(args.out), figures, raw, steps, args, serve_steps)
     print(json.dumps(figures))
 
 
@@ -161,9 +184,10 @@ def _with(opts: engine.Options, **changes) -> engine.Options:
     return replace(opts, **changes)
 
 
-def write_report(path, f, raw, steps, args) -> None:
+def write_report(path, f, raw, steps, args, serve_steps) -> None:
     load = os.getloadavg()
     rows = "\n".join(f"| {k} | {v:.3f} s |" for k, v in steps.items())
+    serve_rows = "\n".join(f"| {k} | {v:.3f} s |" for k, v in serve_steps.items())
     raw_text = ", ".join(f"{k} {[round(x, 2) for x in v]}" for k, v in raw.items())
     text = f"""# Deploy benchmark
 
@@ -188,6 +212,13 @@ hidden=128). Both sides run the same runtime check (`--runs {args.check_runs} --
 | 8 hosts one after another (mean of 2) | {f["fleet8_serial_s"]:.2f} s | |
 | 8 hosts in parallel (mean of 2) | {f["fleet8_parallel_s"]:.2f} s | |
 | parallel / serial | {f["fleet8_parallel_vs_serial"]:.2f} | <= 0.6 |
+| deploy that also serves (start, readiness, HTTP check, traffic move; second of 2) | {f["serve_deploy_s"]:.2f} s | |
+| rollback that serves, to the warm standby (probe, traffic move) | {f["serve_rollback_standby_s"]:.2f} s | |
+
+The rows with targets deploy files only (`serve=False`, `invoke deploy --no-serve`): the
+baseline starts no server, so this is the like-for-like comparison. The two serving rows are
+the same engine with serving on (the default); serving's own figures (failed requests during a
+deploy and a rollback, time to the first answer) are in serving.md.
 
 Raw seconds, in the order measured: {raw_text}.
 The fleet runs alternate serial, parallel, parallel, serial.
@@ -198,11 +229,17 @@ left, the check through `current` after the switch, pruning, the host's revision
 deployment-log line per step. The runtime check (torch import, model load, golden outputs,
 latency) dominates both sides on this machine.
 
-Steps of the last measured deploy:
+Steps of the last measured deploy (files only):
 
 | step | time |
 |---|---|
 {rows}
+
+Steps of the last deploy that serves:
+
+| step | time |
+|---|---|
+{serve_rows}
 """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
