@@ -583,3 +583,23 @@ def test_deploy_no_serve_ships_the_files_and_leaves_traffic_alone(served, bundle
     opts = engine.Options(**{**FAST.__dict__, "journal_path": str(log), "serve": False})
     assert engine.rollback([host], "v1.1", opts).ok
     assert host_status(host).current == "v1.1"
+
+
+def test_a_host_that_never_served_says_so_and_how_to_start(bundles, tmp_path):
+    """Files deployed with serving off (`--no-serve`): the service check is OK (nothing was
+    meant to serve) but says it is not serving and names the command that starts it."""
+    sandbox, root = start_hosts(["files-1"])
+    try:
+        (host,) = Inventory.from_sandbox(sandbox, connect_timeout_s=5).resolve("files-1")
+        opts = engine.Options(
+            **{**FAST.__dict__, "journal_path": str(tmp_path / "log.jsonl"), "serve": False}
+        )
+        assert engine.deploy([host], engine.resolve_bundle(str(bundles["v1.0"])), opts).ok
+        checks, result = service_check(host)
+        state, message = checks["service"]
+        assert state == "OK" and message.startswith("not serving"), message
+        assert f"invoke serve --host {host.name} start" in message
+        assert result.service_up is not True  # not counted as a live service
+    finally:
+        sandbox.stop()
+        shutil.rmtree(root, ignore_errors=True)
