@@ -183,7 +183,7 @@ def move_to(ctx, target: str, port: int) -> dict[str, Any]:
     with ctx.step(steps.SERVE_SWITCH, version=target, port=port) as info:
         moved = move_traffic(ctx.ssh, ctx.host, target, port=port, keep_standby=keep)
         info.update(live=moved["live"], standby=moved["standby"], drained=moved["drained"])
-    if getattr(ctx, "serve_candidate", None) == target:
+    if ctx.serve_candidate == target:
         ctx.serve_candidate = None  # live now: the switch-back, not the cleanup, handles it
     return moved
 
@@ -192,7 +192,7 @@ def stop_candidate(ctx, info: dict) -> list[dict] | None:
     """The engine's cleanup (failure or Ctrl-C before traffic moved): the server this run
     started for its target drains, whether or not its start command answered (an interrupted
     start leaves a server with no pid known here). Runs over a fresh connection if needed."""
-    version = getattr(ctx, "serve_candidate", None)
+    version = ctx.serve_candidate
     if not version:
         return None
     ctx.serve_candidate = None

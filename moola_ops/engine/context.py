@@ -59,6 +59,7 @@ class HostContext:
         self.in_switch = False  # inside the switch stage: Ctrl-C waits for its end
         self.unsettled: tuple[str, str | None] | None = None  # (target, previous) not yet checked
         self.unchecked: str | None = None  # a release this run put on disk, not yet checked
+        self.serve_candidate: str | None = None  # its server started, traffic not yet on it
         self.staging = False
         self.check_running = False
         self.switched = False  # `current` moved to the target and its check passed
@@ -365,7 +366,7 @@ def cleanup_host(ctx: HostContext) -> list[str]:
         if ctx.unsettled is not None:
             target, previous = ctx.unsettled
             notes.append(stages.switch_back(ctx, previous, target))
-        if getattr(ctx, "serve_candidate", None):  # started, but traffic never reached it
+        if ctx.serve_candidate:  # started, but traffic never reached it
             from moola_ops.serving_stages import stop_candidate
 
             info["stopped_candidate"] = stop_candidate(ctx, info)
