@@ -515,42 +515,21 @@ def run_local(args) -> dict:
         result = {"device_flag": args.device, "clients": args.clients}
         for name, extra in (("batched", []), ("unbatched", ["--max-batch", "1"])):
             state = work / f"{name}.json"
-            env = dict(os.environ, PYTHONPATH=str(release / "code"))
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "moola_core.runtime",
-                    "serve",
-                    "--release",
-                    str(release),
-                    "--port",
-                    "0",
-                    "--device",
-                    args.device,
-                    "--no-capture",
-                    "--state-file",
-                    str(state),
-                    *extra,
-                ],
-                cwd=release,
-                env=env,
-                stderr=subprocess.DEVNULL,
+            # the GPU box's own thread count: no one-thread cap as on a shared stand-in host
+            proc, port = _start_server(
+                release,
+                release / "code",
+                state,
+                ["--no-capture", *extra],
+                device=args.device,
+                one_thread=False,
             )
             procs.append(proc)
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                record = json.loads(state.read_text()) if state.exists() else {}
-                if record.get("ready") or record.get("failed") or proc.poll() is not None:
-                    break
-                time.sleep(0.05)
-            if not record.get("ready"):
-                raise SystemExit(f"the {name} server did not get ready: {record}")
-            conn = http.client.HTTPConnection("127.0.0.1", record["port"], timeout=30)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             conn.request("GET", "/healthz")
             result["device"] = json.loads(conn.getresponse().read())["device"]
             conn.close()
-            result[name] = throughput(record["port"], args.clients, args.seconds)
+            result[name] = throughput(port, args.clients, args.seconds)
             proc.terminate()
             proc.wait(timeout=60)
         result["windows_per_s"] = result["batched"]["windows_per_s"]
@@ -566,13 +545,23 @@ def run_local(args) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _start_server(release: Path, code: Path, state: Path, extra: list[str]):
-    """A model server for `release` running the server code in `code` (PYTHONPATH), one
-    OpenMP thread as on a stand-in host; (process, port) once ready."""
-    env = dict(os.environ, PYTHONPATH=str(code), OMP_NUM_THREADS="1")
+def _start_server(
+    release: Path,
+    code: Path,
+    state: Path,
+    extra: list[str],
+    device: str = "cpu",
+    one_thread: bool = True,
+):
+    """A model server for `release` running the server code in `code` (PYTHONPATH), by
+    default on the CPU with one OpenMP thread as on a stand-in host; (process, port) once
+    ready."""
+    env = dict(os.environ, PYTHONPATH=str(code))
+    if one_thread:
+        env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.Popen(
         [sys.executable, "-m", "moola_core.runtime", "serve", "--release", str(release)]
-        + ["--port", "0", "--device", "cpu", "--state-file", str(state), *extra],
+        + ["--port", "0", "--device", device, "--state-file", str(state), *extra],
         cwd=release,
         env=env,
         stderr=subprocess.DEVNULL,
