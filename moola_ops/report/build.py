@@ -126,15 +126,20 @@ def ab_hosts(hosts: list[str], events: list[dict], bundle: str | None) -> list[s
     return out
 
 
+def _cached(hosts: list[str], cache: Path, name: str):
+    """(host, result) for each host whose capture cache holds `name` (what `invoke ab` and
+    `invoke monitor` leave there), in the hosts' order."""
+    for host in hosts:
+        path = cache / host / name
+        if path.is_file():
+            yield host, json.loads(path.read_text())
+
+
 def _ab_section(hosts: list[str], cache: Path) -> Section:
     from moola_ops.report import figures
 
     section = Section("ab", "A/B: shadow against live")
-    for host in hosts:
-        path = cache / host / "ab.json"
-        if not path.is_file():
-            continue
-        result = json.loads(path.read_text())
+    for host, result in _cached(hosts, cache, "ab.json"):
         when = f", until {_iso(result['until'])}" if result.get("until") else ""
         _figure(section, f"ab-{host}", figures.ab_figure(result, f"ab-{host}"),
                 f"{host}: the shadow {result['shadow_release']} and the live release "
@@ -150,11 +155,7 @@ def _drift_section(hosts: list[str], cache: Path) -> Section:
     from moola_ops.report import figures
 
     section = Section("drift", "Monitoring and input drift")
-    for host in hosts:
-        path = cache / host / "monitor.json"
-        if not path.is_file():
-            continue
-        result = json.loads(path.read_text())
+    for host, result in _cached(hosts, cache, "monitor.json"):
         if not result.get("n_requests"):  # nothing to draw: the status line says why
             section.body.append(f"<p class='status {result['state']}'>{_esc(result['status_line'].split(' | ')[0])}</p>")  # fmt: skip
             continue
