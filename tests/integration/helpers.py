@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import random
 import signal
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -79,3 +80,15 @@ def window(seed: int) -> list[list[float]]:
         rows.append([price, high, low, close])
         price = close
     return rows
+
+
+def wait_for(condition, what: str, timeout_s: float = 60.0, poll_s: float = 0.01):
+    """Poll a condition until it is true (returned) or the deadline passes (AssertionError
+    naming `what`): never a fixed sleep standing in for an event."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out waiting for {what}")

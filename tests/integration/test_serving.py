@@ -28,7 +28,7 @@ from moola_ops.inventory import Inventory
 from moola_ops.journal import read_events
 from moola_ops.transport import HostSession
 from tests.integration.conftest import start_hosts
-from tests.integration.helpers import window, write_inventory
+from tests.integration.helpers import wait_for, window, write_inventory
 from tests.unit.tiny_runs import freeze_runtime_code, make_tiny_run
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
@@ -60,17 +60,6 @@ def get(port: int, path: str):
         return response.status, json.loads(raw) if "json" in kind else raw.decode()
     finally:
         conn.close()
-
-
-def wait_for(condition, what: str, timeout_s: float = 60.0):
-    """Poll a condition with a deadline (never a fixed sleep standing in for an event)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def pid_alive(pid: int) -> bool:

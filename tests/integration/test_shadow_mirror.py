@@ -9,13 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from moola_core.runtime import serve_proxy
+from tests.integration.helpers import wait_for
 
 PROXY = Path(serve_proxy.__file__)
 
@@ -45,16 +45,6 @@ server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
 print(server.server_address[1], flush=True)
 server.serve_forever()
 """
-
-
-def _until(condition, what: str, timeout_s: float = 30.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not happen within {timeout_s:g} s")
 
 
 def _children(pid: int) -> list[int]:
@@ -92,7 +82,7 @@ def proxied(tmp_path, request):
                              stderr=subprocess.PIPE)  # fmt: skip
     procs.append(proxy)
     record = ws / "serve" / "proxy.json"
-    _until(record.is_file, "the proxy's record")
+    wait_for(record.is_file, "the proxy's record", timeout_s=30.0, poll_s=0.05)
     try:
         yield json.loads(record.read_text())["port"], proxy, folders, ws
     finally:
@@ -121,7 +111,9 @@ def test_copies_reach_the_shadow_byte_for_byte_from_a_low_priority_process(proxi
     for i, body in enumerate([*bodies, big]):
         answer = json.loads(_post(port, body, f"req-{i}"))
         assert answer["ok"]  # the live stub answered
-    _until(lambda: _stats(port).get("shadow_sent") == 21, "21 copies sent")
+    wait_for(
+        lambda: _stats(port).get("shadow_sent") == 21, "21 copies sent", timeout_s=30.0, poll_s=0.05
+    )
     got = {}
     for path in folders["shadow"].iterdir():
         rid, _, body = path.read_bytes().partition(b"\n")
@@ -134,7 +126,12 @@ def test_copies_reach_the_shadow_byte_for_byte_from_a_low_priority_process(proxi
     # the mirror does not hold the public port: only the proxy answers there
     proxy.send_signal(signal.SIGTERM)
     assert proxy.wait(timeout=60) == 0
-    _until(lambda: not Path(f"/proc/{mirror}").exists() or _zombie(mirror), "the mirror's exit")
+    wait_for(
+        lambda: not Path(f"/proc/{mirror}").exists() or _zombie(mirror),
+        "the mirror's exit",
+        timeout_s=30.0,
+        poll_s=0.05,
+    )
 
 
 def _zombie(pid: int) -> bool:
@@ -154,7 +151,12 @@ def test_a_dead_shadow_is_counted_and_the_live_answers_go_on(proxied):
     os.replace(tmp, path)  # as the shadow tasks write it: the proxy sees it on the next request
     for i in range(5):
         assert json.loads(_post(port, b'{"windows": []}', f"dead-{i}"))["ok"]
-    _until(lambda: _stats(port).get("shadow_errors") == 5, "5 failed copies counted")
+    wait_for(
+        lambda: _stats(port).get("shadow_errors") == 5,
+        "5 failed copies counted",
+        timeout_s=30.0,
+        poll_s=0.05,
+    )
     assert len(list(folders["live"].iterdir())) == 5
     assert list(folders["shadow"].iterdir()) == []
 
@@ -164,7 +166,9 @@ def test_a_connection_the_shadow_dropped_is_retried_once_fresh(proxied):
     port, _proxy, folders, _ws = proxied
     for i in range(6):
         assert json.loads(_post(port, b'{"windows": []}', f"c-{i}"))["ok"]
-    _until(lambda: _stats(port).get("shadow_sent") == 6, "6 copies sent")
+    wait_for(
+        lambda: _stats(port).get("shadow_sent") == 6, "6 copies sent", timeout_s=30.0, poll_s=0.05
+    )
     assert _stats(port).get("shadow_errors", 0) == 0
     assert len(list(folders["shadow"].iterdir())) == 6
 

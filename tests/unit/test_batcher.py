@@ -5,14 +5,13 @@ alone and at once, requests that arrive while a pass runs share the next one. A 
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from moola_core.runtime.serve import Batcher, Metrics, Predictor
-from tests.integration.helpers import window
+from tests.integration.helpers import wait_for, window
 from tests.unit.test_runtime import make_release
 
 
@@ -35,13 +34,6 @@ def handle(batcher: Batcher, seed: int):
     pending = batcher.submit(ohlc(seed))
     assert pending.done.wait(120)
     return pending
-
-
-def wait_for(condition, what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 def test_a_lone_request_is_answered_alone_and_late_arrivals_share_the_next_pass(
