@@ -13,20 +13,10 @@ from moola_core.errors import MoolaError
 from moola_core.models import build_model
 from moola_core.train import compare_runs, evaluate_run, load_config, select_run, train_run
 from moola_core.train.data import prepare_data
+from tests.unit.tiny_runs import tiny_config as tiny
 
 torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-TINY = {
-    "data.n_windows": 60,
-    "model.hidden": 8,
-    "model.layers": 1,
-    "optim.max_epochs": 3,
-    "optim.batch_size": 16,
-}
-
-
-def tiny(**overrides):
-    return load_config(overrides={**TINY, **overrides})
 
 
 @pytest.fixture(scope="module")

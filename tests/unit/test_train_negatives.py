@@ -11,23 +11,12 @@ import torch
 
 from moola_core.errors import MoolaError
 from moola_core.models import build_model
-from moola_core.train import load_config, train_run
+from moola_core.train import train_run
 from moola_core.train.calibration import f1_threshold
 from moola_core.train.data import negatives_fingerprint, prepare_data
+from tests.unit.tiny_runs import tiny_config as tiny
 
 torch.set_num_threads(1)
-
-TINY = {
-    "data.n_windows": 60,
-    "model.hidden": 8,
-    "model.layers": 1,
-    "optim.max_epochs": 3,
-    "optim.batch_size": 16,
-}
-
-
-def tiny(**overrides):
-    return load_config(overrides={**TINY, **overrides})
 
 
 def test_negatives_are_added_to_every_split_in_the_asked_share():

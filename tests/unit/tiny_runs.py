@@ -8,6 +8,21 @@ import json
 from pathlib import Path
 
 TINY_MODEL = {"hidden": 8, "layers": 1}
+# a training config small enough to really train in a unit test (the training tests)
+TINY_CONFIG = {
+    "data.n_windows": 60,
+    "model.hidden": 8,
+    "model.layers": 1,
+    "optim.max_epochs": 3,
+    "optim.batch_size": 16,
+}
+
+
+def tiny_config(**overrides):
+    """The default training config with TINY_CONFIG and then `overrides` applied."""
+    from moola_core.train import load_config
+
+    return load_config(overrides={**TINY_CONFIG, **overrides})
 
 
 def make_tiny_run(
