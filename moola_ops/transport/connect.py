@@ -64,8 +64,13 @@ def open_connection(session: HostSession, host: Host):
         client.set_missing_host_key_policy(PinNewKey(session, known_files[-1], pod))
     else:
         client.set_missing_host_key_policy(RefuseUnknown(pod))
-    settled = threading.Event()
-    threading.Thread(target=_stop_on_cancel, args=(session, conn, settled), daemon=True).start()
+    handshake = _Handshake()
+    threading.Thread(
+        target=_stop_on_cancel,
+        args=(session, conn, handshake),
+        name=f"moola-connect-cancel-{host.name}",
+        daemon=True,
+    ).start()
     try:
         if session.cancelled:
             raise Aborted()
@@ -92,21 +97,40 @@ def open_connection(session: HostSession, host: Host):
         session._check_cancelled()
         raise SetupFailed(short_reason(exc)) from None
     finally:
-        settled.set()
+        handshake.settle()
     return conn
 
 
-def _stop_on_cancel(session: HostSession, conn, settled: threading.Event) -> None:
+class _Handshake:
+    """Whether a connection attempt is still under way, decided under one lock: the watcher
+    closes a transport only while the attempt is unsettled. Without the lock a cancel() landing
+    just after the connection was made closed the new session's transport under its first
+    command (the command then ran on, unkilled: sshd saw the client leave)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.settled = threading.Event()
+
+    def settle(self) -> None:
+        with self.lock:
+            self.settled.set()
+
+
+def _stop_on_cancel(session: HostSession, conn, handshake: _Handshake) -> None:
     """While `conn` is being opened: on cancel(), close its transport (Fabric's close()
-    skips one still handshaking) so a hanging handshake ends at once."""
-    while not settled.is_set():
+    skips one still handshaking) so a hanging handshake ends at once. Once the attempt settled
+    it does nothing: cancelling an open session is the session's own work (it kills what runs)."""
+    while not handshake.settled.is_set():
         if session._cancelled.wait(0.1):
-            transport = conn.client.get_transport()
-            if transport is not None:
-                with contextlib.suppress(Exception):
-                    transport.close()
-                return
-            settled.wait(0.05)  # the TCP connect is still under way
+            with handshake.lock:
+                if handshake.settled.is_set():
+                    return
+                transport = conn.client.get_transport()
+                if transport is not None:
+                    with contextlib.suppress(Exception):
+                        transport.close()
+                    return
+            handshake.settled.wait(0.05)  # the TCP connect is still under way
 
 
 def known_hosts_files(conn, host: Host) -> list[Path]:

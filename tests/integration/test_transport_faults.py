@@ -157,6 +157,23 @@ def test_cancel_stops_a_running_command_on_the_host_within_seconds(host):
         ssh.close()
 
 
+def test_a_cancel_just_after_connecting_leaves_the_session_to_kill_its_command(host):
+    # open() watches its handshake on a thread that closes the transport on cancel(); a cancel
+    # landing just after the connection was made used to close the new session's transport
+    # too, so the command under way was never killed (seen in CI as an orphaned `sleep`)
+    resolved, _running = host
+    ssh = HostSession(resolved).open()
+    try:
+        transport = ssh._conn.client.get_transport()
+        ssh.cancel()  # the watcher is still waiting on its 0.1 s tick: the moment of the race
+        for thread in threading.enumerate():
+            if thread.name == f"moola-connect-cancel-{resolved.name}":
+                thread.join(5)
+        assert transport.is_active(), "the handshake watcher closed an established connection"
+    finally:
+        ssh.close()
+
+
 def test_an_upload_to_a_frozen_sshd_ends_by_keepalive_with_one_sentence(host, freezer, tmp_path):
     resolved, running = host
     local = tmp_path / "big.bin"
