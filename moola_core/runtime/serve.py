@@ -21,24 +21,22 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import http.client
 import json
 import math
 import os
 import re
 import signal
-import socket
 import sys
 import threading
 import time
 import traceback
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 # imported at start, not on first use: a release folder pruned under a running server must
 # not break it later
 from moola_core.runtime import hostfeatures
+from moola_core.runtime.serve_http import Front, Request, Response
 from moola_core.spec import LABELS, WINDOW_LEN
 
 DEFAULT_MAX_BATCH = 64  # windows in one forward pass
@@ -166,11 +164,12 @@ def outputs_to_rows(out: dict) -> list[dict]:
 
 
 class _Pending:
-    __slots__ = ("ohlc", "n", "done", "rows", "error", "batch_size")
+    __slots__ = ("ohlc", "n", "done", "on_done", "rows", "error", "batch_size")
 
-    def __init__(self, ohlc):
+    def __init__(self, ohlc, on_done=None):
         self.ohlc, self.n = ohlc, int(ohlc.shape[0])
         self.done = threading.Event()
+        self.on_done = on_done
         self.rows: list[dict] | None = None
         self.error: str | None = None
         self.batch_size = 0
@@ -206,9 +205,10 @@ class Batcher:
             if delta < 0:
                 self.cond.notify_all()
 
-    def submit(self, ohlc) -> _Pending:
-        """Queue OHLC windows [k, 105, 4]; features are computed per batch, in one call."""
-        pending = _Pending(ohlc)
+    def submit(self, ohlc, on_done=None) -> _Pending:
+        """Queue OHLC windows [k, 105, 4]; features are computed per batch, in one call.
+        `on_done(pending)` runs on the batcher's thread once its pass ran (or failed)."""
+        pending = _Pending(ohlc, on_done)
         with self.cond:
             self.arriving -= 1
             self.queue.append(pending)
@@ -281,6 +281,11 @@ class Batcher:
             self.metrics.observe_batch(size)
             for p in batch:
                 p.done.set()
+                if p.on_done is not None:
+                    try:
+                        p.on_done(p)
+                    except Exception:  # one answer's hand-over must not stop the batcher
+                        traceback.print_exc(file=sys.stderr)
 
 
 # --- metrics -----------------------------------------------------------------------------------
@@ -722,203 +727,134 @@ class ServerState:
         }
 
 
-_MAX_HEADER_LINE = 65536  # http.client's limits, kept
-_MAX_HEADERS = 100
+_NOT_ALLOWED = ("PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
 
 
-class _Headers(dict):
-    """A request's headers by lower-case name (the first of a repeated name wins), read with
-    `.get(name, default)` like the stdlib's message object."""
+class App:
+    """What the server answers (serve_http.Front asks it): routes, the predict path through the
+    batcher, one-sentence JSON errors, metrics and captures of every answer."""
 
-    def get(self, name, default=None):
-        return dict.get(self, name.lower(), default)
+    def __init__(self, state: ServerState):
+        self.state = state
+        self.waiting: dict = {}  # pending -> (request, request id, reply): answers still due
 
-    def __getitem__(self, name):
-        return dict.get(self, name.lower())
+    # -- the front's calls ----------------------------------------------------------------------
 
-    def __contains__(self, name):
-        return dict.__contains__(self, name.lower())
+    def head(self, request: Request):
+        """The body length to read for `request`, or the Response that refuses it first."""
+        method, path = request.method, request.path
+        if method == "GET":
+            return self._length(request, allow_missing=True)
+        if method in _NOT_ALLOWED:
+            self.state.metrics.observe_request(405, 0.0)
+            return self._json(405, {"error": f"method {method} is not allowed here"}, close=True)
+        if method != "POST":
+            return self.error(request, 501, f"method {method[:20]!r} is not supported")
+        if path != "/v1/predict":
+            return self._refuse(
+                request, 404, f"no such path {request.target[:80]!r}: POST /v1/predict"
+            )
+        if "chunked" in request.headers.get("transfer-encoding", "").lower():
+            return self._refuse(request, 411, "send the body with a Content-Length, not chunked")
+        return self._length(request, allow_missing=False)
 
-
-def parse_headers(fp, _class=None) -> _Headers:
-    """`http.client.parse_headers` without the email parser, which built a full
-    email.message.Message per request: a profile of the server at 32 clients (py-spy) put it
-    at ~13% of the CPU, as much as computing the features. Same limits (65536 bytes a line,
-    100 headers; over them the base class answers 431); obsolete folded lines are joined."""
-    headers, last, count = _Headers(), None, 0
-    while True:
-        line = fp.readline(_MAX_HEADER_LINE + 1)
-        if len(line) > _MAX_HEADER_LINE:
-            raise http.client.LineTooLong("header line")
-        if line in (b"\r\n", b"\n", b""):
-            return headers
-        count += 1
-        if count > _MAX_HEADERS:
-            raise http.client.HTTPException(f"got more than {_MAX_HEADERS} headers")
-        text = line.decode("iso-8859-1")
-        if text[:1] in (" ", "\t") and last is not None:  # a folded continuation line
-            dict.__setitem__(headers, last, f"{dict.get(headers, last)} {text.strip()}")
-            continue
-        name, colon, value = text.partition(":")
-        if colon:
-            last = name.strip().lower()
-            if last not in headers:
-                dict.__setitem__(headers, last, value.strip())
-
-
-class ModelHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True  # idle keep-alive connections must not hold a drain open
-    allow_reuse_address = True
-    request_queue_size = 256
-    state: ServerState
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "moola-serve"
-    sys_version = ""
-    server: ModelHTTPServer
-
-    def setup(self) -> None:
-        self.timeout = self.server.state.args.read_timeout_s  # bounds every read (slow clients)
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, format, *args) -> None:  # noqa: A002 - the base class's name
-        pass  # no access log: metrics and captures say what was answered
-
-    def send_error(self, code, message=None, explain=None) -> None:
-        # the base class's HTML page for a malformed request line or headers: one JSON sentence
-        sentence = {
-            400: "the request line or headers are malformed",
-            414: "the request line is too long",
-            431: "the request headers are too large",
-            501: f"method {self.command!r} is not supported",
-        }.get(code, message or "error")
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self._send_json(code, {"error": sentence, "status": code})
-
-    def _send_json(self, status: int, payload: dict, extra: dict | None = None) -> None:
-        body = json.dumps(payload, separators=(",", ":")).encode()
-        self._send(status, body, "application/json", extra)
-
-    def _send(self, status: int, body: bytes, content_type: str, extra=None) -> None:
-        state = self.server.state
-        self.send_response_only(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Moola-Release", state.predictor.version)
-        for key, value in (extra or {}).items():
-            self.send_header(key, value)
-        if state.draining or self.close_connection:
-            self.close_connection = True
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _request_id(self) -> str:
-        given = self.headers.get("X-Moola-Request-Id", "")
-        return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-
-    def do_GET(self) -> None:  # noqa: N802 - the base class's naming
-        state = self.server.state
+    def request(self, request: Request, body: bytes, reply):
+        """Answer `request` now (a Response), or return None and later call `reply(make)` (from
+        any thread) with a function that builds the Response on the front's thread."""
+        state = self.state
+        if request.method == "GET":
+            return self._get(request)
         state.enter()
+        request_id = self._request_id(request)
         try:
-            path = self.path.split("?", 1)[0]
-            if path == "/healthz":
-                self._send_json(200, state.health())
-            elif path == "/readyz":
-                ready = state.ready and not state.draining
-                reason = "draining" if state.draining else state.not_ready_reason
-                body = {"ready": ready, "release": state.predictor.version}
-                if not ready:
-                    body["reason"] = reason
-                self._send_json(200 if ready else 503, body)
-            elif path == "/metrics":
-                text = state.metrics.render(*_metric_context(state))
-                self._send(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
-            else:
-                self._send_json(404, {"error": f"no such path {path!r}", "status": 404})
-        finally:
-            state.leave()
-
-    def do_POST(self) -> None:  # noqa: N802
-        state = self.server.state
-        state.enter()
-        started = time.perf_counter()
-        request_id = self._request_id()
-        try:
-            if self.path.split("?", 1)[0] != "/v1/predict":
-                raise BadRequest(404, f"no such path {self.path[:80]!r}: POST /v1/predict")
-            status, payload = self._predict(request_id, started)
+            if not state.ready:  # a draining server still answers what reaches it
+                raise BadRequest(503, f"the server is not ready: {state.not_ready_reason}")
+            state.batcher.arrive(1)
+            try:
+                ohlc, ids, grids, raws = parse_windows(body, state.args.max_windows)
+            except BaseException:
+                state.batcher.arrive(-1)
+                raise
+            pending = state.batcher.submit(
+                ohlc, on_done=lambda p: self._done(p, request, request_id, ids, grids, raws, reply)
+            )
+            self.waiting[pending] = (request, request_id, reply)
+            return None
         except BadRequest as exc:
-            status, payload = exc.status, {"error": str(exc), "status": exc.status}
+            return self._finish(request, request_id, exc.status, {"error": str(exc)})
         except Exception as exc:  # never a traceback to the client; the log keeps it
             traceback.print_exc(file=sys.stderr)
-            status = 500
-            payload = {"error": f"internal error ({type(exc).__name__}); see the server log"}
-        seconds = time.perf_counter() - started
-        if status != 200:
-            payload["request_id"] = request_id
-            if state.captures is not None and status != 404:
-                state.captures.put(
-                    {
-                        "request_id": request_id,
-                        "time": time.time(),
-                        "status": status,
-                        "latency_ms": round(seconds * 1e3, 3),
-                        "error": payload["error"],
-                    }
-                )
-        try:
-            if status in (408, 411, 413):
-                self.close_connection = True  # the rest of the body is unread
-            self._send_json(status, payload, {"X-Moola-Request-Id": request_id})
-        except OSError:
-            pass  # the client left; nothing to answer
-        finally:
-            state.metrics.observe_request(status, seconds)
-            state.leave()
+            error = f"internal error ({type(exc).__name__}); see the server log"
+            return self._finish(request, request_id, 500, {"error": error})
 
-    def _predict(self, request_id: str, started: float) -> tuple[int, dict]:
-        state = self.server.state
-        args = state.args
-        if not state.ready:  # a draining server still answers what reaches it
-            raise BadRequest(503, f"the server is not ready: {state.not_ready_reason}")
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            raise BadRequest(411, "send the body with a Content-Length, not chunked")
-        length_text = self.headers.get("Content-Length")
-        if length_text is None:
-            raise BadRequest(411, "a Content-Length header is required")
+    def error(self, request: Request | None, status: int, sentence: str) -> Response:
+        """The answer to what the front refused (malformed head, too large, too slow)."""
+        if request is not None and request.method == "POST":
+            self.state.enter()
+            return self._finish(request, self._request_id(request), status, {"error": sentence})
+        self.state.metrics.observe_request(status, 0.0)
+        return self._json(status, {"error": sentence, "status": status}, close=True)
+
+    def tick(self, now: float) -> None:
+        """Requests whose batch has not run within ANSWER_TIMEOUT_S get a 503."""
+        late = time.perf_counter() - ANSWER_TIMEOUT_S
+        for pending, (request, request_id, reply) in list(self.waiting.items()):
+            if request.started < late:
+                del self.waiting[pending]
+                sentence = f"no answer within {ANSWER_TIMEOUT_S:g}s: the server is overloaded"
+                reply(
+                    lambda r=request, i=request_id, s=sentence: self._finish(
+                        r, i, 503, {"error": s}
+                    )
+                )
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _length(self, request: Request, allow_missing: bool):
+        text = request.headers.get("content-length")
+        if text is None:
+            if allow_missing:
+                return 0
+            return self._refuse(request, 411, "a Content-Length header is required")
         try:
-            length = int(length_text)
+            length = int(text)
         except ValueError:
-            raise BadRequest(400, "the Content-Length header is not a number") from None
-        limit = int(args.max_body_mb * 1024 * 1024)
+            return self._refuse(request, 400, "the Content-Length header is not a number")
+        limit = int(self.state.args.max_body_mb * 1024 * 1024)
         if length > limit or length < 0:
-            raise BadRequest(413, f"the body has {length} bytes, at most {limit} are accepted")
-        batcher = state.batcher
-        batcher.arrive(1)
-        submitted = False
-        try:
-            body = self._read_body(length, args.read_timeout_s)
-            ohlc, ids, grids, raws = parse_windows(body, args.max_windows)
-            pending = batcher.submit(ohlc)
-            submitted = True
-        finally:
-            if not submitted:
-                batcher.arrive(-1)
-        if not pending.done.wait(ANSWER_TIMEOUT_S):
-            raise BadRequest(
-                503, f"no answer within {ANSWER_TIMEOUT_S:g}s: the server is overloaded"
+            return self._refuse(
+                request, 413, f"the body has {length} bytes, at most {limit} are accepted"
             )
-        if pending.error:
-            raise RuntimeError(pending.error)
+        return length
+
+    def _refuse(self, request: Request, status: int, sentence: str) -> Response:
+        if request.method != "POST":
+            self.state.metrics.observe_request(status, 0.0)
+            return self._json(status, {"error": sentence, "status": status}, close=True)
+        self.state.enter()
+        return self._finish(request, self._request_id(request), status, {"error": sentence})
+
+    def _done(self, pending, request, request_id, ids, grids, raws, reply) -> None:
+        """Batcher thread: the pass ran. The answer (JSON, captures) is built on the front's
+        thread, leaving this one to the model."""
+        if self.waiting.pop(pending, None) is None:
+            return  # already answered 503 by tick()
+
+        def build():
+            if pending.error:
+                print(f"moola serve: {pending.error}", file=sys.stderr, flush=True)
+                error = "internal error (RuntimeError); see the server log"
+                return self._finish(request, request_id, 500, {"error": error})
+            return self._predicted(request, request_id, pending, ids, grids, raws)
+
+        reply(build)
+
+    def _predicted(self, request, request_id, pending, ids, grids, raws) -> Response:
+        state = self.state
         rows = pending.rows
         state.metrics.observe_labels(rows)
         release = state.predictor.version
-        latency_ms = round((time.perf_counter() - started) * 1e3, 3)
+        latency_ms = round((time.perf_counter() - request.started) * 1e3, 3)
         if state.captures is not None:
             state.captures.put(
                 {
@@ -937,37 +873,63 @@ class Handler(BaseHTTPRequestHandler):
         predictions = [
             {"index": i, "id": ids[i], **row, "release": release} for i, row in enumerate(rows)
         ]
-        return 200, {"release": release, "request_id": request_id, "predictions": predictions}
+        payload = {"release": release, "request_id": request_id, "predictions": predictions}
+        return self._finish(request, request_id, 200, payload)
 
-    def _read_body(self, length: int, timeout_s: float) -> bytes:
-        """Exactly `length` bytes within `timeout_s` in all (a trickling client cannot hold a
-        thread longer), else 408; a body that ends early is a 400."""
-        deadline = time.monotonic() + timeout_s
-        chunks, have = [], 0
-        try:
-            while have < length:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError
-                self.connection.settimeout(left)
-                chunk = self.rfile.read1(min(length - have, 1 << 16))
-                if not chunk:
-                    raise BadRequest(400, "the body ended before Content-Length bytes arrived")
-                chunks.append(chunk)
-                have += len(chunk)
-        except TimeoutError:
-            raise BadRequest(
-                408, f"the request body did not arrive within {timeout_s:g}s"
-            ) from None
-        finally:
-            self.connection.settimeout(timeout_s)
-        return b"".join(chunks)
+    def _finish(self, request: Request, request_id: str, status: int, payload: dict) -> Response:
+        """A predict request's answer: errors carry the request id and are captured; metrics
+        count it; the in-flight count drops."""
+        state = self.state
+        seconds = time.perf_counter() - request.started
+        if status != 200:
+            payload["status"] = status
+            payload["request_id"] = request_id
+            if state.captures is not None and status != 404:
+                state.captures.put(
+                    {
+                        "request_id": request_id,
+                        "time": time.time(),
+                        "status": status,
+                        "latency_ms": round(seconds * 1e3, 3),
+                        "error": payload["error"],
+                    }
+                )
+        state.metrics.observe_request(status, seconds)
+        state.leave()
+        response = self._json(status, payload, close=status in (408, 411, 413))
+        response.headers["X-Moola-Request-Id"] = request_id
+        return response
 
-    def _not_allowed(self) -> None:
-        self.close_connection = True
-        self._send_json(405, {"error": f"method {self.command} is not allowed here", "status": 405})
+    def _get(self, request: Request) -> Response:
+        state = self.state
+        path = request.path
+        if path == "/healthz":
+            return self._json(200, state.health())
+        if path == "/readyz":
+            ready = state.ready and not state.draining
+            reason = "draining" if state.draining else state.not_ready_reason
+            body = {"ready": ready, "release": state.predictor.version}
+            if not ready:
+                body["reason"] = reason
+            return self._json(200 if ready else 503, body)
+        if path == "/metrics":
+            text = state.metrics.render(*_metric_context(state))
+            return Response(
+                200, text.encode(), "text/plain; version=0.0.4; charset=utf-8", self._release()
+            )
+        return self._json(404, {"error": f"no such path {path!r}", "status": 404})
 
-    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed
+    def _json(self, status: int, payload: dict, close: bool = False) -> Response:
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        return Response(status, body, "application/json", self._release(), close)
+
+    def _release(self) -> dict:
+        return {"X-Moola-Release": self.state.predictor.version}
+
+    @staticmethod
+    def _request_id(request: Request) -> str:
+        given = request.headers.get("x-moola-request-id", "")
+        return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 def _metric_context(state: ServerState) -> tuple[dict, dict]:
@@ -1090,18 +1052,14 @@ def serve(args) -> int:
         print(f"moola serve: {release} has no manifest.json: check --release", file=sys.stderr)
         return 2
     yield_to_live(args.role)
-    # the handlers' base class reads headers through http.client.parse_headers: this process
-    # only serves, so the light parser above stands in for it here (never on import)
-    http.client.parse_headers = parse_headers
     predictor = Predictor(release, args.device)
     state = ServerState(args, predictor)
     try:
-        httpd = ModelHTTPServer((args.host, args.port), Handler)
+        front = Front(args.host, args.port, App(state), args.read_timeout_s)
     except OSError as exc:
         print(f"moola serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2
-    httpd.state = state
-    args.port = httpd.server_address[1]
+    args.port = front.port
     record = {
         "pid": os.getpid(),
         "port": args.port,
@@ -1117,7 +1075,7 @@ def serve(args) -> int:
         if not stop_reason:
             stop_reason.append(signal.Signals(signum).name)
             state.draining = True
-            threading.Thread(target=httpd.shutdown, daemon=True).start()
+            front.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -1131,7 +1089,7 @@ def serve(args) -> int:
             state.not_ready_reason = f"the release failed to load: {failed[0]}"
             print(f"moola serve: not ready: {state.not_ready_reason}", file=sys.stderr, flush=True)
             _write_state(args.state_file, {**record, "failed": state.not_ready_reason})
-            threading.Thread(target=httpd.shutdown, daemon=True).start()
+            front.stop()
             return
         capture_dir = args.capture_dir or default_capture_dir(release)
         if not args.no_capture and capture_dir:
@@ -1158,11 +1116,10 @@ def serve(args) -> int:
         file=sys.stderr,
         flush=True,
     )
-    httpd.serve_forever(poll_interval=0.1)
-    httpd.server_close()  # no new connections from here on
+    # the listener closes on stop(); what is in flight is answered within the drain timeout
+    drained = front.run(args.drain_timeout_s)
     if failed:
         return 3
-    drained = state.wait_idle(args.drain_timeout_s)
     if state.ready:
         state.batcher.stop()
     if state.captures is not None:

@@ -303,25 +303,3 @@ def test_a_warm_standby_is_read_from_the_serving_fact():
     assert serve.standby_of(state, "v1.1") is None  # live, not a standby
     assert serve.standby_of({"standby": None}, "v1.0") is None
     assert serve.standby_of(None, "v1.0") is None  # the host never served
-
-
-def test_the_servers_header_parser_keeps_the_stdlib_limits_and_reads_what_it_needs():
-    import http.client
-    import io
-
-    from moola_core.runtime.serve import parse_headers
-
-    raw = (
-        b"Host: 127.0.0.1\r\nContent-Length: 12\r\nX-Moola-Request-Id: r-1\r\n"
-        b"X-Folded: a\r\n  b\r\ncontent-length: 99\r\n\r\n{body}"
-    )
-    stream = io.BytesIO(raw)
-    headers = parse_headers(stream)
-    assert headers.get("CONTENT-LENGTH") == "12"  # any case; the first of a repeated name
-    assert headers.get("x-moola-request-id") == "r-1" and headers.get("X-Folded") == "a b"
-    assert headers.get("Expect", "") == "" and "host" in headers
-    assert stream.read() == b"{body}"  # the body is left unread
-    with pytest.raises(http.client.LineTooLong):
-        parse_headers(io.BytesIO(b"X: " + b"a" * 70000 + b"\r\n\r\n"))
-    with pytest.raises(http.client.HTTPException):
-        parse_headers(io.BytesIO(b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n"))

@@ -1,0 +1,455 @@
+"""The model server's HTTP/1.1 front: one thread, non-blocking sockets, one selector.
+
+Why not `http.server` with a thread per connection: at 32 concurrent clients that server spent
+more CPU waking and switching 32 interpreter threads (each wakes on its socket, takes the
+interpreter lock, parses, waits on an event) than parsing, and the batcher thread, which needs
+the lock back between the model's operators, queued behind them; a profile showed the forward
+passes taking three times their quiet-machine time and the batcher idle a third of the time
+for want of parsed requests. Here one thread reads, parses and answers every connection; the
+batcher is the only other thread that wants the lock (docs/serving.md has the figures).
+
+What it speaks: Content-Length bodies, keep-alive (HTTP/1.0 only with `Connection:
+keep-alive`), one request at a time per connection (a pipelined next request waits in the
+buffer until the answer went out). Limits, each answered with one JSON sentence by the app:
+request line 65536 bytes (414), a header line 65536 bytes or more than 100 headers (431), a
+request that has not fully arrived `read_timeout_s` after its first byte (408, then the
+connection closes), an unknown method (501). An idle kept-alive connection closes after
+IDLE_TIMEOUT_S; an answer the client does not read within `read_timeout_s` is dropped.
+
+The app (serve.App) decides everything else through three calls, all on this thread:
+`head(request)` -> body length to read, or an immediate Response; `request(request, body,
+reply)` -> a Response, or None when it answers later by calling `reply(make)` from any thread
+(`make()` builds the Response on this thread); `error(request_or_None, status, sentence)` -> Response for what this module refuses.
+`tick(now)` runs about every 0.25 s.
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import email.utils
+import selectors
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+
+MAX_LINE = 65536  # request line and each header line, as http.server
+MAX_HEADERS = 100
+IDLE_TIMEOUT_S = 75.0  # a kept-alive connection with no request in it closes after this
+TICK_S = 0.25
+RECV_BYTES = 1 << 16
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    411: "Length Required",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
+
+
+class Headers(dict):
+    """A request's headers by lower-case name (the first of a repeated name wins)."""
+
+    def get(self, name, default=None):
+        return dict.get(self, name.lower(), default)
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    version: str
+    headers: Headers
+    keep_alive: bool
+    started: float  # perf_counter when its head was parsed
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict = field(default_factory=dict)
+    close: bool = False  # close the connection after it
+
+
+class HeadError(Exception):
+    def __init__(self, status: int, sentence: str):
+        super().__init__(sentence)
+        self.status = status
+
+
+def parse_head(head: bytes, started: float) -> Request:
+    """The request line and headers (without the blank line) -> Request; HeadError when wrong.
+    Obsolete folded header lines are joined to the previous one; lines may end in LF alone."""
+    lines = head.split(b"\n")
+    line = lines[0].rstrip(b"\r")
+    if len(line) > MAX_LINE:
+        raise HeadError(414, "the request line is too long")
+    words = line.decode("iso-8859-1").split()
+    if len(words) != 3 or not words[2].startswith("HTTP/"):
+        raise HeadError(400, "the request line or headers are malformed")
+    method, target, version = words
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise HeadError(505, f"{version[:16]} is not supported: speak HTTP/1.1")
+    if len(lines) - 1 > MAX_HEADERS:
+        raise HeadError(431, "the request headers are too large")
+    headers, last = Headers(), None
+    for raw in lines[1:]:
+        if len(raw) > MAX_LINE:
+            raise HeadError(431, "the request headers are too large")
+        text = raw.rstrip(b"\r").decode("iso-8859-1")
+        if text[:1] in (" ", "\t"):
+            if last is None:
+                raise HeadError(400, "the request line or headers are malformed")
+            dict.__setitem__(headers, last, f"{dict.get(headers, last)} {text.strip()}")
+            continue
+        name, colon, value = text.partition(":")
+        if not colon or not name.strip():
+            raise HeadError(400, "the request line or headers are malformed")
+        last = name.strip().lower()
+        if last not in headers:
+            dict.__setitem__(headers, last, value.strip())
+    connection = headers.get("connection", "").lower()
+    # HTTP/1.1 keeps the connection unless told otherwise; HTTP/1.0 only when asked
+    keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
+    return Request(method, target, version, headers, keep_alive, started)
+
+
+def _head_end(buf: bytearray) -> tuple[int, int]:
+    """(end of the head, start of the body) in `buf`, or (-1, -1) while incomplete."""
+    crlf = buf.find(b"\r\n\r\n")
+    lf = buf.find(b"\n\n")
+    if crlf >= 0 and (lf < 0 or crlf <= lf):
+        return crlf, crlf + 4
+    if lf >= 0:
+        return lf, lf + 2
+    return -1, -1
+
+
+class _Conn:
+    __slots__ = (
+        "sock",
+        "inbuf",
+        "out",
+        "request",
+        "body_len",
+        "body_start",
+        "first_byte",
+        "last_active",
+        "handling",
+        "close_after",
+        "write_since",
+        "closed",
+        "mask",
+    )
+
+    def __init__(self, sock: socket.socket, now: float):
+        self.sock = sock
+        self.inbuf = bytearray()
+        self.out = b""
+        self.request: Request | None = None  # head parsed, body still arriving
+        self.body_len = 0
+        self.body_start = 0
+        self.first_byte: float | None = None  # monotonic time of the current request's first byte
+        self.last_active = now
+        self.handling = False  # the app holds a request of this connection
+        self.close_after = False
+        self.write_since = 0.0
+        self.closed = False
+        self.mask = 0
+
+    def busy(self) -> bool:
+        """A request is in it: arriving, with the app, or its answer still going out."""
+        return bool(self.handling or self.out or self.inbuf.strip() or self.request)
+
+
+class Front:
+    """Listens on (host, port) and runs the connections until stopped and drained."""
+
+    def __init__(self, host: str, port: int, app, read_timeout_s: float, backlog: int = 256):
+        self.app = app
+        self.read_timeout_s = read_timeout_s
+        self.listener = socket.create_server((host, port), backlog=backlog)
+        self.listener.setblocking(False)
+        self.port = self.listener.getsockname()[1]
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ, None)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._soon: collections.deque = collections.deque()
+        self.conns: dict[int, _Conn] = {}
+        self.stopping = False
+        self._listening = True
+        self._date = (0, "")
+
+    # -- from any thread ---------------------------------------------------------------------
+
+    def call_soon(self, fn) -> None:
+        """Run `fn()` on the loop's thread (thread-safe; the batcher answers through it)."""
+        self._soon.append(fn)
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"\0")
+
+    def stop(self) -> None:
+        """Stop accepting; answer what is in flight, then `run()` returns (signal-safe)."""
+        self.stopping = True
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"\0")
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self, drain_timeout_s: float) -> bool:
+        """Serve until `stop()`; then drain. True when everything in flight was answered."""
+        next_tick = time.monotonic() + TICK_S
+        drain_deadline = None
+        try:
+            while True:
+                if self.stopping:
+                    if self._listening:
+                        self._stop_listening()
+                        drain_deadline = time.monotonic() + drain_timeout_s
+                    if not any(c.busy() for c in self.conns.values()):
+                        return True
+                    if time.monotonic() > drain_deadline:
+                        return False
+                timeout = max(0.0, next_tick - time.monotonic())
+                for key, events in self.selector.select(timeout):
+                    if key.data is None:
+                        self._accept()
+                    elif key.data == "wake":
+                        self._run_soon()
+                    else:
+                        conn = key.data
+                        if events & selectors.EVENT_WRITE:
+                            self._flush(conn)
+                        if events & selectors.EVENT_READ and not conn.closed:
+                            self._read(conn)
+                self._run_soon()
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + TICK_S
+                    self._tick(now)
+        finally:
+            for conn in list(self.conns.values()):
+                self._close(conn)
+            if self._listening:
+                self._stop_listening()
+            self.selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _stop_listening(self) -> None:
+        self._listening = False
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(self.listener)
+        self.listener.close()
+
+    def _run_soon(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while self._wake_r.recv(4096):
+                pass
+        while self._soon:
+            self._soon.popleft()()
+
+    def _accept(self) -> None:
+        for _ in range(64):
+            try:
+                sock, _addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of descriptors, aborted handshake: the next one may work
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _Conn(sock, time.monotonic())
+            self.conns[sock.fileno()] = conn
+            self._want(conn, selectors.EVENT_READ)
+
+    def _want(self, conn: _Conn, mask: int) -> None:
+        if conn.closed or mask == conn.mask:
+            return
+        if conn.mask == 0:
+            self.selector.register(conn.sock, mask, conn)
+        elif mask == 0:
+            self.selector.unregister(conn.sock)
+        else:
+            self.selector.modify(conn.sock, mask, conn)
+        conn.mask = mask
+
+    def _close(self, conn: _Conn) -> None:
+        if conn.closed:
+            return
+        self._want(conn, 0)
+        conn.closed = True
+        self.conns.pop(conn.sock.fileno(), None)
+        with contextlib.suppress(OSError):
+            conn.sock.close()
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if not data:  # the client left; nothing of it is being answered
+            self._close(conn)
+            return
+        now = time.monotonic()
+        conn.last_active = now
+        if conn.first_byte is None:
+            conn.first_byte = now
+        conn.inbuf += data
+        self._advance(conn)
+
+    def _advance(self, conn: _Conn) -> None:
+        """Take the next request out of the buffer when it is complete, and hand it over."""
+        while not (conn.closed or conn.handling or conn.out or conn.close_after):
+            if conn.request is None:
+                while conn.inbuf[:2] == b"\r\n" or conn.inbuf[:1] == b"\n":  # stray blank lines
+                    del conn.inbuf[: 2 if conn.inbuf[:1] == b"\r" else 1]
+                if not conn.inbuf:
+                    conn.first_byte = None
+                    return
+                if conn.first_byte is None:
+                    conn.first_byte = time.monotonic()
+                end, body_start = _head_end(conn.inbuf)
+                if end < 0:
+                    if len(conn.inbuf) > MAX_LINE * 2 + 1024:
+                        first = conn.inbuf.find(b"\n")
+                        too_long = first < 0 or first > MAX_LINE
+                        status = 414 if too_long else 431
+                        sentence = (
+                            "the request line is too long"
+                            if too_long
+                            else "the request headers are too large"
+                        )
+                        self._respond(conn, self.app.error(None, status, sentence), close=True)
+                    return
+                try:
+                    request = parse_head(bytes(conn.inbuf[:end]), time.perf_counter())
+                except HeadError as exc:
+                    self._respond(conn, self.app.error(None, exc.status, str(exc)), close=True)
+                    return
+                del conn.inbuf[:body_start]
+                decided = self.app.head(request)
+                if isinstance(decided, Response):
+                    # the body (if any) is not read: the connection cannot be reused
+                    length = request.headers.get("content-length", "0").strip()
+                    unread = length not in ("", "0") or "transfer-encoding" in request.headers
+                    close = decided.close or unread or not request.keep_alive
+                    self._respond(conn, decided, close=close)
+                    return
+                conn.request, conn.body_len = request, int(decided)
+            if len(conn.inbuf) < conn.body_len:
+                return
+            request = conn.request
+            body = bytes(conn.inbuf[: conn.body_len])
+            del conn.inbuf[: conn.body_len]
+            conn.request, conn.first_byte = None, None
+            conn.handling = True
+            self._want(conn, 0)  # nothing more is read until this one is answered
+            answered = self.app.request(request, body, self._replier(conn, request))
+            if answered is not None:
+                self._answer(conn, request, answered)
+
+    def _replier(self, conn: _Conn, request: Request):
+        def reply(make) -> None:
+            self.call_soon(lambda: self._answer(conn, request, make))
+
+        return reply
+
+    def _answer(self, conn: _Conn, request: Request, response) -> None:
+        conn.handling = False
+        if callable(response):
+            try:
+                response = response()
+            except Exception:  # a broken answer closes its connection, never the loop
+                traceback.print_exc(file=sys.stderr)
+                self._close(conn)
+                return
+        if conn.closed:
+            return
+        close = response.close or not request.keep_alive or self.stopping
+        self._respond(conn, response, close=close)
+
+    def _respond(self, conn: _Conn, response: Response, close: bool) -> None:
+        if conn.closed:
+            return
+        now = time.time()
+        if int(now) != self._date[0]:
+            self._date = (int(now), email.utils.formatdate(now, usegmt=True))
+        reason = REASONS.get(response.status, "Error")
+        lines = [
+            f"HTTP/1.1 {response.status} {reason}",
+            "Server: moola-serve",
+            f"Date: {self._date[1]}",
+            f"Content-Type: {response.content_type}",
+            f"Content-Length: {len(response.body)}",
+        ]
+        lines += [f"{name}: {value}" for name, value in response.headers.items()]
+        if close:
+            lines.append("Connection: close")
+            conn.close_after = True
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace")
+        conn.out += head + response.body
+        conn.write_since = time.monotonic()
+        self._flush(conn)
+
+    def _flush(self, conn: _Conn) -> None:
+        try:
+            while conn.out:
+                sent = conn.sock.send(conn.out)
+                conn.out = conn.out[sent:]
+        except (BlockingIOError, InterruptedError):
+            self._want(conn, selectors.EVENT_WRITE)
+            return
+        except OSError:
+            self._close(conn)
+            return
+        conn.last_active = time.monotonic()
+        if conn.close_after:
+            self._close(conn)
+        elif not conn.handling:
+            self._want(conn, selectors.EVENT_READ)
+            if self.stopping and not conn.busy():
+                self._close(conn)
+            else:
+                self._advance(conn)
+
+    def _tick(self, now: float) -> None:
+        self.app.tick(now)
+        for conn in list(self.conns.values()):
+            if conn.closed or conn.handling:
+                continue
+            if conn.out:
+                if now - conn.write_since > self.read_timeout_s:
+                    self._close(conn)  # the client does not read its answer
+            elif conn.first_byte is not None and now - conn.first_byte > self.read_timeout_s:
+                what = "request body" if conn.request is not None else "request"
+                sentence = f"the {what} did not arrive within {self.read_timeout_s:g}s"
+                self._respond(conn, self.app.error(conn.request, 408, sentence), close=True)
+            elif conn.first_byte is None and (
+                self.stopping or now - conn.last_active > IDLE_TIMEOUT_S
+            ):
+                self._close(conn)

@@ -1,0 +1,227 @@
+"""The model server's own HTTP front (moola_core/runtime/serve_http.py), spoken to byte by byte
+over real sockets: a real server process for a tiny release on 127.0.0.1, no proxy in front.
+Each answer is checked to reach the connection that asked (the front answers on one thread
+for every connection), and the server keeps serving after every refusal."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from moola_core.runtime.serve_http import HeadError, parse_head
+from tests.integration.helpers import wait_for, window
+from tests.unit.test_runtime import make_release
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("front")
+    release = make_release(root, "v0.9", sla_p99_ms=10_000.0)
+    state = root / "state.json"
+    env = dict(os.environ, PYTHONPATH=str(release / "code"), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moola_core.runtime", "serve", "--release", str(release)]
+        + ["--port", "0", "--device", "cpu", "--no-capture", "--state-file", str(state)]
+        + ["--read-timeout-s", "1", "--max-body-mb", "0.5"],
+        cwd=release,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def ready() -> bool:
+        assert proc.poll() is None, proc.stderr.read()
+        return state.exists() and json.loads(state.read_text()).get("ready", False)
+
+    wait_for(ready, "the server to be ready", timeout_s=180)
+    yield json.loads(state.read_text())["port"], proc
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
+def exchange(port: int, raw: bytes) -> bytes:
+    """Send `raw` on a fresh connection; everything that came back until the server closed it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(raw)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+
+
+def read_one(sock: socket.socket) -> tuple[int, dict, bytes]:
+    """One whole answer from a kept-alive connection."""
+    data = b""
+    while True:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if sep:
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            if len(rest) >= length:
+                ((answer),) = answers(data)
+                return answer
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection after {data[:80]!r}"
+        data += chunk
+
+
+def answers(data: bytes) -> list[tuple[int, dict, bytes]]:
+    """Split a byte stream of HTTP answers into (status, headers, body)."""
+    out = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines[1:])
+        length = int(headers["Content-Length"])
+        out.append((int(lines[0].split()[1]), headers, rest[:length]))
+        data = rest[length:]
+    return out
+
+
+def predict_bytes(body: bytes, extra: str = "") -> bytes:
+    return (
+        f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
+
+
+def test_heads_are_read_with_the_stdlib_limits():
+    request = parse_head(
+        b"POST /v1/predict?x=1 HTTP/1.1\r\nContent-Length: 12\r\nX-Folded: a\r\n  b\r\n"
+        b"content-length: 99",
+        0.0,
+    )
+    assert request.path == "/v1/predict" and request.keep_alive
+    assert request.headers.get("CONTENT-LENGTH") == "12"  # any case; the first of a repeat
+    assert request.headers.get("x-folded") == "a b"
+    assert not parse_head(b"GET / HTTP/1.0", 0.0).keep_alive
+    assert parse_head(b"GET / HTTP/1.0\nConnection: keep-alive", 0.0).keep_alive  # bare LF
+    assert not parse_head(b"GET / HTTP/1.1\r\nConnection: close", 0.0).keep_alive
+    for head, status in (
+        (b"GET /" + b"a" * 70000 + b" HTTP/1.1", 414),
+        (b"GET / HTTP/1.1\r\nX: " + b"a" * 70000, 431),
+        (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(101)), 431),
+        (b"GET /", 400),
+        (b"GET / HTTP/1.1\r\nno colon here", 400),
+        (b"GET / HTTP/2.0", 505),
+    ):
+        with pytest.raises(HeadError) as caught:
+            parse_head(head, 0.0)
+        assert caught.value.status == status, head[:40]
+
+
+def test_every_refusal_is_one_json_sentence_and_the_server_keeps_serving(server):
+    port, _proc = server
+    for raw, status in (
+        (b"NONSENSE\r\n\r\n", 400),
+        (b"GET /" + b"a" * 140000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n", 431),
+        (b"BREW /v1/predict HTTP/1.1\r\n\r\n", 501),
+        (b"PUT /v1/predict HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", 405),
+        (b"GET / HTTP/2.0\r\n\r\n", 505),
+        (b"POST /v1/predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 411),
+        (b"POST /v1/predict HTTP/1.1\r\n\r\n", 411),
+        (b"POST /v1/predict HTTP/1.1\r\nContent-Length: 9999999\r\n\r\n", 413),
+        (b"POST /v1/predict HTTP/1.1\r\nContent-Length: 50\r\n\r\n{", 408),  # 1 s read limit
+        (b"POST /v1/predict HTTP/1.1\r", 408),  # the head itself never completes
+    ):
+        ((got, headers, body),) = answers(exchange(port, raw))  # then the server closes
+        assert got == status, (raw[:40], body[:200])
+        assert headers["Connection"] == "close"
+        sentence = json.loads(body)["error"]
+        assert sentence and "\n" not in sentence and "Traceback" not in sentence
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(predict_bytes(b"{"))
+        status, _, body = read_one(sock)
+        assert status == 400 and "not valid JSON" in json.loads(body)["error"]
+        sock.sendall(predict_bytes(json.dumps({"windows": [window(1)]}).encode()))
+        status, headers, body = read_one(sock)  # the same connection: a read body keeps it
+        assert status == 200 and headers["X-Moola-Release"] == "v0.9"
+
+
+def test_pipelined_requests_are_answered_in_order_and_http10_closes(server):
+    port, _proc = server
+    bodies = [json.dumps({"windows": [{"id": f"w{i}", "ohlc": window(i)}]}) for i in range(3)]
+    raw = b"".join(predict_bytes(b.encode()) for b in bodies)
+    raw += b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n"
+    got = answers(exchange(port, raw))
+    assert [status for status, _, _ in got] == [200, 200, 200, 200]
+    ids = [json.loads(body)["predictions"][0]["id"] for _, _, body in got[:3]]
+    assert ids == ["w0", "w1", "w2"]
+    assert json.loads(got[3][2])["status"] == "alive"
+    ((status, headers, _),) = answers(exchange(port, b"GET /readyz HTTP/1.0\r\n\r\n"))
+    assert status == 200 and headers["Connection"] == "close"
+
+
+def test_concurrent_clients_each_get_their_own_answers(server):
+    port, _proc = server
+    failures: list = []
+
+    def client(c: int) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            for r in range(5):
+                wanted = [f"c{c}-r{r}-{k}" for k in range(c % 3 + 1)]
+                body = json.dumps(
+                    {"windows": [{"id": i, "ohlc": window(c * 10 + r)} for i in wanted]}
+                ).encode()
+                sock.sendall(predict_bytes(body))
+                status, _, answer = read_one(sock)
+                got = [p["id"] for p in json.loads(answer)["predictions"]]
+                if status != 200 or got != wanted:
+                    failures.append((c, r, status, got))
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failures
+
+
+def test_sigterm_answers_the_open_request_and_closes_idle_connections(tmp_path):
+    release = make_release(tmp_path, "v0.8", sla_p99_ms=10_000.0)
+    hold = tmp_path / "hold-dir"
+    hold.mkdir()
+    state = tmp_path / "state.json"
+    env = dict(os.environ, PYTHONPATH=str(release / "code"), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moola_core.runtime", "serve", "--release", str(release)]
+        + ["--port", "0", "--device", "cpu", "--no-capture", "--state-file", str(state)]
+        + ["--test-hold-dir", str(hold)],
+        cwd=release,
+        env=env,
+    )
+    try:
+        wait_for(
+            lambda: state.exists() and json.loads(state.read_text()).get("ready", False),
+            "the server to be ready",
+            timeout_s=180,
+        )
+        port = json.loads(state.read_text())["port"]
+        idle = socket.create_connection(("127.0.0.1", port), timeout=30)
+        idle.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+        assert read_one(idle)[0] == 200  # kept alive, now idle
+        (hold / "hold").touch()
+        busy = socket.create_connection(("127.0.0.1", port), timeout=30)
+        busy.sendall(predict_bytes(json.dumps({"windows": [window(4)]}).encode()))
+        wait_for(lambda: (hold / "in-forward").exists(), "the request to be in its pass")
+        proc.terminate()
+        assert idle.recv(65536) == b""  # the idle connection is closed, not held open
+        (hold / "hold").unlink()
+        data = b""
+        while chunk := busy.recv(65536):
+            data += chunk
+        ((status, headers, _),) = answers(data)
+        assert status == 200 and headers["Connection"] == "close"
+        assert proc.wait(timeout=60) == 0  # drained
+        idle.close()
+        busy.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        Path(hold, "hold").unlink(missing_ok=True)
