@@ -686,8 +686,8 @@ class ServerState:
         self.not_ready_reason = "loading the model"
         self.draining = False
         self.started = time.time()
-        self.inflight = 0
-        self.inflight_lock = threading.Condition()
+        self.inflight = 0  # predict requests being answered (the front's thread only)
+        self.inflight_lock = threading.Lock()
 
     def enter(self) -> None:
         with self.inflight_lock:
@@ -696,17 +696,6 @@ class ServerState:
     def leave(self) -> None:
         with self.inflight_lock:
             self.inflight -= 1
-            self.inflight_lock.notify_all()
-
-    def wait_idle(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        with self.inflight_lock:
-            while self.inflight > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.inflight_lock.wait(left)
-        return True
 
     def health(self) -> dict:
         p = self.predictor

@@ -199,6 +199,7 @@ class Front:
         self.conns: dict[int, _Conn] = {}
         self.stopping = False
         self._listening = True
+        self._accept_paused = False
         self._date = (0, "")
 
     # -- from any thread ---------------------------------------------------------------------
@@ -259,7 +260,7 @@ class Front:
 
     def _stop_listening(self) -> None:
         self._listening = False
-        with contextlib.suppress(KeyError, ValueError):
+        if not self._accept_paused:
             self.selector.unregister(self.listener)
         self.listener.close()
 
@@ -268,7 +269,10 @@ class Front:
             while self._wake_r.recv(4096):
                 pass
         while self._soon:
-            self._soon.popleft()()
+            try:
+                self._soon.popleft()()
+            except Exception:  # the answers are guarded themselves; this is a last resort
+                traceback.print_exc(file=sys.stderr)
 
     def _accept(self) -> None:
         for _ in range(64):
@@ -276,13 +280,20 @@ class Front:
                 sock, _addr = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:  # out of descriptors, aborted handshake: the next one may work
+            except OSError:  # out of descriptors: stop accepting until the next tick (no spin)
+                traceback.print_exc(file=sys.stderr)
+                self._pause_accepting()
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = _Conn(sock, time.monotonic())
             self.conns[sock.fileno()] = conn
             self._want(conn, selectors.EVENT_READ)
+
+    def _pause_accepting(self) -> None:
+        if self._listening and not self._accept_paused:
+            self._accept_paused = True
+            self.selector.unregister(self.listener)
 
     def _want(self, conn: _Conn, mask: int) -> None:
         if conn.closed or mask == conn.mask:
@@ -352,7 +363,11 @@ class Front:
                     self._respond(conn, self.app.error(None, exc.status, str(exc)), close=True)
                     return
                 del conn.inbuf[:body_start]
-                decided = self.app.head(request)
+                try:
+                    decided = self.app.head(request)
+                except Exception:
+                    self._broken(conn)
+                    return
                 if isinstance(decided, Response):
                     # the body (if any) is not read: the connection cannot be reused
                     length = request.headers.get("content-length", "0").strip()
@@ -369,9 +384,20 @@ class Front:
             conn.request, conn.first_byte = None, None
             conn.handling = True
             self._want(conn, 0)  # nothing more is read until this one is answered
-            answered = self.app.request(request, body, self._replier(conn, request))
+            try:
+                answered = self.app.request(request, body, self._replier(conn, request))
+            except Exception:
+                self._broken(conn)
+                return
             if answered is not None:
                 self._answer(conn, request, answered)
+
+    def _broken(self, conn: _Conn) -> None:
+        """The app failed on a request (a bug): log it, answer 500, close; the loop goes on."""
+        traceback.print_exc(file=sys.stderr)
+        conn.handling = False
+        body = b'{"error":"internal error; see the server log","status":500}'
+        self._respond(conn, Response(500, body), close=True)
 
     def _replier(self, conn: _Conn, request: Request):
         def reply(make) -> None:
@@ -385,8 +411,7 @@ class Front:
             try:
                 response = response()
             except Exception:  # a broken answer closes its connection, never the loop
-                traceback.print_exc(file=sys.stderr)
-                self._close(conn)
+                self._broken(conn)
                 return
         if conn.closed:
             return
@@ -438,7 +463,13 @@ class Front:
                 self._advance(conn)
 
     def _tick(self, now: float) -> None:
-        self.app.tick(now)
+        if self._accept_paused and self._listening:
+            self._accept_paused = False
+            self.selector.register(self.listener, selectors.EVENT_READ, None)
+        try:
+            self.app.tick(now)
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
         for conn in list(self.conns.values()):
             if conn.closed or conn.handling:
                 continue
