@@ -725,7 +725,10 @@ class App:
 
     def __init__(self, state: ServerState):
         self.state = state
-        self.waiting: dict = {}  # pending -> (request, request id, reply): answers still due
+        # token -> (request, request id, reply): answers still due. Whoever pops a token first
+        # answers (the batcher's _done or tick()'s 503); it is entered before the submit, so a
+        # pass that ends before the front's thread runs again still finds it
+        self.waiting: dict = {}
 
     # -- the front's calls ----------------------------------------------------------------------
 
@@ -764,10 +767,14 @@ class App:
             except BaseException:
                 state.batcher.arrive(-1)
                 raise
-            pending = state.batcher.submit(
-                ohlc, on_done=lambda p: self._done(p, request, request_id, ids, grids, raws, reply)
+            token = object()
+            self.waiting[token] = (request, request_id, reply)
+            state.batcher.submit(
+                ohlc,
+                on_done=lambda p: self._done(
+                    token, p, request, request_id, ids, grids, raws, reply
+                ),
             )
-            self.waiting[pending] = (request, request_id, reply)
             return None
         except BadRequest as exc:
             return self._finish(request, request_id, exc.status, {"error": str(exc)})
@@ -787,9 +794,8 @@ class App:
     def tick(self, now: float) -> None:
         """Requests whose batch has not run within ANSWER_TIMEOUT_S get a 503."""
         late = time.perf_counter() - ANSWER_TIMEOUT_S
-        for pending, (request, request_id, reply) in list(self.waiting.items()):
-            if request.started < late:
-                del self.waiting[pending]
+        for token, (request, request_id, reply) in list(self.waiting.items()):
+            if request.started < late and self.waiting.pop(token, None) is not None:
                 sentence = f"no answer within {ANSWER_TIMEOUT_S:g}s: the server is overloaded"
                 reply(
                     lambda r=request, i=request_id, s=sentence: self._finish(
@@ -823,10 +829,10 @@ class App:
         self.state.enter()
         return self._finish(request, self._request_id(request), status, {"error": sentence})
 
-    def _done(self, pending, request, request_id, ids, grids, raws, reply) -> None:
+    def _done(self, token, pending, request, request_id, ids, grids, raws, reply) -> None:
         """Batcher thread: the pass ran. The answer (JSON, captures) is built on the front's
         thread, leaving this one to the model."""
-        if self.waiting.pop(pending, None) is None:
+        if self.waiting.pop(token, None) is None:
             return  # already answered 503 by tick()
 
         def build():

@@ -196,6 +196,7 @@ class Front:
         self._wake_w.setblocking(False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._soon: collections.deque = collections.deque()
+        self._ready: collections.deque = collections.deque()  # connections with a request buffered
         self.conns: dict[int, _Conn] = {}
         self.stopping = False
         self._listening = True
@@ -232,7 +233,7 @@ class Front:
                         return True
                     if time.monotonic() > drain_deadline:
                         return False
-                timeout = max(0.0, next_tick - time.monotonic())
+                timeout = 0.0 if self._ready else max(0.0, next_tick - time.monotonic())
                 for key, events in self.selector.select(timeout):
                     if key.data is None:
                         self._accept()
@@ -245,6 +246,10 @@ class Front:
                         if events & selectors.EVENT_READ and not conn.closed:
                             self._read(conn)
                 self._run_soon()
+                for _ in range(len(self._ready)):
+                    conn = self._ready.popleft()
+                    if not conn.closed:
+                        self._advance(conn)
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + TICK_S
@@ -459,8 +464,10 @@ class Front:
             self._want(conn, selectors.EVENT_READ)
             if self.stopping and not conn.busy():
                 self._close(conn)
-            else:
-                self._advance(conn)
+            elif conn.inbuf:
+                # the next pipelined request starts from the loop, never from inside this
+                # send: answering from here nested one call deeper per request
+                self._ready.append(conn)
 
     def _tick(self, now: float) -> None:
         if self._accept_paused and self._listening:
