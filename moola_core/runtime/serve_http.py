@@ -150,7 +150,6 @@ class _Conn:
         "out",
         "request",
         "body_len",
-        "body_start",
         "first_byte",
         "last_active",
         "handling",
@@ -166,7 +165,6 @@ class _Conn:
         self.out = b""
         self.request: Request | None = None  # head parsed, body still arriving
         self.body_len = 0
-        self.body_start = 0
         self.first_byte: float | None = None  # monotonic time of the current request's first byte
         self.last_active = now
         self.handling = False  # the app holds a request of this connection
@@ -239,7 +237,7 @@ class Front:
                         self._accept()
                     elif key.data == "wake":
                         self._run_soon()
-                    else:
+                    elif not key.data.closed:  # closed earlier in this same round
                         conn = key.data
                         if events & selectors.EVENT_WRITE:
                             self._flush(conn)
