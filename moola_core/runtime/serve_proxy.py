@@ -118,7 +118,6 @@ class Upstream:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(UPSTREAM_TIMEOUT_S)
         self.rfile = self.sock.makefile("rb")
-        self.used = False
 
     def close(self):
         for closer in (self.rfile.close, self.sock.close):
@@ -175,6 +174,40 @@ def _read_exact(rfile, length):
     if len(data) < length:
         raise ConnectionResetError("the body ended early")
     return data
+
+
+def _pooled_exchange(pool, port, head, body):
+    """One request over `pool`'s kept-alive connection to `port` (opened when missing); a
+    connection that failed, or that the server will close, leaves the pool. Returns what
+    Upstream.exchange returns and raises what it raised."""
+    upstream = pool.get(port)
+    try:
+        if upstream is None:
+            upstream = pool[port] = Upstream(port)
+        answer = upstream.exchange(head, body)
+    except Exception:
+        pool.pop(port, None)
+        if upstream is not None:
+            upstream.close()
+        raise
+    if not answer[3]:
+        pool.pop(port, None)
+        upstream.close()
+    return answer
+
+
+def _copy_to_shadow(pool, port, head, body):
+    """Send one shadow copy; a kept-alive connection the shadow had closed is tried once more
+    on a fresh one. Returns the counter to add: "shadow_sent" or "shadow_errors"."""
+    for _attempt in (0, 1):
+        fresh = port not in pool
+        try:
+            _pooled_exchange(pool, port, head, body)
+            return "shadow_sent"
+        except (OSError, ValueError, ClientError):
+            if fresh:
+                break
+    return "shadow_errors"
 
 
 def _json_response(status, payload, keep):
@@ -317,18 +350,13 @@ class Handler(socketserver.StreamRequestHandler):
                     503,
                     "no release is live on this host: start one with `invoke serve --host H start`",
                 )
-            upstream = self.upstreams.get(port)
             for other in [p for p in self.upstreams if p != port]:
                 self.upstreams.pop(other).close()  # traffic moved: let the old server drain
             try:
-                if upstream is None:
-                    upstream = self.upstreams[port] = Upstream(port)
-                upstream.used = True
-                status_line, headers, data, keep = upstream.exchange(head, body)
+                status_line, headers, data, _keep = _pooled_exchange(
+                    self.upstreams, port, head, body
+                )
             except (OSError, ValueError) as exc:
-                if upstream is not None:
-                    upstream.close()
-                self.upstreams.pop(port, None)
                 server.stats.add("upstream_errors")
                 if attempt == 0:
                     state = server.route.current()
@@ -339,9 +367,6 @@ class Handler(socketserver.StreamRequestHandler):
                         live.get("release"), port, type(exc).__name__
                     ),
                 )
-            if not keep:
-                self.upstreams.pop(port, None)
-                upstream.close()
             return status_line, headers, data
         raise AssertionError("unreachable")
 
@@ -478,18 +503,7 @@ class ProxyServer(socketserver.ThreadingTCPServer):
                 while not self.shadow_items:
                     self.shadow_cond.wait()
                 port, head, body = self.shadow_items.popleft()
-            try:
-                upstream = upstreams.get(port) or Upstream(port)
-                upstreams[port] = upstream
-                _status, _headers, _data, keep = upstream.exchange(head, body)
-                if not keep:
-                    upstreams.pop(port).close()
-                self.stats.add("shadow_sent")
-            except (OSError, ValueError):
-                stale = upstreams.pop(port, None)
-                if stale is not None:
-                    stale.close()
-                self.stats.add("shadow_errors")
+            self.stats.add(_copy_to_shadow(upstreams, port, head, body))
 
 
 def _start_mirror(listener):
@@ -564,23 +578,7 @@ def _mirror_send(queue, cond, counts):
                 cond.wait()
             port, data = queue.popleft()
         end = data.find(b"\r\n\r\n") + 4
-        for _attempt in (0, 1):  # a kept-alive connection the shadow closed: once more, fresh
-            fresh = port not in upstreams
-            try:
-                upstream = upstreams.get(port) or Upstream(port)
-                upstreams[port] = upstream
-                _status, _headers, _data, keep = upstream.exchange(data[:end], data[end:])
-                if not keep:
-                    upstreams.pop(port).close()
-                outcome = "shadow_sent"
-                break
-            except (OSError, ValueError, ClientError):
-                stale = upstreams.pop(port, None)
-                if stale is not None:
-                    stale.close()
-                outcome = "shadow_errors"
-                if fresh:
-                    break
+        outcome = _copy_to_shadow(upstreams, port, data[:end], data[end:])
         with cond:
             counts[outcome] += 1
 
