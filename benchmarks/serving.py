@@ -24,10 +24,10 @@ Stand-in mode (one run, real OpenSSH host on 127.0.0.1, the default JadeModel, r
 Local mode (a GPU box, no sshd): builds a release, starts the server on 127.0.0.1 in this
 machine and prints windows/s and p99 at `--clients` concurrent clients (batched and unbatched).
 
-Server A/B mode (no sshd): this checkout's `runtime/serve.py` against GITREF's, the same
-release served by both, alternating on the same machine (one-window latency, windows/s at
-`--clients` with batching on and off, captures off): a before/after of a server change measured
-in one run, not across runs on a shared machine.
+Server A/B mode (no sshd): this checkout's server (`runtime/serve.py` and `serve_http.py`)
+against GITREF's, the same release served by both, alternating on the same machine (one-window
+latency, windows/s at `--clients` with batching on and off, captures off): a before/after of a
+server change measured in one run, not across runs on a shared machine.
 
 The last line of output is one JSON object.
 """
@@ -599,8 +599,20 @@ def lone_latency(ports: dict[str, int], rounds: int = 10, block: int = 30) -> di
     return {name: round(percentile(values, 50), 3) for name, values in times.items()}
 
 
+# the model server's own code; the rest of the runtime (features, model) is the same on both
+# sides. A file missing at the ref (serve_http.py before the one-thread front) is removed.
+SERVER_FILES = ("serve.py", "serve_http.py")
+
+
+def _source_at(ref: str, path: str) -> str | None:
+    shown = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{ref}:{path}"], capture_output=True, text=True
+    )
+    return shown.stdout if shown.returncode == 0 else None
+
+
 def run_server_ab(args) -> dict:
-    """This checkout's server against `args.server_ab`'s (its runtime/serve.py), same release,
+    """This checkout's server against `args.server_ab`'s (its SERVER_FILES), same release,
     same machine, alternating: one-window latency straight to each server, and windows/s at
     `args.clients` clients with batching on and off (captures off). Both run the
     same release; only the server code on PYTHONPATH differs."""
@@ -608,20 +620,21 @@ def run_server_ab(args) -> dict:
     from tests.integration.conftest import make_bundle
 
     ref = args.server_ab
-    old = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{ref}:moola_core/runtime/serve.py"],
-        capture_output=True,
-        text=True,
-    )
-    if old.returncode != 0:
-        raise SystemExit(f"cannot read serve.py at {ref}: {old.stderr.strip()}")
+    old = {name: _source_at(ref, f"moola_core/runtime/{name}") for name in SERVER_FILES}
+    if old["serve.py"] is None:
+        raise SystemExit(f"cannot read moola_core/runtime/serve.py at {ref}")
     work = Path(tempfile.mkdtemp(prefix="moola-bench-ab-"))
     procs = []
     try:
         release = safe_extract(make_bundle(work, "v1.0", model_config=MODEL), work / "rel" / "v1.0")
         codes = {"head": release / "code", "base": work / "base-code"}
         shutil.copytree(release / "code", codes["base"])
-        (codes["base"] / "moola_core" / "runtime" / "serve.py").write_text(old.stdout)
+        for name, text in old.items():  # the ref's server files; one it lacks is removed
+            path = codes["base"] / "moola_core" / "runtime" / name
+            if text is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_text(text)
         ports: dict[str, dict[str, int]] = {"batched": {}, "unbatched": {}}
         for mode, extra in (("batched", []), ("unbatched", ["--max-batch", "1"])):
             for name, code in codes.items():
