@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+from typing import NoReturn
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -108,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         if distributed:
             import torch.distributed as dist
 
-            # every rank done before any tears gloo down: a rank leaving early aborted its peer
-            # at exit ("terminate called without an active exception", exit -6)
-            dist.barrier()
+            dist.barrier()  # every rank done before any leaves (see `program` for the exit)
     except MoolaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -136,9 +135,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def program(argv: list[str] | None = None) -> NoReturn:
+    """The command line: `main`, then exit with its code.
+
+    Under torchrun the exit skips the interpreter's teardown. Gloo's worker thread drops a
+    finished collective (and the Python-owned tensors it holds) just after `wait()` has
+    returned on the main thread; when the machine is busy that moment can fall inside the
+    interpreter's finalization, where the worker can no longer take the GIL, and the process
+    aborts ("terminate called without an active exception", exit -6) after a run that
+    succeeded. By then every epoch is saved, the process group destroyed and the output
+    flushed here, so nothing the teardown would do is needed.
+    """
+    code = main(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
     if not __package__:  # run as a file (`torchrun moola_core/pretrain/run.py`): find the package
         sys.path.insert(
             0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         )
-    sys.exit(main())
+    program()
