@@ -18,8 +18,10 @@ IDLE_TIMEOUT_S; an answer the client does not read within `read_timeout_s` is dr
 
 The app (serve.App) decides everything else through three calls, all on this thread:
 `head(request)` -> body length to read, or an immediate Response; `request(request, body,
-reply)` -> a Response, or None when it answers later by calling `reply(make)` from any thread
-(`make()` builds the Response on this thread); `error(request_or_None, status, sentence)` -> Response for what this module refuses.
+reply, alone)` -> a Response, or None when it answers later by calling `reply(make)` from any
+thread (`make()` builds the Response on this thread); `alone` says that no other request is
+being answered or waiting to be read, so the app may answer it on this thread at once;
+`error(request_or_None, status, sentence)` -> Response for what this module refuses.
 `tick(now)` runs about every 0.25 s.
 
 Standard library only.
@@ -196,6 +198,8 @@ class Front:
         self._soon: collections.deque = collections.deque()
         self._ready: collections.deque = collections.deque()  # connections with a request buffered
         self.conns: dict[int, _Conn] = {}
+        self._handling = 0  # connections whose request the app holds
+        self._round = 0  # connections with something to do in this round of the loop
         self.stopping = False
         self._listening = True
         self._accept_paused = False
@@ -232,7 +236,9 @@ class Front:
                     if time.monotonic() > drain_deadline:
                         return False
                 timeout = 0.0 if self._ready else max(0.0, next_tick - time.monotonic())
-                for key, events in self.selector.select(timeout):
+                selected = self.selector.select(timeout)
+                self._round = len(selected) + len(self._ready)
+                for key, events in selected:
                     if key.data is None:
                         self._accept()
                     elif key.data == "wake":
@@ -244,6 +250,7 @@ class Front:
                         if events & selectors.EVENT_READ and not conn.closed:
                             self._read(conn)
                 self._run_soon()
+                self._round = len(self._ready)
                 for _ in range(len(self._ready)):
                     conn = self._ready.popleft()
                     if not conn.closed:
@@ -385,10 +392,13 @@ class Front:
             body = bytes(conn.inbuf[: conn.body_len])
             del conn.inbuf[: conn.body_len]
             conn.request, conn.first_byte = None, None
+            # alone: nothing else in this round, no answer due, nothing queued for this thread
+            alone = self._handling == 0 and self._round <= 1 and not self._soon
             conn.handling = True
+            self._handling += 1
             self._want(conn, 0)  # nothing more is read until this one is answered
             try:
-                answered = self.app.request(request, body, self._replier(conn, request))
+                answered = self.app.request(request, body, self._replier(conn, request), alone)
             except Exception:
                 self._broken(conn)
                 return
@@ -398,7 +408,7 @@ class Front:
     def _broken(self, conn: _Conn) -> None:
         """The app failed on a request (a bug): log it, answer 500, close; the loop goes on."""
         traceback.print_exc(file=sys.stderr)
-        conn.handling = False
+        self._release(conn)
         body = b'{"error":"internal error; see the server log","status":500}'
         self._respond(conn, Response(500, body), close=True)
 
@@ -408,8 +418,13 @@ class Front:
 
         return reply
 
+    def _release(self, conn: _Conn) -> None:
+        if conn.handling:
+            conn.handling = False
+            self._handling -= 1
+
     def _answer(self, conn: _Conn, request: Request, response) -> None:
-        conn.handling = False
+        self._release(conn)
         if callable(response):
             try:
                 response = response()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from moola_core.runtime.serve_http import HeadError, parse_head
+from moola_core.runtime.serve_http import Front, HeadError, Response, parse_head
 from tests.integration.helpers import wait_for, window
 from tests.unit.test_runtime import make_release
 
@@ -238,3 +238,63 @@ def test_sigterm_answers_the_open_request_and_closes_idle_connections(tmp_path):
         if proc.poll() is None:
             proc.kill()
         Path(hold, "hold").unlink(missing_ok=True)
+
+
+class HoldingApp:
+    """An app for the front alone: records each request's `alone`, holds its answer until the
+    test releases it, then answers 200 with the request's path."""
+
+    def __init__(self):
+        self.seen: list[tuple[str, bool]] = []
+        self.replies: dict = {}
+        self.lock = threading.Lock()
+
+    def head(self, request):
+        return int(request.headers.get("content-length", "0"))
+
+    def request(self, request, body, reply, alone):
+        with self.lock:
+            self.seen.append((request.path, alone))
+            self.replies[request.path] = lambda: reply(
+                lambda: Response(200, request.path.encode(), "text/plain", {})
+            )
+        return None
+
+    def release(self, path: str) -> None:
+        with self.lock:
+            answer = self.replies.pop(path)
+        answer()
+
+    def error(self, request, status, sentence):
+        return Response(status, sentence.encode(), "text/plain", {}, True)
+
+    def tick(self, now):
+        pass
+
+
+def test_the_front_calls_a_request_alone_only_when_no_other_is_being_answered():
+    app = HoldingApp()
+    front = Front("127.0.0.1", 0, app, read_timeout_s=30)
+    loop = threading.Thread(target=front.run, args=(10,))
+    loop.start()
+    conns = [socket.create_connection(("127.0.0.1", front.port), timeout=30) for _ in range(3)]
+    try:
+        conns[0].sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for(lambda: len(app.seen) == 1, "the first request to reach the app")
+        conns[1].sendall(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for(lambda: len(app.seen) == 2, "the second request to reach the app")
+        assert app.seen == [("/a", True), ("/b", False)]  # /a's answer is still due
+        app.release("/a")
+        app.release("/b")
+        assert read_one(conns[0])[2] == b"/a" and read_one(conns[1])[2] == b"/b"
+        conns[2].sendall(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for(lambda: len(app.seen) == 3, "the third request to reach the app")
+        assert app.seen[2] == ("/c", True)  # both answered: nothing else in flight
+        app.release("/c")
+        assert read_one(conns[2])[2] == b"/c"
+    finally:
+        for conn in conns:
+            conn.close()
+        front.stop()
+        loop.join(30)
+    assert not loop.is_alive()
