@@ -2,7 +2,7 @@
 
     python benchmarks/serving.py [--seconds 6] [--out docs/benchmarks/serving.md]
     python benchmarks/serving.py --local [--clients 64] [--seconds 10] [--device auto]
-    python benchmarks/serving.py --server-ab GITREF [--clients 32] [--seconds 6]
+    python benchmarks/serving.py --server-ab GITREF [--ab-captures] [--clients 32] [--seconds 6]
 
 Stand-in mode (one run, real OpenSSH host on 127.0.0.1, the default JadeModel, random weights):
 - http_over_inprocess_p50: on the host, with the host's python: p50 of one window through the
@@ -29,8 +29,9 @@ machine and prints windows/s and p99 at `--clients` concurrent clients (batched 
 
 Server A/B mode (no sshd): this checkout's server (`runtime/serve.py` and `serve_http.py`)
 against GITREF's, the same release served by both, alternating on the same machine (one-window
-latency, windows/s at `--clients` with batching on and off, captures off): a before/after of a
-server change measured in one run, not across runs on a shared machine.
+latency, windows/s at `--clients` with batching on and off, captures off, or on with
+`--ab-captures`): a before/after of a server change measured in one run, not across runs on a
+shared machine.
 
 The last line of output is one JSON object.
 """
@@ -669,13 +670,15 @@ def run_server_ab(args) -> dict:
         ports: dict[str, dict[str, int]] = {"batched": {}, "unbatched": {}}
         for mode, extra in (("batched", []), ("unbatched", ["--max-batch", "1"])):
             for name, code in codes.items():
-                # captures off: their code is the same in both, and a backlog written after
-                # one run would slow the next (the old server has no gauge to wait on)
-                args_of = [*extra, "--no-capture"]
+                # captures off unless asked: a ref without the unwritten-captures gauge would
+                # leave its backlog to slow the next run (the clock waits on the gauge)
+                capture = ["--capture-dir", str(work / f"captures-{mode}-{name}")]
+                args_of = [*extra, *(capture if args.ab_captures else ["--no-capture"])]
                 proc, port = _start_server(release, code, work / f"{mode}-{name}.json", args_of)
                 procs.append(proc)
                 ports[mode][name] = port
         result: dict = {"ref": ref, "clients": args.clients, "seconds": args.seconds}
+        result["captures"] = bool(args.ab_captures)
         result["lone_p50_ms"] = lone_latency(ports["batched"])
         rates: dict = {mode: {"base": [], "head": []} for mode in ports}
         for order in (("base", "head"), ("head", "base")):
@@ -756,6 +759,11 @@ def main() -> None:
         "--server-ab",
         metavar="GITREF",
         help="no sshd: this checkout's server against GITREF's, same release, same run",
+    )
+    parser.add_argument(
+        "--ab-captures",
+        action="store_true",
+        help="with --server-ab: captures on (GITREF must have the unwritten-captures gauge)",
     )
     args = parser.parse_args()
     meta = versions()
