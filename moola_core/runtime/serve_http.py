@@ -237,7 +237,11 @@ class Front:
                         return False
                 timeout = 0.0 if self._ready else max(0.0, next_tick - time.monotonic())
                 selected = self.selector.select(timeout)
-                self._round = len(selected) + len(self._ready)
+                # connections with something to do; accepts and wake-ups are no requests (an
+                # answer due shows in _handling and _soon)
+                self._round = len(self._ready) + sum(
+                    isinstance(key.data, _Conn) for key, _events in selected
+                )
                 for key, events in selected:
                     if key.data is None:
                         self._accept()
