@@ -771,16 +771,15 @@ class App:
         if method == "GET":
             return self._length(request, allow_missing=True)
         if method in _NOT_ALLOWED:
-            self.state.metrics.observe_request(405, 0.0)
-            return self._json(405, {"error": f"method {method} is not allowed here"}, close=True)
+            return self.error(request, 405, f"method {method} is not allowed here")
         if method != "POST":
             return self.error(request, 501, f"method {method[:20]!r} is not supported")
         if path != "/v1/predict":
-            return self._refuse(
+            return self.error(
                 request, 404, f"no such path {request.target[:80]!r}: POST /v1/predict"
             )
         if "chunked" in request.headers.get("transfer-encoding", "").lower():
-            return self._refuse(request, 411, "send the body with a Content-Length, not chunked")
+            return self.error(request, 411, "send the body with a Content-Length, not chunked")
         return self._length(request, allow_missing=False)
 
     def request(self, request: Request, body: bytes, reply, alone: bool = False):
@@ -848,24 +847,17 @@ class App:
         if text is None:
             if allow_missing:
                 return 0
-            return self._refuse(request, 411, "a Content-Length header is required")
+            return self.error(request, 411, "a Content-Length header is required")
         try:
             length = int(text)
         except ValueError:
-            return self._refuse(request, 400, "the Content-Length header is not a number")
+            return self.error(request, 400, "the Content-Length header is not a number")
         limit = int(self.state.args.max_body_mb * 1024 * 1024)
         if length > limit or length < 0:
-            return self._refuse(
+            return self.error(
                 request, 413, f"the body has {length} bytes, at most {limit} are accepted"
             )
         return length
-
-    def _refuse(self, request: Request, status: int, sentence: str) -> Response:
-        if request.method != "POST":
-            self.state.metrics.observe_request(status, 0.0)
-            return self._json(status, {"error": sentence, "status": status}, close=True)
-        self.state.enter()
-        return self._finish(request, self._request_id(request), status, {"error": sentence})
 
     def _done(self, token, pending, request, request_id, ids, grids, raws, reply) -> None:
         """Batcher thread: the pass ran. The answer (JSON, captures) is built on the front's

@@ -133,8 +133,10 @@ def test_every_refusal_is_one_json_sentence_and_the_server_keeps_serving(server)
         ((got, headers, body),) = answers(exchange(port, raw))  # then the server closes
         assert got == status, (raw[:40], body[:200])
         assert headers["Connection"] == "close"
-        sentence = json.loads(body)["error"]
+        answer = json.loads(body)
+        sentence = answer["error"]
         assert sentence and "\n" not in sentence and "Traceback" not in sentence
+        assert answer["status"] == status
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(predict_bytes(b"{"))
         status, _, body = read_one(sock)
