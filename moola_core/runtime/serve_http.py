@@ -137,8 +137,9 @@ def parse_head(head: bytes, started: float) -> Request:
 def _head_end(buf: bytearray) -> tuple[int, int]:
     """(end of the head, start of the body) in `buf`, or (-1, -1) while incomplete."""
     crlf = buf.find(b"\r\n\r\n")
-    lf = buf.find(b"\n\n")
-    if crlf >= 0 and (lf < 0 or crlf <= lf):
+    # a bare-LF end counts only before a CRLF one: no scan of the body and what follows it
+    lf = buf.find(b"\n\n", 0, len(buf) if crlf < 0 else crlf)
+    if crlf >= 0 and lf < 0:
         return crlf, crlf + 4
     if lf >= 0:
         return lf, lf + 2
