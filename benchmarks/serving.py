@@ -646,7 +646,8 @@ def _source_at(ref: str, path: str) -> str | None:
 def run_server_ab(args) -> dict:
     """This checkout's server against `args.server_ab`'s (its SERVER_FILES), same release,
     same machine, alternating: one-window latency straight to each server, and windows/s at
-    `args.clients` clients with batching on and off (captures off). Both run the
+    `args.clients` clients with batching on and off (captures off, or on with
+    `args.ab_captures`). Both run the
     same release; only the server code on PYTHONPATH differs."""
     from moola_core.bundle import safe_extract
     from tests.integration.conftest import make_bundle
