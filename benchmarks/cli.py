@@ -82,8 +82,9 @@ def tiny_bundle(out: Path) -> Path:
     torch.save(model.state_dict(), run / "weights.pt")
     (run / "model.json").write_text(json.dumps(model.config))
     (run / "metrics.json").write_text(json.dumps({"test": {}}))
-    built = build_bundle("v1.0", "bench-run", runs_dir=out / "runs", out_dir=out / "bundles",
-                         sla_p99_ms=500.0)  # fmt: skip
+    built = build_bundle(
+        "v1.0", "bench-run", runs_dir=out / "runs", out_dir=out / "bundles", sla_p99_ms=500.0
+    )
     return built.path
 
 
@@ -108,8 +109,9 @@ def main() -> None:
         empty.mkdir()
         (empty / "tasks.py").write_text(ONE_TASK)
         log("timing invoke --list")
-        list_s, empty_s = paired(([INVOKE, "--list"], REPO), ([INVOKE, "--list"], empty),
-                                 args.repeat)  # fmt: skip
+        list_s, empty_s = paired(
+            ([INVOKE, "--list"], REPO), ([INVOKE, "--list"], empty), args.repeat
+        )
         figures.update(list_s=list_s, list_empty_s=empty_s, list_vs_empty=list_s / empty_s)
 
         # 8 stand-in hosts, each serving a real tiny bundle
@@ -129,17 +131,22 @@ def main() -> None:
         # run from a scratch directory (its own logs/), so -r names the project's tasks.py
         env_cmd = [INVOKE, "-r", str(REPO), "healthcheck", "--inventory", str(inventory_file)]
         log("timing the fast health check, 1 host vs 8")
-        eight_s, one_s = paired(([*env_cmd, "--group", "fleet"], work),
-                                ([*env_cmd, "--host", "local-1"], work), args.repeat)  # fmt: skip
+        eight_s, one_s = paired(
+            ([*env_cmd, "--group", "fleet"], work),
+            ([*env_cmd, "--host", "local-1"], work),
+            args.repeat,
+        )
         figures.update(health1_s=one_s, health8_s=eight_s, health8_vs_1=eight_s / one_s)
 
         deep = [*env_cmd, "--group", "fleet", "--deep", "--timeout", "600"]
         log("timing the deep health check, 8 hosts parallel vs one after another")
         # no warm-up: the deploy just ran the same model check on every host
-        par_s, ser_s = paired((deep, work), ([*deep, "--parallel", "1"], work),
-                              args.deep_repeat, warmup=0)  # fmt: skip
-        figures.update(deep8_parallel_s=par_s, deep8_serial_s=ser_s,
-                       deep8_parallel_vs_serial=par_s / ser_s)  # fmt: skip
+        par_s, ser_s = paired(
+            (deep, work), ([*deep, "--parallel", "1"], work), args.deep_repeat, warmup=0
+        )
+        figures.update(
+            deep8_parallel_s=par_s, deep8_serial_s=ser_s, deep8_parallel_vs_serial=par_s / ser_s
+        )
 
         # 4. the ops-only install, built fresh from the lock as a deploy/cron box would
         log("building the ops-only venv (pip install '.[ops]' from constraints.txt)")
@@ -167,13 +174,19 @@ def main() -> None:
         ops_versions=ops_versions,
     )
     write_page(Path(args.out), figures)
-    print(f"invoke --list: project {figures['list_s']} s vs one task {figures['list_empty_s']} s "
-          f"-> {figures['list_vs_empty']}x (target <= 3)")  # fmt: skip
-    print(f"healthcheck: 8 hosts {figures['health8_s']} s vs 1 host {figures['health1_s']} s "
-          f"-> {figures['health8_vs_1']}x (target <= 1.5)")  # fmt: skip
-    print(f"healthcheck --deep, 8 hosts: parallel {figures['deep8_parallel_s']} s vs one after "
-          f"another {figures['deep8_serial_s']} s -> {figures['deep8_parallel_vs_serial']} "
-          "(target <= 0.6)")  # fmt: skip
+    print(
+        f"invoke --list: project {figures['list_s']} s vs one task {figures['list_empty_s']} s "
+        f"-> {figures['list_vs_empty']}x (target <= 3)"
+    )
+    print(
+        f"healthcheck: 8 hosts {figures['health8_s']} s vs 1 host {figures['health1_s']} s "
+        f"-> {figures['health8_vs_1']}x (target <= 1.5)"
+    )
+    print(
+        f"healthcheck --deep, 8 hosts: parallel {figures['deep8_parallel_s']} s vs one after "
+        f"another {figures['deep8_serial_s']} s -> {figures['deep8_parallel_vs_serial']} "
+        "(target <= 0.6)"
+    )
     print(
         f"ops-only install: {figures['ops_venv_mb']} MB (target <= 150); fast healthcheck "
         f"of 8 hosts {figures['ops_health8_s']} s vs full install {figures['full_health8_s']} s"
@@ -233,19 +246,39 @@ def write_page(path: Path, f: dict) -> None:
         return "meets" if value <= target else "MISSES"
 
     rows = [
-        ("list_vs_empty", f"`invoke --list`: project {f['list_s']} s / one-task tasks.py "
-         f"{f['list_empty_s']} s", f["list_vs_empty"], 3.0),
-        ("health8_vs_1", f"`invoke healthcheck`: 8 hosts {f['health8_s']} s / 1 host "
-         f"{f['health1_s']} s", f["health8_vs_1"], 1.5),
-        ("deep8_parallel_vs_serial", f"`healthcheck --deep`, 8 hosts: parallel "
-         f"{f['deep8_parallel_s']} s / `--parallel 1` {f['deep8_serial_s']} s",
-         f["deep8_parallel_vs_serial"], 0.6),
-        ("ops_venv_mb", "size of a fresh ops-only venv (`pip install '.[ops]'`, MB)",
-         f["ops_venv_mb"], 150),
-        ("ops_healthcheck_vs_full", f"`invoke healthcheck`, 8 hosts: ops-only install "
-         f"{f['ops_health8_s']} s / full install {f['full_health8_s']} s",
-         f["ops_healthcheck_vs_full"], 1.1),
-    ]  # fmt: skip
+        (
+            "list_vs_empty",
+            f"`invoke --list`: project {f['list_s']} s / one-task tasks.py {f['list_empty_s']} s",
+            f["list_vs_empty"],
+            3.0,
+        ),
+        (
+            "health8_vs_1",
+            f"`invoke healthcheck`: 8 hosts {f['health8_s']} s / 1 host {f['health1_s']} s",
+            f["health8_vs_1"],
+            1.5,
+        ),
+        (
+            "deep8_parallel_vs_serial",
+            f"`healthcheck --deep`, 8 hosts: parallel "
+            f"{f['deep8_parallel_s']} s / `--parallel 1` {f['deep8_serial_s']} s",
+            f["deep8_parallel_vs_serial"],
+            0.6,
+        ),
+        (
+            "ops_venv_mb",
+            "size of a fresh ops-only venv (`pip install '.[ops]'`, MB)",
+            f["ops_venv_mb"],
+            150,
+        ),
+        (
+            "ops_healthcheck_vs_full",
+            f"`invoke healthcheck`, 8 hosts: ops-only install "
+            f"{f['ops_health8_s']} s / full install {f['full_health8_s']} s",
+            f["ops_healthcheck_vs_full"],
+            1.1,
+        ),
+    ]
     lines = [
         "# CLI start-up and health-check scaling",
         "",

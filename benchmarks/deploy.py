@@ -51,16 +51,35 @@ def baseline(sandbox, name: str, archive: Path, version: str, args) -> float:
     ws = host.workspace
     rel = f"{ws}/releases/{version}"
     started = time.perf_counter()
-    subprocess.run(["scp", "-q", "-F", str(sandbox.ssh_config_path), str(archive),
-                    f"{name}:{ws}/{archive.name}"], check=True)  # fmt: skip
-    subprocess.run(ssh + [f"mkdir -p {rel} && tar -xzf {ws}/{archive.name} -C {rel} "
-                          "--strip-components=1"], check=True)  # fmt: skip
-    subprocess.run(ssh + [f"cd {rel} && PYTHONPATH={rel}/code {host.python} -m moola_core.runtime "
-                          f"check --release {rel} --json --runs {args.check_runs} --warmup "
-                          f"{args.check_warmup} --backend {args.check_backend}"],
-                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
-    subprocess.run(ssh + [f"cd {ws} && ln -sfn releases/{version} .current-tmp && "
-                          "mv -T .current-tmp current"], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            "scp",
+            "-q",
+            "-F",
+            str(sandbox.ssh_config_path),
+            str(archive),
+            f"{name}:{ws}/{archive.name}",
+        ],
+        check=True,
+    )
+    subprocess.run(
+        ssh + [f"mkdir -p {rel} && tar -xzf {ws}/{archive.name} -C {rel} --strip-components=1"],
+        check=True,
+    )
+    subprocess.run(
+        ssh
+        + [
+            f"cd {rel} && PYTHONPATH={rel}/code {host.python} -m moola_core.runtime "
+            f"check --release {rel} --json --runs {args.check_runs} --warmup "
+            f"{args.check_warmup} --backend {args.check_backend}"
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    subprocess.run(
+        ssh + [f"cd {ws} && ln -sfn releases/{version} .current-tmp && mv -T .current-tmp current"],
+        check=True,
+    )
     return time.perf_counter() - started
 
 
@@ -144,8 +163,11 @@ def main() -> None:
         serial, parallel = [], []
         # A-B-B-A: serial, parallel, parallel, serial, so drifting background load falls on both
         for v, bound in (("v3.0", 1), ("v3.1", 8), ("v3.2", 8), ("v3.3", 1)):
-            seconds, result = timed(lambda v=v, b=bound: engine.deploy(
-                fleet, engine.resolve_bundle(str(archives[v])), _with(opts, parallel=b)))  # fmt: skip
+            seconds, result = timed(
+                lambda v=v, b=bound: engine.deploy(
+                    fleet, engine.resolve_bundle(str(archives[v])), _with(opts, parallel=b)
+                )
+            )
             must(result)
             (serial if bound == 1 else parallel).append(seconds)
     finally:
@@ -171,9 +193,16 @@ def main() -> None:
         "bundle_mb": round(bundle_mb, 3),
         "check_runs": args.check_runs,
     }
-    raw = {"deploys": deploys, "baselines": baselines, "noops": noops, "rollbacks": rollbacks,
-           "fleet_serial": serial, "fleet_parallel": parallel,
-           "serve_deploys": serve_deploys, "serve_rollback": [serve_rollback]}  # fmt: skip
+    raw = {
+        "deploys": deploys,
+        "baselines": baselines,
+        "noops": noops,
+        "rollbacks": rollbacks,
+        "fleet_serial": serial,
+        "fleet_parallel": parallel,
+        "serve_deploys": serve_deploys,
+        "serve_rollback": [serve_rollback],
+    }
     write_report(Path(args.out), figures, raw, steps, args, serve_steps)
     print(json.dumps(figures))
 

@@ -37,12 +37,17 @@ TARGET_BARS_PER_S = 600_000
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bars", type=int, default=1_800_000, help="bars to featurize")
-    parser.add_argument("--baseline-bars", type=int, default=100_000,
-                        help="prefix the naive baseline runs on (it is slow)")  # fmt: skip
+    parser.add_argument(
+        "--baseline-bars",
+        type=int,
+        default=100_000,
+        help="prefix the naive baseline runs on (it is slow)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="timed runs; the best counts")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="docs/benchmarks/features.md",
-                        help="markdown record to write ('' to skip)")  # fmt: skip
+    parser.add_argument(
+        "--out", default="docs/benchmarks/features.md", help="markdown record to write ('' to skip)"
+    )
     args = parser.parse_args()
 
     bars = generate_market(args.bars, seed=args.seed)
@@ -82,11 +87,15 @@ def main() -> None:
         "numpy": np.__version__,
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
-    print(f"compute_features: {args.bars:,} bars in {seconds:.3f} s "
-          f"({result['bars_per_s']:,} bars/s; runs {result['runs_s']})")  # fmt: skip
-    print(f"naive baseline:   {k:,} bars in {baseline_seconds:.3f} s "
-          f"({result['baseline_bars_per_s']:,} bars/s); speedup {result['speedup']}x; "
-          f"max |diff| {max_diff:.2e}, same mask {same_mask}")  # fmt: skip
+    print(
+        f"compute_features: {args.bars:,} bars in {seconds:.3f} s "
+        f"({result['bars_per_s']:,} bars/s; runs {result['runs_s']})"
+    )
+    print(
+        f"naive baseline:   {k:,} bars in {baseline_seconds:.3f} s "
+        f"({result['baseline_bars_per_s']:,} bars/s); speedup {result['speedup']}x; "
+        f"max |diff| {max_diff:.2e}, same mask {same_mask}"
+    )
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -50,8 +50,19 @@ FRESH_SEED, DETECTION_SEED, ASOF_SEED = 9001, 9002, 9003  # never used in develo
 FRESH_WINDOWS, DETECTION_WINDOWS, ASOF_WINDOWS = 600, 600, 200
 DELAYS = (-10, -5, -1, 0, 2, 5, 10, 20)
 BUDGET_S = 120.0
-TABLE_METRICS = ("span_iou", "iou_ge_50", "iou_ge_70", "start_hit3", "end_hit3",
-                 "boundary_mae", "inspan_f1", "accuracy", "macro_f1", "ece", "brier")  # fmt: skip
+TABLE_METRICS = (
+    "span_iou",
+    "iou_ge_50",
+    "iou_ge_70",
+    "start_hit3",
+    "end_hit3",
+    "boundary_mae",
+    "inspan_f1",
+    "accuracy",
+    "macro_f1",
+    "ece",
+    "brier",
+)
 FRESH_METRICS = (
     "span_iou",
     "span_iou_consolidation",
@@ -187,9 +198,13 @@ def main() -> int:
             seconds = time.perf_counter() - t0
             timings.setdefault(variant, []).append(seconds)
             epochs.setdefault(variant, []).append(result.metrics["epochs_run"])
-            print(f"{variant} seed {seed}: test span IoU "
-                  f"{result.metrics['test']['span_iou']['value']:.3f}, {seconds:.1f}s, "
-                  f"{result.metrics['epochs_run']} epochs", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"{variant} seed {seed}: test span IoU "
+                f"{result.metrics['test']['span_iou']['value']:.3f}, {seconds:.1f}s, "
+                f"{result.metrics['epochs_run']} epochs",
+                file=sys.stderr,
+                flush=True,
+            )
     reference_after = reference_seconds()
     reference = (reference_before + reference_after) / 2
 
@@ -412,8 +427,10 @@ def main() -> int:
     ]
     for variant in variants:
         mean_s = float(np.mean(timings[variant]))
-        lines.append(f"| {variant} | {mean_s:.1f} | {mean_s / reference:.1f} | "
-                     f"{', '.join(map(str, epochs[variant]))} |")  # fmt: skip
+        lines.append(
+            f"| {variant} | {mean_s:.1f} | {mean_s / reference:.1f} | "
+            f"{', '.join(map(str, epochs[variant]))} |"
+        )
     # torch's default may itself be one thread (OMP_NUM_THREADS=1): then there is no ratio
     seconds = list(thread_seconds.values())
     ratio = (

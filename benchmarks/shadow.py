@@ -36,10 +36,16 @@ N_PAIRS = 100_000
 
 def _commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                             capture_output=True, text=True, check=True)  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True,
-                               text=True).stdout.strip()  # fmt: skip
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -74,14 +80,30 @@ def synthetic_index(cache: Path, host: str, n_pairs: int, lines_per_file: int = 
             buf = []
             for i in range(lo, hi):
                 p = 0.8 if label[i] else 0.2
-                buf.append(json.dumps({
-                    "v": 1, "request_id": f"req-{i:07d}", "index": 0, "window_id": f"w{i}",
-                    "time": 1.8e9 + i * 0.01, "release": release, "role": role, "status": 200,
-                    "latency_ms": round(float(latency[i]), 3), "batch_size": 1, "ohlc": None,
-                    "output": {"label": LABELS[label[i]], "probs": {LABELS[0]: 1 - p,
-                               LABELS[1]: p}, "start": int(start[i]), "end": int(end[i]),
-                               "abstain": False},
-                }))  # fmt: skip
+                buf.append(
+                    json.dumps(
+                        {
+                            "v": 1,
+                            "request_id": f"req-{i:07d}",
+                            "index": 0,
+                            "window_id": f"w{i}",
+                            "time": 1.8e9 + i * 0.01,
+                            "release": release,
+                            "role": role,
+                            "status": 200,
+                            "latency_ms": round(float(latency[i]), 3),
+                            "batch_size": 1,
+                            "ohlc": None,
+                            "output": {
+                                "label": LABELS[label[i]],
+                                "probs": {LABELS[0]: 1 - p, LABELS[1]: p},
+                                "start": int(start[i]),
+                                "end": int(end[i]),
+                                "abstain": False,
+                            },
+                        }
+                    )
+                )
             raw = cache / host / "raw" / release / f"20261127T170000Z-{f}.jsonl"
             raw.parent.mkdir(parents=True, exist_ok=True)
             raw.write_text("\n".join(buf) + "\n")
@@ -90,9 +112,14 @@ def synthetic_index(cache: Path, host: str, n_pairs: int, lines_per_file: int = 
             seconds += time.perf_counter() - started
     import pandas as pd
 
-    outcomes = pd.DataFrame({"window_id": [f"w{i}" for i in range(n_pairs)],
-                             "label": [LABELS[k] for k in truth_label],
-                             "expansion_start": ts, "expansion_end": te})  # fmt: skip
+    outcomes = pd.DataFrame(
+        {
+            "window_id": [f"w{i}" for i in range(n_pairs)],
+            "label": [LABELS[k] for k in truth_label],
+            "expansion_start": ts,
+            "expansion_end": te,
+        }
+    )
     return {"rows": written, "index_s": seconds, "outcomes": outcomes}
 
 
@@ -119,12 +146,19 @@ def bench_report(tmp: Path) -> dict:
 
     inputs = make_report_inputs(tmp / "demo")
     started = time.perf_counter()
-    result = build_report(tmp / "demo" / "report.html", deployment=inputs["deployment"],
-                          runs_dir=inputs["runs_dir"], log=inputs["log"],
-                          cache=inputs["cache"])  # fmt: skip
+    result = build_report(
+        tmp / "demo" / "report.html",
+        deployment=inputs["deployment"],
+        runs_dir=inputs["runs_dir"],
+        log=inputs["log"],
+        cache=inputs["cache"],
+    )
     seconds = time.perf_counter() - started
-    return {"report_s": round(seconds, 3), "report_figures": len(result.figures),
-            "report_bytes": result.path.stat().st_size}  # fmt: skip
+    return {
+        "report_s": round(seconds, 3),
+        "report_figures": len(result.figures),
+        "report_bytes": result.path.stat().st_size,
+    }
 
 
 RATE = 40.0  # requests per second, the same steady load with the shadow off and on
@@ -152,8 +186,12 @@ def steady_load(port: int, bodies: list[bytes], rate: float, seconds: float) -> 
             delay = due - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            conn.request("POST", "/v1/predict", body=bodies[i % len(bodies)],
-                         headers={"Content-Type": "application/json"})  # fmt: skip
+            conn.request(
+                "POST",
+                "/v1/predict",
+                body=bodies[i % len(bodies)],
+                headers={"Content-Type": "application/json"},
+            )
             response = conn.getresponse()
             response.read()
             done = time.perf_counter()
@@ -223,26 +261,43 @@ def bench_shadow(tmp: Path) -> dict:
     sandbox, root = start_hosts(["bench-shadow"])
     try:
         (host,) = Inventory.from_sandbox(sandbox, connect_timeout_s=5).resolve("bench-shadow")
-        opts = engine.Options(check_runs=3, check_warmup=1, check_backend="eager",
-                              journal_path=str(tmp / "log.jsonl"))  # fmt: skip
+        opts = engine.Options(
+            check_runs=3, check_warmup=1, check_backend="eager", journal_path=str(tmp / "log.jsonl")
+        )
         assert engine.deploy([host], engine.resolve_bundle(str(bundles["v1.0"])), opts).ok
         with HostSession(host) as session:
             serving.ensure_proxy(session, host)
             serving.ensure(session, host)
             port = serving.status(session, host).proxy_port
-            started = shadow.start(host, str(bundles["v1.1"]), fraction=1.0, session=session,
-                                   journal_path=str(tmp / "log.jsonl"))  # fmt: skip
-            route = {"release": "v1.1", "port": started.port, "pid": started.pid,
-                     "fraction": 1.0}  # fmt: skip
+            started = shadow.start(
+                host,
+                str(bundles["v1.1"]),
+                fraction=1.0,
+                session=session,
+                journal_path=str(tmp / "log.jsonl"),
+            )
+            route = {"release": "v1.1", "port": started.port, "pid": started.pid, "fraction": 1.0}
             # a stub shadow that answers at once, at the real shadow's priority: what the
             # copying alone costs the live side
-            stub = subprocess.Popen([sys.executable, "-c", STUB_SHADOW], stdout=subprocess.PIPE,
-                                    text=True, preexec_fn=_yield_cpu)  # fmt: skip
+            stub = subprocess.Popen(
+                [sys.executable, "-c", STUB_SHADOW],
+                stdout=subprocess.PIPE,
+                text=True,
+                preexec_fn=_yield_cpu,
+            )
             # and "off" measured twice: the two no-shadow sides differ only by chance, which
             # shows how far this machine moves a ratio that should be 1
-            routes = {"off": None, "on": route,
-                      "copy": {"release": "stub", "port": int(stub.stdout.readline()),
-                               "pid": None, "fraction": 1.0}, "off_again": None}  # fmt: skip
+            routes = {
+                "off": None,
+                "on": route,
+                "copy": {
+                    "release": "stub",
+                    "port": int(stub.stdout.readline()),
+                    "pid": None,
+                    "fraction": 1.0,
+                },
+                "off_again": None,
+            }
             bodies = [json.dumps({"windows": [window(s)]}).encode() for s in range(32)]
             steady_load(port, bodies, RATE, 2.0)  # warm-up
             sides: dict[str, list[float]] = {side: [] for side in routes}
@@ -285,7 +340,7 @@ def bench_shadow(tmp: Path) -> dict:
             "live_ms": {
                 k: {"p50": round(float(v[0]), 3), "p99": round(float(v[1]), 3), "n": len(sides[k])}
                 for k, v in p.items()
-            },  # fmt: skip
+            },
             "shadow_load": f"{RATE:g} req/s open loop, {ROUNDS} x {ROUND_S:g} s per side",
             "shadow_served": stats.served_release,
         }
@@ -312,8 +367,12 @@ def write_page(figures: dict, machine: str) -> Path:
         ("live_p50_off_again_over_off", "live p50, no shadow / no shadow (noise)", "diagnostic"),
         ("live_p99_off_again_over_off", "live p99, no shadow / no shadow (noise)", "diagnostic"),
     ]
-    targets = {"ab_report_s": 5.0, "report_s": 10.0, "live_p50_shadow_over_off": 1.15,
-               "live_p99_shadow_over_off": 1.15}  # fmt: skip
+    targets = {
+        "ab_report_s": 5.0,
+        "report_s": 10.0,
+        "live_p50_shadow_over_off": 1.15,
+        "live_p99_shadow_over_off": 1.15,
+    }
     lines = [
         "# Shadow, A/B and report benchmark",
         "",
@@ -373,17 +432,26 @@ def main() -> None:
 
     global ROUNDS, ROUND_S
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=ROUNDS,
-                        help="interleaved rounds per side (more: a steadier p99)")  # fmt: skip
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=ROUNDS,
+        help="interleaved rounds per side (more: a steadier p99)",
+    )
     parser.add_argument("--round-s", type=float, default=ROUND_S, help="seconds per round")
     args = parser.parse_args()
     ROUNDS, ROUND_S = args.rounds, args.round_s
 
-    machine = (f"{os.cpu_count()} CPU cores, {platform.system()} {platform.machine()}, "
-               f"Python {platform.python_version()}, numpy {numpy.__version__}, "
-               f"matplotlib {matplotlib.__version__}")  # fmt: skip
-    figures: dict = {"commit": _commit(), "machine": machine,
-                     "load_avg_1m": round(os.getloadavg()[0], 2)}  # fmt: skip
+    machine = (
+        f"{os.cpu_count()} CPU cores, {platform.system()} {platform.machine()}, "
+        f"Python {platform.python_version()}, numpy {numpy.__version__}, "
+        f"matplotlib {matplotlib.__version__}"
+    )
+    figures: dict = {
+        "commit": _commit(),
+        "machine": machine,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
     with tempfile.TemporaryDirectory(prefix="moola-bench-shadow-") as tmp:
         tmp = Path(tmp)
         figures.update(bench_ab(tmp))

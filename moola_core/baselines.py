@@ -124,8 +124,11 @@ class RangeExpansionHeuristic:
         x, valid = np.asarray(x), np.asarray(valid)
         start, end = self._spans(x, valid, self.width, self.threshold)
         quiet = self._quietness(x, valid, start)
-        return {"label": np.where(quiet <= self.quiet_cut, 0, 1).astype(np.int64), "start": start,
-                "end": end}  # fmt: skip
+        return {
+            "label": np.where(quiet <= self.quiet_cut, 0, 1).astype(np.int64),
+            "start": start,
+            "end": end,
+        }
 
 
 def _pooled(x: np.ndarray, valid: np.ndarray) -> np.ndarray:

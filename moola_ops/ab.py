@@ -27,9 +27,24 @@ from moola_core.spec import LABELS
 from moola_ops.ab_rule import MIN_EFFECT, PRIMARY, QUALITY, decide, needed_requests
 from moola_ops.ab_stats import LEVEL, MAX_GRID, N_BOOT, Estimate, boot_mean, boot_quantile
 
-__all__ = ["LEVEL", "MAX_GRID", "MIN_EFFECT", "N_BOOT", "PRIMARY", "ABResult", "Estimate",
-           "analyze", "boot_mean", "boot_quantile", "decide", "needed_requests", "pair",
-           "record", "render_text", "run_ab"]  # fmt: skip
+__all__ = [
+    "LEVEL",
+    "MAX_GRID",
+    "MIN_EFFECT",
+    "N_BOOT",
+    "PRIMARY",
+    "ABResult",
+    "Estimate",
+    "analyze",
+    "boot_mean",
+    "boot_quantile",
+    "decide",
+    "needed_requests",
+    "pair",
+    "record",
+    "render_text",
+    "run_ab",
+]
 
 
 @dataclass
@@ -124,8 +139,11 @@ def pair(table, shadow_release: str | None = None):
         "live_error_rate": float((~ok_live).sum() / max(1, len(both))),
     }
     # per request: shadow failed (1) or not (0), minus the same for live
-    flags = pd.DataFrame({"request_id": both["request_id"], "live": ~ok_live,
-                          "shadow": ~ok_shadow}).groupby("request_id", sort=False).max()  # fmt: skip
+    flags = (
+        pd.DataFrame({"request_id": both["request_id"], "live": ~ok_live, "shadow": ~ok_shadow})
+        .groupby("request_id", sort=False)
+        .max()
+    )
     facts["error_diff"] = boot_mean(flags["shadow"].astype(float) - flags["live"].astype(float))
     pairs = both[ok_live & ok_shadow & (both["label_live"] >= 0) & (both["label_shadow"] >= 0)]
     return pairs.reset_index(drop=True), facts
@@ -340,9 +358,15 @@ def run_ab(
     try:
         pulled = pull_host(host, cache, session) if session is not None else None
         table = load_table(cache, host.name, since=start)
-        result = analyze(table, truth, shadow_release=candidate, since=start,
-                         until=_time.time(), primary=primary,
-                         sla_p99_ms=host.latency_sla_ms)  # fmt: skip
+        result = analyze(
+            table,
+            truth,
+            shadow_release=candidate,
+            since=start,
+            until=_time.time(),
+            primary=primary,
+            sla_p99_ms=host.latency_sla_ms,
+        )
         if result.sla_p99_ms is None and session is not None:
             from moola_ops.monitor import _release_manifest
 

@@ -43,10 +43,25 @@ from moola_ops.drift import (
 from moola_ops.health import CRITICAL, OK, STATE_NAMES, UNKNOWN, WARNING, worst
 from moola_ops.monitor_output import perfdata, prometheus_text, render_text, status_line
 
-__all__ = ["PSI_BINS", "PSI_FLOOR", "Check", "MonitorPolicy", "MonitorResult", "monitor",
-           "perfdata", "prometheus_text", "psi", "reference_bins", "reference_from_labeled",
-           "reference_from_run", "render_text", "run_monitor", "save", "status_line",
-           "window_features"]  # fmt: skip
+__all__ = [
+    "PSI_BINS",
+    "PSI_FLOOR",
+    "Check",
+    "MonitorPolicy",
+    "MonitorResult",
+    "monitor",
+    "perfdata",
+    "prometheus_text",
+    "psi",
+    "reference_bins",
+    "reference_from_labeled",
+    "reference_from_run",
+    "render_text",
+    "run_monitor",
+    "save",
+    "status_line",
+    "window_features",
+]
 
 MAX_WINDOWS = 2000  # windows whose features are computed for PSI (the newest ones)
 MIN_WINDOWS = 30  # fewer captured windows than this: PSI is not judged (too noisy)
@@ -190,8 +205,14 @@ def monitor(
         state = WARNING
     else:
         state = OK
-    result.checks.append(Check("errors", state, f"{100 * result.error_rate:.2f}% of {n} requests "
-                               f"failed ({result.rate_per_min:.1f}/min)"))  # fmt: skip
+    result.checks.append(
+        Check(
+            "errors",
+            state,
+            f"{100 * result.error_rate:.2f}% of {n} requests "
+            f"failed ({result.rate_per_min:.1f}/min)",
+        )
+    )
     if result.p99_ms is not None:
         if sla_p99_ms:
             if result.p99_ms > sla_p99_ms:
@@ -215,12 +236,23 @@ def monitor(
                 values = xs[..., j][valid]
                 result.psi[name] = psi(reference[name], values) if len(values) else math.nan
         if result.psi_windows < policy.min_windows:
-            result.checks.append(Check("drift", OK, f"only {result.psi_windows} windows; PSI "
-                                       f"is judged from {policy.min_windows}"))  # fmt: skip
+            result.checks.append(
+                Check(
+                    "drift",
+                    OK,
+                    f"only {result.psi_windows} windows; PSI is judged from {policy.min_windows}",
+                )
+            )
         elif not any(math.isfinite(v) for v in result.psi.values()):
-            result.checks.append(Check("drift", WARNING, f"none of {result.psi_windows} windows "
-                                       "has a bar with valid features (no swings): the inputs "
-                                       "look unlike the training data"))  # fmt: skip
+            result.checks.append(
+                Check(
+                    "drift",
+                    WARNING,
+                    f"none of {result.psi_windows} windows "
+                    "has a bar with valid features (no swings): the inputs "
+                    "look unlike the training data",
+                )
+            )
         else:
             finite = {k: v for k, v in result.psi.items() if math.isfinite(v)}
             top = max(finite, key=lambda k: finite[k])
@@ -257,8 +289,9 @@ def _release_manifest(session, host, release: str) -> dict | None:
     from moola_ops.commands.layout import Layout, check_name
 
     check_name(release, "release")
-    res = session.run(f"cat {Layout(host.workspace).path('releases', release, 'manifest.json')}",
-                      timeout_s=30)  # fmt: skip
+    res = session.run(
+        f"cat {Layout(host.workspace).path('releases', release, 'manifest.json')}", timeout_s=30
+    )
     if res.exit_code != 0:
         return None
     try:
@@ -348,11 +381,22 @@ def run_monitor(
         thread.start()
         thread.join(max(1.0, timeout_s - 5.0))  # leave time to compute from what we have
         if thread.is_alive():
-            extra.append(Check("pull", UNKNOWN, f"{host.name} did not send its captures within "
-                               f"{timeout_s:g} s; figures are from the local cache"))  # fmt: skip
+            extra.append(
+                Check(
+                    "pull",
+                    UNKNOWN,
+                    f"{host.name} did not send its captures within "
+                    f"{timeout_s:g} s; figures are from the local cache",
+                )
+            )
         elif "error" in box:
-            extra.append(Check("pull", UNKNOWN, f"captures not pulled ({box['error']}); figures "
-                               "are from the local cache"))  # fmt: skip
+            extra.append(
+                Check(
+                    "pull",
+                    UNKNOWN,
+                    f"captures not pulled ({box['error']}); figures are from the local cache",
+                )
+            )
     table = load_table(cache, host.name, since=start, with_ohlc=True)
     release = box.get("release")
     if release is None:
@@ -360,11 +404,24 @@ def run_monitor(
         release = str(live[-1]) if len(live) else None
     bins, name = _resolve_reference(reference, release, box.get("manifest"), runs_dir, cache)
     sla = host.latency_sla_ms or (box.get("manifest") or {}).get("latency_sla_p99_ms")
-    result = monitor(table, bins, host=host.name, since=start, until=now, sla_p99_ms=sla,
-                     policy=policy, reference_name=name)  # fmt: skip
+    result = monitor(
+        table,
+        bins,
+        host=host.name,
+        since=start,
+        until=now,
+        sla_p99_ms=sla,
+        policy=policy,
+        reference_name=name,
+    )
     if bins is None and len(table):
-        result.checks.append(Check("drift", UNKNOWN, f"no training reference for {release}: "
-                                   "pass --reference FILE|RUN_ID"))  # fmt: skip
+        result.checks.append(
+            Check(
+                "drift",
+                UNKNOWN,
+                f"no training reference for {release}: pass --reference FILE|RUN_ID",
+            )
+        )
     result.checks = extra + result.checks
     result.duration_s = time.monotonic() - started
     if save_result:

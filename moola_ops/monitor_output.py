@@ -69,22 +69,46 @@ def prometheus_text(result: MonitorResult, now: float | None = None) -> str:
     h = {"host": result.host}
     finite = {k: v for k, v in result.psi.items() if math.isfinite(v)}
     families = [
-        ("moola_monitor_state", "Nagios state of the monitor (0 OK .. 3 UNKNOWN).",
-         [(h, result.state)]),
-        ("moola_monitor_requests_per_minute", "Live requests per minute in the window.",
-         [(h, result.rate_per_min)]),
-        ("moola_monitor_error_ratio", "Share of live requests that failed.",
-         [(h, result.error_rate)]),
-        ("moola_monitor_latency_seconds", "Server-side latency quantiles in the window.",
-         [({**h, "quantile": q}, v / 1000) for q, v in (("0.5", result.p50_ms),
-                                                      ("0.99", result.p99_ms)) if v is not None]),
-        ("moola_monitor_label_ratio", "Share of each predicted label.",
-         [({**h, "label": k}, v) for k, v in result.labels.items()]),
-        ("moola_monitor_feature_psi", "Population stability index per input feature.",
-         [({**h, "feature": k}, v) for k, v in finite.items()]),
-        ("moola_monitor_last_run_timestamp_seconds", "When the monitor last ran (unix time).",
-         [(h, round(now, 3))]),
-    ]  # fmt: skip
+        (
+            "moola_monitor_state",
+            "Nagios state of the monitor (0 OK .. 3 UNKNOWN).",
+            [(h, result.state)],
+        ),
+        (
+            "moola_monitor_requests_per_minute",
+            "Live requests per minute in the window.",
+            [(h, result.rate_per_min)],
+        ),
+        (
+            "moola_monitor_error_ratio",
+            "Share of live requests that failed.",
+            [(h, result.error_rate)],
+        ),
+        (
+            "moola_monitor_latency_seconds",
+            "Server-side latency quantiles in the window.",
+            [
+                ({**h, "quantile": q}, v / 1000)
+                for q, v in (("0.5", result.p50_ms), ("0.99", result.p99_ms))
+                if v is not None
+            ],
+        ),
+        (
+            "moola_monitor_label_ratio",
+            "Share of each predicted label.",
+            [({**h, "label": k}, v) for k, v in result.labels.items()],
+        ),
+        (
+            "moola_monitor_feature_psi",
+            "Population stability index per input feature.",
+            [({**h, "feature": k}, v) for k, v in finite.items()],
+        ),
+        (
+            "moola_monitor_last_run_timestamp_seconds",
+            "When the monitor last ran (unix time).",
+            [(h, round(now, 3))],
+        ),
+    ]
     # every value rounded to 6 decimals before it is printed
     rounded = [
         (name, text, [(lab, round(float(v), 6)) for lab, v in s]) for name, text, s in families

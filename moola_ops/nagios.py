@@ -109,11 +109,19 @@ def parse_thresholds(text: str | None, flag: str = "--warning") -> dict[str, Ran
     return ranges
 
 
-def defaults(sla_ms: float | None, *, warn_fraction: float = 0.8, disk_warn_gib: float = 5.0,
-             disk_crit_gib: float = 1.0, stale_lock_min: float = 30.0):  # fmt: skip
+def defaults(
+    sla_ms: float | None,
+    *,
+    warn_fraction: float = 0.8,
+    disk_warn_gib: float = 5.0,
+    disk_crit_gib: float = 1.0,
+    stale_lock_min: float = 30.0,
+):
     """The built-in (warning, critical) ranges; p99 ranges only when an SLA is known."""
-    warning = {"free_gib": parse_range(f"{disk_warn_gib:g}:"),
-               "lock_min": parse_range(f"{stale_lock_min:g}")}  # fmt: skip
+    warning = {
+        "free_gib": parse_range(f"{disk_warn_gib:g}:"),
+        "lock_min": parse_range(f"{stale_lock_min:g}"),
+    }
     critical = {"free_gib": parse_range(f"{disk_crit_gib:g}:")}
     if sla_ms:
         warning["p99_ms"] = parse_range(f"{warn_fraction * sla_ms:g}")

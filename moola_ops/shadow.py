@@ -172,8 +172,10 @@ def stage_release(session, host, bundle, journal) -> str:
         session.run(release_cmd.stage(layout, deployment), timeout_s=60)
         session.upload(bundle.path, release_cmd.staged_archive(layout, deployment))
     with journal.step(host.name, "promote", sha256=bundle.sha256) as info:
-        out = session.run(release_cmd.promote(layout, host.python, deployment, bundle.version,
-                                              bundle.sha256), timeout_s=600)  # fmt: skip
+        out = session.run(
+            release_cmd.promote(layout, host.python, deployment, bundle.version, bundle.sha256),
+            timeout_s=600,
+        )
         report = release_cmd.parse_hostside(out.stdout)
         info["report"] = report
         if out.exit_code != 0 or not report.get("ok"):
@@ -203,8 +205,9 @@ def status_on(session, host) -> ShadowStatus:
                 out.running, out.ready = True, bool(s.get("ready_now"))
     if now.proxy_running:
         port = now.proxy_port or serve_cmd.public_port(host)
-        res = session.run(f"{shlex.quote(host.python)} -c {shlex.quote(_PROXY_STATS)} {int(port)}",
-                          timeout_s=30)  # fmt: skip
+        res = session.run(
+            f"{shlex.quote(host.python)} -c {shlex.quote(_PROXY_STATS)} {int(port)}", timeout_s=30
+        )
         try:
             stats = json.loads(res.stdout.strip().splitlines()[-1])
             counters = stats.get("stats", stats)
@@ -250,8 +253,9 @@ def start(
         with journal.step(host.name, "stage") as info:
             info["result"] = stage_release(session, host, bundle, journal)
         with journal.step(host.name, "start") as info:
-            started = serving.start_candidate(session, host, bundle.version, device=device,
-                                              server_args=SHADOW_SERVER_ARGS)  # fmt: skip
+            started = serving.start_candidate(
+                session, host, bundle.version, device=device, server_args=SHADOW_SERVER_ARGS
+            )
             info.update(pid=started.pid, port=started.port, start_s=started.start_s)
             if not started.ok:
                 raise MoolaError(
@@ -259,12 +263,20 @@ def start(
                     f"({started.reason}); live traffic is untouched. Log: {started.log}"
                 )
         with journal.step(host.name, "deprioritise", nice=SHADOW_NICE) as info:
-            res = session.run(f"{shlex.quote(host.python)} -c {shlex.quote(_DEPRIORITISE)} "
-                              f"{int(started.pid)} {SHADOW_NICE}", timeout_s=30)  # fmt: skip
+            res = session.run(
+                f"{shlex.quote(host.python)} -c {shlex.quote(_DEPRIORITISE)} "
+                f"{int(started.pid)} {SHADOW_NICE}",
+                timeout_s=30,
+            )
             info["threads"] = res.stdout.strip()[-80:]
         with journal.step(host.name, "route", fraction=fraction) as info:
-            shadow = {"release": bundle.version, "port": started.port, "pid": started.pid,
-                      "fraction": fraction, "since": time.time()}  # fmt: skip
+            shadow = {
+                "release": bundle.version,
+                "port": started.port,
+                "pid": started.pid,
+                "fraction": fraction,
+                "since": time.time(),
+            }
             old = _edit_state(session, host, "set", shadow).get("old")
             info["replaced"] = old
         if old and old.get("pid") and old.get("pid") != started.pid:

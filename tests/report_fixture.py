@@ -33,13 +33,17 @@ def make_report_inputs(root: Path, *, hosts=("local-1", "local-2"), n_requests: 
     data_path = labeled.write_labeled(frame, root / "labeled.parquet")
     prepared, run_ids = None, []
     for i, candidate in enumerate(CANDIDATES):
-        config = {**candidate, "optim": {"max_epochs": 3, "patience": 3},
-                  "data": {"source": "file", "path": str(data_path)}}  # fmt: skip
+        config = {
+            **candidate,
+            "optim": {"max_epochs": 3, "patience": 3},
+            "data": {"source": "file", "path": str(data_path)},
+        }
         path = root / f"train-{i}.yaml"
         path.write_text(yaml.safe_dump(config))
         prepared = prepared or prepare_data(load_config(str(path)))
-        run_ids.append(train_run(str(path), runs_dir, progress="none", n_boot=100,
-                                 data=prepared).run_id)  # fmt: skip
+        run_ids.append(
+            train_run(str(path), runs_dir, progress="none", n_boot=100, data=prepared).run_id
+        )
     (runs_dir / "selected.json").write_text(json.dumps({"run_id": run_ids[0]}))
 
     old = os.environ.get("MOOLA_LOG")
@@ -51,8 +55,13 @@ def make_report_inputs(root: Path, *, hosts=("local-1", "local-2"), n_requests: 
                 deploy.record(host, step, "ok", duration_s=0.2)
         for host in hosts:
             for i, p99 in enumerate((3.1, 3.4, 2.9)):
-                Journal("healthcheck").record(host, "deep" if i % 2 else "fast", "ok",
-                                              state="OK", p99_ms=p99 if i % 2 else None)  # fmt: skip
+                Journal("healthcheck").record(
+                    host,
+                    "deep" if i % 2 else "fast",
+                    "ok",
+                    state="OK",
+                    p99_ms=p99 if i % 2 else None,
+                )
         rollback = Journal("rollback", bundle="v0.1")
         rollback.record(hosts[-1], "switch", "ok")
         # traffic: live v0.1 and shadow v0.2 on the first host, live only on the others
@@ -60,8 +69,9 @@ def make_report_inputs(root: Path, *, hosts=("local-1", "local-2"), n_requests: 
             records = ab_traffic(frame, n_requests, seed=k, live_acc=0.6, shadow_acc=0.9)
             if k:
                 records = [r for r in records if r["role"] == "live"]
-            records.append(record("e1", 0, release="v0.1", role="live",
-                                  time=records[-1]["time"], status=500))  # fmt: skip
+            records.append(
+                record("e1", 0, release="v0.1", role="live", time=records[-1]["time"], status=500)
+            )
             raw = write_lines(root / "raw" / host / "20261127T170000Z-1.jsonl", records)
             add_local_file(cache, host, "v0.1", raw)
         reference = monitor.reference_from_labeled(frame)
@@ -77,5 +87,12 @@ def make_report_inputs(root: Path, *, hosts=("local-1", "local-2"), n_requests: 
             os.environ.pop("MOOLA_LOG", None)
         else:
             os.environ["MOOLA_LOG"] = old
-    return {"runs_dir": runs_dir, "cache": cache, "log": log, "hosts": list(hosts),
-            "deployment": deploy.deployment, "run_ids": run_ids, "labeled": data_path}  # fmt: skip
+    return {
+        "runs_dir": runs_dir,
+        "cache": cache,
+        "log": log,
+        "hosts": list(hosts),
+        "deployment": deploy.deployment,
+        "run_ids": run_ids,
+        "labeled": data_path,
+    }

@@ -66,8 +66,12 @@ def validate_bars(df: pd.DataFrame) -> list[Problem]:
             problems.append(Problem(int(i), "timestamp", f"duplicate timestamp {ts.iloc[i]}"))
         for i in np.flatnonzero(both & (step < 0)) + 1:
             problems.append(
-                Problem(int(i), "timestamp", f"{ts.iloc[i]} is earlier than the row before; sort by time")
-            )  # fmt: skip
+                Problem(
+                    int(i),
+                    "timestamp",
+                    f"{ts.iloc[i]} is earlier than the row before; sort by time",
+                )
+            )
     prices = {}
     for col in PRICE_COLUMNS:
         if col not in df.columns:
@@ -83,12 +87,16 @@ def validate_bars(df: pd.DataFrame) -> list[Problem]:
         with np.errstate(invalid="ignore"):
             for i in np.flatnonzero(h < np.maximum(o, c)):
                 problems.append(
-                    Problem(int(i), "high", f"high {h[i]} is below max(open, close) {max(o[i], c[i])}")
-                )  # fmt: skip
+                    Problem(
+                        int(i), "high", f"high {h[i]} is below max(open, close) {max(o[i], c[i])}"
+                    )
+                )
             for i in np.flatnonzero(lo > np.minimum(o, c)):
                 problems.append(
-                    Problem(int(i), "low", f"low {lo[i]} is above min(open, close) {min(o[i], c[i])}")
-                )  # fmt: skip
+                    Problem(
+                        int(i), "low", f"low {lo[i]} is above min(open, close) {min(o[i], c[i])}"
+                    )
+                )
     if "volume" in df.columns:
         vol = pd.to_numeric(df["volume"], errors="coerce").to_numpy(dtype=np.float64)
         with np.errstate(invalid="ignore"):

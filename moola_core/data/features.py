@@ -131,8 +131,16 @@ def atr(high: np.ndarray, low: np.ndarray, close: np.ndarray, period: int = ATR_
     return np.concatenate((out[: period - 1], window_sum / period))
 
 
-def _zigzag_events(high: list, low: list, up_trigger: list, down_trigger: list, close,
-                   start: int, state: list, flat: list) -> None:  # fmt: skip
+def _zigzag_events(
+    high: list,
+    low: list,
+    up_trigger: list,
+    down_trigger: list,
+    close,
+    start: int,
+    state: list,
+    flat: list,
+) -> None:
     """The zig-zag state machine over plain Python floats (this loop is the hot path).
 
     Runs over one chunk of bars beginning at bar `start`, resuming from `state` and saving it
@@ -214,8 +222,16 @@ def zigzag(high: np.ndarray, low: np.ndarray, close: np.ndarray, atr_values: np.
         # chunks keep the Python float lists small (cache-friendly, bounded memory)
         for a in range(0, n, ZIGZAG_CHUNK):
             b = min(a + ZIGZAG_CHUNK, n)
-            _zigzag_events(high[a:b].tolist(), low[a:b].tolist(), up_trigger[a:b].tolist(),
-                           down_trigger[a:b].tolist(), close, a, state, flat)  # fmt: skip
+            _zigzag_events(
+                high[a:b].tolist(),
+                low[a:b].tolist(),
+                up_trigger[a:b].tolist(),
+                down_trigger[a:b].tolist(),
+                close,
+                a,
+                state,
+                flat,
+            )
         first_kind = state[1]
     else:
         first_kind = 0

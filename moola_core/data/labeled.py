@@ -154,7 +154,7 @@ def _sharing_problems(df: pd.DataFrame, strict: bool) -> list[Problem]:
             f"window {ids[b]!r} shares bars with row {a} ({ids[a]!r}; {why}); "
             "splits keep them together",
             severity,
-        )  # fmt: skip
+        )
         for (a, b), why in sharing_pairs(df).items()
     ]
 
@@ -197,7 +197,7 @@ def _validate_features(cells: pd.Series) -> list[Problem]:
                     i,
                     "features",
                     f"{int(bad.sum())} NaN/Inf values (first at bar {r}, {'ohlc'[c]})",
-                )  # fmt: skip
+                )
             )
             continue
         if (arr <= 0).any():
@@ -212,7 +212,7 @@ def _validate_features(cells: pd.Series) -> list[Problem]:
                     "features",
                     f"high/low do not contain open/close at {int(broken.sum())} "
                     f"bar(s) (first at bar {int(np.argmax(broken))})",
-                )  # fmt: skip
+                )
             )
         key = arr.tobytes()
         if key in seen:
@@ -265,8 +265,10 @@ def read_labeled(path: str | Path, validate: bool = True) -> pd.DataFrame:
 
     path = Path(path)
     if not path.exists():
-        raise MoolaError(f"labeled set {path} does not exist; check the path or generate one "
-                         "with `invoke data.market`.")  # fmt: skip
+        raise MoolaError(
+            f"labeled set {path} does not exist; check the path or generate one "
+            "with `invoke data.market`."
+        )
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -311,8 +313,10 @@ def convert_pickled(src: str | Path, dst: str | Path, trust: bool = False) -> Pa
     Refuses unless `trust` is True: unpickling can run code hidden in the file.
     """
     if not trust:
-        raise MoolaError(f"converting {src} unpickles its cells, which can run code; pass "
-                         "--trust only for a file from a source you trust.")  # fmt: skip
+        raise MoolaError(
+            f"converting {src} unpickles its cells, which can run code; pass "
+            "--trust only for a file from a source you trust."
+        )
     df = pd.read_parquet(src)
     df = normalize_columns(df)
     df["features"] = [

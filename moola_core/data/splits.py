@@ -256,8 +256,10 @@ def leakage_report(df: pd.DataFrame, split: Split, embargo_minutes: float = 0.0)
     ids = df["window_id"].astype(str).tolist()
     unknown = [w for w in where if w not in set(ids)]
     if unknown:
-        raise MoolaError(f"the split names windows absent from the set (e.g. {unknown[0]!r}); "
-                         "pass the labeled set the split was made from.")  # fmt: skip
+        raise MoolaError(
+            f"the split names windows absent from the set (e.g. {unknown[0]!r}); "
+            "pass the labeled set the split was made from."
+        )
     pairs = []
     for (a, b), reason in sharing_pairs(df).items():
         sa, sb = where.get(ids[a]), where.get(ids[b])
@@ -290,7 +292,7 @@ def leakage_report(df: pd.DataFrame, split: Split, embargo_minutes: float = 0.0)
                 )
             )
             for lab in LABELS
-        }  # fmt: skip
+        }
         for name in SPLIT_NAMES
     }
     return LeakageReport(pairs, breaches, label_counts, _has_time(df))

@@ -319,8 +319,13 @@ def make_labeled_set(
             room_right = SPAN_MAX_END - (ep.expansion_end - ep.window_start)
             shifts = [d for d in range(-10, 11) if abs(d) >= 3 and -room_right <= d <= room_left]
             d = int(shifts[int(rng.integers(len(shifts)))])
-            add(f"syn{seed}-{k:04d}-aug{d:+d}", ep.label, ep.window_start + d,
-                ep.expansion_start, ep.expansion_end)  # fmt: skip
+            add(
+                f"syn{seed}-{k:04d}-aug{d:+d}",
+                ep.label,
+                ep.window_start + d,
+                ep.expansion_start,
+                ep.expansion_end,
+            )
     return pd.DataFrame(rows).reset_index(drop=True)
 
 

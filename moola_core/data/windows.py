@@ -65,7 +65,9 @@ def unlabeled_windows(
     if stride < 1:
         raise MoolaError(f"stride must be at least 1, got {stride}.")
     if max_gap_minutes < 1:
-        raise MoolaError(f"max_gap_minutes must be at least 1 (bars are 1 minute apart), got {max_gap_minutes}.")  # fmt: skip
+        raise MoolaError(
+            f"max_gap_minutes must be at least 1 (bars are 1 minute apart), got {max_gap_minutes}."
+        )
     bars = check_bars(bars)
     bounds = session_bounds(bars["timestamp"], max_gap_minutes)
     starts = window_starts(bounds, stride)

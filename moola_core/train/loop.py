@@ -161,8 +161,11 @@ class _Progress:
         if self.mode == "rich":
             self.bar.update(self.task, completed=row["epoch"], status=status)
         elif self.mode == "plain":
-            print(f"{self.run_id} epoch {row['epoch']}/{self.max_epochs} {status}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"{self.run_id} epoch {row['epoch']}/{self.max_epochs} {status}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.mode == "rich":
@@ -211,8 +214,9 @@ def train_run(
         torch.set_num_threads(threads)
 
 
-def _train(config: TrainConfig, out: Path, run_id: str, data: RunData, progress: str,
-           n_boot: int) -> RunResult:  # fmt: skip
+def _train(
+    config: TrainConfig, out: Path, run_id: str, data: RunData, progress: str, n_boot: int
+) -> RunResult:
     torch.manual_seed(config.seed)
     model = build_model(config.model_dict())
     runs.write_json(out / runs.MODEL, model.config)

@@ -23,15 +23,33 @@ from moola_ops.cli._common import print_json, task, user_errors
     }
 )
 @user_errors
-def ab(c, host, since="", outcomes="", candidate="", cache="", no_pull=False, no_record=False,
-       inventory="", json=False, primary="span_iou"):  # fmt: skip
+def ab(
+    c,
+    host,
+    since="",
+    outcomes="",
+    candidate="",
+    cache="",
+    no_pull=False,
+    no_record=False,
+    inventory="",
+    json=False,
+    primary="span_iou",
+):
     """A/B on live traffic: agreement, span IoU, latency with CIs; promote, keep or wait."""
     from moola_ops.ab import render_text, run_ab
 
-    result, pulled = run_ab(host, since=since, outcomes=outcomes or None,
-                            candidate=candidate or None, inventory_path=inventory or None,
-                            cache=cache or None, pull=not no_pull,
-                            record_result=not no_record, primary=primary)  # fmt: skip
+    result, pulled = run_ab(
+        host,
+        since=since,
+        outcomes=outcomes or None,
+        candidate=candidate or None,
+        inventory_path=inventory or None,
+        cache=cache or None,
+        pull=not no_pull,
+        record_result=not no_record,
+        primary=primary,
+    )
     if json:
         payload = result.to_dict()
         payload["pulled"] = pulled.summary() if pulled else None

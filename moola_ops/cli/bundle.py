@@ -137,9 +137,11 @@ def verify(c, path, allowed_signers=None, json=False):
     if json:
         print_json(result)
         return
-    signature = f", signed by {info.signer}" if info.signer else (
-        ", signed (not checked)" if info.signed else ", unsigned"
-    )  # fmt: skip
+    signature = (
+        f", signed by {info.signer}"
+        if info.signer
+        else (", signed (not checked)" if info.signed else ", unsigned")
+    )
     console().print(
         f"ok {info.manifest.version}: {len(info.manifest.files)} files match{signature}"
     )

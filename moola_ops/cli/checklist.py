@@ -11,8 +11,16 @@ from invoke.exceptions import Exit
 from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
 
 _MARK = {"done": "✔", "failed": "✘", "pending": "·", "skipped": "–", "ok": "✔", "not needed": "–"}
-_COLOUR = {"done": "green", "ok": "green", "failed": "red", "pending": "yellow",
-           "skipped": "dim", "refused": "red", "aborted": "red", "not needed": "dim"}  # fmt: skip
+_COLOUR = {
+    "done": "green",
+    "ok": "green",
+    "failed": "red",
+    "pending": "yellow",
+    "skipped": "dim",
+    "refused": "red",
+    "aborted": "red",
+    "not needed": "dim",
+}
 
 
 def _short_time(iso: str) -> str:
@@ -37,15 +45,28 @@ def render_checklist(report, checklist) -> None:
         table.add_column("detail", ratio=2)
         for phase in checklist.phases:
             state = phases[phase.number]
-            table.add_row(str(phase.number), f"[bold]{phase.name}[/]  [dim]{phase.task}[/]",
-                          f"[{_COLOUR[state]}]{state}[/]", "", "", "")  # fmt: skip
+            table.add_row(
+                str(phase.number),
+                f"[bold]{phase.name}[/]  [dim]{phase.task}[/]",
+                f"[{_COLOUR[state]}]{state}[/]",
+                "",
+                "",
+                "",
+            )
             for s in (s for s in report.steps if s.phase == phase.number):
                 manual = " [dim](manual)[/]" if s.manual else ""
                 hosts = " ".join(f"{h}:{st}" for h, st in sorted(s.hosts.items()))
                 detail = " ".join(filter(None, [hosts, s.detail]))
                 detail = detail[:80] + ("..." if len(detail) > 80 else "")
-                table.add_row("", f"{s.title}{manual}", f"[{_COLOUR[s.state]}]{s.state}[/]",
-                              s.by, _short_time(s.at)[5:16], detail, end_section=False)  # fmt: skip
+                table.add_row(
+                    "",
+                    f"{s.title}{manual}",
+                    f"[{_COLOUR[s.state]}]{s.state}[/]",
+                    s.by,
+                    _short_time(s.at)[5:16],
+                    detail,
+                    end_section=False,
+                )
         console().print(table)
         return
     print(head)
@@ -67,8 +88,9 @@ def render_phase(report) -> None:
     if is_tty():
         from rich.table import Table
 
-        table = Table(title=f"{report.phase} ({report.deployment})" if report.deployment
-                      else report.phase)  # fmt: skip
+        table = Table(
+            title=f"{report.phase} ({report.deployment})" if report.deployment else report.phase
+        )
         for col in ("step", "status", "seconds", "summary"):
             table.add_column(col)
         for s in report.steps:
@@ -132,8 +154,9 @@ def preflight(c, config="", tests="", skip="", run="", runs_dir="runs", json=Fal
 
     def live(step) -> None:  # progress as each check ends; the table follows
         if not json and is_tty():
-            console().print(f"{_MARK.get(step.status, '?')} {step.step}: {step.summary}",
-                            markup=False)  # fmt: skip
+            console().print(
+                f"{_MARK.get(step.status, '?')} {step.step}: {step.summary}", markup=False
+            )
 
     report = run_preflight(
         config_path=config or None,

@@ -27,9 +27,12 @@ def market(c, out="data", seed=0, bars=0, windows=174, difficulty="default", jso
 
     level = _difficulty(difficulty)
     summary = run_data_pipeline(
-        out, seed=int(seed), n_bars=int(bars) or DEFAULT_BARS, n_windows=int(windows),
+        out,
+        seed=int(seed),
+        n_bars=int(bars) or DEFAULT_BARS,
+        n_windows=int(windows),
         difficulty=level,
-    )  # fmt: skip
+    )
     if json:
         print_json(summary)
         return
@@ -71,8 +74,14 @@ def validate(c, path="data/labeled.parquet", strict=False, json=False):
     problems = validate_labeled(df, strict_overlap=strict)
     errors = errors_only(problems)
     if json:
-        print_json({"path": path, "rows": len(df), "ok": not errors,
-                    "problems": [p.to_dict() for p in problems]})  # fmt: skip
+        print_json(
+            {
+                "path": path,
+                "rows": len(df),
+                "ok": not errors,
+                "problems": [p.to_dict() for p in problems],
+            }
+        )
     else:
         out = console()
         for p in problems:
@@ -106,11 +115,14 @@ def leakage(c, path="data/labeled.parquet", split="", embargo=105.0, json=False)
     if split:
         try:
             raw = jsonlib.loads(Path(split).read_text())
-            made = Split(**{k: raw[k] for k in ("train", "val", "test")},
-                         purged=raw.get("purged", []))  # fmt: skip
+            made = Split(
+                **{k: raw[k] for k in ("train", "val", "test")}, purged=raw.get("purged", [])
+            )
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise MoolaError(f"cannot read the split {split} ({exc}); pass a split.json "
-                             "written by `invoke data.market`.") from None  # fmt: skip
+            raise MoolaError(
+                f"cannot read the split {split} ({exc}); pass a split.json "
+                "written by `invoke data.market`."
+            ) from None
     else:
         made = split_labeled(df, embargo_minutes=float(embargo))
     report = leakage_report(df, made, embargo_minutes=float(embargo))
@@ -126,9 +138,12 @@ def leakage(c, path="data/labeled.parquet", split="", embargo=105.0, json=False)
             out.print(f"LEAK {p.window_a} ({p.split_a}) ~ {p.window_b} ({p.split_b}): {p.reason}")
         for breach in report.embargo_breaches:
             out.print(f"EMBARGO {breach}")
-        out.print("no leakage" if report.ok else
-                  f"{len(report.pairs)} leaking pair(s), {len(report.embargo_breaches)} "
-                  "embargo breach(es)")  # fmt: skip
+        out.print(
+            "no leakage"
+            if report.ok
+            else f"{len(report.pairs)} leaking pair(s), {len(report.embargo_breaches)} "
+            "embargo breach(es)"
+        )
     if not report.ok:
         raise Exit(code=1)
 

@@ -183,15 +183,15 @@ def _stages(demo: DemoRun, yaml) -> None:
 
         run_ids, prepared = [], None
         for i, candidate in enumerate(CANDIDATES):
-            config = {**candidate, **TRAIN_COMMON,
-                      "data": {"source": "file", "path": str(path)}}  # fmt: skip
+            config = {**candidate, **TRAIN_COMMON, "data": {"source": "file", "path": str(path)}}
             config_path = root / f"train-{i}.yaml"
             config_path.write_text(yaml.safe_dump(config))
             config_paths.append(config_path)
             # the candidates share data and split: features are computed once
             prepared = prepared or prepare_data(load_config(str(config_path)))
-            result = train_run(str(config_path), runs_dir, progress="none", n_boot=200,
-                               data=prepared)  # fmt: skip
+            result = train_run(
+                str(config_path), runs_dir, progress="none", n_boot=200, data=prepared
+            )
             expect((result.path / "weights.pt").is_file(), f"{result.run_id} wrote no weights")
             iou = result.metrics["val"]["span_iou"]["value"]
             linear = result.metrics["baselines"]["linear"]["val"]["span_iou"]["value"]
@@ -201,8 +201,11 @@ def _stages(demo: DemoRun, yaml) -> None:
         st.detail = ", ".join(run_ids)
 
     with demo.stage("phase 1: preflight", "invoke preflight") as st:
-        report = phases.run_preflight(config_path=str(config_paths[0]), runs_dir=runs_dir,
-                                      tests="tests/unit/test_checklist.py")  # fmt: skip
+        report = phases.run_preflight(
+            config_path=str(config_paths[0]),
+            runs_dir=runs_dir,
+            tests="tests/unit/test_checklist.py",
+        )
         for s in report.steps:
             _say(f"   {s.status:<7} {s.step:<7} {s.summary}")
         failed = [s.step for s in report.steps if s.status == "failed"]
@@ -212,8 +215,10 @@ def _stages(demo: DemoRun, yaml) -> None:
     with demo.stage("phase 2: select a candidate + quality gate", "invoke select") as st:
         report = phases.run_select(runs_dir=runs_dir, n_boot=1000)
         choice = report.facts["selection"]
-        expect(choice.get("run_id") in demo.facts["run_ids"],
-               f"selection did not pick a trained run: {report.steps[0].summary}")  # fmt: skip
+        expect(
+            choice.get("run_id") in demo.facts["run_ids"],
+            f"selection did not pick a trained run: {report.steps[0].summary}",
+        )
         _say(f"   {choice.get('reason', '')}")
         # the gate must really pass (no override): the demo ships only a model that beats the
         # heuristic and the linear baseline
@@ -231,8 +236,9 @@ def _stages(demo: DemoRun, yaml) -> None:
     def build(version: str, run_id: str, override: str = "") -> engine.LocalBundle:
         from moola_core.bundle import build_bundle, verify_bundle
 
-        built = build_bundle(version, run_id, runs_dir=runs_dir, out_dir=bundles_dir,
-                             sla_p99_ms=DEMO_SLA_P99_MS)  # fmt: skip
+        built = build_bundle(
+            version, run_id, runs_dir=runs_dir, out_dir=bundles_dir, sla_p99_ms=DEMO_SLA_P99_MS
+        )
         verify_bundle(built.path)
         # the same log line `invoke bundle` writes (phase 3 of the checklist)
         Journal("bundle", bundle=version).record(
@@ -268,15 +274,18 @@ def _stages(demo: DemoRun, yaml) -> None:
         result = engine.deploy(hosts, v01)
         for o in result.outcomes:
             _say(f"   {o.host}: {o.status} {o.message}")
-        expect(result.ok, "deploy failed on " + ", ".join(o.host for o in result.outcomes
-                                                          if o.status != "ok"))  # fmt: skip
+        expect(
+            result.ok,
+            "deploy failed on " + ", ".join(o.host for o in result.outcomes if o.status != "ok"),
+        )
         live = current_on_hosts()
         expect(set(live.values()) == {"v0.1"}, f"current after deploy: {live}")
         demo.facts["deploy_v01"] = result.deployment
         st.detail = f"deployment {result.deployment}; current = v0.1 on both, verified"
 
-    with demo.stage("phase 6 gate: accept before verify is refused",
-                    "invoke accept --deployment ID --by demo") as st:  # fmt: skip
+    with demo.stage(
+        "phase 6 gate: accept before verify is refused", "invoke accept --deployment ID --by demo"
+    ) as st:
         from moola_core.errors import MoolaError
 
         try:
@@ -290,13 +299,16 @@ def _stages(demo: DemoRun, yaml) -> None:
         report = phases.run_verify("local", inventory=inventory, timeout_s=240)
         for s in report.steps:
             _say(f"   {s.status:<7} {s.step:<16} {s.summary}")
-        expect(report.ok, "verify failed: " + "; ".join(s.summary for s in report.steps
-                                                        if s.status != "ok"))  # fmt: skip
+        expect(
+            report.ok,
+            "verify failed: " + "; ".join(s.summary for s in report.steps if s.status != "ok"),
+        )
         st.detail = "sanity and latency passed on both hosts"
 
     with demo.stage("phase 6: accept v0.1", "invoke accept --deployment ID --by demo") as st:
-        report = phases.run_accept(demo.facts["deploy_v01"], "demo",
-                                   "demo release: synthetic data, small model")  # fmt: skip
+        report = phases.run_accept(
+            demo.facts["deploy_v01"], "demo", "demo release: synthetic data, small model"
+        )
         expect(report.ok, "accept failed")
         st.detail = f"signed off by demo for deployment {demo.facts['deploy_v01']}"
 
@@ -352,23 +364,30 @@ def _stages(demo: DemoRun, yaml) -> None:
         first = checklist_states(spec, events, demo.facts["deploy_v01"])
         render_checklist(first, spec)
         phases_v01 = first.phase_states()
-        expect(all(phases_v01[n] == "done" for n in range(1, 7)),
-               f"v0.1 checklist phases 1-6 not all done: {phases_v01}")  # fmt: skip
+        expect(
+            all(phases_v01[n] == "done" for n in range(1, 7)),
+            f"v0.1 checklist phases 1-6 not all done: {phases_v01}",
+        )
         second = checklist_states(spec, events, demo.facts["deploy_v02"])
         render_checklist(second, spec)
         phases_v02 = second.phase_states()
-        expect(all(phases_v02[n] == "done" for n in (3, 4, 7, 8)),
-               f"v0.2 checklist phases 3, 4, 7, 8 not all done: {phases_v02}")  # fmt: skip
+        expect(
+            all(phases_v02[n] == "done" for n in (3, 4, 7, 8)),
+            f"v0.2 checklist phases 3, 4, 7, 8 not all done: {phases_v02}",
+        )
         _say(f"\n   deployment log: {len(events)} lines in {os.environ['MOOLA_LOG']}; the last:")
         for e in events[-8:]:
-            _say(f"   {e['time'][11:23]} {e['phase']:<11} {e['step']:<18} {e['host'] or '-':<8} "
-                 f"{e['status']}")  # fmt: skip
+            _say(
+                f"   {e['time'][11:23]} {e['phase']:<11} {e['step']:<18} {e['host'] or '-':<8} "
+                f"{e['status']}"
+            )
         st.detail = "v0.1: phases 1-6 done; v0.2: deployed, rolled back, monitored"
 
     from moola_ops.report.demo import shadow_ab_report  # shadow, A/B, decision, monitor, report
 
-    shadow_ab_report(demo, hosts=hosts, root=root, bundles_dir=bundles_dir, runs_dir=runs_dir,
-                     say=_say)  # fmt: skip
+    shadow_ab_report(
+        demo, hosts=hosts, root=root, bundles_dir=bundles_dir, runs_dir=runs_dir, say=_say
+    )
 
 
 @task(
@@ -386,10 +405,18 @@ def demo(c, root=DEMO_ROOT, keep=False, json=False):
     run = run_demo(root, keep=keep)
     total = time.monotonic() - started
     if json:
-        print_json({"ok": run.ok, "seconds": round(total, 1), "error": run.error,
-                    "stages": [s.__dict__ for s in run.stages]})  # fmt: skip
-    _say(f"\n{'demo passed' if run.ok else 'demo FAILED'} in {total:.0f} s "
-         f"({len(run.stages)} stages); everything it made is in {root}")  # fmt: skip
+        print_json(
+            {
+                "ok": run.ok,
+                "seconds": round(total, 1),
+                "error": run.error,
+                "stages": [s.__dict__ for s in run.stages],
+            }
+        )
+    _say(
+        f"\n{'demo passed' if run.ok else 'demo FAILED'} in {total:.0f} s "
+        f"({len(run.stages)} stages); everything it made is in {root}"
+    )
     if run.facts.get("report"):
         _say(f"report: {run.facts['report']}")
     if not run.ok:

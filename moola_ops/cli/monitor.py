@@ -29,17 +29,35 @@ from moola_ops.cli._common import print_json, task
         "inventory": "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)",
     }
 )
-def monitor(c, host, since="1h", reference="", runs_dir="runs", json=False, prom="",
-            timeout=60.0, cache="", no_pull=False, inventory=""):  # fmt: skip
+def monitor(
+    c,
+    host,
+    since="1h",
+    reference="",
+    runs_dir="runs",
+    json=False,
+    prom="",
+    timeout=60.0,
+    cache="",
+    no_pull=False,
+    inventory="",
+):
     """Request rate, errors, latency, label mix and input drift (PSI) of the live release."""
     from moola_core.errors import MoolaError
     from moola_ops.health import UNKNOWN, worst, write_textfile
     from moola_ops.monitor import prometheus_text, render_text, run_monitor, status_line
 
     try:
-        result = run_monitor(host, since=since, reference=reference, runs_dir=runs_dir,
-                             inventory_path=inventory or None, cache=cache or None,
-                             timeout_s=float(timeout), pull=not no_pull)  # fmt: skip
+        result = run_monitor(
+            host,
+            since=since,
+            reference=reference,
+            runs_dir=runs_dir,
+            inventory_path=inventory or None,
+            cache=cache or None,
+            timeout_s=float(timeout),
+            pull=not no_pull,
+        )
     except MoolaError as exc:
         line = f"MOOLA-MONITOR UNKNOWN - {' '.join(str(exc).split())}"
         if json:

@@ -20,16 +20,25 @@ from moola_ops.cli._common import print_json, task, user_errors
     }
 )
 @user_errors
-def report(c, deployment="", out="", runs_dir="runs", cache="", no_real=False, check=False,
-           json=False):  # fmt: skip
+def report(
+    c, deployment="", out="", runs_dir="runs", cache="", no_real=False, check=False, json=False
+):
     """Write the HTML report: candidates, spans, per-host timeline and health, A/B, drift."""
     from moola_ops.report import build_report
 
-    result = build_report(out or None, deployment=deployment or None, runs_dir=runs_dir,
-                          cache=cache or None, real=not no_real)  # fmt: skip
-    payload = {"path": str(result.path), "figures": result.figures,
-               "seconds": round(result.seconds, 2),
-               "missing": {s.id: s.missing for s in result.sections if s.missing}}  # fmt: skip
+    result = build_report(
+        out or None,
+        deployment=deployment or None,
+        runs_dir=runs_dir,
+        cache=cache or None,
+        real=not no_real,
+    )
+    payload = {
+        "path": str(result.path),
+        "figures": result.figures,
+        "seconds": round(result.seconds, 2),
+        "missing": {s.id: s.missing for s in result.sections if s.missing},
+    }
     bad = []
     if check:
         from moola_ops.report.browser import check_page
@@ -39,15 +48,21 @@ def report(c, deployment="", out="", runs_dir="runs", cache="", no_real=False, c
         small = [f["id"] for f in seen.figures if f["width"] < 100 or f["height"] < 50]
         bad = seen.console_errors + [f"network: {u}" for u in seen.network]
         bad += [f"figure not drawn: {f}" for f in small]
-        payload.update(screenshot=str(shot), console_errors=seen.console_errors,
-                       network=seen.network, problems=bad)  # fmt: skip
+        payload.update(
+            screenshot=str(shot),
+            console_errors=seen.console_errors,
+            network=seen.network,
+            problems=bad,
+        )
     if json:
         print_json(payload)
     else:
         print(f"report: {result.summary()}")
         if check:
-            print(f"checked in Chromium: {'ok' if not bad else '; '.join(bad)}; screenshot "
-                  f"{payload['screenshot']}")  # fmt: skip
+            print(
+                f"checked in Chromium: {'ok' if not bad else '; '.join(bad)}; screenshot "
+                f"{payload['screenshot']}"
+            )
     if bad:
         raise Exit(code=1)
 

@@ -43,8 +43,17 @@ def _show(status, json: bool) -> None:
     },
 )
 @user_errors
-def shadow(c, action, host, candidate="", sample=1.0, bundles_dir="bundles", device="auto",
-           inventory="", json=False):  # fmt: skip
+def shadow(
+    c,
+    action,
+    host,
+    candidate="",
+    sample=1.0,
+    bundles_dir="bundles",
+    device="auto",
+    inventory="",
+    json=False,
+):
     """A candidate beside the live release, fed a copy of live traffic: start, stop, status."""
     from moola_core.errors import MoolaError
     from moola_ops import shadow as ops
@@ -53,8 +62,12 @@ def shadow(c, action, host, candidate="", sample=1.0, bundles_dir="bundles", dev
     if action == "start":
         if not candidate:
             raise MoolaError("shadow start needs --candidate VERSION (a bundle version)")
-        _show(ops.start(target, candidate, fraction=float(sample), bundles_dir=bundles_dir,
-                        device=device), json)  # fmt: skip
+        _show(
+            ops.start(
+                target, candidate, fraction=float(sample), bundles_dir=bundles_dir, device=device
+            ),
+            json,
+        )
     elif action == "stop":
         _show(ops.stop(target), json)
     elif action == "status":
@@ -75,11 +88,17 @@ def promote(c, host, candidate="", bundles_dir="bundles", inventory="", json=Fal
     """Deploy the shadow's release through the normal zero-downtime path, then stop the shadow."""
     from moola_ops import shadow as ops
 
-    result = ops.promote(_host(host, inventory), bundles_dir=bundles_dir,
-                            candidate=candidate or None)  # fmt: skip
+    result = ops.promote(
+        _host(host, inventory), bundles_dir=bundles_dir, candidate=candidate or None
+    )
     if json:
-        print_json({"ok": result.ok, "deployment": result.deployment,
-                    "outcomes": [o.__dict__ for o in result.outcomes]})  # fmt: skip
+        print_json(
+            {
+                "ok": result.ok,
+                "deployment": result.deployment,
+                "outcomes": [o.__dict__ for o in result.outcomes],
+            }
+        )
     else:
         for o in result.outcomes:
             print(f"{o.host}: {o.status} {o.message}")

@@ -10,8 +10,17 @@ from invoke.exceptions import Exit
 
 from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
 
-HEADLINE = ("span_iou", "iou_ge_50", "start_hit3", "end_hit3", "boundary_mae", "accuracy",
-            "macro_f1", "ece", "brier")  # fmt: skip
+HEADLINE = (
+    "span_iou",
+    "iou_ge_50",
+    "start_hit3",
+    "end_hit3",
+    "boundary_mae",
+    "accuracy",
+    "macro_f1",
+    "ece",
+    "brier",
+)
 
 
 def _seeds(seed: str) -> list[int] | None:

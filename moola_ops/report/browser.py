@@ -68,8 +68,13 @@ class _Pipe:
         self.next_id = 0
         self.events: list[dict] = []
 
-    def send(self, method: str, params: dict | None = None, session: str | None = None,
-             timeout: float = 30.0) -> dict:  # fmt: skip
+    def send(
+        self,
+        method: str,
+        params: dict | None = None,
+        session: str | None = None,
+        timeout: float = 30.0,
+    ) -> dict:
         self.next_id += 1
         msg = {"id": self.next_id, "method": method, "params": params or {}}
         if session:
@@ -130,10 +135,20 @@ def check_page(
     to_browser_r, to_browser_w = os.pipe()
     from_browser_r, from_browser_w = os.pipe()
     profile = tempfile.mkdtemp(prefix="moola-chromium-")
-    args = [browser, "--headless=new", "--remote-debugging-pipe", f"--user-data-dir={profile}",
-            "--no-first-run", "--no-default-browser-check", "--disable-gpu",
-            "--disable-dev-shm-usage", "--disable-extensions", "--mute-audio",
-            f"--window-size={width},900", "about:blank"]  # fmt: skip
+    args = [
+        browser,
+        "--headless=new",
+        "--remote-debugging-pipe",
+        f"--user-data-dir={profile}",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-extensions",
+        "--mute-audio",
+        f"--window-size={width},900",
+        "about:blank",
+    ]
     if os.geteuid() == 0:
         args.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
 
@@ -148,8 +163,9 @@ def check_page(
 
     # close_fds=False: the fds 3 and 4 that `wire` makes must survive into Chromium; our other
     # descriptors are close-on-exec (Python's default), so nothing else leaks
-    proc = subprocess.Popen(args, close_fds=False, preexec_fn=wire,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        args, close_fds=False, preexec_fn=wire, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     os.close(to_browser_r)
     os.close(from_browser_w)
     pipe = _Pipe(proc, to_browser_w, from_browser_r)
@@ -161,27 +177,41 @@ def check_page(
             page = {
                 "targetId": pipe.send("Target.createTarget", {"url": "about:blank"})["targetId"]
             }
-        session = pipe.send("Target.attachToTarget", {"targetId": page["targetId"],
-                                                      "flatten": True})["sessionId"]  # fmt: skip
+        session = pipe.send(
+            "Target.attachToTarget", {"targetId": page["targetId"], "flatten": True}
+        )["sessionId"]
         for domain in ("Runtime", "Log", "Page", "Network"):
             pipe.send(f"{domain}.enable", session=session)
-        pipe.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": 900,
-                  "deviceScaleFactor": 1, "mobile": False}, session=session)  # fmt: skip
+        pipe.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+            session=session,
+        )
         pipe.send("Page.navigate", {"url": url}, session=session)
         pipe.wait_event("Page.loadEventFired", timeout)
-        value = pipe.send("Runtime.evaluate", {"expression": _MEASURE, "returnByValue": True},
-                          session=session)["result"]["value"]  # fmt: skip
+        value = pipe.send(
+            "Runtime.evaluate", {"expression": _MEASURE, "returnByValue": True}, session=session
+        )["result"]["value"]
         check.figures = json.loads(value)
-        check.title = pipe.send("Runtime.evaluate", {"expression": "document.title",
-                                "returnByValue": True}, session=session)["result"]["value"]  # fmt: skip
+        check.title = pipe.send(
+            "Runtime.evaluate",
+            {"expression": "document.title", "returnByValue": True},
+            session=session,
+        )["result"]["value"]
         metrics = pipe.send("Page.getLayoutMetrics", session=session)
         size = metrics.get("cssContentSize") or metrics["contentSize"]
         check.page_height = float(size["height"])
         if screenshot is not None:
-            shot = pipe.send("Page.captureScreenshot", {
-                "format": "png", "captureBeyondViewport": True,
-                "clip": {"x": 0, "y": 0, "width": width, "height": size["height"], "scale": 1},
-            }, session=session, timeout=timeout)  # fmt: skip
+            shot = pipe.send(
+                "Page.captureScreenshot",
+                {
+                    "format": "png",
+                    "captureBeyondViewport": True,
+                    "clip": {"x": 0, "y": 0, "width": width, "height": size["height"], "scale": 1},
+                },
+                session=session,
+                timeout=timeout,
+            )
             target = Path(screenshot)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(base64.b64decode(shot["data"]))
@@ -189,8 +219,9 @@ def check_page(
         for e in pipe.events:
             method, params = e.get("method"), e.get("params", {})
             if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                args_text = " ".join(str(a.get("value", a.get("description", "")))
-                                     for a in params.get("args", []))  # fmt: skip
+                args_text = " ".join(
+                    str(a.get("value", a.get("description", ""))) for a in params.get("args", [])
+                )
                 check.console_errors.append(args_text)
             elif method == "Runtime.exceptionThrown":
                 details = params.get("exceptionDetails", {})

@@ -61,23 +61,45 @@ def _hosts_section(events: list[dict], hosts: list[str], cache: Path) -> Section
     for (_deployment, host, phase), lines in runs.items():
         failed = any(e["status"] in ("failed", "aborted", "refused") for e in lines)
         last = max(lines, key=lambda e: e["time"])
-        timeline[host].append({"time": _parse_time(last["time"]), "kind": phase,
-                               "status": "failed" if failed else "ok",
-                               "text": last.get("bundle") or ""})  # fmt: skip
+        timeline[host].append(
+            {
+                "time": _parse_time(last["time"]),
+                "kind": phase,
+                "status": "failed" if failed else "ok",
+                "text": last.get("bundle") or "",
+            }
+        )
     for e in events:
         if e.get("host") in timeline and e.get("phase") == "ab":
             decision = (e.get("detail") or {}).get("decision", "")
-            timeline[e["host"]].append({"time": _parse_time(e["time"]), "kind": "ab",
-                                        "status": e["status"], "text": f"A/B: {decision}"})  # fmt: skip
+            timeline[e["host"]].append(
+                {
+                    "time": _parse_time(e["time"]),
+                    "kind": "ab",
+                    "status": e["status"],
+                    "text": f"A/B: {decision}",
+                }
+            )
     if any(timeline.values()):
-        _figure(section, "timeline", figures.timeline(timeline, "timeline"),
-                "Every deploy, rollback and A/B decision in the deployment log, per host; the "
-                "label is the bundle version the run moved to.")  # fmt: skip
+        _figure(
+            section,
+            "timeline",
+            figures.timeline(timeline, "timeline"),
+            "Every deploy, rollback and A/B decision in the deployment log, per host; the "
+            "label is the bundle version the run moved to.",
+        )
         rows = []
         for host in hosts:
             for item in sorted(timeline[host], key=lambda x: x["time"]):
-                rows.append([host, item["time"].strftime("%Y-%m-%d %H:%M:%S"), item["kind"],
-                             item["status"], item["text"]])  # fmt: skip
+                rows.append(
+                    [
+                        host,
+                        item["time"].strftime("%Y-%m-%d %H:%M:%S"),
+                        item["kind"],
+                        item["status"],
+                        item["text"],
+                    ]
+                )
         section.body.append(_table(["host", "time (UTC)", "what", "status", "bundle"], rows))
     else:
         section.body.append("<p class='note'>no deploy or rollback in the log yet</p>")
@@ -85,14 +107,21 @@ def _hosts_section(events: list[dict], hosts: list[str], cache: Path) -> Section
     for e in events:
         if e.get("host") in timeline and e.get("phase") == "healthcheck":
             d = e.get("detail") or {}
-            health.setdefault(e["host"], []).append({
-                "time": _parse_time(e["time"]), "p99_ms": d.get("p99_ms"),
-                "state": d.get("state") or ("OK" if e["status"] == "ok" else "CRITICAL"),
-            })  # fmt: skip
+            health.setdefault(e["host"], []).append(
+                {
+                    "time": _parse_time(e["time"]),
+                    "p99_ms": d.get("p99_ms"),
+                    "state": d.get("state") or ("OK" if e["status"] == "ok" else "CRITICAL"),
+                }
+            )
     if health:
-        _figure(section, "health", figures.health_history(health, "health"),
-                "Health checks from the log: p99 latency measured by deep checks, and the "
-                "Nagios state of every check.")  # fmt: skip
+        _figure(
+            section,
+            "health",
+            figures.health_history(health, "health"),
+            "Health checks from the log: p99 latency measured by deep checks, and the "
+            "Nagios state of every check.",
+        )
     else:
         section.body.append("<p class='note'>no health checks in the log yet</p>")
     latencies = {}
@@ -104,12 +133,18 @@ def _hosts_section(events: list[dict], hosts: list[str], cache: Path) -> Section
             ok = (table["role"] == 0) & (table["status"] == 200)
             latencies[host] = table["latency_ms"][ok]
     if latencies:
-        _figure(section, "latency", figures.latency_histogram(latencies, "latency"),
-                "Server-side latency of every captured live request (pulled by `invoke ab` or "
-                "`invoke monitor`); dotted lines mark each host's p99.")  # fmt: skip
+        _figure(
+            section,
+            "latency",
+            figures.latency_histogram(latencies, "latency"),
+            "Server-side latency of every captured live request (pulled by `invoke ab` or "
+            "`invoke monitor`); dotted lines mark each host's p99.",
+        )
     else:
-        section.body.append("<p class='note'>no captured requests in the local cache yet "
-                            "(`invoke monitor --host H` pulls them)</p>")  # fmt: skip
+        section.body.append(
+            "<p class='note'>no captured requests in the local cache yet "
+            "(`invoke monitor --host H` pulls them)</p>"
+        )
     if not section.figures:
         section.missing = "no deployments, health checks or captures yet"
     return section
@@ -141,11 +176,16 @@ def _ab_section(hosts: list[str], cache: Path) -> Section:
     section = Section("ab", "A/B: shadow against live")
     for host, result in _cached(hosts, cache, "ab.json"):
         when = f", until {_iso(result['until'])}" if result.get("until") else ""
-        _figure(section, f"ab-{host}", figures.ab_figure(result, f"ab-{host}"),
-                f"{host}: the shadow {result['shadow_release']} and the live release "
-                f"{result['live_release']} on the same requests{when}.")  # fmt: skip
-        section.body.append(f"<p class='decision {result['decision']}'>{_esc(host)}: "
-                            f"{_esc(result['sentence'])}</p>")  # fmt: skip
+        _figure(
+            section,
+            f"ab-{host}",
+            figures.ab_figure(result, f"ab-{host}"),
+            f"{host}: the shadow {result['shadow_release']} and the live release "
+            f"{result['live_release']} on the same requests{when}.",
+        )
+        section.body.append(
+            f"<p class='decision {result['decision']}'>{_esc(host)}: {_esc(result['sentence'])}</p>"
+        )
     if not section.figures:
         section.missing = "no A/B result yet (`invoke shadow start`, then `invoke ab`)"
     return section
@@ -157,13 +197,21 @@ def _drift_section(hosts: list[str], cache: Path) -> Section:
     section = Section("drift", "Monitoring and input drift")
     for host, result in _cached(hosts, cache, "monitor.json"):
         if not result.get("n_requests"):  # nothing to draw: the status line says why
-            section.body.append(f"<p class='status {result['state']}'>{_esc(result['status_line'].split(' | ')[0])}</p>")  # fmt: skip
+            section.body.append(
+                f"<p class='status {result['state']}'>{_esc(result['status_line'].split(' | ')[0])}</p>"
+            )
             continue
-        _figure(section, f"drift-{host}", figures.drift_figure(result, f"drift-{host}"),
-                f"{host}, {_iso(result['since'])} to {_iso(result['until'])}: PSI of each "
-                "input feature against the training data (dashed: 0.1 warning, 0.25 "
-                "critical), and live traffic over time.")  # fmt: skip
-        section.body.append(f"<p class='status {result['state']}'>{_esc(result['status_line'].split(' | ')[0])}</p>")  # fmt: skip
+        _figure(
+            section,
+            f"drift-{host}",
+            figures.drift_figure(result, f"drift-{host}"),
+            f"{host}, {_iso(result['since'])} to {_iso(result['until'])}: PSI of each "
+            "input feature against the training data (dashed: 0.1 warning, 0.25 "
+            "critical), and live traffic over time.",
+        )
+        section.body.append(
+            f"<p class='status {result['state']}'>{_esc(result['status_line'].split(' | ')[0])}</p>"
+        )
     if not section.figures:
         section.missing = "no monitor result yet (`invoke monitor --host H`)"
     return section
@@ -181,8 +229,10 @@ def _checklist_section(events: list[dict], deployment: str | None) -> tuple[Sect
             raise
         section.missing = str(exc)
         return section, None
-    rows = [[s.phase, s.step, s.state, s.by, s.at.replace("T", " ")[:19], s.detail[:140]]
-            for s in report.steps]  # fmt: skip
+    rows = [
+        [s.phase, s.step, s.state, s.by, s.at.replace("T", " ")[:19], s.detail[:140]]
+        for s in report.steps
+    ]
     section.body.append(_table(["phase", "step", "state", "by", "when (UTC)", "detail"], rows))
     return section, report
 
@@ -225,10 +275,14 @@ def build_report(
         _drift_section(hosts, cache),
         checklist,
     ]
-    what = f"deployment {state.deployment} (bundle {state.bundle or '-'})" if (
-        state is not None and state.deployment) else "no deployment yet"  # fmt: skip
-    subtitle = (f"{what}; hosts {', '.join(hosts) or '-'}; log {log_path(log)}; written "
-                f"{_iso(time.time())}")  # fmt: skip
+    what = (
+        f"deployment {state.deployment} (bundle {state.bundle or '-'})"
+        if (state is not None and state.deployment)
+        else "no deployment yet"
+    )
+    subtitle = (
+        f"{what}; hosts {', '.join(hosts) or '-'}; log {log_path(log)}; written {_iso(time.time())}"
+    )
     page = render_page("Moola report", subtitle, sections)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

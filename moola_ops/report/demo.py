@@ -28,12 +28,19 @@ def send_windows(port: int, frame, per_request: int = PER_REQUEST) -> int:
     try:
         for lo in range(0, len(frame), per_request):
             part = frame.iloc[lo : lo + per_request]
-            windows = [{"id": str(row.window_id),
-                        "ohlc": np.asarray(row.features.tolist(), dtype=float).reshape(-1, 4).tolist()}
-                       for row in part.itertuples()]  # fmt: skip
-            conn.request("POST", "/v1/predict", body=json.dumps({"windows": windows}),
-                         headers={"Content-Type": "application/json",
-                                  "X-Moola-Request-Id": f"demo-{lo}"})  # fmt: skip
+            windows = [
+                {
+                    "id": str(row.window_id),
+                    "ohlc": np.asarray(row.features.tolist(), dtype=float).reshape(-1, 4).tolist(),
+                }
+                for row in part.itertuples()
+            ]
+            conn.request(
+                "POST",
+                "/v1/predict",
+                body=json.dumps({"windows": windows}),
+                headers={"Content-Type": "application/json", "X-Moola-Request-Id": f"demo-{lo}"},
+            )
             response = conn.getresponse()
             data = response.read()
             if response.status != 200:
@@ -44,8 +51,17 @@ def send_windows(port: int, frame, per_request: int = PER_REQUEST) -> int:
     return answered
 
 
-def shadow_ab_report(demo, *, hosts, root: Path, bundles_dir: Path, runs_dir: Path, say=print,
-                     live: str = "v0.1", candidate: str = "v0.2") -> Path:  # fmt: skip
+def shadow_ab_report(
+    demo,
+    *,
+    hosts,
+    root: Path,
+    bundles_dir: Path,
+    runs_dir: Path,
+    say=print,
+    live: str = "v0.1",
+    candidate: str = "v0.2",
+) -> Path:
     """Run the stages; returns the report's path (also in demo.facts["report"])."""
     from moola_core.data import labeled, synthetic
     from moola_ops import ab, monitor, serving, shadow
@@ -60,8 +76,10 @@ def shadow_ab_report(demo, *, hosts, root: Path, bundles_dir: Path, runs_dir: Pa
         if not condition:
             raise RuntimeError(message)
 
-    with demo.stage(f"shadow {candidate} beside {live}",
-                    f"invoke shadow start --host {first.name} --candidate {candidate}") as st:  # fmt: skip
+    with demo.stage(
+        f"shadow {candidate} beside {live}",
+        f"invoke shadow start --host {first.name} --candidate {candidate}",
+    ) as st:
         for host in hosts:
             with HostSession(host) as session:
                 serving.ensure(session, host)  # the hosts serve `current` (idempotent)
@@ -87,9 +105,14 @@ def shadow_ab_report(demo, *, hosts, root: Path, bundles_dir: Path, runs_dir: Pa
         # the proxy copies after answering: wait until the shadow captured every window
         deadline = time.monotonic() + 120
         while True:
-            result, _ = ab.run_ab(first.name, outcomes=str(outcomes), candidate=candidate,
-                                  inventory=_Inventory(hosts), cache=cache,
-                                  record_result=False)  # fmt: skip
+            result, _ = ab.run_ab(
+                first.name,
+                outcomes=str(outcomes),
+                candidate=candidate,
+                inventory=_Inventory(hosts),
+                cache=cache,
+                record_result=False,
+            )
             complete = bool(result.outcomes) and result.outcomes["n"] >= len(frame)
             if complete or time.monotonic() > deadline:
                 break
@@ -108,8 +131,9 @@ def shadow_ab_report(demo, *, hosts, root: Path, bundles_dir: Path, runs_dir: Pa
                 expect(done.ok, f"promote on {host.name}: {[o.message for o in done.outcomes]}")
             st.detail = f"{candidate} is live on {', '.join(h.name for h in hosts)}"
     else:
-        with demo.stage(f"keep {live}, roll the shadow away",
-                        f"invoke shadow stop --host {first.name}") as st:  # fmt: skip
+        with demo.stage(
+            f"keep {live}, roll the shadow away", f"invoke shadow stop --host {first.name}"
+        ) as st:
             after = shadow.stop(first)
             expect(after.release is None and after.live == live, after.summary())
             st.detail = after.summary()
@@ -117,8 +141,9 @@ def shadow_ab_report(demo, *, hosts, root: Path, bundles_dir: Path, runs_dir: Pa
     with demo.stage("monitor", "invoke monitor --host H") as st:
         lines = []
         for host in hosts:
-            seen = monitor.run_monitor(host.name, since="", runs_dir=runs_dir,
-                                       inventory=_Inventory(hosts), cache=cache)  # fmt: skip
+            seen = monitor.run_monitor(
+                host.name, since="", runs_dir=runs_dir, inventory=_Inventory(hosts), cache=cache
+            )
             say(f"   {monitor.status_line(seen).split(' | ')[0]}")
             lines.append(f"{host.name} {monitor.STATE_NAMES[seen.state]}")
         expect(len(load_table(cache, first.name)) > 0, "no captures were pulled")

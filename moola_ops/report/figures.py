@@ -23,16 +23,18 @@ def _plt():
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({
-        "svg.fonttype": "none",
-        "font.family": "sans-serif",
-        "font.size": 9,
-        "axes.spines.top": False,
-        "axes.spines.right": False,
-        "axes.grid": True,
-        "grid.alpha": 0.25,
-        "figure.dpi": 96,
-    })  # fmt: skip
+    plt.rcParams.update(
+        {
+            "svg.fonttype": "none",
+            "font.family": "sans-serif",
+            "font.size": 9,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.alpha": 0.25,
+            "figure.dpi": 96,
+        }
+    )
     return plt
 
 
@@ -67,14 +69,22 @@ def training_curves(histories: dict[str, list[dict]], salt: str) -> str:
         epochs = [r["epoch"] for r in rows]
         ax_loss.plot(epochs, [r["train_loss"] for r in rows], color=colour, ls="--", lw=1.2)
         ax_loss.plot(epochs, [r["val_loss"] for r in rows], color=colour, lw=1.6, label=run_id)
-        ax_iou.plot(epochs, [r["val"]["span_iou"] for r in rows], color=colour, lw=1.6,
-                    marker="o", ms=3, label=run_id)  # fmt: skip
+        ax_iou.plot(
+            epochs,
+            [r["val"]["span_iou"] for r in rows],
+            color=colour,
+            lw=1.6,
+            marker="o",
+            ms=3,
+            label=run_id,
+        )
         best = rows[-1].get("best_epoch") if rows else None
         if best:
             match = [r for r in rows if r["epoch"] == best]
             if match:
-                ax_iou.plot([best], [match[0]["val"]["span_iou"]], marker="*", ms=12,
-                            color=colour, zorder=5)  # fmt: skip
+                ax_iou.plot(
+                    [best], [match[0]["val"]["span_iou"]], marker="*", ms=12, color=colour, zorder=5
+                )
     ax_loss.set(title="loss (dashed: train, solid: validation)", xlabel="epoch", ylabel="loss")
     ax_iou.set(title="validation span IoU (star: kept epoch)", xlabel="epoch", ylabel="span IoU")
     ax_iou.legend(fontsize=7, loc="lower right")
@@ -88,18 +98,31 @@ def training_curves(histories: dict[str, list[dict]], salt: str) -> str:
 def comparison(rows: list[dict], metrics: tuple[str, ...], split: str, salt: str) -> str:
     """Dot-and-whisker chart: each model and baseline with its 95% CI, one panel per metric."""
     plt = _plt()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 0.5 + 0.42 * len(rows)),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(4.6 * len(metrics), 0.5 + 0.42 * len(rows)), squeeze=False
+    )
     names = [r["variant"] + ("  (baseline)" if r["kind"] == "baseline" else "") for r in rows]
     for ax, metric in zip(axes[0], metrics, strict=True):
         for y, row in enumerate(rows):
             m = row["metrics"][metric]
             colour = MUTED if row["kind"] == "baseline" else PALETTE[0]
-            ax.errorbar([m["value"]], [y], xerr=[[m["value"] - m["ci_low"]],
-                                                 [m["ci_high"] - m["value"]]],
-                        fmt="o", color=colour, capsize=3, ms=5)  # fmt: skip
-            ax.annotate(f"{m['value']:.3f}", (m["value"], y), textcoords="offset points",
-                        xytext=(0, 6), ha="center", fontsize=7)  # fmt: skip
+            ax.errorbar(
+                [m["value"]],
+                [y],
+                xerr=[[m["value"] - m["ci_low"]], [m["ci_high"] - m["value"]]],
+                fmt="o",
+                color=colour,
+                capsize=3,
+                ms=5,
+            )
+            ax.annotate(
+                f"{m['value']:.3f}",
+                (m["value"], y),
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="center",
+                fontsize=7,
+            )
         ax.set_yticks(range(len(rows)), names if ax is axes[0][0] else [""] * len(rows))
         ax.set_ylim(len(rows) - 0.5, -0.8)  # top row's label clear of the title
         ax.set(title=f"{metric} on {split} (95% CI)", xlim=(-0.02, 1.02))
@@ -121,11 +144,19 @@ def candles(ax, ohlc, *, true_span=None, pred_span=None, title: str = "") -> Non
     body_hi = np.maximum(body_hi, body_lo + (h.max() - lo.min()) * 0.004)
     ax.vlines(x, body_lo, body_hi, colors=np.where(up, "#26a69a", "#ef5350"), lw=2.4)
     if true_span is not None:
-        ax.axvspan(true_span[0] - 0.5, true_span[1] + 0.5, color=GOOD, alpha=0.15, lw=0,
-                   label="true span")  # fmt: skip
+        ax.axvspan(
+            true_span[0] - 0.5, true_span[1] + 0.5, color=GOOD, alpha=0.15, lw=0, label="true span"
+        )
     if pred_span is not None:
-        ax.axvspan(pred_span[0] - 0.5, pred_span[1] + 0.5, fill=False, hatch="///",
-                   edgecolor=WARN, lw=1.0, label="predicted span")  # fmt: skip
+        ax.axvspan(
+            pred_span[0] - 0.5,
+            pred_span[1] + 0.5,
+            fill=False,
+            hatch="///",
+            edgecolor=WARN,
+            lw=1.0,
+            label="predicted span",
+        )
     ax.set_xlim(-1, len(ohlc))
     ax.set_title(title, fontsize=8)
     ax.tick_params(labelsize=7)
@@ -137,18 +168,36 @@ def span_grid(windows: list[dict[str, Any]], salt: str, cols: int = 3) -> str:
     rows = max(1, math.ceil(len(windows) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 2.5 * rows), squeeze=False)
     for ax, w in zip(axes.flat, windows, strict=False):
-        candles(ax, w["ohlc"], true_span=w.get("true_span"), pred_span=w.get("pred_span"),
-                title=w.get("title", ""))  # fmt: skip
+        candles(
+            ax,
+            w["ohlc"],
+            true_span=w.get("true_span"),
+            pred_span=w.get("pred_span"),
+            title=w.get("title", ""),
+        )
     for ax in list(axes.flat)[len(windows) :]:
         ax.set_visible(False)
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=8,
-                   bbox_to_anchor=(0.5, 1.0), frameon=False)  # fmt: skip
+        fig.legend(
+            handles,
+            labels,
+            loc="upper center",
+            ncol=2,
+            fontsize=8,
+            bbox_to_anchor=(0.5, 1.0),
+            frameon=False,
+        )
     # fixed margins: the grid is regular, so no layout pass (each costs a full draw)
     top = 1 - 0.55 / (2.5 * rows)
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.35 / (2.5 * rows), top=top,
-                        wspace=0.22, hspace=0.75 / rows + 0.2)  # fmt: skip
+    fig.subplots_adjust(
+        left=0.05,
+        right=0.99,
+        bottom=0.35 / (2.5 * rows),
+        top=top,
+        wspace=0.22,
+        hspace=0.75 / rows + 0.2,
+    )
     return to_svg(fig, salt, tight=False)
 
 
@@ -164,11 +213,25 @@ def timeline(events_by_host: dict[str, list[dict]], salt: str) -> str:
         for e in events_by_host[host]:
             colour = BAD if e["status"] == "failed" else GOOD if e["kind"] != "ab" else PALETTE[3]
             label = f"{e['kind']} {'failed' if e['status'] == 'failed' else 'ok'}"
-            ax.scatter([e["time"]], [y], marker=marker.get(e["kind"], "o"), s=70, color=colour,
-                       label=None if label in seen else label, zorder=3)  # fmt: skip
+            ax.scatter(
+                [e["time"]],
+                [y],
+                marker=marker.get(e["kind"], "o"),
+                s=70,
+                color=colour,
+                label=None if label in seen else label,
+                zorder=3,
+            )
             seen.add(label)
-            ax.annotate(e.get("text", ""), (e["time"], y), textcoords="offset points",
-                        xytext=(0, 9), ha="center", fontsize=7, rotation=20)  # fmt: skip
+            ax.annotate(
+                e.get("text", ""),
+                (e["time"], y),
+                textcoords="offset points",
+                xytext=(0, 9),
+                ha="center",
+                fontsize=7,
+                rotation=20,
+            )
     ax.set_yticks(range(len(hosts)), hosts)
     ax.set_ylim(-0.6, len(hosts) - 0.2)
     _time_axis(ax)
@@ -181,15 +244,22 @@ def health_history(points_by_host: dict[str, list[dict]], salt: str) -> str:
     """Health checks over time: p99 latency (line, deep checks) and each check's state (dots)."""
 
     plt = _plt()
-    fig, (ax_p99, ax_state) = plt.subplots(2, 1, figsize=(10, 4.2), sharex=True,
-                                           gridspec_kw={"height_ratios": [3, 1.3]})  # fmt: skip
+    fig, (ax_p99, ax_state) = plt.subplots(
+        2, 1, figsize=(10, 4.2), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]}
+    )
     hosts = sorted(points_by_host)
     for i, host in enumerate(hosts):
         points = points_by_host[host]
         with_p99 = [p for p in points if p.get("p99_ms") is not None]
         if with_p99:
-            ax_p99.plot([p["time"] for p in with_p99], [p["p99_ms"] for p in with_p99],
-                        marker="o", ms=4, color=PALETTE[i % len(PALETTE)], label=host)  # fmt: skip
+            ax_p99.plot(
+                [p["time"] for p in with_p99],
+                [p["p99_ms"] for p in with_p99],
+                marker="o",
+                ms=4,
+                color=PALETTE[i % len(PALETTE)],
+                label=host,
+            )
         for p in points:
             ax_state.scatter([p["time"]], [i], color=STATE_COLOURS.get(p["state"], MUTED), s=40)
     ax_p99.set(title="health checks: p99 latency of the deep check (ms) and state", ylabel="ms")
@@ -220,15 +290,23 @@ def latency_histogram(latencies: dict[str, Any], salt: str, sla_ms: float | None
         if not len(values):
             continue
         p50, p99 = np.percentile(values, [50, 99])
-        ax.hist(values, bins=edges, alpha=0.55, color=PALETTE[i % len(PALETTE)],
-                label=f"{host}: n={len(values)}, p50 {p50:.1f} ms, p99 {p99:.1f} ms")  # fmt: skip
+        ax.hist(
+            values,
+            bins=edges,
+            alpha=0.55,
+            color=PALETTE[i % len(PALETTE)],
+            label=f"{host}: n={len(values)}, p50 {p50:.1f} ms, p99 {p99:.1f} ms",
+        )
         ax.axvline(p99, color=PALETTE[i % len(PALETTE)], ls=":", lw=1)
     if sla_ms:
         ax.axvline(sla_ms, color=BAD, lw=1.2, label=f"SLA p99 {sla_ms:g} ms")
     if log:
         ax.set_xscale("log")
-    ax.set(title="served latency (captured live requests)" + (", log scale" if log else ""),
-           xlabel="ms", ylabel="windows")  # fmt: skip
+    ax.set(
+        title="served latency (captured live requests)" + (", log scale" if log else ""),
+        xlabel="ms",
+        ylabel="windows",
+    )
     ax.legend(fontsize=7)
     return to_svg(fig, salt)
 
@@ -237,8 +315,10 @@ def ab_figure(result: dict, salt: str) -> str:
     """A/B: differences shadow - live with CIs (left), latency of each with CIs (right)."""
     plt = _plt()
     fig, (ax_d, ax_l) = plt.subplots(1, 2, figsize=(10, 2.9))
-    rows = [("label agreement", result["agreement"], None),
-            ("span IoU between", result["span_iou"], None)]  # fmt: skip
+    rows = [
+        ("label agreement", result["agreement"], None),
+        ("span IoU between", result["span_iou"], None),
+    ]
     if result.get("outcomes"):
         for metric in ("accuracy", "span_iou"):
             rows.append((f"{metric} shadow - live", result["outcomes"][metric]["diff"], 0.0))
@@ -246,24 +326,41 @@ def ab_figure(result: dict, salt: str) -> str:
         colour = PALETTE[0]
         if zero is not None:
             colour = GOOD if e["ci_low"] > 0 else BAD if e["ci_high"] < 0 else MUTED
-        ax_d.errorbar([e["value"]], [y], xerr=[[e["value"] - e["ci_low"]],
-                                               [e["ci_high"] - e["value"]]],
-                      fmt="o", color=colour, capsize=3)  # fmt: skip
-        ax_d.annotate(f"{e['value']:+.3f}" if zero is not None else f"{e['value']:.3f}",
-                      (e["value"], y), textcoords="offset points", xytext=(0, 6), ha="center",
-                      fontsize=7)  # fmt: skip
+        ax_d.errorbar(
+            [e["value"]],
+            [y],
+            xerr=[[e["value"] - e["ci_low"]], [e["ci_high"] - e["value"]]],
+            fmt="o",
+            color=colour,
+            capsize=3,
+        )
+        ax_d.annotate(
+            f"{e['value']:+.3f}" if zero is not None else f"{e['value']:.3f}",
+            (e["value"], y),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            fontsize=7,
+        )
     ax_d.axvline(0, color="#999", lw=0.8)
     ax_d.set_yticks(range(len(rows)), [r[0] for r in rows])
     ax_d.invert_yaxis()
-    ax_d.set_title(f"{result['shadow_release']} vs {result['live_release']}, "
-                   f"{result['n_pairs']:,} pairs (95% CI)")  # fmt: skip
+    ax_d.set_title(
+        f"{result['shadow_release']} vs {result['live_release']}, "
+        f"{result['n_pairs']:,} pairs (95% CI)"
+    )
     labels, y = [], 0
     for q in ("p50", "p99"):
         for i, role in enumerate(("live", "shadow")):
             e = result["latency_ms"][role][q]
-            ax_l.errorbar([e["value"]], [y], xerr=[[e["value"] - e["ci_low"]],
-                                                   [e["ci_high"] - e["value"]]],
-                          fmt="o", color=PALETTE[i], capsize=3)  # fmt: skip
+            ax_l.errorbar(
+                [e["value"]],
+                [y],
+                xerr=[[e["value"] - e["ci_low"]], [e["ci_high"] - e["value"]]],
+                fmt="o",
+                color=PALETTE[i],
+                capsize=3,
+            )
             labels.append(f"{role} {q}")
             y += 1
     ax_l.set_yticks(range(len(labels)), labels)
@@ -287,8 +384,10 @@ def drift_figure(result: dict, salt: str) -> str:
     ax_psi.invert_yaxis()
     for x, colour in ((0.1, WARN), (0.25, BAD)):
         ax_psi.axvline(x, color=colour, ls="--", lw=1)
-    ax_psi.set(title=f"input drift: PSI per feature ({result.get('psi_windows', 0)} windows)",
-               xlim=(0, max([0.3, *values]) * 1.1))  # fmt: skip
+    ax_psi.set(
+        title=f"input drift: PSI per feature ({result.get('psi_windows', 0)} windows)",
+        xlim=(0, max([0.3, *values]) * 1.1),
+    )
     series = result.get("series") or {}
     if series.get("t"):
         from datetime import UTC, datetime

@@ -32,24 +32,32 @@ def _candidates(runs_dir: Path) -> Section:
             if rows:
                 histories[run.run_id] = rows
     if histories:
-        _figure(section, "curves", figures.training_curves(histories, "curves"),
-                "Training (dashed) and validation (solid) loss per epoch, and validation span IoU; "
-                "the star marks the epoch whose weights were kept (early stopping).")  # fmt: skip
+        _figure(
+            section,
+            "curves",
+            figures.training_curves(histories, "curves"),
+            "Training (dashed) and validation (solid) loss per epoch, and validation span IoU; "
+            "the star marks the epoch whose weights were kept (early stopping).",
+        )
     from moola_core.train.compare import compare_runs
 
     selected = _selected(runs_dir)
-    for split, note in (("val", "the split the choice is made on"),
-                        ("test", "reported once, after the choice")):  # fmt: skip
+    for split, note in (
+        ("val", "the split the choice is made on"),
+        ("test", "reported once, after the choice"),
+    ):
         try:
             comparison = compare_runs(runs_dir, split=split, n_boot=500)
         except MoolaError as exc:
             section.body.append(f"<p class='note'>{_esc(exc)}</p>")
             continue
         metrics = ("span_iou", "accuracy")
-        _figure(section, f"compare-{split}",
-                figures.comparison(comparison.rows, metrics, split, f"compare-{split}"),
-                f"Candidates and baselines on {split} ({note}), 95% bootstrap CIs over "
-                "windows.")  # fmt: skip
+        _figure(
+            section,
+            f"compare-{split}",
+            figures.comparison(comparison.rows, metrics, split, f"compare-{split}"),
+            f"Candidates and baselines on {split} ({note}), 95% bootstrap CIs over windows.",
+        )
         rows = []
         for r in comparison.rows:
             mark = (
@@ -57,11 +65,28 @@ def _candidates(runs_dir: Path) -> Section:
                 if selected and selected in r["run_ids"] and r["kind"] == "model"
                 else ""
             )
-            rows.append([r["variant"] + mark, r["kind"], r["n"]]
-                        + [_fmt(r["metrics"][m]) for m in ("span_iou", "accuracy", "start_hit3",
-                                                           "end_hit3", "boundary_mae")])  # fmt: skip
-        section.body.append(_table(["variant", "kind", "windows", "span IoU", "accuracy",
-                                    "start ±3", "end ±3", "boundary MAE"], rows))  # fmt: skip
+            rows.append(
+                [r["variant"] + mark, r["kind"], r["n"]]
+                + [
+                    _fmt(r["metrics"][m])
+                    for m in ("span_iou", "accuracy", "start_hit3", "end_hit3", "boundary_mae")
+                ]
+            )
+        section.body.append(
+            _table(
+                [
+                    "variant",
+                    "kind",
+                    "windows",
+                    "span IoU",
+                    "accuracy",
+                    "start ±3",
+                    "end ±3",
+                    "boundary MAE",
+                ],
+                rows,
+            )
+        )
     return section
 
 
@@ -111,8 +136,10 @@ def _spans(runs_dir: Path, real: bool) -> Section:
     picks += [(int(i), "worst") for i in order[:N_SPAN_WINDOWS]]
     frame = _labeled_frame(run)
     if frame is None:
-        section.body.append("<p class='note'>the run's labeled data cannot be loaded, so its test "
-                            "windows cannot be drawn</p>")  # fmt: skip
+        section.body.append(
+            "<p class='note'>the run's labeled data cannot be loaded, so its test "
+            "windows cannot be drawn</p>"
+        )
     else:
         by_id = {str(w): i for i, w in enumerate(frame["window_id"])}
         windows = []
@@ -122,28 +149,38 @@ def _spans(runs_dir: Path, real: bool) -> Section:
                 continue
             ohlc = np.asarray(frame["features"].iloc[row].tolist(), dtype=float).reshape(-1, 4)
             right = "right" if test["label"][i] == truth["label"][i] else "wrong"
-            windows.append({
-                "ohlc": ohlc,
-                "true_span": (truth["start"][i], truth["end"][i]),
-                "pred_span": (test["start"][i], test["end"][i]),
-                "title": f"{kind}: {test['window_id'][i]}  IoU {iou[i]:.2f}\n"
-                         f"true {LABELS[truth['label'][i]]}, predicted "
-                         f"{LABELS[test['label'][i]]} ({right})",
-            })  # fmt: skip
+            windows.append(
+                {
+                    "ohlc": ohlc,
+                    "true_span": (truth["start"][i], truth["end"][i]),
+                    "pred_span": (test["start"][i], test["end"][i]),
+                    "title": f"{kind}: {test['window_id'][i]}  IoU {iou[i]:.2f}\n"
+                    f"true {LABELS[truth['label'][i]]}, predicted "
+                    f"{LABELS[test['label'][i]]} ({right})",
+                }
+            )
         if windows:
-            _figure(section, "spans-test", figures.span_grid(windows, "spans-test"),
-                    f"Test windows of {run.run_id}: the {N_SPAN_WINDOWS} best and "
-                    f"{N_SPAN_WINDOWS} worst by span IoU. Green band: true span; hatched "
-                    "orange: predicted span.")  # fmt: skip
+            _figure(
+                section,
+                "spans-test",
+                figures.span_grid(windows, "spans-test"),
+                f"Test windows of {run.run_id}: the {N_SPAN_WINDOWS} best and "
+                f"{N_SPAN_WINDOWS} worst by span IoU. Green band: true span; hatched "
+                "orange: predicted span.",
+            )
     if real:
         try:
             windows = _real_windows(run, runs_dir)
         except MoolaError as exc:
             section.body.append(f"<p class='note'>real-bar sample: {_esc(exc)}</p>")
         else:
-            _figure(section, "spans-real", figures.span_grid(windows, "spans-real"),
-                    "The same model on the real 1-minute sample (moola_core.data.real, one US "
-                    "stock): real bars have no labels, so only the predicted span is drawn.")  # fmt: skip
+            _figure(
+                section,
+                "spans-real",
+                figures.span_grid(windows, "spans-real"),
+                "The same model on the real 1-minute sample (moola_core.data.real, one US "
+                "stock): real bars have no labels, so only the predicted span is drawn.",
+            )
     return section
 
 
@@ -185,9 +222,11 @@ def _real_windows(run, runs_dir: Path) -> list[dict]:
         label = int(pred["label"][i])
         p = float(pred["class_probs"][i][label])
         stamp = bars["timestamp"].iloc[s].strftime("%m-%d %H:%M")
-        out.append({
-            "ohlc": windows[i],
-            "pred_span": (int(pred["start"][i]), int(pred["end"][i])),
-            "title": f"real bars from {stamp} UTC\npredicted {LABELS[label]} (p {p:.2f})",
-        })  # fmt: skip
+        out.append(
+            {
+                "ohlc": windows[i],
+                "pred_span": (int(pred["start"][i]), int(pred["end"][i])),
+                "title": f"real bars from {stamp} UTC\npredicted {LABELS[label]} (p {p:.2f})",
+            }
+        )
     return out

@@ -25,9 +25,14 @@ INVOKE = str(Path(sys.executable).parent / "invoke")
 
 def invoke(*args: str, env: dict | None = None, timeout: float = 120):
     return subprocess.run(
-        [INVOKE, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        [INVOKE, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +41,12 @@ def demo_root():
     parent = Path(tempfile.mkdtemp(prefix="moola-demo-"))
     parent.chmod(0o755)
     yield parent / "demo"
-    subprocess.run([INVOKE, "sandbox", "down", "--root", str(parent / "demo" / "sandbox")],
-                   cwd=REPO, capture_output=True, timeout=60)  # fmt: skip
+    subprocess.run(
+        [INVOKE, "sandbox", "down", "--root", str(parent / "demo" / "sandbox")],
+        cwd=REPO,
+        capture_output=True,
+        timeout=60,
+    )
     shutil.rmtree(parent, ignore_errors=True)
 
 
@@ -57,8 +66,13 @@ def test_demo_passes_every_stage(demo):
     assert summary["ok"] is True and summary["error"] is None
     names = [s["name"] for s in summary["stages"]]
     assert names[0] == "start two stand-in hosts"
-    for expected in ("phase 1: preflight", "phase 4: deploy v0.1", "phase 7: roll back to v0.1",
-                     "phase 8: health checks", "the checklist and the log"):  # fmt: skip
+    for expected in (
+        "phase 1: preflight",
+        "phase 4: deploy v0.1",
+        "phase 7: roll back to v0.1",
+        "phase 8: health checks",
+        "the checklist and the log",
+    ):
         assert expected in names
     assert all(s["ok"] for s in summary["stages"])
     assert "demo passed" in proc.stdout

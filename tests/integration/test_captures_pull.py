@@ -84,8 +84,9 @@ def test_ab_over_ssh_is_logged_and_shown_by_the_checklist(
     monkeypatch.setenv("MOOLA_LOG", str(tmp_path / "log.jsonl"))
     _write(remote, _lines(ab_traffic(frame, 300, seed=4, live_acc=0.6, shadow_acc=0.95)))
     outcomes = labeled_io.write_labeled(frame, tmp_path / "outcomes.parquet")
-    result, pulled = ab.run_ab("local-1", outcomes=str(outcomes), inventory=inventory,
-                               cache=tmp_path / "cache")  # fmt: skip
+    result, pulled = ab.run_ab(
+        "local-1", outcomes=str(outcomes), inventory=inventory, cache=tmp_path / "cache"
+    )
     assert pulled.fetched_files == 1 and result.decision == "promote"
     assert (tmp_path / "cache" / "local-1" / "ab.json").is_file()
     line = read_events(phase="ab")[-1]
@@ -108,8 +109,13 @@ def test_monitor_pulls_and_falls_back_to_the_cache_when_the_host_is_gone(
     records = [r for r in ab_traffic(frame, 120, seed=5) if r["role"] == "live"]
     _write(remote, _lines(records))
     reference = labeled_io.write_labeled(frame, tmp_path / "train.parquet")
-    kwargs = {"since": "2026-01-01T00:00:00Z", "reference": str(reference),
-              "inventory": inventory, "cache": tmp_path / "cache", "timeout_s": 30}  # fmt: skip
+    kwargs = {
+        "since": "2026-01-01T00:00:00Z",
+        "reference": str(reference),
+        "inventory": inventory,
+        "cache": tmp_path / "cache",
+        "timeout_s": 30,
+    }
     result = monitor.run_monitor("local-1", **kwargs)
     assert result.state == OK, monitor.status_line(result)
     assert result.n_requests == 120 and result.psi_windows == 120

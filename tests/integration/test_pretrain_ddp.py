@@ -15,14 +15,32 @@ REPO = Path(__file__).resolve().parents[2]
 def _torchrun(out: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "moola_core.pretrain",
-        "--out", str(out), "--json",
-        "--set", "model.hidden=8", "--set", "model.layers=2",
-        "--set", "data.n_bars=2340", "--set", "data.market_seed=2", "--set", "data.stride=10",
-        "--set", "train.batch_size=16", "--set", "train.device=cpu",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "moola_core.pretrain",
+        "--out",
+        str(out),
+        "--json",
+        "--set",
+        "model.hidden=8",
+        "--set",
+        "model.layers=2",
+        "--set",
+        "data.n_bars=2340",
+        "--set",
+        "data.market_seed=2",
+        "--set",
+        "data.stride=10",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "train.device=cpu",
         *extra,
-    ]  # fmt: skip
+    ]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
 
 

@@ -15,8 +15,19 @@ from moola_ops.report import build_report
 from moola_ops.report.browser import check_page
 from tests.report_fixture import make_report_inputs
 
-EXPECTED = {"curves", "compare-val", "compare-test", "spans-test", "spans-real", "timeline",
-            "health", "latency", "ab-local-1", "drift-local-1", "drift-local-2"}  # fmt: skip
+EXPECTED = {
+    "curves",
+    "compare-val",
+    "compare-test",
+    "spans-test",
+    "spans-real",
+    "timeline",
+    "health",
+    "latency",
+    "ab-local-1",
+    "drift-local-1",
+    "drift-local-2",
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +43,13 @@ def _png_size(path) -> tuple[int, int]:
 
 def test_report_renders_in_chromium(inputs, tmp_path):
     out = tmp_path / "report.html"
-    result = build_report(out, deployment=inputs["deployment"], runs_dir=inputs["runs_dir"],
-                          log=inputs["log"], cache=inputs["cache"])  # fmt: skip
+    result = build_report(
+        out,
+        deployment=inputs["deployment"],
+        runs_dir=inputs["runs_dir"],
+        log=inputs["log"],
+        cache=inputs["cache"],
+    )
     assert set(result.figures) == EXPECTED
     page = out.read_text()
     assert "<script" not in page.lower()
@@ -55,16 +71,25 @@ def test_report_renders_in_chromium(inputs, tmp_path):
 
 
 def test_the_ab_decision_and_monitor_state_are_on_the_page(inputs, tmp_path):
-    out = build_report(tmp_path / "r.html", runs_dir=inputs["runs_dir"], log=inputs["log"],
-                       cache=inputs["cache"], real=False).path  # fmt: skip
+    out = build_report(
+        tmp_path / "r.html",
+        runs_dir=inputs["runs_dir"],
+        log=inputs["log"],
+        cache=inputs["cache"],
+        real=False,
+    ).path
     page = out.read_text()
     assert "local-1: promote v0.2" in page
     assert "MOOLA-MONITOR OK - local-2" in page
 
 
 def test_an_empty_project_still_gets_a_page_that_says_what_is_missing(tmp_path):
-    result = build_report(tmp_path / "empty.html", runs_dir=tmp_path / "runs",
-                          log=tmp_path / "none.jsonl", cache=tmp_path / "cache")  # fmt: skip
+    result = build_report(
+        tmp_path / "empty.html",
+        runs_dir=tmp_path / "runs",
+        log=tmp_path / "none.jsonl",
+        cache=tmp_path / "cache",
+    )
     assert result.figures == []
     page = result.path.read_text()
     assert "no finished training runs" in page and "no A/B result yet" in page

@@ -27,8 +27,11 @@ def world(tmp_path_factory):
     records = ab_traffic(frame, 200, seed=1, live_acc=0.55, shadow_acc=0.95)
     raw = write_lines(tmp / "raw" / "20261127T170000Z-1.jsonl", records)
     add_local_file(tmp / "cache", "h1", "v0.1", raw)
-    drifted = [dict(r, ohlc=[[o, h, lo, o] for o, h, lo, _ in r["ohlc"]]) for r in records
-               if r["role"] == "live"]  # fmt: skip
+    drifted = [
+        dict(r, ohlc=[[o, h, lo, o] for o, h, lo, _ in r["ohlc"]])
+        for r in records
+        if r["role"] == "live"
+    ]
     add_local_file(tmp / "cache", "h2", "v0.1", write_lines(tmp / "raw2" / raw.name, drifted))
     inventory = tmp / "hosts.yaml"
     inventory.write_text(
@@ -43,14 +46,26 @@ def run(*args: str, env_log: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if env_log:
         env["MOOLA_LOG"] = str(env_log)
-    return subprocess.run([INVOKE, *args], cwd=ROOT, capture_output=True, text=True, env=env,
-                          timeout=300)  # fmt: skip
+    return subprocess.run(
+        [INVOKE, *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_ab_json_from_the_cache(world):
-    res = run("ab", "--host", "h1", "--no-pull", "--no-record", "--json",
-              "--outcomes", str(world["outcomes"]), "--cache", str(world["cache"]),
-              "--inventory", str(world["inventory"]))  # fmt: skip
+    res = run(
+        "ab",
+        "--host",
+        "h1",
+        "--no-pull",
+        "--no-record",
+        "--json",
+        "--outcomes",
+        str(world["outcomes"]),
+        "--cache",
+        str(world["cache"]),
+        "--inventory",
+        str(world["inventory"]),
+    )
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
     assert data["decision"] == "promote" and data["n_pairs"] == 200
@@ -58,8 +73,16 @@ def test_ab_json_from_the_cache(world):
 
 
 def test_ab_with_a_missing_outcomes_file_is_one_sentence(world):
-    res = run("ab", "--host", "h1", "--no-pull", "--outcomes", "/nonexistent.parquet",
-              "--inventory", str(world["inventory"]))  # fmt: skip
+    res = run(
+        "ab",
+        "--host",
+        "h1",
+        "--no-pull",
+        "--outcomes",
+        "/nonexistent.parquet",
+        "--inventory",
+        str(world["inventory"]),
+    )
     assert res.returncode != 0
     assert res.stderr.strip().startswith("error: --outcomes /nonexistent.parquet does not exist")
     assert "Traceback" not in res.stderr
@@ -67,8 +90,17 @@ def test_ab_with_a_missing_outcomes_file_is_one_sentence(world):
 
 def test_monitor_states_and_prometheus_file(world):
     prom = world["tmp"] / "prom" / "moola_monitor.prom"
-    common = ["--no-pull", "--since", "2020-01-01T00:00:00Z", "--cache", str(world["cache"]),
-              "--reference", str(world["outcomes"]), "--inventory", str(world["inventory"])]  # fmt: skip
+    common = [
+        "--no-pull",
+        "--since",
+        "2020-01-01T00:00:00Z",
+        "--cache",
+        str(world["cache"]),
+        "--reference",
+        str(world["outcomes"]),
+        "--inventory",
+        str(world["inventory"]),
+    ]
     ok = run("monitor", "--host", "h1", "--prom", str(prom), *common)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ok.stdout.startswith("MOOLA-MONITOR OK - h1:")
@@ -84,9 +116,18 @@ def test_report_json(world):
     if not (world["cache"] / "h1" / "ab.json").is_file():  # run alone: make the A/B first
         test_ab_json_from_the_cache(world)
     out = world["tmp"] / "report.html"
-    res = run("report", "--out", str(out), "--runs-dir", str(world["tmp"] / "no-runs"),
-              "--cache", str(world["cache"]), "--no-real", "--json",
-              env_log=world["tmp"] / "log.jsonl")  # fmt: skip
+    res = run(
+        "report",
+        "--out",
+        str(out),
+        "--runs-dir",
+        str(world["tmp"] / "no-runs"),
+        "--cache",
+        str(world["cache"]),
+        "--no-real",
+        "--json",
+        env_log=world["tmp"] / "log.jsonl",
+    )
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
     assert out.is_file() and data["path"] == str(out)

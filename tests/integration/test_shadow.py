@@ -101,16 +101,18 @@ def reference(live_host):
 def _fake_shadow(mode: str, tmp_path: Path):
     folder = tmp_path / mode / "got"
     folder.mkdir(parents=True)
-    proc = subprocess.Popen([sys.executable, "-c", FAKE_SHADOW, mode, str(folder)],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FAKE_SHADOW, mode, str(folder)], stdout=subprocess.PIPE, text=True
+    )
     port = int(proc.stdout.readline())
     return proc, port, folder
 
 
 def _route_to(host, port: int) -> None:
     with HostSession(host) as session:
-        shadow._edit_state(session, host, "set",
-                           {"release": "fake", "port": port, "pid": None, "fraction": 1.0})  # fmt: skip
+        shadow._edit_state(
+            session, host, "set", {"release": "fake", "port": port, "pid": None, "fraction": 1.0}
+        )
 
 
 def test_a_blocked_shadow_never_delays_live(live_host, reference, tmp_path):
@@ -158,8 +160,10 @@ def test_real_shadow_captures_pairs_then_stops(live_host, bundles, reference, tm
     assert now.release == "v1.1" and now.running and now.ready and now.live == "v1.0"
     # every thread of the shadow runs at nice 19 under SCHED_IDLE (fields 19 and 41 of
     # /proc/PID/task/TID/stat; policy 5 is SCHED_IDLE)
-    stats = [(t / "stat").read_text().rsplit(")", 1)[1].split()
-             for t in Path(f"/proc/{now.pid}/task").iterdir()]  # fmt: skip
+    stats = [
+        (t / "stat").read_text().rsplit(")", 1)[1].split()
+        for t in Path(f"/proc/{now.pid}/task").iterdir()
+    ]
     assert {(int(f[16]), int(f[38])) for f in stats} == {(shadow.SHADOW_NICE, os.SCHED_IDLE)}
     assert _answers(host) == reference  # live answers unchanged with a real shadow beside
 
@@ -168,9 +172,11 @@ def test_real_shadow_captures_pairs_then_stops(live_host, bundles, reference, tm
     def shadow_lines() -> int:
         files = list(captured.glob("*.jsonl")) if captured.is_dir() else []
         return sum(
-            1 for f in files for line in f.read_text().splitlines()
+            1
+            for f in files
+            for line in f.read_text().splitlines()
             if line and json.loads(line)["request_id"].startswith("t-")
-        )  # fmt: skip
+        )
 
     wait_for(lambda: shadow_lines() == len(WINDOWS), "the shadow's captures")
     cache = tmp_path / "cache"

@@ -69,17 +69,27 @@ def proxied(tmp_path, request):
     for role in ("live", "shadow"):
         folders[role] = tmp_path / role
         folders[role].mkdir()
-        proc = subprocess.Popen([sys.executable, "-c", STUB, str(folders[role]), modes[role]],
-                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-c", STUB, str(folders[role]), modes[role]],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         procs.append(proc)
         ports[role] = int(proc.stdout.readline())
     ws = tmp_path / "ws"
     (ws / "serve").mkdir(parents=True)
-    (ws / "serve" / "state.json").write_text(json.dumps({
-        "v": 1, "live": {"release": "a", "port": ports["live"], "pid": procs[0].pid},
-        "shadow": {"release": "b", "port": ports["shadow"], "fraction": 1.0}}))  # fmt: skip
-    proxy = subprocess.Popen([sys.executable, str(PROXY), "--workspace", str(ws), "--port", "0"],
-                             stderr=subprocess.PIPE)  # fmt: skip
+    (ws / "serve" / "state.json").write_text(
+        json.dumps(
+            {
+                "v": 1,
+                "live": {"release": "a", "port": ports["live"], "pid": procs[0].pid},
+                "shadow": {"release": "b", "port": ports["shadow"], "fraction": 1.0},
+            }
+        )
+    )
+    proxy = subprocess.Popen(
+        [sys.executable, str(PROXY), "--workspace", str(ws), "--port", "0"], stderr=subprocess.PIPE
+    )
     procs.append(proxy)
     record = ws / "serve" / "proxy.json"
     wait_for(record.is_file, "the proxy's record", timeout_s=30.0, poll_s=0.05)
@@ -93,8 +103,9 @@ def proxied(tmp_path, request):
 
 
 def _post(port: int, body: bytes, rid: str) -> bytes:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/predict", data=body,
-                                 headers={"X-Moola-Request-Id": rid})  # fmt: skip
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/predict", data=body, headers={"X-Moola-Request-Id": rid}
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return r.read()
 

@@ -31,23 +31,44 @@ def record(
     status: int = 200,
 ) -> dict:
     """One capture line as a dict (an error line when status is not 200)."""
-    rec = {"v": 1, "request_id": request_id, "index": index, "window_id": window_id,
-           "time": time, "release": release, "role": role, "status": status,
-           "latency_ms": latency_ms, "batch_size": 1}  # fmt: skip
+    rec = {
+        "v": 1,
+        "request_id": request_id,
+        "index": index,
+        "window_id": window_id,
+        "time": time,
+        "release": release,
+        "role": role,
+        "status": status,
+        "latency_ms": latency_ms,
+        "batch_size": 1,
+    }
     if status != 200:
         rec["error"] = "the server failed; see its log"
         return rec
     p = 0.8 if label == 1 else 0.2
     rec["ohlc"] = ohlc if ohlc is not None else flat_window()
-    rec["output"] = {"label": LABELS[label], "probs": {LABELS[0]: 1 - p, LABELS[1]: p},
-                     "start": int(start), "end": int(end), "abstain": False}  # fmt: skip
+    rec["output"] = {
+        "label": LABELS[label],
+        "probs": {LABELS[0]: 1 - p, LABELS[1]: p},
+        "start": int(start),
+        "end": int(end),
+        "abstain": False,
+    }
     return rec
 
 
 def flat_window(price: float = 100.0) -> list:
     """105 bars of a gently rising price (a valid window, little information)."""
-    return [[price + i * 0.01, price + i * 0.01 + 0.05, price + i * 0.01 - 0.05,
-             price + i * 0.01 + 0.02] for i in range(105)]  # fmt: skip
+    return [
+        [
+            price + i * 0.01,
+            price + i * 0.01 + 0.05,
+            price + i * 0.01 - 0.05,
+            price + i * 0.01 + 0.02,
+        ]
+        for i in range(105)
+    ]
 
 
 def write_lines(path: Path, records: list[dict]) -> Path:
@@ -82,14 +103,28 @@ def ab_traffic(
         ts, te = int(row["expansion_start"]), int(row["expansion_end"])
         ohlc = np.asarray(row["features"].tolist(), dtype=float).reshape(105, 4).tolist()
         t = t0 + i * 0.5
-        for role, release, acc, lat in (("live", live, live_acc, 5.0),
-                                        ("shadow", shadow, shadow_acc, shadow_latency)):  # fmt: skip
+        for role, release, acc, lat in (
+            ("live", live, live_acc, 5.0),
+            ("shadow", shadow, shadow_acc, shadow_latency),
+        ):
             if role == "shadow" and rng.random() > sample:
                 continue
             right = rng.random() < acc
             label = truth if right else 1 - truth
             start, end = (ts, te) if right else (min(ts + 20, 100), min(te + 20, 104))
-            out.append(record(f"req-{i}", 0, release=release, role=role, time=t + 0.01,
-                              label=label, start=start, end=end, window_id=row["window_id"],
-                              latency_ms=float(lat + rng.exponential(1.0)), ohlc=ohlc))  # fmt: skip
+            out.append(
+                record(
+                    f"req-{i}",
+                    0,
+                    release=release,
+                    role=role,
+                    time=t + 0.01,
+                    label=label,
+                    start=start,
+                    end=end,
+                    window_id=row["window_id"],
+                    latency_ms=float(lat + rng.exponential(1.0)),
+                    ohlc=ohlc,
+                )
+            )
     return out

@@ -160,9 +160,19 @@ def test_parse_since():
 
 def test_error_lines_as_the_server_writes_them_are_rows():
     """serve.py's error line: index, window_id null, batch_size 0, no output, no ohlc."""
-    line = {"v": 1, "request_id": "r9", "time": 5.0, "release": "v0.1", "role": "live",
-            "status": 400, "latency_ms": 0.4, "index": None, "window_id": None,
-            "batch_size": 0, "error": "window 0: expected 105 bars"}  # fmt: skip
+    line = {
+        "v": 1,
+        "request_id": "r9",
+        "time": 5.0,
+        "release": "v0.1",
+        "role": "live",
+        "status": 400,
+        "latency_ms": 0.4,
+        "index": None,
+        "window_id": None,
+        "batch_size": 0,
+        "error": "window 0: expected 105 bars",
+    }
     table = _table([line, record("r1", 0, release="v0.1", role="live", time=6.0)])
     assert len(table) == 2 and table.skipped == 0
     assert table["status"].tolist() == [400, 200] and table["index"].tolist() == [-1, 0]

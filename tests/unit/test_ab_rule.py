@@ -31,8 +31,16 @@ def _mask(first: int, last: int = N) -> np.ndarray:
     return out
 
 
-def _traffic(labeled, live_label, live_span, shadow_label, shadow_span, *, shadow_latency=5.0,
-             shadow_failed=0) -> list[dict]:  # fmt: skip
+def _traffic(
+    labeled,
+    live_label,
+    live_span,
+    shadow_label,
+    shadow_span,
+    *,
+    shadow_latency=5.0,
+    shadow_failed=0,
+) -> list[dict]:
     """One window per request. A right label is the true one; a right span is the true span,
     a wrong one is 5 bars at the far end of the window (IoU 0). The shadow answers the first
     `shadow_failed` requests with an error line as the server writes it (index null)."""
@@ -47,15 +55,37 @@ def _traffic(labeled, live_label, live_span, shadow_label, shadow_span, *, shado
             ("shadow", "v0.2", shadow_label, shadow_span, shadow_latency),
         ):
             if role == "shadow" and i < shadow_failed:
-                out.append({"v": 1, "request_id": f"r{i}", "index": None, "window_id": None,
-                            "time": 1e9 + i, "release": release, "role": role, "status": 500,
-                            "latency_ms": 1.0, "batch_size": 0,
-                            "error": "the model failed on this batch"})  # fmt: skip
+                out.append(
+                    {
+                        "v": 1,
+                        "request_id": f"r{i}",
+                        "index": None,
+                        "window_id": None,
+                        "time": 1e9 + i,
+                        "release": release,
+                        "role": role,
+                        "status": 500,
+                        "latency_ms": 1.0,
+                        "batch_size": 0,
+                        "error": "the model failed on this batch",
+                    }
+                )
                 continue
             start, end = (ts, te) if span_ok[i] else far
-            out.append(record(f"r{i}", 0, release=release, role=role, time=1e9 + i,
-                              label=truth if label_ok[i] else 1 - truth, start=start, end=end,
-                              window_id=row["window_id"], latency_ms=latency + (i % 7) * 0.1))  # fmt: skip
+            out.append(
+                record(
+                    f"r{i}",
+                    0,
+                    release=release,
+                    role=role,
+                    time=1e9 + i,
+                    label=truth if label_ok[i] else 1 - truth,
+                    start=start,
+                    end=end,
+                    window_id=row["window_id"],
+                    latency_ms=latency + (i % 7) * 0.1,
+                )
+            )
     return out
 
 
@@ -87,8 +117,9 @@ def test_a_better_accuracy_alone_is_not_enough_when_span_iou_is_unsettled(labele
     assert "span IoU CI includes 0" in result.sentence
     assert f"{result.more_requests:,} more shadowed requests" in result.sentence
     # with accuracy as the primary metric the same captures promote
-    by_accuracy = _analyze(_traffic(labeled, _mask(64), live_span, _mask(16), shadow_span),
-                           labeled, primary="accuracy")  # fmt: skip
+    by_accuracy = _analyze(
+        _traffic(labeled, _mask(64), live_span, _mask(16), shadow_span), labeled, primary="accuracy"
+    )
     assert by_accuracy.decision == "promote"
 
 
@@ -138,8 +169,9 @@ def test_keep_when_the_shadow_is_over_the_latency_sla(labeled):
 def test_without_outcomes_only_a_regression_decides(labeled):
     fine = _analyze(_traffic(labeled, _mask(0), _mask(80), _mask(0), _mask(32)))
     assert fine.decision == "more-evidence" and "--outcomes" in fine.sentence
-    failing = _analyze(_traffic(labeled, _mask(0), _mask(80), _mask(0), _mask(32),
-                                shadow_failed=40))  # fmt: skip
+    failing = _analyze(
+        _traffic(labeled, _mask(0), _mask(80), _mask(0), _mask(32), shadow_failed=40)
+    )
     assert failing.decision == "keep" and failing.sentence.startswith("keep v0.1: v0.2 regresses")
 
 

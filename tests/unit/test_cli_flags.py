@@ -44,8 +44,12 @@ def invoke(tmp_path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MOOLA_LOG": str(tmp_path / "log.jsonl")}
     return subprocess.run(
         [sys.executable, "-m", "invoke", "-r", str(REPO_ROOT), *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_every_task_has_help_for_each_flag_and_no_short_flags():
@@ -77,15 +81,27 @@ def test_a_bad_number_is_one_sentence_not_a_traceback(tmp_path):
 
 
 def test_output_piped_into_head_ends_quietly(tmp_path):
-    line = {"time": "2026-01-01T00:00:00.000Z", "deployment": "d1", "actor": "me", "host": "h",
-            "bundle": "v0.1", "phase": "deploy", "step": "switch", "status": "ok",
-            "duration_s": 0.1, "detail": {}}  # fmt: skip
+    line = {
+        "time": "2026-01-01T00:00:00.000Z",
+        "deployment": "d1",
+        "actor": "me",
+        "host": "h",
+        "bundle": "v0.1",
+        "phase": "deploy",
+        "step": "switch",
+        "status": "ok",
+        "duration_s": 0.1,
+        "detail": {},
+    }
     (tmp_path / "log.jsonl").write_text((json.dumps(line) + "\n") * 3000)  # ~300 KB of output
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MOOLA_LOG": str(tmp_path / "log.jsonl")}
     reader = subprocess.Popen(
         [sys.executable, "-m", "invoke", "-r", str(REPO_ROOT), "log", "--last", "0"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert reader.stdout.readline().split()[:2] == [b"time", b"deployment"]  # the header
     assert b"d1" in reader.stdout.readline()  # what `head -2` reads, then it goes away
     reader.stdout.close()

@@ -122,8 +122,14 @@ def test_candle_features_by_hand():
     feats = compute_features(*hand_path(wick=0.5))
     up, down = feats.values[25], feats.values[19]
     assert feats.valid[25] and feats.valid[19]
-    expected_up = {"open_norm": 0.25, "close_norm": 0.75, "body_pct": 0.5,
-                   "upper_wick_pct": 0.25, "lower_wick_pct": 0.25, "range_z": 1.0}  # fmt: skip
+    expected_up = {
+        "open_norm": 0.25,
+        "close_norm": 0.75,
+        "body_pct": 0.5,
+        "upper_wick_pct": 0.25,
+        "lower_wick_pct": 0.25,
+        "range_z": 1.0,
+    }
     for name, value in expected_up.items():
         assert up[COL[name]] == pytest.approx(value, abs=1e-6), name
     assert down[COL["body_pct"]] == pytest.approx(-0.5, abs=1e-6)

@@ -18,8 +18,12 @@ def invoke(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-m", "invoke", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +54,9 @@ def test_pipeline_summary_and_files(tmp_path):
 def test_market_task_writes_a_valid_set(generated):
     out, summary = generated
     assert summary["labeled"]["windows"] == 174
-    assert not [p for p in validate_labeled(read_labeled(out / "labeled.parquet"))
-                if p.severity == "error"]  # fmt: skip
+    assert not [
+        p for p in validate_labeled(read_labeled(out / "labeled.parquet")) if p.severity == "error"
+    ]
 
 
 def test_validate_task_exit_codes_and_listing(generated, tmp_path):
@@ -74,16 +79,22 @@ def test_validate_task_exit_codes_and_listing(generated, tmp_path):
 
 def test_leakage_task(generated, tmp_path):
     out, _ = generated
-    ok = invoke("data.leakage", "--path", str(out / "labeled.parquet"),
-                "--split", str(out / "split.json"))  # fmt: skip
+    ok = invoke(
+        "data.leakage", "--path", str(out / "labeled.parquet"), "--split", str(out / "split.json")
+    )
     assert ok.returncode == 0 and "no leakage" in ok.stdout
     split = json.loads((out / "split.json").read_text())
     moved = next(w for w in split["train"] if "-aug" in w)
     split["train"].remove(moved)
     split["test"].append(moved)
     (tmp_path / "leaky.json").write_text(json.dumps(split))
-    leaky = invoke("data.leakage", "--path", str(out / "labeled.parquet"),
-                   "--split", str(tmp_path / "leaky.json"))  # fmt: skip
+    leaky = invoke(
+        "data.leakage",
+        "--path",
+        str(out / "labeled.parquet"),
+        "--split",
+        str(tmp_path / "leaky.json"),
+    )
     assert leaky.returncode == 1 and "LEAK" in leaky.stdout and moved in leaky.stdout
 
 

@@ -40,8 +40,15 @@ def assert_parity(windows: np.ndarray, what: str) -> None:
 
 
 def test_constants_are_the_training_ones():
-    for name in ("RANGE_FLOOR", "RANGE_EMA_SPAN", "ATR_PERIOD", "SWING_REVERSAL_ATR",
-                 "BARS_SINCE_SCALE", "MIN_WARMUP", "COL"):  # fmt: skip
+    for name in (
+        "RANGE_FLOOR",
+        "RANGE_EMA_SPAN",
+        "ATR_PERIOD",
+        "SWING_REVERSAL_ATR",
+        "BARS_SINCE_SCALE",
+        "MIN_WARMUP",
+        "COL",
+    ):
         assert getattr(hostfeatures, name) == getattr(train_features, name), name
 
 

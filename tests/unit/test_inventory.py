@@ -45,8 +45,12 @@ def test_hosts_groups_and_defaults(tmp_path):
     }
     (one,) = inv.resolve("runpod-1")
     assert (one.hostname, one.port, one.user, one.gpu, one.latency_sla_ms) == (
-        "203.0.113.10", 40122, "root", "H100", 25.0
-    )  # fmt: skip
+        "203.0.113.10",
+        40122,
+        "root",
+        "H100",
+        25.0,
+    )
     assert one.identity_file == str(Path("~/.ssh/id_ed25519").expanduser())
     assert one.workspace == "/workspace/moola" and one.python == "python3"
     # a host without hostname is an ~/.ssh/config alias: its name is what ssh looks up
@@ -120,8 +124,11 @@ def test_inventory_from_a_sandbox_object():
     inv = Inventory.from_sandbox(FakeSandbox(), connect_timeout_s=2)
     (host,) = inv.resolve("local")
     assert (host.port, host.workspace, host.known_hosts, host.connect_timeout_s) == (
-        2222, "/w/one", "/k/known_hosts", 2
-    )  # fmt: skip
+        2222,
+        "/w/one",
+        "/k/known_hosts",
+        2,
+    )
     assert host.python == "/sbx/remote-bin/python3"
 
 

@@ -46,8 +46,11 @@ def test_step_records_ok_failed_and_aborted_with_durations(tmp_path):
         info["status"] = "skipped"
     events = read_events(path)
     assert [(e["step"], e["status"]) for e in events] == [
-        ("upload", "ok"), ("check", "failed"), ("switch", "aborted"), ("prune", "skipped")
-    ]  # fmt: skip
+        ("upload", "ok"),
+        ("check", "failed"),
+        ("switch", "aborted"),
+        ("prune", "skipped"),
+    ]
     assert events[0]["detail"] == {"bytes": 10}
     assert events[1]["detail"]["error"] == "golden mismatch"
     assert {e["deployment"] for e in events} == {journal.deployment}

@@ -186,8 +186,9 @@ def test_heuristic_finds_a_planted_wide_run_and_learns_the_quiet_rule():
     valid = np.ones((n, 105), bool)
     valid[:, :20] = False
     heuristic = RangeExpansionHeuristic().fit(x, valid, label, start, end)
-    got = metrics.point_metrics(heuristic.predict(x, valid), {"label": label, "start": start,
-                                                              "end": end})  # fmt: skip
+    got = metrics.point_metrics(
+        heuristic.predict(x, valid), {"label": label, "start": start, "end": end}
+    )
     assert got["span_iou"] > 0.9 and got["accuracy"] == 1.0
 
 

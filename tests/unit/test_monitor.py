@@ -105,8 +105,9 @@ def test_window_features_match_training_features(labeled):
     from moola_core.data.labeled import to_model_arrays
 
     arrays = to_model_arrays(labeled.head(20))
-    ohlc = np.stack([np.asarray(c.tolist(), dtype=float).reshape(105, 4)
-                     for c in labeled.head(20)["features"]])  # fmt: skip
+    ohlc = np.stack(
+        [np.asarray(c.tolist(), dtype=float).reshape(105, 4) for c in labeled.head(20)["features"]]
+    )
     xs, valid = M.window_features(ohlc)
     assert np.array_equal(valid, arrays.valid)
     assert np.allclose(xs, arrays.x)

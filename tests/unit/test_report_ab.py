@@ -36,13 +36,17 @@ def promoted(tmp_path, monkeypatch):
         journal = Journal("deploy", bundle="v0.2")
         journal.record(host, "switch", "ok")
         deployments.append(journal.deployment)
-    return {"cache": cache, "log": tmp_path / "log.jsonl", "last": deployments[-1],
-            "tmp": tmp_path}  # fmt: skip
+    return {"cache": cache, "log": tmp_path / "log.jsonl", "last": deployments[-1], "tmp": tmp_path}
 
 
 def test_the_latest_report_shows_the_ab_that_led_to_the_promote(promoted):
-    result = build_report(promoted["tmp"] / "r.html", runs_dir=promoted["tmp"] / "no-runs",
-                          log=promoted["log"], cache=promoted["cache"], real=False)  # fmt: skip
+    result = build_report(
+        promoted["tmp"] / "r.html",
+        runs_dir=promoted["tmp"] / "no-runs",
+        log=promoted["log"],
+        cache=promoted["cache"],
+        real=False,
+    )
     assert "ab-h1" in result.figures
     assert "A/B" not in result.summary().split("without data yet:")[-1]
     page = result.path.read_text()
@@ -50,16 +54,23 @@ def test_the_latest_report_shows_the_ab_that_led_to_the_promote(promoted):
 
 
 def test_a_deployment_on_another_host_still_shows_its_candidate_ab(promoted):
-    result = build_report(promoted["tmp"] / "r.html", deployment=promoted["last"],
-                          runs_dir=promoted["tmp"] / "no-runs", log=promoted["log"],
-                          cache=promoted["cache"], real=False)  # fmt: skip
+    result = build_report(
+        promoted["tmp"] / "r.html",
+        deployment=promoted["last"],
+        runs_dir=promoted["tmp"] / "no-runs",
+        log=promoted["log"],
+        cache=promoted["cache"],
+        real=False,
+    )
     assert "ab-h1" in result.figures
     assert "v0.2" in result.path.read_text().split('id="ab"')[1]
 
 
 def test_ab_hosts_adds_only_the_hosts_that_judged_this_bundle():
-    events = [{"phase": "ab", "host": "h1", "bundle": "v0.2"},
-              {"phase": "ab", "host": "h3", "bundle": "v0.3"},
-              {"phase": "deploy", "host": "h4", "bundle": "v0.2"}]  # fmt: skip
+    events = [
+        {"phase": "ab", "host": "h1", "bundle": "v0.2"},
+        {"phase": "ab", "host": "h3", "bundle": "v0.3"},
+        {"phase": "deploy", "host": "h4", "bundle": "v0.2"},
+    ]
     assert ab_hosts(["h2"], events, "v0.2") == ["h2", "h1"]
     assert ab_hosts(["h2"], events, None) == ["h2"]

@@ -26,8 +26,9 @@ print(json.dumps({"changed": changed, "main_policy": os.sched_getscheduler(0),
 
 
 def _probe(role: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE, role], capture_output=True, text=True,
-                         check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, role], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

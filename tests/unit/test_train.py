@@ -35,7 +35,7 @@ def grid(tmp_path_factory, data):
             progress="none",
             data=data,
             n_boot=100,
-        )  # fmt: skip
+        )
         for name, head in (("pointy", "pointer"), ("tagger", "crf"))
         for seed in (17, 13)
     ]
