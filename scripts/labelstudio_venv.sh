@@ -47,8 +47,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 say "installing label-studio==$LABEL_STUDIO_VERSION (versions from $LOCK; a few minutes the first time)"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -c "$LOCK" "label-studio==$LABEL_STUDIO_VERSION"
-"$VENV/bin/label-studio" --version >/dev/null 2>&1 || {
-  say "label-studio was installed but does not start: see '$VENV/bin/label-studio --version'" >&2
+# (not `label-studio --version`: it migrates a database in the home folder first)
+"$VENV/bin/python" -c "import label_studio" || {
+  say "label-studio was installed but does not import: see '$VENV/bin/python -c \"import label_studio\"'" >&2
   exit 1
 }
 # A migrated, empty SQLite database: each start copies it into its data folder instead of

@@ -130,8 +130,7 @@ def choose(
 def ensure_project(client, title: str, run_id: str, with_features: bool) -> tuple[dict, bool]:
     """The project named `title` (created with Moola's config when absent) -> (project, created).
 
-    A reused project must hold Moola's controls; its model version becomes `run_id`, so Label
-    Studio shows this run's predictions as the pre-annotations."""
+    A reused project must hold Moola's controls."""
     found = client.projects(title)
     if len(found) > 1:
         ids = ", ".join(str(p["id"]) for p in found)
@@ -154,7 +153,6 @@ def ensure_project(client, title: str, run_id: str, with_features: bool) -> tupl
                 f"project {project['id']} '{title}' has a labeling config without Moola's "
                 f"controls ({T.OBJECT}, {T.SPAN}, {T.PATTERN}); pass another --project"
             )
-    client.update_project(project["id"], model_version=run_id)
     return project, created
 
 
@@ -274,6 +272,9 @@ def export_batch(
                 record["task_id"] = task_id
             batch["tasks"] = records[: len(task_ids)]
             ledger.save_batch(batch, chosen.ohlc[: len(task_ids)], state)
+    # Label Studio shows the predictions of the project's model version as pre-annotations
+    # (it accepts a version only once predictions of it exist)
+    client.update_project(result.project_id, model_version=run_id)
     result.seconds["import"] = round(time.monotonic() - mark, 2)
     result.tasks = len(task_ids)
     result.by_source = {s: chosen.source.count(s) for s in W.SOURCES}

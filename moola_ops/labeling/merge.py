@@ -92,9 +92,11 @@ def fetch_reviews(client, batch: dict) -> list[TaskReview]:
     return review_tasks(batch, exported, client.users())
 
 
-def default_out(base: str | None, batch: str) -> Path:
+def default_out(base: str | None, batch: str, imported_before: int = 0) -> Path:
+    """labeled-<batch>.parquet beside the base (or in data/); -2, -3... for later imports."""
     folder = Path(base).parent if base else Path("data")
-    return folder / f"labeled-{batch}.parquet"
+    suffix = f"-{imported_before + 1}" if imported_before else ""
+    return folder / f"labeled-{batch}{suffix}.parquet"
 
 
 def import_batch(
@@ -111,20 +113,11 @@ def import_batch(
     started = time.monotonic()
     batch = ledger.load_batch(batch_id, state)
     base = base or ledger.latest_output(state)
-    out_path = Path(out) if out else default_out(base, batch_id)
-    if out_path.exists():
-        raise MoolaError(
-            f"{out_path} exists; Moola never overwrites a labeled set: pass another --out"
-        )
-    if base and Path(base).resolve() == out_path.resolve():
-        raise MoolaError(
-            "--out names the base set; the import writes a new file, pass another --out"
-        )
     reviews = fetch_reviews(client, batch)
     seconds = {"fetch": round(time.monotonic() - started, 2)}
     done_before = {t for record in batch["imports"] for t in record["task_ids"]}
     fresh = [r for r in reviews if r.task_id not in done_before]
-    result = ImportResult(batch_id, str(out_path), base, 0)
+    result = ImportResult(batch_id, "", base, 0)
     result.already = len(reviews) - len(fresh)
     result.pending = sum(r.state == "pending" for r in fresh)
     result.skipped = sum(r.state == "skipped" for r in fresh)
@@ -149,6 +142,16 @@ def import_batch(
             f"batch {batch_id} has no newly reviewed task to import: {result.pending} pending, "
             f"{result.skipped} skipped, {len(result.deleted)} deleted, {result.already} "
             f"imported before{where}; nothing was written"
+        )
+    out_path = Path(out) if out else default_out(base, batch_id, len(batch["imports"]))
+    result.out = str(out_path)
+    if out_path.exists():
+        raise MoolaError(
+            f"{out_path} exists; Moola never overwrites a labeled set: pass another --out"
+        )
+    if base and Path(base).resolve() == out_path.resolve():
+        raise MoolaError(
+            "--out names the base set; the import writes a new file, pass another --out"
         )
     mark = time.monotonic()
     merged = merge(batch, done, base, result, state)

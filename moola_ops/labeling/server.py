@@ -50,6 +50,7 @@ class LocalStudio:
     pid: int
     token: str
     data_dir: str
+    password: str = ""  # the admin's, for a browser login (kept with the token, mode 0600)
     started_s: float = 0.0  # seconds from launch to answering with the token
 
     def to_dict(self) -> dict:
@@ -98,6 +99,7 @@ def start_studio(
     if not database.exists() and template.is_file():
         shutil.copyfile(template, database)
     token = _token(data)
+    password = _secret(data, "moola-password", secrets.token_urlsafe(16))
     port = int(port) or free_port()
     log = open(data / "labelstudio.log", "ab")  # noqa: SIM115 (the child holds it)
     args = [
@@ -113,7 +115,7 @@ def start_studio(
         "--username",
         ADMIN,
         "--password",
-        secrets.token_urlsafe(16),
+        password,
         "--user-token",
         token,
         "--enable-legacy-api-token",
@@ -130,7 +132,7 @@ def start_studio(
         start_new_session=True,  # its own process group: stopped as one, never by name
     )
     log.close()
-    studio = LocalStudio(f"http://127.0.0.1:{port}", port, proc.pid, token, str(data))
+    studio = LocalStudio(f"http://127.0.0.1:{port}", port, proc.pid, token, str(data), password)
     try:
         _wait_ready(studio, proc, timeout_s)
     except BaseException:
@@ -142,15 +144,19 @@ def start_studio(
 
 def _token(data: Path) -> str:
     """The admin's API token: Label Studio sets it when it creates the user, on the first start
-    in a data folder, so later starts in the same folder reuse it (kept there, mode 0600)."""
-    path = data / "moola-token"
+    in a data folder, so later starts in the same folder reuse it."""
+    return _secret(data, "moola-token", secrets.token_hex(20))
+
+
+def _secret(data: Path, name: str, new: str) -> str:
+    """A secret kept in the data folder (mode 0600): read when there, else `new`, saved."""
+    path = data / name
     if path.is_file():
         return path.read_text().strip()
-    token = secrets.token_hex(20)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(token)
-    return token
+        fh.write(new)
+    return new
 
 
 def _wait_ready(studio: LocalStudio, proc: subprocess.Popen, timeout_s: float) -> None:

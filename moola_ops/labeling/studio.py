@@ -106,7 +106,7 @@ class LabelStudio:
     def _refusal(self, method: str, path: str, exc: urllib.error.HTTPError) -> LabelStudioError:
         try:
             answer = json.loads(exc.read() or b"{}")
-            detail = answer.get("detail") or answer.get("validation_errors") or answer
+            detail = answer.get("validation_errors") or answer.get("detail") or answer
         except (ValueError, AttributeError, OSError):
             detail = exc.reason
         where = path.split("?")[0]

@@ -43,7 +43,7 @@ def labeling_config(with_features: bool = False) -> str:
     features = ""
     if with_features:
         features = "".join(
-            f'<Channel column="{name}" legend="{name}" displayFormat=",.3f" height="60"/>'
+            f'<Channel column="{name.lower()}" legend="{name}" displayFormat=",.3f"/>'
             for name in FEATURE_NAMES
         )
     choices = "".join(f'<Choice value="{label}"/>' for label in LABELS)
@@ -55,7 +55,8 @@ def labeling_config(with_features: bool = False) -> str:
         f'<Label value="{SPAN_LABEL}" background="#ff9800"/>'
         "</TimeSeriesLabels>"
         f'<TimeSeries name="{OBJECT}" valueType="json" value="$ts" timeColumn="{TIME_COLUMN}" '
-        'timeDisplayFormat=",.0f" durationDisplayFormat=",.0f" overviewChannels="close">'
+        'timeDisplayFormat=",.0f" durationDisplayFormat=",.0f" overviewChannels="close" '
+        'overviewWidth="100%">'
         f"<MultiChannel>{ohlc}</MultiChannel>{features}"
         "</TimeSeries>"
         f'<Choices name="{PATTERN}" toName="{OBJECT}" choice="single-radio" required="true" '
@@ -153,7 +154,8 @@ def task_payload(
         series[name] = [float(row[i]) for row in ohlc]
     if features is not None:
         for i, name in enumerate(FEATURE_NAMES):
-            series[name] = [float(v) if math.isfinite(v) else 0.0 for v in features[:, i]]
+            # Label Studio reads channel column names in lower case
+            series[name.lower()] = [float(v) if math.isfinite(v) else 0.0 for v in features[:, i]]
     hint = (
         f"model: {pre.label}, bars {pre.start}-{pre.end} (confidence {pre.confidence:.2f}, "
         f"class {pre.class_prob:.2f}); why now: {reason}"

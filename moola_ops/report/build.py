@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from moola_core.errors import MoolaError
+from moola_ops.report.labeling import labeling_section
 from moola_ops.report.models import _candidates, _spans
 from moola_ops.report.page import (
     Section,
@@ -246,6 +247,7 @@ def build_report(
     cache: str | os.PathLike | None = None,
     hosts: list[str] | None = None,
     real: bool = True,
+    labeling: str | os.PathLike | None = None,
 ) -> ReportResult:
     """Write the report page and return where it is and what it holds."""
     from moola_ops.captures import DEFAULT_CACHE
@@ -273,6 +275,7 @@ def build_report(
         _hosts_section(events, hosts, cache),
         _ab_section(ab_hosts(hosts, events, bundle), cache),
         _drift_section(hosts, cache),
+        labeling_section(labeling),
         checklist,
     ]
     what = (
