@@ -90,7 +90,22 @@ def start_studio(
     timeout_s: float = START_TIMEOUT_S,
 ) -> LocalStudio:
     """Start Label Studio on 127.0.0.1 with its SQLite store in `data_dir` (made empty first
-    when it holds no database) and wait until it answers with the new token."""
+    when it holds no database) and wait until it answers with the new token. A free port
+    taken by another process between our probe and its bind is tried once more, on another."""
+    for attempt in (1, 2):
+        try:
+            return _start(data_dir, venv=venv, port=port, timeout_s=timeout_s)
+        except PortTaken:
+            if port or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class PortTaken(MoolaError):
+    """Label Studio could not bind its port (another process took it)."""
+
+
+def _start(data_dir, *, venv, port: int, timeout_s: float) -> LocalStudio:
     program = executable(venv)
     data = Path(data_dir).absolute()
     data.mkdir(parents=True, exist_ok=True)
@@ -167,6 +182,9 @@ def _wait_ready(studio: LocalStudio, proc: subprocess.Popen, timeout_s: float) -
     deadline = time.monotonic() + timeout_s
     while True:
         if proc.poll() is not None:
+            tail = _tail(Path(studio.data_dir) / "labelstudio.log")
+            if "port is already in use" in tail:
+                raise PortTaken(f"port {studio.port} on 127.0.0.1 is taken: pass another --port")
             raise MoolaError(
                 f"Label Studio exited with status {proc.returncode} while starting; its log: "
                 f"{_tail(Path(studio.data_dir) / 'labelstudio.log')}"
