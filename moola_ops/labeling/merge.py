@@ -5,9 +5,9 @@ expansion_start, expansion_end, features[, start_ts, end_ts]) plus provenance co
 (`REVIEW_COLUMNS`: batch, source, verdict, reviewer, time, seconds, the pre-annotation judged
 against, reviewer agreement). They are merged into the base set: a reviewed window replaces the
 base row with its id or its bars (the auto-label it checked), a rejected one removes it. The
-merged set must pass the same validator as `invoke data.validate` and split without leakage
-(windows sharing bars stay in one split, as `data.splits` does for every set); only then is the
-new file written, beside never over the base. The ledger then records which tasks were merged,
+merged set must pass the same validator as `invoke data.validate` (windows that share bars are
+counted; `data.splits` keeps each such group in one split when a run trains on the set, as for
+every set); only then is the new file written, beside never over the base. The ledger then records which tasks were merged,
 so importing the same batch again merges nothing twice.
 """
 
@@ -53,7 +53,7 @@ class ImportResult:
     already: int = 0  # tasks merged by an earlier import of this batch
     deleted: list[str] = field(default_factory=list)  # one sentence each
     invalid: list[str] = field(default_factory=list)  # left out with --skip-invalid
-    split: dict[str, int] = field(default_factory=dict)
+    sharing: int = 0  # pairs of windows that share bars (kept in one split when training)
     status: dict = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -70,8 +70,8 @@ class ImportResult:
         return (
             f"batch {self.batch}: merged {v.get('accepted', 0)} accepted, {v.get('edited', 0)} "
             f"edited, {v.get('rejected', 0)} rejected into {self.out} ({self.rows} windows; "
-            f"base {base}); split train {self.split.get('train', 0)} / val "
-            f"{self.split.get('val', 0)} / test {self.split.get('test', 0)} without leakage; "
+            f"base {base}); {self.sharing} pairs of windows share bars (training keeps each "
+            "pair in one split); "
             f"{self.pending} pending, {self.skipped} skipped, {len(self.deleted)} deleted, "
             f"{self.already} imported before"
         )
@@ -107,7 +107,6 @@ def import_batch(
     out: str | None = None,
     skip_invalid: bool = False,
     state: str | os.PathLike = ledger.DEFAULT_STATE,
-    embargo_minutes: float = 105.0,
 ) -> ImportResult:
     """Import one batch; see the module docstring. Nothing is written unless all is well."""
     started = time.monotonic()
@@ -157,7 +156,7 @@ def import_batch(
     merged = merge(batch, done, base, result, state)
     seconds["merge"] = round(time.monotonic() - mark, 2)
     mark = time.monotonic()
-    check(merged, result, embargo_minutes)
+    check(merged, result)
     seconds["validate"] = round(time.monotonic() - mark, 2)
     mark = time.monotonic()
     write(merged, out_path)
@@ -270,32 +269,21 @@ def merge(batch: dict, done: list[TaskReview], base: str | None, result: ImportR
     return merged
 
 
-def check(merged, result: ImportResult, embargo_minutes: float) -> None:
-    """The data.validate validator, then a split that must not leak; one sentence on failure."""
+def check(merged, result: ImportResult) -> None:
+    """The data.validate validator; one sentence on failure. Windows that share bars are
+    counted (validation warns about them; the splitter keeps each such group in one split)."""
     from moola_core.data.labeled import validate_labeled
     from moola_core.data.problems import errors_only
-    from moola_core.data.splits import leakage_report, split_labeled
 
-    errors = errors_only(validate_labeled(merged))
+    problems = validate_labeled(merged)
+    errors = errors_only(problems)
     if errors:
         shown = "; ".join(str(p) for p in errors[:3])
         raise MoolaError(
             f"the merged set would not pass `invoke data.validate` ({len(errors)} error(s): "
             f"{shown}); nothing was written"
         )
-    if len(merged) >= 3:
-        split = split_labeled(merged, embargo_minutes=embargo_minutes)
-        report = leakage_report(merged, split, embargo_minutes=embargo_minutes)
-        if not report.ok:
-            raise MoolaError(
-                f"the merged set's split leaks ({len(report.pairs)} pair(s)); nothing was written"
-            )
-        result.split = {
-            "train": len(split.train),
-            "val": len(split.val),
-            "test": len(split.test),
-            "purged": len(split.purged),
-        }
+    result.sharing = len(problems) - len(errors)
 
 
 def write(merged, out: Path) -> None:
