@@ -32,8 +32,8 @@ def trained_fingerprints(run_id: str, runs_dir: str | os.PathLike = "runs") -> s
     import yaml
 
     from moola_core.data.labeled import as_ohlc
-    from moola_core.train.data import load_labeled_frame
     from moola_core.train.config import config_from_dict
+    from moola_core.train.data import load_labeled_frame
     from moola_core.train.runs import PREDICTIONS, run_dir
     from moola_ops.labeling.windows import fingerprints
 
