@@ -228,7 +228,11 @@ def stop_process(pid: int, data_dir: str, timeout_s: float = 20.0) -> bool:
     if not _is_ours(pid, data_dir):
         _reap(pid)
         return False
-    os.killpg(pid, signal.SIGTERM)
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:  # it ended between the check and the signal
+        _reap(pid)
+        return True
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and _is_ours(pid, data_dir):
         _reap(pid)

@@ -168,6 +168,19 @@ def test_export_review_import_status(studio, workspace, tmp_path):
     assert figures["keeper_rate"] == round(3 / 9, 4)
     assert figures["double_reviewed"] == 1 and figures["agreement"] == 0.0
     assert figures["imported"] == 9
+    # the report's labeling section reads the saved figures (Label Studio not needed)
+    from moola_ops.report import build_report
+
+    report = build_report(
+        tmp_path / "report.html",
+        runs_dir=workspace["runs"],
+        cache=tmp_path / "cache",
+        log=tmp_path / "log.jsonl",
+        labeling=tmp_path / "state",
+    )
+    section = next(s for s in report.sections if s.id == "labeling")
+    assert not section.missing and section.figures == ["labeling"]
+    assert "keeper 33%" in (tmp_path / "report.html").read_text()
 
     # a second import of the same batch merges nothing twice and writes nothing
     again = tmp_path / "again.parquet"
