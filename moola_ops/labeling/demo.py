@@ -1,8 +1,9 @@
 """The demo's label loop (called once from moola_ops/cli/demo.py, after the A/B and the report):
 a local Label Studio, the captured live windows of the first stand-in host (pulled over SSH;
 shadow/live disagreements first) and some auto-labels sent for review, a reviewer answering
-through the API (the demo knows each window's true pattern and span: it accepts what is right
-and corrects what is not; a second reviewer checks a few), the import into a new labeled set,
+through the API (the demo knows each window's true pattern and span: it accepts a pre-annotation
+with the right pattern and both ends within TOLERANCE bars, and corrects the others to the
+truth; a second reviewer checks a few), the import into a new labeled set,
 the keeper rate, a run retrained on the reviewed set and compared with the live release's run
 on reviewed windows neither trained on, and the report rebuilt with its labeling section.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 
 LIMIT = 40  # tasks in the demo's batch
 SECOND_REVIEWS = 4  # tasks a second reviewer answers too (agreement)
+TOLERANCE = 2  # bars a span end may be off before the demo's reviewer moves it
 RETRAIN = {"name": "jade-reviewed", "seed": 17, "optim": {"max_epochs": 15, "patience": 5}}
 
 
@@ -63,6 +65,14 @@ def review_loop(demo, *, hosts, root: Path, runs_dir: Path, say=print) -> None:
             second = client.create_user("second-reviewer@moola.local")
             for i, task in enumerate(batch["tasks"]):
                 label, start, end = truth[task["fingerprint"]]
+                pre = task["pre"]
+                close = (
+                    pre["label"] == label
+                    and abs(pre["start"] - start) <= TOLERANCE
+                    and abs(pre["end"] - end) <= TOLERANCE
+                )
+                if close:  # right pattern, ends within a bar or two: accepted as shown
+                    label, start, end = pre["label"], pre["start"], pre["end"]
                 answer = T.prediction_result(label, start, end)
                 client.annotate(task["task_id"], answer, lead_time=12.0 + (i * 7) % 30)
                 if i < SECOND_REVIEWS:

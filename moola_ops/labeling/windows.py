@@ -164,7 +164,25 @@ def from_captures(cache: str | Path, host: str) -> Candidates:
         ids.append(client_id or f"{request}#{index}")
         sources.append(source)
         origins.append(origin)
-    return Candidates(ohlc, ids, sources, origins, [None] * len(ids), [None] * len(ids))
+    # a live window ends at the request: its last bar is the minute it was answered in. The
+    # times order captured windows after the data they were served from; windows answered
+    # within 105 minutes of each other count as sharing bars (conservative: the splitter keeps
+    # them in one split even when they are different instruments)
+    ends = [int(cols["time"][r] // 60 * 60) for r in live]
+    return Candidates(
+        ohlc,
+        ids,
+        sources,
+        origins,
+        [_iso_seconds(e - (WINDOW_LEN - 1) * 60) for e in ends],
+        [_iso_seconds(e) for e in ends],
+    )
+
+
+def _iso_seconds(seconds: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat()
 
 
 def _answer(cols, r) -> dict:
