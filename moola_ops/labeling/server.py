@@ -127,12 +127,10 @@ def _start(data_dir, *, venv, port: int, timeout_s: float) -> LocalStudio:
         str(port),
         "--data-dir",
         str(data),
-        "--username",
-        ADMIN,
-        "--password",
-        password,
-        "--user-token",
-        token,
+        # NAME=VALUE: a secret may begin with "-", which argparse would take for a flag
+        f"--username={ADMIN}",
+        f"--password={password}",
+        f"--user-token={token}",
         "--enable-legacy-api-token",
     ]
     env = {**os.environ, **QUIET_ENV, "LABEL_STUDIO_BASE_DATA_DIR": str(data)}

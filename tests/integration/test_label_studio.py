@@ -400,3 +400,16 @@ def test_a_task_draws_105_bars_and_the_pre_annotated_span(studio, workspace, tmp
     span = main[0]
     assert abs(span["x"] - (chart["x"] + pre["start"] * step)) < step
     assert abs(span["x"] + span["width"] - (chart["x"] + pre["end"] * step)) < step
+
+
+def test_a_password_that_starts_with_a_dash_still_starts(tmp_path):
+    """token_urlsafe draws "-" as the first character one time in 64: Label Studio's argparse
+    took such a password for a flag and exited (found by benchmarks/labeling.py)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "moola-password").write_text("-starts-with-a-dash")
+    running = start_studio(data, venv=ROOT / ".venv-labelstudio")
+    try:
+        assert running.password == "-starts-with-a-dash" and running.client().whoami()
+    finally:
+        stop_process(running.pid, running.data_dir)
