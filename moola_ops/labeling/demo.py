@@ -99,6 +99,8 @@ def review_loop(demo, *, hosts, root: Path, runs_dir: Path, say=print) -> None:
                 f"{figures['accepted']} accepted as-is, {figures['edited']} edited, "
                 f"{figures['rejected']} rejected: keeper rate {100 * figures['keeper_rate']:.0f}%; "
                 f"reviewers agreed on {figures['double_reviewed']} of {figures['double_reviewed']}"
+                f" (sources {figures['by_source']}: disagreements come first, where the run "
+                "is most often wrong)"
             )
     finally:
         stop_process(studio.pid, studio.data_dir)
