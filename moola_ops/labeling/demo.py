@@ -15,7 +15,7 @@ from pathlib import Path
 LIMIT = 40  # tasks in the demo's batch
 SECOND_REVIEWS = 4  # tasks a second reviewer answers too (agreement)
 TOLERANCE = 2  # bars a span end may be off before the demo's reviewer moves it
-RETRAIN = {"name": "jade-reviewed", "seed": 17, "optim": {"max_epochs": 15, "patience": 5}}
+RETRAIN = {"name": "jade-reviewed", "seed": 17, "optim": {"max_epochs": 12, "patience": 4}}
 
 
 def review_loop(demo, *, hosts, root: Path, runs_dir: Path, say=print) -> None:

@@ -65,9 +65,20 @@ class LocalStudio:
         return _is_ours(self.pid, self.data_dir)
 
 
+def venv_path(venv: str | os.PathLike = DEFAULT_VENV) -> Path:
+    """The Label Studio venv: as given, or (the default) in the current folder, else beside
+    the project that holds this code (a task run from another folder with `invoke -r`)."""
+    path = Path(venv)
+    if path == DEFAULT_VENV and not path.exists():
+        beside = Path(__file__).resolve().parents[2] / DEFAULT_VENV
+        if beside.exists():
+            return beside
+    return path
+
+
 def executable(venv: str | os.PathLike = DEFAULT_VENV) -> Path:
     """The `label-studio` program of the venv, or one sentence saying how to install it."""
-    program = Path(venv) / "bin" / "label-studio"
+    program = venv_path(venv) / "bin" / "label-studio"
     if not program.is_file():
         raise MoolaError(
             f"Label Studio is not installed ({program} is missing); run "
@@ -110,7 +121,7 @@ def _start(data_dir, *, venv, port: int, timeout_s: float) -> LocalStudio:
     data = Path(data_dir).absolute()
     data.mkdir(parents=True, exist_ok=True)
     database = data / "label_studio.sqlite3"
-    template = Path(venv) / TEMPLATE
+    template = venv_path(venv) / TEMPLATE
     if not database.exists() and template.is_file():
         shutil.copyfile(template, database)
     token = _token(data)
