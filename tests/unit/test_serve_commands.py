@@ -303,3 +303,17 @@ def test_a_warm_standby_is_read_from_the_serving_fact():
     assert serve.standby_of(state, "v1.1") is None  # live, not a standby
     assert serve.standby_of({"standby": None}, "v1.0") is None
     assert serve.standby_of(None, "v1.0") is None  # the host never served
+
+
+def test_every_serving_command_fits_in_the_one_argument_sshd_gives_the_shell():
+    # sshd runs `$SHELL -c WRAPPED`: Linux refuses one argument over MAX_ARG_STRLEN (128 KiB)
+    # with E2BIG, which reads as "no answer from the host"
+    from moola_ops.commands.process import wrap_command
+
+    max_arg_strlen = 32 * 4096
+    for command in (
+        serve.proxy(WS, "python3", 8080),
+        serve.ensure(WS, "python3", 8080),
+        serve.status(WS, "python3"),
+    ):
+        assert len(wrap_command(command, 600).encode()) < max_arg_strlen * 0.75
