@@ -107,6 +107,8 @@ def test_builders_quote_everything_and_check_names():
         lambda: serve.proxy(WS, "python3", 8080, "0.0.0.0; id"),
         lambda: serve.drain(WS, "python3", 1),
         lambda: serve.probe(WS, "python3", requests=0),
+        lambda: serve.proxy(WS, "python3", 8080, auth="never"),
+        lambda: serve.shadow_route(WS, "python3", {"release": "v1;id", "port": 1}),
     ):
         with pytest.raises(MoolaError):
             bad()
@@ -118,7 +120,7 @@ def test_public_port_and_pod_start_line():
     line = serve.start_command_line("/workspace/moola", port=8080, bind="0.0.0.0")
     assert line == (
         "python3 /workspace/moola/current/code/moola_core/runtime/serve_ctl.py ensure "
-        "--workspace /workspace/moola --port 8080 --bind 0.0.0.0"
+        "--workspace /workspace/moola --port 8080 --bind 0.0.0.0 --auth auto"
     )
 
 
