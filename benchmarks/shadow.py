@@ -108,7 +108,7 @@ def synthetic_index(cache: Path, host: str, n_pairs: int, lines_per_file: int = 
             raw.parent.mkdir(parents=True, exist_ok=True)
             raw.write_text("\n".join(buf) + "\n")
             started = time.perf_counter()
-            written += index_file(raw, cache / host / "index" / release)
+            written += index_file(raw, cache / host / "index" / release)[0]
             seconds += time.perf_counter() - started
     import pandas as pd
 
