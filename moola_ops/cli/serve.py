@@ -78,7 +78,11 @@ def serve(
         )
     hosts = load_inventory(inventory or None).resolve(host)
     if chosen in serving.TOKEN_ACTIONS:
-        _show_tokens(serving.tokens(hosts, rotate=chosen == "rotate-token"), len(hosts), json)
+        rotate = chosen == "rotate-token"
+        if rotate and c.config.run.dry:  # Invoke's --dry: say it, change nothing
+            print(f"would replace the clients' token on {', '.join(h.name for h in hosts)}")
+            return
+        _show_tokens(serving.tokens(hosts, rotate=rotate), len(hosts), json)
         return
     outcomes = serving.run(hosts, chosen, device=device, keep_standby=not no_standby)
     if json:

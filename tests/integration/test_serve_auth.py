@@ -89,9 +89,9 @@ def test_token_and_rotate_token_from_the_front_door_never_reach_a_log(guarded, t
     invoke = str(Path(sys.executable).parent / "invoke")
     env = dict(os.environ, MOOLA_LOG=str(log))
 
-    def front(*args: str) -> subprocess.CompletedProcess:
+    def front(*args: str, dry: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [invoke, "serve", *args, "--host", host.name, "--inventory", str(inventory)],
+            [invoke, *dry, "serve", *args, "--host", host.name, "--inventory", str(inventory)],
             capture_output=True,
             text=True,
             timeout=120,
@@ -102,6 +102,9 @@ def test_token_and_rotate_token_from_the_front_door_never_reach_a_log(guarded, t
     old = (workspace / "serve" / "token").read_text().strip()
     assert shown.returncode == 0 and shown.stdout.strip() == old, shown
     assert "required by the proxy" in shown.stderr and old not in shown.stderr
+    dry = front("rotate-token", dry=("--dry",))
+    assert dry.returncode == 0 and "would replace" in dry.stdout, dry
+    assert (workspace / "serve" / "token").read_text().strip() == old
     rotated = front("rotate-token")
     new = rotated.stdout.strip()
     assert rotated.returncode == 0 and new != old, rotated
