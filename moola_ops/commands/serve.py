@@ -318,13 +318,15 @@ def start_command_line(
     bind: str = "127.0.0.1",
     auth: str = "auto",
 ) -> str:
-    """The line for a pod's start command: serve `current` after a pod restart."""
+    """The line for a pod's start command: serve `current` after a pod restart. `--auth` is
+    named only when it is not the default (a release built before it existed runs this line)."""
     layout = Layout(workspace)
     ctl = layout.path("current", "code", "moola_core", "runtime", "serve_ctl.py")
-    return (
+    line = (
         f"{shlex.quote(python)} {ctl} ensure --workspace {layout.root} "
-        f"--port {_port(port)} --bind {_bind(bind)} --auth {_auth(auth)}"
+        f"--port {_port(port)} --bind {_bind(bind)}"
     )
+    return line if _auth(auth) == "auto" else f"{line} --auth {auth}"
 
 
 # --- the serving fact (facts.py `server`, read in the lock's round trip) -----------------------

@@ -120,8 +120,9 @@ def test_public_port_and_pod_start_line():
     line = serve.start_command_line("/workspace/moola", port=8080, bind="0.0.0.0")
     assert line == (
         "python3 /workspace/moola/current/code/moola_core/runtime/serve_ctl.py ensure "
-        "--workspace /workspace/moola --port 8080 --bind 0.0.0.0 --auth auto"
+        "--workspace /workspace/moola --port 8080 --bind 0.0.0.0"
     )
+    assert serve.start_command_line("/w", auth="always").endswith("--bind 127.0.0.1 --auth always")
 
 
 RECORDED_STATUS = json.dumps(
