@@ -148,18 +148,24 @@ def _num(value, what: str) -> float:
     return value
 
 
-def _window(bars) -> list | None:
-    """The OHLC window (105 bars of 4 finite prices), None when the line has none."""
+def _window(bars):
+    """The OHLC window as a float array [105, 4] of finite prices within LIMITS, None when the
+    line has none. numpy reads the lists once; text, booleans, objects or ragged bars do not
+    make a numeric array of that shape."""
     if bars is None:
         return None
-    if not isinstance(bars, list) or len(bars) != WINDOW_LEN:
-        raise BadLine(f"ohlc is not {WINDOW_LEN} bars")
-    for bar in bars:
-        if not isinstance(bar, list) or len(bar) != 4:
-            raise BadLine("an ohlc bar is not [open, high, low, close]")
-        for value in bar:
-            _num(value, "price")
-    return bars
+    import numpy as np
+
+    try:
+        arr = np.asarray(bars)
+    except (ValueError, TypeError):  # ragged
+        raise BadLine(f"ohlc is not {WINDOW_LEN} bars of 4 prices") from None
+    if arr.shape != (WINDOW_LEN, 4) or arr.dtype.kind not in "fi":
+        raise BadLine(f"ohlc is not {WINDOW_LEN} bars of 4 prices")
+    lo, hi = LIMITS["price"]
+    if not (np.isfinite(arr).all() and (arr >= lo).all() and (arr <= hi).all()):
+        raise BadLine("an ohlc price is not a finite number within bounds")
+    return arr
 
 
 def _record_row(rec) -> tuple:
@@ -256,7 +262,7 @@ def parse_stream(fh, *, with_ohlc: bool = True) -> tuple[CaptureTable, int]:
         try:
             rec = json.loads(raw)
             row = _record_row(rec)
-            bars = _window(rec.get("ohlc")) if with_ohlc else None
+            bars = _window(rec.get("ohlc"))  # checked either way: the same lines count
         except (ValueError, RecursionError):  # BadLine, bad JSON, JSON nested too deep
             skipped += 1
             continue
