@@ -17,6 +17,10 @@ from pathlib import Path
 
 import pytest
 
+# the demo runs once for the module, in its fixture: give it the subprocess's 900 s, not
+# pytest-timeout's 300 s default (the label loop's stages made it longer; docs/demo.md)
+pytestmark = pytest.mark.timeout(960)
+
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
