@@ -17,11 +17,9 @@ from pathlib import Path
 
 import pytest
 
-# the demo runs once for the module, in its fixture: give it the subprocess's 900 s, not
+# the demo runs once, in the module's fixture: it gets the subprocess's 900 s, not
 # pytest-timeout's 300 s default (the label loop's stages made it longer; docs/demo.md)
-pytestmark = pytest.mark.timeout(960)
-
-pytestmark = [pytest.mark.ssh, pytest.mark.slow]
+pytestmark = [pytest.mark.ssh, pytest.mark.slow, pytest.mark.timeout(960)]
 
 REPO = Path(__file__).resolve().parents[2]
 INVOKE = str(Path(sys.executable).parent / "invoke")
