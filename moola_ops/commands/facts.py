@@ -17,6 +17,7 @@ import json
 import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from moola_core.runtime.devices import NVIDIA_SMI_COMMAND, parse_nvidia_smi
@@ -153,21 +154,49 @@ def _lock_cmd(layout: Layout, python: str) -> str:
 
 
 def parse_lock(lines: list[str]) -> LockFact | None:
-    """None when unlocked; else the holder record and the lock's age (host clock)."""
+    """None when unlocked; else the holder record and the lock's age on the host's clock.
+
+    The age counts from the start time the holder recorded (`since`), not from the lock
+    folder's mtime, which anything touching the folder renews; the mtime serves only when the
+    holder recorded no readable time, or one more than SINCE_SKEW_S ahead of the host's clock.
+    """
     if not lines:
         return None
-    age = 0.0
+    now = mtime = None
     first = lines[0].split()
     rest = lines
     if len(first) == 2 and all(x.isdigit() for x in first):
-        age = max(0.0, float(int(first[0]) - int(first[1])))
+        now, mtime = int(first[0]), int(first[1])
         rest = lines[1:]
     raw = "\n".join(rest).strip()
     try:
         holder = json.loads(raw) if raw else {}
     except json.JSONDecodeError:
         holder = {"unreadable": raw[:200]}
-    return LockFact(holder if isinstance(holder, dict) else {"unreadable": raw[:200]}, age)
+    if not isinstance(holder, dict):
+        holder = {"unreadable": raw[:200]}
+    if now is None:
+        return LockFact(holder, 0.0)
+    since = _epoch(holder.get("since"))
+    if since is not None and since - now <= SINCE_SKEW_S:
+        return LockFact(holder, max(0.0, now - since), "since")
+    return LockFact(holder, max(0.0, float(now - mtime)), "mtime")
+
+
+SINCE_SKEW_S = 300.0  # a recorded start this far ahead of the host's clock is not believed
+
+
+def _epoch(value: Any) -> float | None:
+    """An ISO-8601 time (`2026-11-27T16:33:00Z`) as epoch seconds; None if it is not one."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
 
 
 def _disk_cmd(layout: Layout, python: str) -> str:

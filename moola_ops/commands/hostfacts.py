@@ -26,10 +26,13 @@ class CurrentLink:
 
 @dataclass
 class LockFact:
-    """A deploy lock that is present: its holder record and its age on the host's clock."""
+    """A deploy lock that is present: its holder record and its age on the host's clock,
+    counted from the start time the holder recorded (`aged_from` "since"), or from the lock
+    folder's mtime ("mtime") when the holder recorded none that can be believed."""
 
     holder: dict[str, Any]
     age_s: float = 0.0
+    aged_from: str = "mtime"
 
 
 @dataclass

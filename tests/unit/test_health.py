@@ -105,6 +105,39 @@ def test_each_problem_sets_its_check_state(over, expect_gpu, check, state):
     assert host.state == hc.worst([state, hc.OK])
 
 
+def test_lock_age_counts_from_the_holders_recorded_start_not_the_folders_mtime():
+    # recorded on a host: holder "since 16:33", the host's clock at 19:33, the folder's mtime
+    # 20 s old (anything touching deploy.lock renews it)
+    import json
+    from pathlib import Path
+
+    case = json.loads(
+        (Path(__file__).parents[1] / "data/facts/lock-old-holder-fresh-mtime.json").read_text()
+    )
+    lock = cmd.parse_lock(case["output"])
+    assert lock.age_s == 3 * 3600 and lock.aged_from == "since"
+    check = {c.name: c for c in _assess(_facts(lock=lock)).checks}["lock"]
+    assert check.state == hc.WARNING and "STALE" in check.message and "180 min" in check.message
+
+
+@pytest.mark.parametrize(
+    "since, aged_from, age_s",
+    [
+        (None, "mtime", 20),  # a holder from before `since` was recorded
+        ("not a time", "mtime", 20),
+        ("2025-11-27T19:40:00Z", "mtime", 20),  # 7 min ahead of the host: a skewed clock
+        ("2025-11-27T19:35:00Z", "since", 0),  # 2 min ahead: within the skew allowed
+        ("2025-11-27T19:03:00+00:00", "since", 1800),
+    ],
+)
+def test_lock_age_falls_back_to_the_mtime_only_without_a_believable_start(since, aged_from, age_s):
+    import json
+
+    holder = {"actor": "ana@laptop"} if since is None else {"actor": "ana", "since": since}
+    lock = cmd.parse_lock(["1764271980 1764271960", json.dumps(holder)])  # 19:33:00Z
+    assert (lock.aged_from, lock.age_s) == (aged_from, age_s)
+
+
 def test_stale_lock_message_says_how_to_break_it():
     host = _assess(_facts(lock=cmd.LockFact({"actor": "ana@laptop"}, age_s=7200)))
     assert "invoke lock --host h1 --break" in host.summary()
