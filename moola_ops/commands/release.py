@@ -14,6 +14,7 @@ from typing import Any
 
 from moola_core.bundle import archive as bundle_archive
 from moola_ops.commands.layout import BUNDLE_MARKER, Layout, check_name
+from moola_ops.commands.process import stop_group
 
 # The host-side program: hostside.py with archive.py's source ahead of it as a string, so the
 # host extracts and verifies with the very code the workstation uses (see hostside.py).
@@ -93,22 +94,31 @@ def bounded(command: str, layout: Layout, deployment: str, deadline_s: float) ->
     """Run `command` under the host's own `timeout` (TERM, then KILL 5 s later), recording its
     process id in incoming/<deployment>.pid so `kill_bounded` can stop it from a new connection.
 
-    The bound holds on the host even when the connection that started it is gone.
+    `timeout` runs the command in a process group of its own (its pid is the group's id) and
+    ends when its direct child does; a grandchild that ignores TERM (a model check's worker)
+    would outlive it, so whatever is left of that group is KILLed once `timeout` returns. The
+    bound holds on the host even when the connection that started it is gone.
     """
     pidfile = layout.path("incoming", f"{check_name(deployment, 'deployment id')}.pid")
     seconds = max(1, int(round(float(deadline_s))))
     inner = f"echo $$ > {pidfile}; exec timeout -k 5 {seconds} sh -c {shlex.quote(command)}"
-    return f"sh -c {shlex.quote(inner)}; rc=$?; rm -f {pidfile}; exit $rc"
+    return (
+        f'sh -c {shlex.quote(inner)}; rc=$?; {_pid_from(pidfile)} && kill -KILL -"$p" '
+        f"2>/dev/null; rm -f {pidfile}; exit $rc"
+    )
 
 
 def kill_bounded(layout: Layout, deployment: str) -> str:
-    """Stop a command started by `bounded` (its `timeout` forwards TERM to the check)."""
+    """Stop a command started by `bounded`: its whole process group gets TERM, and KILL after
+    3 s (a check that ignores TERM ends too)."""
     pidfile = layout.path("incoming", f"{check_name(deployment, 'deployment id')}.pid")
-    return (
-        f"if [ -f {pidfile} ]; then kill -TERM $(cat {pidfile}) 2>/dev/null; sleep 1; "
-        f"pkill -KILL -P $(cat {pidfile}) 2>/dev/null; kill -KILL $(cat {pidfile}) 2>/dev/null; "
-        f"rm -f {pidfile}; fi; true"
-    )
+    group = '"-$p"'
+    return f"if {_pid_from(pidfile)}; then {stop_group(group)}; fi; rm -f {pidfile}; true"
+
+
+def _pid_from(pidfile: str) -> str:
+    """Shell test: read a pid file into $p; true only when it holds a plain number above 1."""
+    return f'p=$(cat {pidfile} 2>/dev/null); case "$p" in ""|*[!0-9]*|0|1) false;; *) true;; esac'
 
 
 def snapshot(layout: Layout, version: str, name: str) -> str:
