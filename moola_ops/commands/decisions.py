@@ -90,7 +90,8 @@ def plan_prune(
     keep_backups: int,
     protect: tuple[str, ...] = (),
 ) -> tuple[list[str], list[str]]:
-    """(releases, snapshots) to delete: keep the newest N and M, never current or previous.
+    """(releases, snapshots) to delete: keep the newest N and M, never current or previous,
+    never an odd entry (`odd_releases`).
 
     Releases are ordered by when they last served (revisions.log), not by mtime; releases the
     history never mentions count as oldest. The newest snapshot of current and of previous is
@@ -99,9 +100,11 @@ def plan_prune(
     previous = rollback_target(facts)
     keep = {v for v in (facts.current, previous, *protect) if v}
     served = release_history(facts.revisions)
-    order = sorted(facts.releases, key=lambda v: (_last_index(served, v), v), reverse=True)
+    odd = set(odd_releases(facts))  # left alone, and never counted as a kept release
+    named = [v for v in facts.releases if v not in odd]
+    order = sorted(named, key=lambda v: (_last_index(served, v), v), reverse=True)
     keep.update(order[: max(keep_releases, 0)])
-    releases = sorted(v for v in facts.releases if v not in keep)
+    releases = sorted(v for v in named if v not in keep)
 
     snapshots = sorted(facts.backups, reverse=True)  # timestamp-first names: newest first
     keep_snap = set(snapshots[: max(keep_backups, 0)])
@@ -111,6 +114,20 @@ def plan_prune(
             keep_snap.add(newest)
     backups = sorted(b for b in facts.backups if b not in keep_snap)
     return releases, backups
+
+
+def odd_releases(facts: HostFacts) -> list[str]:
+    """Entries under releases/ whose names Moola never gives a release (`-rf`, a name with a
+    space): a prune leaves them alone and names them, and prunes the rest."""
+    return sorted(v for v in facts.releases if not _is_name(v))
+
+
+def _is_name(value: str) -> bool:
+    try:
+        check_name(value, "release")
+    except MoolaError:
+        return False
+    return True
 
 
 def _last_index(items: list[str], value: str) -> int:

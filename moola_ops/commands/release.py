@@ -252,8 +252,11 @@ def prune(layout: Layout, releases: list[str], backups: list[str]) -> str:
         layout.release(v) + BUNDLE_MARKER for v in releases
     ]
     paths += [layout.backup(b) for b in backups]
-    remove = f"rm -rf -- {' '.join(paths)}; " if paths else ""
-    return f"{remove}rm -rf -- {layout.incoming}/* {layout.root}/.current-*"
+    leftovers = f"rm -rf -- {layout.incoming}/* {layout.root}/.current-*"
+    if not paths:
+        return leftovers
+    # both run; the exit status says whether everything asked for is gone
+    return f"rm -rf -- {' '.join(paths)}; gone=$?; {leftovers} && [ $gone -eq 0 ]"
 
 
 def restore(layout: Layout, python: str, deployment: str, snapshot_file: str, version: str):

@@ -213,7 +213,11 @@ class Planner:
         )
         self.add(steps.PRUNE, facts_cmd.gather(self.layout, self.host.python))
         self.add(steps.PRUNE, release_cmd.prune(self.layout, releases, backups))
-        return {"releases": releases, "backups": backups}
+        return {
+            "releases": releases,
+            "backups": backups,
+            "left_alone": decisions.odd_releases(after),
+        }
 
     def unlock(self) -> None:
         self.add(steps.UNLOCK, lock_cmd.release(self.layout, self.deployment))

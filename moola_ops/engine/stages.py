@@ -14,6 +14,7 @@ from typing import Any
 
 from moola_core.errors import MoolaError
 from moola_ops import steps
+from moola_ops.commands import decisions
 from moola_ops.commands import facts as facts_cmd
 from moola_ops.commands import release as release_cmd
 from moola_ops.engine.context import HostContext
@@ -331,25 +332,46 @@ def restore_release(ctx: HostContext, version: str, snapshot: str | None = None)
     return snapshot
 
 
-def prune(ctx: HostContext, protect: tuple[str, ...]) -> None:
-    """Housekeeping after success: a problem here is a warning in the log, never a failure."""
+def prune(ctx: HostContext, protect: tuple[str, ...]) -> tuple[bool, str | None]:
+    """Housekeeping after success: a problem here is a warning in the log, never a failure.
+
+    Returns (done, note): whether the prune ran, and a sentence for the host's outcome (what
+    was left alone, or why the prune was skipped), so what is printed agrees with the log.
+    An odd entry under releases/ (`-rf`) is left alone and named; the rest is pruned.
+    """
     with ctx.step(steps.PRUNE) as info:
         try:
             facts = ctx.read_facts()
-            releases, backups = facts_cmd.plan_prune(
+            releases, backups = decisions.plan_prune(
                 facts,
                 keep_releases=ctx.opts.keep_releases,
                 keep_backups=ctx.opts.keep_backups,
                 protect=protect,
             )
             info.update(releases=releases, backups=backups)
+            odd = decisions.odd_releases(facts)
+            if odd:
+                info["left_alone"] = odd
             out = ctx.run(release_cmd.prune(ctx.layout, releases, backups))
             if not out.ok:
                 info["warning"] = out.tail(200)
-        except (MoolaError, ValueError) as exc:  # an odd name, a slow host: warn, go on
+        except (MoolaError, ValueError) as exc:  # a slow host, an unreadable answer: warn, go on
             info["warning"] = str(exc)
         if "warning" in info:
             info["status"] = "skipped"
+            return False, f"prune skipped on {ctx.host.name}: {info['warning']}"
+    if info.get("left_alone"):
+        return True, prune_note(info["left_alone"])
+    return True, None
+
+
+def prune_note(odd: list[str]) -> str:
+    """The sentence about entries under releases/ a prune left alone."""
+    names = ", ".join(repr(v) for v in odd)
+    return (
+        f"prune left alone {names} under releases/ (not a name Moola gives a release): "
+        "remove it by hand if it is not yours"
+    )
 
 
 def quality_gate(ctx: HostContext) -> None:

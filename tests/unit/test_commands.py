@@ -179,8 +179,8 @@ def test_prune_removes_releases_with_their_markers_and_staging():
     cmd = release.prune(WS, ["v0.1"], ["20260101T000000Z-v0.1.tar"])
     assert cmd == (
         "rm -rf -- /workspace/moola/releases/v0.1 /workspace/moola/releases/v0.1.sha256 "
-        "/workspace/moola/backups/20260101T000000Z-v0.1.tar; "
-        "rm -rf -- /workspace/moola/incoming/* /workspace/moola/.current-*"
+        "/workspace/moola/backups/20260101T000000Z-v0.1.tar; gone=$?; "
+        "rm -rf -- /workspace/moola/incoming/* /workspace/moola/.current-* && [ $gone -eq 0 ]"
     )
 
 
@@ -438,6 +438,20 @@ def test_prune_keeps_current_previous_and_newest_by_history_not_name():
     # never current or previous, whatever N says
     releases, _ = facts.plan_prune(f, keep_releases=0, keep_backups=0)
     assert "v4" not in releases and "v3" not in releases
+
+
+def test_prune_leaves_odd_entries_alone_and_still_prunes_the_rest():
+    from moola_ops.commands import decisions
+
+    lines = [rev("deploy", v) for v in ("v1", "v2", "v3")]
+    odd = ["-rf", "not a version; rm -rf", "..", "$(reboot)"]
+    f = facts.HostFacts(
+        current="v3", releases={v: None for v in ("v1", "v2", "v3", *odd)}, revisions=lines
+    )
+    releases, _ = decisions.plan_prune(f, keep_releases=1, keep_backups=1)
+    assert releases == ["v1"]  # kept: v3 (current), v2 (previous); odd names never reach rm
+    assert decisions.odd_releases(f) == sorted(odd)
+    release.prune(WS, releases, [])  # builds: no name in the plan fails check_name
 
 
 def test_resolve_bundle_checks_the_archive_as_the_host_will(tmp_path):
