@@ -182,7 +182,12 @@ def assess_light(
         add(CheckResult(steps.CHECK_CURRENT, OK, f"current -> {facts.current}"))
 
     sums = facts.checksums
-    if link.resolves:
+    if link.resolves and facts.current is None:
+        # a copy that matches its own manifest proves nothing: it is not a release Moola put
+        # there, so its checksums are not judged (the current check above says why, CRITICAL)
+        message = "not judged: current is not a release Moola deployed"
+        add(CheckResult(steps.CHECK_CHECKSUMS, UNKNOWN, message))
+    elif link.resolves:
         if sums is None:
             add(
                 CheckResult(steps.CHECK_CHECKSUMS, CRITICAL, "current release has no manifest.json")

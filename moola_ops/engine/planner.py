@@ -43,6 +43,7 @@ class Planner:
         self.facts: HostFacts | None = None
         self.what = what
         self.serve_warm: dict[str, Any] | None = None  # the target's recorded warm standby
+        self.serve_live: str | None = None  # the target whose server is live already
         self.serve_note: str | None = None  # which server would take traffic
 
     def add(self, step: str, command: str) -> None:
@@ -93,6 +94,13 @@ class Planner:
 
         layout, host, facts = self.layout, self.host, self.facts
         known = "server" in facts.asked
+        if known and serve_cmd.live_of(facts.server, target) is not None:
+            self.serve_live = target
+            self.serve_note = (
+                f"the live server already serves {target}: it keeps the traffic (checked "
+                "after the switch; a new server starts only if it is not ready)"
+            )
+            return
         standby = serve_cmd.standby_of(facts.server, target) if known else None
         if standby is not None:
             self.serve_warm = standby
@@ -141,6 +149,9 @@ class Planner:
         from moola_ops.commands import serve as serve_cmd
 
         keep = self.opts.keep_standby
+        if self.serve_live == target:  # serving_stages.keep_live: one status round trip
+            self.add(steps.SERVE_SWITCH, serve_cmd.status(self.layout, self.host.python))
+            return
         if self.serve_warm is not None:
             move = serve_cmd.standby_switch(
                 self.layout, self.host.python, target, keep_standby=keep

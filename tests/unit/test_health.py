@@ -138,6 +138,19 @@ def test_lock_age_falls_back_to_the_mtime_only_without_a_believable_start(since,
     assert (lock.aged_from, lock.age_s) == (aged_from, age_s)
 
 
+def test_a_copy_outside_releases_gets_no_ok_for_its_checksums():
+    copy = cmd.CurrentLink("/tmp/copy-of-v0.1", "/tmp/copy-of-v0.1", "/ws", True)
+    facts = _facts(
+        link=copy,
+        current=None,
+        current_problem="current -> /tmp/copy-of-v0.1 is not a release in this workspace",
+        checksums=cmd.ChecksumFact(problems=[], version="v0.1"),  # the copy matches itself
+    )
+    checks = {c.name: c for c in _assess(facts).checks}
+    assert checks["current"].state == hc.CRITICAL
+    assert checks["checksums"].state == hc.UNKNOWN and "not judged" in checks["checksums"].message
+
+
 def test_stale_lock_message_says_how_to_break_it():
     host = _assess(_facts(lock=cmd.LockFact({"actor": "ana@laptop"}, age_s=7200)))
     assert "invoke lock --host h1 --break" in host.summary()
