@@ -33,7 +33,7 @@ from moola_ops.commands.hostfacts import (
     LockFact,
     PythonFact,
 )
-from moola_ops.commands.layout import BUNDLE_MARKER, Layout
+from moola_ops.commands.layout import BUNDLE_MARKER, CHECK_MARKER, Layout
 
 SECTION = "### "
 END = "end"
@@ -134,6 +134,24 @@ def parse_releases(lines: list[str]) -> dict[str, str | None]:
         version, _, sha = line.rpartition(" ")
         out[version] = None if sha in ("", "-") else sha
     return out
+
+
+def _unchecked_cmd(layout: Layout, python: str) -> str:
+    # a release counts as checked with its marker, or when revisions.log names it (it served:
+    # only a checked release is ever switched to; hosts from before the marker rely on this)
+    return (
+        f"for d in {layout.releases}/*/; do "
+        '[ -d "$d" ] || continue; v=$(basename "$d"); '
+        f'[ -e "${{d%/}}{CHECK_MARKER}" ] && continue; '
+        f'grep -qF -e "\\"version\\":\\"$v\\"" -e "\\"version\\": \\"$v\\"" '
+        f"{layout.revisions} 2>/dev/null && continue; "
+        "printf '%s\\n' \"$v\"; done"
+    )
+
+
+def parse_unchecked(lines: list[str]) -> list[str]:
+    """Releases on disk that never passed their runtime check (no marker, never served)."""
+    return sorted(line for line in lines if line.strip())
 
 
 def _backups_cmd(layout: Layout, python: str) -> str:
@@ -322,6 +340,7 @@ for _fact in (
     Fact("revisions", _revisions_cmd, parse_revisions, "the last lines of revisions.log"),
     Fact("checksums", _checksums_cmd, parse_checksums, "current's files against its manifest"),
     Fact("server", _server_cmd, parse_server, "serve/state.json: live and standby servers"),
+    Fact("unchecked", _unchecked_cmd, parse_unchecked, "releases that never passed their check"),
 ):
     register(_fact)
 
@@ -336,6 +355,7 @@ DEPLOY_FACTS = (
     "gpus",
     "revisions",
     "server",
+    "unchecked",
 )
 HEALTH_FACTS = (
     "workspace",
@@ -346,6 +366,8 @@ HEALTH_FACTS = (
     "gpus",
     "disk",
     "lock",
+    "server",
+    "unchecked",
 )
 
 

@@ -87,6 +87,7 @@ class HostFacts:
     revisions: list[dict[str, Any]] = field(default_factory=list)  # last lines, oldest first
     checksums: ChecksumFact | None = None
     server: Any = None  # the serving room's fact (registered by it)
+    unchecked: list[str] = field(default_factory=list)  # releases that never passed a check
     asked: tuple[str, ...] = ()
     complete: bool = True  # the answer ran to its end marker
     current: str | None = None  # the VALID release behind `current` (see resolve_current)

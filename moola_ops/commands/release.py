@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from moola_core.bundle import archive as bundle_archive
-from moola_ops.commands.layout import BUNDLE_MARKER, Layout, check_name
+from moola_ops.commands.layout import BUNDLE_MARKER, CHECK_MARKER, Layout, check_name
 from moola_ops.commands.process import stop_group
 
 # The host-side program: hostside.py with archive.py's source ahead of it as a string, so the
@@ -121,6 +121,26 @@ def _pid_from(pidfile: str) -> str:
     return f'p=$(cat {pidfile} 2>/dev/null); case "$p" in ""|*[!0-9]*|0|1) false;; *) true;; esac'
 
 
+def mark_checked(layout: Layout, version: str, deployment: str) -> str:
+    """Record on the host that releases/<version> passed its runtime check (releases/<v>.checked:
+    the deployment and the host's time). Exit 0 even when it cannot be written: the check did
+    pass; the release then counts as unchecked until it serves (docs/runbook.md)."""
+    marker = layout.release(version) + CHECK_MARKER
+    record = shlex.quote(
+        f'{{"deployment":"{check_name(deployment, "deployment id")}","time":"%s"}}\\n'
+    )
+    return (
+        f'{{ printf {record} "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > {marker}; }} 2>/dev/null '
+        "|| echo 'moola: check marker not written' >&2"
+    )
+
+
+def checked(check: str, layout: Layout, version: str, deployment: str) -> str:
+    """`check` (a bounded runtime check of releases/<version>), then its marker only if it
+    passed; the exit status stays the check's."""
+    return f"{check} && {{ {mark_checked(layout, version, deployment)}; }}"
+
+
 def snapshot(layout: Layout, version: str, name: str) -> str:
     """Archive releases/<version> into backups/<name> (written to a temp name, then renamed)."""
     check_name(version, "version")
@@ -166,7 +186,10 @@ def set_aside(layout: Layout, version: str, deployment: str) -> str:
     same bytes can be promoted again (`deploy --repair`)."""
     staging = layout.staging(deployment)
     rel = layout.release(version)
-    return f"mkdir -p {staging} && mv -T {rel} {staging}/damaged && rm -f -- {rel}{BUNDLE_MARKER}"
+    return (
+        f"mkdir -p {staging} && mv -T {rel} {staging}/damaged && "
+        f"rm -f -- {rel}{BUNDLE_MARKER} {rel}{CHECK_MARKER}"
+    )
 
 
 def remove_current(layout: Layout) -> str:
@@ -180,12 +203,12 @@ def remove_staging(layout: Layout, deployment: str) -> str:
 
 
 def remove_release(layout: Layout, version: str, *, unless_current: bool = True) -> str:
-    """Remove releases/<version> and its .sha256 marker (a release that failed its check).
+    """Remove releases/<version> and its markers (a release that failed its check).
 
     Refuses (prints KEPT) when `current` resolves to it, so a retry can never delete what serves.
     """
     rel = layout.release(version)
-    remove = f"rm -rf -- {rel} {rel}{BUNDLE_MARKER}"
+    remove = f"rm -rf -- {rel} {rel}{BUNDLE_MARKER} {rel}{CHECK_MARKER}"
     if not unless_current:
         return remove
     return (
@@ -243,16 +266,23 @@ def snapshot_and_switch(
 
 
 def prune(layout: Layout, releases: list[str], backups: list[str]) -> str:
-    """Remove the given releases and snapshots, and any staging left by interrupted runs.
+    """Remove the given releases and snapshots, and any staging (and still running runtime
+    check) left by interrupted runs.
 
     Which ones go is decided by `moola_ops.facts.plan_prune` (never current or previous);
     run only under the lock, since incoming/ of a live deploy would go too.
     """
-    paths = [layout.release(v) for v in releases] + [
-        layout.release(v) + BUNDLE_MARKER for v in releases
-    ]
+    paths = [layout.release(v) + end for v in releases for end in ("", BUNDLE_MARKER, CHECK_MARKER)]
     paths += [layout.backup(b) for b in backups]
-    leftovers = f"rm -rf -- {layout.incoming}/* {layout.root}/.current-*"
+    # an interrupted run's runtime check may still run (its pid file is in incoming/): under
+    # the lock no other run's check can, so stop each one's process group before its pid file
+    # goes with incoming/
+    each = '"$f"'
+    checks = (
+        f"for f in {layout.incoming}/*.pid; do {_pid_from(each)} && "
+        'kill -KILL -"$p" 2>/dev/null; done; '
+    )
+    leftovers = f"{checks}rm -rf -- {layout.incoming}/* {layout.root}/.current-*"
     if not paths:
         return leftovers
     # both run; the exit status says whether everything asked for is gone

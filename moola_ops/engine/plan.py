@@ -225,8 +225,9 @@ def render_plan(result: FleetResult) -> str:
             lines.append(
                 f"  prune: releases {pr['releases'] or 'none'}, snapshots {pr['backups'] or 'none'}"
             )
-            if pr.get("left_alone"):
-                lines.append(f"  {prune_note(pr['left_alone'])}")
+            if pr.get("left_alone") or pr.get("unchecked"):
+                note = prune_note(pr.get("left_alone") or [], pr.get("unchecked") or [])
+                lines.append(f"  {note.replace('removed', 'would remove', 1)}")
         for i, c in enumerate(plan.get("commands", []), 1):
             lines.append(f"  {i:>2}. [{c['step']}] {_readable(c['command'])[:400]}")
     return "\n".join(lines)

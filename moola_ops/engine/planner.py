@@ -14,7 +14,7 @@ from moola_ops.commands import release as release_cmd
 from moola_ops.commands.hostfacts import HostFacts
 from moola_ops.commands.layout import Layout
 from moola_ops.engine.results import HostOutcome, Options
-from moola_ops.engine.stages import check_command
+from moola_ops.engine.stages import bounded_check
 from moola_ops.inventory import Host
 from moola_ops.journal import current_actor
 from moola_ops.transport import HostSession
@@ -79,8 +79,16 @@ class Planner:
 
     def runtime_check(self, version: str, step: str, *, through_current: bool) -> None:
         o = self.opts
-        check = check_command(self.layout, self.host, o, version, through_current=through_current)
-        self.add(step, release_cmd.bounded(check, self.layout, self.deployment, o.check_timeout_s))
+        command = bounded_check(
+            self.layout,
+            self.host,
+            o,
+            version,
+            self.deployment,
+            o.check_timeout_s,
+            through_current=through_current,
+        )
+        self.add(step, command)
 
     def serving(self, target: str) -> None:
         """Before the switch, with serving on (moola_ops/serving_stages.py, prepare_target). The
@@ -228,6 +236,7 @@ class Planner:
             "releases": releases,
             "backups": backups,
             "left_alone": decisions.odd_releases(after),
+            "unchecked": decisions.unchecked_releases(after, protect),
         }
 
     def unlock(self) -> None:

@@ -6,7 +6,9 @@ cli) import them as well as the tests.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import random
 import signal
 import time
@@ -92,3 +94,43 @@ def wait_for(condition, what: str, timeout_s: float = 60.0, poll_s: float = 0.01
             return value
         time.sleep(poll_s)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def hanging_python(root: Path, host, sleep_arg: str) -> tuple[str, Path]:
+    """A `python:` for `host` whose runtime check touches a flag file (returned: the moment it
+    started) and then runs on as `sleep SLEEP_ARG` (find it by that argument); everything else
+    is the host's real python."""
+    flags = root / "flags"
+    flags.mkdir(exist_ok=True)
+    flags.chmod(0o777)
+    started = flags / f"{host.name}-check-started"
+    wrapper = root / f"python-hangs-{host.name}"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = "-m" ] && [ "$2" = "moola_core.runtime" ]; then\n'
+        f"  touch {started}; exec sleep {sleep_arg}\nfi\n"
+        f'exec {host.python} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return str(wrapper), started
+
+
+class Frozen:
+    """A stand-in host whose link is cut: its sshd listener and every session process stopped
+    with SIGSTOP (our own processes). Open connections stay up and the kernel still accepts new
+    ones, while nothing answers: what a cut network looks like to the client. `thaw()` ends it."""
+
+    def __init__(self, sshd_pid: int):
+        self.pids: list[int] = []
+        for _ in range(2):  # a child forked while we listed is caught the second time
+            for pid in [sshd_pid, *descendants(sshd_pid)]:
+                if pid not in self.pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGSTOP)
+                        self.pids.append(pid)
+
+    def thaw(self) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self.pids = []

@@ -151,6 +151,33 @@ def test_a_copy_outside_releases_gets_no_ok_for_its_checksums():
     assert checks["checksums"].state == hc.UNKNOWN and "not judged" in checks["checksums"].message
 
 
+@pytest.mark.parametrize(
+    "lock, state",
+    [
+        (None, hc.WARNING),  # left by an interrupted run: `invoke prune` removes it
+        (cmd.LockFact({"actor": "ana", "since": "x"}, age_s=60), hc.OK),  # being checked now
+        (cmd.LockFact({"actor": "ana"}, age_s=7200), hc.WARNING),  # a stale lock checks nothing
+    ],
+)
+def test_a_release_that_never_passed_its_check_warns_unless_a_live_deploy_is_checking_it(
+    lock, state
+):
+    facts = _facts(
+        releases={"v0.1": "a", "v0.4": "b"},
+        unchecked=["v0.4"],
+        revisions=[{"action": "deploy", "version": "v0.1"}],
+        lock=lock,
+        asked=("releases", "revisions", "unchecked", "lock"),
+    )
+    check = {c.name: c for c in _assess(facts).checks}["releases"]
+    assert check.state == state, check
+    assert "v0.4" in check.message
+    if state == hc.WARNING:
+        assert "invoke prune --host h1" in check.message
+    clean = _facts(releases={"v0.1": "a"}, asked=("releases", "unchecked"))
+    assert {c.name: c.state for c in _assess(clean).checks}["releases"] == hc.OK
+
+
 def test_stale_lock_message_says_how_to_break_it():
     host = _assess(_facts(lock=cmd.LockFact({"actor": "ana@laptop"}, age_s=7200)))
     assert "invoke lock --host h1 --break" in host.summary()
