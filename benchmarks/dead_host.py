@@ -21,12 +21,10 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,13 +34,7 @@ from moola_ops import engine  # noqa: E402
 from moola_ops.inventory import Inventory  # noqa: E402
 from moola_ops.sandbox import start_sandbox  # noqa: E402
 from tests.integration.conftest import make_bundle  # noqa: E402
-from tests.integration.helpers import (  # noqa: E402
-    Frozen,
-    default_signals,
-    hanging_python,
-    host_entry,
-    wait_for,
-)
+from tests.integration.helpers import interrupt_mid_check  # noqa: E402
 
 NAMES = ["bh-1", "bh-2", "bh-3", "bh-4"]
 CUT = "bh-3"
@@ -52,7 +44,6 @@ FAST = engine.Options(check_runs=3, check_warmup=1, check_backend="eager", serve
 
 def one_interrupt(sandbox, inventory, bundles, root: Path, cut: bool) -> dict:
     """Deploy v1.0 (so the run has somewhere to go back to), then interrupt a deploy of v1.1."""
-    import yaml
 
     hosts = inventory.resolve(",".join(NAMES))
     for host in hosts:  # a previous round's cut host may still hold its lock
@@ -60,44 +51,17 @@ def one_interrupt(sandbox, inventory, bundles, root: Path, cut: bool) -> dict:
     result = engine.deploy(hosts, engine.resolve_bundle(str(bundles["v1.0"])), FAST)
     if not result.ok:
         raise SystemExit(f"the set-up deploy failed: {result.outcomes}")
-    entries, flags = {}, []
-    for host in hosts:
-        python, flag = hanging_python(root, host, SLOW)
-        flag.unlink(missing_ok=True)
-        entries[host.name] = host_entry(host, python=python, connect_timeout_s=5)
-        flags.append(flag)
-    inventory_file = root / "hosts.yaml"
-    inventory_file.write_text(yaml.safe_dump({"hosts": entries}))
-    invoke = str(Path(sys.executable).parent / "invoke")
-    args = [invoke, "deploy", "--host", ",".join(NAMES), "--bundle", str(bundles["v1.1"])]
-    args += ["--inventory", str(inventory_file), "--no-serve", "--check-runs", "3"]
-    env = dict(os.environ)
-    proc = subprocess.Popen(
-        args,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=default_signals,
+    code, out, err, seconds = interrupt_mid_check(
+        hosts,
+        sandbox,
+        root,
+        bundles["v1.1"],
+        cut=CUT if cut else None,
+        sleep_arg=SLOW,
+        env=dict(os.environ),
     )
-    frozen = None
-    try:
-        wait_for(lambda: all(f.exists() for f in flags), "every check to start", 300)
-        if cut:
-            frozen = Frozen(sandbox.hosts[CUT].pid)
-        started = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=600)
-        seconds = time.monotonic() - started
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        if frozen is not None:
-            frozen.thaw()
-    if proc.returncode != 130:
-        raise SystemExit(f"invoke deploy exited {proc.returncode}: {out}\n{err}")
+    if code != 130:
+        raise SystemExit(f"invoke deploy exited {code}: {out}\n{err}")
     if cut:  # what the cut run left: the next round starts clean
         (host,) = inventory.resolve(CUT)
         engine.break_lock(host)

@@ -26,6 +26,7 @@ from moola_ops.report.page import (
     _parse_time,
     _reason,
     _table,
+    draw_figure,
     drawing,
     render_page,
 )
@@ -91,14 +92,14 @@ def _hosts_section(events: list[dict], hosts: list[str], cache: Path) -> Section
                 }
             )
     if any(timeline.values()):
-        with drawing(section, "the timeline"):
-            _figure(
-                section,
-                "timeline",
-                figures.timeline(timeline, "timeline"),
-                "Every deploy, rollback and A/B decision in the deployment log, per host; the "
-                "label is the bundle version the run moved to.",
-            )
+        draw_figure(
+            section,
+            "the timeline",
+            "timeline",
+            lambda: figures.timeline(timeline, "timeline"),
+            "Every deploy, rollback and A/B decision in the deployment log, per host; the "
+            "label is the bundle version the run moved to.",
+        )
         rows = []
         for host in hosts:
             for item in sorted(timeline[host], key=lambda x: x["time"]):
@@ -126,14 +127,14 @@ def _hosts_section(events: list[dict], hosts: list[str], cache: Path) -> Section
                 }
             )
     if health:
-        with drawing(section, "the health history"):
-            _figure(
-                section,
-                "health",
-                figures.health_history(health, "health"),
-                "Health checks from the log: p99 latency measured by deep checks, and the "
-                "Nagios state of every check.",
-            )
+        draw_figure(
+            section,
+            "the health history",
+            "health",
+            lambda: figures.health_history(health, "health"),
+            "Health checks from the log: p99 latency measured by deep checks, and the "
+            "Nagios state of every check.",
+        )
     else:
         section.body.append("<p class='note'>no health checks in the log yet</p>")
     latencies = {}
@@ -146,14 +147,14 @@ def _hosts_section(events: list[dict], hosts: list[str], cache: Path) -> Section
                 ok = (table["role"] == 0) & (table["status"] == 200)
                 latencies[host] = table["latency_ms"][ok]
     if latencies:
-        with drawing(section, "the latency histogram"):
-            _figure(
-                section,
-                "latency",
-                figures.latency_histogram(latencies, "latency"),
-                "Server-side latency of every captured live request (pulled by `invoke ab` or "
-                "`invoke monitor`); dotted lines mark each host's p99.",
-            )
+        draw_figure(
+            section,
+            "the latency histogram",
+            "latency",
+            lambda: figures.latency_histogram(latencies, "latency"),
+            "Server-side latency of every captured live request (pulled by `invoke ab` or "
+            "`invoke monitor`); dotted lines mark each host's p99.",
+        )
     else:
         section.body.append(
             "<p class='note'>no captured requests in the local cache yet "

@@ -52,6 +52,12 @@ def _figure(section: Section, fig_id: str, svg: str, caption: str) -> None:
     )
 
 
+def draw_figure(section: Section, what: str, fig_id: str, make_svg, caption: str) -> None:
+    """`_figure` with the svg from `make_svg()`; a drawing its data breaks is named instead."""
+    with drawing(section, what):
+        _figure(section, fig_id, make_svg(), caption)
+
+
 def _table(head: list[str], rows: list[list[Any]]) -> str:
     cells = "".join(f"<th>{_esc(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in r) + "</tr>" for r in rows)

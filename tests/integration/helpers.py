@@ -134,3 +134,54 @@ class Frozen:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
         self.pids = []
+
+
+def interrupt_mid_check(
+    hosts, sandbox, root: Path, bundle, *, cut: str | None, sleep_arg: str, env: dict
+) -> tuple[int, str, str, float]:
+    """`invoke deploy --no-serve` of `bundle` to `hosts` whose runtime checks run on (each says
+    when it started); once every check runs, the sshd of host `cut` is frozen (if given) and the
+    deploy gets one SIGINT. Returns (exit code, stdout, stderr, seconds from SIGINT to exit).
+    The moments come from the checks' flag files, never a sleep. Used by
+    tests/integration/test_dead_host.py and benchmarks/dead_host.py."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    entries, flags = {}, []
+    for host in hosts:
+        python, flag = hanging_python(root, host, sleep_arg)
+        flag.unlink(missing_ok=True)
+        entries[host.name] = host_entry(host, python=python, connect_timeout_s=5)
+        flags.append(flag)
+    inventory = root / "interrupted-hosts.yaml"
+    inventory.write_text(yaml.safe_dump({"hosts": entries}))
+    invoke = str(Path(sys.executable).parent / "invoke")
+    names = ",".join(h.name for h in hosts)
+    args = [invoke, "deploy", "--host", names, "--bundle", str(bundle), "--no-serve"]
+    args += ["--inventory", str(inventory), "--check-runs", "3"]
+    proc = subprocess.Popen(
+        args,
+        cwd=Path(__file__).parents[2],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_signals,
+    )
+    frozen = None
+    try:
+        wait_for(lambda: all(f.exists() for f in flags), "every host's check to start", 300)
+        if cut is not None:
+            frozen = Frozen(sandbox.hosts[cut].pid)  # its link is cut mid-check
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=600)
+        return proc.returncode, out, err, time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        if frozen is not None:
+            frozen.thaw()

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,19 +26,10 @@ from moola_ops import engine
 from moola_ops.inventory import Inventory
 from moola_ops.journal import read_events
 from tests.integration.conftest import running_hosts
-from tests.integration.helpers import (
-    Frozen,
-    default_signals,
-    descendants,
-    hanging_python,
-    host_entry,
-    wait_for,
-)
+from tests.integration.helpers import descendants, interrupt_mid_check, wait_for
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
-REPO = Path(__file__).parents[2]
-INVOKE = str(Path(sys.executable).parent / "invoke")
 NAMES = ["dh-1", "dh-2", "dh-3", "dh-4"]
 FAST = engine.Options(check_runs=3, check_warmup=1, check_backend="eager", serve=False)
 # Not a timing target (that is ~3 s, benchmarks/dead_host.py measures it): a bound between it
@@ -73,46 +61,15 @@ def checks_left(sshd_pid: int) -> list[int]:
 def test_one_ctrl_c_with_a_cut_host_ends_in_seconds_and_names_what_it_left(
     fleet, bundles, journal_file, tmp_path
 ):
-    import yaml
-
     sandbox, inventory, root = fleet
     hosts = inventory.resolve(",".join(NAMES))
     assert engine.deploy(hosts, engine.resolve_bundle(str(bundles["v1.0"])), FAST).ok
-    entries, flags = {}, []
-    for host in hosts:
-        python, flag = hanging_python(root, host, SLOW)
-        flag.unlink(missing_ok=True)
-        entries[host.name] = host_entry(host, python=python, connect_timeout_s=5)
-        flags.append(flag)
-    (tmp_path / "hosts.yaml").write_text(yaml.safe_dump({"hosts": entries}))
     env = {**os.environ, "MOOLA_LOG": str(journal_file)}
-    args = [INVOKE, "deploy", "--host", ",".join(NAMES), "--bundle", str(bundles["v1.1"])]
-    args += ["--inventory", str(tmp_path / "hosts.yaml"), "--no-serve", "--check-runs", "3"]
-    proc = subprocess.Popen(
-        args,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=default_signals,
+    code, out, err, elapsed = interrupt_mid_check(
+        hosts, sandbox, root, bundles["v1.1"], cut="dh-3", sleep_arg=SLOW, env=env
     )
-    frozen = None
-    try:
-        wait_for(lambda: all(f.exists() for f in flags), "every host's check to start", 300)
-        frozen = Frozen(sandbox.hosts["dh-3"].pid)  # dh-3's link is cut mid-check
-        started = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=180)
-        elapsed = time.monotonic() - started
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        if frozen is not None:
-            frozen.thaw()
 
-    assert proc.returncode == 130, (out, err)
+    assert code == 130, (out, err)
     assert "Traceback" not in err
     assert elapsed < BOUND_S, (elapsed, out, err)
     line = next(row for row in out.splitlines() if row.startswith("dh-3\t"))
