@@ -91,8 +91,9 @@ def plan_prune(
     protect: tuple[str, ...] = (),
 ) -> tuple[list[str], list[str]]:
     """(releases, snapshots) to delete: keep the newest N and M, never current, previous or a
-    release a server runs from (serve/state.json), never an odd entry (`odd_releases`); a
-    release that never passed its check (`unchecked_releases`) goes whatever N says.
+    release a server runs from (serve/state.json: live, standby, shadow), never an odd entry
+    (`odd_releases`); a release that never passed its check (`unchecked_releases`) goes
+    whatever N says.
 
     Releases are ordered by when they last served (revisions.log), not by mtime; releases the
     history never mentions count as oldest. The newest snapshot of current and of previous is
@@ -130,8 +131,9 @@ def unchecked_releases(facts: HostFacts, protect: tuple[str, ...] = ()) -> list[
 def serving_releases(facts: HostFacts) -> list[str]:
     """Releases a server runs from, from serve/state.json (live, standby, shadow)."""
     state = facts.server if isinstance(facts.server, dict) else {}
-    entries = (state.get(role) for role in ("live", "standby", "shadow"))
-    return sorted({e["release"] for e in entries if isinstance(e, dict) and e.get("release")})
+    return sorted(
+        {e["release"] for e in state.values() if isinstance(e, dict) and e.get("release")}
+    )
 
 
 def odd_releases(facts: HostFacts) -> list[str]:
