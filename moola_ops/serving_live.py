@@ -15,10 +15,22 @@ from moola_ops.serving import ServeError, _layout, bearer, client_token, status
 HEALTH_BURST = 50  # --deep: requests of the burst, 4 clients at once
 
 
-def assess_service(health, session, host: Host, *, deep: bool, policy=None, timeout_s=None):
+def assess_service(
+    health,
+    session,
+    host: Host,
+    *,
+    deep: bool,
+    policy=None,
+    timeout_s=None,
+    foreign_current: bool = False,
+):
     """Add the live-service checks to a HostHealth: server running and ready, serving the
     release `current` points at, one real request (its latency); --deep: a burst's p99 vs the
-    SLA. Server down or the wrong release is CRITICAL. One SSH round trip."""
+    SLA. Server down or the wrong release is CRITICAL. One SSH round trip.
+
+    `foreign_current`: `current` is not a release Moola deployed, so there is no release the
+    server should follow: what it serves is reported (WARNING when it answers), never hidden."""
     from moola_ops.health import CRITICAL, OK, WARNING, CheckResult
 
     command = serve_cmd.health(_layout(host), host.python, burst=HEALTH_BURST if deep else 0)
@@ -40,26 +52,37 @@ def assess_service(health, session, host: Host, *, deep: bool, policy=None, time
         )
         return
     now = serve_cmd.parse_status(out.stdout or out.stderr)
+    if foreign_current:
+        now.current = None  # no release to follow: judge the server by itself
     problem = now.problem()
     one = data.get("probe") or {}
     if problem is None and not one.get("ok"):
         problem = f"a real request failed: {'; '.join(one.get('errors') or []) or 'no answer'}"
-    if problem is None and set(one.get("releases") or {}) != {now.current}:
-        problem = f"a real request was answered by {one.get('releases')}, not {now.current}"
+    expected = now.current or now.served_release
+    if problem is None and set(one.get("releases") or {}) != {expected}:
+        problem = f"a real request was answered by {one.get('releases')}, not {expected}"
     health.service_up = problem is None
     if problem:
         hint = f"; run invoke serve --host {host.name} --ensure"
+        if foreign_current:
+            hint = "; roll back or redeploy to make a Moola release current"
         add(CheckResult(steps.CHECK_SERVICE, CRITICAL, problem + hint))
         return
     health.service_ms = one.get("p50_ms")
-    add(
-        CheckResult(
-            steps.CHECK_SERVICE,
-            OK,
-            f"serving {now.served_release} on port {now.proxy_port}, one request "
-            f"{health.service_ms} ms",
-        )
+    serving = (
+        f"serving {now.served_release} on port {now.proxy_port}, one request {health.service_ms} ms"
     )
+    if foreign_current:
+        add(
+            CheckResult(
+                steps.CHECK_SERVICE,
+                WARNING,
+                f"{serving}; current is not a Moola release, so the server keeps the release "
+                "Moola last made live: roll back or redeploy",
+            )
+        )
+    else:
+        add(CheckResult(steps.CHECK_SERVICE, OK, serving))
     burst = data.get("burst")
     if not deep or not burst:
         return

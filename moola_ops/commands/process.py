@@ -30,9 +30,14 @@ def kill_command(pgid: int) -> str:
     """Stop a process group: TERM, up to 3 s to end, then KILL; exit 0 once it is gone.
 
     `kill -SIG -PGID` without `--`: dash's builtin (Debian's /bin/sh) takes no `--`."""
-    group = f"-{int(pgid)}"
+    return f"{stop_group(f'-{int(pgid)}')} || exit 0; ! kill -0 -{int(pgid)} 2>/dev/null"
+
+
+def stop_group(group: str) -> str:
+    """TERM the process group `group` (a shell word such as `-1234` or `"-$p"`), give it up to
+    3 s to end, then KILL whatever ignored the TERM. False when no such group was there."""
     return (
-        f"kill -TERM {group} 2>/dev/null || exit 0; i=0; "
+        f"kill -TERM {group} 2>/dev/null && {{ i=0; "
         f"while kill -0 {group} 2>/dev/null && [ $i -lt 30 ]; do sleep 0.1; i=$((i+1)); done; "
-        f"kill -KILL {group} 2>/dev/null; sleep 0.1; ! kill -0 {group} 2>/dev/null"
+        f"kill -KILL {group} 2>/dev/null; sleep 0.1; true; }}"
     )

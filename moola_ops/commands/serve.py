@@ -340,6 +340,15 @@ def standby_of(state: dict[str, Any] | None, version: str) -> dict[str, Any] | N
     return None
 
 
+def live_of(state: dict[str, Any] | None, version: str) -> dict[str, Any] | None:
+    """The live entry of `version` in a serving state, or None (a rollback from a `current`
+    Moola did not deploy can land on the release whose server already takes traffic)."""
+    live = (state or {}).get("live")
+    if isinstance(live, dict) and live.get("release") == version and live.get("port"):
+        return live
+    return None
+
+
 # --- parsers ---------------------------------------------------------------------------------
 
 

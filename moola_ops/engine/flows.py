@@ -171,7 +171,9 @@ def _switch(ctx: HostContext) -> None:
 
 def _prune(ctx: HostContext) -> None:
     protect = (ctx.bundle.version,) + ((ctx.previous,) if ctx.previous else ())
-    stages.prune(ctx, protect)
+    _done_pruning, note = stages.prune(ctx, protect)
+    if note:  # housekeeping: the deploy stands, its outcome says what the prune did not do
+        ctx.notes.append(note)
 
 
 def _deployed(ctx: HostContext) -> HostOutcome:
@@ -373,10 +375,11 @@ def prune_stages() -> list[Stage]:
     """Lock, prune (never current or its rollback target), unlock."""
 
     def prune(ctx: HostContext) -> HostOutcome:
-        stages.prune(ctx, (ctx.previous,) if ctx.previous else ())
-        return HostOutcome(
-            ctx.host.name, "ok", f"pruned {ctx.host.name}", ctx.previous, ctx.previous
-        )
+        done, note = stages.prune(ctx, (ctx.previous,) if ctx.previous else ())
+        if not done:  # the log says skipped: so does the outcome
+            return HostOutcome(ctx.host.name, "failed", note, ctx.previous, ctx.previous)
+        message = f"pruned {ctx.host.name}" + (f"; {note}" if note else "")
+        return HostOutcome(ctx.host.name, "ok", message, ctx.previous, ctx.previous)
 
     return [(steps.LOCK, _lock(lambda ctx: "prune")), (steps.PRUNE, prune)]
 
