@@ -388,6 +388,9 @@ def _stages(demo: DemoRun, yaml) -> None:
     shadow_ab_report(
         demo, hosts=hosts, root=root, bundles_dir=bundles_dir, runs_dir=runs_dir, say=_say
     )
+    from moola_ops.labeling.demo import review_loop  # Label Studio, review, import, retrain
+
+    review_loop(demo, hosts=hosts, root=root, runs_dir=runs_dir, say=_say)
 
 
 @task(

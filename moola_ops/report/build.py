@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from moola_core.errors import MoolaError
+from moola_ops.report.labeling import labeling_section
 from moola_ops.report.models import _candidates, _spans
 from moola_ops.report.page import (
     Section,
@@ -283,6 +284,7 @@ def build_report(
     cache: str | os.PathLike | None = None,
     hosts: list[str] | None = None,
     real: bool = True,
+    labeling: str | os.PathLike | None = None,
 ) -> ReportResult:
     """Write the report page and return where it is and what it holds."""
     from moola_ops.captures import DEFAULT_CACHE
@@ -310,6 +312,7 @@ def build_report(
         _guarded("hosts", "Hosts", lambda: _hosts_section(events, hosts, cache)),
         _guarded("ab", "A/B", lambda: _ab_section(ab_hosts(hosts, events, bundle), cache)),
         _guarded("drift", "Monitoring", lambda: _drift_section(hosts, cache)),
+        _guarded("labeling", "Labeling", lambda: labeling_section(labeling)),
         checklist,
     ]
     what = (
