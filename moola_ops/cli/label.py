@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from invoke import Collection
 
-from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
+from moola_ops.cli._common import task, user_errors
+from moola_ops.terminal import console, is_tty, print_json
 
 CONNECTION = {
     "url": "Label Studio's address (default: LABEL_STUDIO_URL, else the local `label.studio`)",
@@ -105,7 +106,7 @@ def export(
     client = connect(url, token)
     selected = []
     if hosts:
-        from moola_ops.inventory import load_inventory
+        from moola_ops.hosts.inventory import load_inventory
 
         selected = load_inventory(inventory or None).resolve(hosts)
     result = export_batch(

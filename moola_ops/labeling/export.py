@@ -67,7 +67,7 @@ def gather(
     parts = [W.from_labeled(path) for path in labeled]
     for host in hosts:
         if pull:
-            from moola_ops.captures_pull import pull_host
+            from moola_ops.serving.captures_pull import pull_host
 
             pulled = pull_host(host, cache)
             if result is not None:

@@ -3,7 +3,7 @@
 Three sources, one shape (`Candidates`):
 
 - a labeled parquet in the original schema: its auto-labels are what the reviewer checks;
-- captured live windows, pulled from hosts into the capture cache (moola_ops/captures.py);
+- captured live windows, pulled from hosts into the capture cache (moola_ops/serving/captures.py);
 - among those, windows where a shadow and the live release disagreed (label, or span IoU
   below 0.5) on the same request.
 
@@ -13,7 +13,7 @@ and an auto-label, contradict each other: one of them is wrong), then the least 
 
 Left out: exact duplicates (the same bars twice, e.g. live and shadow copies), and windows that
 share bars with one already reviewed or sent for review (by content: at least
-`splits.SHARED_BARS_MIN` identical [o,h,l,c] rows, compared at float32 precision because
+`moola_core.data.labeled.SHARED_BARS_MIN` identical [o,h,l,c] rows, compared at float32 precision because
 captures index the bars as float32).
 
 numpy/pandas are imported inside the functions (moola_ops stays light at import).
@@ -30,7 +30,7 @@ from moola_core.spec import LABELS, WINDOW_LEN
 
 SOURCES = ("disagreement", "labeled", "capture")
 DISAGREE_IOU = 0.5  # two spans with less overlap than this are a disagreement
-SHARED_ROWS_MIN = 3  # = moola_core.data.splits.SHARED_BARS_MIN
+SHARED_ROWS_MIN = 3  # = moola_core.data.labeled.SHARED_BARS_MIN
 
 
 @dataclass
@@ -117,7 +117,7 @@ def from_captures(cache: str | Path, host: str) -> Candidates:
     import numpy as np
 
     from moola_core.metrics import span_iou
-    from moola_ops.captures import load_table
+    from moola_ops.serving.captures import load_table
 
     table = load_table(cache, host, with_ohlc=True)
     if len(table) == 0:

@@ -21,7 +21,7 @@ import pytest
 from moola_core.data import labeled as labeled_io
 from moola_core.data import synthetic
 from moola_core.errors import MoolaError
-from moola_ops.inventory import Inventory
+from moola_ops.hosts.inventory import Inventory
 from moola_ops.labeling import (
     LabelStudio,
     LabelStudioError,
