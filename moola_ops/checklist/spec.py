@@ -124,7 +124,7 @@ def load_checklist(path: str | os.PathLike = DEFAULT_CHECKLIST) -> Checklist:
     path = Path(path)
     if path == DEFAULT_CHECKLIST and not path.exists():
         # `invoke -r PATH` and cron run from elsewhere: the project's own checklist
-        path = Path(__file__).resolve().parents[1] / DEFAULT_CHECKLIST
+        path = Path(__file__).resolve().parents[2] / DEFAULT_CHECKLIST
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
