@@ -7,6 +7,8 @@ and exposes liveness, readiness and Prometheus metrics. Every answered window is
 `captures/<release>/` (the contract in docs/serving.md), rotated and bounded in size.
 
     POST /v1/predict   {"windows": [[[o,h,l,c] x 105], ...]}  or  [{"id": "w1", "ohlc": [...]}]
+                       or a binary body: Content-Type application/vnd.moola.ohlc-f32le,
+                       X-Moola-Windows: N, N*105*4 float32 little-endian (answered in JSON)
     GET  /healthz      alive: release, sha256, device, uptime (200 while the process runs)
     GET  /readyz       200 once the model is loaded and golden parity passed, else 503
     GET  /metrics      Prometheus text format
@@ -19,6 +21,7 @@ Standard library and torch only (this file ships to hosts).
 
 from __future__ import annotations
 
+import array
 import collections
 import contextlib
 import json
@@ -510,6 +513,8 @@ class Captures:
             }
             text = json.dumps(line, separators=(",", ":"))
             if raw is None or "\n" in raw or "\r" in raw:  # one line per window, always
+                if not isinstance(ohlc, list):  # a binary request's window: a tensor row
+                    ohlc = ohlc.tolist()
                 raw = json.dumps(ohlc, separators=(",", ":"))
             out.append(f'{text[:-1]},"ohlc":{raw}}}')
         return out
@@ -663,6 +668,20 @@ def parse_windows(body: bytes, max_windows: int):
     except (TypeError, ValueError, RuntimeError):
         _explain_grid(grids)  # raises BadRequest naming the first bad bar
         ohlc = torch.tensor(grids, dtype=torch.float64)
+    check_prices(ohlc)
+    raws = [None] * len(grids)
+    if split:  # the raw text of a bare window is its ohlc; a {"id", "ohlc"} object's is not
+        raws = [
+            raw if isinstance(w, list) else None for w, raw in zip(windows, split[1], strict=True)
+        ]
+    return ohlc, ids, grids, raws
+
+
+def check_prices(ohlc) -> None:
+    """BadRequest naming the first bar that is not finite, not positive, or whose high and low
+    do not contain its open and close."""
+    import torch
+
     finite = torch.isfinite(ohlc)
     if not bool(finite.all()):
         w, b, _ = (~finite).nonzero()[0].tolist()
@@ -675,14 +694,48 @@ def parse_windows(body: bytes, max_windows: int):
     if bool(broken.any()):
         w, b = broken.nonzero()[0].tolist()
         raise BadRequest(
-            400, f"window {w} bar {b}: high and low must contain open and close (got {grids[w][b]})"
+            400,
+            f"window {w} bar {b}: high and low must contain open and close "
+            f"(got {ohlc[w, b].tolist()})",
         )
-    raws = [None] * len(grids)
-    if split:  # the raw text of a bare window is its ohlc; a {"id", "ohlc"} object's is not
-        raws = [
-            raw if isinstance(w, list) else None for w, raw in zip(windows, split[1], strict=True)
-        ]
-    return ohlc, ids, grids, raws
+
+
+BINARY_TYPE = "application/vnd.moola.ohlc-f32le"  # float32 little-endian [N, 105, 4], C order
+WINDOWS_HEADER = "x-moola-windows"  # N, the number of windows in a binary body
+BINARY_WINDOW_BYTES = WINDOW_LEN * 4 * 4
+
+
+def is_binary(headers: dict) -> bool:
+    return headers.get("content-type", "").split(";", 1)[0].strip().lower() == BINARY_TYPE
+
+
+def parse_binary(body: bytes, headers: dict, max_windows: int):
+    """A binary body (BINARY_TYPE, N in X-Moola-Windows) -> what parse_windows returns; the
+    windows stay a float32 tensor (no list of floats is ever built on the request path)."""
+    import torch
+
+    text = headers.get(WINDOWS_HEADER, "").strip()
+    if not (text.isdigit() and text.isascii()) or int(text) < 1:
+        raise BadRequest(
+            400, f"a {BINARY_TYPE} body needs the header X-Moola-Windows: N (a whole number >= 1)"
+        )
+    n = int(text)
+    if n > max_windows:
+        raise BadRequest(413, f"{n} windows in one request, at most {max_windows} are accepted")
+    if len(body) != n * BINARY_WINDOW_BYTES:
+        raise BadRequest(
+            400,
+            f"the body has {len(body)} bytes but X-Moola-Windows: {n} needs "
+            f"{n * BINARY_WINDOW_BYTES} (float32 little-endian [{n}, {WINDOW_LEN}, 4])",
+        )
+    data = bytearray(body)
+    if sys.byteorder != "little":  # the wire is little-endian whatever the host is
+        swapped = array.array("f", bytes(data))
+        swapped.byteswap()
+        data = bytearray(swapped.tobytes())
+    ohlc = torch.frombuffer(data, dtype=torch.float32).reshape(n, WINDOW_LEN, 4).double()
+    check_prices(ohlc)
+    return ohlc, [None] * n, ohlc, [None] * n
 
 
 def _explain_grid(grids: list) -> None:
@@ -798,7 +851,12 @@ class App:
                 raise BadRequest(503, f"the server is not ready: {state.not_ready_reason}")
             state.batcher.arrive(1)
             try:
-                ohlc, ids, grids, raws = parse_windows(body, state.args.max_windows)
+                if is_binary(request.headers):
+                    ohlc, ids, grids, raws = parse_binary(
+                        body, request.headers, state.args.max_windows
+                    )
+                else:
+                    ohlc, ids, grids, raws = parse_windows(body, state.args.max_windows)
             except BaseException:
                 state.batcher.arrive(-1)
                 raise
