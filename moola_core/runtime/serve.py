@@ -50,6 +50,9 @@ DEFAULT_READ_TIMEOUT_S = 10.0  # a client must send its request within this (slo
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
 DEFAULT_CAPTURE_MAX_MB = 16.0  # one capture file is closed at this size
 DEFAULT_CAPTURE_KEEP_MB = 256.0  # per release; the oldest files go beyond it
+DEFAULT_CAPTURE_HOST_MB = 1024.0  # every release's captures on the host together
+DEFAULT_CAPTURE_KEEP_DAYS = 7.0  # capture files older than this are deleted
+CAPTURE_PRUNE_EVERY_S = 60.0  # retention is applied at least this often, traffic or not
 CAPTURE_QUEUE = 20000  # windows waiting to be written; beyond it captures are dropped (counted)
 ANSWER_TIMEOUT_S = 60.0  # a request whose batch has not run by then gets a 503
 
@@ -339,6 +342,7 @@ class Metrics:
         self.batch_sum = 0
         self.predictions: dict[str, int] = collections.Counter({label: 0 for label in LABELS})
         self.captures_dropped = 0
+        self.captures_deleted = {"size": [0, 0], "age": [0, 0]}  # reason -> [files, bytes]
 
     @staticmethod
     def _bucket(buckets, value) -> int:
@@ -366,6 +370,11 @@ class Metrics:
     def dropped(self, n: int) -> None:
         with self.lock:
             self.captures_dropped += n
+
+    def deleted(self, reason: str, size: int) -> None:
+        with self.lock:
+            self.captures_deleted[reason][0] += 1
+            self.captures_deleted[reason][1] += size
 
     def render(self, info: dict, gauges: dict) -> str:
         lines = []
@@ -417,7 +426,22 @@ class Metrics:
                 "# HELP moola_serve_captures_dropped_total Capture lines dropped (queue full).",
                 "# TYPE moola_serve_captures_dropped_total counter",
                 f"moola_serve_captures_dropped_total {self.captures_dropped}",
+                "# HELP moola_serve_captures_deleted_files_total Capture files this server "
+                "deleted, oldest first: over a size cap (size) or past the retention (age).",
+                "# TYPE moola_serve_captures_deleted_files_total counter",
             ]
+            for reason, (files, _size) in sorted(self.captures_deleted.items()):
+                lines.append(
+                    f'moola_serve_captures_deleted_files_total{{reason="{reason}"}} {files}'
+                )
+            lines += [
+                "# HELP moola_serve_captures_deleted_bytes_total Bytes of those files.",
+                "# TYPE moola_serve_captures_deleted_bytes_total counter",
+            ]
+            for reason, (_files, size) in sorted(self.captures_deleted.items()):
+                lines.append(
+                    f'moola_serve_captures_deleted_bytes_total{{reason="{reason}"}} {size}'
+                )
         for name, (help_text, value) in sorted(gauges.items()):
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
         return "\n".join(lines) + "\n"
@@ -439,8 +463,20 @@ class Captures:
     """
 
     def __init__(
-        self, root: Path, release: str, role: str, max_mb: float, keep_mb: float, metrics: Metrics
+        self,
+        root: Path,
+        release: str,
+        role: str,
+        max_mb: float,
+        keep_mb: float,
+        metrics: Metrics,
+        host_mb: float = DEFAULT_CAPTURE_HOST_MB,
+        keep_days: float = DEFAULT_CAPTURE_KEEP_DAYS,
     ):
+        self.root = Path(root)
+        self.host_bytes = int(host_mb * 1024 * 1024)
+        self.keep_s = keep_days * 86400.0
+        self.pruned_at = 0.0
         self.dir = Path(root) / release
         self.release, self.role, self.metrics = release, role, metrics
         self.max_bytes = int(max_mb * 1024 * 1024)
@@ -533,26 +569,53 @@ class Captures:
             return
 
     def _prune(self) -> None:
-        files = sorted(self.dir.glob("*.jsonl"))
-        sizes = {}
-        for path in files:
+        """Oldest first: files past the retention (age), then beyond this release's cap and
+        the host's cap over every release (size). The file this server writes and the newest
+        file of every release (another server may be writing it) are never deleted."""
+        self.pruned_at = time.monotonic()
+        files, total, own = [], 0, 0
+        for folder in self.root.iterdir() if self.root.is_dir() else ():
+            found = []
+            for path in folder.glob("*.jsonl") if folder.is_dir() else ():
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                found.append((st.st_mtime, path.name, path, st.st_size))
+            found.sort()
+            files += found[:-1]  # the newest of each release stays (and counts)
+            total += sum(f[3] for f in found)
+            own += sum(f[3] for f in found) if folder == self.dir else 0
+        files.sort()
+        old_before = time.time() - self.keep_s
+        for mtime, _name, path, size in files:
+            if path == self.file_path:
+                continue
+            if mtime < old_before:
+                reason = "age"
+            elif total > self.host_bytes or (path.parent == self.dir and own > self.keep_bytes):
+                reason = "size"
+            else:
+                continue
             try:
-                sizes[path] = path.stat().st_size
+                path.unlink()
             except OSError:
                 continue
-        total = sum(sizes.values())
-        for path in files:
-            if total <= self.keep_bytes or path == self.file_path:
-                break
-            with contextlib.suppress(OSError):
-                path.unlink()
-            total -= sizes.get(path, 0)
+            self.metrics.deleted(reason, size)
+            total -= size
+            if path.parent == self.dir:
+                own -= size
 
     def _run(self) -> None:
         while True:
             with self.cond:
                 while not self.items and not self.closing:
-                    self.cond.wait()
+                    if time.monotonic() - self.pruned_at >= CAPTURE_PRUNE_EVERY_S:
+                        break
+                    self.cond.wait(CAPTURE_PRUNE_EVERY_S)
+                if time.monotonic() - self.pruned_at >= CAPTURE_PRUNE_EVERY_S:
+                    with contextlib.suppress(OSError):
+                        self._prune()  # retention applies while traffic is low, too
                 items = list(self.items)
                 self.items.clear()
                 taken, self.queued = self.queued, 0
@@ -1085,7 +1148,24 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--no-capture", action="store_true", help="do not write captures")
     p.add_argument("--capture-max-mb", type=float, default=DEFAULT_CAPTURE_MAX_MB)
-    p.add_argument("--capture-keep-mb", type=float, default=DEFAULT_CAPTURE_KEEP_MB)
+    p.add_argument(
+        "--capture-keep-mb",
+        type=float,
+        default=DEFAULT_CAPTURE_KEEP_MB,
+        help="this release's captures beyond this are deleted, oldest first",
+    )
+    p.add_argument(
+        "--capture-host-mb",
+        type=float,
+        default=DEFAULT_CAPTURE_HOST_MB,
+        help="every release's captures on the host beyond this are deleted, oldest first",
+    )
+    p.add_argument(
+        "--capture-keep-days",
+        type=float,
+        default=DEFAULT_CAPTURE_KEEP_DAYS,
+        help="capture files older than this are deleted",
+    )
     p.add_argument("--role", default="live", choices=("live", "shadow"))
     p.add_argument(
         "--test-hold-dir",
@@ -1183,6 +1263,8 @@ def serve(args) -> int:
                 args.capture_max_mb,
                 args.capture_keep_mb,
                 state.metrics,
+                args.capture_host_mb,
+                args.capture_keep_days,
             )
             state.captures.start()
         state.batcher.start()
