@@ -531,11 +531,14 @@ def proxy_drift(record, port, bind, auth):
     return ", ".join(changes) or None
 
 
-def _bindable(bind, port):
-    """True when a new listener could take (bind, port) while the old proxy still listens."""
+def _movable(old_bind, bind, port):
+    """True when a new proxy could listen on (bind, port) while the old one still listens on
+    (old_bind, port): two different specific addresses, and nothing else holds the new one."""
+    wildcard = ("0.0.0.0", "::")
+    if old_bind == bind or old_bind in wildcard or bind in wildcard:
+        return False
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     with contextlib.closing(socket.socket(family, socket.SOCK_STREAM)) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((bind, port))
         except OSError:
@@ -558,8 +561,8 @@ def ensure_proxy(ws, port, bind, read_timeout=None, keep_running=False, auth="au
     record = _read_json(os.path.join(folder, "proxy.json"))
     old = None
     if record and alive(record.get("pid"), ws):
-        if keep_running:
-            port = record.get("port")  # no port configured: the one it has is the one
+        if keep_running or not port:
+            port = record.get("port")  # no port configured, or 0: the one it has is the one
         drift = proxy_drift(record, port, bind, auth)
         if drift is None:
             return {
@@ -569,12 +572,11 @@ def ensure_proxy(ws, port, bind, read_timeout=None, keep_running=False, auth="au
                 "auth_required": token_required(bind, auth),
                 "supervisor": ensure_supervisor(ws),
             }
-        if port == record.get("port") and not _bindable(bind, port):
+        if port == record.get("port") and not _movable(record.get("bind"), bind, port):
             raise Failed(
-                f"the proxy listens on {record.get('bind', '?')}:{record.get('port')} and the "
-                f"inventory asks for {bind}:{port} ({drift}): one port cannot be moved between "
-                "overlapping addresses without an outage: run `invoke serve --host H stop`, "
-                "then `start`"
+                f"the proxy on {record.get('bind', '?')}:{port} differs from the inventory "
+                f"({drift}) and applying that on the same port needs an outage: restart it "
+                "(`invoke serve --host H stop`, then `start`)"
             )
         old = record
     if not port and record and record.get("port"):

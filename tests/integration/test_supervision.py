@@ -210,5 +210,6 @@ def test_a_changed_bind_is_warned_then_applied_or_refused(healed):
     # 0.0.0.0 on the same port overlaps 127.0.0.2: that move needs an outage, so it is refused
     wide = replace(host, serve_bind="0.0.0.0", serve_port=port)
     (refused,) = serving.run([wide], "ensure", journal_path=str(log))
-    assert not refused.ok and "without an outage" in refused.message, refused.message
+    assert not refused.ok and "needs an outage: restart it" in refused.message, refused.message
+    assert "bind 127.0.0.2 -> 0.0.0.0" in refused.message
     assert "\n" not in refused.message and "Traceback" not in refused.message
