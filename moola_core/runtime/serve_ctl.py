@@ -546,7 +546,9 @@ def _movable(old_bind, bind, port):
     return True
 
 
-def ensure_proxy(ws, port, bind, read_timeout=None, keep_running=False, auth="auto"):
+def ensure_proxy(
+    ws, port, bind, read_timeout=None, keep_running=False, auth="auto", supervise=True
+):
     """Start the front proxy on `port` unless it already runs; -> {pid, port, started,
     auth_required, supervisor}. The clients' token is made first when the host has none, and
     the supervisor is started when it is not running. A running proxy whose address or token
@@ -570,7 +572,7 @@ def ensure_proxy(ws, port, bind, read_timeout=None, keep_running=False, auth="au
                 "port": record["port"],
                 "started": False,
                 "auth_required": token_required(bind, auth),
-                "supervisor": ensure_supervisor(ws),
+                "supervisor": ensure_supervisor(ws) if supervise else None,
             }
         if port == record.get("port") and not _movable(record.get("bind"), bind, port):
             raise Failed(
@@ -615,7 +617,7 @@ def ensure_proxy(ws, port, bind, read_timeout=None, keep_running=False, auth="au
                     "bind": old.get("bind"),
                     "drift": proxy_drift(old, port, bind, auth),
                 }
-            result["supervisor"] = ensure_supervisor(ws)
+            result["supervisor"] = ensure_supervisor(ws) if supervise else None
             return result
         if proc.poll() is not None:
             break
@@ -879,7 +881,9 @@ def show_token(ws, rotate=False):
 def ensure(ws, port, bind, device, extra, keep_standby, timeout, keep_running=False, auth="auto"):
     """Idempotent (cron-safe): the proxy runs and the live server is `current`'s, ready."""
     actions = []
-    proxy = ensure_proxy(ws, port, bind, keep_running=keep_running, auth=auth)
+    # the supervisor starts after the live server is sorted out: started first, it would race
+    # this command to restart a dead live server
+    proxy = ensure_proxy(ws, port, bind, keep_running=keep_running, auth=auth, supervise=False)
     if proxy["started"]:
         actions.append(f"started the proxy on port {proxy['port']}")
     version = current_version(ws)
@@ -890,6 +894,8 @@ def ensure(ws, port, bind, device, extra, keep_standby, timeout, keep_running=Fa
     if live.get("release") == version and alive(live.get("pid"), ws):
         code, _answer = ask(live["port"], "/readyz", timeout=5.0)
         if code == 200:
+            if ensure_supervisor(ws)["started"]:
+                actions.append("started the supervisor")
             return {
                 "ok": True,
                 "actions": actions or ["nothing to do"],
@@ -905,6 +911,8 @@ def ensure(ws, port, bind, device, extra, keep_standby, timeout, keep_running=Fa
     actions.append(f"started the server for {version} on port {started['port']}")
     moved = switch(ws, version, started["port"], keep_standby)
     actions.append(f"moved traffic to {version}")
+    if ensure_supervisor(ws)["started"]:
+        actions.append("started the supervisor")
     return {"ok": True, "actions": actions, "live": moved["live"], "proxy": proxy}
 
 

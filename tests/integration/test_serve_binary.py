@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import wait_for, window
+from tests.integration.helpers import release_server, wait_for, window
 from tests.unit.test_runtime import make_release
 
 BINARY = "application/vnd.moola.ohlc-f32le"
@@ -25,26 +22,10 @@ BINARY = "application/vnd.moola.ohlc-f32le"
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("binary")
     release = make_release(root, "v0.9", sla_p99_ms=10_000.0)
-    state, captures = root / "state.json", root / "captures"
-    env = dict(os.environ, PYTHONPATH=str(release / "code"), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moola_core.runtime", "serve", "--release", str(release)]
-        + ["--port", "0", "--device", "cpu", "--state-file", str(state)]
-        + ["--capture-dir", str(captures), "--max-windows", "8"],
-        cwd=release,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-    def ready() -> bool:
-        assert proc.poll() is None, proc.stderr.read()
-        return state.exists() and json.loads(state.read_text()).get("ready", False)
-
-    wait_for(ready, "the server to be ready", timeout_s=180)
-    yield json.loads(state.read_text())["port"], captures
-    proc.terminate()
-    proc.wait(timeout=60)
+    captures = root / "captures"
+    flags = ("--capture-dir", str(captures), "--max-windows", "8")
+    with release_server(release, root / "state.json", *flags) as (port, _proc):
+        yield port, captures
 
 
 def f32(windows) -> list:

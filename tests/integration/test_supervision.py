@@ -186,8 +186,10 @@ def test_without_its_supervisor_the_host_is_critical_until_cron_ensure(healed):
     (outcome,) = serving.run([host], "ensure", journal_path=str(log))
     assert outcome.ok and "started the server for v1.1" in outcome.message, outcome.message
     assert status(host).serving
+    assert "started the supervisor" in outcome.message, outcome.message
     wait_for(lambda: not gone(supervisor(host).get("pid") or 0), "a new supervisor")
-    assert service_checks(host)["supervision"][0] == "OK"
+    supervision = service_checks(host)["supervision"]
+    assert supervision[0] == "OK", supervision
 
 
 def test_a_changed_bind_is_warned_then_applied_or_refused(healed):
