@@ -450,6 +450,7 @@ def run_standin(args) -> dict:
         print(f"binary vs JSON bodies at {args.clients} clients, public port ...", flush=True)
         result["binary"] = binary_vs_json(public, args.clients, args.seconds)
         result["binary_vs_json_throughput"] = result["binary"]["ratio_1"]
+        result["parse_ms_per_window"] = parse_cost()
 
         print("kill -9 of the live server under 4 steady clients ...", flush=True)
         result.update(kill_live(host, public))
@@ -574,6 +575,31 @@ def binary_vs_json(port: int, clients: int, seconds: float) -> dict:
             for k, v in runs.items()
         }
         out[f"ratio_{windows}"] = round(rate["binary"] / max(rate["json"], 1e-9), 2)
+    return out
+
+
+def parse_cost(reps: int = 2000) -> dict:
+    """ms per window to parse and check a request body in this process (the server's own
+    functions), JSON against binary, 1 and 16 windows per body: the part of a request that
+    a binary body removes."""
+    from moola_core.runtime.serve import parse_binary, parse_windows
+
+    out = {}
+    for n in (1, 16):
+        grids = [window(i) for i in range(n)]
+        as_json, as_binary = json.dumps({"windows": grids}).encode(), binary_body(grids)
+        headers = {"content-type": BINARY_TYPE, "x-moola-windows": str(n)}
+        calls = {
+            "json": lambda b=as_json: parse_windows(b, 256),
+            "binary": lambda b=as_binary, h=headers: parse_binary(b, h, 256),
+        }
+        for name, call in calls.items():
+            for _ in range(50):
+                call()
+            began, count = time.perf_counter(), max(1, reps // n)
+            for _ in range(count):
+                call()
+            out[f"{name}_{n}"] = round((time.perf_counter() - began) / count / n * 1e3, 4)
     return out
 
 
@@ -819,6 +845,7 @@ def write_markdown(path: Path, result: dict, meta: dict) -> None:
         f"| windows/s at {r['batched']['clients']} clients through the public port, JSON / binary bodies, 1 window per request | {r['binary']['windows_1']['json']['windows_per_s']} / {r['binary']['windows_1']['binary']['windows_per_s']} | |",
         f"| **binary_vs_json_throughput** (1 window per request) | **{r['binary_vs_json_throughput']}** | >= 3 |",
         f"| same, 16 windows per request: JSON / binary windows/s, ratio | {r['binary']['windows_16']['json']['windows_per_s']} / {r['binary']['windows_16']['binary']['windows_per_s']}, {r['binary']['ratio_16']} | |",
+        f"| parsing and checking a body in process, ms per window, JSON / binary: 1 window, 16 windows | {r['parse_ms_per_window']['json_1']} / {r['parse_ms_per_window']['binary_1']}, {r['parse_ms_per_window']['json_16']} / {r['parse_ms_per_window']['binary_16']} | |",
         f"| **failed_during_kill** (kill -9 of the live server, 4 steady clients) | **{r['failed_during_kill']}** | 0 |",
         f"| **served_again_after_kill_s** (kill -> first answer after the outage, slowest client) | **{r['served_again_after_kill_s']}** | <= 3 |",
         f"| **failed_during_deploy** (longest gap between answers) | **{r['failed_during_deploy']}** ({r['deploy_longest_gap_ms']} ms) | 0 |",
