@@ -548,9 +548,9 @@ class Captures:
                 "output": output,
             }
             text = json.dumps(line, separators=(",", ":"))
-            if raw is None or "\n" in raw or "\r" in raw:  # one line per window, always
-                if not isinstance(ohlc, list):  # a binary request's window: a tensor row
-                    ohlc = ohlc.tolist()
+            if not isinstance(ohlc, list):  # a binary request's window: float32 values
+                raw = _F32_WINDOW % tuple(ohlc.flatten().tolist())
+            elif raw is None or "\n" in raw or "\r" in raw:  # one line per window, always
                 raw = json.dumps(ohlc, separators=(",", ":"))
             out.append(f'{text[:-1]},"ohlc":{raw}}}')
         return out
@@ -763,6 +763,9 @@ def check_prices(ohlc) -> None:
         )
 
 
+# a binary window's capture text: 9 significant digits give every float32 back exactly, in a
+# third of the time json.dumps takes for the same 420 numbers widened to float64 (and shorter)
+_F32_WINDOW = "[" + ",".join(["[%.9g,%.9g,%.9g,%.9g]"] * WINDOW_LEN) + "]"
 BINARY_TYPE = "application/vnd.moola.ohlc-f32le"  # float32 little-endian [N, 105, 4], C order
 WINDOWS_HEADER = "x-moola-windows"  # N, the number of windows in a binary body
 BINARY_WINDOW_BYTES = WINDOW_LEN * 4 * 4

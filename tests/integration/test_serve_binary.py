@@ -77,7 +77,7 @@ def test_a_binary_body_is_answered_as_its_json_twin_and_captured(server):
         return [x for x in found if x["request_id"] == "bin-1"]
 
     captured = wait_for(lambda: len(lines()) == 3 and lines(), "three capture lines")
-    assert [c["ohlc"] for c in captured] == windows
+    assert [f32([c["ohlc"]])[0] for c in captured] == windows  # each float32 exactly
     assert captured[0]["output"]["label"] == answer["predictions"][0]["label"]
 
 
