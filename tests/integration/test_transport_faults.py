@@ -408,9 +408,98 @@ def test_ctrl_c_in_the_running_thread_stops_the_remote_command(host):
     threading.Thread(target=press_ctrl_c, daemon=True).start()
     with HostSession(resolved) as ssh:
         with pytest.raises(KeyboardInterrupt):
-            ssh.run(f"sleep 1000 & echo $! > {pid_file}; wait", timeout_s=600)
+            # written whole, then renamed: the file never exists empty
+            ssh.run(f"sleep 1000 & echo $! > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; wait")
         assert _gone(int(pid_file.read_text()))
         assert ssh.run("echo usable").stdout == "usable\n"
+
+
+class _InterruptedAfterAcquire:
+    """A Paramiko lock on which, once armed, a Ctrl-C lands just after the lock was taken and
+    before the `try:` that would release it: the moment a real Ctrl-C hits now and then on a busy
+    machine (the SIGINT handler runs between any two bytecodes of the main thread)."""
+
+    def __init__(self, real):
+        self.real, self.armed, self.fired = real, threading.Event(), False
+
+    def acquire(self, *args, **kwargs):
+        got = self.real.acquire(*args, **kwargs)
+        if got and self.armed.is_set() and not self.fired:
+            import _thread
+
+            self.fired = True
+            _thread.interrupt_main()
+            time.sleep(0)  # the handler runs here, with the lock held
+        return got
+
+    def release(self):
+        self.real.release()
+
+    def locked(self):
+        return self.real.locked()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def test_a_ctrl_c_landing_inside_paramiko_never_hangs_the_session(host):
+    # Issue #24: under load the test above hung until pytest's 300 s timeout. A KeyboardInterrupt
+    # raised inside Paramiko between a lock's acquire() and its try: leaves the lock held, and
+    # the next call on the channel (the kill of the remote command) waits for it forever.
+    resolved, running = host
+    pid_file = Path(running.workspace) / "inside.pid"
+    with HostSession(resolved) as ssh:
+        hung = threading.Event()
+        box: dict = {}
+
+        def arm_then_watch() -> None:
+            _wait_for(pid_file)  # the command runs: the next stderr poll takes the lock
+            box["lock"].armed.set()
+            time.sleep(20)  # far past any kill; then unstick a leaked lock so the test can end
+            if box["lock"].real.locked():
+                hung.set()
+                box["lock"].real.release()
+
+        real_open = ssh._conn.client.get_transport().open_session
+
+        def open_session(*args, **kwargs):
+            chan = real_open(*args, **kwargs)
+            if "lock" not in box:  # the command's channel: its stderr buffer's lock
+                box["lock"] = _InterruptedAfterAcquire(chan.in_stderr_buffer._lock)
+                chan.in_stderr_buffer._lock = box["lock"]
+                threading.Thread(target=arm_then_watch, daemon=True).start()
+            return chan
+
+        ssh._conn.client.get_transport().open_session = open_session
+        with pytest.raises(KeyboardInterrupt):
+            ssh.run(f"sleep 1000 & echo $! > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; wait")
+        assert box["lock"].fired
+        assert not hung.is_set(), "a Ctrl-C inside Paramiko left a lock held: the session hung"
+        assert _gone(int(pid_file.read_text()))
+        assert ssh.run("echo usable").stdout == "usable\n"
+
+
+def test_ctrl_c_during_an_upload_in_the_running_thread_cuts_it(host, tmp_path):
+    # the Ctrl-C is noted inside Paramiko's SFTP loop and the watchdog cuts the connection:
+    # KeyboardInterrupt comes back, not a half-written packet or a held lock
+    import _thread
+
+    resolved, running = host
+    local = tmp_path / "big.bin"
+    local.write_bytes(os.urandom(1 << 20) * 16)
+
+    def press(sent: int, total: int) -> None:
+        if sent and not press.done:
+            press.done = True
+            _thread.interrupt_main()
+
+    press.done = False
+    with HostSession(resolved) as ssh:
+        with pytest.raises(KeyboardInterrupt):
+            ssh.upload(local, f"{running.workspace}/big.bin", progress=press)
+        assert press.done
 
 
 def test_an_upload_whose_connection_is_killed_says_the_connection_broke(host, tmp_path):
