@@ -44,7 +44,8 @@ def descendants(pid: int) -> list[int]:
 def host_entry(host, *, with_python: bool = False, **extra) -> dict:
     """An explicit inventory entry (no `sandbox: true`) for one stand-in host: a
     `moola_ops.sandbox.SandboxHost` or an inventory `Host`. `with_python` adds the host's own
-    python; `extra` keys (groups, serve_port, latency_sla_ms, python, ...) are added as given."""
+    python; `extra` keys (groups, serve_port, latency_sla_ms, python, ...) are added as given.
+    `serve_port` is 0 unless given: a free port, never the fixed default another suite holds."""
     entry = {
         "hostname": host.hostname,
         "port": host.port,
@@ -52,6 +53,7 @@ def host_entry(host, *, with_python: bool = False, **extra) -> dict:
         "identity_file": host.identity_file,
         "known_hosts": host.known_hosts,
         "workspace": host.workspace,
+        "serve_port": 0,
     }
     if with_python:
         entry["python"] = host.python

@@ -51,6 +51,7 @@ def pod_host(runpod_api, tmp_path):
         "workspace": sh.workspace,
         "python": sh.python,
         "connect_timeout_s": 5,
+        "serve_port": 0,  # a free port: never the fixed 8080 another suite may hold
     }
     inventory.write_text(yaml.safe_dump({"hosts": {"pod-1": entry}}))
     state = {"sandbox": sandbox, "root": root, "inventory": inventory, "known": known}
