@@ -65,9 +65,15 @@ def run_parallel(
 
 
 def probe_host(
-    host, deadline: float, *, deep: bool = False, policy: HealthPolicy = DEFAULT_POLICY
+    host,
+    deadline: float,
+    *,
+    deep: bool = False,
+    policy: HealthPolicy = DEFAULT_POLICY,
+    requests: bool = True,
 ) -> HostHealth:
-    """Check one inventory host over one SSH connection: light facts, then the model if deep."""
+    """Check one inventory host over one SSH connection: light facts, then the model if deep
+    (`requests=False`: no request to the live service, which would be captured)."""
     from moola_ops.commands import release
     from moola_ops.commands.layout import Layout
     from moola_ops.journal import transient_step
@@ -95,7 +101,9 @@ def probe_host(
             from moola_ops.serving import assess_service
 
             with transient_step(steps.HEALTHCHECK, host.name, "service"):
-                assess_service(health, ssh, host, deep=deep, policy=policy, timeout_s=left())
+                assess_service(
+                    health, ssh, host, deep=deep, policy=policy, timeout_s=left(), requests=requests
+                )
         if deep:
             if facts.current is None:
                 health.checks.append(
@@ -161,8 +169,10 @@ def run_healthcheck(
     policy: HealthPolicy = DEFAULT_POLICY,
     record: bool = True,
     parallel: int = 16,
+    requests: bool = True,
 ) -> HealthRun:
-    """Check the selected hosts (default: all) in parallel within `timeout_s`; log each result."""
+    """Check the selected hosts (default: all) in parallel within `timeout_s`; log each result
+    (`record`), send the live service one request (`requests`; Invoke's --dry: neither)."""
     from moola_core.errors import MoolaError
     from moola_ops.inventory import load_inventory
 
@@ -175,7 +185,9 @@ def run_healthcheck(
     budget = max(1.0, timeout_s - 0.5)
     checked = run_parallel(
         hosts,
-        lambda host, deadline: probe_host(host, deadline, deep=deep, policy=policy),
+        lambda host, deadline: probe_host(
+            host, deadline, deep=deep, policy=policy, requests=requests
+        ),
         budget,
         name_of=lambda h: h.name,
         parallel=parallel,

@@ -15,13 +15,17 @@ from moola_ops.serving import ServeError, _layout, status
 HEALTH_BURST = 50  # --deep: requests of the burst, 4 clients at once
 
 
-def assess_service(health, session, host: Host, *, deep: bool, policy=None, timeout_s=None):
+def assess_service(
+    health, session, host: Host, *, deep: bool, policy=None, timeout_s=None, requests=True
+):
     """Add the live-service checks to a HostHealth: server running and ready, serving the
     release `current` points at, one real request (its latency); --deep: a burst's p99 vs the
-    SLA. Server down or the wrong release is CRITICAL. One SSH round trip."""
+    SLA. Server down or the wrong release is CRITICAL. One SSH round trip. `requests=False`
+    (Invoke's --dry): the status alone, no request sent (a request is captured on the host)."""
     from moola_ops.health import CRITICAL, OK, WARNING, CheckResult
 
-    command = serve_cmd.health(_layout(host), host.python, burst=HEALTH_BURST if deep else 0)
+    burst = HEALTH_BURST if deep and requests else 0
+    command = serve_cmd.health(_layout(host), host.python, burst=burst, requests=requests)
     out = session.run(command, timeout_s=timeout_s or 60)
     data = serve_cmd.parse(out.stdout or out.stderr)
     add = health.checks.append
@@ -42,6 +46,15 @@ def assess_service(health, session, host: Host, *, deep: bool, policy=None, time
     now = serve_cmd.parse_status(out.stdout or out.stderr)
     problem = now.problem()
     one = data.get("probe") or {}
+    if problem is None and not requests:
+        add(
+            CheckResult(
+                steps.CHECK_SERVICE,
+                OK,
+                f"serving {now.served_release} on port {now.proxy_port} (no request sent: --dry)",
+            )
+        )
+        return
     if problem is None and not one.get("ok"):
         problem = f"a real request failed: {'; '.join(one.get('errors') or []) or 'no answer'}"
     if problem is None and set(one.get("releases") or {}) != {now.current}:

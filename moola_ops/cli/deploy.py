@@ -12,7 +12,7 @@ from __future__ import annotations
 from invoke.exceptions import Exit
 
 from moola_core.errors import MoolaError
-from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
+from moola_ops.cli._common import PLAN, READS, console, is_tty, print_json, task, user_errors
 from moola_ops.runpod import REFRESH_HELP
 
 HOST_HELP = (
@@ -38,7 +38,7 @@ COMMON_HELP = {
 }
 PLAN_HELP = (
     "say what would happen on each host (facts read only; nothing locked or changed); "
-    "Invoke's --dry does the same"
+    "`invoke --dry` does the same"
 )
 
 
@@ -78,11 +78,6 @@ def _run(c, as_json: bool, call, title: str = "", hosts=()):
         _render(stop.result, as_json)
         raise Exit(code=130) from None
     _render(result, as_json)
-
-
-def _planning(c, plan: bool) -> bool:
-    """--plan, or Invoke's own --dry (c.config.run.dry): say what would happen, change nothing."""
-    return bool(plan or c.config.run.dry)
 
 
 def _render(result, as_json: bool) -> None:
@@ -139,7 +134,8 @@ def _verdict(result) -> str:
         "no_serve": "files only: no server is started and live traffic stays where it is "
         "(`invoke serve --host H --ensure` moves it later; docs/serving.md)",
         "plan": PLAN_HELP,
-    }
+    },
+    dry=PLAN,
 )
 @user_errors
 def deploy(
@@ -167,7 +163,7 @@ def deploy(
 
     hosts = _hosts(host, inventory, refresh)
     local = engine.resolve_bundle(bundle)
-    planning = _planning(c, plan)
+    planning = bool(plan)
     opts = dict(
         parallel=_setting(c, parallel, "deploy.parallel", 4),
         canary=int(canary),
@@ -207,7 +203,8 @@ def _seconds(value, flag: str) -> float:
         **FLEET_HELP,
         "to": "version to roll back to (default: previous)",
         "plan": PLAN_HELP,
-    }
+    },
+    dry=PLAN,
 )
 @user_errors
 def rollback(
@@ -236,12 +233,16 @@ def rollback(
         accept_new_host_key=accept_new_host_key,
         check_runs=int(check_runs) or None,
         check_timeout_s=_seconds(check_timeout, "--check-timeout"),
-        plan=_planning(c, plan),
+        plan=bool(plan),
     )
     _run(c, json, lambda view: engine.rollback(hosts, to or None, opts), "rollback", hosts)
 
 
-@task(help={**COMMON_HELP, "parallel": FLEET_HELP["parallel"]})
+@task(
+    help={**COMMON_HELP, "parallel": FLEET_HELP["parallel"]},
+    dry="drill switches live hosts back and forth and has no plan; "
+    "`invoke rollback --host H --plan` shows its first half",
+)
 @user_errors
 def drill(
     c,
@@ -257,8 +258,6 @@ def drill(
     """Rehearse a rollback on live hosts: back to previous, check, forward again, check."""
     from moola_ops import engine
 
-    if c.config.run.dry:
-        raise MoolaError("drill has no plan: it is a rehearsal; run it without --dry")
     hosts = _hosts(host, inventory, refresh)
     opts = _options(
         parallel=int(parallel),
@@ -280,7 +279,8 @@ def drill(
         "plan": PLAN_HELP,
         "json": "print JSON",
         "refresh": REFRESH_HELP,
-    }
+    },
+    dry=PLAN,
 )
 @user_errors
 def prune(
@@ -294,7 +294,7 @@ def prune(
     opts = _options(
         keep_releases=_setting(c, keep_releases, "deploy.keep_releases", 5, unset=-1),
         keep_backups=_setting(c, keep_backups, "deploy.keep_backups", 5, unset=-1),
-        plan=_planning(c, plan),
+        plan=bool(plan),
     )
     _run(c, json, lambda view: engine.prune(hosts, opts), "prune", hosts)
 
@@ -305,7 +305,8 @@ def prune(
         "inventory": INVENTORY_HELP,
         "json": "print JSON",
         "refresh": REFRESH_HELP,
-    }
+    },
+    dry=READS,
 )
 @user_errors
 def backups(c, host, inventory="", json=False, refresh=False):
@@ -332,7 +333,8 @@ def backups(c, host, inventory="", json=False, refresh=False):
         "plan": PLAN_HELP,
         "json": "print JSON",
         "refresh": REFRESH_HELP,
-    }
+    },
+    dry=PLAN,
 )
 @user_errors
 def restore(c, host, snapshot, inventory="", plan=False, json=False, refresh=False):
@@ -340,7 +342,7 @@ def restore(c, host, snapshot, inventory="", plan=False, json=False, refresh=Fal
     from moola_ops import engine
 
     hosts = _hosts(host, inventory, refresh)
-    opts = _options(plan=_planning(c, plan))
+    opts = _options(plan=bool(plan))
     _run(c, json, lambda view: engine.restore(hosts, snapshot, opts), "restore", hosts)
 
 

@@ -6,7 +6,7 @@ the rows are built by the pure functions of moola_ops.render.
 
 from __future__ import annotations
 
-from moola_ops.cli._common import print_json, task, user_errors
+from moola_ops.cli._common import READS, print_json, task, user_errors
 
 
 @task(
@@ -20,7 +20,8 @@ from moola_ops.cli._common import print_json, task, user_errors
         "in a row collapsed)",
         "last": "show the last N rows (default 30; 0: all)",
         "json": "print the matching log lines as JSON (never collapsed)",
-    }
+    },
+    dry=READS,
 )
 @user_errors
 def log(

@@ -43,6 +43,17 @@ class ServeTask(invoke.Task):
         return args
 
 
+def _serve_refusal(kw: dict) -> str | None:
+    """`invoke --dry serve`: status reads (and records nothing); every other action acts."""
+    if kw.get("action") == "status" and not kw.get("ensure"):
+        return None
+    action = "--ensure" if kw.get("ensure") else (kw.get("action") or "ACTION")
+    return (
+        f"serve {action} changes what runs on the hosts; `invoke serve --host H status` shows "
+        "what runs, `invoke deploy --plan` what a deploy would start"
+    )
+
+
 @task(
     klass=ServeTask,
     positional=["action"],
@@ -55,6 +66,7 @@ class ServeTask(invoke.Task):
         "inventory": "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)",
         "json": "print one JSON document",
     },
+    dry=_serve_refusal,
 )
 @user_errors
 def serve(
@@ -73,7 +85,9 @@ def serve(
             f"unknown serve action {action!r}: use start, stop, status, restart or --ensure"
         )
     hosts = load_inventory(inventory or None).resolve(host)
-    outcomes = serving.run(hosts, chosen, device=device, keep_standby=not no_standby)
+    outcomes = serving.run(
+        hosts, chosen, device=device, keep_standby=not no_standby, record=not c.config.run.dry
+    )
     if json:
         print_json([o.__dict__ for o in outcomes])
     elif is_tty():

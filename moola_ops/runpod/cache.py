@@ -24,6 +24,7 @@ REFRESH_HELP = "ask RunPod where pods are now instead of using the 60 s cache (r
 
 _LOCK = threading.Lock()
 _fresh_after = 0.0  # cache entries fetched before this (unix time) are stale: --refresh
+_writes = True  # False under Invoke's --dry: answers are used, never written to the cache
 
 
 def refresh_cache(enabled: bool = True) -> None:
@@ -31,6 +32,13 @@ def refresh_cache(enabled: bool = True) -> None:
     global _fresh_after
     if enabled:
         _fresh_after = time.time()
+
+
+def leave_cache_alone() -> None:
+    """Invoke's `--dry`: pods are still looked up (a plan needs their addresses), but this
+    process writes nothing to the cache file."""
+    global _writes
+    _writes = False
 
 
 def cache_path() -> Path:
@@ -51,6 +59,8 @@ def _read_cache(path: Path) -> dict[str, Any] | None:
 
 
 def _write_cache(path: Path, data: dict[str, Any]) -> None:
+    if not _writes:
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
