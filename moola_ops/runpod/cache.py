@@ -78,14 +78,16 @@ def find_pod(
     refresh: bool = False,
     client: Client | None = None,
     max_age_s: float = CACHE_MAX_AGE_S,
+    cancel: threading.Event | None = None,
 ) -> Pod:
     """The pod `pod_id`, from the cache when it is younger than `max_age_s`, else from the API.
 
     A fetch lists every pod of the account at once and caches them all, so a fleet of pods costs
-    one request per run. Threads share one lock: parallel hosts wait for one answer.
+    one request per run. Threads share one lock: parallel hosts wait for one answer. `cancel`
+    set (Ctrl-C) ends the API call at once (RunPodError).
     """
     check_pod_id(pod_id)
-    client = client or Client(api_key(key_file))
+    client = client or Client(api_key(key_file), cancel=cancel)
     account = _account(client.base, client._key)
     path = cache_path()
     with _LOCK:
@@ -136,8 +138,11 @@ def forget(pod_id: str) -> None:
             _write_cache(path, cached)
 
 
-def resolve_host(host, *, refresh: bool = False):
-    """`host` (an inventory Host with runpod_pod_id) with hostname and port of its pod now."""
-    pod = find_pod(host.runpod_pod_id, key_file=host.runpod_api_key_file, refresh=refresh)
+def resolve_host(host, *, refresh: bool = False, cancel: threading.Event | None = None):
+    """`host` (an inventory Host with runpod_pod_id) with hostname and port of its pod now;
+    `cancel` set ends the look-up at once."""
+    pod = find_pod(
+        host.runpod_pod_id, key_file=host.runpod_api_key_file, refresh=refresh, cancel=cancel
+    )
     ip, port = pod.ssh_endpoint()
     return replace(host, hostname=ip, port=port, user=host.user or "root")

@@ -79,23 +79,31 @@ class HostSession:
         the (possibly cached) address fails, the pod is looked up once more and, if it moved
         (a restart), connected to there.
         """
-        with self._ctrl_c_deferred():
-            return self._open_endpoint()
-
-    def _open_endpoint(self) -> HostSession:
-        target = self.host.endpoint()
+        # the look-up of a pod is plain HTTP, where a Ctrl-C may land anywhere; Paramiko is not
+        target = self._endpoint(refresh=False)
         if not self.host.runpod_pod_id:
-            return self._open(target)
+            with self._ctrl_c_deferred():
+                return self._open(target)
         try:  # once at the cached address: a pod that moved is looked up, not waited for
-            return self._open(target, retries=0)
+            with self._ctrl_c_deferred():
+                return self._open(target, retries=0)
         except TransportError as first:
             if self._cancelled.is_set():
                 raise
-            again = self.host.endpoint(refresh=True)
+            again = self._endpoint(refresh=True)
             moved = (again.hostname, again.port) != (target.hostname, target.port)
             if not moved and isinstance(first, HostKeyError):
                 raise
-            return self._open(again, retries=None if moved else target.connect_retries - 1)
+            with self._ctrl_c_deferred():
+                return self._open(again, retries=None if moved else target.connect_retries - 1)
+
+    def _endpoint(self, *, refresh: bool) -> Host:
+        """Where to connect now (a pod: asked of RunPod's API); cancel() ends the question."""
+        try:
+            return self.host.endpoint(refresh=refresh, cancel=self._cancelled)
+        except MoolaError:
+            self._check_cancelled()
+            raise
 
     def _open(self, host: Host, retries: int | None = None) -> HostSession:
         retries = host.connect_retries if retries is None else retries

@@ -57,7 +57,10 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
     "doctor": [(["doctor"], "reads")],
     "drill": [(["drill", *H], "refused")],
     "evaluate": [(["evaluate", "--run", "{RUN}"], "reads")],
-    "healthcheck": [(["healthcheck", *H], "reads"), (["healthcheck", "--prom", "h.prom"], "refused")],
+    "healthcheck": [
+        (["healthcheck", *H], "reads"),
+        (["healthcheck", "--prom", "h.prom"], "refused"),
+    ],
     "lock": [(["lock", *H], "reads"), (["lock", *H, "--break"], "refused")],
     "log": [(["log"], "reads")],
     "monitor": [(["monitor", *H], "refused")],
@@ -148,9 +151,7 @@ def world(bundles, tmp_path_factory):
             "latency_sla_ms": 60000,
             "serve_port": 0,
         }
-        (project / "inventory" / "hosts.yaml").write_text(
-            yaml.safe_dump({"hosts": {HOST: entry}})
-        )
+        (project / "inventory" / "hosts.yaml").write_text(yaml.safe_dump({"hosts": {HOST: entry}}))
         shutil.copytree(Path(bundles["v1.0"]).parent, project / "bundles")
         from moola_core.train.config import dump_yaml
 
@@ -182,6 +183,11 @@ def world(bundles, tmp_path_factory):
         }
         yield {"project": project, "workspace": running.workspace, "env": env, "fill": fill}
     finally:
+        from moola_ops.sandbox import load_state
+
+        leaked = load_state(project / ".sandbox")  # a `sandbox up` that ignored --dry
+        if leaked is not None:
+            leaked.stop()
         sandbox.stop()
         api.close()
         shutil.rmtree(root, ignore_errors=True)

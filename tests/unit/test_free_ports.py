@@ -47,16 +47,16 @@ def fixed_ports(source: str) -> list[tuple[int, str]]:
                     found.append((node.lineno, f"serve_port={kw.value.value}"))
         elif isinstance(node, ast.Dict):
             for key, value in zip(node.keys, node.values, strict=True):
-                if isinstance(key, ast.Constant) and key.value == "serve_port":
-                    if _fixed(value) is not None:
-                        found.append((node.lineno, f'"serve_port": {value.value}'))
+                named = isinstance(key, ast.Constant) and key.value == "serve_port"
+                if named and _fixed(value) is not None:
+                    found.append((node.lineno, f'"serve_port": {value.value}'))
         elif isinstance(node, ast.List | ast.Tuple):  # argv lists: [..., "--port", "8080"]
             items = node.elts
             for flag, value in zip(items, items[1:], strict=False):
-                if isinstance(flag, ast.Constant) and flag.value in PORT_FLAGS:
-                    if isinstance(value, ast.Constant) and str(value.value).strip("0"):
-                        if str(value.value).isdigit():
-                            found.append((node.lineno, f"{flag.value} {value.value}"))
+                is_flag = isinstance(flag, ast.Constant) and flag.value in PORT_FLAGS
+                text = str(value.value) if isinstance(value, ast.Constant) else ""
+                if is_flag and text.isdigit() and int(text) != 0:
+                    found.append((node.lineno, f"{flag.value} {value.value}"))
     return found
 
 
