@@ -63,7 +63,7 @@ class HostSession:
         self._watchdog: Watchdog | None = None
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
-        self._upload_active = False
+        self._transfer_active = False
         self._dropped: str | None = None  # why the connection was cut (watchdog, cancel)
         self.ctrl_c = False  # a Ctrl-C noted while Paramiko worked (see _ctrl_c_deferred)
         self.cut_on_ctrl_c = False  # an upload or read under way: a Ctrl-C cuts the connection
@@ -159,13 +159,13 @@ class HostSession:
         """Stop what this session is doing, from any thread (Ctrl-C, a fleet's deadline).
 
         A running command has its remote process group killed and raises Aborted; a running
-        upload is cut (the connection is closed) and raises Aborted; a connection being set up
+        upload or read is cut (the connection is closed) and raises Aborted; a connection being set up
         stops (its handshake is closed; a TCP connect still waiting ends by connect_timeout_s).
         Later calls raise Aborted at once: open a new HostSession to clean up after a cancel.
         """
         self._cancelled.set()
         with self._lock:
-            cut = self._upload_active
+            cut = self._transfer_active
         if cut:
             self._drop("cancelled")
 
@@ -301,7 +301,7 @@ class HostSession:
         limit = float(deadline_s or (UPLOAD_BASE_S + size / UPLOAD_MIN_BYTES_PER_S))
         reason = f"the upload to {self.host.name} did not finish within {limit:g}s"
         with self._lock:
-            self._upload_active = True
+            self._transfer_active = True
         try:
             with self._ctrl_c_deferred(cut=True), self._guard(time.monotonic() + limit, reason):
                 if self._sftp is None:
@@ -329,7 +329,7 @@ class HostSession:
             raise TransportError(f"upload to {self.host.name} broke: {short_reason(exc)}") from None
         finally:
             with self._lock:
-                self._upload_active = False
+                self._transfer_active = False
         return size
 
     def read_bytes(
@@ -341,6 +341,8 @@ class HostSession:
         self._check_cancelled()
         self._transport()
         reason = f"reading {self.host.name}:{remote} did not finish within {deadline_s:g}s"
+        with self._lock:
+            self._transfer_active = True  # cancel() cuts a read as it cuts an upload
         try:
             with (
                 self._ctrl_c_deferred(cut=True),
@@ -358,6 +360,9 @@ class HostSession:
             raise TransportError(
                 f"reading {self.host.name}:{remote} failed: {short_reason(exc)}"
             ) from None
+        finally:
+            with self._lock:
+                self._transfer_active = False
 
     # -- internals ------------------------------------------------------------------------
 
