@@ -29,10 +29,17 @@ Probe = Callable[[Any, float], HostHealth]
 
 
 def run_parallel(
-    hosts: list[Any], probe: Probe, timeout_s: float, name_of=str, parallel: int = 16
+    hosts: list[Any],
+    probe: Probe,
+    timeout_s: float,
+    name_of=str,
+    parallel: int = 16,
+    asked_s: float | None = None,
 ) -> list[HostHealth]:
     """Probe every host through the fleet executor, at most `parallel` at once; a host not
-    done within `timeout_s` (waiting for its turn included) is CRITICAL, never waited for."""
+    done within `timeout_s` (waiting for its turn included) is CRITICAL, never waited for.
+    `asked_s`: the timeout the user gave, when `timeout_s` keeps a margin inside it (the
+    message names what the user asked for)."""
     from moola_ops.fleet import run_fleet
 
     def failed(host: Any, exc: BaseException) -> HostHealth:
@@ -46,7 +53,7 @@ def run_parallel(
 
     def late(host: Any, waited: float) -> HostHealth:
         health = HostHealth(host=name_of(host), duration_s=round(timeout_s, 3))
-        message = f"no answer within the {timeout_s:g} s timeout"
+        message = f"no answer within the {asked_s or timeout_s:g} s timeout"
         health.checks.append(CheckResult(steps.CHECK_SSH, CRITICAL, message))
         return health
 
@@ -191,6 +198,7 @@ def run_healthcheck(
         budget,
         name_of=lambda h: h.name,
         parallel=parallel,
+        asked_s=timeout_s,  # hosts stop 0.5 s early so the log and the output fit inside it
     )
     for name, why in down.items():
         health = HostHealth(host=name)

@@ -220,8 +220,16 @@ def _nagios_parse_errors(program) -> None:
             name = getattr(getattr(exc, "context", None), "name", None)
             if name not in NAGIOS_TASKS:
                 raise
+            import re
+
+            # "Flag <Argument: timeout> needed value ..." is Invoke's wording for `--timeout`
+            said = re.sub(
+                r"Flag <Argument: (\w+)> needed value and was not given one!",
+                lambda m: f"--{m.group(1).replace('_', '-')} needs a value",
+                str(exc),
+            )
             raise nagios_unknown(
-                NAGIOS_TASKS[name], f"invoke {name}: {exc} (see invoke -h {name})"
+                NAGIOS_TASKS[name], f"invoke {name}: {said} (see invoke -h {name})"
             ) from None
 
     parse_nagios_aware.moola_nagios = True
