@@ -7,8 +7,10 @@ cli) import them as well as the tests.
 from __future__ import annotations
 
 import copy
+import os
 import random
 import signal
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -94,3 +96,33 @@ def wait_for(condition, what: str, timeout_s: float = 60.0, poll_s: float = 0.01
             return value
         time.sleep(poll_s)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def in_thread(fn):
+    """Run fn in a daemon thread; returns (thread, box) where box gets 'result' or 'error'."""
+    box: dict = {}
+
+    def body():
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def gone(pid: int, limit_s: float = 15.0) -> bool:
+    """True once `pid` has exited (a zombie counts): a kill travels over a second channel and
+    lands a moment after the call returns, so wait for it (bounded) instead of racing it."""
+    end = time.monotonic() + limit_s
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z" or time.monotonic() > end:
+            return state == "Z"
+        time.sleep(0.05)

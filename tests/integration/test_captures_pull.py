@@ -130,29 +130,13 @@ def test_monitor_pulls_and_falls_back_to_the_cache_when_the_host_is_gone(
 # --- `invoke monitor --timeout` bounds the whole command (issue #24) ---------------------------
 
 
-def _gone(pid: int, limit_s: float = 15.0) -> bool:
-    """True once `pid` has exited (a zombie counts); the kill lands a moment after the cancel."""
-    import time
-
-    end = time.monotonic() + limit_s
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if stat == "Z" or time.monotonic() > end:
-            return stat == "Z"
-        time.sleep(0.05)
-
-
 def test_monitor_timeout_cancels_a_stalled_pull_on_the_host(sandbox_factory, tmp_path):
     # the host's python (the capture listing) stalls until the test opens its gate: before, the
     # abandoned pull ran on, on the host and in the interpreter, after the command's deadline
     import subprocess
     import sys
 
-    from tests.integration.helpers import write_inventory
+    from tests.integration.helpers import gone, write_inventory
 
     sandbox = sandbox_factory(["local-1"])
     workspace = Path(sandbox.hosts["local-1"].workspace)
@@ -176,7 +160,7 @@ def test_monitor_timeout_cancels_a_stalled_pull_on_the_host(sandbox_factory, tmp
             "within 6 s; figures are from the local cache"
         ), proc.stdout
         stalled = int((workspace / "stalled.pid").read_text())
-        assert _gone(stalled), "the pull's listing still runs on the host after the deadline"
+        assert gone(stalled), "the pull's listing still runs on the host after the deadline"
     finally:
         (workspace / "go").touch()
 

@@ -28,7 +28,7 @@ from moola_ops.transport import (
     HostSession,
     TransportError,
 )
-from tests.integration.helpers import descendants
+from tests.integration.helpers import descendants, gone, in_thread
 
 pytestmark = pytest.mark.ssh
 
@@ -73,41 +73,11 @@ def freezer(host):
     frozen.thaw()
 
 
-def _in_thread(fn):
-    """Run fn in a thread; returns (thread, box) where box holds 'result' or 'error'."""
-    box: dict = {}
-
-    def body():
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            box["error"] = exc
-
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
-    return thread, box
-
-
 def _wait_for(path: Path, limit_s: float = 30.0) -> None:
     """Wait until the remote command wrote `path` (the test's chosen moment)."""
     end = time.monotonic() + limit_s
     while not path.exists():
         assert time.monotonic() < end, f"{path} never appeared"
-        time.sleep(0.05)
-
-
-def _gone(pid: int, limit_s: float = 15.0) -> bool:
-    """True once `pid` has exited (a zombie counts): the kill travels over a second channel and
-    lands a moment after the call returns, so wait for it (bounded) instead of racing it."""
-    end = time.monotonic() + limit_s
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state == "Z" or time.monotonic() > end:
-            return state == "Z"
         time.sleep(0.05)
 
 
@@ -120,7 +90,7 @@ def test_a_command_past_its_deadline_is_killed_with_its_children(host):
             ssh.run(f"sleep 1000 & echo $! > {pid_file}; wait", timeout_s=2)
         assert caught.value.killed and caught.value.timeout_s == 2
         assert "did not finish within 2s and was stopped on the host" in str(caught.value)
-        assert _gone(int(pid_file.read_text()))
+        assert gone(int(pid_file.read_text()))
         assert ssh.run("echo still usable").stdout == "still usable\n"
 
 
@@ -143,14 +113,14 @@ def test_cancel_stops_a_running_command_on_the_host_within_seconds(host):
     pid_file = Path(running.workspace) / "cancel.pid"
     ssh = HostSession(resolved).open()
     try:
-        thread, box = _in_thread(
+        thread, box = in_thread(
             lambda: ssh.run(f"sleep 1000 & echo $! > {pid_file}; wait", timeout_s=600)
         )
         _wait_for(pid_file)
         ssh.cancel()
         thread.join(30)
         assert not thread.is_alive() and isinstance(box.get("error"), Aborted)
-        assert _gone(int(pid_file.read_text()))
+        assert gone(int(pid_file.read_text()))
         with pytest.raises(Aborted):
             ssh.run("true")  # a cancelled session does nothing more
     finally:
@@ -185,7 +155,7 @@ def test_an_upload_to_a_frozen_sshd_ends_by_keepalive_with_one_sentence(host, fr
             freezer.freeze()  # right after the first block went out
 
     try:
-        thread, box = _in_thread(
+        thread, box = in_thread(
             lambda: ssh.upload(local, f"{running.workspace}/big.bin", progress=progress)
         )
         thread.join(120)  # the default deadline would be 110 s: keepalives end it first
@@ -209,7 +179,7 @@ def test_an_upload_without_keepalives_ends_by_its_deadline(host, freezer, tmp_pa
             freezer.freeze()
 
     try:
-        thread, box = _in_thread(
+        thread, box = in_thread(
             lambda: ssh.upload(
                 local, f"{running.workspace}/big.bin", progress=progress, deadline_s=3
             )
@@ -235,7 +205,7 @@ def test_cancel_cuts_an_upload_stuck_on_a_frozen_host(host, freezer, tmp_path):
             frozen.set()
 
     try:
-        thread, box = _in_thread(
+        thread, box = in_thread(
             lambda: ssh.upload(local, f"{running.workspace}/b", progress=progress)
         )
         assert frozen.wait(60)
@@ -252,7 +222,7 @@ def test_a_command_to_a_frozen_host_ends_by_keepalive(host, freezer):
     try:
         ssh.run("true")  # the session's own sshd process exists once a command ran
         freezer.freeze()
-        thread, box = _in_thread(lambda: ssh.run("true", timeout_s=600))
+        thread, box = in_thread(lambda: ssh.run("true", timeout_s=600))
         thread.join(60)
         assert not thread.is_alive()
         assert isinstance(box.get("error"), TransportError), box
@@ -383,7 +353,7 @@ def test_cancel_ends_a_handshake_that_hangs(host):
     mute = replace(resolved, port=silent.getsockname()[1], connect_timeout_s=120)
     ssh = HostSession(mute)
     try:
-        thread, box = _in_thread(ssh.open)
+        thread, box = in_thread(ssh.open)
         assert accepted.wait(30)
         ssh.cancel()
         thread.join(30)
@@ -410,7 +380,7 @@ def test_ctrl_c_in_the_running_thread_stops_the_remote_command(host):
         with pytest.raises(KeyboardInterrupt):
             # written whole, then renamed: the file never exists empty
             ssh.run(f"sleep 1000 & echo $! > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; wait")
-        assert _gone(int(pid_file.read_text()))
+        assert gone(int(pid_file.read_text()))
         assert ssh.run("echo usable").stdout == "usable\n"
 
 
@@ -477,7 +447,7 @@ def test_a_ctrl_c_landing_inside_paramiko_never_hangs_the_session(host):
             ssh.run(f"sleep 1000 & echo $! > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; wait")
         assert box["lock"].fired
         assert not hung.is_set(), "a Ctrl-C inside Paramiko left a lock held: the session hung"
-        assert _gone(int(pid_file.read_text()))
+        assert gone(int(pid_file.read_text()))
         assert ssh.run("echo usable").stdout == "usable\n"
 
 

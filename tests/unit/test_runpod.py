@@ -15,6 +15,7 @@ import pytest
 from moola_core.errors import MoolaError
 from moola_ops import runpod
 from moola_ops.inventory import load_inventory
+from tests.integration.helpers import in_thread
 from tests.runpod_standin import _Parser
 
 
@@ -384,23 +385,6 @@ def test_pin_replaces_only_the_pods_alias_and_compare_prefers_it(tmp_path):
 # --- a whole-call deadline, Ctrl-C, and the key's echoes (issue #24) ---------------------------
 
 
-def _in_thread(fn):
-    """Run fn in a thread; (thread, box) where box gets 'result' or 'error'."""
-    import threading
-
-    box: dict = {}
-
-    def body():
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            box["error"] = exc
-
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
-    return thread, box
-
-
 HANG_S = 120  # far past every budget below: only a call without a deadline gets near it
 
 
@@ -410,7 +394,7 @@ def test_an_answer_that_trickles_ends_by_the_calls_deadline(runpod_api, part):
     # on the whole call can end it (before: `invoke pods` ran past 10 minutes)
     runpod_api.trickle(part, times=10)
     c = client(runpod_api, timeout_s=1.0, budget_s=1.5)
-    thread, box = _in_thread(c.list_pods)
+    thread, box = in_thread(c.list_pods)
     thread.join(HANG_S)
     assert not thread.is_alive(), "a trickling answer kept the call running"
     assert isinstance(box.get("error"), runpod.RunPodError), box
@@ -422,7 +406,7 @@ def test_a_change_whose_answer_trickles_says_its_outcome_is_unknown(runpod_api):
     runpod_api.add("p1")
     runpod_api.trickle("body")
     c = client(runpod_api, timeout_s=1.0, budget_s=1.5)
-    thread, box = _in_thread(lambda: c.stop_pod("p1"))
+    thread, box = in_thread(lambda: c.stop_pod("p1"))
     thread.join(HANG_S)
     assert not thread.is_alive()
     assert "did not answer within 1.5 s while changing the pod; whether the change happened " in (
@@ -436,7 +420,7 @@ def test_cancel_ends_a_call_at_once(runpod_api):
     runpod_api.trickle("body")
     cancel = threading.Event()
     c = client(runpod_api, budget_s=3600, cancel=cancel)  # only the cancel can end it in time
-    thread, box = _in_thread(c.list_pods)
+    thread, box = in_thread(c.list_pods)
     assert runpod_api.trickling.wait(60)
     cancel.set()
     thread.join(HANG_S)
@@ -451,7 +435,7 @@ def test_a_host_session_cancelled_while_its_pod_is_looked_up_stops_at_once(runpo
 
     runpod_api.trickle("body")
     session = HostSession(Host("pod-1", "", runpod_pod_id="abc123"))
-    thread, box = _in_thread(session.open)
+    thread, box = in_thread(session.open)
     assert runpod_api.trickling.wait(60)
     session.cancel()
     thread.join(HANG_S)
