@@ -254,21 +254,17 @@ def task(*args, dry=None, nagios: str = "", **kwargs):
     - number flags are read as text and converted here, so `--timeout abc` is one sentence
       and exit 1 instead of a traceback (the health check converts its own: UNKNOWN, 3);
     - the `moola:` settings of Invoke's configuration are applied first (see apply_settings);
-    - `dry` (required) says what Invoke's `--dry` does: PLAN (the task's `plan` flag is set:
-      it says what would happen, from the hosts' facts), READS (the task changes nothing, it
-      runs as asked), or the sentence that refuses it and names what to use instead (a
-      callable: gets the flags, returns that sentence or None). The test in
-      tests/integration/test_dry_run.py runs every task of `invoke --list` with --dry;
+    - `dry` says what Invoke's `--dry` does: PLAN (the task's `plan` flag is set: it says what
+      would happen, from the hosts' facts), READS (the task changes nothing, it runs as asked),
+      or the sentence that refuses it and names what to use instead (a callable: gets the
+      flags, returns that sentence or None). A task that does not say is refused under --dry
+      (safe by default) and fails tests/integration/test_dry_run.py, which runs every task of
+      `invoke --list` with --dry;
     - `nagios` (the status line's prefix, e.g. "MOOLA"): a Nagios plugin task; its usage
       errors, Invoke's parse errors included, are an UNKNOWN status line and exit 3.
     """
     kwargs.setdefault("auto_shortflags", False)
     kwargs.setdefault("positional", [])
-    if dry is None:
-        raise TypeError(
-            "every Moola task says what Invoke's --dry does: dry=PLAN, dry=READS or "
-            "dry='the sentence that refuses it' (moola_ops/cli/_common.py)"
-        )
 
     def decorate(body: Callable) -> invoke.Task:
         signature = inspect.signature(body)
@@ -311,7 +307,9 @@ def task(*args, dry=None, nagios: str = "", **kwargs):
             except MoolaError as exc:
                 raise usage_error(f"error: {exc}") from None
             if _dry(c):
-                refusal = dry_refusal(dry, kw)
+                refusal = dry_refusal(
+                    dry or f"{name} has no dry run; `invoke -h {name}` says what it does", kw
+                )
                 if refusal:
                     raise usage_error(f"error: {refusal}")
                 from moola_ops.runpod.cache import leave_cache_alone
@@ -321,7 +319,7 @@ def task(*args, dry=None, nagios: str = "", **kwargs):
                     kw["plan"] = True
             return body(c, *a, **kw)
 
-        run.dry_policy = dry  # tests read it
+        run.dry_policy = dry  # tests read it (None: not declared, refused under --dry)
         # Invoke reads flags from the signature: number flags are text here (converted above)
         run.__signature__ = signature.replace(
             parameters=[

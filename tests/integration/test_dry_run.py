@@ -110,12 +110,17 @@ VERDICTS = {"doctor": {0, 1}, "evaluate": {0, 1}}
 
 def every_task() -> list[str]:
     """Every task `invoke --list` shows, from the task tree tasks.py builds."""
+    return sorted(name for name, _ in every_task_object())
+
+
+def every_task_object() -> list[tuple]:
+    """(dotted name, invoke.Task) for every task of tasks.py's tree."""
     sys.path.insert(0, str(REPO))
     try:
         import tasks
     finally:
         sys.path.remove(str(REPO))
-    return sorted(tasks.ns.task_names)
+    return [(name, tasks.ns[name]) for name in tasks.ns.task_names]
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +215,8 @@ def changes(before: dict, after: dict) -> list[str]:
 
 
 def test_every_task_has_a_dry_case():
+    undeclared = [n for n, t in every_task_object() if getattr(t.body, "dry_policy", None) is None]
+    assert not undeclared, f"say what `invoke --dry` does with task(dry=...): {undeclared}"
     missing = [name for name in every_task() if name not in CASES]
     assert not missing, f"say what `invoke --dry` does for: {missing} (add a case above)"
     stale = [name for name in CASES if name not in every_task()]

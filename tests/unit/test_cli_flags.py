@@ -244,3 +244,31 @@ def test_train_says_what_it_does_from_its_first_second(tmp_path):
     done = invoke(tmp_path, "train", "--config", "missing.yaml")
     assert done.returncode == 1
     assert done.stderr.splitlines()[0] == "train: loading torch and the training code"
+
+
+def test_a_task_that_does_not_say_what_dry_does_is_refused_under_dry():
+    # safe by default: a new task without task(dry=...) acts on nothing under --dry (and fails
+    # tests/integration/test_dry_run.py until it says)
+    import pytest
+    from invoke import Config, Context
+    from invoke.exceptions import Exit
+
+    from moola_ops.cli._common import task
+
+    ran = []
+
+    @task(help={"host": "a host"})
+    def touch_things(c, host=""):
+        """Acts on hosts."""
+        ran.append(host)
+
+    dry = Context(Config(overrides={"run": {"dry": True}}))
+    with pytest.raises(Exit) as refused:
+        touch_things(dry, host="h")
+    assert refused.value.code == 1 and ran == []
+    assert refused.value.message == (
+        "error: --dry: touch-things has no dry run; `invoke -h touch-things` says what it does; "
+        "nothing was done"
+    )
+    touch_things(Context(Config()), host="h")
+    assert ran == ["h"]
