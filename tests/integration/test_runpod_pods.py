@@ -26,6 +26,7 @@ from moola_ops.journal import read_events
 from moola_ops.sandbox import start_sandbox
 from moola_ops.transport import HostKeyError, HostSession
 from tests.integration.conftest import start_hosts
+from tests.integration.helpers import default_signals
 
 pytestmark = [pytest.mark.ssh]
 
@@ -318,6 +319,7 @@ def test_ctrl_c_ends_a_deploy_whose_pod_look_up_trickles(runpod_api, pod_host, b
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_signals,  # a suite started in the background ignores SIGINT
     )
     try:
         assert runpod_api.trickling.wait(120), "the deploy never asked RunPod"
