@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from moola_ops import nagios, steps
+from moola_ops.commands import decisions
 from moola_ops.commands import facts as facts_cmd
 from moola_ops.commands import lock as lock_cmd
 
@@ -182,7 +183,12 @@ def assess_light(
         add(CheckResult(steps.CHECK_CURRENT, OK, f"current -> {facts.current}"))
 
     sums = facts.checksums
-    if link.resolves:
+    if link.resolves and facts.current is None:
+        # a copy that matches its own manifest proves nothing: it is not a release Moola put
+        # there, so its checksums are not judged (the current check above says why, CRITICAL)
+        message = "not judged: current is not a release Moola deployed"
+        add(CheckResult(steps.CHECK_CHECKSUMS, UNKNOWN, message))
+    elif link.resolves:
         if sums is None:
             add(
                 CheckResult(steps.CHECK_CHECKSUMS, CRITICAL, "current release has no manifest.json")
@@ -223,6 +229,9 @@ def assess_light(
         state = nagios.judge(disk.free_bytes / 1024**3, warn.get("free_gib"), crit.get("free_gib"))
         hint = "" if state == OK else ": prune old releases and backups"
         add(CheckResult(steps.CHECK_DISK, state, f"{_gib(disk.free_bytes)} free{hint}"))
+
+    if "unchecked" in facts.asked:
+        add(_releases_check(host.host, facts, policy))
 
     lock = facts.lock
     if lock is None:
@@ -303,6 +312,31 @@ def assess_runtime(
 
 
 _BUNDLE_FIX = re.compile(r"(: (upload or rebuild|remove it or rebuild)\b[^:]*)?\.?\s*$")
+
+
+def _releases_check(name: str, facts: facts_cmd.HostFacts, policy: HealthPolicy) -> CheckResult:
+    """Releases on disk that never passed their runtime check: WARNING (an interrupted run left
+    them; `invoke prune` removes them), OK while a live deploy's lock says it is checking."""
+    unchecked = decisions.unchecked_releases(facts)
+    if not unchecked:
+        count = len(facts.releases) if "releases" in facts.asked else None
+        said = f"{count} on disk, " if count is not None else ""
+        return CheckResult(steps.CHECK_RELEASES, OK, f"{said}each passed its check")
+    names = ", ".join(unchecked)
+    lock = facts.lock
+    if lock is not None and not lock_cmd.stale_reason(
+        lock.holder, lock.age_s, max_age_s=policy.stale_lock_s
+    ):
+        who = lock_cmd.describe_holder(lock.holder)
+        return CheckResult(
+            steps.CHECK_RELEASES, OK, f"{names} not checked yet: the deploy in progress ({who})"
+        )
+    return CheckResult(
+        steps.CHECK_RELEASES,
+        WARNING,
+        f"{names} never passed its runtime check (an interrupted run left it): "
+        f"`invoke prune --host {name}` removes it",
+    )
 
 
 def _fact_only(problem: str) -> str:

@@ -104,12 +104,19 @@ def probe_host(
         with transient_step(steps.HEALTHCHECK, host.name, "facts"):
             facts = facts_cmd.parse(ssh.run(command, timeout_s=left()).stdout, strict=False)
         assess_light(health, facts, expect_gpu=host.gpu, policy=policy, inventory_host=host)
-        if facts.current is not None:  # the live service (docs/serving.md)
+        if facts.link.link is not None:  # the live service (docs/serving.md), whatever current is
             from moola_ops.serving import assess_service
 
             with transient_step(steps.HEALTHCHECK, host.name, "service"):
                 assess_service(
-                    health, ssh, host, deep=deep, policy=policy, timeout_s=left(), requests=requests
+                    health,
+                    ssh,
+                    host,
+                    deep=deep,
+                    policy=policy,
+                    timeout_s=left(),
+                    foreign_current=facts.current is None,
+                    requests=requests,
                 )
         if deep:
             if facts.current is None:

@@ -174,10 +174,11 @@ class ProgressView:
     def start(self) -> None:
         if not self.live:
             return
-        from rich.console import Console
         from rich.live import Live
 
-        console = Console(file=self.stream, force_terminal=True, highlight=False)
+        from moola_ops.termsafe import safe_console
+
+        console = safe_console(self.stream, force_terminal=True, highlight=False)
         self._live = Live(
             get_renderable=self.renderable,
             console=console,

@@ -10,18 +10,30 @@ from typing import Any
 from moola_ops import steps
 from moola_ops.commands import serve as serve_cmd
 from moola_ops.inventory import Host
-from moola_ops.serving import ServeError, _layout, status
+from moola_ops.serving import ServeError, _layout, bearer, client_token, status
 
 HEALTH_BURST = 50  # --deep: requests of the burst, 4 clients at once
 
 
 def assess_service(
-    health, session, host: Host, *, deep: bool, policy=None, timeout_s=None, requests=True
+    health,
+    session,
+    host: Host,
+    *,
+    deep: bool,
+    policy=None,
+    timeout_s=None,
+    foreign_current: bool = False,
+    requests: bool = True,
 ):
     """Add the live-service checks to a HostHealth: server running and ready, serving the
     release `current` points at, one real request (its latency); --deep: a burst's p99 vs the
-    SLA. Server down or the wrong release is CRITICAL. One SSH round trip. `requests=False`
-    (Invoke's --dry): the status alone, no request sent (a request is captured on the host)."""
+    SLA. Server down or the wrong release is CRITICAL. One SSH round trip.
+
+    `foreign_current`: `current` is not a release Moola deployed, so there is no release the
+    server should follow: what it serves is reported (WARNING when it answers), never hidden.
+    `requests=False` (Invoke's --dry): the status alone, no request sent (a request is captured
+    on the host)."""
     from moola_ops.health import CRITICAL, OK, WARNING, CheckResult
 
     burst = HEALTH_BURST if deep and requests else 0
@@ -44,35 +56,43 @@ def assess_service(
         )
         return
     now = serve_cmd.parse_status(out.stdout or out.stderr)
+    if foreign_current:
+        now.current = None  # no release to follow: judge the server by itself
     problem = now.problem()
     one = data.get("probe") or {}
     if problem is None and not requests:
-        add(
-            CheckResult(
-                steps.CHECK_SERVICE,
-                OK,
-                f"serving {now.served_release} on port {now.proxy_port} (no request sent: --dry)",
-            )
-        )
+        said = f"serving {now.served_release} on port {now.proxy_port} (no request sent: --dry)"
+        if foreign_current:
+            said += "; current is not a Moola release: roll back or redeploy"
+        add(CheckResult(steps.CHECK_SERVICE, WARNING if foreign_current else OK, said))
         return
     if problem is None and not one.get("ok"):
         problem = f"a real request failed: {'; '.join(one.get('errors') or []) or 'no answer'}"
-    if problem is None and set(one.get("releases") or {}) != {now.current}:
-        problem = f"a real request was answered by {one.get('releases')}, not {now.current}"
+    expected = now.current or now.served_release
+    if problem is None and set(one.get("releases") or {}) != {expected}:
+        problem = f"a real request was answered by {one.get('releases')}, not {expected}"
     health.service_up = problem is None
     if problem:
         hint = f"; run invoke serve --host {host.name} --ensure"
+        if foreign_current:
+            hint = "; roll back or redeploy to make a Moola release current"
         add(CheckResult(steps.CHECK_SERVICE, CRITICAL, problem + hint))
         return
     health.service_ms = one.get("p50_ms")
-    add(
-        CheckResult(
-            steps.CHECK_SERVICE,
-            OK,
-            f"serving {now.served_release} on port {now.proxy_port}, one request "
-            f"{health.service_ms} ms",
-        )
+    serving = (
+        f"serving {now.served_release} on port {now.proxy_port}, one request {health.service_ms} ms"
     )
+    if foreign_current:
+        add(
+            CheckResult(
+                steps.CHECK_SERVICE,
+                WARNING,
+                f"{serving}; current is not a Moola release, so the server keeps the release "
+                "Moola last made live: roll back or redeploy",
+            )
+        )
+    else:
+        add(CheckResult(steps.CHECK_SERVICE, OK, serving))
     burst = data.get("burst")
     if not deep or not burst:
         return
@@ -120,12 +140,14 @@ def assess_service(
 
 class TrafficStream:
     """One client per host sending real requests one after another through the host's public
-    port (stand-in hosts: their ports are on this machine), counting what failed."""
+    port (stand-in hosts: their ports are on this machine), with the host's token when it has
+    one, counting what failed."""
 
-    def __init__(self, ports: dict[str, int]):
+    def __init__(self, ports: dict[str, int], tokens: dict[str, str] | None = None):
         import threading
 
         self.ports = ports
+        self.headers = {name: bearer((tokens or {}).get(name)) for name in ports}
         self.stopping = threading.Event()
         self.answered: dict[str, dict[str, int]] = {name: {} for name in ports}
         self.failed: dict[str, list[str]] = {name: [] for name in ports}
@@ -145,7 +167,7 @@ class TrafficStream:
         conn, last = http.client.HTTPConnection("127.0.0.1", port, timeout=30), time.monotonic()
         while not self.stopping.is_set():
             try:
-                conn.request("POST", "/v1/predict", body=body)
+                conn.request("POST", "/v1/predict", body=body, headers=self.headers[name])
                 response = conn.getresponse()
                 answer = json.loads(response.read())
                 if response.status == 200:
@@ -187,11 +209,13 @@ def demo_traffic(hosts: list[Host]) -> TrafficStream:
     failed. `invoke demo` runs it through its deploy and rollback (zero is the bar)."""
     from moola_ops.transport import HostSession
 
-    ports = {}
+    ports, tokens = {}, {}
     for host in hosts:
         with HostSession(host) as session:
             now = status(session, host)
+            if now.proxy_port:
+                tokens[host.name] = client_token(session, host)["token"]
         if not now.proxy_port:
             raise ServeError(f"{host.name} does not serve: {now.problem()}")
         ports[host.name] = int(now.proxy_port)
-    return TrafficStream(ports).start()
+    return TrafficStream(ports, tokens).start()

@@ -149,6 +149,37 @@ def known_standby(ctx, target: str) -> bool | None:
     return serve_cmd.standby_of(facts.server, target) is not None
 
 
+LIVE = "live"  # serve_target's third field: the target's server already takes the traffic
+
+
+def already_live(ctx, target: str) -> bool:
+    """From the lock's facts (serve/state.json, no round trip): the live server is `target`'s
+    (a rollback from a `current` Moola did not deploy, back to the release still serving)."""
+    facts = getattr(ctx, "facts", None)
+    if facts is None or "server" not in getattr(facts, "asked", ()):
+        return False
+    return serve_cmd.live_of(facts.server, target) is not None
+
+
+def keep_live(ctx, target: str) -> bool:
+    """Right after `current` moved to the release whose server is live: that server keeps the
+    traffic when it is alive, ready and answering as `target` (step serve-switch, moved
+    false); False when it is not (a server is then started and given traffic)."""
+    with ctx.step(steps.SERVE_SWITCH, version=target, moved=False) as info:
+        now = status(ctx.ssh, ctx.host)
+        live = now.live or {}
+        kept = (
+            live.get("release") == target
+            and now.live_alive
+            and now.live_ready
+            and now.served_release == target
+        )
+        info.update(live=live, kept=kept)
+        if not kept:
+            info.update(status="skipped", reason=now.problem() or "the live server changed")
+    return kept
+
+
 def standby_switch(ctx, target: str) -> dict[str, Any] | None:
     """ONE round trip: probe the warm standby of `target` and, only when it passed, move live
     traffic to it (steps serve-standby, then serve-switch). None when the probe failed or there
@@ -230,6 +261,9 @@ def prepare_target(ctx) -> None:
     nothing switches."""
     if not ctx.opts.serve:
         return
+    if already_live(ctx, ctx.target):  # traffic is on the target's server: nothing to start
+        ctx.serve_target = (ctx.target, None, LIVE)
+        return
     known = known_standby(ctx, ctx.target)
     if known:
         ctx.serve_target = (ctx.target, None, True)
@@ -249,6 +283,11 @@ def traffic_follows(ctx, target: str) -> None:
     if not ctx.opts.serve:
         return
     prepared = getattr(ctx, "serve_target", None)
+    if prepared and prepared[0] == target and prepared[2] == LIVE:
+        if keep_live(ctx, target):
+            return
+        move_to(ctx, target, int(deploy_start(ctx, target).port))
+        return
     if prepared and prepared[0] == target and prepared[1] is not None:
         move_to(ctx, target, prepared[1])
         return

@@ -83,6 +83,7 @@ CHECK_CHECKSUMS = "checksums"
 CHECK_GPU = "gpu"
 CHECK_DISK = "disk"
 CHECK_LOCK = "lock"
+CHECK_RELEASES = "releases"  # every release on disk passed its check (or served)
 CHECK_MODEL = "model"
 CHECK_LATENCY = "latency"
 CHECK_SERVICE = "service"  # the live server: running, ready, serving current, one real request

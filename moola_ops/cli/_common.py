@@ -18,6 +18,7 @@ import invoke
 from invoke.exceptions import Exit
 
 from moola_core.errors import MoolaError
+from moola_ops import termsafe
 
 
 def is_tty() -> bool:
@@ -26,11 +27,12 @@ def is_tty() -> bool:
 
 
 def console():
-    """A rich Console that never emits colour codes when stdout is not a terminal."""
-    from rich.console import Console
+    """A rich Console that never emits colour codes when stdout is not a terminal, and never
+    passes a host's escape sequences through (moola_ops/termsafe.py)."""
+    from moola_ops.termsafe import safe_console
 
     tty = is_tty()
-    return Console(force_terminal=tty, no_color=not tty, highlight=False, soft_wrap=not tty)
+    return safe_console(force_terminal=tty, no_color=not tty, highlight=False, soft_wrap=not tty)
 
 
 def print_json(payload: Any) -> None:
@@ -317,7 +319,13 @@ def task(*args, dry=None, nagios: str = "", **kwargs):
                 leave_cache_alone()  # pods are still looked up; the cache file stays as it is
                 if dry == PLAN:
                     kw["plan"] = True
-            return body(c, *a, **kw)
+            try:  # text from hosts never drives the terminal (moola_ops/termsafe.py)
+                with termsafe.guarded_streams():
+                    return body(c, *a, **kw)
+            except Exit as stop:  # Invoke prints its message after the streams are restored
+                if stop.message:
+                    stop.message = termsafe.printable(stop.message)
+                raise
 
         run.dry_policy = dry  # tests read it (None: not declared, refused under --dry)
         # Invoke reads flags from the signature: number flags are text here (converted above)

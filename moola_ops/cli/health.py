@@ -31,6 +31,7 @@ from moola_ops.cli._common import (
     whole_number,
 )
 from moola_ops.runpod import REFRESH_HELP
+from moola_ops.termsafe import guarded_streams
 
 FAST_TIMEOUT_S = 30.0
 DEEP_TIMEOUT_S = 300.0
@@ -269,6 +270,7 @@ def _project_config(home: Path):
     return config
 
 
+@guarded_streams()  # a host's escape sequences never reach the terminal (moola_ops/termsafe.py)
 def main(argv: list[str] | None = None) -> int:
     """`moola-healthcheck [-H HOSTS] [-w W] [-c C] [-t S] [--deep] ...`; returns the exit code."""
     parser = _PluginParser(

@@ -39,6 +39,7 @@ def report(
         "figures": result.figures,
         "seconds": round(result.seconds, 2),
         "missing": {s.id: s.missing for s in result.sections if s.missing},
+        "not_drawn": result.problems,
     }
     bad = []
     if check:

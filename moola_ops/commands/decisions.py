@@ -90,18 +90,24 @@ def plan_prune(
     keep_backups: int,
     protect: tuple[str, ...] = (),
 ) -> tuple[list[str], list[str]]:
-    """(releases, snapshots) to delete: keep the newest N and M, never current or previous.
+    """(releases, snapshots) to delete: keep the newest N and M, never current, previous or a
+    release a server runs from (serve/state.json: live, standby, shadow), never an odd entry
+    (`odd_releases`); a release that never passed its check (`unchecked_releases`) goes
+    whatever N says.
 
     Releases are ordered by when they last served (revisions.log), not by mtime; releases the
     history never mentions count as oldest. The newest snapshot of current and of previous is
     always kept too, so a damaged rollback target can be restored.
     """
     previous = rollback_target(facts)
-    keep = {v for v in (facts.current, previous, *protect) if v}
+    keep = {v for v in (facts.current, previous, *protect, *serving_releases(facts)) if v}
     served = release_history(facts.revisions)
-    order = sorted(facts.releases, key=lambda v: (_last_index(served, v), v), reverse=True)
+    odd = set(odd_releases(facts))  # left alone, and never counted as a kept release
+    unchecked = set(unchecked_releases(facts, protect))  # removed whatever N says
+    named = [v for v in facts.releases if v not in odd and v not in unchecked]
+    order = sorted(named, key=lambda v: (_last_index(served, v), v), reverse=True)
     keep.update(order[: max(keep_releases, 0)])
-    releases = sorted(v for v in facts.releases if v not in keep)
+    releases = sorted({v for v in named if v not in keep} | unchecked)
 
     snapshots = sorted(facts.backups, reverse=True)  # timestamp-first names: newest first
     keep_snap = set(snapshots[: max(keep_backups, 0)])
@@ -111,6 +117,37 @@ def plan_prune(
             keep_snap.add(newest)
     backups = sorted(b for b in facts.backups if b not in keep_snap)
     return releases, backups
+
+
+def unchecked_releases(facts: HostFacts, protect: tuple[str, ...] = ()) -> list[str]:
+    """Releases on disk that never passed their runtime check (the `unchecked` fact: no
+    releases/<v>.checked marker and never named in revisions.log), left by a run that was cut
+    off between upload and check. Never current, previous, a release a server runs from, one
+    in `protect` (the run's own target) or an odd entry."""
+    spared = {facts.current, rollback_target(facts), *protect, *serving_releases(facts)}
+    return sorted(v for v in facts.unchecked if v not in spared and _is_name(v))
+
+
+def serving_releases(facts: HostFacts) -> list[str]:
+    """Releases a server runs from, from serve/state.json (live, standby, shadow)."""
+    state = facts.server if isinstance(facts.server, dict) else {}
+    return sorted(
+        {e["release"] for e in state.values() if isinstance(e, dict) and e.get("release")}
+    )
+
+
+def odd_releases(facts: HostFacts) -> list[str]:
+    """Entries under releases/ whose names Moola never gives a release (`-rf`, a name with a
+    space): a prune leaves them alone and names them, and prunes the rest."""
+    return sorted(v for v in facts.releases if not _is_name(v))
+
+
+def _is_name(value: str) -> bool:
+    try:
+        check_name(value, "release")
+    except MoolaError:
+        return False
+    return True
 
 
 def _last_index(items: list[str], value: str) -> int:

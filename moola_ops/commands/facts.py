@@ -17,6 +17,7 @@ import json
 import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from moola_core.runtime.devices import NVIDIA_SMI_COMMAND, parse_nvidia_smi
@@ -32,7 +33,7 @@ from moola_ops.commands.hostfacts import (
     LockFact,
     PythonFact,
 )
-from moola_ops.commands.layout import BUNDLE_MARKER, Layout
+from moola_ops.commands.layout import BUNDLE_MARKER, CHECK_MARKER, Layout
 
 SECTION = "### "
 END = "end"
@@ -135,6 +136,24 @@ def parse_releases(lines: list[str]) -> dict[str, str | None]:
     return out
 
 
+def _unchecked_cmd(layout: Layout, python: str) -> str:
+    # a release counts as checked with its marker, or when revisions.log names it (it served:
+    # only a checked release is ever switched to; hosts from before the marker rely on this)
+    return (
+        f"for d in {layout.releases}/*/; do "
+        '[ -d "$d" ] || continue; v=$(basename "$d"); '
+        f'[ -e "${{d%/}}{CHECK_MARKER}" ] && continue; '
+        f'grep -qF -e "\\"version\\":\\"$v\\"" -e "\\"version\\": \\"$v\\"" '
+        f"{layout.revisions} 2>/dev/null && continue; "
+        "printf '%s\\n' \"$v\"; done"
+    )
+
+
+def parse_unchecked(lines: list[str]) -> list[str]:
+    """Releases on disk that never passed their runtime check (no marker, never served)."""
+    return sorted(line for line in lines if line.strip())
+
+
 def _backups_cmd(layout: Layout, python: str) -> str:
     return f"ls -1 {layout.backups} 2>/dev/null"
 
@@ -153,21 +172,49 @@ def _lock_cmd(layout: Layout, python: str) -> str:
 
 
 def parse_lock(lines: list[str]) -> LockFact | None:
-    """None when unlocked; else the holder record and the lock's age (host clock)."""
+    """None when unlocked; else the holder record and the lock's age on the host's clock.
+
+    The age counts from the start time the holder recorded (`since`), not from the lock
+    folder's mtime, which anything touching the folder renews; the mtime serves only when the
+    holder recorded no readable time, or one more than SINCE_SKEW_S ahead of the host's clock.
+    """
     if not lines:
         return None
-    age = 0.0
+    now = mtime = None
     first = lines[0].split()
     rest = lines
     if len(first) == 2 and all(x.isdigit() for x in first):
-        age = max(0.0, float(int(first[0]) - int(first[1])))
+        now, mtime = int(first[0]), int(first[1])
         rest = lines[1:]
     raw = "\n".join(rest).strip()
     try:
         holder = json.loads(raw) if raw else {}
     except json.JSONDecodeError:
         holder = {"unreadable": raw[:200]}
-    return LockFact(holder if isinstance(holder, dict) else {"unreadable": raw[:200]}, age)
+    if not isinstance(holder, dict):
+        holder = {"unreadable": raw[:200]}
+    if now is None:
+        return LockFact(holder, 0.0)
+    since = _epoch(holder.get("since"))
+    if since is not None and since - now <= SINCE_SKEW_S:
+        return LockFact(holder, max(0.0, now - since), "since")
+    return LockFact(holder, max(0.0, float(now - mtime)), "mtime")
+
+
+SINCE_SKEW_S = 300.0  # a recorded start this far ahead of the host's clock is not believed
+
+
+def _epoch(value: Any) -> float | None:
+    """An ISO-8601 time (`2026-11-27T16:33:00Z`) as epoch seconds; None if it is not one."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
 
 
 def _disk_cmd(layout: Layout, python: str) -> str:
@@ -293,6 +340,7 @@ for _fact in (
     Fact("revisions", _revisions_cmd, parse_revisions, "the last lines of revisions.log"),
     Fact("checksums", _checksums_cmd, parse_checksums, "current's files against its manifest"),
     Fact("server", _server_cmd, parse_server, "serve/state.json: live and standby servers"),
+    Fact("unchecked", _unchecked_cmd, parse_unchecked, "releases that never passed their check"),
 ):
     register(_fact)
 
@@ -307,6 +355,7 @@ DEPLOY_FACTS = (
     "gpus",
     "revisions",
     "server",
+    "unchecked",
 )
 HEALTH_FACTS = (
     "workspace",
@@ -317,6 +366,8 @@ HEALTH_FACTS = (
     "gpus",
     "disk",
     "lock",
+    "server",
+    "unchecked",
 )
 
 

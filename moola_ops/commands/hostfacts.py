@@ -26,10 +26,13 @@ class CurrentLink:
 
 @dataclass
 class LockFact:
-    """A deploy lock that is present: its holder record and its age on the host's clock."""
+    """A deploy lock that is present: its holder record and its age on the host's clock,
+    counted from the start time the holder recorded (`aged_from` "since"), or from the lock
+    folder's mtime ("mtime") when the holder recorded none that can be believed."""
 
     holder: dict[str, Any]
     age_s: float = 0.0
+    aged_from: str = "mtime"
 
 
 @dataclass
@@ -84,6 +87,7 @@ class HostFacts:
     revisions: list[dict[str, Any]] = field(default_factory=list)  # last lines, oldest first
     checksums: ChecksumFact | None = None
     server: Any = None  # the serving room's fact (registered by it)
+    unchecked: list[str] = field(default_factory=list)  # releases that never passed a check
     asked: tuple[str, ...] = ()
     complete: bool = True  # the answer ran to its end marker
     current: str | None = None  # the VALID release behind `current` (see resolve_current)

@@ -3,6 +3,7 @@
 ```
 WORKSPACE/releases/<version>/      one extracted, verified bundle per version (immutable)
 WORKSPACE/releases/<version>.sha256  sha256 of the archive it came from (dedupes uploads)
+WORKSPACE/releases/<version>.checked  written only once its runtime check passed (who, when)
 WORKSPACE/current -> releases/<v>  switched atomically (ln -s to a temp name, mv -T over it)
 WORKSPACE/incoming/<id>/           staging for uploads; promoted only after checksums pass
 WORKSPACE/backups/<ts>-<v>.tar     snapshots taken before a switch
@@ -26,6 +27,11 @@ _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,79}")
 _WORKSPACE = re.compile(r"(/|~/)[A-Za-z0-9._/+-]*")
 
 BUNDLE_MARKER = ".sha256"  # releases/<v>.sha256: sha256 of the archive releases/<v> came from
+# releases/<v>.checked: written on the host by the command that ran releases/<v>'s runtime
+# check, only when it passed. A release with neither this marker nor a revisions.log line
+# (hosts from before the marker: every release that served is named there) never passed its
+# check: an interrupted run left it, and the next deploy or prune removes it.
+CHECK_MARKER = ".checked"
 
 
 def check_name(value: str, what: str) -> str:

@@ -51,7 +51,7 @@ def acquire(layout: Layout, holder: dict[str, Any]) -> str:
         f"rm -rf {fresh} && mkdir {fresh} && "
         f"if ! {write}; then rm -rf {fresh}; echo {HELD}; echo {_WRITE_FAILED}; "
         f"elif [ ! -e {lock} ] && mv -T {fresh} {lock} 2>/dev/null; then echo {ACQUIRED}; "
-        f"else rm -rf {fresh}; echo {HELD}; cat {holder_file} 2>/dev/null || echo '{{}}'; fi"
+        f"else rm -rf {fresh}; echo {HELD}; cat {holder_file} 2>/dev/null || echo '{{}}'; echo; fi"
     )
 
 

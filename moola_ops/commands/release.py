@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from moola_core.bundle import archive as bundle_archive
-from moola_ops.commands.layout import BUNDLE_MARKER, Layout, check_name
+from moola_ops.commands.layout import BUNDLE_MARKER, CHECK_MARKER, Layout, check_name
+from moola_ops.commands.process import stop_group
 
 # The host-side program: hostside.py with archive.py's source ahead of it as a string, so the
 # host extracts and verifies with the very code the workstation uses (see hostside.py).
@@ -93,22 +94,51 @@ def bounded(command: str, layout: Layout, deployment: str, deadline_s: float) ->
     """Run `command` under the host's own `timeout` (TERM, then KILL 5 s later), recording its
     process id in incoming/<deployment>.pid so `kill_bounded` can stop it from a new connection.
 
-    The bound holds on the host even when the connection that started it is gone.
+    `timeout` runs the command in a process group of its own (its pid is the group's id) and
+    ends when its direct child does; a grandchild that ignores TERM (a model check's worker)
+    would outlive it, so whatever is left of that group is KILLed once `timeout` returns. The
+    bound holds on the host even when the connection that started it is gone.
     """
     pidfile = layout.path("incoming", f"{check_name(deployment, 'deployment id')}.pid")
     seconds = max(1, int(round(float(deadline_s))))
     inner = f"echo $$ > {pidfile}; exec timeout -k 5 {seconds} sh -c {shlex.quote(command)}"
-    return f"sh -c {shlex.quote(inner)}; rc=$?; rm -f {pidfile}; exit $rc"
+    return (
+        f'sh -c {shlex.quote(inner)}; rc=$?; {_pid_from(pidfile)} && kill -KILL -"$p" '
+        f"2>/dev/null; rm -f {pidfile}; exit $rc"
+    )
 
 
 def kill_bounded(layout: Layout, deployment: str) -> str:
-    """Stop a command started by `bounded` (its `timeout` forwards TERM to the check)."""
+    """Stop a command started by `bounded`: its whole process group gets TERM, and KILL after
+    3 s (a check that ignores TERM ends too)."""
     pidfile = layout.path("incoming", f"{check_name(deployment, 'deployment id')}.pid")
-    return (
-        f"if [ -f {pidfile} ]; then kill -TERM $(cat {pidfile}) 2>/dev/null; sleep 1; "
-        f"pkill -KILL -P $(cat {pidfile}) 2>/dev/null; kill -KILL $(cat {pidfile}) 2>/dev/null; "
-        f"rm -f {pidfile}; fi; true"
+    group = '"-$p"'
+    return f"if {_pid_from(pidfile)}; then {stop_group(group)}; fi; rm -f {pidfile}; true"
+
+
+def _pid_from(pidfile: str) -> str:
+    """Shell test: read a pid file into $p; true only when it holds a plain number above 1."""
+    return f'p=$(cat {pidfile} 2>/dev/null); case "$p" in ""|*[!0-9]*|0|1) false;; *) true;; esac'
+
+
+def mark_checked(layout: Layout, version: str, deployment: str) -> str:
+    """Record on the host that releases/<version> passed its runtime check (releases/<v>.checked:
+    the deployment and the host's time). Exit 0 even when it cannot be written: the check did
+    pass; the release then counts as unchecked until it serves (docs/runbook.md)."""
+    marker = layout.release(version) + CHECK_MARKER
+    record = shlex.quote(
+        f'{{"deployment":"{check_name(deployment, "deployment id")}","time":"%s"}}\\n'
     )
+    return (
+        f'{{ printf {record} "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > {marker}; }} 2>/dev/null '
+        "|| echo 'moola: check marker not written' >&2"
+    )
+
+
+def checked(check: str, layout: Layout, version: str, deployment: str) -> str:
+    """`check` (a bounded runtime check of releases/<version>), then its marker only if it
+    passed; the exit status stays the check's."""
+    return f"{check} && {{ {mark_checked(layout, version, deployment)}; }}"
 
 
 def snapshot(layout: Layout, version: str, name: str) -> str:
@@ -156,7 +186,10 @@ def set_aside(layout: Layout, version: str, deployment: str) -> str:
     same bytes can be promoted again (`deploy --repair`)."""
     staging = layout.staging(deployment)
     rel = layout.release(version)
-    return f"mkdir -p {staging} && mv -T {rel} {staging}/damaged && rm -f -- {rel}{BUNDLE_MARKER}"
+    return (
+        f"mkdir -p {staging} && mv -T {rel} {staging}/damaged && "
+        f"rm -f -- {rel}{BUNDLE_MARKER} {rel}{CHECK_MARKER}"
+    )
 
 
 def remove_current(layout: Layout) -> str:
@@ -170,12 +203,12 @@ def remove_staging(layout: Layout, deployment: str) -> str:
 
 
 def remove_release(layout: Layout, version: str, *, unless_current: bool = True) -> str:
-    """Remove releases/<version> and its .sha256 marker (a release that failed its check).
+    """Remove releases/<version> and its markers (a release that failed its check).
 
     Refuses (prints KEPT) when `current` resolves to it, so a retry can never delete what serves.
     """
     rel = layout.release(version)
-    remove = f"rm -rf -- {rel} {rel}{BUNDLE_MARKER}"
+    remove = f"rm -rf -- {rel} {rel}{BUNDLE_MARKER} {rel}{CHECK_MARKER}"
     if not unless_current:
         return remove
     return (
@@ -233,17 +266,27 @@ def snapshot_and_switch(
 
 
 def prune(layout: Layout, releases: list[str], backups: list[str]) -> str:
-    """Remove the given releases and snapshots, and any staging left by interrupted runs.
+    """Remove the given releases and snapshots, and any staging (and still running runtime
+    check) left by interrupted runs.
 
     Which ones go is decided by `moola_ops.facts.plan_prune` (never current or previous);
     run only under the lock, since incoming/ of a live deploy would go too.
     """
-    paths = [layout.release(v) for v in releases] + [
-        layout.release(v) + BUNDLE_MARKER for v in releases
-    ]
+    paths = [layout.release(v) + end for v in releases for end in ("", BUNDLE_MARKER, CHECK_MARKER)]
     paths += [layout.backup(b) for b in backups]
-    remove = f"rm -rf -- {' '.join(paths)}; " if paths else ""
-    return f"{remove}rm -rf -- {layout.incoming}/* {layout.root}/.current-*"
+    # an interrupted run's runtime check may still run (its pid file is in incoming/): under
+    # the lock no other run's check can, so stop each one's process group before its pid file
+    # goes with incoming/
+    each = '"$f"'
+    checks = (
+        f"for f in {layout.incoming}/*.pid; do {_pid_from(each)} && "
+        'kill -KILL -"$p" 2>/dev/null; done; '
+    )
+    leftovers = f"{checks}rm -rf -- {layout.incoming}/* {layout.root}/.current-*"
+    if not paths:
+        return leftovers
+    # both run; the exit status says whether everything asked for is gone
+    return f"rm -rf -- {' '.join(paths)}; gone=$?; {leftovers} && [ $gone -eq 0 ]"
 
 
 def restore(layout: Layout, python: str, deployment: str, snapshot_file: str, version: str):

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +34,12 @@ from moola_ops.journal import Journal
 from moola_ops.transport import Aborted, HostSession, Result, TransportError
 
 Stage = tuple[str, Callable[["HostContext"], "HostOutcome | None"]]
+RECONNECT_AFTER_CTRL_C_S = 5.0  # one connection attempt, this long, to clean up after Ctrl-C
+
+
+class HostGone(TransportError):
+    """The host stopped answering during this run: nothing more is tried on it (no retries,
+    no reconnects); the guard reports what it left there instead."""
 
 
 class HostContext:
@@ -65,6 +72,7 @@ class HostContext:
         self.switched = False  # `current` moved to the target and its check passed
         self.cleaning = False
         self.log_problem: str | None = None
+        self.gone: str | None = None  # why the host counts as dead in this run (HostGone)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -75,7 +83,9 @@ class HostContext:
 
     def interrupt(self) -> None:
         """Called from the waiting thread on Ctrl-C: cut the connection unless a switch is
-        under way, so a long remote command (upload, check) ends now; the guard cleans up."""
+        under way, so a long remote command (upload, check) ends now; the guard cleans up.
+        The cancel also probes the host: one that does not answer at once is dead
+        (HostSession.cancel), and the guard then reports what it left instead of waiting."""
         if not self.in_switch:
             with contextlib.suppress(Exception):
                 # a transport that can cancel kills the running remote command's process group
@@ -167,10 +177,15 @@ class HostContext:
                 info["accepted_new_host_key"] = self.ssh.accepted_key
 
     def reconnect(self) -> None:
-        """A fresh connection (host key checked again) after the old one broke."""
+        """A fresh connection (host key checked again) after the old one broke. After Ctrl-C
+        it is one attempt of at most RECONNECT_AFTER_CTRL_C_S: the run is ending."""
         with contextlib.suppress(Exception):
             self.ssh.close()
-        self.ssh = HostSession(self.host)
+        host = self.host
+        if self.cancel.is_set():
+            limit = min(host.connect_timeout_s, RECONNECT_AFTER_CTRL_C_S)
+            host = replace(host, connect_timeout_s=limit, connect_retries=0)
+        self.ssh = HostSession(host)
         self.ssh.open()
 
     def read_facts(self, names=facts_cmd.DEPLOY_FACTS) -> facts_cmd.HostFacts:
@@ -228,15 +243,75 @@ class HostContext:
             self.locked = False
 
     def run_reconnecting(self, command: str, info: dict | None = None) -> Result:
-        """Run a cleanup command within the cleanup deadline, reconnecting once if needed."""
+        """Run a cleanup command within the cleanup deadline: on the same connection when it is
+        alive (after our own Ctrl-C too), else over one fresh one. A host found dead (no answer
+        to keepalives or to the Ctrl-C probe, or no new connection) raises HostGone, now and
+        for every later command of this run."""
+        if self.gone:
+            raise HostGone(self.gone)
         limit = self.opts.cleanup_timeout_s
         try:
             return self.ssh.run(command, timeout_s=limit)
-        except (TransportError, Aborted):  # broken, or cancelled by our own Ctrl-C
-            self.reconnect()
-            if info is not None:
-                info["reconnected"] = True
+        except Aborted:  # cancelled by our own Ctrl-C: go on here if the host is alive
+            if not self.ssh.resume():
+                self._reconnect_or_gone(info)
+        except TransportError:  # broken, or this cleanup command hung
+            self._reconnect_or_gone(info)
+        try:
             return self.ssh.run(command, timeout_s=limit)
+        except (TransportError, Aborted) as exc:
+            raise self._found_gone(str(exc) or "no answer") from None
+
+    def _reconnect_or_gone(self, info: dict | None) -> None:
+        if self.ssh.dead:
+            raise self._found_gone(self.ssh.dead)
+        try:
+            self.reconnect()
+        except (TransportError, Aborted) as exc:
+            raise self._found_gone(str(exc) or "no new connection") from None
+        if info is not None:
+            info["reconnected"] = True
+
+    def _found_gone(self, reason: str) -> HostGone:
+        self.gone = reason
+        return HostGone(reason)
+
+    def left_behind(self) -> list[str]:
+        """What this run's guard could not undo on the host (it stopped answering)."""
+        left = []
+        if self.locked:
+            left.append(f"its deploy lock (deployment {self.journal.deployment})")
+        if self.unsettled is not None:
+            left.append(f"`current` may point at {self.unsettled[0]}, whose check had not passed")
+        if self.unchecked is not None and self.unchecked != self.previous:
+            left.append(f"releases/{self.unchecked} (it never passed its runtime check)")
+        if self.check_running:
+            left.append(
+                "a runtime check that its host-side bound stops within "
+                f"{self.opts.check_timeout_s:.0f}s"
+            )
+        if self.serve_candidate:
+            left.append(f"a server started for {self.serve_candidate}")
+        if self.staging:
+            left.append(f"incoming/{self.journal.deployment}/ (a partial upload)")
+        return left
+
+    def left_sentence(self) -> str:
+        """`left on H: ...; once H answers again: <the commands that clear it>`."""
+        name, left = self.host.name, self.left_behind()
+        if not left:
+            return ""
+        fixes = []
+        if self.locked:
+            fixes.append(lock_cmd.break_hint(name))
+        if self.unsettled is not None:
+            fixes.append(f"invoke rollback --host {name} --to {self.unsettled[1] or 'VERSION'}")
+        if (self.unchecked and self.unchecked != self.previous) or self.staging:
+            fixes.append(f"invoke prune --host {name}")
+        if self.serve_candidate:
+            fixes.append(f"invoke serve --host {name} --ensure")
+        then = f"; once {name} answers again: {', then '.join(fixes)}" if fixes else ""
+        return f"left on {name}: {'; '.join(left)}{then}"
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -341,42 +416,56 @@ def settle(ctx: HostContext, exc: BaseException) -> HostOutcome:
         if ctx.unsettled is None and ctx.switched:
             current = ctx.target
         try:
-            ctx.unlock()
-            if status == "aborted":
-                notes.append("lock released")
+            if not ctx.gone:
+                ctx.unlock()
+                if status == "aborted":
+                    notes.append("lock released")
+        except HostGone:
+            pass
         except Exception as unlock_error:
             notes.append(
                 f"the lock could not be released ({unlock_error}): check the host, then "
                 f"{lock_cmd.break_hint(name)}"
             )
+        if ctx.gone:  # nothing more is tried on it: say what is left and how to clear it
+            reason = ctx.gone if name in ctx.gone else f"{name}: {ctx.gone}"
+            notes.append(f"{reason}; {ctx.left_sentence()}".rstrip("; "))
     message = "; ".join([first, *notes])
     return HostOutcome(name, status, message, current=current, previous=ctx.previous)
 
 
 def cleanup_host(ctx: HostContext) -> list[str]:
-    """The undo part of settle(); each action logged under step `cleanup`, notes returned."""
-    from moola_ops.engine import stages
-
+    """The undo part of settle(); each action logged under step `cleanup`, notes returned.
+    A host that stops answering ends the cleanup there: the step is logged failed with what
+    is left (`left`), and settle() names it."""
     notes: list[str] = []
     with ctx.step(steps.CLEANUP) as info:
-        if ctx.check_running:
-            ctx.run_reconnecting(release_cmd.kill_bounded(ctx.layout, ctx.journal.deployment), info)
-            ctx.check_running = False
-            info["killed_check"] = True
-        if ctx.unsettled is not None:
-            target, previous = ctx.unsettled
-            notes.append(stages.switch_back(ctx, previous, target))
-        if ctx.serve_candidate:  # started, but traffic never reached it
-            from moola_ops.serving_stages import stop_candidate
-
-            info["stopped_candidate"] = stop_candidate(ctx, info)
-        if ctx.unchecked is not None and ctx.unchecked != ctx.previous:
-            out = ctx.run_reconnecting(release_cmd.remove_release(ctx.layout, ctx.unchecked), info)
-            info["removed_release"] = ctx.unchecked if "KEPT" not in out.stdout else None
-            ctx.unchecked = None
-        if ctx.staging:
-            ctx.run_reconnecting(
-                release_cmd.remove_staging(ctx.layout, ctx.journal.deployment), info
-            )
-            ctx.staging = False
+        try:
+            _undo(ctx, info, notes)
+        except HostGone:
+            info.update(status="failed", gone=ctx.gone, left=ctx.left_behind())
     return [n for n in notes if n]
+
+
+def _undo(ctx: HostContext, info: dict, notes: list[str]) -> None:
+    """Each action clears its flag once done, so what is left stays named (left_behind)."""
+    from moola_ops.engine import stages
+
+    if ctx.check_running:
+        ctx.run_reconnecting(release_cmd.kill_bounded(ctx.layout, ctx.journal.deployment), info)
+        ctx.check_running = False
+        info["killed_check"] = True
+    if ctx.unsettled is not None:
+        target, previous = ctx.unsettled
+        notes.append(stages.switch_back(ctx, previous, target))
+    if ctx.serve_candidate:  # started, but traffic never reached it
+        from moola_ops.serving_stages import stop_candidate
+
+        info["stopped_candidate"] = stop_candidate(ctx, info)
+    if ctx.unchecked is not None and ctx.unchecked != ctx.previous:
+        out = ctx.run_reconnecting(release_cmd.remove_release(ctx.layout, ctx.unchecked), info)
+        info["removed_release"] = ctx.unchecked if "KEPT" not in out.stdout else None
+        ctx.unchecked = None
+    if ctx.staging:
+        ctx.run_reconnecting(release_cmd.remove_staging(ctx.layout, ctx.journal.deployment), info)
+        ctx.staging = False

@@ -18,6 +18,7 @@ from moola_ops.commands import release as release_cmd
 from moola_ops.engine.bundle import LocalBundle
 from moola_ops.engine.planner import RUN_TIME_PORT, UPLOAD, Planner, after_switch  # noqa: F401
 from moola_ops.engine.results import FleetResult, HostOutcome, Options
+from moola_ops.engine.stages import prune_note
 from moola_ops.fleet import run_fleet
 from moola_ops.inventory import Host
 from moola_ops.journal import new_deployment_id
@@ -224,6 +225,9 @@ def render_plan(result: FleetResult) -> str:
             lines.append(
                 f"  prune: releases {pr['releases'] or 'none'}, snapshots {pr['backups'] or 'none'}"
             )
+            if pr.get("left_alone") or pr.get("unchecked"):
+                note = prune_note(pr.get("left_alone") or [], pr.get("unchecked") or [])
+                lines.append(f"  {note.replace('removed', 'would remove', 1)}")
         for i, c in enumerate(plan.get("commands", []), 1):
             lines.append(f"  {i:>2}. [{c['step']}] {_readable(c['command'])[:400]}")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from moola_ops.commands import release as release_cmd
 from moola_ops.commands.hostfacts import HostFacts
 from moola_ops.commands.layout import Layout
 from moola_ops.engine.results import HostOutcome, Options
-from moola_ops.engine.stages import check_command
+from moola_ops.engine.stages import bounded_check
 from moola_ops.inventory import Host
 from moola_ops.journal import current_actor
 from moola_ops.transport import HostSession
@@ -43,6 +43,7 @@ class Planner:
         self.facts: HostFacts | None = None
         self.what = what
         self.serve_warm: dict[str, Any] | None = None  # the target's recorded warm standby
+        self.serve_live: str | None = None  # the target whose server is live already
         self.serve_note: str | None = None  # which server would take traffic
 
     def add(self, step: str, command: str) -> None:
@@ -78,8 +79,16 @@ class Planner:
 
     def runtime_check(self, version: str, step: str, *, through_current: bool) -> None:
         o = self.opts
-        check = check_command(self.layout, self.host, o, version, through_current=through_current)
-        self.add(step, release_cmd.bounded(check, self.layout, self.deployment, o.check_timeout_s))
+        command = bounded_check(
+            self.layout,
+            self.host,
+            o,
+            version,
+            self.deployment,
+            o.check_timeout_s,
+            through_current=through_current,
+        )
+        self.add(step, command)
 
     def serving(self, target: str) -> None:
         """Before the switch, with serving on (moola_ops/serving_stages.py, prepare_target). The
@@ -93,6 +102,13 @@ class Planner:
 
         layout, host, facts = self.layout, self.host, self.facts
         known = "server" in facts.asked
+        if known and serve_cmd.live_of(facts.server, target) is not None:
+            self.serve_live = target
+            self.serve_note = (
+                f"the live server already serves {target}: it keeps the traffic (checked "
+                "after the switch; a new server starts only if it is not ready)"
+            )
+            return
         standby = serve_cmd.standby_of(facts.server, target) if known else None
         if standby is not None:
             self.serve_warm = standby
@@ -141,6 +157,9 @@ class Planner:
         from moola_ops.commands import serve as serve_cmd
 
         keep = self.opts.keep_standby
+        if self.serve_live == target:  # serving_stages.keep_live: one status round trip
+            self.add(steps.SERVE_SWITCH, serve_cmd.status(self.layout, self.host.python))
+            return
         if self.serve_warm is not None:
             move = serve_cmd.standby_switch(
                 self.layout, self.host.python, target, keep_standby=keep
@@ -213,7 +232,12 @@ class Planner:
         )
         self.add(steps.PRUNE, facts_cmd.gather(self.layout, self.host.python))
         self.add(steps.PRUNE, release_cmd.prune(self.layout, releases, backups))
-        return {"releases": releases, "backups": backups}
+        return {
+            "releases": releases,
+            "backups": backups,
+            "left_alone": decisions.odd_releases(after),
+            "unchecked": decisions.unchecked_releases(after, protect),
+        }
 
     def unlock(self) -> None:
         self.add(steps.UNLOCK, lock_cmd.release(self.layout, self.deployment))

@@ -103,6 +103,10 @@ class Options:
     command_timeout_s: float = 300.0  # any other remote command (facts, promote, switch, ...)
     upload_timeout_s: float = 1800.0  # the whole upload of one bundle
     cleanup_timeout_s: float = 30.0  # each command of the cleanup after a failure or Ctrl-C
+    # after Ctrl-C, a host not inside its switch gets this long to clean up; then the run ends
+    # and names what that host still holds (a host that does not answer at all is found dead
+    # within transport.watchdog.PROBE_SILENCE_S and not waited for)
+    abort_grace_s: float = 8.0
     check_runs: int | None = None  # timed runs of the runtime check (None: the runtime's default)
     check_warmup: int | None = None
     check_backend: str | None = None  # None: the runtime picks the fastest that matches golden

@@ -56,6 +56,15 @@ def run_phase(
         for ctx in list(contexts.values()):
             ctx.interrupt()
 
+    def grace(i: int) -> float:
+        """After Ctrl-C: a host inside its switch finishes it (and its check, or switches
+        back); any other host gets `abort_grace_s` to clean up, then the run ends naming what
+        that host left."""
+        ctx = contexts.get(hosts[i].name)
+        return (
+            opts.cleanup_timeout_s * 6 if ctx is not None and ctx.in_switch else opts.abort_grace_s
+        )
+
     interrupted = False
     try:
         outcomes = run_fleet(
@@ -69,7 +78,7 @@ def run_phase(
             on_skip=skipped,
             on_late=late,
             on_interrupt=interrupt,
-            grace_s=opts.cleanup_timeout_s * 6,
+            grace_s=grace,
         )
     except FleetInterrupted as stop:
         interrupted = True
@@ -79,12 +88,15 @@ def run_phase(
                 outcomes.append(stop.results[i])
             else:
                 ctx = contexts.get(host.name)
+                left = ctx.left_sentence() if ctx is not None else ""
                 outcomes.append(
                     HostOutcome(
                         host.name,
                         "aborted",
-                        "still cleaning up when the run was stopped: check it with invoke lock "
-                        f"--host {host.name} and invoke log --host {host.name}",
+                        "still cleaning up when the run was stopped"
+                        + (f"; {left}" if left else "")
+                        + f": check it with invoke lock --host {host.name} and invoke log "
+                        f"--host {host.name}",
                         current=ctx.previous if ctx else None,
                     )
                 )

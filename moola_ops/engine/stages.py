@@ -14,9 +14,10 @@ from typing import Any
 
 from moola_core.errors import MoolaError
 from moola_ops import steps
+from moola_ops.commands import decisions
 from moola_ops.commands import facts as facts_cmd
 from moola_ops.commands import release as release_cmd
-from moola_ops.engine.context import HostContext
+from moola_ops.engine.context import HostContext, HostGone
 from moola_ops.engine.results import StepFailed
 from moola_ops.transport import Aborted, TransportError
 
@@ -123,6 +124,19 @@ def check_command(layout, host, opts, version: str, *, through_current: bool) ->
     )
 
 
+def bounded_check(
+    layout, host, opts, version: str, deployment: str, limit: float, *, through_current: bool
+) -> str:
+    """The runtime check as it is sent: under the host's own bound, and, for releases/<v>
+    itself, followed by its `.checked` marker when it passed. One builder for the run and its
+    plan."""
+    check = check_command(layout, host, opts, version, through_current=through_current)
+    command = release_cmd.bounded(check, layout, deployment, limit)
+    if through_current:
+        return command
+    return release_cmd.checked(command, layout, version, deployment)
+
+
 def runtime_check(ctx: HostContext, version: str, *, step: str, through_current=False) -> None:
     """The bundle's runtime check (model, golden outputs, latency) under the host's own
     deadline; its report's `summary` is the sentence shown. StepFailed on failure."""
@@ -130,9 +144,16 @@ def runtime_check(ctx: HostContext, version: str, *, step: str, through_current=
 
     o = ctx.opts
     with ctx.step(step, version=version, through_current=through_current) as info:
-        check = check_command(ctx.layout, ctx.host, o, version, through_current=through_current)
         limit = ctx.timeout(o.check_timeout_s)
-        command = release_cmd.bounded(check, ctx.layout, ctx.journal.deployment, limit)
+        command = bounded_check(
+            ctx.layout,
+            ctx.host,
+            o,
+            version,
+            ctx.journal.deployment,
+            limit,
+            through_current=through_current,
+        )
         ctx.check_running = True
         out = ctx.run(command, timeout_s=limit + 15)  # the host's own bound ends it first
         ctx.check_running = False
@@ -301,6 +322,9 @@ def switch_back(ctx: HostContext, previous: str | None, failed: str) -> str:
         for hook in AFTER_SWITCH_BACK:
             hook(ctx, previous, failed)
         light_check(ctx, previous, step=steps.AUTO_ROLLBACK_CHECK)
+    except HostGone:
+        ctx.unsettled = (failed, previous)  # the guard names it: current may point at `failed`
+        raise
     except (StepFailed, TransportError) as again:
         return f"switched back to {previous} at once, but its own check failed too: {again}"
     finally:
@@ -331,25 +355,57 @@ def restore_release(ctx: HostContext, version: str, snapshot: str | None = None)
     return snapshot
 
 
-def prune(ctx: HostContext, protect: tuple[str, ...]) -> None:
-    """Housekeeping after success: a problem here is a warning in the log, never a failure."""
+def prune(ctx: HostContext, protect: tuple[str, ...]) -> tuple[bool, str | None]:
+    """Housekeeping after success: a problem here is a warning in the log, never a failure.
+
+    Returns (done, note): whether the prune ran, and a sentence for the host's outcome (what
+    was left alone, or why the prune was skipped), so what is printed agrees with the log.
+    An odd entry under releases/ (`-rf`) is left alone and named; the rest is pruned.
+    """
     with ctx.step(steps.PRUNE) as info:
         try:
             facts = ctx.read_facts()
-            releases, backups = facts_cmd.plan_prune(
+            releases, backups = decisions.plan_prune(
                 facts,
                 keep_releases=ctx.opts.keep_releases,
                 keep_backups=ctx.opts.keep_backups,
                 protect=protect,
             )
             info.update(releases=releases, backups=backups)
+            odd = decisions.odd_releases(facts)
+            if odd:
+                info["left_alone"] = odd
+            unchecked = decisions.unchecked_releases(facts, protect)
+            if unchecked:
+                info["unchecked"] = unchecked
             out = ctx.run(release_cmd.prune(ctx.layout, releases, backups))
             if not out.ok:
                 info["warning"] = out.tail(200)
-        except (MoolaError, ValueError) as exc:  # an odd name, a slow host: warn, go on
+        except (MoolaError, ValueError) as exc:  # a slow host, an unreadable answer: warn, go on
             info["warning"] = str(exc)
         if "warning" in info:
             info["status"] = "skipped"
+            return False, f"prune skipped on {ctx.host.name}: {info['warning']}"
+    notes = [prune_note(info.get("left_alone") or [], info.get("unchecked") or [])]
+    return True, "; ".join(n for n in notes if n) or None
+
+
+def prune_note(odd: list[str], unchecked: list[str] = ()) -> str:
+    """The sentence about what a prune left alone under releases/ and which releases it removed
+    because they never passed their check ('' when neither)."""
+    parts = []
+    if unchecked:
+        parts.append(
+            f"removed {', '.join(unchecked)}: never passed its runtime check (left by an "
+            "interrupted run)"
+        )
+    if odd:
+        names = ", ".join(repr(v) for v in odd)
+        parts.append(
+            f"prune left alone {names} under releases/ (not a name Moola gives a release): "
+            "remove it by hand if it is not yours"
+        )
+    return "; ".join(parts)
 
 
 def quality_gate(ctx: HostContext) -> None:

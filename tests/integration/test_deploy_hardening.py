@@ -23,7 +23,7 @@ from moola_ops.inventory import Inventory
 from moola_ops.journal import read_events
 from moola_ops.transport import HostSession
 from tests.integration.conftest import running_hosts
-from tests.integration.helpers import default_signals, write_inventory
+from tests.integration.helpers import default_signals, hanging_python, write_inventory
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
@@ -40,23 +40,6 @@ HANG = f"987.{os.getpid():07d}"
 def hosts():
     with running_hosts(["hard-1", "hard-2", "hard-3"]) as (sandbox, root):
         yield sandbox, Inventory.from_sandbox(sandbox, connect_timeout_s=5), root
-
-
-def hanging_python(root: Path, host) -> tuple[str, Path]:
-    """A `python:` for the host whose runtime check hangs (everything else is real python)."""
-    flags = root / "flags"
-    flags.mkdir(exist_ok=True)
-    flags.chmod(0o777)
-    started = flags / f"{host.name}-check-started"
-    wrapper = root / f"python-hangs-{host.name}"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        'if [ "$1" = "-m" ] && [ "$2" = "moola_core.runtime" ]; then\n'
-        f"  touch {started}; exec sleep {HANG}\nfi\n"
-        f'exec {host.python} "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    return str(wrapper), started
 
 
 def hung_checks_left() -> list[int]:
@@ -85,7 +68,7 @@ def test_a_timed_out_check_is_stopped_on_the_host_and_leaves_nothing(hosts, bund
     _, inventory, root = hosts
     (host,) = inventory.resolve("hard-1")
     assert engine.deploy([host], engine.resolve_bundle(str(bundles["v1.0"])), FAST).ok
-    python, started = hanging_python(root, host)
+    python, started = hanging_python(root, host, HANG)
     hung = replace(host, python=python)
     result = engine.deploy(
         [hung], engine.resolve_bundle(str(bundles["v1.1"])), replace(FAST, check_timeout_s=2)
@@ -103,7 +86,7 @@ def test_ctrl_c_during_a_hung_check_is_honoured_at_once(hosts, bundles, journal_
     _, inventory, root = hosts
     (host,) = inventory.resolve("hard-2")
     assert engine.deploy([host], engine.resolve_bundle(str(bundles["v1.0"])), FAST).ok
-    python, started = hanging_python(root, host)
+    python, started = hanging_python(root, host, HANG)
     write_inventory(tmp_path / "hosts.yaml", {"hard-2": host}, python=python)
     invoke = str(Path(sys.executable).parent / "invoke")
     proc = subprocess.Popen(
@@ -214,7 +197,7 @@ def test_a_lock_broken_before_the_switch_stops_the_switch(
 def test_one_hung_host_never_holds_the_fleet_past_its_deadline(hosts, bundles, journal_file):
     _, inventory, root = hosts
     hung_host, good = inventory.resolve("hard-2,hard-3")
-    python, started = hanging_python(root, hung_host)
+    python, started = hanging_python(root, hung_host, HANG)
     hung = replace(hung_host, python=python)
     # a check deadline far away, but each host's whole run bounded at 25 s
     opts = replace(FAST, check_timeout_s=600, deadline_s=25)

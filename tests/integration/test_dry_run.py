@@ -78,6 +78,8 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
         (["serve", "restart", *H], "refused"),
         (["serve", *H, "--ensure"], "refused"),
         (["serve", "status", *H], "reads"),
+        (["serve", "token", *H], "refused"),  # makes a token where none is
+        (["serve", "rotate-token", *H], "reads"),  # says what it would replace
     ],
     "shadow": [
         (["shadow", "start", *H, "--candidate", "v1.0"], "refused"),

@@ -179,8 +179,12 @@ def test_prune_removes_releases_with_their_markers_and_staging():
     cmd = release.prune(WS, ["v0.1"], ["20260101T000000Z-v0.1.tar"])
     assert cmd == (
         "rm -rf -- /workspace/moola/releases/v0.1 /workspace/moola/releases/v0.1.sha256 "
-        "/workspace/moola/backups/20260101T000000Z-v0.1.tar; "
-        "rm -rf -- /workspace/moola/incoming/* /workspace/moola/.current-*"
+        "/workspace/moola/releases/v0.1.checked "
+        "/workspace/moola/backups/20260101T000000Z-v0.1.tar; gone=$?; "
+        'for f in /workspace/moola/incoming/*.pid; do p=$(cat "$f" 2>/dev/null); '
+        'case "$p" in ""|*[!0-9]*|0|1) false;; *) true;; esac && kill -KILL -"$p" 2>/dev/null; '
+        "done; "
+        "rm -rf -- /workspace/moola/incoming/* /workspace/moola/.current-* && [ $gone -eq 0 ]"
     )
 
 
@@ -438,6 +442,77 @@ def test_prune_keeps_current_previous_and_newest_by_history_not_name():
     # never current or previous, whatever N says
     releases, _ = facts.plan_prune(f, keep_releases=0, keep_backups=0)
     assert "v4" not in releases and "v3" not in releases
+
+
+def test_prune_leaves_odd_entries_alone_and_still_prunes_the_rest():
+    from moola_ops.commands import decisions
+
+    lines = [rev("deploy", v) for v in ("v1", "v2", "v3")]
+    odd = ["-rf", "not a version; rm -rf", "..", "$(reboot)"]
+    f = facts.HostFacts(
+        current="v3", releases={v: None for v in ("v1", "v2", "v3", *odd)}, revisions=lines
+    )
+    releases, _ = decisions.plan_prune(f, keep_releases=1, keep_backups=1)
+    assert releases == ["v1"]  # kept: v3 (current), v2 (previous); odd names never reach rm
+    assert decisions.odd_releases(f) == sorted(odd)
+    release.prune(WS, releases, [])  # builds: no name in the plan fails check_name
+
+
+def test_a_release_that_never_passed_its_check_is_pruned_whatever_n_says():
+    from moola_ops.commands import decisions
+
+    lines = [rev("deploy", v) for v in ("v1", "v2")]
+    f = facts.HostFacts(
+        current="v2",
+        releases={v: None for v in ("v1", "v2", "v3-cut", "v4-shadow", "v5-target")},
+        revisions=lines,
+        unchecked=["v3-cut", "v4-shadow", "v5-target", "v2", "-rf"],
+        server={"live": {"release": "v2", "port": 1}, "shadow": {"release": "v4-shadow"}},
+    )
+    # never current (v2), previous (v1), what a server runs (v4-shadow), the run's own
+    # target (protected) or an odd name
+    assert decisions.unchecked_releases(f, ("v5-target",)) == ["v3-cut"]
+    releases, _ = decisions.plan_prune(f, keep_releases=10, keep_backups=10, protect=("v5-target",))
+    assert releases == ["v3-cut"]
+    releases, _ = decisions.plan_prune(f, keep_releases=0, keep_backups=0)
+    assert "v4-shadow" not in releases and "v2" not in releases and "v1" not in releases
+
+
+def test_the_check_marker_is_written_only_after_the_check_passed():
+    from moola_ops.engine.results import Options
+    from moola_ops.engine.stages import bounded_check
+    from moola_ops.inventory import Host
+
+    host = Host(name="h1", hostname="127.0.0.1", workspace="/workspace/moola")
+    before = bounded_check(WS, host, Options(), "v0.3", "D1", 60, through_current=False)
+    check, _, mark = before.partition(" && { ")
+    assert "moola_core.runtime check" in check and "v0.3.checked" not in check
+    assert mark.startswith("{ printf ") and "/workspace/moola/releases/v0.3.checked" in mark
+    # through `current` (rollback, drill, deep health): no marker is written
+    after = bounded_check(WS, host, Options(), "v0.3", "D1", 60, through_current=True)
+    assert ".checked" not in after
+    for removes in (
+        release.remove_release(WS, "v0.3"),
+        release.set_aside(WS, "v0.3", "D1"),
+        release.prune(WS, ["v0.3"], []),
+    ):
+        assert "/workspace/moola/releases/v0.3.checked" in removes
+
+
+def test_prune_never_removes_a_release_a_server_runs_from():
+    # a shadow's release never served (not in revisions.log) used to count as the oldest
+    f = facts.HostFacts(
+        current="v4",
+        releases={v: None for v in ("v1", "v3", "v4", "v5-shadow", "v0-standby")},
+        revisions=[rev("deploy", v) for v in ("v1", "v3", "v4")],
+        server={
+            "live": {"release": "v4", "port": 1},
+            "standby": {"release": "v0-standby", "port": 2},
+            "shadow": {"release": "v5-shadow", "port": 3},
+        },
+    )
+    releases, _ = facts.plan_prune(f, keep_releases=0, keep_backups=0)
+    assert releases == ["v1"]
 
 
 def test_resolve_bundle_checks_the_archive_as_the_host_will(tmp_path):

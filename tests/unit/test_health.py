@@ -105,6 +105,79 @@ def test_each_problem_sets_its_check_state(over, expect_gpu, check, state):
     assert host.state == hc.worst([state, hc.OK])
 
 
+def test_lock_age_counts_from_the_holders_recorded_start_not_the_folders_mtime():
+    # recorded on a host: holder "since 16:33", the host's clock at 19:33, the folder's mtime
+    # 20 s old (anything touching deploy.lock renews it)
+    import json
+    from pathlib import Path
+
+    case = json.loads(
+        (Path(__file__).parents[1] / "data/facts/lock-old-holder-fresh-mtime.json").read_text()
+    )
+    lock = cmd.parse_lock(case["output"])
+    assert lock.age_s == 3 * 3600 and lock.aged_from == "since"
+    check = {c.name: c for c in _assess(_facts(lock=lock)).checks}["lock"]
+    assert check.state == hc.WARNING and "STALE" in check.message and "180 min" in check.message
+
+
+@pytest.mark.parametrize(
+    "since, aged_from, age_s",
+    [
+        (None, "mtime", 20),  # a holder from before `since` was recorded
+        ("not a time", "mtime", 20),
+        ("2025-11-27T19:40:00Z", "mtime", 20),  # 7 min ahead of the host: a skewed clock
+        ("2025-11-27T19:35:00Z", "since", 0),  # 2 min ahead: within the skew allowed
+        ("2025-11-27T19:03:00+00:00", "since", 1800),
+    ],
+)
+def test_lock_age_falls_back_to_the_mtime_only_without_a_believable_start(since, aged_from, age_s):
+    import json
+
+    holder = {"actor": "ana@laptop"} if since is None else {"actor": "ana", "since": since}
+    lock = cmd.parse_lock(["1764271980 1764271960", json.dumps(holder)])  # 19:33:00Z
+    assert (lock.aged_from, lock.age_s) == (aged_from, age_s)
+
+
+def test_a_copy_outside_releases_gets_no_ok_for_its_checksums():
+    copy = cmd.CurrentLink("/tmp/copy-of-v0.1", "/tmp/copy-of-v0.1", "/ws", True)
+    facts = _facts(
+        link=copy,
+        current=None,
+        current_problem="current -> /tmp/copy-of-v0.1 is not a release in this workspace",
+        checksums=cmd.ChecksumFact(problems=[], version="v0.1"),  # the copy matches itself
+    )
+    checks = {c.name: c for c in _assess(facts).checks}
+    assert checks["current"].state == hc.CRITICAL
+    assert checks["checksums"].state == hc.UNKNOWN and "not judged" in checks["checksums"].message
+
+
+@pytest.mark.parametrize(
+    "lock, state",
+    [
+        (None, hc.WARNING),  # left by an interrupted run: `invoke prune` removes it
+        (cmd.LockFact({"actor": "ana", "since": "x"}, age_s=60), hc.OK),  # being checked now
+        (cmd.LockFact({"actor": "ana"}, age_s=7200), hc.WARNING),  # a stale lock checks nothing
+    ],
+)
+def test_a_release_that_never_passed_its_check_warns_unless_a_live_deploy_is_checking_it(
+    lock, state
+):
+    facts = _facts(
+        releases={"v0.1": "a", "v0.4": "b"},
+        unchecked=["v0.4"],
+        revisions=[{"action": "deploy", "version": "v0.1"}],
+        lock=lock,
+        asked=("releases", "revisions", "unchecked", "lock"),
+    )
+    check = {c.name: c for c in _assess(facts).checks}["releases"]
+    assert check.state == state, check
+    assert "v0.4" in check.message
+    if state == hc.WARNING:
+        assert "invoke prune --host h1" in check.message
+    clean = _facts(releases={"v0.1": "a"}, asked=("releases", "unchecked"))
+    assert {c.name: c.state for c in _assess(clean).checks}["releases"] == hc.OK
+
+
 def test_stale_lock_message_says_how_to_break_it():
     host = _assess(_facts(lock=cmd.LockFact({"actor": "ana@laptop"}, age_s=7200)))
     assert "invoke lock --host h1 --break" in host.summary()

@@ -201,3 +201,20 @@ def test_gpus_that_torch_cannot_use_fail_the_device_check(release, tmp_path):
         release, "--json", "--runs", "3", "--warmup", "0", "--device", "cpu", path=path
     )
     assert proc.returncode == EXIT_PASS, proc.stdout
+
+
+@pytest.mark.parametrize("threshold, expected", [(0.0, False), (1.01, True)])
+def test_the_server_answers_the_models_own_abstain_flag(threshold, expected):
+    # docs/serving.md: `abstain` is the model's flag (confidence below its fitted threshold);
+    # it used to say the field was always false
+    import torch
+
+    from moola_core.models import build_model
+    from moola_core.runtime.serve import outputs_to_rows
+
+    torch.manual_seed(0)
+    model = build_model({"hidden": 8, "layers": 1, "abstain_threshold": threshold}).eval()
+    x = torch.randn(3, 105, 11)
+    with torch.no_grad():
+        out = model.predict(x, torch.ones(3, 105, dtype=torch.bool))
+    assert [row["abstain"] for row in outputs_to_rows(out)] == [expected] * 3
