@@ -30,9 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from moola_ops import engine  # noqa: E402
-from moola_ops.inventory import Inventory  # noqa: E402
-from moola_ops.sandbox import start_sandbox  # noqa: E402
+from moola_ops import deploy as engine  # noqa: E402
+from moola_ops.hosts.inventory import Inventory  # noqa: E402
+from moola_ops.hosts.standin import start_sandbox  # noqa: E402
 from tests.integration.conftest import make_bundle  # noqa: E402
 from tests.integration.helpers import interrupt_mid_check  # noqa: E402
 

@@ -32,9 +32,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from moola_ops import engine  # noqa: E402
-from moola_ops.inventory import Inventory  # noqa: E402
-from moola_ops.journal import read_events  # noqa: E402
+from moola_ops import deploy as engine  # noqa: E402
+from moola_ops.hosts.inventory import Inventory  # noqa: E402
+from moola_ops.log.journal import read_events  # noqa: E402
 from tests.integration.conftest import make_bundle, start_hosts  # noqa: E402
 from tests.integration.helpers import write_inventory  # noqa: E402
 

@@ -108,7 +108,7 @@ def fresh_labeled(n: int, seed: int):
 
     frame = synthetic.make_labeled_set(n_windows=n, seed=seed).reset_index(drop=True)
     arrays = labeled.to_model_arrays(frame)
-    row_group = splits.overlap_groups(len(frame), splits.sharing_pairs(frame).keys())
+    row_group = splits.overlap_groups(len(frame), labeled.sharing_pairs(frame).keys())
     by_id = dict(zip((str(w) for w in frame["window_id"]), row_group, strict=True))
     truth = {
         "label": arrays.label,

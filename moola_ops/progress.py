@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from moola_ops import journal
+from moola_ops.log import journal
 
 _FINAL = {"ok", "failed", "skipped", "aborted", "refused"}
 _COLOUR = {"ok": "green", "failed": "red", "aborted": "red", "refused": "red", "skipped": "yellow"}
@@ -176,7 +176,7 @@ class ProgressView:
             return
         from rich.live import Live
 
-        from moola_ops.termsafe import safe_console
+        from moola_ops.terminal import safe_console
 
         console = safe_console(self.stream, force_terminal=True, highlight=False)
         self._live = Live(

@@ -138,7 +138,7 @@ def prepare_data(config: TrainConfig, frame=None) -> RunData:
         if len(index) == 0:
             raise MoolaError(f"the {name} split is empty; use more windows or change split shares.")
     frame = frame.reset_index(drop=True)
-    row_group = splits.overlap_groups(len(frame), splits.sharing_pairs(frame).keys())
+    row_group = splits.overlap_groups(len(frame), labeled.sharing_pairs(frame).keys())
     by_id = dict(zip((str(w) for w in frame["window_id"]), row_group, strict=True))
     groups = np.array([by_id[w] for w in arrays.window_id], dtype=np.int64)
     # the fingerprint names the labeled windows (what val and test scores are computed on), so

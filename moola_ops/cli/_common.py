@@ -8,7 +8,6 @@ from __future__ import annotations
 import atexit
 import functools
 import inspect
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -18,26 +17,7 @@ import invoke
 from invoke.exceptions import Exit
 
 from moola_core.errors import MoolaError
-from moola_ops import termsafe
-
-
-def is_tty() -> bool:
-    """True when stdout is an interactive terminal (rich output, colours, progress bars)."""
-    return sys.stdout.isatty() and os.environ.get("TERM", "") != "dumb"
-
-
-def console():
-    """A rich Console that never emits colour codes when stdout is not a terminal, and never
-    passes a host's escape sequences through (moola_ops/termsafe.py)."""
-    from moola_ops.termsafe import safe_console
-
-    tty = is_tty()
-    return safe_console(force_terminal=tty, no_color=not tty, highlight=False, soft_wrap=not tty)
-
-
-def print_json(payload: Any) -> None:
-    """Print one JSON document on stdout (machine-readable output for --json)."""
-    print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+from moola_ops import terminal as termsafe
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -314,12 +294,12 @@ def task(*args, dry=None, nagios: str = "", **kwargs):
                 )
                 if refusal:
                     raise usage_error(f"error: {refusal}")
-                from moola_ops.runpod.cache import leave_cache_alone
+                from moola_ops.hosts.runpod.cache import leave_cache_alone
 
                 leave_cache_alone()  # pods are still looked up; the cache file stays as it is
                 if dry == PLAN:
                     kw["plan"] = True
-            try:  # text from hosts never drives the terminal (moola_ops/termsafe.py)
+            try:  # text from hosts never drives the terminal (moola_ops/terminal.py)
                 with termsafe.guarded_streams():
                     return body(c, *a, **kw)
             except Exit as stop:  # Invoke prints its message after the streams are restored

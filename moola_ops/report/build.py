@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from moola_core.errors import MoolaError
+from moola_ops.report.labeling import labeling_section
 from moola_ops.report.models import _candidates, _spans
 from moola_ops.report.page import (
     Section,
@@ -138,7 +139,7 @@ def _hosts_section(events: list[dict], hosts: list[str], cache: Path) -> Section
     else:
         section.body.append("<p class='note'>no health checks in the log yet</p>")
     latencies = {}
-    from moola_ops.captures import load_table
+    from moola_ops.serving.captures import load_table
 
     for host in hosts:
         with drawing(section, f"{host}'s captured latencies"):
@@ -255,7 +256,8 @@ def _guarded(section_id: str, title: str, build) -> Section:
 
 
 def _checklist_section(events: list[dict], deployment: str | None) -> tuple[Section, Any]:
-    from moola_ops.checklist import checklist_states, load_checklist
+    from moola_ops.checklist.spec import load_checklist
+    from moola_ops.checklist.states import checklist_states
 
     section = Section("checklist", "The checklist")
     try:
@@ -283,10 +285,11 @@ def build_report(
     cache: str | os.PathLike | None = None,
     hosts: list[str] | None = None,
     real: bool = True,
+    labeling: str | os.PathLike | None = None,
 ) -> ReportResult:
     """Write the report page and return where it is and what it holds."""
-    from moola_ops.captures import DEFAULT_CACHE
-    from moola_ops.journal import log_path, read_events
+    from moola_ops.log.journal import log_path, read_events
+    from moola_ops.serving.captures import DEFAULT_CACHE
 
     started = time.monotonic()
     runs_dir = Path(runs_dir)
@@ -310,6 +313,7 @@ def build_report(
         _guarded("hosts", "Hosts", lambda: _hosts_section(events, hosts, cache)),
         _guarded("ab", "A/B", lambda: _ab_section(ab_hosts(hosts, events, bundle), cache)),
         _guarded("drift", "Monitoring", lambda: _drift_section(hosts, cache)),
+        _guarded("labeling", "Labeling", lambda: labeling_section(labeling)),
         checklist,
     ]
     what = (

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from moola_core.errors import MoolaError
-from moola_ops.inventory import Host
+from moola_ops.hosts.inventory import Host
 from moola_ops.transport import connect
 from moola_ops.transport.errors import (
     Aborted,
@@ -20,6 +20,7 @@ from moola_ops.transport.errors import (
     TransportError,
     short_reason,
 )
+from moola_ops.transport.process import wrap_command
 from moola_ops.transport.remote import (
     HOST_TIMEOUT_SLACK_S,
     KILL_WAIT_S,
@@ -27,7 +28,6 @@ from moola_ops.transport.remote import (
     await_pgid,
     kill_group,
     take_pgid,
-    wrap_command,
 )
 from moola_ops.transport.watchdog import PROBE_SILENCE_S, Watchdog
 
@@ -75,7 +75,7 @@ class HostSession:
 
         Connection set-up failures are retried `host.connect_retries` times with a growing
         pause; a refused key or host key is not (it will not change by itself). A
-        `runpod_pod_id` host is looked up first (`Host.endpoint`, moola_ops/runpod/); when
+        `runpod_pod_id` host is looked up first (`Host.endpoint`, moola_ops/hosts/runpod/); when
         the (possibly cached) address fails, the pod is looked up once more and, if it moved
         (a restart), connected to there.
         """

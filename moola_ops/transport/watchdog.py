@@ -5,10 +5,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from moola_ops.transport.session import HostSession
 
 KEEPALIVE_MAX_MISSED = 3  # silent keepalive intervals before the peer counts as dead
 # After Ctrl-C a host gets one keepalive at once and this long to answer anything; silence
@@ -25,7 +21,7 @@ class Watchdog(threading.Thread):
     operation's deadline passed, it closes the transport so that the waiting call fails.
     """
 
-    def __init__(self, session: HostSession, transport, interval: float):
+    def __init__(self, session, transport, interval: float):
         super().__init__(name=f"moola-keepalive-{session.host.name}", daemon=True)
         self.session = session
         self.transport = transport

@@ -46,7 +46,7 @@ def descendants(pid: int) -> list[int]:
 
 def host_entry(host, *, with_python: bool = False, **extra) -> dict:
     """An explicit inventory entry (no `sandbox: true`) for one stand-in host: a
-    `moola_ops.sandbox.SandboxHost` or an inventory `Host`. `with_python` adds the host's own
+    `moola_ops.hosts.standin.SandboxHost` or an inventory `Host`. `with_python` adds the host's own
     python; `extra` keys (groups, serve_port, latency_sla_ms, python, ...) are added as given.
     `serve_port` is 0 unless given: a free port, never the fixed default another suite holds."""
     entry = {

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from moola_ops import engine
-from moola_ops.inventory import Inventory
-from moola_ops.journal import read_events
+from moola_ops import deploy as engine
+from moola_ops.hosts.inventory import Inventory
+from moola_ops.log.journal import read_events
 from tests.integration.conftest import running_hosts
 from tests.integration.helpers import descendants, interrupt_mid_check, wait_for
 
@@ -99,7 +99,8 @@ def test_one_ctrl_c_with_a_cut_host_ends_in_seconds_and_names_what_it_left(
 
     # item 3: dh-3 answers again; what the cut run left is found, reported and removed
     (dh3,) = inventory.resolve("dh-3")
-    from moola_ops.health import WARNING, probe_host
+    from moola_ops.watch.health import WARNING
+    from moola_ops.watch.health_run import probe_host
 
     checks = {c.name: c for c in probe_host(dh3, time.monotonic() + 120).checks}
     assert checks["releases"].state == WARNING and "v1.1" in checks["releases"].message

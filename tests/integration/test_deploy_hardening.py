@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from moola_ops import engine
-from moola_ops.commands import lock as lock_cmd
-from moola_ops.commands.layout import Layout
-from moola_ops.inventory import Inventory
-from moola_ops.journal import read_events
+from moola_ops import deploy as engine
+from moola_ops.deploy.commands import lock as lock_cmd
+from moola_ops.hosts.inventory import Inventory
+from moola_ops.hosts.layout import Layout
+from moola_ops.log.journal import read_events
 from moola_ops.transport import HostSession
 from tests.integration.conftest import running_hosts
 from tests.integration.helpers import default_signals, hanging_python, write_inventory
@@ -238,7 +238,8 @@ def test_a_stale_lock_is_called_stale_with_the_break_command(hosts, bundles, jou
     assert refused.outcomes[0].status == "refused" and "STALE" in message
     assert f"invoke lock --host {host.name} --break" in message
     assert "is gone" in engine.lock_status(host)["stale"]
-    from moola_ops.health import WARNING, probe_host
+    from moola_ops.watch.health import WARNING
+    from moola_ops.watch.health_run import probe_host
 
     health = probe_host(host, time.monotonic() + 60)
     lock_check = {c.name: c for c in health.checks}["lock"]
@@ -257,7 +258,8 @@ def test_current_outside_releases_is_never_taken_for_a_release(hosts, bundles, j
         shutil.copytree(ws / "releases" / "v1.2", outside)
     (ws / "current").unlink()
     (ws / "current").symlink_to(outside)
-    from moola_ops.health import CRITICAL, probe_host
+    from moola_ops.watch.health import CRITICAL
+    from moola_ops.watch.health_run import probe_host
 
     health = probe_host(host, time.monotonic() + 60)
     current = {c.name: c for c in health.checks}["current"]

@@ -28,9 +28,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from moola_ops import engine, shadow
-from moola_ops.inventory import load_inventory
-from moola_ops.journal import read_events
+from moola_ops import deploy as engine
+from moola_ops.hosts.inventory import load_inventory
+from moola_ops.log.journal import read_events
+from moola_ops.shadow import control as shadow
 from tests.integration.conftest import start_hosts
 from tests.integration.test_deploy_plan import tree
 from tests.runpod_standin import StandInRunPod
@@ -190,7 +191,7 @@ def world(bundles, tmp_path_factory):
         }
         yield {"project": project, "workspace": running.workspace, "env": env, "fill": fill}
     finally:
-        from moola_ops.sandbox import load_state
+        from moola_ops.hosts.standin import load_state
 
         leaked = load_state(project / ".sandbox")  # a `sandbox up` that ignored --dry
         if leaked is not None:

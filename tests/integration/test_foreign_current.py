@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from moola_ops import engine
-from moola_ops.health import CRITICAL, OK, WARNING, probe_host
-from moola_ops.inventory import Inventory
-from moola_ops.journal import read_events
+from moola_ops import deploy as engine
+from moola_ops.hosts.inventory import Inventory
+from moola_ops.log.journal import read_events
+from moola_ops.watch.health import CRITICAL, OK, WARNING
+from moola_ops.watch.health_run import probe_host
 from tests.integration.conftest import running_hosts
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]

@@ -120,7 +120,7 @@ def test_no_torch_numpy_or_pandas_is_imported(fleet):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     imported = {m.group(1).strip() for m in re.finditer(r"\|\s+([\w.]+)$", proc.stderr, re.M)}
-    assert "moola_ops.health" in imported and "paramiko" in imported  # the profile is real
+    assert "moola_ops.watch.health" in imported and "paramiko" in imported  # the profile is real
     heavy = {m for m in imported if m.split(".")[0] in {"torch", "numpy", "pandas"}}
     assert not heavy
 

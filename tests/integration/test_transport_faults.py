@@ -21,16 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from moola_ops.commands import release
-from moola_ops.commands.layout import Layout
-from moola_ops.inventory import Inventory
-from moola_ops.transport import (
-    Aborted,
-    CommandTimeout,
-    HostKeyError,
-    HostSession,
-    TransportError,
-)
+from moola_ops.deploy.commands import release
+from moola_ops.hosts.inventory import Inventory
+from moola_ops.hosts.layout import Layout
+from moola_ops.transport import Aborted, CommandTimeout, HostKeyError, HostSession, TransportError
 from tests.integration.helpers import descendants, gone, in_thread
 
 pytestmark = pytest.mark.ssh

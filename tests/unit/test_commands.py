@@ -15,8 +15,8 @@ import pytest
 
 from moola_core.bundle import archive as bundle_archive
 from moola_core.errors import MoolaError
-from moola_ops.commands import facts, lock, release
-from moola_ops.commands.layout import Layout, check_name, check_workspace
+from moola_ops.deploy.commands import decisions, facts, lock, release
+from moola_ops.hosts.layout import Layout, check_name, check_workspace
 
 WS = Layout("/workspace/moola")
 DEP = "20261125T170000Z-abc123"
@@ -344,7 +344,7 @@ def test_facts_parse_a_recorded_gpu_host():
             "temperature_c": 41.0,
         }
     ]
-    assert facts.rollback_target(f) == "v0.2"
+    assert decisions.rollback_target(f) == "v0.2"
 
 
 def test_facts_of_a_bare_host_and_a_cut_answer():
@@ -406,9 +406,9 @@ def rev(action, version):
 
 def test_history_pops_on_rollback_so_a_second_rollback_goes_further_back():
     lines = [rev("deploy", "v1"), rev("deploy", "v2"), rev("deploy", "v3"), rev("rollback", "v2")]
-    assert facts.release_history(lines) == ["v1", "v2"]
+    assert decisions.release_history(lines) == ["v1", "v2"]
     f = facts.HostFacts(current="v2", revisions=lines)
-    assert facts.rollback_target(f) == "v1"
+    assert decisions.rollback_target(f) == "v1"
 
 
 def test_rollback_target_after_a_redeploy_and_an_auto_rollback():
@@ -420,8 +420,8 @@ def test_rollback_target_after_a_redeploy_and_an_auto_rollback():
         rev("deploy", "v1"),
     ]
     f = facts.HostFacts(current="v1", revisions=lines)
-    assert facts.rollback_target(f) == "v2"
-    assert facts.rollback_target(facts.HostFacts(current="v1", revisions=[])) is None
+    assert decisions.rollback_target(f) == "v2"
+    assert decisions.rollback_target(facts.HostFacts(current="v1", revisions=[])) is None
 
 
 def test_prune_keeps_current_previous_and_newest_by_history_not_name():
@@ -432,7 +432,7 @@ def test_prune_keeps_current_previous_and_newest_by_history_not_name():
         backups=[f"2026010{i}T000000Z-{v}.tar" for i, v in enumerate(("v9", "v1", "v2", "v3"))],
         revisions=lines,
     )
-    releases, backups = facts.plan_prune(f, keep_releases=2, keep_backups=1)
+    releases, backups = decisions.plan_prune(f, keep_releases=2, keep_backups=1)
     assert releases == ["v0-never", "v1", "v2", "v9"]  # kept: v4 (current), v3 (previous)
     assert backups == [
         "20260100T000000Z-v9.tar",
@@ -440,12 +440,12 @@ def test_prune_keeps_current_previous_and_newest_by_history_not_name():
         "20260102T000000Z-v2.tar",
     ]
     # never current or previous, whatever N says
-    releases, _ = facts.plan_prune(f, keep_releases=0, keep_backups=0)
+    releases, _ = decisions.plan_prune(f, keep_releases=0, keep_backups=0)
     assert "v4" not in releases and "v3" not in releases
 
 
 def test_prune_leaves_odd_entries_alone_and_still_prunes_the_rest():
-    from moola_ops.commands import decisions
+    from moola_ops.deploy.commands import decisions
 
     lines = [rev("deploy", v) for v in ("v1", "v2", "v3")]
     odd = ["-rf", "not a version; rm -rf", "..", "$(reboot)"]
@@ -459,7 +459,7 @@ def test_prune_leaves_odd_entries_alone_and_still_prunes_the_rest():
 
 
 def test_a_release_that_never_passed_its_check_is_pruned_whatever_n_says():
-    from moola_ops.commands import decisions
+    from moola_ops.deploy.commands import decisions
 
     lines = [rev("deploy", v) for v in ("v1", "v2")]
     f = facts.HostFacts(
@@ -479,9 +479,9 @@ def test_a_release_that_never_passed_its_check_is_pruned_whatever_n_says():
 
 
 def test_the_check_marker_is_written_only_after_the_check_passed():
-    from moola_ops.engine.results import Options
-    from moola_ops.engine.stages import bounded_check
-    from moola_ops.inventory import Host
+    from moola_ops.deploy.results import Options
+    from moola_ops.deploy.stages import bounded_check
+    from moola_ops.hosts.inventory import Host
 
     host = Host(name="h1", hostname="127.0.0.1", workspace="/workspace/moola")
     before = bounded_check(WS, host, Options(), "v0.3", "D1", 60, through_current=False)
@@ -511,12 +511,12 @@ def test_prune_never_removes_a_release_a_server_runs_from():
             "shadow": {"release": "v5-shadow", "port": 3},
         },
     )
-    releases, _ = facts.plan_prune(f, keep_releases=0, keep_backups=0)
+    releases, _ = decisions.plan_prune(f, keep_releases=0, keep_backups=0)
     assert releases == ["v1"]
 
 
 def test_resolve_bundle_checks_the_archive_as_the_host_will(tmp_path):
-    from moola_ops import engine
+    from moola_ops import deploy as engine
 
     sha = bundle_file(tmp_path / "moola-v0.3.tar.gz", "v0.3", CODE)
     local = engine.resolve_bundle(str(tmp_path / "moola-v0.3.tar.gz"))

@@ -8,7 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from moola_core.train.gate import evaluate_gate, gate_allows
+from moola_core.bundle.gate import gate_allows
+from moola_core.train.gate import evaluate_gate
+from moola_ops.checklist import spec
 
 N = 60
 
@@ -102,7 +104,8 @@ def test_gate_allows_reads_only_the_manifest():
 
 
 def test_gate_allows_takes_a_real_manifest(tmp_path):
-    from moola_core.bundle import build_bundle, verify_bundle
+    from moola_core.bundle.build import build_bundle
+    from moola_core.bundle.verify import verify_bundle
     from tests.unit.tiny_runs import freeze_runtime_code, make_tiny_run
 
     code = freeze_runtime_code(tmp_path / "code")
@@ -155,9 +158,9 @@ def weak_runs(tmp_path_factory):
 def test_select_fails_on_a_failing_gate_and_an_override_ships_it_signed(
     weak_runs, tmp_path, monkeypatch
 ):
-    from moola_ops import checklist as cl
-    from moola_ops.journal import read_events
-    from moola_ops.phases import run_select
+    from moola_ops.checklist import states as cl
+    from moola_ops.checklist.phases import run_select
+    from moola_ops.log.journal import read_events
 
     log = tmp_path / "log.jsonl"
     monkeypatch.setenv("MOOLA_LOG", str(log))
@@ -170,7 +173,9 @@ def test_select_fails_on_a_failing_gate_and_an_override_ships_it_signed(
     run_metrics = json.loads((weak_runs / selected["run_id"] / "metrics.json").read_text())
     assert run_metrics["gate"]["passed"] is False  # what a bundle of this run would carry
     assert gate_allows(run_metrics)[0] is False
-    states = {s.check: s for s in cl.checklist_states(cl.load_checklist(), read_events(log)).steps}
+    states = {
+        s.check: s for s in cl.checklist_states(spec.load_checklist(), read_events(log)).steps
+    }
     assert states["select.gate"].state == "failed"
 
     report = run_select(runs_dir=weak_runs, n_boot=200, override="demo of a signed override")
@@ -180,7 +185,9 @@ def test_select_fails_on_a_failing_gate_and_an_override_ships_it_signed(
     assert selected["gate"]["override"]["reason"] == "demo of a signed override"
     run_metrics = json.loads((weak_runs / selected["run_id"] / "metrics.json").read_text())
     assert gate_allows(run_metrics)[0] is True
-    states = {s.check: s for s in cl.checklist_states(cl.load_checklist(), read_events(log)).steps}
+    states = {
+        s.check: s for s in cl.checklist_states(spec.load_checklist(), read_events(log)).steps
+    }
     assert states["select.gate"].state == "done"
     assert "OVERRIDDEN" in states["select.gate"].detail and states["select.gate"].by
 
@@ -192,7 +199,7 @@ def test_select_fails_on_a_failing_gate_and_an_override_ships_it_signed(
 
 def test_preflight_model_step_fails_a_run_that_did_not_learn(weak_runs):
     from moola_core.train import load_config
-    from moola_ops.phases import check_learned, check_model
+    from moola_ops.checklist.preflight import check_learned, check_model
 
     run = sorted(p for p in weak_runs.iterdir() if p.is_dir())[0]
     # one epoch: no later validation loss to have fallen

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from moola_ops import health as hc
-from moola_ops.commands import facts as cmd
+from moola_ops.deploy.commands import facts as cmd
+from moola_ops.watch import health as hc
+from moola_ops.watch import health_output, health_run
 
 
 def _facts(**over) -> cmd.HostFacts:
@@ -222,7 +223,7 @@ PERF = re.compile(r"^'[^'=]+'=-?[0-9.]+(ms|s|B|%|c)?(;[0-9.]*){0,4}$")
 
 def test_status_line_and_perfdata_follow_the_plugin_format():
     run = _run(_host("local-1", 1.5, 10.0), _host("local-2", 3.25, 10.0), deep=True)
-    line = hc.status_line(run)
+    line = health_output.status_line(run)
     assert "\n" not in line
     text, perf = line.split(" | ")
     assert text == "MOOLA OK - 2/2 hosts OK (deep), serving v0.1"
@@ -235,14 +236,14 @@ def test_status_line_and_perfdata_follow_the_plugin_format():
 def test_status_line_names_problem_hosts():
     bad = _host("local-2", state=hc.CRITICAL)
     bad.checks.append(hc.CheckResult("checksums", hc.CRITICAL, "weights.pt | sha256 mismatch"))
-    line = hc.status_line(_run(_host("local-1"), bad))
+    line = health_output.status_line(_run(_host("local-1"), bad))
     assert line.startswith("MOOLA CRITICAL - 1/2 hosts OK (fast); local-2 CRITICAL ")
     assert line.count("|") == 1  # a '|' in a message must not start the perfdata early
 
 
 def test_prometheus_text_is_parseable_exposition_format():
     run = _run(_host("local-1", 1.5, 10.0), _host('we"ird', state=hc.WARNING), deep=True)
-    text = hc.prometheus_text(run, now=1700000000.0)
+    text = health_output.prometheus_text(run, now=1700000000.0)
     samples = [ln for ln in text.splitlines() if not ln.startswith("#")]
     sample = re.compile(r'^[a-z0-9_]+\{([a-z]+="([^"\\]|\\.)*",?)*\} -?[0-9.e+-]+$')
     assert all(sample.match(s) for s in samples), samples
@@ -254,7 +255,7 @@ def test_prometheus_text_is_parseable_exposition_format():
 
 def test_write_textfile_is_atomic_and_readable(tmp_path):
     target = tmp_path / "textfile" / "moola.prom"
-    hc.write_textfile(target, "a 1\n")
+    health_output.write_textfile(target, "a 1\n")
     assert target.read_text() == "a 1\n"
     assert oct(target.stat().st_mode & 0o777) == "0o644"
 
@@ -270,7 +271,7 @@ def test_write_textfile_is_atomic_and_readable(tmp_path):
     t.start()
     docs = [f"metric {i}\n" * 2000 for i in range(50)]
     for doc in docs:
-        hc.write_textfile(target, doc)
+        health_output.write_textfile(target, doc)
     stop.set()
     t.join()
     assert seen <= set(docs) | {"a 1\n"}
@@ -291,14 +292,14 @@ def test_run_parallel_bounds_a_hanging_host():
         raise OSError("Connection refused")
 
     started = time.monotonic()
-    results = hc.run_parallel(["a", "hangs", "b"], probe, timeout_s=0.5)
+    results = health_run.run_parallel(["a", "hangs", "b"], probe, timeout_s=0.5)
     assert time.monotonic() - started < 2.0
     assert [h.host for h in results] == ["a", "hangs", "b"]
     assert [h.state for h in results] == [hc.OK, hc.CRITICAL, hc.OK]
     assert "timeout" in results[1].summary()
     release.set()
 
-    [refused] = hc.run_parallel(["c"], fails, timeout_s=5)
+    [refused] = health_run.run_parallel(["c"], fails, timeout_s=5)
     assert refused.state == hc.CRITICAL and "Connection refused" in refused.summary()
 
 
@@ -321,7 +322,7 @@ def test_run_parallel_bounds_concurrency(parallel):
         host.checks.append(hc.CheckResult("current", hc.OK, "fine"))
         return host
 
-    results = hc.run_parallel(["a", "b", "c"], probe, timeout_s=10, parallel=parallel)
+    results = health_run.run_parallel(["a", "b", "c"], probe, timeout_s=10, parallel=parallel)
     assert [h.state for h in results] == [hc.OK] * 3
     assert peak[0] == parallel
 

@@ -31,8 +31,9 @@ HOST = "odd-1"
 def base(tmp_path_factory) -> dict:
     """ab.json and monitor.json computed from real captured traffic."""
     from moola_core.data import synthetic
-    from moola_ops import ab, monitor
-    from moola_ops.captures import add_local_file, load_table
+    from moola_ops.serving.captures import add_local_file, load_table
+    from moola_ops.shadow import ab
+    from moola_ops.watch import monitor
     from tests.unit.capture_factory import ab_traffic, write_lines
 
     root = tmp_path_factory.mktemp("odd-base")
@@ -191,7 +192,7 @@ def test_a_torn_or_foreign_result_file_is_named_and_the_page_is_written(tmp_path
 
 
 def test_empty_captures_and_a_host_with_no_data(base, tmp_path):
-    from moola_ops.captures import add_local_file
+    from moola_ops.serving.captures import add_local_file
 
     cache = tmp_path / "cache"
     empty = tmp_path / "empty.jsonl"

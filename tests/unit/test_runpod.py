@@ -13,8 +13,8 @@ import stat
 import pytest
 
 from moola_core.errors import MoolaError
-from moola_ops import runpod
-from moola_ops.inventory import load_inventory
+from moola_ops.hosts import runpod
+from moola_ops.hosts.inventory import load_inventory
 from tests.integration.helpers import in_thread
 from tests.runpod_standin import _Parser
 
@@ -352,7 +352,7 @@ def test_the_key_file_named_in_the_defaults_is_used(runpod_api, tmp_path, monkey
 def test_pin_replaces_only_the_pods_alias_and_compare_prefers_it(tmp_path):
     import base64
 
-    from moola_ops import hostkeys
+    from moola_ops.hosts import hostkeys
 
     def key(seed: bytes) -> hostkeys.ScannedKey:
         blob = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + seed * 32
@@ -430,7 +430,7 @@ def test_cancel_ends_a_call_at_once(runpod_api):
 
 def test_a_host_session_cancelled_while_its_pod_is_looked_up_stops_at_once(runpod_api, tmp_path):
     # a deploy's Ctrl-C cancels each host's session; before, a slow API held the deploy 180 s
-    from moola_ops.inventory import Host
+    from moola_ops.hosts.inventory import Host
     from moola_ops.transport import Aborted, HostSession
 
     runpod_api.trickle("body")
@@ -507,7 +507,7 @@ def test_echoes_of_the_key_in_an_answer_never_reach_a_message(runpod_api):
 
 def test_echoes_of_the_key_never_reach_the_log(runpod_api, tmp_path, monkeypatch):
     # the health check of a pod host records the look-up's failure in the deployment log
-    from moola_ops.health import run_healthcheck
+    from moola_ops.watch.health_run import run_healthcheck
 
     log = tmp_path / "deployments.jsonl"
     monkeypatch.setenv("MOOLA_LOG", str(log))

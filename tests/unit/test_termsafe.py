@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from moola_ops import termsafe
+from moola_ops import terminal
+from moola_ops import terminal as termsafe
 
 ATTACKS = [
     "\x1b[2J\x1b[H",  # clear the screen, cursor home
@@ -65,7 +66,6 @@ def test_the_progress_view_and_the_task_console_use_the_safe_console():
     import inspect
 
     from moola_ops import progress
-    from moola_ops.cli import _common
 
-    assert "safe_console" in inspect.getsource(_common.console)
+    assert "safe_console" in inspect.getsource(terminal.console)
     assert "safe_console" in inspect.getsource(progress.ProgressView.start)
