@@ -98,6 +98,10 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
     "data.leakage": [(["data.leakage", "--path", "{DATA}"], "reads")],
     "data.market": [(["data.market", "--out", "data2"], "refused")],
     "data.validate": [(["data.validate", "--path", "{DATA}"], "reads")],
+    "label.export": [(["label.export", "--labeled", "{DATA}"], "refused")],
+    "label.import": [(["label.import", "--batch", "b1"], "refused")],
+    "label.status": [(["label.status", "--offline"], "reads")],
+    "label.studio": [(["label.studio"], "refused"), (["label.studio", "--stop"], "refused")],
     "pods.known-host": [
         (["pods.known-host", "--pod", POD], "reads"),
         (["pods.known-host", "--pod", POD, "--pin"], "refused"),
