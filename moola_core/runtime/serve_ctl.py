@@ -797,15 +797,16 @@ def status(ws):
     return result
 
 
-def health(ws, burst=0, concurrency=4):
+def health(ws, burst=0, concurrency=4, requests=True):
     """The live service as a monitor sees it, in one round trip: status, one real request
-    through the public port, and with `burst` a short burst's latency percentiles."""
+    through the public port, and with `burst` a short burst's latency percentiles
+    (`requests=False`: the status alone, nothing sent, nothing captured)."""
     result = status(ws)
     result["set_up"] = os.path.exists(os.path.join(serve_dir(ws), "state.json"))
     manifest = _read_json(os.path.join(ws, "current", "manifest.json")) or {}
     result["sla_p99_ms"] = manifest.get("latency_sla_p99_ms")
     pport = result["proxy"]["port"] if result["proxy"]["running"] else None
-    if pport and result.get("live_alive"):
+    if pport and result.get("live_alive") and requests:
         result["probe"] = probe(pport, 1, warmup=0)
         if burst:
             result["burst"] = probe(pport, burst, concurrency, warmup=2)
@@ -1180,6 +1181,7 @@ def _parser():
     p = add("health")
     p.add_argument("--burst", type=int, default=0)
     p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--no-requests", action="store_true", help="status only: send nothing")
     p = add("standby")
     p.add_argument("--release", required=True)
     p.add_argument("--requests", type=int, default=3)
@@ -1238,7 +1240,7 @@ def run(args):
     if args.action == "status":
         return status(ws)
     if args.action == "health":
-        return health(ws, args.burst, args.concurrency)
+        return health(ws, args.burst, args.concurrency, not args.no_requests)
     if args.action == "standby":
         return standby_check(ws, args.release, args.requests)
     if args.action == "stop-candidates":

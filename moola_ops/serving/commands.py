@@ -228,9 +228,12 @@ def standby_switch(
     return _ctl(layout, python, "standby-switch", *args)
 
 
-def health(layout: Layout, python: str, *, burst: int = 0, concurrency: int = 4) -> str:
+def health(
+    layout: Layout, python: str, *, burst: int = 0, concurrency: int = 4, requests: bool = True
+) -> str:
     """The live service for a monitor, one round trip: status, one real request through the
-    public port, and a burst of `burst` requests (`concurrency` clients) when asked."""
+    public port, and a burst of `burst` requests (`concurrency` clients) when asked
+    (`requests=False`: the status alone; nothing is sent, so nothing is captured)."""
     if (
         not isinstance(burst, int)
         or burst < 0
@@ -238,7 +241,10 @@ def health(layout: Layout, python: str, *, burst: int = 0, concurrency: int = 4)
         or concurrency < 1
     ):
         raise MoolaError(f"invalid burst {burst!r} / concurrency {concurrency!r}")
-    return _ctl(layout, python, "health", "--burst", str(burst), "--concurrency", str(concurrency))
+    quiet = () if requests else ("--no-requests",)
+    return _ctl(
+        layout, python, "health", "--burst", str(burst), "--concurrency", str(concurrency), *quiet
+    )
 
 
 def stop(layout: Layout, python: str, wait_s: float = 30.0) -> str:

@@ -23,14 +23,18 @@ def assess_service(
     policy=None,
     timeout_s=None,
     foreign_current: bool = False,
+    requests: bool = True,
 ):
     """Add the live-service checks to a HostHealth: server running and ready, serving the
     release `current` points at, one real request (its latency); --deep: a burst's p99 vs the
     SLA. Server down or the wrong release is CRITICAL. One SSH round trip.
 
     `foreign_current`: `current` is not a release Moola deployed, so there is no release the
-    server should follow: what it serves is reported (WARNING when it answers), never hidden."""
-    command = serve_cmd.health(_layout(host), host.python, burst=HEALTH_BURST if deep else 0)
+    server should follow: what it serves is reported (WARNING when it answers), never hidden.
+    `requests=False` (Invoke's --dry): the status alone, no request sent (a request is captured
+    on the host)."""
+    burst = HEALTH_BURST if deep and requests else 0
+    command = serve_cmd.health(_layout(host), host.python, burst=burst, requests=requests)
     out = session.run(command, timeout_s=timeout_s or 60)
     data = serve_cmd.parse(out.stdout or out.stderr)
     add = health.checks.append
@@ -54,6 +58,12 @@ def assess_service(
         now.current = None  # no release to follow: judge the server by itself
     problem = now.problem()
     one = data.get("probe") or {}
+    if problem is None and not requests:
+        said = f"serving {now.served_release} on port {now.proxy_port} (no request sent: --dry)"
+        if foreign_current:
+            said += "; current is not a Moola release: roll back or redeploy"
+        add(CheckResult(steps.CHECK_SERVICE, WARNING if foreign_current else OK, said))
+        return
     if problem is None and not one.get("ok"):
         problem = f"a real request failed: {'; '.join(one.get('errors') or []) or 'no answer'}"
     expected = now.current or now.served_release
