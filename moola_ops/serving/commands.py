@@ -15,9 +15,11 @@ Read top to bottom, this file is exactly what serving does to a host.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import shlex
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,12 @@ DEFAULT_PORT = 8080  # the public port when the inventory names none (`serve_por
 DEVICES = ("auto", "cpu", "cuda")
 AUTH_MODES = ("auto", "always")  # inventory `serve_auth`: when clients need the host's token
 _RUNTIME = Path(__file__).resolve().parents[2] / "moola_core" / "runtime"
+# the proxy's source travels compressed (base85 needs no shell quoting): the whole program must
+# stay well inside the one argument sshd hands the shell (MAX_ARG_STRLEN, 128 KiB)
+_PROXY_PACKED = base64.b85encode(zlib.compress((_RUNTIME / "serve_proxy.py").read_bytes(), 9))
 CTL_SOURCE = (
-    f"PROXY_SOURCE = {(_RUNTIME / 'serve_proxy.py').read_text()!r}\n"
+    "import base64 as _b85, zlib as _zlib\n"
+    f"PROXY_SOURCE = _zlib.decompress(_b85.b85decode({_PROXY_PACKED!r})).decode('utf-8')\n"
     + (_RUNTIME / "serve_ctl.py").read_text()
 )
 

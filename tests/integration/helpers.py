@@ -190,6 +190,36 @@ def interrupt_mid_check(
             frozen.thaw()
 
 
+@contextlib.contextmanager
+def release_server(release: Path, state: Path, *extra: str):
+    """A real model server process for `release` on 127.0.0.1 (CPU, one thread): yields its
+    port once ready (golden parity passed), terminates it on the way out."""
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(release / "code"), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moola_core.runtime", "serve", "--release", str(release)]
+        + ["--port", "0", "--device", "cpu", "--state-file", str(state), *extra],
+        cwd=release,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def ready() -> bool:
+        assert proc.poll() is None, proc.stderr.read()
+        return state.exists() and json.loads(state.read_text()).get("ready", False)
+
+    try:
+        wait_for(ready, "the server to be ready", timeout_s=180)
+        yield json.loads(state.read_text())["port"], proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 def in_thread(fn):
     """Run fn in a daemon thread; returns (thread, box) where box gets 'result' or 'error'."""
     box: dict = {}

@@ -176,6 +176,35 @@ def test_a_pull_that_fails_midway_leaves_the_cache_as_it_was(host_and_files, fra
     assert len(load_table(cache, "local-1")) == 20
 
 
+def test_a_pull_is_bounded_oldest_first_and_the_next_one_goes_on(host_and_files, frame, tmp_path):
+    _inventory, host, remote = host_and_files
+    cache = tmp_path / "cache"
+    files = []
+    for i, hour in enumerate(("17", "18", "19")):  # three files, one hour apart, v0.1 and v0.2
+        path = (
+            remote.parent.parent / ("v0.2" if i == 1 else "v0.1") / f"20261127T{hour}0000Z-1.jsonl"
+        )
+        data = _lines(ab_traffic(frame, 20, seed=10 + i, t0=1_900_000_000.0 + i * 3600))
+        _write(path, data)
+        files.append((path, len(data)))
+    bound = files[0][1] + files[1][1]  # room for the two oldest, not the third
+    pulled = pull_host(host, cache, max_bytes=bound)
+    assert pulled.fetched_files == 2 and pulled.fetched_bytes == bound
+    assert pulled.left_files == 1 and pulled.left_bytes == files[2][1]
+    assert "left for the next pull" in pulled.summary()
+    local = cache / "local-1" / "raw"
+    assert (local / "v0.1" / files[0][0].name).exists() and (
+        local / "v0.2" / files[1][0].name
+    ).exists()
+    assert not (local / "v0.1" / files[2][0].name).exists()
+    again = pull_host(host, cache, max_bytes=bound)  # only what the first one left
+    assert again.fetched_files == 1 and again.fetched_bytes == files[2][1] and not again.left_files
+    # one file larger than the bound still comes (a pull always makes progress)
+    big = remote.parent / "20261127T200000Z-1.jsonl"
+    _write(big, _lines(ab_traffic(frame, 40, seed=20, t0=1_990_000_000.0)))
+    assert pull_host(host, cache, max_bytes=10).fetched_files == 1
+
+
 # --- `invoke monitor --timeout` bounds the whole command (issue #24) ---------------------------
 
 
