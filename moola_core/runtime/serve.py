@@ -39,7 +39,7 @@ from pathlib import Path
 
 # imported at start, not on first use: a release folder pruned under a running server must
 # not break it later
-from moola_core.runtime import hostfeatures
+from moola_core.runtime import hostfeatures, loads
 from moola_core.runtime.serve_http import Front, Request, Response
 from moola_core.spec import LABELS, WINDOW_LEN
 
@@ -85,6 +85,7 @@ class Predictor:
         self.manifest_sha256 = ""
         self.bundle_sha256: str | None = None
         self.device = None
+        self.device_facts: dict | None = None
         self.model = None
         self.has_abstain = False
 
@@ -108,11 +109,23 @@ class Predictor:
             self.bundle_sha256 = (marker.read_text().split() or [None])[0]
         verify_directory(self.release)  # never load code or weights that are not what was built
         self.device = devices.pick_device(self.device_name)
+        gpus, _smi = devices.query_gpus()
+        # the device report a deploy logs (the server is its check: docs/serving.md)
+        self.device_facts = {
+            "device": str(self.device),
+            "device_name": devices.device_name(self.device),
+            "torch": torch.__version__,
+            "gpus": [g.name for g in gpus],
+        }
+        unused = devices.unused_gpus(self.device, gpus, self.device_name, torch.__version__)
+        if unused:
+            raise RuntimeError(unused)
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         model = build_model(manifest["model"]["config"])
         weights = self.release / manifest["model"].get("weights", "weights.pt")
         model.load_state_dict(torch.load(weights, map_location=self.device, weights_only=True))
+        loads.record(self.release, "serve", str(self.device))  # the host's ledger of loads
         self.model = model.to(self.device).eval()
         golden = torch.load(self.release / manifest["golden"]["path"], weights_only=True)
         atol = float(manifest["golden"]["class_probs_atol"])
@@ -1274,7 +1287,7 @@ def serve(args) -> int:
             state.captures.start()
         state.batcher.start()
         state.ready = True
-        record.update(release=predictor.version, ready=True)
+        record.update(release=predictor.version, ready=True, device=predictor.device_facts)
         _write_state(args.state_file, record)
         print(
             f"moola serve: ready on {args.host}:{args.port}: {detail}", file=sys.stderr, flush=True

@@ -52,6 +52,7 @@ class Started:
     log_tail: str = ""
     start_s: float = 0.0
     sla_p99_ms: float | None = None  # the release's own latency SLA (manifest)
+    device: dict[str, Any] | None = None  # device, device_name, torch, gpus (the server's)
 
 
 @dataclass
@@ -136,6 +137,7 @@ def start_candidate(
         log_tail=data.get("log_tail") or "",
         start_s=float(data.get("start_s") or 0.0),
         sla_p99_ms=data.get("sla_p99_ms"),
+        device=data.get("device") if isinstance(data.get("device"), dict) else None,
     )
 
 
