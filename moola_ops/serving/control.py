@@ -150,9 +150,11 @@ def probe(
     concurrency: int = 1,
     windows: int = 1,
     warmup: int = 0,
+    release: str | None = None,
 ) -> Probe:
     """Send real prediction requests from the host: through the proxy (port 0, the path users
-    hit) or to one server's private port."""
+    hit) or to one server's private port (`release`'s: its manifest's SLA sets the timeout
+    unless the inventory gives `latency_sla_ms`)."""
     command = serve_cmd.probe(
         _layout(host),
         host.python,
@@ -161,6 +163,8 @@ def probe(
         concurrency=concurrency,
         windows=windows,
         warmup=warmup,
+        sla_ms=host.latency_sla_ms,
+        release=release,
     )
     data = _run(session, command, timeout_s=120)
     if "requests" not in data:

@@ -58,7 +58,9 @@ def deploy_start(ctx, version: str) -> Started:
         # as many timed requests as the runtime check's timed runs (--check-runs), same warm-up
         requests = ctx.opts.check_runs or PROBE_REQUESTS
         warmup = PROBE_WARMUP if ctx.opts.check_warmup is None else ctx.opts.check_warmup
-        result = probe(ctx.ssh, host, port=started.port, requests=requests, warmup=warmup)
+        result = probe(
+            ctx.ssh, host, port=started.port, requests=requests, warmup=warmup, release=version
+        )
         info.update(
             p50_ms=result.p50_ms,
             p99_ms=result.p99_ms,
@@ -122,7 +124,10 @@ def warm_standby(ctx, target: str) -> dict[str, Any] | None:
     """The warm standby of `target` (alive, ready, and answering a real request as `target`),
     or None when there is none (step serve-standby). Used when the lock's facts did not say."""
     with ctx.step(steps.SERVE_STANDBY, version=target) as info:
-        data = _run(ctx.ssh, serve_cmd.standby(_layout(ctx.host), ctx.host.python, target))
+        command = serve_cmd.standby(
+            _layout(ctx.host), ctx.host.python, target, sla_ms=ctx.host.latency_sla_ms
+        )
+        data = _run(ctx.ssh, command)
         info["standby"] = data.get("standby")
         info["probe"] = {k: (data.get("probe") or {}).get(k) for k in ("p50_ms", "releases")}
         if not data.get("ok"):
@@ -186,7 +191,11 @@ def standby_switch(ctx, target: str) -> dict[str, Any] | None:
     is no standby: nothing moved."""
     keep = getattr(ctx.opts, "keep_standby", KEEP_STANDBY)
     command = serve_cmd.standby_switch(
-        _layout(ctx.host), ctx.host.python, target, keep_standby=keep
+        _layout(ctx.host),
+        ctx.host.python,
+        target,
+        keep_standby=keep,
+        sla_ms=ctx.host.latency_sla_ms,
     )
     with ctx.step(steps.SERVE_STANDBY, version=target, moves_traffic=True) as info:
         data = _run(ctx.ssh, command)
