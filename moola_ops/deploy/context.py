@@ -16,7 +16,9 @@ from typing import Any
 from moola_ops.deploy.commands import compose
 from moola_ops.deploy.commands import facts as facts_cmd
 from moola_ops.deploy.commands import lock as lock_cmd
+from moola_ops.deploy.hooks import Hooks
 from moola_ops.deploy.results import HostOutcome, LogFailed, Options, Refused, StepFailed
+from moola_ops.deploy.undo import UndoStack
 from moola_ops.hosts.inventory import Host
 from moola_ops.hosts.layout import Layout
 from moola_ops.log import steps
@@ -51,14 +53,11 @@ class HostContext:
         self.bundle = None
         self.on_host: str = "absent"
         self.notes: list[str] = []  # sentences added to the host's outcome
-        # what the guard must undo or finish
+        self.hooks = Hooks()  # what runs at the flow's named points (deploy/flows.hooks_for)
+        # what the guard must undo or finish: each stage pushes its own undo (deploy/undo.py)
+        self.undo = UndoStack()
         self.locked = False
         self.in_switch = False  # inside the switch stage: Ctrl-C waits for its end
-        self.unsettled: tuple[str, str | None] | None = None  # (target, previous) not yet checked
-        self.unchecked: str | None = None  # a release this run put on disk, not yet checked
-        self.serve_candidate: str | None = None  # its server started, traffic not yet on it
-        self.staging = False
-        self.check_running = False
         self.switched = False  # `current` moved to the target and its check passed
         self.cleaning = False
         self.log_problem: str | None = None
@@ -271,35 +270,15 @@ class HostContext:
         left = []
         if self.locked:
             left.append(f"its deploy lock (deployment {self.journal.deployment})")
-        if self.unsettled is not None:
-            left.append(f"`current` may point at {self.unsettled[0]}, whose check had not passed")
-        if self.unchecked is not None and self.unchecked != self.previous:
-            left.append(f"releases/{self.unchecked} (it never passed its runtime check)")
-        if self.check_running:
-            left.append(
-                "a runtime check that its host-side bound stops within "
-                f"{self.opts.check_timeout_s:.0f}s"
-            )
-        if self.serve_candidate:
-            left.append(f"a server started for {self.serve_candidate}")
-        if self.staging:
-            left.append(f"incoming/{self.journal.deployment}/ (a partial upload)")
-        return left
+        return left + self.undo.left()
 
     def left_sentence(self) -> str:
         """`left on H: ...; once H answers again: <the commands that clear it>`."""
         name, left = self.host.name, self.left_behind()
         if not left:
             return ""
-        fixes = []
-        if self.locked:
-            fixes.append(lock_cmd.break_hint(name))
-        if self.unsettled is not None:
-            fixes.append(f"invoke rollback --host {name} --to {self.unsettled[1] or 'VERSION'}")
-        if (self.unchecked and self.unchecked != self.previous) or self.staging:
-            fixes.append(f"invoke prune --host {name}")
-        if self.serve_candidate:
-            fixes.append(f"invoke serve --host {name} --ensure")
+        fixes = [lock_cmd.break_hint(name)] if self.locked else []
+        fixes += self.undo.fixes()
         then = f"; once {name} answers again: {', then '.join(fixes)}" if fixes else ""
         return f"left on {name}: {'; '.join(left)}{then}"
 

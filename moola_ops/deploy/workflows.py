@@ -27,7 +27,7 @@ def deploy(hosts: list[Host], bundle: LocalBundle, opts: Options | None = None) 
         opts,
         flows.deploy_stages,
         bundle=bundle.version,
-        prepare=flows.bundle_for(bundle),
+        prepare=flows.prepare(bundle),
         sha256=bundle.sha256,
         size=bundle.size,
     )
@@ -43,14 +43,19 @@ def rollback(hosts: list[Host], to: str | None = None, opts: Options | None = No
 
         return plan_rollback(hosts, to, opts)
     return run_phase(
-        steps.ROLLBACK, hosts, opts, lambda: flows.rollback_stages(to), bundle=to or ""
+        steps.ROLLBACK,
+        hosts,
+        opts,
+        lambda: flows.rollback_stages(to),
+        bundle=to or "",
+        prepare=flows.prepare(),
     )
 
 
 def drill(hosts: list[Host], opts: Options | None = None) -> FleetResult:
     """Rehearse a rollback on live hosts: back to the previous release, check, forward, check."""
     opts = opts or Options()
-    return run_phase(steps.DRILL, hosts, opts, flows.drill_stages)
+    return run_phase(steps.DRILL, hosts, opts, flows.drill_stages, prepare=flows.prepare())
 
 
 def restore(hosts: list[Host], snapshot: str, opts: Options | None = None) -> FleetResult:
@@ -72,6 +77,7 @@ def restore(hosts: list[Host], snapshot: str, opts: Options | None = None) -> Fl
         opts,
         lambda: flows.restore_stages(snapshot, parsed[1]),
         bundle=parsed[1],
+        prepare=flows.prepare(),
     )
 
 
@@ -83,7 +89,7 @@ def prune(hosts: list[Host], opts: Options | None = None) -> FleetResult:
         from moola_ops.deploy.plan import plan_prune_run
 
         return plan_prune_run(hosts, opts)
-    return run_phase(steps.PRUNE_PHASE, hosts, opts, flows.prune_stages)
+    return run_phase(steps.PRUNE_PHASE, hosts, opts, flows.prune_stages, prepare=flows.prepare())
 
 
 def place(
@@ -106,7 +112,7 @@ def place(
         opts,
         lambda: flows.place_stages(what, list(checks), list(then)),
         bundle=bundle.version,
-        prepare=flows.bundle_for(bundle),
+        prepare=flows.prepare(bundle),
         sha256=bundle.sha256,
         size=bundle.size,
     )
@@ -121,6 +127,6 @@ def repair(hosts: list[Host], bundle: LocalBundle, opts: Options | None = None) 
         opts,
         flows.repair_stages,
         bundle=bundle.version,
-        prepare=flows.bundle_for(bundle),
+        prepare=flows.prepare(bundle),
         sha256=bundle.sha256,
     )

@@ -56,6 +56,38 @@ SKIPPED = "skipped"
 ABORTED = "aborted"
 INTERNAL_ERROR = "internal-error"
 
+# --- hook points (moola_ops/deploy/hooks.py): flows declare them, serving and the inventory's
+# `hooks:` attach there; a user hook runs as the step `hook:<point>:<name>` ---------------------
+POINT_BEFORE_UPLOAD = "before-upload"
+POINT_AFTER_UPLOAD = "after-upload"  # the release is in releases/, verified, not yet checked
+POINT_BEFORE_CHECK = "before-check"
+POINT_AFTER_CHECK = "after-check"  # its runtime check passed; nothing switched yet
+POINT_BEFORE_SWITCH = "before-switch"  # a failure here aborts: the host keeps its release
+POINT_AFTER_SWITCH = "after-switch"  # `current` moved and every check after it passed
+POINT_FAILED = "failed"  # the run failed on this host, after the guard undid what it did
+USER_POINTS = (
+    POINT_BEFORE_UPLOAD,
+    POINT_AFTER_UPLOAD,
+    POINT_BEFORE_CHECK,
+    POINT_AFTER_CHECK,
+    POINT_BEFORE_SWITCH,
+    POINT_AFTER_SWITCH,
+    POINT_FAILED,
+)
+# inside the switch stage (the engine's and serving's only): `current` just moved; its checks
+# passed; it went back after a failed check. A failure at the first two makes the switch go back.
+POINT_SWITCHED = "switched"
+POINT_SWITCH_CHECKED = "switch-checked"
+POINT_SWITCHED_BACK = "switched-back"
+INNER_POINTS = (POINT_SWITCHED, POINT_SWITCH_CHECKED, POINT_SWITCHED_BACK)
+HOOK = "hook"  # a user hook's step is hook:<point>:<name>
+
+
+def hook_step(point: str, name: str) -> str:
+    """The log step of the user hook `name` at `point`."""
+    return f"{HOOK}:{point}:{name}"
+
+
 # drill runs the rollback stages twice, each with a prefix
 DRILL_BACK = "back-"
 DRILL_FORWARD = "forward-"

@@ -175,6 +175,7 @@ def _stages(version: str, fraction: float, device: str):
     own stages after the release passed its checks, all under the deploy lock."""
     from moola_ops.deploy import StepFailed
     from moola_ops.serving import control as serving
+    from moola_ops.serving import stages as serving_stages
 
     def refusals(ctx) -> None:
         live = (ctx.facts.server or {}).get("live") or {}
@@ -191,7 +192,7 @@ def _stages(version: str, fraction: float, device: str):
         ctx.notes.append(f"live {live['release']}")
 
     def start_server(ctx) -> None:
-        ctx.serve_candidate = version  # a failure or Ctrl-C before it is routed stops it
+        serving_stages.push_stop_candidate(ctx, version)  # until routed, a failure stops it
         with ctx.step("start", version=version) as info:
             started = serving.start_candidate(
                 ctx.ssh, ctx.host, version, device=device, server_args=SHADOW_SERVER_ARGS
@@ -225,7 +226,7 @@ def _stages(version: str, fraction: float, device: str):
             }
             old = route(ctx.ssh, ctx.host, shadow).get("old")
             info["replaced"] = old
-        ctx.serve_candidate = None  # routed: it is the shadow now, not a stray candidate
+        ctx.undo.drop(serving_stages.STOP_CANDIDATE)  # routed: the shadow now, not a stray
         if old and old.get("pid") and old.get("pid") != started.pid:
             with ctx.step("drain-previous", pid=old.get("pid")) as info:
                 info["drained"] = serving.drain(ctx.ssh, ctx.host, int(old["pid"]))
