@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -86,7 +87,11 @@ class HostContext:
             return seconds
         return max(1.0, min(seconds, self.deadline - time.monotonic()))
 
-    def run(self, command: str, *, timeout_s: float | None = None) -> Result:
+    def run(
+        self, command: str, *, timeout_s: float | None = None, planned: str = "", **_plan: Any
+    ) -> Result:
+        """Run `command` on the host. `planned` is what success prints (the plan's answer,
+        moola_ops/deploy/plan.py); `read_only=True` lets a plan run it for real."""
         if self.cancel.is_set() and not (self.in_switch or self.cleaning):
             raise Aborted()
         return self.ssh.run(
@@ -226,12 +231,34 @@ class HostContext:
             return
         with self.step(steps.UNLOCK) as info:
             out = self.run_reconnecting(
-                lock_cmd.release(self.layout, self.journal.deployment), info
+                lock_cmd.release(self.layout, self.journal.deployment),
+                info,
+                planned=lock_cmd.RELEASED,
             )
             info["released"] = lock_cmd.parse_release(out.stdout)
             self.locked = False
 
-    def run_reconnecting(self, command: str, info: dict | None = None) -> Result:
+    def run_here(self, command: str, env: dict[str, str], timeout_s: float) -> tuple[int, str]:
+        """Run `command` with /bin/sh on this machine: (exit code, its last words); 124 when it
+        ran past `timeout_s`."""
+        try:
+            done = subprocess.run(
+                ["/bin/sh", "-c", command],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            return 124, ""
+        return done.returncode, (done.stderr.strip() or done.stdout.strip())
+
+    def stamp(self) -> str:
+        """The UTC time stamp of a snapshot name (a plan shows TIME)."""
+        return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+    def run_reconnecting(self, command: str, info: dict | None = None, **_plan: Any) -> Result:
         """Run a cleanup command within the cleanup deadline: on the same connection when it is
         alive (after our own Ctrl-C too), else over one fresh one. A host found dead (no answer
         to keepalives or to the Ctrl-C probe, or no new connection) raises HostGone, now and

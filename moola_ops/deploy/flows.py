@@ -425,7 +425,8 @@ def _repair(ctx: HostContext) -> HostOutcome:
             f"{name}'s release {bundle.version} came from other bytes (sha256 {on_host[:12]}...): "
             "repair takes the very bundle that was deployed"
         )
-    problems = stages.verify_release(ctx, bundle.version, step=steps.VERIFY)
+    # read-only: the plan of a repair runs it too, so it knows whether there is damage
+    problems = stages.verify_release(ctx, bundle.version, step=steps.VERIFY, read_only=True)
     if not problems:
         return HostOutcome(
             name,

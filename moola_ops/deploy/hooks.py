@@ -11,9 +11,7 @@ the run there, and the guard unwinds what the run did: the host keeps its releas
 
 from __future__ import annotations
 
-import os
 import shlex
-import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -86,7 +84,7 @@ def run_user_hook(ctx, hook: Hook, failure: str | None = None) -> None:
     step = steps.hook_step(hook.point, hook.name)
     with ctx.step(step, where=hook.where, timeout_s=hook.timeout) as info:
         if hook.where == "local":
-            code, said = _run_here(hook, env)
+            code, said = ctx.run_here(hook.run, env, hook.timeout)
         else:
             out = ctx.run(
                 host_command(ctx.layout, hook, env), timeout_s=hook.timeout + HOST_SLACK_S
@@ -106,21 +104,6 @@ def run_user_hook(ctx, hook: Hook, failure: str | None = None) -> None:
         raise StepFailed(
             f"hook {hook.point}:{hook.name} on {where} {why}{_consequence(ctx, hook.point)}"
         )
-
-
-def _run_here(hook: Hook, env: dict[str, str]) -> tuple[int, str]:
-    try:
-        done = subprocess.run(
-            ["/bin/sh", "-c", hook.run],
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=hook.timeout,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired:
-        return 124, ""
-    return done.returncode, (done.stderr.strip() or done.stdout.strip())
 
 
 def _consequence(ctx, point: str) -> str:

@@ -125,7 +125,7 @@ def promote(ctx: HostContext, step: str = steps.PROMOTE) -> None:
         command = release_cmd.promote(
             ctx.layout, ctx.host.python, ctx.journal.deployment, version, bundle.sha256
         )
-        out = ctx.run(command)
+        out = ctx.run(command, planned=release_cmd.PLANNED_OK)
         report = release_cmd.parse_hostside(out.stdout)
         info["report"] = report
         if not out.ok or not report.get("ok"):
@@ -136,10 +136,17 @@ def promote(ctx: HostContext, step: str = steps.PROMOTE) -> None:
         ctx.undo.drop(REMOVE_STAGING)
 
 
-def verify_release(ctx: HostContext, version: str, *, step: str) -> list[str]:
-    """Problems of releases/<version> on the host ([] when every checksum matches)."""
+def verify_release(
+    ctx: HostContext, version: str, *, step: str, read_only: bool = False
+) -> list[str]:
+    """Problems of releases/<version> on the host ([] when every checksum matches);
+    `read_only`: a plan runs it for real (repair's plan must know the damage)."""
     with ctx.step(step, version=version) as info:
-        out = ctx.run(release_cmd.verify(ctx.layout, ctx.host.python, version))
+        out = ctx.run(
+            release_cmd.verify(ctx.layout, ctx.host.python, version),
+            planned=release_cmd.PLANNED_OK,
+            read_only=read_only,
+        )
         report = release_cmd.parse_hostside(out.stdout)
         problems = list(report.get("problems") or ([] if out.ok else [out.tail(200)]))
         info["problems"] = problems[:5]
@@ -204,7 +211,8 @@ def runtime_check(ctx: HostContext, version: str, *, step: str, through_current=
             stop_check,
             left=f"a runtime check that its host-side bound stops within {o.check_timeout_s:.0f}s",
         )
-        out = ctx.run(command, timeout_s=limit + 15)  # the host's own bound ends it first
+        # the host's own bound ends it first
+        out = ctx.run(command, timeout_s=limit + 15, planned=release_cmd.planned_report(version))
         ctx.undo.drop(STOP_CHECK)
         info["exit_code"] = out.exit_code
         try:
@@ -236,7 +244,10 @@ def light_check(ctx: HostContext, version: str, *, step: str) -> None:
     inventory's `smoke:` command passes."""
     with ctx.step(step, version=version) as info:
         verify = release_cmd.verify(ctx.layout, ctx.host.python, version, through_current=True)
-        out = ctx.run(release_cmd.checked_with_smoke(verify, ctx.layout, ctx.host.smoke))
+        out = ctx.run(
+            release_cmd.checked_with_smoke(verify, ctx.layout, ctx.host.smoke),
+            planned=release_cmd.planned_resolved(ctx.layout, version),
+        )
         report = release_cmd.parse_hostside(out.stdout)
         info["resolved"] = report.get("resolved")
         problems = list(report.get("problems") or [])
@@ -258,7 +269,7 @@ def switch(
 ) -> None:
     """Snapshot the release being left (when asked), switch `current` while we still hold the
     lock, and record the revision (with the release's sha256) in the host's revisions.log."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = ctx.stamp()
     snap = release_cmd.snapshot_name(stamp, previous) if (snapshot and previous) else None
     sha = (ctx.facts.releases.get(version) if ctx.facts else None) or (
         ctx.bundle.sha256 if ctx.bundle is not None and ctx.bundle.version == version else None
@@ -284,7 +295,11 @@ def switch(
             snapshot_of=previous if snap else None,
             snapshot_as=snap,
         )
-        out = ctx.run(command) if not ctx.cleaning else ctx.run_reconnecting(command, info)
+        moved = f"releases/{version}\n"
+        if ctx.cleaning:
+            out = ctx.run_reconnecting(command, info, planned=moved)
+        else:
+            out = ctx.run(command, planned=moved)
         lines = out.stdout.strip().splitlines()
         if not out.ok and release_cmd.LOCK_NOT_OURS not in lines and not lines:
             lines = ctx.run_reconnecting(release_cmd.current_target(ctx.layout)).stdout.split()
@@ -400,7 +415,7 @@ def restore_release(ctx: HostContext, version: str, snapshot: str | None = None)
         command = release_cmd.restore(
             ctx.layout, ctx.host.python, ctx.journal.deployment, snapshot, version
         )
-        out = ctx.run(command)
+        out = ctx.run(command, planned=release_cmd.PLANNED_OK)
         report = release_cmd.parse_hostside(out.stdout)
         info["report"] = report
         if not out.ok or not report.get("ok"):
