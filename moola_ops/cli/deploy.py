@@ -183,8 +183,6 @@ def deploy(
         serve=not no_serve,
     )
     run = engine.repair if repair else engine.deploy
-    if repair and planning:
-        raise MoolaError("--repair has no plan yet: run `invoke deploy --plan` to see the host")
     title = f"{'repair' if repair else 'deploy'} {local.version}"
     _run(
         c,
@@ -242,7 +240,7 @@ def rollback(
     _run(c, json, lambda view: engine.rollback(hosts, to or None, opts), "rollback", hosts)
 
 
-@task(help={**COMMON_HELP, "parallel": FLEET_HELP["parallel"]})
+@task(help={**COMMON_HELP, "parallel": FLEET_HELP["parallel"], "plan": PLAN_HELP})
 @user_errors
 def drill(
     c,
@@ -252,20 +250,20 @@ def drill(
     accept_new_host_key=False,
     check_runs=0,
     check_timeout=600.0,
+    plan=False,
     json=False,
     refresh=False,
 ):
     """Rehearse a rollback on live hosts: back to previous, check, forward again, check."""
     from moola_ops import deploy as engine
 
-    if c.config.run.dry:
-        raise MoolaError("drill has no plan: it is a rehearsal; run it without --dry")
     hosts = _hosts(host, inventory, refresh)
     opts = _options(
         parallel=int(parallel),
         accept_new_host_key=accept_new_host_key,
         check_runs=int(check_runs) or None,
         check_timeout_s=_seconds(check_timeout, "--check-timeout"),
+        plan=_planning(c, plan),
     )
     _run(c, json, lambda view: engine.drill(hosts, opts), "drill", hosts)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from invoke.exceptions import Exit
 
 from moola_ops.cli._common import task, user_errors
+from moola_ops.cli.deploy import PLAN_HELP
 from moola_ops.terminal import print_json
 
 _COMMON = {
@@ -41,6 +42,7 @@ def _show(status, json: bool) -> None:
         "sample": "start: fraction of live requests copied to the shadow, in (0, 1] (default 1.0)",
         "bundles_dir": "where bundle archives live (default bundles)",
         "device": "start: the shadow server's device, auto, cpu or cuda (default auto)",
+        "plan": "start: " + PLAN_HELP,
     },
 )
 @user_errors
@@ -53,6 +55,7 @@ def shadow(
     bundles_dir="bundles",
     device="auto",
     inventory="",
+    plan=False,
     json=False,
 ):
     """A candidate beside the live release, fed a copy of live traffic: start, stop, status."""
@@ -63,12 +66,21 @@ def shadow(
     if action == "start":
         if not candidate:
             raise MoolaError("shadow start needs --candidate VERSION (a bundle version)")
-        _show(
-            ops.start(
-                target, candidate, fraction=float(sample), bundles_dir=bundles_dir, device=device
-            ),
-            json,
+        from moola_ops import deploy as engine
+
+        opts = engine.Options(plan=bool(plan or c.config.run.dry))
+        started = ops.start(
+            target,
+            candidate,
+            fraction=float(sample),
+            bundles_dir=bundles_dir,
+            device=device,
+            opts=opts,
         )
+        if opts.plan:
+            _plan(started, json)
+        else:
+            _show(started, json)
     elif action == "stop":
         _show(ops.stop(target), json)
     elif action == "status":
@@ -85,16 +97,24 @@ def shadow(
         **_COMMON,
         "candidate": "release to promote (default: the host's shadow)",
         "bundles_dir": "where bundle archives live (default bundles)",
+        "plan": PLAN_HELP,
     }
 )
 @user_errors
-def promote(c, host, candidate="", bundles_dir="bundles", inventory="", json=False):
+def promote(c, host, candidate="", bundles_dir="bundles", inventory="", plan=False, json=False):
     """Deploy the shadow's release through the normal zero-downtime path, then stop the shadow."""
     from moola_ops.shadow import control as ops
 
+    planning = bool(plan or c.config.run.dry)
     result = ops.promote(
-        _host(host, inventory), bundles_dir=bundles_dir, candidate=candidate or None
+        _host(host, inventory),
+        bundles_dir=bundles_dir,
+        candidate=candidate or None,
+        plan=planning,
     )
+    if planning:
+        _plan(result, json)
+        return
     if json:
         print_json(
             {
@@ -106,6 +126,17 @@ def promote(c, host, candidate="", bundles_dir="bundles", inventory="", json=Fal
     else:
         for o in result.outcomes:
             print(f"{o.host}: {o.status} {o.message}")
+    if not result.ok:
+        raise Exit(code=result.exit_code)
+
+
+def _plan(result, json: bool) -> None:
+    from moola_ops.deploy.plan import render_plan
+
+    if json:
+        print_json(result.as_dict())
+    else:
+        print(render_plan(result))
     if not result.ok:
         raise Exit(code=result.exit_code)
 

@@ -247,10 +247,11 @@ def start(
     device: str = "auto",
     journal_path: str | None = None,
     opts=None,
-) -> ShadowStatus:
+):
     """Start `candidate` as the host's shadow (replacing a previous shadow, which drains):
     through `engine.place`, the way a deploy puts a release on a host (see the module's
-    docstring). `opts`: the engine's Options (deadlines, runtime-check runs)."""
+    docstring). `opts`: the engine's Options (deadlines, runtime-check runs); with
+    `opts.plan` the place flow's plan (a FleetResult) is returned and nothing changes."""
     from moola_ops import deploy as engine
 
     fraction = _fraction(fraction)
@@ -268,6 +269,8 @@ def start(
     except engine.Interrupted as stop:
         (outcome,) = stop.result.outcomes
         raise MoolaError(f"interrupted: {outcome.message}", exit_code=130) from None
+    if opts.plan:
+        return result
     (outcome,) = result.outcomes
     if not outcome.ok:
         raise MoolaError(outcome.message)
@@ -310,8 +313,11 @@ def promote(
     bundles_dir: str = "bundles",
     candidate: str | None = None,
     journal_path: str | None = None,
+    plan: bool = False,
 ):
     """Deploy the shadow's release through the normal path, serve it, then stop the shadow.
+    With `plan`: the deploy's plan (the same stages, nothing changed; the shadow's stop that
+    follows a real promote is named in each host's plan).
 
     engine.deploy moves `current` (lock, verify, runtime check, switch, post-check); then a
     fresh live server of the candidate gets ready and the proxy moves to it (zero downtime);
@@ -330,7 +336,11 @@ def promote(
             )
         candidate = now.release
     bundle = engine.resolve_bundle(candidate, bundles_dir=bundles_dir)
-    result = engine.deploy([host], bundle, engine.Options(journal_path=journal_path))
+    result = engine.deploy([host], bundle, engine.Options(journal_path=journal_path, plan=plan))
+    if plan:
+        for o in result.outcomes:
+            o.message = f"{o.message}; then the shadow stops (its server drains)"
+        return result
     if not result.ok:
         return result
     with HostSession(host) as session:
