@@ -11,17 +11,15 @@ the run there, and the guard unwinds what the run did: the host keeps its releas
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable
 from typing import Any
 
+from moola_ops.deploy.commands import hook as hook_cmd
 from moola_ops.deploy.results import StepFailed
 from moola_ops.hosts.inventory import Hook
-from moola_ops.hosts.layout import Layout
 from moola_ops.log import steps
 
 POINTS = (*steps.USER_POINTS, *steps.INNER_POINTS)
-KILL_AFTER_S = 5  # a hook that ignores TERM at its timeout gets KILL this much later
 HOST_SLACK_S = 15  # the connection waits this much past a host hook's own bound
 
 
@@ -61,22 +59,6 @@ def hook_env(ctx, point: str, failure: str | None = None) -> dict[str, str]:
     return env
 
 
-def host_command(layout: Layout, hook: Hook, env: dict[str, str]) -> str:
-    """The hook as sent to the host: in its workspace, with the MOOLA_* variables, under the
-    host's own `timeout` (TERM, KILL KILL_AFTER_S later; exit 124 when it ran out)."""
-    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
-    seconds = max(1, int(round(hook.timeout)))
-    return (
-        f"cd {layout.root} && {exports} "
-        f"timeout -k {KILL_AFTER_S} {seconds} sh -c {shlex.quote(hook.run)}"
-    )
-
-
-def local_command(hook: Hook) -> str:
-    """How a local hook shows in a plan (it runs with /bin/sh here, in this directory)."""
-    return f"local: {hook.run}"
-
-
 def run_user_hook(ctx, hook: Hook, failure: str | None = None) -> None:
     """Run one inventory hook as the step hook:<point>:<name>; StepFailed when it exits non-zero
     or runs past its timeout (the sentence names the hook, its exit and its last words)."""
@@ -87,7 +69,8 @@ def run_user_hook(ctx, hook: Hook, failure: str | None = None) -> None:
             code, said = ctx.run_here(hook.run, env, hook.timeout)
         else:
             out = ctx.run(
-                host_command(ctx.layout, hook, env), timeout_s=hook.timeout + HOST_SLACK_S
+                hook_cmd.on_host(ctx.layout, hook.run, hook.timeout, env),
+                timeout_s=hook.timeout + HOST_SLACK_S,
             )
             code, said = out.exit_code, (out.stderr.strip() or out.stdout.strip())
         info["exit_code"] = code
