@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moola_ops.log import steps
 from moola_ops.serving.traffic import demo_traffic
 from moola_ops.terminal import console, is_tty
 
@@ -245,9 +246,9 @@ def _stages(demo: DemoRun, yaml) -> None:
         )
         verify_bundle(built.path)
         # the same log line `invoke bundle` writes (phase 3 of the checklist)
-        Journal("bundle", bundle=version).record(
+        Journal(steps.BUNDLE, bundle=version).record(
             "",
-            "build",
+            steps.BUNDLE_BUILD,
             "ok",
             run_id=run_id,
             path=str(built.path),

@@ -25,6 +25,7 @@ from typing import Any
 from moola_core.errors import MoolaError
 from moola_ops.hosts.inventory import Host
 from moola_ops.hosts.layout import Layout, check_name
+from moola_ops.log import steps
 from moola_ops.serving import commands as serve_cmd
 from moola_ops.serving.commands import ServeStatus
 
@@ -287,7 +288,7 @@ def run(
         raise MoolaError(
             f"unknown serve action {action!r}: choose one of {', '.join(ACTIONS + TOKEN_ACTIONS)}"
         )
-    journal = Journal("serve", path=journal_path)
+    journal = Journal(steps.SERVE, path=journal_path)
     outcomes = []
     for host in hosts:
         started = time.monotonic()
@@ -323,7 +324,7 @@ def tokens(
     from moola_ops.log.journal import Journal
     from moola_ops.transport import HostSession
 
-    journal = Journal("serve", path=journal_path) if rotate else None
+    journal = Journal(steps.SERVE, path=journal_path) if rotate else None
     outcomes = []
     for host in hosts:
         try:
@@ -331,7 +332,10 @@ def tokens(
                 with HostSession(host) as session:
                     data = client_token(session, host)
             else:
-                with journal.step(host.name, "rotate-token") as info, HostSession(host) as session:
+                with (
+                    journal.step(host.name, steps.ROTATE_TOKEN) as info,
+                    HostSession(host) as session,
+                ):
                     data = client_token(session, host, rotate=True)
                     info["fingerprint"] = data.get("fingerprint")
             required = data.get("required")

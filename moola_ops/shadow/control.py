@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from moola_core.errors import MoolaError
+from moola_ops.log import steps
 
 DEFAULT_FRACTION = 1.0
 
@@ -193,7 +194,7 @@ def _stages(version: str, fraction: float, device: str):
 
     def start_server(ctx) -> None:
         serving_stages.push_stop_candidate(ctx, version)  # until routed, a failure stops it
-        with ctx.step("start", version=version) as info:
+        with ctx.step(steps.SHADOW_START, version=version) as info:
             started = serving.start_candidate(
                 ctx.ssh, ctx.host, version, device=device, server_args=SHADOW_SERVER_ARGS
             )
@@ -207,7 +208,7 @@ def _stages(version: str, fraction: float, device: str):
 
     def deprioritise(ctx) -> None:
         pid = int(ctx.shadow_started.pid)
-        with ctx.step("deprioritise", nice=SHADOW_NICE) as info:
+        with ctx.step(steps.SHADOW_DEPRIORITISE, nice=SHADOW_NICE) as info:
             res = ctx.run(
                 f"{shlex.quote(ctx.host.python)} -c {shlex.quote(_DEPRIORITISE)} "
                 f"{pid} {SHADOW_NICE}"
@@ -216,7 +217,7 @@ def _stages(version: str, fraction: float, device: str):
 
     def route_traffic(ctx) -> None:
         started = ctx.shadow_started
-        with ctx.step("route", fraction=fraction) as info:
+        with ctx.step(steps.SHADOW_ROUTE, fraction=fraction) as info:
             shadow = {
                 "release": version,
                 "port": started.port,
@@ -228,13 +229,13 @@ def _stages(version: str, fraction: float, device: str):
             info["replaced"] = old
         ctx.undo.drop(serving_stages.STOP_CANDIDATE)  # routed: the shadow now, not a stray
         if old and old.get("pid") and old.get("pid") != started.pid:
-            with ctx.step("drain-previous", pid=old.get("pid")) as info:
+            with ctx.step(steps.SHADOW_DRAIN_PREVIOUS, pid=old.get("pid")) as info:
                 info["drained"] = serving.drain(ctx.ssh, ctx.host, int(old["pid"]))
 
     return [("shadow-checks", refusals)], [
-        ("start", start_server),
-        ("deprioritise", deprioritise),
-        ("route", route_traffic),
+        (steps.SHADOW_START, start_server),
+        (steps.SHADOW_DEPRIORITISE, deprioritise),
+        (steps.SHADOW_ROUTE, route_traffic),
     ]
 
 
@@ -264,7 +265,7 @@ def start(
     checks, then = _stages(bundle.version, fraction, device)
     try:
         result = engine.place(
-            [host], bundle, opts, phase="shadow", what="shadow", checks=checks, then=then
+            [host], bundle, opts, phase=steps.SHADOW, what="shadow", checks=checks, then=then
         )
     except engine.Interrupted as stop:
         (outcome,) = stop.result.outcomes
@@ -289,8 +290,8 @@ def stop(host, *, session=None, journal_path: str | None = None) -> ShadowStatus
         before = status_on(session, host)
         if not before.release:
             return before
-        journal = Journal("shadow", bundle=before.release, path=journal_path)
-        with journal.step(host.name, "stop", port=before.port) as info:
+        journal = Journal(steps.SHADOW, bundle=before.release, path=journal_path)
+        with journal.step(host.name, steps.SHADOW_STOP, port=before.port) as info:
             route(session, host, None)
             if before.pid and before.running:
                 info["drained"] = serving.drain(session, host, int(before.pid))
