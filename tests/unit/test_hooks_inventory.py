@@ -140,3 +140,11 @@ def test_the_undo_stack_unwinds_newest_first_and_keeps_what_it_could_not_undo():
     with pytest.raises(OSError):
         stack.unwind({})
     assert stack.left() == ["G", "A"] and stack.fixes() == ["fix-g"]  # named for the report
+
+
+def test_the_shipped_inventory_gives_the_local_group_the_demos_hook():
+    from moola_ops.demo.walk import ANNOUNCE
+
+    inv = load_inventory(Path(__file__).parents[2] / "inventory" / "hosts.yaml")
+    for name in inv.groups["local"]:
+        assert inv.hosts[name].hooks == (Hook("after-switch", "announce", ANNOUNCE),)
