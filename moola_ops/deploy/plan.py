@@ -22,6 +22,7 @@ import json
 import shlex
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from moola_core.errors import MoolaError
@@ -83,7 +84,8 @@ class PlanContext(HostContext):
     """A HostContext whose commands are recorded and answered as success (see the module)."""
 
     def __init__(self, host: Host, journal: Journal, opts: Options, cancel: threading.Event):
-        super().__init__(host, journal, opts, cancel)
+        # no upload progress bar: nothing is sent
+        super().__init__(host, journal, replace(opts, progress=None), cancel)
         self.ssh = PlanSession(self)
         self.reader: HostSession | None = None  # the one real, read-only connection
         self.gathered: HostFacts | None = None
@@ -281,7 +283,7 @@ def run_plan(
         return ctx.planned(outcome)
 
     def failed(host: Host, exc: BaseException) -> HostOutcome:
-        return HostOutcome(host.name, "failed", f"could not read the host's facts: {exc}")
+        return HostOutcome(host.name, "failed", f"could not plan {host.name}: {exc}")
 
     outcomes = run_fleet(
         hosts,

@@ -11,6 +11,7 @@ import pytest
 from moola_core.errors import MoolaError
 from moola_ops.deploy.undo import UndoStack
 from moola_ops.hosts.inventory import Hook, load_inventory
+from tests.unit.test_inventory import write
 
 WITH_HOOKS = """\
 defaults:
@@ -46,12 +47,6 @@ groups:
           run: echo "$MOOLA_FAILURE" >> failures.txt
           where: local
 """
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "hosts.yaml"
-    path.write_text(text)
-    return path
 
 
 def test_hooks_come_from_defaults_groups_and_the_host_in_that_order(tmp_path):
