@@ -243,6 +243,8 @@ def test_invoke_dry_and_plan_flags_plan_instead_of_deploying(
         ["deploy", *inv, "--bundle", str(bundles["v1.2"]), "--plan"],
         ["--dry", "rollback", *inv],
         ["prune", *inv, "--plan"],
+        ["drill", *inv, "--plan"],
+        ["--dry", "deploy", *inv, "--bundle", str(bundles["v1.2"]), "--repair"],
     ):
         proc = subprocess.run(
             [invoke, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
