@@ -14,8 +14,8 @@ from invoke import Collection
 from invoke.exceptions import Exit
 
 from moola_ops.cli._common import task, user_errors
-from moola_ops.terminal import console, is_tty, print_json
 from moola_ops.log import steps
+from moola_ops.terminal import console, is_tty, print_json
 
 INVENTORY_HELP = "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)"
 POD_HELP = "the pod's id (as `invoke pods` shows it)"
