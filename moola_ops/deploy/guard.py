@@ -95,7 +95,9 @@ def run_guarded(
 
 
 def settle(ctx: HostContext, exc: BaseException) -> HostOutcome:
-    """After a failure: stop the check, switch back, remove the unchecked release, unlock."""
+    """After a failure: unwind the undo stack (stop the check, switch back, stop a candidate
+    server, remove the unchecked release and a partial upload), run the `failed` hooks after a
+    failure, unlock."""
     ctx.cleaning = True
     name = ctx.host.name
     notes: list[str] = []

@@ -35,9 +35,6 @@ class Hooks:
             raise ValueError(f"unknown hook point {point!r}: one of {', '.join(POINTS)}")
         self.attached[point].append((name, fn))
 
-    def names(self, point: str) -> list[str]:
-        return [name for name, _ in self.attached[point]]
-
     def run(self, point: str, ctx, *args: Any) -> None:
         for _name, fn in self.attached[point]:
             fn(ctx, *args)
@@ -107,7 +104,6 @@ def _user(hook: Hook) -> Callable[..., None]:
         failure = args[0] if hook.point == steps.POINT_FAILED and args else None
         run_user_hook(ctx, hook, failure)
 
-    run.hook = hook  # the plan and `failed` read the inventory entry back
     return run
 
 
