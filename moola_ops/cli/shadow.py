@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import task, user_errors
-from moola_ops.cli.deploy import PLAN_HELP
+from moola_ops.cli._common import PLAN, task, user_errors
 from moola_ops.terminal import print_json
 
 _COMMON = {
@@ -42,8 +41,16 @@ def _show(status, json: bool) -> None:
         "sample": "start: fraction of live requests copied to the shadow, in (0, 1] (default 1.0)",
         "bundles_dir": "where bundle archives live (default bundles)",
         "device": "start: the shadow server's device, auto, cpu or cuda (default auto)",
-        "plan": "start: " + PLAN_HELP,
+        "plan": "start: say what it would do on the host (the place flow's plan; nothing "
+        "changed); `invoke --dry shadow start` does the same",
     },
+    # --dry: status reads, start plans (its --plan), stop is refused
+    dry=lambda kw: (
+        None
+        if kw.get("action") in ("status", "start")
+        else f"shadow {kw.get('action')} changes what runs on the host; "
+        "`invoke shadow status --host H` shows the shadow"
+    ),
 )
 @user_errors
 def shadow(
@@ -78,7 +85,11 @@ def shadow(
             opts=opts,
         )
         if opts.plan:
-            _plan(started, json)
+            from moola_ops.cli.deploy import _render
+
+            _render(started, json)
+            if not started.ok:
+                raise Exit(code=started.exit_code)
         else:
             _show(started, json)
     elif action == "stop":
@@ -97,23 +108,27 @@ def shadow(
         **_COMMON,
         "candidate": "release to promote (default: the host's shadow)",
         "bundles_dir": "where bundle archives live (default bundles)",
-        "plan": PLAN_HELP,
-    }
+        "plan": "say what the promotion would do (the deploy's plan; nothing changed); "
+        "`invoke --dry` does the same",
+    },
+    dry=PLAN,
 )
 @user_errors
-def promote(c, host, candidate="", bundles_dir="bundles", inventory="", plan=False, json=False):
+def promote(c, host, candidate="", bundles_dir="bundles", inventory="", json=False, plan=False):
     """Deploy the shadow's release through the normal zero-downtime path, then stop the shadow."""
     from moola_ops.shadow import control as ops
 
-    planning = bool(plan or c.config.run.dry)
-    result = ops.promote(
-        _host(host, inventory),
-        bundles_dir=bundles_dir,
-        candidate=candidate or None,
-        plan=planning,
-    )
-    if planning:
-        _plan(result, json)
+    target = _host(host, inventory)
+    result = ops.promote(target, bundles_dir=bundles_dir, candidate=candidate or None, plan=plan)
+    if plan:
+        from moola_ops.cli.deploy import _render
+
+        _render(result, json)
+        if not json and result.ok:
+            print(
+                f"then: the proxy moves to a fresh server of {result.bundle} and the shadow is "
+                "drained (`invoke promote` without --plan does it)"
+            )
         return
     if json:
         print_json(
@@ -126,17 +141,6 @@ def promote(c, host, candidate="", bundles_dir="bundles", inventory="", plan=Fal
     else:
         for o in result.outcomes:
             print(f"{o.host}: {o.status} {o.message}")
-    if not result.ok:
-        raise Exit(code=result.exit_code)
-
-
-def _plan(result, json: bool) -> None:
-    from moola_ops.deploy.plan import render_plan
-
-    if json:
-        print_json(result.as_dict())
-    else:
-        print(render_plan(result))
     if not result.ok:
         raise Exit(code=result.exit_code)
 

@@ -232,7 +232,7 @@ def test_promote_deploys_the_shadow_and_serves_it(live_host, bundles):
     shadow.start(host, str(bundles["v1.1"]), fraction=0.5, journal_path=str(log), opts=FAST)
     bundles_dir = str(bundles["v1.1"].parent)
     (planned,) = shadow.promote(host, bundles_dir=bundles_dir, plan=True).outcomes
-    assert planned.status == "planned" and "then the shadow stops" in planned.message
+    assert planned.status == "planned", planned
     assert "switch" in [c["step"] for c in planned.plan["commands"]]
     result = shadow.promote(host, bundles_dir=str(bundles["v1.1"].parent), journal_path=str(log))
     assert result.ok, [o.message for o in result.outcomes]
