@@ -63,7 +63,9 @@ def deploy_start(ctx, version: str) -> Started:
         proxy = ensure_proxy(ctx.ssh, host)
         info["proxy_port"] = proxy.get("port")
         started = start_candidate(ctx.ssh, host, version)
-        info.update(pid=started.pid, port=started.port, start_s=started.start_s)
+        info.update(
+            pid=started.pid, port=started.port, start_s=started.start_s, device=started.device
+        )
         if not started.ok:
             info["log_tail"] = started.log_tail[-400:]
             raise ServeError(
@@ -277,6 +279,9 @@ def prepare_target(ctx) -> None:
     nothing switches."""
     if not ctx.opts.serve:
         return
+    prepared = getattr(ctx, "serve_target", None)
+    if prepared and prepared[0] == ctx.target:
+        return  # the deploy's check prepared it already (deploy/flows.py _precheck)
     if already_live(ctx, ctx.target):  # traffic is on the target's server: nothing to start
         ctx.serve_target = (ctx.target, None, LIVE)
         return
@@ -289,6 +294,13 @@ def prepare_target(ctx) -> None:
         return
     port, warm = target_server(ctx, ctx.target)
     ctx.serve_target = (ctx.target, port, warm)
+
+
+def started_for(ctx, target: str) -> bool:
+    """Whether `prepare_target` started (and checked) a new server for `target`, rather than
+    finding its warm standby or live server."""
+    prepared = getattr(ctx, "serve_target", None)
+    return bool(prepared and prepared[0] == target and prepared[2] is False)
 
 
 def traffic_follows(ctx, target: str) -> None:
