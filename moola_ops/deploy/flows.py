@@ -171,15 +171,17 @@ def _promote(ctx: HostContext) -> None:
 def _precheck(ctx: HostContext) -> None:
     """The release's check before the switch. A host that serves: its candidate server IS the
     check, one model load (checksums, golden parity single and batched, latency over HTTP
-    against the SLA, the device it runs on: steps serve-start, serve-check), not a separate
-    runtime-check process; a warm standby of it is probed at the switch instead and loads
-    nothing. Without serving (`--no-serve`): the runtime check (step check)."""
+    against the SLA, the device it runs on: steps serve-start, serve-check, then `check` with
+    `by: server` writes the release's .checked marker), not a separate runtime-check process;
+    a warm standby of it is probed at the switch instead and loads nothing. Without serving
+    (`--no-serve`): the runtime check (step check)."""
     version = ctx.bundle.version
     try:
         if ctx.opts.serve:
             _as_step(serving.prepare_target)(ctx)
-            if serving.started_for(ctx, version):  # it passed: the marker the check leaves
-                ctx.run(release_cmd.mark_checked(ctx.layout, version, ctx.journal.deployment))
+            if serving.started_for(ctx, version):  # it passed: the verdict and its marker
+                with ctx.step(steps.CHECK, version=version, by="server"):
+                    ctx.run(release_cmd.mark_checked(ctx.layout, version, ctx.journal.deployment))
         else:
             stages.runtime_check(ctx, version, step=steps.CHECK)
     except StepFailed:

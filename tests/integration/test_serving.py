@@ -389,7 +389,11 @@ def test_deploy_and_rollback_move_live_traffic_without_a_failed_request(served, 
         assert rollback_steps[step] == "ok", (step, rollback_steps)
     assert "serve-start" not in rollback_steps  # nothing had to start: the standby was warm
     assert "post-check-runtime" not in rollback_steps  # no torch process after the switch
-    assert "check" not in deploy_steps  # no runtime-check process: the server checked it
+    # no runtime-check process: the candidate server was the check (its verdict logged as such)
+    checked = next(
+        e for e in read_events(log, deployment=deployed.deployment) if e["step"] == "check"
+    )
+    assert checked["detail"]["by"] == "server"
     started = next(
         e for e in read_events(log, deployment=deployed.deployment) if e["step"] == "serve-start"
     )
