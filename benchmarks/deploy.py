@@ -251,6 +251,20 @@ def _with(opts: engine.Options, **changes) -> engine.Options:
     return replace(opts, **changes)
 
 
+def _commit() -> str:
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return out.stdout.strip() or "unknown"
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
 def write_report(path, f, raw, steps, args, serve_steps) -> None:
     load = os.getloadavg()
     rows = "\n".join(f"| {k} | {v:.3f} s |" for k, v in steps.items())
@@ -259,7 +273,8 @@ def write_report(path, f, raw, steps, args, serve_steps) -> None:
     text = f"""# Deploy benchmark
 
 Written by `python benchmarks/deploy.py --rounds {args.rounds} --check-runs {args.check_runs}
---check-backend {args.check_backend}`
+--check-backend {args.check_backend}` at commit {_commit()}, Python {platform.python_version()},
+torch {_torch_version()},
 on {dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}, {platform.machine()},
 {os.cpu_count()} CPU cores, load average {load[0]:.1f} when it finished (other work shares
 this machine; deploy and baseline alternate so that load falls on both alike). Every host is a
