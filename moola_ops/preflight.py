@@ -168,26 +168,26 @@ def check_model(config, runs_dir: Path, run_id: str | None) -> tuple[str, str, d
 
 
 def check_learned(run_path: Path) -> str:
-    """'' when the run learned (its validation loss fell below the first epoch's and its
-    validation span IoU beats the majority baseline's), else why not, in a few words."""
+    """'' when the run learned (in every fold the validation loss fell below its first epoch's,
+    and its out-of-fold span IoU beats the majority baseline's), else why not, in a few words."""
     import json
 
-    history = [
-        json.loads(line)
-        for line in (run_path / "history.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
-    losses = [row["val_loss"] for row in history if row.get("val_loss") is not None]
-    if len(losses) < 2 or not min(losses[1:]) < losses[0]:
-        return f"the validation loss never fell below its first epoch's ({losses[:1]})"
     metrics = json.loads((run_path / "metrics.json").read_text())
-    model = metrics["val"]["span_iou"]["value"]
-    majority = metrics.get("baselines", {}).get("majority", {}).get("val", {}).get("span_iou")
+    if "oof" not in metrics:
+        return "it was trained before out-of-fold runs; train it again"
+    learning = metrics.get("learning") or {}
+    if not learning.get("val_loss_fell"):
+        return (
+            "the validation loss never fell below its first epoch's in some fold "
+            f"(first {learning.get('first_val_loss')}, best {learning.get('best_val_loss')})"
+        )
+    model = metrics["oof"]["span_iou"]["value"]
+    majority = metrics.get("baselines", {}).get("majority", {}).get("oof", {}).get("span_iou")
     if majority is None:
         return "no majority baseline recorded to compare with; train the run again"
     if not model > majority["value"]:
         return (
-            f"validation span IoU {model:.3f} is not above the majority baseline's "
+            f"out-of-fold span IoU {model:.3f} is not above the majority baseline's "
             f"{majority['value']:.3f}"
         )
     return ""

@@ -182,7 +182,9 @@ def _plan_hard_negative(rng: np.random.Generator, window_start: int) -> dict:
         pullback, leg = int(rng.integers(6, 13)), int(rng.integers(12, 21))
         plan["pullback"] = (at - pullback, at)
         plan["leg"] = (at - pullback - leg, at - pullback)
-    ranges = [v for k, v in plan.items() if k in ("pattern", "burst", "reversal", "pullback", "leg")]
+    ranges = [
+        v for k, v in plan.items() if k in ("pattern", "burst", "reversal", "pullback", "leg")
+    ]
     plan["first"] = min(r[0] for r in ranges)
     plan["last"] = max(r[1] for r in ranges) - 1
     return plan
@@ -370,6 +372,32 @@ def make_labeled_set(
     windows are shifted copies of another window (3-10 bars), as in the original data: they
     share bars with their source, so splits must keep them on one side.
     """
+    frame, _, _ = _labeled_windows(
+        n_windows, seed, difficulty, augmented_share, consolidation_share
+    )
+    return frame
+
+
+def labeled_set_context(
+    n_windows: int = 174,
+    seed: int = 0,
+    difficulty: str | float = "default",
+    bars: int = WINDOW_LEN,
+) -> dict[str, np.ndarray]:
+    """The `bars` bars of the market just before each window of `make_labeled_set` with the
+    same arguments -> {window_id: float64 [k, 4] OHLC, k <= bars (fewer at the stream's start)}.
+
+    A live system sees these: cut as of a bar before a window's expansion, the 105 bars it
+    answers on start before the labeled window does (moola_core.train.live)."""
+    frame, ohlc, first_bar = _labeled_windows(n_windows, seed, difficulty, 0.1, 0.55)
+    return {
+        str(w): ohlc[max(0, w0 - bars) : w0].copy()
+        for w, w0 in zip(frame["window_id"], first_bar, strict=True)
+    }
+
+
+def _labeled_windows(n_windows, seed, difficulty, augmented_share, consolidation_share):
+    """make_labeled_set's frame, the market's OHLC [n, 4] and each window's first bar."""
     if n_windows < 1:
         raise MoolaError("n_windows must be at least 1.")
     rng = np.random.default_rng([seed, 174])
@@ -382,9 +410,10 @@ def make_labeled_set(
     ohlc = bars[["open", "high", "low", "close"]].to_numpy()
     stamps = bars["timestamp"]
 
-    rows = []
+    rows, first_bar = [], []
 
     def add(window_id: str, label: str, w0: int, s: int, e: int) -> None:
+        first_bar.append(int(w0))
         rows.append(
             {
                 "window_id": window_id,
@@ -413,7 +442,7 @@ def make_labeled_set(
                 ep.expansion_start,
                 ep.expansion_end,
             )
-    return pd.DataFrame(rows).reset_index(drop=True)
+    return pd.DataFrame(rows).reset_index(drop=True), ohlc, np.array(first_bar, dtype=np.int64)
 
 
 def window_arrays(windows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -10,8 +10,17 @@ from invoke.exceptions import Exit
 
 from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
 
-_MARK = {"done": "✔", "failed": "✘", "pending": "·", "skipped": "–", "ok": "✔", "not needed": "–"}
+_MARK = {
+    "done": "✔",
+    "failed": "✘",
+    "pending": "·",
+    "skipped": "–",
+    "ok": "✔",
+    "not needed": "–",
+    "overridden": "!",  # shipped past a failed or missing check by a named person: never a ✔
+}
 _COLOUR = {
+    "overridden": "magenta",
     "done": "green",
     "ok": "green",
     "failed": "red",
@@ -100,7 +109,12 @@ def render_phase(report) -> None:
     else:
         for s in report.steps:
             print(f"{s.status:<8} {s.step:<18} {s.duration_s:6.1f}s  {s.summary}")
-    print(f"{report.phase}: {'passed' if report.ok else 'FAILED'}")
+    overridden = [s.step for s in report.steps if s.status == "overridden"]
+    if report.ok and overridden:
+        verdict = f"OVERRIDDEN ({', '.join(overridden)}: a person's reason is in the log)"
+    else:
+        verdict = "passed" if report.ok else "FAILED"
+    print(f"{report.phase}: {verdict}")
 
 
 def _finish(report, as_json: bool) -> None:
@@ -171,8 +185,8 @@ def preflight(c, config="", tests="", skip="", run="", runs_dir="runs", json=Fal
 
 @task(
     help={
-        "metric": "primary held-out metric to choose by (default: invoke.yaml select.metric, "
-        "else span_iou)",
+        "metric": "primary out-of-fold metric to choose and gate by (default: invoke.yaml "
+        "select.metric, else span_iou)",
         "runs_dir": "where training runs live (default runs)",
         "override": "ship a run that fails the quality gate anyway; the reason is recorded with "
         "your name as a sign-off in the log (invoke checklist shows it)",
@@ -181,8 +195,10 @@ def preflight(c, config="", tests="", skip="", run="", runs_dir="runs", json=Fal
 )
 @user_errors
 def select(c, metric="", runs_dir="runs", override=None, json=False):
-    """Phase 2: pick the run to ship on held-out metrics (with CIs), then the quality gate: exit 1
-    unless it beats the heuristic and the linear baseline (or --override "reason")."""
+    """Phase 2: pick the variant to ship on out-of-fold metrics (with CIs), then the quality gate:
+    exit 1 unless it beats the heuristic and the linear baseline out of fold and is no worse
+    on the gate's stream beyond the stated margins (or --override "reason", logged as an
+    override)."""
     from moola_ops.phases import run_select
 
     metric = metric or (c.config.get("select") or {}).get("metric", "")  # invoke.yaml select.metric

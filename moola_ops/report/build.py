@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from moola_core.errors import MoolaError
-from moola_ops.report.models import _candidates, _spans
+from moola_ops.report.models import _candidates, _reliability, _spans
 from moola_ops.report.page import (
     Section,
     _esc,
@@ -230,10 +230,24 @@ def _checklist_section(events: list[dict], deployment: str | None) -> tuple[Sect
         section.missing = str(exc)
         return section, None
     rows = [
-        [s.phase, s.step, s.state, s.by, s.at.replace("T", " ")[:19], s.detail[:140]]
+        [
+            s.phase,
+            s.step,
+            "OVERRIDDEN" if s.state == "overridden" else s.state,
+            s.by,
+            s.at.replace("T", " ")[:19],
+            s.detail[:140],
+        ]
         for s in report.steps
     ]
     section.body.append(_table(["phase", "step", "state", "by", "when (UTC)", "detail"], rows))
+    overrides = [s for s in report.steps if s.state == "overridden"]
+    if overrides:
+        listed = "; ".join(f"{s.phase}/{s.step} by {s.by or '?'}: {s.detail}" for s in overrides)
+        section.body.append(
+            f"<p class='note'>Overridden, not passed: a person shipped past these checks with "
+            f"a recorded reason ({_esc(listed)}).</p>"
+        )
     return section, report
 
 
@@ -269,6 +283,7 @@ def build_report(
     bundle = state.bundle if state is not None else None
     sections = [
         _candidates(runs_dir),
+        _reliability(runs_dir),
         _spans(runs_dir, real),
         _hosts_section(events, hosts, cache),
         _ab_section(ab_hosts(hosts, events, bundle), cache),

@@ -95,6 +95,35 @@ def training_curves(histories: dict[str, list[dict]], salt: str) -> str:
     return to_svg(fig, salt)
 
 
+def reliability(panels: list[tuple[str, dict]], salt: str) -> str:
+    """Reliability diagrams: per panel (title, {"ece", "bins": [{"p", "rate", "n"}]}) the mean
+    predicted probability of each bin against the observed rate, with the diagonal."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4.0), squeeze=False)
+    for ax, (title, rel) in zip(axes[0], panels, strict=True):
+        bins = rel.get("bins") or []
+        top = max([b["p"] for b in bins] + [b["rate"] for b in bins] + [0.05])
+        top = min(1.0, top * 1.1)
+        ax.plot([0, top], [0, top], color=MUTED, lw=1, ls="--")
+        ax.plot(
+            [b["p"] for b in bins],
+            [b["rate"] for b in bins],
+            marker="o",
+            color=PALETTE[0],
+            lw=1.4,
+            ms=4,
+        )
+        ax.set(
+            xlim=(0, top),
+            ylim=(0, top),
+            xlabel="predicted probability",
+            ylabel="observed share",
+            title=f"ECE {rel.get('ece', float('nan')):.4f}",
+        )
+        ax.text(0.02, 0.97, title, transform=ax.transAxes, va="top", fontsize=7, wrap=True)
+    return to_svg(fig, salt)
+
+
 def comparison(rows: list[dict], metrics: tuple[str, ...], split: str, salt: str) -> str:
     """Dot-and-whisker chart: each model and baseline with its 95% CI, one panel per metric."""
     plt = _plt()
