@@ -12,10 +12,14 @@ on evidence that nothing else touched:
    the selection chose among (Bonferroni), so picking the best of k recipes cannot buy a pass.
 2. **Stream** (non-inferiority). On the gate's stream (moola_core.streams, a market no step
    before touched), the false alarms per 1,000 bars of the variant's final models may exceed
-   each baseline's by at most FALSE_ALARM_MARGIN, and their recall within 5 bars may fall
-   short of each baseline's by at most RECALL_MARGIN: one-sided bounds at level ALPHA,
-   sessions (and seeds) resampled. A run without a stream (a labeled file) says so; the
-   verdict then rests on the windows.
+   each baseline's by at most FALSE_ALARM_MARGIN: the one-sided upper bound (level ALPHA,
+   sessions and seeds resampled) of the difference must stay within it. A run without a
+   stream (a labeled file) says so; the verdict then rests on the windows. Recall is not
+   gated by default: the abstain threshold already guarantees it on held-out windows
+   (conformal risk control, moola_core.train.calibration), and a 40-session stream holds too
+   few expansions (~35) to show non-inferiority on recall (with RECALL_MARGIN = 0.10, a model
+   with the baseline's recall would fail about half the time); `GateRules(recall_margin=...)`
+   adds the check where the evidence is larger.
 
 Every check must pass. The error rates this rule has at real data sizes are simulated in
 benchmarks/models.py (docs/benchmarks/models.md): the share of variants that are truly no
@@ -44,7 +48,7 @@ GATE_BASELINES = ("heuristic", "linear")
 ALPHA = 0.025  # one-sided error rate of each check (a two-sided 95% interval's tail)
 # The stated non-inferiority margins on the stream (see docs/models.md for why these values):
 FALSE_ALARM_MARGIN = 1.0  # more false alarms per 1,000 bars than a baseline: at most this
-RECALL_MARGIN = 0.10  # less recall within 5 bars than a baseline: at most this
+RECALL_MARGIN = 0.10  # less recall within 5 bars than a baseline: at most this (when asked)
 N_BOOT = 2000
 
 
@@ -76,7 +80,7 @@ class GateRules:
     superiority_over: tuple = GATE_BASELINES
     stream_against: tuple = GATE_BASELINES
     false_alarm_margin: float = FALSE_ALARM_MARGIN
-    recall_margin: float = RECALL_MARGIN
+    recall_margin: float | None = None  # RECALL_MARGIN to gate recall too
     n_boot: int = N_BOOT
     seed: int = 0
 
@@ -119,10 +123,10 @@ def _stream_checks(candidate: Evidence, other: Evidence, rules: GateRules) -> li
     from moola_core import streams
 
     out = []
-    for metric, margin, worse in (
-        ("false_alarms_per_1k", rules.false_alarm_margin, +1),
-        ("recall_within", rules.recall_margin, -1),
-    ):
+    wanted = [("false_alarms_per_1k", rules.false_alarm_margin, +1)]
+    if rules.recall_margin is not None:
+        wanted.append(("recall_within", rules.recall_margin, -1))
+    for metric, margin, worse in wanted:
         check = {
             "name": f"stream {metric} vs {other.name}",
             "baseline": other.name,
