@@ -194,7 +194,8 @@ def _interval(boot: np.ndarray, level: float) -> tuple[float, float]:
     tail = (1.0 - level) / 2.0 * 100.0
     if not len(boot):
         return float("nan"), float("nan")
-    low, high = np.percentile(boot, [tail, 100.0 - tail])  # inf stays inf: "not within"
+    # nearest rank: no interpolation between an inf ("not within") and a number
+    low, high = np.percentile(boot, [tail, 100.0 - tail], method="nearest")
     return float(low), float(high)
 
 
@@ -279,7 +280,9 @@ def summarize(
             [_weighted_median(values, weights[b, sess] * seed_w[b, which]) for b in range(n_boot)]
         )
         low, high = _interval(boot, level)
-        quart = {str(q): _json_number(np.percentile(values, q)) for q in (25, 75, 90)}
+        quart = {
+            str(q): _json_number(np.percentile(values, q, method="nearest")) for q in (25, 75, 90)
+        }
     else:
         point, low, high, quart = float("nan"), float("nan"), float("nan"), {}
     out["delay_p50"] = {
