@@ -255,7 +255,8 @@ def test_a_run_records_provenance_calibration_and_abstention(grid):
     assert metrics["device"] == "cpu" and metrics["bf16"] is False
     learning = metrics["learning"]
     assert len(learning["first_val_loss"]) == 3  # one per fold
-    assert all(f >= b for f, b in zip(learning["first_val_loss"], learning["best_val_loss"]))
+    pairs = zip(learning["first_val_loss"], learning["best_val_loss"], strict=True)
+    assert all(first >= best for first, best in pairs)
     model_json = json.loads((run.path / "model.json").read_text())
     calibration = metrics["calibration"]
     assert model_json["object_bias"] == calibration["object_bias"]  # a live model's Platt
