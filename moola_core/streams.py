@@ -192,6 +192,7 @@ def _session_weights(n_sessions: int, n_boot: int, rng) -> np.ndarray:
 
 def _interval(boot: np.ndarray, level: float) -> tuple[float, float]:
     tail = (1.0 - level) / 2.0 * 100.0
+    boot = boot[~np.isnan(boot)]  # a resample without any event has no median delay
     if not len(boot):
         return float("nan"), float("nan")
     # nearest rank: no interpolation between an inf ("not within") and a number

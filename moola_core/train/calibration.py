@@ -74,7 +74,8 @@ def fit_platt(logit, target) -> tuple[float, float, float, float]:
 
     with torch.enable_grad():
         optimizer.step(closure)
-    return float(torch.exp(params[0])), float(params[1]), before, float(nll())
+    with torch.no_grad():
+        return float(torch.exp(params[0])), float(params[1]), before, float(nll())
 
 
 def _logit(p: float) -> float:
