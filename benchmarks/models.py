@@ -77,12 +77,14 @@ def load(run_path: Path, name: str) -> dict:
 # -- 1. training ----------------------------------------------------------------------------
 
 
-def train_all(variants, seeds, runs_dir: Path, overrides: dict) -> dict:
-    """{variant: [RunResult per seed]}; variants sharing data settings share prepared data."""
+def train_all(variants, seeds, runs_dir: Path, overrides: dict) -> tuple[dict, dict]:
+    """({variant: [RunResult per seed]}, {variant: [wall seconds per run]}); variants sharing
+    data settings share prepared data (so a variant's first run also pays for the cuts, the
+    baselines and the stream's features)."""
     from moola_core.train import load_config, train_run
     from moola_core.train.data import prepare_data
 
-    results, prepared = {}, {}
+    results, prepared, seconds = {}, {}, {}
     for variant in variants:
         config = load_config(REPO / "configs" / f"{variant}.yaml", overrides)
         key = json.dumps(config.model_dump(include={"data", "split", "live", "stream"}))
@@ -97,6 +99,7 @@ def train_all(variants, seeds, runs_dir: Path, overrides: dict) -> dict:
                 data=data,
             )
             m = result.metrics
+            seconds.setdefault(variant, []).append(round(time.perf_counter() - started, 1))
             stream = (m.get("stream") or {}).get("model", {})
             say(
                 f"{variant} seed {seed}: out-of-fold span IoU {m['oof']['span_iou']['value']:.3f} "
@@ -105,7 +108,7 @@ def train_all(variants, seeds, runs_dir: Path, overrides: dict) -> dict:
                 f"{time.perf_counter() - started:.0f} s"
             )
             results.setdefault(variant, []).append(result)
-    return results
+    return results, seconds
 
 
 def choose(results: dict, live: bool) -> str | None:
@@ -384,7 +387,7 @@ def main() -> int:  # noqa: C901 - one benchmark, read top to bottom
     say(f"runs in {runs_dir}; variants {variants}, seeds {seeds}")
 
     # 1. train ---------------------------------------------------------------------------------
-    results = train_all(variants, seeds, runs_dir, overrides)
+    results, run_seconds = train_all(variants, seeds, runs_dir, overrides)
     first = next(iter(results.values()))[0].metrics
 
     # 2. choose on validation (out of fold), and invoke select's verdicts ----------------------
@@ -684,6 +687,20 @@ def main() -> int:  # noqa: C901 - one benchmark, read top to bottom
         "set (the window effects are those of models trained on this one), the stream check "
         "(it can only lower the pass rate), calibration (it changes no span).",
         "",
+        "## Training time",
+        "",
+        "Wall seconds per run (5 fold models, the final model, calibration, the gate's stream; "
+        "one torch thread on a shared 2-core machine, so these move with the load):",
+        "",
+        "| variant | seconds per run (each seed) | training seconds (fits only, each seed) |",
+        "|---|---|---|",
+        *[
+            f"| {v} | {', '.join(f'{x:.0f}' for x in run_seconds[v])} | "
+            + ", ".join(f"{r.metrics['train_seconds']:.0f}" for r in results[v])
+            + " |"
+            for v in variants
+        ],
+        "",
     ]
     Path(args.out).write_text("\n".join(lines))
     say("\n".join(lines))
@@ -733,6 +750,7 @@ def main() -> int:  # noqa: C901 - one benchmark, read top to bottom
         "stream_sessions": stream_figures["live"]["sessions"],
         "stream_events": stream_figures["live"]["events"],
         "minutes": round(minutes, 1),
+        "run_seconds": run_seconds,
         "quick": bool(args.quick),
         "provenance": prov,
     }
