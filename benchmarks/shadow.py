@@ -108,7 +108,7 @@ def synthetic_index(cache: Path, host: str, n_pairs: int, lines_per_file: int = 
             raw.parent.mkdir(parents=True, exist_ok=True)
             raw.write_text("\n".join(buf) + "\n")
             started = time.perf_counter()
-            written += index_file(raw, cache / host / "index" / release)
+            written += index_file(raw, cache / host / "index" / release)[0]
             seconds += time.perf_counter() - started
     import pandas as pd
 
@@ -273,8 +273,8 @@ def bench_shadow(tmp: Path) -> dict:
                 host,
                 str(bundles["v1.1"]),
                 fraction=1.0,
-                session=session,
                 journal_path=str(tmp / "log.jsonl"),
+                opts=opts,
             )
             route = {"release": "v1.1", "port": started.port, "pid": started.pid, "fraction": 1.0}
             # a stub shadow that answers at once, at the real shadow's priority: what the
@@ -305,12 +305,12 @@ def bench_shadow(tmp: Path) -> dict:
                 order = list(routes.items())
                 k = i % len(order)
                 for side, target in order[k:] + order[:k]:  # each side goes first in turn
-                    shadow._edit_state(session, host, "set" if target else "clear", target)
+                    shadow.route(session, host, target)
                     time.sleep(SETTLE_S)
                     sides[side] += steady_load(port, bodies, RATE, ROUND_S)
             # copies still queued in the mirror finish before the stub goes (else they would
             # count as errors): wait until the proxy's shadow counters stop moving (bounded)
-            shadow._edit_state(session, host, "clear")
+            shadow.route(session, host, None)
             stats_proxy, deadline = {}, time.monotonic() + 60
             while time.monotonic() < deadline:
                 now = shadow.status_on(session, host).proxy
@@ -320,7 +320,7 @@ def bench_shadow(tmp: Path) -> dict:
                 time.sleep(1.0)
             stub.kill()
             stub.wait()
-            shadow._edit_state(session, host, "set", route)  # so that stop() drains it
+            shadow.route(session, host, route)  # so that stop() drains it
             stats = serving.status(session, host)
             shadow.stop(host, session=session, journal_path=str(tmp / "log.jsonl"))
         p = {k: np.percentile(v, [50, 99]) for k, v in sides.items()}

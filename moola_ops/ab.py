@@ -73,6 +73,7 @@ class ABResult:
     )
     error_diff: Estimate | None = None  # shadow - live error rate on the same requests
     reasons: list[str] = field(default_factory=list)  # what made the decision keep
+    skipped_lines: int = 0  # capture lines that failed their checks (not in any figure)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -213,6 +214,7 @@ def analyze(
         primary=primary,
         sla_p99_ms=sla_p99_ms,
         error_diff=facts["error_diff"],
+        skipped_lines=int(getattr(table, "skipped", 0)),
     )
     if outcomes is not None:
         result.outcomes = _with_outcomes(pairs, outcomes, n_boot, seed)
@@ -282,6 +284,11 @@ def render_text(result: ABResult) -> list[str]:
                 f"shadow {Estimate(**m['shadow']).fmt()}  diff {Estimate(**m['diff']).fmt(3, True)}"
             )
         lines.append(f"  with outcomes        {o['n']:,} (without: {o['n_without']:,})")
+    if result.skipped_lines:
+        lines.append(
+            f"  skipped lines        {result.skipped_lines:,} damaged, too long or out of range "
+            "(in no figure; check the host)"
+        )
     lines.append(result.sentence)
     return lines
 

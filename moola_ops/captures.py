@@ -5,8 +5,12 @@ The model server appends one JSON line per answered window to
 docs/serving.md and /work/coord/README.md). `invoke ab`, `invoke monitor` and `invoke report`
 read the same lines through this module:
 
-- `parse_lines(data)` turns capture bytes into a `CaptureTable` (numpy columns, one row per
-  line; a torn last line is left for the next pull),
+- `parse_stream(fh)` / `parse_lines(data)` turn capture bytes into a `CaptureTable` (numpy
+  columns, one row per line; a torn last line is left for the next pull). Nothing on a host is
+  trusted: every field is checked for its type and bounds (`LIMITS`), a line longer than
+  MAX_LINE_BYTES is read through in pieces and never held, and a line that fails any check is
+  skipped and counted (`table.skipped`, shown by `invoke ab`, `invoke monitor`, the pull), never
+  fatal,
 - `pull_captures(session, host, cache)` (moola_ops/captures_pull.py) copies new bytes from the host over SFTP, incrementally
   (only what grew since the last pull) and checksummed (the host's sha256 of the file prefix must
   equal the local copy's, or the file is fetched again from the start),
@@ -19,9 +23,12 @@ Light at import (cron path): numpy is imported inside the functions.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +38,21 @@ from moola_core.errors import MoolaError
 from moola_core.spec import LABELS, WINDOW_LEN
 
 DEFAULT_CACHE = Path(".moola/captures")
+# What a capture line may hold (the server writes far less): a compromised or broken host must
+# not be able to make the operator's machine allocate without bound or stop reading captures.
+MAX_LINE_BYTES = 64 * 1024  # one window's line is ~5 KB (105 bars of 4 prices and the answer)
+MAX_TEXT = 128  # characters of request_id, window_id, release (the server takes ids <= 128)
+LIMITS = {
+    "index": (0, 65535),  # window in its request (the server takes at most 256)
+    "batch_size": (0, 1_000_000),
+    "status": (100, 599),
+    "time": (0.0, 1e11),  # seconds since 1970
+    "latency_ms": (0.0, 1e9),
+    "start": (-1, WINDOW_LEN),  # int16 columns
+    "end": (-1, WINDOW_LEN),
+    "price": (-1e12, 1e12),  # OHLC values, stored as float32
+}
+INDEX_VERSION = 2  # cached columns from this parser; older ones are rebuilt from raw/
 CAPTURE_NAME = re.compile(r"^\d{8}T\d{6}Z-\d+\.jsonl$")
 ROLES = ("live", "shadow")
 # columns of a CaptureTable and their numpy dtypes (strings are fixed-width unicode: no pickle)
@@ -97,72 +119,160 @@ def empty_table() -> CaptureTable:
     return CaptureTable(cols, np.zeros((0, WINDOW_LEN, 4), dtype="float32"))
 
 
-def _record_row(rec: dict) -> tuple | None:
-    """One capture record as a tuple in COLUMNS order, or None when it is not a record."""
-    if not isinstance(rec, dict) or rec.get("v") != 1:
-        return None
-    try:
-        role = ROLES.index(rec.get("role", "live"))
-        out = rec.get("output")
-        label, prob, start, end, abstain = -1, float("nan"), -1, -1, False
-        if isinstance(out, dict):
-            label = LABELS.index(out["label"])
-            probs = out.get("probs") or {}
-            prob = float(probs.get(LABELS[1], float("nan")))
-            start, end = int(out["start"]), int(out["end"])
-            abstain = bool(out.get("abstain", False))
-        window_id = rec.get("window_id")
-        index = rec.get("index")  # null on an error line (the request failed as a whole)
-        return (
-            str(rec.get("request_id", "")),
-            -1 if index is None else int(index),
-            "" if window_id is None else str(window_id),
-            float(rec["time"]),
-            str(rec.get("release", "")),
-            role,
-            int(rec["status"]),
-            float(rec.get("latency_ms", float("nan"))),
-            int(rec.get("batch_size") or 0),
-            label,
-            prob,
-            start,
-            end,
-            abstain,
-            rec.get("ohlc") is not None,
-        )
-    except (KeyError, ValueError, TypeError):
-        return None
+class BadLine(ValueError):
+    """A capture line that fails a check (its reason says which)."""
 
 
-def parse_lines(data: bytes, *, with_ohlc: bool = True) -> tuple[CaptureTable, int]:
-    """Capture bytes -> (table, bytes consumed). Only whole lines (ending in a newline) are read;
-    a line that is not a capture record is counted in `table.skipped`, never fatal."""
+def _text(value, what: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > MAX_TEXT or not value.isprintable():
+        raise BadLine(f"{what} is not text of at most {MAX_TEXT} printable characters")
+    return value
+
+
+def _int(value, what: str) -> int:
+    lo, hi = LIMITS[what]
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise BadLine(f"{what} is not a whole number in [{lo}, {hi}]")
+    return value
+
+
+def _num(value, what: str) -> float:
+    lo, hi = LIMITS[what]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadLine(f"{what} is not a number")
+    value = float(value)
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise BadLine(f"{what} is not a finite number in [{lo:g}, {hi:g}]")
+    return value
+
+
+def _window(bars):
+    """The OHLC window as a float array [105, 4] of finite prices within LIMITS, None when the
+    line has none. numpy reads the lists once; text, booleans, objects or ragged bars do not
+    make a numeric array of that shape."""
+    if bars is None:
+        return None
     import numpy as np
 
-    end = data.rfind(b"\n") + 1
+    try:
+        arr = np.asarray(bars)
+    except (ValueError, TypeError):  # ragged
+        raise BadLine(f"ohlc is not {WINDOW_LEN} bars of 4 prices") from None
+    if arr.shape != (WINDOW_LEN, 4) or arr.dtype.kind not in "fi":
+        raise BadLine(f"ohlc is not {WINDOW_LEN} bars of 4 prices")
+    lo, hi = LIMITS["price"]
+    if not (np.isfinite(arr).all() and (arr >= lo).all() and (arr <= hi).all()):
+        raise BadLine("an ohlc price is not a finite number within bounds")
+    return arr
+
+
+def _record_row(rec) -> tuple:
+    """One capture record as a tuple in COLUMNS order; BadLine when any field is off."""
+    if not isinstance(rec, dict) or rec.get("v") != 1:
+        raise BadLine("not a version-1 capture record")
+    role = rec.get("role", "live")
+    if role not in ROLES:
+        raise BadLine("role is neither live nor shadow")
+    out = rec.get("output")
+    label, prob, start, end, abstain = -1, float("nan"), -1, -1, False
+    if out is not None:
+        if not isinstance(out, dict) or out.get("label") not in LABELS:
+            raise BadLine("output has no known label")
+        label = LABELS.index(out["label"])
+        probs = out.get("probs")
+        if probs is not None and not isinstance(probs, dict):
+            raise BadLine("output probs is not a mapping")
+        p = (probs or {}).get(LABELS[1])
+        prob = float("nan") if p is None else _prob(p)
+        start, end = _int(out.get("start"), "start"), _int(out.get("end"), "end")
+        abstain = out.get("abstain", False)
+        if not isinstance(abstain, bool):
+            raise BadLine("output abstain is not true or false")
+    index = rec.get("index")  # null on an error line (the request failed as a whole)
+    latency = rec.get("latency_ms")
+    return (
+        _text(rec.get("request_id"), "request_id"),
+        -1 if index is None else _int(index, "index"),
+        _text(rec.get("window_id"), "window_id"),
+        _num(rec.get("time"), "time"),
+        _text(rec.get("release"), "release"),
+        ROLES.index(role),
+        _int(rec.get("status"), "status"),
+        float("nan") if latency is None else _num(latency, "latency_ms"),
+        _int(rec.get("batch_size") or 0, "batch_size"),
+        label,
+        prob,
+        start,
+        end,
+        abstain,
+        rec.get("ohlc") is not None,
+    )
+
+
+def _prob(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadLine("a probability is not a number")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise BadLine("a probability is outside [0, 1]")
+    return value
+
+
+def iter_lines(fh):
+    """(line, offset after it) for each whole line of a binary file; a line longer than
+    MAX_LINE_BYTES is read through in pieces (never held) and given as None. A last line
+    without its newline may still be being written: it is not given, nor counted as read."""
+    offset = 0
+    while True:
+        line = fh.readline(MAX_LINE_BYTES + 1)
+        if not line.endswith(b"\n"):
+            if len(line) <= MAX_LINE_BYTES:
+                return  # the end, or a torn last line left for the next pull
+            size = len(line)
+            while not line.endswith(b"\n"):
+                line = fh.readline(1 << 20)
+                if not line:
+                    return  # too long and torn: read again when it is whole
+                size += len(line)
+            offset += size
+            yield None, offset
+            continue
+        offset += len(line)
+        yield line, offset
+
+
+def parse_stream(fh, *, with_ohlc: bool = True) -> tuple[CaptureTable, int]:
+    """Capture lines from a binary file object -> (table, bytes consumed). Only whole lines
+    are read; a line that is not a capture record within LIMITS is counted in
+    `table.skipped`, never fatal."""
+    import numpy as np
+
     rows: list[tuple] = []
     ohlc_rows: list = []
-    skipped = 0
-    for raw in data[:end].splitlines():
+    skipped = consumed = 0
+    for raw, end in iter_lines(fh):
+        consumed = end
+        if raw is None:
+            skipped += 1
+            continue
         if not raw.strip():
             continue
         try:
             rec = json.loads(raw)
-        except ValueError:
-            skipped += 1
-            continue
-        row = _record_row(rec)
-        if row is None:
+            row = _record_row(rec)
+            bars = _window(rec.get("ohlc"))  # checked either way: the same lines count
+        except (ValueError, RecursionError):  # BadLine, bad JSON, JSON nested too deep
             skipped += 1
             continue
         rows.append(row)
         if with_ohlc:
-            bars = rec.get("ohlc")
-            ohlc_rows.append(bars if _is_window(bars) else None)
+            ohlc_rows.append(bars)
     if not rows:
         table = empty_table()
         table.skipped = skipped
-        return table, end
+        return table, consumed
     cols = {}
     for i, (name, dtype) in enumerate(COLUMNS.items()):
         values = [r[i] for r in rows]
@@ -174,15 +284,12 @@ def parse_lines(data: bytes, *, with_ohlc: bool = True) -> tuple[CaptureTable, i
             if bars is not None:
                 ohlc[i] = bars
         cols["has_ohlc"] = np.array([b is not None for b in ohlc_rows], dtype=bool)
-    return CaptureTable(cols, ohlc, skipped), end
+    return CaptureTable(cols, ohlc, skipped), consumed
 
 
-def _is_window(bars) -> bool:
-    return (
-        isinstance(bars, list)
-        and len(bars) == WINDOW_LEN
-        and all(isinstance(b, list) and len(b) == 4 for b in bars)
-    )
+def parse_lines(data: bytes, *, with_ohlc: bool = True) -> tuple[CaptureTable, int]:
+    """`parse_stream` over bytes in memory (tests, small inputs)."""
+    return parse_stream(io.BytesIO(data), with_ohlc=with_ohlc)
 
 
 # --- the local cache -----------------------------------------------------------------------------
@@ -212,21 +319,28 @@ def _write_state(folder: Path, state: dict) -> None:
     os.replace(tmp, folder / "state.json")
 
 
-def index_file(raw: Path, index_dir: Path) -> int:
-    """Parse one raw capture file into its .npz columns and .ohlc.npy; rows indexed."""
+def index_file(raw: Path, index_dir: Path) -> tuple[int, int]:
+    """Parse one raw capture file (streamed, line by line) into its .npz columns and
+    .ohlc.npy, each written whole or not at all; -> (rows indexed, lines skipped)."""
     import numpy as np
 
-    table, _ = parse_lines(raw.read_bytes())
+    with open(raw, "rb") as fh:
+        table, _ = parse_stream(fh)
     index_dir.mkdir(parents=True, exist_ok=True)
     stem = raw.name[: -len(".jsonl")]
-    tmp = index_dir / f".{stem}.tmp.npz"
-    np.savez(tmp, skipped=np.array(table.skipped), **table.columns)
-    os.replace(tmp, index_dir / f"{stem}.npz")
     tmp_ohlc = index_dir / f".{stem}.tmp.npy"
     with open(tmp_ohlc, "wb") as fh:
         np.save(fh, table.ohlc)
     os.replace(tmp_ohlc, index_dir / f"{stem}.ohlc.npy")
-    return len(table)
+    tmp = index_dir / f".{stem}.tmp.npz"  # last: a folder with the .npz is a finished index
+    np.savez(
+        tmp,
+        skipped=np.array(table.skipped),
+        index_version=np.array(INDEX_VERSION),
+        **table.columns,
+    )
+    os.replace(tmp, index_dir / f"{stem}.npz")
+    return len(table), table.skipped
 
 
 def add_local_file(cache: str | os.PathLike, host: str, release: str, path: str | os.PathLike):
@@ -236,16 +350,26 @@ def add_local_file(cache: str | os.PathLike, host: str, release: str, path: str 
     src = Path(path)
     raw = folder / "raw" / release / src.name
     raw.parent.mkdir(parents=True, exist_ok=True)
-    data = src.read_bytes()
-    raw.write_bytes(data)
+    with open(src, "rb") as fin, open(raw, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
     index_file(raw, folder / "index" / release)
+    size = raw.stat().st_size
     state = _read_state(folder)
     state["files"][f"{release}/{src.name}"] = {
-        "size": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "indexed": len(data),
+        "size": size,
+        "sha256": file_sha256(raw),
+        "indexed": size,
     }
     _write_state(folder, state)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load_table(
@@ -269,9 +393,9 @@ def load_table(
             for npz in sorted(rel_dir.glob("*.npz")):
                 if npz.name.startswith("."):
                     continue
-                with np.load(npz, allow_pickle=False) as data:
-                    cols = {name: data[name] for name in COLUMNS}
-                    skipped = int(data["skipped"])
+                cols, skipped = _load_index(npz, host_cache(cache, host) / "raw" / rel_dir.name)
+                if cols is None:
+                    continue
                 ohlc = None
                 if with_ohlc:
                     ohlc = np.load(npz.with_name(npz.name[:-4] + ".ohlc.npy"), mmap_mode="r")
@@ -289,6 +413,31 @@ def load_table(
     if with_ohlc and out.ohlc is not None:
         out.ohlc = np.asarray(out.ohlc)
     return out
+
+
+def _load_index(npz: Path, raw_dir: Path) -> tuple[dict | None, int]:
+    """One cached index's columns and skipped count. An index an older Moola wrote (its
+    columns were not bounded: one 200 KB window_id made every later read allocate gigabytes)
+    is rebuilt from the raw file first; one that cannot be read is rebuilt or left out."""
+    import zipfile
+
+    import numpy as np
+
+    raw = raw_dir / (npz.name[: -len(".npz")] + ".jsonl")
+    for attempt in (0, 1):
+        try:
+            with np.load(npz, allow_pickle=False) as data:
+                current = "index_version" in data.files and int(data["index_version"]) == (
+                    INDEX_VERSION
+                )
+                if current:
+                    return {name: data[name] for name in COLUMNS}, int(data["skipped"])
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass
+        if attempt or not raw.is_file():
+            return None, 0
+        index_file(raw, npz.parent)
+    return None, 0
 
 
 def parse_since(value: str, now: float | None = None) -> float | None:

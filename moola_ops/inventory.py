@@ -52,6 +52,7 @@ class Host:
     critical: tuple[tuple[str, str], ...] = ()
     serve_port: int | None = None  # the model server's public port (None: 8080; 0: pick once)
     serve_bind: str = "127.0.0.1"  # the proxy's address; 0.0.0.0 to expose it (docs/serving.md)
+    serve_auth: str = "auto"  # clients need the host's token: auto (beyond loopback) | always
     runpod_pod_id: str | None = None  # address and port come from RunPod's API at connect
     runpod_api_key_file: str | None = None  # from the defaults; env RUNPOD_API_KEY wins
 
@@ -267,6 +268,7 @@ def load_inventory(
             critical=tuple(entry.critical.items()),
             serve_port=entry.serve_port if entry.serve_port is not None else d.serve_port,
             serve_bind=entry.serve_bind or d.serve_bind,
+            serve_auth=entry.serve_auth or d.serve_auth,
             runpod_pod_id=entry.runpod_pod_id,
             runpod_api_key_file=_expand(d.runpod_api_key_file),
         )

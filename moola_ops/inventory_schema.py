@@ -5,7 +5,7 @@ the YAML line a validation error points at. `moola_ops.inventory.load_inventory`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from moola_core.errors import MoolaError
 from moola_ops.commands.layout import check_name, check_workspace
@@ -68,6 +68,7 @@ def file_model():
 
         serve_port: int | None = Field(default=None, ge=0, le=65535)
         serve_bind: str | None = None
+        serve_auth: Literal["auto", "always"] | None = None
         runpod_pod_id: str | None = None
 
         @field_validator("runpod_pod_id")
@@ -115,6 +116,7 @@ def file_model():
         allowed_signers: str | None = None
         serve_port: int | None = Field(default=None, ge=0, le=65535)
         serve_bind: str = "127.0.0.1"
+        serve_auth: Literal["auto", "always"] = "auto"  # always: a token even on loopback
         runpod_api_key_file: str | None = None  # a path; the key itself never lives here
 
         @field_validator("workspace")

@@ -156,6 +156,15 @@ def monitor(
     until = float(until if until is not None else (t.max() if len(t) else time.time()))
     since = float(since if since is not None else (t.min() if len(t) else until - 3600))
     result = MonitorResult(host, since, until, sla_p99_ms=sla_p99_ms, reference=reference_name)
+    if table.skipped:  # a host writing lines its server never would: worth a look
+        result.checks.append(
+            Check(
+                "captures",
+                WARNING,
+                f"{table.skipped} capture lines were damaged, too long or out of range and "
+                "were skipped (in no figure): check the host's captures/",
+            )
+        )
     n = len(live)
     result.n_requests = n
     if n == 0:

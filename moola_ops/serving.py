@@ -28,6 +28,7 @@ from moola_ops.commands.serve import ServeStatus
 from moola_ops.inventory import Host
 
 ACTIONS = ("start", "stop", "status", "restart", "ensure")
+TOKEN_ACTIONS = ("token", "rotate-token")  # `tokens()`: their output is the token itself
 READY_TIMEOUT_S = 180.0
 KEEP_STANDBY = True  # after a switch the previous release's server stays warm (fast rollback)
 
@@ -95,6 +96,7 @@ def ensure_proxy(session, host: Host, *, read_timeout_s: float | None = None) ->
         host.serve_bind,
         read_timeout_s=read_timeout_s,
         keep_running=host.serve_port is None,  # no port configured: keep the one it has
+        auth=host.serve_auth,
     )
     data = _run(session, command, timeout_s=60)
     if not data.get("ok"):
@@ -214,6 +216,7 @@ def ensure(
         keep_standby=keep_standby,
         timeout_s=timeout_s,
         keep_running=host.serve_port is None,
+        auth=host.serve_auth,
     )
     data = _run(session, command, timeout_s=timeout_s + 60)
     if not data.get("ok"):
@@ -235,6 +238,22 @@ def restart(session, host: Host, *, device: str = "auto") -> dict[str, Any]:
             f"({started.reason}); the old one keeps serving. Log: {started.log}"
         )
     return move_traffic(session, host, now.current, port=started.port)
+
+
+def client_token(session, host: Host, *, rotate: bool = False) -> dict[str, Any]:
+    """The host's client token (made when it has none; a new one with `rotate`, which the proxy
+    applies to its next request): {token, fingerprint, required}. The token stays in memory:
+    callers show it to the person who asked or send it as `Authorization: Bearer`, never log it.
+    """
+    data = _run(session, serve_cmd.token(_layout(host), host.python, rotate=rotate), 60)
+    if not data.get("ok") or not data.get("token"):
+        raise ServeError(f"{host.name} gave no client token: {data.get('error') or 'no answer'}")
+    return data
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    """The header Moola's own clients send the public port."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 # --- the front door ----------------------------------------------------------------------------
@@ -264,7 +283,9 @@ def run(
     from moola_ops.transport import HostSession
 
     if action not in ACTIONS:
-        raise MoolaError(f"unknown serve action {action!r}: choose one of {', '.join(ACTIONS)}")
+        raise MoolaError(
+            f"unknown serve action {action!r}: choose one of {', '.join(ACTIONS + TOKEN_ACTIONS)}"
+        )
     journal = Journal("serve", path=journal_path)
     outcomes = []
     for host in hosts:
@@ -277,6 +298,61 @@ def run(
         except MoolaError as exc:
             outcomes.append(ServeOutcome(host.name, False, str(exc)))
         outcomes[-1].duration_s = round(time.monotonic() - started, 3)
+    return outcomes
+
+
+@dataclass
+class TokenOutcome:
+    """One host's client token for `invoke serve token|rotate-token` (shown, never logged)."""
+
+    host: str
+    ok: bool
+    token: str | None = None
+    fingerprint: str | None = None
+    required: bool | None = None  # the running proxy requires it (None: no proxy runs)
+    message: str = ""
+
+
+def tokens(
+    hosts: list[Host], *, rotate: bool = False, journal_path: str | None = None
+) -> list[TokenOutcome]:
+    """Each host's client token, or a new one (`rotate`: the old one stops working at the
+    proxy's next request). The deployment log records a rotation with the new token's
+    fingerprint only; showing a token records nothing."""
+    from moola_ops.journal import Journal
+    from moola_ops.transport import HostSession
+
+    journal = Journal("serve", path=journal_path) if rotate else None
+    outcomes = []
+    for host in hosts:
+        try:
+            if journal is None:
+                with HostSession(host) as session:
+                    data = client_token(session, host)
+            else:
+                with journal.step(host.name, "rotate-token") as info, HostSession(host) as session:
+                    data = client_token(session, host, rotate=True)
+                    info["fingerprint"] = data.get("fingerprint")
+            required = data.get("required")
+            outcomes.append(
+                TokenOutcome(
+                    host.name,
+                    True,
+                    data["token"],
+                    data.get("fingerprint"),
+                    required,
+                    f"token {data.get('fingerprint')}... "
+                    + (
+                        "(required by the proxy)"
+                        if required
+                        else "(not required: the proxy listens on loopback, serve_auth auto)"
+                        if required is False
+                        else "(no proxy runs yet)"
+                    ),
+                )
+            )
+        except MoolaError as exc:
+            outcomes.append(TokenOutcome(host.name, False, message=str(exc)))
     return outcomes
 
 

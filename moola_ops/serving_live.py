@@ -10,7 +10,7 @@ from typing import Any
 from moola_ops import steps
 from moola_ops.commands import serve as serve_cmd
 from moola_ops.inventory import Host
-from moola_ops.serving import ServeError, _layout, status
+from moola_ops.serving import ServeError, _layout, bearer, client_token, status
 
 HEALTH_BURST = 50  # --deep: requests of the burst, 4 clients at once
 
@@ -107,12 +107,14 @@ def assess_service(health, session, host: Host, *, deep: bool, policy=None, time
 
 class TrafficStream:
     """One client per host sending real requests one after another through the host's public
-    port (stand-in hosts: their ports are on this machine), counting what failed."""
+    port (stand-in hosts: their ports are on this machine), with the host's token when it has
+    one, counting what failed."""
 
-    def __init__(self, ports: dict[str, int]):
+    def __init__(self, ports: dict[str, int], tokens: dict[str, str] | None = None):
         import threading
 
         self.ports = ports
+        self.headers = {name: bearer((tokens or {}).get(name)) for name in ports}
         self.stopping = threading.Event()
         self.answered: dict[str, dict[str, int]] = {name: {} for name in ports}
         self.failed: dict[str, list[str]] = {name: [] for name in ports}
@@ -132,7 +134,7 @@ class TrafficStream:
         conn, last = http.client.HTTPConnection("127.0.0.1", port, timeout=30), time.monotonic()
         while not self.stopping.is_set():
             try:
-                conn.request("POST", "/v1/predict", body=body)
+                conn.request("POST", "/v1/predict", body=body, headers=self.headers[name])
                 response = conn.getresponse()
                 answer = json.loads(response.read())
                 if response.status == 200:
@@ -174,11 +176,13 @@ def demo_traffic(hosts: list[Host]) -> TrafficStream:
     failed. `invoke demo` runs it through its deploy and rollback (zero is the bar)."""
     from moola_ops.transport import HostSession
 
-    ports = {}
+    ports, tokens = {}, {}
     for host in hosts:
         with HostSession(host) as session:
             now = status(session, host)
+            if now.proxy_port:
+                tokens[host.name] = client_token(session, host)["token"]
         if not now.proxy_port:
             raise ServeError(f"{host.name} does not serve: {now.problem()}")
         ports[host.name] = int(now.proxy_port)
-    return TrafficStream(ports).start()
+    return TrafficStream(ports, tokens).start()

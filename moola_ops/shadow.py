@@ -1,28 +1,36 @@
 """The shadow: a candidate release's server beside the live one, fed a copy of live traffic.
 
-`start(host, candidate, fraction)`:
-1. puts the candidate's bundle on the host when it is not there (the deploy's own upload and
-   promote builders: staged, extracted, verified file by file), without touching `current`;
-2. starts its model server on a private port with `--role shadow` (its captures are marked
-   shadow; the server lowers itself to nice 19 under SCHED_IDLE before its first thread starts
-   and computes on one torch thread), waits for /readyz (model loaded, golden parity passed)
-   and puts every thread of it at nice 19 under SCHED_IDLE again (a server of an older
-   runtime does not lower itself), so on a busy host it only gets CPU the live server leaves;
-3. writes `"shadow": {"release", "port", "pid", "fraction"}` into WORKSPACE/serve/state.json
-   (atomic rename): from the next request on, the front proxy copies that fraction of
-   /v1/predict requests, with the same X-Moola-Request-Id, to the shadow *after* the live
-   answer has gone out, on a bounded queue. The live answer never waits for the shadow, so a
-   slow, failing or dead shadow cannot delay or change it (tests/integration/test_shadow.py).
+`start(host, candidate, fraction)` runs as one engine flow (`engine.place`, phase `shadow`),
+so a shadow's code reaches a host exactly the way a deploy's does:
+1. the bundle passes deploy's checks here (the full `bundle.verify`, the quality gate, and on
+   a host with `allowed_signers` a signature by one of them), the host's deploy lock is taken,
+   and the release is uploaded, extracted and verified file by file (or the copy already there
+   is verified) and runtime-checked, without touching `current`; a failure or Ctrl-C leaves
+   the host as it was (the engine's guard removes what this run put there, unlocks);
+2. still under the lock, its model server starts on a private port with `--role shadow` (its
+   captures are marked shadow; the server lowers itself to nice 19 under SCHED_IDLE before its
+   first thread starts and computes on one torch thread), /readyz is waited for (model loaded,
+   golden parity passed) and every thread of it is put at nice 19 under SCHED_IDLE again (a
+   server of an older runtime does not lower itself), so on a busy host it only gets CPU the
+   live server leaves;
+3. `"shadow": {"release", "port", "pid", "fraction", "since"}` goes into
+   WORKSPACE/serve/state.json through the host's one writer of that file (serve_ctl, under its
+   flock): from the next request on, the front proxy copies that fraction of /v1/predict
+   requests, with the same X-Moola-Request-Id, to the shadow *after* the live answer has gone
+   out, on a bounded queue, and counts them for this shadow alone (a new shadow starts at
+   zero). The live answer never waits for the shadow, so a slow, failing or dead shadow
+   cannot delay or change it (tests/integration/test_shadow.py). A shadow it replaces drains.
 
 `stop(host)` removes the key (the proxy stops copying at once) and drains the shadow's server.
-`status(host)` says what the shadow is, whether its process runs and what the proxy counted.
+`status(host)` says what the shadow is, whether its process runs and what the proxy counted;
+`ShadowStatus.problem()` is the sentence (and `invoke shadow status` exits 1) when a shadow is
+routed but its process is gone.
 `promote(host)` deploys the candidate through the normal zero-downtime path (engine.deploy,
 then the proxy moves to a fresh live server of it) and stops the shadow.
 """
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,33 +39,6 @@ from typing import Any
 from moola_core.errors import MoolaError
 
 DEFAULT_FRACTION = 1.0
-
-# Runs on the host (python3, stdlib): set or clear the shadow key of serve/state.json with an
-# atomic rename, exactly as the serving control program writes the file.
-_STATE_EDIT = r"""
-import json, os, sys, time
-ws, action = os.path.expanduser(sys.argv[1]), sys.argv[2]
-path = os.path.join(ws, "serve", "state.json")
-try:
-    with open(path) as fh:
-        state = json.load(fh)
-except (OSError, ValueError):
-    state = None
-if not isinstance(state, dict) or not state.get("live"):
-    if action == "set":
-        print(json.dumps({"ok": False, "error": "nothing is live on this host"}))
-        sys.exit(1)
-    print(json.dumps({"ok": True, "old": None, "shadow": None}))
-    sys.exit(0)
-old = state.get("shadow")
-state["shadow"] = json.loads(sys.argv[3]) if action == "set" else None
-state["v"], state["updated"] = 1, time.time()
-tmp = "%s.tmp-%d" % (path, os.getpid())
-with open(tmp, "w") as fh:
-    json.dump(state, fh, sort_keys=True)
-os.replace(tmp, path)
-print(json.dumps({"ok": True, "old": old, "shadow": state["shadow"]}))
-"""
 
 # Runs on the host: every thread of the shadow's server to nice 19 and the SCHED_IDLE policy
 # (Linux sets both per thread; threads started later inherit them from the thread that starts
@@ -89,16 +70,6 @@ SHADOW_NICE = 19
 # little CPU but add its length to every latency the A/B compares against the SLA.
 SHADOW_SERVER_ARGS = ("--role", "shadow")
 
-# The proxy's counters (GET /_proxy/stats on its port), read on the host
-_PROXY_STATS = r"""
-import json, sys, urllib.request
-try:
-    with urllib.request.urlopen("http://127.0.0.1:%d/_proxy/state" % int(sys.argv[1]), timeout=5) as r:
-        print(r.read().decode())
-except Exception as exc:
-    print(json.dumps({"error": str(exc)}))
-"""
-
 
 @dataclass
 class ShadowStatus:
@@ -112,21 +83,36 @@ class ShadowStatus:
     running: bool = False  # its server process is alive
     ready: bool = False  # and answered /readyz just now
     live: str | None = None  # the release live traffic goes to
-    proxy: dict[str, Any] = field(default_factory=dict)  # shadow_sent/errors/dropped counters
+    # this shadow's copies as the proxy counted them (shadow_sent / shadow_errors /
+    # shadow_dropped, zero for a shadow just started); total_shadow_* over the proxy's life
+    proxy: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(asdict(self), problem=self.problem())
+
+    def problem(self) -> str | None:
+        """One sentence, with what to do, when a shadow is routed but its server is gone."""
+        if self.release and not self.running:
+            return (
+                f"the shadow {self.release} on {self.host} is NOT RUNNING (its process is gone; "
+                "the proxy's copies to it fail): start it again with `invoke shadow start "
+                f"--host {self.host} --candidate {self.release}`, or stop copying with "
+                f"`invoke shadow stop --host {self.host}`"
+            )
+        return None
 
     def summary(self) -> str:
         if not self.release:
             return f"{self.host}: no shadow (live {self.live or 'nothing'})"
         state = "ready" if self.ready else "running" if self.running else "NOT RUNNING"
         counts = ", ".join(f"{k} {v}" for k, v in self.proxy.items() if k.startswith("shadow"))
-        return (
+        line = (
             f"{self.host}: shadow {self.release} on port {self.port} ({state}), "
             f"{100 * (self.fraction or 0):g}% of live {self.live} requests copied"
-            + (f"; proxy: {counts}" if counts else "")
+            + (f"; proxy (this shadow): {counts}" if counts else "")
         )
+        problem = self.problem()
+        return f"{line}\n{problem}" if problem else line
 
 
 def _fraction(value: float) -> float:
@@ -139,16 +125,16 @@ def _fraction(value: float) -> float:
     return value
 
 
-def _edit_state(session, host, action: str, shadow: dict | None = None) -> dict:
-    args = [shlex.quote(host.workspace), action]
-    if shadow is not None:
-        args.append(shlex.quote(json.dumps(shadow)))
-    cmd = f"{shlex.quote(host.python)} -c {shlex.quote(_STATE_EDIT)} {' '.join(args)}"
-    res = session.run(cmd, timeout_s=30)
-    try:
-        data = json.loads(res.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise MoolaError(f"{host.name} did not update its serving state: {res.tail()}") from None
+def route(session, host, shadow: dict | None) -> dict:
+    """Copy live traffic to `shadow` ({release, port, pid, fraction, since}) or stop (None):
+    serve/state.json's `shadow` key, through the host's one writer of it. -> {old, shadow}."""
+    from moola_ops.commands import serve as serve_cmd
+    from moola_ops.commands.layout import Layout
+
+    res = session.run(
+        serve_cmd.shadow_route(Layout(host.workspace), host.python, shadow), timeout_s=60
+    )
+    data = serve_cmd.parse(res.stdout or res.stderr)
     if not data.get("ok"):
         raise MoolaError(
             f"{host.name}: {data.get('error')}; start serving first (`invoke serve --host "
@@ -157,40 +143,11 @@ def _edit_state(session, host, action: str, shadow: dict | None = None) -> dict:
     return data
 
 
-def stage_release(session, host, bundle, journal) -> str:
-    """Put `bundle` under releases/ on the host (upload + verified extract), `current` untouched.
-    Returns "present" or "uploaded"."""
-    from moola_ops.commands import release as release_cmd
-    from moola_ops.commands.layout import Layout
-
-    layout = Layout(host.workspace)
-    probe = session.run(f"test -f {layout.release(bundle.version)}/manifest.json", timeout_s=30)
-    if probe.exit_code == 0:
-        return "present"
-    deployment = journal.deployment
-    with journal.step(host.name, "upload", bytes=bundle.size):
-        session.run(release_cmd.stage(layout, deployment), timeout_s=60)
-        session.upload(bundle.path, release_cmd.staged_archive(layout, deployment))
-    with journal.step(host.name, "promote", sha256=bundle.sha256) as info:
-        out = session.run(
-            release_cmd.promote(layout, host.python, deployment, bundle.version, bundle.sha256),
-            timeout_s=600,
-        )
-        report = release_cmd.parse_hostside(out.stdout)
-        info["report"] = report
-        if out.exit_code != 0 or not report.get("ok"):
-            session.run(release_cmd.remove_staging(layout, deployment), timeout_s=60)
-            raise MoolaError(
-                f"bundle {bundle.version} failed verification on {host.name}: "
-                f"{'; '.join(report.get('problems', [])[:3]) or out.tail(200)}"
-            )
-    return "uploaded"
-
-
 def status_on(session, host) -> ShadowStatus:
     """The shadow's state on an open session."""
     from moola_ops import serving
     from moola_ops.commands import serve as serve_cmd
+    from moola_ops.commands.layout import Layout
 
     now = serving.status(session, host)
     if not now.ok:
@@ -204,17 +161,80 @@ def status_on(session, host) -> ShadowStatus:
             if s.get("pid") == out.pid and s.get("alive"):
                 out.running, out.ready = True, bool(s.get("ready_now"))
     if now.proxy_running:
-        port = now.proxy_port or serve_cmd.public_port(host)
-        res = session.run(
-            f"{shlex.quote(host.python)} -c {shlex.quote(_PROXY_STATS)} {int(port)}", timeout_s=30
-        )
-        try:
-            stats = json.loads(res.stdout.strip().splitlines()[-1])
-            counters = stats.get("stats", stats)
-            out.proxy = {k: v for k, v in counters.items() if str(k).startswith("shadow")}
-        except (ValueError, IndexError, AttributeError):
-            pass
+        res = session.run(serve_cmd.proxy_state(Layout(host.workspace), host.python), timeout_s=30)
+        counters = (serve_cmd.parse(res.stdout).get("proxy") or {}).get("stats") or {}
+        if isinstance(counters, dict):
+            out.proxy = {
+                k: v for k, v in counters.items() if str(k).startswith(("shadow", "total_shadow"))
+            }
     return out
+
+
+def _stages(version: str, fraction: float, device: str):
+    """(checks, then) for engine.place: refusals before anything is uploaded, and the shadow's
+    own stages after the release passed its checks, all under the deploy lock."""
+    from moola_ops import serving
+    from moola_ops.engine import StepFailed
+
+    def refusals(ctx) -> None:
+        live = (ctx.facts.server or {}).get("live") or {}
+        name = ctx.host.name
+        if not live.get("release"):
+            raise StepFailed(
+                f"nothing is live on {name}; deploy and serve a release first "
+                f"(`invoke serve --host {name} start`)"
+            )
+        if live.get("release") == version:
+            raise StepFailed(
+                f"{version} is the live release on {name}; a shadow must be another release"
+            )
+        ctx.notes.append(f"live {live['release']}")
+
+    def start_server(ctx) -> None:
+        ctx.serve_candidate = version  # a failure or Ctrl-C before it is routed stops it
+        with ctx.step("start", version=version) as info:
+            started = serving.start_candidate(
+                ctx.ssh, ctx.host, version, device=device, server_args=SHADOW_SERVER_ARGS
+            )
+            info.update(pid=started.pid, port=started.port, start_s=started.start_s)
+            if not started.ok:
+                raise StepFailed(
+                    f"the shadow server of {version} on {ctx.host.name} did not get ready "
+                    f"({started.reason}); live traffic is untouched. Log: {started.log}"
+                )
+        ctx.shadow_started = started
+
+    def deprioritise(ctx) -> None:
+        pid = int(ctx.shadow_started.pid)
+        with ctx.step("deprioritise", nice=SHADOW_NICE) as info:
+            res = ctx.run(
+                f"{shlex.quote(ctx.host.python)} -c {shlex.quote(_DEPRIORITISE)} "
+                f"{pid} {SHADOW_NICE}"
+            )
+            info["threads"] = res.stdout.strip()[-80:]
+
+    def route_traffic(ctx) -> None:
+        started = ctx.shadow_started
+        with ctx.step("route", fraction=fraction) as info:
+            shadow = {
+                "release": version,
+                "port": started.port,
+                "pid": started.pid,
+                "fraction": fraction,
+                "since": time.time(),
+            }
+            old = route(ctx.ssh, ctx.host, shadow).get("old")
+            info["replaced"] = old
+        ctx.serve_candidate = None  # routed: it is the shadow now, not a stray candidate
+        if old and old.get("pid") and old.get("pid") != started.pid:
+            with ctx.step("drain-previous", pid=old.get("pid")) as info:
+                info["drained"] = serving.drain(ctx.ssh, ctx.host, int(old["pid"]))
+
+    return [("shadow-checks", refusals)], [
+        ("start", start_server),
+        ("deprioritise", deprioritise),
+        ("route", route_traffic),
+    ]
 
 
 def start(
@@ -224,67 +244,33 @@ def start(
     fraction: float = DEFAULT_FRACTION,
     bundles_dir: str = "bundles",
     device: str = "auto",
-    session=None,
     journal_path: str | None = None,
+    opts=None,
 ) -> ShadowStatus:
-    """Start `candidate` as the host's shadow (replacing a previous shadow, which drains)."""
-    from moola_ops import serving
-    from moola_ops.engine import resolve_bundle
-    from moola_ops.journal import Journal
-    from moola_ops.transport import HostSession
+    """Start `candidate` as the host's shadow (replacing a previous shadow, which drains):
+    through `engine.place`, the way a deploy puts a release on a host (see the module's
+    docstring). `opts`: the engine's Options (deadlines, runtime-check runs)."""
+    from moola_ops import engine
 
     fraction = _fraction(fraction)
-    bundle = resolve_bundle(candidate, bundles_dir=bundles_dir)
-    journal = Journal("shadow", bundle=bundle.version, path=journal_path)
-    own = session is None
-    session = session or HostSession(host).open()
+    bundle = engine.resolve_bundle(candidate, bundles_dir=bundles_dir)
+    opts = opts or engine.Options()
+    if journal_path is not None:
+        from dataclasses import replace
+
+        opts = replace(opts, journal_path=journal_path)
+    checks, then = _stages(bundle.version, fraction, device)
     try:
-        before = status_on(session, host)
-        if not before.live:
-            raise MoolaError(
-                f"nothing is live on {host.name}; deploy and serve a release first "
-                f"(`invoke serve --host {host.name} start`)"
-            )
-        if before.live == bundle.version:
-            raise MoolaError(
-                f"{bundle.version} is the live release on {host.name}; a shadow must be another "
-                "release"
-            )
-        with journal.step(host.name, "stage") as info:
-            info["result"] = stage_release(session, host, bundle, journal)
-        with journal.step(host.name, "start") as info:
-            started = serving.start_candidate(
-                session, host, bundle.version, device=device, server_args=SHADOW_SERVER_ARGS
-            )
-            info.update(pid=started.pid, port=started.port, start_s=started.start_s)
-            if not started.ok:
-                raise MoolaError(
-                    f"the shadow server of {bundle.version} on {host.name} did not get ready "
-                    f"({started.reason}); live traffic is untouched. Log: {started.log}"
-                )
-        with journal.step(host.name, "deprioritise", nice=SHADOW_NICE) as info:
-            res = session.run(
-                f"{shlex.quote(host.python)} -c {shlex.quote(_DEPRIORITISE)} "
-                f"{int(started.pid)} {SHADOW_NICE}",
-                timeout_s=30,
-            )
-            info["threads"] = res.stdout.strip()[-80:]
-        with journal.step(host.name, "route", fraction=fraction) as info:
-            shadow = {
-                "release": bundle.version,
-                "port": started.port,
-                "pid": started.pid,
-                "fraction": fraction,
-                "since": time.time(),
-            }
-            old = _edit_state(session, host, "set", shadow).get("old")
-            info["replaced"] = old
-        if old and old.get("pid") and old.get("pid") != started.pid:
-            serving.drain(session, host, int(old["pid"]))
-        return status_on(session, host)
-    finally:
-        if own:
-            session.close()
+        result = engine.place(
+            [host], bundle, opts, phase="shadow", what="shadow", checks=checks, then=then
+        )
+    except engine.Interrupted as stop:
+        (outcome,) = stop.result.outcomes
+        raise MoolaError(f"interrupted: {outcome.message}", exit_code=130) from None
+    (outcome,) = result.outcomes
+    if not outcome.ok:
+        raise MoolaError(outcome.message)
+    return status(host)
 
 
 def stop(host, *, session=None, journal_path: str | None = None) -> ShadowStatus:
@@ -301,7 +287,7 @@ def stop(host, *, session=None, journal_path: str | None = None) -> ShadowStatus
             return before
         journal = Journal("shadow", bundle=before.release, path=journal_path)
         with journal.step(host.name, "stop", port=before.port) as info:
-            _edit_state(session, host, "clear")
+            route(session, host, None)
             if before.pid and before.running:
                 info["drained"] = serving.drain(session, host, int(before.pid))
         return status_on(session, host)

@@ -636,6 +636,8 @@ def parse_windows(body: bytes, max_windows: int):
         raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(400, f"the body is not valid JSON ({_short(exc)})") from None
+    except RecursionError:  # json's decoder recurses per level: [[[[... runs out of stack
+        raise BadRequest(400, "the body is JSON nested too deeply: send windows of bars") from None
     if not isinstance(payload, dict) or "windows" not in payload:
         raise BadRequest(400, 'the body must be a JSON object with "windows": a list of windows')
     windows = payload["windows"]
@@ -857,10 +859,9 @@ class App:
             if allow_missing:
                 return 0
             return self.error(request, 411, "a Content-Length header is required")
-        try:
-            length = int(text)
-        except ValueError:
-            return self.error(request, 400, "the Content-Length header is not a number")
+        if not (text.isdigit() and text.isascii()):  # int() would take "+5", " 5" and "5_0"
+            return self.error(request, 400, "the Content-Length header is not a whole number")
+        length = int(text)
         limit = int(self.state.args.max_body_mb * 1024 * 1024)
         if length > limit or length < 0:
             return self.error(

@@ -7,7 +7,11 @@ pod's start command runs the same file from the current release:
 `python3 WS/current/code/moola_core/runtime/serve_ctl.py ensure --workspace WS --port 8080`.
 
 Everything lives under WORKSPACE/serve/:
-    state.json            which server is live / standby / shadow (the proxy reads it)
+    state.json            which server is live / standby / shadow (the proxy reads it); every
+                          change goes through `write_state` under `state_lock` (flock on
+                          state.lock), so two commands at once never lose each other's edit
+    token                 the clients' token (mode 0600; the proxy requires it beyond
+                          loopback); made with the proxy, replaced by `token --rotate`
     proxy.json, proxy.py  the proxy's pid and port; its code (written before each start)
     servers/<release>-<stamp>.json   one per server process: pid, port, ready (the server writes it)
     logs/*.log            one log per process, the newest kept
@@ -19,10 +23,14 @@ Standard library only; Python 3.8+.
 
 import argparse
 import contextlib
+import fcntl
+import hashlib
 import http.client
+import ipaddress
 import json
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
@@ -33,6 +41,9 @@ WINDOW_LEN = 105
 DEFAULT_READY_TIMEOUT_S = 180.0
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
 LOGS_KEPT = 20
+STATE_LOCK_WAIT_S = 30.0  # a writer waits this long for another one (env MOOLA_STATE_LOCK_WAIT_S)
+AUTH_MODES = ("auto", "always")
+CLIENT_TOKEN = None  # the host's token, sent with every request this program makes (run())
 
 
 class Failed(Exception):
@@ -66,10 +77,100 @@ def read_state(ws):
     return _read_json(os.path.join(serve_dir(ws), "state.json")) or {"v": 1}
 
 
+_HELD = threading.local()  # how deep this thread is inside state_lock
+
+
+@contextlib.contextmanager
+def state_lock(ws):
+    """Serialise every change of serve/: an exclusive flock on serve/state.lock, waited for
+    up to STATE_LOCK_WAIT_S. Read the state, change it and write it inside one block."""
+    depth = getattr(_HELD, "depth", 0)
+    if depth:  # already ours (a switch inside ensure)
+        _HELD.depth = depth + 1
+        try:
+            yield
+        finally:
+            _HELD.depth = depth
+        return
+    wait_s = float(os.environ.get("MOOLA_STATE_LOCK_WAIT_S") or STATE_LOCK_WAIT_S)
+    os.makedirs(serve_dir(ws), exist_ok=True)
+    fd = os.open(os.path.join(serve_dir(ws), "state.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise Failed(
+                        f"another serving command has been changing {serve_dir(ws)} for over "
+                        f"{wait_s:g}s: try again; if it stays, look for a stuck serve_ctl there"
+                    ) from None
+                time.sleep(0.02)
+        _HELD.depth = 1
+        try:
+            yield
+        finally:
+            _HELD.depth = 0
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 def write_state(ws, state):
+    """THE writer of serve/state.json (atomic rename), only ever called inside state_lock."""
+    if not getattr(_HELD, "depth", 0):
+        raise RuntimeError("serve/state.json written outside state_lock")
     state = dict(state, v=1, updated=time.time())
     _write_json(os.path.join(serve_dir(ws), "state.json"), state)
     return state
+
+
+# --- the clients' token ------------------------------------------------------------------------
+
+
+def token_path(ws):
+    return os.path.join(serve_dir(ws), "token")
+
+
+def read_token(ws):
+    try:
+        with open(token_path(ws)) as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+def token_fingerprint(token):
+    """What may be shown or logged about a token: the start of its sha256, never the token."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12] if token else None
+
+
+def write_token(ws, rotate=False):
+    """The host's client token: kept when it exists (unless `rotate`), else a new random one
+    written with mode 0600 and renamed into place (the proxy reads the new one on its next
+    request). Returns the token."""
+    global CLIENT_TOKEN
+    with state_lock(ws):
+        fresh = read_token(ws)
+        if rotate or not fresh:
+            fresh = secrets.token_urlsafe(32)
+            tmp = f"{token_path(ws)}.tmp-{os.getpid()}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(fresh + "\n")
+            os.replace(tmp, token_path(ws))
+    CLIENT_TOKEN = fresh  # this program's own requests from now on
+    return fresh
+
+
+def token_required(bind, auth):
+    """The proxy's rule (serve_proxy.py): `always`, or an address other than loopback."""
+    try:
+        loopback = ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        loopback = False
+    return auth == "always" or not loopback
 
 
 def alive(pid, ws):
@@ -131,6 +232,7 @@ def ask(port, path, body=None, timeout=5.0):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         headers = {"Content-Type": "application/json"} if body is not None else {}
+        headers.update(_auth())
         conn.request("POST" if body is not None else "GET", path, body=body, headers=headers)
         response = conn.getresponse()
         status, raw = response.status, response.read()
@@ -142,6 +244,10 @@ def ask(port, path, body=None, timeout=5.0):
         return status, json.loads(raw)
     except ValueError:
         return status, raw.decode("utf-8", "replace")
+
+
+def _auth():
+    return {"Authorization": f"Bearer {CLIENT_TOKEN}"} if CLIENT_TOKEN else {}
 
 
 def synthetic_window(seed):
@@ -187,7 +293,7 @@ def probe(port, requests=20, concurrency=1, windows=1, timeout=10.0, warmup=0):
                     "POST",
                     "/v1/predict",
                     bodies[i % len(bodies)],
-                    {"Content-Type": "application/json"},
+                    {"Content-Type": "application/json", **_auth()},
                 )
                 response = conn.getresponse()
                 status, raw = response.status, response.read()
@@ -399,11 +505,15 @@ def proxy_source():
     return source
 
 
-def ensure_proxy(ws, port, bind, read_timeout=None, keep_running=False):
-    """Start the front proxy on `port` unless it already runs; -> {pid, port, started}. A proxy
-    running on another port is an error, unless `keep_running` (no port was configured)."""
+def ensure_proxy(ws, port, bind, read_timeout=None, keep_running=False, auth="auto"):
+    """Start the front proxy on `port` unless it already runs; -> {pid, port, started,
+    auth_required}. The clients' token is made first when the host has none. A proxy running
+    on another port is an error, unless `keep_running` (no port was configured); so is one
+    whose token rule differs from the one asked for (a proxy older than the rule has none)."""
     folder = serve_dir(ws)
     os.makedirs(folder, exist_ok=True)
+    write_token(ws)
+    wanted = token_required(bind, auth)
     record = _read_json(os.path.join(folder, "proxy.json"))
     if record and alive(record.get("pid"), ws):
         if port and record.get("port") != port and not keep_running:
@@ -411,7 +521,20 @@ def ensure_proxy(ws, port, bind, read_timeout=None, keep_running=False):
                 f"the proxy runs on port {record.get('port')}, not {port}: "
                 "stop serving first to change the port"
             )
-        return {"pid": record["pid"], "port": record["port"], "started": False}
+        if bool(record.get("auth_required")) != wanted:
+            runs = "requires" if record.get("auth_required") else "does not require"
+            raise Failed(
+                f"the proxy on port {record.get('port')} {runs} the clients' token, and the "
+                f"inventory (serve_bind {bind}, serve_auth {auth}) says it must"
+                f"{'' if wanted else ' not'}: restart it to apply that (stop serving, then "
+                "start it: a brief outage)"
+            )
+        return {
+            "pid": record["pid"],
+            "port": record["port"],
+            "started": False,
+            "auth_required": wanted,
+        }
     if not port and record and record.get("port"):
         port = record["port"]  # keep the port the host had (stand-in hosts pick one once)
     code = os.path.join(folder, "proxy.py")
@@ -421,6 +544,7 @@ def ensure_proxy(ws, port, bind, read_timeout=None, keep_running=False):
     os.replace(tmp, code)
     log = _log_path(ws, f"proxy-{_stamp()}")
     argv = [sys.executable, code, "--workspace", ws, "--port", str(port or 0), "--bind", bind]
+    argv += ["--auth", auth]
     if read_timeout:
         argv += ["--read-timeout-s", str(read_timeout)]
     proc = _spawn(
@@ -433,7 +557,12 @@ def ensure_proxy(ws, port, bind, read_timeout=None, keep_running=False):
     while time.monotonic() < deadline:
         record = _read_json(os.path.join(folder, "proxy.json"))
         if record and record.get("pid") == proc.pid:
-            return {"pid": proc.pid, "port": record["port"], "started": True}
+            return {
+                "pid": proc.pid,
+                "port": record["port"],
+                "started": True,
+                "auth_required": bool(record.get("auth_required")),
+            }
         if proc.poll() is not None:
             break
         time.sleep(0.02)
@@ -471,27 +600,28 @@ def switch(ws, release, port=None, keep_standby=True):
     if not candidates:
         raise Failed(f"no ready server of {release} runs on this host: start it first")
     new = _server_entry(candidates[-1])
-    state = read_state(ws)
-    old_live, old_standby = state.get("live"), state.get("standby")
-    drained = []
-    standby = None
-    for old in (old_live, old_standby):
-        if not old or old.get("pid") == new["pid"] or not alive(old.get("pid"), ws):
-            continue
-        if keep_standby and standby is None and old.get("release") != release:
-            standby = old
-        elif drain(old["pid"], ws):
-            drained.append(old)
-    # any other server is a stray (an old instance after a restart, a candidate left by an
-    # interrupted deploy): it drains too; the shadow (issue #11) is not ours to stop
-    keep = {d["pid"] for d in drained} | {new["pid"]}
-    keep |= {(x or {}).get("pid") for x in (standby, state.get("shadow"))}
-    shadow_port = (state.get("shadow") or {}).get("port")
-    for s in servers(ws):
-        stray = s["alive"] and s["pid"] not in keep and s.get("port") != shadow_port
-        if stray and drain(s["pid"], ws):
-            drained.append(_server_entry(s))
-    new_state = write_state(ws, dict(state, live=new, standby=standby))
+    with state_lock(ws):
+        state = read_state(ws)
+        old_live, old_standby = state.get("live"), state.get("standby")
+        drained = []
+        standby = None
+        for old in (old_live, old_standby):
+            if not old or old.get("pid") == new["pid"] or not alive(old.get("pid"), ws):
+                continue
+            if keep_standby and standby is None and old.get("release") != release:
+                standby = old
+            elif drain(old["pid"], ws):
+                drained.append(old)
+        # any other server is a stray (an old instance after a restart, a candidate left by an
+        # interrupted deploy): it drains too; the shadow (issue #11) is not ours to stop
+        keep = {d["pid"] for d in drained} | {new["pid"]}
+        keep |= {(x or {}).get("pid") for x in (standby, state.get("shadow"))}
+        shadow_port = (state.get("shadow") or {}).get("port")
+        for s in servers(ws):
+            stray = s["alive"] and s["pid"] not in keep and s.get("port") != shadow_port
+            if stray and drain(s["pid"], ws):
+                drained.append(_server_entry(s))
+        new_state = write_state(ws, dict(state, live=new, standby=standby))
     seen = None
     pport = proxy_port(ws)
     if pport:
@@ -623,7 +753,6 @@ def health(ws, burst=0, concurrency=4):
 def stop(ws, wait_s):
     """Stop the proxy and every server of this workspace (each drains first)."""
     stopped = []
-    state = read_state(ws)
     record = _read_json(os.path.join(serve_dir(ws), "proxy.json"))
     pids = [s["pid"] for s in servers(ws) if s["alive"]]
     if record and alive(record.get("pid"), ws):
@@ -631,14 +760,63 @@ def stop(ws, wait_s):
     for pid in pids:
         clean = _terminate(pid, ws, wait_s)
         stopped.append({"pid": pid, "drained": clean})
-    write_state(ws, dict(state, live=None, standby=None, shadow=None))
+    with state_lock(ws):
+        write_state(ws, dict(read_state(ws), live=None, standby=None, shadow=None))
     return {"ok": True, "stopped": stopped}
 
 
-def ensure(ws, port, bind, device, extra, keep_standby, timeout, keep_running=False):
+def set_shadow(ws, shadow):
+    """Route a copy of live traffic to `shadow` ({release, port, pid, fraction, since}), or
+    stop copying (None); the proxy sees it on its next request. -> {ok, old, shadow}."""
+    if shadow is not None and not (
+        isinstance(shadow, dict)
+        and isinstance(shadow.get("release"), str)
+        and isinstance(shadow.get("port"), int)
+        and isinstance(shadow.get("fraction"), (int, float))
+        and 0 < shadow["fraction"] <= 1
+    ):
+        raise Failed("a shadow needs release (text), port (whole number), fraction in (0, 1]")
+    with state_lock(ws):
+        state = read_state(ws)
+        old = state.get("shadow")
+        if shadow is not None and not state.get("live"):
+            raise Failed("nothing is live on this host")
+        if shadow is not None or old is not None:
+            state = write_state(ws, dict(state, shadow=shadow))
+    return {"ok": True, "old": old, "shadow": state.get("shadow")}
+
+
+def proxy_state(ws):
+    """What the proxy says of itself (GET /_proxy/state with the host's token): its route,
+    counters (per shadow, and total_*), connections."""
+    pport = proxy_port(ws)
+    if not pport:
+        raise Failed("the proxy is not running: start serving first")
+    code, answer = ask(pport, "/_proxy/state")
+    if code != 200 or not isinstance(answer, dict):
+        raise Failed(f"the proxy on port {pport} answered {code or 'nothing'}: {str(answer)[:200]}")
+    return {"ok": True, "proxy": answer}
+
+
+def show_token(ws, rotate=False):
+    """The clients' token (a new one with `rotate`), its fingerprint and whether the proxy
+    requires it. The token is printed for the caller only: Moola never logs it."""
+    value = write_token(ws, rotate=rotate)
+    record = _read_json(os.path.join(serve_dir(ws), "proxy.json")) or {}
+    running = alive(record.get("pid"), ws)
+    return {
+        "ok": True,
+        "token": value,
+        "fingerprint": token_fingerprint(value),
+        "rotated": bool(rotate),
+        "required": bool(record.get("auth_required")) if running else None,
+    }
+
+
+def ensure(ws, port, bind, device, extra, keep_standby, timeout, keep_running=False, auth="auto"):
     """Idempotent (cron-safe): the proxy runs and the live server is `current`'s, ready."""
     actions = []
-    proxy = ensure_proxy(ws, port, bind, keep_running=keep_running)
+    proxy = ensure_proxy(ws, port, bind, keep_running=keep_running, auth=auth)
     if proxy["started"]:
         actions.append(f"started the proxy on port {proxy['port']}")
     version = current_version(ws)
@@ -689,6 +867,7 @@ def _parser():
     p.add_argument("--bind", default="127.0.0.1")
     p.add_argument("--read-timeout", type=float, default=None)
     p.add_argument("--keep-running", action="store_true", help="accept a proxy on another port")
+    p.add_argument("--auth", choices=AUTH_MODES, default="auto")
     p = add("switch")
     p.add_argument("--release", required=True)
     p.add_argument("--port", type=int, default=None)
@@ -724,18 +903,29 @@ def _parser():
     p.add_argument("--server-arg", action="append", default=[])
     p.add_argument("--no-standby", action="store_true")
     p.add_argument("--keep-running", action="store_true", help="accept a proxy on another port")
+    p.add_argument("--auth", choices=AUTH_MODES, default="auto")
+    p = add("shadow")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--set", default=None, help="the shadow as JSON")
+    which.add_argument("--clear", action="store_true")
+    add("proxy-state")
+    p = add("token")
+    p.add_argument("--rotate", action="store_true", help="replace the token with a new one")
     return parser
 
 
 def run(args):
+    global CLIENT_TOKEN
     ws = os.path.abspath(os.path.expanduser(args.workspace))
     if not os.path.isdir(ws):
         raise Failed(f"workspace {ws} does not exist")
+    CLIENT_TOKEN = read_token(ws)
     if args.action == "start":
         return start_server(ws, args.release, args.device, args.server_arg, args.timeout)
     if args.action == "proxy":
         return dict(
-            ensure_proxy(ws, args.port, args.bind, args.read_timeout, args.keep_running), ok=True
+            ensure_proxy(ws, args.port, args.bind, args.read_timeout, args.keep_running, args.auth),
+            ok=True,
         )
     if args.action == "switch":
         return switch(ws, args.release, args.port, not args.no_standby)
@@ -768,7 +958,20 @@ def run(args):
             not args.no_standby,
             args.timeout,
             args.keep_running,
+            args.auth,
         )
+    if args.action == "shadow":
+        if args.clear:
+            return set_shadow(ws, None)
+        try:
+            shadow = json.loads(args.set)
+        except ValueError:
+            raise Failed("--set takes the shadow as JSON") from None
+        return set_shadow(ws, shadow)
+    if args.action == "proxy-state":
+        return proxy_state(ws)
+    if args.action == "token":
+        return show_token(ws, args.rotate)
     raise Failed(f"unknown action {args.action}")
 
 

@@ -61,8 +61,13 @@ REASONS = {
 }
 
 
+# headers that frame the body: a repeat is refused (RFC 9112 6.3), never resolved by a guess
+SINGLE_HEADERS = ("content-length", "transfer-encoding")
+
+
 class Headers(dict):
-    """A request's headers by lower-case name (the first of a repeated name wins)."""
+    """A request's headers by lower-case name (the first of a repeated name wins; a repeated
+    SINGLE_HEADERS name is refused by parse_head)."""
 
     def get(self, name, default=None):
         return dict.get(self, name.lower(), default)
@@ -128,6 +133,8 @@ def parse_head(head: bytes, started: float) -> Request:
         last = name.strip().lower()
         if last not in headers:
             dict.__setitem__(headers, last, value.strip())
+        elif last in SINGLE_HEADERS:  # two lengths: a proxy and we could split the stream apart
+            raise HeadError(400, f"the request has more than one {name.strip()[:40]} header")
     connection = headers.get("connection", "").lower()
     # HTTP/1.1 keeps the connection unless told otherwise; HTTP/1.0 only when asked
     keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection

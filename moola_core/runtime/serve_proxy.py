@@ -18,8 +18,21 @@ a kept-alive connection before answering (predictions are idempotent). `shadow` 
 sampled fraction of /v1/predict requests to a candidate server after the live answer went out:
 the proxy hands the request's bytes, without waiting, to a socket read by the mirror, a process
 it forked at start (nice 19) that sends them to the shadow; a full socket buffer drops the copy
-(counted). The live answer never waits for the shadow, and the copying never holds the proxy's
-interpreter lock. Without fork or SOCK_SEQPACKET, a thread with a bounded queue copies instead.
+(counted per shadow: a new shadow starts from zero). The live answer never waits for the
+shadow, and the copying never holds the proxy's interpreter lock. Without fork or
+SOCK_SEQPACKET, a thread with a bounded queue copies instead.
+
+The port faces clients Moola does not control, so every request has limits:
+- a whole-request deadline (`--read-timeout-s`, from its first byte to the end of its body; a
+  fresh connection's first request counts from the accept): a client that trickles one byte
+  at a time gets 408 and the connection closes, however often it sends;
+- a connection cap (`--max-connections`, one thread each): at the cap a new client takes the
+  place of the connection idle longest, and gets 503 at once when every one is busy;
+- one Content-Length, digits only (a second one would let a request hide inside another);
+- a token (`Authorization: Bearer TOKEN`, the file WORKSPACE/serve/token, re-read when it
+  changes so rotation needs no restart) whenever the proxy listens beyond loopback, or always
+  with `--auth always`; only the liveness and readiness probes from the host itself go
+  without it. The token is never logged and never forwarded to a model server.
 
 Standard library only; Python 3.8+. Run: `python3 serve_proxy.py --workspace WS --port P`.
 """
@@ -27,6 +40,8 @@ Standard library only; Python 3.8+. Run: `python3 serve_proxy.py --workspace WS 
 import argparse
 import collections
 import contextlib
+import hmac
+import ipaddress
 import json
 import os
 import random
@@ -44,13 +59,18 @@ MAX_BODY_BYTES = 4 * 1024 * 1024  # the server's default limit, refused here bef
 DISCARD_BYTES = 32 * 1024 * 1024  # an over-limit body up to this is read and dropped, so the
 # client reads its 413 instead of a connection reset
 IDLE_TIMEOUT_S = 75.0  # a kept-alive client connection may sit idle this long
-READ_TIMEOUT_S = 10.0  # the rest of a request must arrive within this
+READ_TIMEOUT_S = 10.0  # a whole request, first byte to last, must arrive within this
+MAX_CONNECTIONS = 256  # client connections at once (one thread each)
+RECV_BYTES = 65536
 UPSTREAM_TIMEOUT_S = 120.0
 SHADOW_QUEUE = 256
+SHADOW_GENERATIONS_KEPT = 8  # per-shadow counters of the last few shadows
 MIRROR_CHUNK = 60 * 1024  # one message on the mirror socket (fits the default socket buffer)
 MIRROR_NICE = 19
 MIRROR_BUFFER_BYTES = 8 * 1024 * 1024  # asked for; copies beyond what is granted are dropped
 MIRROR_ASK_S = 0.5  # /_proxy/state waits this long for the mirror's counters
+AUTH_MODES = ("auto", "always")  # auto: a token is required when bound beyond loopback
+OPEN_PATHS = (b"/healthz", b"/readyz", b"/_proxy/healthz")  # probes from the host: no token
 HOP_HEADERS = {
     b"connection",
     b"keep-alive",
@@ -62,6 +82,21 @@ HOP_HEADERS = {
     b"proxy-authenticate",
     b"trailer",
 }
+# never forwarded: the hop headers, the client's Host, its token (the model servers and their
+# logs never see it) and its Content-Length (the proxy states the length it read itself)
+NOT_FORWARDED = HOP_HEADERS | {b"host", b"authorization", b"content-length"}
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    408: "Request Timeout",
+    411: "Length Required",
+    413: "Payload Too Large",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
 
 
 class ClientError(Exception):
@@ -70,13 +105,25 @@ class ClientError(Exception):
         self.status = status
 
 
-class Route:
-    """The state file, re-read whenever its identity changes (one stat per request)."""
+def is_loopback(address):
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback; False for anything else (a name)."""
+    try:
+        ip = ipaddress.ip_address(str(address).split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
 
-    def __init__(self, path):
-        self.path = path
+
+class Watched:
+    """A small file re-read whenever its identity (inode, size, mtime) changes: one stat per
+    request. `parse(bytes)` makes the value; a file that cannot be read or parsed mid-change
+    keeps the last good value; a missing file is `missing`."""
+
+    def __init__(self, path, parse, missing):
+        self.path, self.parse, self.missing = path, parse, missing
         self.key = None
-        self.state = {}
+        self.value = missing
         self.lock = threading.Lock()
 
     def current(self):
@@ -88,15 +135,25 @@ class Route:
         if key != self.key:
             with self.lock:
                 if key != self.key:
-                    state = {}
+                    value = self.missing
                     if key is not None:
                         try:
-                            with open(self.path) as fh:
-                                state = json.load(fh)
+                            with open(self.path, "rb") as fh:
+                                value = self.parse(fh.read())
                         except (OSError, ValueError):
-                            return self.state  # mid-write or unreadable: keep the last good one
-                    self.state, self.key = state if isinstance(state, dict) else {}, key
-        return self.state
+                            return self.value  # mid-write or unreadable: keep the last good one
+                    self.value, self.key = value, key
+        return self.value
+
+
+def _parse_state(data):
+    state = json.loads(data.decode("utf-8"))
+    return state if isinstance(state, dict) else {}
+
+
+def _parse_token(data):
+    token = data.strip()
+    return token if token else None
 
 
 class Stats:
@@ -107,6 +164,101 @@ class Stats:
     def add(self, key, n=1):
         with self.lock:
             self.counts[key] += n
+
+
+class ShadowTally:
+    """Copies sent, failed and dropped per shadow (each shadow routed gets a new generation, so a
+    fresh shadow starts from zero) and over the process's life (`total`)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.by_gen = collections.OrderedDict()
+        self.total = collections.Counter()
+
+    def add(self, gen, name, n=1):
+        with self.lock:
+            counts = self.by_gen.get(gen)
+            if counts is None:
+                counts = self.by_gen[gen] = collections.Counter()
+                while len(self.by_gen) > SHADOW_GENERATIONS_KEPT:
+                    self.by_gen.popitem(last=False)
+            counts[name] += n
+            self.total[name] += n
+
+    def snapshot(self):
+        with self.lock:
+            return {
+                "by_gen": {str(g): dict(c) for g, c in self.by_gen.items()},
+                "total": dict(self.total),
+            }
+
+
+def _merge_tallies(*snapshots):
+    by_gen, total = {}, collections.Counter()
+    for snap in snapshots:
+        for gen, counts in (snap.get("by_gen") or {}).items():
+            into = by_gen.setdefault(gen, collections.Counter())
+            into.update(counts)
+        total.update(snap.get("total") or {})
+    return by_gen, total
+
+
+class Reader:
+    """A client connection's bytes, read under one deadline for the whole request: each wait
+    for more bytes gets only the time left, so a byte every few seconds cannot keep a request
+    open (a per-read timeout would restart with every byte)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = bytearray()
+        self.deadline = None  # monotonic; set when a request starts
+        self.limit_s = 0.0
+
+    def wait(self, timeout_s):
+        """Wait up to `timeout_s` for the next request's first byte; False when the client
+        closed, stayed silent, or the connection was taken away (evicted)."""
+        if self.buf:
+            return True
+        if timeout_s <= 0:
+            return False
+        try:
+            self.sock.settimeout(timeout_s)
+            data = self.sock.recv(RECV_BYTES)
+        except (TimeoutError, OSError):
+            return False
+        self.buf += data
+        return bool(data)
+
+    def _fill(self):
+        left = self.deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError()
+            self.sock.settimeout(left)
+            data = self.sock.recv(RECV_BYTES)
+        except TimeoutError:
+            raise ClientError(408, f"the request did not arrive within {self.limit_s:g}s") from None
+        if not data:
+            raise ConnectionResetError("the client closed the connection mid-request")
+        self.buf += data
+
+    def readline(self, limit):
+        """One line with its newline, or `limit` bytes of a longer one."""
+        while True:
+            end = self.buf.find(b"\n", 0, limit)
+            if end >= 0 or len(self.buf) >= limit:
+                size = end + 1 if end >= 0 else limit
+                line = bytes(self.buf[:size])
+                del self.buf[:size]
+                return line
+            self._fill()
+
+    def read(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
 
 
 class Upstream:
@@ -156,12 +308,11 @@ def _read_headers(rfile):
         name, value = name.strip(), value.strip()
         lower = name.lower()
         if lower == b"content-length":
-            try:
-                length = int(value)
-            except ValueError:
-                raise ClientError(400, "the Content-Length header is not a number") from None
-            if length < 0:
-                raise ClientError(400, "the Content-Length header is negative")
+            if length is not None:  # which one frames the body? a guess desyncs the stream
+                raise ClientError(400, "the request has more than one Content-Length header")
+            if not value.isdigit():  # bytes.isdigit: ASCII digits only, no sign, no "_"
+                raise ClientError(400, "the Content-Length header is not a whole number")
+            length = int(value)
         elif lower == b"connection" and value.lower() == b"close":
             keep = False
         elif lower == b"transfer-encoding":
@@ -210,107 +361,111 @@ def _copy_to_shadow(pool, port, head, body):
     return "shadow_errors"
 
 
-def _json_response(status, payload, keep):
+def _json_response(status, payload, keep, extra=""):
     body = json.dumps(payload, separators=(",", ":")).encode()
-    reason = {
-        200: "OK",
-        400: "Bad Request",
-        404: "Not Found",
-        408: "Request Timeout",
-        411: "Length Required",
-        413: "Payload Too Large",
-        431: "Request Header Fields Too Large",
-        502: "Bad Gateway",
-        503: "Service Unavailable",
-    }.get(status, "Error")
     head = (
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n".format(
-            status, reason, len(body), "" if keep else "Connection: close\r\n"
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}{}\r\n".format(
+            status,
+            REASONS.get(status, "Error"),
+            len(body),
+            extra,
+            "" if keep else "Connection: close\r\n",
         )
     )
     return head.encode() + body
 
 
-class Handler(socketserver.StreamRequestHandler):
+class Handler(socketserver.BaseRequestHandler):
     def setup(self):
-        socketserver.StreamRequestHandler.setup(self)
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = self.request
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = Reader(self.sock)
         self.upstreams = {}
+        peer = self.client_address[0] if isinstance(self.client_address, tuple) else ""
+        self.from_host = is_loopback(peer)  # the host itself (its own probes)
 
     def finish(self):
         for upstream in self.upstreams.values():
             upstream.close()
-        with contextlib.suppress(OSError):
-            socketserver.StreamRequestHandler.finish(self)
 
     def handle(self):
         server = self.server
+        reader = self.reader
+        limit = reader.limit_s = server.read_timeout_s
+        # a fresh connection's first request counts from the accept: silence is no way around
+        reader.deadline = time.monotonic() + limit
+        wait_s = limit
         while not server.stopping:
-            self.connection.settimeout(IDLE_TIMEOUT_S)
-            try:
-                line = self.rfile.readline(MAX_HEADER_BYTES)
-            except OSError:
-                return
-            if not line or line in (b"\r\n", b"\n"):
-                return
+            if not reader.wait(wait_s) or not server.busy(self.sock):
+                return  # closed, silent too long, or its place went to a new client
+            if reader.deadline is None:  # a kept-alive connection's next request starts now
+                reader.deadline = time.monotonic() + limit
             server.enter()
             try:
-                keep = self.one(line)
+                keep = self.one()
             except ClientError as exc:
-                self._reply(
-                    _json_response(exc.status, {"error": str(exc), "status": exc.status}, False)
-                )
+                payload = {"error": str(exc), "status": exc.status}
+                self._send(_json_response(exc.status, payload, False), quiet=True)
                 keep = False
             except OSError:
-                keep = False  # the client went away or timed out mid-request
+                keep = False  # the client went away mid-request, or did not read its answer
             finally:
                 server.leave()
+                server.idle(self.sock)
             if not keep:
                 return
+            wait_s, reader.deadline = IDLE_TIMEOUT_S, None
 
-    def _reply(self, data):
-        with contextlib.suppress(OSError):
-            self.wfile.write(data)
+    def _send(self, data, quiet=False):
+        """The answer, within the same limit a request has to arrive (a client that does not
+        read it is dropped)."""
+        try:
+            self.sock.settimeout(self.server.read_timeout_s)
+            self.sock.sendall(data)
+        except OSError:
+            if not quiet:
+                raise
 
-    def one(self, line):
+    def one(self):
         server = self.server
+        reader = self.reader
+        line = reader.readline(MAX_HEADER_BYTES)
+        if line in (b"\r\n", b"\n"):
+            return False
         parts = line.split()
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
             raise ClientError(400, "the request line is malformed")
         method, target, version = parts
-        read_timeout = server.read_timeout_s
-        self.connection.settimeout(read_timeout)
-        try:
-            headers, length, keep = _read_headers(self.rfile)
-            if length is None:
-                if method in (b"POST", b"PUT", b"PATCH"):
-                    raise ClientError(411, "a Content-Length header is required")
-                length = 0
-            if length > MAX_BODY_BYTES:
-                left = length if length <= DISCARD_BYTES else 0
-                while left > 0:
-                    chunk = self.rfile.read(min(1 << 16, left))
-                    if not chunk:
-                        break
-                    left -= len(chunk)
-                raise ClientError(
-                    413, f"the body has {length} bytes, at most {MAX_BODY_BYTES} are accepted"
-                )
-            body = _read_exact(self.rfile, length) if length else b""
-        except TimeoutError:
-            raise ClientError(408, f"the request did not arrive within {read_timeout:g}s") from None
+        headers, length, keep = _read_headers(reader)
+        if length is None:
+            if method in (b"POST", b"PUT", b"PATCH"):
+                raise ClientError(411, "a Content-Length header is required")
+            length = 0
+        if length > MAX_BODY_BYTES:
+            left = length if length <= DISCARD_BYTES else 0
+            while left > 0:
+                left -= len(reader.read(min(RECV_BYTES, left)))
+            raise ClientError(
+                413, f"the body has {length} bytes, at most {MAX_BODY_BYTES} are accepted"
+            )
+        body = reader.read(length) if length else b""
         if version == b"HTTP/1.0":
             keep = False
         path = target.split(b"?", 1)[0]
+        if not self._allowed(method, path, headers):
+            server.stats.add("unauthorized")
+            challenge = 'WWW-Authenticate: Bearer realm="moola"\r\n'
+            self._send(_json_response(401, server.unauthorized_answer(), keep, challenge))
+            return keep
         if path.startswith(b"/_proxy/"):
-            self._reply(_json_response(*self._local(path), keep))
+            self._send(_json_response(*self._local(path), keep))
             return keep
         state = server.route.current()
         request_id = None
         out = [method + b" " + target + b" HTTP/1.1\r\n"]
         for name, value in headers:
             lower = name.lower()
-            if lower in HOP_HEADERS or lower == b"host":
+            if lower in NOT_FORWARDED:
                 continue
             if lower == b"x-moola-request-id":
                 request_id = value
@@ -330,12 +485,21 @@ class Handler(socketserver.StreamRequestHandler):
         if not keep:
             reply.append(b"Connection: close\r\n")
         reply.append(b"\r\n")
-        self.wfile.write(b"".join(reply) + data)
+        self._send(b"".join(reply) + data)
         shadow = state.get("shadow")
         if shadow and method == b"POST" and path == b"/v1/predict":
             server.shadow(shadow, head, body)
         server.stats.add("requests")
         return keep
+
+    def _allowed(self, method, path, headers):
+        """No token needed: auth is off, or a liveness/readiness probe from the host itself."""
+        server = self.server
+        if not server.auth_required:
+            return True
+        if self.from_host and method in (b"GET", b"HEAD") and path in OPEN_PATHS:
+            return True
+        return server.token_matches(headers)
 
     def _forward(self, state, head, body):
         """Send to the live server; one retry on a fresh connection (after re-reading the
@@ -356,7 +520,7 @@ class Handler(socketserver.StreamRequestHandler):
                 status_line, headers, data, _keep = _pooled_exchange(
                     self.upstreams, port, head, body
                 )
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, ClientError) as exc:
                 server.stats.add("upstream_errors")
                 if attempt == 0:
                     state = server.route.current()
@@ -373,11 +537,15 @@ class Handler(socketserver.StreamRequestHandler):
     def _local(self, path):
         server = self.server
         if path == b"/_proxy/state":
+            state = server.route.current()
             return 200, {
-                "state": server.route.current(),
+                "state": state,
                 "pid": os.getpid(),
                 "port": server.server_address[1],
-                "stats": dict(server.stats.counts, **server.shadow_counts()),
+                "stats": dict(server.stats.counts, **server.shadow_counts(state.get("shadow"))),
+                "connections": server.connection_count(),
+                "max_connections": server.max_connections,
+                "auth_required": server.auth_required,
                 "uptime_s": round(time.time() - server.started, 3),
             }
         if path == b"/_proxy/healthz":
@@ -397,24 +565,115 @@ class ProxyServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     request_queue_size = 256
 
-    def __init__(self, address, state_path, read_timeout_s=READ_TIMEOUT_S):
+    def __init__(
+        self,
+        address,
+        state_path,
+        read_timeout_s=READ_TIMEOUT_S,
+        *,
+        max_connections=MAX_CONNECTIONS,
+        token_path=None,
+        auth="auto",
+    ):
         socketserver.ThreadingTCPServer.__init__(self, address, Handler)
         self.read_timeout_s = read_timeout_s
-        self.route = Route(state_path)
+        self.max_connections = max(1, int(max_connections))
+        self.route = Watched(state_path, _parse_state, {})
+        self.token = Watched(token_path or "", _parse_token, None)
+        self.auth_required = auth == "always" or not is_loopback(address[0])
         self.stats = Stats()
         self.started = time.time()
         self.stopping = False
         self.inflight = 0
         self.cond = threading.Condition()
+        self.conns = {}  # client socket -> [busy, monotonic time it last became idle]
+        self.conn_lock = threading.Lock()
         self.shadow_items = collections.deque()
         self.shadow_cond = threading.Condition()
         self.copy_ids = iter(range(1, 1 << 62))
+        self.tally = ShadowTally()  # copies this process dropped (mirror full) or sent itself
+        self.generation = (None, 0)  # (the shadow entry seen last, its generation)
         self.mirror_lock = threading.Lock()  # a copy's chunks go out together
         self.ask_lock = threading.Lock()
-        self.mirror_stats = {}
+        self.mirror_tally = {}
         self.mirror = _start_mirror(self.socket)
         if self.mirror is None:  # no fork / no SOCK_SEQPACKET here: copy from a thread instead
             threading.Thread(target=self._shadow_loop, name="shadow", daemon=True).start()
+
+    # -- connections: the cap, and who is busy ---------------------------------------------------
+
+    def process_request(self, request, client_address):
+        if not self._admit(request):
+            self.stats.add("refused_connections")
+            _refuse(request, self.max_connections)
+            socketserver.TCPServer.shutdown_request(self, request)
+            return
+        socketserver.ThreadingTCPServer.process_request(self, request, client_address)
+
+    def _admit(self, sock):
+        """Room for one more connection: at the cap the connection idle longest gives its place
+        (its thread sees the socket shut and ends); False when every one is busy."""
+        with self.conn_lock:
+            if len(self.conns) >= self.max_connections:
+                idle = [(entry[1], conn) for conn, entry in self.conns.items() if not entry[0]]
+                if not idle:
+                    return False
+                victim = min(idle, key=lambda item: item[0])[1]
+                del self.conns[victim]
+                with contextlib.suppress(OSError):
+                    victim.shutdown(socket.SHUT_RDWR)
+                self.stats.add("idle_closed_for_new")
+            self.conns[sock] = [False, time.monotonic()]
+            return True
+
+    def busy(self, sock):
+        """A request started on `sock`; False when its place was given away meanwhile."""
+        with self.conn_lock:
+            entry = self.conns.get(sock)
+            if entry is None:
+                return False
+            entry[0] = True
+            return True
+
+    def idle(self, sock):
+        with self.conn_lock:
+            entry = self.conns.get(sock)
+            if entry is not None:
+                entry[0], entry[1] = False, time.monotonic()
+
+    def connection_count(self):
+        with self.conn_lock:
+            return len(self.conns)
+
+    def shutdown_request(self, request):
+        with self.conn_lock:
+            self.conns.pop(request, None)
+        socketserver.ThreadingTCPServer.shutdown_request(self, request)
+
+    # -- the token ---------------------------------------------------------------------------------
+
+    def token_matches(self, headers):
+        token = self.token.current()
+        if not token:
+            return False  # required but missing: nothing gets in (fail closed)
+        for name, value in headers:
+            if name.lower() == b"authorization":
+                scheme, _, given = value.partition(b" ")
+                if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token):
+                    return True
+        return False
+
+    def unauthorized_answer(self):
+        if not self.token.current():
+            why = "this host has no client token yet: make one with `invoke serve --host H rotate-token`"
+        else:
+            why = (
+                "this port needs the host's token: send the header `Authorization: Bearer TOKEN` "
+                "(`invoke serve --host H token` prints it)"
+            )
+        return {"error": why, "status": 401}
+
+    # -- drain -------------------------------------------------------------------------------------
 
     def enter(self):
         with self.cond:
@@ -432,26 +691,41 @@ class ProxyServer(socketserver.ThreadingTCPServer):
                 self.cond.wait(max(0.0, deadline - time.monotonic()))
             return self.inflight == 0
 
+    # -- the shadow --------------------------------------------------------------------------------
+
+    def shadow_generation(self, shadow):
+        """A number per shadow routed: the state file's shadow entry changed (a new release,
+        port, pid or start) -> the next number; its counters start from zero."""
+        seen, gen = self.generation
+        if shadow is seen:  # the route hands out the same dict until the file changes
+            return gen
+        key = [shadow.get(k) for k in ("release", "port", "pid", "since")]
+        if seen is None or key != [seen.get(k) for k in ("release", "port", "pid", "since")]:
+            gen += 1
+        self.generation = (shadow, gen)
+        return gen
+
     def shadow(self, shadow, head, body):
         """Queue a copy for the shadow server (sampled, bounded, never waited for)."""
         try:
             fraction = float(shadow.get("fraction", 0.0))
             port = int(shadow["port"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             return
         if fraction <= 0 or random.random() >= fraction:
             return
+        gen = self.shadow_generation(shadow)
         if self.mirror is not None:
-            self._to_mirror(port, head, body)
+            self._to_mirror(port, gen, head, body)
             return
         with self.shadow_cond:
             if len(self.shadow_items) >= SHADOW_QUEUE:
-                self.stats.add("shadow_dropped")
+                self.tally.add(gen, "shadow_dropped")
                 return
-            self.shadow_items.append((port, head, body))
+            self.shadow_items.append((port, gen, head, body))
             self.shadow_cond.notify()
 
-    def _to_mirror(self, port, head, body):
+    def _to_mirror(self, port, gen, head, body):
         """Hand the copy's bytes to the mirror process without waiting: a full socket buffer
         drops the copy (counted). Sent in chunks under a lock; the mirror discards a copy
         whose chunks stop early."""
@@ -460,41 +734,52 @@ class ProxyServer(socketserver.ThreadingTCPServer):
             copy_id = next(self.copy_ids)
             for lo in range(0, len(data), MIRROR_CHUNK):
                 more = 1 if lo + MIRROR_CHUNK < len(data) else 0
-                label = f"{copy_id} {port} {more}\n".encode()
+                label = f"{copy_id} {port} {more} {gen}\n".encode()
                 try:
                     self.mirror.sendmsg(
                         [label, data[lo : lo + MIRROR_CHUNK]], [], socket.MSG_DONTWAIT
                     )
                 except OSError:  # full (EAGAIN), or the mirror is gone
-                    self.stats.add("shadow_dropped")
+                    self.tally.add(gen, "shadow_dropped")
                     return
 
-    def shadow_counts(self):
-        """The mirror's counters: asked for on the mirror socket, answered after the copies
-        already queued there (waited for at most MIRROR_ASK_S; else the last known ones)."""
+    def shadow_counts(self, shadow):
+        """The current shadow's counters (shadow_sent / shadow_errors / shadow_dropped, zero
+        for a shadow just routed) and the process's lifetime totals (total_shadow_*)."""
+        by_gen, total = _merge_tallies(self.tally.snapshot(), self._mirror_counts())
+        out = {"total_" + name: n for name, n in total.items()}
+        if isinstance(shadow, dict) and shadow:
+            counts = by_gen.get(str(self.shadow_generation(shadow)), {})
+            for name in ("shadow_sent", "shadow_errors", "shadow_dropped"):
+                out[name] = counts.get(name, 0)
+        return out
+
+    def _mirror_counts(self):
+        """The mirror's tally: asked for on the mirror socket, answered after the copies
+        already queued there (waited for at most MIRROR_ASK_S; else the last known one)."""
         if self.mirror is None:
             return {}
         with self.ask_lock:
             self._read_counts()
             with self.mirror_lock:
                 try:
-                    self.mirror.send(b"0 0 0\n", socket.MSG_DONTWAIT)
+                    self.mirror.send(b"0 0 0 0\n", socket.MSG_DONTWAIT)
                 except OSError:
-                    return dict(self.mirror_stats)
+                    return dict(self.mirror_tally)
             if select.select([self.mirror], [], [], MIRROR_ASK_S)[0]:
                 self._read_counts()
-            return dict(self.mirror_stats)
+            return dict(self.mirror_tally)
 
     def _read_counts(self):
         while True:
             try:
-                data = self.mirror.recv(65536, socket.MSG_DONTWAIT)
+                data = self.mirror.recv(1 << 20, socket.MSG_DONTWAIT)
             except OSError:
                 return
             if not data:
                 return
             with contextlib.suppress(ValueError):
-                self.mirror_stats = json.loads(data.decode())
+                self.mirror_tally = json.loads(data.decode())
 
     def _shadow_loop(self):
         upstreams = {}
@@ -502,8 +787,23 @@ class ProxyServer(socketserver.ThreadingTCPServer):
             with self.shadow_cond:
                 while not self.shadow_items:
                     self.shadow_cond.wait()
-                port, head, body = self.shadow_items.popleft()
-            self.stats.add(_copy_to_shadow(upstreams, port, head, body))
+                port, gen, head, body = self.shadow_items.popleft()
+            self.tally.add(gen, _copy_to_shadow(upstreams, port, head, body))
+
+
+def _refuse(sock, cap):
+    """The answer of a connection over the cap: 503 at once (never an empty reply), without a
+    thread; what the client already sent is read off first so the close does not reset it."""
+    payload = {
+        "error": f"the proxy already holds {cap} connections: retry in a moment",
+        "status": 503,
+    }
+    with contextlib.suppress(OSError):
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            while sock.recv(RECV_BYTES):
+                pass
+        sock.send(_json_response(503, payload, False, "Retry-After: 1\r\n"))
 
 
 def _start_mirror(listener):
@@ -541,20 +841,18 @@ def _mirror_loop(conn):
     connection. Reading eagerly keeps the socket from filling while the shadow is slow.
     Ends when the proxy's end closes (the proxy exited)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the proxy's drain decides, not a Ctrl-C
-    queue, cond, counts = collections.deque(), threading.Condition(), collections.Counter()
-    threading.Thread(target=_mirror_send, args=(queue, cond, counts), daemon=True).start()
+    queue, cond, tally = collections.deque(), threading.Condition(), ShadowTally()
+    threading.Thread(target=_mirror_send, args=(queue, cond, tally), daemon=True).start()
     parts, current = [], None
     while True:
         message = conn.recv(MIRROR_CHUNK + 64)
         if not message:
             return
         label, _, chunk = message.partition(b"\n")
-        copy_id, port, more = label.split()
+        copy_id, port, more, gen = label.split()
         if copy_id == b"0":  # the proxy asks for the counters
-            with cond:
-                totals = json.dumps(dict(counts)).encode()
             with contextlib.suppress(OSError):
-                conn.send(totals, socket.MSG_DONTWAIT)
+                conn.send(json.dumps(tally.snapshot()).encode(), socket.MSG_DONTWAIT)
             continue
         if copy_id != current:  # a new copy (an unfinished one before it was cut short and
             current, parts = copy_id, []  # already counted as dropped by the proxy)
@@ -564,23 +862,21 @@ def _mirror_loop(conn):
         data, parts = b"".join(parts), []
         with cond:
             if len(queue) >= SHADOW_QUEUE:
-                counts["shadow_dropped"] += 1
+                tally.add(int(gen), "shadow_dropped")
             else:
-                queue.append((int(port), data))
+                queue.append((int(port), int(gen), data))
                 cond.notify()
 
 
-def _mirror_send(queue, cond, counts):
+def _mirror_send(queue, cond, tally):
     upstreams = {}
     while True:
         with cond:
             while not queue:
                 cond.wait()
-            port, data = queue.popleft()
+            port, gen, data = queue.popleft()
         end = data.find(b"\r\n\r\n") + 4
-        outcome = _copy_to_shadow(upstreams, port, data[:end], data[end:])
-        with cond:
-            counts[outcome] += 1
+        tally.add(gen, _copy_to_shadow(upstreams, port, data[:end], data[end:]))
 
 
 def _write_json(path, payload):
@@ -596,13 +892,31 @@ def main(argv=None):
     parser.add_argument("--port", type=int, required=True, help="public port; 0 picks one")
     parser.add_argument("--bind", default="127.0.0.1", help="address (0.0.0.0: every interface)")
     parser.add_argument("--drain-timeout-s", type=float, default=30.0)
-    parser.add_argument("--read-timeout-s", type=float, default=READ_TIMEOUT_S)
+    parser.add_argument(
+        "--read-timeout-s",
+        type=float,
+        default=READ_TIMEOUT_S,
+        help="a whole request (first byte to the end of its body) must arrive within this",
+    )
+    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS)
+    parser.add_argument(
+        "--auth",
+        choices=AUTH_MODES,
+        default="auto",
+        help="auto: a token is required when --bind is not a loopback address; always: everywhere",
+    )
+    parser.add_argument("--token-file", default=None, help="default WORKSPACE/serve/token")
     args = parser.parse_args(argv)
     serve_dir = os.path.join(args.workspace, "serve")
     os.makedirs(serve_dir, exist_ok=True)
     try:
         server = ProxyServer(
-            (args.bind, args.port), os.path.join(serve_dir, "state.json"), args.read_timeout_s
+            (args.bind, args.port),
+            os.path.join(serve_dir, "state.json"),
+            args.read_timeout_s,
+            max_connections=args.max_connections,
+            token_path=args.token_file or os.path.join(serve_dir, "token"),
+            auth=args.auth,
         )
     except OSError as exc:
         print(f"moola proxy: cannot listen on {args.bind}:{args.port}: {exc}", file=sys.stderr)
@@ -610,7 +924,15 @@ def main(argv=None):
     port = server.server_address[1]
     record_path = os.path.join(serve_dir, "proxy.json")
     _write_json(
-        record_path, {"pid": os.getpid(), "port": port, "bind": args.bind, "started": time.time()}
+        record_path,
+        {
+            "pid": os.getpid(),
+            "port": port,
+            "bind": args.bind,
+            "auth_required": server.auth_required,
+            "max_connections": server.max_connections,
+            "started": time.time(),
+        },
     )
 
     def on_signal(signum, _frame):
@@ -621,7 +943,9 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(
-        f"moola proxy: listening on {args.bind}:{port} for {args.workspace}",
+        "moola proxy: listening on {}:{} for {} (token {})".format(
+            args.bind, port, args.workspace, "required" if server.auth_required else "not required"
+        ),
         file=sys.stderr,
         flush=True,
     )

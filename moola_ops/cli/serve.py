@@ -1,9 +1,11 @@
-"""`invoke serve --host H start|stop|status|restart` and `invoke serve --host H --ensure`.
+"""`invoke serve --host H start|stop|status|restart|token|rotate-token` and `invoke serve --host
+H --ensure`.
 
 The model server on each host: started detached from the SSH session (pid file and log under
 WORKSPACE/serve/), behind a small front proxy on the host's public port (inventory
 `serve_port`, default 8080). `--ensure` is idempotent and cron-safe: it starts what is missing
-for `current` and does nothing otherwise. See docs/serving.md.
+for `current` and does nothing otherwise. `token` prints the host's client token (clients send
+it as `Authorization: Bearer TOKEN`), `rotate-token` replaces it. See docs/serving.md.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ class ServeTask(invoke.Task):
     klass=ServeTask,
     positional=["action"],
     help={
-        "action": "start (idempotent), stop (drain, then exit), status, restart (zero downtime)",
+        "action": "start (idempotent), stop (drain, then exit), status, restart (zero downtime), "
+        "token (print the clients' token), rotate-token (replace it)",
         "host": "inventory host names and/or groups, comma separated",
         "ensure": "cron-safe: start the proxy and `current`'s server when missing, else nothing",
         "device": "auto (CUDA when torch sees a GPU), cpu or cuda",
@@ -68,11 +71,19 @@ def serve(
     if ensure and action not in (None, "ensure"):
         raise MoolaError("give an action or --ensure, not both")
     chosen = "ensure" if ensure else action
-    if chosen not in serving.ACTIONS:
+    if chosen not in serving.ACTIONS + serving.TOKEN_ACTIONS:
         raise MoolaError(
-            f"unknown serve action {action!r}: use start, stop, status, restart or --ensure"
+            f"unknown serve action {action!r}: use start, stop, status, restart, token, "
+            "rotate-token or --ensure"
         )
     hosts = load_inventory(inventory or None).resolve(host)
+    if chosen in serving.TOKEN_ACTIONS:
+        rotate = chosen == "rotate-token"
+        if rotate and c.config.run.dry:  # Invoke's --dry: say it, change nothing
+            print(f"would replace the clients' token on {', '.join(h.name for h in hosts)}")
+            return
+        _show_tokens(serving.tokens(hosts, rotate=rotate), len(hosts), json)
+        return
     outcomes = serving.run(hosts, chosen, device=device, keep_standby=not no_standby)
     if json:
         print_json([o.__dict__ for o in outcomes])
@@ -86,6 +97,21 @@ def serve(
             print(f"{o.host}\t{'ok' if o.ok else 'FAILED'}\t{o.duration_s:.1f}s\t{o.message}")
     if not all(o.ok for o in outcomes):
         raise Exit(code=2 if chosen == "status" else 1)
+
+
+def _show_tokens(outcomes, n_hosts: int, as_json: bool) -> None:
+    """The tokens on stdout (one host: the token alone, for `$(invoke serve token --host H)`;
+    several: host and token), what is known of each on stderr; exit 1 when a host failed."""
+    import sys
+
+    if as_json:
+        print_json([o.__dict__ for o in outcomes])
+    for o in outcomes:
+        if not as_json and o.ok:
+            print(o.token if n_hosts == 1 else f"{o.host}\t{o.token}", flush=True)
+        print(f"{o.host}: {o.message if o.ok else 'FAILED ' + o.message}", file=sys.stderr)
+    if not all(o.ok for o in outcomes):
+        raise Exit(code=1)
 
 
 EXPORTS = [serve]

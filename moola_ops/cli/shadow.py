@@ -71,7 +71,10 @@ def shadow(
     elif action == "stop":
         _show(ops.stop(target), json)
     elif action == "status":
-        _show(ops.status(target), json)
+        now = ops.status(target)
+        _show(now, json)
+        if now.problem():  # routed, but its process is gone: the summary says what to do
+            raise Exit(code=1)
     else:
         raise MoolaError(f"unknown shadow action {action!r}: use start, stop or status")
 

@@ -93,11 +93,12 @@ def plan_prune(
     """(releases, snapshots) to delete: keep the newest N and M, never current or previous.
 
     Releases are ordered by when they last served (revisions.log), not by mtime; releases the
-    history never mentions count as oldest. The newest snapshot of current and of previous is
+    history never mentions count as oldest. A release a server runs from (live, standby,
+    shadow in serve/state.json) is never removed. The newest snapshot of current and of previous is
     always kept too, so a damaged rollback target can be restored.
     """
     previous = rollback_target(facts)
-    keep = {v for v in (facts.current, previous, *protect) if v}
+    keep = {v for v in (facts.current, previous, *protect, *_serving(facts)) if v}
     served = release_history(facts.revisions)
     order = sorted(facts.releases, key=lambda v: (_last_index(served, v), v), reverse=True)
     keep.update(order[: max(keep_releases, 0)])
@@ -111,6 +112,12 @@ def plan_prune(
             keep_snap.add(newest)
     backups = sorted(b for b in facts.backups if b not in keep_snap)
     return releases, backups
+
+
+def _serving(facts: HostFacts) -> list[str]:
+    """Releases a model server runs from (serve/state.json: live, standby, shadow)."""
+    state = facts.server if isinstance(facts.server, dict) else {}
+    return [e.get("release") for e in state.values() if isinstance(e, dict) and e.get("release")]
 
 
 def _last_index(items: list[str], value: str) -> int:

@@ -17,11 +17,12 @@ def wrap_command(command: str, host_timeout_s: float) -> str:
     all. The command itself runs in the user's login shell ($SHELL), as an unwrapped one would.
     """
     limit = max(1, int(host_timeout_s + 0.999))
-    inner = f'"${{SHELL:-/bin/sh}}" -c {shlex.quote(command)}'
+    # the command appears once: sshd hands all of this to the login shell as ONE argument, which
+    # Linux caps at 128 KiB (MAX_ARG_STRLEN), and the serving program travels inline
     return (
         f"echo {PGID_TAG}$$ >&2; "
-        f"if command -v timeout >/dev/null 2>&1; then exec timeout -k 5 {limit} {inner}; "
-        f"else exec {inner}; fi"
+        f"if command -v timeout >/dev/null 2>&1; then set -- timeout -k 5 {limit}; "
+        f'else set --; fi; exec "$@" "${{SHELL:-/bin/sh}}" -c {shlex.quote(command)}'
     )
 
 

@@ -10,6 +10,7 @@ Read top to bottom, this file is exactly what serving does to a host.
     WORKSPACE/serve/proxy.json     the proxy's pid and public port
     WORKSPACE/serve/servers/*.json one per model server process (pid, private port, ready)
     WORKSPACE/serve/logs/*.log     the processes' logs
+    WORKSPACE/serve/token          the clients' token (0600), required beyond loopback
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from moola_ops.commands.layout import Layout, check_name
 
 DEFAULT_PORT = 8080  # the public port when the inventory names none (`serve_port:`)
 DEVICES = ("auto", "cpu", "cuda")
+AUTH_MODES = ("auto", "always")  # inventory `serve_auth`: when clients need the host's token
 _RUNTIME = Path(__file__).resolve().parents[2] / "moola_core" / "runtime"
 CTL_SOURCE = (
     f"PROXY_SOURCE = {(_RUNTIME / 'serve_proxy.py').read_text()!r}\n"
@@ -46,6 +48,12 @@ def _bind(address: str) -> str:
         raise MoolaError(
             f"invalid serve_bind {address!r}: give an IP address such as 127.0.0.1 or 0.0.0.0"
         ) from None
+
+
+def _auth(mode: str) -> str:
+    if mode not in AUTH_MODES:
+        raise MoolaError(f"invalid serve_auth {mode!r}: choose auto or always")
+    return mode
 
 
 def _port(port: int, what: str = "port") -> str:
@@ -108,13 +116,27 @@ def proxy(
     *,
     read_timeout_s: float | None = None,
     keep_running: bool = False,
+    auth: str = "auto",
 ) -> str:
-    """Start the front proxy on the public port unless it runs. Prints {ok, pid, port, started}.
-    `keep_running`: a proxy already running on another port is kept (no port configured)."""
+    """Start the front proxy on the public port unless it runs (the clients' token is made
+    first when the host has none). Prints {ok, pid, port, started, auth_required}.
+    `keep_running`: a proxy already running on another port is kept (no port configured).
+    `auth`: the inventory's `serve_auth` (a token beyond loopback, or always)."""
     extra = [] if read_timeout_s is None else ["--read-timeout", repr(float(read_timeout_s))]
     if keep_running:
         extra.append("--keep-running")
-    return _ctl(layout, python, "proxy", "--port", _port(port), "--bind", _bind(bind), *extra)
+    return _ctl(
+        layout,
+        python,
+        "proxy",
+        "--port",
+        _port(port),
+        "--bind",
+        _bind(bind),
+        "--auth",
+        _auth(auth),
+        *extra,
+    )
 
 
 def switch(
@@ -143,6 +165,28 @@ def stop_candidates(layout: Layout, python: str, version: str) -> str:
     return _ctl(
         layout, python, "stop-candidates", "--release", shlex.quote(check_name(version, "version"))
     )
+
+
+def shadow_route(layout: Layout, python: str, shadow: dict[str, Any] | None) -> str:
+    """Route a sampled copy of live traffic to `shadow` ({release, port, pid, fraction,
+    since}), or stop copying (None): serve/state.json's `shadow` key, changed under the host's
+    state lock like every other change of it. Prints {ok, old, shadow}."""
+    if shadow is None:
+        return _ctl(layout, python, "shadow", "--clear")
+    check_name(str(shadow.get("release")), "version")
+    return _ctl(layout, python, "shadow", "--set", shlex.quote(json.dumps(shadow)))
+
+
+def proxy_state(layout: Layout, python: str) -> str:
+    """The proxy's own view (its route, counters per shadow and total_*, connections), asked
+    on the host with the host's token. Prints {ok, proxy}."""
+    return _ctl(layout, python, "proxy-state")
+
+
+def token(layout: Layout, python: str, *, rotate: bool = False) -> str:
+    """The clients' token (made when missing; a new one with `rotate`). Prints {ok, token,
+    fingerprint, rotated, required}: the output carries the token, so its caller never logs it."""
+    return _ctl(layout, python, "token", *(["--rotate"] if rotate else []))
 
 
 def status(layout: Layout, python: str) -> str:
@@ -242,6 +286,7 @@ def ensure(
     keep_standby: bool = True,
     timeout_s: float = 180.0,
     keep_running: bool = False,
+    auth: str = "auto",
 ) -> str:
     """Idempotent: the proxy runs and `current`'s server is live and ready; starts what is
     missing and does nothing otherwise (cron-safe)."""
@@ -256,6 +301,8 @@ def ensure(
         device,
         "--timeout",
         repr(float(timeout_s)),
+        "--auth",
+        _auth(auth),
     ]
     if not keep_standby:
         args.append("--no-standby")
@@ -265,15 +312,21 @@ def ensure(
 
 
 def start_command_line(
-    workspace: str, python: str = "python3", port: int = DEFAULT_PORT, bind: str = "127.0.0.1"
+    workspace: str,
+    python: str = "python3",
+    port: int = DEFAULT_PORT,
+    bind: str = "127.0.0.1",
+    auth: str = "auto",
 ) -> str:
-    """The line for a pod's start command: serve `current` after a pod restart."""
+    """The line for a pod's start command: serve `current` after a pod restart. `--auth` is
+    named only when it is not the default (a release built before it existed runs this line)."""
     layout = Layout(workspace)
     ctl = layout.path("current", "code", "moola_core", "runtime", "serve_ctl.py")
-    return (
+    line = (
         f"{shlex.quote(python)} {ctl} ensure --workspace {layout.root} "
         f"--port {_port(port)} --bind {_bind(bind)}"
     )
+    return line if _auth(auth) == "auto" else f"{line} --auth {auth}"
 
 
 # --- the serving fact (facts.py `server`, read in the lock's round trip) -----------------------

@@ -12,6 +12,8 @@ Public API for other rooms:
     deploy(hosts, bundle, opts) / rollback(hosts, to, opts) / drill(hosts, opts)
     restore(hosts, snapshot, opts) / repair(hosts, bundle, opts) -> FleetResult
     prune(hosts, opts); with Options(plan=True) each returns the plan instead (status planned)
+    place(hosts, bundle, opts, phase=, what=, checks=, then=): a release beside `current`
+        through deploy's verified, locked, guarded stages (the shadow's candidate)
     list_backups(host) / lock_status(host) / release_lock / break_lock / host_facts(host)
     verify_current(host, deep=False) -> CurrentCheck
 """
@@ -37,7 +39,7 @@ from moola_ops.engine.results import (
     Refused,
     StepFailed,
 )
-from moola_ops.engine.workflows import deploy, drill, prune, repair, restore, rollback
+from moola_ops.engine.workflows import deploy, drill, place, prune, repair, restore, rollback
 
 __all__ = [
     "DEFAULT_BUNDLES",
@@ -55,6 +57,7 @@ __all__ = [
     "drill",
     "host_facts",
     "list_backups",
+    "place",
     "prune",
     "lock_status",
     "release_lock",

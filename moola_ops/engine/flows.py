@@ -9,6 +9,9 @@
     restore:  lock -> restore -> post-check when it is current
     repair:   bundle-verify -> lock -> verify (damaged?) -> upload -> promote -> check
               -> post-check when it is current
+    place:    bundle-verify -> signature -> lock (+facts) -> [the caller's checks] -> target
+              -> preflight -> upload -> promote | verify -> check -> [the caller's stages]
+              (a release beside `current`, never switched: the shadow's candidate)
 
 The serving room adds its stages by inserting `(name, fn)` pairs into the lists that
 `deploy_stages` / `rollback_stages` return (see SERVE_* below); each fn takes the HostContext.
@@ -87,13 +90,25 @@ def _bundle_checks(ctx: HostContext) -> None:
                 ) from None
 
 
-def _noop_or_reuse(ctx: HostContext) -> HostOutcome | None:
+def _on_host(ctx: HostContext) -> None:
+    """What the host holds of the bundle's version (`ctx.on_host`: "absent", its sha256 or
+    "unknown"); a release of that version built from other bytes is refused."""
     bundle, name = ctx.bundle, ctx.host.name
     ctx.target = bundle.version
     ctx.on_host = ctx.facts.releases.get(bundle.version) or "absent"
     if bundle.version in ctx.facts.releases and ctx.on_host == "absent":
         ctx.on_host = "unknown"
-    if ctx.previous == bundle.version and ctx.on_host == bundle.sha256:
+    if ctx.on_host not in ("absent", bundle.sha256):
+        raise StepFailed(
+            f"{name} already has a release {bundle.version} built from different bytes "
+            f"(sha256 {str(ctx.on_host)[:12]}...): bump the bundle version instead of reusing it"
+        )
+
+
+def _noop_or_reuse(ctx: HostContext) -> HostOutcome | None:
+    bundle, name = ctx.bundle, ctx.host.name
+    if ctx.previous == bundle.version and ctx.facts.releases.get(bundle.version) == bundle.sha256:
+        ctx.target, ctx.on_host = bundle.version, bundle.sha256
         with ctx.step(steps.NOOP, version=bundle.version):
             pass
         return HostOutcome(
@@ -103,11 +118,7 @@ def _noop_or_reuse(ctx: HostContext) -> HostOutcome | None:
             current=bundle.version,
             previous=ctx.previous,
         )
-    if ctx.on_host not in ("absent", bundle.sha256):
-        raise StepFailed(
-            f"{name} already has a release {bundle.version} built from different bytes "
-            f"(sha256 {str(ctx.on_host)[:12]}...): bump the bundle version instead of reusing it"
-        )
+    _on_host(ctx)
     return None
 
 
@@ -182,6 +193,42 @@ def deploy_stages() -> list[Stage]:
         *SERVE_AFTER_SWITCH,
         (steps.PRUNE, _prune),
         ("done", _deployed),
+    ]
+
+
+# --- place: a release beside `current`, never switched (the shadow's candidate) ----------------
+
+
+def _placed_check(ctx: HostContext) -> None:
+    """The runtime check deploy runs before its switch; a release this run uploaded and that
+    fails it is removed by the guard (promote marked it unchecked), one that passes stays."""
+    stages.runtime_check(ctx, ctx.bundle.version, step=steps.CHECK)
+    ctx.unchecked = None
+
+
+def place_stages(what: str, checks: list[Stage], then: list[Stage]) -> list[Stage]:
+    """Put a bundle's release on the host beside `current` through deploy's own stages: the
+    full bundle verification, quality gate and signer rule, the deploy lock (with the host's
+    facts), `checks` (the caller's refusals, before anything is uploaded), upload or verify of
+    what is there, the runtime check; then `then` (the caller's stages), still under the lock.
+    The guard settles the host whatever happens (docs/runbook.md)."""
+    return [
+        (steps.BUNDLE_VERIFY, _bundle_checks),
+        (steps.LOCK, _lock(lambda ctx: f"{what} {ctx.bundle.version}")),
+        *checks,
+        ("target", _on_host),
+        (steps.PREFLIGHT, _preflight),
+        (steps.UPLOAD, _upload),
+        (steps.PROMOTE, _promote),
+        (steps.CHECK, _placed_check),
+        *then,
+        (
+            "done",
+            lambda ctx: _done(
+                ctx,
+                f"{ctx.bundle.version} is on {ctx.host.name} beside {ctx.previous or 'nothing'}",
+            ),
+        ),
     ]
 
 

@@ -86,6 +86,32 @@ def prune(hosts: list[Host], opts: Options | None = None) -> FleetResult:
     return run_phase(steps.PRUNE_PHASE, hosts, opts, flows.prune_stages)
 
 
+def place(
+    hosts: list[Host],
+    bundle: LocalBundle,
+    opts: Options | None = None,
+    *,
+    phase: str,
+    what: str,
+    checks=(),
+    then=(),
+) -> FleetResult:
+    """Put `bundle` on each host beside `current` (never switched) through deploy's verified,
+    locked, guarded stages, then run `then` under the same lock (flows.place_stages). Whatever
+    puts a release on a host comes through here or `deploy`."""
+    opts = opts or Options()
+    return run_phase(
+        phase,
+        hosts,
+        opts,
+        lambda: flows.place_stages(what, list(checks), list(then)),
+        bundle=bundle.version,
+        prepare=flows.bundle_for(bundle),
+        sha256=bundle.sha256,
+        size=bundle.size,
+    )
+
+
 def repair(hosts: list[Host], bundle: LocalBundle, opts: Options | None = None) -> FleetResult:
     """Re-upload and re-verify the same bytes of a damaged release (checked, logged)."""
     opts = opts or Options()

@@ -19,9 +19,12 @@ N_WINDOWS = 240  # traffic with known outcomes
 PER_REQUEST = 8  # windows per request
 
 
-def send_windows(port: int, frame, per_request: int = PER_REQUEST) -> int:
-    """POST the labeled frame's windows (with their window_id) to a serving port; answered count."""
+def send_windows(port: int, frame, per_request: int = PER_REQUEST, token: str | None = None) -> int:
+    """POST the labeled frame's windows (with their window_id) to a serving port, with the
+    host's client token when given; answered count."""
     import numpy as np
+
+    from moola_ops.serving import bearer
 
     answered = 0
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -39,7 +42,11 @@ def send_windows(port: int, frame, per_request: int = PER_REQUEST) -> int:
                 "POST",
                 "/v1/predict",
                 body=json.dumps({"windows": windows}),
-                headers={"Content-Type": "application/json", "X-Moola-Request-Id": f"demo-{lo}"},
+                headers={
+                    "Content-Type": "application/json",
+                    "X-Moola-Request-Id": f"demo-{lo}",
+                    **bearer(token),
+                },
             )
             response = conn.getresponse()
             data = response.read()
@@ -95,7 +102,8 @@ def shadow_ab_report(
         outcomes = labeled.write_labeled(frame, root / "data" / "outcomes.parquet")
         with HostSession(first) as session:
             port = serving.status(session, first).proxy_port
-        answered = send_windows(port, frame)
+            token = serving.client_token(session, first)["token"]
+        answered = send_windows(port, frame, token=token)
         expect(answered == len(frame), f"{answered} of {len(frame)} windows answered")
         st.detail = f"{answered} windows through port {port}; outcomes in {outcomes.name}"
 

@@ -125,3 +125,49 @@ def test_monitor_pulls_and_falls_back_to_the_cache_when_the_host_is_gone(
     result = monitor.run_monitor("local-1", **kwargs)
     assert result.state == UNKNOWN and result.checks[0].name == "pull"
     assert result.n_requests == 120
+
+
+def test_hostile_capture_lines_are_skipped_and_counted_and_never_stop_a_pull(
+    host_and_files, frame, tmp_path
+):
+    # one such line used to stop every later pull ("bad lines are never fatal", said the docs)
+    inventory, host, remote = host_and_files
+    cache = tmp_path / "cache"
+    good = ab_traffic(frame, 10, seed=4)
+    bad = [
+        dict(good[0], status=1e400),
+        dict(good[0], index=10_000_000_000),
+        dict(good[0], ohlc=[["a", "b", "c", "d"]] * 105),
+        dict(good[0], window_id="x" * 200_000),
+    ]
+    _write(remote, _lines(good[:10] + bad + good[10:]))
+    pulled = pull_host(host, cache)
+    assert pulled.rows == 20 and pulled.skipped_lines == 4
+    assert "4 damaged or out-of-range lines skipped" in pulled.summary()
+    _write(remote, _lines(ab_traffic(frame, 3, seed=5, t0=1_950_000_000.0)), mode="ab")
+    assert pull_host(host, cache).rows == 26  # the file indexed again, whole: 20 + 6
+    assert len(load_table(cache, "local-1")) == 26
+
+
+def test_a_pull_that_fails_midway_leaves_the_cache_as_it_was(host_and_files, frame, tmp_path):
+    inventory, host, remote = host_and_files
+    cache = tmp_path / "cache"
+    first = _lines(ab_traffic(frame, 5, seed=6))
+    _write(remote, first)
+    pull_host(host, cache)
+    state = json.loads((cache / "local-1" / "state.json").read_text())
+    _write(remote, _lines(ab_traffic(frame, 5, seed=7, t0=1_950_000_000.0)), mode="ab")
+    index = cache / "local-1" / "index" / "v0.1"
+    aside = index.with_name("v0.1.aside")
+    index.rename(aside)
+    index.write_text("a file where the index folder should be")  # indexing fails
+    with pytest.raises(OSError):
+        pull_host(host, cache)
+    raw = cache / "local-1" / "raw" / "v0.1" / NAME
+    assert raw.read_bytes() == first  # the new bytes were fetched, then cut back
+    assert json.loads((cache / "local-1" / "state.json").read_text()) == state
+    index.unlink()
+    aside.rename(index)
+    assert len(load_table(cache, "local-1")) == 10  # what the last good pull indexed
+    assert pull_host(host, cache).rows == 20
+    assert len(load_table(cache, "local-1")) == 20

@@ -91,13 +91,11 @@ def predict_bytes(body: bytes, extra: str = "") -> bytes:
 
 
 def test_heads_are_read_with_the_stdlib_limits():
-    request = parse_head(
-        b"POST /v1/predict?x=1 HTTP/1.1\r\nContent-Length: 12\r\nX-Folded: a\r\n  b\r\n"
-        b"content-length: 99",
-        0.0,
-    )
+    head = b"POST /v1/predict?x=1 HTTP/1.1\r\nContent-Length: 12\r\nX-Folded: a\r\n  b\r\n"
+    request = parse_head(head + b"x-folded: c", 0.0)
     assert request.path == "/v1/predict" and request.keep_alive
-    assert request.headers.get("CONTENT-LENGTH") == "12"  # any case; the first of a repeat
+    assert request.headers.get("CONTENT-LENGTH") == "12"  # any case
+    assert request.headers.get("X-FOLDED") == "a b"  # the first of a repeat
     assert request.headers.get("x-folded") == "a b"
     assert not parse_head(b"GET / HTTP/1.0", 0.0).keep_alive
     assert parse_head(b"GET / HTTP/1.0\nConnection: keep-alive", 0.0).keep_alive  # bare LF
@@ -109,6 +107,8 @@ def test_heads_are_read_with_the_stdlib_limits():
         (b"GET /", 400),
         (b"GET / HTTP/1.1\r\nno colon here", 400),
         (b"GET / HTTP/2.0", 505),
+        (b"POST / HTTP/1.1\r\nContent-Length: 1\r\ncontent-length: 1", 400),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: a\r\nTransfer-Encoding: b", 400),
     ):
         with pytest.raises(HeadError) as caught:
             parse_head(head, 0.0)
@@ -300,3 +300,28 @@ def test_the_front_calls_a_request_alone_only_when_no_other_is_being_answered():
         front.stop()
         loop.join(30)
     assert not loop.is_alive()
+
+
+def test_two_content_lengths_are_refused_and_the_next_request_is_not_desynced(server):
+    # a request smuggled behind a second Content-Length must not become a request of its own
+    port, _proc = server
+    inner = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    for lengths in ((b"0", str(len(inner)).encode()), (b"5", b"5"), (b"+5", None), (b"5_0", None)):
+        extra = b"".join(b"Content-Length: " + n + b"\r\n" for n in lengths if n is not None)
+        raw = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n" + extra + b"\r\n" + inner
+        got = answers(exchange(port, raw))
+        assert [status for status, _, _ in got] == [400], (lengths, got)
+        assert "Content-Length" in json.loads(got[0][2])["error"]
+
+
+def test_json_nested_deeper_than_the_parser_goes_is_a_400_not_a_500(server):
+    port, _proc = server
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for body in (deep, b'{"windows": [' + deep + b"]}"):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(predict_bytes(body))
+            status, _, answer = read_one(sock)
+            assert status == 400, answer[:200]
+            assert "nested" in json.loads(answer)["error"]
+            sock.sendall(predict_bytes(json.dumps({"windows": [window(1)]}).encode()))
+            assert read_one(sock)[0] == 200  # the same connection still serves

@@ -23,7 +23,7 @@ from moola_ops.captures import load_table, pull_host
 from moola_ops.inventory import Inventory
 from moola_ops.transport import HostSession
 from tests.integration.conftest import start_hosts
-from tests.integration.helpers import window
+from tests.integration.helpers import window, write_inventory
 from tests.integration.test_serving import FAST, body, post, wait_for
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
@@ -94,7 +94,7 @@ def _answers(host) -> list[dict]:
 def reference(live_host):
     host, _, _ = live_host
     with HostSession(host) as session:
-        shadow._edit_state(session, host, "clear")
+        shadow.route(session, host, None)
     return _answers(host)
 
 
@@ -110,9 +110,7 @@ def _fake_shadow(mode: str, tmp_path: Path):
 
 def _route_to(host, port: int) -> None:
     with HostSession(host) as session:
-        shadow._edit_state(
-            session, host, "set", {"release": "fake", "port": port, "pid": None, "fraction": 1.0}
-        )
+        shadow.route(session, host, {"release": "fake", "port": port, "pid": None, "fraction": 1.0})
 
 
 def test_a_blocked_shadow_never_delays_live(live_host, reference, tmp_path):
@@ -156,7 +154,7 @@ def test_a_killed_shadow_never_changes_live(live_host, reference, tmp_path):
 
 def test_real_shadow_captures_pairs_then_stops(live_host, bundles, reference, tmp_path):
     host, workspace, log = live_host
-    now = shadow.start(host, str(bundles["v1.1"]), fraction=1.0, journal_path=str(log))
+    now = shadow.start(host, str(bundles["v1.1"]), fraction=1.0, journal_path=str(log), opts=FAST)
     assert now.release == "v1.1" and now.running and now.ready and now.live == "v1.0"
     # every thread of the shadow runs at nice 19 under SCHED_IDLE (fields 19 and 41 of
     # /proc/PID/task/TID/stat; policy 5 is SCHED_IDLE)
@@ -185,10 +183,21 @@ def test_real_shadow_captures_pairs_then_stops(live_host, bundles, reference, tm
     result = ab.analyze(table, shadow_release="v1.1")
     assert result.live_release == "v1.0" and result.n_pairs >= len(WINDOWS)
 
-    # kill -9 the real shadow: live goes on, status says it is gone, stop cleans up
+    # kill -9 the real shadow: live goes on, status says it is gone (and `invoke shadow
+    # status` exits 1 saying what to do), stop cleans up
     os.kill(now.pid, signal.SIGKILL)
     wait_for(lambda: not shadow.status(host).running, "the shadow to be seen dead")
     assert _answers(host) == reference
+    inventory = write_inventory(tmp_path / "hosts.yaml", {host.name: host}, with_python=True)
+    invoke = str(Path(sys.executable).parent / "invoke")
+    cli = subprocess.run(
+        [invoke, "shadow", "status", "--host", host.name, "--inventory", str(inventory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli.returncode == 1, cli
+    assert "NOT RUNNING" in cli.stdout and "invoke shadow stop --host" in cli.stdout
     after = shadow.stop(host, journal_path=str(log))
     assert after.release is None and after.live == "v1.0"
 
@@ -200,13 +209,13 @@ def test_bad_sample_and_live_candidate_are_refused(live_host, bundles):
     with pytest.raises(MoolaError, match="outside"):
         shadow.start(host, str(bundles["v1.1"]), fraction=1.5)
     with pytest.raises(MoolaError, match="live release"):
-        shadow.start(host, str(bundles["v1.0"]), journal_path=str(log))
+        shadow.start(host, str(bundles["v1.0"]), journal_path=str(log), opts=FAST)
 
 
 def test_promote_deploys_the_shadow_and_serves_it(live_host, bundles):
     """Last in the module: v1.1 becomes live through the normal deploy path."""
     host, workspace, log = live_host
-    shadow.start(host, str(bundles["v1.1"]), fraction=0.5, journal_path=str(log))
+    shadow.start(host, str(bundles["v1.1"]), fraction=0.5, journal_path=str(log), opts=FAST)
     result = shadow.promote(host, bundles_dir=str(bundles["v1.1"].parent), journal_path=str(log))
     assert result.ok, [o.message for o in result.outcomes]
     with HostSession(host) as session:
@@ -214,3 +223,59 @@ def test_promote_deploys_the_shadow_and_serves_it(live_host, bundles):
     assert now.current == "v1.1" and now.served_release == "v1.1" and now.shadow is None
     status, data, _ = post(PORTS[host.name], body(WINDOWS[0]))
     assert status == 200 and data["release"] == "v1.1"
+
+
+def _releases(workspace: Path) -> set[str]:
+    folder = workspace / "releases"
+    return {p.name for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else set()
+
+
+def _shadow_servers(workspace: Path, version: str) -> list[dict]:
+    folder = workspace / "serve" / "servers"
+    records = [json.loads(p.read_text()) for p in folder.glob("*.json")] if folder.is_dir() else []
+    return [r for r in records if r.get("release") == version]
+
+
+def test_a_host_that_requires_signed_bundles_refuses_an_unsigned_shadow(
+    live_host, bundles, tmp_path
+):
+    # deploy refused this bundle; `shadow start` used to upload it and run its code anyway
+    from dataclasses import replace
+
+    from moola_core.errors import MoolaError
+    from moola_ops.journal import read_events
+
+    host, workspace, log = live_host
+    key = tmp_path / "release_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(f"release@moola {key.with_suffix('.pub').read_text()}")
+    signed_only = replace(host, allowed_signers=str(allowed))
+    with pytest.raises(MoolaError, match="v1.2 refused for shd-1, nothing changed"):
+        shadow.start(signed_only, str(bundles["v1.2"]), journal_path=str(log), opts=FAST)
+    assert "v1.2" not in _releases(workspace) and not _shadow_servers(workspace, "v1.2")
+    steps = {
+        e["step"]: e["status"]
+        for e in read_events(log, phase="shadow", host=host.name)
+        if e["bundle"] == "v1.2"
+    }
+    assert steps.get("signature") == "failed" and "upload" not in steps and "lock" not in steps
+
+
+def test_a_shadow_waits_for_nobody_elses_deploy_lock(live_host, bundles):
+    from moola_core.errors import MoolaError
+    from moola_ops.commands import lock as lock_cmd
+    from moola_ops.commands.layout import Layout
+
+    host, workspace, log = live_host
+    layout = Layout(host.workspace)
+    holder = {"deployment": "dep-other", "actor": "someone", "what": "deploy v9", "since": "now"}
+    with HostSession(host) as session:
+        assert session.run(lock_cmd.acquire(layout, holder), timeout_s=30).ok
+    try:
+        with pytest.raises(MoolaError, match="locked by"):
+            shadow.start(host, str(bundles["v1.2"]), journal_path=str(log), opts=FAST)
+        assert "v1.2" not in _releases(workspace) and not _shadow_servers(workspace, "v1.2")
+    finally:
+        with HostSession(host) as session:
+            session.run(lock_cmd.release(layout, "dep-other"), timeout_s=30)

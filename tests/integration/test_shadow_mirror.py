@@ -192,3 +192,33 @@ def _closed_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def test_a_new_shadow_starts_its_counters_from_zero_and_totals_are_named_so(proxied):
+    # a fresh shadow used to show the errors of the one before it (shadow_errors 4142)
+    port, _proxy, folders, ws = proxied
+    path = ws / "serve" / "state.json"
+
+    def route(shadow: dict) -> None:
+        state = json.loads(path.read_text())
+        state["shadow"] = shadow
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, path)
+
+    good = json.loads(path.read_text())["shadow"]
+    route({"release": "dead", "port": _closed_port(), "fraction": 1.0, "since": 1.0})
+    for i in range(4):
+        _post(port, b'{"windows": []}', f"old-{i}")
+    wait_for(lambda: _stats(port).get("shadow_errors") == 4, "4 failed copies", timeout_s=30.0)
+    route(dict(good, since=2.0))  # the next shadow
+    stats = _stats(port)
+    assert (stats["shadow_sent"], stats["shadow_errors"], stats["shadow_dropped"]) == (0, 0, 0)
+    assert stats["total_shadow_errors"] == 4
+    for i in range(3):
+        _post(port, b'{"windows": []}', f"new-{i}")
+    wait_for(lambda: _stats(port).get("shadow_sent") == 3, "3 copies sent", timeout_s=30.0)
+    stats = _stats(port)
+    assert stats["shadow_errors"] == 0 and stats["total_shadow_sent"] == 3
+    route(None)
+    assert "shadow_sent" not in _stats(port)  # no shadow, no per-shadow counters

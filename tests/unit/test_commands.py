@@ -440,6 +440,22 @@ def test_prune_keeps_current_previous_and_newest_by_history_not_name():
     assert "v4" not in releases and "v3" not in releases
 
 
+def test_prune_never_removes_a_release_a_server_runs_from():
+    # a shadow's release never served (not in revisions.log) used to count as the oldest
+    f = facts.HostFacts(
+        current="v4",
+        releases={v: None for v in ("v1", "v3", "v4", "v5-shadow", "v0-standby")},
+        revisions=[rev("deploy", v) for v in ("v1", "v3", "v4")],
+        server={
+            "live": {"release": "v4", "port": 1},
+            "standby": {"release": "v0-standby", "port": 2},
+            "shadow": {"release": "v5-shadow", "port": 3},
+        },
+    )
+    releases, _ = facts.plan_prune(f, keep_releases=0, keep_backups=0)
+    assert releases == ["v1"]
+
+
 def test_resolve_bundle_checks_the_archive_as_the_host_will(tmp_path):
     from moola_ops import engine
 

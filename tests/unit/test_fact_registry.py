@@ -133,3 +133,24 @@ def test_no_shell_string_is_built_outside_commands():
             ):
                 found.append(f"{module.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
     assert not found, "\n".join(found)
+
+
+def test_only_the_engines_stages_put_a_release_on_a_host():
+    # `shadow start` once staged, uploaded and extracted a bundle itself: past the signature
+    # rule, the full bundle check and the deploy lock that deploy applies
+    engine = ROOT / "moola_ops" / "engine"
+    puts = {"upload", "stage", "staged_archive", "promote"}
+    found = []
+    for module in _modules_outside_commands():
+        if module.parent == engine or module.parent.name == "transport":
+            continue
+        for node in ast.walk(ast.parse(module.read_text())):
+            call = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            if call and node.func.attr in puts:
+                owner = node.func.value
+                name = owner.id if isinstance(owner, ast.Name) else getattr(owner, "attr", "")
+                if node.func.attr == "upload" or name in ("release_cmd", "release"):
+                    found.append(f"{module.relative_to(ROOT)}:{node.lineno}: {node.func.attr}")
+    assert not found, "put a release on a host through engine.deploy or engine.place:\n" + (
+        "\n".join(found)
+    )

@@ -169,3 +169,12 @@ def test_keepalive_and_connect_retries_come_from_the_inventory(tmp_path):
     bad = GOOD.replace("  user: root\n", "  user: root\n  connect_retries: -1\n")
     with pytest.raises(MoolaError, match="defaults.connect_retries"):
         load_inventory(write(tmp_path, bad))
+
+
+def test_serve_auth_is_auto_unless_set_and_only_auto_or_always(tmp_path):
+    inv = load_inventory(write(tmp_path, GOOD))
+    assert {h.serve_auth for h in inv.hosts.values()} == {"auto"}
+    text = GOOD.replace("latency_sla_ms: 25", "latency_sla_ms: 25\n    serve_auth: always")
+    assert load_inventory(write(tmp_path, text)).resolve("runpod-1")[0].serve_auth == "always"
+    with pytest.raises(MoolaError, match="serve_auth"):
+        load_inventory(write(tmp_path, text.replace("serve_auth: always", "serve_auth: never")))

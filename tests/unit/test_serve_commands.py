@@ -107,6 +107,8 @@ def test_builders_quote_everything_and_check_names():
         lambda: serve.proxy(WS, "python3", 8080, "0.0.0.0; id"),
         lambda: serve.drain(WS, "python3", 1),
         lambda: serve.probe(WS, "python3", requests=0),
+        lambda: serve.proxy(WS, "python3", 8080, auth="never"),
+        lambda: serve.shadow_route(WS, "python3", {"release": "v1;id", "port": 1}),
     ):
         with pytest.raises(MoolaError):
             bad()
@@ -120,6 +122,7 @@ def test_public_port_and_pod_start_line():
         "python3 /workspace/moola/current/code/moola_core/runtime/serve_ctl.py ensure "
         "--workspace /workspace/moola --port 8080 --bind 0.0.0.0"
     )
+    assert serve.start_command_line("/w", auth="always").endswith("--bind 127.0.0.1 --auth always")
 
 
 RECORDED_STATUS = json.dumps(
@@ -303,3 +306,17 @@ def test_a_warm_standby_is_read_from_the_serving_fact():
     assert serve.standby_of(state, "v1.1") is None  # live, not a standby
     assert serve.standby_of({"standby": None}, "v1.0") is None
     assert serve.standby_of(None, "v1.0") is None  # the host never served
+
+
+def test_every_serving_command_fits_in_the_one_argument_sshd_gives_the_shell():
+    # sshd runs `$SHELL -c WRAPPED`: Linux refuses one argument over MAX_ARG_STRLEN (128 KiB)
+    # with E2BIG, which reads as "no answer from the host"
+    from moola_ops.commands.process import wrap_command
+
+    max_arg_strlen = 32 * 4096
+    for command in (
+        serve.proxy(WS, "python3", 8080),
+        serve.ensure(WS, "python3", 8080),
+        serve.status(WS, "python3"),
+    ):
+        assert len(wrap_command(command, 600).encode()) < max_arg_strlen * 0.75

@@ -1,0 +1,183 @@
+"""The public proxy's own cost per request, this checkout's against GITREF's, in one run.
+
+    python benchmarks/proxy.py [--ref main] [--requests 300] [--rounds 10]
+
+An upstream that answers at once (a fixed 200 with a small JSON body, one thread per
+connection) stands in for the model server, so what is timed is the proxy: a lean client (one
+kept-alive socket, the request's bytes built once, the answer read by its Content-Length) sends
+one request after another through each proxy, the two proxies alternating in blocks of
+`--requests` for `--rounds` rounds so the load of a shared machine falls on both alike. With
+`--auth` this checkout's proxy runs with `--auth always` and the client sends the token (the
+GITREF side runs as it can). Reported: p50 / p99 in microseconds per side, and head/base
+ratios. The last line of output is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROXY = ROOT / "moola_core" / "runtime" / "serve_proxy.py"
+TOKEN = "bench-token-" + "0" * 32
+BODY = json.dumps({"windows": [[[100.0, 100.5, 99.5, 100.2]] * 105]}).encode()
+ANSWER = b'{"release":"stub","predictions":[]}'
+
+
+def upstream() -> int:
+    """A server answering every request at once over keep-alive; returns its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    reply = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+        + str(len(ANSWER)).encode()
+        + b"\r\n\r\n"
+        + ANSWER
+    )
+
+    def serve(conn: socket.socket) -> None:
+        buf = b""
+        with conn:
+            while True:
+                head, sep, rest = buf.partition(b"\r\n\r\n")
+                if not sep:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                    continue
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                buf = rest[length:]
+                conn.sendall(reply)
+
+    def accept() -> None:
+        while True:
+            conn, _ = listener.accept()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+def start_proxy(code: Path, ws: Path, extra: list[str]) -> tuple[subprocess.Popen, int]:
+    record = ws / "serve" / "proxy.json"
+    proc = subprocess.Popen(
+        [sys.executable, str(code), "--workspace", str(ws), "--port", "0", *extra],
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not record.is_file():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit(f"the proxy {code} did not start")
+        time.sleep(0.02)
+    return proc, json.loads(record.read_text())["port"]
+
+
+class Client:
+    def __init__(self, port: int, token: str | None):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        self.request = (
+            f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}"
+            f"Content-Length: {len(BODY)}\r\n\r\n"
+        ).encode() + BODY
+
+    def one(self) -> float:
+        started = time.perf_counter()
+        self.sock.sendall(self.request)
+        buf = b""
+        while True:
+            head, sep, rest = buf.partition(b"\r\n\r\n")
+            if sep:
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                while len(rest) < length:
+                    rest += self.sock.recv(65536)
+                break
+            buf += self.sock.recv(65536)
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise SystemExit(f"the proxy answered {head[:60]!r}")
+        return time.perf_counter() - started
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ref", default="main")
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--auth", action="store_true")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="moola-bench-proxy-"))
+    base_code = work / "base_proxy.py"
+    base_code.write_text(
+        subprocess.run(
+            ["git", "show", f"{args.ref}:moola_core/runtime/serve_proxy.py"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    port = upstream()
+    procs, clients = [], {}
+    try:
+        for side, code in (("head", PROXY), ("base", base_code)):
+            ws = work / side
+            (ws / "serve").mkdir(parents=True)
+            live = {"release": "stub", "port": port, "pid": None}
+            (ws / "serve" / "state.json").write_text(json.dumps({"v": 1, "live": live}))
+            (ws / "serve" / "token").write_text(TOKEN)
+            extra = ["--auth", "always"] if args.auth and side == "head" else []
+            proc, proxy_port = start_proxy(code, ws, extra)
+            procs.append(proc)
+            clients[side] = Client(proxy_port, TOKEN if extra else None)
+        times: dict[str, list[float]] = {side: [] for side in clients}
+        for side in clients:  # warm-up
+            for _ in range(50):
+                clients[side].one()
+        for r in range(args.rounds):
+            order = list(clients) if r % 2 == 0 else list(reversed(clients))
+            for side in order:
+                times[side] += [clients[side].one() for _ in range(args.requests)]
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
+    result: dict = {"ref": args.ref, "auth": args.auth, "requests": len(times["head"])}
+    for side, values in times.items():
+        result[f"{side}_p50_us"] = round(percentile(values, 50) * 1e6, 1)
+        result[f"{side}_p99_us"] = round(percentile(values, 99) * 1e6, 1)
+    result["p50_head_over_base"] = round(result["head_p50_us"] / result["base_p50_us"], 3)
+    result["p99_head_over_base"] = round(result["head_p99_us"] / result["base_p99_us"], 3)
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    result.update(
+        commit=head.stdout.strip(),
+        python=platform.python_version(),
+        machine=f"{platform.machine()} {platform.node()}",
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

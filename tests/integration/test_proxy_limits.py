@@ -1,0 +1,343 @@
+"""The public proxy's limits against clients Moola does not control, over real sockets to a real
+proxy process (moola_core/runtime/serve_proxy.py) in front of a stub model server.
+
+Time is controlled by small configured deadlines (`--read-timeout-s`), and the moments by
+files: the stub holds every request until the test lets it go, so "every slot is busy" is a
+fact the test waits for, not a guess. Covers the whole-request deadline (slowloris), the
+connection cap (503 at once, never an empty reply; an idle kept-alive connection gives its
+place), one Content-Length only, and token authentication.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import select
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from moola_core.runtime import serve_proxy
+from tests.integration.helpers import wait_for
+
+PROXY = Path(serve_proxy.__file__)
+
+# a stand-in model server: writes each request it gets (headers, body) as got-<n>, waits while
+# the file `hold` exists, answers 200 with its port
+STUB = r"""
+import http.server, json, os, sys, time
+folder = sys.argv[1]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def _answer(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        n = len([f for f in os.listdir(folder) if f.startswith("got-")])
+        with open(os.path.join(folder, "got-%d" % n), "w") as fh:
+            json.dump({"path": self.path, "headers": dict(self.headers), "body": body.decode()}, fh)
+        while os.path.exists(os.path.join(folder, "hold")):
+            time.sleep(0.01)
+        data = json.dumps({"ok": True, "release": "stub"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    do_GET = do_POST = _answer
+    def log_message(self, *a):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+class Proxy:
+    """A running proxy (its port, workspace, the stub's folder) with helpers to talk to it."""
+
+    def __init__(self, port: int, ws: Path, folder: Path, proc):
+        self.port, self.ws, self.folder, self.proc = port, ws, folder, proc
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=30)
+
+    def got(self) -> list[dict]:
+        files = sorted(self.folder.glob("got-*"), key=lambda p: int(p.name[4:]))
+        return [json.loads(p.read_text()) for p in files]
+
+
+@pytest.fixture
+def start_proxy(tmp_path):
+    """Start a stub live server and a proxy in front of it: start_proxy(*proxy flags)."""
+    procs = []
+
+    def start(*flags: str, token: str | None = None) -> Proxy:
+        folder = tmp_path / f"stub-{len(procs)}"
+        folder.mkdir()
+        stub = subprocess.Popen(
+            [sys.executable, "-c", STUB, str(folder)], stdout=subprocess.PIPE, text=True
+        )
+        procs.append(stub)
+        stub_port = int(stub.stdout.readline())
+        ws = tmp_path / f"ws-{len(procs)}"
+        (ws / "serve").mkdir(parents=True)
+        live = {"release": "stub", "port": stub_port, "pid": stub.pid}
+        (ws / "serve" / "state.json").write_text(json.dumps({"v": 1, "live": live}))
+        if token is not None:
+            (ws / "serve" / "token").write_text(token + "\n")
+        proxy = subprocess.Popen(
+            [sys.executable, str(PROXY), "--workspace", str(ws), "--port", "0", *flags],
+            stderr=subprocess.PIPE,
+        )
+        procs.append(proxy)
+        record = ws / "serve" / "proxy.json"
+        wait_for(record.is_file, "the proxy's record", timeout_s=30.0, poll_s=0.05)
+        return Proxy(json.loads(record.read_text())["port"], ws, folder, proxy)
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def read_answer(sock: socket.socket) -> tuple[int, dict, bytes]:
+    """One whole answer (status, headers, body); (0, {}, b"") when the proxy closed first."""
+    data = b""
+    while True:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if sep:
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
+            if len(rest) >= int(headers["content-length"]):
+                return int(lines[0].split()[1]), headers, rest[: int(headers["content-length"])]
+        chunk = sock.recv(65536)
+        if not chunk:
+            return 0, {}, b""
+        data += chunk
+
+
+def request(
+    proxy: Proxy,
+    method: str = "GET",
+    path: str = "/v1/predict",
+    body: bytes = b"",
+    headers: dict | None = None,
+    sock: socket.socket | None = None,
+):
+    lines = [f"{method} {path} HTTP/1.1", "Host: x"]
+    if method == "POST":
+        lines.append(f"Content-Length: {len(body)}")
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+    own = sock is None
+    sock = sock or proxy.connect()
+    try:
+        sock.sendall(raw)
+        return read_answer(sock)
+    finally:
+        if own:
+            sock.close()
+
+
+def closed_within(sock: socket.socket, limit_s: float) -> bool:
+    """True when the proxy closes `sock` (after any answer) within `limit_s`."""
+    ready, _, _ = select.select([sock], [], [], limit_s)
+    if not ready:
+        return False
+    while True:
+        try:
+            if not sock.recv(65536):
+                return True
+        except OSError:
+            return True
+
+
+# --- the whole-request deadline ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["head", "body"])
+def test_a_client_trickling_one_byte_at_a_time_gets_408_at_the_deadline(start_proxy, where):
+    proxy = start_proxy("--read-timeout-s", "1")
+    body = json.dumps({"windows": [[1, 2, 3]] * 50}).encode()
+    if where == "head":
+        raw = b"POST /v1/predict HTTP/1.1\r\nX-Pad: " + b"a" * 400 + b"\r\n"
+    else:
+        raw = f"POST /v1/predict HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    with proxy.connect() as sock:
+        sock.sendall(raw[:1])
+        answered = b""
+        # a byte every 0.25 s: each read waits far less than the 1 s limit, so only a deadline
+        # on the whole request ends it; 60 bytes (15 s) is far past it
+        for byte in raw[1:61]:
+            if select.select([sock], [], [], 0.25)[0]:
+                answered = sock.recv(65536)
+                break
+            sock.sendall(bytes([byte]))
+        assert answered.startswith(b"HTTP/1.1 408 "), answered[:80]
+        assert b"within 1s" in answered and b"Connection: close" in answered
+    assert proxy.got() == []  # nothing of it reached the model server
+
+
+def test_a_connection_that_never_sends_is_closed_at_the_deadline(start_proxy):
+    proxy = start_proxy("--read-timeout-s", "1")
+    with proxy.connect() as sock:
+        assert closed_within(sock, 20.0)  # not the 75 s a kept-alive idle connection gets
+    status, _, body = request(proxy, "GET", "/_proxy/healthz")
+    assert status == 200, body
+
+
+# --- the connection cap --------------------------------------------------------------------------
+
+
+def test_at_the_cap_a_new_client_gets_503_at_once_then_is_served_when_a_slot_frees(start_proxy):
+    proxy = start_proxy("--max-connections", "3", "--read-timeout-s", "30")
+    (proxy.folder / "hold").touch()  # the stub holds each request: three slots stay busy
+    held = [proxy.connect() for _ in range(3)]
+    try:
+        for i, sock in enumerate(held):
+            sock.sendall(f"GET /held-{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        wait_for(lambda: len(proxy.got()) == 3, "three requests held by the model server")
+        for _ in range(2):  # refused while every slot is busy: an answer, never an empty reply
+            status, headers, body = request(proxy, "GET", "/_proxy/healthz")
+            assert status == 503 and headers["connection"] == "close"
+            assert "3 connections" in json.loads(body)["error"]
+        (proxy.folder / "hold").unlink()
+        assert [read_answer(sock)[0] for sock in held] == [200, 200, 200]
+        # the three are idle kept-alive connections now: a new client takes the place of one
+        answer = {}
+
+        def served() -> bool:
+            answer["got"] = request(proxy, "GET", "/_proxy/healthz")
+            return answer["got"][0] == 200
+
+        wait_for(served, "a new client to be served in an idle connection's place")
+        wait_for(lambda: any(closed_within(s, 0.05) for s in held), "an idle one to give way")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_slowloris_beyond_the_cap_never_starves_new_clients_for_longer_than_the_deadline(
+    start_proxy,
+):
+    proxy = start_proxy("--max-connections", "4", "--read-timeout-s", "1")
+    slow = [proxy.connect() for _ in range(8)]  # twice the cap, each sends a byte and stalls
+    try:
+        for sock in slow:
+            with contextlib.suppress(OSError):  # a refused one may be closed already
+                sock.sendall(b"P")
+        # each either got its 503 at once or 408 at the deadline; none stays open
+        for sock in slow:
+            assert closed_within(sock, 20.0)
+        status, _, _ = request(proxy, "GET", "/_proxy/healthz")
+        assert status == 200
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+# --- framing ---------------------------------------------------------------------------------------
+
+
+def test_two_content_lengths_are_refused_before_anything_is_forwarded(start_proxy):
+    proxy = start_proxy()
+    inner = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    for first, second in ((b"0", str(len(inner)).encode()), (b"7", b"7")):
+        raw = (
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: "
+            + first
+            + b"\r\nContent-Length: "
+            + second
+            + b"\r\n\r\n"
+            + inner
+        )
+        with proxy.connect() as sock:
+            sock.sendall(raw)
+            status, headers, body = read_answer(sock)
+            assert status == 400, body
+            assert "more than one Content-Length" in json.loads(body)["error"]
+            assert closed_within(sock, 20.0)  # nothing after it is read as a request
+    for bad in (b"+5", b"5_0", b"0x5"):
+        raw = b"POST /v1/predict HTTP/1.1\r\nContent-Length: " + bad + b"\r\n\r\n12345"
+        with proxy.connect() as sock:
+            sock.sendall(raw)
+            assert read_answer(sock)[0] == 400
+    assert proxy.got() == []
+    status, _, _ = request(proxy, "POST", body=b"{}")
+    (got,) = proxy.got()  # the model server sees one Content-Length, the proxy's own
+    assert status == 200 and got["headers"]["Content-Length"] == "2"
+
+
+# --- the token ---------------------------------------------------------------------------------------
+
+TOKEN = "tok-" + "a1" * 20
+
+
+def test_with_auth_every_path_but_the_hosts_own_probes_needs_the_token(start_proxy):
+    proxy = start_proxy("--auth", "always", token=TOKEN)
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    for method, path in (("POST", "/v1/predict"), ("GET", "/metrics"), ("GET", "/_proxy/state")):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            status, answer_headers, body = request(proxy, method, path, b"{}", headers)
+            assert status == 401, (path, headers, body)
+            assert answer_headers["www-authenticate"] == 'Bearer realm="moola"'
+            sentence = json.loads(body)["error"]
+            assert "Authorization: Bearer" in sentence and TOKEN not in sentence
+    assert proxy.got() == []  # nothing unauthenticated reached the model server
+    for path in ("/healthz", "/readyz", "/_proxy/healthz"):  # from the host itself: open
+        assert request(proxy, "GET", path)[0] == 200
+    status, _, body = request(proxy, "GET", "/_proxy/state", headers=bearer)
+    assert status == 200 and json.loads(body)["auth_required"] is True
+    status, _, _ = request(proxy, "POST", "/v1/predict", b"{}", bearer)
+    assert status == 200
+    forwarded = proxy.got()[-1]["headers"]
+    assert "Authorization" not in forwarded  # the model server never sees the token
+    proxy.proc.terminate()
+    assert TOKEN.encode() not in proxy.proc.communicate(timeout=60)[1]  # nor the proxy's log
+
+
+def test_a_rotated_token_applies_to_the_next_request_without_a_restart(start_proxy):
+    proxy = start_proxy("--auth", "always", token=TOKEN)
+    with proxy.connect() as sock:  # a kept-alive client with the old token
+        old = {"Authorization": f"Bearer {TOKEN}"}
+        assert request(proxy, "POST", "/v1/predict", b"{}", old, sock=sock)[0] == 200
+        fresh = TOKEN[::-1]
+        tmp = proxy.ws / "serve" / "token.tmp"
+        tmp.write_text(fresh)
+        tmp.replace(proxy.ws / "serve" / "token")
+        assert request(proxy, "POST", "/v1/predict", b"{}", old, sock=sock)[0] == 401
+    new = {"Authorization": f"Bearer {fresh}"}
+    assert request(proxy, "POST", "/v1/predict", b"{}", new)[0] == 200
+
+
+def test_no_token_file_with_auth_required_lets_nothing_in(start_proxy):
+    proxy = start_proxy("--auth", "always")  # fail closed
+    status, _, body = request(proxy, "POST", "/v1/predict", b"{}", {"Authorization": "Bearer "})
+    assert status == 401 and "rotate-token" in json.loads(body)["error"]
+    assert request(proxy, "GET", "/healthz")[0] == 200
+
+
+def test_a_proxy_bound_beyond_loopback_requires_the_token_by_default(start_proxy):
+    proxy = start_proxy("--bind", "0.0.0.0", token=TOKEN)
+    assert json.loads((proxy.ws / "serve" / "proxy.json").read_text())["auth_required"] is True
+    assert request(proxy, "POST", "/v1/predict", b"{}")[0] == 401
+    loopback = start_proxy(token=TOKEN)  # auto on loopback: no token needed
+    assert request(loopback, "POST", "/v1/predict", b"{}")[0] == 200
+
+
+def test_loopback_is_told_apart_from_every_other_address():
+    assert serve_proxy.is_loopback("127.0.0.1") and serve_proxy.is_loopback("127.8.0.3")
+    assert serve_proxy.is_loopback("::1") and serve_proxy.is_loopback("::ffff:127.0.0.1")
+    for other in ("0.0.0.0", "::", "10.0.0.5", "192.168.1.2", "localhost", ""):
+        assert not serve_proxy.is_loopback(other), other
+
+
+def test_a_kept_alive_request_gets_its_own_deadline_from_its_first_byte(start_proxy):
+    proxy = start_proxy("--read-timeout-s", "1")
+    with proxy.connect() as sock:
+        assert request(proxy, "GET", "/_proxy/healthz", sock=sock)[0] == 200
+        time.sleep(1.5)  # idle longer than the deadline: the idle limit's business, not its
+        assert request(proxy, "GET", "/_proxy/healthz", sock=sock)[0] == 200
