@@ -459,11 +459,22 @@ def _live_figures(cuts: dict | None, config: TrainConfig) -> dict | None:
     for w, d, a in zip(windows, delay, answered, strict=True):
         if 0 <= d <= within:
             hit[w] = hit.get(w, False) or bool(a)
+    # the served probability is shifted to the stream's prevalence; the cuts hold expansions
+    # far more often, so their reliability is read with the shift undone (at their own share)
+    truth = np.asarray(cuts["under_way"], dtype=float)
+    share = float(np.clip(truth.mean(), 1e-6, 1 - 1e-6))
+    prob = np.clip(np.asarray(cuts["confidence"], dtype=float), 1e-9, 1 - 1e-9)
+    prevalence = config.live.prevalence
+    logit = np.log(prob / (1 - prob)) - np.log(prevalence / (1 - prevalence))
+    logit += np.log(share / (1 - share))
     return {
         "answered_by_delay": by_delay,
         "recall_within": round(float(np.mean(list(hit.values()))), 4) if hit else None,
         "within": within,
-        "reliability": M.reliability_bins(cuts["confidence"], cuts["under_way"]),
+        "reliability": {
+            **M.reliability_bins(1 / (1 + np.exp(-logit)), truth),
+            "at_share": round(share, 4),
+        },
     }
 
 

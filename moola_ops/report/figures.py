@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from typing import Any
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
@@ -113,14 +114,14 @@ def reliability(panels: list[tuple[str, dict]], salt: str) -> str:
             lw=1.4,
             ms=4,
         )
+        heading = "\n".join(textwrap.wrap(title, 58))
         ax.set(
             xlim=(0, top),
             ylim=(0, top),
-            xlabel="predicted probability",
-            ylabel="observed share",
-            title=f"ECE {rel.get('ece', float('nan')):.4f}",
+            xlabel="predicted P(expansion under way)",
+            ylabel="observed share under way",
         )
-        ax.text(0.02, 0.97, title, transform=ax.transAxes, va="top", fontsize=7, wrap=True)
+        ax.set_title(f"{heading}\nECE {rel.get('ece', float('nan')):.4f}", fontsize=8)
     return to_svg(fig, salt)
 
 

@@ -255,16 +255,19 @@ def _reliability(runs_dir: Path) -> Section:
     if stream.get("reliability"):
         panels.append(
             (
-                f"P(expansion under way), every bar of the gate's stream "
-                f"({stream.get('sessions')} sessions, never used to train or choose)",
+                f"every bar of the gate's stream ({stream.get('sessions')} sessions, never used "
+                "to train or choose)",
                 stream["reliability"],
             )
         )
     if cuts.get("reliability"):
+        share = cuts["reliability"].get("at_share")
         panels.append(
             (
-                "P(expansion under way), out-of-fold as-of cuts (fold models, calibrated on "
-                "their own early-stopping slice)",
+                "out-of-fold as-of cuts (fold models), the prior shift undone: probabilities at "
+                f"the cuts' own share of expansions under way ({share:.0%})"
+                if share is not None
+                else "out-of-fold as-of cuts (fold models)",
                 cuts["reliability"],
             )
         )
