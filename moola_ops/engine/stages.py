@@ -355,9 +355,11 @@ def prune(ctx: HostContext, protect: tuple[str, ...]) -> None:
 def quality_gate(ctx: HostContext) -> None:
     """Phase 2's verdict, as the verified manifest carries it (moola_core.bundle.gate): a bundle
     whose run passed ships; one whose failing run a person overrode at selection ships as
-    "overridden"; one whose run failed or was never judged is refused before anything reaches
-    the host, unless the deploy itself carries a person's override (`--override-gate`), which
-    the log records as "overridden" with who and why, never as a pass."""
+    "overridden"; one whose run failed is refused before anything reaches the host, and so is
+    one whose run was never judged when it is to serve (deploy, repair), unless the deploy
+    itself carries a person's override (`--override-gate`), which the log records as
+    "overridden" with who and why, never as a pass. A never-judged candidate may still be
+    placed beside `current` as a shadow (it answers no live request); the log says so."""
     from moola_core.bundle.gate import gate_state
 
     manifest = ctx.bundle.manifest
@@ -369,6 +371,10 @@ def quality_gate(ctx: HostContext) -> None:
             return
         if state == "overridden":
             info["status"] = "overridden"
+            return
+        serving = ctx.journal.phase in (steps.DEPLOY, steps.REPAIR_PHASE)
+        if state == "unjudged" and not serving:
+            info["summary"] = f"{why}; placed for {ctx.journal.phase}, where it serves no answer"
             return
         reason = " ".join((ctx.opts.gate_override or "").split())
         if reason:
