@@ -18,7 +18,7 @@ on evidence that nothing else touched:
    gated by default: the abstain threshold already guarantees it on held-out windows
    (conformal risk control, moola_core.train.calibration), and a 40-session stream holds too
    few expansions (~35) to show non-inferiority on recall (with RECALL_MARGIN = 0.10, a model
-   with the baseline's recall would fail about half the time); `GateRules(recall_margin=...)`
+   with the baseline's recall would fail more often than not); `GateRules(recall_margin=...)`
    adds the check where the evidence is larger.
 
 Every check must pass. The error rates this rule has at real data sizes are simulated in

@@ -112,3 +112,16 @@ def test_invoke_deploy_refuses_an_empty_override_reason(tmp_path):
     )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "--override-gate needs a reason" in done.stderr
+
+
+def test_a_never_judged_candidate_may_be_placed_as_a_shadow_and_the_log_says_so(
+    gate_host, tmp_path, journal_file
+):
+    archive = make_bundle(tmp_path, "v3.3", metrics={"oof": {"span_iou": 0.7}})
+    placed = engine.place(
+        [gate_host], engine.resolve_bundle(str(archive)), FAST, phase="shadow", what="shadow"
+    )
+    assert placed.ok, placed.outcomes
+    (line,) = [e for e in read_events(journal_file, phase="shadow") if e["step"] == "gate"]
+    assert line["status"] == "ok" and line["detail"]["gate"] == "unjudged"
+    assert "placed for shadow, where it serves no answer" in line["detail"]["summary"]
