@@ -100,7 +100,8 @@ def reliability(panels: list[tuple[str, dict]], salt: str) -> str:
     """Reliability diagrams: per panel (title, {"ece", "bins": [{"p", "rate", "n"}]}) the mean
     predicted probability of each bin against the observed rate, with the diagonal."""
     plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4.0), squeeze=False)
+    width = max(6.0, 4.6 * len(panels))  # one panel alone is still drawn at a readable size
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 4.0), squeeze=False)
     for ax, (title, rel) in zip(axes[0], panels, strict=True):
         bins = rel.get("bins") or []
         top = max([b["p"] for b in bins] + [b["rate"] for b in bins] + [0.05])
