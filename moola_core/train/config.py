@@ -82,7 +82,7 @@ class ModelSection(_Section):
     dropout: float = Field(MODEL_DEFAULTS["dropout"], ge=0.0, lt=1.0)
     input_dropout: float = Field(MODEL_DEFAULTS["input_dropout"], ge=0.0, lt=1.0)
     span_head: Literal["pointer", "center_length", "crf"] = MODEL_DEFAULTS["span_head"]
-    position_encoding: bool = MODEL_DEFAULTS["position_encoding"]
+    position_encoding: bool = True  # the default recipe's; build_model's default is False
     position_dim: int = Field(MODEL_DEFAULTS["position_dim"], ge=2)
     huber_delta: float = Field(MODEL_DEFAULTS["huber_delta"], gt=0.0)
     class_weight: float = Field(MODEL_DEFAULTS["class_weight"], ge=0.0)

@@ -1,17 +1,17 @@
 """Phase 2, model selection: choose the variant to ship on out-of-fold evidence, gate it, say why.
 
 Runs are grouped into variants (a recipe: same name, same data) and a variant's figure pools
-its seeds. The choice reads only the out-of-fold (OOF) predictions: the variant with the best
-mean of the primary metric over its seeds. The run shipped is that variant's run with the
-smallest seed: no figure is looked at to pick it, so no lucky seed is chosen. The calibration
-split's figure of that run is reported beside the heuristic's and the linear baseline's, as
-the final model's own held-out check.
-
-Then the quality gate (moola_core.train.gate) is decided for every variant, with a Bonferroni
-correction for the number of variants compared, and written into each of its runs'
-metrics.json (so a bundle built from any run carries its variant's verdict); the chosen
-variant's verdict (and a person's override of a failing one) also goes into
-runs/selected.json.
+its seeds. First the quality gate (moola_core.train.gate) is decided for every variant, each at
+a Bonferroni share of the error rate for the number of variants compared, and written into each
+of its runs' metrics.json (so a bundle built from any run carries its variant's verdict). Then
+the choice reads only the out-of-fold (OOF) predictions: among the variants that passed, the
+one with the best mean of the primary metric over its seeds (when none passed, the best of all,
+whose failure the phase then reports). Choosing among passing variants keeps the gate's error
+rate: each variant's test already spends only its share of it. The run shipped is that
+variant's run with the smallest seed: no figure is looked at to pick it, so no lucky seed is
+chosen. The calibration split's figure of that run is reported beside the heuristic's and the
+linear baseline's, as the final model's own held-out check. The chosen variant's verdict (and a
+person's override of a failing one) also goes into runs/selected.json.
 """
 
 from __future__ import annotations
@@ -64,7 +64,10 @@ def select_run(
             "(runs trained before the out-of-fold protocol must be trained again)."
         )
     variants.sort(key=lambda r: (-sign * r["metrics"][primary_metric]["value"], r["variant"]))
-    best = variants[0]
+    gates = _gate_variants(runs_dir, variants, primary_metric, write)
+    passing = [v for v in variants if gates[v["variant"]]["passed"]]
+    ranked = passing + [v for v in variants if not gates[v["variant"]]["passed"]]
+    best = ranked[0]
     pick = min(
         range(len(best["seeds"])), key=lambda i: (best["seeds"][i] is None, best["seeds"][i] or 0)
     )
@@ -78,11 +81,15 @@ def select_run(
     n_seeds = len(best["seeds"])
     reason = (
         f"{best['variant']} has the best out-of-fold {primary_metric} over its {n_seeds} "
-        f"seed(s), {M.format_metric(mean_entry)} ({better} is better; "
+        f"seed(s) {'among the variants that passed the quality gate' if passing else 'of all variants (none passed the quality gate)'}, "
+        f"{M.format_metric(mean_entry)} ({better} is better; "
         f"{best['n']} windows, each predicted by a model that never saw it)"
     )
-    if len(variants) > 1:
-        runner = variants[1]
+    skipped = [v["variant"] for v in variants[: variants.index(best)]]
+    if skipped:
+        reason += f"; {', '.join(skipped)} scored higher but failed the gate"
+    if len(ranked) > 1:
+        runner = ranked[1]
         reason += (
             f"; runner-up {runner['variant']} {M.format_metric(runner['metrics'][primary_metric])}"
         )
@@ -103,7 +110,6 @@ def select_run(
                 reason += f", the {name} {M.format_metric(entry)}"
     reason += "."
 
-    gates = _gate_variants(runs_dir, variants, primary_metric, write)
     gate = gates[best["variant"]]
     if not gate["passed"] and override:
         gate["override"] = {

@@ -311,3 +311,82 @@ def test_preflight_model_step_fails_a_run_that_did_not_learn(weak_runs):
     metrics["oof"]["span_iou"]["value"] = majority + 0.1
     (run / "metrics.json").write_text(json.dumps(metrics))
     assert check_learned(run) == ""
+
+
+def _fake_run(runs_dir, run_id, variant, seed, pred, baselines, stream_fa, base_fa, truth, ids):
+    """A finished run as select_run reads it: metrics.json and predictions.json (OOF windows,
+    baselines, stream scores); no weights are needed to choose and gate."""
+    from moola_core import metrics as M
+
+    run = runs_dir / run_id
+    run.mkdir(parents=True)
+    listed = {k: np.asarray(v).tolist() for k, v in pred.items()}
+    oof = {**listed, "truth": truth, "window_id": ids}
+    predictions = {
+        "oof": oof,
+        "baselines": {
+            k: {"oof": {kk: np.asarray(vv).tolist() for kk, vv in v.items()}}
+            for k, v in baselines.items()
+        },
+        "stream": {
+            "model": _score(stream_fa).to_dict(),
+            "baselines": {k: _score(base_fa).to_dict() for k in baselines},
+        },
+    }
+    (run / "predictions.json").write_text(json.dumps(predictions))
+    metrics = {
+        "run_id": run_id,
+        "variant": variant,
+        "seed": seed,
+        "dataset_fingerprint": "sha256:same",
+        "oof": M.evaluate(pred, truth, n_boot=50),
+        "baselines": {},
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_select_ships_the_best_variant_that_passed_the_gate(tmp_path):
+    from moola_core.train import select_run
+
+    rng = np.random.default_rng(5)
+    start = rng.integers(40, 80, N)
+    truth = {
+        "label": [0] * N,
+        "start": start.tolist(),
+        "end": (start + 9).tolist(),
+        "group": (np.arange(N) // 2).tolist(),
+    }
+    ids = [f"w{i}" for i in range(N)]
+
+    def spans(spread, seed):
+        r = np.random.default_rng(seed)
+        s = start + r.integers(-spread, spread + 1, N)
+        return {"label": np.zeros(N, int), "start": s, "end": s + 9}
+
+    baselines = {"linear": spans(5, 100), "heuristic": spans(8, 101)}
+    runs_dir = tmp_path / "runs"
+    # "noisy": the best spans, but 5 false alarms per session where the baselines raise 2
+    for seed in (1, 2):
+        _fake_run(
+            runs_dir, f"noisy-s{seed}", "noisy", seed, spans(0, seed), baselines, 5, 2, truth, ids
+        )
+    # "quiet": slightly worse spans, as few false alarms as the baselines
+    for seed in (2, 1):
+        _fake_run(
+            runs_dir,
+            f"quiet-s{seed}",
+            "quiet",
+            seed,
+            spans(1, 10 + seed),
+            baselines,
+            2,
+            2,
+            truth,
+            ids,
+        )
+    record = select_run(runs_dir, n_boot=100)
+    assert record["variant"] == "quiet" and record["gate"]["passed"] is True
+    assert record["run_id"] == "quiet-s1"  # the smallest seed
+    assert "noisy scored higher but failed the gate" in record["reason"]
+    noisy = json.loads((runs_dir / "noisy-s1" / "metrics.json").read_text())["gate"]
+    assert noisy["passed"] is False and noisy["variants_compared"] == 2

@@ -43,7 +43,7 @@ def test_the_quick_run_writes_its_page_and_ends_with_one_json_object(tmp_path):
         assert 0.0 <= summary[key] <= 1.0
     assert 0.0 <= summary["calibration_ece_fresh"] <= 1.0
     assert 0.0 <= summary["abstain_recall_fresh"] <= 1.0
-    assert summary["live_variant"] in ("jade", "jade_posenc")
+    assert summary["live_variant"] in ("jade", "jade_nopos")
     assert summary["after_the_fact_variant"] == "jade_after"
     assert summary["provenance"]["versions"]["torch"] and summary["quick"] is True
     page = out.read_text()

@@ -170,7 +170,7 @@ def test_rich_progress_shows_the_run_and_its_metric(tmp_path, data, capsys):
 
 def test_every_shipped_config_validates():
     names = sorted(p.stem for p in CONFIGS.glob("jade*.yaml"))  # training configs
-    assert {"jade", "jade_posenc", "jade_crf", "jade_center"} <= set(names)
+    assert {"jade", "jade_nopos", "jade_after", "jade_crf", "jade_center"} <= set(names)
     for name in names:
         config = load_config(CONFIGS / f"{name}.yaml")
         assert config.name == name
