@@ -4,7 +4,7 @@
 
 The same generated capture file (the server's contract: a live and a shadow line per request,
 each with its 105-bar window and answer) is indexed by both parsers (`parse_lines` of
-moola_ops/captures.py at HEAD and at GITREF), alternating, so the machine's load falls on both
+moola_ops/serving/captures.py at HEAD and at GITREF), alternating, so the machine's load falls on both
 alike. Reported: rows per second per side (best and median of the rounds) and head/base. The
 last line of output is one JSON object.
 """
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 def load_at(ref: str, work: Path):
     source = subprocess.run(
-        ["git", "show", f"{ref}:moola_ops/captures.py"],
+        ["git", "show", f"{ref}:moola_ops/serving/captures.py"],
         cwd=ROOT,
         check=True,
         capture_output=True,
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    from moola_ops import captures as head
+    from moola_ops.serving import captures as head
     from tests.unit.capture_factory import record
 
     work = Path(tempfile.mkdtemp(prefix="moola-bench-captures-"))

@@ -72,7 +72,7 @@ def tiny_bundle(out: Path) -> Path:
     """A real bundle of a tiny random model (what the deep check loads on every host)."""
     import torch
 
-    from moola_core.bundle import build_bundle
+    from moola_core.bundle.build import build_bundle
     from moola_core.models import build_model
 
     torch.manual_seed(0)
@@ -95,9 +95,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "docs/benchmarks/cli.md"))
     args = parser.parse_args()
 
-    from moola_ops.engine import Options, deploy, resolve_bundle
-    from moola_ops.inventory import Inventory
-    from moola_ops.sandbox import start_sandbox
+    from moola_ops.deploy import Options, deploy, resolve_bundle
+    from moola_ops.hosts.inventory import Inventory
+    from moola_ops.hosts.standin import start_sandbox
 
     work = Path(tempfile.mkdtemp(prefix="moola-bench-cli-"))
     work.chmod(0o755)

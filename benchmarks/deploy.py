@@ -2,7 +2,7 @@
 
     python benchmarks/deploy.py [--rounds 3] [--check-runs 50] [--out docs/benchmarks/deploy.md]
 
-Measured in one run, on real OpenSSH servers (moola_ops.sandbox) sharing this machine:
+Measured in one run, on real OpenSSH servers (moola_ops.hosts.standin) sharing this machine:
 - deploy: `engine.deploy` of a new version of a real bundle (the default JadeModel with
   hidden=128, random weights): lock, facts, upload, remote verify, runtime check, snapshot,
   atomic switch, check through current, prune, unlock, every step in the deployment log;
@@ -35,8 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from moola_ops import engine  # noqa: E402
-from moola_ops.inventory import Inventory  # noqa: E402
+from moola_ops import deploy as engine  # noqa: E402
+from moola_ops.hosts.inventory import Inventory  # noqa: E402
 
 # the sandbox + remote python, and real bundles of a random model
 from tests.integration.conftest import make_bundle, start_hosts  # noqa: E402

@@ -136,7 +136,7 @@ def fresh_labeled(n: int, seed: int):
 
     frame = synthetic.make_labeled_set(n_windows=n, seed=seed).reset_index(drop=True)
     arrays = labeled.to_model_arrays(frame)
-    row_group = splits.overlap_groups(len(frame), splits.sharing_pairs(frame).keys())
+    row_group = splits.overlap_groups(len(frame), labeled.sharing_pairs(frame).keys())
     truth = {"label": arrays.label, "start": arrays.start, "end": arrays.end, "group": row_group}
     return frame, arrays, truth
 
@@ -396,7 +396,11 @@ def main() -> int:  # noqa: C901 - one benchmark, read top to bottom
 
     # 1. train ---------------------------------------------------------------------------------
     results, run_seconds = train_all(variants, seeds, runs_dir, overrides)
-    first = next(iter(results.values()))[0].metrics
+    first_run = next(iter(results.values()))[0]
+    first = first_run.metrics
+    from moola_core.train.config import load_config
+
+    gate_sessions = load_config(first_run.path / "config.yaml").stream.sessions
 
     # 2. choose on validation (out of fold), and invoke select's verdicts ----------------------
     from moola_core.train.selection import select_run
@@ -564,6 +568,12 @@ def main() -> int:  # noqa: C901 - one benchmark, read top to bottom
         f"{first['n_windows']['calibration_split']}; variants {', '.join(variants)} x seeds "
         f"{', '.join(map(str, seeds))}"
         + (" (**quick smoke run: tiny models**)" if args.quick else "")
+        + (
+            "; every run's config overridden with "
+            + ", ".join(f"`{k}={v}`" for k, v in overrides.items())
+            if overrides
+            else ""
+        )
         + ".",
         "",
         "## Validation: out of fold (what the choice and the gate read)",
@@ -588,7 +598,7 @@ def main() -> int:  # noqa: C901 - one benchmark, read top to bottom
         f"(ships {selection['run_id']}).",
         "",
         "The quality gate's verdict per variant (seeds pooled, Bonferroni over "
-        f"{len(variants)} variants, stream = the runs' 40-session gate stream):",
+        f"{len(variants)} variants, stream = the runs' {gate_sessions}-session gate stream):",
         "",
         *[f"- **{v}**: {g.get('summary', 'no verdict')}" for v, g in gates.items()],
         "",
@@ -718,7 +728,7 @@ def main() -> int:  # noqa: C901 - one benchmark, read top to bottom
         "",
         "## Training time",
         "",
-        "Wall seconds per run (5 fold models, the final model, calibration, the gate's stream; "
+        f"Wall seconds per run ({len(first['folds'])} fold models, the final model, calibration, the gate's stream; "
         "one torch thread on a shared 2-core machine, so these move with the load):",
         "",
         "| variant | seconds per run (each seed) | training seconds (fits only, each seed) |",
@@ -791,6 +801,10 @@ def main() -> int:  # noqa: C901 - one benchmark, read top to bottom
         "minutes": round(minutes, 1),
         "run_seconds": run_seconds,
         "quick": bool(args.quick),
+        "overrides": overrides,
+        "fresh_windows": fresh_windows,
+        "asof_windows": asof_windows,
+        "trials": trials,
         "provenance": prov,
     }
     print(json.dumps(summary))

@@ -62,7 +62,7 @@ def labeled_data(difficulty: str = "default", sizes=TRAIN_SIZES):
     }
     if len(index["train"]) < max(sizes):
         raise SystemExit(f"only {len(index['train'])} train windows; raise LABELED n_windows")
-    row_group = splits.overlap_groups(len(frame), splits.sharing_pairs(frame).keys())
+    row_group = splits.overlap_groups(len(frame), labeled.sharing_pairs(frame).keys())
     by_id = dict(zip((str(w) for w in frame["window_id"]), row_group, strict=True))
     groups = np.array([by_id[w] for w in arrays.window_id], dtype=np.int64)
     pool = np.random.default_rng(0).permutation(index["train"])

@@ -27,7 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from moola_core.bundle import build_bundle, safe_extract  # noqa: E402
+from moola_core.bundle import safe_extract
+from moola_core.bundle.build import build_bundle
 from moola_core.models import build_model  # noqa: E402
 from moola_core.runtime import devices  # noqa: E402
 from moola_core.runtime.backends import BACKEND_NAMES, BackendUnavailable, make_backend  # noqa: E402

@@ -365,8 +365,9 @@ def versions() -> dict:
 
 def run_standin(args) -> dict:
     os.environ["OMP_NUM_THREADS"] = "1"  # before torch loads: as the stand-in hosts run it
-    from moola_ops import engine, serving
-    from moola_ops.inventory import Inventory
+    from moola_ops import deploy as engine
+    from moola_ops.hosts.inventory import Inventory
+    from moola_ops.serving import control as serving
     from moola_ops.transport import HostSession
     from tests.integration.conftest import make_bundle, start_hosts
 

@@ -60,7 +60,7 @@ def synthetic_index(cache: Path, host: str, n_pairs: int, lines_per_file: int = 
     import numpy as np
 
     from moola_core.spec import LABELS
-    from moola_ops.captures import index_file
+    from moola_ops.serving.captures import index_file
 
     rng = np.random.default_rng(0)
     truth_label = rng.integers(0, 2, n_pairs)
@@ -124,8 +124,8 @@ def synthetic_index(cache: Path, host: str, n_pairs: int, lines_per_file: int = 
 
 
 def bench_ab(tmp: Path) -> dict:
-    from moola_ops import ab
-    from moola_ops.captures import load_table
+    from moola_ops.serving.captures import load_table
+    from moola_ops.shadow import ab
 
     made = synthetic_index(tmp / "cache", "bench", N_PAIRS)
     started = time.perf_counter()
@@ -250,9 +250,11 @@ def bench_shadow(tmp: Path) -> dict:
     """Live latency through the host's proxy at a steady load, shadow (sample 1.0) vs off."""
     import numpy as np
 
-    from moola_ops import engine, serving, shadow
-    from moola_ops.inventory import Inventory
-    from moola_ops.sandbox import stop_sandbox
+    from moola_ops import deploy as engine
+    from moola_ops.hosts.inventory import Inventory
+    from moola_ops.hosts.standin import stop_sandbox
+    from moola_ops.serving import control as serving
+    from moola_ops.shadow import control as shadow
     from moola_ops.transport import HostSession
     from tests.integration.conftest import make_bundle, start_hosts
     from tests.integration.helpers import window

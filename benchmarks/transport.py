@@ -33,8 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from moola_ops.inventory import Inventory  # noqa: E402
-from moola_ops.sandbox import start_sandbox  # noqa: E402
+from moola_ops.hosts.inventory import Inventory  # noqa: E402
+from moola_ops.hosts.standin import start_sandbox  # noqa: E402
 from moola_ops.transport import HostSession, TransportError  # noqa: E402
 from tests.integration.helpers import descendants  # noqa: E402
 

@@ -60,15 +60,18 @@ def run_fleet(
     on_late: Callable[[T, float], R] | None = None,
     on_error: Callable[[T, BaseException], R] | None = None,
     on_interrupt: Callable[[], None] | None = None,
-    grace_s: float = 120.0,
+    grace_s: float | Callable[[int], float] = 120.0,
 ) -> list[R]:
     """Run `work(item, cancel, deadline)` for every item; results in the items' order.
 
     `deadline` is a time.monotonic() value (None: none): the earlier of the run's deadline
     (`run_deadline_s` from the start, waiting for a turn included) and the host's own
     (`host_deadline_s` from when it starts). A wave starts only when the one before is ok;
-    otherwise its hosts get `on_skip(item, reason)`. Raises FleetInterrupted on Ctrl-C.
+    otherwise its hosts get `on_skip(item, reason)`. Raises FleetInterrupted on Ctrl-C, once
+    every host finished or was past its grace after it (`grace_s`: seconds, or per item index,
+    so a host inside its switch may be given longer than one that only cleans up).
     """
+    grace = grace_s if callable(grace_s) else (lambda _i: grace_s)
     started = time.monotonic()
     run_deadline = started + run_deadline_s if run_deadline_s else None
     cancel = threading.Event()
@@ -128,7 +131,9 @@ def run_fleet(
                 late = [
                     i for i in pending if _past(deadlines.get(i), run_deadline, now, i, deadlines)
                 ]
-                if interrupted_at is not None and now - interrupted_at > grace_s:
+                if interrupted_at is not None and all(
+                    now - interrupted_at > grace(i) for i in pending
+                ):
                     unfinished += pending
                     break
                 if late and len(late) == len(pending):

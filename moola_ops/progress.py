@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from moola_ops import journal
+from moola_ops.log import journal
 
 _FINAL = {"ok", "failed", "skipped", "aborted", "refused", "overridden"}
 _COLOUR = {
@@ -181,10 +181,11 @@ class ProgressView:
     def start(self) -> None:
         if not self.live:
             return
-        from rich.console import Console
         from rich.live import Live
 
-        console = Console(file=self.stream, force_terminal=True, highlight=False)
+        from moola_ops.terminal import safe_console
+
+        console = safe_console(self.stream, force_terminal=True, highlight=False)
         self._live = Live(
             get_renderable=self.renderable,
             console=console,

@@ -50,4 +50,6 @@ if [ "${#missing[@]}" -gt 0 ]; then
     exit 1
   fi
 fi
+# Label Studio in its own venv (.venv-labelstudio): the label loop and its tests talk to it
+bash scripts/labelstudio_venv.sh
 say "ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

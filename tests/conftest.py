@@ -1,4 +1,4 @@
-"""Shared fixtures: real OpenSSH stand-in hosts on 127.0.0.1 (moola_ops.sandbox).
+"""Shared fixtures: real OpenSSH stand-in hosts on 127.0.0.1 (moola_ops.hosts.standin).
 
 The hosts are the same ones `invoke sandbox up` starts: own host key, own workspace, one
 authorized client key, a generated known_hosts that the client checks strictly.
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from moola_ops.sandbox import Sandbox, start_sandbox
+from moola_ops.hosts.standin import Sandbox, start_sandbox
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def runpod_api(tmp_path, monkeypatch):
     """A local stand-in of RunPod's GraphQL API (tests/runpod_standin.py), with the process
     pointed at it: RUNPOD_API_KEY (a fresh random key), RUNPOD_API_BASE_URL and a private
     pod cache (MOOLA_RUNPOD_CACHE)."""
-    from moola_ops.runpod import cache as runpod_cache
+    from moola_ops.hosts.runpod import cache as runpod_cache
     from tests.runpod_standin import StandInRunPod
 
     key = "rpa_" + secrets.token_hex(20).upper()

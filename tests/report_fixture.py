@@ -22,9 +22,10 @@ def make_report_inputs(root: Path, *, hosts=("local-1", "local-2"), n_requests: 
     from moola_core.train import train_run
     from moola_core.train.config import load_config
     from moola_core.train.data import prepare_data
-    from moola_ops import ab, monitor
-    from moola_ops.captures import add_local_file, load_table
-    from moola_ops.journal import Journal
+    from moola_ops.log.journal import Journal
+    from moola_ops.serving.captures import add_local_file, load_table
+    from moola_ops.shadow import ab
+    from moola_ops.watch import monitor
     from tests.unit.capture_factory import ab_traffic, record, write_lines
 
     root = Path(root)

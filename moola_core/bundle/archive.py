@@ -8,7 +8,7 @@ anything is extracted into `releases/`):
     python3 archive.py verify DIR                            # re-check an extracted release
 
 Each prints one JSON line and exits 0 (ok), 1 (the bundle is bad) or 2 (could not run). The
-deploy engine's host-side program (moola_ops/commands/hostside.py) carries this file's source
+deploy engine's host-side program (moola_ops/deploy/commands/hostside.py) carries this file's source
 and runs these same functions there, so host and workstation share one implementation; it runs
 on Python 3.7 and newer (hence `from __future__ import annotations`, no parenthesised `with`).
 

@@ -32,6 +32,7 @@ REQUIRED_COLUMNS = ("window_id", "label", "expansion_start", "expansion_end", "f
 TIME_COLUMNS = ("start_ts", "end_ts")
 ALIASES = {"ptr_start": "expansion_start", "ptr_end": "expansion_end"}
 OHLC_SHAPE = (WINDOW_LEN, 4)
+SHARED_BARS_MIN = 3  # identical [o,h,l,c] rows that make two windows "share bars"
 PICKLE_HINT = (
     "pickled cells can run code when loaded, so Moola refuses them; if you trust the file, "
     "convert it once with `invoke data.convert-pickled --src FILE --dst NEW.parquet --trust` "
@@ -142,8 +143,6 @@ def validate_labeled(df: pd.DataFrame, strict_overlap: bool = False) -> list[Pro
 
 def _sharing_problems(df: pd.DataFrame, strict: bool) -> list[Problem]:
     """Windows that share bars: by time when start_ts/end_ts exist, else by identical bars."""
-    from moola_core.data.splits import sharing_pairs  # splits builds on this module
-
     severity = "error" if strict else "warning"
     column = "start_ts" if all(c in df.columns for c in TIME_COLUMNS) else "features"
     ids = df["window_id"].tolist()
@@ -346,3 +345,39 @@ def to_model_arrays(df: pd.DataFrame) -> ModelArrays:
         end=df["expansion_end"].to_numpy().astype(np.int64),
         window_id=[str(w) for w in df["window_id"]],
     )
+
+
+# --- windows that share bars (validation warns; splits keep them on one side) ---------------
+
+
+def sharing_pairs(df: pd.DataFrame) -> dict[tuple[int, int], str]:
+    """Row pairs (a < b) that share bars, with the reason (time overlap / identical bars)."""
+    pairs: dict[tuple[int, int], list[str]] = {}
+    if has_time(df):
+        for a, b in overlapping_pairs(df):
+            pairs.setdefault((min(a, b), max(a, b)), []).append("time overlap")
+    # content: map each bar row's bytes to the windows holding it
+    holders: dict[bytes, set[int]] = {}
+    for i, cell in enumerate(df["features"]):
+        arr = as_ohlc(cell)
+        if arr is None:
+            continue
+        for row in np.ascontiguousarray(arr, dtype=np.float64):
+            holders.setdefault(row.tobytes(), set()).add(i)
+    shared: dict[tuple[int, int], int] = {}
+    for rows in holders.values():
+        if len(rows) < 2:
+            continue
+        ordered = sorted(rows)
+        for x, a in enumerate(ordered):
+            for b in ordered[x + 1 :]:
+                shared[(a, b)] = shared.get((a, b), 0) + 1
+    for key, count in shared.items():
+        if count >= SHARED_BARS_MIN:
+            pairs.setdefault(key, []).append(f"{count} identical bars")
+    return {k: " and ".join(v) for k, v in sorted(pairs.items())}
+
+
+def has_time(df: pd.DataFrame) -> bool:
+    """True when the set has bar times (start_ts, end_ts)."""
+    return "start_ts" in df.columns and "end_ts" in df.columns

@@ -2,7 +2,7 @@
 
 Windows that share bars (an augmented copy and its source, two overlapping cuts) form one group,
 and a group never straddles a split. Groups are found two ways: by time (`start_ts`/`end_ts`
-intervals intersect) and by content (the windows hold at least SHARED_BARS_MIN identical
+intervals intersect) and by content (the windows hold at least labeled.SHARED_BARS_MIN identical
 [o,h,l,c] rows), so sets without time columns are still checked. The splits follow time: every
 train group ends before every val group starts, and val before test. After each boundary an
 embargo drops the groups that start within `embargo_minutes` of the previous split's last bar
@@ -20,12 +20,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from moola_core.data.labeled import as_ohlc, normalize_columns
+from moola_core.data.labeled import has_time, normalize_columns, sharing_pairs
 from moola_core.errors import MoolaError, ValidationError
 from moola_core.spec import LABELS
 
 SPLIT_NAMES = ("train", "val", "test")
-SHARED_BARS_MIN = 3  # identical [o,h,l,c] rows that make two windows "share bars"
 
 
 @dataclass(frozen=True)
@@ -92,40 +91,6 @@ class LeakageReport:
         )
 
 
-def sharing_pairs(df: pd.DataFrame) -> dict[tuple[int, int], str]:
-    """Row pairs (a < b) that share bars, with the reason (time overlap / identical bars)."""
-    pairs: dict[tuple[int, int], list[str]] = {}
-    if _has_time(df):
-        from moola_core.data.labeled import overlapping_pairs
-
-        for a, b in overlapping_pairs(df):
-            pairs.setdefault((min(a, b), max(a, b)), []).append("time overlap")
-    # content: map each bar row's bytes to the windows holding it
-    holders: dict[bytes, set[int]] = {}
-    for i, cell in enumerate(df["features"]):
-        arr = as_ohlc(cell)
-        if arr is None:
-            continue
-        for row in np.ascontiguousarray(arr, dtype=np.float64):
-            holders.setdefault(row.tobytes(), set()).add(i)
-    shared: dict[tuple[int, int], int] = {}
-    for rows in holders.values():
-        if len(rows) < 2:
-            continue
-        ordered = sorted(rows)
-        for x, a in enumerate(ordered):
-            for b in ordered[x + 1 :]:
-                shared[(a, b)] = shared.get((a, b), 0) + 1
-    for key, count in shared.items():
-        if count >= SHARED_BARS_MIN:
-            pairs.setdefault(key, []).append(f"{count} identical bars")
-    return {k: " and ".join(v) for k, v in sorted(pairs.items())}
-
-
-def _has_time(df: pd.DataFrame) -> bool:
-    return "start_ts" in df.columns and "end_ts" in df.columns
-
-
 def overlap_groups(n: int, pairs) -> np.ndarray:
     """Group id per row: rows linked by a (a, b) pair share an id, transitively (union-find)."""
     parent = list(range(n))
@@ -158,8 +123,8 @@ def split_labeled(
         raise MoolaError(f"split fractions {fractions} must be three numbers >= 0 summing to 1.")
     if n < 3:
         raise MoolaError(f"a labeled set of {n} window(s) cannot be split three ways; add windows.")
-    has_time = _has_time(df)
-    if has_time:
+    timed = has_time(df)
+    if timed:
         start = pd.to_datetime(df["start_ts"], utc=True).to_numpy()
         end = pd.to_datetime(df["end_ts"], utc=True).to_numpy()
     else:
@@ -180,7 +145,7 @@ def split_labeled(
     split_of_group[i:j] = 1
     split_of_group[j:] = 2
     purged_groups = set()
-    if has_time and embargo_minutes > 0:
+    if timed and embargo_minutes > 0:
         embargo = np.timedelta64(int(embargo_minutes * 60), "s")
         for k in (i, j):
             if 0 < k < len(gids):
@@ -202,7 +167,7 @@ def split_labeled(
     for r in sorted(row_split, key=lambda r: (start[r], r)):
         out[row_split[r]].append(str(ids[r]))
     boundaries = [
-        str(pd.Timestamp(g_start[k]).isoformat()) if has_time else str(int(g_start[k]))
+        str(pd.Timestamp(g_start[k]).isoformat()) if timed else str(int(g_start[k]))
         for k in (i, j)
         if k < len(gids)
     ]
@@ -266,7 +231,7 @@ def leakage_report(df: pd.DataFrame, split: Split, embargo_minutes: float = 0.0)
         if sa and sb and sa != sb:
             pairs.append(LeakagePair(ids[a], sa, ids[b], sb, reason))
     breaches = []
-    if embargo_minutes > 0 and _has_time(df):
+    if embargo_minutes > 0 and has_time(df):
         start = pd.to_datetime(df["start_ts"], utc=True)
         end = pd.to_datetime(df["end_ts"], utc=True)
         gap = pd.Timedelta(minutes=embargo_minutes)
@@ -295,7 +260,7 @@ def leakage_report(df: pd.DataFrame, split: Split, embargo_minutes: float = 0.0)
         }
         for name in SPLIT_NAMES
     }
-    return LeakageReport(pairs, breaches, label_counts, _has_time(df))
+    return LeakageReport(pairs, breaches, label_counts, has_time(df))
 
 
 def check_split(df: pd.DataFrame, split: Split, embargo_minutes: float = 0.0) -> LeakageReport:

@@ -1,6 +1,6 @@
 """Runs ON the host: start, probe, switch, drain and stop model servers and the front proxy.
 
-`moola_ops/commands/serve.py` sends this file as `python3 -S -c PROGRAM ACTION ...` (PROGRAM is
+`moola_ops/serving/commands.py` sends this file as `python3 -S -c PROGRAM ACTION ...` (PROGRAM is
 serve_proxy.py's source as the string PROXY_SOURCE, then this file), so a bare pod needs
 nothing installed and the engine never depends on code an older release left on disk. The
 pod's start command runs the same file from the current release:

@@ -297,7 +297,7 @@ def prepare_data(config: TrainConfig, frame=None) -> RunData:
             f"{len(frame)} labeled windows leave an empty development or calibration split; "
             "add windows or change split.calibration_share."
         )
-    groups = splits.overlap_groups(len(frame), splits.sharing_pairs(frame).keys())
+    groups = splits.overlap_groups(len(frame), labeled.sharing_pairs(frame).keys())
     folds = make_folds(
         frame,
         dev,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import atexit
 import functools
 import inspect
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -18,24 +17,7 @@ import invoke
 from invoke.exceptions import Exit
 
 from moola_core.errors import MoolaError
-
-
-def is_tty() -> bool:
-    """True when stdout is an interactive terminal (rich output, colours, progress bars)."""
-    return sys.stdout.isatty() and os.environ.get("TERM", "") != "dumb"
-
-
-def console():
-    """A rich Console that never emits colour codes when stdout is not a terminal."""
-    from rich.console import Console
-
-    tty = is_tty()
-    return Console(force_terminal=tty, no_color=not tty, highlight=False, soft_wrap=not tty)
-
-
-def print_json(payload: Any) -> None:
-    """Print one JSON document on stdout (machine-readable output for --json)."""
-    print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+from moola_ops import terminal as termsafe
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -224,7 +206,13 @@ def task(*args, **kwargs):
                         kw[n] = number(kw[n], "--" + n.replace("_", "-"), whole=kind is int)
             except MoolaError as exc:
                 raise Exit(f"error: {exc}", code=1) from None
-            return body(c, *a, **kw)
+            try:  # text from hosts never drives the terminal (moola_ops/terminal.py)
+                with termsafe.guarded_streams():
+                    return body(c, *a, **kw)
+            except Exit as stop:  # Invoke prints its message after the streams are restored
+                if stop.message:
+                    stop.message = termsafe.printable(stop.message)
+                raise
 
         # Invoke reads flags from the signature: number flags are text here (converted above)
         run.__signature__ = signature.replace(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from moola_ops.cli._common import print_json, task, user_errors
+from moola_ops.cli._common import task, user_errors
+from moola_ops.terminal import print_json
 
 
 @task(
@@ -37,7 +38,7 @@ def ab(
     primary="span_iou",
 ):
     """A/B on live traffic: agreement, span IoU, latency with CIs; promote, keep or wait."""
-    from moola_ops.ab import render_text, run_ab
+    from moola_ops.shadow.ab import render_text, run_ab
 
     result, pulled = run_ab(
         host,

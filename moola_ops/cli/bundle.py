@@ -9,14 +9,15 @@ from pathlib import Path
 from invoke import Collection
 
 from moola_core.errors import MoolaError
-from moola_ops.cli._common import console, print_json, task, user_errors
+from moola_ops.cli._common import task, user_errors
+from moola_ops.terminal import console, print_json
 
 PATH_HELP = "bundle version (v0.3: bundles/moola-v0.3.tar.gz), archive or extracted bundle folder"
 
 
 def _log(version: str, status: str, **detail) -> None:
     """One line in the deployment log for every build attempt (a forced rebuild included)."""
-    from moola_ops import journal
+    from moola_ops.log import journal
 
     journal.append(
         journal.Event(
@@ -59,7 +60,8 @@ def build(
     json=False,
 ):
     """Build bundles/moola-<version>.tar.gz from a training run, then verify it."""
-    from moola_core.bundle import BundleError, build_bundle, validate_version
+    from moola_core.bundle import BundleError, validate_version
+    from moola_core.bundle.build import build_bundle
 
     validate_version(version)  # before the name reaches the log, a path or a command
     selected = _selected_run()
@@ -122,7 +124,7 @@ def build(
 @user_errors
 def verify(c, path, allowed_signers=None, json=False):
     """Check every file against the manifest (and the signature); name the first that differs."""
-    from moola_core.bundle import verify_bundle
+    from moola_core.bundle.verify import verify_bundle
 
     info = verify_bundle(_locate(path), allowed_signers=allowed_signers)
     result = {
@@ -157,7 +159,7 @@ def verify(c, path, allowed_signers=None, json=False):
 @user_errors
 def show(c, path, json=False):
     """Show a bundle's manifest: version, provenance, model, metrics, files (after verifying)."""
-    from moola_core.bundle import verify_bundle
+    from moola_core.bundle.verify import verify_bundle
 
     info = verify_bundle(_locate(path))
     manifest = info.manifest

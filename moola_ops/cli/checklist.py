@@ -1,6 +1,6 @@
 """Checklist tasks: `checklist`, `preflight` (phase 1), `select` (2), `verify` (5), `accept` (6).
 
-Each task calls one function of moola_ops.checklist / moola_ops.phases, renders the result
+Each task calls one function of moola_ops.checklist.states / moola_ops.checklist.phases, renders the result
 (rich on a TTY, plain otherwise, `--json` always) and exits non-zero when something failed.
 """
 
@@ -8,113 +8,9 @@ from __future__ import annotations
 
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
-
-_MARK = {
-    "done": "✔",
-    "failed": "✘",
-    "pending": "·",
-    "skipped": "–",
-    "ok": "✔",
-    "not needed": "–",
-    "overridden": "!",  # shipped past a failed or missing check by a named person: never a ✔
-}
-_COLOUR = {
-    "overridden": "magenta",
-    "done": "green",
-    "ok": "green",
-    "failed": "red",
-    "pending": "yellow",
-    "skipped": "dim",
-    "refused": "red",
-    "aborted": "red",
-    "not needed": "dim",
-}
-
-
-def _short_time(iso: str) -> str:
-    return iso.replace("T", " ")[:19] if iso else ""
-
-
-def render_checklist(report, checklist) -> None:
-    """Print every phase and step with its state, who and when (rich on a TTY, else plain)."""
-    phases = report.phase_states()
-    head = f"deployment {report.deployment or '(none yet)'}"
-    if report.bundle:
-        head += f"  bundle {report.bundle}  hosts {', '.join(report.hosts)}"
-    if is_tty():
-        from rich.table import Table
-
-        table = Table(title=head, show_lines=False)
-        table.add_column("#", no_wrap=True)
-        table.add_column("step", ratio=3)
-        table.add_column("state", no_wrap=True)
-        table.add_column("by", no_wrap=True)
-        table.add_column("when", no_wrap=True)
-        table.add_column("detail", ratio=2)
-        for phase in checklist.phases:
-            state = phases[phase.number]
-            table.add_row(
-                str(phase.number),
-                f"[bold]{phase.name}[/]  [dim]{phase.task}[/]",
-                f"[{_COLOUR[state]}]{state}[/]",
-                "",
-                "",
-                "",
-            )
-            for s in (s for s in report.steps if s.phase == phase.number):
-                manual = " [dim](manual)[/]" if s.manual else ""
-                hosts = " ".join(f"{h}:{st}" for h, st in sorted(s.hosts.items()))
-                detail = " ".join(filter(None, [hosts, s.detail]))
-                detail = detail[:80] + ("..." if len(detail) > 80 else "")
-                table.add_row(
-                    "",
-                    f"{s.title}{manual}",
-                    f"[{_COLOUR[s.state]}]{s.state}[/]",
-                    s.by,
-                    _short_time(s.at)[5:16],
-                    detail,
-                    end_section=False,
-                )
-        console().print(table)
-        return
-    print(head)
-    for phase in checklist.phases:
-        print(f"{phase.number} {phase.name} [{phases[phase.number]}]  ({phase.task})")
-        for s in (s for s in report.steps if s.phase == phase.number):
-            who = f"  {s.by} {_short_time(s.at)}" if s.by else ""
-            hosts = (
-                "  " + " ".join(f"{h}:{st}" for h, st in sorted(s.hosts.items())) if s.hosts else ""
-            )
-            detail = f"  {s.detail[:110]}{'...' if len(s.detail) > 110 else ''}" if s.detail else ""
-            manual = " (manual)" if s.manual else ""
-            line = f"  {_MARK[s.state]} {s.state:<8} {s.step:<14}{manual}{who}{hosts}{detail}"
-            print(line.rstrip())
-
-
-def render_phase(report) -> None:
-    """Print a phase report: one row per step, then an overall verdict."""
-    if is_tty():
-        from rich.table import Table
-
-        table = Table(
-            title=f"{report.phase} ({report.deployment})" if report.deployment else report.phase
-        )
-        for col in ("step", "status", "seconds", "summary"):
-            table.add_column(col)
-        for s in report.steps:
-            colour = _COLOUR.get(s.status, "white")
-            table.add_row(s.step, f"[{colour}]{s.status}[/]", f"{s.duration_s:.1f}", s.summary)
-        console().print(table)
-    else:
-        for s in report.steps:
-            print(f"{s.status:<8} {s.step:<18} {s.duration_s:6.1f}s  {s.summary}")
-    overridden = [s.step for s in report.steps if s.status == "overridden"]
-    if report.ok and overridden:
-        verdict = f"OVERRIDDEN ({', '.join(overridden)}: a person's reason is in the log)"
-    else:
-        verdict = "passed" if report.ok else "FAILED"
-    print(f"{report.phase}: {verdict}")
+from moola_ops.checklist.view import MARKS, render_checklist, render_phase
+from moola_ops.cli._common import task, user_errors
+from moola_ops.terminal import console, is_tty, print_json
 
 
 def _finish(report, as_json: bool) -> None:
@@ -136,8 +32,9 @@ def _finish(report, as_json: bool) -> None:
 @user_errors
 def checklist(c, deployment="", file="", json=False):
     """Show the eight phases and every step's state from the deployment log."""
-    from moola_ops.checklist import DEFAULT_CHECKLIST, checklist_states, load_checklist
-    from moola_ops.journal import read_events
+    from moola_ops.checklist.spec import DEFAULT_CHECKLIST, load_checklist
+    from moola_ops.checklist.states import checklist_states
+    from moola_ops.log.journal import read_events
 
     spec = load_checklist(file or DEFAULT_CHECKLIST)
     report = checklist_states(spec, read_events(), deployment or None)
@@ -161,7 +58,7 @@ def checklist(c, deployment="", file="", json=False):
 @user_errors
 def preflight(c, config="", tests="", skip="", run="", runs_dir="runs", json=False):
     """Phase 1: lint, tests, data validation + leakage, model checks, dependency doctor."""
-    from moola_ops.phases import run_preflight
+    from moola_ops.checklist.phases import run_preflight
 
     # Invoke's configuration hierarchy: `preflight: {tests: ...}` in invoke.yaml or `invoke -f FILE`
     tests = tests or (c.config.get("preflight") or {}).get("tests", "")
@@ -169,7 +66,7 @@ def preflight(c, config="", tests="", skip="", run="", runs_dir="runs", json=Fal
     def live(step) -> None:  # progress as each check ends; the table follows
         if not json and is_tty():
             console().print(
-                f"{_MARK.get(step.status, '?')} {step.step}: {step.summary}", markup=False
+                f"{MARKS.get(step.status, '?')} {step.step}: {step.summary}", markup=False
             )
 
     report = run_preflight(
@@ -199,7 +96,7 @@ def select(c, metric="", runs_dir="runs", override=None, json=False):
     exit 1 unless it beats the heuristic and the linear baseline out of fold and is no worse
     on the gate's stream beyond the stated margins (or --override "reason", logged as an
     override)."""
-    from moola_ops.phases import run_select
+    from moola_ops.checklist.phases import run_select
 
     metric = metric or (c.config.get("select") or {}).get("metric", "")  # invoke.yaml select.metric
     report = run_select(runs_dir=runs_dir, metric=metric or None, override=override)
@@ -218,9 +115,9 @@ def select(c, metric="", runs_dir="runs", override=None, json=False):
 @user_errors
 def verify(c, host, timeout=300.0, inventory="", json=False, refresh=False):
     """Phase 5: runtime check through `current` on each host, latency against the SLA."""
-    from moola_ops.inventory import load_inventory
-    from moola_ops.phases import run_verify
-    from moola_ops.runpod import refresh_cache
+    from moola_ops.checklist.phases import run_verify
+    from moola_ops.hosts.inventory import load_inventory
+    from moola_ops.hosts.runpod import refresh_cache
 
     refresh_cache(refresh)
 
@@ -244,7 +141,7 @@ def verify(c, host, timeout=300.0, inventory="", json=False, refresh=False):
 @user_errors
 def accept(c, deployment, by, note="", json=False):
     """Phase 6: record a sign-off; refused unless phases 1-5 of the deployment passed."""
-    from moola_ops.phases import run_accept
+    from moola_ops.checklist.phases import run_accept
 
     report = run_accept(deployment, by, note)
     _finish(report, json)

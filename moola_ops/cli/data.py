@@ -7,7 +7,8 @@ from __future__ import annotations
 from invoke import Collection
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
+from moola_ops.cli._common import task, user_errors
+from moola_ops.terminal import console, is_tty, print_json
 
 
 @task(

@@ -1,6 +1,6 @@
 """Phases 4 and 7: `invoke deploy`, `rollback`, `drill`, `prune`, `backups`, `restore`.
 
-Thin tasks: parse flags, call one function of `moola_ops.engine`, render the outcome (a rich
+Thin tasks: parse flags, call one function of `moola_ops.deploy`, render the outcome (a rich
 table on a TTY, plain lines otherwise, `--json` for machines), exit non-zero when any host
 failed (130 after Ctrl-C). The engine is imported inside the bodies so `invoke --list` is fast.
 While the engine works, each host's current step shows (moola_ops.progress). `invoke lock` lives
@@ -12,8 +12,9 @@ from __future__ import annotations
 from invoke.exceptions import Exit
 
 from moola_core.errors import MoolaError
-from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
-from moola_ops.runpod import REFRESH_HELP
+from moola_ops.cli._common import task, user_errors
+from moola_ops.hosts.runpod import REFRESH_HELP
+from moola_ops.terminal import console, is_tty, print_json
 
 HOST_HELP = (
     "inventory host names, groups and/or globs over host names, comma separated "
@@ -43,8 +44,8 @@ PLAN_HELP = (
 
 
 def _hosts(host: str, inventory: str, refresh: bool = False):
-    from moola_ops.inventory import load_inventory
-    from moola_ops.runpod import refresh_cache
+    from moola_ops.hosts.inventory import load_inventory
+    from moola_ops.hosts.runpod import refresh_cache
 
     refresh_cache(refresh)  # runpod_pod_id hosts: the first look-up asks the API
     return load_inventory(inventory or None).resolve(host)
@@ -58,7 +59,7 @@ def _setting(c, flag: int, key: str, default: int, *, unset: int = 0) -> int:
 
 
 def _options(**kw):
-    from moola_ops.engine import Options
+    from moola_ops.deploy import Options
 
     return Options(**{k: v for k, v in kw.items() if v is not None})
 
@@ -67,7 +68,7 @@ def _run(c, as_json: bool, call, title: str = "", hosts=()):
     """Run an engine call showing each host's current step (moola_ops.progress; `call` gets
     the view, whose `upload` is the engine's byte-progress factory); after Ctrl-C (or SIGTERM)
     show what each host ended on, exit 130."""
-    from moola_ops.engine import Interrupted
+    from moola_ops.deploy import Interrupted
     from moola_ops.progress import show
 
     try:
@@ -87,7 +88,7 @@ def _planning(c, plan: bool) -> bool:
 
 def _render(result, as_json: bool) -> None:
     if result.outcomes and all(o.status == "planned" for o in result.outcomes) and not as_json:
-        from moola_ops.engine.plan import render_plan
+        from moola_ops.deploy.plan import render_plan
 
         print(render_plan(result))
         return
@@ -166,7 +167,7 @@ def deploy(
     override_gate=None,
 ):
     """Phase 4: ship a bundle to hosts: lock, upload, verify, check, switch, check, prune."""
-    from moola_ops import engine
+    from moola_ops import deploy as engine
 
     if override_gate is not None and not str(override_gate).strip():
         raise MoolaError(
@@ -234,7 +235,7 @@ def rollback(
     refresh=False,
 ):
     """Phase 7: switch hosts back to their previous release (from revisions.log), checked."""
-    from moola_ops import engine
+    from moola_ops import deploy as engine
 
     hosts = _hosts(host, inventory, refresh)
     opts = _options(
@@ -263,7 +264,7 @@ def drill(
     refresh=False,
 ):
     """Rehearse a rollback on live hosts: back to previous, check, forward again, check."""
-    from moola_ops import engine
+    from moola_ops import deploy as engine
 
     if c.config.run.dry:
         raise MoolaError("drill has no plan: it is a rehearsal; run it without --dry")
@@ -296,7 +297,7 @@ def prune(
 ):
     """Remove old releases and snapshots (never current, the rollback target or their newest
     snapshots); deploys do this after each success."""
-    from moola_ops import engine
+    from moola_ops import deploy as engine
 
     hosts = _hosts(host, inventory, refresh)
     opts = _options(
@@ -318,7 +319,7 @@ def prune(
 @user_errors
 def backups(c, host, inventory="", json=False, refresh=False):
     """List the snapshots on a host (taken before each switch), newest first."""
-    from moola_ops import engine
+    from moola_ops import deploy as engine
 
     rows = []
     for h in _hosts(host, inventory, refresh):
@@ -345,7 +346,7 @@ def backups(c, host, inventory="", json=False, refresh=False):
 @user_errors
 def restore(c, host, snapshot, inventory="", plan=False, json=False, refresh=False):
     """Restore releases/<version> on hosts from a snapshot (verified before it is put back)."""
-    from moola_ops import engine
+    from moola_ops import deploy as engine
 
     hosts = _hosts(host, inventory, refresh)
     opts = _options(plan=_planning(c, plan))

@@ -20,17 +20,9 @@ from pathlib import Path
 
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import (
-    apply_settings,
-    console,
-    is_tty,
-    number,
-    print_json,
-    setting,
-    task,
-    whole_number,
-)
-from moola_ops.runpod import REFRESH_HELP
+from moola_ops.cli._common import apply_settings, number, setting, task, whole_number
+from moola_ops.hosts.runpod import REFRESH_HELP
+from moola_ops.terminal import console, guarded_streams, is_tty, print_json
 
 FAST_TIMEOUT_S = 30.0
 DEEP_TIMEOUT_S = 300.0
@@ -45,7 +37,7 @@ THRESHOLD_HELP = (
 
 def _long_output(run) -> list[str]:
     """Nagios long output: one line per host and check after the status line."""
-    from moola_ops.health import STATE_NAMES
+    from moola_ops.watch.health import STATE_NAMES
 
     lines = []
     for h in run.hosts:
@@ -58,7 +50,8 @@ def _long_output(run) -> list[str]:
 def _render_tty(run) -> None:
     from rich.table import Table
 
-    from moola_ops.health import STATE_NAMES, status_line
+    from moola_ops.watch.health import STATE_NAMES
+    from moola_ops.watch.health_output import status_line
 
     colour = {"OK": "green", "WARNING": "yellow", "CRITICAL": "red", "UNKNOWN": "magenta"}
     out = console()
@@ -103,10 +96,11 @@ def check(
         # text from the task's flags: a bad value is UNKNOWN with a status line, like any other
         timeout = number(timeout or 0, "--timeout")
         parallel = whole_number(parallel or 0, "--parallel")
-        from moola_ops.health import HealthPolicy, run_healthcheck
+        from moola_ops.hosts.runpod import refresh_cache
         from moola_ops.nagios import parse_thresholds
         from moola_ops.progress import show
-        from moola_ops.runpod import refresh_cache
+        from moola_ops.watch.health import HealthPolicy
+        from moola_ops.watch.health_run import run_healthcheck
 
         refresh_cache(refresh)  # runpod_pod_id hosts: the first look-up asks the API
 
@@ -147,8 +141,9 @@ def check(
 
 
 def _report(run, *, as_json: bool, prom: str) -> int:
-    from moola_ops.health import prometheus_text, status_line, worst
-    from moola_ops.health import write_textfile as write_prom
+    from moola_ops.watch.health import worst
+    from moola_ops.watch.health_output import document, prometheus_text, status_line
+    from moola_ops.watch.health_output import write_textfile as write_prom
 
     code = run.state
     if prom:
@@ -159,7 +154,7 @@ def _report(run, *, as_json: bool, prom: str) -> int:
             code = worst([code, UNKNOWN])
     try:
         if as_json:
-            print_json(run.to_dict())
+            print_json(document(run))
         elif is_tty():
             _render_tty(run)
         else:
@@ -254,6 +249,7 @@ def _project_config(home: Path):
     return config
 
 
+@guarded_streams()  # a host's escape sequences never reach the terminal (moola_ops/terminal.py)
 def main(argv: list[str] | None = None) -> int:
     """`moola-healthcheck [-H HOSTS] [-w W] [-c C] [-t S] [--deep] ...`; returns the exit code."""
     parser = _PluginParser(

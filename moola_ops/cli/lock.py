@@ -4,14 +4,15 @@ lock; release your own, break a stale one (both logged). Shares the deploy tasks
 from __future__ import annotations
 
 from moola_core.errors import MoolaError
-from moola_ops.cli._common import print_json, task, user_errors
+from moola_ops.cli._common import task, user_errors
 from moola_ops.cli.deploy import HOST_HELP, INVENTORY_HELP, _hosts
-from moola_ops.runpod import REFRESH_HELP
+from moola_ops.hosts.runpod import REFRESH_HELP
+from moola_ops.terminal import print_json
 
 
 def lock_line(state: dict) -> str:
     """The words for one host's row of `invoke lock`: from its --json entry."""
-    from moola_ops.commands.lock import describe_holder
+    from moola_ops.deploy.commands.lock import describe_holder
 
     # An empty holder ({}: a lock directory without holder.json, left by a run that died
     # between mkdir and writing it) is still a lock: test for None, never for truth.
@@ -47,7 +48,7 @@ def lock_(
     c, host, release=False, deployment="", break_=False, inventory="", json=False, refresh=False
 ):
     """Show who holds each host's deploy lock; --release your own, --break a stale one."""
-    from moola_ops import engine
+    from moola_ops import deploy as engine
 
     if (break_ or release) and c.config.run.dry:
         what = "--break" if break_ else "--release"

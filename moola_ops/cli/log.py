@@ -1,12 +1,13 @@
 """`invoke log`: the deployment log as a table, with filters; health-check runs collapsed.
 
-Reads every file of the log (rotated ones included, oldest first) through moola_ops.journal;
+Reads every file of the log (rotated ones included, oldest first) through moola_ops.log.journal;
 the rows are built by the pure functions of moola_ops.render.
 """
 
 from __future__ import annotations
 
-from moola_ops.cli._common import print_json, task, user_errors
+from moola_ops.cli._common import task, user_errors
+from moola_ops.terminal import print_json
 
 
 @task(
@@ -37,7 +38,7 @@ def log(
     json=False,
 ):
     """Show the deployment log (logs/deployments.jsonl or env MOOLA_LOG), newest last."""
-    from moola_ops.journal import read_events
+    from moola_ops.log.journal import read_events
     from moola_ops.render import LogFilter, format_table, log_rows, parse_since, split_list
 
     count = int(last)

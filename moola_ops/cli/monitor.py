@@ -10,7 +10,8 @@ import sys
 
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import print_json, task
+from moola_ops.cli._common import task
+from moola_ops.terminal import print_json
 
 
 @task(
@@ -44,8 +45,9 @@ def monitor(
 ):
     """Request rate, errors, latency, label mix and input drift (PSI) of the live release."""
     from moola_core.errors import MoolaError
-    from moola_ops.health import UNKNOWN, worst, write_textfile
-    from moola_ops.monitor import prometheus_text, render_text, run_monitor, status_line
+    from moola_ops.watch.health import UNKNOWN, worst
+    from moola_ops.watch.health_output import write_textfile
+    from moola_ops.watch.monitor import prometheus_text, render_text, run_monitor, status_line
 
     try:
         result = run_monitor(

@@ -1,6 +1,6 @@
 """`invoke pods`: the RunPod account's pods, and stop / resume / terminate / known-host.
 
-Thin tasks over moola_ops/runpod/ (a standard-library client of RunPod's GraphQL API). The
+Thin tasks over moola_ops/hosts/runpod/ (a standard-library client of RunPod's GraphQL API). The
 API key comes from RUNPOD_API_KEY or the file named by `runpod_api_key_file:` in the
 inventory's defaults and is never printed. Changing a pod asks for confirmation: `--yes ID`
 naming the pod, or typing its id on a terminal; terminate takes `--yes ID` only.
@@ -13,7 +13,8 @@ import sys
 from invoke import Collection
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
+from moola_ops.cli._common import task, user_errors
+from moola_ops.terminal import console, is_tty, print_json
 
 INVENTORY_HELP = "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)"
 POD_HELP = "the pod's id (as `invoke pods` shows it)"
@@ -25,7 +26,7 @@ def _inventory(path: str):
     import os
     from pathlib import Path
 
-    from moola_ops.inventory import DEFAULT_PATH, load_inventory
+    from moola_ops.hosts.inventory import DEFAULT_PATH, load_inventory
 
     if not path and not os.environ.get("MOOLA_INVENTORY") and not Path(DEFAULT_PATH).exists():
         return None
@@ -33,7 +34,7 @@ def _inventory(path: str):
 
 
 def _client(inventory):
-    from moola_ops import runpod
+    from moola_ops.hosts import runpod
 
     return runpod.Client(runpod.api_key(inventory.runpod_api_key_file if inventory else None))
 
@@ -70,7 +71,7 @@ def _cost(pod) -> str:
 @user_errors
 def list_(c, json=False, inventory=""):
     """The account's pods: status, GPU, cost, uptime, SSH endpoint, the inventory hosts naming them."""
-    from moola_ops import runpod
+    from moola_ops.hosts import runpod
 
     inv = _inventory(inventory)
     client = _client(inv)
@@ -119,7 +120,7 @@ def list_(c, json=False, inventory=""):
 
 def _one(client, pod_id: str):
     from moola_core.errors import MoolaError
-    from moola_ops import runpod
+    from moola_ops.hosts import runpod
 
     pod = client.get_pod(runpod.check_pod_id(pod_id))
     if pod is None:
@@ -148,7 +149,7 @@ def _confirm(action: str, pod, yes: str, consequence: str) -> None:
 
 
 def _journal(step: str, pod, hosts: list[str], **detail) -> None:
-    from moola_ops.journal import Journal
+    from moola_ops.log.journal import Journal
 
     Journal("pods").record(
         hosts[0] if hosts else "", step, "ok", pod=pod.id, name=pod.name, hosts=hosts, **detail
@@ -159,7 +160,7 @@ def _journal(step: str, pod, hosts: list[str], **detail) -> None:
 @user_errors
 def stop(c, pod, yes="", inventory=""):
     """Stop a pod: its GPU is released and billing for it stops; /workspace (the volume) stays."""
-    from moola_ops import runpod
+    from moola_ops.hosts import runpod
 
     inv = _inventory(inventory)
     client = _client(inv)
@@ -192,7 +193,7 @@ def stop(c, pod, yes="", inventory=""):
 @user_errors
 def resume(c, pod, yes="", gpu_count=0, inventory=""):
     """Start a stopped pod again; its address and SSH port may change (Moola looks them up)."""
-    from moola_ops import runpod
+    from moola_ops.hosts import runpod
 
     inv = _inventory(inventory)
     client = _client(inv)
@@ -225,7 +226,7 @@ def resume(c, pod, yes="", gpu_count=0, inventory=""):
 def terminate(c, pod, yes="", inventory=""):
     """Delete a pod and its volume for good; needs --yes naming the same pod."""
     from moola_core.errors import MoolaError
-    from moola_ops import runpod
+    from moola_ops.hosts import runpod
 
     runpod.check_pod_id(pod)
     if yes != pod:
@@ -257,7 +258,7 @@ def terminate(c, pod, yes="", inventory=""):
 @user_errors
 def known_host(c, pod, inventory="", json=False, pin=False):
     """Scan the pod's SSH host key; say whether it matches the pinned one (a re-created pod)."""
-    from moola_ops import hostkeys, runpod
+    from moola_ops.hosts import hostkeys, runpod
 
     inv = _inventory(inventory)
     target = runpod.find_pod(pod, key_file=inv.runpod_api_key_file if inv else None, refresh=True)

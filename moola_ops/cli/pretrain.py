@@ -11,7 +11,8 @@ import time
 
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
+from moola_ops.cli._common import task, user_errors
+from moola_ops.terminal import console, is_tty, print_json
 
 
 def _default_out() -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import print_json, task, user_errors
+from moola_ops.cli._common import task, user_errors
+from moola_ops.terminal import print_json
 
 
 @task(
@@ -38,6 +39,7 @@ def report(
         "figures": result.figures,
         "seconds": round(result.seconds, 2),
         "missing": {s.id: s.missing for s in result.sections if s.missing},
+        "not_drawn": result.problems,
     }
     bad = []
     if check:

@@ -1,12 +1,13 @@
 """`invoke sandbox up|down|status`: local stand-in hosts, so every task works without RunPod.
 
 Each stand-in host is a real OpenSSH server on 127.0.0.1 with its own host key, workspace and
-known_hosts entry (moola_ops.sandbox); the shipped inventory names them local-1, local-2, ...
+known_hosts entry (moola_ops.hosts.standin); the shipped inventory names them local-1, local-2, ...
 """
 
 from __future__ import annotations
 
-from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
+from moola_ops.cli._common import task, user_errors
+from moola_ops.terminal import console, is_tty, print_json
 
 ACTIONS = ("up", "down", "status")
 
@@ -18,7 +19,7 @@ def host_names(count: int) -> list[str]:
 
 def sandbox_rows(root: str = ".sandbox") -> list[dict]:
     """One dict per recorded stand-in host: name, address, alive, pid, workspace."""
-    from moola_ops.sandbox import load_state
+    from moola_ops.hosts.standin import load_state
 
     state = load_state(root)
     if state is None:
@@ -70,7 +71,7 @@ def _show(rows: list[dict], as_json: bool) -> None:
 def sandbox(c, action, hosts=2, root=".sandbox", json=False):
     """Start, stop or show the local stand-in hosts (real sshd on 127.0.0.1)."""
     from moola_core.errors import MoolaError
-    from moola_ops.sandbox import start_sandbox, stop_sandbox
+    from moola_ops.hosts.standin import start_sandbox, stop_sandbox
 
     if action not in ACTIONS:
         raise MoolaError(f"unknown sandbox action {action!r}: use one of {', '.join(ACTIONS)}")

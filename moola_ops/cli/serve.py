@@ -14,7 +14,8 @@ import invoke
 from invoke.exceptions import Exit
 from invoke.parser import Argument
 
-from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
+from moola_ops.cli._common import task, user_errors
+from moola_ops.terminal import console, is_tty, print_json
 
 
 class _EnsureFlag(Argument):
@@ -65,8 +66,8 @@ def serve(
 ):
     """Run the model server on hosts: start, stop, status, restart, or --ensure (cron)."""
     from moola_core.errors import MoolaError
-    from moola_ops import serving
-    from moola_ops.inventory import load_inventory
+    from moola_ops.hosts.inventory import load_inventory
+    from moola_ops.serving import control as serving
 
     if ensure and action not in (None, "ensure"):
         raise MoolaError("give an action or --ensure, not both")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import print_json, task, user_errors
+from moola_ops.cli._common import task, user_errors
+from moola_ops.terminal import print_json
 
 _COMMON = {
     "host": "the inventory host (one)",
@@ -19,7 +20,7 @@ _COMMON = {
 
 
 def _host(name: str, inventory: str):
-    from moola_ops.captures import resolve_host
+    from moola_ops.serving.captures import resolve_host
 
     return resolve_host(name, inventory_path=inventory or None)
 
@@ -56,7 +57,7 @@ def shadow(
 ):
     """A candidate beside the live release, fed a copy of live traffic: start, stop, status."""
     from moola_core.errors import MoolaError
-    from moola_ops import shadow as ops
+    from moola_ops.shadow import control as ops
 
     target = _host(host, inventory)
     if action == "start":
@@ -89,7 +90,7 @@ def shadow(
 @user_errors
 def promote(c, host, candidate="", bundles_dir="bundles", inventory="", json=False):
     """Deploy the shadow's release through the normal zero-downtime path, then stop the shadow."""
-    from moola_ops import shadow as ops
+    from moola_ops.shadow import control as ops
 
     result = ops.promote(
         _host(host, inventory), bundles_dir=bundles_dir, candidate=candidate or None

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import console, is_tty, print_json, task, user_errors
+from moola_ops.cli._common import task, user_errors
+from moola_ops.terminal import console, is_tty, print_json
 
 HEADLINE = (
     "span_iou",
@@ -229,8 +230,8 @@ def compare(c, runs_dir="runs", split="oof", markdown=False, json=False):
 
 
 def doctor_checks(root: str = ".") -> list[dict]:
-    """Every environment check (moola_ops.doctor, where the logic lives)."""
-    from moola_ops.doctor import doctor_checks as checks
+    """Every environment check (moola_ops.checklist.doctor, where the logic lives)."""
+    from moola_ops.checklist.doctor import doctor_checks as checks
 
     return checks(root)
 

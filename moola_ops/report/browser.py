@@ -122,16 +122,11 @@ class _Pipe:
             self.events.append(e)
 
 
-def check_page(
-    path: str | os.PathLike,
-    screenshot: str | os.PathLike | None = None,
-    *,
-    width: int = 1280,
-    timeout: float = 60.0,
-) -> PageCheck:
-    """Load `path` in headless Chromium; return console errors, network use, figure sizes."""
+@contextlib.contextmanager
+def open_page(url: str, *, width: int = 1280, height: int = 900, timeout: float = 60.0):
+    """Headless Chromium showing `url` (waited until loaded) -> (pipe, session) for
+    `pipe.send(method, params, session=session)`; the browser is closed on exit."""
     browser = find_browser()
-    url = Path(path).absolute().as_uri()
     to_browser_r, to_browser_w = os.pipe()
     from_browser_r, from_browser_w = os.pipe()
     profile = tempfile.mkdtemp(prefix="moola-chromium-")
@@ -146,7 +141,7 @@ def check_page(
         "--disable-dev-shm-usage",
         "--disable-extensions",
         "--mute-audio",
-        f"--window-size={width},900",
+        f"--window-size={width},{height}",
         "about:blank",
     ]
     if os.geteuid() == 0:
@@ -169,7 +164,6 @@ def check_page(
     os.close(to_browser_r)
     os.close(from_browser_w)
     pipe = _Pipe(proc, to_browser_w, from_browser_r)
-    check = PageCheck()
     try:
         targets = pipe.send("Target.getTargets", timeout=timeout)["targetInfos"]
         page = next((t for t in targets if t["type"] == "page"), None)
@@ -184,11 +178,36 @@ def check_page(
             pipe.send(f"{domain}.enable", session=session)
         pipe.send(
             "Emulation.setDeviceMetricsOverride",
-            {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
             session=session,
         )
         pipe.send("Page.navigate", {"url": url}, session=session)
         pipe.wait_event("Page.loadEventFired", timeout)
+        yield pipe, session
+        with contextlib.suppress(MoolaError):
+            pipe.send("Browser.close", timeout=5)
+    finally:
+        os.close(to_browser_w)
+        os.close(from_browser_r)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def check_page(
+    path: str | os.PathLike,
+    screenshot: str | os.PathLike | None = None,
+    *,
+    width: int = 1280,
+    timeout: float = 60.0,
+) -> PageCheck:
+    """Load `path` in headless Chromium; return console errors, network use, figure sizes."""
+    url = Path(path).absolute().as_uri()
+    check = PageCheck()
+    with open_page(url, width=width, timeout=timeout) as (pipe, session):
         value = pipe.send(
             "Runtime.evaluate", {"expression": _MEASURE, "returnByValue": True}, session=session
         )["result"]["value"]
@@ -232,15 +251,4 @@ def check_page(
                 request_url = params.get("request", {}).get("url", "")
                 if not request_url.startswith(("file:", "data:", "about:")):
                     check.network.append(request_url)
-        with contextlib.suppress(MoolaError):
-            pipe.send("Browser.close", timeout=5)
-    finally:
-        os.close(to_browser_w)
-        os.close(from_browser_r)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(profile, ignore_errors=True)
     return check

@@ -2,7 +2,9 @@
 and write one self-contained HTML page: inline SVG figures, inline CSS, no script, no network.
 
 Every section is optional: a section whose inputs do not exist yet says so in one line instead
-of failing the report, so `invoke report` is useful from the first training run onwards.
+of failing the report, so `invoke report` is useful from the first training run onwards. The
+report never fails on its data either: a figure or section that odd data (a NaN, a CI equal to
+its value, a torn ab.json) cannot draw says why on the page, and the rest is written.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from moola_core.errors import MoolaError
+from moola_ops.report.labeling import labeling_section
 from moola_ops.report.models import _candidates, _reliability, _spans
 from moola_ops.report.page import (
     Section,
@@ -22,7 +25,10 @@ from moola_ops.report.page import (
     _figure,
     _iso,
     _parse_time,
+    _reason,
     _table,
+    draw_figure,
+    drawing,
     render_page,
 )
 
@@ -40,9 +46,15 @@ class ReportResult:
     def figures(self) -> list[str]:
         return [f for s in self.sections for f in s.figures]
 
+    @property
+    def problems(self) -> list[str]:
+        return [p for s in self.sections for p in s.problems]
+
     def summary(self) -> str:
         empty = [s.title for s in self.sections if s.missing]
         note = f"; without data yet: {', '.join(empty)}" if empty else ""
+        if self.problems:
+            note += f"; not drawn: {'; '.join(self.problems)}"
         return f"{self.path} ({len(self.figures)} figures, {self.seconds:.1f} s){note}"
 
 
@@ -81,10 +93,11 @@ def _hosts_section(events: list[dict], hosts: list[str], cache: Path) -> Section
                 }
             )
     if any(timeline.values()):
-        _figure(
+        draw_figure(
             section,
+            "the timeline",
             "timeline",
-            figures.timeline(timeline, "timeline"),
+            lambda: figures.timeline(timeline, "timeline"),
             "Every deploy, rollback and A/B decision in the deployment log, per host; the "
             "label is the bundle version the run moved to.",
         )
@@ -115,28 +128,31 @@ def _hosts_section(events: list[dict], hosts: list[str], cache: Path) -> Section
                 }
             )
     if health:
-        _figure(
+        draw_figure(
             section,
+            "the health history",
             "health",
-            figures.health_history(health, "health"),
+            lambda: figures.health_history(health, "health"),
             "Health checks from the log: p99 latency measured by deep checks, and the "
             "Nagios state of every check.",
         )
     else:
         section.body.append("<p class='note'>no health checks in the log yet</p>")
     latencies = {}
-    from moola_ops.captures import load_table
+    from moola_ops.serving.captures import load_table
 
     for host in hosts:
-        table = load_table(cache, host)
-        if len(table):
-            ok = (table["role"] == 0) & (table["status"] == 200)
-            latencies[host] = table["latency_ms"][ok]
+        with drawing(section, f"{host}'s captured latencies"):
+            table = load_table(cache, host)
+            if len(table):
+                ok = (table["role"] == 0) & (table["status"] == 200)
+                latencies[host] = table["latency_ms"][ok]
     if latencies:
-        _figure(
+        draw_figure(
             section,
+            "the latency histogram",
             "latency",
-            figures.latency_histogram(latencies, "latency"),
+            lambda: figures.latency_histogram(latencies, "latency"),
             "Server-side latency of every captured live request (pulled by `invoke ab` or "
             "`invoke monitor`); dotted lines mark each host's p99.",
         )
@@ -162,31 +178,41 @@ def ab_hosts(hosts: list[str], events: list[dict], bundle: str | None) -> list[s
 
 
 def _cached(hosts: list[str], cache: Path, name: str):
-    """(host, result) for each host whose capture cache holds `name` (what `invoke ab` and
+    """(host, path) for each host whose capture cache holds `name` (what `invoke ab` and
     `invoke monitor` leave there), in the hosts' order."""
     for host in hosts:
         path = cache / host / name
         if path.is_file():
-            yield host, json.loads(path.read_text())
+            yield host, path
+
+
+def _read_result(path: Path) -> dict:
+    result = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(result, dict):
+        raise ValueError(f"{path} holds {type(result).__name__}, not an object")
+    return result
 
 
 def _ab_section(hosts: list[str], cache: Path) -> Section:
     from moola_ops.report import figures
 
     section = Section("ab", "A/B: shadow against live")
-    for host, result in _cached(hosts, cache, "ab.json"):
-        when = f", until {_iso(result['until'])}" if result.get("until") else ""
-        _figure(
-            section,
-            f"ab-{host}",
-            figures.ab_figure(result, f"ab-{host}"),
-            f"{host}: the shadow {result['shadow_release']} and the live release "
-            f"{result['live_release']} on the same requests{when}.",
-        )
-        section.body.append(
-            f"<p class='decision {result['decision']}'>{_esc(host)}: {_esc(result['sentence'])}</p>"
-        )
-    if not section.figures:
+    for host, path in _cached(hosts, cache, "ab.json"):
+        with drawing(section, f"{host}'s A/B ({path})"):
+            result = _read_result(path)
+            when = f", until {_iso(result['until'])}" if result.get("until") else ""
+            _figure(
+                section,
+                f"ab-{host}",
+                figures.ab_figure(result, f"ab-{host}"),
+                f"{host}: the shadow {result['shadow_release']} and the live release "
+                f"{result['live_release']} on the same requests{when}.",
+            )
+            section.body.append(
+                f"<p class='decision {_esc(result['decision'])}'>{_esc(host)}: "
+                f"{_esc(result['sentence'])}</p>"
+            )
+    if not section.figures and not section.problems:
         section.missing = "no A/B result yet (`invoke shadow start`, then `invoke ab`)"
     return section
 
@@ -195,30 +221,43 @@ def _drift_section(hosts: list[str], cache: Path) -> Section:
     from moola_ops.report import figures
 
     section = Section("drift", "Monitoring and input drift")
-    for host, result in _cached(hosts, cache, "monitor.json"):
-        if not result.get("n_requests"):  # nothing to draw: the status line says why
-            section.body.append(
-                f"<p class='status {result['state']}'>{_esc(result['status_line'].split(' | ')[0])}</p>"
+    for host, path in _cached(hosts, cache, "monitor.json"):
+        with drawing(section, f"{host}'s monitor result ({path})"):
+            result = _read_result(path)
+            status = (
+                f"<p class='status {_esc(result['state'])}'>"
+                f"{_esc(str(result['status_line']).split(' | ')[0])}</p>"
             )
-            continue
-        _figure(
-            section,
-            f"drift-{host}",
-            figures.drift_figure(result, f"drift-{host}"),
-            f"{host}, {_iso(result['since'])} to {_iso(result['until'])}: PSI of each "
-            "input feature against the training data (dashed: 0.1 warning, 0.25 "
-            "critical), and live traffic over time.",
-        )
-        section.body.append(
-            f"<p class='status {result['state']}'>{_esc(result['status_line'].split(' | ')[0])}</p>"
-        )
-    if not section.figures:
+            if not result.get("n_requests"):  # nothing to draw: the status line says why
+                section.body.append(status)
+                continue
+            _figure(
+                section,
+                f"drift-{host}",
+                figures.drift_figure(result, f"drift-{host}"),
+                f"{host}, {_iso(result['since'])} to {_iso(result['until'])}: PSI of each "
+                "input feature against the training data (dashed: 0.1 warning, 0.25 "
+                "critical), and live traffic over time.",
+            )
+            section.body.append(status)
+    if not section.figures and not section.problems:
         section.missing = "no monitor result yet (`invoke monitor --host H`)"
     return section
 
 
+def _guarded(section_id: str, title: str, build) -> Section:
+    """`build()`, or, when its data breaks it, the section saying why (the page goes on)."""
+    try:
+        return build()
+    except Exception as exc:  # noqa: BLE001 - any data fault; the page names it
+        section = Section(section_id, title)
+        section.problems.append(f"this section could not be drawn ({_reason(exc)})")
+        return section
+
+
 def _checklist_section(events: list[dict], deployment: str | None) -> tuple[Section, Any]:
-    from moola_ops.checklist import checklist_states, load_checklist
+    from moola_ops.checklist.spec import load_checklist
+    from moola_ops.checklist.states import checklist_states
 
     section = Section("checklist", "The checklist")
     try:
@@ -260,10 +299,11 @@ def build_report(
     cache: str | os.PathLike | None = None,
     hosts: list[str] | None = None,
     real: bool = True,
+    labeling: str | os.PathLike | None = None,
 ) -> ReportResult:
     """Write the report page and return where it is and what it holds."""
-    from moola_ops.captures import DEFAULT_CACHE
-    from moola_ops.journal import log_path, read_events
+    from moola_ops.log.journal import log_path, read_events
+    from moola_ops.serving.captures import DEFAULT_CACHE
 
     started = time.monotonic()
     runs_dir = Path(runs_dir)
@@ -282,12 +322,17 @@ def build_report(
             hosts = sorted(seen)
     bundle = state.bundle if state is not None else None
     sections = [
-        _candidates(runs_dir),
-        _reliability(runs_dir),
-        _spans(runs_dir, real),
-        _hosts_section(events, hosts, cache),
-        _ab_section(ab_hosts(hosts, events, bundle), cache),
-        _drift_section(hosts, cache),
+        _guarded("candidates", "Candidates", lambda: _candidates(runs_dir)),
+        _guarded(
+            "reliability",
+            "Reliability: is the stated probability right?",
+            lambda: _reliability(runs_dir),
+        ),
+        _guarded("spans", "Predicted vs true spans", lambda: _spans(runs_dir, real)),
+        _guarded("hosts", "Hosts", lambda: _hosts_section(events, hosts, cache)),
+        _guarded("ab", "A/B", lambda: _ab_section(ab_hosts(hosts, events, bundle), cache)),
+        _guarded("drift", "Monitoring", lambda: _drift_section(hosts, cache)),
+        _guarded("labeling", "Labeling", lambda: labeling_section(labeling)),
         checklist,
     ]
     what = (

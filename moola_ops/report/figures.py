@@ -53,6 +53,25 @@ def to_svg(fig, salt: str, tight: bool = True) -> str:
     return text[text.index("<svg") :]
 
 
+def _finite(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def _point(ax, y: float, e: dict, **style) -> bool:
+    """One estimate at row `y`: its value with its CI as whiskers. Bounds that sit on the
+    wrong side of the value by float noise (a CI [0.2, 0.2] around 0.20000000000000004) or a
+    missing bound draw no whisker on that side; an estimate without a finite value draws
+    nothing and returns False (the caller labels the row n/a)."""
+    value = e.get("value") if isinstance(e, dict) else None
+    if not _finite(value):
+        return False
+    low, high = e.get("ci_low"), e.get("ci_high")
+    below = value - low if _finite(low) else 0.0
+    above = high - value if _finite(high) else 0.0
+    ax.errorbar([value], [y], xerr=[[max(0.0, below)], [max(0.0, above)]], **style)
+    return True
+
+
 def _time_axis(ax) -> None:
     import matplotlib.dates as mdates
 
@@ -137,18 +156,10 @@ def comparison(rows: list[dict], metrics: tuple[str, ...], split: str, salt: str
         for y, row in enumerate(rows):
             m = row["metrics"][metric]
             colour = MUTED if row["kind"] == "baseline" else PALETTE[0]
-            ax.errorbar(
-                [m["value"]],
-                [y],
-                xerr=[[m["value"] - m["ci_low"]], [m["ci_high"] - m["value"]]],
-                fmt="o",
-                color=colour,
-                capsize=3,
-                ms=5,
-            )
+            drawn = _point(ax, y, m, fmt="o", color=colour, capsize=3, ms=5)
             ax.annotate(
-                f"{m['value']:.3f}",
-                (m["value"], y),
+                f"{m['value']:.3f}" if drawn else "n/a",
+                (m["value"] if drawn else 0.5, y),
                 textcoords="offset points",
                 xytext=(0, 6),
                 ha="center",
@@ -318,6 +329,7 @@ def latency_histogram(latencies: dict[str, Any], salt: str, sla_ms: float | None
     edges = np.geomspace(every.min(), every.max(), 61) if log and len(every) else 60
     for i, (host, values) in enumerate(sorted(latencies.items())):
         values = np.asarray(values, dtype=float)
+        values = values[np.isfinite(values)]
         if not len(values):
             continue
         p50, p99 = np.percentile(values, [50, 99])
@@ -356,15 +368,13 @@ def ab_figure(result: dict, salt: str) -> str:
     for y, (_name, e, zero) in enumerate(rows):
         colour = PALETTE[0]
         if zero is not None:
-            colour = GOOD if e["ci_low"] > 0 else BAD if e["ci_high"] < 0 else MUTED
-        ax_d.errorbar(
-            [e["value"]],
-            [y],
-            xerr=[[e["value"] - e["ci_low"]], [e["ci_high"] - e["value"]]],
-            fmt="o",
-            color=colour,
-            capsize=3,
-        )
+            low, high = e.get("ci_low"), e.get("ci_high")
+            colour = (
+                GOOD if _finite(low) and low > 0 else BAD if _finite(high) and high < 0 else MUTED
+            )
+        if not _point(ax_d, y, e, fmt="o", color=colour, capsize=3):
+            ax_d.annotate("n/a", (0, y), ha="center", va="center", fontsize=7, color=MUTED)
+            continue
         ax_d.annotate(
             f"{e['value']:+.3f}" if zero is not None else f"{e['value']:.3f}",
             (e["value"], y),
@@ -376,23 +386,21 @@ def ab_figure(result: dict, salt: str) -> str:
     ax_d.axvline(0, color="#999", lw=0.8)
     ax_d.set_yticks(range(len(rows)), [r[0] for r in rows])
     ax_d.invert_yaxis()
+    pairs = result.get("n_pairs")
     ax_d.set_title(
-        f"{result['shadow_release']} vs {result['live_release']}, "
-        f"{result['n_pairs']:,} pairs (95% CI)"
+        f"{result['shadow_release']} vs {result['live_release']}, {pairs:,} pairs (95% CI)"
+        if isinstance(pairs, int)
+        else f"{result['shadow_release']} vs {result['live_release']} (95% CI)"
     )
     labels, y = [], 0
+    latency = result.get("latency_ms") or {}
     for q in ("p50", "p99"):
         for i, role in enumerate(("live", "shadow")):
-            e = result["latency_ms"][role][q]
-            ax_l.errorbar(
-                [e["value"]],
-                [y],
-                xerr=[[e["value"] - e["ci_low"]], [e["ci_high"] - e["value"]]],
-                fmt="o",
-                color=PALETTE[i],
-                capsize=3,
-            )
-            labels.append(f"{role} {q}")
+            e = (latency.get(role) or {}).get(q) or {}
+            if not _point(ax_l, y, e, fmt="o", color=PALETTE[i], capsize=3):
+                labels.append(f"{role} {q}: n/a")
+            else:
+                labels.append(f"{role} {q}")
             y += 1
     ax_l.set_yticks(range(len(labels)), labels)
     ax_l.invert_yaxis()

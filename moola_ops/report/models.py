@@ -210,7 +210,7 @@ def _real_windows(run, runs_dir: Path) -> list[dict]:
     from moola_core.data.real import load_real_sample
     from moola_core.spec import LABELS, WINDOW_LEN
     from moola_core.train.runs import load_model
-    from moola_ops.monitor import window_features
+    from moola_ops.watch.drift import window_features
 
     bars = load_real_sample()
     ohlc = bars[["open", "high", "low", "close"]].to_numpy(dtype=float)

@@ -3,7 +3,10 @@ no script, no external resource)."""
 
 from __future__ import annotations
 
+import contextlib
 import html
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +19,25 @@ class Section:
     body: list[str] = field(default_factory=list)  # HTML fragments
     figures: list[str] = field(default_factory=list)  # figure ids
     missing: str = ""  # one line: why the section has no figure yet
+    problems: list[str] = field(default_factory=list)  # parts that could not be drawn, and why
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or "no detail"
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+@contextlib.contextmanager
+def drawing(section: Section, what: str) -> Iterator[None]:
+    """Draw one part of a section; if its data breaks the drawing, the section says so on the
+    page (and in `problems`) and the report goes on: the report never fails on its data."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - any data fault; the page names it
+        section.problems.append(f"{what} could not be drawn ({_reason(exc)})")
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is not None:  # the half-drawn figure is never saved: free it
+            plt.close("all")
 
 
 def _esc(value: Any) -> str:
@@ -28,6 +50,12 @@ def _figure(section: Section, fig_id: str, svg: str, caption: str) -> None:
         f'<figure class="fig" id="fig-{fig_id}">{svg}<figcaption>{_esc(caption)}</figcaption>'
         "</figure>"
     )
+
+
+def draw_figure(section: Section, what: str, fig_id: str, make_svg, caption: str) -> None:
+    """`_figure` with the svg from `make_svg()`; a drawing its data breaks is named instead."""
+    with drawing(section, what):
+        _figure(section, fig_id, make_svg(), caption)
 
 
 def _table(head: list[str], rows: list[list[Any]]) -> str:
@@ -58,6 +86,7 @@ figcaption{font-size:12px;color:#555;margin-top:4px}
 table{border-collapse:collapse;font-size:12px;margin:8px 0}
 th,td{border-bottom:1px solid #eee;padding:3px 10px;text-align:left}th{background:#f3f5f8}
 .note{color:#777;font-style:italic;font-size:13px}
+.problem{color:#b71c1c;font-size:13px}
 .decision{font-weight:600;padding:6px 10px;border-radius:4px;background:#f3f5f8}
 .decision.promote{background:#e6f4ea}.decision.keep{background:#fdecea}
 .status{font-family:monospace;font-size:12px}.status.CRITICAL{color:#b71c1c}
@@ -71,6 +100,7 @@ def render_page(title: str, subtitle: str, sections: list[Section]) -> str:
     parts = []
     for s in sections:
         body = "".join(s.body)
+        body += "".join(f"<p class='problem'>{_esc(p)}</p>" for p in s.problems)
         if s.missing:
             body += f"<p class='note'>{_esc(s.missing)}</p>"
         parts.append(f'<section id="{s.id}"><h2>{_esc(s.title)}</h2>{body}</section>')

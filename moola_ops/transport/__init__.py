@@ -1,6 +1,6 @@
 """The one room that talks SSH: connect (strict host keys), run a command, upload a file.
 
-Builders in `moola_ops.commands` decide *what* runs; this module only runs it, over Paramiko
+Builders in `moola_ops.deploy.commands` decide *what* runs; this module only runs it, over Paramiko
 (connections are set up with Fabric, so ~/.ssh/config aliases work). Host keys are checked
 against known_hosts (~/.ssh/known_hosts plus the host's own `known_hosts` file from the
 inventory); an unknown key is refused unless the caller passes `accept_new_host_key=True`, in
@@ -35,13 +35,8 @@ import logging
 
 from moola_ops.transport.errors import Aborted, CommandTimeout, HostKeyError, TransportError
 from moola_ops.transport.known_hosts import changed_key_message, key_fingerprint_line
-from moola_ops.transport.remote import (
-    HOST_TIMEOUT_SLACK_S,
-    KILL_WAIT_S,
-    Result,
-    kill_command,
-    wrap_command,
-)
+from moola_ops.transport.process import kill_command, wrap_command
+from moola_ops.transport.remote import HOST_TIMEOUT_SLACK_S, KILL_WAIT_S, Result
 from moola_ops.transport.session import (
     CONNECT_BACKOFF_MAX_S,
     CONNECT_BACKOFF_S,

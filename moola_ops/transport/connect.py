@@ -7,9 +7,8 @@ from __future__ import annotations
 import contextlib
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from moola_ops.inventory import Host
+from moola_ops.hosts.inventory import Host
 from moola_ops.transport.errors import Aborted, HostKeyError, TransportError, short_reason
 from moola_ops.transport.known_hosts import (
     PinNewKey,
@@ -17,9 +16,6 @@ from moola_ops.transport.known_hosts import (
     changed_key_message,
     load_pod_keys,
 )
-
-if TYPE_CHECKING:
-    from moola_ops.transport.session import HostSession
 
 
 class SetupFailed(Exception):
@@ -30,7 +26,7 @@ class SetupFailed(Exception):
         self.reason = reason
 
 
-def open_connection(session: HostSession, host: Host):
+def open_connection(session, host: Host):
     """Open one Fabric connection to `host` with the session's host-key policy."""
     import paramiko
     from fabric import Config, Connection
@@ -116,7 +112,7 @@ class _Handshake:
             self.settled.set()
 
 
-def _stop_on_cancel(session: HostSession, conn, handshake: _Handshake) -> None:
+def _stop_on_cancel(session, conn, handshake: _Handshake) -> None:
     """While `conn` is being opened: on cancel(), close its transport (Fabric's close()
     skips one still handshaking) so a hanging handshake ends at once. Once the attempt settled
     it does nothing: cancelling an open session is the session's own work (it kills what runs)."""

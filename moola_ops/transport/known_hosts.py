@@ -4,13 +4,9 @@ policies for an unknown key (refuse, or pin when asked), and the changed-key sen
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from moola_ops.inventory import Host
+from moola_ops.hosts.inventory import Host
 from moola_ops.transport.errors import HostKeyError
-
-if TYPE_CHECKING:
-    from moola_ops.transport.session import HostSession
 
 
 def key_fingerprint_line(key) -> str:
@@ -26,8 +22,8 @@ def changed_key_message(host: Host, hostname: str, port: int, new_key, old_key, 
     entry = hostname if port in (None, 22) else f"[{hostname}]:{port}"
     pod = host.runpod_pod_id
     names = [entry]
-    if pod:  # a pod's key is pinned under its alias (moola_ops/runpod/)
-        from moola_ops.runpod import key_alias
+    if pod:  # a pod's key is pinned under its alias (moola_ops/hosts/runpod/)
+        from moola_ops.hosts.runpod import key_alias
 
         names.insert(0, key_alias(pod))
     where = known_hosts_line(files, names, old_key)
@@ -85,7 +81,7 @@ def load_pod_keys(client, files: list[Path], pod_id: str, hostname: str, port: i
     """
     import paramiko
 
-    from moola_ops.runpod import key_alias
+    from moola_ops.hosts.runpod import key_alias
 
     keys = paramiko.HostKeys()
     for path in files:
@@ -121,7 +117,7 @@ class RefuseUnknown:
 class PinNewKey:
     """Missing-host-key policy for an explicit, logged trust-on-first-use."""
 
-    def __init__(self, session: HostSession, known_hosts: Path, pod_id: str | None = None):
+    def __init__(self, session, known_hosts: Path, pod_id: str | None = None):
         self.session = session
         self.known_hosts = known_hosts
         self.pod_id = pod_id
@@ -130,7 +126,7 @@ class PinNewKey:
         client.get_host_keys().add(hostname, key.get_name(), key)
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
         if self.pod_id:  # under the pod's alias, so the pin survives the next restart
-            from moola_ops.runpod import key_alias
+            from moola_ops.hosts.runpod import key_alias
 
             hostname = key_alias(self.pod_id)
         with open(self.known_hosts, "a") as fh:

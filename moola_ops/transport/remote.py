@@ -1,5 +1,5 @@
 """How a command runs on the host: wrapped in its own process group under the host's
-`timeout` (the wrapper and the kill are built in `moola_ops/commands/process.py`), its group
+`timeout` (the wrapper and the kill are built in `moola_ops/transport/process.py`), its group
 id read off the front of stderr, killed over a second channel; and what it returned (Result)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 
-from moola_ops.commands.process import PGID_TAG, kill_command, wrap_command  # noqa: F401
+from moola_ops.transport.process import PGID_TAG, kill_command, wrap_command  # noqa: F401
 
 KILL_WAIT_S = 10.0  # how long the kill of a timed-out command may take over its own channel
 # The host-side `timeout` fires this much after our own deadline, so that while the connection

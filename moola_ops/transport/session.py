@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from moola_core.errors import MoolaError
-from moola_ops.inventory import Host
+from moola_ops.hosts.inventory import Host
 from moola_ops.transport import connect
 from moola_ops.transport.errors import (
     Aborted,
@@ -19,6 +19,7 @@ from moola_ops.transport.errors import (
     TransportError,
     short_reason,
 )
+from moola_ops.transport.process import wrap_command
 from moola_ops.transport.remote import (
     HOST_TIMEOUT_SLACK_S,
     KILL_WAIT_S,
@@ -26,9 +27,8 @@ from moola_ops.transport.remote import (
     await_pgid,
     kill_group,
     take_pgid,
-    wrap_command,
 )
-from moola_ops.transport.watchdog import Watchdog
+from moola_ops.transport.watchdog import PROBE_SILENCE_S, Watchdog
 
 CONNECT_BACKOFF_S = 1.0  # pause before the first connect retry; doubles, at most the cap
 CONNECT_BACKOFF_MAX_S = 5.0
@@ -72,7 +72,7 @@ class HostSession:
 
         Connection set-up failures are retried `host.connect_retries` times with a growing
         pause; a refused key or host key is not (it will not change by itself). A
-        `runpod_pod_id` host is looked up first (`Host.endpoint`, moola_ops/runpod/); when
+        `runpod_pod_id` host is looked up first (`Host.endpoint`, moola_ops/hosts/runpod/); when
         the (possibly cached) address fails, the pod is looked up once more and, if it moved
         (a restart), connected to there.
         """
@@ -144,13 +144,51 @@ class HostSession:
         A running command has its remote process group killed and raises Aborted; a running
         upload is cut (the connection is closed) and raises Aborted; a connection being set up
         stops (its handshake is closed; a TCP connect still waiting ends by connect_timeout_s).
-        Later calls raise Aborted at once: open a new HostSession to clean up after a cancel.
+        Later calls raise Aborted at once, until `resume()` (cleanup on a live connection).
+        With keepalives on, a keepalive goes out at once: a host that sends nothing back
+        within PROBE_SILENCE_S is dead and its connection closed (`dead`), so nothing waits
+        on it for long.
         """
         self._cancelled.set()
         with self._lock:
             cut = self._upload_active
         if cut:
             self._drop("cancelled")
+        elif self._watchdog is not None:
+            self._watchdog.probe_now()
+
+    def resume(self) -> bool:
+        """After `cancel()`: let the session run commands again (the guard's cleanup), when its
+        connection is still up and the host answered since the cancel (waiting for that at
+        most PROBE_SILENCE_S and a little). False: open a new session, or none (`dead`)."""
+        if self.liveness() is False or self._dropped is not None or self._conn is None:
+            return False
+        transport = self._conn.client.get_transport()
+        if transport is None or not transport.is_active():
+            return False
+        self._cancelled.clear()
+        return True
+
+    def liveness(self) -> bool | None:
+        """After `cancel()`: True once the host answered its keepalive, False when it did not
+        (the connection was closed), None when that cannot be told (keepalives off, or the
+        connection was cut by the cancel itself)."""
+        watchdog = self._watchdog
+        if watchdog is None or not watchdog.probing:
+            return None
+        end = time.monotonic() + PROBE_SILENCE_S + 1.0
+        while True:
+            verdict = watchdog.verdict()
+            if verdict is not None or time.monotonic() > end:
+                return verdict
+            time.sleep(0.05)
+
+    @property
+    def dead(self) -> str | None:
+        """Why the host counts as dead (no answer to keepalives, or to the cancel's probe), or
+        None: a host found dead is not tried again in the same run."""
+        reason = self._dropped  # the watchdog's sentence (moola_ops/transport/watchdog.py)
+        return reason if reason and "stopped answering" in reason else None
 
     @property
     def cancelled(self) -> bool:

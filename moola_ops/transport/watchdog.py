@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from moola_ops.transport.session import HostSession
 
 KEEPALIVE_MAX_MISSED = 3  # silent keepalive intervals before the peer counts as dead
+# After Ctrl-C a host gets one keepalive at once and this long to answer anything; silence
+# means its link is cut (a live host answers in one round trip, even a busy one), so the run's
+# cleanup does not wait 15-20 s of keepalives, then connection attempts, for a dead host.
+PROBE_SILENCE_S = 3.0
 
 
 class Watchdog(threading.Thread):
@@ -21,7 +21,7 @@ class Watchdog(threading.Thread):
     operation's deadline passed, it closes the transport so that the waiting call fails.
     """
 
-    def __init__(self, session: HostSession, transport, interval: float):
+    def __init__(self, session, transport, interval: float):
         super().__init__(name=f"moola-keepalive-{session.host.name}", daemon=True)
         self.session = session
         self.transport = transport
@@ -32,6 +32,7 @@ class Watchdog(threading.Thread):
         self._stopped = threading.Event()
         self._sender: threading.Thread | None = None
         self._probed = 0.0
+        self._urgent: tuple[float, float] | None = None  # (probe sent, silence allowed)
         if interval > 0:
             self._listen()
 
@@ -54,6 +55,29 @@ class Watchdog(threading.Thread):
     def stop(self) -> None:
         self._stopped.set()
 
+    def probe_now(self, silence_s: float = PROBE_SILENCE_S) -> None:
+        """Send a keepalive at once; a peer that sends nothing at all for `silence_s` after it
+        is dead (the connection is closed). Only with keepalives on (a listening watchdog)."""
+        if self.interval <= 0 or self._urgent is not None:
+            return
+        self._urgent = (time.monotonic(), silence_s)
+        self._probe()
+
+    @property
+    def probing(self) -> bool:
+        """True once `probe_now` sent its keepalive."""
+        return self._urgent is not None
+
+    def verdict(self) -> bool | None:
+        """After `probe_now`: True once the peer answered, False once it was found dead, None
+        while it is still unknown (or no probe was sent)."""
+        if self.dropped:
+            return False
+        urgent = self._urgent
+        if urgent is None:
+            return None
+        return True if self.heard >= urgent[0] else None
+
     def run(self) -> None:
         tick = 0.25 if self.interval <= 0 else min(0.25, self.interval / 4)
         while not self._stopped.wait(tick):
@@ -66,6 +90,13 @@ class Watchdog(threading.Thread):
                 return
             if self.interval <= 0:
                 continue
+            urgent = self._urgent
+            if urgent is not None and self.heard < urgent[0] and now - urgent[0] > urgent[1]:
+                self._drop(
+                    f"{self.session.host.name} stopped answering: no reply within "
+                    f"{urgent[1]:g}s (the network to it is down, or its sshd is stopped)"
+                )
+                return
             silent = now - self.heard
             if silent > self.interval * KEEPALIVE_MAX_MISSED:
                 self._drop(

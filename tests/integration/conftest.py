@@ -1,6 +1,6 @@
 """Deploy fixtures: real bundles built from a tiny real model, stand-in hosts shared per module.
 
-The stand-in hosts are real OpenSSH servers (moola_ops.sandbox). Building a bundle trains
+The stand-in hosts are real OpenSSH servers (moola_ops.hosts.standin). Building a bundle trains
 nothing: a tiny randomly initialised model is enough for the runtime check to load it, compare
 its golden outputs and time it on the host.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from moola_ops.inventory import Inventory
-from moola_ops.sandbox import start_sandbox
+from moola_ops.hosts.inventory import Inventory
+from moola_ops.hosts.standin import start_sandbox
 from tests.unit.tiny_runs import PASSED_GATE, make_tiny_run
 
 VERSIONS = ("v1.0", "v1.1", "v1.2")
@@ -55,7 +55,7 @@ def make_bundle(
     runtime code frozen from this checkout). benchmarks/deploy.py builds its bundles here too."""
     import torch
 
-    from moola_core.bundle import build_bundle
+    from moola_core.bundle.build import build_bundle
 
     torch.set_num_threads(1)
     runs = out_dir / "runs"

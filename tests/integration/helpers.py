@@ -6,7 +6,9 @@ cli) import them as well as the tests.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import random
 import signal
 import time
@@ -43,7 +45,7 @@ def descendants(pid: int) -> list[int]:
 
 def host_entry(host, *, with_python: bool = False, **extra) -> dict:
     """An explicit inventory entry (no `sandbox: true`) for one stand-in host: a
-    `moola_ops.sandbox.SandboxHost` or an inventory `Host`. `with_python` adds the host's own
+    `moola_ops.hosts.standin.SandboxHost` or an inventory `Host`. `with_python` adds the host's own
     python; `extra` keys (groups, serve_port, latency_sla_ms, python, ...) are added as given."""
     entry = {
         "hostname": host.hostname,
@@ -92,3 +94,94 @@ def wait_for(condition, what: str, timeout_s: float = 60.0, poll_s: float = 0.01
             return value
         time.sleep(poll_s)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def hanging_python(root: Path, host, sleep_arg: str) -> tuple[str, Path]:
+    """A `python:` for `host` whose runtime check touches a flag file (returned: the moment it
+    started) and then runs on as `sleep SLEEP_ARG` (find it by that argument); everything else
+    is the host's real python."""
+    flags = root / "flags"
+    flags.mkdir(exist_ok=True)
+    flags.chmod(0o777)
+    started = flags / f"{host.name}-check-started"
+    wrapper = root / f"python-hangs-{host.name}"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = "-m" ] && [ "$2" = "moola_core.runtime" ]; then\n'
+        f"  touch {started}; exec sleep {sleep_arg}\nfi\n"
+        f'exec {host.python} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return str(wrapper), started
+
+
+class Frozen:
+    """A stand-in host whose link is cut: its sshd listener and every session process stopped
+    with SIGSTOP (our own processes). Open connections stay up and the kernel still accepts new
+    ones, while nothing answers: what a cut network looks like to the client. `thaw()` ends it."""
+
+    def __init__(self, sshd_pid: int):
+        self.pids: list[int] = []
+        for _ in range(2):  # a child forked while we listed is caught the second time
+            for pid in [sshd_pid, *descendants(sshd_pid)]:
+                if pid not in self.pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGSTOP)
+                        self.pids.append(pid)
+
+    def thaw(self) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self.pids = []
+
+
+def interrupt_mid_check(
+    hosts, sandbox, root: Path, bundle, *, cut: str | None, sleep_arg: str, env: dict
+) -> tuple[int, str, str, float]:
+    """`invoke deploy --no-serve` of `bundle` to `hosts` whose runtime checks run on (each says
+    when it started); once every check runs, the sshd of host `cut` is frozen (if given) and the
+    deploy gets one SIGINT. Returns (exit code, stdout, stderr, seconds from SIGINT to exit).
+    The moments come from the checks' flag files, never a sleep. Used by
+    tests/integration/test_dead_host.py and benchmarks/dead_host.py."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    entries, flags = {}, []
+    for host in hosts:
+        python, flag = hanging_python(root, host, sleep_arg)
+        flag.unlink(missing_ok=True)
+        entries[host.name] = host_entry(host, python=python, connect_timeout_s=5)
+        flags.append(flag)
+    inventory = root / "interrupted-hosts.yaml"
+    inventory.write_text(yaml.safe_dump({"hosts": entries}))
+    invoke = str(Path(sys.executable).parent / "invoke")
+    names = ",".join(h.name for h in hosts)
+    args = [invoke, "deploy", "--host", names, "--bundle", str(bundle), "--no-serve"]
+    args += ["--inventory", str(inventory), "--check-runs", "3"]
+    proc = subprocess.Popen(
+        args,
+        cwd=Path(__file__).parents[2],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_signals,
+    )
+    frozen = None
+    try:
+        wait_for(lambda: all(f.exists() for f in flags), "every host's check to start", 300)
+        if cut is not None:
+            frozen = Frozen(sandbox.hosts[cut].pid)  # its link is cut mid-check
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=600)
+        return proc.returncode, out, err, time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        if frozen is not None:
+            frozen.thaw()

@@ -11,12 +11,15 @@ import pytest
 
 from moola_core.data import labeled as labeled_io
 from moola_core.data import synthetic
-from moola_ops import ab, monitor
-from moola_ops.captures import load_table, pull_host
-from moola_ops.checklist import checklist_states, load_checklist
-from moola_ops.health import OK, UNKNOWN
-from moola_ops.inventory import Inventory
-from moola_ops.journal import Journal, read_events
+from moola_ops.checklist.spec import load_checklist
+from moola_ops.checklist.states import checklist_states
+from moola_ops.hosts.inventory import Inventory
+from moola_ops.log.journal import Journal, read_events
+from moola_ops.serving.captures import load_table
+from moola_ops.serving.captures_pull import pull_host
+from moola_ops.shadow import ab
+from moola_ops.watch import monitor
+from moola_ops.watch.health import OK, UNKNOWN
 from tests.unit.capture_factory import ab_traffic
 
 NAME = "20261127T170000Z-1.jsonl"

@@ -19,11 +19,11 @@ import pytest
 
 from moola_core.bundle.archive import write_archive
 from moola_core.errors import MoolaError
-from moola_ops import engine
-from moola_ops.commands import lock as lock_cmd
-from moola_ops.commands.layout import Layout
-from moola_ops.inventory import Inventory
-from moola_ops.journal import read_events
+from moola_ops import deploy as engine
+from moola_ops.deploy.commands import lock as lock_cmd
+from moola_ops.hosts.inventory import Inventory
+from moola_ops.hosts.layout import Layout
+from moola_ops.log.journal import read_events
 from moola_ops.transport import HostSession
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
@@ -301,7 +301,7 @@ def test_canary_failure_stops_the_rest(fleet, bundles, journal_file):
 
 def test_ssh_config_aliases_work_with_strict_keys(fleet, journal_file):
     sandbox, inventory = fleet
-    from moola_ops.inventory import Host
+    from moola_ops.hosts.inventory import Host
 
     # only the alias: address, port, user, key and known_hosts all come from the ssh_config
     alias = Host(
@@ -358,7 +358,7 @@ def test_a_host_with_allowed_signers_takes_only_signed_bundles(
 ):
     import subprocess
 
-    from moola_core.bundle import build_bundle
+    from moola_core.bundle.build import build_bundle
     from tests.unit.tiny_runs import make_tiny_run
 
     key = tmp_path / "release_key"

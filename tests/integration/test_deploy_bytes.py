@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from moola_ops import engine
-from moola_ops.inventory import Inventory
+from moola_ops import deploy as engine
+from moola_ops.hosts.inventory import Inventory
 from tests.integration.conftest import running_hosts
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from moola_ops import engine
-from moola_ops.inventory import Inventory
-from moola_ops.journal import read_events
+from moola_ops import deploy as engine
+from moola_ops.hosts.inventory import Inventory
+from moola_ops.log.journal import read_events
 from tests.integration.conftest import running_hosts
 from tests.integration.helpers import default_signals, descendants, write_inventory
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from moola_ops import engine
-from moola_ops.inventory import Inventory
-from moola_ops.journal import read_events
+from moola_ops import deploy as engine
+from moola_ops.hosts.inventory import Inventory
+from moola_ops.log.journal import read_events
 from tests.integration.conftest import make_bundle, running_hosts
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from moola_ops import engine
-from moola_ops.commands import lock as lock_cmd
-from moola_ops.commands.layout import Layout
-from moola_ops.inventory import Inventory
-from moola_ops.journal import read_events
+from moola_ops import deploy as engine
+from moola_ops.deploy.commands import lock as lock_cmd
+from moola_ops.hosts.inventory import Inventory
+from moola_ops.hosts.layout import Layout
+from moola_ops.log.journal import read_events
 from moola_ops.transport import HostSession
 from tests.integration.conftest import running_hosts
-from tests.integration.helpers import default_signals, write_inventory
+from tests.integration.helpers import default_signals, hanging_python, write_inventory
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
@@ -38,23 +38,6 @@ HANG = "987.25"  # the hung check's `sleep` argument, to find it among the proce
 def hosts():
     with running_hosts(["hard-1", "hard-2", "hard-3"]) as (sandbox, root):
         yield sandbox, Inventory.from_sandbox(sandbox, connect_timeout_s=5), root
-
-
-def hanging_python(root: Path, host) -> tuple[str, Path]:
-    """A `python:` for the host whose runtime check hangs (everything else is real python)."""
-    flags = root / "flags"
-    flags.mkdir(exist_ok=True)
-    flags.chmod(0o777)
-    started = flags / f"{host.name}-check-started"
-    wrapper = root / f"python-hangs-{host.name}"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        'if [ "$1" = "-m" ] && [ "$2" = "moola_core.runtime" ]; then\n'
-        f"  touch {started}; exec sleep {HANG}\nfi\n"
-        f'exec {host.python} "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    return str(wrapper), started
 
 
 def hung_checks_left() -> list[int]:
@@ -83,7 +66,7 @@ def test_a_timed_out_check_is_stopped_on_the_host_and_leaves_nothing(hosts, bund
     _, inventory, root = hosts
     (host,) = inventory.resolve("hard-1")
     assert engine.deploy([host], engine.resolve_bundle(str(bundles["v1.0"])), FAST).ok
-    python, started = hanging_python(root, host)
+    python, started = hanging_python(root, host, HANG)
     hung = replace(host, python=python)
     result = engine.deploy(
         [hung], engine.resolve_bundle(str(bundles["v1.1"])), replace(FAST, check_timeout_s=2)
@@ -101,7 +84,7 @@ def test_ctrl_c_during_a_hung_check_is_honoured_at_once(hosts, bundles, journal_
     _, inventory, root = hosts
     (host,) = inventory.resolve("hard-2")
     assert engine.deploy([host], engine.resolve_bundle(str(bundles["v1.0"])), FAST).ok
-    python, started = hanging_python(root, host)
+    python, started = hanging_python(root, host, HANG)
     write_inventory(tmp_path / "hosts.yaml", {"hard-2": host}, python=python)
     invoke = str(Path(sys.executable).parent / "invoke")
     proc = subprocess.Popen(
@@ -212,7 +195,7 @@ def test_a_lock_broken_before_the_switch_stops_the_switch(
 def test_one_hung_host_never_holds_the_fleet_past_its_deadline(hosts, bundles, journal_file):
     _, inventory, root = hosts
     hung_host, good = inventory.resolve("hard-2,hard-3")
-    python, started = hanging_python(root, hung_host)
+    python, started = hanging_python(root, hung_host, HANG)
     hung = replace(hung_host, python=python)
     # a check deadline far away, but each host's whole run bounded at 25 s
     opts = replace(FAST, check_timeout_s=600, deadline_s=25)
@@ -253,7 +236,8 @@ def test_a_stale_lock_is_called_stale_with_the_break_command(hosts, bundles, jou
     assert refused.outcomes[0].status == "refused" and "STALE" in message
     assert f"invoke lock --host {host.name} --break" in message
     assert "is gone" in engine.lock_status(host)["stale"]
-    from moola_ops.health import WARNING, probe_host
+    from moola_ops.watch.health import WARNING
+    from moola_ops.watch.health_run import probe_host
 
     health = probe_host(host, time.monotonic() + 60)
     lock_check = {c.name: c for c in health.checks}["lock"]
@@ -272,7 +256,8 @@ def test_current_outside_releases_is_never_taken_for_a_release(hosts, bundles, j
         shutil.copytree(ws / "releases" / "v1.2", outside)
     (ws / "current").unlink()
     (ws / "current").symlink_to(outside)
-    from moola_ops.health import CRITICAL, probe_host
+    from moola_ops.watch.health import CRITICAL
+    from moola_ops.watch.health_run import probe_host
 
     health = probe_host(host, time.monotonic() + 60)
     current = {c.name: c for c in health.checks}["current"]

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from moola_ops import engine
-from moola_ops.engine import plan as plan_mod
-from moola_ops.inventory import Inventory
-from moola_ops.journal import read_events
+from moola_ops import deploy as engine
+from moola_ops.deploy import plan as plan_mod
+from moola_ops.hosts.inventory import Inventory
+from moola_ops.log.journal import read_events
 from moola_ops.transport import HostSession
 from tests.integration.conftest import running_hosts
 from tests.integration.helpers import write_inventory

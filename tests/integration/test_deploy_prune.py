@@ -4,13 +4,15 @@ item 6): in a canary rollout a failed host stops the fleet, and housekeeping mus
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from moola_ops import engine
-from moola_ops.inventory import Inventory
-from moola_ops.journal import read_events
+from moola_ops import deploy as engine
+from moola_ops.deploy.plan import render_plan
+from moola_ops.hosts.inventory import Inventory
+from moola_ops.log.journal import read_events
 from tests.integration.conftest import running_hosts
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
@@ -27,7 +29,7 @@ def prune_host():
         yield host
 
 
-def test_an_odd_folder_under_releases_is_a_prune_warning_not_a_failed_deploy(
+def test_an_odd_folder_under_releases_is_left_alone_and_named_not_a_failed_deploy(
     prune_host, bundles, journal_file
 ):
     assert engine.deploy([prune_host], engine.resolve_bundle(str(bundles["v1.0"])), FAST).ok
@@ -43,5 +45,62 @@ def test_an_odd_folder_under_releases_is_a_prune_warning_not_a_failed_deploy(
     (prune,) = [
         e for e in read_events(journal_file, deployment=result.deployment) if e["step"] == "prune"
     ]
-    assert prune["status"] == "skipped" and prune["detail"]["warning"], prune
+    assert prune["status"] == "ok", prune
+    assert prune["detail"]["left_alone"] == [odd.name]
+    assert "prune left alone 'not a version; rm -rf'" in outcome.message  # what the log says
     assert odd.is_dir()  # nothing odd was deleted by guesswork
+    odd.rmdir()
+
+
+def test_one_odd_entry_turns_off_no_pruning_and_the_printed_status_agrees_with_the_log(
+    prune_host, bundles, journal_file
+):
+    ws = Path(prune_host.workspace)
+    keep_all = replace(FAST, keep_releases=5)
+    for version in ("v1.0", "v1.1", "v1.2"):
+        assert engine.deploy(
+            [prune_host], engine.resolve_bundle(str(bundles[version])), keep_all
+        ).ok
+    (ws / "releases" / "-rf").mkdir()
+
+    planned = engine.prune([prune_host], replace(FAST, plan=True))  # used to stop at "-rf"
+    (plan,) = planned.outcomes
+    assert plan.status == "planned" and plan.plan["prune"]["releases"] == ["v1.0"], plan
+    assert plan.plan["prune"]["left_alone"] == ["-rf"]
+    assert "prune left alone '-rf'" in render_plan(planned)
+
+    result = engine.prune([prune_host], FAST)
+    (outcome,) = result.outcomes
+    (logged,) = [
+        e for e in read_events(journal_file, deployment=result.deployment) if e["step"] == "prune"
+    ]
+    assert (outcome.status, logged["status"]) == ("ok", "ok"), (outcome, logged)
+    assert logged["detail"]["releases"] == ["v1.0"] and logged["detail"]["left_alone"] == ["-rf"]
+    assert "left alone '-rf'" in outcome.message
+    assert sorted(p.name for p in (ws / "releases").iterdir() if p.is_dir()) == [
+        "-rf",
+        "v1.1",
+        "v1.2",
+    ]
+    (ws / "releases" / "-rf").rmdir()
+
+
+def test_a_prune_the_host_refuses_is_not_printed_as_ok(prune_host, bundles, journal_file):
+    ws = Path(prune_host.workspace)
+    backups = ws / "backups"
+    backups.mkdir(exist_ok=True)
+    # a snapshot the host's login user may not delete: the prune command fails on the host
+    stuck = backups / "20000101T000000000000Z-v0.0.tar"
+    stuck.write_bytes(b"x")
+    backups.chmod(0o555)
+    try:
+        result = engine.prune([prune_host], replace(FAST, keep_backups=0))
+    finally:
+        backups.chmod(0o755)
+    (outcome,) = result.outcomes
+    (logged,) = [
+        e for e in read_events(journal_file, deployment=result.deployment) if e["step"] == "prune"
+    ]
+    assert logged["status"] == "skipped" and outcome.status == "failed", (outcome, logged)
+    assert "prune skipped" in outcome.message and not result.ok
+    stuck.unlink()

@@ -120,7 +120,7 @@ def test_no_torch_numpy_or_pandas_is_imported(fleet):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     imported = {m.group(1).strip() for m in re.finditer(r"\|\s+([\w.]+)$", proc.stderr, re.M)}
-    assert "moola_ops.health" in imported and "paramiko" in imported  # the profile is real
+    assert "moola_ops.watch.health" in imported and "paramiko" in imported  # the profile is real
     heavy = {m for m in imported if m.split(".")[0] in {"torch", "numpy", "pandas"}}
     assert not heavy
 
@@ -156,6 +156,21 @@ def test_json_and_states_for_broken_hosts(fleet):
     assert proc.returncode == 3
     assert proc.stdout.startswith("MOOLA UNKNOWN - unknown host or group 'local-9'")
     assert "Traceback" not in proc.stderr
+
+
+def test_a_lock_is_as_old_as_its_holder_says_not_its_folders_mtime(fleet):
+    sandbox, inventory, cwd = fleet
+    lock = Path(sandbox.hosts["local-2"].workspace) / "deploy.lock"
+    lock.mkdir()  # a fresh mtime: just made (or touched by anything)
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3 * 3600))
+    holder = {"actor": "ana@laptop", "what": "deploy v0.2", "since": since, "client": "far"}
+    (lock / "holder.json").write_text(json.dumps(holder))
+    proc = healthcheck(cwd, "--inventory", str(inventory), "--host", "local-2", "--json")
+    doc = json.loads(proc.stdout)
+    (host,) = doc["hosts"]
+    check = next(c for c in host["checks"] if c["name"] == "lock")
+    assert check["state"] == "WARNING" and "STALE" in check["message"], check
+    assert "180 min" in check["message"] and f"since {since}" in check["message"]
 
 
 def test_a_hanging_host_is_critical_within_the_timeout(fleet):

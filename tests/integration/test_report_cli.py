@@ -12,7 +12,7 @@ import pytest
 
 from moola_core.data import labeled as labeled_io
 from moola_core.data import synthetic
-from moola_ops.captures import add_local_file
+from moola_ops.serving.captures import add_local_file
 from tests.unit.capture_factory import ab_traffic, write_lines
 
 INVOKE = str(Path(sys.executable).parent / "invoke")

@@ -19,12 +19,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from moola_ops import engine, runpod
-from moola_ops.health import CRITICAL, OK, UNKNOWN, run_healthcheck
-from moola_ops.inventory import load_inventory
-from moola_ops.journal import read_events
-from moola_ops.sandbox import start_sandbox
+from moola_ops import deploy as engine
+from moola_ops.hosts import runpod
+from moola_ops.hosts.inventory import load_inventory
+from moola_ops.hosts.standin import start_sandbox
+from moola_ops.log.journal import read_events
 from moola_ops.transport import HostKeyError, HostSession
+from moola_ops.watch.health import CRITICAL, OK, UNKNOWN
+from moola_ops.watch.health_run import run_healthcheck
 from tests.integration.conftest import start_hosts
 
 pytestmark = [pytest.mark.ssh]

@@ -16,12 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from moola_ops import engine, health, serving, shadow
-from moola_ops.commands import serve as serve_cmd
-from moola_ops.commands.layout import Layout
-from moola_ops.inventory import Inventory
-from moola_ops.serving_live import demo_traffic
+from moola_ops import deploy as engine
+from moola_ops.hosts.inventory import Inventory
+from moola_ops.hosts.layout import Layout
+from moola_ops.serving import commands as serve_cmd
+from moola_ops.serving import control as serving
+from moola_ops.serving.traffic import demo_traffic
+from moola_ops.shadow import control as shadow
 from moola_ops.transport import HostSession
+from moola_ops.watch import health_run
 from tests.integration.conftest import running_hosts
 from tests.integration.helpers import wait_for, window, write_inventory
 from tests.integration.test_serving import FAST
@@ -62,7 +65,7 @@ def test_moolas_own_clients_work_and_a_stranger_gets_401(guarded, tmp_path):
     assert status == 401 and "invoke serve --host H token" in answer["error"]
     assert post(now.proxy_port, "not-the-token")[0] == 401
     assert post(now.proxy_port, token)[0] == 200
-    run = health.run_healthcheck(
+    run = health_run.run_healthcheck(
         host.name, inventory=Inventory(hosts={host.name: host}), timeout_s=120, record=False
     )
     (checked,) = run.hosts
@@ -128,7 +131,7 @@ def new_fp(token: str) -> str:
 def test_a_proxy_running_without_the_token_rule_the_inventory_asks_for_is_named(guarded):
     from dataclasses import replace
 
-    from moola_ops.serving import ServeError
+    from moola_ops.serving.control import ServeError
 
     host, _workspace, _log = guarded
     relaxed = replace(host, serve_auth="auto")  # loopback + auto: this proxy should not ask

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from moola_core.bundle import build_bundle
-from moola_ops import engine, serving
-from moola_ops.inventory import Inventory
-from moola_ops.journal import read_events
+from moola_core.bundle.build import build_bundle
+from moola_ops import deploy as engine
+from moola_ops.hosts.inventory import Inventory
+from moola_ops.log.journal import read_events
+from moola_ops.serving import control as serving
 from moola_ops.transport import HostSession
 from tests.integration.conftest import start_hosts
 from tests.integration.helpers import wait_for, window, write_inventory
@@ -229,8 +230,9 @@ def test_every_bad_input_gets_one_sentence_and_the_server_keeps_serving(served):
 
 def service_check(host, deep: bool = False):
     """The healthcheck's live-service result for this host: (state name, check messages)."""
-    from moola_ops.health import STATE_NAMES, run_healthcheck
-    from moola_ops.inventory import Inventory as Inv
+    from moola_ops.hosts.inventory import Inventory as Inv
+    from moola_ops.watch.health import STATE_NAMES
+    from moola_ops.watch.health_run import run_healthcheck
 
     run = run_healthcheck(
         host.name, deep=deep, inventory=Inv(hosts={host.name: host}), record=False, timeout_s=120

@@ -18,9 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from moola_ops import ab, engine, serving, shadow
-from moola_ops.captures import load_table, pull_host
-from moola_ops.inventory import Inventory
+from moola_ops import deploy as engine
+from moola_ops.hosts.inventory import Inventory
+from moola_ops.serving import control as serving
+from moola_ops.serving.captures import load_table
+from moola_ops.serving.captures_pull import pull_host
+from moola_ops.shadow import ab
+from moola_ops.shadow import control as shadow
 from moola_ops.transport import HostSession
 from tests.integration.conftest import start_hosts
 from tests.integration.helpers import window, write_inventory
@@ -243,7 +247,7 @@ def test_a_host_that_requires_signed_bundles_refuses_an_unsigned_shadow(
     from dataclasses import replace
 
     from moola_core.errors import MoolaError
-    from moola_ops.journal import read_events
+    from moola_ops.log.journal import read_events
 
     host, workspace, log = live_host
     key = tmp_path / "release_key"
@@ -264,8 +268,8 @@ def test_a_host_that_requires_signed_bundles_refuses_an_unsigned_shadow(
 
 def test_a_shadow_waits_for_nobody_elses_deploy_lock(live_host, bundles):
     from moola_core.errors import MoolaError
-    from moola_ops.commands import lock as lock_cmd
-    from moola_ops.commands.layout import Layout
+    from moola_ops.deploy.commands import lock as lock_cmd
+    from moola_ops.hosts.layout import Layout
 
     host, workspace, log = live_host
     layout = Layout(host.workspace)

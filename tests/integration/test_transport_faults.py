@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -20,14 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from moola_ops.inventory import Inventory
-from moola_ops.transport import (
-    Aborted,
-    CommandTimeout,
-    HostKeyError,
-    HostSession,
-    TransportError,
-)
+from moola_ops.deploy.commands import release
+from moola_ops.hosts.inventory import Inventory
+from moola_ops.hosts.layout import Layout
+from moola_ops.transport import Aborted, CommandTimeout, HostKeyError, HostSession, TransportError
 from tests.integration.helpers import descendants
 
 pytestmark = pytest.mark.ssh
@@ -122,6 +119,65 @@ def test_a_command_past_its_deadline_is_killed_with_its_children(host):
         assert "did not finish within 2s and was stopped on the host" in str(caught.value)
         assert _gone(int(pid_file.read_text()))
         assert ssh.run("echo still usable").stdout == "still usable\n"
+
+
+def _stubborn_check(workspace: Path, pid_file: Path) -> str:
+    """A 'runtime check' that ignores SIGTERM and is not the direct child of `timeout` (the
+    shell runs it after `cd`, as the real check runs): it writes its pid, then waits."""
+    program = (
+        "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    )
+    return f"cd {workspace} && python3 -c {shlex.quote(program)}"
+
+
+@pytest.fixture
+def stubborn_pid(host):
+    """Where the stubborn check writes its pid; a check that survived a failed test is killed
+    at teardown, so a broken build leaves no process behind."""
+    pid_file = Path(host[1].workspace) / "stubborn.pid"
+    yield pid_file
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_a_bounded_check_that_ignores_sigterm_ends_at_its_bound(host, stubborn_pid):
+    resolved, running = host
+    ws = Path(running.workspace)
+    layout = Layout(str(ws))
+    pid_file = stubborn_pid
+    with HostSession(resolved) as ssh:
+        ssh.run(f"mkdir -p {ws}/incoming")
+        # the host's bound is 2 s; before the fix the check lived on and held the channel open
+        # until our own 60 s deadline (CommandTimeout)
+        out = ssh.run(
+            release.bounded(_stubborn_check(ws, pid_file), layout, "dep-1", 2), timeout_s=60
+        )
+        assert out.exit_code == 124
+    assert _gone(int(pid_file.read_text()))
+
+
+def test_kill_bounded_ends_a_check_that_ignores_sigterm(host, stubborn_pid):
+    resolved, running = host
+    ws = Path(running.workspace)
+    layout = Layout(str(ws))
+    pid_file = stubborn_pid
+    ssh = HostSession(resolved).open()
+    try:
+        ssh.run(f"mkdir -p {ws}/incoming")
+        command = release.bounded(_stubborn_check(ws, pid_file), layout, "dep-2", 600)
+        thread, box = _in_thread(lambda: ssh.run(command, timeout_s=700))
+        _wait_for(pid_file)
+        ssh.cancel()  # Ctrl-C: the engine's cleanup then stops the check from a new connection
+        thread.join(30)
+        assert isinstance(box.get("error"), Aborted)
+    finally:
+        ssh.close()
+    with HostSession(resolved) as again:
+        assert again.run(release.kill_bounded(layout, "dep-2")).ok
+    assert _gone(int(pid_file.read_text()))
+    assert not (ws / "incoming" / "dep-2.pid").exists()
 
 
 def test_exit_codes_output_and_a_signal_come_back_unchanged(host):

@@ -9,8 +9,8 @@ import pytest
 
 from moola_core.data import synthetic
 from moola_core.errors import MoolaError
-from moola_ops import ab
-from moola_ops.captures import add_local_file, load_table, parse_lines, parse_since
+from moola_ops.serving.captures import add_local_file, load_table, parse_lines, parse_since
+from moola_ops.shadow import ab
 from tests.unit.capture_factory import ab_traffic, record, write_lines
 
 

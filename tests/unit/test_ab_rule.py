@@ -1,4 +1,4 @@
-"""The A/B decision rule (moola_ops/ab_rule.py, docs/ab.md), one test per branch, on captures
+"""The A/B decision rule (moola_ops/shadow/ab_rule.py, docs/ab.md), one test per branch, on captures
 constructed so that each release is right on exactly the chosen windows."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 from moola_core.data import synthetic
 from moola_core.errors import MoolaError
 from moola_core.spec import LABELS
-from moola_ops import ab
-from moola_ops.ab_rule import change
-from moola_ops.captures import parse_lines
+from moola_ops.serving.captures import parse_lines
+from moola_ops.shadow import ab
+from moola_ops.shadow.ab_rule import change
 from tests.unit.capture_factory import record
 
 N = 160

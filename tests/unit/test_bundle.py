@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from moola_core.bundle import BundleError, build_bundle, safe_extract, validate_version
+from moola_core.bundle import BundleError, safe_extract, validate_version
 from moola_core.bundle import archive as bundle_archive
-from moola_core.bundle.build import REPO_ROOT, collect_code
+from moola_core.bundle.build import REPO_ROOT, build_bundle, collect_code
 from moola_core.bundle.manifest import Manifest
 from moola_core.bundle.verify import verify_bundle
 from moola_core.models import build_model

@@ -138,8 +138,8 @@ def test_unpacked_size_is_what_extraction_writes(tmp_path):
 def test_the_deploy_disk_check_counts_the_unpacked_size_not_the_compressed_one(tmp_path):
     """A bundle that unpacks far larger than its archive (zeros compress ~1000:1) must not
     pass a free-space check sized from the archive and then fill the volume."""
-    from moola_ops import engine
-    from moola_ops.engine.results import disk_need
+    from moola_ops import deploy as engine
+    from moola_ops.deploy.results import disk_need
 
     source = tmp_path / "src"
     source.mkdir()

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from moola_core.bundle import BundleError, build_bundle
+from moola_core.bundle import BundleError
 from moola_core.bundle import archive as bundle_archive
+from moola_core.bundle.build import build_bundle
 from moola_core.bundle.signing import sign_manifest, verify_signature
 from moola_core.bundle.verify import verify_bundle
 from tests.unit.tiny_runs import freeze_runtime_code, make_tiny_run

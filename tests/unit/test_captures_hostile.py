@@ -10,9 +10,10 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from moola_ops import ab, captures
-from moola_ops.captures import add_local_file, index_file, load_table, parse_lines
-from moola_ops.monitor import monitor
+from moola_ops.serving import captures
+from moola_ops.serving.captures import add_local_file, index_file, load_table, parse_lines
+from moola_ops.shadow import ab
+from moola_ops.watch.monitor import monitor
 from tests.unit.capture_factory import record
 
 NAME = "20261127T170000Z-1.jsonl"

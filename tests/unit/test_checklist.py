@@ -8,12 +8,13 @@ import pytest
 import yaml
 
 from moola_core.errors import ValidationError
-from moola_ops import checklist as cl
-from moola_ops.journal import Journal, read_events
+from moola_ops.checklist import spec
+from moola_ops.checklist import states as cl
+from moola_ops.log.journal import Journal, read_events
 
 
 def test_shipped_checklist_has_eight_phases_and_known_checks():
-    checklist = cl.load_checklist()
+    checklist = spec.load_checklist()
     assert [p.number for p in checklist.phases] == list(range(1, 9))
     names = [p.name for p in checklist.phases]
     assert names[0] == "pre-deployment" and names[-1] == "monitoring"
@@ -24,14 +25,14 @@ def test_shipped_checklist_has_eight_phases_and_known_checks():
 
 
 def _shipped() -> dict:
-    return yaml.safe_load(open(cl.DEFAULT_CHECKLIST).read())
+    return yaml.safe_load(open(spec.DEFAULT_CHECKLIST).read())
 
 
 def test_typo_in_a_check_name_is_an_error():
     data = _shipped()
     data["phases"][4]["steps"][1]["check"] = "verify.latncy"
     with pytest.raises(ValidationError, match=r"unknown check 'verify.latncy'.*verify.latency"):
-        cl.parse_checklist(data)
+        spec.parse_checklist(data)
 
 
 @pytest.mark.parametrize(
@@ -50,14 +51,14 @@ def test_malformed_checklists_are_refused(edit, message):
     data = copy.deepcopy(_shipped())
     edit(data)
     with pytest.raises(ValidationError, match=message):
-        cl.parse_checklist(data)
+        spec.parse_checklist(data)
 
 
 def test_bad_yaml_names_the_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("phases:\n  - number: 1\n   name: x\n")
     with pytest.raises(ValidationError, match="line"):
-        cl.load_checklist(path)
+        spec.load_checklist(path)
 
 
 def _by_check(report) -> dict[str, cl.StepState]:
@@ -66,7 +67,7 @@ def _by_check(report) -> dict[str, cl.StepState]:
 
 def test_states_follow_the_log(tmp_path):
     log = tmp_path / "deployments.jsonl"
-    checklist = cl.load_checklist()
+    checklist = spec.load_checklist()
 
     pre = Journal("preflight", actor="ana", path=log)
     for step in ("lint", "tests", "data", "model", "doctor"):
@@ -122,12 +123,12 @@ def test_unknown_deployment_lists_recent_ones(tmp_path):
     dep = Journal("deploy", path=log)
     dep.record("local-1", "switch", "ok")
     with pytest.raises(Exception, match=dep.deployment):
-        cl.checklist_states(cl.load_checklist(), read_events(log), "nope")
+        cl.checklist_states(spec.load_checklist(), read_events(log), "nope")
 
 
 def test_accept_is_refused_until_phases_1_to_5_pass(tmp_path, monkeypatch):
     from moola_core.errors import MoolaError
-    from moola_ops.phases import run_accept
+    from moola_ops.checklist.phases import run_accept
 
     log = tmp_path / "deployments.jsonl"
     monkeypatch.setenv("MOOLA_LOG", str(log))
@@ -156,7 +157,7 @@ def test_accept_is_refused_until_phases_1_to_5_pass(tmp_path, monkeypatch):
     report = run_accept(dep.deployment, "Ana Lima", "first release of the pointer model")
     assert report.ok and report.facts["by"] == "Ana Lima"
 
-    states = _by_check(cl.checklist_states(cl.load_checklist(), read_events(log), dep.deployment))
+    states = _by_check(cl.checklist_states(spec.load_checklist(), read_events(log), dep.deployment))
     assert states["accept.signoff"].state == "done" and states["accept.signoff"].by == "Ana Lima"
     assert states["accept.notes"].detail == "first release of the pointer model"
 
@@ -175,8 +176,8 @@ def _released(log, version: str, run: str, sha: str, hosts=("h1",), ok=True) -> 
 
 
 def test_verify_after_a_failed_deploy_does_not_credit_the_failed_release(tmp_path, monkeypatch):
-    from moola_ops import phases
-    from moola_ops.health import CheckResult, HealthRun, HostHealth
+    from moola_ops.checklist import phases
+    from moola_ops.watch.health import CheckResult, HealthRun, HostHealth
 
     log = tmp_path / "deployments.jsonl"
     monkeypatch.setenv("MOOLA_LOG", str(log))
@@ -189,11 +190,12 @@ def test_verify_after_a_failed_deploy_does_not_credit_the_failed_release(tmp_pat
     live.checks += [CheckResult(n, 0, "fine") for n in ("ssh", "current", "checksums", "model")]
     live.checks.append(CheckResult("latency", 0, "p99 1.00 ms within 5 ms"))
     monkeypatch.setattr(
-        "moola_ops.health.run_healthcheck", lambda *a, **k: HealthRun([live], True, 0.0, 1.0)
+        "moola_ops.watch.health_run.run_healthcheck",
+        lambda *a, **k: HealthRun([live], True, 0.0, 1.0),
     )
     assert phases.run_verify("h1").ok
 
-    checklist = cl.load_checklist()
+    checklist = spec.load_checklist()
     failed = cl.checklist_states(checklist, read_events(log), v03.deployment)
     assert failed.phase_states()[5] == "pending", _by_check(failed)["verify.sanity"]
     assert failed.phase_states()[4] == "failed"
@@ -205,17 +207,17 @@ def test_verify_after_a_failed_deploy_does_not_credit_the_failed_release(tmp_pat
 def test_phase_7_is_not_needed_when_no_rollback_happened(tmp_path):
     log = tmp_path / "deployments.jsonl"
     dep = _released(log, "v0.1", "r1", "cc" * 32)
-    report = cl.checklist_states(cl.load_checklist(), read_events(log), dep.deployment)
+    report = cl.checklist_states(spec.load_checklist(), read_events(log), dep.deployment)
     assert _by_check(report)["rollback.switch"].state == "skipped"
     assert report.phase_states()[7] == "not needed"
     Journal("rollback", bundle="v0.0", path=log).record("h1", "post-check-runtime", "ok")
-    report = cl.checklist_states(cl.load_checklist(), read_events(log), dep.deployment)
+    report = cl.checklist_states(spec.load_checklist(), read_events(log), dep.deployment)
     assert report.phase_states()[7] == "done"
 
 
 def test_phases_2_and_3_are_tied_to_the_bundles_run_and_sha256(tmp_path):
     log = tmp_path / "deployments.jsonl"
-    checklist = cl.load_checklist()
+    checklist = spec.load_checklist()
     Journal("select", path=log).record("", "choice", "ok", facts={"run_id": "seed-17"})
     # a bundle built from another seed than the selected one
     other = _released(log, "v0.3", "seed-13", "dd" * 32)
@@ -253,11 +255,11 @@ def test_a_deploy_past_the_gate_shows_as_an_override_on_phase_2_and_accept_names
     """A bundle whose run was never judged, deployed with --override-gate: phase 2 of that
     deployment is "overridden" (who and why), not failed and not done; accepting it works and
     its sign-off line lists the overridden steps."""
-    from moola_ops.phases import run_accept
+    from moola_ops.checklist.phases import run_accept
 
     log = tmp_path / "deployments.jsonl"
     monkeypatch.setenv("MOOLA_LOG", str(log))
-    checklist = cl.load_checklist()
+    checklist = spec.load_checklist()
     for step in ("lint", "tests", "data", "model", "doctor"):
         Journal("preflight", path=log).record("", step, "ok")
     dep = _released(log, "v0.7", "never-judged", "ab" * 32)

@@ -15,8 +15,8 @@ import pytest
 
 from moola_core.bundle import archive as bundle_archive
 from moola_core.errors import MoolaError
-from moola_ops.commands import facts, lock, release
-from moola_ops.commands.layout import Layout, check_name, check_workspace
+from moola_ops.deploy.commands import decisions, facts, lock, release
+from moola_ops.hosts.layout import Layout, check_name, check_workspace
 
 WS = Layout("/workspace/moola")
 DEP = "20261125T170000Z-abc123"
@@ -179,8 +179,12 @@ def test_prune_removes_releases_with_their_markers_and_staging():
     cmd = release.prune(WS, ["v0.1"], ["20260101T000000Z-v0.1.tar"])
     assert cmd == (
         "rm -rf -- /workspace/moola/releases/v0.1 /workspace/moola/releases/v0.1.sha256 "
-        "/workspace/moola/backups/20260101T000000Z-v0.1.tar; "
-        "rm -rf -- /workspace/moola/incoming/* /workspace/moola/.current-*"
+        "/workspace/moola/releases/v0.1.checked "
+        "/workspace/moola/backups/20260101T000000Z-v0.1.tar; gone=$?; "
+        'for f in /workspace/moola/incoming/*.pid; do p=$(cat "$f" 2>/dev/null); '
+        'case "$p" in ""|*[!0-9]*|0|1) false;; *) true;; esac && kill -KILL -"$p" 2>/dev/null; '
+        "done; "
+        "rm -rf -- /workspace/moola/incoming/* /workspace/moola/.current-* && [ $gone -eq 0 ]"
     )
 
 
@@ -340,7 +344,7 @@ def test_facts_parse_a_recorded_gpu_host():
             "temperature_c": 41.0,
         }
     ]
-    assert facts.rollback_target(f) == "v0.2"
+    assert decisions.rollback_target(f) == "v0.2"
 
 
 def test_facts_of_a_bare_host_and_a_cut_answer():
@@ -402,9 +406,9 @@ def rev(action, version):
 
 def test_history_pops_on_rollback_so_a_second_rollback_goes_further_back():
     lines = [rev("deploy", "v1"), rev("deploy", "v2"), rev("deploy", "v3"), rev("rollback", "v2")]
-    assert facts.release_history(lines) == ["v1", "v2"]
+    assert decisions.release_history(lines) == ["v1", "v2"]
     f = facts.HostFacts(current="v2", revisions=lines)
-    assert facts.rollback_target(f) == "v1"
+    assert decisions.rollback_target(f) == "v1"
 
 
 def test_rollback_target_after_a_redeploy_and_an_auto_rollback():
@@ -416,8 +420,8 @@ def test_rollback_target_after_a_redeploy_and_an_auto_rollback():
         rev("deploy", "v1"),
     ]
     f = facts.HostFacts(current="v1", revisions=lines)
-    assert facts.rollback_target(f) == "v2"
-    assert facts.rollback_target(facts.HostFacts(current="v1", revisions=[])) is None
+    assert decisions.rollback_target(f) == "v2"
+    assert decisions.rollback_target(facts.HostFacts(current="v1", revisions=[])) is None
 
 
 def test_prune_keeps_current_previous_and_newest_by_history_not_name():
@@ -428,7 +432,7 @@ def test_prune_keeps_current_previous_and_newest_by_history_not_name():
         backups=[f"2026010{i}T000000Z-{v}.tar" for i, v in enumerate(("v9", "v1", "v2", "v3"))],
         revisions=lines,
     )
-    releases, backups = facts.plan_prune(f, keep_releases=2, keep_backups=1)
+    releases, backups = decisions.plan_prune(f, keep_releases=2, keep_backups=1)
     assert releases == ["v0-never", "v1", "v2", "v9"]  # kept: v4 (current), v3 (previous)
     assert backups == [
         "20260100T000000Z-v9.tar",
@@ -436,8 +440,63 @@ def test_prune_keeps_current_previous_and_newest_by_history_not_name():
         "20260102T000000Z-v2.tar",
     ]
     # never current or previous, whatever N says
-    releases, _ = facts.plan_prune(f, keep_releases=0, keep_backups=0)
+    releases, _ = decisions.plan_prune(f, keep_releases=0, keep_backups=0)
     assert "v4" not in releases and "v3" not in releases
+
+
+def test_prune_leaves_odd_entries_alone_and_still_prunes_the_rest():
+    from moola_ops.deploy.commands import decisions
+
+    lines = [rev("deploy", v) for v in ("v1", "v2", "v3")]
+    odd = ["-rf", "not a version; rm -rf", "..", "$(reboot)"]
+    f = facts.HostFacts(
+        current="v3", releases={v: None for v in ("v1", "v2", "v3", *odd)}, revisions=lines
+    )
+    releases, _ = decisions.plan_prune(f, keep_releases=1, keep_backups=1)
+    assert releases == ["v1"]  # kept: v3 (current), v2 (previous); odd names never reach rm
+    assert decisions.odd_releases(f) == sorted(odd)
+    release.prune(WS, releases, [])  # builds: no name in the plan fails check_name
+
+
+def test_a_release_that_never_passed_its_check_is_pruned_whatever_n_says():
+    from moola_ops.deploy.commands import decisions
+
+    lines = [rev("deploy", v) for v in ("v1", "v2")]
+    f = facts.HostFacts(
+        current="v2",
+        releases={v: None for v in ("v1", "v2", "v3-cut", "v4-shadow", "v5-target")},
+        revisions=lines,
+        unchecked=["v3-cut", "v4-shadow", "v5-target", "v2", "-rf"],
+        server={"live": {"release": "v2", "port": 1}, "shadow": {"release": "v4-shadow"}},
+    )
+    # never current (v2), previous (v1), what a server runs (v4-shadow), the run's own
+    # target (protected) or an odd name
+    assert decisions.unchecked_releases(f, ("v5-target",)) == ["v3-cut"]
+    releases, _ = decisions.plan_prune(f, keep_releases=10, keep_backups=10, protect=("v5-target",))
+    assert releases == ["v3-cut"]
+    releases, _ = decisions.plan_prune(f, keep_releases=0, keep_backups=0)
+    assert "v4-shadow" not in releases and "v2" not in releases and "v1" not in releases
+
+
+def test_the_check_marker_is_written_only_after_the_check_passed():
+    from moola_ops.deploy.results import Options
+    from moola_ops.deploy.stages import bounded_check
+    from moola_ops.hosts.inventory import Host
+
+    host = Host(name="h1", hostname="127.0.0.1", workspace="/workspace/moola")
+    before = bounded_check(WS, host, Options(), "v0.3", "D1", 60, through_current=False)
+    check, _, mark = before.partition(" && { ")
+    assert "moola_core.runtime check" in check and "v0.3.checked" not in check
+    assert mark.startswith("{ printf ") and "/workspace/moola/releases/v0.3.checked" in mark
+    # through `current` (rollback, drill, deep health): no marker is written
+    after = bounded_check(WS, host, Options(), "v0.3", "D1", 60, through_current=True)
+    assert ".checked" not in after
+    for removes in (
+        release.remove_release(WS, "v0.3"),
+        release.set_aside(WS, "v0.3", "D1"),
+        release.prune(WS, ["v0.3"], []),
+    ):
+        assert "/workspace/moola/releases/v0.3.checked" in removes
 
 
 def test_prune_never_removes_a_release_a_server_runs_from():
@@ -452,12 +511,12 @@ def test_prune_never_removes_a_release_a_server_runs_from():
             "shadow": {"release": "v5-shadow", "port": 3},
         },
     )
-    releases, _ = facts.plan_prune(f, keep_releases=0, keep_backups=0)
+    releases, _ = decisions.plan_prune(f, keep_releases=0, keep_backups=0)
     assert releases == ["v1"]
 
 
 def test_resolve_bundle_checks_the_archive_as_the_host_will(tmp_path):
-    from moola_ops import engine
+    from moola_ops import deploy as engine
 
     sha = bundle_file(tmp_path / "moola-v0.3.tar.gz", "v0.3", CODE)
     local = engine.resolve_bundle(str(tmp_path / "moola-v0.3.tar.gz"))

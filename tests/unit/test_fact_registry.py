@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from moola_ops.commands import facts, release
-from moola_ops.commands.layout import Layout
+from moola_ops.deploy.commands import facts, release
+from moola_ops.hosts.layout import Layout
 
 ROOT = Path(__file__).parents[2]
 RECORDED = sorted((ROOT / "tests" / "data" / "facts").glob("*.json"))
@@ -50,7 +50,7 @@ def test_every_fact_has_recordings_and_exactly_one_parser():
                 defined.setdefault(node.name, []).append(str(module.relative_to(ROOT)))
     for name in facts.FACTS:
         homes = defined.get(f"parse_{name}", [])
-        assert homes == ["moola_ops/commands/facts.py"], (name, homes)
+        assert homes == ["moola_ops/deploy/commands/facts.py"], (name, homes)
     for other in ("parse_free_disk", "parse_df", "parse_light_facts", "split_sections"):
         assert len(defined.get(other, [])) <= 1, (other, defined.get(other))
 
@@ -88,21 +88,33 @@ def test_current_counts_only_as_a_deployed_release_inside_the_workspace():
 
 
 # Shell syntax that only a remote command contains. Modules that decide what runs on a host
-# must get such strings from moola_ops.commands (Kamal's rule), never build them: every module
-# of moola_ops outside commands/ is checked, the transport and the engine included.
+# must get such strings from the pure builders (Kamal's rule), never build them: every module
+# of moola_ops but the builders is checked, the transport's session and the engine included.
 SHELL = re.compile(
     r"&&|\|\||2>/dev/null|\$\(|\brm -[rf]|\bmkdir\b|\breadlink\b|\bln -s|\bmv -T|\btar -c|"
     r"\bkill -|\bsh -c\b"
 )
-BUILDERS = ROOT / "moola_ops" / "commands"
+OPS = ROOT / "moola_ops"
+# the pure builders: the deploy commands, serving's commands, the remote layout, and how the
+# transport wraps and stops every command
+BUILDERS = (
+    OPS / "deploy" / "commands",
+    OPS / "serving" / "commands.py",
+    OPS / "hosts" / "layout.py",
+    OPS / "transport" / "process.py",
+)
 # Text for a person that names a command is not a command: a span in backticks ("run `ruff
 # check --fix . && ruff format .`"), or a local task spelled out ("invoke bundle && ...").
 FOR_A_PERSON = re.compile(r"`[^`]*`")
 
 
 def _modules_outside_commands() -> list[Path]:
-    found = sorted(p for p in (ROOT / "moola_ops").rglob("*.py") if BUILDERS not in p.parents)
-    assert len(found) > 60 and ROOT / "moola_ops" / "engine" / "stages.py" in found
+    found = sorted(
+        p
+        for p in OPS.rglob("*.py")
+        if p not in BUILDERS and not any(b in p.parents for b in BUILDERS)
+    )
+    assert len(found) > 60 and OPS / "deploy" / "stages.py" in found
     return found
 
 
@@ -138,7 +150,7 @@ def test_no_shell_string_is_built_outside_commands():
 def test_only_the_engines_stages_put_a_release_on_a_host():
     # `shadow start` once staged, uploaded and extracted a bundle itself: past the signature
     # rule, the full bundle check and the deploy lock that deploy applies
-    engine = ROOT / "moola_ops" / "engine"
+    engine = OPS / "deploy"
     puts = {"upload", "stage", "staged_archive", "promote"}
     found = []
     for module in _modules_outside_commands():

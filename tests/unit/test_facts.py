@@ -15,8 +15,8 @@ import sys
 import pytest
 
 from moola_core.errors import MoolaError
-from moola_ops.commands import facts as cmd
-from moola_ops.commands.layout import Layout
+from moola_ops.deploy.commands import facts as cmd
+from moola_ops.hosts.layout import Layout
 
 NVIDIA_SMI_TWO_GPUS = """\
 NVIDIA H100 80GB HBM3, 1024, 81559, 3, 34
@@ -151,7 +151,7 @@ def test_odd_workspace_paths_are_refused_before_any_command():
 
 
 def test_runtime_check_command_runs_through_current():
-    from moola_ops.commands import release
+    from moola_ops.deploy.commands import release
 
     line = release.runtime_check(
         Layout("/workspace/moola"), "python3", "current", through_current=True

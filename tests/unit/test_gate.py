@@ -16,6 +16,7 @@ import pytest
 from moola_core.bundle.gate import gate_allows, gate_state
 from moola_core.streams import StreamScore
 from moola_core.train.gate import Evidence, GateRules, decide, evaluate_gate
+from moola_ops.checklist import spec
 
 REPO = Path(__file__).resolve().parents[2]
 N = 120
@@ -174,7 +175,8 @@ def test_gate_state_reads_only_the_manifest():
 
 
 def test_gate_state_takes_a_real_manifest(tmp_path):
-    from moola_core.bundle import build_bundle, verify_bundle
+    from moola_core.bundle.build import build_bundle
+    from moola_core.bundle.verify import verify_bundle
     from tests.unit.tiny_runs import freeze_runtime_code, make_tiny_run
 
     code = freeze_runtime_code(tmp_path / "code")
@@ -246,9 +248,9 @@ def test_invoke_select_exits_1_with_one_sentence_when_the_gate_fails(weak_runs, 
 def test_select_fails_on_a_failing_gate_and_an_override_is_its_own_state(
     weak_runs, tmp_path, monkeypatch
 ):
-    from moola_ops import checklist as cl
-    from moola_ops.journal import read_events
-    from moola_ops.phases import run_select
+    from moola_ops.checklist import states as cl
+    from moola_ops.checklist.phases import run_select
+    from moola_ops.log.journal import read_events
     from moola_ops.render import LogFilter, format_table, log_rows
 
     log = tmp_path / "log.jsonl"
@@ -262,7 +264,9 @@ def test_select_fails_on_a_failing_gate_and_an_override_is_its_own_state(
     run_metrics = json.loads((weak_runs / selected["run_id"] / "metrics.json").read_text())
     assert run_metrics["gate"]["passed"] is False  # what a bundle of this run would carry
     assert gate_state(run_metrics)[0] == "failed"
-    states = {s.check: s for s in cl.checklist_states(cl.load_checklist(), read_events(log)).steps}
+    states = {
+        s.check: s for s in cl.checklist_states(spec.load_checklist(), read_events(log)).steps
+    }
     assert states["select.gate"].state == "failed"
 
     report = run_select(runs_dir=weak_runs, n_boot=200, override="demo of a signed override")
@@ -275,7 +279,7 @@ def test_select_fails_on_a_failing_gate_and_an_override_is_its_own_state(
     assert gate_state(run_metrics)[0] == "overridden"
     events = read_events(log)
     assert events[-1]["status"] == "overridden"
-    report_states = cl.checklist_states(cl.load_checklist(), events)
+    report_states = cl.checklist_states(spec.load_checklist(), events)
     states = {s.check: s for s in report_states.steps}
     assert states["select.gate"].state == "overridden" and states["select.gate"].by
     assert "OVERRIDDEN" in states["select.gate"].detail
@@ -294,7 +298,7 @@ def test_select_fails_on_a_failing_gate_and_an_override_is_its_own_state(
 
 def test_preflight_model_step_fails_a_run_that_did_not_learn(weak_runs):
     from moola_core.train import load_config
-    from moola_ops.phases import check_learned, check_model
+    from moola_ops.checklist.preflight import check_learned, check_model
 
     run = sorted(p for p in weak_runs.iterdir() if p.is_dir())[0]
     # one epoch per fold: no later validation loss to have fallen

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from moola_ops import health as hc
-from moola_ops.commands import facts as cmd
+from moola_ops.deploy.commands import facts as cmd
+from moola_ops.watch import health as hc
+from moola_ops.watch import health_output, health_run
 
 
 def _facts(**over) -> cmd.HostFacts:
@@ -105,6 +106,79 @@ def test_each_problem_sets_its_check_state(over, expect_gpu, check, state):
     assert host.state == hc.worst([state, hc.OK])
 
 
+def test_lock_age_counts_from_the_holders_recorded_start_not_the_folders_mtime():
+    # recorded on a host: holder "since 16:33", the host's clock at 19:33, the folder's mtime
+    # 20 s old (anything touching deploy.lock renews it)
+    import json
+    from pathlib import Path
+
+    case = json.loads(
+        (Path(__file__).parents[1] / "data/facts/lock-old-holder-fresh-mtime.json").read_text()
+    )
+    lock = cmd.parse_lock(case["output"])
+    assert lock.age_s == 3 * 3600 and lock.aged_from == "since"
+    check = {c.name: c for c in _assess(_facts(lock=lock)).checks}["lock"]
+    assert check.state == hc.WARNING and "STALE" in check.message and "180 min" in check.message
+
+
+@pytest.mark.parametrize(
+    "since, aged_from, age_s",
+    [
+        (None, "mtime", 20),  # a holder from before `since` was recorded
+        ("not a time", "mtime", 20),
+        ("2025-11-27T19:40:00Z", "mtime", 20),  # 7 min ahead of the host: a skewed clock
+        ("2025-11-27T19:35:00Z", "since", 0),  # 2 min ahead: within the skew allowed
+        ("2025-11-27T19:03:00+00:00", "since", 1800),
+    ],
+)
+def test_lock_age_falls_back_to_the_mtime_only_without_a_believable_start(since, aged_from, age_s):
+    import json
+
+    holder = {"actor": "ana@laptop"} if since is None else {"actor": "ana", "since": since}
+    lock = cmd.parse_lock(["1764271980 1764271960", json.dumps(holder)])  # 19:33:00Z
+    assert (lock.aged_from, lock.age_s) == (aged_from, age_s)
+
+
+def test_a_copy_outside_releases_gets_no_ok_for_its_checksums():
+    copy = cmd.CurrentLink("/tmp/copy-of-v0.1", "/tmp/copy-of-v0.1", "/ws", True)
+    facts = _facts(
+        link=copy,
+        current=None,
+        current_problem="current -> /tmp/copy-of-v0.1 is not a release in this workspace",
+        checksums=cmd.ChecksumFact(problems=[], version="v0.1"),  # the copy matches itself
+    )
+    checks = {c.name: c for c in _assess(facts).checks}
+    assert checks["current"].state == hc.CRITICAL
+    assert checks["checksums"].state == hc.UNKNOWN and "not judged" in checks["checksums"].message
+
+
+@pytest.mark.parametrize(
+    "lock, state",
+    [
+        (None, hc.WARNING),  # left by an interrupted run: `invoke prune` removes it
+        (cmd.LockFact({"actor": "ana", "since": "x"}, age_s=60), hc.OK),  # being checked now
+        (cmd.LockFact({"actor": "ana"}, age_s=7200), hc.WARNING),  # a stale lock checks nothing
+    ],
+)
+def test_a_release_that_never_passed_its_check_warns_unless_a_live_deploy_is_checking_it(
+    lock, state
+):
+    facts = _facts(
+        releases={"v0.1": "a", "v0.4": "b"},
+        unchecked=["v0.4"],
+        revisions=[{"action": "deploy", "version": "v0.1"}],
+        lock=lock,
+        asked=("releases", "revisions", "unchecked", "lock"),
+    )
+    check = {c.name: c for c in _assess(facts).checks}["releases"]
+    assert check.state == state, check
+    assert "v0.4" in check.message
+    if state == hc.WARNING:
+        assert "invoke prune --host h1" in check.message
+    clean = _facts(releases={"v0.1": "a"}, asked=("releases", "unchecked"))
+    assert {c.name: c.state for c in _assess(clean).checks}["releases"] == hc.OK
+
+
 def test_stale_lock_message_says_how_to_break_it():
     host = _assess(_facts(lock=cmd.LockFact({"actor": "ana@laptop"}, age_s=7200)))
     assert "invoke lock --host h1 --break" in host.summary()
@@ -149,7 +223,7 @@ PERF = re.compile(r"^'[^'=]+'=-?[0-9.]+(ms|s|B|%|c)?(;[0-9.]*){0,4}$")
 
 def test_status_line_and_perfdata_follow_the_plugin_format():
     run = _run(_host("local-1", 1.5, 10.0), _host("local-2", 3.25, 10.0), deep=True)
-    line = hc.status_line(run)
+    line = health_output.status_line(run)
     assert "\n" not in line
     text, perf = line.split(" | ")
     assert text == "MOOLA OK - 2/2 hosts OK (deep), serving v0.1"
@@ -162,14 +236,14 @@ def test_status_line_and_perfdata_follow_the_plugin_format():
 def test_status_line_names_problem_hosts():
     bad = _host("local-2", state=hc.CRITICAL)
     bad.checks.append(hc.CheckResult("checksums", hc.CRITICAL, "weights.pt | sha256 mismatch"))
-    line = hc.status_line(_run(_host("local-1"), bad))
+    line = health_output.status_line(_run(_host("local-1"), bad))
     assert line.startswith("MOOLA CRITICAL - 1/2 hosts OK (fast); local-2 CRITICAL ")
     assert line.count("|") == 1  # a '|' in a message must not start the perfdata early
 
 
 def test_prometheus_text_is_parseable_exposition_format():
     run = _run(_host("local-1", 1.5, 10.0), _host('we"ird', state=hc.WARNING), deep=True)
-    text = hc.prometheus_text(run, now=1700000000.0)
+    text = health_output.prometheus_text(run, now=1700000000.0)
     samples = [ln for ln in text.splitlines() if not ln.startswith("#")]
     sample = re.compile(r'^[a-z0-9_]+\{([a-z]+="([^"\\]|\\.)*",?)*\} -?[0-9.e+-]+$')
     assert all(sample.match(s) for s in samples), samples
@@ -181,7 +255,7 @@ def test_prometheus_text_is_parseable_exposition_format():
 
 def test_write_textfile_is_atomic_and_readable(tmp_path):
     target = tmp_path / "textfile" / "moola.prom"
-    hc.write_textfile(target, "a 1\n")
+    health_output.write_textfile(target, "a 1\n")
     assert target.read_text() == "a 1\n"
     assert oct(target.stat().st_mode & 0o777) == "0o644"
 
@@ -197,7 +271,7 @@ def test_write_textfile_is_atomic_and_readable(tmp_path):
     t.start()
     docs = [f"metric {i}\n" * 2000 for i in range(50)]
     for doc in docs:
-        hc.write_textfile(target, doc)
+        health_output.write_textfile(target, doc)
     stop.set()
     t.join()
     assert seen <= set(docs) | {"a 1\n"}
@@ -218,14 +292,14 @@ def test_run_parallel_bounds_a_hanging_host():
         raise OSError("Connection refused")
 
     started = time.monotonic()
-    results = hc.run_parallel(["a", "hangs", "b"], probe, timeout_s=0.5)
+    results = health_run.run_parallel(["a", "hangs", "b"], probe, timeout_s=0.5)
     assert time.monotonic() - started < 2.0
     assert [h.host for h in results] == ["a", "hangs", "b"]
     assert [h.state for h in results] == [hc.OK, hc.CRITICAL, hc.OK]
     assert "timeout" in results[1].summary()
     release.set()
 
-    [refused] = hc.run_parallel(["c"], fails, timeout_s=5)
+    [refused] = health_run.run_parallel(["c"], fails, timeout_s=5)
     assert refused.state == hc.CRITICAL and "Connection refused" in refused.summary()
 
 
@@ -248,7 +322,7 @@ def test_run_parallel_bounds_concurrency(parallel):
         host.checks.append(hc.CheckResult("current", hc.OK, "fine"))
         return host
 
-    results = hc.run_parallel(["a", "b", "c"], probe, timeout_s=10, parallel=parallel)
+    results = health_run.run_parallel(["a", "b", "c"], probe, timeout_s=10, parallel=parallel)
     assert [h.state for h in results] == [hc.OK] * 3
     assert peak[0] == parallel
 

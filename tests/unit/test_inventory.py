@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from moola_core.errors import MoolaError
-from moola_ops.inventory import Inventory, load_inventory
+from moola_ops.hosts.inventory import Inventory, load_inventory
 
 GOOD = """\
 defaults:
@@ -112,7 +112,7 @@ def test_the_shipped_inventory_is_valid():
 
 
 def test_inventory_from_a_sandbox_object():
-    class Running:  # the fields of moola_ops.sandbox.SandboxHost the inventory reads
+    class Running:  # the fields of moola_ops.hosts.standin.SandboxHost the inventory reads
         hostname, port, user = "127.0.0.1", 2222, "me"
         identity_file, known_hosts, workspace = "/k/id", "/k/known_hosts", "/w/one"
         python = "/sbx/remote-bin/python3"

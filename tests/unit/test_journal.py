@@ -7,7 +7,7 @@ import multiprocessing
 
 import pytest
 
-from moola_ops.journal import STATUSES, Event, Journal, append, log_path, read_events
+from moola_ops.log.journal import STATUSES, Event, Journal, append, log_path, read_events
 
 
 def _writer(path: str, worker: int, lines: int) -> None:
@@ -102,7 +102,8 @@ def test_lines_that_are_not_events_are_skipped(tmp_path):
 
 _SHORT_WRITE = """
 import resource, signal, sys
-from moola_ops.journal import Journal, JournalWriteError
+from moola_ops.log.journal import Journal
+from moola_ops.log.logfile import JournalWriteError
 path, limit = sys.argv[1], int(sys.argv[2])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit write() fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
@@ -155,7 +156,8 @@ def test_an_event_after_a_torn_line_starts_on_a_fresh_line(tmp_path):
 
 def test_a_log_that_cannot_be_written_is_one_sentence(tmp_path):
     from moola_core.errors import MoolaError
-    from moola_ops.journal import JournalWriteError, check_writable
+    from moola_ops.log.journal import check_writable
+    from moola_ops.log.logfile import JournalWriteError
 
     folder = tmp_path / "log-is-a-folder"
     folder.mkdir()

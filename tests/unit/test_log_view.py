@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 
 from moola_core.errors import MoolaError
-from moola_ops import journal
+from moola_ops.log import journal
 from moola_ops.render import LogFilter, format_table, log_rows, parse_since
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -134,7 +134,7 @@ def test_the_log_rotates_by_size_and_readers_span_every_file(tmp_path, monkeypat
 def test_concurrent_writers_across_a_rotation_lose_no_line(tmp_path):
     log = tmp_path / "deployments.jsonl"
     code = (
-        "import sys; from moola_ops.journal import Journal\n"
+        "import sys; from moola_ops.log.journal import Journal\n"
         "j = Journal('deploy', path=sys.argv[1])\n"
         "for i in range(150): j.record(sys.argv[2], f's{i}', 'ok', pad='y' * 60)\n"
     )

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from moola_core.data import synthetic
-from moola_ops import monitor as M
-from moola_ops.captures import parse_lines
-from moola_ops.health import CRITICAL, OK, UNKNOWN, WARNING, write_textfile
+from moola_ops.serving.captures import parse_lines
+from moola_ops.watch import monitor as M
+from moola_ops.watch.health import CRITICAL, OK, UNKNOWN, WARNING
+from moola_ops.watch.health_output import write_textfile
 from tests.unit.capture_factory import ab_traffic, record
 
 

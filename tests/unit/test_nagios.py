@@ -7,10 +7,11 @@ import math
 import pytest
 
 from moola_core.errors import MoolaError
-from moola_ops import health as hc
 from moola_ops import nagios
-from moola_ops.commands import facts as cmd
-from moola_ops.inventory import Host
+from moola_ops.deploy.commands import facts as cmd
+from moola_ops.hosts.inventory import Host
+from moola_ops.watch import health as hc
+from moola_ops.watch import health_output
 
 
 @pytest.mark.parametrize(
@@ -124,4 +125,6 @@ def test_latency_ranges_replace_the_sla_defaults():
     check, h = latency(host=Host(name="h1", hostname="x", critical=(("p99_ms", "~:20"),)))
     assert check.state == hc.CRITICAL and "critical range ~:20" in check.message
     run = hc.HealthRun([h], deep=True, started=0, duration_s=1)
-    assert "'p99_ms'=30ms;40;~:20;0" in hc.status_line(run)  # perfdata names the ranges used
+    assert "'p99_ms'=30ms;40;~:20;0" in health_output.status_line(
+        run
+    )  # perfdata names the ranges used

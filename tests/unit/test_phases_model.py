@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from moola_core.train import load_config
-from moola_ops.phases import check_model
+from moola_ops.checklist.preflight import check_model
 
 
 def test_a_damaged_selection_file_fails_the_model_step_with_a_fix(tmp_path):

@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from moola_ops import journal, progress
+from moola_ops import progress
+from moola_ops.log import journal
 
 
 def test_listeners_see_a_transient_start_and_the_written_end(tmp_path):

@@ -8,11 +8,11 @@ import json
 import pytest
 
 from moola_core.data import synthetic
-from moola_ops import ab
-from moola_ops.captures import add_local_file, load_table
-from moola_ops.journal import Journal
+from moola_ops.log.journal import Journal
 from moola_ops.report import build_report
 from moola_ops.report.build import ab_hosts
+from moola_ops.serving.captures import add_local_file, load_table
+from moola_ops.shadow import ab
 from tests.unit.capture_factory import ab_traffic, write_lines
 
 

@@ -13,8 +13,8 @@ import stat
 import pytest
 
 from moola_core.errors import MoolaError
-from moola_ops import runpod
-from moola_ops.inventory import load_inventory
+from moola_ops.hosts import runpod
+from moola_ops.hosts.inventory import load_inventory
 from tests.runpod_standin import _Parser
 
 
@@ -351,7 +351,7 @@ def test_the_key_file_named_in_the_defaults_is_used(runpod_api, tmp_path, monkey
 def test_pin_replaces_only_the_pods_alias_and_compare_prefers_it(tmp_path):
     import base64
 
-    from moola_ops import hostkeys
+    from moola_ops.hosts import hostkeys
 
     def key(seed: bytes) -> hostkeys.ScannedKey:
         blob = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + seed * 32

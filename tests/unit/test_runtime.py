@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from moola_core.bundle import build_bundle, safe_extract
+from moola_core.bundle import safe_extract
 from moola_core.bundle.archive import sha256_bytes
+from moola_core.bundle.build import build_bundle
 from moola_core.runtime.check import percentile, run_check
 from moola_core.runtime.report import EXIT_ERROR, EXIT_FAIL, EXIT_PASS, parse_report
 from tests.unit.tiny_runs import make_tiny_run
@@ -229,3 +230,20 @@ def test_the_server_answers_with_the_confidence_and_a_live_models_p_under_way(tm
             assert [r["p_under_way"] for r in rows] == [r["confidence"] for r in rows]
         else:
             assert all("p_under_way" not in r for r in rows)
+
+
+@pytest.mark.parametrize("threshold, expected", [(0.0, False), (1.01, True)])
+def test_the_server_answers_the_models_own_abstain_flag(threshold, expected):
+    # docs/serving.md: `abstain` is the model's flag (confidence below its fitted threshold);
+    # it used to say the field was always false
+    import torch
+
+    from moola_core.models import build_model
+    from moola_core.runtime.serve import outputs_to_rows
+
+    torch.manual_seed(0)
+    model = build_model({"hidden": 8, "layers": 1, "abstain_threshold": threshold}).eval()
+    x = torch.randn(3, 105, 11)
+    with torch.no_grad():
+        out = model.predict(x, torch.ones(3, 105, dtype=torch.bool))
+    assert [row["abstain"] for row in outputs_to_rows(out)] == [expected] * 3

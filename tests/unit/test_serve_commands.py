@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from moola_core.errors import MoolaError
-from moola_ops.commands import serve
-from moola_ops.commands.layout import Layout
-from moola_ops.inventory import Host
+from moola_ops.hosts.inventory import Host
+from moola_ops.hosts.layout import Layout
+from moola_ops.serving import commands as serve
 
 WS = Layout("/workspace/moola")
 
@@ -311,7 +311,7 @@ def test_a_warm_standby_is_read_from_the_serving_fact():
 def test_every_serving_command_fits_in_the_one_argument_sshd_gives_the_shell():
     # sshd runs `$SHELL -c WRAPPED`: Linux refuses one argument over MAX_ARG_STRLEN (128 KiB)
     # with E2BIG, which reads as "no answer from the host"
-    from moola_ops.commands.process import wrap_command
+    from moola_ops.transport.process import wrap_command
 
     max_arg_strlen = 32 * 4096
     for command in (

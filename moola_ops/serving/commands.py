@@ -1,0 +1,432 @@
+"""Builders for what serving does on a host, and parsers of what the host answers.
+
+Every command runs the host-side control program `moola_core/runtime/serve_ctl.py` inline
+(`python3 -S -c PROGRAM ACTION ...`, the front proxy's source travelling inside it as a string),
+the same pattern as `commands/hostside.py`: a bare pod needs nothing installed, and the
+engine never depends on what an older release left on the disk. Each prints one JSON line.
+Read top to bottom, this file is exactly what serving does to a host.
+
+    WORKSPACE/serve/state.json     live / standby / shadow server (the proxy routes by it)
+    WORKSPACE/serve/proxy.json     the proxy's pid and public port
+    WORKSPACE/serve/servers/*.json one per model server process (pid, private port, ready)
+    WORKSPACE/serve/logs/*.log     the processes' logs
+    WORKSPACE/serve/token          the clients' token (0600), required beyond loopback
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from moola_core.errors import MoolaError
+from moola_ops.hosts.layout import Layout, check_name
+
+DEFAULT_PORT = 8080  # the public port when the inventory names none (`serve_port:`)
+DEVICES = ("auto", "cpu", "cuda")
+AUTH_MODES = ("auto", "always")  # inventory `serve_auth`: when clients need the host's token
+_RUNTIME = Path(__file__).resolve().parents[2] / "moola_core" / "runtime"
+CTL_SOURCE = (
+    f"PROXY_SOURCE = {(_RUNTIME / 'serve_proxy.py').read_text()!r}\n"
+    + (_RUNTIME / "serve_ctl.py").read_text()
+)
+
+
+def public_port(host) -> int:
+    """The host's public serving port: inventory `serve_port`, else DEFAULT_PORT (0: the port
+    the host's proxy picked once and keeps)."""
+    return DEFAULT_PORT if host.serve_port is None else int(host.serve_port)
+
+
+def _bind(address: str) -> str:
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        raise MoolaError(
+            f"invalid serve_bind {address!r}: give an IP address such as 127.0.0.1 or 0.0.0.0"
+        ) from None
+
+
+def _auth(mode: str) -> str:
+    if mode not in AUTH_MODES:
+        raise MoolaError(f"invalid serve_auth {mode!r}: choose auto or always")
+    return mode
+
+
+def _port(port: int, what: str = "port") -> str:
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise MoolaError(f"invalid {what} {port!r}: give a whole number from 0 to 65535")
+    return str(port)
+
+
+def _ctl(layout: Layout, python: str, action: str, *args: str) -> str:
+    # -S: the control program is standard library only, so the interpreter skips `site` (and
+    # every .pth file of its site-packages): ~12 ms less per round trip on a stand-in host
+    parts = [
+        shlex.quote(python),
+        "-S",
+        "-c",
+        shlex.quote(CTL_SOURCE),
+        action,
+        "--workspace",
+        layout.root,
+        *args,
+    ]
+    return " ".join(parts)
+
+
+def start(
+    layout: Layout,
+    python: str,
+    version: str,
+    *,
+    device: str = "auto",
+    timeout_s: float = 180.0,
+    server_args: tuple[str, ...] = (),
+) -> str:
+    """Start a server for releases/<version> on a free private port; wait until it is ready
+    (or failed, or `timeout_s`). Prints {ok, release, pid, port, ready, reason, log_tail}."""
+    if device not in DEVICES:
+        raise MoolaError(f"invalid device {device!r}: choose one of {', '.join(DEVICES)}")
+    extra = []
+    for arg in server_args:  # "=" form: a value that starts with "--" stays a value
+        extra.append(shlex.quote(f"--server-arg={arg}"))
+    return _ctl(
+        layout,
+        python,
+        "start",
+        "--release",
+        shlex.quote(check_name(version, "version")),
+        "--device",
+        device,
+        "--timeout",
+        repr(float(timeout_s)),
+        *extra,
+    )
+
+
+def proxy(
+    layout: Layout,
+    python: str,
+    port: int,
+    bind: str = "127.0.0.1",
+    *,
+    read_timeout_s: float | None = None,
+    keep_running: bool = False,
+    auth: str = "auto",
+) -> str:
+    """Start the front proxy on the public port unless it runs (the clients' token is made
+    first when the host has none). Prints {ok, pid, port, started, auth_required}.
+    `keep_running`: a proxy already running on another port is kept (no port configured).
+    `auth`: the inventory's `serve_auth` (a token beyond loopback, or always)."""
+    extra = [] if read_timeout_s is None else ["--read-timeout", repr(float(read_timeout_s))]
+    if keep_running:
+        extra.append("--keep-running")
+    return _ctl(
+        layout,
+        python,
+        "proxy",
+        "--port",
+        _port(port),
+        "--bind",
+        _bind(bind),
+        "--auth",
+        _auth(auth),
+        *extra,
+    )
+
+
+def switch(
+    layout: Layout, python: str, version: str, *, port: int | None = None, keep_standby: bool = True
+) -> str:
+    """Move live traffic to the ready server of `version` (atomic rename of serve/state.json;
+    the proxy confirms it). The server that was live becomes the standby, or drains."""
+    args = ["--release", shlex.quote(check_name(version, "version"))]
+    if port is not None:
+        args += ["--port", _port(port)]
+    if not keep_standby:
+        args.append("--no-standby")
+    return _ctl(layout, python, "switch", *args)
+
+
+def drain(layout: Layout, python: str, pid: int) -> str:
+    """SIGTERM one server of this workspace: it stops accepting, finishes, exits."""
+    if not isinstance(pid, int) or pid <= 1:
+        raise MoolaError(f"invalid pid {pid!r}")
+    return _ctl(layout, python, "drain", "--pid", str(pid))
+
+
+def stop_candidates(layout: Layout, python: str, version: str) -> str:
+    """Drain every server of `version` that is not live, standby or shadow: the candidate of a
+    deploy that failed or was interrupted before traffic moved to it. Prints {ok, drained}."""
+    return _ctl(
+        layout, python, "stop-candidates", "--release", shlex.quote(check_name(version, "version"))
+    )
+
+
+def shadow_route(layout: Layout, python: str, shadow: dict[str, Any] | None) -> str:
+    """Route a sampled copy of live traffic to `shadow` ({release, port, pid, fraction,
+    since}), or stop copying (None): serve/state.json's `shadow` key, changed under the host's
+    state lock like every other change of it. Prints {ok, old, shadow}."""
+    if shadow is None:
+        return _ctl(layout, python, "shadow", "--clear")
+    check_name(str(shadow.get("release")), "version")
+    return _ctl(layout, python, "shadow", "--set", shlex.quote(json.dumps(shadow)))
+
+
+def proxy_state(layout: Layout, python: str) -> str:
+    """The proxy's own view (its route, counters per shadow and total_*, connections), asked
+    on the host with the host's token. Prints {ok, proxy}."""
+    return _ctl(layout, python, "proxy-state")
+
+
+def token(layout: Layout, python: str, *, rotate: bool = False) -> str:
+    """The clients' token (made when missing; a new one with `rotate`). Prints {ok, token,
+    fingerprint, rotated, required}: the output carries the token, so its caller never logs it."""
+    return _ctl(layout, python, "token", *(["--rotate"] if rotate else []))
+
+
+def status(layout: Layout, python: str) -> str:
+    """Proxy, live/standby servers, every server process and what the public port serves."""
+    return _ctl(layout, python, "status")
+
+
+def standby(layout: Layout, python: str, version: str, *, requests: int = 3) -> str:
+    """Is the warm standby of `version` alive and ready, and does it answer real requests as
+    `version`? One round trip (rollback's fast path). Prints {ok, standby, probe, error}."""
+    return _ctl(
+        layout,
+        python,
+        "standby",
+        "--release",
+        shlex.quote(check_name(version, "version")),
+        "--requests",
+        str(int(requests)),
+    )
+
+
+def standby_switch(
+    layout: Layout, python: str, version: str, *, requests: int = 1, keep_standby: bool = True
+) -> str:
+    """Rollback's fast path, ONE round trip: probe the warm standby of `version` (alive,
+    /readyz, `requests` real requests answered as `version`) and, only when it passed, move
+    traffic to it. Prints {ok, standby, probe, moved, error}; nothing moves on a failed probe."""
+    if not isinstance(requests, int) or isinstance(requests, bool) or requests < 1:
+        raise MoolaError(f"invalid requests {requests!r}: give a whole number >= 1")
+    args = ["--release", shlex.quote(check_name(version, "version")), "--requests", str(requests)]
+    if not keep_standby:
+        args.append("--no-standby")
+    return _ctl(layout, python, "standby-switch", *args)
+
+
+def health(layout: Layout, python: str, *, burst: int = 0, concurrency: int = 4) -> str:
+    """The live service for a monitor, one round trip: status, one real request through the
+    public port, and a burst of `burst` requests (`concurrency` clients) when asked."""
+    if (
+        not isinstance(burst, int)
+        or burst < 0
+        or not isinstance(concurrency, int)
+        or concurrency < 1
+    ):
+        raise MoolaError(f"invalid burst {burst!r} / concurrency {concurrency!r}")
+    return _ctl(layout, python, "health", "--burst", str(burst), "--concurrency", str(concurrency))
+
+
+def stop(layout: Layout, python: str, wait_s: float = 30.0) -> str:
+    """Stop the proxy and every server (each drains first, killed after `wait_s`)."""
+    return _ctl(layout, python, "stop", "--wait", repr(float(wait_s)))
+
+
+def probe(
+    layout: Layout,
+    python: str,
+    *,
+    port: int = 0,
+    requests: int = 20,
+    concurrency: int = 1,
+    windows: int = 1,
+    warmup: int = 0,
+) -> str:
+    """Real prediction requests from the host itself (pod ports are not public): through the
+    proxy (port 0) or straight to a server's private port, one kept-alive connection per
+    client. Prints latency p50/p99 (after `warmup` untimed requests per client), failures and
+    which release answered."""
+    for value, what in ((requests, "requests"), (concurrency, "concurrency"), (windows, "windows")):
+        if not isinstance(value, int) or value < 1:
+            raise MoolaError(f"invalid {what} {value!r}: give a whole number >= 1")
+    if not isinstance(warmup, int) or warmup < 0:
+        raise MoolaError(f"invalid warmup {warmup!r}: give a whole number >= 0")
+    return _ctl(
+        layout,
+        python,
+        "probe",
+        "--port",
+        _port(port),
+        "--requests",
+        str(requests),
+        "--concurrency",
+        str(concurrency),
+        "--windows",
+        str(windows),
+        "--warmup",
+        str(warmup),
+    )
+
+
+def ensure(
+    layout: Layout,
+    python: str,
+    port: int,
+    *,
+    bind: str = "127.0.0.1",
+    device: str = "auto",
+    keep_standby: bool = True,
+    timeout_s: float = 180.0,
+    keep_running: bool = False,
+    auth: str = "auto",
+) -> str:
+    """Idempotent: the proxy runs and `current`'s server is live and ready; starts what is
+    missing and does nothing otherwise (cron-safe)."""
+    if device not in DEVICES:
+        raise MoolaError(f"invalid device {device!r}: choose one of {', '.join(DEVICES)}")
+    args = [
+        "--port",
+        _port(port),
+        "--bind",
+        _bind(bind),
+        "--device",
+        device,
+        "--timeout",
+        repr(float(timeout_s)),
+        "--auth",
+        _auth(auth),
+    ]
+    if not keep_standby:
+        args.append("--no-standby")
+    if keep_running:
+        args.append("--keep-running")
+    return _ctl(layout, python, "ensure", *args)
+
+
+def start_command_line(
+    workspace: str,
+    python: str = "python3",
+    port: int = DEFAULT_PORT,
+    bind: str = "127.0.0.1",
+    auth: str = "auto",
+) -> str:
+    """The line for a pod's start command: serve `current` after a pod restart. `--auth` is
+    named only when it is not the default (a release built before it existed runs this line)."""
+    layout = Layout(workspace)
+    ctl = layout.path("current", "code", "moola_core", "runtime", "serve_ctl.py")
+    line = (
+        f"{shlex.quote(python)} {ctl} ensure --workspace {layout.root} "
+        f"--port {_port(port)} --bind {_bind(bind)}"
+    )
+    return line if _auth(auth) == "auto" else f"{line} --auth {auth}"
+
+
+# --- the serving fact (facts.py `server`, read in the lock's round trip) -----------------------
+
+
+def standby_of(state: dict[str, Any] | None, version: str) -> dict[str, Any] | None:
+    """The standby entry of `version` in a serving state, or None."""
+    standby = (state or {}).get("standby")
+    if isinstance(standby, dict) and standby.get("release") == version and standby.get("port"):
+        return standby
+    return None
+
+
+def live_of(state: dict[str, Any] | None, version: str) -> dict[str, Any] | None:
+    """The live entry of `version` in a serving state, or None (a rollback from a `current`
+    Moola did not deploy can land on the release whose server already takes traffic)."""
+    live = (state or {}).get("live")
+    if isinstance(live, dict) and live.get("release") == version and live.get("port"):
+        return live
+    return None
+
+
+# --- parsers ---------------------------------------------------------------------------------
+
+
+def parse(stdout: str) -> dict[str, Any]:
+    """The JSON document serve_ctl printed (its last JSON line), or a failure report."""
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if isinstance(value, dict):
+                return value
+    return {"ok": False, "error": f"no answer from the host: {stdout.strip()[-300:]!r}"}
+
+
+@dataclass
+class ServeStatus:
+    """What serves on one host (from `status`)."""
+
+    ok: bool
+    current: str | None = None
+    proxy_running: bool = False
+    proxy_port: int | None = None
+    live: dict[str, Any] | None = None
+    standby: dict[str, Any] | None = None
+    shadow: dict[str, Any] | None = None
+    live_alive: bool = False
+    live_ready: bool = False
+    served_release: str | None = None
+    servers: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def serving(self) -> bool:
+        """The proxy runs and forwards to a live server that is ready."""
+        return self.proxy_running and self.live_alive and self.live_ready
+
+    @property
+    def standby_ready(self) -> bool:
+        """A standby exists and its process answered /readyz just now."""
+        pid = (self.standby or {}).get("pid")
+        return any(s.get("pid") == pid and s.get("ready_now") for s in self.servers)
+
+    def problem(self) -> str | None:
+        """One sentence when the host does not serve `current`, else None."""
+        if self.error:
+            return self.error
+        if not self.proxy_running:
+            return "the serving proxy is not running"
+        if not self.live:
+            return "no release is live"
+        if not self.live_alive:
+            return f"the live server of {self.live.get('release')} is not running"
+        if not self.live_ready:
+            return f"the live server of {self.live.get('release')} is not ready"
+        if self.current and self.served_release != self.current:
+            return f"serving {self.served_release}, but current is {self.current}"
+        return None
+
+
+def parse_status(stdout: str) -> ServeStatus:
+    """ServeStatus from the output of `status` (tested from recorded output)."""
+    data = parse(stdout)
+    if not data.get("ok"):
+        return ServeStatus(ok=False, error=data.get("error") or "no status from the host")
+    proxy_info = data.get("proxy") or {}
+    return ServeStatus(
+        ok=True,
+        current=data.get("current"),
+        proxy_running=bool(proxy_info.get("running")),
+        proxy_port=proxy_info.get("port"),
+        live=data.get("live"),
+        standby=data.get("standby"),
+        shadow=data.get("shadow"),
+        live_alive=bool(data.get("live_alive")),
+        live_ready=bool(data.get("live_ready")),
+        served_release=data.get("served_release"),
+        servers=list(data.get("servers") or []),
+    )
