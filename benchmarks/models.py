@@ -363,6 +363,13 @@ def main() -> int:  # noqa: C901 - one benchmark, read top to bottom
     parser.add_argument("--stream-sessions", type=int, default=STREAM_SESSIONS)
     parser.add_argument("--trials", type=int, default=SIM_TRIALS, help="gate simulation trials")
     parser.add_argument("--quick", action="store_true", help="tiny models and data: a smoke run")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a training-config override for every run (repeatable), e.g. split.folds=3",
+    )
     parser.add_argument("--runs-dir", default="", help="keep the runs here (default: temporary)")
     parser.add_argument("--out", default=str(REPO / "docs/benchmarks/models.md"))
     args = parser.parse_args()
@@ -386,6 +393,13 @@ def main() -> int:  # noqa: C901 - one benchmark, read top to bottom
             "stream.sessions": 3,
         }
         fresh_windows, asof_windows, sessions, trials = 60, 30, 4, 40
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise SystemExit(f"--set {item!r}: write SECTION.KEY=VALUE, e.g. split.folds=3")
+        import yaml
+
+        overrides[key.strip()] = yaml.safe_load(value)
     runs_dir = Path(args.runs_dir or tempfile.mkdtemp(prefix="moola-bench-"))
     started = dt.datetime.now(dt.UTC)
     clock = time.perf_counter()
