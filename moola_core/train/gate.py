@@ -21,6 +21,15 @@ on evidence that nothing else touched:
    with the baseline's recall would fail more often than not); `GateRules(recall_margin=...)`
    adds the check where the evidence is larger.
 
+3. **Reviewed windows** (non-inferiority, when a reviewed labeled set exists: issue #25). On
+   the windows a person reviewed (`invoke label.import`) that neither the candidate's runs nor
+   the live release's run trained on (moola_ops.labeling.holdout), the candidate's per-window
+   metric minus the live release's: the one-sided lower bound (level ALPHA / k, overlap groups
+   resampled) must stay above -WINDOW_MARGIN. A new model ships only if it is not worse than
+   what serves now on the labels people checked. `add_reviewed(gate, ...)` joins this verdict
+   to the out-of-fold one; with fewer than two such windows, or no live release known, the
+   check says so and is not counted.
+
 Every check must pass. The error rates this rule has at real data sizes are simulated in
 benchmarks/models.py (docs/benchmarks/models.md): the share of variants that are truly no
 better than the linear baseline that pass, and the power at a true +0.05 span IoU.
@@ -49,6 +58,7 @@ ALPHA = 0.025  # one-sided error rate of each check (a two-sided 95% interval's 
 # The stated non-inferiority margins on the stream (see docs/models.md for why these values):
 FALSE_ALARM_MARGIN = 1.0  # more false alarms per 1,000 bars than a baseline: at most this
 RECALL_MARGIN = 0.10  # less recall within 5 bars than a baseline: at most this (when asked)
+WINDOW_MARGIN = 0.05  # worse per-window metric than the live release on reviewed windows: at most
 N_BOOT = 2000
 
 
@@ -68,6 +78,7 @@ class Evidence:
     values: object  # array [n]
     stream: list = field(default_factory=list)
     seeds: tuple = ()
+    where: str = "out of fold"  # which windows, for the verdict's sentence
 
 
 @dataclass(frozen=True)
@@ -78,26 +89,27 @@ class GateRules:
     alpha: float = ALPHA
     variants_compared: int = 1  # Bonferroni over the recipes the selection chose among
     superiority_over: tuple = GATE_BASELINES
+    noninferior_to: tuple = ()  # comparators the candidate may trail by window_margin at most
     stream_against: tuple = GATE_BASELINES
     false_alarm_margin: float = FALSE_ALARM_MARGIN
     recall_margin: float | None = None  # RECALL_MARGIN to gate recall too
+    window_margin: float = WINDOW_MARGIN
     n_boot: int = N_BOOT
     seed: int = 0
 
 
-def _windows_check(candidate: Evidence, other: Evidence, rules: GateRules) -> dict:
+def _windows_check(
+    candidate: Evidence, other: Evidence, rules: GateRules, rule: str = "superiority"
+) -> dict:
+    """Superiority: the lower bound of candidate - other must be above 0; non-inferiority:
+    above -rules.window_margin (one-sided, level alpha / variants compared)."""
     import numpy as np
 
     from moola_core import metrics as M
 
     position = {w: i for i, w in enumerate(other.window_id)}
     missing = [w for w in candidate.window_id if w not in position]
-    check = {
-        "name": f"{rules.metric} vs {other.name}",
-        "baseline": other.name,
-        "evidence": "windows",
-        "rule": "superiority",
-    }
+    check = _window_check_head(rules, other.name, rule)
     if missing or not len(candidate.window_id):
         return {**check, "ok": False, "missing": True, "value": None, "bound": None}
     sign = -1.0 if rules.metric in M.LOWER_IS_BETTER else 1.0
@@ -109,14 +121,23 @@ def _windows_check(candidate: Evidence, other: Evidence, rules: GateRules) -> di
     boot = weights @ diff / weights.sum(axis=1)
     level = rules.alpha / max(rules.variants_compared, 1)
     bound = float(np.quantile(boot, level))
+    need = 0.0 if rule == "superiority" else -rules.window_margin
     return {
         **check,
         "value": round(float(diff.mean()), 4),
         "bound": round(bound, 4),
         "level": level,
         "n_windows": int(len(diff)),
-        "ok": bool(bound > 0),
+        "ok": bool(bound > need),
     }
+
+
+def _window_check_head(rules: GateRules, name: str, rule: str) -> dict:
+    head = {"name": f"{rules.metric} vs {name}", "baseline": name, "evidence": "windows"}
+    head["rule"] = rule
+    if rule == "non_inferiority":
+        head["margin"] = rules.window_margin
+    return head
 
 
 def _stream_checks(candidate: Evidence, other: Evidence, rules: GateRules) -> list[dict]:
@@ -162,23 +183,15 @@ def decide(candidate: Evidence, comparators: Mapping[str, Evidence], rules: Gate
     "checks": [...], "summary", "evaluated_at"}. A comparator the rules name but that is
     missing fails its checks (a run without the linear baseline cannot prove it beats it)."""
     checks = []
-    for name in rules.superiority_over:
+    wanted = [(name, "superiority") for name in rules.superiority_over]
+    wanted += [(name, "non_inferiority") for name in rules.noninferior_to]
+    for name, rule in wanted:
         other = comparators.get(name)
         if other is None:
-            checks.append(
-                {
-                    "name": f"{rules.metric} vs {name}",
-                    "baseline": name,
-                    "evidence": "windows",
-                    "rule": "superiority",
-                    "ok": False,
-                    "missing": True,
-                    "value": None,
-                    "bound": None,
-                }
-            )
+            missing = {"ok": False, "missing": True, "value": None, "bound": None}
+            checks.append({**_window_check_head(rules, name, rule), **missing})
             continue
-        checks.append(_windows_check(candidate, other, rules))
+        checks.append(_windows_check(candidate, other, rules, rule))
     for name in rules.stream_against:
         other = comparators.get(name)
         if other is not None:
@@ -193,11 +206,13 @@ def decide(candidate: Evidence, comparators: Mapping[str, Evidence], rules: Gate
         "margins": {
             "false_alarms_per_1k": rules.false_alarm_margin,
             "recall_within": rules.recall_margin,
+            **({"windows": rules.window_margin} if rules.noninferior_to else {}),
         },
         "evidence": {
             "candidate": candidate.name,
             "seeds": list(candidate.seeds),
             "windows": len(candidate.window_id),
+            "where": candidate.where,
             "stream": stream_used,
         },
         "checks": checks,
@@ -214,9 +229,10 @@ def gate_summary(checks: list[dict], rules: GateRules, passed: bool, candidate: 
             parts.append(f"{c['name']}: no predictions (FAIL)")
         elif c.get("skipped"):
             parts.append(f"{c['name']}: no stream (not checked)")
-        elif c["rule"] == "superiority":
+        elif c["evidence"] == "windows":
+            need = "0" if c["rule"] == "superiority" else f"{-c['margin']:+g}"
             parts.append(
-                f"{c['name']} {c['value']:+.3f} (lower bound {c['bound']:+.3f} > 0: "
+                f"{c['name']} {c['value']:+.3f} (lower bound {c['bound']:+.3f} > {need}: "
                 f"{'ok' if c['ok'] else 'FAIL'})"
             )
         else:
@@ -230,7 +246,7 @@ def gate_summary(checks: list[dict], rules: GateRules, passed: bool, candidate: 
     verdict = "passed" if passed else "FAILED"
     return (
         f"quality gate {verdict} for {candidate.name} ({seeds} seed(s) pooled, "
-        f"{len(candidate.window_id)} windows out of fold, one-sided level {rules.alpha:g}"
+        f"{len(candidate.window_id)} windows {candidate.where}, one-sided level {rules.alpha:g}"
         + (f" / {rules.variants_compared} variants" if rules.variants_compared > 1 else "")
         + "): "
         + "; ".join(parts)
@@ -315,3 +331,55 @@ def evaluate_gate(
     candidate, baselines = evidence_from_runs(name, list(predictions), metric)
     rules = GateRules(metric=metric, variants_compared=variants_compared, n_boot=n_boot, seed=seed)
     return decide(candidate, baselines, rules)
+
+
+# -- the live release on reviewed windows (issue #25) ----------------------------------------
+
+REVIEWED_WHERE = "reviewed, trained on by neither"
+
+
+def reviewed_rules(metric: str, variants_compared: int, live: str = "live", **kw) -> GateRules:
+    """The rule on reviewed windows: not worse than the live release by more than the margin."""
+    return GateRules(
+        metric=metric,
+        variants_compared=variants_compared,
+        superiority_over=(),
+        noninferior_to=(live,),
+        stream_against=(),
+        **kw,
+    )
+
+
+def add_reviewed(gate: dict, reviewed: dict | str) -> dict:
+    """The out-of-fold verdict `gate` joined with `reviewed`: the verdict of `decide` on the
+    reviewed windows (it must pass too), or a sentence saying why they were not checked
+    (recorded, not counted) -> the joined verdict (a new dict)."""
+    joined = {**gate, "checks": list(gate["checks"]), "evidence": dict(gate["evidence"])}
+    if isinstance(reviewed, str):
+        joined["checks"].append(
+            {
+                "name": f"{gate['metric']} vs live",
+                "baseline": "live",
+                "evidence": "reviewed",
+                "rule": "non_inferiority",
+                "ok": True,
+                "skipped": True,
+                "why": reviewed,
+                "value": None,
+                "bound": None,
+            }
+        )
+        joined["evidence"]["reviewed"] = None
+        joined["summary"] = f"{gate['summary']}; reviewed windows not checked: {reviewed}"
+        return joined
+    for check in reviewed["checks"]:
+        joined["checks"].append({**check, "evidence": "reviewed"})
+    joined["passed"] = bool(gate["passed"] and reviewed["passed"])
+    joined["margins"] = {**gate["margins"], **reviewed["margins"]}
+    joined["evidence"]["reviewed"] = reviewed["evidence"]
+    verdict = "passed" if joined["passed"] else "FAILED"
+    joined["summary"] = (
+        f"quality gate {verdict}: out of fold, {gate['summary']}; against the live release, "
+        f"{reviewed['summary']}"
+    )
+    return joined

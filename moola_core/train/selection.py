@@ -12,12 +12,18 @@ variant's run with the smallest seed: no figure is looked at to pick it, so no l
 chosen. The calibration split's figure of that run is reported beside the heuristic's and the
 linear baseline's, as the final model's own held-out check. The chosen variant's verdict (and a
 person's override of a failing one) also goes into runs/selected.json.
+
+When a reviewed labeled set exists (issue #25), `reviewed` (built by moola_ops, which knows
+the live release) gives each variant's Evidence and the live release's on the reviewed windows
+neither trained on; the variant must then also be no worse than the live release there
+(moola_core.train.gate.add_reviewed).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from moola_core import metrics as M
@@ -40,6 +46,7 @@ def select_run(
     n_boot: int = 1000,
     override: str | None = None,
     by: str | None = None,
+    reviewed: Callable[[list[str]], tuple | str] | None = None,
 ) -> dict:
     """Pick the variant to ship by `primary_metric` out of fold; write runs/selected.json.
 
@@ -48,6 +55,8 @@ def select_run(
     held-out figure next to the heuristic's and the linear baseline's), gate, reason,
     candidates, selected_at. `override` (a reason) with `by` (who) lets a run that failed the
     gate ship: it is recorded in `gate["override"]` of the record and of the run's metrics.
+    `reviewed(run_ids)` -> (candidate Evidence, live Evidence) on reviewed windows, or a
+    sentence saying why there are none, adds the live release's check to every variant's gate.
     """
     if override is not None and not override.strip():
         raise MoolaError('--override needs a reason, e.g. --override "hotfix, approved by X".')
@@ -64,7 +73,7 @@ def select_run(
             "(runs trained before the out-of-fold protocol must be trained again)."
         )
     variants.sort(key=lambda r: (-sign * r["metrics"][primary_metric]["value"], r["variant"]))
-    gates = _gate_variants(runs_dir, variants, primary_metric, write)
+    gates = _gate_variants(runs_dir, variants, primary_metric, write, reviewed)
     passing = [v for v in variants if gates[v["variant"]]["passed"]]
     ranked = passing + [v for v in variants if not gates[v["variant"]]["passed"]]
     best = ranked[0]
@@ -160,12 +169,19 @@ def _store_gate(run: runs.Run, gate: dict) -> None:
     runs.write_json(run.path / runs.METRICS, metrics)
 
 
-def _gate_variants(runs_dir, variants, metric: str, write: bool) -> dict:
-    """Decide the gate of every variant (seeds pooled, Bonferroni over the variants) ->
-    {variant: gate}; stored in each of its runs' metrics.json."""
+def _gate_variants(runs_dir, variants, metric: str, write: bool, reviewed=None) -> dict:
+    """Decide the gate of every variant (seeds pooled, Bonferroni over the variants; against
+    the live release on reviewed windows when `reviewed` is given) -> {variant: gate}; stored
+    in each of its runs' metrics.json."""
     from dataclasses import replace
 
-    from moola_core.train.gate import GateRules, decide, evidence_from_runs
+    from moola_core.train.gate import (
+        GateRules,
+        add_reviewed,
+        decide,
+        evidence_from_runs,
+        reviewed_rules,
+    )
 
     gates = {}
     for row in variants:
@@ -175,6 +191,14 @@ def _gate_variants(runs_dir, variants, metric: str, write: bool) -> dict:
         candidate = replace(candidate, seeds=tuple(row["seeds"]))
         rules = GateRules(metric=metric, variants_compared=len(variants))
         gate = decide(candidate, baselines, rules)
+        if reviewed is not None:
+            found = reviewed(list(row["run_ids"]))
+            if not isinstance(found, str):
+                mine, live = found
+                mine = replace(mine, name=row["variant"], seeds=tuple(row["seeds"]))
+                rules = reviewed_rules(metric, len(variants), live.name)
+                found = decide(mine, {live.name: live}, rules)
+            gate = add_reviewed(gate, found)
         gate["runs"] = list(row["run_ids"])
         gates[row["variant"]] = gate
         if write:

@@ -146,15 +146,17 @@ def run_select(
     metric: str | None = None,
     n_boot: int = 1000,
     override: str | None = None,
+    reviewed=None,
 ) -> PhaseReport:
     """Phase 2: choose a variant on out-of-fold metrics (moola_core.train.select_run), then the
     quality gate (moola_core.train.gate): the phase fails unless the variant beats the heuristic
     and the linear baseline out of fold and is no worse on the gate's stream than they are
     beyond the stated margins, or a person overrides it with a reason (`override`), recorded
-    in the log as an override (its own state, not a pass)."""
+    in the log as an override (its own state, not a pass). `reviewed`
+    (moola_ops.labeling.holdout.reviewed_gate) adds the live release on reviewed windows."""
     from moola_core.train import select_run
 
-    kwargs: dict[str, Any] = {"n_boot": n_boot}
+    kwargs: dict[str, Any] = {"n_boot": n_boot, "reviewed": reviewed}
     if metric:
         kwargs["primary_metric"] = metric
     if override is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,16 @@ import pytest
 
 from moola_core.bundle.gate import gate_allows, gate_state
 from moola_core.streams import StreamScore
-from moola_core.train.gate import Evidence, GateRules, decide, evaluate_gate
+from moola_core.train.gate import (
+    REVIEWED_WHERE,
+    WINDOW_MARGIN,
+    Evidence,
+    GateRules,
+    add_reviewed,
+    decide,
+    evaluate_gate,
+    reviewed_rules,
+)
 from moola_ops.checklist import spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,6 +138,37 @@ def test_a_run_without_the_linear_baseline_cannot_pass():
     cand, _, heuristic = _windows(0.2)
     gate = decide(cand, {"heuristic": heuristic}, GateRules(n_boot=200))
     assert gate["passed"] is False and "span_iou vs linear: no predictions" in gate["summary"]
+
+
+def test_against_the_live_release_on_reviewed_windows_the_candidate_may_trail_by_the_margin():
+    # issue #25: not worse than the live release on reviewed windows, by more than WINDOW_MARGIN
+    rules = reviewed_rules("span_iou", variants_compared=1, n_boot=800)
+    for gain, ok in ((0.0, True), (-0.02, True), (-0.12, False)):
+        cand, live, _ = _windows(gain, sd=0.1)
+        live = replace(live, name="live", where=REVIEWED_WHERE)
+        gate = decide(replace(cand, where=REVIEWED_WHERE), {"live": live}, rules)
+        (check,) = gate["checks"]
+        assert check["rule"] == "non_inferiority" and check["margin"] == WINDOW_MARGIN
+        assert check["value"] == pytest.approx(gain, abs=1e-3)
+        assert gate["passed"] is ok and check["ok"] is ok, (gain, check)
+        assert f"> -{WINDOW_MARGIN:g}" in gate["summary"] and "reviewed" in gate["summary"]
+
+
+def test_the_reviewed_verdict_joins_the_out_of_fold_one_and_can_fail_it():
+    cand, linear, heuristic = _windows(0.08)
+    oof = decide(cand, {"linear": linear, "heuristic": heuristic}, GateRules(n_boot=800))
+    assert oof["passed"] is True
+    worse, live, _ = _windows(-0.12)
+    reviewed = decide(worse, {"live": replace(live, name="live")}, reviewed_rules("span_iou", 1))
+    joined = add_reviewed(oof, reviewed)
+    assert joined["passed"] is False and oof["passed"] is True  # the input is not changed
+    assert [c["evidence"] for c in joined["checks"]].count("reviewed") == 1
+    assert joined["summary"].startswith("quality gate FAILED: out of fold, quality gate passed")
+    assert "against the live release" in joined["summary"]
+    # no reviewed windows to judge on: recorded with the reason, not counted
+    skipped = add_reviewed(oof, "no release is live")
+    assert skipped["passed"] is True and skipped["checks"][-1]["skipped"] is True
+    assert skipped["summary"].endswith("reviewed windows not checked: no release is live")
 
 
 def test_evaluate_gate_pools_the_seeds_of_one_variant():
