@@ -225,6 +225,7 @@ def _stages(demo: DemoRun, yaml) -> None:
             )
             run_ids.append(result.run_id)
         demo.facts["run_ids"] = run_ids
+        demo.facts["recipe"] = str(config_path)  # the label loop retrains the same recipe
         st.detail = ", ".join(run_ids)
 
     with demo.stage("phase 1: preflight", "invoke preflight") as st:
