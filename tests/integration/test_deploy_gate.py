@@ -34,19 +34,31 @@ def _gate_step(journal_file, deployment):
     return event
 
 
+def _assert_refused_before_upload(result, journal_file, gate_host, version: str, *says: str):
+    """Refused with exit 1, the sentences in the message, the gate step failed, nothing sent."""
+    (outcome,) = result.outcomes
+    assert outcome.status == "failed" and result.exit_code == 1
+    for text in says:
+        assert text in outcome.message
+    assert _gate_step(journal_file, result.deployment)["status"] == "failed"
+    steps = {e["step"] for e in read_events(journal_file, deployment=result.deployment)}
+    assert "upload" not in steps and "promote" not in steps
+    assert not list(Path(gate_host.workspace).glob(f"releases/{version}*"))
+
+
 def test_a_bundle_whose_run_failed_the_gate_is_refused_before_upload(
     gate_host, tmp_path, journal_file
 ):
     archive = make_bundle(tmp_path, "v3.0", metrics={"gate": FAILED_GATE})
     result = engine.deploy([gate_host], engine.resolve_bundle(str(archive)), FAST)
-    (outcome,) = result.outcomes
-    assert outcome.status == "failed" and result.exit_code == 1
-    assert "failed the quality gate (lost to the linear baseline)" in outcome.message
-    assert "--override" in outcome.message
-    assert _gate_step(journal_file, result.deployment)["status"] == "failed"
-    steps = {e["step"] for e in read_events(journal_file, deployment=result.deployment)}
-    assert "upload" not in steps and "promote" not in steps
-    assert not list(Path(gate_host.workspace).glob("releases/v3.0*"))
+    _assert_refused_before_upload(
+        result,
+        journal_file,
+        gate_host,
+        "v3.0",
+        "failed the quality gate (lost to the linear baseline)",
+        "--override",
+    )
 
 
 def test_an_override_ships_and_the_log_names_who_and_why(gate_host, tmp_path, journal_file):
@@ -66,15 +78,15 @@ def test_a_bundle_whose_run_was_never_judged_is_refused_unless_overridden_at_dep
     archive = make_bundle(tmp_path, "v3.2", metrics={"oof": {"span_iou": 0.7}})
     bundle = engine.resolve_bundle(str(archive))
     refused = engine.deploy([gate_host], bundle, FAST)
-    (outcome,) = refused.outcomes
-    assert outcome.status == "failed" and refused.exit_code == 1
-    assert "carries no quality-gate result" in outcome.message
-    assert "never went through `invoke select`" in outcome.message
-    assert "--override-gate" in outcome.message
-    assert _gate_step(journal_file, refused.deployment)["status"] == "failed"
-    steps = {e["step"] for e in read_events(journal_file, deployment=refused.deployment)}
-    assert "upload" not in steps and "promote" not in steps
-    assert not list(Path(gate_host.workspace).glob("releases/v3.2*"))
+    _assert_refused_before_upload(
+        refused,
+        journal_file,
+        gate_host,
+        "v3.2",
+        "carries no quality-gate result",
+        "never went through `invoke select`",
+        "--override-gate",
+    )
 
     forced = engine.deploy(
         [gate_host], bundle, replace(FAST, gate_override="data fix, approved by Ana")
