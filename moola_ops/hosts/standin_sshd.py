@@ -4,7 +4,6 @@ when the process is still the sshd we started (pid reuse). `moola_ops.hosts.stan
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import resource
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moola_core.errors import MoolaError
+from moola_ops.localproc import end_group
 
 
 @dataclass
@@ -187,22 +187,5 @@ def is_our_sshd(pid: int, host_dir: str) -> bool:
 
 
 def terminate(pid: int, host_dir: str, timeout: float = 5.0) -> None:
-    if not is_our_sshd(pid, host_dir):
-        return
-    try:
-        # the whole session: the listener and any connection children it forked
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and is_our_sshd(pid, host_dir):
-        reap(pid)
-        time.sleep(0.02)
-    if is_our_sshd(pid, host_dir):
-        os.killpg(pid, signal.SIGKILL)
-    reap(pid)
-
-
-def reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+    # the whole session: the listener and any connection children it forked
+    end_group(pid, lambda: is_our_sshd(pid, host_dir), timeout_s=timeout, poll_s=0.02)

@@ -12,12 +12,10 @@ version check, analytics and Sentry are switched off.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -25,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from moola_core.errors import MoolaError
+from moola_ops.localproc import end_group
 
 DEFAULT_VENV = Path(".venv-labelstudio")
 DEFAULT_ROOT = Path(".moola/labelstudio")
@@ -234,27 +233,7 @@ def _is_ours(pid: int, data_dir: str) -> bool:
 
 def stop_process(pid: int, data_dir: str, timeout_s: float = 20.0) -> bool:
     """Stop the Label Studio we started (its process group, by its pid); True when it ran."""
-    if not _is_ours(pid, data_dir):
-        _reap(pid)
-        return False
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:  # it ended between the check and the signal
-        _reap(pid)
-        return True
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _is_ours(pid, data_dir):
-        _reap(pid)
-        time.sleep(0.1)
-    if _is_ours(pid, data_dir):
-        os.killpg(pid, signal.SIGKILL)
-    _reap(pid)
-    return True
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+    return end_group(pid, lambda: _is_ours(pid, data_dir), timeout_s=timeout_s, poll_s=0.1)
 
 
 # --- the one local instance of `invoke label.studio` (state in .moola/labelstudio) ------------
