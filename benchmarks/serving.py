@@ -47,6 +47,7 @@ import os
 import platform
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -76,9 +77,9 @@ class Client:
         self.port = port
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
-    def post(self, body: bytes) -> tuple[int, dict | None]:
+    def post(self, body: bytes, headers: dict | None = None) -> tuple[int, dict | None]:
         try:
-            self.conn.request("POST", "/v1/predict", body=body)
+            self.conn.request("POST", "/v1/predict", body=body, headers=headers or {})
             response = self.conn.getresponse()
             return response.status, json.loads(response.read())
         except (OSError, http.client.HTTPException, ValueError):
@@ -90,23 +91,37 @@ class Client:
         self.conn.close()
 
 
-def throughput(port: int, clients: int, seconds: float, windows: int = 1) -> dict:
-    """Windows/s and latency with `clients` threads each sending back-to-back requests."""
-    bodies = [
-        json.dumps({"windows": [window(i * 7 + j) for j in range(windows)]}).encode()
-        for i in range(clients)
-    ]
+BINARY_TYPE = "application/vnd.moola.ohlc-f32le"  # docs/serving.md "Binary requests"
+
+
+def binary_body(windows: list) -> bytes:
+    """float32 little-endian [N, 105, 4], as a client with numpy sends `array.astype('<f4')`."""
+    return b"".join(struct.pack("<4f", *bar) for w in windows for bar in w)
+
+
+def throughput(
+    port: int, clients: int, seconds: float, windows: int = 1, binary: bool = False
+) -> dict:
+    """Windows/s and latency with `clients` threads each sending back-to-back requests (JSON
+    bodies, or binary ones with `binary`)."""
+    grids = [[window(i * 7 + j) for j in range(windows)] for i in range(clients)]
+    if binary:
+        bodies = [binary_body(g) for g in grids]
+        headers = {"Content-Type": BINARY_TYPE, "X-Moola-Windows": str(windows)}
+    else:
+        bodies = [json.dumps({"windows": g}).encode() for g in grids]
+        headers = {"Content-Type": "application/json"}
     stop, start = threading.Event(), threading.Barrier(clients + 1)
     latencies: list[list[float]] = [[] for _ in range(clients)]
     failures = [0] * clients
 
     def run(i: int) -> None:
         client = Client(port)
-        client.post(bodies[i])  # connect and warm up before the clock starts
+        client.post(bodies[i], headers)  # connect and warm up before the clock starts
         start.wait()
         while not stop.is_set():
             began = time.perf_counter()
-            status, _ = client.post(bodies[i])
+            status, _ = client.post(bodies[i], headers)
             if status == 200:
                 latencies[i].append((time.perf_counter() - began) * 1e3)
             else:
@@ -432,6 +447,14 @@ def run_standin(args) -> dict:
             ),
         )
 
+        print(f"binary vs JSON bodies at {args.clients} clients, public port ...", flush=True)
+        result["binary"] = binary_vs_json(public, args.clients, args.seconds)
+        result["binary_vs_json_throughput"] = result["binary"]["ratio_1"]
+        result["parse_ms_per_window"] = parse_cost()
+
+        print("kill -9 of the live server under 4 steady clients ...", flush=True)
+        result.update(kill_live(host, public))
+
         print("deploy v1.2 under a steady stream ...", flush=True)
         with Stream(public) as stream:
             t0 = time.perf_counter()
@@ -533,6 +556,93 @@ def run_standin(args) -> dict:
     return result
 
 
+def binary_vs_json(port: int, clients: int, seconds: float) -> dict:
+    """Windows/s with binary over JSON bodies, alternating JSON, binary, binary, JSON so a
+    drift of the shared machine's load falls on both; one window per request (`ratio_1`) and
+    16 (`ratio_16`)."""
+    out: dict = {}
+    for windows in (1, 16):
+        runs: dict = {"json": [], "binary": []}
+        for kind in ("json", "binary", "binary", "json"):
+            runs[kind].append(throughput(port, clients, seconds / 2, windows, kind == "binary"))
+        rate = {k: sum(r["windows_per_s"] for r in v) / len(v) for k, v in runs.items()}
+        out[f"windows_{windows}"] = {
+            k: {
+                "windows_per_s": round(rate[k], 1),
+                "p99_ms": max(r["p99_ms"] or 0 for r in v),
+                "failures": sum(r["failures"] for r in v),
+            }
+            for k, v in runs.items()
+        }
+        out[f"ratio_{windows}"] = round(rate["binary"] / max(rate["json"], 1e-9), 2)
+    return out
+
+
+def parse_cost(reps: int = 2000) -> dict:
+    """ms per window to parse and check a request body in this process (the server's own
+    functions), JSON against binary, 1 and 16 windows per body: the part of a request that
+    a binary body removes."""
+    from moola_core.runtime.serve import parse_binary, parse_windows
+
+    out = {}
+    for n in (1, 16):
+        grids = [window(i) for i in range(n)]
+        as_json, as_binary = json.dumps({"windows": grids}).encode(), binary_body(grids)
+        headers = {"content-type": BINARY_TYPE, "x-moola-windows": str(n)}
+        calls = {
+            "json": lambda b=as_json: parse_windows(b, 256),
+            "binary": lambda b=as_binary, h=headers: parse_binary(b, h, 256),
+        }
+        for name, call in calls.items():
+            for _ in range(50):
+                call()
+            began, count = time.perf_counter(), max(1, reps // n)
+            for _ in range(count):
+                call()
+            out[f"{name}_{n}"] = round((time.perf_counter() - began) / count / n * 1e3, 4)
+    return out
+
+
+def kill_live(host, public: int, clients: int = 4) -> dict:
+    """SIGKILL the live server while `clients` streams send through the public port: requests
+    that failed (target 0) and seconds from the kill to the first answer after the outage (the
+    answer that ends the longest silence of any stream, target <= 3 on CPU stand-ins)."""
+    from moola_ops.serving import control as serving
+    from moola_ops.transport import HostSession
+
+    with HostSession(host) as session:
+        before = serving.status(session, host)
+    streams = [Stream(public, ROLLBACK_STREAM_PAUSE_S) for _ in range(clients)]
+    for stream in streams:
+        stream.__enter__()
+    time.sleep(0.5)  # every stream answered a few times
+    t0 = time.perf_counter()
+    os.kill(before.live["pid"], 9)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with HostSession(host) as session:
+            now = serving.status(session, host)
+        if now.serving and now.live["pid"] != before.live["pid"]:
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)  # answers from the new server on every stream
+    for stream in streams:
+        stream.__exit__()
+    again = []
+    for stream in streams:
+        times = [t for t, _ in stream.answers]
+        after = [(b - a, b) for a, b in zip(times, times[1:], strict=False) if b > t0]
+        if after:
+            again.append(max(after)[1] - t0)
+    failures = [f for s in streams for f in s.failures]
+    return {
+        "failed_during_kill": len(failures),
+        "served_again_after_kill_s": round(max(again), 3) if again else None,
+        "kill_failures_sample": failures[:3],
+        "kill_restarted": now.live["pid"] != before.live["pid"],
+    }
+
+
 # --- local (GPU box) ---------------------------------------------------------------------------
 
 
@@ -563,10 +673,17 @@ def run_local(args) -> dict:
             result["device"] = json.loads(conn.getresponse().read())["device"]
             conn.close()
             result[name] = throughput(port, args.clients, args.seconds)
+            if name == "batched":  # the same server, binary bodies (docs/serving.md)
+                result["batched_binary"] = throughput(port, args.clients, args.seconds, binary=True)
             proc.terminate()
             proc.wait(timeout=60)
         result["windows_per_s"] = result["batched"]["windows_per_s"]
         result["p99_ms"] = result["batched"]["p99_ms"]
+        result["binary_windows_per_s"] = result["batched_binary"]["windows_per_s"]
+        result["binary_p99_ms"] = result["batched_binary"]["p99_ms"]
+        result["binary_vs_json_throughput"] = round(
+            result["binary_windows_per_s"] / max(result["windows_per_s"], 1e-9), 2
+        )
         result["batched_vs_unbatched_throughput"] = round(
             result["batched"]["windows_per_s"] / max(result["unbatched"]["windows_per_s"], 1e-9), 2
         )
@@ -725,6 +842,12 @@ def write_markdown(path: Path, result: dict, meta: dict) -> None:
         f"| windows/s, captures off: batching / no batching | {r['batched_without_captures']['windows_per_s']} / {r['unbatched_without_captures']['windows_per_s']} | |",
         f"| windows/s, batching off (`--max-batch 1`, captures on) | {r['unbatched']['windows_per_s']} (p99 {r['unbatched']['p99_ms']} ms) | |",
         f"| **batched_vs_unbatched_throughput** | **{r['batched_vs_unbatched_throughput']}** | >= 3 |",
+        f"| windows/s at {r['batched']['clients']} clients through the public port, JSON / binary bodies, 1 window per request | {r['binary']['windows_1']['json']['windows_per_s']} / {r['binary']['windows_1']['binary']['windows_per_s']} | |",
+        f"| **binary_vs_json_throughput** (1 window per request) | **{r['binary_vs_json_throughput']}** | >= 3 |",
+        f"| same, 16 windows per request: JSON / binary windows/s, ratio | {r['binary']['windows_16']['json']['windows_per_s']} / {r['binary']['windows_16']['binary']['windows_per_s']}, {r['binary']['ratio_16']} | |",
+        f"| parsing and checking a body in process, ms per window, JSON / binary: 1 window, 16 windows | {r['parse_ms_per_window']['json_1']} / {r['parse_ms_per_window']['binary_1']}, {r['parse_ms_per_window']['json_16']} / {r['parse_ms_per_window']['binary_16']} | |",
+        f"| **failed_during_kill** (kill -9 of the live server, 4 steady clients) | **{r['failed_during_kill']}** | 0 |",
+        f"| **served_again_after_kill_s** (kill -> first answer after the outage, slowest client) | **{r['served_again_after_kill_s']}** | <= 3 |",
         f"| **failed_during_deploy** (longest gap between answers) | **{r['failed_during_deploy']}** ({r['deploy_longest_gap_ms']} ms) | 0 |",
         f"| **failed_during_rollback** (longest gap) | **{r['failed_during_rollback']}** ({r['rollback_longest_gap_ms']} ms) | 0 |",
         f"| **rollback_to_served_s**: `invoke rollback` started -> first answer by the previous release (warm standby); median of three (all three); the client pauses {r['rollback_stream_pause_ms']:g} ms after each answer | **{r['rollback_to_served_s']}** ({', '.join(str(x) for x in r['rollback_to_served_runs_s'])} s) | <= 1.0 |",
@@ -743,8 +866,9 @@ def write_markdown(path: Path, result: dict, meta: dict) -> None:
         + ", ".join(f"{name} {end} s ({dur} s)" for name, end, dur in r["rollback_steps"])
         + ". Before the first step: the CLI's start-up (Python, Invoke, the inventory).",
         "",
-        "Local mode for a GPU box (no sshd, server on 127.0.0.1 of that machine, 64 clients):",
-        "`python benchmarks/serving.py --local --clients 64 --seconds 10 --device auto`.",
+        "Local mode for a GPU box (no sshd, server on 127.0.0.1 of that machine, 64 clients;",
+        "windows/s and p99 for JSON and binary bodies):",
+        "`python benchmarks/serving.py --local --clients 64 --seconds 10 --device cuda`.",
         "",
     ]
     path.write_text("\n".join(lines))

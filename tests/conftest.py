@@ -17,6 +17,30 @@ import pytest
 from moola_ops.hosts.standin import Sandbox, start_sandbox
 
 
+@pytest.fixture(autouse=True)
+def no_fixed_serving_port(request, monkeypatch):
+    """Every host a test serves from shares 127.0.0.1 with every other test, sandbox and clone
+    on the machine: a host without `serve_port` would bind the fixed default 8080 (issue #24:
+    `Address already in use` under a second suite). Such a host fails the test at once; give
+    it `serve_port: 0` (a free port, picked once). Only a test marked `default_port`, which
+    binds nothing, may see the default."""
+    if request.node.get_closest_marker("default_port"):
+        return
+    from moola_ops.serving import commands as serve_cmd
+
+    real = serve_cmd.public_port
+
+    def public_port(host) -> int:
+        if host.serve_port is None:
+            pytest.fail(
+                f"host {host.name} has no serve_port and would serve on the fixed port "
+                f"{serve_cmd.DEFAULT_PORT}: give it serve_port: 0 in the test's inventory"
+            )
+        return real(host)
+
+    monkeypatch.setattr(serve_cmd, "public_port", public_port)
+
+
 @pytest.fixture
 def sandbox_factory() -> Iterator:
     """Call `sandbox_factory(names, **options)` to start stand-in hosts; all stop at teardown.

@@ -12,7 +12,9 @@ without a test noticing.
 Operations: `myself { pods }`, `pod(input: {podId})`, `podStop`, `podResume`, `podTerminate`.
 Scenario hooks: `set_ssh(pod, port=...)` (a restart on a new port), `stop()`, `drop_tcp22()`,
 `fail(status, times, retry_after)` (429 / 5xx), `hang(times)` (no answer until the client gives
-up; released at teardown, so nothing depends on timing).
+up; released at teardown, so nothing depends on timing), `trickle(part, times)` (the status line
+or the body one byte at a time, for as long as the client listens), `answer(status, message)`
+(an error of the test's own wording, e.g. one that quotes the key).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -237,7 +240,8 @@ class StandInRunPod:
         self.key = key
         self.pods: dict[str, dict[str, Any]] = {}
         self.requests: list[dict[str, Any]] = []  # every request: query, auth header, path
-        self._faults: list[tuple[str, int, float | None]] = []
+        self._faults: list[tuple[str, Any, float | None]] = []
+        self.trickling = threading.Event()  # a trickled answer has begun
         self._release = threading.Event()
         self._lock = threading.Lock()
         self.resume_port: dict[str, int] = {}  # port a resumed pod gets (a resume moves it)
@@ -294,6 +298,17 @@ class StandInRunPod:
         """The next `times` requests get no answer (until the client gives up or teardown)."""
         self._faults += [("hang", 0, None)] * times
 
+    def trickle(self, part: str = "body", times: int = 1) -> None:
+        """The next `times` requests are answered one byte every 0.1 s, for as long as the
+        client listens (until teardown): `part` "head" dribbles the status line, "body" sends
+        the headers and then dribbles a body that never ends."""
+        assert part in ("head", "body")
+        self._faults += [("trickle", part, None)] * times
+
+    def answer(self, status: int, message: str, times: int = 1) -> None:
+        """The next `times` requests get HTTP `status` with `{"errors": [{"message": ...}]}`."""
+        self._faults += [("answer", (status, message), None)] * times
+
     def garbage(self, times: int = 1) -> None:
         """The next `times` requests answer 502 with an HTML page (a proxy in front failing)."""
         self._faults += [("html", 502, None)] * times
@@ -318,6 +333,25 @@ class StandInRunPod:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _trickle(self, part: str) -> None:
+                head = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100000
+                if part == "body":
+                    self.wfile.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 100000\r\n\r\n"
+                    )
+                    head = b'{"data": {"myself": {"pods": [' + b" " * 100000
+                api.trickling.set()
+                try:
+                    for byte in head:
+                        if api._release.is_set():
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(0.1)
+                except OSError:  # the client gave up and closed: what the test wants
+                    return
+
             def do_POST(self):  # noqa: N802 - http.server's name
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
@@ -335,6 +369,11 @@ class StandInRunPod:
                 if fault and fault[0] == "hang":
                     api._release.wait(60)
                     return
+                if fault and fault[0] == "trickle":
+                    return self._trickle(fault[1])
+                if fault and fault[0] == "answer":
+                    status, message = fault[1]
+                    return self._send(status, {"errors": [{"message": message}]})
                 if fault and fault[0] == "html":
                     return self._send(502, b"<html><body>502 Bad Gateway</body></html>")
                 if fault:

@@ -32,6 +32,7 @@ import os
 import random
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -449,6 +450,10 @@ def start_server(ws, release, device="auto", extra=(), timeout=DEFAULT_READY_TIM
     if record.get("ready") and proc.poll() is None:
         status, answer = ask(record["port"], "/readyz")
         if status == 200:
+            # how to start it again: the supervisor restarts a dead live server with these
+            # (the server wrote its record for the last time when it got ready)
+            record["launch"] = {"device": device, "extra": list(extra), "log": log}
+            _write_json(record_path, record)
             result.update(ok=True, ready=True)
             return result
         reason = f"/readyz answered {status}: {answer}"
@@ -505,36 +510,77 @@ def proxy_source():
     return source
 
 
-def ensure_proxy(ws, port, bind, read_timeout=None, keep_running=False, auth="auto"):
+def proxy_drift(record, port, bind, auth):
+    """How the running proxy differs from what the inventory asks (None: it does not)."""
+    if not record:
+        return None
+    changes = []
+    if port and record.get("port") != port:
+        changes.append(f"port {record.get('port')} -> {port}")
+    if record.get("bind") and record["bind"] != bind:
+        changes.append(f"bind {record['bind']} -> {bind}")
+    if bool(record.get("auth_required")) != token_required(bind, auth):
+        changes.append(
+            "token "
+            + (
+                "required -> not required"
+                if record.get("auth_required")
+                else "not required -> required"
+            )
+        )
+    return ", ".join(changes) or None
+
+
+def _movable(old_bind, bind, port):
+    """True when a new proxy could listen on (bind, port) while the old one still listens on
+    (old_bind, port): two different specific addresses, and nothing else holds the new one."""
+    wildcard = ("0.0.0.0", "::")
+    if old_bind == bind or old_bind in wildcard or bind in wildcard:
+        return False
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with contextlib.closing(socket.socket(family, socket.SOCK_STREAM)) as sock:
+        try:
+            sock.bind((bind, port))
+        except OSError:
+            return False
+    return True
+
+
+def ensure_proxy(
+    ws, port, bind, read_timeout=None, keep_running=False, auth="auto", supervise=True
+):
     """Start the front proxy on `port` unless it already runs; -> {pid, port, started,
-    auth_required}. The clients' token is made first when the host has none. A proxy running
-    on another port is an error, unless `keep_running` (no port was configured); so is one
-    whose token rule differs from the one asked for (a proxy older than the rule has none)."""
+    auth_required, supervisor}. The clients' token is made first when the host has none, and
+    the supervisor is started when it is not running. A running proxy whose address or token
+    rule differs from the one asked for (config drift) is replaced: the new proxy starts on the
+    new address first, then the old one drains (requests it holds are answered); when the new
+    address cannot be taken while the old proxy listens (the same port on an overlapping
+    address) that is refused in one sentence. `keep_running`: no port was configured, keep
+    the proxy's."""
     folder = serve_dir(ws)
     os.makedirs(folder, exist_ok=True)
     write_token(ws)
-    wanted = token_required(bind, auth)
     record = _read_json(os.path.join(folder, "proxy.json"))
+    old = None
     if record and alive(record.get("pid"), ws):
-        if port and record.get("port") != port and not keep_running:
+        if keep_running or not port:
+            port = record.get("port")  # no port configured, or 0: the one it has is the one
+        drift = proxy_drift(record, port, bind, auth)
+        if drift is None:
+            return {
+                "pid": record["pid"],
+                "port": record["port"],
+                "started": False,
+                "auth_required": token_required(bind, auth),
+                "supervisor": ensure_supervisor(ws) if supervise else None,
+            }
+        if port == record.get("port") and not _movable(record.get("bind"), bind, port):
             raise Failed(
-                f"the proxy runs on port {record.get('port')}, not {port}: "
-                "stop serving first to change the port"
+                f"the proxy on {record.get('bind', '?')}:{port} differs from the inventory "
+                f"({drift}) and applying that on the same port needs an outage: restart it "
+                "(`invoke serve --host H stop`, then `start`)"
             )
-        if bool(record.get("auth_required")) != wanted:
-            runs = "requires" if record.get("auth_required") else "does not require"
-            raise Failed(
-                f"the proxy on port {record.get('port')} {runs} the clients' token, and the "
-                f"inventory (serve_bind {bind}, serve_auth {auth}) says it must"
-                f"{'' if wanted else ' not'}: restart it to apply that (stop serving, then "
-                "start it: a brief outage)"
-            )
-        return {
-            "pid": record["pid"],
-            "port": record["port"],
-            "started": False,
-            "auth_required": wanted,
-        }
+        old = record
     if not port and record and record.get("port"):
         port = record["port"]  # keep the port the host had (stand-in hosts pick one once)
     code = os.path.join(folder, "proxy.py")
@@ -557,12 +603,22 @@ def ensure_proxy(ws, port, bind, read_timeout=None, keep_running=False, auth="au
     while time.monotonic() < deadline:
         record = _read_json(os.path.join(folder, "proxy.json"))
         if record and record.get("pid") == proc.pid:
-            return {
+            result = {
                 "pid": proc.pid,
                 "port": record["port"],
                 "started": True,
                 "auth_required": bool(record.get("auth_required")),
             }
+            if old:  # the new address serves: the old proxy answers what it holds and exits
+                drain(old["pid"], ws)
+                result["replaced"] = {
+                    "pid": old["pid"],
+                    "port": old.get("port"),
+                    "bind": old.get("bind"),
+                    "drift": proxy_drift(old, port, bind, auth),
+                }
+            result["supervisor"] = ensure_supervisor(ws) if supervise else None
+            return result
         if proc.poll() is not None:
             break
         time.sleep(0.02)
@@ -577,12 +633,15 @@ def proxy_port(ws):
 
 
 def _server_entry(record):
-    return {
+    entry = {
         "release": record.get("release"),
         "port": record.get("port"),
         "pid": record.get("pid"),
         "record": record.get("file"),
     }
+    if record.get("launch"):
+        entry["launch"] = record["launch"]
+    return entry
 
 
 def switch(ws, release, port=None, keep_standby=True):
@@ -717,8 +776,11 @@ def status(ws):
         "proxy": {
             "running": pport is not None,
             "port": pport or record.get("port"),
+            "bind": record.get("bind"),
+            "auth_required": record.get("auth_required"),
             "pid": record.get("pid") if pport else None,
         },
+        "supervisor": supervisor_status(ws),
         "live": live,
         "standby": state.get("standby"),
         "shadow": state.get("shadow"),
@@ -735,15 +797,16 @@ def status(ws):
     return result
 
 
-def health(ws, burst=0, concurrency=4):
+def health(ws, burst=0, concurrency=4, requests=True):
     """The live service as a monitor sees it, in one round trip: status, one real request
-    through the public port, and with `burst` a short burst's latency percentiles."""
+    through the public port, and with `burst` a short burst's latency percentiles
+    (`requests=False`: the status alone, nothing sent, nothing captured)."""
     result = status(ws)
     result["set_up"] = os.path.exists(os.path.join(serve_dir(ws), "state.json"))
     manifest = _read_json(os.path.join(ws, "current", "manifest.json")) or {}
     result["sla_p99_ms"] = manifest.get("latency_sla_p99_ms")
     pport = result["proxy"]["port"] if result["proxy"]["running"] else None
-    if pport and result.get("live_alive"):
+    if pport and result.get("live_alive") and requests:
         result["probe"] = probe(pport, 1, warmup=0)
         if burst:
             result["burst"] = probe(pport, burst, concurrency, warmup=2)
@@ -753,6 +816,9 @@ def health(ws, burst=0, concurrency=4):
 def stop(ws, wait_s):
     """Stop the proxy and every server of this workspace (each drains first)."""
     stopped = []
+    supervisor = stop_supervisor(ws)  # first: it would start again what is stopped below
+    if supervisor:
+        stopped.append(supervisor)
     record = _read_json(os.path.join(serve_dir(ws), "proxy.json"))
     pids = [s["pid"] for s in servers(ws) if s["alive"]]
     if record and alive(record.get("pid"), ws):
@@ -816,7 +882,9 @@ def show_token(ws, rotate=False):
 def ensure(ws, port, bind, device, extra, keep_standby, timeout, keep_running=False, auth="auto"):
     """Idempotent (cron-safe): the proxy runs and the live server is `current`'s, ready."""
     actions = []
-    proxy = ensure_proxy(ws, port, bind, keep_running=keep_running, auth=auth)
+    # the supervisor starts after the live server is sorted out: started first, it would race
+    # this command to restart a dead live server
+    proxy = ensure_proxy(ws, port, bind, keep_running=keep_running, auth=auth, supervise=False)
     if proxy["started"]:
         actions.append(f"started the proxy on port {proxy['port']}")
     version = current_version(ws)
@@ -827,6 +895,8 @@ def ensure(ws, port, bind, device, extra, keep_standby, timeout, keep_running=Fa
     if live.get("release") == version and alive(live.get("pid"), ws):
         code, _answer = ask(live["port"], "/readyz", timeout=5.0)
         if code == 200:
+            if ensure_supervisor(ws)["started"]:
+                actions.append("started the supervisor")
             return {
                 "ok": True,
                 "actions": actions or ["nothing to do"],
@@ -842,7 +912,240 @@ def ensure(ws, port, bind, device, extra, keep_standby, timeout, keep_running=Fa
     actions.append(f"started the server for {version} on port {started['port']}")
     moved = switch(ws, version, started["port"], keep_standby)
     actions.append(f"moved traffic to {version}")
+    if ensure_supervisor(ws)["started"]:
+        actions.append("started the supervisor")
     return {"ok": True, "actions": actions, "live": moved["live"], "proxy": proxy}
+
+
+# --- supervision: a dead live server (or proxy) is started again within seconds ---------------
+
+SUPERVISE_INTERVAL_S = 0.1  # how often the supervisor looks at the live server and the proxy
+HEALTHY_AFTER_S = 30.0  # a restarted server that lives this long ends a crash loop
+BACKOFF_MAX_S = 60.0  # the longest wait between two tries for a crash-looping server
+CRASH_LOOP_AFTER = 3  # failed restarts in a row before the health check says CRITICAL
+
+
+def supervisor_path(ws):
+    return os.path.join(serve_dir(ws), "supervisor.json")
+
+
+def process_manager():
+    """The host's own process manager, when there is one (reported, not used: see
+    docs/serving.md "Supervision")."""
+    if os.environ.get("SUPERVISOR_ENABLED"):
+        return "supervisord"
+    if os.environ.get("INVOCATION_ID") or os.path.isdir("/run/systemd/system"):
+        return "systemd"
+    if os.path.exists("/.dockerenv"):
+        return "docker"
+    return None
+
+
+def program_source():
+    """This control program's whole source (the proxy's inside it), to run the supervisor from
+    a file: the files beside this one, or our own command line when run as `python3 -c`."""
+    if "__file__" in globals():
+        with open(os.path.abspath(__file__)) as fh:
+            own = fh.read()
+        return own if "PROXY_SOURCE" in globals() else f"PROXY_SOURCE = {proxy_source()!r}\n{own}"
+    with open("/proc/self/cmdline", "rb") as fh:
+        parts = fh.read().split(b"\0")
+    return parts[parts.index(b"-c") + 1].decode("utf-8")
+
+
+def supervisor_status(ws):
+    record = _read_json(supervisor_path(ws)) or {}
+    record["running"] = alive(record.get("pid"), ws)
+    return record
+
+
+def ensure_supervisor(ws):
+    """Start the supervisor unless it runs; -> {pid, started}. One per workspace (it holds
+    an flock on serve/supervisor.lock: a second one exits at once)."""
+    record = _read_json(supervisor_path(ws)) or {}
+    if alive(record.get("pid"), ws):
+        return {"pid": record["pid"], "started": False}
+    code = os.path.join(serve_dir(ws), "supervisor.py")
+    tmp = f"{code}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write(program_source())
+    os.replace(tmp, code)
+    log = _log_path(ws, f"supervisor-{_stamp()}")
+    argv = [sys.executable, "-S", code, "supervise", "--workspace", ws]
+    proc = _spawn(argv, ws, dict(os.environ, PYTHONDONTWRITEBYTECODE="1"), log)
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        record = _read_json(supervisor_path(ws)) or {}
+        if record.get("pid") == proc.pid:
+            return {"pid": proc.pid, "started": True}
+        if proc.poll() is not None:  # another one holds the lock: it supervises
+            record = _read_json(supervisor_path(ws)) or {}
+            if alive(record.get("pid"), ws):
+                return {"pid": record["pid"], "started": False}
+            break
+        time.sleep(0.02)
+    raise Failed(f"the supervisor did not start: {_tail(log, 300) or 'no log'}")
+
+
+def stop_supervisor(ws, wait_s=10.0):
+    record = _read_json(supervisor_path(ws)) or {}
+    if not alive(record.get("pid"), ws):
+        return None
+    return {"pid": record["pid"], "drained": _terminate(record["pid"], ws, wait_s)}
+
+
+def _say(message):
+    print(f"{time.strftime('%H:%M:%S', time.gmtime())} moola supervisor: {message}", flush=True)
+
+
+def _proxy_died(ws, rec):
+    """The proxy's record is there but its process is gone (a clean stop removes the record):
+    start it again on the same address."""
+    record = _read_json(os.path.join(serve_dir(ws), "proxy.json"))
+    if not record or not record.get("pid") or alive(record.get("pid"), ws):
+        return False
+    bind = record.get("bind") or "127.0.0.1"
+    auth = record.get("auth") or (
+        "always" if record.get("auth_required") and not token_required(bind, "auto") else "auto"
+    )
+    try:
+        ensure_proxy(ws, record.get("port"), bind, record.get("read_timeout_s"), auth=auth)
+        rec["proxy_restarts"] = rec.get("proxy_restarts", 0) + 1
+        _say(f"the proxy (pid {record.get('pid')}) had died: started it again")
+    except Failed as exc:
+        rec["last_error"] = f"the proxy could not be started again: {exc}"
+        _say(rec["last_error"])
+    return True
+
+
+def _backoff(rec):
+    """Seconds before the next try: none after a first death, then 1, 2, 4 ... BACKOFF_MAX_S;
+    a crash loop from CRASH_LOOP_AFTER failures in a row."""
+    wait = min(BACKOFF_MAX_S, 2.0 ** (rec["failures"] - 1)) if rec["failures"] else 0.0
+    rec["crash_loop"] = rec["failures"] >= CRASH_LOOP_AFTER
+    rec["next_try_at"] = round(time.time() + wait, 3) if rec["failures"] else None
+    return wait
+
+
+def _note_exit(ws, live, rec, ours):
+    """The live server's process is gone: remember how it ended (its last log lines) and count
+    a failure when it was one we started less than HEALTHY_AFTER_S ago. -> seconds to wait."""
+    dead = live.get("pid")
+    launch = live.get("launch") or {}
+    born = ours.pop(dead, None)
+    if born is not None and time.monotonic() - born < HEALTHY_AFTER_S:
+        rec["failures"] += 1
+    rec["last_exit"] = {
+        "release": live.get("release"),
+        "pid": dead,
+        "at": round(time.time(), 3),
+        "log": launch.get("log"),
+        "log_tail": _tail(launch["log"], 1200) if launch.get("log") else "",
+    }
+    _say(f"the live server of {live.get('release')} (pid {dead}) is gone")
+    return _backoff(rec)
+
+
+def _start_again(ws, live, rec, ours):
+    """Start a server of the dead live server's release with its launch, and make it live when
+    nobody else moved traffic meanwhile. -> seconds to wait before another try."""
+    dead = live.get("pid")
+    launch = live.get("launch") or {}
+    began = time.monotonic()
+    try:
+        started = start_server(
+            ws, live.get("release"), launch.get("device") or "auto", launch.get("extra") or []
+        )
+    except Failed as exc:
+        started = {"ok": False, "reason": str(exc), "log": None}
+    if started["ok"]:
+        with state_lock(ws):
+            if (read_state(ws).get("live") or {}).get("pid") == dead:
+                switch(ws, live["release"], started["port"], keep_standby=True)
+                ours[started["pid"]] = time.monotonic()
+                rec["restarts"] += 1
+                rec["last_restart"] = {
+                    "release": live["release"],
+                    "pid": started["pid"],
+                    "at": round(time.time(), 3),
+                    "took_s": round(time.monotonic() - began, 3),
+                }
+                rec["last_error"] = None
+                _say(f"live again: {live['release']} pid {started['pid']} ({started['start_s']}s)")
+            else:  # a deploy, rollback or ensure moved traffic meanwhile: ours is not needed
+                drain(started["pid"], ws)
+        return _backoff(rec)
+    rec["failures"] += 1
+    rec["last_error"] = f"the server of {live.get('release')} did not start: {started['reason']}"
+    if started.get("log"):
+        rec["last_exit"] = dict(
+            rec.get("last_exit") or {},
+            log=started["log"],
+            log_tail=started.get("log_tail") or "",
+        )
+    _say(rec["last_error"])
+    return _backoff(rec)
+
+
+def supervise(ws, interval=SUPERVISE_INTERVAL_S):
+    """Run until SIGTERM: every `interval`, restart the live server when its process is gone
+    (a crash, OOM, kill -9) and the proxy when it died. A server that dies again within
+    HEALTHY_AFTER_S of its restart, or fails to start, counts as a failure: the next try waits
+    1, 2, 4 ... up to BACKOFF_MAX_S seconds, and CRASH_LOOP_AFTER failures in a row are a crash
+    loop (supervisor.json, shown CRITICAL by the health check with the server's last lines).
+    A clean `serve stop` stops the supervisor first; cron `--ensure` starts it when it is gone."""
+    os.makedirs(serve_dir(ws), exist_ok=True)
+    fd = os.open(os.path.join(serve_dir(ws), "supervisor.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return {"ok": True, "already_supervised": True}
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+    rec = {
+        "pid": os.getpid(),
+        "started": time.time(),
+        "manager": process_manager(),
+        "interval_s": interval,
+        "restarts": 0,
+        "proxy_restarts": 0,
+        "failures": 0,
+        "crash_loop": False,
+        "next_try_at": None,
+        "last_exit": None,
+        "last_restart": None,
+        "last_error": None,
+    }
+    _write_json(supervisor_path(ws), rec)
+    _say(f"watching {ws} every {interval:g}s (pid {os.getpid()})")
+    ours, next_try, noted = {}, 0.0, None
+    while not stopping:
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass  # servers and proxies we started that exited: no zombies
+        before = json.dumps(rec, sort_keys=True, default=str)
+        live = read_state(ws).get("live")
+        _proxy_died(ws, rec)
+        if live and isinstance(live.get("pid"), int) and not alive(live["pid"], ws):
+            if noted != live["pid"]:
+                noted = live["pid"]
+                next_try = time.monotonic() + _note_exit(ws, live, rec, ours)
+            if time.monotonic() >= next_try:
+                next_try = time.monotonic() + _start_again(ws, live, rec, ours)
+        elif rec["failures"] and live:
+            born = ours.get(live.get("pid"))
+            if born is None or time.monotonic() - born > HEALTHY_AFTER_S:
+                rec.update(failures=0, crash_loop=False, next_try_at=None)  # it stayed up
+        if json.dumps(rec, sort_keys=True, default=str) != before:
+            _write_json(supervisor_path(ws), rec)
+        time.sleep(interval)
+    with contextlib.suppress(OSError):
+        if (_read_json(supervisor_path(ws)) or {}).get("pid") == os.getpid():
+            os.unlink(supervisor_path(ws))
+    _say("stopped")
+    return {"ok": True}
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -878,6 +1181,7 @@ def _parser():
     p = add("health")
     p.add_argument("--burst", type=int, default=0)
     p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--no-requests", action="store_true", help="status only: send nothing")
     p = add("standby")
     p.add_argument("--release", required=True)
     p.add_argument("--requests", type=int, default=3)
@@ -911,6 +1215,8 @@ def _parser():
     add("proxy-state")
     p = add("token")
     p.add_argument("--rotate", action="store_true", help="replace the token with a new one")
+    p = add("supervise")
+    p.add_argument("--interval", type=float, default=SUPERVISE_INTERVAL_S)
     return parser
 
 
@@ -934,7 +1240,7 @@ def run(args):
     if args.action == "status":
         return status(ws)
     if args.action == "health":
-        return health(ws, args.burst, args.concurrency)
+        return health(ws, args.burst, args.concurrency, not args.no_requests)
     if args.action == "standby":
         return standby_check(ws, args.release, args.requests)
     if args.action == "stop-candidates":
@@ -972,6 +1278,8 @@ def run(args):
         return proxy_state(ws)
     if args.action == "token":
         return show_token(ws, args.rotate)
+    if args.action == "supervise":
+        return supervise(ws, args.interval)
     raise Failed(f"unknown action {args.action}")
 
 

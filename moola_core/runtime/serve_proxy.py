@@ -14,7 +14,11 @@ changes hands (docs/serving.md explains why not SO_REUSEPORT).
 A minimal HTTP/1.1 forwarder (Content-Length bodies, keep-alive on both sides, one upstream
 connection per client connection), because a general-purpose client would add more latency
 than the model takes. A request is retried once on a fresh connection when the upstream closed
-a kept-alive connection before answering (predictions are idempotent). `shadow` copies a
+a kept-alive connection before answering (predictions are idempotent). A prediction whose live
+server stays unreachable (it crashed; the host's supervisor, serve_ctl.py `supervise`, starts
+another) is held, at most `--hold-max` at once for up to `--hold-s` each, until the state file
+names the replacement, then sent there: the client sees a slower answer, not an error. `shadow`
+copies a
 sampled fraction of /v1/predict requests to a candidate server after the live answer went out:
 the proxy hands the request's bytes, without waiting, to a socket read by the mirror, a process
 it forked at start (nice 19) that sends them to the shadow; a full socket buffer drops the copy
@@ -63,6 +67,9 @@ READ_TIMEOUT_S = 10.0  # a whole request, first byte to last, must arrive within
 MAX_CONNECTIONS = 256  # client connections at once (one thread each)
 RECV_BYTES = 65536
 UPSTREAM_TIMEOUT_S = 120.0
+HOLD_S = 15.0  # a prediction waits this long for a restarted live server (--hold-s)
+HOLD_MAX = 128  # predictions held at once; beyond it 503 + Retry-After (--hold-max)
+HOLD_POLL_S = 0.02  # how often a held request looks at the state file
 SHADOW_QUEUE = 256
 SHADOW_GENERATIONS_KEPT = 8  # per-shadow counters of the last few shadows
 MIRROR_CHUNK = 60 * 1024  # one message on the mirror socket (fits the default socket buffer)
@@ -477,7 +484,8 @@ class Handler(socketserver.BaseRequestHandler):
         if length or method in (b"POST", b"PUT", b"PATCH"):
             out.append(b"Content-Length: " + str(length).encode() + b"\r\n")
         head = b"".join(out) + b"\r\n"
-        status_line, up_headers, data = self._forward(state, head, body)
+        hold = method == b"POST" and path == b"/v1/predict"  # idempotent: safe to send again
+        status_line, up_headers, data = self._forward(state, head, body, hold)
         reply = [status_line]
         for name, value in up_headers:
             if name.lower() not in HOP_HEADERS:
@@ -501,38 +509,73 @@ class Handler(socketserver.BaseRequestHandler):
             return True
         return server.token_matches(headers)
 
-    def _forward(self, state, head, body):
+    def _forward(self, state, head, body, hold=False):
         """Send to the live server; one retry on a fresh connection (after re-reading the
-        state file) when a connection fails before any answer arrives."""
+        state file) when a connection fails before any answer arrives. With `hold` (a
+        prediction), a live server that stays unreachable is waited for: the request is held
+        (at most --hold-max at once, each up to --hold-s) until the state file names another
+        server (the supervisor restarted it), then sent there."""
         server = self.server
-        for attempt in (0, 1):
-            live = state.get("live") or {}
-            port = live.get("port")
-            if not isinstance(port, int):
-                server.stats.add("no_live")
-                return _bad_gateway(
-                    503,
-                    "no release is live on this host: start one with `invoke serve --host H start`",
-                )
-            for other in [p for p in self.upstreams if p != port]:
-                self.upstreams.pop(other).close()  # traffic moved: let the old server drain
-            try:
-                status_line, headers, data, _keep = _pooled_exchange(
-                    self.upstreams, port, head, body
-                )
-            except (OSError, ValueError, ClientError) as exc:
-                server.stats.add("upstream_errors")
-                if attempt == 0:
-                    state = server.route.current()
+        deadline = None
+        try:
+            for attempt in range(1 << 30):
+                live = state.get("live") or {}
+                port = live.get("port")
+                if not isinstance(port, int):
+                    server.stats.add("no_live")
+                    return _bad_gateway(
+                        503,
+                        "no release is live on this host: start one with "
+                        "`invoke serve --host H start`",
+                    )
+                for other in [p for p in self.upstreams if p != port]:
+                    self.upstreams.pop(other).close()  # traffic moved: let the old server drain
+                try:
+                    status_line, headers, data, _keep = _pooled_exchange(
+                        self.upstreams, port, head, body
+                    )
+                except (OSError, ValueError, ClientError) as exc:
+                    server.stats.add("upstream_errors")
+                    if attempt == 0:
+                        state = server.route.current()
+                        continue
+                    if not hold:
+                        return _bad_gateway(
+                            502,
+                            "the model server for {} on port {} did not answer ({})".format(
+                                live.get("release"), port, type(exc).__name__
+                            ),
+                        )
+                    if deadline is None:
+                        if not server.hold_enter():
+                            server.stats.add("hold_refused")
+                            return _bad_gateway(
+                                503,
+                                "the live server of {} is restarting and the proxy already "
+                                "holds {} requests: retry in a moment".format(
+                                    live.get("release"), server.hold_max
+                                ),
+                            )
+                        deadline = time.monotonic() + server.hold_s
+                    state = server.next_route(port, deadline)
+                    if state is None:
+                        server.stats.add("hold_timeouts")
+                        return _bad_gateway(
+                            503,
+                            "the live server of {} on port {} is down and no server took its "
+                            "place within {:g}s: the host's supervisor is restarting it "
+                            "(`invoke serve --host H status`)".format(
+                                live.get("release"), port, server.hold_s
+                            ),
+                        )
                     continue
-                return _bad_gateway(
-                    502,
-                    "the model server for {} on port {} did not answer ({})".format(
-                        live.get("release"), port, type(exc).__name__
-                    ),
-                )
-            return status_line, headers, data
-        raise AssertionError("unreachable")
+                if deadline is not None:
+                    server.stats.add("held_then_answered")
+                return status_line, headers, data
+            raise AssertionError("unreachable")
+        finally:
+            if deadline is not None:
+                server.hold_leave()
 
     def _local(self, path):
         server = self.server
@@ -546,6 +589,9 @@ class Handler(socketserver.BaseRequestHandler):
                 "connections": server.connection_count(),
                 "max_connections": server.max_connections,
                 "auth_required": server.auth_required,
+                "held_now": server.held,
+                "hold_s": server.hold_s,
+                "hold_max": server.hold_max,
                 "uptime_s": round(time.time() - server.started, 3),
             }
         if path == b"/_proxy/healthz":
@@ -557,6 +603,8 @@ def _bad_gateway(status, message):
     reason = b"Bad Gateway" if status == 502 else b"Service Unavailable"
     body = json.dumps({"error": message, "status": status}).encode()
     headers = [(b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode())]
+    if status == 503:
+        headers.append((b"Retry-After", b"1"))
     return b"HTTP/1.1 " + str(status).encode() + b" " + reason + b"\r\n", headers, body
 
 
@@ -574,8 +622,13 @@ class ProxyServer(socketserver.ThreadingTCPServer):
         max_connections=MAX_CONNECTIONS,
         token_path=None,
         auth="auto",
+        hold_s=HOLD_S,
+        hold_max=HOLD_MAX,
     ):
         socketserver.ThreadingTCPServer.__init__(self, address, Handler)
+        self.hold_s, self.hold_max = float(hold_s), max(0, int(hold_max))
+        self.held = 0
+        self.hold_lock = threading.Lock()
         self.read_timeout_s = read_timeout_s
         self.max_connections = max(1, int(max_connections))
         self.route = Watched(state_path, _parse_state, {})
@@ -672,6 +725,31 @@ class ProxyServer(socketserver.ThreadingTCPServer):
                 "(`invoke serve --host H token` prints it)"
             )
         return {"error": why, "status": 401}
+
+    # -- holding predictions while the live server restarts -------------------------------------
+
+    def hold_enter(self):
+        with self.hold_lock:
+            if self.held >= self.hold_max:
+                return False
+            self.held += 1
+            self.stats.add("held")
+            return True
+
+    def hold_leave(self):
+        with self.hold_lock:
+            self.held -= 1
+
+    def next_route(self, failed_port, deadline):
+        """The state once it names a live server other than the one on `failed_port`, or None
+        at `deadline` (or when the proxy stops)."""
+        while time.monotonic() < deadline and not self.stopping:
+            state = self.route.current()
+            port = (state.get("live") or {}).get("port")
+            if port != failed_port:
+                return state
+            time.sleep(HOLD_POLL_S)
+        return None
 
     # -- drain -------------------------------------------------------------------------------------
 
@@ -906,6 +984,13 @@ def main(argv=None):
         help="auto: a token is required when --bind is not a loopback address; always: everywhere",
     )
     parser.add_argument("--token-file", default=None, help="default WORKSPACE/serve/token")
+    parser.add_argument(
+        "--hold-s",
+        type=float,
+        default=HOLD_S,
+        help="a prediction whose live server is down waits this long for its replacement",
+    )
+    parser.add_argument("--hold-max", type=int, default=HOLD_MAX, help="predictions held at once")
     args = parser.parse_args(argv)
     serve_dir = os.path.join(args.workspace, "serve")
     os.makedirs(serve_dir, exist_ok=True)
@@ -917,6 +1002,8 @@ def main(argv=None):
             max_connections=args.max_connections,
             token_path=args.token_file or os.path.join(serve_dir, "token"),
             auth=args.auth,
+            hold_s=args.hold_s,
+            hold_max=args.hold_max,
         )
     except OSError as exc:
         print(f"moola proxy: cannot listen on {args.bind}:{args.port}: {exc}", file=sys.stderr)
@@ -929,6 +1016,8 @@ def main(argv=None):
             "pid": os.getpid(),
             "port": port,
             "bind": args.bind,
+            "auth": args.auth,
+            "read_timeout_s": args.read_timeout_s,
             "auth_required": server.auth_required,
             "max_connections": server.max_connections,
             "started": time.time(),

@@ -156,11 +156,77 @@ def show_task_help(name: str) -> None:
     raise Exit(code=code)
 
 
-class _BadFlag(Exception):
-    pass
+# --- Invoke's --dry: every task says what it does with it (see `task`) -------------------------
+
+PLAN = "plan"  # --dry is the task's own --plan: what would happen, read from the hosts
+READS = "reads"  # the task changes nothing anywhere (hosts, local files, the log): it runs
 
 
-def task(*args, **kwargs):
+def dry_refusal(policy, kw: dict) -> str | None:
+    """The sentence that refuses `invoke --dry TASK` with these flags, or None when the task
+    honours --dry (PLAN, READS, or a callable policy that found nothing to refuse)."""
+    if policy in (PLAN, READS):
+        return None
+    sentence = policy(kw) if callable(policy) else policy
+    return f"--dry: {sentence}; nothing was done" if sentence else None
+
+
+# --- Nagios tasks: a usage error is UNKNOWN (3) with a status line, as for the plugin ---------
+
+UNKNOWN = 3
+NAGIOS_TASKS: dict[str, str] = {}  # Invoke task name -> the status line's prefix
+
+
+def nagios_unknown(prefix: str, message: str) -> Exit:
+    """Print the plugin's UNKNOWN status line on stdout; the Exit that ends with 3."""
+    print(f"{prefix} UNKNOWN - {' '.join(str(message).split())}", flush=True)
+    return Exit(code=UNKNOWN)
+
+
+def _nagios_parse_errors(program) -> None:
+    """Invoke's parser ends `invoke healthcheck --bad-flag` with exit 1; Nagios reads 1 as
+    WARNING. Wrap this Program's task parsing so that a ParseError raised inside a Nagios
+    task's flags is that task's UNKNOWN status line and exit 3; every other task's parse
+    errors, and Invoke itself, are untouched. (Invoke offers no hook for this: the Program
+    maps ParseError to 1 in `run`, and the parser raises it from the task's context.)"""
+    if getattr(program.parse_tasks, "moola_nagios", False):
+        return
+    from invoke.exceptions import ParseError
+
+    parse_tasks = program.parse_tasks
+
+    def parse_nagios_aware() -> None:
+        try:
+            parse_tasks()
+        except ParseError as exc:
+            name = getattr(getattr(exc, "context", None), "name", None)
+            if name not in NAGIOS_TASKS:
+                raise
+            import re
+
+            # "Flag <Argument: timeout> needed value ..." is Invoke's wording for `--timeout`
+            said = re.sub(
+                r"Flag <Argument: (\w+)> needed value and was not given one!",
+                lambda m: f"--{m.group(1).replace('_', '-')} needs a value",
+                str(exc),
+            )
+            raise nagios_unknown(
+                NAGIOS_TASKS[name], f"invoke {name}: {said} (see invoke -h {name})"
+            ) from None
+
+    parse_nagios_aware.moola_nagios = True
+    program.parse_tasks = parse_nagios_aware
+
+
+def _watch_invoke_parsing() -> None:
+    """Apply `_nagios_parse_errors` to the Program of the `invoke` command when this process
+    is one (tasks.py is loaded before the task flags are parsed)."""
+    main = sys.modules.get("invoke.main")
+    if main is not None and hasattr(main, "program"):
+        _nagios_parse_errors(main.program)
+
+
+def task(*args, dry=None, nagios: str = "", **kwargs):
     """`invoke.task` as Invoke documents it, with Moola's conventions for every task:
 
     - no automatic short flags (`auto_shortflags=False`): one letter meant different things in
@@ -169,7 +235,15 @@ def task(*args, **kwargs):
       `invoke deploy -h` shows help; a missing one is named in one sentence;
     - number flags are read as text and converted here, so `--timeout abc` is one sentence
       and exit 1 instead of a traceback (the health check converts its own: UNKNOWN, 3);
-    - the `moola:` settings of Invoke's configuration are applied first (see apply_settings).
+    - the `moola:` settings of Invoke's configuration are applied first (see apply_settings);
+    - `dry` says what Invoke's `--dry` does: PLAN (the task's `plan` flag is set: it says what
+      would happen, from the hosts' facts), READS (the task changes nothing, it runs as asked),
+      or the sentence that refuses it and names what to use instead (a callable: gets the
+      flags, returns that sentence or None). A task that does not say is refused under --dry
+      (safe by default) and fails tests/integration/test_dry_run.py, which runs every task of
+      `invoke --list` with --dry;
+    - `nagios` (the status line's prefix, e.g. "MOOLA"): a Nagios plugin task; its usage
+      errors, Invoke's parse errors included, are an UNKNOWN status line and exit 3.
     """
     kwargs.setdefault("auto_shortflags", False)
     kwargs.setdefault("positional", [])
@@ -177,6 +251,8 @@ def task(*args, **kwargs):
     def decorate(body: Callable) -> invoke.Task:
         signature = inspect.signature(body)
         params = list(signature.parameters.values())[1:]  # after the context
+        if dry == PLAN and "plan" not in signature.parameters:
+            raise TypeError(f"{body.__name__}: dry=PLAN needs a `plan` flag")
         required = [
             p.name
             for p in params
@@ -184,28 +260,45 @@ def task(*args, **kwargs):
         ]
         numbers = {p.name: type(p.default) for p in params if type(p.default) in (int, float)}
         kwargs.setdefault("optional", required)  # `--by` with no value is named below
+        name = kwargs.get("name") or body.__name__.replace("_", "-")
+
+        def usage_error(message: str) -> Exit:
+            if nagios:
+                return nagios_unknown(nagios, message.removeprefix("error: "))
+            return Exit(message, 1)
 
         @functools.wraps(body)
         def run(c, *a, **kw):
             apply_settings(getattr(c, "config", None))
             if any(kw.get(n) in HELP_WORDS for n in kwargs["positional"]):
-                show_task_help(body.__name__.replace("_", "-"))
+                show_task_help(name)
             missing = [n for n in required if kw.get(n) is None]
             if missing:
                 flags = ", ".join("--" + n.replace("_", "-") for n in missing)
                 verb = "is" if len(missing) == 1 else "are"
-                raise Exit(
-                    f"error: {flags} {verb} required (add -h after the task for its flags)", 1
+                raise usage_error(
+                    f"error: {flags} {verb} required (add -h after the task for its flags)"
                 )
             for n in required:
                 if kw.get(n) is True:
-                    raise Exit(f"error: --{n.replace('_', '-')} needs a value", 1)
+                    raise usage_error(f"error: --{n.replace('_', '-')} needs a value")
             try:
                 for n, kind in numbers.items():
                     if n in kw and not isinstance(kw[n], kind):
                         kw[n] = number(kw[n], "--" + n.replace("_", "-"), whole=kind is int)
             except MoolaError as exc:
-                raise Exit(f"error: {exc}", code=1) from None
+                raise usage_error(f"error: {exc}") from None
+            if _dry(c):
+                refusal = dry_refusal(
+                    dry or f"{name} has no dry run; `invoke -h {name}` says what it does", kw
+                )
+                if refusal:
+                    raise usage_error(f"error: {refusal}")
+                from moola_ops.hosts.runpod.cache import leave_cache_alone
+
+                leave_cache_alone()  # pods are still looked up; the cache file stays as it is
+                if dry == PLAN:
+                    kw["plan"] = True
             try:  # text from hosts never drives the terminal (moola_ops/terminal.py)
                 with termsafe.guarded_streams():
                     return body(c, *a, **kw)
@@ -214,6 +307,7 @@ def task(*args, **kwargs):
                     stop.message = termsafe.printable(stop.message)
                 raise
 
+        run.dry_policy = dry  # tests read it (None: not declared, refused under --dry)
         # Invoke reads flags from the signature: number flags are text here (converted above)
         run.__signature__ = signature.replace(
             parameters=[
@@ -230,6 +324,17 @@ def task(*args, **kwargs):
             word = "WHOLE NUMBER" if kind is int else "NUMBER"
             if text and not text.startswith(word):
                 helps[n] = f"{word}: {text}"
+        if nagios:
+            NAGIOS_TASKS[name] = nagios
+            _watch_invoke_parsing()
         return invoke.task(*args, **kwargs)(run)
 
     return decorate
+
+
+def _dry(c) -> bool:
+    """Invoke's `--dry` (config run.dry) for this task's context."""
+    try:
+        return bool(c.config.run.dry)
+    except AttributeError:  # a bare context in a test
+        return False

@@ -21,7 +21,9 @@ from moola_ops.terminal import print_json
         "accuracy; the other must not regress (docs/ab.md)",
         "inventory": "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)",
         "json": "print one JSON document",
-    }
+    },
+    dry="ab pulls captures into the local cache and records its verdict; `invoke shadow status --host "
+    "H` shows the shadow without writing anything",
 )
 @user_errors
 def ab(

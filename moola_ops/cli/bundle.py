@@ -9,7 +9,7 @@ from pathlib import Path
 from invoke import Collection
 
 from moola_core.errors import MoolaError
-from moola_ops.cli._common import task, user_errors
+from moola_ops.cli._common import READS, task, user_errors
 from moola_ops.terminal import console, print_json
 
 PATH_HELP = "bundle version (v0.3: bundles/moola-v0.3.tar.gz), archive or extracted bundle folder"
@@ -46,6 +46,8 @@ def _log(version: str, status: str, **detail) -> None:
         "json": "print the result as one JSON document",
     },
     default=True,
+    dry="bundle build writes an archive under bundles/; `invoke select` names the run it would "
+    "package by default",
 )
 @user_errors
 def build(
@@ -120,6 +122,7 @@ def build(
         "allowed_signers": "OpenSSH allowed_signers file; when given the signature must verify",
         "json": "print the result as one JSON document",
     },
+    dry=READS,
 )
 @user_errors
 def verify(c, path, allowed_signers=None, json=False):
@@ -155,6 +158,7 @@ def verify(c, path, allowed_signers=None, json=False):
         "path": PATH_HELP,
         "json": "print the whole manifest as one JSON document",
     },
+    dry=READS,
 )
 @user_errors
 def show(c, path, json=False):

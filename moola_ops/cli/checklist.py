@@ -9,7 +9,7 @@ from __future__ import annotations
 from invoke.exceptions import Exit
 
 from moola_ops.checklist.view import MARKS, render_checklist, render_phase
-from moola_ops.cli._common import task, user_errors
+from moola_ops.cli._common import READS, task, user_errors
 from moola_ops.terminal import console, is_tty, print_json
 
 
@@ -27,7 +27,8 @@ def _finish(report, as_json: bool) -> None:
         "deployment": "deployment id to show (default: the newest deployment in the log)",
         "file": "checklist file (default checklists/deployment.yaml)",
         "json": "print one JSON document",
-    }
+    },
+    dry=READS,
 )
 @user_errors
 def checklist(c, deployment="", file="", json=False):
@@ -53,7 +54,9 @@ def checklist(c, deployment="", file="", json=False):
         "run": "run id whose weights are checked (default: runs/selected.json when present)",
         "runs_dir": "where training runs live (default runs)",
         "json": "print one JSON document",
-    }
+    },
+    dry="preflight runs the tests and the model checks and records phase 1 in the log; `invoke "
+    "doctor` checks the environment without recording anything",
 )
 @user_errors
 def preflight(c, config="", tests="", skip="", run="", runs_dir="runs", json=False):
@@ -93,7 +96,9 @@ def preflight(c, config="", tests="", skip="", run="", runs_dir="runs", json=Fal
         "live": "the live release's run (default: the newest release the deployment log shows "
         "switched and checked, and the run its bundle was built from)",
         "json": "print one JSON document",
-    }
+    },
+    dry="select records the chosen run (runs/selected.json and the log); `invoke compare` shows the "
+    "same table without choosing",
 )
 @user_errors
 def select(c, metric="", runs_dir="runs", override=None, reviewed="", live="", json=False):
@@ -121,7 +126,9 @@ def select(c, metric="", runs_dir="runs", override=None, reviewed="", live="", j
         "inventory": "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)",
         "json": "print one JSON document",
         "refresh": "ask RunPod where pods are now instead of using the 60 s cache",
-    }
+    },
+    dry="verify records phase 5 in the log; `invoke verify --host H` itself changes nothing on the "
+    "hosts, `invoke --dry healthcheck --host H` reads them without recording",
 )
 @user_errors
 def verify(c, host, timeout=300.0, inventory="", json=False, refresh=False):
@@ -147,7 +154,9 @@ def verify(c, host, timeout=300.0, inventory="", json=False, refresh=False):
         "by": "name of the person signing off",
         "note": "release notes recorded with the sign-off (phase 6 documentation)",
         "json": "print one JSON document",
-    }
+    },
+    dry="accept writes a sign-off to the log; `invoke checklist --deployment ID` shows whether phases "
+    "1-5 passed",
 )
 @user_errors
 def accept(c, deployment, by, note="", json=False):

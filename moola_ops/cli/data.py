@@ -7,7 +7,7 @@ from __future__ import annotations
 from invoke import Collection
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import task, user_errors
+from moola_ops.cli._common import READS, task, user_errors
 from moola_ops.terminal import console, is_tty, print_json
 
 
@@ -19,7 +19,8 @@ from moola_ops.terminal import console, is_tty, print_json
         "windows": "number of labeled windows (default 174, as in the real set)",
         "difficulty": "easy, default, hard, or a number in [0, 1] (see docs/data.md)",
         "json": "print the summary as one JSON document",
-    }
+    },
+    dry="data.market writes a data set; give --out a scratch folder instead",
 )
 @user_errors
 def market(c, out="data", seed=0, bars=0, windows=174, difficulty="default", json=False):
@@ -63,7 +64,8 @@ def _difficulty(value: str) -> str | float:
         "path": "labeled parquet to check (default data/labeled.parquet)",
         "strict": "treat windows that share bars as errors, not warnings",
         "json": "print the problems as one JSON document",
-    }
+    },
+    dry=READS,
 )
 @user_errors
 def validate(c, path="data/labeled.parquet", strict=False, json=False):
@@ -100,7 +102,8 @@ def validate(c, path="data/labeled.parquet", strict=False, json=False):
         "split": "split.json to check (from `invoke data.market`); empty: split the set now",
         "embargo": "minutes that must separate consecutive splits (default 105)",
         "json": "print the report as one JSON document",
-    }
+    },
+    dry=READS,
 )
 @user_errors
 def leakage(c, path="data/labeled.parquet", split="", embargo=105.0, json=False):
@@ -156,6 +159,8 @@ def leakage(c, path="data/labeled.parquet", split="", embargo=105.0, json=False)
         "dst": "new parquet to write in the safe list form",
         "trust": "required: unpickling can run code, so confirm you trust the file's source",
     },
+    dry="data.convert-pickled writes a new parquet; `invoke data.validate --path SRC` reads the "
+    "source without writing",
 )
 @user_errors
 def convert_pickled(c, src, dst, trust=False):

@@ -18,7 +18,9 @@ from moola_ops.terminal import print_json
         "keep": "leave the demo's stand-in hosts running afterwards (stop: invoke sandbox down "
         f"--root {DEMO_ROOT}/sandbox)",
         "json": "print a JSON summary of the stages at the end",
-    }
+    },
+    dry="demo starts its own stand-in hosts and writes under --root; `invoke demo` without --dry "
+    "touches nothing else",
 )
 @user_errors
 def demo(c, root=DEMO_ROOT, keep=False, json=False):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from invoke.exceptions import Exit
 
 from moola_core.errors import MoolaError
-from moola_ops.cli._common import task, user_errors
+from moola_ops.cli._common import PLAN, READS, task, user_errors
 from moola_ops.hosts.runpod import REFRESH_HELP
 from moola_ops.terminal import console, is_tty, print_json
 
@@ -39,7 +39,7 @@ COMMON_HELP = {
 }
 PLAN_HELP = (
     "say what would happen on each host (facts read only; nothing locked or changed); "
-    "Invoke's --dry does the same"
+    "`invoke --dry` does the same"
 )
 
 
@@ -79,11 +79,6 @@ def _run(c, as_json: bool, call, title: str = "", hosts=()):
         _render(stop.result, as_json)
         raise Exit(code=130) from None
     _render(result, as_json)
-
-
-def _planning(c, plan: bool) -> bool:
-    """--plan, or Invoke's own --dry (c.config.run.dry): say what would happen, change nothing."""
-    return bool(plan or c.config.run.dry)
 
 
 def _render(result, as_json: bool) -> None:
@@ -142,7 +137,8 @@ def _verdict(result) -> str:
         "plan": PLAN_HELP,
         "override_gate": "ship a bundle whose run failed or never went through the quality gate "
         "(phase 2) anyway; the reason is logged as an override with your name",
-    }
+    },
+    dry=PLAN,
 )
 @user_errors
 def deploy(
@@ -175,7 +171,7 @@ def deploy(
         )
     hosts = _hosts(host, inventory, refresh)
     local = engine.resolve_bundle(bundle)
-    planning = _planning(c, plan)
+    planning = bool(plan)
     opts = dict(
         parallel=_setting(c, parallel, "deploy.parallel", 4),
         canary=int(canary),
@@ -216,7 +212,8 @@ def _seconds(value, flag: str) -> float:
         **FLEET_HELP,
         "to": "version to roll back to (default: previous)",
         "plan": PLAN_HELP,
-    }
+    },
+    dry=PLAN,
 )
 @user_errors
 def rollback(
@@ -245,12 +242,16 @@ def rollback(
         accept_new_host_key=accept_new_host_key,
         check_runs=int(check_runs) or None,
         check_timeout_s=_seconds(check_timeout, "--check-timeout"),
-        plan=_planning(c, plan),
+        plan=bool(plan),
     )
     _run(c, json, lambda view: engine.rollback(hosts, to or None, opts), "rollback", hosts)
 
 
-@task(help={**COMMON_HELP, "parallel": FLEET_HELP["parallel"]})
+@task(
+    help={**COMMON_HELP, "parallel": FLEET_HELP["parallel"]},
+    dry="drill switches live hosts back and forth and has no plan; "
+    "`invoke rollback --host H --plan` shows its first half",
+)
 @user_errors
 def drill(
     c,
@@ -266,8 +267,6 @@ def drill(
     """Rehearse a rollback on live hosts: back to previous, check, forward again, check."""
     from moola_ops import deploy as engine
 
-    if c.config.run.dry:
-        raise MoolaError("drill has no plan: it is a rehearsal; run it without --dry")
     hosts = _hosts(host, inventory, refresh)
     opts = _options(
         parallel=int(parallel),
@@ -289,7 +288,8 @@ def drill(
         "plan": PLAN_HELP,
         "json": "print JSON",
         "refresh": REFRESH_HELP,
-    }
+    },
+    dry=PLAN,
 )
 @user_errors
 def prune(
@@ -303,7 +303,7 @@ def prune(
     opts = _options(
         keep_releases=_setting(c, keep_releases, "deploy.keep_releases", 5, unset=-1),
         keep_backups=_setting(c, keep_backups, "deploy.keep_backups", 5, unset=-1),
-        plan=_planning(c, plan),
+        plan=bool(plan),
     )
     _run(c, json, lambda view: engine.prune(hosts, opts), "prune", hosts)
 
@@ -314,7 +314,8 @@ def prune(
         "inventory": INVENTORY_HELP,
         "json": "print JSON",
         "refresh": REFRESH_HELP,
-    }
+    },
+    dry=READS,
 )
 @user_errors
 def backups(c, host, inventory="", json=False, refresh=False):
@@ -341,7 +342,8 @@ def backups(c, host, inventory="", json=False, refresh=False):
         "plan": PLAN_HELP,
         "json": "print JSON",
         "refresh": REFRESH_HELP,
-    }
+    },
+    dry=PLAN,
 )
 @user_errors
 def restore(c, host, snapshot, inventory="", plan=False, json=False, refresh=False):
@@ -349,7 +351,7 @@ def restore(c, host, snapshot, inventory="", plan=False, json=False, refresh=Fal
     from moola_ops import deploy as engine
 
     hosts = _hosts(host, inventory, refresh)
-    opts = _options(plan=_planning(c, plan))
+    opts = _options(plan=bool(plan))
     _run(c, json, lambda view: engine.restore(hosts, snapshot, opts), "restore", hosts)
 
 

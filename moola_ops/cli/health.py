@@ -88,8 +88,10 @@ def check(
     critical: str = "",
     config=None,
     refresh: bool = False,
+    record: bool = True,
 ) -> int:
-    """Run the check, print the result as a Nagios plugin does, return the exit code."""
+    """Run the check, print the result as a Nagios plugin does, return the exit code
+    (`record=False`: nothing goes to the deployment log, for Invoke's --dry)."""
     from moola_core.errors import MoolaError
 
     try:
@@ -130,6 +132,8 @@ def check(
                 policy=policy,
                 inventory_path=inventory or None,
                 parallel=parallel,
+                record=record,
+                requests=record,  # --dry: nothing recorded, nothing sent to the live service
             )
     except MoolaError as exc:  # the plugin itself could not run (unknown host, bad inventory)
         return _unknown(str(exc), as_json)
@@ -183,6 +187,16 @@ def _report(run, *, as_json: bool, prom: str) -> int:
         "critical": THRESHOLD_HELP.format(what="CRITICAL", key="critical"),
         "refresh": REFRESH_HELP,
     },
+    # --dry: the light check without a request to the live service; nothing recorded
+    dry=lambda kw: (
+        "--prom writes a file; `invoke --dry healthcheck` without it prints the same figures"
+        if kw.get("prom")
+        else "--deep loads the model and sends requests on each host; `invoke --dry "
+        "healthcheck` without it reads the hosts"
+        if kw.get("deep")
+        else None
+    ),
+    nagios="MOOLA",
 )
 def healthcheck(
     c,
@@ -212,6 +226,7 @@ def healthcheck(
         critical=critical,
         config=c.config,
         refresh=refresh,
+        record=not c.config.run.dry,
     )
     raise Exit(code=code)
 

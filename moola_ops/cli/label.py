@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from invoke import Collection
 
-from moola_ops.cli._common import task, user_errors
+from moola_ops.cli._common import READS, task, user_errors
 from moola_ops.terminal import console, is_tty, print_json
 
 CONNECTION = {
@@ -35,7 +35,9 @@ def _say(text: str) -> None:
         "data_dir": "its data folder: SQLite database, media (default .moola/labelstudio/data)",
         "port": "port on 127.0.0.1 (0, the default: a free one)",
         "json": "print the address, token and pid as one JSON document",
-    }
+    },
+    dry="label.studio starts or stops a local Label Studio; `invoke label.status --offline` shows "
+    "the batches without it",
 )
 @user_errors
 def studio(c, stop=False, data_dir=".moola/labelstudio/data", port=0, json=False):
@@ -79,7 +81,9 @@ def studio(c, stop=False, data_dir=".moola/labelstudio/data", port=0, json=False
         "state": STATE,
         **CONNECTION,
         "json": "print the result as one JSON document",
-    }
+    },
+    dry="label.export pulls captures, creates tasks in Label Studio and records the batch; "
+    "`invoke label.status` shows the batches already sent",
 )
 @user_errors
 def export(
@@ -149,6 +153,8 @@ def _paths(value: str) -> list[str]:
         **CONNECTION,
         "json": "print the result as one JSON document",
     },
+    dry="label.import writes a new labeled set and records the import; `invoke label.status` "
+    "shows each batch's finished reviews",
 )
 @user_errors
 def import_(
@@ -191,7 +197,8 @@ def import_(
         "state": STATE,
         **CONNECTION,
         "json": "print the figures as one JSON document",
-    }
+    },
+    dry=READS,  # the figures are not saved under --dry
 )
 @user_errors
 def status(c, offline=False, state=".moola/labeling", url="", token="", json=False):
@@ -199,7 +206,9 @@ def status(c, offline=False, state=".moola/labeling", url="", token="", json=Fal
     from moola_ops.labeling import connect, label_status
     from moola_ops.labeling.status import COLUMNS, cell
 
-    payload = label_status(None if offline else connect(url, token), state)
+    payload = label_status(
+        None if offline else connect(url, token), state, save=not c.config.run.dry
+    )
     if json:
         print_json(payload)
         return

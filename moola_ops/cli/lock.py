@@ -3,7 +3,6 @@ lock; release your own, break a stale one (both logged). Shares the deploy tasks
 
 from __future__ import annotations
 
-from moola_core.errors import MoolaError
 from moola_ops.cli._common import task, user_errors
 from moola_ops.cli.deploy import HOST_HELP, INVENTORY_HELP, _hosts
 from moola_ops.hosts.runpod import REFRESH_HELP
@@ -42,6 +41,12 @@ def lock_line(state: dict) -> str:
         "json": "print JSON",
         "refresh": REFRESH_HELP,
     },
+    dry=lambda kw: (
+        f"lock --{'break' if kw.get('break_') else 'release'} would change the lock; "
+        "`invoke lock --host H` shows who holds it"
+        if kw.get("break_") or kw.get("release")
+        else None
+    ),
 )
 @user_errors
 def lock_(
@@ -50,9 +55,6 @@ def lock_(
     """Show who holds each host's deploy lock; --release your own, --break a stale one."""
     from moola_ops import deploy as engine
 
-    if (break_ or release) and c.config.run.dry:
-        what = "--break" if break_ else "--release"
-        raise MoolaError(f"--dry: lock {what} would change the lock; nothing was done")
     report = {}
     for h in _hosts(host, inventory, refresh):
         if break_:

@@ -6,7 +6,7 @@ the rows are built by the pure functions of moola_ops.render.
 
 from __future__ import annotations
 
-from moola_ops.cli._common import task, user_errors
+from moola_ops.cli._common import READS, task, user_errors
 from moola_ops.terminal import print_json
 
 
@@ -22,7 +22,8 @@ from moola_ops.terminal import print_json
         "in a row collapsed)",
         "last": "show the last N rows (default 30; 0: all)",
         "json": "print the matching log lines as JSON (never collapsed)",
-    }
+    },
+    dry=READS,
 )
 @user_errors
 def log(

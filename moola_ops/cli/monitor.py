@@ -28,7 +28,10 @@ from moola_ops.terminal import print_json
         "cache": "local folder for pulled captures (default .moola/captures)",
         "no_pull": "use only what is already in the local cache (no SSH)",
         "inventory": "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)",
-    }
+    },
+    nagios="MOOLA-MONITOR",
+    dry="monitor pulls captures into the local cache and saves its result for the report; `invoke "
+    "--dry healthcheck --host H` reads the host without writing",
 )
 def monitor(
     c,

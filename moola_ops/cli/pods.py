@@ -13,7 +13,7 @@ import sys
 from invoke import Collection
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import task, user_errors
+from moola_ops.cli._common import READS, task, user_errors
 from moola_ops.terminal import console, is_tty, print_json
 
 INVENTORY_HELP = "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)"
@@ -66,7 +66,10 @@ def _cost(pod) -> str:
 
 
 @task(
-    name="list", default=True, help={"json": "print one JSON document", "inventory": INVENTORY_HELP}
+    name="list",
+    default=True,
+    help={"json": "print one JSON document", "inventory": INVENTORY_HELP},
+    dry=READS,
 )
 @user_errors
 def list_(c, json=False, inventory=""):
@@ -156,7 +159,10 @@ def _journal(step: str, pod, hosts: list[str], **detail) -> None:
     )
 
 
-@task(help={"pod": POD_HELP, "yes": YES_HELP, "inventory": INVENTORY_HELP})
+@task(
+    help={"pod": POD_HELP, "yes": YES_HELP, "inventory": INVENTORY_HELP},
+    dry="pods.stop changes the pod; `invoke pods` shows it",
+)
 @user_errors
 def stop(c, pod, yes="", inventory=""):
     """Stop a pod: its GPU is released and billing for it stops; /workspace (the volume) stays."""
@@ -188,7 +194,8 @@ def stop(c, pod, yes="", inventory=""):
         "yes": YES_HELP,
         "gpu_count": "GPUs to resume with (0, the default: as many as it had)",
         "inventory": INVENTORY_HELP,
-    }
+    },
+    dry="pods.resume changes the pod; `invoke pods` shows it",
 )
 @user_errors
 def resume(c, pod, yes="", gpu_count=0, inventory=""):
@@ -220,7 +227,8 @@ def resume(c, pod, yes="", gpu_count=0, inventory=""):
         "pod": POD_HELP,
         "yes": "the pod's id again (required: terminating deletes the pod and its volume)",
         "inventory": INVENTORY_HELP,
-    }
+    },
+    dry="pods.terminate deletes the pod; `invoke pods` shows it",
 )
 @user_errors
 def terminate(c, pod, yes="", inventory=""):
@@ -246,6 +254,15 @@ def terminate(c, pod, yes="", inventory=""):
     print(f"{target.label}: terminated{tail}")
 
 
+def _pin_refusal(kw: dict) -> str | None:
+    if not kw.get("pin"):
+        return None
+    return (
+        "--pin writes known_hosts and the log; `invoke --dry pods.known-host --pod ID` "
+        "without it compares the scanned key"
+    )
+
+
 @task(
     name="known-host",
     help={
@@ -254,6 +271,7 @@ def terminate(c, pod, yes="", inventory=""):
         "inventory": INVENTORY_HELP,
         "json": "print one JSON document",
     },
+    dry=_pin_refusal,
 )
 @user_errors
 def known_host(c, pod, inventory="", json=False, pin=False):

@@ -56,6 +56,7 @@ def _torchrun(nproc: int, config: str, out: str, resume: bool, epochs: int, sets
         "json": "print the final figures as one JSON document",
     },
     iterable=["set_"],
+    dry="pretrain writes checkpoints; `invoke -h pretrain` lists the settings it would use",
 )
 @user_errors
 def pretrain(

@@ -18,7 +18,8 @@ from moola_ops.terminal import print_json
         "check": "open the page in headless Chromium: no console error, every figure drawn, "
         "a screenshot next to it",
         "json": "print one JSON document",
-    }
+    },
+    dry="report writes an HTML page; give --out a scratch path instead",
 )
 @user_errors
 def report(

@@ -57,6 +57,15 @@ def _show(rows: list[dict], as_json: bool) -> None:
             print(f"{r['name']}  {r['address']}  {state}  pid {r['pid']}  {r['workspace']}")
 
 
+def _sandbox_refusal(kw: dict) -> str | None:
+    if kw.get("action") == "status":
+        return None
+    return (
+        f"sandbox {kw.get('action')} starts or stops local sshd processes; "
+        "`invoke sandbox status` shows them"
+    )
+
+
 @task(
     positional=["action"],
     auto_shortflags=False,
@@ -66,6 +75,7 @@ def _show(rows: list[dict], as_json: bool) -> None:
         "root": "directory holding the sandbox state and host workspaces (default .sandbox)",
         "json": "print the hosts as one JSON document",
     },
+    dry=_sandbox_refusal,
 )
 @user_errors
 def sandbox(c, action, hosts=2, root=".sandbox", json=False):

@@ -46,6 +46,23 @@ class ServeTask(invoke.Task):
         return args
 
 
+def _serve_refusal(kw: dict) -> str | None:
+    """`invoke --dry serve`: status reads (and records nothing), rotate-token says what it
+    would do; every other action acts."""
+    if kw.get("action") in ("status", "rotate-token") and not kw.get("ensure"):
+        return None
+    if kw.get("action") == "token":
+        return (
+            "serve token makes a token on a host that has none; `invoke serve --host H token` "
+            "without --dry shows it"
+        )
+    action = "--ensure" if kw.get("ensure") else (kw.get("action") or "ACTION")
+    return (
+        f"serve {action} changes what runs on the hosts; `invoke serve --host H status` shows "
+        "what runs, `invoke deploy --plan` what a deploy would start"
+    )
+
+
 @task(
     klass=ServeTask,
     positional=["action"],
@@ -59,6 +76,7 @@ class ServeTask(invoke.Task):
         "inventory": "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)",
         "json": "print one JSON document",
     },
+    dry=_serve_refusal,
 )
 @user_errors
 def serve(
@@ -85,7 +103,9 @@ def serve(
             return
         _show_tokens(serving.tokens(hosts, rotate=rotate), len(hosts), json)
         return
-    outcomes = serving.run(hosts, chosen, device=device, keep_standby=not no_standby)
+    outcomes = serving.run(
+        hosts, chosen, device=device, keep_standby=not no_standby, record=not c.config.run.dry
+    )
     if json:
         print_json([o.__dict__ for o in outcomes])
     elif is_tty():

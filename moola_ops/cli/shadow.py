@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import task, user_errors
+from moola_ops.cli._common import PLAN, task, user_errors
 from moola_ops.terminal import print_json
 
 _COMMON = {
@@ -42,6 +42,12 @@ def _show(status, json: bool) -> None:
         "bundles_dir": "where bundle archives live (default bundles)",
         "device": "start: the shadow server's device, auto, cpu or cuda (default auto)",
     },
+    dry=lambda kw: (
+        None
+        if kw.get("action") == "status"
+        else f"shadow {kw.get('action')} changes what runs on the host; "
+        "`invoke shadow status --host H` shows the shadow"
+    ),
 )
 @user_errors
 def shadow(
@@ -85,16 +91,28 @@ def shadow(
         **_COMMON,
         "candidate": "release to promote (default: the host's shadow)",
         "bundles_dir": "where bundle archives live (default bundles)",
-    }
+        "plan": "say what the promotion would do (the deploy's plan; nothing changed); "
+        "`invoke --dry` does the same",
+    },
+    dry=PLAN,
 )
 @user_errors
-def promote(c, host, candidate="", bundles_dir="bundles", inventory="", json=False):
+def promote(c, host, candidate="", bundles_dir="bundles", inventory="", json=False, plan=False):
     """Deploy the shadow's release through the normal zero-downtime path, then stop the shadow."""
     from moola_ops.shadow import control as ops
 
-    result = ops.promote(
-        _host(host, inventory), bundles_dir=bundles_dir, candidate=candidate or None
-    )
+    target = _host(host, inventory)
+    result = ops.promote(target, bundles_dir=bundles_dir, candidate=candidate or None, plan=plan)
+    if plan:
+        from moola_ops.cli.deploy import _render
+
+        _render(result, json)
+        if not json and result.ok:
+            print(
+                f"then: the proxy moves to a fresh server of {result.bundle} and the shadow is "
+                "drained (`invoke promote` without --plan does it)"
+            )
+        return
     if json:
         print_json(
             {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from invoke.exceptions import Exit
 
-from moola_ops.cli._common import task, user_errors
+from moola_ops.cli._common import READS, task, user_errors
 from moola_ops.terminal import console, is_tty, print_json
 
 HEADLINE = (
@@ -74,7 +74,8 @@ def _table(title: str, rows: list[tuple[str, dict]], columns=HEADLINE):
         "freeze": "with --pretrained: keep the encoder frozen and train only the heads",
         "runs_dir": "where runs/<run-id>/ folders go (default runs)",
         "json": "print every run's summary as one JSON document (progress goes to stderr)",
-    }
+    },
+    dry="train writes new runs under runs/; `invoke compare` shows the runs there now",
 )
 @user_errors
 def train(
@@ -166,7 +167,8 @@ def _print_run(out, result) -> None:
         "run": "run id (a folder under --runs-dir)",
         "runs_dir": "runs folder (default runs)",
         "json": "print the report as one JSON document",
-    }
+    },
+    dry=READS,
 )
 @user_errors
 def evaluate(c, run, runs_dir="runs", json=False):
@@ -202,7 +204,8 @@ def evaluate(c, run, runs_dir="runs", json=False):
         "calibration_split (the final models on the sealed split)",
         "markdown": "print a Markdown table (for docs and reviews)",
         "json": "print the comparison as one JSON document",
-    }
+    },
+    dry=READS,
 )
 @user_errors
 def compare(c, runs_dir="runs", split="oof", markdown=False, json=False):
@@ -236,7 +239,10 @@ def doctor_checks(root: str = ".") -> list[dict]:
     return checks(root)
 
 
-@task(help={"json": "print the checks as one JSON document"})
+@task(
+    help={"json": "print the checks as one JSON document"},
+    dry=READS,
+)
 @user_errors
 def doctor(c, json=False):
     """Check Python, packages, torch/CUDA, sshd, data paths and `pip check`; exit 1 on a failure."""

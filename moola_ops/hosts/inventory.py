@@ -66,16 +66,17 @@ class Host:
             return f"{user}{pod}"
         return f"{user}{self.hostname}{port}" + (f" ({pod})" if pod else "")
 
-    def endpoint(self, *, refresh: bool = False) -> Host:
+    def endpoint(self, *, refresh: bool = False, cancel=None) -> Host:
         """This host with the address to connect to now: itself, or for a `runpod_pod_id` host
         its pod's public IP and the port mapped to 22, asked of RunPod's API (cached briefly;
-        `refresh` asks again). Raises MoolaError with the fix when the pod cannot be reached.
+        `refresh` asks again; `cancel`, a threading.Event, set: the question ends at once).
+        Raises MoolaError with the fix when the pod cannot be reached.
         """
         if not self.runpod_pod_id:
             return self
         from moola_ops.hosts.runpod import resolve_host
 
-        return resolve_host(self, refresh=refresh)
+        return resolve_host(self, refresh=refresh, cancel=cancel)
 
 
 @dataclass

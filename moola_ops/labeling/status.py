@@ -33,8 +33,11 @@ COLUMNS = (
 )
 
 
-def label_status(client=None, state: str | os.PathLike = ledger.DEFAULT_STATE) -> dict:
-    """{"live": bool, "batches": [figures per batch], "total": figures over all}; saved."""
+def label_status(
+    client=None, state: str | os.PathLike = ledger.DEFAULT_STATE, *, save: bool = True
+) -> dict:
+    """{"live": bool, "batches": [figures per batch], "total": figures over all}; saved unless
+    `save=False` (Invoke's --dry: the ledger is read, nothing written)."""
     batches = ledger.list_batches(state)
     rows = []
     live = client is not None
@@ -54,7 +57,8 @@ def label_status(client=None, state: str | os.PathLike = ledger.DEFAULT_STATE) -
     else:
         rows = [summarize(batch, recorded_reviews(batch)) for batch in batches]
     payload = {"live": live, "at": ledger.now_iso(), "batches": rows, "total": total(rows)}
-    ledger.write_json(status_path(state), payload)
+    if save:
+        ledger.write_json(status_path(state), payload)
     return payload
 
 

@@ -88,6 +88,8 @@ CHECK_MODEL = "model"
 CHECK_LATENCY = "latency"
 CHECK_SERVICE = "service"  # the live server: running, ready, serving current, one real request
 CHECK_SERVICE_LATENCY = "service-latency"  # --deep: a burst's p99 over HTTP vs the SLA
+CHECK_SUPERVISION = "supervision"  # the host's supervisor runs; no crash loop
+CHECK_SERVE_CONFIG = "serve-config"  # the proxy listens where the inventory says (no drift)
 
 # --- phase 5 (verify) steps -----------------------------------------------------------------
 VERIFY_SANITY = "sanity"

@@ -33,6 +33,8 @@ from moola_ops.serving.captures import (
     index_file,
 )
 
+PULL_MAX_BYTES = 64 << 20  # one pull copies at most this much (oldest files first); the rest
+# waits for the next pull, which starts where this one stopped
 MAX_CAPTURE_FILE_BYTES = 1 << 30  # the server closes a file at --capture-max-mb (16 MB)
 FETCH_CHUNK = 8 << 20  # bytes per SFTP read
 MAX_LISTED_FILES = 100_000
@@ -89,6 +91,8 @@ class PullResult:
     rows: int = 0  # rows indexed from the new bytes
     skipped_lines: int = 0  # lines of the fetched files that failed their checks
     skipped_files: list[str] = field(default_factory=list)  # why each was not fetched
+    left_files: int = 0  # files with new bytes left for the next pull (over the bound)
+    left_bytes: int = 0
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -104,14 +108,23 @@ class PullResult:
             )
         if self.skipped_files:
             bad += f"; {len(self.skipped_files)} files not fetched ({self.skipped_files[0]})"
+        if self.left_files:
+            bad += (
+                f"; {self.left_bytes / 1e6:.2f} MB in {self.left_files} files left for the next "
+                f"pull (at most {PULL_MAX_BYTES / 1e6:.0f} MB per pull, oldest first)"
+            )
         return (
             f"{self.host}: {self.fetched_bytes / 1e6:.2f} MB new in {self.fetched_files} of "
             f"{self.files} capture files{again} ({self.seconds:.1f} s){bad}"
         )
 
 
-def pull_captures(session, host, cache: str | os.PathLike = DEFAULT_CACHE) -> PullResult:
-    """Copy the host's new capture bytes into the local cache, checksummed, and index them.
+def pull_captures(
+    session, host, cache: str | os.PathLike = DEFAULT_CACHE, max_bytes: int = PULL_MAX_BYTES
+) -> PullResult:
+    """Copy the host's new capture bytes into the local cache, checksummed, and index them:
+    oldest files first, at most `max_bytes` per pull (a file that would pass it waits for the
+    next pull, unless nothing was fetched yet), so a pull after a long pause is bounded.
 
     `session` is an open transport.HostSession. Each file is fetched from where the local copy
     ends; afterwards the local copy's sha256 must equal the host's hash of the same prefix, else
@@ -142,18 +155,24 @@ def pull_captures(session, host, cache: str | os.PathLike = DEFAULT_CACHE) -> Pu
             f"{host.name} answered the capture listing with {res.tail()[:300]!r}"
         ) from None
     result = PullResult(host.name, files=len(listing))
+    wanted = []
     for entry in listing[:MAX_LISTED_FILES]:
         listed = _listed(entry)
         if isinstance(listed, str):
             result.skipped_files.append(listed)
-            continue
-        key, size, digest = listed
-        if digest is None:
-            continue  # unchanged since the last pull
+        elif listed[2] is not None:  # None: unchanged since the last pull
+            wanted.append(listed)
+    wanted.sort(key=lambda x: (x[0].rsplit("/", 1)[-1], x[0]))  # file names start with the UTC time
+    for key, size, digest in wanted:
         release = key.split("/", 1)[0]
         raw = folder / "raw" / key
         raw.parent.mkdir(parents=True, exist_ok=True)
         before = raw.stat().st_size if raw.exists() else 0
+        new_bytes = max(0, size - before)
+        if result.fetched_bytes and result.fetched_bytes + new_bytes > max_bytes:
+            result.left_files += 1
+            result.left_bytes += new_bytes
+            continue
         try:
             fetched = _pull_file(session, f"{root}/{key}", raw, before, size, digest, result)
             rows, skipped = index_file(raw, folder / "index" / release)
@@ -257,11 +276,13 @@ def _fetch(session, remote: str, local: Path, offset: int, size: int) -> int:
     return fetched
 
 
-def pull_host(host, cache: str | os.PathLike = DEFAULT_CACHE, session=None) -> PullResult:
+def pull_host(
+    host, cache: str | os.PathLike = DEFAULT_CACHE, session=None, max_bytes: int = PULL_MAX_BYTES
+) -> PullResult:
     """Open an SSH session to `host` (unless given) and pull its captures into the cache."""
     from moola_ops.transport import HostSession
 
     if session is not None:
-        return pull_captures(session, host, cache)
+        return pull_captures(session, host, cache, max_bytes)
     with HostSession(host) as opened:
-        return pull_captures(opened, host, cache)
+        return pull_captures(opened, host, cache, max_bytes)

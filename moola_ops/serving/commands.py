@@ -15,9 +15,11 @@ Read top to bottom, this file is exactly what serving does to a host.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import shlex
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,12 @@ DEFAULT_PORT = 8080  # the public port when the inventory names none (`serve_por
 DEVICES = ("auto", "cpu", "cuda")
 AUTH_MODES = ("auto", "always")  # inventory `serve_auth`: when clients need the host's token
 _RUNTIME = Path(__file__).resolve().parents[2] / "moola_core" / "runtime"
+# the proxy's source travels compressed (base85 needs no shell quoting): the whole program must
+# stay well inside the one argument sshd hands the shell (MAX_ARG_STRLEN, 128 KiB)
+_PROXY_PACKED = base64.b85encode(zlib.compress((_RUNTIME / "serve_proxy.py").read_bytes(), 9))
 CTL_SOURCE = (
-    f"PROXY_SOURCE = {(_RUNTIME / 'serve_proxy.py').read_text()!r}\n"
+    "import base64 as _b85, zlib as _zlib\n"
+    f"PROXY_SOURCE = _zlib.decompress(_b85.b85decode({_PROXY_PACKED!r})).decode('utf-8')\n"
     + (_RUNTIME / "serve_ctl.py").read_text()
 )
 
@@ -222,9 +228,12 @@ def standby_switch(
     return _ctl(layout, python, "standby-switch", *args)
 
 
-def health(layout: Layout, python: str, *, burst: int = 0, concurrency: int = 4) -> str:
+def health(
+    layout: Layout, python: str, *, burst: int = 0, concurrency: int = 4, requests: bool = True
+) -> str:
     """The live service for a monitor, one round trip: status, one real request through the
-    public port, and a burst of `burst` requests (`concurrency` clients) when asked."""
+    public port, and a burst of `burst` requests (`concurrency` clients) when asked
+    (`requests=False`: the status alone; nothing is sent, so nothing is captured)."""
     if (
         not isinstance(burst, int)
         or burst < 0
@@ -232,7 +241,10 @@ def health(layout: Layout, python: str, *, burst: int = 0, concurrency: int = 4)
         or concurrency < 1
     ):
         raise MoolaError(f"invalid burst {burst!r} / concurrency {concurrency!r}")
-    return _ctl(layout, python, "health", "--burst", str(burst), "--concurrency", str(concurrency))
+    quiet = () if requests else ("--no-requests",)
+    return _ctl(
+        layout, python, "health", "--burst", str(burst), "--concurrency", str(concurrency), *quiet
+    )
 
 
 def stop(layout: Layout, python: str, wait_s: float = 30.0) -> str:

@@ -278,8 +278,12 @@ def run(
     device: str = "auto",
     keep_standby: bool = KEEP_STANDBY,
     journal_path: str | None = None,
+    record: bool = True,
 ) -> list[ServeOutcome]:
-    """Run one serving action on each host (in turn); every action is a deployment-log line."""
+    """Run one serving action on each host (in turn); every action is a deployment-log line
+    (`record=False`: none, for a `status` under Invoke's --dry)."""
+    import contextlib
+
     from moola_ops.log.journal import Journal
     from moola_ops.transport import HostSession
 
@@ -287,12 +291,15 @@ def run(
         raise MoolaError(
             f"unknown serve action {action!r}: choose one of {', '.join(ACTIONS + TOKEN_ACTIONS)}"
         )
+    if not record and action != "status":
+        raise MoolaError(f"serve {action} changes the host and is always recorded")
     journal = Journal("serve", path=journal_path)
     outcomes = []
     for host in hosts:
         started = time.monotonic()
+        step = journal.step(host.name, action) if record else contextlib.nullcontext({})
         try:
-            with journal.step(host.name, action) as info, HostSession(host) as session:
+            with step as info, HostSession(host) as session:
                 message, state = _act(session, host, action, device, keep_standby)
                 info["result"] = message
             outcomes.append(ServeOutcome(host.name, True, message, state))

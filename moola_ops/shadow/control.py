@@ -309,12 +309,14 @@ def promote(
     bundles_dir: str = "bundles",
     candidate: str | None = None,
     journal_path: str | None = None,
+    plan: bool = False,
 ):
     """Deploy the shadow's release through the normal path, serve it, then stop the shadow.
 
     engine.deploy moves `current` (lock, verify, runtime check, switch, post-check); then a
     fresh live server of the candidate gets ready and the proxy moves to it (zero downtime);
-    the shadow process, which captured as `shadow`, is drained. Returns the engine's result.
+    the shadow process, which captured as `shadow`, is drained. Returns the engine's result
+    (`plan`: the deploy's plan, read from the host; nothing changes, the shadow keeps running).
     """
     from moola_ops import deploy as engine
     from moola_ops.serving import control as serving
@@ -329,8 +331,8 @@ def promote(
             )
         candidate = now.release
     bundle = engine.resolve_bundle(candidate, bundles_dir=bundles_dir)
-    result = engine.deploy([host], bundle, engine.Options(journal_path=journal_path))
-    if not result.ok:
+    result = engine.deploy([host], bundle, engine.Options(journal_path=journal_path, plan=plan))
+    if plan or not result.ok:
         return result
     with HostSession(host) as session:
         served = serving.status(session, host)

@@ -117,7 +117,7 @@ def _stop_on_cancel(session, conn, handshake: _Handshake) -> None:
     skips one still handshaking) so a hanging handshake ends at once. Once the attempt settled
     it does nothing: cancelling an open session is the session's own work (it kills what runs)."""
     while not handshake.settled.is_set():
-        if session._cancelled.wait(0.1):
+        if session._cancelled.wait(0.1) or session.ctrl_c:
             with handshake.lock:
                 if handshake.settled.is_set():
                     return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -62,8 +63,10 @@ class HostSession:
         self._watchdog: Watchdog | None = None
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
-        self._upload_active = False
+        self._transfer_active = False
         self._dropped: str | None = None  # why the connection was cut (watchdog, cancel)
+        self.ctrl_c = False  # a Ctrl-C noted while Paramiko worked (see _ctrl_c_deferred)
+        self.cut_on_ctrl_c = False  # an upload or read under way: a Ctrl-C cuts the connection
 
     # -- connection -----------------------------------------------------------------------
 
@@ -76,19 +79,31 @@ class HostSession:
         the (possibly cached) address fails, the pod is looked up once more and, if it moved
         (a restart), connected to there.
         """
-        target = self.host.endpoint()
+        # the look-up of a pod is plain HTTP, where a Ctrl-C may land anywhere; Paramiko is not
+        target = self._endpoint(refresh=False)
         if not self.host.runpod_pod_id:
-            return self._open(target)
+            with self._ctrl_c_deferred():
+                return self._open(target)
         try:  # once at the cached address: a pod that moved is looked up, not waited for
-            return self._open(target, retries=0)
+            with self._ctrl_c_deferred():
+                return self._open(target, retries=0)
         except TransportError as first:
             if self._cancelled.is_set():
                 raise
-            again = self.host.endpoint(refresh=True)
+            again = self._endpoint(refresh=True)
             moved = (again.hostname, again.port) != (target.hostname, target.port)
             if not moved and isinstance(first, HostKeyError):
                 raise
-            return self._open(again, retries=None if moved else target.connect_retries - 1)
+            with self._ctrl_c_deferred():
+                return self._open(again, retries=None if moved else target.connect_retries - 1)
+
+    def _endpoint(self, *, refresh: bool) -> Host:
+        """Where to connect now (a pod: asked of RunPod's API); cancel() ends the question."""
+        try:
+            return self.host.endpoint(refresh=refresh, cancel=self._cancelled)
+        except MoolaError:
+            self._check_cancelled()
+            raise
 
     def _open(self, host: Host, retries: int | None = None) -> HostSession:
         retries = host.connect_retries if retries is None else retries
@@ -98,6 +113,8 @@ class HostSession:
         for attempt in range(1, attempts + 1):
             self.connect_attempts = attempt
             self._check_cancelled()
+            if self.ctrl_c:
+                raise Aborted()
             try:
                 self._conn = connect.open_connection(self, host)
                 break
@@ -110,7 +127,7 @@ class HostSession:
                         f"{failed.reason}; check the address, the port mapping and that the "
                         "host is up"
                     ) from None
-                if self._cancelled.wait(pause):
+                if self._cancelled.wait(pause) or self.ctrl_c:
                     raise Aborted() from None
                 pause = min(pause * 2, CONNECT_BACKOFF_MAX_S)
         transport = self._conn.client.get_transport()
@@ -142,7 +159,7 @@ class HostSession:
         """Stop what this session is doing, from any thread (Ctrl-C, a fleet's deadline).
 
         A running command has its remote process group killed and raises Aborted; a running
-        upload is cut (the connection is closed) and raises Aborted; a connection being set up
+        upload or read is cut (the connection is closed) and raises Aborted; a connection being set up
         stops (its handshake is closed; a TCP connect still waiting ends by connect_timeout_s).
         Later calls raise Aborted at once, until `resume()` (cleanup on a live connection).
         With keepalives on, a keepalive goes out at once: a host that sends nothing back
@@ -151,7 +168,7 @@ class HostSession:
         """
         self._cancelled.set()
         with self._lock:
-            cut = self._upload_active
+            cut = self._transfer_active
         if cut:
             self._drop("cancelled")
         elif self._watchdog is not None:
@@ -225,7 +242,10 @@ class HostSession:
         backstop = deadline + KILL_WAIT_S + 5
         cut = f"a command on {self.host.name} did not finish within {timeout:g}s"
         try:
-            with self._guard(backstop, f"{cut}; the connection was closed"):
+            with (
+                self._ctrl_c_deferred(),
+                self._guard(backstop, f"{cut}; the connection was closed"),
+            ):
                 chan = transport.open_session(timeout=max(1.0, timeout))
                 chan.settimeout(0.1)
                 chan.exec_command(wrap_command(command, timeout + HOST_TIMEOUT_SLACK_S))
@@ -235,6 +255,8 @@ class HostSession:
                     if self._cancelled.is_set():
                         self._kill(await_pgid(chan, pgid, err))
                         raise Aborted()
+                    if self.ctrl_c:  # noted at a safe point: stopped below, like a raised one
+                        raise KeyboardInterrupt
                     self._check_alive("during a command")
                     if time.monotonic() > deadline:
                         killed = self._kill(await_pgid(chan, pgid, err))
@@ -267,7 +289,7 @@ class HostSession:
             raise
         except KeyboardInterrupt:  # Ctrl-C in the thread that runs it: the command stops too
             if chan is not None and not chan.closed:
-                self._kill(await_pgid(chan, pgid, err, wait_s=0.5))
+                self._kill(await_pgid(chan, pgid, err))
             raise
         except (OSError, EOFError, paramiko.SSHException) as exc:
             self._check_cancelled()
@@ -317,9 +339,9 @@ class HostSession:
         limit = float(deadline_s or (UPLOAD_BASE_S + size / UPLOAD_MIN_BYTES_PER_S))
         reason = f"the upload to {self.host.name} did not finish within {limit:g}s"
         with self._lock:
-            self._upload_active = True
+            self._transfer_active = True
         try:
-            with self._guard(time.monotonic() + limit, reason):
+            with self._ctrl_c_deferred(cut=True), self._guard(time.monotonic() + limit, reason):
                 if self._sftp is None:
                     self._sftp = self._conn.client.open_sftp()  # ours: Fabric caches a closed one
                 self._sftp.put(str(local), remote, callback=progress, confirm=True)
@@ -345,7 +367,7 @@ class HostSession:
             raise TransportError(f"upload to {self.host.name} broke: {short_reason(exc)}") from None
         finally:
             with self._lock:
-                self._upload_active = False
+                self._transfer_active = False
         return size
 
     def read_bytes(
@@ -357,8 +379,13 @@ class HostSession:
         self._check_cancelled()
         self._transport()
         reason = f"reading {self.host.name}:{remote} did not finish within {deadline_s:g}s"
+        with self._lock:
+            self._transfer_active = True  # cancel() cuts a read as it cuts an upload
         try:
-            with self._guard(time.monotonic() + deadline_s, reason):
+            with (
+                self._ctrl_c_deferred(cut=True),
+                self._guard(time.monotonic() + deadline_s, reason),
+            ):
                 if self._sftp is None:
                     self._sftp = self._conn.client.open_sftp()
                 with self._sftp.open(remote, "rb") as fh:
@@ -371,8 +398,52 @@ class HostSession:
             raise TransportError(
                 f"reading {self.host.name}:{remote} failed: {short_reason(exc)}"
             ) from None
+        finally:
+            with self._lock:
+                self._transfer_active = False
 
     # -- internals ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _ctrl_c_deferred(self, *, cut: bool = False):
+        """Ctrl-C at safe points only, while this (main) thread is inside Paramiko.
+
+        A KeyboardInterrupt raised between a Paramiko lock's acquire() and its `try:` leaves the
+        lock held, and the next call on the connection (the kill of the remote command, the
+        close) waits for it forever: on a busy machine a Ctrl-C lands there now and then. So
+        while Paramiko works, SIGINT only notes `ctrl_c`; a command's loop stops at its next
+        turn (its remote process group is killed), an upload or read is cut by the watchdog
+        (`cut`), a connection attempt by its handshake watcher, and KeyboardInterrupt is raised
+        from here. A second Ctrl-C raises at once. Other threads and a SIGINT handler someone
+        else installed are left alone (the fleet's waiting thread handles its own Ctrl-C).
+        """
+        if (
+            threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        ):
+            yield
+            return
+
+        def note(signum, frame):
+            if self.ctrl_c:
+                raise KeyboardInterrupt
+            self.ctrl_c = True
+
+        self.ctrl_c, self.cut_on_ctrl_c = False, cut
+        signal.signal(signal.SIGINT, note)
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            if self.ctrl_c:  # the cut (or the stop) Ctrl-C caused: report the Ctrl-C
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            pressed, self.ctrl_c, self.cut_on_ctrl_c = self.ctrl_c, False, False
+        if pressed:  # pressed as the work ended: still a Ctrl-C
+            raise KeyboardInterrupt
 
     def _transport(self):
         if self._conn is None:

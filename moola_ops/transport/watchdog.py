@@ -83,6 +83,9 @@ class Watchdog(threading.Thread):
         while not self._stopped.wait(tick):
             if not self.transport.is_active():
                 return
+            if self.session.ctrl_c and self.session.cut_on_ctrl_c:
+                self._drop("interrupted (Ctrl-C)")
+                return
             now = time.monotonic()
             deadline = self._deadline
             if deadline is not None and now > deadline[0]:

@@ -29,10 +29,17 @@ Probe = Callable[[Any, float], HostHealth]
 
 
 def run_parallel(
-    hosts: list[Any], probe: Probe, timeout_s: float, name_of=str, parallel: int = 16
+    hosts: list[Any],
+    probe: Probe,
+    timeout_s: float,
+    name_of=str,
+    parallel: int = 16,
+    asked_s: float | None = None,
 ) -> list[HostHealth]:
     """Probe every host through the fleet executor, at most `parallel` at once; a host not
-    done within `timeout_s` (waiting for its turn included) is CRITICAL, never waited for."""
+    done within `timeout_s` (waiting for its turn included) is CRITICAL, never waited for.
+    `asked_s`: the timeout the user gave, when `timeout_s` keeps a margin inside it (the
+    message names what the user asked for)."""
     from moola_ops.fleet import run_fleet
 
     def failed(host: Any, exc: BaseException) -> HostHealth:
@@ -46,7 +53,7 @@ def run_parallel(
 
     def late(host: Any, waited: float) -> HostHealth:
         health = HostHealth(host=name_of(host), duration_s=round(timeout_s, 3))
-        message = f"no answer within the {timeout_s:g} s timeout"
+        message = f"no answer within the {asked_s or timeout_s:g} s timeout"
         health.checks.append(CheckResult(steps.CHECK_SSH, CRITICAL, message))
         return health
 
@@ -65,9 +72,15 @@ def run_parallel(
 
 
 def probe_host(
-    host, deadline: float, *, deep: bool = False, policy: HealthPolicy = DEFAULT_POLICY
+    host,
+    deadline: float,
+    *,
+    deep: bool = False,
+    policy: HealthPolicy = DEFAULT_POLICY,
+    requests: bool = True,
 ) -> HostHealth:
-    """Check one inventory host over one SSH connection: light facts, then the model if deep."""
+    """Check one inventory host over one SSH connection: light facts, then the model if deep
+    (`requests=False`: no request to the live service, which would be captured)."""
     from moola_ops.deploy.commands import release
     from moola_ops.hosts.layout import Layout
     from moola_ops.log.journal import transient_step
@@ -103,6 +116,7 @@ def probe_host(
                     policy=policy,
                     timeout_s=left(),
                     foreign_current=facts.current is None,
+                    requests=requests,
                 )
         if deep:
             if facts.current is None:
@@ -169,8 +183,10 @@ def run_healthcheck(
     policy: HealthPolicy = DEFAULT_POLICY,
     record: bool = True,
     parallel: int = 16,
+    requests: bool = True,
 ) -> HealthRun:
-    """Check the selected hosts (default: all) in parallel within `timeout_s`; log each result."""
+    """Check the selected hosts (default: all) in parallel within `timeout_s`; log each result
+    (`record`), send the live service one request (`requests`; Invoke's --dry: neither)."""
     from moola_core.errors import MoolaError
     from moola_ops.hosts.inventory import load_inventory
 
@@ -183,10 +199,13 @@ def run_healthcheck(
     budget = max(1.0, timeout_s - 0.5)
     checked = run_parallel(
         hosts,
-        lambda host, deadline: probe_host(host, deadline, deep=deep, policy=policy),
+        lambda host, deadline: probe_host(
+            host, deadline, deep=deep, policy=policy, requests=requests
+        ),
         budget,
         name_of=lambda h: h.name,
         parallel=parallel,
+        asked_s=timeout_s,  # hosts stop 0.5 s early so the log and the output fit inside it
     )
     for name, why in down.items():
         health = HostHealth(host=name)

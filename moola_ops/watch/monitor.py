@@ -323,6 +323,10 @@ def _resolve_reference(spec: str, release: str | None, manifest: dict | None, ru
     return bins, name
 
 
+PULL_CANCEL_WAIT_S = 2.0  # after its cancel, how long the pull may take to let go
+FIGURES_RESERVE_S = 5.0  # of --timeout, kept for the figures (at most half of it)
+
+
 def run_monitor(
     host_name: str,
     *,
@@ -337,37 +341,34 @@ def run_monitor(
     policy: MonitorPolicy | None = None,
     save_result: bool = True,
 ) -> MonitorResult:
-    """`invoke monitor`: pull (within `timeout_s`), compute over [since, now], save for the report.
+    """`invoke monitor`: pull, compute over [since, now], save for the report; all of it within
+    `timeout_s`.
 
-    When the host does not answer in time the figures come from the local cache and an UNKNOWN
-    check says so: a cron run always ends, and always prints one status line.
+    The pull gets what the figures do not need; a host that has not sent its captures by then
+    has its session cancelled (the listing is killed on the host, a transfer cut: nothing of
+    the pull runs on) and the figures come from the local cache, with an UNKNOWN check saying
+    so. Figures not computed by the deadline (a new release's training reference is built
+    once) are an UNKNOWN result, not saved over the last complete one. A cron run always ends
+    in time and always prints one status line; the threads used are daemons, so nothing left
+    behind holds the interpreter.
     """
     import threading
 
-    from moola_ops.serving.captures import DEFAULT_CACHE, load_table, parse_since, resolve_host
+    from moola_ops.serving.captures import DEFAULT_CACHE, parse_since, resolve_host
     from moola_ops.transport import HostSession
 
     started = time.monotonic()
+    deadline = started + timeout_s
     cache = Path(cache) if cache is not None else DEFAULT_CACHE
     now = time.time()
     start = parse_since(since, now)
     host = resolve_host(host_name, inventory, inventory_path)
     box: dict[str, Any] = {}
+    session = HostSession(host)
 
     def work() -> None:
-        from moola_ops.serving.captures_pull import pull_captures
-
         try:
-            with HostSession(host) as session:
-                box["pull"] = pull_captures(session, host, cache)
-                live = load_table(cache, host.name, since=start)
-                live = live.select(live["role"] == 0)
-                if len(live):
-                    import numpy as np
-
-                    names, counts = np.unique(live["release"], return_counts=True)
-                    box["release"] = str(names[int(np.argmax(counts))])
-                    box["manifest"] = release_manifest(session, host, box["release"])
+            box.update(_pull(session, host, cache, start))
         except Exception as exc:  # reported as a check, never a traceback in cron
             box["error"] = str(exc) or type(exc).__name__
 
@@ -375,8 +376,11 @@ def run_monitor(
     if pull:
         thread = threading.Thread(target=work, daemon=True, name=f"monitor-pull-{host.name}")
         thread.start()
-        thread.join(max(1.0, timeout_s - 5.0))  # leave time to compute from what we have
+        reserve = min(FIGURES_RESERVE_S, timeout_s / 2)
+        thread.join(max(0.5, deadline - reserve - time.monotonic()))
         if thread.is_alive():
+            session.cancel()  # kills what runs on the host, cuts a read: the pull lets go
+            thread.join(PULL_CANCEL_WAIT_S)
             extra.append(
                 Check(
                     "pull",
@@ -393,13 +397,73 @@ def run_monitor(
                     f"captures not pulled ({box['error']}); figures are from the local cache",
                 )
             )
+    figures: dict[str, Any] = {}
+
+    def compute() -> None:
+        try:
+            figures["result"] = _figures(
+                host, cache, start, now, reference, runs_dir, box, policy=policy
+            )
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            figures["error"] = exc
+
+    thread = threading.Thread(target=compute, daemon=True, name=f"monitor-figures-{host.name}")
+    thread.start()
+    thread.join(max(0.5, deadline - time.monotonic()))
+    if thread.is_alive():
+        result = MonitorResult(host=host.name, since=start, until=now)
+        result.checks = extra + [
+            Check(
+                "figures",
+                UNKNOWN,
+                f"not computed within --timeout {timeout_s:g} s (a new release's training "
+                f"reference is built once, then cached): run `invoke monitor --host {host.name} "
+                "--timeout 600` once",
+            )
+        ]
+        result.duration_s = time.monotonic() - started
+        return result
+    if "error" in figures:
+        raise figures["error"]
+    result = figures["result"]
+    result.checks = extra + result.checks
+    result.duration_s = time.monotonic() - started
+    if save_result:
+        save(result, cache)
+    return result
+
+
+def _pull(session, host, cache: Path, start: float) -> dict[str, Any]:
+    """Pull the host's captures into the cache; the release serving most live requests since
+    `start` and its manifest (one SSH connection)."""
+    from moola_ops.serving.captures import load_table
+    from moola_ops.serving.captures_pull import pull_captures
+
+    out: dict[str, Any] = {}
+    with session:
+        out["pull"] = pull_captures(session, host, cache)
+        live = load_table(cache, host.name, since=start)
+        live = live.select(live["role"] == 0)
+        if len(live):
+            import numpy as np
+
+            names, counts = np.unique(live["release"], return_counts=True)
+            out["release"] = str(names[int(np.argmax(counts))])
+            out["manifest"] = release_manifest(session, host, out["release"])
+    return out
+
+
+def _figures(host, cache, start, now, reference, runs_dir, pulled, *, policy) -> MonitorResult:
+    """The monitor's figures from the local cache (and what the pull learnt)."""
+    from moola_ops.serving.captures import load_table
+
     table = load_table(cache, host.name, since=start, with_ohlc=True)
-    release = box.get("release")
+    release = pulled.get("release")
     if release is None:
         live = table["release"][table["role"] == 0]
         release = str(live[-1]) if len(live) else None
-    bins, name = _resolve_reference(reference, release, box.get("manifest"), runs_dir, cache)
-    sla = host.latency_sla_ms or (box.get("manifest") or {}).get("latency_sla_p99_ms")
+    bins, name = _resolve_reference(reference, release, pulled.get("manifest"), runs_dir, cache)
+    sla = host.latency_sla_ms or (pulled.get("manifest") or {}).get("latency_sla_p99_ms")
     result = monitor(
         table,
         bins,
@@ -418,10 +482,6 @@ def run_monitor(
                 f"no training reference for {release}: pass --reference FILE|RUN_ID",
             )
         )
-    result.checks = extra + result.checks
-    result.duration_s = time.monotonic() - started
-    if save_result:
-        save(result, cache)
     return result
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 from moola_ops.hosts.inventory import Host
 from moola_ops.log import steps
 from moola_ops.serving import commands as serve_cmd
@@ -21,14 +23,18 @@ def assess_service(
     policy=None,
     timeout_s=None,
     foreign_current: bool = False,
+    requests: bool = True,
 ):
     """Add the live-service checks to a HostHealth: server running and ready, serving the
     release `current` points at, one real request (its latency); --deep: a burst's p99 vs the
     SLA. Server down or the wrong release is CRITICAL. One SSH round trip.
 
     `foreign_current`: `current` is not a release Moola deployed, so there is no release the
-    server should follow: what it serves is reported (WARNING when it answers), never hidden."""
-    command = serve_cmd.health(_layout(host), host.python, burst=HEALTH_BURST if deep else 0)
+    server should follow: what it serves is reported (WARNING when it answers), never hidden.
+    `requests=False` (Invoke's --dry): the status alone, no request sent (a request is captured
+    on the host)."""
+    burst = HEALTH_BURST if deep and requests else 0
+    command = serve_cmd.health(_layout(host), host.python, burst=burst, requests=requests)
     out = session.run(command, timeout_s=timeout_s or 60)
     data = serve_cmd.parse(out.stdout or out.stderr)
     add = health.checks.append
@@ -47,10 +53,17 @@ def assess_service(
         )
         return
     now = serve_cmd.parse_status(out.stdout or out.stderr)
+    assess_supervision(health, data, host)
     if foreign_current:
         now.current = None  # no release to follow: judge the server by itself
     problem = now.problem()
     one = data.get("probe") or {}
+    if problem is None and not requests:
+        said = f"serving {now.served_release} on port {now.proxy_port} (no request sent: --dry)"
+        if foreign_current:
+            said += "; current is not a Moola release: roll back or redeploy"
+        add(CheckResult(steps.CHECK_SERVICE, WARNING if foreign_current else OK, said))
+        return
     if problem is None and not one.get("ok"):
         problem = f"a real request failed: {'; '.join(one.get('errors') or []) or 'no answer'}"
     expected = now.current or now.served_release
@@ -118,6 +131,78 @@ def assess_service(
                 f"burst of {burst.get('requests')}: p99 {p99:.2f} ms{within}",
             )
         )
+
+
+def assess_supervision(health, data: dict, host: Host) -> None:
+    """The supervisor that restarts a dead live server (CRITICAL in a crash loop, with the
+    server's last log lines; WARNING when it is not running or still retrying) and config
+    drift: the proxy listens on another address or port than the inventory says (WARNING
+    until `invoke serve --host H --ensure` or `restart` applies it)."""
+    add = health.checks.append
+    sup = data.get("supervisor") or {}
+    ensure = f"invoke serve --host {host.name} --ensure"
+    if sup.get("crash_loop"):
+        last = sup.get("last_exit") or {}
+        tail = (last.get("log_tail") or "no log")[-400:]
+        add(
+            CheckResult(
+                steps.CHECK_SUPERVISION,
+                CRITICAL,
+                f"the live server of {last.get('release')} crash-loops: {sup.get('failures')} "
+                f"failed restarts in a row, next try {_when(sup.get('next_try_at'))}; "
+                f"{sup.get('last_error') or 'it died soon after each start'}; "
+                f"last log lines: {tail}",
+            )
+        )
+    elif not sup.get("running"):
+        add(
+            CheckResult(
+                steps.CHECK_SUPERVISION,
+                WARNING,
+                "the serving supervisor is not running: a crashed server waits for cron "
+                f"--ensure; start it with {ensure}",
+            )
+        )
+    elif sup.get("failures"):
+        add(
+            CheckResult(
+                steps.CHECK_SUPERVISION,
+                WARNING,
+                f"the supervisor is restarting the live server ({sup.get('failures')} failed "
+                f"so far): {sup.get('last_error') or 'it died soon after its start'}",
+            )
+        )
+    else:
+        add(
+            CheckResult(
+                steps.CHECK_SUPERVISION,
+                OK,
+                f"supervisor pid {sup.get('pid')}, {sup.get('restarts', 0)} restarts",
+            )
+        )
+    proxy = data.get("proxy") or {}
+    if not proxy.get("running"):
+        return
+    want_port = serve_cmd.public_port(host)
+    drift = []
+    if host.serve_port is not None and want_port and proxy.get("port") != want_port:
+        drift.append(f"port {proxy.get('port')} (inventory {want_port})")
+    if proxy.get("bind") and proxy["bind"] != host.serve_bind:
+        drift.append(f"address {proxy['bind']} (inventory {host.serve_bind})")
+    if drift:
+        add(
+            CheckResult(
+                steps.CHECK_SERVE_CONFIG,
+                WARNING,
+                f"the proxy listens on {' and '.join(drift)}: apply it with {ensure}",
+            )
+        )
+
+
+def _when(at) -> str:
+    if not at:
+        return "not scheduled"
+    return f"in {max(0.0, at - time.time()):.0f}s"
 
 
 # --- real requests during a demo's deploy and rollback -----------------------------------------

@@ -11,6 +11,7 @@ import copy
 import os
 import random
 import signal
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,7 +47,8 @@ def descendants(pid: int) -> list[int]:
 def host_entry(host, *, with_python: bool = False, **extra) -> dict:
     """An explicit inventory entry (no `sandbox: true`) for one stand-in host: a
     `moola_ops.hosts.standin.SandboxHost` or an inventory `Host`. `with_python` adds the host's own
-    python; `extra` keys (groups, serve_port, latency_sla_ms, python, ...) are added as given."""
+    python; `extra` keys (groups, serve_port, latency_sla_ms, python, ...) are added as given.
+    `serve_port` is 0 unless given: a free port, never the fixed default another suite holds."""
     entry = {
         "hostname": host.hostname,
         "port": host.port,
@@ -54,6 +56,7 @@ def host_entry(host, *, with_python: bool = False, **extra) -> dict:
         "identity_file": host.identity_file,
         "known_hosts": host.known_hosts,
         "workspace": host.workspace,
+        "serve_port": 0,
     }
     if with_python:
         entry["python"] = host.python
@@ -185,3 +188,63 @@ def interrupt_mid_check(
             proc.communicate()
         if frozen is not None:
             frozen.thaw()
+
+
+@contextlib.contextmanager
+def release_server(release: Path, state: Path, *extra: str):
+    """A real model server process for `release` on 127.0.0.1 (CPU, one thread): yields its
+    port once ready (golden parity passed), terminates it on the way out."""
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(release / "code"), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moola_core.runtime", "serve", "--release", str(release)]
+        + ["--port", "0", "--device", "cpu", "--state-file", str(state), *extra],
+        cwd=release,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def ready() -> bool:
+        assert proc.poll() is None, proc.stderr.read()
+        return state.exists() and json.loads(state.read_text()).get("ready", False)
+
+    try:
+        wait_for(ready, "the server to be ready", timeout_s=180)
+        yield json.loads(state.read_text())["port"], proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def in_thread(fn):
+    """Run fn in a daemon thread; returns (thread, box) where box gets 'result' or 'error'."""
+    box: dict = {}
+
+    def body():
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def gone(pid: int, limit_s: float = 15.0) -> bool:
+    """True once `pid` has exited (a zombie counts): a kill travels over a second channel and
+    lands a moment after the call returns, so wait for it (bounded) instead of racing it."""
+    end = time.monotonic() + limit_s
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z" or time.monotonic() > end:
+            return state == "Z"
+        time.sleep(0.05)

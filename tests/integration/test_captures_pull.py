@@ -174,3 +174,114 @@ def test_a_pull_that_fails_midway_leaves_the_cache_as_it_was(host_and_files, fra
     assert len(load_table(cache, "local-1")) == 10  # what the last good pull indexed
     assert pull_host(host, cache).rows == 20
     assert len(load_table(cache, "local-1")) == 20
+
+
+def test_a_pull_is_bounded_oldest_first_and_the_next_one_goes_on(host_and_files, frame, tmp_path):
+    _inventory, host, remote = host_and_files
+    cache = tmp_path / "cache"
+    files = []
+    for i, hour in enumerate(("17", "18", "19")):  # three files, one hour apart, v0.1 and v0.2
+        path = (
+            remote.parent.parent / ("v0.2" if i == 1 else "v0.1") / f"20261127T{hour}0000Z-1.jsonl"
+        )
+        data = _lines(ab_traffic(frame, 20, seed=10 + i, t0=1_900_000_000.0 + i * 3600))
+        _write(path, data)
+        files.append((path, len(data)))
+    bound = files[0][1] + files[1][1]  # room for the two oldest, not the third
+    pulled = pull_host(host, cache, max_bytes=bound)
+    assert pulled.fetched_files == 2 and pulled.fetched_bytes == bound
+    assert pulled.left_files == 1 and pulled.left_bytes == files[2][1]
+    assert "left for the next pull" in pulled.summary()
+    local = cache / "local-1" / "raw"
+    assert (local / "v0.1" / files[0][0].name).exists() and (
+        local / "v0.2" / files[1][0].name
+    ).exists()
+    assert not (local / "v0.1" / files[2][0].name).exists()
+    again = pull_host(host, cache, max_bytes=bound)  # only what the first one left
+    assert again.fetched_files == 1 and again.fetched_bytes == files[2][1] and not again.left_files
+    # one file larger than the bound still comes (a pull always makes progress)
+    big = remote.parent / "20261127T200000Z-1.jsonl"
+    _write(big, _lines(ab_traffic(frame, 40, seed=20, t0=1_990_000_000.0)))
+    assert pull_host(host, cache, max_bytes=10).fetched_files == 1
+
+
+# --- `invoke monitor --timeout` bounds the whole command (issue #24) ---------------------------
+
+
+def test_monitor_timeout_cancels_a_stalled_pull_on_the_host(sandbox_factory, tmp_path):
+    # the host's python (the capture listing) stalls until the test opens its gate: before, the
+    # abandoned pull ran on, on the host and in the interpreter, after the command's deadline
+    import subprocess
+    import sys
+
+    from tests.integration.helpers import gone, write_inventory
+
+    sandbox = sandbox_factory(["local-1"])
+    workspace = Path(sandbox.hosts["local-1"].workspace)
+    stall = Path(sandbox.root) / "stalling-python"
+    stall.write_text(
+        f"#!/bin/sh\necho $$ > {workspace}/stalled.pid\n"
+        f'while [ ! -f {workspace}/go ]; do sleep 0.1; done\nexec python3 "$@"\n'
+    )
+    stall.chmod(0o755)
+    inventory = write_inventory(tmp_path / "hosts.yaml", sandbox.hosts, python=str(stall))
+    invoke = str(Path(sys.executable).parent / "invoke")
+    argv = [invoke, "monitor", "--host", "local-1", "--inventory", str(inventory)]
+    argv += ["--timeout", "6", "--cache", str(tmp_path / "cache")]
+    try:
+        proc = subprocess.run(
+            argv, cwd=Path(__file__).parents[2], capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        assert proc.stdout.startswith(
+            "MOOLA-MONITOR UNKNOWN - local-1: pull UNKNOWN: local-1 did not send its captures "
+            "within 6 s; figures are from the local cache"
+        ), proc.stdout
+        stalled = int((workspace / "stalled.pid").read_text())
+        assert gone(stalled), "the pull's listing still runs on the host after the deadline"
+    finally:
+        (workspace / "go").touch()
+
+
+def test_monitor_ends_by_its_timeout_while_the_figures_are_still_computed(
+    sandbox_factory, frame, tmp_path, monkeypatch
+):
+    # a new release's training reference can take long to build; the deadline still holds. The
+    # computation is held at the test's own gate, so nothing depends on how fast it would be
+    import threading
+
+    inventory = Inventory.from_sandbox(sandbox_factory(["local-1"]))
+    reference = labeled_io.write_labeled(frame, tmp_path / "train.parquet")
+    gate, reached = threading.Event(), threading.Event()
+    real = monitor.reference_from_labeled
+
+    def held(data):
+        reached.set()
+        gate.wait(120)
+        return real(data)
+
+    monkeypatch.setattr(monitor, "reference_from_labeled", held)
+    box: dict = {}
+
+    def run() -> None:
+        box["result"] = monitor.run_monitor(
+            "local-1",
+            reference=str(reference),
+            inventory=inventory,
+            cache=tmp_path / "cache",
+            timeout_s=3,
+            pull=False,
+        )
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        thread.join(60)  # a hang detector: the gate stays shut far longer than the timeout
+        assert not thread.is_alive(), "monitor waited for its figures past --timeout"
+        assert reached.is_set() and not gate.is_set()
+        result = box["result"]
+        assert result.state == UNKNOWN and result.checks[-1].name == "figures"
+        assert result.checks[-1].message.startswith("not computed within --timeout 3 s")
+        assert not (tmp_path / "cache" / "local-1" / "monitor.json").exists()  # not saved over
+    finally:
+        gate.set()

@@ -28,6 +28,7 @@ from moola_ops.transport import HostKeyError, HostSession
 from moola_ops.watch.health import CRITICAL, OK, UNKNOWN
 from moola_ops.watch.health_run import run_healthcheck
 from tests.integration.conftest import start_hosts
+from tests.integration.helpers import default_signals
 
 pytestmark = [pytest.mark.ssh]
 
@@ -53,6 +54,7 @@ def pod_host(runpod_api, tmp_path):
         "workspace": sh.workspace,
         "python": sh.python,
         "connect_timeout_s": 5,
+        "serve_port": 0,  # a free port: never the fixed 8080 another suite may hold
     }
     inventory.write_text(yaml.safe_dump({"hosts": {"pod-1": entry}}))
     state = {"sandbox": sandbox, "root": root, "inventory": inventory, "known": known}
@@ -294,3 +296,40 @@ def test_stop_on_a_terminal_asks_for_the_pod_id(runpod_api, pod_host):
     assert right.returncode == 0, right.stdout
     assert "stop requested (desired status EXITED)" in right.stdout
     assert runpod_api.pods[POD]["desiredStatus"] == "EXITED"
+
+
+def test_ctrl_c_ends_a_deploy_whose_pod_look_up_trickles(runpod_api, pod_host, bundles, tmp_path):
+    # issue #24: a deploy to a pod host took 180 s to end after Ctrl-C while RunPod's API
+    # answered slowly; the look-up now ends with the host's session, at once
+    import signal
+
+    runpod_api.trickle("body")
+    env = {**os.environ, "MOOLA_LOG": str(tmp_path / "deployments.jsonl")}
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "invoke"),
+            "deploy",
+            "--host",
+            "pod-1",
+            "--inventory",
+            str(pod_host["inventory"]),
+            "--bundle",
+            str(bundles["v1.0"]),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_signals,  # a suite started in the background ignores SIGINT
+    )
+    try:
+        assert runpod_api.trickling.wait(120), "the deploy never asked RunPod"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)  # a hang detector: the budget alone is 25 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (out, err)
+    assert "interrupted (Ctrl-C)" in out
+    assert "Traceback" not in err

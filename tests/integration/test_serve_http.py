@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from moola_core.runtime.serve_http import Front, HeadError, Response, parse_head
-from tests.integration.helpers import wait_for, window
+from tests.integration.helpers import release_server, wait_for, window
 from tests.unit.test_runtime import make_release
 
 
@@ -24,26 +24,9 @@ from tests.unit.test_runtime import make_release
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("front")
     release = make_release(root, "v0.9", sla_p99_ms=10_000.0)
-    state = root / "state.json"
-    env = dict(os.environ, PYTHONPATH=str(release / "code"), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moola_core.runtime", "serve", "--release", str(release)]
-        + ["--port", "0", "--device", "cpu", "--no-capture", "--state-file", str(state)]
-        + ["--read-timeout-s", "1", "--max-body-mb", "0.5"],
-        cwd=release,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-    def ready() -> bool:
-        assert proc.poll() is None, proc.stderr.read()
-        return state.exists() and json.loads(state.read_text()).get("ready", False)
-
-    wait_for(ready, "the server to be ready", timeout_s=180)
-    yield json.loads(state.read_text())["port"], proc
-    proc.terminate()
-    proc.wait(timeout=60)
+    flags = ("--no-capture", "--read-timeout-s", "1", "--max-body-mb", "0.5")
+    with release_server(release, root / "state.json", *flags) as running:
+        yield running
 
 
 def exchange(port: int, raw: bytes) -> bytes:

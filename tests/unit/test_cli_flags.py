@@ -110,6 +110,27 @@ def test_output_piped_into_head_ends_quietly(tmp_path):
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
 
 
+def test_usage_errors_of_the_nagios_tasks_are_unknown_and_other_tasks_keep_invokes(tmp_path):
+    # Nagios reads exit 1 as WARNING: a plugin that could not even parse its flags is UNKNOWN
+    for args, line in [
+        (("healthcheck", "--bad-flag"), "MOOLA UNKNOWN - invoke healthcheck: No idea what "),
+        (("healthcheck", "--timeout"), "MOOLA UNKNOWN - invoke healthcheck: --timeout needs a "),
+        (("monitor", "--bad-flag"), "MOOLA-MONITOR UNKNOWN - invoke monitor: No idea what "),
+        (("monitor",), "MOOLA-MONITOR UNKNOWN - --host is required (add -h after the task"),
+        (("monitor", "--host", "h", "--timeout", "x"), "MOOLA-MONITOR UNKNOWN - --timeout takes"),
+    ]:
+        done = invoke(tmp_path, *args)
+        assert done.returncode == 3, (args, done.stdout, done.stderr)
+        assert done.stdout.startswith(line), (args, done.stdout)
+        assert "Traceback" not in done.stderr
+    for args in (("deploy", "--bad-flag"), ("log", "--bad-flag"), ("--bad-flag",)):
+        done = invoke(tmp_path, *args)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert done.stderr.strip() == "No idea what '--bad-flag' is!"
+    done = invoke(tmp_path, "healthcheck", "--host", "local-1", "deploy", "--bad-flag")
+    assert done.returncode == 1  # the error is deploy's: Invoke's own answer
+
+
 def test_a_flag_given_no_value_is_named_as_typed(tmp_path):
     done = invoke(tmp_path, "accept", "--by", "me", "--deployment")
     assert done.returncode == 1
@@ -223,3 +244,31 @@ def test_train_says_what_it_does_from_its_first_second(tmp_path):
     done = invoke(tmp_path, "train", "--config", "missing.yaml")
     assert done.returncode == 1
     assert done.stderr.splitlines()[0] == "train: loading torch and the training code"
+
+
+def test_a_task_that_does_not_say_what_dry_does_is_refused_under_dry():
+    # safe by default: a new task without task(dry=...) acts on nothing under --dry (and fails
+    # tests/integration/test_dry_run.py until it says)
+    import pytest
+    from invoke import Config, Context
+    from invoke.exceptions import Exit
+
+    from moola_ops.cli._common import task
+
+    ran = []
+
+    @task(help={"host": "a host"})
+    def touch_things(c, host=""):
+        """Acts on hosts."""
+        ran.append(host)
+
+    dry = Context(Config(overrides={"run": {"dry": True}}))
+    with pytest.raises(Exit) as refused:
+        touch_things(dry, host="h")
+    assert refused.value.code == 1 and ran == []
+    assert refused.value.message == (
+        "error: --dry: touch-things has no dry run; `invoke -h touch-things` says what it does; "
+        "nothing was done"
+    )
+    touch_things(Context(Config()), host="h")
+    assert ran == ["h"]

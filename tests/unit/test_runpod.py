@@ -15,6 +15,7 @@ import pytest
 from moola_core.errors import MoolaError
 from moola_ops.hosts import runpod
 from moola_ops.hosts.inventory import load_inventory
+from tests.integration.helpers import in_thread
 from tests.runpod_standin import _Parser
 
 
@@ -379,3 +380,177 @@ def test_pin_replaces_only_the_pods_alias_and_compare_prefers_it(tmp_path):
     ]
     assert hostkeys.compare("runpod-p1", "127.0.0.1", 4000, [new], [known]).state == "match"
     assert new.fingerprint.startswith("SHA256:") and new.fingerprint != old.fingerprint
+
+
+# --- a whole-call deadline, Ctrl-C, and the key's echoes (issue #24) ---------------------------
+
+
+HANG_S = 120  # far past every budget below: only a call without a deadline gets near it
+
+
+@pytest.mark.parametrize("part", ["head", "body"])
+def test_an_answer_that_trickles_ends_by_the_calls_deadline(runpod_api, part):
+    # one byte every 0.1 s: each read is well within the per-read timeout, so only a deadline
+    # on the whole call can end it (before: `invoke pods` ran past 10 minutes)
+    runpod_api.trickle(part, times=10)
+    c = client(runpod_api, timeout_s=1.0, budget_s=1.5)
+    thread, box = in_thread(c.list_pods)
+    thread.join(HANG_S)
+    assert not thread.is_alive(), "a trickling answer kept the call running"
+    assert isinstance(box.get("error"), runpod.RunPodError), box
+    assert "did not read within 1.5 s (no whole answer within 1.5 s)" in str(box["error"])
+    assert len(runpod_api.requests) == 1  # the deadline is the whole call's: no second try
+
+
+def test_a_change_whose_answer_trickles_says_its_outcome_is_unknown(runpod_api):
+    runpod_api.add("p1")
+    runpod_api.trickle("body")
+    c = client(runpod_api, timeout_s=1.0, budget_s=1.5)
+    thread, box = in_thread(lambda: c.stop_pod("p1"))
+    thread.join(HANG_S)
+    assert not thread.is_alive()
+    assert "did not answer within 1.5 s while changing the pod; whether the change happened " in (
+        str(box.get("error"))
+    )
+
+
+def test_cancel_ends_a_call_at_once(runpod_api):
+    import threading
+
+    runpod_api.trickle("body")
+    cancel = threading.Event()
+    c = client(runpod_api, budget_s=3600, cancel=cancel)  # only the cancel can end it in time
+    thread, box = in_thread(c.list_pods)
+    assert runpod_api.trickling.wait(60)
+    cancel.set()
+    thread.join(HANG_S)
+    assert not thread.is_alive(), "cancel did not end the call"
+    assert str(box.get("error")) == "the RunPod look-up was stopped (Ctrl-C)"
+
+
+def test_a_host_session_cancelled_while_its_pod_is_looked_up_stops_at_once(runpod_api, tmp_path):
+    # a deploy's Ctrl-C cancels each host's session; before, a slow API held the deploy 180 s
+    from moola_ops.hosts.inventory import Host
+    from moola_ops.transport import Aborted, HostSession
+
+    runpod_api.trickle("body")
+    session = HostSession(Host("pod-1", "", runpod_pod_id="abc123"))
+    thread, box = in_thread(session.open)
+    assert runpod_api.trickling.wait(60)
+    session.cancel()
+    thread.join(HANG_S)
+    assert not thread.is_alive(), "cancel did not end the pod look-up"
+    assert isinstance(box.get("error"), Aborted), box
+
+
+KEY_WITH_A_LINE_BREAK = "rpa_7F3K9QW2MZ\nXV8B1N4C6D0E"
+
+
+def leaked(text: str, key: str) -> list[str]:
+    """Pieces of `key` (8 characters or more, also URL-encoded or base64) found in `text`."""
+    import base64
+    import urllib.parse
+
+    forms = {key, urllib.parse.quote(key, safe=""), base64.b64encode(key.encode()).decode()}
+    found = []
+    for form in forms:
+        for i in range(len(form) - 7):
+            if form[i : i + 8].lower() in text.lower():
+                found.append(form[i : i + 8])
+    return found
+
+
+def test_a_key_that_is_not_one_word_is_refused_without_showing_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("RUNPOD_API_KEY", KEY_WITH_A_LINE_BREAK)
+    with pytest.raises(runpod.RunPodError) as err:
+        runpod.api_key(None)
+    assert str(err.value) == (
+        "RUNPOD_API_KEY does not hold an API key: it holds a line break; copy the key again "
+        "from RunPod's console (Settings, API Keys)"
+    )
+    for bad, why in (("rpa_ABC DEFGHIJ", "a space or a tab"), ("rpa_ABCDÉFGHIJ", "outside")):
+        monkeypatch.setenv("RUNPOD_API_KEY", bad)
+        with pytest.raises(runpod.RunPodError, match=why) as err:
+            runpod.api_key(None)
+        assert not leaked(str(err.value), bad)
+    monkeypatch.delenv("RUNPOD_API_KEY")
+    key_file = tmp_path / "runpod.key"
+    key_file.write_text("rpa_ABCDEFGH\x07IJKL\n")
+    key_file.chmod(0o600)
+    with pytest.raises(runpod.RunPodError, match="outside printable ASCII") as err:
+        runpod.api_key(key_file)
+    assert not leaked(str(err.value), "rpa_ABCDEFGH\x07IJKL")
+
+
+def _echoes(key: str) -> str:
+    """What an API that quotes the key in its error looks like: truncated, URL-encoded, base64,
+    upper-cased, its tail."""
+    import base64
+    import urllib.parse
+
+    return (
+        f"invalid api key {key[:12]}... (sent as {urllib.parse.quote(key, safe='')}, "
+        f"token {base64.b64encode(key.encode()).decode()}, {key.upper()[4:20]}, ...{key[-9:]})"
+    )
+
+
+def test_echoes_of_the_key_in_an_answer_never_reach_a_message(runpod_api):
+    runpod_api.answer(400, _echoes(runpod_api.key), times=2)
+    c = client(runpod_api)
+    for call in (c.list_pods, lambda: c.stop_pod("p1")):
+        with pytest.raises(runpod.RunPodError) as err:
+            call()
+        message = str(err.value)
+        assert message.startswith("the RunPod API refused the request: invalid api key ***")
+        assert not leaked(message, runpod_api.key), message
+
+
+def test_echoes_of_the_key_never_reach_the_log(runpod_api, tmp_path, monkeypatch):
+    # the health check of a pod host records the look-up's failure in the deployment log
+    from moola_ops.watch.health_run import run_healthcheck
+
+    log = tmp_path / "deployments.jsonl"
+    monkeypatch.setenv("MOOLA_LOG", str(log))
+    inventory = tmp_path / "hosts.yaml"
+    inventory.write_text("hosts:\n  pod-1:\n    runpod_pod_id: abc123\n")
+    runpod_api.answer(400, _echoes(runpod_api.key))
+    run = run_healthcheck("pod-1", inventory_path=str(inventory), timeout_s=20)
+    (check,) = run.hosts[0].checks
+    assert check.message.startswith("the RunPod API refused the request: invalid api key ***")
+    assert not leaked(check.message, runpod_api.key)
+    assert "refused the request: invalid api key ***" in log.read_text()
+    assert not leaked(log.read_text(), runpod_api.key)
+
+
+def test_redact_blanks_the_key_and_leaves_the_rest():
+    key = "rpa_7F3K9QW2MZXV8B1N4C6D0E"
+    assert runpod.redact(f"pod abc123 key={key}.", key) == "pod abc123 key=***."
+    assert (
+        runpod.redact("pod ldl1dxirsim64n RUNNING rpa_", key) == "pod ldl1dxirsim64n RUNNING rpa_"
+    )
+    assert runpod.redact(f"head {key[:8]} tail {key[-8:]}", key) == "head *** tail ***"
+    assert runpod.redact("short", key) == "short"
+
+
+def test_invoke_pods_with_a_key_holding_a_line_break_says_so_in_one_sentence(runpod_api):
+    # before: a traceback that printed the key (http.client refused the header)
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "RUNPOD_API_KEY": KEY_WITH_A_LINE_BREAK}
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "--search-root", str(repo), "pods"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: RUNPOD_API_KEY does not hold an API key: it holds a line break; copy the key "
+        "again from RunPod's console (Settings, API Keys)"
+    ]
+    assert not leaked(proc.stdout + proc.stderr, KEY_WITH_A_LINE_BREAK)
+    assert runpod_api.requests == []

@@ -114,6 +114,7 @@ def test_builders_quote_everything_and_check_names():
             bad()
 
 
+@pytest.mark.default_port  # the default itself; nothing binds
 def test_public_port_and_pod_start_line():
     assert serve.public_port(Host("h", "x")) == serve.DEFAULT_PORT == 8080
     assert serve.public_port(Host("h", "x", serve_port=9000)) == 9000

@@ -34,6 +34,7 @@ from moola_ops.hosts.runpod.api import (
     Client,
     api_base,
     api_key,
+    redact,
 )
 from moola_ops.hosts.runpod.cache import (
     CACHE_ENV,
@@ -86,6 +87,7 @@ __all__ = [
     "find_pod",
     "forget",
     "key_alias",
+    "redact",
     "refresh_cache",
     "resolve_host",
 ]

@@ -24,6 +24,7 @@ REFRESH_HELP = "ask RunPod where pods are now instead of using the 60 s cache (r
 
 _LOCK = threading.Lock()
 _fresh_after = 0.0  # cache entries fetched before this (unix time) are stale: --refresh
+_writes = True  # False under Invoke's --dry: answers are used, never written to the cache
 
 
 def refresh_cache(enabled: bool = True) -> None:
@@ -31,6 +32,13 @@ def refresh_cache(enabled: bool = True) -> None:
     global _fresh_after
     if enabled:
         _fresh_after = time.time()
+
+
+def leave_cache_alone() -> None:
+    """Invoke's `--dry`: pods are still looked up (a plan needs their addresses), but this
+    process writes nothing to the cache file."""
+    global _writes
+    _writes = False
 
 
 def cache_path() -> Path:
@@ -51,6 +59,8 @@ def _read_cache(path: Path) -> dict[str, Any] | None:
 
 
 def _write_cache(path: Path, data: dict[str, Any]) -> None:
+    if not _writes:
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -68,14 +78,16 @@ def find_pod(
     refresh: bool = False,
     client: Client | None = None,
     max_age_s: float = CACHE_MAX_AGE_S,
+    cancel: threading.Event | None = None,
 ) -> Pod:
     """The pod `pod_id`, from the cache when it is younger than `max_age_s`, else from the API.
 
     A fetch lists every pod of the account at once and caches them all, so a fleet of pods costs
-    one request per run. Threads share one lock: parallel hosts wait for one answer.
+    one request per run. Threads share one lock: parallel hosts wait for one answer. `cancel`
+    set (Ctrl-C) ends the API call at once (RunPodError).
     """
     check_pod_id(pod_id)
-    client = client or Client(api_key(key_file))
+    client = client or Client(api_key(key_file), cancel=cancel)
     account = _account(client.base, client._key)
     path = cache_path()
     with _LOCK:
@@ -126,8 +138,11 @@ def forget(pod_id: str) -> None:
             _write_cache(path, cached)
 
 
-def resolve_host(host, *, refresh: bool = False):
-    """`host` (an inventory Host with runpod_pod_id) with hostname and port of its pod now."""
-    pod = find_pod(host.runpod_pod_id, key_file=host.runpod_api_key_file, refresh=refresh)
+def resolve_host(host, *, refresh: bool = False, cancel: threading.Event | None = None):
+    """`host` (an inventory Host with runpod_pod_id) with hostname and port of its pod now;
+    `cancel` set ends the look-up at once."""
+    pod = find_pod(
+        host.runpod_pod_id, key_file=host.runpod_api_key_file, refresh=refresh, cancel=cancel
+    )
     ip, port = pod.ssh_endpoint()
     return replace(host, hostname=ip, port=port, user=host.user or "root")
