@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from moola_core.errors import MoolaError
+from moola_ops.log import steps
 
 BAD = ("failed", "aborted", "refused")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -110,7 +111,7 @@ def _reason_cell(e: dict[str, Any]) -> str:
     text = reason_of(e)
     if e.get("status") in BAD or e.get("status") == "overridden":
         return text
-    if e.get("phase") == "healthcheck":
+    if e.get("phase") == steps.HEALTHCHECK:
         return ""
     return text if len(text) <= 100 else text[:97] + "..."
 
@@ -125,7 +126,7 @@ def log_rows(events: list[dict[str, Any]], *, collapse_health: bool = True) -> l
     runs: dict[str, list[dict]] = {}
     order: list[tuple[str, Any]] = []  # ("event", e) or ("run", run id), in log order
     for e in events:
-        if e.get("phase") == "healthcheck":
+        if e.get("phase") == steps.HEALTHCHECK:
             rid = str(e.get("deployment", ""))
             if rid not in runs:
                 runs[rid] = []
@@ -169,7 +170,7 @@ def log_rows(events: list[dict[str, Any]], *, collapse_health: bool = True) -> l
         row = Row(
             time=str(lines[-1].get("time", "")).replace("T", " ")[:19],
             deployment=item,
-            phase="healthcheck",
+            phase=steps.HEALTHCHECK,
             host=",".join(hosts) if len(hosts) <= 3 else f"{len(hosts)} hosts",
             step=str(lines[-1].get("step", "")),
             status="failed" if bad else "ok",

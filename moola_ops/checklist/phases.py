@@ -23,7 +23,7 @@ from moola_ops.checklist.preflight import (
 from moola_ops.log import steps as names
 from moola_ops.log.journal import Journal, read_events
 
-PREFLIGHT_STEPS = ("lint", "tests", "data", "model", "doctor")
+PREFLIGHT_STEPS = names.PREFLIGHT_STEPS
 
 
 @dataclass
@@ -118,13 +118,13 @@ def run_preflight(
         raise MoolaError(f"unknown preflight step(s) {sorted(unknown)}: use {PREFLIGHT_STEPS}")
     root, runs_dir = Path(root), Path(runs_dir)
     config = load_config(config_path)
-    journal = Journal("preflight")
+    journal = Journal(names.PREFLIGHT_PHASE)
     checks = {
-        "lint": lambda: check_lint(root),
-        "tests": lambda: check_tests(root, tests),
-        "data": lambda: check_data(config),
-        "model": lambda: check_model(config, runs_dir, run_id),
-        "doctor": lambda: check_doctor(root),
+        names.PREFLIGHT_LINT: lambda: check_lint(root),
+        names.PREFLIGHT_TESTS: lambda: check_tests(root, tests),
+        names.PREFLIGHT_DATA: lambda: check_data(config),
+        names.PREFLIGHT_MODEL: lambda: check_model(config, runs_dir, run_id),
+        names.PREFLIGHT_DOCTOR: lambda: check_doctor(root),
     }
     steps = []
     for name in PREFLIGHT_STEPS:
@@ -134,7 +134,7 @@ def run_preflight(
         steps.append(_run_step(journal, name, fn))
         if on_step:
             on_step(steps[-1])
-    return PhaseReport("preflight", journal.deployment, steps)
+    return PhaseReport(names.PREFLIGHT_PHASE, journal.deployment, steps)
 
 
 # --- phase 2: select --------------------------------------------------------------------------
@@ -164,7 +164,7 @@ def run_select(
             raise MoolaError('--override needs a reason, e.g. --override "hotfix, approved by X".')
         kwargs["override"] = override
         kwargs["by"] = _operator()
-    journal = Journal("select")
+    journal = Journal(names.SELECT)
     choice: dict[str, Any] = {}
 
     def choose() -> tuple[str, str, dict]:
@@ -172,11 +172,11 @@ def run_select(
         why = choice.get("reason") or ""
         return "ok", f"selected {choice.get('run_id')}" + (f": {why}" if why else ""), choice
 
-    step = _run_step(journal, "choice", choose)
+    step = _run_step(journal, names.SELECT_CHOICE, choose)
     steps = [step]
     if step.status == "ok":
-        steps.append(_run_step(journal, "gate", lambda: _gate_step(choice)))
-    return PhaseReport("select", journal.deployment, steps, {"selection": choice})
+        steps.append(_run_step(journal, names.SELECT_GATE, lambda: _gate_step(choice)))
+    return PhaseReport(names.SELECT, journal.deployment, steps, {"selection": choice})
 
 
 def _gate_step(choice: dict) -> tuple[str, str, dict]:
@@ -288,7 +288,7 @@ def run_verify(selection: str, *, timeout_s: float = 300.0, inventory=None) -> P
                 {"p50_ms": h.p50_ms, "p99_ms": h.p99_ms, "sla_p99_ms": h.sla_p99_ms},
             )
         )
-    return PhaseReport("verify", "", steps, {"hosts": [h.to_dict() for h in run.hosts]})
+    return PhaseReport(names.VERIFY_PHASE, "", steps, {"hosts": [h.to_dict() for h in run.hosts]})
 
 
 # --- phase 6: accept --------------------------------------------------------------------------
@@ -308,12 +308,12 @@ def run_accept(deployment: str, by: str, note: str = "", *, checklist_path=None)
         s for s in report.steps if s.phase <= 5 and s.state not in ("done", "skipped", "overridden")
     ]
     overridden = [f"{s.phase}/{s.step}" for s in report.steps if s.state == "overridden"]
-    journal = Journal("accept", bundle=report.bundle, deployment=deployment, actor=by)
+    journal = Journal(names.ACCEPT, bundle=report.bundle, deployment=deployment, actor=by)
     if open_steps:
         listed = ", ".join(f"{s.phase}/{s.step} {s.state}" for s in open_steps[:6])
         journal.record(
             "",
-            "signoff",
+            names.ACCEPT_SIGNOFF,
             "refused",
             summary=f"phases 1-5 not passed: {listed}",
             operator=_operator(),
@@ -327,7 +327,7 @@ def run_accept(deployment: str, by: str, note: str = "", *, checklist_path=None)
         summary += f", with overridden steps {', '.join(overridden)}"
     journal.record(
         "",
-        "signoff",
+        names.ACCEPT_SIGNOFF,
         "ok",
         summary=summary,
         operator=_operator(),
@@ -335,15 +335,20 @@ def run_accept(deployment: str, by: str, note: str = "", *, checklist_path=None)
         overridden=overridden,
     )
     journal.record(
-        "", "notes", "ok" if note else "skipped", summary=note or "no release notes given (--note)"
+        "",
+        names.ACCEPT_NOTES,
+        "ok" if note else "skipped",
+        summary=note or "no release notes given (--note)",
     )
     steps = [
         StepOutcome(
-            "signoff", "ok", f"{report.bundle} on {', '.join(report.hosts)} accepted by {by}"
+            names.ACCEPT_SIGNOFF,
+            "ok",
+            f"{report.bundle} on {', '.join(report.hosts)} accepted by {by}",
         ),
-        StepOutcome("notes", "ok" if note else "skipped", note or "no notes"),
+        StepOutcome(names.ACCEPT_NOTES, "ok" if note else "skipped", note or "no notes"),
     ]
-    return PhaseReport("accept", deployment, steps, {"bundle": report.bundle, "by": by})
+    return PhaseReport(names.ACCEPT, deployment, steps, {"bundle": report.bundle, "by": by})
 
 
 def _operator() -> str:

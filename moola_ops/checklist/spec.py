@@ -39,18 +39,23 @@ class Check:
         return event.get("phase") == self.phase and event.get("step") in names
 
 
+def _proved_by(step: names.Step, scope: str, phase: str | None = None) -> Check:
+    """The check an ok line of `step` (the registry's) proves, in `scope`."""
+    return Check(phase or step.phase[0], step, scope, step.proves)
+
+
 CHECKS: dict[str, Check] = {
-    "preflight.lint": Check("preflight", "lint", "before", "ruff check and format pass"),
-    "preflight.tests": Check("preflight", "tests", "before", "the configured tests pass"),
-    "preflight.data": Check("preflight", "data", "before", "data validation and leakage clean"),
-    "preflight.model": Check("preflight", "model", "before", "model loads, finite, deterministic"),
-    "preflight.doctor": Check("preflight", "doctor", "before", "dependency doctor all OK"),
-    "select.choice": Check("select", "choice", "before", "a run chosen on held-out metrics"),
-    "select.gate": Check("select", "gate", "before", "the chosen run passed the quality gate"),
-    "bundle.build": Check("bundle", "build", "bundle", "the bundle was built and verified"),
-    # the engine's step names (moola_ops.log.steps): promote = uploaded and verified file by file,
-    # verify = already on the host and verified file by file; check = runtime check before the
-    # switch; post-check = through `current` after it
+    "preflight.lint": _proved_by(names.PREFLIGHT_LINT, "before"),
+    "preflight.tests": _proved_by(names.PREFLIGHT_TESTS, "before"),
+    "preflight.data": _proved_by(names.PREFLIGHT_DATA, "before"),
+    "preflight.model": _proved_by(names.PREFLIGHT_MODEL, "before"),
+    "preflight.doctor": _proved_by(names.PREFLIGHT_DOCTOR, "before"),
+    "select.choice": _proved_by(names.SELECT_CHOICE, "before"),
+    "select.gate": _proved_by(names.SELECT_GATE, "before"),
+    "bundle.build": _proved_by(names.BUNDLE_BUILD, "bundle"),
+    # the engine's steps: promote = uploaded and verified file by file, verify = already on the
+    # host and verified file by file; check = runtime check before the switch; post-check =
+    # through `current` after it
     "deploy.upload": Check(
         names.DEPLOY, (names.PROMOTE, names.VERIFY), "deployment", "bundle on the host, verified"
     ),
@@ -60,25 +65,17 @@ CHECKS: dict[str, Check] = {
     "deploy.switch": Check(
         names.DEPLOY, names.POST_CHECK, "deployment", "switched and checked again"
     ),
-    "verify.sanity": Check(
-        names.VERIFY_PHASE, names.VERIFY_SANITY, "after", "runtime check through current"
-    ),
-    "verify.latency": Check(
-        names.VERIFY_PHASE, names.VERIFY_LATENCY, "after", "p99 latency within the SLA"
-    ),
+    "verify.sanity": _proved_by(names.VERIFY_SANITY, "after"),
+    "verify.latency": _proved_by(names.VERIFY_LATENCY, "after"),
     # invoke ab logs its verdict about the candidate bundle before that bundle is deployed
-    "ab.compare": Check("ab", "compare", "bundle", "candidate beat the live release in an A/B"),
-    "accept.signoff": Check("accept", "signoff", "deployment", "a named person signed off"),
-    "accept.notes": Check("accept", "notes", "deployment", "release notes recorded"),
+    "ab.compare": _proved_by(names.AB_COMPARE, "bundle"),
+    "accept.signoff": _proved_by(names.ACCEPT_SIGNOFF, "deployment"),
+    "accept.notes": _proved_by(names.ACCEPT_NOTES, "deployment"),
     "rollback.switch": Check(
         names.ROLLBACK, names.POST_CHECK_RUNTIME, "after", "previous release serves again, checked"
     ),
-    "healthcheck.fast": Check(
-        names.HEALTHCHECK, names.HEALTH_FAST, "after", "fast health check passed"
-    ),
-    "healthcheck.deep": Check(
-        names.HEALTHCHECK, names.HEALTH_DEEP, "after", "deep health check passed"
-    ),
+    "healthcheck.fast": _proved_by(names.HEALTH_FAST, "after"),
+    "healthcheck.deep": _proved_by(names.HEALTH_DEEP, "after"),
 }
 
 # "overridden": a person shipped past a failed or missing check with a recorded reason

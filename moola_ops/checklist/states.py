@@ -85,7 +85,7 @@ def deployment_ids(events: list[dict]) -> list[str]:
     """Ids of deploy runs in the log, oldest first."""
     seen: dict[str, None] = {}
     for e in events:
-        if e.get("phase") == "deploy" and e.get("deployment"):
+        if e.get("phase") == names.DEPLOY and e.get("deployment"):
             seen.setdefault(e["deployment"], None)
     return list(seen)
 
@@ -104,10 +104,10 @@ def serving_deployment(events: list[dict], host: str, release: str | None) -> st
     if release:
         for e in reversed(events):
             if (
-                e.get("phase") == "deploy"
+                e.get("phase") == names.DEPLOY
                 and e.get("host") == host
                 and e.get("bundle") == release
-                and e.get("step") == "post-check"
+                and e.get("step") == names.POST_CHECK
                 and e.get("status") == "ok"
             ):
                 return e.get("deployment") or None
@@ -117,7 +117,7 @@ def serving_deployment(events: list[dict], host: str, release: str | None) -> st
 def latest_deployment(events: list[dict], host: str | None = None) -> str | None:
     """The newest deploy run in the log (touching `host` when given), or None."""
     for e in reversed(events):
-        if e.get("phase") == "deploy" and (host is None or e.get("host") == host):
+        if e.get("phase") == names.DEPLOY and (host is None or e.get("host") == host):
             return e.get("deployment") or None
     return None
 
@@ -172,8 +172,8 @@ def checklist_states(
     built = [
         e
         for e in events
-        if e.get("phase") == "bundle"
-        and e.get("step") == "build"
+        if e.get("phase") == names.BUNDLE
+        and e.get("step") == names.BUNDLE_BUILD
         and bundle
         and e.get("bundle") == bundle
         and e.get("status") == "ok"
@@ -206,7 +206,7 @@ def checklist_states(
             tie = ""  # why the lines found do not count for this deployment
             if check.scope == "before":
                 lines = [e for e in matching if opened is None or e.get("time", "") <= opened]
-                if check.phase == "select" and bundle_run and lines:
+                if check.phase == names.SELECT and bundle_run and lines:
                     # phase 2 counts for the run the bundle was built from: its own selection,
                     # else an override recorded when the bundle was built
                     chosen = [e for e in lines if run_of(e) in ("", bundle_run)]
@@ -269,7 +269,7 @@ def checklist_states(
                 if forced and (tie or not lines or lines[-1].get("status") != "ok"):
                     lines, tie = forced[-1:], ""
             state, deciding, per_host = _verdict(lines)
-            if check.phase == "bundle" and state == "done" and sha256:
+            if check.phase == names.BUNDLE and state == "done" and sha256:
                 built_sha = str((deciding.get("detail") or {}).get("sha256") or "")
                 if built_sha and built_sha != sha256:
                     tie = (

@@ -10,6 +10,7 @@ from invoke import Collection
 
 from moola_core.errors import MoolaError
 from moola_ops.cli._common import READS, task, user_errors
+from moola_ops.log import steps
 from moola_ops.terminal import console, print_json
 
 PATH_HELP = "bundle version (v0.3: bundles/moola-v0.3.tar.gz), archive or extracted bundle folder"
@@ -25,8 +26,8 @@ def _log(version: str, status: str, **detail) -> None:
             actor=journal.current_actor(),
             host="",
             bundle=version,
-            phase="bundle",
-            step="build",
+            phase=steps.BUNDLE,
+            step=steps.BUNDLE_BUILD,
             status=status,
             detail=detail,
         )

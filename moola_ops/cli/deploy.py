@@ -187,8 +187,6 @@ def deploy(
         gate_override=override_gate,
     )
     run = engine.repair if repair else engine.deploy
-    if repair and planning:
-        raise MoolaError("--repair has no plan yet: run `invoke deploy --plan` to see the host")
     title = f"{'repair' if repair else 'deploy'} {local.version}"
     _run(
         c,
@@ -248,9 +246,8 @@ def rollback(
 
 
 @task(
-    help={**COMMON_HELP, "parallel": FLEET_HELP["parallel"]},
-    dry="drill switches live hosts back and forth and has no plan; "
-    "`invoke rollback --host H --plan` shows its first half",
+    help={**COMMON_HELP, "parallel": FLEET_HELP["parallel"], "plan": PLAN_HELP},
+    dry=PLAN,
 )
 @user_errors
 def drill(
@@ -261,6 +258,7 @@ def drill(
     accept_new_host_key=False,
     check_runs=0,
     check_timeout=600.0,
+    plan=False,
     json=False,
     refresh=False,
 ):
@@ -273,6 +271,7 @@ def drill(
         accept_new_host_key=accept_new_host_key,
         check_runs=int(check_runs) or None,
         check_timeout_s=_seconds(check_timeout, "--check-timeout"),
+        plan=bool(plan),
     )
     _run(c, json, lambda view: engine.drill(hosts, opts), "drill", hosts)
 

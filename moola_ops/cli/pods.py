@@ -14,6 +14,7 @@ from invoke import Collection
 from invoke.exceptions import Exit
 
 from moola_ops.cli._common import READS, task, user_errors
+from moola_ops.log import steps
 from moola_ops.terminal import console, is_tty, print_json
 
 INVENTORY_HELP = "inventory file (default inventory/hosts.yaml or env MOOLA_INVENTORY)"
@@ -154,7 +155,7 @@ def _confirm(action: str, pod, yes: str, consequence: str) -> None:
 def _journal(step: str, pod, hosts: list[str], **detail) -> None:
     from moola_ops.log.journal import Journal
 
-    Journal("pods").record(
+    Journal(steps.PODS).record(
         hosts[0] if hosts else "", step, "ok", pod=pod.id, name=pod.name, hosts=hosts, **detail
     )
 
@@ -184,7 +185,7 @@ def stop(c, pod, yes="", inventory=""):
     status = client.stop_pod(target.id)
     runpod.refresh_cache()
     runpod.forget(target.id)
-    _journal("stop", target, hosts, desired_status=status)
+    _journal(steps.POD_STOP, target, hosts, desired_status=status)
     print(f"{target.label}: stop requested (desired status {status or 'unknown'})")
 
 
@@ -214,7 +215,7 @@ def resume(c, pod, yes="", gpu_count=0, inventory=""):
     status = client.resume_pod(target.id, count)
     runpod.refresh_cache()
     runpod.forget(target.id)
-    _journal("resume", target, hosts, desired_status=status, gpu_count=count)
+    _journal(steps.POD_RESUME, target, hosts, desired_status=status, gpu_count=count)
     print(
         f"{target.label}: resume requested (desired status {status or 'unknown'}); its public "
         "IP and SSH port may change: Moola looks them up at the next connect. If the pod's "
@@ -249,7 +250,7 @@ def terminate(c, pod, yes="", inventory=""):
     client.terminate_pod(target.id)
     runpod.refresh_cache()
     runpod.forget(target.id)
-    _journal("terminate", target, hosts)
+    _journal(steps.POD_TERMINATE, target, hosts)
     tail = f"; remove or re-point inventory host(s) {', '.join(hosts)}" if hosts else ""
     print(f"{target.label}: terminated{tail}")
 
@@ -289,7 +290,7 @@ def known_host(c, pod, inventory="", json=False, pin=False):
     if pin:
         written = hostkeys.pin(runpod.key_alias(target.id), scanned, files[-1])
         _journal(
-            "known-host-pin",
+            steps.POD_KNOWN_HOST_PIN,
             target,
             [h.name for h in hosts],
             file=str(written),

@@ -41,10 +41,13 @@ def _show(status, json: bool) -> None:
         "sample": "start: fraction of live requests copied to the shadow, in (0, 1] (default 1.0)",
         "bundles_dir": "where bundle archives live (default bundles)",
         "device": "start: the shadow server's device, auto, cpu or cuda (default auto)",
+        "plan": "start: say what it would do on the host (the place flow's plan; nothing "
+        "changed); `invoke --dry shadow start` does the same",
     },
+    # --dry: status reads, start plans (its --plan), stop is refused
     dry=lambda kw: (
         None
-        if kw.get("action") == "status"
+        if kw.get("action") in ("status", "start")
         else f"shadow {kw.get('action')} changes what runs on the host; "
         "`invoke shadow status --host H` shows the shadow"
     ),
@@ -59,6 +62,7 @@ def shadow(
     bundles_dir="bundles",
     device="auto",
     inventory="",
+    plan=False,
     json=False,
 ):
     """A candidate beside the live release, fed a copy of live traffic: start, stop, status."""
@@ -69,12 +73,25 @@ def shadow(
     if action == "start":
         if not candidate:
             raise MoolaError("shadow start needs --candidate VERSION (a bundle version)")
-        _show(
-            ops.start(
-                target, candidate, fraction=float(sample), bundles_dir=bundles_dir, device=device
-            ),
-            json,
+        from moola_ops import deploy as engine
+
+        opts = engine.Options(plan=bool(plan or c.config.run.dry))
+        started = ops.start(
+            target,
+            candidate,
+            fraction=float(sample),
+            bundles_dir=bundles_dir,
+            device=device,
+            opts=opts,
         )
+        if opts.plan:
+            from moola_ops.cli.deploy import _render
+
+            _render(started, json)
+            if not started.ok:
+                raise Exit(code=started.exit_code)
+        else:
+            _show(started, json)
     elif action == "stop":
         _show(ops.stop(target), json)
     elif action == "status":

@@ -19,11 +19,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moola_ops.log import steps
 from moola_ops.serving.traffic import demo_traffic
 from moola_ops.terminal import console, is_tty
 
 DEMO_ROOT = ".moola/demo"
 DEMO_HOSTS = ("local-1", "local-2")
+# A user hook (docs/runbook.md "Hooks"), the one inventory/hosts.yaml gives the `local` group:
+# after each checked switch, the host records it in deploys.txt in its workspace.
+ANNOUNCE = 'echo "$MOOLA_PHASE ${MOOLA_PREVIOUS:-nothing} -> $MOOLA_VERSION" >> deploys.txt'
 # The stand-in hosts are CPU processes sharing this machine with the demo itself: a generous
 # latency SLA keeps the demo about the checklist, not about this laptop's load (at load 8 on two
 # cores, with the demo's own request stream running, the HTTP check's p99 reached 230 ms). A
@@ -157,7 +161,7 @@ def _stages(demo: DemoRun, yaml) -> None:
     from moola_ops.checklist import phases
     from moola_ops.checklist.spec import load_checklist
     from moola_ops.checklist.states import checklist_states
-    from moola_ops.hosts.inventory import Inventory
+    from moola_ops.hosts.inventory import Hook, Inventory
     from moola_ops.hosts.standin import start_sandbox
     from moola_ops.log.journal import Journal, read_events
     from moola_ops.watch.health import OK, STATE_NAMES
@@ -170,7 +174,8 @@ def _stages(demo: DemoRun, yaml) -> None:
     with demo.stage("start two stand-in hosts", "invoke sandbox up --hosts 2") as st:
         sandbox = start_sandbox(root / "sandbox", list(DEMO_HOSTS))
         expect(all(h.alive() for h in sandbox.hosts.values()), "an sshd did not stay up")
-        inventory = Inventory.from_sandbox(sandbox, groups=("local",))
+        announce = Hook(steps.POINT_AFTER_SWITCH, "announce", ANNOUNCE)
+        inventory = Inventory.from_sandbox(sandbox, groups=("local",), hooks=(announce,))
         hosts = inventory.resolve("local")
         st.detail = ", ".join(f"{h.name} on 127.0.0.1:{h.port}" for h in hosts)
 
@@ -270,9 +275,9 @@ def _stages(demo: DemoRun, yaml) -> None:
         )
         verify_bundle(built.path)
         # the same log line `invoke bundle` writes (phase 3 of the checklist)
-        Journal("bundle", bundle=version).record(
+        Journal(steps.BUNDLE, bundle=version).record(
             "",
-            "build",
+            steps.BUNDLE_BUILD,
             "ok",
             run_id=run_id,
             path=str(built.path),
@@ -281,6 +286,13 @@ def _stages(demo: DemoRun, yaml) -> None:
             **({"override": override} if override else {}),
         )
         return engine.resolve_bundle(version, bundles_dir=bundles_dir)
+
+    def announced(expected: str) -> str:
+        """The last line the after-switch hook wrote on each host (the same on all)."""
+        lines = {(Path(h.workspace) / "deploys.txt").read_text().splitlines()[-1] for h in hosts}
+        expect(lines == {expected}, f"the after-switch hook wrote {lines}, not {expected!r}")
+        say(f"   hook:after-switch:announce wrote on each host: {expected}")
+        return expected
 
     def current_on_hosts() -> dict[str, str | None]:
         checks = [engine.verify_current(h) for h in hosts]
@@ -309,6 +321,7 @@ def _stages(demo: DemoRun, yaml) -> None:
         )
         live = current_on_hosts()
         expect(set(live.values()) == {"v0.1"}, f"current after deploy: {live}")
+        announced("deploy nothing -> v0.1")
         demo.facts["deploy_v01"] = result.deployment
         st.detail = f"deployment {result.deployment}; current = v0.1 on both, verified"
 
@@ -367,6 +380,7 @@ def _stages(demo: DemoRun, yaml) -> None:
         expect(result.ok, f"rollback failed: {[o.message for o in result.outcomes]}")
         live = current_on_hosts()
         expect(set(live.values()) == {"v0.1"}, f"current after rollback: {live}")
+        announced("rollback v0.2 -> v0.1")
         sent = traffic.stop()
         say(
             f"   requests during deploy and rollback: {sent['requests']}, failed {sent['failed']}"

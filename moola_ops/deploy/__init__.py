@@ -1,17 +1,20 @@
 """The deploy engine: deploy, rollback, drill, restore, repair, plans, backups and the lock.
 
 Rooms: `results` (outcomes, options), `bundle` (the local bundle, verified once, uploaded from a
-private copy), `context` (one host during a run, and the guard that always settles it),
-`stages` (the named stages; `switch_checked` is the one that moves `current`), `flows` (deploy,
-rollback, drill, restore, repair as stage lists), `runner` (a flow over a fleet, through
-`moola_ops.fleet`), `plan` (what a run would do, read-only), `admin` (facts, backups, lock,
+private copy), `context` (one host during a run), `guard` (always settles it, unwinding the
+`undo` stack the stages pushed), `hooks` (named points: serving's stages and the inventory's
+user hooks), `stages` (the named stages; `switch_checked` is the one that moves `current`),
+`flows` (deploy, rollback, drill, restore, repair, prune, place as stage lists with their
+points), `runner` (a flow over a fleet, through `moola_ops.fleet`), `plan` (the same stages as
+a dry run: what a run would send, nothing changed), `admin` (facts, backups, lock,
 verify_current). Commands come from `moola_ops.deploy.commands`; `moola_ops.transport` runs them.
 
 Public API for other rooms:
     resolve_bundle(spec) -> LocalBundle
     deploy(hosts, bundle, opts) / rollback(hosts, to, opts) / drill(hosts, opts)
     restore(hosts, snapshot, opts) / repair(hosts, bundle, opts) -> FleetResult
-    prune(hosts, opts); with Options(plan=True) each returns the plan instead (status planned)
+    prune(hosts, opts); with Options(plan=True) each (and place) returns its plan instead
+        (status planned): the same stages run against a PlanContext
     place(hosts, bundle, opts, phase=, what=, checks=, then=): a release beside `current`
         through deploy's verified, locked, guarded stages (the shadow's candidate)
     list_backups(host) / lock_status(host) / release_lock / break_lock / host_facts(host)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +17,9 @@ from typing import Any
 from moola_ops.deploy.commands import compose
 from moola_ops.deploy.commands import facts as facts_cmd
 from moola_ops.deploy.commands import lock as lock_cmd
+from moola_ops.deploy.hooks import Hooks
 from moola_ops.deploy.results import HostOutcome, LogFailed, Options, Refused, StepFailed
+from moola_ops.deploy.undo import UndoStack
 from moola_ops.hosts.inventory import Host
 from moola_ops.hosts.layout import Layout
 from moola_ops.log import steps
@@ -51,14 +54,11 @@ class HostContext:
         self.bundle = None
         self.on_host: str = "absent"
         self.notes: list[str] = []  # sentences added to the host's outcome
-        # what the guard must undo or finish
+        self.hooks = Hooks()  # what runs at the flow's named points (deploy/flows.hooks_for)
+        # what the guard must undo or finish: each stage pushes its own undo (deploy/undo.py)
+        self.undo = UndoStack()
         self.locked = False
         self.in_switch = False  # inside the switch stage: Ctrl-C waits for its end
-        self.unsettled: tuple[str, str | None] | None = None  # (target, previous) not yet checked
-        self.unchecked: str | None = None  # a release this run put on disk, not yet checked
-        self.serve_candidate: str | None = None  # its server started, traffic not yet on it
-        self.staging = False
-        self.check_running = False
         self.switched = False  # `current` moved to the target and its check passed
         self.cleaning = False
         self.log_problem: str | None = None
@@ -87,7 +87,11 @@ class HostContext:
             return seconds
         return max(1.0, min(seconds, self.deadline - time.monotonic()))
 
-    def run(self, command: str, *, timeout_s: float | None = None) -> Result:
+    def run(
+        self, command: str, *, timeout_s: float | None = None, planned: str = "", **_plan: Any
+    ) -> Result:
+        """Run `command` on the host. `planned` is what success prints (the plan's answer,
+        moola_ops/deploy/plan.py); `read_only=True` lets a plan run it for real."""
         if self.cancel.is_set() and not (self.in_switch or self.cleaning):
             raise Aborted()
         return self.ssh.run(
@@ -227,12 +231,34 @@ class HostContext:
             return
         with self.step(steps.UNLOCK) as info:
             out = self.run_reconnecting(
-                lock_cmd.release(self.layout, self.journal.deployment), info
+                lock_cmd.release(self.layout, self.journal.deployment),
+                info,
+                planned=lock_cmd.RELEASED,
             )
             info["released"] = lock_cmd.parse_release(out.stdout)
             self.locked = False
 
-    def run_reconnecting(self, command: str, info: dict | None = None) -> Result:
+    def run_here(self, command: str, env: dict[str, str], timeout_s: float) -> tuple[int, str]:
+        """Run `command` with /bin/sh on this machine: (exit code, its last words); 124 when it
+        ran past `timeout_s`."""
+        try:
+            done = subprocess.run(
+                ["/bin/sh", "-c", command],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            return 124, ""
+        return done.returncode, (done.stderr.strip() or done.stdout.strip())
+
+    def stamp(self) -> str:
+        """The UTC time stamp of a snapshot name (a plan shows TIME)."""
+        return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+    def run_reconnecting(self, command: str, info: dict | None = None, **_plan: Any) -> Result:
         """Run a cleanup command within the cleanup deadline: on the same connection when it is
         alive (after our own Ctrl-C too), else over one fresh one. A host found dead (no answer
         to keepalives or to the Ctrl-C probe, or no new connection) raises HostGone, now and
@@ -271,35 +297,15 @@ class HostContext:
         left = []
         if self.locked:
             left.append(f"its deploy lock (deployment {self.journal.deployment})")
-        if self.unsettled is not None:
-            left.append(f"`current` may point at {self.unsettled[0]}, whose check had not passed")
-        if self.unchecked is not None and self.unchecked != self.previous:
-            left.append(f"releases/{self.unchecked} (it never passed its runtime check)")
-        if self.check_running:
-            left.append(
-                "a runtime check that its host-side bound stops within "
-                f"{self.opts.check_timeout_s:.0f}s"
-            )
-        if self.serve_candidate:
-            left.append(f"a server started for {self.serve_candidate}")
-        if self.staging:
-            left.append(f"incoming/{self.journal.deployment}/ (a partial upload)")
-        return left
+        return left + self.undo.left()
 
     def left_sentence(self) -> str:
         """`left on H: ...; once H answers again: <the commands that clear it>`."""
         name, left = self.host.name, self.left_behind()
         if not left:
             return ""
-        fixes = []
-        if self.locked:
-            fixes.append(lock_cmd.break_hint(name))
-        if self.unsettled is not None:
-            fixes.append(f"invoke rollback --host {name} --to {self.unsettled[1] or 'VERSION'}")
-        if (self.unchecked and self.unchecked != self.previous) or self.staging:
-            fixes.append(f"invoke prune --host {name}")
-        if self.serve_candidate:
-            fixes.append(f"invoke serve --host {name} --ensure")
+        fixes = [lock_cmd.break_hint(name)] if self.locked else []
+        fixes += self.undo.fixes()
         then = f"; once {name} answers again: {', then '.join(fixes)}" if fixes else ""
         return f"left on {name}: {'; '.join(left)}{then}"
 

@@ -13,8 +13,11 @@
               -> preflight -> upload -> promote | verify -> check -> [the caller's stages]
               (a release beside `current`, never switched: the shadow's candidate)
 
-The serving room adds its stages by inserting `(name, fn)` pairs into the lists that
-`deploy_stages` / `rollback_stages` return (see SERVE_* below); each fn takes the HostContext.
+Named hook points (moola_ops/deploy/hooks.py): deploy passes before/after upload, check and
+switch; rollback before/after switch; place before/after upload and check; the switch stage
+itself `switched`, `switch-checked` and `switched-back` (in every flow that switches, drill
+included); the guard runs `failed`. What runs there comes from `hooks_for(host)`: serving's
+stages (moola_ops/serving/stages.py `attach`), then the host's inventory `hooks:`.
 """
 
 from __future__ import annotations
@@ -28,15 +31,14 @@ from moola_ops.deploy.bundle import LocalBundle
 from moola_ops.deploy.commands import decisions
 from moola_ops.deploy.commands import release as release_cmd
 from moola_ops.deploy.context import HostContext, Stage
+from moola_ops.deploy.hooks import Hooks, attach_user_hooks, point_stage
 from moola_ops.deploy.results import HostOutcome, StepFailed, disk_need
+from moola_ops.hosts.inventory import Host
 from moola_ops.log import steps
 from moola_ops.serving import stages as serving
 from moola_ops.serving.control import ServeError
 
 
-# Where serving plugs in (moola_ops/serving/stages.py, docs/serving.md): after the pre-switch check
-# a ready server for the target (its warm standby, or one started and checked over HTTP); inside
-# the switch stage live traffic follows `current` (stages.AFTER_*); the old server stays warm.
 # A serving failure is a step failure here: the switch goes back on it.
 def _as_step(fn: Callable) -> Callable:
     def stage(*args):
@@ -49,11 +51,23 @@ def _as_step(fn: Callable) -> Callable:
     return stage
 
 
-SERVE_BEFORE_SWITCH: list[Stage] = [(steps.SERVE_START, _as_step(serving.prepare_target))]
-SERVE_AFTER_SWITCH: list[Stage] = []
-stages.AFTER_SWITCH.append(_as_step(serving.traffic_follows))
-stages.AFTER_CHECK.append(_as_step(serving.check_traffic))
-stages.AFTER_SWITCH_BACK.append(_as_step(serving.traffic_back))
+def hooks_for(host: Host) -> Hooks:
+    """What runs at one host's named points: serving's stages (docs/serving.md), then the
+    host's inventory hooks (docs/runbook.md "Hooks"), each point in that order."""
+    hooks = Hooks()
+    serving.attach(lambda point, name, fn: hooks.add(point, name, _as_step(fn)))
+    attach_user_hooks(hooks, host.hooks)
+    return hooks
+
+
+def prepare(bundle: LocalBundle | None = None):
+    """The `prepare` of every flow: each host's context gets its hooks (and the bundle)."""
+
+    def prepare_ctx(ctx: HostContext) -> None:
+        ctx.hooks = hooks_for(ctx.host)
+        ctx.bundle = bundle
+
+    return prepare_ctx
 
 
 def _lock(what: Callable[[HostContext], str]) -> Callable[[HostContext], None]:
@@ -159,8 +173,7 @@ def _precheck(ctx: HostContext) -> None:
     try:
         stages.runtime_check(ctx, version, step=steps.CHECK)
     except StepFailed:
-        if version != ctx.previous:  # a release that failed its check must not linger
-            ctx.unchecked = version
+        stages.push_remove_release(ctx, version)  # a release that failed its check must go
         raise
 
 
@@ -193,12 +206,16 @@ def deploy_stages() -> list[Stage]:
         (steps.LOCK, _lock(lambda ctx: f"deploy {ctx.bundle.version}")),
         (steps.NOOP, _noop_or_reuse),
         (steps.PREFLIGHT, _preflight),
+        point_stage(steps.POINT_BEFORE_UPLOAD),
         (steps.UPLOAD, _upload),
         (steps.PROMOTE, _promote),
+        point_stage(steps.POINT_AFTER_UPLOAD),
+        point_stage(steps.POINT_BEFORE_CHECK),
         (steps.CHECK, _precheck),
-        *SERVE_BEFORE_SWITCH,
+        point_stage(steps.POINT_AFTER_CHECK),
+        point_stage(steps.POINT_BEFORE_SWITCH),
         (steps.SWITCH, _switch),
-        *SERVE_AFTER_SWITCH,
+        point_stage(steps.POINT_AFTER_SWITCH),
         (steps.PRUNE, _prune),
         ("done", _deployed),
     ]
@@ -211,7 +228,7 @@ def _placed_check(ctx: HostContext) -> None:
     """The runtime check deploy runs before its switch; a release this run uploaded and that
     fails it is removed by the guard (promote marked it unchecked), one that passes stays."""
     stages.runtime_check(ctx, ctx.bundle.version, step=steps.CHECK)
-    ctx.unchecked = None
+    ctx.undo.drop(stages.REMOVE_RELEASE)
 
 
 def place_stages(what: str, checks: list[Stage], then: list[Stage]) -> list[Stage]:
@@ -226,9 +243,13 @@ def place_stages(what: str, checks: list[Stage], then: list[Stage]) -> list[Stag
         *checks,
         ("target", _on_host),
         (steps.PREFLIGHT, _preflight),
+        point_stage(steps.POINT_BEFORE_UPLOAD),
         (steps.UPLOAD, _upload),
         (steps.PROMOTE, _promote),
+        point_stage(steps.POINT_AFTER_UPLOAD),
+        point_stage(steps.POINT_BEFORE_CHECK),
         (steps.CHECK, _placed_check),
+        point_stage(steps.POINT_AFTER_CHECK),
         *then,
         (
             "done",
@@ -288,9 +309,9 @@ def rollback_stages(to: str | None) -> list[Stage]:
         (steps.LOCK, _lock(lambda ctx: f"rollback to {to or 'previous'}")),
         ("target", _rollback_target(to)),
         (steps.VERIFY, _rollback_verify),
-        *SERVE_BEFORE_SWITCH,
+        point_stage(steps.POINT_BEFORE_SWITCH),
         (steps.SWITCH, _rollback_switch),
-        *SERVE_AFTER_SWITCH,
+        point_stage(steps.POINT_AFTER_SWITCH),
         (
             "done",
             lambda ctx: _done(
@@ -404,7 +425,8 @@ def _repair(ctx: HostContext) -> HostOutcome:
             f"{name}'s release {bundle.version} came from other bytes (sha256 {on_host[:12]}...): "
             "repair takes the very bundle that was deployed"
         )
-    problems = stages.verify_release(ctx, bundle.version, step=steps.VERIFY)
+    # read-only: the plan of a repair runs it too, so it knows whether there is damage
+    problems = stages.verify_release(ctx, bundle.version, step=steps.VERIFY, read_only=True)
     if not problems:
         return HostOutcome(
             name,
@@ -418,7 +440,7 @@ def _repair(ctx: HostContext) -> HostOutcome:
     ctx.on_host = "absent"
     stages.upload(ctx)
     stages.promote(ctx)
-    ctx.unchecked = None  # the same bytes as before: never removed, whatever the check says
+    ctx.undo.drop(stages.REMOVE_RELEASE)  # the same bytes as before: never removed
     stages.runtime_check(ctx, bundle.version, step=steps.CHECK)
     if ctx.previous == bundle.version:
         stages.light_check(ctx, bundle.version, step=steps.POST_CHECK)
@@ -437,12 +459,3 @@ def repair_stages() -> list[Stage]:
         (steps.LOCK, _lock(lambda ctx: f"repair {ctx.bundle.version}")),
         (steps.REPAIR, _repair),
     ]
-
-
-def bundle_for(bundle: LocalBundle):
-    """A `prepare` hook giving each host's context the bundle."""
-
-    def prepare(ctx: HostContext) -> None:
-        ctx.bundle = bundle
-
-    return prepare

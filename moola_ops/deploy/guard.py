@@ -1,10 +1,13 @@
 """The guard: the safety net every flow runs inside.
 
 `run_guarded` connects, runs a flow's stages and, whatever the local side does (a step fails,
-the deployment log cannot be written, Ctrl-C, SIGTERM, a bug), before the host is left it stops
-a runtime check still running there, switches `current` back if it moved to a release whose
-check had not passed, removes a release that failed or never finished its check, and releases
-the lock, each over a fresh connection if the old one broke, each within
+the deployment log cannot be written, Ctrl-C, SIGTERM, a bug), before the host is left it
+unwinds the undo stack the stages pushed (moola_ops/deploy/undo.py), newest first: it stops a
+runtime check still running there, switches `current` back if it moved to a release whose
+check had not passed, stops a server started for a release that never got traffic, removes a
+release that failed or never finished its check and a partial upload; then it runs the
+inventory's `failed` hooks (after a failure, not after Ctrl-C or a refusal) and releases the
+lock, each over a fresh connection if the old one broke, each within
 `Options.cleanup_timeout_s`. What the local log could not record is still in the host's
 revisions.log (the switch writes it there).
 """
@@ -17,15 +20,13 @@ import time
 from collections.abc import Callable
 
 from moola_core.errors import MoolaError
-from moola_ops.deploy import stages
 from moola_ops.deploy.commands import lock as lock_cmd
-from moola_ops.deploy.commands import release as release_cmd
 from moola_ops.deploy.context import HostContext, HostGone, Stage
 from moola_ops.deploy.results import HostOutcome, Options, Refused, StepFailed
+from moola_ops.deploy.stages import SWITCH_BACK
 from moola_ops.hosts.inventory import Host
 from moola_ops.log import steps
 from moola_ops.log.journal import Journal
-from moola_ops.serving.stages import stop_candidate
 from moola_ops.transport import Aborted, TransportError
 
 # --- the guard ----------------------------------------------------------------------------------
@@ -94,7 +95,9 @@ def run_guarded(
 
 
 def settle(ctx: HostContext, exc: BaseException) -> HostOutcome:
-    """After a failure: stop the check, switch back, remove the unchecked release, unlock."""
+    """After a failure: unwind the undo stack (stop the check, switch back, stop a candidate
+    server, remove the unchecked release and a partial upload), run the `failed` hooks after a
+    failure, unlock."""
     ctx.cleaning = True
     name = ctx.host.name
     notes: list[str] = []
@@ -113,8 +116,11 @@ def settle(ctx: HostContext, exc: BaseException) -> HostOutcome:
     if ctx.locked:
         with contextlib.suppress(Exception):
             notes += cleanup_host(ctx)
-        if ctx.unsettled is None and ctx.switched:
+        if not ctx.undo.has(SWITCH_BACK) and ctx.switched:
             current = ctx.target
+    if status == "failed" and not ctx.gone:
+        notes += failed_hooks(ctx, first)
+    if ctx.locked:
         try:
             if not ctx.gone:
                 ctx.unlock()
@@ -141,27 +147,19 @@ def cleanup_host(ctx: HostContext) -> list[str]:
     notes: list[str] = []
     with ctx.step(steps.CLEANUP) as info:
         try:
-            _undo(ctx, info, notes)
+            notes += ctx.undo.unwind(info)
         except HostGone:
             info.update(status="failed", gone=ctx.gone, left=ctx.left_behind())
     return [n for n in notes if n]
 
 
-def _undo(ctx: HostContext, info: dict, notes: list[str]) -> None:
-    """Each action clears its flag once done, so what is left stays named (left_behind)."""
-    if ctx.check_running:
-        ctx.run_reconnecting(release_cmd.kill_bounded(ctx.layout, ctx.journal.deployment), info)
-        ctx.check_running = False
-        info["killed_check"] = True
-    if ctx.unsettled is not None:
-        target, previous = ctx.unsettled
-        notes.append(stages.switch_back(ctx, previous, target))
-    if ctx.serve_candidate:  # started, but traffic never reached it
-        info["stopped_candidate"] = stop_candidate(ctx, info)
-    if ctx.unchecked is not None and ctx.unchecked != ctx.previous:
-        out = ctx.run_reconnecting(release_cmd.remove_release(ctx.layout, ctx.unchecked), info)
-        info["removed_release"] = ctx.unchecked if "KEPT" not in out.stdout else None
-        ctx.unchecked = None
-    if ctx.staging:
-        ctx.run_reconnecting(release_cmd.remove_staging(ctx.layout, ctx.journal.deployment), info)
-        ctx.staging = False
+def failed_hooks(ctx: HostContext, failure: str) -> list[str]:
+    """The inventory's `failed` hooks, after the undo (each its own step); a hook that fails
+    here is a note, never a change of the outcome."""
+    notes = []
+    for name, hook in ctx.hooks.attached[steps.POINT_FAILED]:
+        try:
+            hook(ctx, failure)
+        except Exception as exc:
+            notes.append(f"the failed hook {name} failed too: {exc}")
+    return notes

@@ -1,157 +1,289 @@
-"""What a deploy, rollback, prune or restore would do, host by host, changing nothing.
+"""The plan: a flow's own stages run against a PlanContext, changing nothing (pyinfra's model).
 
-`--plan` (and Invoke's `--dry`) read each host's facts in one read-only round trip (no lock is
-taken, nothing is written on the host, no deployment-log line), then say per host: current ->
-target, whether an upload is needed and its bytes, what would be snapshotted and pruned, the
-lock's state, and the exact commands the real run would send, in order, built by the same
-builders (moola_ops.deploy.commands) with this plan's deployment id. Ansible's check mode, pyinfra's
-dry run and Kamal's printed commands are the models. Run-time values differ in a real run: its
-own deployment id, the holder's time and pid, the snapshot's timestamp; a test proves the rest
-identical.
+`--plan` (and Invoke's `--dry`) on deploy, deploy --repair, rollback, drill, restore, prune and
+the shadow's start/stop/promote run the very stage code of the real run (moola_ops/deploy/
+flows.py), hooks included, with a context that records every command instead of sending it and
+answers it as success: each builder says what its success prints (`planned=` at the call,
+`serving.commands.planned` for the server's control). The host's facts are read for real in
+one read-only round trip (no lock is taken, nothing is written there, no deployment-log line);
+a repair's verify also runs for real (it is read-only), so its plan knows the damage.
+
+The commands are built by the same builders with this plan's deployment id. What only the run
+knows is shown as a placeholder: the lock holder's time, pid and machine, the snapshot's time
+stamp (TIME), the port a new server gets (RUN_TIME_PORT). tests/integration/test_deploy_plan.py
+runs a flow with --plan and then for real and asserts the two command lists are equal once the
+deployment id, holder, revision line, snapshot stamp and server port are normalised.
 """
 
 from __future__ import annotations
 
-from moola_ops.deploy.bundle import LocalBundle
-from moola_ops.deploy.commands import decisions
+import contextlib
+import json
+import shlex
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+from moola_core.errors import MoolaError
+from moola_ops.deploy.commands import compose
+from moola_ops.deploy.commands import facts as facts_cmd
+from moola_ops.deploy.commands import lock as lock_cmd
 from moola_ops.deploy.commands import release as release_cmd
-from moola_ops.deploy.planner import RUN_TIME_PORT, UPLOAD, Planner, after_switch  # noqa: F401
+from moola_ops.deploy.commands.hostfacts import HostFacts
+from moola_ops.deploy.context import HostContext, Stage
+from moola_ops.deploy.guard import run_stages
 from moola_ops.deploy.results import FleetResult, HostOutcome, Options
 from moola_ops.deploy.stages import prune_note
 from moola_ops.fleet import run_fleet
 from moola_ops.hosts.inventory import Host
 from moola_ops.log import steps
-from moola_ops.log.journal import new_deployment_id
+from moola_ops.log.journal import Journal
+from moola_ops.serving import commands as serve_cmd
+from moola_ops.transport import HostSession, Result
 
-# --- per flow (UPLOAD and RUN_TIME_PORT are importable from here) ---------------------------
+UPLOAD = "sftp put {local} -> {host}:{remote}"  # the one step that is not a shell command
+RUN_TIME_PORT = "<port>"  # a server's private port: the host picks a free one at run time
+LOCAL = "local: {command}"  # a hook that runs on this machine
 
 
-def _plan_deploy_one(p: Planner, bundle: LocalBundle) -> HostOutcome:
-    facts = p.read()
-    previous, version = facts.current, bundle.version
-    on_host = facts.releases.get(version) or ("unknown" if version in facts.releases else None)
-    if previous == version and on_host == bundle.sha256:
-        return p.outcome(previous, version, f"{version} is already current: nothing to do")
-    if on_host not in (None, bundle.sha256):
-        return p.outcome(
-            previous,
-            version,
-            f"refused: {version} on the host came from other bytes; bump the version",
+def _at_run_time(command: str) -> str:
+    """`command` with the planned server port (its last `--port`) shown as RUN_TIME_PORT."""
+    head, sep, tail = command.rpartition(f"--port {serve_cmd.PLANNED_PORT}")
+    return f"{head}--port {RUN_TIME_PORT}{tail}" if sep else command
+
+
+class PlanSession:
+    """Stands in for the host's HostSession inside a plan: records, answers success."""
+
+    accepted_key = None
+    dead = None
+
+    def __init__(self, ctx: PlanContext):
+        self.ctx = ctx
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def resume(self) -> bool:
+        return True
+
+    def run(self, command: str, *, timeout_s: float | None = None, **_: Any) -> Result:
+        return self.ctx.answer(command, "", read_only=False)
+
+    def upload(self, local, remote: str, progress=None) -> None:
+        bundle = self.ctx.bundle
+        self.ctx.uploaded = {"bytes": bundle.size if bundle else None, "to": remote}
+        self.ctx.add(UPLOAD.format(local=local, host=self.ctx.host.name, remote=remote))
+
+
+class PlanContext(HostContext):
+    """A HostContext whose commands are recorded and answered as success (see the module)."""
+
+    def __init__(self, host: Host, journal: Journal, opts: Options, cancel: threading.Event):
+        # no upload progress bar: nothing is sent
+        super().__init__(host, journal, replace(opts, progress=None), cancel)
+        self.ssh = PlanSession(self)
+        self.reader: HostSession | None = None  # the one real, read-only connection
+        self.gathered: HostFacts | None = None
+        self.commands: list[dict[str, str]] = []
+        self.details: dict[str, dict[str, Any]] = {}  # each step's first detail
+        self.detail: dict[str, Any] = {}  # the step now running
+        self.step_name = ""
+        self.uploaded: dict[str, Any] | None = None
+        self.lock_state = "not taken"
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def add(self, command: str) -> None:
+        self.commands.append({"step": self.step_name or "-", "command": _at_run_time(command)})
+
+    def answer(self, command: str, planned: str, *, read_only: bool) -> Result:
+        self.add(command)
+        if read_only and self.reader is not None:
+            return self.reader.run(command, timeout_s=self.opts.command_timeout_s)
+        action = getattr(command, "action", "")
+        if action:
+            server = self.gathered.server if self.gathered is not None else None
+            planned = json.dumps(serve_cmd.planned(action, self.detail.get("version"), server))
+        return Result(0, planned, "", 0.0)
+
+    @contextlib.contextmanager
+    def step(self, name: str, **detail: Any) -> Iterator[dict[str, Any]]:
+        saved = (self.step_name, self.detail)
+        self.step_name, self.detail = name, dict(detail)
+        self.details.setdefault(name, self.detail)
+        try:
+            yield self.detail
+        finally:
+            self.step_name, self.detail = saved
+
+    def record(self, name: str, status: str, **detail: Any) -> None:
+        pass
+
+    def run(self, command: str, *, timeout_s=None, planned: str = "", **plan: Any) -> Result:
+        return self.answer(command, planned, read_only=bool(plan.get("read_only")))
+
+    def run_reconnecting(self, command: str, info=None, **plan: Any) -> Result:
+        return self.answer(command, plan.get("planned", ""), read_only=False)
+
+    def run_here(self, command: str, env: dict[str, str], timeout_s: float) -> tuple[int, str]:
+        self.add(LOCAL.format(command=command))
+        return 0, ""
+
+    def stamp(self) -> str:
+        return "TIME"
+
+    def holder(self, what: str) -> dict[str, Any]:
+        return {
+            **super().holder(what),
+            "since": "<time of the run>",
+            "pid": 0,
+            "client": "<this machine>",
+        }
+
+    # -- facts: read for real, once ------------------------------------------------------------
+
+    def connect(self) -> None:
+        pass
+
+    def lock_and_facts(self, what: str) -> HostFacts:
+        """The lock command the run sends, recorded; the facts it reads, read for real (no
+        lock taken). A lock held by another run is said in the plan (the run would stop)."""
+        with self.step(steps.LOCK, what=what):
+            gather = facts_cmd.gather(self.layout, self.host.python)
+            self.add(compose.combine(lock_cmd.acquire(self.layout, self.holder(what)), gather))
+            self.reader = HostSession(self.host, accept_new_host_key=False)
+            self.reader.open()
+            out = self.reader.run(gather, timeout_s=self.opts.command_timeout_s)
+            facts = facts_cmd.parse(out.stdout)
+        self.gathered = self.facts = facts
+        self.previous = facts.current
+        self.locked = True
+        self.lock_state = lock_state(self.host, facts)
+        return facts
+
+    def read_facts(self, names=facts_cmd.DEPLOY_FACTS) -> HostFacts:
+        """The gather the run sends again (after a switch): recorded, answered with the facts
+        read at the lock as the switch would leave them."""
+        self.add(facts_cmd.gather(self.layout, self.host.python, names))
+        facts = self.gathered
+        if not self.switched or facts is None or self.target is None:
+            return facts
+        sha = self.bundle.sha256 if self.bundle is not None else None
+        after = HostFacts(**{**facts.__dict__})
+        after.releases = {**facts.releases, self.target: sha or facts.releases.get(self.target)}
+        after.revisions = [*facts.revisions, {"action": "switch", "version": self.target}]
+        after.unchecked = [v for v in facts.unchecked if v != self.target]
+        after.current = self.target
+        return after
+
+    def close(self) -> None:
+        if self.reader is not None:
+            with contextlib.suppress(Exception):
+                self.reader.close()
+
+    # -- the host's plan -----------------------------------------------------------------------
+
+    def planned(self, outcome: HostOutcome) -> HostOutcome:
+        facts = self.gathered
+        if outcome.status == "ok":
+            summary = f"would end: {outcome.message}"
+        elif outcome.status == "noop":
+            summary = outcome.message
+        else:
+            summary = f"would stop: {outcome.message}"
+        pruned = self.details.get(steps.PRUNE)
+        plan = {
+            "current": facts.current if facts else None,
+            "target": self.target or outcome.current,
+            "lock": self.lock_state,
+            "upload": self.uploaded,
+            "snapshot": (self.details.get(steps.SWITCH) or {}).get("snapshot"),
+            "prune": None
+            if pruned is None
+            else {
+                k: pruned.get(k) or [] for k in ("releases", "backups", "left_alone", "unchecked")
+            },
+            "serving": serving_note(self),
+            "commands": self.commands,
+            "current_problem": facts.current_problem if facts else None,
+            "summary": summary,
+        }
+        current = facts.current if facts else None
+        return HostOutcome(
+            self.host.name, "planned", summary, current=current, previous=current, plan=plan
         )
-    upload = None
-    if on_host is None:
-        remote = release_cmd.staged_archive(p.layout, p.deployment)
-        upload = {"bytes": bundle.size, "to": remote}
-        p.add(steps.UPLOAD, release_cmd.stage(p.layout, p.deployment))
-        p.add(steps.UPLOAD, UPLOAD.format(local=bundle.path, host=p.host.name, remote=remote))
-        p.add(
-            steps.PROMOTE,
-            release_cmd.promote(p.layout, p.host.python, p.deployment, version, bundle.sha256),
+
+
+def lock_state(host: Host, facts: HostFacts) -> str:
+    lock = facts.lock
+    if lock is None:
+        return "free"
+    stale = lock_cmd.stale_reason(lock.holder, lock.age_s, max_age_s=lock_cmd.MAX_AGE_S)
+    who = lock_cmd.describe_holder(lock.holder)
+    if stale:
+        return f"STALE lock of {who} ({stale}): {lock_cmd.break_hint(host.name)}"
+    return f"held by {who}: the run would be refused"
+
+
+def serving_note(ctx: PlanContext) -> str | None:
+    """Which server would take the traffic, from the serving steps the plan went through."""
+    d = ctx.details
+    if steps.SERVE_START in d:
+        return f"a new server for {d[steps.SERVE_START].get('version')} starts on a private port"
+    standby = d.get(steps.SERVE_STANDBY)
+    if standby and standby.get("moves_traffic"):
+        version = standby.get("version")
+        server = ctx.gathered.server if ctx.gathered else None
+        port = (serve_cmd.standby_of(server, version) or {}).get("port")
+        return (
+            f"the warm standby of {version} (port {port}) is probed and given traffic in one "
+            "command after the switch (a new server starts if it fails)"
         )
-    else:
-        p.add(steps.VERIFY, release_cmd.verify(p.layout, p.host.python, version))
-    p.runtime_check(version, steps.CHECK, through_current=False)
-    p.serving(version)
-    snap = p.switch_checked(
-        version,
-        previous,
-        steps.ACTION_DEPLOY,
-        snapshot=True,
-        runtime=p.opts.full_post_check,
-        sha256=bundle.sha256,
-    )
-    after = after_switch(facts, version, steps.ACTION_DEPLOY, bundle.sha256)
-    pruned = p.prune(after, (version,) + ((previous,) if previous else ()))
-    p.unlock()
-    moving = f"{previous or 'nothing'} -> {version}"
-    bytes_note = f", upload {bundle.size} bytes" if upload else ", already on the host"
-    return p.outcome(
-        previous,
-        version,
-        f"would deploy {moving}{bytes_note}",
-        upload=upload,
-        snapshot=snap,
-        prune=pruned,
-    )
-
-
-def _plan_rollback_one(p: Planner, to: str | None) -> HostOutcome:
-    facts = p.read()
-    previous = facts.current
-    target = to or decisions.rollback_target(facts)
-    if target is None:
-        return p.outcome(
-            previous, None, "refused: no previous release in revisions.log; pass --to VERSION"
+    switch = d.get(steps.SERVE_SWITCH)
+    if switch and switch.get("moved") is False:
+        return (
+            f"the live server already serves {switch.get('version')}: it keeps the traffic "
+            "(checked after the switch; a new server starts only if it is not ready)"
         )
-    if target == previous:
-        return p.outcome(previous, target, f"{target} is already current: nothing to do")
-    restore = None
-    if target in facts.releases:
-        p.add(steps.VERIFY, release_cmd.verify(p.layout, p.host.python, target))
-    else:
-        restore = decisions.newest_snapshot(facts, target)
-        if restore is None:
-            return p.outcome(
-                previous, target, f"refused: {target} is not on the host and has no snapshot"
-            )
-        p.add(
-            steps.RESTORE,
-            release_cmd.restore(p.layout, p.host.python, p.deployment, restore, target),
-        )
-    p.serving(target)
-    p.switch_checked(
-        target,
-        previous,
-        steps.ACTION_ROLLBACK,
-        snapshot=False,
-        runtime=True,
-        sha256=facts.releases.get(target),
-    )
-    p.unlock()
-    return p.outcome(
-        previous,
-        target,
-        f"would roll back {previous or 'nothing'} -> {target}",
-        restore_from=restore,
-    )
+    return None
 
 
-def _plan_prune_one(p: Planner) -> HostOutcome:
-    facts = p.read()
-    protect = (facts.current,) if facts.current else ()
-    pruned = p.prune(facts, protect)
-    p.unlock()
-    n = len(pruned["releases"]) + len(pruned["backups"])
-    return p.outcome(
-        facts.current,
-        facts.current,
-        f"would remove {n} release(s)/snapshot(s)",
-        prune=pruned,
-    )
-
-
-def _plan_restore_one(p: Planner, snapshot: str, version: str) -> HostOutcome:
-    facts = p.read()
-    if snapshot not in facts.backups:
-        return p.outcome(facts.current, version, f"refused: no snapshot {snapshot} on the host")
-    p.add(
-        steps.RESTORE, release_cmd.restore(p.layout, p.host.python, p.deployment, snapshot, version)
-    )
-    if facts.current == version:
-        verify = release_cmd.verify(p.layout, p.host.python, version, through_current=True)
-        p.add(steps.POST_CHECK, release_cmd.checked_with_smoke(verify, p.layout, p.host.smoke))
-    p.unlock()
-    return p.outcome(facts.current, version, f"would restore {version} from {snapshot}")
-
-
-def _plan(phase: str, hosts: list[Host], opts: Options, one, *, what: str, bundle: str = ""):
-    deployment = new_deployment_id()
+def run_plan(
+    phase: str,
+    hosts: list[Host],
+    opts: Options,
+    stages_for,
+    *,
+    bundle: str = "",
+    prepare=None,
+) -> FleetResult:
+    """The plan of `runner.run_phase(phase, hosts, opts, stages_for, ...)`: the same stages,
+    each host in a PlanContext; nothing is locked, changed or logged."""
+    journal = Journal(phase, bundle=bundle, path=opts.journal_path)  # for its ids: never written
 
     def work(host: Host, cancel, deadline) -> HostOutcome:
-        return one(Planner(host, opts, deployment, what))
+        ctx = PlanContext(host, journal, opts, cancel)
+        if prepare is not None:
+            prepare(ctx)
+        try:
+            stages: list[Stage] = stages_for()
+            outcome = run_stages(ctx, stages)
+            ctx.unlock()
+        except MoolaError as exc:
+            if ctx.gathered is None:
+                return HostOutcome(host.name, "failed", f"could not read the host's facts: {exc}")
+            outcome = HostOutcome(host.name, "failed", str(exc))
+        finally:
+            ctx.close()
+        return ctx.planned(outcome)
 
     def failed(host: Host, exc: BaseException) -> HostOutcome:
-        return HostOutcome(host.name, "failed", f"could not read the host's facts: {exc}")
+        return HostOutcome(host.name, "failed", f"could not plan {host.name}: {exc}")
 
     outcomes = run_fleet(
         hosts,
@@ -160,48 +292,7 @@ def _plan(phase: str, hosts: list[Host], opts: Options, one, *, what: str, bundl
         on_error=failed,
         run_deadline_s=opts.command_timeout_s + 30,
     )
-    return FleetResult(deployment, phase, bundle, outcomes)
-
-
-def plan_deploy(hosts: list[Host], bundle: LocalBundle, opts: Options) -> FleetResult:
-    """The plan of `deploy(hosts, bundle, opts)`."""
-    return _plan(
-        steps.DEPLOY,
-        hosts,
-        opts,
-        lambda p: _plan_deploy_one(p, bundle),
-        what=f"deploy {bundle.version}",
-        bundle=bundle.version,
-    )
-
-
-def plan_rollback(hosts: list[Host], to: str | None, opts: Options) -> FleetResult:
-    """The plan of `rollback(hosts, to, opts)`."""
-    return _plan(
-        steps.ROLLBACK,
-        hosts,
-        opts,
-        lambda p: _plan_rollback_one(p, to),
-        what=f"rollback to {to or 'previous'}",
-        bundle=to or "",
-    )
-
-
-def plan_prune_run(hosts: list[Host], opts: Options) -> FleetResult:
-    """The plan of `prune(hosts, opts)`."""
-    return _plan(steps.PRUNE_PHASE, hosts, opts, _plan_prune_one, what="prune")
-
-
-def plan_restore(hosts: list[Host], snapshot: str, version: str, opts: Options) -> FleetResult:
-    """The plan of `restore(hosts, snapshot, opts)`."""
-    return _plan(
-        steps.RESTORE_PHASE,
-        hosts,
-        opts,
-        lambda p: _plan_restore_one(p, snapshot, version),
-        what=f"restore {snapshot}",
-        bundle=version,
-    )
+    return FleetResult(journal.deployment, phase, bundle, outcomes)
 
 
 def render_plan(result: FleetResult) -> str:
@@ -236,10 +327,6 @@ def render_plan(result: FleetResult) -> str:
 def _readable(command: str) -> str:
     """A command as a person reads it: the host-side programs that travel inline (`python3 -c
     PROGRAM`) named instead of spelled out (`--json` shows every byte)."""
-    import shlex
-
-    from moola_ops.serving import commands as serve_cmd
-
     for source, name in (
         (release_cmd.HOSTSIDE_SOURCE, "<hostside.py>"),
         (serve_cmd.CTL_SOURCE, "<serve_ctl.py>"),

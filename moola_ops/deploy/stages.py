@@ -20,6 +20,35 @@ from moola_ops.deploy.results import StepFailed
 from moola_ops.log import steps
 from moola_ops.transport import Aborted, TransportError
 
+# the undo entries the stages push (moola_ops/deploy/undo.py), unwound by the guard
+REMOVE_STAGING = "remove-staging"  # a partial upload in incoming/<deployment>/
+REMOVE_RELEASE = "remove-release"  # a release this run put in releases/, not yet checked
+STOP_CHECK = "stop-check"  # a runtime check running on the host
+SWITCH_BACK = "switch-back"  # `current` moved to a release whose check had not passed
+
+
+def prune_hint(name: str) -> str:
+    return f"invoke prune --host {name}"
+
+
+def push_remove_release(ctx: HostContext, version: str) -> None:
+    """Until its check passes, a failure removes releases/<version> (never the one that was
+    current when the run came)."""
+    if version == ctx.previous or ctx.undo.has(REMOVE_RELEASE):
+        return
+
+    def undo(info: dict) -> None:
+        out = ctx.run_reconnecting(release_cmd.remove_release(ctx.layout, version), info)
+        info["removed_release"] = version if "KEPT" not in out.stdout else None
+
+    ctx.undo.push(
+        REMOVE_RELEASE,
+        undo,
+        left=f"releases/{version} (it never passed its runtime check)",
+        fix=prune_hint(ctx.host.name),
+        key=version,
+    )
+
 
 def preflight(ctx: HostContext, need_bytes: int) -> None:
     """Python + torch present, enough free disk, the inventory's GPU visible."""
@@ -60,7 +89,17 @@ def upload(ctx: HostContext) -> None:
     bundle, name = ctx.bundle, ctx.host.name
     remote = release_cmd.staged_archive(ctx.layout, ctx.journal.deployment)
     with ctx.step(steps.UPLOAD, bytes=bundle.size) as info:
-        ctx.staging = True
+        deployment = ctx.journal.deployment
+
+        def remove_staging(info: dict) -> None:
+            ctx.run_reconnecting(release_cmd.remove_staging(ctx.layout, deployment), info)
+
+        ctx.undo.push(
+            REMOVE_STAGING,
+            remove_staging,
+            left=f"incoming/{deployment}/ (a partial upload)",
+            fix=prune_hint(name),
+        )
         ctx.run(release_cmd.stage(ctx.layout, ctx.journal.deployment))
         callback = ctx.opts.progress(name, bundle.size) if ctx.opts.progress else None
 
@@ -81,11 +120,12 @@ def promote(ctx: HostContext, step: str = steps.PROMOTE) -> None:
     """On the host: sha256 of the upload = ours, safe extract, verify, rename into releases/."""
     bundle, version = ctx.bundle, ctx.bundle.version
     with ctx.step(step, sha256=bundle.sha256) as info:
-        ctx.unchecked = version if ctx.on_host == "absent" else ctx.unchecked
+        if ctx.on_host == "absent":
+            push_remove_release(ctx, version)
         command = release_cmd.promote(
             ctx.layout, ctx.host.python, ctx.journal.deployment, version, bundle.sha256
         )
-        out = ctx.run(command)
+        out = ctx.run(command, planned=release_cmd.PLANNED_OK)
         report = release_cmd.parse_hostside(out.stdout)
         info["report"] = report
         if not out.ok or not report.get("ok"):
@@ -93,13 +133,20 @@ def promote(ctx: HostContext, step: str = steps.PROMOTE) -> None:
                 f"bundle {version} failed verification on {ctx.host.name}, nothing switched: "
                 f"{'; '.join(report.get('problems', [])[:3]) or out.tail(200)}"
             )
-        ctx.staging = False
+        ctx.undo.drop(REMOVE_STAGING)
 
 
-def verify_release(ctx: HostContext, version: str, *, step: str) -> list[str]:
-    """Problems of releases/<version> on the host ([] when every checksum matches)."""
+def verify_release(
+    ctx: HostContext, version: str, *, step: str, read_only: bool = False
+) -> list[str]:
+    """Problems of releases/<version> on the host ([] when every checksum matches);
+    `read_only`: a plan runs it for real (repair's plan must know the damage)."""
     with ctx.step(step, version=version) as info:
-        out = ctx.run(release_cmd.verify(ctx.layout, ctx.host.python, version))
+        out = ctx.run(
+            release_cmd.verify(ctx.layout, ctx.host.python, version),
+            planned=release_cmd.PLANNED_OK,
+            read_only=read_only,
+        )
         report = release_cmd.parse_hostside(out.stdout)
         problems = list(report.get("problems") or ([] if out.ok else [out.tail(200)]))
         info["problems"] = problems[:5]
@@ -153,9 +200,20 @@ def runtime_check(ctx: HostContext, version: str, *, step: str, through_current=
             limit,
             through_current=through_current,
         )
-        ctx.check_running = True
-        out = ctx.run(command, timeout_s=limit + 15)  # the host's own bound ends it first
-        ctx.check_running = False
+        deployment = ctx.journal.deployment
+
+        def stop_check(info: dict) -> None:
+            ctx.run_reconnecting(release_cmd.kill_bounded(ctx.layout, deployment), info)
+            info["killed_check"] = True
+
+        ctx.undo.push(
+            STOP_CHECK,
+            stop_check,
+            left=f"a runtime check that its host-side bound stops within {o.check_timeout_s:.0f}s",
+        )
+        # the host's own bound ends it first
+        out = ctx.run(command, timeout_s=limit + 15, planned=release_cmd.planned_report(version))
+        ctx.undo.drop(STOP_CHECK)
         info["exit_code"] = out.exit_code
         try:
             report = parse_report(out.stdout)
@@ -186,7 +244,10 @@ def light_check(ctx: HostContext, version: str, *, step: str) -> None:
     inventory's `smoke:` command passes."""
     with ctx.step(step, version=version) as info:
         verify = release_cmd.verify(ctx.layout, ctx.host.python, version, through_current=True)
-        out = ctx.run(release_cmd.checked_with_smoke(verify, ctx.layout, ctx.host.smoke))
+        out = ctx.run(
+            release_cmd.checked_with_smoke(verify, ctx.layout, ctx.host.smoke),
+            planned=release_cmd.planned_resolved(ctx.layout, version),
+        )
         report = release_cmd.parse_hostside(out.stdout)
         info["resolved"] = report.get("resolved")
         problems = list(report.get("problems") or [])
@@ -208,7 +269,7 @@ def switch(
 ) -> None:
     """Snapshot the release being left (when asked), switch `current` while we still hold the
     lock, and record the revision (with the release's sha256) in the host's revisions.log."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = ctx.stamp()
     snap = release_cmd.snapshot_name(stamp, previous) if (snapshot and previous) else None
     sha = (ctx.facts.releases.get(version) if ctx.facts else None) or (
         ctx.bundle.sha256 if ctx.bundle is not None and ctx.bundle.version == version else None
@@ -234,7 +295,11 @@ def switch(
             snapshot_of=previous if snap else None,
             snapshot_as=snap,
         )
-        out = ctx.run(command) if not ctx.cleaning else ctx.run_reconnecting(command, info)
+        moved = f"releases/{version}\n"
+        if ctx.cleaning:
+            out = ctx.run_reconnecting(command, info, planned=moved)
+        else:
+            out = ctx.run(command, planned=moved)
         lines = out.stdout.strip().splitlines()
         if not out.ok and release_cmd.LOCK_NOT_OURS not in lines and not lines:
             lines = ctx.run_reconnecting(release_cmd.current_target(ctx.layout)).stdout.split()
@@ -242,8 +307,8 @@ def switch(
         if out.stderr.strip():
             info["stderr"] = out.stderr.strip()[-200:]
         moved = release_cmd.LOCK_NOT_OURS not in lines and info["current"] == f"releases/{version}"
-        if not moved and ctx.unsettled and ctx.unsettled[0] == version:
-            ctx.unsettled = None  # `current` did not move: nothing to switch back
+        if not moved:
+            ctx.undo.drop(SWITCH_BACK, key=version)  # `current` did not move: nothing to undo
         if release_cmd.LOCK_NOT_OURS in lines:
             info["status"] = "refused"
             raise StepFailed(
@@ -257,12 +322,19 @@ def switch(
             )
 
 
-# Serving's hooks inside the switch (moola_ops.serving.control, registered in flows.py): live traffic
-# follows `current` right after the switch, is checked after the post-check, and goes back with
-# `current` on a failed check. A hook raises StepFailed to make the switch go back.
-AFTER_SWITCH: list = []  # fn(ctx, target)
-AFTER_CHECK: list = []  # fn(ctx, target)
-AFTER_SWITCH_BACK: list = []  # fn(ctx, previous, failed)
+def push_switch_back(ctx: HostContext, target: str, previous: str | None) -> None:
+    """From here until its checks pass, a failure switches `current` back to `previous`."""
+
+    def undo(_info: dict) -> str:
+        return switch_back(ctx, previous, target)
+
+    ctx.undo.push(
+        SWITCH_BACK,
+        undo,
+        left=f"`current` may point at {target}, whose check had not passed",
+        fix=f"invoke rollback --host {ctx.host.name} --to {previous or 'VERSION'}",
+        key=target,
+    )
 
 
 def switch_checked(
@@ -277,26 +349,27 @@ def switch_checked(
 ) -> None:
     """THE switch stage: switch, check through `current` (light, + runtime when asked); on a
     failed check switch straight back to `previous` and re-check it. Ctrl-C waits for its end.
+    What is attached at the points `switched` and `switch-checked` (serving: traffic follows
+    `current`, then is checked) runs inside it: a failure there makes the switch go back too;
+    `switched-back` runs right after a switch back.
     """
     ctx.in_switch = True
     try:
-        ctx.unsettled = (target, previous)
+        push_switch_back(ctx, target, previous)
         switch(ctx, target, previous, action, snapshot=snapshot)
         try:
-            for hook in AFTER_SWITCH:
-                hook(ctx, target)
+            ctx.hooks.run(steps.POINT_SWITCHED, ctx, target)
             light_check(ctx, target, step=f"{prefix}{steps.POST_CHECK}")
             if runtime:
                 runtime_check(
                     ctx, target, step=f"{prefix}{steps.POST_CHECK_RUNTIME}", through_current=True
                 )
-            for hook in AFTER_CHECK:
-                hook(ctx, target)
+            ctx.hooks.run(steps.POINT_SWITCH_CHECKED, ctx, target)
         except (StepFailed, TransportError) as failure:
             back = switch_back(ctx, previous, target)
             raise StepFailed(f"{failure}; {back}") from None
-        ctx.unsettled = None
-        ctx.unchecked = None
+        ctx.undo.drop(SWITCH_BACK, key=target)
+        ctx.undo.drop(REMOVE_RELEASE, key=target)
         ctx.switched = True
         ctx.target = target
     finally:
@@ -305,7 +378,7 @@ def switch_checked(
 
 def switch_back(ctx: HostContext, previous: str | None, failed: str) -> str:
     """Back to `previous` at once after a failed or interrupted check; re-check it; say so."""
-    ctx.unsettled = None
+    ctx.undo.drop(SWITCH_BACK, key=failed)
     if previous is None:
         with ctx.step(steps.AUTO_ROLLBACK, version=None) as info:
             ctx.run_reconnecting(release_cmd.remove_current(ctx.layout), info)
@@ -318,11 +391,10 @@ def switch_back(ctx: HostContext, previous: str | None, failed: str) -> str:
     ctx.cleaning = True  # the way back runs even after Ctrl-C, over a fresh connection if needed
     try:
         switch(ctx, previous, failed, steps.ACTION_AUTO_ROLLBACK, snapshot=False)
-        for hook in AFTER_SWITCH_BACK:
-            hook(ctx, previous, failed)
+        ctx.hooks.run(steps.POINT_SWITCHED_BACK, ctx, previous, failed)
         light_check(ctx, previous, step=steps.AUTO_ROLLBACK_CHECK)
     except HostGone:
-        ctx.unsettled = (failed, previous)  # the guard names it: current may point at `failed`
+        push_switch_back(ctx, failed, previous)  # the guard names it: current may be `failed`
         raise
     except (StepFailed, TransportError) as again:
         return f"switched back to {previous} at once, but its own check failed too: {again}"
@@ -343,7 +415,7 @@ def restore_release(ctx: HostContext, version: str, snapshot: str | None = None)
         command = release_cmd.restore(
             ctx.layout, ctx.host.python, ctx.journal.deployment, snapshot, version
         )
-        out = ctx.run(command)
+        out = ctx.run(command, planned=release_cmd.PLANNED_OK)
         report = release_cmd.parse_hostside(out.stdout)
         info["report"] = report
         if not out.ok or not report.get("ok"):

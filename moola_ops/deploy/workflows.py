@@ -1,5 +1,6 @@
 """The public entry points: each validates its inputs, then runs its flow over the fleet
-(or, with `Options.plan`, says what the flow would do without changing anything)."""
+(or, with `Options.plan`, runs the same stages as a plan that changes nothing:
+moola_ops/deploy/plan.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from moola_core.errors import MoolaError
 from moola_ops.deploy import flows
 from moola_ops.deploy.bundle import LocalBundle
 from moola_ops.deploy.commands import release as release_cmd
+from moola_ops.deploy.plan import run_plan
 from moola_ops.deploy.results import FleetResult, Options
 from moola_ops.deploy.runner import run_phase
 from moola_ops.hosts.inventory import Host
@@ -14,20 +16,25 @@ from moola_ops.hosts.layout import check_name
 from moola_ops.log import steps
 
 
+def _run(phase: str, hosts: list[Host], opts: Options, stages_for, **kw) -> FleetResult:
+    """The flow for real (run_phase), or its plan with `opts.plan` (the same stages)."""
+    if opts.plan:
+        return run_plan(
+            phase, hosts, opts, stages_for, bundle=kw.get("bundle", ""), prepare=kw.get("prepare")
+        )
+    return run_phase(phase, hosts, opts, stages_for, **kw)
+
+
 def deploy(hosts: list[Host], bundle: LocalBundle, opts: Options | None = None) -> FleetResult:
     """Deploy `bundle` to every host (see moola_ops.deploy.flows for the stages)."""
     opts = opts or Options()
-    if opts.plan:
-        from moola_ops.deploy.plan import plan_deploy
-
-        return plan_deploy(hosts, bundle, opts)
-    return run_phase(
+    return _run(
         steps.DEPLOY,
         hosts,
         opts,
         flows.deploy_stages,
         bundle=bundle.version,
-        prepare=flows.bundle_for(bundle),
+        prepare=flows.prepare(bundle),
         sha256=bundle.sha256,
         size=bundle.size,
     )
@@ -38,19 +45,20 @@ def rollback(hosts: list[Host], to: str | None = None, opts: Options | None = No
     opts = opts or Options()
     if to is not None:
         check_name(to, "version")
-    if opts.plan:
-        from moola_ops.deploy.plan import plan_rollback
-
-        return plan_rollback(hosts, to, opts)
-    return run_phase(
-        steps.ROLLBACK, hosts, opts, lambda: flows.rollback_stages(to), bundle=to or ""
+    return _run(
+        steps.ROLLBACK,
+        hosts,
+        opts,
+        lambda: flows.rollback_stages(to),
+        bundle=to or "",
+        prepare=flows.prepare(),
     )
 
 
 def drill(hosts: list[Host], opts: Options | None = None) -> FleetResult:
     """Rehearse a rollback on live hosts: back to the previous release, check, forward, check."""
     opts = opts or Options()
-    return run_phase(steps.DRILL, hosts, opts, flows.drill_stages)
+    return _run(steps.DRILL, hosts, opts, flows.drill_stages, prepare=flows.prepare())
 
 
 def restore(hosts: list[Host], snapshot: str, opts: Options | None = None) -> FleetResult:
@@ -62,16 +70,13 @@ def restore(hosts: list[Host], snapshot: str, opts: Options | None = None) -> Fl
         raise MoolaError(
             f"{snapshot!r} is not a snapshot name: list them with invoke backups --host H"
         )
-    if opts.plan:
-        from moola_ops.deploy.plan import plan_restore
-
-        return plan_restore(hosts, snapshot, parsed[1], opts)
-    return run_phase(
+    return _run(
         steps.RESTORE_PHASE,
         hosts,
         opts,
         lambda: flows.restore_stages(snapshot, parsed[1]),
         bundle=parsed[1],
+        prepare=flows.prepare(),
     )
 
 
@@ -79,11 +84,7 @@ def prune(hosts: list[Host], opts: Options | None = None) -> FleetResult:
     """Remove old releases and snapshots (keep_releases / keep_backups; never current or the
     rollback target, nor their newest snapshots)."""
     opts = opts or Options()
-    if opts.plan:
-        from moola_ops.deploy.plan import plan_prune_run
-
-        return plan_prune_run(hosts, opts)
-    return run_phase(steps.PRUNE_PHASE, hosts, opts, flows.prune_stages)
+    return _run(steps.PRUNE_PHASE, hosts, opts, flows.prune_stages, prepare=flows.prepare())
 
 
 def place(
@@ -100,13 +101,13 @@ def place(
     locked, guarded stages, then run `then` under the same lock (flows.place_stages). Whatever
     puts a release on a host comes through here or `deploy`."""
     opts = opts or Options()
-    return run_phase(
+    return _run(
         phase,
         hosts,
         opts,
         lambda: flows.place_stages(what, list(checks), list(then)),
         bundle=bundle.version,
-        prepare=flows.bundle_for(bundle),
+        prepare=flows.prepare(bundle),
         sha256=bundle.sha256,
         size=bundle.size,
     )
@@ -115,12 +116,12 @@ def place(
 def repair(hosts: list[Host], bundle: LocalBundle, opts: Options | None = None) -> FleetResult:
     """Re-upload and re-verify the same bytes of a damaged release (checked, logged)."""
     opts = opts or Options()
-    return run_phase(
+    return _run(
         steps.REPAIR_PHASE,
         hosts,
         opts,
         flows.repair_stages,
         bundle=bundle.version,
-        prepare=flows.bundle_for(bundle),
+        prepare=flows.prepare(bundle),
         sha256=bundle.sha256,
     )

@@ -18,11 +18,30 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from moola_core.errors import MoolaError
-from moola_ops.hosts.inventory_schema import DEFAULT_WORKSPACE, file_model, line_of, refuse_secrets
+from moola_ops.hosts.inventory_schema import (
+    DEFAULT_WORKSPACE,
+    HOOK_TIMEOUT_S,
+    file_model,
+    line_of,
+    refuse_secrets,
+)
 from moola_ops.hosts.layout import check_name
 
 DEFAULT_PATH = Path("inventory/hosts.yaml")
 DEFAULT_SANDBOX_ROOT = Path(".sandbox")
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A user hook from the inventory's `hooks:` (docs/runbook.md "Hooks"): `run` is a shell
+    command run on the host in its workspace (`where` "host") or here ("local"), bounded by
+    `timeout` seconds, logged as the step hook:<point>:<name>."""
+
+    point: str
+    name: str
+    run: str
+    where: str = "host"
+    timeout: float = HOOK_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,7 @@ class Host:
     serve_auth: str = "auto"  # clients need the host's token: auto (beyond loopback) | always
     runpod_pod_id: str | None = None  # address and port come from RunPod's API at connect
     runpod_api_key_file: str | None = None  # from the defaults; env RUNPOD_API_KEY wins
+    hooks: tuple[Hook, ...] = ()  # the defaults', its groups' (in order), then its own
 
     @property
     def address(self) -> str:
@@ -272,6 +292,10 @@ def load_inventory(
             serve_auth=entry.serve_auth or d.serve_auth,
             runpod_pod_id=entry.runpod_pod_id,
             runpod_api_key_file=_expand(d.runpod_api_key_file),
+            hooks=_hooks_of(
+                [d.hooks, *(parsed.groups[g].hooks for g in entry.groups if g in parsed.groups)]
+                + [entry.hooks]
+            ),
         )
     root = Path(sandbox_root or DEFAULT_SANDBOX_ROOT)  # the sandbox tasks' default root
     return Inventory(
@@ -280,6 +304,17 @@ def load_inventory(
         sandbox_root=root,
         runpod_api_key_file=_expand(d.runpod_api_key_file),
     )
+
+
+def _hooks_of(sections: list[dict]) -> tuple[Hook, ...]:
+    """The hooks of the defaults, the host's groups and the host, in that order per point; a
+    later section's hook of the same point and name replaces the earlier one in its place."""
+    chosen: dict[tuple[str, str], Hook] = {}
+    for section in sections:
+        for point, hooks in section.items():
+            for h in hooks:
+                chosen[(point, h.name)] = Hook(point, h.name, h.run, h.where, h.timeout)
+    return tuple(chosen.values())
 
 
 def _first(value, default):

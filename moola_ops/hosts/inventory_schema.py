@@ -9,8 +9,11 @@ from typing import Any, Literal
 
 from moola_core.errors import MoolaError
 from moola_ops.hosts.layout import check_name, check_workspace
+from moola_ops.log import steps
 
 DEFAULT_WORKSPACE = "/workspace/moola"
+HOOK_TIMEOUT_S = 60.0  # a hook's default bound (seconds); at most MAX_HOOK_TIMEOUT_S
+MAX_HOOK_TIMEOUT_S = 3600.0
 
 
 def _workspace_of(value: str) -> str:
@@ -28,6 +31,56 @@ def file_model():
     """The pydantic model of the whole file (InventoryFile), built on first use."""
     # pydantic is imported lazily: `invoke --list` must not pay for it.
     from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+    class HookEntry(BaseModel):
+        """One user hook (docs/runbook.md "Hooks"): a shell command on the host (in its
+        workspace) or on this machine, bounded by `timeout` seconds."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        name: str
+        run: str = Field(min_length=1)
+        where: Literal["host", "local"] = "host"
+        timeout: float = Field(default=HOOK_TIMEOUT_S, gt=0, le=MAX_HOOK_TIMEOUT_S)
+
+        @field_validator("name")
+        @classmethod
+        def _name(cls, value: str) -> str:
+            try:
+                return check_name(value, "hook name")
+            except MoolaError as exc:
+                raise ValueError(str(exc)) from None
+
+        @field_validator("run")
+        @classmethod
+        def _run(cls, value: str) -> str:
+            if not value.strip():
+                raise ValueError("the hook's `run:` command is empty")
+            return value
+
+    def _hooks(value: Any) -> dict[str, list[Any]]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"hooks must map a point ({', '.join(steps.USER_POINTS)}) to a list of hooks"
+            )
+        for point, hooks in value.items():
+            if point not in steps.USER_POINTS:
+                raise ValueError(
+                    f"unknown hook point {point!r}: use one of {', '.join(steps.USER_POINTS)}"
+                )
+            if not isinstance(hooks, list):
+                raise ValueError(
+                    f"hooks.{point} must be a list of hooks, each with `name:` and `run:`"
+                )
+            names = [h.get("name") for h in hooks if isinstance(h, dict)]
+            twice = sorted({n for n in names if n is not None and names.count(n) > 1})
+            if twice:
+                raise ValueError(f"hooks.{point} names {', '.join(map(str, twice))} twice")
+        return value
+
+    Hooks = dict[str, list[HookEntry]]
 
     class HostEntry(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -70,6 +123,12 @@ def file_model():
         serve_bind: str | None = None
         serve_auth: Literal["auto", "always"] | None = None
         runpod_pod_id: str | None = None
+        hooks: Hooks = {}
+
+        @field_validator("hooks", mode="before")
+        @classmethod
+        def _hooks(cls, value: Any) -> Any:
+            return _hooks(value)
 
         @field_validator("runpod_pod_id")
         @classmethod
@@ -118,17 +177,36 @@ def file_model():
         serve_bind: str = "127.0.0.1"
         serve_auth: Literal["auto", "always"] = "auto"  # always: a token even on loopback
         runpod_api_key_file: str | None = None  # a path; the key itself never lives here
+        hooks: Hooks = {}  # every host's, before its groups' and its own
+
+        @field_validator("hooks", mode="before")
+        @classmethod
+        def _hooks(cls, value: Any) -> Any:
+            return _hooks(value)
 
         @field_validator("workspace")
         @classmethod
         def _workspace(cls, value: str) -> str:
             return _workspace_of(value)
 
+    class GroupEntry(BaseModel):
+        """What a group's hosts share beyond their own entries: today, hooks."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        hooks: Hooks = {}
+
+        @field_validator("hooks", mode="before")
+        @classmethod
+        def _hooks(cls, value: Any) -> Any:
+            return _hooks(value)
+
     class InventoryFile(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
         defaults: Defaults = Defaults()
         hosts: dict[str, HostEntry]
+        groups: dict[str, GroupEntry] = {}
 
         @field_validator("hosts")
         @classmethod
@@ -136,6 +214,18 @@ def file_model():
             for name in value:
                 check_name(name, "host name")
             return value
+
+        @model_validator(mode="after")
+        def _known_groups(self):
+            used = {g for entry in self.hosts.values() for g in entry.groups}
+            for group in self.groups:
+                check_name(group, "group name")
+                if group not in used:
+                    raise ValueError(
+                        f"groups.{group}: no host is in group {group!r} (add it to a host's "
+                        f"`groups:`, or fix the name; groups in use: {', '.join(sorted(used)) or 'none'})"
+                    )
+            return self
 
     return InventoryFile
 

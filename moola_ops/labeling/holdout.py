@@ -187,7 +187,7 @@ def live_run(runs_dir: str | os.PathLike = "runs", log: str | os.PathLike | None
         return None, None
     for e in reversed(events):
         detail = e.get("detail") or {}
-        if e.get("phase") == "bundle" and e.get("bundle") == version and detail.get("run_id"):
+        if e.get("phase") == steps.BUNDLE and e.get("bundle") == version and detail.get("run_id"):
             return str(detail["run_id"]), version
     return None, version
 

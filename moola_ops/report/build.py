@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from moola_core.errors import MoolaError
+from moola_ops.log import steps
 from moola_ops.report.labeling import labeling_section
 from moola_ops.report.models import _candidates, _reliability, _spans
 from moola_ops.report.page import (
@@ -82,7 +83,7 @@ def _hosts_section(events: list[dict], hosts: list[str], cache: Path) -> Section
             }
         )
     for e in events:
-        if e.get("host") in timeline and e.get("phase") == "ab":
+        if e.get("host") in timeline and e.get("phase") == steps.AB:
             decision = (e.get("detail") or {}).get("decision", "")
             timeline[e["host"]].append(
                 {
@@ -118,7 +119,7 @@ def _hosts_section(events: list[dict], hosts: list[str], cache: Path) -> Section
         section.body.append("<p class='note'>no deploy or rollback in the log yet</p>")
     health: dict[str, list[dict]] = {}
     for e in events:
-        if e.get("host") in timeline and e.get("phase") == "healthcheck":
+        if e.get("host") in timeline and e.get("phase") == steps.HEALTHCHECK:
             d = e.get("detail") or {}
             health.setdefault(e["host"], []).append(
                 {
@@ -172,7 +173,7 @@ def ab_hosts(hosts: list[str], events: list[dict], bundle: str | None) -> list[s
     out = list(hosts)
     for e in events:
         host = e.get("host")
-        if e.get("phase") == "ab" and bundle and e.get("bundle") == bundle and host not in out:
+        if e.get("phase") == steps.AB and bundle and e.get("bundle") == bundle and host not in out:
             out.append(host)
     return out
 

@@ -68,7 +68,45 @@ def _port(port: int, what: str = "port") -> str:
     return str(port)
 
 
-def _ctl(layout: Layout, python: str, action: str, *args: str) -> str:
+class CtlCommand(str):
+    """A serve_ctl command line that knows its `action` (a plan answers it: `planned`)."""
+
+    action: str = ""
+
+
+PLANNED_PORT = 65535  # the port a plan's started server gets (the host picks one at run time)
+
+
+def planned(action: str, version: str | None, state: dict[str, Any] | None) -> dict[str, Any]:
+    """What serve_ctl prints when `action` succeeds for `version` (moola_ops/deploy/plan.py:
+    the plan runs the serving stages on these answers). `state` is serve/state.json as the
+    facts read it (a recorded standby's port)."""
+    standby = standby_of(state, version or "") or {"release": version, "port": PLANNED_PORT}
+    live = {"release": version, "port": standby.get("port"), "pid": 0}
+    moved = {"ok": True, "live": live, "standby": None, "drained": []}
+    answers: dict[str, dict[str, Any]] = {
+        "proxy": {"ok": True, "port": None},
+        "start": {"ok": True, "ready": True, "pid": 0, "port": PLANNED_PORT, "start_s": 0.0},
+        "probe": {"ok": True, "requests": 1, "failures": 0, "releases": {version: 1}},
+        "switch": moved,
+        "standby-switch": {"ok": True, "passed": True, "standby": standby, "moved": moved},
+        "standby": {"ok": True, "standby": standby},
+        "status": {
+            "ok": True,
+            "current": version,
+            "proxy": {"running": True},
+            "live": live,
+            "live_alive": True,
+            "live_ready": True,
+            "served_release": version,
+        },
+        "stop-candidates": {"ok": True, "drained": []},
+        "drain": {"ok": True, "drained": True},
+    }
+    return answers.get(action, {"ok": True})
+
+
+def _ctl(layout: Layout, python: str, action: str, *args: str) -> CtlCommand:
     # -S: the control program is standard library only, so the interpreter skips `site` (and
     # every .pth file of its site-packages): ~12 ms less per round trip on a stand-in host
     parts = [
@@ -81,7 +119,9 @@ def _ctl(layout: Layout, python: str, action: str, *args: str) -> str:
         layout.root,
         *args,
     ]
-    return " ".join(parts)
+    command = CtlCommand(" ".join(parts))
+    command.action = action
+    return command
 
 
 def start(

@@ -25,6 +25,7 @@ from typing import Any
 from moola_core.errors import MoolaError
 from moola_ops.hosts.inventory import Host
 from moola_ops.hosts.layout import Layout, check_name
+from moola_ops.log import steps
 from moola_ops.serving import commands as serve_cmd
 from moola_ops.serving.commands import ServeStatus
 
@@ -293,7 +294,7 @@ def run(
         )
     if not record and action != "status":
         raise MoolaError(f"serve {action} changes the host and is always recorded")
-    journal = Journal("serve", path=journal_path)
+    journal = Journal(steps.SERVE, path=journal_path)
     outcomes = []
     for host in hosts:
         started = time.monotonic()
@@ -330,7 +331,7 @@ def tokens(
     from moola_ops.log.journal import Journal
     from moola_ops.transport import HostSession
 
-    journal = Journal("serve", path=journal_path) if rotate else None
+    journal = Journal(steps.SERVE, path=journal_path) if rotate else None
     outcomes = []
     for host in hosts:
         try:
@@ -338,7 +339,10 @@ def tokens(
                 with HostSession(host) as session:
                     data = client_token(session, host)
             else:
-                with journal.step(host.name, "rotate-token") as info, HostSession(host) as session:
+                with (
+                    journal.step(host.name, steps.ROTATE_TOKEN) as info,
+                    HostSession(host) as session,
+                ):
                     data = client_token(session, host, rotate=True)
                     info["fingerprint"] = data.get("fingerprint")
             required = data.get("required")

@@ -1,7 +1,8 @@
 """The engine's serving stages: deploy, rollback, drill and the switch-back call these with
 their per-host context `ctx` (moola_ops.deploy.context.HostContext: .ssh an open HostSession,
-.host, .opts, .facts, .step(name, **detail) a deployment-log step). Registered as hooks in
-moola_ops/deploy/flows.py; the operations they use live in moola_ops/serving/control.py.
+.host, .opts, .facts, .step(name, **detail) a deployment-log step, .undo its undo stack).
+`attach(add)` puts them at the engine's named points (moola_ops/deploy/hooks.py; called by
+moola_ops/deploy/flows.py); the operations they use live in moola_ops/serving/control.py.
 
 Rollback's fast path (docs/serving.md): the lock's round trip already read serve/state.json
 (the `server` fact), so a warm standby of the target costs no round trip before the switch;
@@ -33,6 +34,23 @@ from moola_ops.serving.control import (
 
 PROBE_REQUESTS = 100  # timed requests of the pre-switch latency check (after PROBE_WARMUP)
 PROBE_WARMUP = 10
+STOP_CANDIDATE = "stop-candidate"  # the undo entry of a server started but not yet given traffic
+
+
+def push_stop_candidate(ctx, version: str) -> None:
+    """From here until traffic reaches it, a failure or Ctrl-C stops the server started for
+    `version` (the guard unwinds it: stop_candidate)."""
+
+    def undo(info: dict) -> None:
+        info["stopped_candidate"] = stop_candidate(ctx, info, version)
+
+    ctx.undo.push(
+        STOP_CANDIDATE,
+        undo,
+        left=f"a server started for {version}",
+        fix=f"invoke serve --host {ctx.host.name} --ensure",
+        key=version,
+    )
 
 
 def deploy_start(ctx, version: str) -> Started:
@@ -40,8 +58,7 @@ def deploy_start(ctx, version: str) -> Started:
     measure p99 over real HTTP against the SLA. On failure the candidate is stopped and nothing
     switched; the server that was live keeps serving (steps serve-start, serve-check)."""
     host = ctx.host
-    # from here until traffic reaches it, a failure or Ctrl-C stops it (stop_candidate)
-    ctx.serve_candidate = version
+    push_stop_candidate(ctx, version)
     with ctx.step(steps.SERVE_START, version=version) as info:
         proxy = ensure_proxy(ctx.ssh, host)
         info["proxy_port"] = proxy.get("port")
@@ -214,27 +231,33 @@ def move_to(ctx, target: str, port: int) -> dict[str, Any]:
     with ctx.step(steps.SERVE_SWITCH, version=target, port=port) as info:
         moved = move_traffic(ctx.ssh, ctx.host, target, port=port, keep_standby=keep)
         info.update(live=moved["live"], standby=moved["standby"], drained=moved["drained"])
-    if ctx.serve_candidate == target:
-        ctx.serve_candidate = None  # live now: the switch-back, not the cleanup, handles it
+    ctx.undo.drop(STOP_CANDIDATE, key=target)  # live now: the switch-back handles it
     return moved
 
 
-def stop_candidate(ctx, info: dict) -> list[dict] | None:
+def stop_candidate(ctx, info: dict, version: str) -> list[dict] | None:
     """The engine's cleanup (failure or Ctrl-C before traffic moved): the server this run
-    started for its target drains, whether or not its start command answered (an interrupted
+    started for `version` drains, whether or not its start command answered (an interrupted
     start leaves a server with no pid known here). Runs over a fresh connection if needed."""
-    version = ctx.serve_candidate
-    if not version:
-        return None
-    ctx.serve_candidate = None
     out = ctx.run_reconnecting(
         serve_cmd.stop_candidates(_layout(ctx.host), ctx.host.python, version), info
     )
     return serve_cmd.parse(out.stdout).get("drained")
 
 
-# --- hooks the engine calls (attached in moola_ops/deploy/flows.py, which makes a ServeError a
-# failed step: the switch goes back on it) ------------------------------------------------------
+# --- what serving attaches at the engine's named points --------------------------------------
+
+
+def attach(add) -> None:
+    """Serving's stages at the engine's points: `add(point, name, fn)` (moola_ops/deploy/
+    flows.py passes one that makes a ServeError a failed step, so the switch goes back on it).
+    Before the switch a ready server for the target; right after `current` moves live traffic
+    follows it; after the checks through `current` real requests through the public port; and
+    after a switch back traffic goes back with `current`."""
+    add(steps.POINT_BEFORE_SWITCH, steps.SERVE_START, prepare_target)
+    add(steps.POINT_SWITCHED, steps.SERVE_SWITCH, traffic_follows)
+    add(steps.POINT_SWITCH_CHECKED, steps.SERVE_POST_CHECK, check_traffic)
+    add(steps.POINT_SWITCHED_BACK, steps.SERVE_SWITCH_BACK, traffic_back)
 
 
 def prepare_target(ctx) -> None:

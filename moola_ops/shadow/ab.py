@@ -24,6 +24,7 @@ from typing import Any
 
 from moola_core.errors import MoolaError
 from moola_core.spec import LABELS
+from moola_ops.log import steps
 from moola_ops.shadow.ab_rule import MIN_EFFECT, PRIMARY, QUALITY, decide, needed_requests
 from moola_ops.shadow.ab_stats import LEVEL, MAX_GRID, N_BOOT, Estimate, boot_mean, boot_quantile
 
@@ -300,9 +301,9 @@ def record(result: ABResult, host: str, *, pulled: str = "") -> None:
     # the line is about the candidate: `invoke checklist` shows it in phase 6 of the candidate's
     # deployment (promote: ok, keep: failed, not enough evidence yet: skipped)
     status = {"promote": "ok", "keep": "failed"}.get(result.decision, "skipped")
-    Journal("ab", bundle=result.shadow_release).record(
+    Journal(steps.AB, bundle=result.shadow_release).record(
         host,
-        "compare",
+        steps.AB_COMPARE,
         status,
         summary=result.sentence,
         decision=result.decision,

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from moola_core.errors import MoolaError
+from moola_ops.log import steps
 
 DEFAULT_FRACTION = 1.0
 
@@ -175,6 +176,7 @@ def _stages(version: str, fraction: float, device: str):
     own stages after the release passed its checks, all under the deploy lock."""
     from moola_ops.deploy import StepFailed
     from moola_ops.serving import control as serving
+    from moola_ops.serving import stages as serving_stages
 
     def refusals(ctx) -> None:
         live = (ctx.facts.server or {}).get("live") or {}
@@ -191,8 +193,8 @@ def _stages(version: str, fraction: float, device: str):
         ctx.notes.append(f"live {live['release']}")
 
     def start_server(ctx) -> None:
-        ctx.serve_candidate = version  # a failure or Ctrl-C before it is routed stops it
-        with ctx.step("start", version=version) as info:
+        serving_stages.push_stop_candidate(ctx, version)  # until routed, a failure stops it
+        with ctx.step(steps.SHADOW_START, version=version) as info:
             started = serving.start_candidate(
                 ctx.ssh, ctx.host, version, device=device, server_args=SHADOW_SERVER_ARGS
             )
@@ -206,7 +208,7 @@ def _stages(version: str, fraction: float, device: str):
 
     def deprioritise(ctx) -> None:
         pid = int(ctx.shadow_started.pid)
-        with ctx.step("deprioritise", nice=SHADOW_NICE) as info:
+        with ctx.step(steps.SHADOW_DEPRIORITISE, nice=SHADOW_NICE) as info:
             res = ctx.run(
                 f"{shlex.quote(ctx.host.python)} -c {shlex.quote(_DEPRIORITISE)} "
                 f"{pid} {SHADOW_NICE}"
@@ -215,7 +217,7 @@ def _stages(version: str, fraction: float, device: str):
 
     def route_traffic(ctx) -> None:
         started = ctx.shadow_started
-        with ctx.step("route", fraction=fraction) as info:
+        with ctx.step(steps.SHADOW_ROUTE, fraction=fraction) as info:
             shadow = {
                 "release": version,
                 "port": started.port,
@@ -225,15 +227,15 @@ def _stages(version: str, fraction: float, device: str):
             }
             old = route(ctx.ssh, ctx.host, shadow).get("old")
             info["replaced"] = old
-        ctx.serve_candidate = None  # routed: it is the shadow now, not a stray candidate
+        ctx.undo.drop(serving_stages.STOP_CANDIDATE)  # routed: the shadow now, not a stray
         if old and old.get("pid") and old.get("pid") != started.pid:
-            with ctx.step("drain-previous", pid=old.get("pid")) as info:
+            with ctx.step(steps.SHADOW_DRAIN_PREVIOUS, pid=old.get("pid")) as info:
                 info["drained"] = serving.drain(ctx.ssh, ctx.host, int(old["pid"]))
 
     return [("shadow-checks", refusals)], [
-        ("start", start_server),
-        ("deprioritise", deprioritise),
-        ("route", route_traffic),
+        (steps.SHADOW_START, start_server),
+        (steps.SHADOW_DEPRIORITISE, deprioritise),
+        (steps.SHADOW_ROUTE, route_traffic),
     ]
 
 
@@ -246,10 +248,11 @@ def start(
     device: str = "auto",
     journal_path: str | None = None,
     opts=None,
-) -> ShadowStatus:
+):
     """Start `candidate` as the host's shadow (replacing a previous shadow, which drains):
     through `engine.place`, the way a deploy puts a release on a host (see the module's
-    docstring). `opts`: the engine's Options (deadlines, runtime-check runs)."""
+    docstring). `opts`: the engine's Options (deadlines, runtime-check runs); with
+    `opts.plan` the place flow's plan (a FleetResult) is returned and nothing changes."""
     from moola_ops import deploy as engine
 
     fraction = _fraction(fraction)
@@ -262,11 +265,13 @@ def start(
     checks, then = _stages(bundle.version, fraction, device)
     try:
         result = engine.place(
-            [host], bundle, opts, phase="shadow", what="shadow", checks=checks, then=then
+            [host], bundle, opts, phase=steps.SHADOW, what="shadow", checks=checks, then=then
         )
     except engine.Interrupted as stop:
         (outcome,) = stop.result.outcomes
         raise MoolaError(f"interrupted: {outcome.message}", exit_code=130) from None
+    if opts.plan:
+        return result
     (outcome,) = result.outcomes
     if not outcome.ok:
         raise MoolaError(outcome.message)
@@ -285,8 +290,8 @@ def stop(host, *, session=None, journal_path: str | None = None) -> ShadowStatus
         before = status_on(session, host)
         if not before.release:
             return before
-        journal = Journal("shadow", bundle=before.release, path=journal_path)
-        with journal.step(host.name, "stop", port=before.port) as info:
+        journal = Journal(steps.SHADOW, bundle=before.release, path=journal_path)
+        with journal.step(host.name, steps.SHADOW_STOP, port=before.port) as info:
             route(session, host, None)
             if before.pid and before.running:
                 info["drained"] = serving.drain(session, host, int(before.pid))

@@ -223,7 +223,7 @@ def record_run(run: HealthRun) -> None:
     """One deployment-log line per host: phase healthcheck, step fast or deep."""
     from moola_ops.log.journal import Journal
 
-    journal = Journal("healthcheck")
+    journal = Journal(steps.HEALTHCHECK)
     step = steps.HEALTH_DEEP if run.deep else steps.HEALTH_FAST
     for h in run.hosts:
         journal.record(

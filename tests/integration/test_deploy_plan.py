@@ -243,6 +243,8 @@ def test_invoke_dry_and_plan_flags_plan_instead_of_deploying(
         ["deploy", *inv, "--bundle", str(bundles["v1.2"]), "--plan"],
         ["--dry", "rollback", *inv],
         ["prune", *inv, "--plan"],
+        ["drill", *inv, "--plan"],
+        ["--dry", "deploy", *inv, "--bundle", str(bundles["v1.2"]), "--repair"],
     ):
         proc = subprocess.run(
             [invoke, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
@@ -252,3 +254,78 @@ def test_invoke_dry_and_plan_flags_plan_instead_of_deploying(
         assert "nothing was changed" in proc.stdout and "[lock]" in proc.stdout
     assert tree(host.workspace) == before
     assert read_events(journal_file) == []
+
+
+def planned_then_run(flow, opts, host, monkeypatch) -> tuple[list[str], list[str], object]:
+    """`flow(opts)` with --plan, then for real: (the plan's commands, the commands sent, the
+    real result), both normalised (RUN_VALUES; a hook that runs here is not an SSH command, so
+    `local:` lines are dropped from the plan's list). The plan changes nothing on the host."""
+    before = tree(host.workspace)
+    planned = flow(replace(opts, plan=True))
+    (outcome,) = planned.outcomes
+    assert outcome.status == "planned", outcome
+    assert tree(host.workspace) == before
+    listed = [
+        normalised(c["command"])
+        for c in outcome.plan["commands"]
+        if not c["command"].startswith("local: ")
+    ]
+    with monkeypatch.context() as patched:
+        sent = recording(patched)
+        done = flow(opts)
+    return listed, [normalised(c) for c in sent], done
+
+
+def test_every_flow_plans_exactly_the_commands_it_then_sends_hooks_included(
+    bundles, journal_file, monkeypatch, tmp_path
+):
+    from moola_ops.hosts.inventory import Hook
+
+    hooks = (
+        Hook("after-upload", "sizes", "du -s releases > /dev/null"),
+        Hook("before-switch", "ready", 'test -n "$MOOLA_VERSION"', timeout=20),
+        Hook("after-switch", "note", f"echo $MOOLA_VERSION >> {tmp_path}/notes", where="local"),
+    )
+    with running_hosts(["plan-all"]) as (sandbox, _root):
+        inventory = Inventory.from_sandbox(sandbox, connect_timeout_s=5, hooks=hooks)
+        (host,) = inventory.resolve("plan-all")
+        v10, v11 = (engine.resolve_bundle(str(bundles[v])) for v in ("v1.0", "v1.1"))
+        assert engine.deploy([host], v10, FAST).ok
+
+        flows = {
+            "deploy": lambda o: engine.deploy([host], v11, o),
+            "drill": lambda o: engine.drill([host], o),
+            "rollback": lambda o: engine.rollback([host], None, o),
+            "prune": lambda o: engine.prune([host], o),
+        }
+        for name, flow in flows.items():
+            listed, sent, done = planned_then_run(flow, FAST, host, monkeypatch)
+            assert done.ok, (name, done.outcomes)
+            assert listed == sent, name
+        # the hooks are in the plan: on the host as sent, here as `local:`
+        planned = engine.deploy([host], v11, replace(FAST, plan=True)).outcomes[0].plan
+        steps_listed = [c["step"] for c in planned["commands"]]
+        assert (
+            "hook:before-switch:ready" in steps_listed and "hook:after-switch:note" in steps_listed
+        )
+        assert any(
+            c["command"] == f"local: echo $MOOLA_VERSION >> {tmp_path}/notes"
+            for c in planned["commands"]
+        )
+
+        (snapshot, *_) = [b["name"] for b in engine.list_backups(host) if b["version"] == "v1.0"]
+        listed, sent, done = planned_then_run(
+            lambda o: engine.restore([host], snapshot, o), FAST, host, monkeypatch
+        )
+        assert done.ok and listed == sent, done.outcomes
+
+        # repair: its plan runs the (read-only) verify for real, so it knows the damage
+        current = Path(host.workspace) / "current"
+        assert current.resolve().name == "v1.0"
+        damaged = sorted((current.resolve() / "code").rglob("*.py"))[0]
+        damaged.write_text(damaged.read_text() + "# changed on the host\n")
+        listed, sent, done = planned_then_run(
+            lambda o: engine.repair([host], v10, o), FAST, host, monkeypatch
+        )
+        assert done.ok and "repaired" in done.outcomes[0].message, done.outcomes
+        assert listed == sent

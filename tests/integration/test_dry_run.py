@@ -56,7 +56,7 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
     "demo": [(["demo", "--root", "demo"], "refused")],
     "deploy": [(["deploy", *H, "--bundle", "v1.2"], "plan")],
     "doctor": [(["doctor"], "reads")],
-    "drill": [(["drill", *H], "refused")],
+    "drill": [(["drill", *H], "plan")],
     "evaluate": [(["evaluate", "--run", "{RUN}"], "reads")],
     "healthcheck": [
         (["healthcheck", *H], "reads"),
@@ -83,7 +83,7 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
         (["serve", "rotate-token", *H], "reads"),  # says what it would replace
     ],
     "shadow": [
-        (["shadow", "start", *H, "--candidate", "v1.0"], "refused"),
+        (["shadow", "start", *H, "--candidate", "v1.0"], "plan"),
         (["shadow", "stop", *H], "refused"),
         (["shadow", "status", *H], "reads"),
     ],

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -219,7 +220,20 @@ def test_bad_sample_and_live_candidate_are_refused(live_host, bundles):
 def test_promote_deploys_the_shadow_and_serves_it(live_host, bundles):
     """Last in the module: v1.1 becomes live through the normal deploy path."""
     host, workspace, log = live_host
+    # --plan first: the place flow's own stages, the shadow's included, and nothing changes
+    on_disk, logged = _releases(workspace), log.read_text() if log.exists() else ""
+    planned = shadow.start(
+        host, str(bundles["v1.1"]), fraction=0.5, opts=replace(FAST, plan=True)
+    ).outcomes[0]
+    assert planned.status == "planned", planned
+    listed = [c["step"] for c in planned.plan["commands"]]
+    assert {"lock", "check", "start", "deprioritise", "route"} <= set(listed), listed
+    assert _releases(workspace) == on_disk and (log.read_text() if log.exists() else "") == logged
     shadow.start(host, str(bundles["v1.1"]), fraction=0.5, journal_path=str(log), opts=FAST)
+    bundles_dir = str(bundles["v1.1"].parent)
+    (planned,) = shadow.promote(host, bundles_dir=bundles_dir, plan=True).outcomes
+    assert planned.status == "planned", planned
+    assert "switch" in [c["step"] for c in planned.plan["commands"]]
     result = shadow.promote(host, bundles_dir=str(bundles["v1.1"].parent), journal_path=str(log))
     assert result.ok, [o.message for o in result.outcomes]
     with HostSession(host) as session:

@@ -301,6 +301,33 @@ def restore(layout: Layout, python: str, deployment: str, snapshot_file: str, ve
     )
 
 
+# What success prints, for the plan (moola_ops/deploy/plan.py): a PlanContext answers each
+# command with these, so the stages run unchanged and take their success path.
+PLANNED_OK = json.dumps({"ok": True, "problems": []})
+
+
+def planned_resolved(layout: Layout, version: str) -> str:
+    """The host-side report of a check through `current` that resolves to releases/<v>."""
+    return json.dumps(
+        {"ok": True, "problems": [], "resolved": f"{layout.workspace}/releases/{version}"}
+    )
+
+
+def planned_report(version: str) -> str:
+    """A passing runtime report of releases/<version> (moola_core.runtime.report)."""
+    from moola_core.runtime.report import SCHEMA_VERSION
+
+    return json.dumps(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "status": "pass",
+            "exit_code": 0,
+            "summary": f"{version}: the runtime check would run here",
+            "release": version,
+        }
+    )
+
+
 def parse_hostside(stdout: str) -> dict[str, Any]:
     """The JSON report of a host-side action (last JSON line of stdout), or a problem report."""
     for line in reversed(stdout.strip().splitlines()):
