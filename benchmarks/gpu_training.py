@@ -92,14 +92,28 @@ def pretrain_mode(mode: str, windows, args, device: str, scratch: Path) -> dict:
 
 
 def supervised(args, device: str, scratch: Path) -> dict:
-    """windows/s of supervised training on `device` (fp32 and bf16) and CPU parity."""
-    from moola_core.train import load_config, train_run
+    """windows/s of supervised training on `device` (fp32 and bf16) and CPU parity: the first
+    fold's model of the after-the-fact protocol (whole labeled windows, early stopping on the
+    fold's own slice), fitted by the training loop every run uses (moola_core.train.loop)."""
+    from moola_core.train import load_config
     from moola_core.train.data import prepare_data
+    from moola_core.train.loop import WindowExamples, example_dict, fit
 
+    def fold_fit(config, data):
+        fold = data.folds[0]
+        fitted = fit(
+            config,
+            WindowExamples(example_dict(data.part(fold.train))),
+            example_dict(data.part(fold.early_stopping)),
+        )
+        return fitted, len(fold.train)
+
+    after = {"model.live": False, "data.negative_share": 0.0, "stream.sessions": 0}
     out: dict = {}
     big = load_config(
         None,
         {
+            **after,
             "data.n_windows": args.supervised_windows,
             "optim.max_epochs": args.supervised_epochs,
             "optim.patience": args.supervised_epochs,
@@ -107,22 +121,23 @@ def supervised(args, device: str, scratch: Path) -> dict:
         },
     )
     data = prepare_data(big)
-    n_train = len(data.train)
     for name, bf16 in (("fp32", False), ("bf16", True)):
         config = big.model_copy(update={"device": device, "bf16": bf16, "cpu_threads": None})
-        result = train_run(config, scratch / f"sup-{name}", progress="none", data=data, n_boot=50)
-        m = result.metrics
+        fitted, n_train = fold_fit(config, data)
+        best = fitted.history[fitted.best_epoch - 1]
         out[name] = {
-            "windows_per_s": round(n_train * m["epochs_run"] / m["train_seconds"], 1),
-            "train_seconds": m["train_seconds"],
-            "epochs": m["epochs_run"],
+            "windows_per_s": round(n_train * fitted.epochs_run / fitted.seconds, 1),
+            "train_seconds": round(fitted.seconds, 2),
+            "epochs": fitted.epochs_run,
             "train_windows": n_train,
-            "val_span_iou": round(m["val"]["span_iou"]["value"], 4),
-            "device": m["device"],
-            "bf16": m["bf16"],
+            "val_span_iou": round(best["val"]["span_iou"], 4),
+            "device": fitted.device,
+            "bf16": bool(bf16 and fitted.device.startswith("cuda")),
         }
-    # parity: the default protocol (174 windows), a few epochs, CPU vs the device
-    small = load_config(None, {"optim.max_epochs": args.parity_epochs, "optim.patience": 1000})
+    # parity: the default protocol's data (174 windows), a few epochs, CPU vs the device
+    small = load_config(
+        None, {**after, "optim.max_epochs": args.parity_epochs, "optim.patience": 1000}
+    )
     small_data = prepare_data(small)
     parity = {}
     runs = [("cpu", "cpu", False)]
@@ -130,11 +145,8 @@ def supervised(args, device: str, scratch: Path) -> dict:
         runs += [("device_fp32", device, False), ("device_bf16", device, True)]
     for name, dev, bf16 in runs:
         config = small.model_copy(update={"device": dev, "bf16": bf16})
-        result = train_run(
-            config, scratch / f"par-{name}", progress="none", data=small_data, n_boot=50
-        )
-        history = (result.path / "history.jsonl").read_text().splitlines()
-        last = json.loads(history[-1])
+        fitted, _ = fold_fit(config, small_data)
+        last = fitted.history[-1]
         parity[name] = {
             "val_loss": round(last["val_loss"], 4),
             "val_span_iou": round(last["val"]["span_iou"], 4),

@@ -49,7 +49,6 @@ def labeled_data(difficulty: str = "default", sizes=TRAIN_SIZES):
     """One labeled set split by time; the train sets are nested random subsets of the train
     part, and every arm is scored on the same val and test windows (overlap groups kept)."""
     from moola_core.data import labeled, splits, synthetic
-    from moola_core.train.data import RunData, fingerprint
 
     frame = synthetic.make_labeled_set(
         n_windows=LABELED["n_windows"], seed=LABELED["seed"], difficulty=difficulty
@@ -70,8 +69,8 @@ def labeled_data(difficulty: str = "default", sizes=TRAIN_SIZES):
     data = {}
     for size in sizes:
         train = np.sort(pool[:size])
-        data[size] = RunData(
-            arrays, train, index["val"], index["test"], fingerprint(arrays), groups
+        data[size] = Holdout(
+            arrays, {"train": train, "val": index["val"], "test": index["test"]}, groups
         )
     return data, {k: len(v) for k, v in index.items()}
 
@@ -95,28 +94,67 @@ def pretrain_encoder(
     return config, pretrain(config, out)
 
 
-def fine_tune(data, seed: int, encoder_dir: Path | None, runs_dir: Path, freeze=False) -> dict:
-    from moola_core.train import train_run
+class Holdout:
+    """This benchmark's own protocol: one labeled set split by time into train (a nested subset
+    per size), val (early stopping, temperature) and test, with the overlap groups."""
 
-    config = {
-        "name": "frozen" if freeze else ("finetuned" if encoder_dir else "scratch"),
-        "seed": seed,
-        "model": dict(FINE_TUNE_MODEL),
-        "pretrained_encoder": str(encoder_dir) if encoder_dir else None,
-        "freeze_encoder": freeze,
-        "device": DEVICE,
-    }
-    result = train_run(config, runs_dir=runs_dir, progress="none", data=data, n_boot=50)
-    predictions = json.loads((result.path / "predictions.json").read_text())
-    shutil.rmtree(result.path, ignore_errors=True)  # only its figures are kept
-    return {
-        "span_iou": result.metrics["test"]["span_iou"]["value"],
-        "val_span_iou": result.metrics["val"]["span_iou"]["value"],
-        "accuracy": result.metrics["test"]["accuracy"]["value"],
-        "epochs": result.metrics["epochs_run"],
-        "val": predictions["val"],
-        "test": predictions["test"],
-    }
+    def __init__(self, arrays, index: dict, groups):
+        self.arrays, self.index, self.groups = arrays, index, groups
+
+    def part(self, split: str) -> dict:
+        i, a = self.index[split], self.arrays
+        return {
+            "x": a.x[i],
+            "valid": a.valid[i],
+            "label": a.label[i],
+            "start": a.start[i],
+            "end": a.end[i],
+        }
+
+    def truth(self, split: str) -> dict:
+        i, a = self.index[split], self.arrays
+        return {"label": a.label[i], "start": a.start[i], "end": a.end[i], "group": self.groups[i]}
+
+
+def fine_tune(data, seed: int, encoder_dir: Path | None, runs_dir: Path, freeze=False) -> dict:
+    """One arm: fit on the train part (early stopping on val span IoU, the training loop every
+    run uses), temperature on val, then val and test predictions with their figures."""
+    import torch
+
+    from moola_core import metrics as M
+    from moola_core.train.calibration import calibrate
+    from moola_core.train.config import config_from_dict
+    from moola_core.train.loop import WindowExamples, example_dict, fit, predict_arrays
+
+    config = config_from_dict(
+        {
+            "name": "frozen" if freeze else ("finetuned" if encoder_dir else "scratch"),
+            "seed": seed,
+            "data": {"negative_share": 0.0},
+            "model": {**FINE_TUNE_MODEL, "live": False},
+            "pretrained_encoder": str(encoder_dir) if encoder_dir else None,
+            "freeze_encoder": freeze,
+            "device": DEVICE,
+        }
+    )
+    val = data.part("val")
+    fitted = fit(config, WindowExamples(example_dict(data.part("train"))), example_dict(val))
+    t = {k: torch.from_numpy(v) for k, v in val.items()}
+    calibrate(fitted.model, t["x"], t["valid"], t["label"], t["start"], t["end"])
+    out = {"epochs": fitted.epochs_run}
+    for split in ("val", "test"):
+        part = data.part(split)
+        pred = predict_arrays(fitted.model, part["x"], part["valid"])
+        truth = data.truth(split)
+        out[split] = {
+            **{k: v.tolist() for k, v in pred.items()},
+            "truth": {k: v.tolist() for k, v in truth.items()},
+        }
+        out[f"{split}_figures"] = M.point_metrics(pred, truth)
+    out["span_iou"] = out["test_figures"]["span_iou"]
+    out["val_span_iou"] = out["val_figures"]["span_iou"]
+    out["accuracy"] = out["test_figures"]["accuracy"]
+    return out
 
 
 def linear_rows(data: dict, difficulty: str) -> list[dict]:

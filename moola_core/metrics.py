@@ -351,6 +351,46 @@ def bootstrap_mean_ci(
     return {"value": float(values.mean()), "ci_low": float(low), "ci_high": float(high)}
 
 
+ADAPTIVE_BINS = 15
+
+
+def reliability_bins(prob, outcome, bins: int = ADAPTIVE_BINS, weights=None) -> dict:
+    """A reliability diagram with adaptive (equal-count) bins: predicted probabilities [N] of
+    a binary outcome [N] (bool) -> {"ece", "bins": [{"p", "rate", "n"}]}. The bin edges are
+    the probabilities' quantiles, so every bin holds about N / bins predictions; the ECE is
+    the count-weighted mean |mean p - observed rate| over bins (Nixon et al. 2019's adaptive
+    calibration error). `weights` [N] (e.g. bootstrap counts) weigh the predictions."""
+    prob = np.asarray(prob, dtype=float).reshape(-1)
+    outcome = np.asarray(outcome, dtype=float).reshape(-1)
+    w = np.ones(len(prob)) if weights is None else np.asarray(weights, dtype=float)
+    which = adaptive_bin_index(prob, bins)
+    n = np.bincount(which, weights=w, minlength=bins)
+    p_sum = np.bincount(which, weights=w * prob, minlength=bins)
+    y_sum = np.bincount(which, weights=w * outcome, minlength=bins)
+    keep = n > 0
+    p_mean = np.divide(p_sum, n, out=np.zeros(bins), where=keep)
+    rate = np.divide(y_sum, n, out=np.zeros(bins), where=keep)
+    total = max(float(n.sum()), 1e-12)
+    ece = float((n[keep] * np.abs(p_mean[keep] - rate[keep])).sum() / total)
+    return {
+        "ece": ece,
+        "bins": [
+            {"p": float(p_mean[b]), "rate": float(rate[b]), "n": float(n[b])}
+            for b in range(bins)
+            if keep[b]
+        ],
+    }
+
+
+def adaptive_bin_index(prob, bins: int = ADAPTIVE_BINS) -> np.ndarray:
+    """Equal-count bin of each probability [N] -> int [N] in 0..bins-1 (ties share a bin)."""
+    prob = np.asarray(prob, dtype=float).reshape(-1)
+    if not len(prob):
+        return np.zeros(0, dtype=np.int64)
+    edges = np.quantile(prob, np.linspace(0, 1, bins + 1)[1:-1])
+    return np.searchsorted(edges, prob, side="right").astype(np.int64)
+
+
 def format_metric(entry: Mapping) -> str:
     """'0.612 [0.540, 0.680]' for one metric entry with its interval."""
     return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"

@@ -27,8 +27,15 @@ from typing import TextIO
 
 from moola_ops.log import journal
 
-_FINAL = {"ok", "failed", "skipped", "aborted", "refused"}
-_COLOUR = {"ok": "green", "failed": "red", "aborted": "red", "refused": "red", "skipped": "yellow"}
+_FINAL = {"ok", "failed", "skipped", "aborted", "refused", "overridden"}
+_COLOUR = {
+    "ok": "green",
+    "failed": "red",
+    "aborted": "red",
+    "refused": "red",
+    "skipped": "yellow",
+    "overridden": "magenta",
+}
 
 
 def live_terminal(stream: TextIO | None = None) -> bool:

@@ -47,6 +47,7 @@ class LogFilter:
     deployment: str = ""  # an id or its first characters
     since: str = ""  # ISO time, see parse_since
     failed: bool = False
+    overridden: bool = False  # only lines a person shipped past (status "overridden")
 
     def keep(self, event: dict[str, Any]) -> bool:
         if self.phases and event.get("phase") not in self.phases:
@@ -58,6 +59,8 @@ class LogFilter:
         if self.deployment and not str(event.get("deployment", "")).startswith(self.deployment):
             return False
         if self.since and str(event.get("time", "")) < self.since:
+            return False
+        if self.overridden and event.get("status") != "overridden":
             return False
         return not (self.failed and event.get("status") not in BAD)
 
@@ -106,7 +109,7 @@ def _row(e: dict[str, Any]) -> Row:
 def _reason_cell(e: dict[str, Any]) -> str:
     """A failure's reason in full; an ok line's summary shortened (health: none)."""
     text = reason_of(e)
-    if e.get("status") in BAD:
+    if e.get("status") in BAD or e.get("status") == "overridden":
         return text
     if e.get("phase") == steps.HEALTHCHECK:
         return ""

@@ -37,6 +37,7 @@ def make_report_inputs(root: Path, *, hosts=("local-1", "local-2"), n_requests: 
         config = {
             **candidate,
             "optim": {"max_epochs": 3, "patience": 3},
+            "split": {"folds": 3},
             "data": {"source": "file", "path": str(data_path)},
         }
         path = root / f"train-{i}.yaml"

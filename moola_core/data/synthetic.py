@@ -14,14 +14,24 @@ Spans start at bar >= SPAN_MIN_START so the features are past their warm-up ther
 
 The difficulty knob (`difficulty="easy" | "default" | "hard"` or a float in [0, 1], easy = 0,
 default = 0.5, hard = 1) moves these together: the expansion's drift and width shrink, the
-pattern's signature fades (a looser consolidation, a shallower pull-back), and decoys appear:
-wide but directionless bursts elsewhere in the window, which fool any rule that only looks for
-"the widest bars". At the default a model must use direction and context, not range alone.
+pattern's signature fades (a looser consolidation, a shallower pull-back), and distractors
+appear:
+
+- inside an episode's window, a decoy: a wide but directionless burst away from the episode,
+  which fools any rule that only looks for "the widest bars" (`Difficulty.decoy_prob`);
+- in a window slot without an episode, a hard negative (`Difficulty.hard_negative_prob`): a
+  decoy burst, a failed breakout (a consolidation, two or three wide bars one way, then a
+  reversal that gives the move back) or a pattern without its expansion (a consolidation or a
+  trend leg and pull-back after which nothing happens). None at easy, half the empty slots at
+  default, every one at hard; `SyntheticMarket.hard_negatives` lists them.
+
+At the default a model must use direction and context, not range alone.
 
 Windows with no expansion at all are part of the knob too (`Difficulty.no_pattern_share`: 20%
 at easy, 35% at default, 50% at hard): the sets used to measure whether a model can say "no
 pattern" (`make_detection_set`) mix them with episode windows, and `make_asof_set` cuts each
 episode as a live system would see it, `d` bars after the expansion began (d < 0: before).
+The pattern-free windows are the empty slots, so they carry the difficulty's hard negatives.
 The labeled training set (`make_labeled_set`) stays episode windows only: its schema has a
 class for every window.
 """
@@ -55,8 +65,9 @@ class Difficulty:
     expansion_vol: float  # volatility multiplier inside the expansion
     consolidation_vol: float  # volatility multiplier inside a consolidation (lower = quieter)
     retrace_depth: tuple[float, float]  # share of the leg given back by the pull-back
-    decoy_prob: float  # chance that a window holds one directionless wide burst
+    decoy_prob: float  # chance that an episode's window holds one directionless wide burst
     decoy_vol: float  # its volatility multiplier
+    hard_negative_prob: float  # chance that an empty window slot holds a hard negative
     no_pattern_share: float  # share of windows without any expansion in detection sets
 
     @classmethod
@@ -86,6 +97,7 @@ class Difficulty:
             retrace_depth=(lerp(0.5, 0.25), lerp(0.7, 0.45)),
             decoy_prob=lerp(0.0, 1.0),
             decoy_vol=lerp(1.8, 2.4),
+            hard_negative_prob=lerp(0.0, 1.0),
             no_pattern_share=lerp(0.2, 0.5),
         )
 
@@ -96,6 +108,9 @@ class SyntheticMarket:
 
     bars: pd.DataFrame  # timestamp (UTC), open, high, low, close, volume
     episodes: pd.DataFrame  # label, window_start, expansion_start, expansion_end (absolute)
+    # kind (decoy, failed_breakout, pattern_only), window_start, first, last (absolute bars of
+    # the distractor, inclusive); empty slots without one are not listed
+    hard_negatives: pd.DataFrame | None = None
 
 
 def session_timestamps(n_sessions: int) -> pd.DatetimeIndex:
@@ -141,6 +156,68 @@ def _plan_episode(rng: np.random.Generator, label: str, window_start: int, knobs
             first = choices[int(rng.integers(len(choices)))]
             plan["decoy"] = (first, first + span)
     return plan
+
+
+HARD_NEGATIVE_KINDS = ("decoy", "failed_breakout", "pattern_only")
+
+
+def _plan_hard_negative(rng: np.random.Generator, window_start: int) -> dict:
+    """A distractor for an empty window slot: where a real episode would put its expansion,
+    something that looks like part of one (see the module docstring)."""
+    kind = HARD_NEGATIVE_KINDS[int(rng.integers(len(HARD_NEGATIVE_KINDS)))]
+    at = window_start + int(rng.integers(SPAN_MIN_START + 10, SPAN_MAX_END - 8))
+    direction = 1 if rng.random() < 0.5 else -1
+    plan = {"kind": kind, "window_start": window_start, "direction": direction}
+    if kind == "decoy":
+        span = int(rng.integers(5, 12))
+        plan["burst"] = (at, at + span)
+    elif kind == "failed_breakout":
+        burst, reversal = int(rng.integers(2, 4)), int(rng.integers(3, 6))
+        plan["pattern"] = (at - int(rng.integers(18, 31)), at)
+        plan["burst"] = (at, at + burst)
+        plan["reversal"] = (at + burst, at + burst + reversal)
+    elif rng.random() < 0.5:  # a consolidation and no breakout
+        plan["pattern"] = (at - int(rng.integers(18, 31)), at)
+    else:  # a trend leg and its pull-back, and the trend does not resume
+        pullback, leg = int(rng.integers(6, 13)), int(rng.integers(12, 21))
+        plan["pullback"] = (at - pullback, at)
+        plan["leg"] = (at - pullback - leg, at - pullback)
+    ranges = [
+        v for k, v in plan.items() if k in ("pattern", "burst", "reversal", "pullback", "leg")
+    ]
+    plan["first"] = min(r[0] for r in ranges)
+    plan["last"] = max(r[1] for r in ranges) - 1
+    return plan
+
+
+def _paint_hard_negative(plan: dict, drift: np.ndarray, vol: np.ndarray, zero_sum: list, knobs):
+    """Write a hard negative's drift (sigma units) and volatility multipliers into the arrays."""
+    if "pattern" in plan:
+        p0, p1 = plan["pattern"]
+        vol[p0:p1] = knobs.consolidation_vol
+        drift[p0:p1] = 0.0
+        zero_sum.append((p0, p1))
+    if "leg" in plan:
+        l0, l1 = plan["leg"]
+        q0, q1 = plan["pullback"]
+        leg_drift = 0.9 * plan["direction"]
+        drift[l0:l1] = leg_drift
+        drift[q0:q1] = -leg_drift * 0.5 * (l1 - l0) / (q1 - q0)
+        vol[q0:q1] = 0.9
+    if plan["kind"] == "decoy":
+        d0, d1 = plan["burst"]
+        vol[d0:d1] = knobs.decoy_vol
+        drift[d0:d1] = 0.0
+        zero_sum.append((d0, d1))
+    elif plan["kind"] == "failed_breakout":
+        # the first bars of an expansion, then a reversal that gives the move back
+        b0, b1 = plan["burst"]
+        r0, r1 = plan["reversal"]
+        push = plan["direction"] * knobs.expansion_drift
+        drift[b0:b1] = push
+        vol[b0:b1] = knobs.expansion_vol
+        drift[r0:r1] = -push * (b1 - b0) / (r1 - r0)
+        vol[r0:r1] = 0.5 * (1.0 + knobs.expansion_vol)
 
 
 def _paint_episode(plan: dict, drift: np.ndarray, vol: np.ndarray, zero_sum: list, knobs):
@@ -205,9 +282,17 @@ def simulate_market(
         ]
     if len(episode_labels) > len(slots):
         raise MoolaError("more episodes than window slots; ask for more sessions.")
-    plans = []
-    for slot, label in zip(slots, episode_labels, strict=False):
+    plans, negatives = [], []
+    # distractors draw from their own generator, so adding them left every episode's bars as
+    # they were (the labeled sets did not change)
+    negative_rng = np.random.default_rng([seed, 11])
+    for i, slot in enumerate(slots):
+        label = episode_labels[i] if i < len(episode_labels) else None
         if label is None:
+            if negative_rng.random() < knobs.hard_negative_prob:
+                plan = _plan_hard_negative(negative_rng, slot)
+                _paint_hard_negative(plan, drift, vol, zero_sum, knobs)
+                negatives.append(plan)
             continue
         plan = _plan_episode(rng, label, slot, knobs)
         _paint_episode(plan, drift, vol, zero_sum, knobs)
@@ -251,7 +336,11 @@ def simulate_market(
         ],
         columns=["label", "window_start", "expansion_start", "expansion_end"],
     )
-    return SyntheticMarket(bars, episodes)
+    hard = pd.DataFrame(
+        [{k: p[k] for k in ("kind", "window_start", "first", "last")} for p in negatives],
+        columns=["kind", "window_start", "first", "last"],
+    )
+    return SyntheticMarket(bars, episodes, hard)
 
 
 def generate_market(
@@ -283,6 +372,32 @@ def make_labeled_set(
     windows are shifted copies of another window (3-10 bars), as in the original data: they
     share bars with their source, so splits must keep them on one side.
     """
+    frame, _, _ = _labeled_windows(
+        n_windows, seed, difficulty, augmented_share, consolidation_share
+    )
+    return frame
+
+
+def labeled_set_context(
+    n_windows: int = 174,
+    seed: int = 0,
+    difficulty: str | float = "default",
+    bars: int = WINDOW_LEN,
+) -> dict[str, np.ndarray]:
+    """The `bars` bars of the market just before each window of `make_labeled_set` with the
+    same arguments -> {window_id: float64 [k, 4] OHLC, k <= bars (fewer at the stream's start)}.
+
+    A live system sees these: cut as of a bar before a window's expansion, the 105 bars it
+    answers on start before the labeled window does (moola_core.train.live)."""
+    frame, ohlc, first_bar = _labeled_windows(n_windows, seed, difficulty, 0.1, 0.55)
+    return {
+        str(w): ohlc[max(0, w0 - bars) : w0].copy()
+        for w, w0 in zip(frame["window_id"], first_bar, strict=True)
+    }
+
+
+def _labeled_windows(n_windows, seed, difficulty, augmented_share, consolidation_share):
+    """make_labeled_set's frame, the market's OHLC [n, 4] and each window's first bar."""
     if n_windows < 1:
         raise MoolaError("n_windows must be at least 1.")
     rng = np.random.default_rng([seed, 174])
@@ -295,9 +410,10 @@ def make_labeled_set(
     ohlc = bars[["open", "high", "low", "close"]].to_numpy()
     stamps = bars["timestamp"]
 
-    rows = []
+    rows, first_bar = [], []
 
     def add(window_id: str, label: str, w0: int, s: int, e: int) -> None:
+        first_bar.append(int(w0))
         rows.append(
             {
                 "window_id": window_id,
@@ -326,7 +442,7 @@ def make_labeled_set(
                 ep.expansion_start,
                 ep.expansion_end,
             )
-    return pd.DataFrame(rows).reset_index(drop=True)
+    return pd.DataFrame(rows).reset_index(drop=True), ohlc, np.array(first_bar, dtype=np.int64)
 
 
 def window_arrays(windows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -419,9 +535,10 @@ def make_detection_set(
 def make_pattern_free_windows(
     n_windows: int, seed: int = 0, difficulty: str | float = "default"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`n_windows` windows without any expansion (the difficulty's decoys still appear), cut
-    from one synthetic market in window slots -> model inputs (x [N, 105, 11], valid [N, 105]).
-    Training with negatives (`data.negative_share`) takes its pattern-free windows here."""
+    """`n_windows` windows without any expansion, cut from one synthetic market in window slots
+    -> model inputs (x [N, 105, 11], valid [N, 105]). They carry the difficulty's hard negatives
+    (decoys, failed breakouts, patterns without an expansion: none at easy, every window at
+    hard). Training with negatives (`data.negative_share`) takes its pattern-free windows here."""
     if n_windows < 1:
         raise MoolaError("n_windows must be at least 1.")
     sessions = -(-n_windows // len(SLOT_OFFSETS))

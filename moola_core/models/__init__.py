@@ -35,13 +35,15 @@ def resolve_model_config(config: dict | None = None) -> dict:
         value = resolved[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise MoolaError(f"model config {key} must be a positive number, got {value!r}.")
-    if not isinstance(resolved["objectness"], bool):
-        raise MoolaError(
-            f"model config objectness must be true or false, got {resolved['objectness']!r}."
-        )
-    threshold = resolved["abstain_threshold"]
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise MoolaError(f"model config abstain_threshold must be a number, got {threshold!r}.")
+    for key in ("objectness", "live"):
+        if not isinstance(resolved[key], bool):
+            raise MoolaError(f"model config {key} must be true or false, got {resolved[key]!r}.")
+    if resolved["live"]:
+        resolved["objectness"] = True  # the under-way head is an objectness head
+    for key in ("abstain_threshold", "object_bias"):
+        value = resolved[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MoolaError(f"model config {key} must be a number, got {value!r}.")
     for key in ("hidden", "layers", "n_features", "window_len", "n_classes"):
         if not isinstance(resolved[key], int) or resolved[key] < 1:
             raise MoolaError(

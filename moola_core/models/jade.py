@@ -2,6 +2,7 @@
 
     x [B, T, F] --input dropout--> BiLSTMEncoder --> states [B, T, 2H]
         pooled (masked mean ++ max) [B, 4H] --> class head --> class_logits [B, 2]
+        [pooled ++ state of the last bar] [B, 6H] --> under-way head (live) --> object_logit [B]
         states (++ position encoding [T, P]) --> span head, one of:
             pointer        start_logits, end_logits [B, T]; decoded as the best pair s <= e
             center_length  center, length [B] in bars (soft-argmax over bars); Huber loss
@@ -10,7 +11,8 @@
 Loss (explicit, see docs/models.md):
     loss = class_weight * CE(class) + span_weight * span_loss
     pointer: (CE(start) + CE(end)) / 2 in nats; center_length: mean Huber over center and length,
-    in bars; crf: negative log-likelihood per bar, in nats.
+    in bars; crf: negative log-likelihood per bar, in nats. With an objectness or under-way
+    head: + object_weight * BCE(object_logit, target).
 
 Imports only the standard library and torch: it runs on GPU hosts.
 """
@@ -51,12 +53,19 @@ DEFAULT_CONFIG: dict = {
     # calibrated probability; without it (default), confidence comes from the span pointer.
     "objectness": False,
     "object_weight": 1.0,
+    # A model for live use (moola_core.train.live): trained on as-of cuts, windows that end
+    # "now", its objectness head reads the last bar's state beside the pooled ones and says
+    # whether an expansion is under way at the last bar; confidence is then the calibrated
+    # P(expansion under way). `live: true` adds that head (objectness is implied).
+    "live": False,
     # Fitted after training on the validation split (moola_core.train.calibration), stored in
     # model.json so the bundle carries them: temperatures that calibrate the class and
     # span-pointer probabilities, and the confidence below which predict() abstains.
     "temperature": 1.0,
     "span_temperature": 1.0,
     "object_temperature": 1.0,
+    # Platt intercept of the objectness logit, prior shift included: p = sigmoid(z / T + bias)
+    "object_bias": 0.0,
     "abstain_threshold": 0.0,
 }
 
@@ -108,7 +117,10 @@ class JadeModel(nn.Module):
         # two numbers per bar: start/end logits (pointer), out/in emissions (crf), or a
         # where-is-the-center logit and a length vote (center_length)
         self.span_net = _mlp(d_bar, c["hidden"], 2, c["dropout"])
-        if c["objectness"]:
+        if c["live"]:
+            # "is an expansion under way at the last bar?": the pooled window and "now"
+            self.object_head = _mlp(3 * d_state, c["hidden"], 1, c["dropout"])
+        elif c["objectness"]:
             self.object_head = _mlp(2 * d_state, c["hidden"], 1, c["dropout"])
         if self.span_head == "crf":
             self.crf = LinearChainCRF(2)
@@ -125,7 +137,10 @@ class JadeModel(nn.Module):
         peak = torch.nan_to_num(peak, neginf=0.0)  # a window without valid bars
         pooled = torch.cat([mean, peak], dim=1)  # [B, 4H]
         out = {"class_logits": self.class_head(pooled)}  # [B, C]
-        if self.config["objectness"]:
+        if self.config["live"]:
+            now = states[:, -1]  # [B, 2H]: the newest bar (a live window ends at "now")
+            out["object_logit"] = self.object_head(torch.cat([pooled, now], dim=1))[:, 0]
+        elif self.config["objectness"]:
             out["object_logit"] = self.object_head(pooled)[:, 0]  # [B]
 
         bars = states
@@ -160,6 +175,7 @@ class JadeModel(nn.Module):
         end: torch.Tensor,
         detached: bool = False,
         has_pattern: torch.Tensor | None = None,
+        object_target: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict]:
         """Weighted multi-task loss -> (total, {"class": .., "span": ..}) for logging.
 
@@ -167,16 +183,21 @@ class JadeModel(nn.Module):
         pattern-free windows: they count only in the objectness loss (binary cross-entropy,
         weighed `object_weight`, logged as "object"); class and span losses are means over the
         windows with a pattern (their label/start/end are ignored elsewhere, e.g. -1).
+        `object_target` (bool [B]) is the objectness head's target when it differs from
+        `has_pattern`: a live model's as-of cut shows an expansion (span and class known) that
+        may be over by "now" (not under way).
 
         The parts are floats, or with `detached` detached tensors on the model's device (reading
         a float forces a host sync; a GPU loop sums tensors and reads once per epoch)."""
         c = self.config
         object_loss = None
-        if c["objectness"]:
+        if "object_logit" in out:
+            if object_target is None:
+                object_target = has_pattern
             target = (
                 torch.ones_like(out["object_logit"])
-                if has_pattern is None
-                else has_pattern.to(out["object_logit"].dtype)
+                if object_target is None
+                else object_target.to(out["object_logit"].dtype)
             )
             object_loss = F.binary_cross_entropy_with_logits(out["object_logit"], target)
             if has_pattern is not None:
@@ -243,9 +264,11 @@ class JadeModel(nn.Module):
             start, end = spans.from_mask(inside, fallback)
         else:
             start, end = spans.from_center_length(out["center"], out["length"], self.window_len)
-        if c["objectness"]:
-            # the calibrated probability that the window holds a pattern at all
-            confidence = torch.sigmoid(out["object_logit"].float() / c["object_temperature"])
+        if "object_logit" in out:
+            # the calibrated probability that the window holds a pattern at all (objectness)
+            # or that an expansion is under way at its last bar (live)
+            logit = out["object_logit"].float() / c["object_temperature"] + c["object_bias"]
+            confidence = torch.sigmoid(logit)
         return {
             "label": class_probs.argmax(dim=1),
             "start": start.long(),
@@ -258,7 +281,8 @@ class JadeModel(nn.Module):
     @torch.no_grad()
     def predict(self, x: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         """Eval-mode prediction: {"label" int64[B], "start" int64[B], "end" int64[B] (inclusive),
-        "class_probs" float[B, 2] (temperature-calibrated), "confidence" float[B] (objectness
+        "class_probs" float[B, 2] (temperature-calibrated), "confidence" float[B] (live model:
+        calibrated P(an expansion is under way at the last bar); objectness
         head: calibrated probability that the window holds a pattern; else pointer head:
         calibrated probability of the decoded start and end; other heads: top class
         probability), "abstain" bool[B] (confidence below the threshold fitted on validation:

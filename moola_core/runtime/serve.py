@@ -88,6 +88,7 @@ class Predictor:
         self.device_facts: dict | None = None
         self.model = None
         self.has_abstain = False
+        self.live = False  # a live model: its confidence is P(expansion under way)
 
     def load(self) -> str:
         """Load and check the release; return one line of what was checked. Raises on failure."""
@@ -142,6 +143,7 @@ class Predictor:
             if not ok or problem:
                 raise RuntimeError(f"golden parity failed ({name}): {problem or detail}")
         self.has_abstain = "abstain" in batch
+        self.live = bool(model.config.get("live"))
         return f"{self.version} on {self.device}: golden parity passed (single and batched)"
 
     def forward(self, x, valid) -> dict:
@@ -159,25 +161,32 @@ class Predictor:
     def predict_ohlc(self, ohlc) -> list[dict]:
         """In-process prediction of OHLC windows [B, 105, 4] -> one output dict per window."""
         x, valid = self.features(ohlc)
-        return outputs_to_rows(self.forward(x, valid))
+        return outputs_to_rows(self.forward(x, valid), live=self.live)
 
 
-def outputs_to_rows(out: dict) -> list[dict]:
-    """Model outputs (CPU tensors) -> [{"label", "probs", "start", "end", "abstain"}]."""
+def outputs_to_rows(out: dict, live: bool = False) -> list[dict]:
+    """Model outputs (CPU tensors) -> [{"label", "probs", "start", "end", "abstain",
+    "confidence"}], plus "p_under_way" for a live model: its confidence is the calibrated
+    probability that an expansion is under way at the window's last bar."""
     labels = out["label"].tolist()
     probs = out["class_probs"].tolist()
     starts, ends = out["start"].tolist(), out["end"].tolist()
     abstain = out["abstain"].tolist() if "abstain" in out else [False] * len(labels)
-    return [
-        {
+    confidence = out["confidence"].tolist() if "confidence" in out else [None] * len(labels)
+    rows = []
+    for i in range(len(labels)):
+        row = {
             "label": LABELS[labels[i]],
             "probs": {name: round(p, 6) for name, p in zip(LABELS, probs[i], strict=True)},
             "start": starts[i],
             "end": ends[i],
             "abstain": bool(abstain[i]),
+            "confidence": None if confidence[i] is None else round(confidence[i], 6),
         }
-        for i in range(len(labels))
-    ]
+        if live:
+            row["p_under_way"] = row["confidence"]
+        rows.append(row)
+    return rows
 
 
 # --- dynamic batching --------------------------------------------------------------------------

@@ -23,8 +23,8 @@ __all__ = [
 
 
 def train_run(config, runs_dir="runs", **kwargs):
-    """Train one run (see moola_core.train.loop.train_run)."""
-    from moola_core.train.loop import train_run as _train_run
+    """Train one run (see moola_core.train.run.train_run)."""
+    from moola_core.train.run import train_run as _train_run
 
     return _train_run(config, runs_dir, **kwargs)
 

@@ -1,7 +1,8 @@
 """A training run's config: one pydantic model per YAML section; unknown keys are errors.
 
-`configs/jade.yaml` is the documented default; the variants (position encoding, CRF,
-center/length regression) change only the `model` section. The `model` section becomes the
+`configs/jade.yaml` is the documented default (the live model) and `TrainConfig()` equals it;
+the variants change the `model` section (position encoding, CRF, center/length regression)
+or train after the fact (`configs/jade_after.yaml`, model.live: false). The `model` section becomes the
 plain dict that `moola_core.models.build_model` takes and that `model.json` stores.
 """
 
@@ -30,19 +31,48 @@ class DataSection(_Section):
     n_windows: int = Field(174, ge=10)
     data_seed: int = 0  # the synthetic set's seed (training seeds vary; the data does not)
     difficulty: str | float = "default"
-    # pattern-free windows added to every split so that they make this share of it (0: none):
-    # from separate synthetic markets of the same difficulty (one seed per split, never the
-    # labeled set's), so the model can learn and be scored on saying "no pattern"
-    negative_share: float = Field(0.0, ge=0.0, lt=0.9)
+    # pattern-free examples added to training, early stopping and calibration so that they make
+    # this share of them (0: none): from separate synthetic markets of the same difficulty (one
+    # seed per pool, never the labeled set's), with the difficulty's hard negatives, so the model
+    # can learn and be scored on saying "no pattern" / "not under way". Synthetic data only: a
+    # labeled file's default is 0
+    negative_share: float = Field(0.35, ge=0.0, lt=0.9)
 
 
 class SplitSection(_Section):
-    # by time (moola_core.data.splits): train first, then validation, then test; windows that
-    # share bars stay on one side and an embargo drops windows too close to a cut. The split
-    # does not depend on the training seed, so every seed is scored on the same windows.
-    val_share: float = Field(0.2, gt=0.0, lt=0.5)
-    test_share: float = Field(0.2, gt=0.0, lt=0.5)
+    # by time (moola_core.train.data): the latest `calibration_share` of the windows is sealed
+    # for calibration; the rest is cut into `folds` time blocks, each scored out of fold by a
+    # model trained on the others (minus an `early_stopping_share` slice it stops on). Windows
+    # that share bars stay together; an embargo drops training windows near a held-out block.
+    # The division does not depend on the training seed: every seed is judged on the same
+    # windows.
+    folds: int = Field(5, ge=2, le=20)
+    calibration_share: float = Field(0.2, gt=0.0, lt=0.5)
+    early_stopping_share: float = Field(0.15, gt=0.0, lt=0.5)
     embargo_minutes: float = Field(105.0, ge=0.0)
+
+
+class LiveSection(_Section):
+    # as-of cuts of each labeled window (moola_core.train.live): up to `before` bars before its
+    # expansion began, every bar while it runs, `after` bars after its end, and the window
+    # itself. Used by models with model.live: true.
+    before: int = Field(12, ge=1, le=60)
+    after: int = Field(4, ge=0, le=60)
+    # as-of cuts of each training window per epoch (drawn afresh every epoch)
+    cuts_per_window: int = Field(2, ge=1, le=16)
+    # share of served bars during which an expansion is under way (the synthetic market's is
+    # about 0.025): the served P(expansion under way) is shifted to this prior
+    prevalence: float = Field(0.025, gt=0.0, lt=1.0)
+    # the abstain threshold guarantees that abstain_recall of the expansions are answered
+    # within this many bars of their first bar (conformal risk control, calibration split)
+    detect_within: int = Field(5, ge=0, le=30)
+
+
+class StreamSection(_Section):
+    # the quality gate's stream: a synthetic market of the run's difficulty (seed 7300 +
+    # data_seed, never used for anything else) the final model answers bar by bar
+    # (moola_core.streams); 0 sessions: none. Labeled files have no stream.
+    sessions: int = Field(40, ge=0, le=2000)
 
 
 class ModelSection(_Section):
@@ -52,23 +82,25 @@ class ModelSection(_Section):
     dropout: float = Field(MODEL_DEFAULTS["dropout"], ge=0.0, lt=1.0)
     input_dropout: float = Field(MODEL_DEFAULTS["input_dropout"], ge=0.0, lt=1.0)
     span_head: Literal["pointer", "center_length", "crf"] = MODEL_DEFAULTS["span_head"]
-    position_encoding: bool = MODEL_DEFAULTS["position_encoding"]
+    position_encoding: bool = True  # the default recipe's; build_model's default is False
     position_dim: int = Field(MODEL_DEFAULTS["position_dim"], ge=2)
     huber_delta: float = Field(MODEL_DEFAULTS["huber_delta"], gt=0.0)
     class_weight: float = Field(MODEL_DEFAULTS["class_weight"], ge=0.0)
     span_weight: float | None = Field(MODEL_DEFAULTS["span_weight"], ge=0.0)
     causal: bool = MODEL_DEFAULTS["causal"]  # one-directional encoder (live use: see models.md)
+    # trained and judged on as-of cuts with an under-way head (live section; see models.md)
+    live: bool = True  # the default recipe (configs/jade.yaml); build_model's default is False
     # a "does this window hold a pattern?" head trained on data.negative_share's windows
     objectness: bool = MODEL_DEFAULTS["objectness"]
     object_weight: float = Field(MODEL_DEFAULTS["object_weight"], gt=0.0)
 
 
 class OptimSection(_Section):
-    lr: float = Field(3e-3, gt=0.0)
+    lr: float = Field(5e-3, gt=0.0)
     weight_decay: float = Field(1e-2, ge=0.0)
     batch_size: int = Field(32, ge=1)
     max_epochs: int = Field(60, ge=1)
-    patience: int = Field(15, ge=1)  # epochs without a better validation metric before stopping
+    patience: int = Field(10, ge=1)  # epochs without a better early-stopping metric before stopping
     grad_clip: float = Field(1.0, gt=0.0)
 
 
@@ -80,6 +112,8 @@ class TrainConfig(_Section):
     data: DataSection = DataSection()
     split: SplitSection = SplitSection()
     model: ModelSection = ModelSection()
+    live: LiveSection = LiveSection()
+    stream: StreamSection = StreamSection()
     optim: OptimSection = OptimSection()
     early_stopping_metric: str = "span_iou"  # on the validation split; or "loss"
     pretrained_encoder: str | None = None  # a pre-training run dir or encoder.pt
@@ -93,11 +127,12 @@ class TrainConfig(_Section):
     # default: on an H200 the cuDNN LSTM was slower in bf16 (3.2K vs 5.2K windows/s) and its
     # validation loss worse (docs/benchmarks/gpu_training.md)
     bf16: bool = False
-    # calibration: share of validation patterns the abstain threshold keeps answered
-    abstain_recall: float = Field(0.9, gt=0.0, le=1.0)
-    # how the threshold is chosen on validation: "recall" keeps abstain_recall of the patterns
-    # answered; "f1" maximises detection F1 over patterns and pattern-free windows (needs
-    # data.negative_share > 0)
+    # calibration: the share of patterns (live: of expansions, within live.detect_within bars)
+    # the abstain threshold keeps answered, guaranteed in expectation on held-out windows
+    abstain_recall: float = Field(0.9, gt=0.0, lt=1.0)
+    # how the threshold is chosen on the calibration split: "recall" by conformal risk control
+    # for abstain_recall; "f1" maximises detection F1 over patterns and pattern-free windows
+    # (no guarantee; needs data.negative_share > 0, not for live models)
     abstain_rule: Literal["recall", "f1"] = "recall"
 
     @field_validator("early_stopping_metric")
@@ -119,7 +154,20 @@ def config_from_dict(raw: dict | None, source: str = "config") -> TrainConfig:
     """Validate a plain dict (parsed YAML); one MoolaError sentence names the first problem."""
     from moola_core.errors import MoolaError
 
+    split = (raw or {}).get("split") if isinstance(raw, dict) else None
+    old = sorted({"val_share", "test_share"} & set(split or {}))
+    if old:
+        raise MoolaError(
+            f"{source}: split.{old[0]} is gone: a run is now judged out of fold (split.folds, "
+            "default 5) and calibrated on a sealed split (split.calibration_share, default 0.2); "
+            "remove split.val_share and split.test_share (docs/models.md, Training runs)."
+        )
     config = validate(TrainConfig, raw, source)
+    if config.data.source == "file" and "negative_share" not in config.data.model_fields_set:
+        # the default's pattern-free windows come from the synthetic market: none for a file
+        config = config.model_copy(
+            update={"data": config.data.model_copy(update={"negative_share": 0.0})}
+        )
     negatives = config.data.negative_share > 0
     if negatives and config.data.source != "synthetic":
         raise MoolaError(
@@ -130,6 +178,11 @@ def config_from_dict(raw: dict | None, source: str = "config") -> TrainConfig:
         raise MoolaError(
             f"{source}: model.objectness needs pattern-free windows to learn from; set "
             "data.negative_share (e.g. 0.35)."
+        )
+    if config.model.live and config.abstain_rule != "recall":
+        raise MoolaError(
+            f"{source}: a live model's abstain threshold is set by conformal risk control; use "
+            "abstain_rule: recall."
         )
     if config.abstain_rule == "f1" and not negatives:
         raise MoolaError(

@@ -1,94 +1,112 @@
-"""One supervised training run: AdamW, early stopping on a validation metric, best checkpoint
-kept, then an honest evaluation on the held-out test split next to the baselines.
+"""Fitting one model: AdamW over epochs, early stopping on a fixed set with the best state
+kept (or a fixed number of epochs), one history row per epoch.
 
-Deterministic on CPU for a given config (the seed drives initialisation, dropout and batch
-order). Writes runs/<run-id>/ as described in moola_core.train.runs and docs/models.md.
+A run (moola_core.train.run) fits one model per fold and a final one; benchmarks fit models on
+their own splits with the same function. Examples come from a source that gives each epoch's
+arrays: the labeled windows as they are (`WindowExamples`), or one as-of cut per window drawn
+afresh every epoch (`CutExamples`, live models). Deterministic on CPU for a given seed.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from moola_core import metrics as M
-from moola_core.models import build_model, n_parameters
-from moola_core.train import runs
-from moola_core.train.calibration import calibrate
-from moola_core.train.config import TrainConfig, config_from_dict, dump_yaml, load_config
-from moola_core.train.data import RunData, negatives_fingerprint, prepare_data
-from moola_core.train.provenance import provenance
-
-N_BOOT = 1000  # bootstrap resamples for the final intervals
+from moola_core.models import build_model
+from moola_core.train.config import TrainConfig
 
 
-@dataclass(frozen=True)
-class RunResult:
-    """A finished run: its id, folder and the metrics.json it wrote."""
+@dataclass
+class Fitted:
+    """A fitted model (on the CPU, eval mode) and how it got there."""
 
-    run_id: str
-    path: Path
-    metrics: dict
-
-
-def _as_config(config) -> TrainConfig:
-    if isinstance(config, TrainConfig):
-        return config
-    if isinstance(config, dict):
-        return config_from_dict(config)
-    return load_config(config)
+    model: object
+    history: list[dict]
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    device: str
+    transfer: dict | None = None
 
 
-def _tensors(part: dict, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    return {
-        "x": torch.from_numpy(np.ascontiguousarray(part["x"], dtype=np.float32)).to(device),
-        "valid": torch.from_numpy(np.ascontiguousarray(part["valid"], dtype=bool)).to(device),
-        "label": torch.from_numpy(np.asarray(part["label"], dtype=np.int64)).to(device),
-        "start": torch.from_numpy(np.asarray(part["start"], dtype=np.int64)).to(device),
-        "end": torch.from_numpy(np.asarray(part["end"], dtype=np.int64)).to(device),
-    }
-
-
-def _with_negatives(part: dict, negatives: dict, device) -> dict[str, torch.Tensor]:
-    """Labeled tensors followed by pattern-free windows, plus "has" (bool: holds a pattern);
-    the pattern-free rows' label, start and end are 0 and never read (see JadeModel.loss)."""
-    n_neg = len(negatives["x"])
-    zeros = torch.zeros(n_neg, dtype=torch.int64, device=device)
-    extra = {
-        "x": torch.from_numpy(np.ascontiguousarray(negatives["x"], dtype=np.float32)).to(device),
-        "valid": torch.from_numpy(np.ascontiguousarray(negatives["valid"], dtype=bool)).to(device),
-        "label": zeros,
-        "start": zeros,
-        "end": zeros,
-    }
-    out = {k: torch.cat([part[k], extra[k]]) for k in extra}
-    out["has"] = torch.cat(
-        [
-            torch.ones(len(part["x"]), dtype=torch.bool, device=device),
-            torch.zeros(n_neg, dtype=torch.bool, device=device),
-        ]
-    )
+def example_dict(part: dict, negatives: dict | None = None) -> dict[str, np.ndarray]:
+    """A labeled part {"x","valid","label","start","end"} (+ pattern-free windows {"x",
+    "valid"}) -> the loop's example dict with "has" (holds a pattern) and "target" (the
+    objectness head's target; here the same)."""
+    n = len(part["x"])
+    out = {k: np.asarray(part[k]) for k in ("x", "valid", "label", "start", "end")}
+    out["has"] = np.ones(n, dtype=bool)
+    if negatives is not None and len(negatives["x"]):
+        m = len(negatives["x"])
+        zeros = np.zeros(m, dtype=np.int64)
+        out = {
+            "x": np.concatenate([out["x"], negatives["x"]]),
+            "valid": np.concatenate([out["valid"], negatives["valid"]]),
+            "label": np.concatenate([out["label"], zeros]),
+            "start": np.concatenate([out["start"], zeros]),
+            "end": np.concatenate([out["end"], zeros]),
+            "has": np.concatenate([out["has"], np.zeros(m, dtype=bool)]),
+        }
+    out["target"] = out["has"]
     return out
 
 
-def _detection(answered_patterns: np.ndarray, answered_free: np.ndarray) -> dict:
-    """Abstention as detection over patterns and pattern-free windows (answered = not
-    abstained): precision, recall, F1 and the counts."""
-    tp = int(answered_patterns.sum())
-    fp = int(answered_free.sum())
-    n_pos = len(answered_patterns)
-    return {
-        "precision": tp / (tp + fp) if tp + fp else 0.0,
-        "recall": tp / n_pos if n_pos else 0.0,
-        "f1": 2 * tp / (tp + fp + n_pos) if tp + fp + n_pos else 0.0,
-        "n_patterns": n_pos,
-        "n_pattern_free": len(answered_free),
-    }
+@dataclass
+class WindowExamples:
+    """The same examples every epoch (labeled windows, maybe pattern-free ones after them)."""
+
+    examples: dict
+
+    def epoch(self, rng: np.random.Generator) -> dict:
+        return self.examples
+
+
+@dataclass
+class CutExamples:
+    """A live model's examples: per epoch `per_window` as-of cuts of each training window
+    (kinds drawn evenly: before, under way, after), the window itself (`whole`), and
+    `n_negatives` negative cuts per window round drawn from a pool."""
+
+    cuts: object  # moola_core.train.live.AsOfCuts of the labeled windows
+    windows: np.ndarray
+    negatives: object | None = None  # AsOfCuts of pattern-free markets
+    n_negatives: int = 0
+    per_window: int = 1  # cuts of each window per epoch
+    whole: bool = True  # and each labeled window itself, every epoch (the span it shows whole)
+    _index: dict = field(default_factory=dict, repr=False)
+
+    def epoch(self, rng: np.random.Generator) -> dict:
+        from moola_core.train.live import kinds_by_window, sample_epoch, whole_window_rows
+
+        if not self._index:
+            self._index.update(kinds_by_window(self.cuts))
+        rows = [sample_epoch(self._index, self.windows, rng) for _ in range(self.per_window)]
+        if self.whole:
+            if "whole" not in self._index:
+                self._index["whole"] = whole_window_rows(self.cuts, self.windows)
+            rows.append(self._index["whole"])
+        rows = np.concatenate(rows)
+        parts = [self.cuts.take(rows).tensors()]
+        wanted = self.n_negatives * self.per_window
+        if self.negatives is not None and wanted and len(self.negatives):
+            picked = rng.choice(
+                len(self.negatives), size=min(wanted, len(self.negatives)), replace=False
+            )
+            parts.append(self.negatives.take(picked).tensors())
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _tensors(examples: dict, device) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in examples.items():
+        dtype = {"x": np.float32, "valid": bool, "has": bool, "target": bool}.get(key, np.int64)
+        out[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=dtype)).to(device)
+    return out
 
 
 def pick_device(preference: str) -> torch.device:
@@ -112,23 +130,13 @@ def _autocast(device: torch.device, bf16: bool):
     return contextlib.nullcontext()
 
 
-def _no_truth(free: dict) -> dict[str, np.ndarray]:
-    """Placeholder label/start/end (0) for pattern-free windows, which have none."""
-    zeros = np.zeros(len(free["x"]), dtype=np.int64)
-    return {"label": zeros, "start": zeros, "end": zeros}
-
-
-def _truth(part: dict) -> dict[str, np.ndarray]:
-    return {k: np.asarray(part[k]) for k in ("label", "start", "end")}
-
-
-class _Progress:
+class Progress:
     """Epoch progress: a rich bar on a terminal, one plain line per epoch otherwise, or none."""
 
-    def __init__(self, mode: str, run_id: str, max_epochs: int):
+    def __init__(self, mode: str, title: str, max_epochs: int):
         if mode == "auto":
             mode = "rich" if sys.stderr.isatty() else "plain"
-        self.mode, self.run_id, self.max_epochs = mode, run_id, max_epochs
+        self.mode, self.title, self.max_epochs = mode, title, max_epochs
         if mode == "rich":
             from rich.console import Console
             from rich.progress import (
@@ -149,20 +157,21 @@ class _Progress:
                 transient=False,
             )
             self.bar.start()
-            self.task = self.bar.add_task(run_id, total=max_epochs, status="")
+            self.task = self.bar.add_task(title, total=max_epochs, status="")
 
-    def epoch(self, row: dict, metric: str, best: float, best_epoch: int) -> None:
-        status = (
-            f"loss {row['train_loss']:.3f}  val {metric} {row['val'][metric]:.3f}"
-            if metric != "loss"
-            else f"loss {row['train_loss']:.3f}  val loss {row['val_loss']:.3f}"
-        )
-        status += f"  best {best:.3f} @{best_epoch}"
+    def epoch(self, row: dict, metric: str | None, best: float, best_epoch: int) -> None:
+        status = f"loss {row['train_loss']:.3f}"
+        if metric == "loss":
+            status += f"  val loss {row['val_loss']:.3f}"
+        elif metric:
+            status += f"  val {metric} {row['val'][metric]:.3f}"
+        if metric:
+            status += f"  best {best:.3f} @{best_epoch}"
         if self.mode == "rich":
             self.bar.update(self.task, completed=row["epoch"], status=status)
         elif self.mode == "plain":
             print(
-                f"{self.run_id} epoch {row['epoch']}/{self.max_epochs} {status}",
+                f"{self.title} epoch {row['epoch']}/{self.max_epochs} {status}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -172,54 +181,40 @@ class _Progress:
             self.bar.stop()
 
 
-def _evaluate_split(model, part: dict, truth: dict, n_boot: int) -> tuple[dict, dict]:
-    """Predict one split -> (metrics with CIs, predictions as lists)."""
-    t = _tensors(part)
-    pred = {k: v.numpy() for k, v in model.predict(t["x"], t["valid"]).items()}
-    report = M.evaluate(pred, truth, n_boot=n_boot, seed=0)
-    listed = {k: pred[k].tolist() for k in ("label", "start", "end", "abstain")}
-    listed["class_probs"] = np.round(pred["class_probs"], 5).tolist()
-    listed["confidence"] = np.round(pred["confidence"], 6).tolist()
-    return report, listed
+def _loss(model, output, batch, objectness: bool, detached: bool):
+    has = batch["has"]
+    return model.loss(
+        output,
+        batch["label"],
+        batch["start"],
+        batch["end"],
+        detached=detached,
+        has_pattern=has if objectness else None,
+        object_target=batch["target"] if objectness else None,
+    )
 
 
-def train_run(
-    config,
-    runs_dir: str | Path = "runs",
+def fit(
+    config: TrainConfig,
+    examples,
+    stopping: dict | None = None,
     *,
-    progress: str = "auto",
-    data: RunData | None = None,
-    n_boot: int = N_BOOT,
-) -> RunResult:
-    """Train one run from a TrainConfig, a dict or a YAML path; write runs/<run-id>/.
+    epochs: int | None = None,
+    seed: int | None = None,
+    progress: str = "none",
+    title: str = "",
+    on_epoch=None,
+) -> Fitted:
+    """Fit a model of `config` on `examples` (WindowExamples or CutExamples).
 
-    `progress` is "auto" (rich on a terminal, plain lines otherwise), "rich", "plain" or "none".
-    `data` reuses prepared data (benchmarks train many runs on the same windows).
-    """
-    config = _as_config(config)
-    runs_dir = Path(runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    data = data or prepare_data(config)
-    run_id = runs.new_run_id(config.name, config.seed, runs_dir)
-    out = runs_dir / run_id
-    out.mkdir()
-    (out / runs.CONFIG).write_text(dump_yaml(config))
-
-    threads = torch.get_num_threads()
-    if config.cpu_threads:
-        torch.set_num_threads(config.cpu_threads)
-    try:
-        return _train(config, out, run_id, data, progress, n_boot)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train(
-    config: TrainConfig, out: Path, run_id: str, data: RunData, progress: str, n_boot: int
-) -> RunResult:
-    torch.manual_seed(config.seed)
+    With `stopping` (an example dict), each epoch is scored on it by
+    `config.early_stopping_metric` (over its examples that hold a pattern) and the best
+    epoch's weights are kept, stopping after `optim.patience` epochs without a better one;
+    without it the model trains exactly `epochs` epochs (default optim.max_epochs) and keeps
+    the last. `on_epoch(row)` sees every history row."""
+    seed = config.seed if seed is None else seed
+    torch.manual_seed(seed)
     model = build_model(config.model_dict())
-    runs.write_json(out / runs.MODEL, model.config)
     device = pick_device(config.device)
     transfer = None
     if config.pretrained_encoder:
@@ -229,76 +224,63 @@ def _train(
             model, config.pretrained_encoder, freeze=config.freeze_encoder
         )
     model.to(device)
+    objectness = bool(model.config["objectness"])
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=config.optim.lr, weight_decay=config.optim.weight_decay
     )
-    train, val = _tensors(data.part("train"), device), _tensors(data.part("val"), device)
-    val_truth = _truth(data.part("val"))
-    # pattern-free windows train only an objectness head; without one they are used only to
-    # choose the abstain threshold and to score detection
-    objectness = bool(config.model.objectness and data.negatives)
-    n_val = len(val["x"])
-    if objectness:
-        train = _with_negatives(train, data.negatives["train"], device)
-        val = _with_negatives(val, data.negatives["val"], device)
-    order = torch.Generator().manual_seed(config.seed)
-    metric = config.early_stopping_metric
+    max_epochs = epochs or config.optim.max_epochs
+    metric = config.early_stopping_metric if stopping is not None else None
     lower_is_better = metric == "loss" or metric in M.LOWER_IS_BETTER
     sign = -1.0 if lower_is_better else 1.0
+    stop = _tensors(stopping, device) if stopping is not None else None
+    if stop is not None and not objectness:
+        stop = {k: v[stop["has"]] for k, v in stop.items()}  # a plain model never sees others
+    order = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng([seed, 33])
+    batch_size = config.optim.batch_size
 
     best_score, best_epoch, best_state, since_best = -float("inf"), 0, None, 0
-    report = _Progress(progress, run_id, config.optim.max_epochs)
+    report = Progress(progress, title, max_epochs)
     started = time.perf_counter()
-    n_train, batch_size = len(train["x"]), config.optim.batch_size
-    history_rows: list[dict] = []
+    history: list[dict] = []
+    epoch = 0
     try:
-        with (out / runs.HISTORY).open("w") as history:
-            for epoch in range(1, config.optim.max_epochs + 1):
-                epoch_start = time.perf_counter()
-                model.train()
-                permutation = torch.randperm(n_train, generator=order).to(device)
-                # summed on the device and read once per epoch: no host sync per step
-                totals_t = torch.zeros(3, dtype=torch.float64, device=device)
-                for i in range(0, n_train, batch_size):
-                    idx = permutation[i : i + batch_size]
-                    with _autocast(device, config.bf16):
-                        output = model(train["x"][idx], train["valid"][idx])
-                    output = {k: v.float() for k, v in output.items()}
-                    loss, parts = model.loss(
-                        output,
-                        train["label"][idx],
-                        train["start"][idx],
-                        train["end"][idx],
-                        detached=True,
-                        has_pattern=train["has"][idx] if objectness else None,
-                    )
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(trainable, config.optim.grad_clip)
-                    optimizer.step()
-                    share = len(idx) / n_train
-                    totals_t += torch.stack([loss.detach(), parts["class"], parts["span"]]) * share
-                totals = dict(zip(("loss", "class", "span"), totals_t.tolist(), strict=True))
-
-                model.eval()
-                with torch.no_grad():
-                    with _autocast(device, config.bf16):
-                        output = model(val["x"], val["valid"])
-                    output = {k: v.float() for k, v in output.items()}
-                    val_loss, _ = model.loss(
-                        output,
-                        val["label"],
-                        val["start"],
-                        val["end"],
-                        has_pattern=val["has"] if objectness else None,
-                    )
-                    # the labeled metrics read the windows with a pattern (they come first)
-                    output = {k: v[:n_val] for k, v in output.items()}
-                    decoded = model.decode(output, val["valid"][:n_val])
-                    pred = {k: v.cpu().numpy() for k, v in decoded.items()}
-                val_metrics = M.point_metrics(pred, val_truth)
-                value = float(val_loss) if metric == "loss" else val_metrics[metric]
+        for epoch in range(1, max_epochs + 1):
+            epoch_start = time.perf_counter()
+            train = _tensors(examples.epoch(rng), device)
+            if not objectness:
+                train = {k: v[train["has"]] for k, v in train.items()}
+            n_train = len(train["x"])
+            model.train()
+            permutation = torch.randperm(n_train, generator=order).to(device)
+            # summed on the device and read once per epoch: no host sync per step
+            totals_t = torch.zeros(4, dtype=torch.float64, device=device)
+            for i in range(0, n_train, batch_size):
+                idx = permutation[i : i + batch_size]
+                batch = {k: v[idx] for k, v in train.items()}
+                with _autocast(device, config.bf16):
+                    output = model(batch["x"], batch["valid"])
+                output = {k: v.float() for k, v in output.items()}
+                loss, parts = _loss(model, output, batch, objectness, detached=True)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, config.optim.grad_clip)
+                optimizer.step()
+                share = len(idx) / n_train
+                obj = parts.get("object", parts["class"] * 0.0)
+                totals_t += torch.stack([loss.detach(), parts["class"], parts["span"], obj]) * share
+            totals = dict(zip(("loss", "class", "span", "object"), totals_t.tolist(), strict=True))
+            row = {
+                "epoch": epoch,
+                "train_loss": totals["loss"],
+                "train_class_loss": totals["class"],
+                "train_span_loss": totals["span"],
+            }
+            if objectness:
+                row["train_object_loss"] = totals["object"]
+            if stop is not None:
+                value, val_loss, val_metrics = _score(model, stop, objectness, metric, config)
                 score = sign * value
                 if score > best_score:
                     best_score, best_epoch, since_best = score, epoch, 0
@@ -307,123 +289,53 @@ def _train(
                     }
                 else:
                     since_best += 1
-                row = {
-                    "epoch": epoch,
-                    "train_loss": totals["loss"],
-                    "train_class_loss": totals["class"],
-                    "train_span_loss": totals["span"],
-                    "val_loss": float(val_loss),
-                    "val": val_metrics,
-                    "best_epoch": best_epoch,
-                    "seconds": round(time.perf_counter() - epoch_start, 3),
-                }
-                history_rows.append(row)
-                history.write(json.dumps(row) + "\n")
-                history.flush()
-                report.epoch(row, metric, sign * best_score, best_epoch)
-                if since_best >= config.optim.patience:
-                    break
+                row.update(val_loss=val_loss, val=val_metrics, best_epoch=best_epoch)
+            row["seconds"] = round(time.perf_counter() - epoch_start, 3)
+            history.append(row)
+            if on_epoch:
+                on_epoch(row)
+            report.epoch(row, metric, sign * best_score, best_epoch)
+            if stop is not None and since_best >= config.optim.patience:
+                break
     finally:
         report.close()
-    train_seconds = time.perf_counter() - started
-
+    seconds = time.perf_counter() - started
     model.to("cpu")
-    model.load_state_dict(best_state)
-    torch.save(model.state_dict(), out / runs.WEIGHTS)
-    # temperatures and the abstain threshold, fitted on validation, travel in model.json
-    cal = _tensors(data.part("val"))
-    if data.negatives:
-        cal = _with_negatives(cal, data.negatives["val"], "cpu")
-    calibration = calibrate(
-        model,
-        cal["x"],
-        cal["valid"],
-        cal["label"],
-        cal["start"],
-        cal["end"],
-        recall=config.abstain_recall,
-        has_pattern=cal.get("has"),
-        rule=config.abstain_rule,
-    )
-    runs.write_json(out / runs.MODEL, model.config)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = epoch
+    model.eval()
+    return Fitted(model, history, best_epoch, epoch, seconds, str(device), transfer)
 
-    results: dict = {}
-    predictions: dict = {}
-    for split in ("val", "test"):
-        truth = data.truth(split)
-        results[split], predictions[split] = _evaluate_split(model, data.part(split), truth, n_boot)
-        predictions[split]["window_id"] = data.window_ids(split)
-        predictions[split]["truth"] = {k: v.tolist() for k, v in truth.items()}
-    detection: dict = {}
-    if data.negatives:
-        predictions["negatives"] = {}
-        for split in ("val", "test"):
-            free = _tensors({**data.negatives[split], **_no_truth(data.negatives[split])})
-            pred = model.predict(free["x"], free["valid"])
-            answered_free = ~pred["abstain"].numpy()
-            answered = ~np.asarray(predictions[split]["abstain"], dtype=bool)
-            detection[split] = _detection(answered, answered_free)
-            predictions["negatives"][split] = {
-                "confidence": np.round(pred["confidence"].numpy(), 6).tolist(),
-                "abstain": pred["abstain"].numpy().tolist(),
-            }
-    baselines: dict = {}
-    fitted = data.fit_baselines()
-    predictions["baselines"] = {}
-    for name, baseline in fitted.items():
-        baselines[name] = {}
-        predictions["baselines"][name] = {}
-        for split in ("val", "test"):
-            part = data.part(split)
-            pred = baseline.predict(part["x"], part["valid"])
-            baselines[name][split] = M.evaluate(pred, data.truth(split), n_boot=n_boot, seed=0)
-            predictions["baselines"][name][split] = {
-                k: np.round(v, 5).tolist() if k == "class_probs" else v.tolist()
-                for k, v in pred.items()
-            }
-    val_losses = [row["val_loss"] for row in history_rows]
 
-    summary = {
-        "run_id": run_id,
-        "variant": config.name,
-        "seed": config.seed,
-        "span_head": config.model.span_head,
-        "position_encoding": config.model.position_encoding,
-        "n_parameters": n_parameters(model),
-        "dataset_fingerprint": data.fingerprint,
-        "n_windows": {s: int(len(getattr(data, s))) for s in ("train", "val", "test")},
-        "early_stopping_metric": metric,
-        "best_epoch": best_epoch,
-        "epochs_run": epoch,
-        "stopped_early": epoch < config.optim.max_epochs,
-        "train_seconds": round(train_seconds, 2),
-        "pretrained_encoder": transfer,
-        "device": str(device),
-        "bf16": bool(config.bf16 and device.type == "cuda"),
-        # did it learn? the validation loss of the first epoch against the best one
-        "learning": {
-            "first_val_loss": round(val_losses[0], 5),
-            "best_val_loss": round(min(val_losses), 5),
-            "val_loss_fell": bool(min(val_losses) < val_losses[0]),
-        },
-        "calibration": calibration,
-        # abstention as detection, with the pattern-free windows (data.negative_share > 0)
-        "detection": detection or None,
-        "negatives": (
-            {
-                "share": config.data.negative_share,
-                "n_windows": {s: len(data.negatives[s]["x"]) for s in ("train", "val", "test")},
-                "fingerprint": negatives_fingerprint(data.negatives),
-                "trained_on": objectness,
-            }
-            if data.negatives
-            else None
-        ),
-        "provenance": provenance(str(device)),
-        "val": results["val"],
-        "test": results["test"],
-        "baselines": baselines,
-    }
-    runs.write_json(out / runs.PREDICTIONS, predictions)
-    runs.write_json(out / runs.METRICS, summary)  # written last: its presence means "finished"
-    return RunResult(run_id, out, summary)
+@torch.no_grad()
+def _score(model, stop: dict, objectness: bool, metric: str, config) -> tuple:
+    """(value of `metric`, loss, point metrics over the examples holding a pattern)."""
+    model.eval()
+    with _autocast(next(model.parameters()).device, config.bf16):
+        output = model(stop["x"], stop["valid"])
+    output = {k: v.float() for k, v in output.items()}
+    val_loss, _ = _loss(model, output, stop, objectness, detached=False)
+    has = stop["has"]
+    decoded = model.decode({k: v[has] for k, v in output.items()}, stop["valid"][has])
+    pred = {k: v.cpu().numpy() for k, v in decoded.items()}
+    truth = {k: stop[k][has].cpu().numpy() for k in ("label", "start", "end")}
+    val_metrics = M.point_metrics(pred, truth)
+    value = float(val_loss) if metric == "loss" else val_metrics[metric]
+    return value, float(val_loss), val_metrics
+
+
+def predict_arrays(model, x: np.ndarray, valid: np.ndarray, batch: int = 512) -> dict:
+    """A model's predict() over numpy arrays, in batches -> numpy arrays."""
+    parts = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            out = model.predict(
+                torch.from_numpy(np.ascontiguousarray(x[i : i + batch])),
+                torch.from_numpy(np.ascontiguousarray(valid[i : i + batch])),
+            )
+            parts.append({k: v.numpy() for k, v in out.items()})
+    if not parts:
+        return {}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -1,5 +1,5 @@
 """The run folder: runs/<run-id>/ {config.yaml, model.json, weights.pt, metrics.json,
-history.jsonl, predictions.json}. One place knows the file names."""
+history.jsonl, predictions.json, folds/fold-<k>.{pt,json}}. One place knows the file names."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ METRICS = "metrics.json"
 HISTORY = "history.jsonl"
 PREDICTIONS = "predictions.json"
 SELECTED = "selected.json"
+FOLDS = "folds"  # each fold's model (weights and calibrated config): its OOF predictions
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 

@@ -1,25 +1,37 @@
-"""Phase 2, model selection: choose the run to ship on a held-out metric and say why.
+"""Phase 2, model selection: choose the variant to ship on out-of-fold evidence, gate it, say why.
 
-The choice is made on the validation split only: first the variant with the best mean over its
-seeds (one lucky seed on ~35 windows proves little), then that variant's best seed. The test
-split is never looked at to choose; its figure is reported next to the heuristic's as the
-honest estimate of what the chosen run does on unseen windows.
+Runs are grouped into variants (a recipe: same name, same data) and a variant's figure pools
+its seeds. First the quality gate (moola_core.train.gate) is decided for every variant, each at
+a Bonferroni share of the error rate for the number of variants compared, and written into each
+of its runs' metrics.json (so a bundle built from any run carries its variant's verdict). Then
+the choice reads only the out-of-fold (OOF) predictions: among the variants that passed, the
+one with the best mean of the primary metric over its seeds (when none passed, the best of all,
+whose failure the phase then reports). Choosing among passing variants keeps the gate's error
+rate: each variant's test already spends only its share of it. The run shipped is that
+variant's run with the smallest seed: no figure is looked at to pick it, so no lucky seed is
+chosen. The calibration split's figure of that run is reported beside the heuristic's and the
+linear baseline's, as the final model's own held-out check. The chosen variant's verdict (and a
+person's override of a failing one) also goes into runs/selected.json.
 
-Then the quality gate (moola_core.train.gate) is evaluated for every candidate run and written
-into its metrics.json, so any bundle built from any of them carries its verdict; the chosen
-run's verdict (and a person's override of a failing one) also goes into runs/selected.json.
+When a reviewed labeled set exists (issue #25), `reviewed` (built by moola_ops, which knows
+the live release) gives each variant's Evidence and the live release's on the reviewed windows
+neither trained on; the variant must then also be no worse than the live release there
+(moola_core.train.gate.add_reviewed).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from moola_core import metrics as M
 from moola_core.errors import MoolaError
 from moola_core.train import runs
 from moola_core.train.compare import compare_runs
+
+SPLIT = "oof"
 
 
 def _ci(entry: dict) -> list[float]:
@@ -34,13 +46,17 @@ def select_run(
     n_boot: int = 1000,
     override: str | None = None,
     by: str | None = None,
+    reviewed: Callable[[list[str]], tuple | str] | None = None,
 ) -> dict:
-    """Pick the run to ship by `primary_metric` on validation; write runs/selected.json.
+    """Pick the variant to ship by `primary_metric` out of fold; write runs/selected.json.
 
-    Returns the record written: run_id, variant, seed, metric, split, value, ci, variant_mean,
-    test (value and ci), heuristic_test, beats_heuristic, gate, reason, candidates,
-    selected_at. `override` (a reason) with `by` (who) lets a run that failed the gate ship:
-    it is recorded in `gate["override"]` of the record and of the run's metrics.json.
+    Returns the record written: run_id, variant, seed, metric, split, value, ci (the variant's
+    pooled OOF figure), run (the shipped run's own OOF figure), calibration_split (its
+    held-out figure next to the heuristic's and the linear baseline's), gate, reason,
+    candidates, selected_at. `override` (a reason) with `by` (who) lets a run that failed the
+    gate ship: it is recorded in `gate["override"]` of the record and of the run's metrics.
+    `reviewed(run_ids)` -> (candidate Evidence, live Evidence) on reviewed windows, or a
+    sentence saying why there are none, adds the live release's check to every variant's gate.
     """
     if override is not None and not override.strip():
         raise MoolaError('--override needs a reason, e.g. --override "hotfix, approved by X".')
@@ -49,31 +65,40 @@ def select_run(
             f"unknown metric {primary_metric!r}; choose one of {', '.join(M.METRICS)}."
         )
     sign = -1.0 if primary_metric in M.LOWER_IS_BETTER else 1.0
-    comparison = compare_runs(runs_dir, split="val", n_boot=n_boot)
+    comparison = compare_runs(runs_dir, split=SPLIT, n_boot=n_boot)
     variants = comparison.models()
     if not variants:
         raise MoolaError(
-            f"no run in {runs_dir} has validation predictions; train with `invoke train`."
+            f"no run in {runs_dir} has out-of-fold predictions; train with `invoke train` "
+            "(runs trained before the out-of-fold protocol must be trained again)."
         )
     variants.sort(key=lambda r: (-sign * r["metrics"][primary_metric]["value"], r["variant"]))
-    best = variants[0]
-    per_seed = best["metrics"][primary_metric]["per_set"]
-    pick = max(range(len(per_seed)), key=lambda i: (sign * per_seed[i], -i))
+    gates = _gate_variants(runs_dir, variants, primary_metric, write, reviewed)
+    passing = [v for v in variants if gates[v["variant"]]["passed"]]
+    ranked = passing + [v for v in variants if not gates[v["variant"]]["passed"]]
+    best = ranked[0]
+    pick = min(
+        range(len(best["seeds"])), key=lambda i: (best["seeds"][i] is None, best["seeds"][i] or 0)
+    )
     run = runs.load_run(best["run_ids"][pick], runs_dir)
-
-    val_entry = run.metrics["val"][primary_metric]
-    test_entry = run.metrics["test"][primary_metric]
-    heuristic = run.metrics.get("baselines", {}).get("heuristic", {}).get("test", {})
-    heuristic_entry = heuristic.get(primary_metric)
     mean_entry = best["metrics"][primary_metric]
+    run_entry = run.metrics[SPLIT][primary_metric]
+    held = run.metrics.get("calibration_split", {}).get(primary_metric)
+    baselines = run.metrics.get("baselines", {})
 
     better = "higher" if sign > 0 else "lower"
+    n_seeds = len(best["seeds"])
     reason = (
-        f"{best['variant']} has the best mean validation {primary_metric} over its "
-        f"{len(per_seed)} seed(s), {M.format_metric(mean_entry)} ({better} is better)"
+        f"{best['variant']} has the best out-of-fold {primary_metric} over its {n_seeds} "
+        f"seed(s) {'among the variants that passed the quality gate' if passing else 'of all variants (none passed the quality gate)'}, "
+        f"{M.format_metric(mean_entry)} ({better} is better; "
+        f"{best['n']} windows, each predicted by a model that never saw it)"
     )
-    if len(variants) > 1:
-        runner = variants[1]
+    skipped = [v["variant"] for v in variants[: variants.index(best)]]
+    if skipped:
+        reason += f"; {', '.join(skipped)} scored higher but failed the gate"
+    if len(ranked) > 1:
+        runner = ranked[1]
         reason += (
             f"; runner-up {runner['variant']} {M.format_metric(runner['metrics'][primary_metric])}"
         )
@@ -83,24 +108,18 @@ def select_run(
         ):
             reason += " (the intervals overlap, so the lead is not certain)"
     reason += (
-        f". Seed {run.seed} ({run.run_id}) is that variant's best on validation: "
-        f"{M.format_metric(val_entry)}. On the untouched test split it scores "
-        f"{M.format_metric(test_entry)}"
+        f". Shipped: {run.run_id}, the variant's run with the smallest seed ({run.seed}; no "
+        "figure picks the seed)"
     )
-    beats = None
-    if heuristic_entry:
-        if sign > 0:
-            beats = test_entry["ci_low"] > heuristic_entry["ci_high"]
-        else:
-            beats = test_entry["ci_high"] < heuristic_entry["ci_low"]
-        reason += (
-            f" against the heuristic's {M.format_metric(heuristic_entry)}"
-            f" ({'intervals separate' if beats else 'intervals overlap'})"
-        )
+    if held:
+        reason += f"; on the sealed calibration split it scores {M.format_metric(held)}"
+        for name in ("heuristic", "linear"):
+            entry = baselines.get(name, {}).get("calibration_split", {}).get(primary_metric)
+            if entry:
+                reason += f", the {name} {M.format_metric(entry)}"
     reason += "."
 
-    gates = _gate_candidates(runs_dir, variants, primary_metric, n_boot, write)
-    gate = gates[run.run_id]
+    gate = gates[best["variant"]]
     if not gate["passed"] and override:
         gate["override"] = {
             "reason": " ".join(override.split()),
@@ -113,22 +132,23 @@ def select_run(
     if gate.get("override"):
         reason += f" Overridden by {gate['override']['by']}: {gate['override']['reason']}."
 
+    def figure(entry):
+        return {"value": round(entry["value"], 4), "ci": _ci(entry)} if entry else None
+
     record = {
         "run_id": run.run_id,
         "variant": best["variant"],
         "seed": run.seed,
         "metric": primary_metric,
-        "split": "val",
-        "value": round(val_entry["value"], 4),
-        "ci": _ci(val_entry),
-        "variant_mean": {"value": round(mean_entry["value"], 4), "ci": _ci(mean_entry)},
-        "test": {"value": round(test_entry["value"], 4), "ci": _ci(test_entry)},
-        "heuristic_test": (
-            {"value": round(heuristic_entry["value"], 4), "ci": _ci(heuristic_entry)}
-            if heuristic_entry
-            else None
-        ),
-        "beats_heuristic": beats,
+        "split": SPLIT,
+        "value": round(mean_entry["value"], 4),
+        "ci": _ci(mean_entry),
+        "run": figure(run_entry),
+        "calibration_split": figure(held),
+        "baselines_calibration_split": {
+            name: figure(baselines.get(name, {}).get("calibration_split", {}).get(primary_metric))
+            for name in ("heuristic", "linear")
+        },
         "gate": gate,
         "reason": reason,
         "candidates": {
@@ -149,16 +169,39 @@ def _store_gate(run: runs.Run, gate: dict) -> None:
     runs.write_json(run.path / runs.METRICS, metrics)
 
 
-def _gate_candidates(runs_dir, variants, metric: str, n_boot: int, write: bool) -> dict:
-    """Evaluate the gate of every candidate run -> {run_id: gate}; stored in each metrics.json."""
-    from moola_core.train.gate import evaluate_gate
+def _gate_variants(runs_dir, variants, metric: str, write: bool, reviewed=None) -> dict:
+    """Decide the gate of every variant (seeds pooled, Bonferroni over the variants; against
+    the live release on reviewed windows when `reviewed` is given) -> {variant: gate}; stored
+    in each of its runs' metrics.json."""
+    from dataclasses import replace
+
+    from moola_core.train.gate import (
+        GateRules,
+        add_reviewed,
+        decide,
+        evidence_from_runs,
+        reviewed_rules,
+    )
 
     gates = {}
     for row in variants:
-        for run_id in row["run_ids"]:
-            run = runs.load_run(run_id, runs_dir)
-            predictions = json.loads((run.path / runs.PREDICTIONS).read_text())
-            gates[run_id] = evaluate_gate(predictions, metric, n_boot=n_boot)
-            if write:
-                _store_gate(run, gates[run_id])
+        loaded = [runs.load_run(run_id, runs_dir) for run_id in row["run_ids"]]
+        predictions = [json.loads((r.path / runs.PREDICTIONS).read_text()) for r in loaded]
+        candidate, baselines = evidence_from_runs(row["variant"], predictions, metric, SPLIT)
+        candidate = replace(candidate, seeds=tuple(row["seeds"]))
+        rules = GateRules(metric=metric, variants_compared=len(variants))
+        gate = decide(candidate, baselines, rules)
+        if reviewed is not None:
+            found = reviewed(list(row["run_ids"]))
+            if not isinstance(found, str):
+                mine, live = found
+                mine = replace(mine, name=row["variant"], seeds=tuple(row["seeds"]))
+                rules = reviewed_rules(metric, len(variants), live.name)
+                found = decide(mine, {live.name: live}, rules)
+            gate = add_reviewed(gate, found)
+        gate["runs"] = list(row["run_ids"])
+        gates[row["variant"]] = gate
+        if write:
+            for run in loaded:
+                _store_gate(run, gate)
     return gates

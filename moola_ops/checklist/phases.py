@@ -146,14 +146,17 @@ def run_select(
     metric: str | None = None,
     n_boot: int = 1000,
     override: str | None = None,
+    reviewed=None,
 ) -> PhaseReport:
-    """Phase 2: choose a run on held-out metrics (moola_core.train.select_run), then the quality
-    gate (moola_core.train.gate): the phase fails unless the chosen run beats the heuristic and
-    the linear baseline on validation (paired CI above 0) without regressing on test, or a
-    person overrides it with a reason (`override`), recorded as a sign-off in the log."""
+    """Phase 2: choose a variant on out-of-fold metrics (moola_core.train.select_run), then the
+    quality gate (moola_core.train.gate): the phase fails unless the variant beats the heuristic
+    and the linear baseline out of fold and is no worse on the gate's stream than they are
+    beyond the stated margins, or a person overrides it with a reason (`override`), recorded
+    in the log as an override (its own state, not a pass). `reviewed`
+    (moola_ops.labeling.holdout.reviewed_gate) adds the live release on reviewed windows."""
     from moola_core.train import select_run
 
-    kwargs: dict[str, Any] = {"n_boot": n_boot}
+    kwargs: dict[str, Any] = {"n_boot": n_boot, "reviewed": reviewed}
     if metric:
         kwargs["primary_metric"] = metric
     if override is not None:
@@ -177,15 +180,17 @@ def run_select(
 
 
 def _gate_step(choice: dict) -> tuple[str, str, dict]:
-    """The gate verdict of the chosen run as a step: ok, ok with a named override, or failed."""
+    """The gate verdict of the chosen run as a step: ok, overridden (a named person's reason,
+    its own status in the log), or failed."""
     gate = choice.get("gate") or {}
     facts = {"run_id": choice.get("run_id"), "gate": gate}
     if gate.get("passed"):
         return "ok", f"{choice.get('run_id')}: {gate.get('summary')}", facts
     override = gate.get("override")
     if override:
+        facts["override"] = override
         return (
-            "ok",
+            "overridden",
             (
                 f"OVERRIDDEN by {override['by']} ({override['at']}): {override['reason']}; "
                 f"{gate.get('summary')}"
@@ -299,7 +304,10 @@ def run_accept(deployment: str, by: str, note: str = "", *, checklist_path=None)
         raise MoolaError("--by must name the person signing off (1-80 characters)")
     checklist = load_checklist(checklist_path or DEFAULT_CHECKLIST)
     report = checklist_states(checklist, read_events(), deployment)
-    open_steps = [s for s in report.steps if s.phase <= 5 and s.state not in ("done", "skipped")]
+    open_steps = [
+        s for s in report.steps if s.phase <= 5 and s.state not in ("done", "skipped", "overridden")
+    ]
+    overridden = [f"{s.phase}/{s.step}" for s in report.steps if s.state == "overridden"]
     journal = Journal(names.ACCEPT, bundle=report.bundle, deployment=deployment, actor=by)
     if open_steps:
         listed = ", ".join(f"{s.phase}/{s.step} {s.state}" for s in open_steps[:6])
@@ -314,13 +322,17 @@ def run_accept(deployment: str, by: str, note: str = "", *, checklist_path=None)
             f"deployment {deployment} cannot be accepted: phases 1-5 have steps not done "
             f"({listed}); run them and check with `invoke checklist --deployment {deployment}`"
         )
+    summary = f"accepted by {by}"
+    if overridden:
+        summary += f", with overridden steps {', '.join(overridden)}"
     journal.record(
         "",
         names.ACCEPT_SIGNOFF,
         "ok",
-        summary=f"accepted by {by}",
+        summary=summary,
         operator=_operator(),
         hosts=report.hosts,
+        overridden=overridden,
     )
     journal.record(
         "",

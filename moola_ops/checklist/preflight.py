@@ -58,35 +58,46 @@ def check_tests(root: Path, tests: str) -> tuple[str, str, dict]:
 
 
 def check_data(config) -> tuple[str, str, dict]:
-    """Validate the configured labeled set and split it; any leak across splits fails."""
+    """Validate the configured labeled set and divide it as a run does (sealed calibration
+    split, time folds); any window sharing bars across the calibration boundary or between a
+    fold's held-out and training windows fails."""
     from moola_core.data import labeled, splits
     from moola_core.data.problems import errors_only
-    from moola_core.train.data import load_labeled_frame
+    from moola_core.train.data import load_labeled_frame, prepare_data
 
     frame = load_labeled_frame(config)
     problems = errors_only(labeled.validate_labeled(frame))
     if problems:
         shown = "; ".join(str(p) for p in problems[:3])
         return "failed", f"{len(problems)} problem(s) in the labeled set: {shown}", {}
-    fractions = (
-        1.0 - config.split.val_share - config.split.test_share,
-        config.split.val_share,
-        config.split.test_share,
-    )
-    split = splits.split_labeled(frame, fractions, config.split.embargo_minutes)
-    report = splits.leakage_report(frame, split, config.split.embargo_minutes)
+    data = prepare_data(config, frame)
+    ids = data.window_ids
+    checks = [
+        (
+            "calibration",
+            splits.Split(ids(data.dev), [], ids(data.calibration)),
+            config.split.embargo_minutes,
+        )
+    ]
+    for k, fold in enumerate(data.folds, start=1):
+        seen = list(fold.train) + list(fold.early_stopping)
+        checks.append((f"fold {k}", splits.Split(ids(seen), [], ids(fold.held)), 0.0))
+    leaks = {name: splits.leakage_report(frame, split, embargo) for name, split, embargo in checks}
+    bad = {name: r for name, r in leaks.items() if not r.ok}
     facts = {
         "windows": len(frame),
-        "train": len(split.train),
-        "val": len(split.val),
-        "test": len(split.test),
-        "leaking_pairs": len(report.pairs),
+        "development": len(data.dev),
+        "calibration": len(data.calibration),
+        "folds": [len(f.held) for f in data.folds],
+        "purged": len(data.purged),
+        "leaking_pairs": sum(len(r.pairs) for r in leaks.values()),
     }
-    if not report.ok:
+    if bad:
+        name, report = next(iter(bad.items()))
         return (
             "failed",
             (
-                f"the split leaks: {len(report.pairs)} pair(s), "
+                f"the division leaks at {name}: {len(report.pairs)} pair(s), "
                 f"{len(report.embargo_breaches)} embargo breach(es)"
             ),
             facts,
@@ -94,8 +105,9 @@ def check_data(config) -> tuple[str, str, dict]:
     return (
         "ok",
         (
-            f"{len(frame)} windows valid; split {facts['train']}/{facts['val']}/"
-            f"{facts['test']} with no leakage"
+            f"{len(frame)} windows valid; {facts['development']} in "
+            f"{len(data.folds)} folds ({'/'.join(map(str, facts['folds']))}) and "
+            f"{facts['calibration']} sealed for calibration, with no leakage"
         ),
         facts,
     )
@@ -168,26 +180,26 @@ def check_model(config, runs_dir: Path, run_id: str | None) -> tuple[str, str, d
 
 
 def check_learned(run_path: Path) -> str:
-    """'' when the run learned (its validation loss fell below the first epoch's and its
-    validation span IoU beats the majority baseline's), else why not, in a few words."""
+    """'' when the run learned (in every fold the validation loss fell below its first epoch's,
+    and its out-of-fold span IoU beats the majority baseline's), else why not, in a few words."""
     import json
 
-    history = [
-        json.loads(line)
-        for line in (run_path / "history.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
-    losses = [row["val_loss"] for row in history if row.get("val_loss") is not None]
-    if len(losses) < 2 or not min(losses[1:]) < losses[0]:
-        return f"the validation loss never fell below its first epoch's ({losses[:1]})"
     metrics = json.loads((run_path / "metrics.json").read_text())
-    model = metrics["val"]["span_iou"]["value"]
-    majority = metrics.get("baselines", {}).get("majority", {}).get("val", {}).get("span_iou")
+    if "oof" not in metrics:
+        return "it was trained before out-of-fold runs; train it again"
+    learning = metrics.get("learning") or {}
+    if not learning.get("val_loss_fell"):
+        return (
+            "the validation loss never fell below its first epoch's in some fold "
+            f"(first {learning.get('first_val_loss')}, best {learning.get('best_val_loss')})"
+        )
+    model = metrics["oof"]["span_iou"]["value"]
+    majority = metrics.get("baselines", {}).get("majority", {}).get("oof", {}).get("span_iou")
     if majority is None:
         return "no majority baseline recorded to compare with; train the run again"
     if not model > majority["value"]:
         return (
-            f"validation span IoU {model:.3f} is not above the majority baseline's "
+            f"out-of-fold span IoU {model:.3f} is not above the majority baseline's "
             f"{majority['value']:.3f}"
         )
     return ""

@@ -43,7 +43,8 @@ class ChecklistReport:
 
     def phase_states(self) -> dict[int, str]:
         """One state per phase: failed if any step failed; "not needed" if every step was
-        skipped (no rollback happened); done if all are done or skipped; else pending."""
+        skipped (no rollback happened); pending if a step is still open; overridden if a step
+        was overridden (never "done"); done if all are done or skipped."""
         result = {}
         for number in sorted({s.phase for s in self.steps}):
             states = [s.state for s in self.steps if s.phase == number]
@@ -51,8 +52,8 @@ class ChecklistReport:
                 result[number] = "failed"
             elif all(st == "skipped" for st in states):
                 result[number] = "not needed"
-            elif all(st in ("done", "skipped") for st in states):
-                result[number] = "done"
+            elif all(st in ("done", "skipped", "overridden") for st in states):
+                result[number] = "overridden" if "overridden" in states else "done"
             else:
                 result[number] = "pending"
         return result
@@ -72,6 +73,7 @@ class ChecklistReport:
 
 _STATUS_TO_STATE = {
     "ok": "done",
+    "overridden": "overridden",
     "failed": "failed",
     "aborted": "failed",
     "refused": "failed",
@@ -136,6 +138,9 @@ def _verdict(lines: list[dict]) -> tuple[str, dict, dict[str, str]]:
         return "failed", deciding, hosts
     if all(s == "skipped" for s in states):
         return "skipped", newest, hosts
+    if "overridden" in states:
+        deciding = next(e for e in per_host.values() if e["status"] == "overridden")
+        return "overridden", deciding, hosts
     return "done", newest, hosts
 
 
@@ -214,7 +219,7 @@ def checklist_states(
                         lines = [
                             {
                                 **build_line,
-                                "status": "ok",
+                                "status": "overridden",
                                 "detail": {
                                     "summary": f"run {bundle_run} was not selected; bundle built with "
                                     f"override: {override}"
@@ -252,6 +257,17 @@ def checklist_states(
                     # only checks of this deployment's release count (not of the one still
                     # live after this deployment failed, nor of the one rolled back to)
                     lines = [e for e in lines if e.get("bundle") == bundle]
+            if check.phase == "select" and deployment:
+                # a deploy that shipped past the gate (--override-gate) says so on phase 2
+                forced = [
+                    e
+                    for e in own
+                    if e.get("step") == names.GATE
+                    and e.get("status") == "overridden"
+                    and (e.get("detail") or {}).get("override")
+                ]
+                if forced and (tie or not lines or lines[-1].get("status") != "ok"):
+                    lines, tie = forced[-1:], ""
             state, deciding, per_host = _verdict(lines)
             if check.phase == names.BUNDLE and state == "done" and sha256:
                 built_sha = str((deciding.get("detail") or {}).get("sha256") or "")

@@ -5,8 +5,17 @@ from __future__ import annotations
 
 from moola_ops.terminal import console, is_tty
 
-MARKS = {"done": "✔", "failed": "✘", "pending": "·", "skipped": "–", "ok": "✔", "not needed": "–"}
+MARKS = {
+    "done": "✔",
+    "failed": "✘",
+    "pending": "·",
+    "skipped": "–",
+    "ok": "✔",
+    "not needed": "–",
+    "overridden": "!",  # shipped past a failed or missing check by a named person: never a ✔
+}
 COLOURS = {
+    "overridden": "magenta",
     "done": "green",
     "ok": "green",
     "failed": "red",
@@ -95,4 +104,9 @@ def render_phase(report) -> None:
     else:
         for s in report.steps:
             print(f"{s.status:<8} {s.step:<18} {s.duration_s:6.1f}s  {s.summary}")
-    print(f"{report.phase}: {'passed' if report.ok else 'FAILED'}")
+    overridden = [s.step for s in report.steps if s.status == "overridden"]
+    if report.ok and overridden:
+        verdict = f"OVERRIDDEN ({', '.join(overridden)}: a person's reason is in the log)"
+    else:
+        verdict = "passed" if report.ok else "FAILED"
+    print(f"{report.phase}: {verdict}")

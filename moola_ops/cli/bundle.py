@@ -234,7 +234,9 @@ def metrics_table(metrics: dict):
     then the baselines' headline figures; None when the bundle carries no metrics."""
     from rich.table import Table
 
-    splits = [s for s in ("val", "test") if isinstance(metrics.get(s), dict) and metrics[s]]
+    splits = [
+        s for s in ("oof", "calibration_split") if isinstance(metrics.get(s), dict) and metrics[s]
+    ]
     rows: dict[str, dict[str, str]] = {}
     for split in splits:
         for name, value in metrics[split].items():
@@ -258,11 +260,14 @@ def metrics_table(metrics: dict):
     for name, cells in rows.items():
         table.add_row(name, *(cells.get(split, "-") for split in splits))
     for base, figures in baselines.items():
-        split = "test" if isinstance(figures, dict) and "test" in figures else None
-        values = figures.get(split) if split else None
-        if isinstance(values, dict):
-            iou = _cell(values.get("span_iou")) or _cell(values.get("accuracy")) or ""
-            table.add_row(f"baseline {base}", *([""] * (len(splits) - 1)), iou)
+        if not isinstance(figures, dict):
+            continue
+        cells = []
+        for split in splits:
+            values = figures.get(split)
+            values = values if isinstance(values, dict) else {}
+            cells.append(_cell(values.get("span_iou")) or _cell(values.get("accuracy")) or "-")
+        table.add_row(f"baseline {base}", *cells)
     return table
 
 

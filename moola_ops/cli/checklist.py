@@ -85,24 +85,37 @@ def preflight(c, config="", tests="", skip="", run="", runs_dir="runs", json=Fal
 
 @task(
     help={
-        "metric": "primary held-out metric to choose by (default: invoke.yaml select.metric, "
-        "else span_iou)",
+        "metric": "primary out-of-fold metric to choose and gate by (default: invoke.yaml "
+        "select.metric, else span_iou)",
         "runs_dir": "where training runs live (default runs)",
         "override": "ship a run that fails the quality gate anyway; the reason is recorded with "
         "your name as a sign-off in the log (invoke checklist shows it)",
+        "reviewed": "a reviewed labeled set (invoke label.import): the candidate must also be no "
+        "worse than the live release on its windows neither trained on (default: the labeled "
+        "file the candidates trained on, when it holds reviewed windows)",
+        "live": "the live release's run (default: the newest release the deployment log shows "
+        "switched and checked, and the run its bundle was built from)",
         "json": "print one JSON document",
     },
     dry="select records the chosen run (runs/selected.json and the log); `invoke compare` shows the "
     "same table without choosing",
 )
 @user_errors
-def select(c, metric="", runs_dir="runs", override=None, json=False):
-    """Phase 2: pick the run to ship on held-out metrics (with CIs), then the quality gate: exit 1
-    unless it beats the heuristic and the linear baseline (or --override "reason")."""
+def select(c, metric="", runs_dir="runs", override=None, reviewed="", live="", json=False):
+    """Phase 2: pick the variant to ship on out-of-fold metrics (with CIs), then the quality gate:
+    exit 1 unless it beats the heuristic and the linear baseline out of fold, is no worse on the
+    gate's stream beyond the stated margins and, where reviewed labels exist, no worse than the
+    live release on them (or --override "reason", logged as an override)."""
     from moola_ops.checklist.phases import run_select
+    from moola_ops.labeling.holdout import reviewed_gate
 
     metric = metric or (c.config.get("select") or {}).get("metric", "")  # invoke.yaml select.metric
-    report = run_select(runs_dir=runs_dir, metric=metric or None, override=override)
+    against_live = reviewed_gate(
+        runs_dir, reviewed=reviewed or None, live=live or None, metric=metric or "span_iou"
+    )
+    report = run_select(
+        runs_dir=runs_dir, metric=metric or None, override=override, reviewed=against_live
+    )
     _finish(report, json)
 
 

@@ -135,6 +135,8 @@ def _verdict(result) -> str:
         "no_serve": "files only: no server is started and live traffic stays where it is "
         "(`invoke serve --host H --ensure` moves it later; docs/serving.md)",
         "plan": PLAN_HELP,
+        "override_gate": "ship a bundle whose run failed or never went through the quality gate "
+        "(phase 2) anyway; the reason is logged as an override with your name",
     },
     dry=PLAN,
 )
@@ -158,10 +160,15 @@ def deploy(
     no_serve=False,
     json=False,
     refresh=False,
+    override_gate=None,
 ):
     """Phase 4: ship a bundle to hosts: lock, upload, verify, check, switch, check, prune."""
     from moola_ops import deploy as engine
 
+    if override_gate is not None and not str(override_gate).strip():
+        raise MoolaError(
+            '--override-gate needs a reason, e.g. --override-gate "hotfix, approved by Ana"'
+        )
     hosts = _hosts(host, inventory, refresh)
     local = engine.resolve_bundle(bundle)
     planning = bool(plan)
@@ -177,6 +184,7 @@ def deploy(
         check_timeout_s=_seconds(check_timeout, "--check-timeout"),
         plan=planning,
         serve=not no_serve,
+        gate_override=override_gate,
     )
     run = engine.repair if repair else engine.deploy
     title = f"{'repair' if repair else 'deploy'} {local.version}"

@@ -17,6 +17,7 @@ from moola_ops.terminal import print_json
         "deployment": "only this deployment id (or its first characters)",
         "since": "only lines since: 30m, 2h, 3d, 1w ago, or a UTC date / date-time",
         "failed": "only lines whose step failed, was aborted or refused",
+        "overridden": "only overrides: steps a person shipped past with a reason",
         "health": "one row per health-check line (default: one row per run, passing runs "
         "in a row collapsed)",
         "last": "show the last N rows (default 30; 0: all)",
@@ -26,7 +27,16 @@ from moola_ops.terminal import print_json
 )
 @user_errors
 def log(
-    c, phase="", host="", deployment="", since="", failed=False, health=False, last=30, json=False
+    c,
+    phase="",
+    host="",
+    deployment="",
+    since="",
+    failed=False,
+    overridden=False,
+    health=False,
+    last=30,
+    json=False,
 ):
     """Show the deployment log (logs/deployments.jsonl or env MOOLA_LOG), newest last."""
     from moola_ops.log.journal import read_events
@@ -39,6 +49,7 @@ def log(
         deployment=deployment,
         since=parse_since(since) if since else "",
         failed=failed,
+        overridden=overridden,
     )
     everything = read_events()
     events = [e for e in everything if rules.keep(e)]

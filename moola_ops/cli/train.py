@@ -88,7 +88,8 @@ def train(
     runs_dir="runs",
     json=False,
 ):
-    """Train one run per seed; print held-out test metrics next to the baselines."""
+    """Train one run per seed (a model per fold, then the final model); print its out-of-fold
+    and calibration-split metrics next to the baselines, and its stream figures."""
     import sys
 
     def say(message: str) -> None:  # progress from the first second, on stderr (--json stays clean)
@@ -115,23 +116,50 @@ def train(
         result = train_run(base.model_copy(update={"seed": one_seed}), runs_dir, data=data)
         summaries.append(result.metrics)
         if not json:
-            m = result.metrics
-            out.print(
-                f"run {result.run_id}: best epoch {m['best_epoch']} of {m['epochs_run']}, "
-                f"{m['train_seconds']:.0f}s, {m['n_parameters']} parameters -> {result.path}"
-            )
-            rows = [(m["variant"], m["test"])]
-            rows += [(name, b["test"]) for name, b in m["baselines"].items()]
-            out.print(_table(f"test split ({m['n_windows']['test']} windows), 95% CI", rows))
-            det = (m.get("detection") or {}).get("test")
-            if det:  # data.negative_share: how well it says "no pattern"
-                out.print(
-                    f"saying 'no pattern' on test ({det['n_patterns']} patterns, "
-                    f"{det['n_pattern_free']} pattern-free): precision {det['precision']:.3f}, "
-                    f"recall {det['recall']:.3f}, F1 {det['f1']:.3f}"
-                )
+            _print_run(out, result)
     if json:
         print_json(summaries if len(summaries) > 1 else summaries[0])
+
+
+def _print_run(out, result) -> None:
+    """A finished run: where it went, its out-of-fold and calibration-split figures next to the
+    baselines, and (live models, synthetic data) its stream figures."""
+    m = result.metrics
+    folds = ", ".join(str(f["best_epoch"]) for f in m["folds"])
+    out.print(
+        f"run {result.run_id}: {len(m['folds'])} folds (best epochs {folds}), final model "
+        f"{m['final_epochs']} epochs, {m['train_seconds']:.0f}s, {m['n_parameters']} "
+        f"parameters -> {result.path}"
+    )
+    for split, what in (
+        ("oof", f"out of fold ({m['n_windows']['oof']} windows, what `invoke select` judges)"),
+        ("calibration_split", f"calibration split ({m['n_windows']['calibration_split']} windows)"),
+    ):
+        rows = [(m["variant"], m[split])]
+        rows += [(name, b[split]) for name, b in m["baselines"].items()]
+        out.print(_table(f"{what}, 95% CI", rows))
+    det = (m.get("detection") or {}).get("calibration_split")
+    if det:  # an objectness model: how well it says "no pattern"
+        out.print(
+            f"saying 'no pattern' on the calibration split ({det['n_patterns']} patterns, "
+            f"{det['n_pattern_free']} pattern-free): precision {det['precision']:.3f}, "
+            f"recall {det['recall']:.3f}, F1 {det['f1']:.3f}"
+        )
+    stream = m.get("stream") or {}
+    if "model" in stream:
+        from moola_core.metrics import format_metric
+
+        out.print(
+            f"stream ({stream['sessions']} sessions, {stream['model']['events']} expansions):"
+        )
+        for name, figures in [(m["variant"], stream["model"]), *stream["baselines"].items()]:
+            out.print(
+                f"  {name:<22} false alarms per 1,000 bars "
+                f"{format_metric(figures['false_alarms_per_1k'])}, recall within "
+                f"{figures['within']} bars {format_metric(figures['recall_within'])}"
+            )
+    elif stream.get("skipped"):
+        out.print(f"stream: {stream['skipped']}")
 
 
 @task(
@@ -144,7 +172,8 @@ def train(
 )
 @user_errors
 def evaluate(c, run, runs_dir="runs", json=False):
-    """Re-score a run's val and test splits from its files; exit 1 if they differ from record."""
+    """Re-score a run's out-of-fold and calibration-split predictions from its files; exit 1 if
+    they differ from the record."""
     from moola_core.train import evaluate_run
 
     report = evaluate_run(run, runs_dir)
@@ -152,10 +181,14 @@ def evaluate(c, run, runs_dir="runs", json=False):
         print_json(report)
     else:
         out = console()
-        for split in ("val", "test"):
+        for split in ("oof", "calibration_split"):
             rows = [(report["variant"], report[split])]
-            rows += [(name, b[split]) for name, b in report["baselines"].items()]
-            out.print(_table(f"{run}: {split} split ({report[split]['n']} windows), 95% CI", rows))
+            rows += [
+                (f"{name} (recorded)", b[split])
+                for name, b in report["baselines"].items()
+                if split in b
+            ]
+            out.print(_table(f"{run}: {split} ({report[split]['n']} windows), 95% CI", rows))
         out.print(
             "reproduces the recorded metrics: "
             + ("yes" if report["matches_recorded"] else "NO (data or code changed since)")
@@ -167,14 +200,15 @@ def evaluate(c, run, runs_dir="runs", json=False):
 @task(
     help={
         "runs_dir": "runs folder (default runs)",
-        "split": "held-out split to compare on: test (default) or val",
+        "split": "what to compare on: oof (out of fold, the default: what select judges) or "
+        "calibration_split (the final models on the sealed split)",
         "markdown": "print a Markdown table (for docs and reviews)",
         "json": "print the comparison as one JSON document",
     },
     dry=READS,
 )
 @user_errors
-def compare(c, runs_dir="runs", split="test", markdown=False, json=False):
+def compare(c, runs_dir="runs", split="oof", markdown=False, json=False):
     """Variants x seeds table with 95% CIs next to the baselines (input to `invoke select`)."""
     from moola_core.train import compare_runs
 

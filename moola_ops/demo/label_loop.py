@@ -15,6 +15,7 @@ from pathlib import Path
 LIMIT = 40  # tasks in the demo's batch
 SECOND_REVIEWS = 4  # tasks a second reviewer answers too (agreement)
 TOLERANCE = 2  # bars a span end may be off before the demo's reviewer moves it
+# the retrained run: the demo's recipe (demo.facts["recipe"]) on the reviewed set, 12 epochs
 RETRAIN = {"name": "jade-reviewed", "seed": 17, "optim": {"max_epochs": 12, "patience": 4}}
 
 
@@ -111,7 +112,10 @@ def review_loop(demo, *, hosts, root: Path, runs_dir: Path, say=print) -> None:
         from moola_core.train import train_run
         from moola_ops.labeling.holdout import compare_on_reviewed
 
-        config = {**RETRAIN, "data": {"source": "file", "path": str(merged)}}
+        config = yaml.safe_load(Path(demo.facts["recipe"]).read_text())
+        config["name"], config["seed"] = RETRAIN["name"], RETRAIN["seed"]
+        config["optim"].update(RETRAIN["optim"])
+        config["data"] = {"source": "file", "path": str(merged)}
         config_path = root / "train-reviewed.yaml"
         config_path.write_text(yaml.safe_dump(config))
         run = train_run(str(config_path), runs_dir, progress="none", n_boot=200)

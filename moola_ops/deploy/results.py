@@ -119,6 +119,9 @@ class Options:
     journal_path: str | None = None  # None: env MOOLA_LOG or logs/deployments.jsonl
     serve: bool = True  # start the target's server, move live traffic with `current`
     keep_standby: bool = True  # the previous release's server stays warm (fast rollback)
+    # a person's reason to ship a bundle whose run failed or never went through the quality
+    # gate (`invoke deploy --override-gate`); logged as "overridden", never as a pass
+    gate_override: str | None = None
 
     @property
     def host_deadline_s(self) -> float:

@@ -480,20 +480,33 @@ def prune_note(odd: list[str], unchecked: list[str] = ()) -> str:
 
 
 def quality_gate(ctx: HostContext) -> None:
-    """Phase 2's verdict, as the verified manifest carries it: a bundle whose run failed the
-    quality gate ships only with a person's recorded override. A bundle built from a run that
-    phase 2 never judged (no verdict) is shipped with that said in the log."""
-    from moola_core.bundle.gate import gate_allows, gate_verdict
+    """Phase 2's verdict, as the verified manifest carries it (moola_core.bundle.gate): a bundle
+    whose run passed ships; one whose failing run a person overrode at selection ships as
+    "overridden"; one whose run failed is refused before anything reaches the host, and so is
+    one whose run was never judged when it is to serve (deploy, repair), unless the deploy
+    itself carries a person's override (`--override-gate`), which the log records as
+    "overridden" with who and why, never as a pass. A never-judged candidate may still be
+    placed beside `current` as a shadow (it answers no live request); the log says so."""
+    from moola_core.bundle.gate import gate_state
 
     manifest = ctx.bundle.manifest
     with ctx.step(steps.GATE) as info:
-        if manifest is None or gate_verdict(manifest) is None:
-            info["summary"] = (
-                f"{ctx.bundle.version} carries no quality-gate verdict (its run never went "
-                "through `invoke select`)"
-            )
-            return
-        allowed, why = gate_allows(manifest)
+        state, why = gate_state(manifest if manifest is not None else {})
+        info["gate"] = state
         info["summary"] = why
-        if not allowed:
-            raise StepFailed(f"{ctx.bundle.version} refused for {ctx.host.name}: {why}")
+        if state == "passed":
+            return
+        if state == "overridden":
+            info["status"] = "overridden"
+            return
+        serving = ctx.journal.phase in (steps.DEPLOY, steps.REPAIR_PHASE)
+        if state == "unjudged" and not serving:
+            info["summary"] = f"{why}; placed for {ctx.journal.phase}, where it serves no answer"
+            return
+        reason = " ".join((ctx.opts.gate_override or "").split())
+        if reason:
+            info["status"] = "overridden"
+            info["override"] = reason
+            info["summary"] = f"OVERRIDDEN at deploy: {reason}; {why}"
+            return
+        raise StepFailed(f"{ctx.bundle.version} refused for {ctx.host.name}: {why}")

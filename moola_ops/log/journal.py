@@ -36,7 +36,9 @@ DEFAULT_LOG = Path("logs/deployments.jsonl")
 
 # Step outcomes. "started" opens a step or a run, "aborted" marks Ctrl-C, "refused" a request
 # the engine declined before touching anything (bad name, lock held by someone else).
-STATUSES = ("started", "ok", "failed", "skipped", "aborted", "refused")
+# "overridden": a person shipped past a failed or missing check, with a recorded reason: its own
+# state everywhere (checklist, report, `invoke log`), never shown as "ok"
+STATUSES = ("started", "ok", "failed", "skipped", "aborted", "refused", "overridden")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any
 from moola_core.errors import MoolaError
 from moola_ops.log import steps
 from moola_ops.report.labeling import labeling_section
-from moola_ops.report.models import _candidates, _spans
+from moola_ops.report.models import _candidates, _reliability, _spans
 from moola_ops.report.page import (
     Section,
     _esc,
@@ -270,10 +270,24 @@ def _checklist_section(events: list[dict], deployment: str | None) -> tuple[Sect
         section.missing = str(exc)
         return section, None
     rows = [
-        [s.phase, s.step, s.state, s.by, s.at.replace("T", " ")[:19], s.detail[:140]]
+        [
+            s.phase,
+            s.step,
+            "OVERRIDDEN" if s.state == "overridden" else s.state,
+            s.by,
+            s.at.replace("T", " ")[:19],
+            s.detail[:140],
+        ]
         for s in report.steps
     ]
     section.body.append(_table(["phase", "step", "state", "by", "when (UTC)", "detail"], rows))
+    overrides = [s for s in report.steps if s.state == "overridden"]
+    if overrides:
+        listed = "; ".join(f"{s.phase}/{s.step} by {s.by or '?'}: {s.detail}" for s in overrides)
+        section.body.append(
+            f"<p class='note'>Overridden, not passed: a person shipped past these checks with "
+            f"a recorded reason ({_esc(listed)}).</p>"
+        )
     return section, report
 
 
@@ -310,6 +324,11 @@ def build_report(
     bundle = state.bundle if state is not None else None
     sections = [
         _guarded("candidates", "Candidates", lambda: _candidates(runs_dir)),
+        _guarded(
+            "reliability",
+            "Reliability: is the stated probability right?",
+            lambda: _reliability(runs_dir),
+        ),
         _guarded("spans", "Predicted vs true spans", lambda: _spans(runs_dir, real)),
         _guarded("hosts", "Hosts", lambda: _hosts_section(events, hosts, cache)),
         _guarded("ab", "A/B", lambda: _ab_section(ab_hosts(hosts, events, bundle), cache)),

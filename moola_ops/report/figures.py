@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from typing import Any
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
@@ -111,6 +112,36 @@ def training_curves(histories: dict[str, list[dict]], salt: str) -> str:
 
     for ax in (ax_loss, ax_iou):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return to_svg(fig, salt)
+
+
+def reliability(panels: list[tuple[str, dict]], salt: str) -> str:
+    """Reliability diagrams: per panel (title, {"ece", "bins": [{"p", "rate", "n"}]}) the mean
+    predicted probability of each bin against the observed rate, with the diagonal."""
+    plt = _plt()
+    width = max(6.0, 4.6 * len(panels))  # one panel alone is still drawn at a readable size
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 4.0), squeeze=False)
+    for ax, (title, rel) in zip(axes[0], panels, strict=True):
+        bins = rel.get("bins") or []
+        top = max([b["p"] for b in bins] + [b["rate"] for b in bins] + [0.05])
+        top = min(1.0, top * 1.1)
+        ax.plot([0, top], [0, top], color=MUTED, lw=1, ls="--")
+        ax.plot(
+            [b["p"] for b in bins],
+            [b["rate"] for b in bins],
+            marker="o",
+            color=PALETTE[0],
+            lw=1.4,
+            ms=4,
+        )
+        heading = "\n".join(textwrap.wrap(title, 58))
+        ax.set(
+            xlim=(0, top),
+            ylim=(0, top),
+            xlabel="predicted P(expansion under way)",
+            ylabel="observed share under way",
+        )
+        ax.set_title(f"{heading}\nECE {rel.get('ece', float('nan')):.4f}", fontsize=8)
     return to_svg(fig, salt)
 
 

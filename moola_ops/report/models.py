@@ -1,6 +1,6 @@
 """The report's model sections: training curves and the candidate comparison (with CIs and
-the baselines), and predicted vs true spans on candlesticks (test windows, best and worst, and
-the real-bar sample)."""
+the baselines), the chosen run's reliability diagram, and predicted vs true spans on
+candlesticks (out-of-fold windows, best and worst, and the real-bar sample)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ def _candidates(runs_dir: Path) -> Section:
         path = run.path / R.HISTORY
         if path.is_file():
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            # the first fold's model: it stops on its own slice (the final model has none)
+            rows = [r for r in rows if r.get("model", "fold-1") == "fold-1" and "val" in r]
             if rows:
                 histories[run.run_id] = rows
     if histories:
@@ -36,15 +38,16 @@ def _candidates(runs_dir: Path) -> Section:
             section,
             "curves",
             figures.training_curves(histories, "curves"),
-            "Training (dashed) and validation (solid) loss per epoch, and validation span IoU; "
-            "the star marks the epoch whose weights were kept (early stopping).",
+            "First fold of each run: training (dashed) and early-stopping (solid) loss per "
+            "epoch, and early-stopping span IoU; the star marks the epoch whose weights were "
+            "kept. The final model trains for the folds' median best epoch.",
         )
     from moola_core.train.compare import compare_runs
 
     selected = _selected(runs_dir)
     for split, note in (
-        ("val", "the split the choice is made on"),
-        ("test", "reported once, after the choice"),
+        ("oof", "out of fold: what the choice and the quality gate read"),
+        ("calibration_split", "the final models on the sealed calibration split"),
     ):
         try:
             comparison = compare_runs(runs_dir, split=split, n_boot=500)
@@ -56,7 +59,8 @@ def _candidates(runs_dir: Path) -> Section:
             section,
             f"compare-{split}",
             figures.comparison(comparison.rows, metrics, split, f"compare-{split}"),
-            f"Candidates and baselines on {split} ({note}), 95% bootstrap CIs over windows.",
+            f"Candidates and baselines on {split} ({note}), 95% bootstrap CIs over windows "
+            "and seeds.",
         )
         rows = []
         for r in comparison.rows:
@@ -111,7 +115,7 @@ def _chosen_run(runs_dir: Path):
     for run in found:
         if run.run_id == selected:
             return run
-    return max(found, key=lambda r: r.metrics.get("val", {}).get("span_iou", {}).get("value", 0))
+    return max(found, key=lambda r: r.metrics.get("oof", {}).get("span_iou", {}).get("value", 0))
 
 
 def _spans(runs_dir: Path, real: bool) -> Section:
@@ -128,7 +132,10 @@ def _spans(runs_dir: Path, real: bool) -> Section:
     from moola_ops.report import figures
 
     predictions = json.loads((run.path / R.PREDICTIONS).read_text())
-    test = predictions["test"]
+    if "oof" not in predictions:
+        section.missing = f"{run.run_id} was trained before out-of-fold runs; train it again"
+        return section
+    test = predictions["oof"]
     truth = test["truth"]
     iou = span_iou(test["start"], test["end"], truth["start"], truth["end"])
     order = np.argsort(iou, kind="stable")
@@ -137,7 +144,7 @@ def _spans(runs_dir: Path, real: bool) -> Section:
     frame = _labeled_frame(run)
     if frame is None:
         section.body.append(
-            "<p class='note'>the run's labeled data cannot be loaded, so its test "
+            "<p class='note'>the run's labeled data cannot be loaded, so its out-of-fold "
             "windows cannot be drawn</p>"
         )
     else:
@@ -164,9 +171,9 @@ def _spans(runs_dir: Path, real: bool) -> Section:
                 section,
                 "spans-test",
                 figures.span_grid(windows, "spans-test"),
-                f"Test windows of {run.run_id}: the {N_SPAN_WINDOWS} best and "
-                f"{N_SPAN_WINDOWS} worst by span IoU. Green band: true span; hatched "
-                "orange: predicted span.",
+                f"Out-of-fold windows of {run.run_id} (each predicted by the fold model that "
+                f"never saw it): the {N_SPAN_WINDOWS} best and {N_SPAN_WINDOWS} worst by span "
+                "IoU. Green band: true span; hatched orange: predicted span.",
             )
     if real:
         try:
@@ -230,3 +237,53 @@ def _real_windows(run, runs_dir: Path) -> list[dict]:
             }
         )
     return out
+
+
+def _reliability(runs_dir: Path) -> Section:
+    """The chosen run's calibration: how often an expansion really was under way (live model)
+    or the window really held the predicted class, for each band of the stated probability."""
+    section = Section("reliability", "Reliability: is the stated probability right?")
+    run = _chosen_run(runs_dir)
+    if run is None:
+        section.missing = "no run with predictions to draw"
+        return section
+    from moola_ops.report import figures
+
+    stream = run.metrics.get("stream") or {}
+    cuts = run.metrics.get("live_cuts") or {}
+    panels = []
+    if stream.get("reliability"):
+        panels.append(
+            (
+                f"every bar of the gate's stream ({stream.get('sessions')} sessions, never used "
+                "to train or choose)",
+                stream["reliability"],
+            )
+        )
+    if cuts.get("reliability"):
+        share = cuts["reliability"].get("at_share")
+        panels.append(
+            (
+                "out-of-fold as-of cuts (fold models), the prior shift undone: probabilities at "
+                f"the cuts' own share of expansions under way ({share:.0%})"
+                if share is not None
+                else "out-of-fold as-of cuts (fold models)",
+                cuts["reliability"],
+            )
+        )
+    if not panels:
+        section.missing = (
+            f"{run.run_id} is not a live model (model.live): its confidence is not a "
+            "probability of an event, so there is no reliability diagram to draw"
+        )
+        return section
+    _figure(
+        section,
+        "reliability",
+        figures.reliability(panels, "reliability"),
+        f"{run.run_id}: predicted probability (x, mean per bin; bins hold equal numbers of "
+        "answers) against the observed share of bars with an expansion under way (y). On the "
+        "diagonal the probability is right; ECE is the count-weighted mean gap. The abstain "
+        f"threshold is {run.metrics.get('calibration', {}).get('abstain_threshold', 0):.3f}.",
+    )
+    return section

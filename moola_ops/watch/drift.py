@@ -87,7 +87,8 @@ def reference_from_run(run_id: str, runs_dir: str | os.PathLike, cache: str | os
             f"run {run_id} has no {CONFIG}, so its training data is unknown; pass "
             "--reference FILE (a labeled parquet of the training data)"
         )
-    train = prepare_data(load_config(path / CONFIG)).part("train")
+    data = prepare_data(load_config(path / CONFIG))
+    train = data.part(data.dev)  # the windows the final model trained on
     bins = reference_bins(train["x"], train["valid"])
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")

@@ -16,7 +16,7 @@ import pytest
 
 from moola_ops.hosts.inventory import Inventory
 from moola_ops.hosts.standin import start_sandbox
-from tests.unit.tiny_runs import make_tiny_run
+from tests.unit.tiny_runs import PASSED_GATE, make_tiny_run
 
 VERSIONS = ("v1.0", "v1.1", "v1.2")
 
@@ -63,7 +63,7 @@ def make_bundle(
         runs,
         f"run-{version}",
         seed=seed,
-        metrics=metrics or {"test": {"accuracy": 0.5}, "fingerprint": "ab"},
+        metrics=metrics or {"oof": {"accuracy": 0.5}, "fingerprint": "ab", "gate": PASSED_GATE},
         model_config=model_config,
     )
     (run / "config.yaml").write_text(f"seed: {seed}\n")

@@ -26,16 +26,20 @@ from tests.integration.helpers import wait_for
 
 PROXY = Path(serve_proxy.__file__)
 
-# a stand-in model server: writes each request it gets (headers, body) as got-<n>, waits while
+# a stand-in model server: writes each request it gets (headers, body) as got-<n> (numbered under
+# a lock: counting the files raced when requests arrived together, and two wrote got-1), waits while
 # the file `hold` exists, answers 200 with its port
 STUB = r"""
-import http.server, json, os, sys, time
+import http.server, json, os, sys, threading, time
 folder = sys.argv[1]
+numbering = threading.Lock()
+count = [0]
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def _answer(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        n = len([f for f in os.listdir(folder) if f.startswith("got-")])
+        with numbering:  # handler threads run at once: each request its own number
+            n, count[0] = count[0], count[0] + 1
         with open(os.path.join(folder, "got-%d" % n), "w") as fh:
             json.dump({"path": self.path, "headers": dict(self.headers), "body": body.decode()}, fh)
         while os.path.exists(os.path.join(folder, "hold")):

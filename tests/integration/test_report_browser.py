@@ -17,8 +17,9 @@ from tests.report_fixture import make_report_inputs
 
 EXPECTED = {
     "curves",
-    "compare-val",
-    "compare-test",
+    "compare-oof",
+    "compare-calibration_split",
+    "reliability",
     "spans-test",
     "spans-real",
     "timeline",

@@ -143,7 +143,7 @@ def test_predict_health_metrics_and_captures_through_the_public_port(served):
         assert line["release"] == "v1.1" and line["status"] == 200
         assert line["latency_ms"] > 0 and line["batch_size"] >= 2
         assert len(line["ohlc"]) == 105 and line["ohlc"][0] == window(i + 1)[0]
-        assert set(line["output"]) == {"label", "probs", "start", "end", "abstain"}
+        assert set(line["output"]) == {"label", "probs", "start", "end", "abstain", "confidence"}
     assert [line["window_id"] for line in captured] == [None, "w-2"]
     assert captured[1]["output"] == {k: second[k] for k in captured[1]["output"]}
     assert any(e["phase"] == "serve" and e["step"] == "start" for e in read_events(log))

@@ -34,12 +34,14 @@ from tests.integration.test_serving import FAST, body, post, wait_for
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 FAKE_SHADOW = r"""
-import http.server, json, os, sys, time
+import http.server, json, os, sys, threading, time
 mode, folder = sys.argv[1], sys.argv[2]
+numbering, count = threading.Lock(), [0]
 class H(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        n = len(os.listdir(folder))
+        with numbering:  # requests may arrive together: each its own got-<n>
+            n, count[0] = count[0], count[0] + 1
         open(os.path.join(folder, "got-%d" % n), "w").close()
         if mode == "block":
             while not os.path.exists(os.path.join(folder, "..", "release")):

@@ -21,14 +21,16 @@ PROXY = Path(serve_proxy.__file__)
 
 # a stand-in model server: keeps every body it gets as got-<n>, answers 200
 STUB = r"""
-import http.server, json, os, sys
+import http.server, json, os, sys, threading
 folder, mode = sys.argv[1], sys.argv[2]
+numbering, count = threading.Lock(), [0]
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         rid = self.headers.get("X-Moola-Request-Id", "")
-        n = len(os.listdir(folder))
+        with numbering:  # requests may arrive together: each its own got-<n>
+            n, count[0] = count[0], count[0] + 1
         with open(os.path.join(folder, "got-%d" % n), "wb") as fh:
             fh.write(rid.encode() + b"\n" + body)
         data = json.dumps({"ok": True, "port": self.server.server_address[1]}).encode()

@@ -25,7 +25,7 @@ def invoke(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_bundle_tasks_build_verify_show_and_refuse(tmp_path):
-    make_tiny_run(tmp_path / "runs", "run-7", metrics={"test": {"accuracy": 0.75}})
+    make_tiny_run(tmp_path / "runs", "run-7", metrics={"calibration_split": {"accuracy": 0.75}})
     (tmp_path / "runs" / "selected.json").write_text(json.dumps({"run_id": "run-7"}))
 
     built = invoke(tmp_path, "bundle", "--version", "v0.3", "--json")
@@ -55,7 +55,7 @@ def test_bundle_tasks_build_verify_show_and_refuse(tmp_path):
     assert shown.returncode == 0 and "run-7" in shown.stdout
     # metrics are a table, one row per metric and a column per split, not a flattened dump
     rows = {line.split()[0]: line.split()[1:] for line in shown.stdout.splitlines() if line.strip()}
-    assert rows["metric"] == ["test"] and rows["accuracy"] == ["0.750"], shown.stdout
+    assert rows["metric"] == ["calibration_split"] and rows["accuracy"] == ["0.750"], shown.stdout
     # a version works where a path does, as for `invoke deploy --bundle v0.3`
     by_version = invoke(tmp_path, "bundle.show", "v0.3", "--json")
     assert by_version.returncode == 0 and json.loads(by_version.stdout)["version"] == "v0.3"
@@ -75,8 +75,8 @@ def test_bundle_tasks_build_verify_show_and_refuse(tmp_path):
 
 def test_a_bundle_from_an_unselected_run_needs_an_override_with_a_reason(tmp_path):
     metrics = {
-        "val": {"span_iou": {"value": 0.61, "ci_low": 0.55, "ci_high": 0.67}},
-        "test": {"span_iou": {"value": 0.58, "ci_low": 0.5, "ci_high": 0.66}},
+        "oof": {"span_iou": {"value": 0.61, "ci_low": 0.55, "ci_high": 0.67}},
+        "calibration_split": {"span_iou": {"value": 0.58, "ci_low": 0.5, "ci_high": 0.66}},
     }
     make_tiny_run(tmp_path / "runs", "run-7", metrics=metrics)
     make_tiny_run(tmp_path / "runs", "run-8", metrics=metrics)

@@ -233,7 +233,8 @@ def test_phases_2_and_3_are_tied_to_the_bundles_run_and_sha256(tmp_path):
     dep = Journal("deploy", bundle="v0.4", path=log)
     dep.record("", "open", "started", sha256="ee" * 32)
     states = _by_check(cl.checklist_states(checklist, read_events(log), dep.deployment))
-    assert states["select.choice"].state == "done"
+    # an override is its own state, never a check mark
+    assert states["select.choice"].state == "overridden"
     assert states["select.choice"].detail.endswith("override: hotfix for session gaps")
     # its own recorded selection counts too
     Journal("select", path=log).record("", "choice", "ok", facts={"run_id": "seed-13"})
@@ -246,3 +247,45 @@ def test_phases_2_and_3_are_tied_to_the_bundles_run_and_sha256(tmp_path):
     states = _by_check(cl.checklist_states(checklist, read_events(log), rebuilt.deployment))
     assert states["bundle.build"].state == "failed"
     assert "is not the one built and verified as v0.5" in states["bundle.build"].detail
+
+
+def test_a_deploy_past_the_gate_shows_as_an_override_on_phase_2_and_accept_names_it(
+    tmp_path, monkeypatch
+):
+    """A bundle whose run was never judged, deployed with --override-gate: phase 2 of that
+    deployment is "overridden" (who and why), not failed and not done; accepting it works and
+    its sign-off line lists the overridden steps."""
+    from moola_ops.checklist.phases import run_accept
+
+    log = tmp_path / "deployments.jsonl"
+    monkeypatch.setenv("MOOLA_LOG", str(log))
+    checklist = spec.load_checklist()
+    for step in ("lint", "tests", "data", "model", "doctor"):
+        Journal("preflight", path=log).record("", step, "ok")
+    dep = _released(log, "v0.7", "never-judged", "ab" * 32)
+    dep.record(
+        "h1",
+        "gate",
+        "overridden",
+        override="data fix, approved by Ana",
+        summary="OVERRIDDEN at deploy: data fix, approved by Ana; never-judged carries no "
+        "quality-gate result",
+    )
+    report = cl.checklist_states(checklist, read_events(log), dep.deployment)
+    states = _by_check(report)
+    assert states["select.gate"].state == "overridden"
+    assert states["select.choice"].state == "overridden"
+    assert "data fix, approved by Ana" in states["select.gate"].detail
+    assert report.phase_states()[2] == "overridden"
+    for step in ("sanity", "latency"):
+        Journal("verify", bundle="v0.7", deployment=dep.deployment, path=log).record(
+            "h1", step, "ok"
+        )
+    accepted = run_accept(dep.deployment, "ana")
+    assert accepted.ok
+    signoff = read_events(log)[-2]
+    assert signoff["step"] == "signoff" and signoff["detail"]["overridden"] == [
+        "2/choice",
+        "2/gate",
+    ]
+    assert "with overridden steps 2/choice, 2/gate" in signoff["detail"]["summary"]

@@ -222,6 +222,34 @@ def test_the_server_refuses_gpus_torch_cannot_use_as_the_check_does(release, tmp
     assert accepted.device_facts["gpus"] == ["NVIDIA H100 80GB HBM3"]
 
 
+def test_the_server_answers_with_the_confidence_and_a_live_models_p_under_way(tmp_path):
+    """What /v1/predict returns per window comes from Predictor.predict_ohlc: every answer
+    carries its confidence; a live model's also names it P(expansion under way)."""
+    import numpy as np
+
+    from moola_core.runtime.serve import Predictor
+
+    ohlc = 100.0 + np.cumsum(np.random.default_rng(0).normal(0, 0.05, (3, 105, 1)), axis=1)
+    ohlc = torch.from_numpy(np.concatenate([ohlc, ohlc + 0.1, ohlc - 0.1, ohlc + 0.02], axis=2))
+    for live in (True, False):
+        root = tmp_path / f"live-{live}"
+        config = {"hidden": 8, "layers": 1, "live": live, "object_bias": -2.0}
+        make_tiny_run(root / "runs", "run-1", model_config=config)
+        built = build_bundle("v1.0", "run-1", runs_dir=root / "runs", out_dir=root / "b")
+        predictor = Predictor(safe_extract(built.path, root / "rel" / "v1.0"), "cpu")
+        predictor.load()
+        rows = predictor.predict_ohlc(ohlc)
+        x, valid = predictor.features(ohlc)
+        confidence = predictor.forward(x, valid)["confidence"]
+        assert [r["confidence"] for r in rows] == [round(c, 6) for c in confidence.tolist()]
+        assert all(0.0 <= r["confidence"] <= 1.0 for r in rows)
+        assert predictor.live is live
+        if live:
+            assert [r["p_under_way"] for r in rows] == [r["confidence"] for r in rows]
+        else:
+            assert all("p_under_way" not in r for r in rows)
+
+
 @pytest.mark.parametrize("threshold, expected", [(0.0, False), (1.01, True)])
 def test_the_server_answers_the_models_own_abstain_flag(threshold, expected):
     # docs/serving.md: `abstain` is the model's flag (confidence below its fitted threshold);

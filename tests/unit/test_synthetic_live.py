@@ -39,3 +39,41 @@ def test_as_of_cuts_end_d_bars_after_the_expansion_began():
     assert (later.start == 98).all() and (later.end <= 104).all() and (later.end >= 98).all()
     # the same episodes in every cut: the window is the stream shifted by the delay
     assert len(before.x) == len(at.x) == len(later.x) == 12
+
+
+def _wide_run_share(x, valid) -> float:
+    """Share of windows with three wide bars in a row (range_z > 1.5): what a decoy or a
+    failed breakout adds and a quiet stretch has not."""
+    from moola_core.data.features import COL
+
+    wide = np.where(valid, x[:, :, COL["range_z"]], 0.0) > 1.5
+    return float((wide[:, :-2] & wide[:, 1:-1] & wide[:, 2:]).any(axis=1).mean())
+
+
+def test_pattern_free_windows_carry_the_difficultys_hard_negatives():
+    shares = {
+        d: _wide_run_share(*synthetic.make_pattern_free_windows(240, seed=5, difficulty=d))
+        for d in ("easy", "default", "hard")
+    }
+    # none at easy, half the slots at default, every slot at hard
+    assert shares["easy"] < shares["default"] < shares["hard"]
+    assert shares["hard"] > 1.8 * shares["easy"]
+    default = synthetic.make_pattern_free_windows(60, seed=5, difficulty="default")
+    hard = synthetic.make_pattern_free_windows(60, seed=5, difficulty="hard")
+    assert not np.array_equal(default[0], hard[0])
+
+
+def test_hard_negatives_fill_empty_slots_only_and_plant_no_expansion():
+    hard = synthetic.simulate_market(12, seed=3, difficulty="hard", episode_labels=[None] * 36)
+    assert hard.episodes.empty
+    assert len(hard.hard_negatives) == 36  # every empty slot at hard
+    assert set(hard.hard_negatives["kind"]) == set(synthetic.HARD_NEGATIVE_KINDS)
+    inside = hard.hard_negatives
+    assert (inside["first"] >= inside["window_start"]).all()
+    assert (inside["last"] < inside["window_start"] + synthetic.WINDOW_LEN).all()
+    easy = synthetic.simulate_market(12, seed=3, difficulty="easy", episode_labels=[None] * 36)
+    assert easy.hard_negatives.empty
+    # an episode's slot never gets one, and adding them changed no episode's bars
+    mixed = synthetic.simulate_market(4, seed=3, difficulty="hard")
+    taken = set(mixed.episodes["window_start"])
+    assert taken.isdisjoint(set(mixed.hard_negatives["window_start"]))

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,7 +43,7 @@ def grid(tmp_path_factory, data):
     return runs_dir, results
 
 
-def test_a_run_writes_every_file_and_its_weights_load_safely(grid):
+def test_a_run_writes_every_file_and_its_weights_load_safely(grid, data):
     _, results = grid
     run = results[0]
     names = {p.name for p in run.path.iterdir()}
@@ -52,15 +53,42 @@ def test_a_run_writes_every_file_and_its_weights_load_safely(grid):
     assert load_config(run.path / "config.yaml").seed == 17  # the resolved config reloads
     metrics = json.loads((run.path / "metrics.json").read_text())
     assert metrics == run.metrics
-    for split in ("val", "test"):
+    for split in ("oof", "calibration_split"):
         entry = metrics[split]["span_iou"]
         assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]
         assert metrics[split]["n"] == metrics["n_windows"][split] > 0
-        for baseline in ("majority", "heuristic"):
+        for baseline in ("majority", "heuristic", "linear"):
             assert "span_iou" in metrics["baselines"][baseline][split]
-    history = (run.path / "history.jsonl").read_text().splitlines()
-    assert len(history) == metrics["epochs_run"] == 3
+    # one model per fold (weights and calibrated config), each fold's history, then the final
+    assert sorted(p.name for p in (run.path / "folds").iterdir()) == [
+        f"fold-{k}.{ext}" for k in (1, 2, 3) for ext in ("json", "pt")
+    ]
+    history = [json.loads(x) for x in (run.path / "history.jsonl").read_text().splitlines()]
+    assert [r["model"] for r in history if r["epoch"] == 1] == [
+        "fold-1",
+        "fold-2",
+        "fold-3",
+        "final",
+    ]
+    final = [r for r in history if r["model"] == "final"]
+    assert len(final) == metrics["final_epochs"] == metrics["epochs_run"]
+    assert all("val_loss" not in r for r in final)  # the final model stops on nothing
     assert metrics["dataset_fingerprint"].startswith("sha256:")
+    assert metrics["n_windows"]["oof"] == len(data.dev)
+
+
+def test_out_of_fold_predictions_come_from_models_that_never_saw_the_window(data):
+    """Every development window is held out exactly once; no fold trains or stops on a window
+    it holds (or one sharing its bars); the calibration split is in no fold at all."""
+    held = np.concatenate([f.held for f in data.folds])
+    assert sorted(held.tolist()) == sorted(data.dev.tolist())
+    assert not set(data.calibration.tolist()) & set(data.dev.tolist())
+    for fold in data.folds:
+        seen = set(fold.train.tolist()) | set(fold.early_stopping.tolist())
+        assert not seen & set(fold.held.tolist())
+        assert not set(data.groups[list(seen)]) & set(data.groups[fold.held])
+        assert not set(fold.train.tolist()) & set(fold.early_stopping.tolist())
+        assert seen <= set(data.dev.tolist())
 
 
 def test_same_seed_same_weights_and_history_other_seed_differs(tmp_path, data):
@@ -83,17 +111,32 @@ def test_same_seed_same_weights_and_history_other_seed_differs(tmp_path, data):
     assert losses(first) == losses(again)
 
 
-def test_early_stopping_keeps_the_best_checkpoint(tmp_path, data):
-    config = tiny(**{"optim.max_epochs": 25, "optim.patience": 2, "optim.lr": 0.02})
-    run = train_run(config, tmp_path, progress="none", data=data, n_boot=10)
-    metrics = run.metrics
-    assert metrics["stopped_early"] and metrics["epochs_run"] < 25
-    assert metrics["epochs_run"] - metrics["best_epoch"] == 2
-    history = [json.loads(x) for x in (run.path / "history.jsonl").read_text().splitlines()]
-    best_row = history[metrics["best_epoch"] - 1]
-    assert best_row["val"]["span_iou"] == max(row["val"]["span_iou"] for row in history)
-    # the saved weights are the best epoch's, not the last epoch's
-    assert metrics["val"]["span_iou"]["value"] == pytest.approx(best_row["val"]["span_iou"])
+def test_early_stopping_keeps_the_best_checkpoint_and_the_final_model_its_median(data):
+    from moola_core.train.loop import WindowExamples, example_dict, fit
+
+    config = tiny(
+        **{"optim.max_epochs": 25, "optim.patience": 2, "optim.lr": 0.02, "model.live": False}
+    )
+    fold = data.folds[0]
+    fitted = fit(
+        config,
+        WindowExamples(example_dict(data.part(fold.train))),
+        example_dict(data.part(fold.early_stopping)),
+    )
+    assert fitted.epochs_run < 25 and fitted.epochs_run - fitted.best_epoch == 2
+    best_row = fitted.history[fitted.best_epoch - 1]
+    assert best_row["val"]["span_iou"] == max(row["val"]["span_iou"] for row in fitted.history)
+    # the weights kept are the best epoch's, not the last epoch's
+    from moola_core import metrics as M
+    from moola_core.train.loop import predict_arrays
+
+    stop = data.part(fold.early_stopping)
+    pred = predict_arrays(fitted.model, stop["x"], stop["valid"])
+    truth = {k: stop[k] for k in ("label", "start", "end")}
+    assert M.point_metrics(pred, truth)["span_iou"] == pytest.approx(best_row["val"]["span_iou"])
+    # without a stopping set the model trains exactly the epochs asked
+    fixed = fit(config, WindowExamples(example_dict(data.part(fold.train))), None, epochs=4)
+    assert fixed.epochs_run == fixed.best_epoch == len(fixed.history) == 4
 
 
 def test_a_pretrained_encoder_is_loaded_and_stays_put_when_frozen(tmp_path, data):
@@ -111,20 +154,23 @@ def test_a_pretrained_encoder_is_loaded_and_stays_put_when_frozen(tmp_path, data
 
 
 def test_plain_progress_prints_one_line_per_epoch(tmp_path, data, capsys):
-    train_run(tiny(), tmp_path, progress="plain", data=data, n_boot=10)
+    run = train_run(tiny(), tmp_path, progress="plain", data=data, n_boot=10)
     lines = [line for line in capsys.readouterr().err.splitlines() if " epoch " in line]
-    assert len(lines) == 3 and "epoch 3/3" in lines[-1] and "val span_iou" in lines[-1]
+    folds = [line for line in lines if " fold " in line]
+    assert len(folds) == sum(f["epochs_run"] for f in run.metrics["folds"])
+    assert "fold 1/3 epoch 1/3" in folds[0] and "val span_iou" in folds[0]
+    assert lines[-1].startswith(f"{run.run_id} final epoch {run.metrics['final_epochs']}/")
 
 
 def test_rich_progress_shows_the_run_and_its_metric(tmp_path, data, capsys):
     train_run(tiny(), tmp_path, progress="rich", data=data, n_boot=10)
     err = capsys.readouterr().err
-    assert "jade-s17-" in err and "3/3" in err and "val span_iou" in err
+    assert "jade-s17-" in err and "fold 1/3" in err and "val span_iou" in err
 
 
 def test_every_shipped_config_validates():
     names = sorted(p.stem for p in CONFIGS.glob("jade*.yaml"))  # training configs
-    assert {"jade", "jade_posenc", "jade_crf", "jade_center"} <= set(names)
+    assert {"jade", "jade_nopos", "jade_after", "jade_crf", "jade_center"} <= set(names)
     for name in names:
         config = load_config(CONFIGS / f"{name}.yaml")
         assert config.name == name
@@ -137,7 +183,7 @@ def test_every_shipped_config_validates():
         ({"optim.lerning_rate": 0.1}, "optim.lerning_rate"),
         ({"model.span_head": "argmax"}, "model.span_head"),
         ({"early_stopping_metric": "f2"}, "early_stopping_metric"),
-        ({"split.val_share": 0.9}, "split.val_share"),
+        ({"split.folds": 1}, "split.folds"),
     ],
 )
 def test_bad_configs_fail_with_one_sentence_naming_the_key(overrides, words):
@@ -153,30 +199,44 @@ def test_missing_config_file_is_a_clear_error(tmp_path):
 def test_compare_pools_seeds_per_variant_next_to_baselines(grid):
     runs_dir, _ = grid
     table = compare_runs(runs_dir, n_boot=100)
+    assert table.split == "oof"
     variants = {row["variant"]: row for row in table.rows}
     assert set(variants) == {"pointy", "tagger", "majority", "heuristic", "linear"}
     assert "ece" in variants["pointy"]["metrics"] and "ece" in variants["linear"]["metrics"]
     assert "span_iou_retracement" in variants["heuristic"]["metrics"]
-    assert sorted(variants["pointy"]["seeds"]) == [13, 17]
     entry = variants["pointy"]["metrics"]["span_iou"]
     assert entry["value"] == pytest.approx(sum(entry["per_set"]) / 2)
     assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]
     assert variants["pointy"]["seeds"] == [13, 17]  # numeric order, as per_set is
     assert "| pointy | 13,17 |" in table.markdown()
+    held = compare_runs(runs_dir, split="calibration_split", n_boot=100)
+    assert {r["variant"] for r in held.rows} == set(variants)
+    with pytest.raises(MoolaError, match="not one of oof, calibration_split"):
+        compare_runs(runs_dir, split="test")
 
 
-def test_select_picks_the_best_validation_variant_and_writes_selected_json(grid):
+def test_select_chooses_the_variant_out_of_fold_and_ships_its_smallest_seed(grid):
     runs_dir, results = grid
     record = select_run(runs_dir, primary_metric="span_iou", n_boot=100)
     on_disk = json.loads((runs_dir / "selected.json").read_text())
     assert on_disk == record
-    assert {"run_id", "metric", "value", "ci", "reason", "test"} <= set(record)
-    val_table = compare_runs(runs_dir, split="val", n_boot=100)
-    best = max(val_table.models(), key=lambda r: r["metrics"]["span_iou"]["value"])
+    assert {"run_id", "metric", "value", "ci", "reason", "calibration_split", "gate"} <= set(record)
+    assert record["split"] == "oof"
+    table = compare_runs(runs_dir, split="oof", n_boot=100)
+    best = max(table.models(), key=lambda r: r["metrics"]["span_iou"]["value"])
     assert record["variant"] == best["variant"]
+    assert record["value"] == pytest.approx(best["metrics"]["span_iou"]["value"], abs=1e-4)
+    # no figure picks the seed: the variant's smallest one ships
+    assert record["seed"] == 13
     chosen = next(r for r in results if r.run_id == record["run_id"])
-    assert record["value"] == pytest.approx(chosen.metrics["val"]["span_iou"]["value"], abs=1e-4)
-    assert record["variant"] in record["reason"] and "test" in record["reason"]
+    assert chosen.metrics["variant"] == record["variant"] and chosen.metrics["seed"] == 13
+    assert record["variant"] in record["reason"] and "calibration split" in record["reason"]
+    # the gate judged each variant with its seeds pooled, and every run carries its verdict
+    gate = record["gate"]
+    assert gate["evidence"]["seeds"] == [13, 17] and gate["variants_compared"] == 2
+    for result in results:
+        stored = json.loads((result.path / "metrics.json").read_text())["gate"]
+        assert stored["evidence"]["candidate"] == result.metrics["variant"]
     with pytest.raises(MoolaError, match="unknown metric"):
         select_run(runs_dir, primary_metric="f2")
 
@@ -193,14 +253,25 @@ def test_a_run_records_provenance_calibration_and_abstention(grid):
     assert set(metrics["provenance"]) >= {"commit", "dirty", "versions", "machine"}
     assert metrics["provenance"]["versions"]["torch"] == torch.__version__
     assert metrics["device"] == "cpu" and metrics["bf16"] is False
-    assert metrics["learning"]["first_val_loss"] >= metrics["learning"]["best_val_loss"]
+    learning = metrics["learning"]
+    assert len(learning["first_val_loss"]) == 3  # one per fold
+    pairs = zip(learning["first_val_loss"], learning["best_val_loss"], strict=True)
+    assert all(first >= best for first, best in pairs)
     model_json = json.loads((run.path / "model.json").read_text())
-    assert model_json["temperature"] == metrics["calibration"]["temperature"]
-    assert model_json["abstain_threshold"] == metrics["calibration"]["abstain_threshold"]
+    calibration = metrics["calibration"]
+    assert model_json["object_bias"] == calibration["object_bias"]  # a live model's Platt
+    assert model_json["abstain_threshold"] == calibration["abstain_threshold"]
+    assert calibration["abstain_within_bars"] == 5 and calibration["prevalence"] == 0.025
     predictions = json.loads((run.path / "predictions.json").read_text())
-    assert len(predictions["test"]["abstain"]) == len(predictions["test"]["label"])
-    assert len(predictions["test"]["truth"]["group"]) == len(predictions["test"]["label"])
+    oof = predictions["oof"]
+    assert len(oof["abstain"]) == len(oof["label"]) == len(oof["truth"]["group"])
+    assert sorted(set(oof["fold"])) == [1, 2, 3]
     assert set(predictions["baselines"]) == {"majority", "heuristic", "linear"}
+    # a live model: out-of-fold as-of cuts, and the gate's stream scored for it and beside it
+    assert set(predictions["oof_cuts"]) >= {"window_id", "delay", "under_way", "confidence"}
+    assert set(predictions["stream"]["baselines"]) == {"linear", "heuristic"}
+    assert metrics["stream"]["model"]["sessions"] == 3
+    assert metrics["stream"]["reliability"]["bins"]
 
 
 def test_evaluate_reproduces_the_recorded_metrics(grid):
@@ -209,6 +280,22 @@ def test_evaluate_reproduces_the_recorded_metrics(grid):
     assert report["matches_recorded"] is True
     with pytest.raises(MoolaError, match="no finished run"):
         evaluate_run("jade-s1-nothing", runs_dir)
+
+
+def test_old_split_keys_name_the_new_protocol():
+    with pytest.raises(
+        MoolaError, match="split.val_share is gone: a run is now judged out of fold"
+    ):
+        load_config(overrides={"split.val_share": 0.2})
+
+
+def test_a_labeled_file_gets_no_pattern_free_windows_by_default(tmp_path):
+    config = load_config(overrides={"data.source": "file", "data.path": "x.parquet"})
+    assert config.data.negative_share == 0.0
+    with pytest.raises(MoolaError, match="negative_share needs data.source: synthetic"):
+        load_config(
+            overrides={"data.source": "file", "data.path": "x.parquet", "data.negative_share": 0.3}
+        )
 
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,5 +1,6 @@
-"""Training with pattern-free windows (data.negative_share): the objectness head learns from
-them, the abstain threshold is chosen with them, and the run reports detection."""
+"""Training with pattern-free windows (data.negative_share): an after-the-fact objectness head
+learns from them, the abstain threshold is chosen with them, and the run reports detection;
+a live model learns "not under way" from negative as-of cuts."""
 
 from __future__ import annotations
 
@@ -14,35 +15,51 @@ from moola_core.models import build_model
 from moola_core.train import train_run
 from moola_core.train.calibration import f1_threshold
 from moola_core.train.data import negatives_fingerprint, prepare_data
-from tests.unit.tiny_runs import tiny_config as tiny
+from tests.unit.tiny_runs import tiny_config
 
 torch.set_num_threads(1)
+AFTER = {"model.live": False}  # the after-the-fact model (configs/jade_after.yaml)
 
 
-def test_negatives_are_added_to_every_split_in_the_asked_share():
+def tiny(**overrides):
+    return tiny_config(**{**AFTER, **overrides})
+
+
+def test_negatives_come_in_pools_of_the_asked_share():
     config = tiny(**{"data.negative_share": 0.4})
     data = prepare_data(config)
-    plain = prepare_data(tiny())
-    for split in ("train", "val", "test"):
-        n_pos = len(getattr(data, split))
-        n_neg = len(data.negatives[split]["x"])
-        assert n_neg / (n_pos + n_neg) == pytest.approx(0.4, abs=0.05)
-        assert data.negatives[split]["x"].shape[1:] == (105, 11)
-    # the splits' pattern-free windows are not copies of each other
-    assert not np.array_equal(data.negatives["val"]["x"][0], data.negatives["test"]["x"][0])
+    plain = prepare_data(tiny(**{"data.negative_share": 0.0}))
+    train = data.negatives("train", live=False)
+    calibration = data.negatives("calibration", live=False)
+    assert len(train["x"]) / (len(data.dev) + len(train["x"])) == pytest.approx(0.4, abs=0.05)
+    n_cal = len(calibration["x"])
+    assert n_cal / (len(data.calibration) + n_cal) == pytest.approx(0.4, abs=0.08)
+    assert train["x"].shape[1:] == (105, 11)
+    # the pools' pattern-free windows are not copies of each other
+    assert not np.array_equal(train["x"][0], calibration["x"][0])
     # the labeled windows (and their id, which compare/select pool by) are unchanged; the
     # pattern-free windows have their own id
-    assert np.array_equal(data.train, plain.train) and plain.negatives is None
+    assert np.array_equal(data.dev, plain.dev) and plain.negatives("train", live=False) is None
     assert data.fingerprint == plain.fingerprint
-    assert negatives_fingerprint(data.negatives).startswith("sha256:")
-    assert negatives_fingerprint(None) is None
+    assert negatives_fingerprint(data).startswith("sha256:")
+    assert negatives_fingerprint(plain) is None
+    # a live model's negatives are as-of cuts: windows ending in hard negatives and ordinary bars
+    cuts = data.negatives("train", live=True)
+    assert len(cuts) and not cuts.under_way.any() and not cuts.visible.any()
 
 
 @pytest.mark.parametrize(
     "overrides,words",
     [
-        ({"model.objectness": True}, "model.objectness needs pattern-free windows"),
-        ({"abstain_rule": "f1"}, "abstain_rule: f1 needs pattern-free validation windows"),
+        (
+            {"model.objectness": True, "data.negative_share": 0.0},
+            "model.objectness needs pattern-free windows",
+        ),
+        (
+            {"abstain_rule": "f1", "data.negative_share": 0.0},
+            "abstain_rule: f1 needs pattern-free validation windows",
+        ),
+        ({"abstain_rule": "f1", "model.live": True}, "a live model's abstain threshold"),
         (
             {"data.negative_share": 0.3, "data.source": "file", "data.path": "x.parquet"},
             "data.negative_share needs data.source: synthetic",
@@ -78,10 +95,10 @@ def test_an_objectness_run_trains_on_negatives_and_reports_detection(tmp_path):
     )
     result = train_run(config, tmp_path, progress="none", n_boot=10)
     metrics = result.metrics
-    for split in ("val", "test"):
-        det = metrics["detection"][split]
-        assert det["n_pattern_free"] > 0 and det["n_patterns"] == metrics["n_windows"][split]
-        assert 0.0 <= det["precision"] <= 1.0 and 0.0 <= det["recall"] <= 1.0
+    det = metrics["detection"]["calibration_split"]
+    assert det["n_pattern_free"] > 0
+    assert det["n_patterns"] == metrics["n_windows"]["calibration_split"]
+    assert 0.0 <= det["precision"] <= 1.0 and 0.0 <= det["recall"] <= 1.0
     assert metrics["negatives"]["trained_on"] is True and metrics["negatives"]["share"] == 0.35
     cal = metrics["calibration"]
     assert cal["abstain_rule"] == "f1" and cal["object_temperature"] > 0
@@ -100,12 +117,11 @@ def test_an_objectness_run_trains_on_negatives_and_reports_detection(tmp_path):
         "confidence",
         "abstain",
     }
-    predictions = json.loads((result.path / "predictions.json").read_text())
-    assert len(predictions["negatives"]["test"]["abstain"]) == det["n_pattern_free"]
 
 
 def test_without_negatives_a_run_reports_no_detection(tmp_path):
-    result = train_run(tiny(**{"optim.max_epochs": 1}), tmp_path, progress="none", n_boot=10)
+    config = tiny(**{"optim.max_epochs": 1, "data.negative_share": 0.0})
+    result = train_run(config, tmp_path, progress="none", n_boot=10)
     assert result.metrics["detection"] is None and result.metrics["negatives"] is None
     assert result.metrics["calibration"]["abstain_rule"] == "recall"
 
@@ -122,6 +138,8 @@ def test_invoke_train_says_how_well_an_objectness_run_says_no_pattern(tmp_path):
     raw["data"]["n_windows"] = 60
     raw["model"].update(hidden=8, layers=1)
     raw["optim"].update(max_epochs=2, batch_size=16)
+    raw["split"]["folds"] = 3
+    raw["stream"] = {"sessions": 2}
     config = tmp_path / "jade_objectness.yaml"
     config.write_text(yaml.safe_dump(raw))
     done = subprocess.run(
@@ -141,5 +159,5 @@ def test_invoke_train_says_how_well_an_objectness_run_says_no_pattern(tmp_path):
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "saying 'no pattern' on test (" in done.stdout
+    assert "saying 'no pattern' on the calibration split (" in done.stdout
     assert "pattern-free): precision" in done.stdout

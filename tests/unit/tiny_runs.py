@@ -8,6 +8,13 @@ import json
 from pathlib import Path
 
 TINY_MODEL = {"hidden": 8, "layers": 1}
+# what phase 2 writes into a run that passed the quality gate: deploy refuses a bundle whose run
+# was never judged, so the fixtures' runs carry a verdict unless a test gives its own metrics
+PASSED_GATE = {
+    "passed": True,
+    "metric": "span_iou",
+    "summary": "quality gate passed (a test fixture's verdict)",
+}
 # a training config small enough to really train in a unit test (the training tests)
 TINY_CONFIG = {
     "data.n_windows": 60,
@@ -15,6 +22,8 @@ TINY_CONFIG = {
     "model.layers": 1,
     "optim.max_epochs": 3,
     "optim.batch_size": 16,
+    "split.folds": 3,
+    "stream.sessions": 3,
 }
 
 
@@ -34,8 +43,9 @@ def make_tiny_run(
     model_config: dict | None = None,
 ) -> Path:
     """A real run folder as training leaves it: a JadeModel with random weights (seeded; tiny
-    unless `model_config` says otherwise), its model.json and metrics.json. The deploy fixtures
-    and the runtime/deploy benchmarks build their runs here too."""
+    unless `model_config` says otherwise), its model.json and metrics.json (default: only a
+    passed gate verdict, PASSED_GATE). The deploy fixtures and the runtime/deploy benchmarks
+    build their runs here too."""
     import torch
 
     from moola_core.models import build_model
@@ -46,7 +56,9 @@ def make_tiny_run(
     run.mkdir(parents=True)
     torch.save(model.state_dict(), run / "weights.pt")
     (run / "model.json").write_text(json.dumps(model.config))
-    (run / "metrics.json").write_text(json.dumps(metrics or {}))
+    (run / "metrics.json").write_text(
+        json.dumps({"gate": PASSED_GATE} if metrics is None else metrics)
+    )
     return run
 
 
