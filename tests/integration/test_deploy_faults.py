@@ -76,7 +76,8 @@ def test_connection_cut_mid_upload_leaves_current_and_releases_the_lock(
 def _invoke_deploy_paused_at(step, host, bundle, journal_file, tmp_path) -> subprocess.Popen:
     """`invoke deploy` in its own process, told to wait at the entry of `step` (the engine's
     MOOLA_PAUSE_AT hook) until the test has sent its signal: no race with the deploy's speed."""
-    write_inventory(tmp_path / "hosts.yaml", {"sig-1": host})
+    # the host's own python: a login as root (a checkout in a private folder) gets root's PATH
+    write_inventory(tmp_path / "hosts.yaml", {"sig-1": host}, with_python=True)
     gate = tmp_path / f"gate-{step}"
     env = {
         **os.environ,
@@ -178,7 +179,8 @@ def _full_disk_case(host, bundles, journal_file):
 def test_lock_and_log_tasks_through_invoke(hosts, journal_file, tmp_path):
     _, inventory = hosts
     (host,) = inventory.resolve("sig-1")
-    write_inventory(tmp_path / "hosts.yaml", {"sig-1": host})
+    # the host's own python: a login as root (a checkout in a private folder) gets root's PATH
+    write_inventory(tmp_path / "hosts.yaml", {"sig-1": host}, with_python=True)
     env = {**os.environ, "MOOLA_LOG": str(journal_file)}
     invoke = str(Path(sys.executable).parent / "invoke")
 
