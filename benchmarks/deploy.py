@@ -14,8 +14,11 @@ Measured in one run, on real OpenSSH servers (moola_ops.hosts.standin) sharing t
 Both sides run the same runtime check (`--runs`, `--warmup` alike). These figures deploy files
 only (`serve=False`, as `invoke deploy --no-serve`), because the baseline starts no server:
 like for like. Then, as figures of their own, two deploys that also start the release's server
-and move traffic, and a rollback to the warm standby (benchmarks/serving.py measures serving
-itself: zero failed requests, time to the first answer). The last line is JSON.
+and move traffic on a host of their own, alternating with the files-only deploys
+(`serve_deploy_vs_files_deploy`, target <= 1.2), rollbacks to the warm standby timed from the
+log's lock to its unlock (`serve_rollback_s`, target <= 1.0), and the model loads each made on
+the host (its WORKSPACE/model-loads.jsonl). benchmarks/serving.py measures serving itself.
+The last line is JSON.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from moola_core.runtime import loads  # noqa: E402
 from moola_ops import deploy as engine  # noqa: E402
 from moola_ops.hosts.inventory import Inventory  # noqa: E402
 
@@ -112,11 +116,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="moola-bench-deploy-"))
     os.environ["MOOLA_LOG"] = str(work / "deployments.jsonl")
     versions = [f"v2.{i}" for i in range(args.rounds)] + [f"v3.{i}" for i in range(4)]
-    versions += ["v4.0", "v4.1"]  # the deploys that serve
+    serve_versions = [f"v4.{i}" for i in range(args.rounds + 1)]  # the deploys that serve
+    versions += serve_versions
     archives = {v: make_bundle(work, v, seed=i, model_config=MODEL) for i, v in enumerate(versions)}
     bundle_mb = archives[versions[0]].stat().st_size / 1e6
     names = [f"bench-{i}" for i in range(1, 9)]
-    sandbox, root = start_hosts(names + ["base-1"])
+    sandbox, root = start_hosts(names + ["base-1", "serve-1"])
     opts = engine.Options(
         check_runs=args.check_runs,
         check_warmup=args.check_warmup,
@@ -126,15 +131,40 @@ def main() -> None:
     try:
         inventory = Inventory.from_sandbox(sandbox)
         (host,) = inventory.resolve("bench-1")
+        (served,) = inventory.resolve("serve-1")
+        serving = _with(opts, serve=True)
+        # the first deploy that serves starts the host's proxy and supervisor: not measured
+        must(engine.deploy([served], engine.resolve_bundle(str(archives["v4.0"])), serving))
 
-        deploys, baselines = [], []
-        for v in versions[: args.rounds]:  # alternate: background load falls on both alike
+        deploys, baselines, serve_deploys, serve_loads = [], [], [], []
+        # alternate files-only deploy, baseline, deploy that serves: load falls on all alike
+        for v, sv in zip(versions[: args.rounds], serve_versions[1:], strict=True):
             bundle = engine.resolve_bundle(str(archives[v]))
             seconds, result = timed(lambda b=bundle: engine.deploy([host], b, opts))
             must(result)
+            steps = result.outcomes[0].steps
             deploys.append(seconds)
             baselines.append(baseline(sandbox, "base-1", archives[v], v, args))
-        steps = result.outcomes[0].steps
+            before = len(loads.read(served.workspace))
+            seconds, result = timed(
+                lambda sv=sv: engine.deploy(
+                    [served], engine.resolve_bundle(str(archives[sv])), serving
+                )
+            )
+            must(result)
+            serve_deploys.append(seconds)
+            serve_loads.append(len(loads.read(served.workspace)) - before)
+        serve_steps = result.outcomes[0].steps
+
+        # rollbacks to the warm standby: back, forward again (the release left is the standby
+        # now), back; each one's lock to unlock from the deployment log
+        serve_rollbacks, rollback_loads = [], []
+        for to in (None, serve_versions[-1], None):
+            before = len(loads.read(served.workspace))
+            result = engine.rollback([served], to, serving)
+            must(result)
+            serve_rollbacks.append(lock_to_unlock_s(result.deployment))
+            rollback_loads.append(len(loads.read(served.workspace)) - before)
         last = engine.resolve_bundle(str(archives[versions[args.rounds - 1]]))
         noops = []
         for _ in range(3):
@@ -146,18 +176,6 @@ def main() -> None:
             seconds, result = timed(lambda: engine.rollback([host], None, opts))
             must(result)
             rollbacks.append(seconds)
-
-        serving = _with(opts, serve=True)
-        serve_deploys = []
-        for v in ("v4.0", "v4.1"):  # the first also starts the host's front proxy
-            bundle = engine.resolve_bundle(str(archives[v]))
-            seconds, result = timed(lambda b=bundle: engine.deploy([host], b, serving))
-            must(result)
-            serve_deploys.append(seconds)
-        serve_steps = result.outcomes[0].steps
-        seconds, result = timed(lambda: engine.rollback([host], None, serving))
-        must(result)
-        serve_rollback = seconds
 
         fleet = inventory.resolve(names)
         serial, parallel = [], []
@@ -188,8 +206,14 @@ def main() -> None:
         "fleet8_serial_s": round(serial_s, 3),
         "fleet8_parallel_s": round(parallel_s, 3),
         "fleet8_parallel_vs_serial": round(parallel_s / serial_s, 3),
-        "serve_deploy_s": round(serve_deploys[-1], 3),
-        "serve_rollback_standby_s": round(serve_rollback, 3),
+        "serve_deploy_s": round(statistics.median(serve_deploys), 3),
+        # each round's two deploys ran back to back: the median of their ratios
+        "serve_deploy_vs_files_deploy": round(
+            statistics.median(s / d for s, d in zip(serve_deploys, deploys, strict=True)), 3
+        ),
+        "serve_rollback_s": round(statistics.median(serve_rollbacks), 3),
+        "model_loads_per_serve_deploy": serve_loads,
+        "model_loads_per_warm_rollback": rollback_loads,
         "bundle_mb": round(bundle_mb, 3),
         "check_runs": args.check_runs,
     }
@@ -201,16 +225,44 @@ def main() -> None:
         "fleet_serial": serial,
         "fleet_parallel": parallel,
         "serve_deploys": serve_deploys,
-        "serve_rollback": [serve_rollback],
+        "serve_rollbacks_lock_to_unlock": serve_rollbacks,
     }
     write_report(Path(args.out), figures, raw, steps, args, serve_steps)
     print(json.dumps(figures))
+
+
+def lock_to_unlock_s(deployment: str) -> float:
+    """From the deployment log: the start of the run's `lock` step to the end of its `unlock`."""
+    from moola_ops.log.journal import read_events
+
+    events = read_events(os.environ["MOOLA_LOG"], deployment=deployment)
+
+    def ended(event) -> float:
+        return dt.datetime.fromisoformat(event["time"].replace("Z", "+00:00")).timestamp()
+
+    lock = next(e for e in events if e["step"] == "lock")
+    unlock = [e for e in events if e["step"] == "unlock"][-1]
+    return ended(unlock) - (ended(lock) - float(lock.get("duration_s") or 0.0))
 
 
 def _with(opts: engine.Options, **changes) -> engine.Options:
     from dataclasses import replace
 
     return replace(opts, **changes)
+
+
+def _commit() -> str:
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return out.stdout.strip() or "unknown"
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def write_report(path, f, raw, steps, args, serve_steps) -> None:
@@ -221,7 +273,8 @@ def write_report(path, f, raw, steps, args, serve_steps) -> None:
     text = f"""# Deploy benchmark
 
 Written by `python benchmarks/deploy.py --rounds {args.rounds} --check-runs {args.check_runs}
---check-backend {args.check_backend}`
+--check-backend {args.check_backend}` at commit {_commit()}, Python {platform.python_version()},
+torch {_torch_version()},
 on {dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}, {platform.machine()},
 {os.cpu_count()} CPU cores, load average {load[0]:.1f} when it finished (other work shares
 this machine; deploy and baseline alternate so that load falls on both alike). Every host is a
@@ -241,12 +294,16 @@ hidden=128). Both sides run the same runtime check (`--runs {args.check_runs} --
 | 8 hosts one after another (mean of 2) | {f["fleet8_serial_s"]:.2f} s | |
 | 8 hosts in parallel (mean of 2) | {f["fleet8_parallel_s"]:.2f} s | |
 | parallel / serial | {f["fleet8_parallel_vs_serial"]:.2f} | <= 0.6 |
-| deploy that also serves (start, readiness, HTTP check, traffic move; second of 2) | {f["serve_deploy_s"]:.2f} s | |
-| rollback that serves, to the warm standby (probe, traffic move) | {f["serve_rollback_standby_s"]:.2f} s | |
+| deploy that also serves (its server is the check: start, readiness, HTTP check, traffic move; median of {len(raw["serve_deploys"])}, another host, alternating with the rows above) | {f["serve_deploy_s"]:.2f} s | |
+| **serve_deploy_vs_files_deploy** (median of the per-round ratios) | **{f["serve_deploy_vs_files_deploy"]:.2f}** | <= 1.2 |
+| **serve_rollback_s**: rollback that serves, to the warm standby, lock to unlock (median of {len(raw["serve_rollbacks_lock_to_unlock"])}) | **{f["serve_rollback_s"]:.2f} s** | <= 1.0 |
+| model loads on the host per deploy that serves / per rollback to the warm standby (WORKSPACE/model-loads.jsonl) | {f["model_loads_per_serve_deploy"]} / {f["model_loads_per_warm_rollback"]} | 1 / 0 |
 
-The rows with targets deploy files only (`serve=False`, `invoke deploy --no-serve`): the
-baseline starts no server, so this is the like-for-like comparison. The two serving rows are
-the same engine with serving on (the default); serving's own figures (failed requests during a
+The first rows deploy files only (`serve=False`, `invoke deploy --no-serve`): the baseline
+starts no server, so this is the like-for-like comparison; they run the runtime check (one
+model load). The serving rows are the same engine with serving on (the default), on a host of
+their own: the candidate server is the check (one model load, no runtime-check process), and a
+rollback to the warm standby loads nothing. Serving's own figures (failed requests during a
 deploy and a rollback, time to the first answer) are in serving.md.
 
 Raw seconds, in the order measured: {raw_text}.

@@ -99,11 +99,26 @@ def binary_body(windows: list) -> bytes:
     return b"".join(struct.pack("<4f", *bar) for w in windows for bar in w)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` (every thread), None when it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(
-    port: int, clients: int, seconds: float, windows: int = 1, binary: bool = False
+    port: int,
+    clients: int,
+    seconds: float,
+    windows: int = 1,
+    binary: bool = False,
+    pids: dict[str, int] | None = None,
 ) -> dict:
     """Windows/s and latency with `clients` threads each sending back-to-back requests (JSON
-    bodies, or binary ones with `binary`)."""
+    bodies, or binary ones with `binary`). With `pids` ({"server": pid, "proxy": pid}) also the
+    CPU each of those processes and this one (the clients) spent per answered window, ms."""
     grids = [[window(i * 7 + j) for j in range(windows)] for i in range(clients)]
     if binary:
         bodies = [binary_body(g) for g in grids]
@@ -133,6 +148,8 @@ def throughput(
         t.start()
     start.wait()
     began = time.perf_counter()
+    watched = dict(pids or {}, client=os.getpid()) if pids else {}
+    cpu_before = {name: cpu_seconds(pid) for name, pid in watched.items()}
     time.sleep(seconds)  # the measurement window (a benchmark, not a test)
     stop.set()
     for t in threads:
@@ -143,7 +160,13 @@ def throughput(
         time.sleep(0.05)
     elapsed = time.perf_counter() - began
     flat = [x for per in latencies for x in per]
+    cpu = {}
+    for name, pid in watched.items():
+        now = cpu_seconds(pid)
+        if now is not None and cpu_before[name] is not None and flat:
+            cpu[name] = round((now - cpu_before[name]) / (len(flat) * windows) * 1e3, 3)
     return {
+        **({"cpu_ms_per_window": cpu} if cpu else {}),
         "windows_per_s": round(len(flat) * windows / elapsed, 1),
         "requests": len(flat),
         "failures": sum(failures),
@@ -448,7 +471,9 @@ def run_standin(args) -> dict:
         )
 
         print(f"binary vs JSON bodies at {args.clients} clients, public port ...", flush=True)
-        result["binary"] = binary_vs_json(public, args.clients, args.seconds)
+        pids = {"server": live["pid"], "proxy": proxy_pid(public)}
+        result["binary"] = binary_vs_json(public, args.clients, args.seconds, pids)
+        result["model_ms_per_window"] = model_cost()
         result["binary_vs_json_throughput"] = result["binary"]["ratio_1"]
         result["parse_ms_per_window"] = parse_cost()
 
@@ -556,26 +581,73 @@ def run_standin(args) -> dict:
     return result
 
 
-def binary_vs_json(port: int, clients: int, seconds: float) -> dict:
+def binary_vs_json(port: int, clients: int, seconds: float, pids: dict | None = None) -> dict:
     """Windows/s with binary over JSON bodies, alternating JSON, binary, binary, JSON so a
     drift of the shared machine's load falls on both; one window per request (`ratio_1`) and
-    16 (`ratio_16`)."""
+    16 (`ratio_16`). With `pids`, where the CPU went per window (server, proxy, clients)."""
     out: dict = {}
     for windows in (1, 16):
         runs: dict = {"json": [], "binary": []}
         for kind in ("json", "binary", "binary", "json"):
-            runs[kind].append(throughput(port, clients, seconds / 2, windows, kind == "binary"))
+            runs[kind].append(
+                throughput(port, clients, seconds / 2, windows, kind == "binary", pids)
+            )
         rate = {k: sum(r["windows_per_s"] for r in v) / len(v) for k, v in runs.items()}
         out[f"windows_{windows}"] = {
             k: {
                 "windows_per_s": round(rate[k], 1),
                 "p99_ms": max(r["p99_ms"] or 0 for r in v),
                 "failures": sum(r["failures"] for r in v),
+                "cpu_ms_per_window": {
+                    name: round(sum(r["cpu_ms_per_window"][name] for r in v) / len(v), 3)
+                    for name in (v[0].get("cpu_ms_per_window") or {})
+                    if all(name in r.get("cpu_ms_per_window", {}) for r in v)
+                },
             }
             for k, v in runs.items()
         }
         out[f"ratio_{windows}"] = round(rate["binary"] / max(rate["json"], 1e-9), 2)
     return out
+
+
+def proxy_pid(port: int) -> int:
+    """The pid of the proxy on `port` (its /_proxy/healthz; the benchmark runs on the host)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/_proxy/healthz")
+        return int(json.loads(conn.getresponse().read())["pid"])
+    finally:
+        conn.close()
+
+
+def model_cost(batches: tuple[int, ...] = (1, 16, 32), reps: int = 200) -> dict:
+    """CPU ms per window of `Predictor.predict_ohlc` (features, model, decode; one thread, as
+    the server runs) at a few batch sizes: the floor of a window's cost whatever its body."""
+    import torch
+
+    from moola_core.bundle import safe_extract
+    from moola_core.runtime.serve import Predictor
+    from tests.integration.conftest import make_bundle
+
+    torch.set_num_threads(1)
+    work = Path(tempfile.mkdtemp(prefix="moola-bench-model-"))
+    try:
+        release = safe_extract(make_bundle(work, "v1.0", model_config=MODEL), work / "release")
+        predictor = Predictor(release, "cpu")
+        predictor.load()
+        out = {}
+        for size in batches:
+            ohlc = torch.tensor([window(i) for i in range(size)], dtype=torch.float64)
+            for _ in range(3):
+                predictor.predict_ohlc(ohlc)
+            count = max(5, reps // size)
+            began = time.process_time()
+            for _ in range(count):
+                predictor.predict_ohlc(ohlc)
+            out[f"batch_{size}"] = round((time.process_time() - began) / count / size * 1e3, 3)
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def parse_cost(reps: int = 2000) -> dict:
@@ -820,6 +892,11 @@ def run_server_ab(args) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _cpu_row(r: dict, kind: str) -> str:
+    cpu = r["binary"]["windows_1"][kind].get("cpu_ms_per_window") or {}
+    return ", ".join(f"{cpu.get(name)}" for name in ("server", "proxy", "client"))
+
+
 def write_markdown(path: Path, result: dict, meta: dict) -> None:
     r = result
     lines = [
@@ -845,6 +922,8 @@ def write_markdown(path: Path, result: dict, meta: dict) -> None:
         f"| windows/s at {r['batched']['clients']} clients through the public port, JSON / binary bodies, 1 window per request | {r['binary']['windows_1']['json']['windows_per_s']} / {r['binary']['windows_1']['binary']['windows_per_s']} | |",
         f"| **binary_vs_json_throughput** (1 window per request) | **{r['binary_vs_json_throughput']}** | >= 3 |",
         f"| same, 16 windows per request: JSON / binary windows/s, ratio | {r['binary']['windows_16']['json']['windows_per_s']} / {r['binary']['windows_16']['binary']['windows_per_s']}, {r['binary']['ratio_16']} | |",
+        f"| CPU ms per window at 1 window per request, JSON / binary: server, proxy, clients | {_cpu_row(r, 'json')} / {_cpu_row(r, 'binary')} | |",
+        f"| CPU ms per window of the model alone in process (features, forward, decode), batch 1 / 16 / 32 | {' / '.join(str(v) for v in r['model_ms_per_window'].values())} | |",
         f"| parsing and checking a body in process, ms per window, JSON / binary: 1 window, 16 windows | {r['parse_ms_per_window']['json_1']} / {r['parse_ms_per_window']['binary_1']}, {r['parse_ms_per_window']['json_16']} / {r['parse_ms_per_window']['binary_16']} | |",
         f"| **failed_during_kill** (kill -9 of the live server, 4 steady clients) | **{r['failed_during_kill']}** | 0 |",
         f"| **served_again_after_kill_s** (kill -> first answer after the outage, slowest client) | **{r['served_again_after_kill_s']}** | <= 3 |",

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from moola_core.bundle.archive import MANIFEST_NAME, BundleError, verify_directory
-from moola_core.runtime import devices
+from moola_core.runtime import devices, loads
 from moola_core.runtime.backends import BACKEND_NAMES, BackendUnavailable, make_backend
 from moola_core.runtime.report import (
     EXIT_ERROR,
@@ -202,16 +202,9 @@ def _run(report, release, device_name, backend, runs, warmup, sla_p99_ms) -> Non
     report.device = facts = _device_facts(torch, device)
     # a host whose GPUs torch cannot use (CPU-only torch wheel, driver older than the CUDA
     # build) would otherwise serve on the CPU without anyone noticing
-    if device.type == "cpu" and facts.gpus and device_name == "auto":
-        checks.append(
-            Check(
-                "device",
-                False,
-                f"nvidia-smi lists {len(facts.gpus)} GPU(s) ({facts.gpus[0].name}) but torch "
-                f"{facts.torch_version} cannot use CUDA: install a CUDA build of torch that "
-                "matches the driver, or pass --device cpu to accept serving on the CPU",
-            )
-        )
+    unused = devices.unused_gpus(device, facts.gpus, device_name, facts.torch_version)
+    if unused:
+        checks.append(Check("device", False, unused))
     else:
         checks.append(Check("device", True, f"{device} ({facts.device_name})"))
 
@@ -220,6 +213,7 @@ def _run(report, release, device_name, backend, runs, warmup, sla_p99_ms) -> Non
         weights = release / manifest["model"].get("weights", "weights.pt")
         state = torch.load(weights, map_location=device, weights_only=True)
         model.load_state_dict(state, strict=True)
+        loads.record(release, "check", str(device))  # the host's ledger of model loads
         model.to(device).eval()
         golden = torch.load(release / manifest["golden"]["path"], weights_only=True)
     except Exception as exc:

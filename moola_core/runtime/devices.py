@@ -110,3 +110,17 @@ def device_name(device) -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "cpu"
+
+
+def unused_gpus(device, gpus: list, requested: str, torch_version: str) -> str | None:
+    """The sentence when nvidia-smi lists GPUs but `device` (picked for "auto") is the CPU:
+    a CPU-only torch wheel, or a driver older than torch's CUDA build, would otherwise serve on
+    the CPU without anyone noticing. None when the device is as expected. The runtime check
+    and the model server (a deploy's check) refuse the same way."""
+    if device.type != "cpu" or not gpus or requested != "auto":
+        return None
+    return (
+        f"nvidia-smi lists {len(gpus)} GPU(s) ({gpus[0].name}) but torch {torch_version} cannot "
+        "use CUDA: install a CUDA build of torch that matches the driver, or pass --device cpu "
+        "to accept serving on the CPU"
+    )

@@ -22,6 +22,7 @@ Standard library and torch only (this file ships to hosts).
 from __future__ import annotations
 
 import array
+import base64
 import collections
 import contextlib
 import json
@@ -38,7 +39,7 @@ from pathlib import Path
 
 # imported at start, not on first use: a release folder pruned under a running server must
 # not break it later
-from moola_core.runtime import hostfeatures
+from moola_core.runtime import hostfeatures, loads
 from moola_core.runtime.serve_http import Front, Request, Response
 from moola_core.spec import LABELS, WINDOW_LEN
 
@@ -84,6 +85,7 @@ class Predictor:
         self.manifest_sha256 = ""
         self.bundle_sha256: str | None = None
         self.device = None
+        self.device_facts: dict | None = None
         self.model = None
         self.has_abstain = False
         self.live = False  # a live model: its confidence is P(expansion under way)
@@ -108,11 +110,23 @@ class Predictor:
             self.bundle_sha256 = (marker.read_text().split() or [None])[0]
         verify_directory(self.release)  # never load code or weights that are not what was built
         self.device = devices.pick_device(self.device_name)
+        gpus, _smi = devices.query_gpus()
+        # the device report a deploy logs (the server is its check: docs/serving.md)
+        self.device_facts = {
+            "device": str(self.device),
+            "device_name": devices.device_name(self.device),
+            "torch": torch.__version__,
+            "gpus": [g.name for g in gpus],
+        }
+        unused = devices.unused_gpus(self.device, gpus, self.device_name, torch.__version__)
+        if unused:
+            raise RuntimeError(unused)
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         model = build_model(manifest["model"]["config"])
         weights = self.release / manifest["model"].get("weights", "weights.pt")
         model.load_state_dict(torch.load(weights, map_location=self.device, weights_only=True))
+        loads.record(self.release, "serve", str(self.device))  # the host's ledger of loads
         self.model = model.to(self.device).eval()
         golden = torch.load(self.release / manifest["golden"]["path"], weights_only=True)
         atol = float(manifest["golden"]["class_probs_atol"])
@@ -557,9 +571,10 @@ class Captures:
                 "output": output,
             }
             text = json.dumps(line, separators=(",", ":"))
-            if not isinstance(ohlc, list):  # a binary request's window: float32 values
-                raw = _F32_WINDOW % tuple(ohlc.flatten().tolist())
-            elif raw is None or "\n" in raw or "\r" in raw:  # one line per window, always
+            if isinstance(raw, bytes):  # a binary request's window: its own 1680 bytes
+                out.append(f'{text[:-1]},"ohlc_f32le":"{base64.b64encode(raw).decode()}"}}')
+                continue
+            if raw is None or "\n" in raw or "\r" in raw:  # one line per window, always
                 raw = json.dumps(ohlc, separators=(",", ":"))
             out.append(f'{text[:-1]},"ohlc":{raw}}}')
         return out
@@ -772,9 +787,6 @@ def check_prices(ohlc) -> None:
         )
 
 
-# a binary window's capture text: 9 significant digits give every float32 back exactly, in a
-# third of the time json.dumps takes for the same 420 numbers widened to float64 (and shorter)
-_F32_WINDOW = "[" + ",".join(["[%.9g,%.9g,%.9g,%.9g]"] * WINDOW_LEN) + "]"
 BINARY_TYPE = "application/vnd.moola.ohlc-f32le"  # float32 little-endian [N, 105, 4], C order
 WINDOWS_HEADER = "x-moola-windows"  # N, the number of windows in a binary body
 BINARY_WINDOW_BYTES = WINDOW_LEN * 4 * 4
@@ -810,7 +822,10 @@ def parse_binary(body: bytes, headers: dict, max_windows: int):
         data = bytearray(swapped.tobytes())
     ohlc = torch.frombuffer(data, dtype=torch.float32).reshape(n, WINDOW_LEN, 4).double()
     check_prices(ohlc)
-    return ohlc, [None] * n, ohlc, [None] * n
+    # the captures keep each window's own wire bytes (base64 in the line): no number is turned
+    # into text on the server, and a reader gets the very float32 values the model saw
+    raws = [body[i * BINARY_WINDOW_BYTES : (i + 1) * BINARY_WINDOW_BYTES] for i in range(n)]
+    return ohlc, [None] * n, [None] * n, raws
 
 
 def _explain_grid(grids: list) -> None:
@@ -1281,7 +1296,7 @@ def serve(args) -> int:
             state.captures.start()
         state.batcher.start()
         state.ready = True
-        record.update(release=predictor.version, ready=True)
+        record.update(release=predictor.version, ready=True, device=predictor.device_facts)
         _write_state(args.state_file, record)
         print(
             f"moola serve: ready on {args.host}:{args.port}: {detail}", file=sys.stderr, flush=True

@@ -41,6 +41,12 @@ import time
 WINDOW_LEN = 105
 DEFAULT_READY_TIMEOUT_S = 180.0
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
+# a probe request's timeout derives from the latency SLA (p99): a request that takes this many
+# times the SLA is a stuck server, not a slow one; within [MIN, MAX]; DEFAULT when none is known
+PROBE_TIMEOUT_SLA_FACTOR = 20.0
+PROBE_TIMEOUT_MIN_S = 2.0
+PROBE_TIMEOUT_MAX_S = 60.0
+PROBE_TIMEOUT_DEFAULT_S = 10.0
 LOGS_KEPT = 20
 STATE_LOCK_WAIT_S = 30.0  # a writer waits this long for another one (env MOOLA_STATE_LOCK_WAIT_S)
 AUTH_MODES = ("auto", "always")
@@ -264,13 +270,28 @@ def synthetic_window(seed):
     return rows
 
 
+def probe_timeout(ws, release=None, sla_ms=None):
+    """Seconds one probe request may take: PROBE_TIMEOUT_SLA_FACTOR x the p99 SLA in ms (the
+    inventory's `latency_sla_ms` when the engine passes it, else the manifest's of `release`,
+    else of the live release), within [PROBE_TIMEOUT_MIN_S, PROBE_TIMEOUT_MAX_S]."""
+    if sla_ms is None:
+        release = release or (read_state(ws).get("live") or {}).get("release")
+        if isinstance(release, str) and release and "/" not in release and release != "..":
+            manifest = _read_json(os.path.join(ws, "releases", release, "manifest.json")) or {}
+            sla_ms = manifest.get("latency_sla_p99_ms")
+    if isinstance(sla_ms, bool) or not isinstance(sla_ms, int | float) or not sla_ms > 0:
+        return PROBE_TIMEOUT_DEFAULT_S
+    seconds = PROBE_TIMEOUT_SLA_FACTOR * float(sla_ms) / 1e3
+    return round(min(PROBE_TIMEOUT_MAX_S, max(PROBE_TIMEOUT_MIN_S, seconds)), 3)
+
+
 def percentile(values, q):
     ordered = sorted(values)
     rank = max(1, min(len(ordered), -(-int(q * len(ordered)) // 100)))
     return ordered[rank - 1]
 
 
-def probe(port, requests=20, concurrency=1, windows=1, timeout=10.0, warmup=0):
+def probe(port, requests=20, concurrency=1, windows=1, timeout=PROBE_TIMEOUT_DEFAULT_S, warmup=0):
     """Send real prediction requests; latency percentiles, failures and who answered. The
     first `warmup` answers of each client are not timed (connection set-up, first calls)."""
     bodies = [
@@ -337,6 +358,7 @@ def probe(port, requests=20, concurrency=1, windows=1, timeout=10.0, warmup=0):
         "requests": requests,
         "concurrency": concurrency,
         "windows": windows,
+        "timeout_s": timeout,  # per request (probe_timeout: from the SLA)
         # a client thread that died answered nothing: that is a failure too
         "ok": failures == 0 and sum(releases.values()) == requests + warmup * max(1, concurrency),
         "failures": failures,
@@ -446,6 +468,7 @@ def start_server(ws, release, device="auto", extra=(), timeout=DEFAULT_READY_TIM
         "log": log,
         "record": os.path.basename(record_path),
         "start_s": round(time.monotonic() - started, 3),
+        "device": record.get("device"),  # what it runs on (the deploy's device report)
     }
     if record.get("ready") and proc.poll() is None:
         status, answer = ask(record["port"], "/readyz")
@@ -699,8 +722,10 @@ def switch(ws, release, port=None, keep_standby=True):
     }
 
 
-def standby_check(ws, release, requests=3):
-    """The warm standby of `release`: alive, /readyz 200, and real requests answered by it."""
+def standby_check(ws, release, requests=3, sla_ms=None):
+    """The warm standby of `release`: alive, /readyz 200, and real requests answered by it
+    (each within the probe timeout the SLA gives)."""
+    timeout = probe_timeout(ws, release, sla_ms)
     standby = read_state(ws).get("standby") or {}
     if standby.get("release") != release or not alive(standby.get("pid"), ws):
         return {
@@ -708,14 +733,14 @@ def standby_check(ws, release, requests=3):
             "error": f"no running standby of {release}",
             "standby": standby or None,
         }
-    code, _answer = ask(standby["port"], "/readyz", timeout=5.0)
+    code, _answer = ask(standby["port"], "/readyz", timeout=timeout)
     if code != 200:
         return {
             "ok": False,
             "error": f"the standby of {release} is not ready ({code})",
             "standby": standby,
         }
-    result = probe(standby["port"], requests)
+    result = probe(standby["port"], requests, timeout=timeout)
     ok = result["ok"] and set(result["releases"]) == {release}
     return {
         "ok": ok,
@@ -739,12 +764,12 @@ def stop_candidates(ws, release):
     return {"ok": True, "drained": drained}
 
 
-def standby_switch(ws, release, requests=1, keep_standby=True):
+def standby_switch(ws, release, requests=1, keep_standby=True, sla_ms=None):
     """Rollback's fast path in ONE round trip: probe the warm standby of `release` (alive,
     /readyz 200, real requests answered by it), and only when it passed, move traffic to it.
     Prints {ok, passed, standby, probe, moved, error}; nothing moves when the probe fails."""
     began = time.monotonic()
-    checked = standby_check(ws, release, requests)
+    checked = standby_check(ws, release, requests, sla_ms)
     checked["check_ms"] = round((time.monotonic() - began) * 1e3, 1)
     if not checked["ok"]:
         return dict(checked, passed=False, moved=None)
@@ -807,9 +832,10 @@ def health(ws, burst=0, concurrency=4, requests=True):
     result["sla_p99_ms"] = manifest.get("latency_sla_p99_ms")
     pport = result["proxy"]["port"] if result["proxy"]["running"] else None
     if pport and result.get("live_alive") and requests:
-        result["probe"] = probe(pport, 1, warmup=0)
+        timeout = probe_timeout(ws)
+        result["probe"] = probe(pport, 1, timeout=timeout, warmup=0)
         if burst:
-            result["burst"] = probe(pport, burst, concurrency, warmup=2)
+            result["burst"] = probe(pport, burst, concurrency, timeout=timeout, warmup=2)
     return result
 
 
@@ -1182,15 +1208,18 @@ def _parser():
     p.add_argument("--burst", type=int, default=0)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--no-requests", action="store_true", help="status only: send nothing")
+    sla_help = "the p99 latency SLA in ms the probe timeout derives from (default: the manifest's)"
     p = add("standby")
     p.add_argument("--release", required=True)
     p.add_argument("--requests", type=int, default=3)
+    p.add_argument("--sla-ms", type=float, default=None, help=sla_help)
     p = add("stop-candidates")
     p.add_argument("--release", required=True)
     p = add("standby-switch")
     p.add_argument("--release", required=True)
     p.add_argument("--requests", type=int, default=1)
     p.add_argument("--no-standby", action="store_true")
+    p.add_argument("--sla-ms", type=float, default=None, help=sla_help)
     p = add("stop")
     p.add_argument("--wait", type=float, default=DEFAULT_DRAIN_TIMEOUT_S)
     p = add("probe")
@@ -1199,6 +1228,8 @@ def _parser():
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--windows", type=int, default=1)
     p.add_argument("--warmup", type=int, default=0)
+    p.add_argument("--release", default=None, help="whose manifest's SLA sets the timeout")
+    p.add_argument("--sla-ms", type=float, default=None, help=sla_help)
     p = add("ensure")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--bind", default="127.0.0.1")
@@ -1242,18 +1273,21 @@ def run(args):
     if args.action == "health":
         return health(ws, args.burst, args.concurrency, not args.no_requests)
     if args.action == "standby":
-        return standby_check(ws, args.release, args.requests)
+        return standby_check(ws, args.release, args.requests, args.sla_ms)
     if args.action == "stop-candidates":
         return stop_candidates(ws, args.release)
     if args.action == "standby-switch":
-        return standby_switch(ws, args.release, args.requests, not args.no_standby)
+        return standby_switch(ws, args.release, args.requests, not args.no_standby, args.sla_ms)
     if args.action == "stop":
         return stop(ws, args.wait)
     if args.action == "probe":
         port = args.port or proxy_port(ws)
         if not port:
             raise Failed("the proxy is not running: start serving first")
-        return probe(port, args.requests, args.concurrency, args.windows, warmup=args.warmup)
+        timeout = probe_timeout(ws, args.release, args.sla_ms)
+        return probe(
+            port, args.requests, args.concurrency, args.windows, timeout=timeout, warmup=args.warmup
+        )
     if args.action == "ensure":
         return ensure(
             ws,

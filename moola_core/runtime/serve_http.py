@@ -204,6 +204,7 @@ class Front:
         self._wake_w.setblocking(False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._soon: collections.deque = collections.deque()
+        self._woken = False  # a wake-up byte was sent and the loop has not run `_soon` since
         self._ready: collections.deque = collections.deque()  # connections with a request buffered
         self.conns: dict[int, _Conn] = {}
         self._handling = 0  # connections whose request the app holds
@@ -216,10 +217,14 @@ class Front:
     # -- from any thread ---------------------------------------------------------------------
 
     def call_soon(self, fn) -> None:
-        """Run `fn()` on the loop's thread (thread-safe; the batcher answers through it)."""
+        """Run `fn()` on the loop's thread (thread-safe; the batcher answers through it). One
+        wake-up byte until the loop runs them: a pass of 32 requests sends one, not 32 (the
+        sends were 7% of the batcher's time at 32 clients, py-spy)."""
         self._soon.append(fn)
-        with contextlib.suppress(BlockingIOError, OSError):
-            self._wake_w.send(b"\0")
+        if not self._woken:
+            self._woken = True
+            with contextlib.suppress(BlockingIOError, OSError):
+                self._wake_w.send(b"\0")
 
     def stop(self) -> None:
         """Stop accepting; answer what is in flight, then `run()` returns (signal-safe)."""
@@ -290,6 +295,9 @@ class Front:
         with contextlib.suppress(BlockingIOError, OSError):
             while self._wake_r.recv(4096):
                 pass
+        # cleared after the wake-up bytes are read and before the queue is emptied: a call
+        # appended from now on is run below or sends a byte of its own that the next select sees
+        self._woken = False
         while self._soon:
             try:
                 self._soon.popleft()()

@@ -59,8 +59,13 @@ CHECKS: dict[str, Check] = {
     "deploy.upload": Check(
         names.DEPLOY, (names.PROMOTE, names.VERIFY), "deployment", "bundle on the host, verified"
     ),
+    # a host that serves is checked by its candidate server (serve-check) or, for a release
+    # whose warm standby is there, by that standby's probe (serve-standby): docs/serving.md
     "deploy.precheck": Check(
-        names.DEPLOY, names.CHECK, "deployment", "runtime check before switch"
+        names.DEPLOY,
+        (names.CHECK, names.SERVE_CHECK, names.SERVE_STANDBY),
+        "deployment",
+        "runtime check before switch",
     ),
     "deploy.switch": Check(
         names.DEPLOY, names.POST_CHECK, "deployment", "switched and checked again"
@@ -72,7 +77,10 @@ CHECKS: dict[str, Check] = {
     "accept.signoff": _proved_by(names.ACCEPT_SIGNOFF, "deployment"),
     "accept.notes": _proved_by(names.ACCEPT_NOTES, "deployment"),
     "rollback.switch": Check(
-        names.ROLLBACK, names.POST_CHECK_RUNTIME, "after", "previous release serves again, checked"
+        names.ROLLBACK,
+        (names.POST_CHECK_RUNTIME, names.SERVE_POST_CHECK),
+        "after",
+        "previous release serves again, checked",
     ),
     "healthcheck.fast": _proved_by(names.HEALTH_FAST, "after"),
     "healthcheck.deep": _proved_by(names.HEALTH_DEEP, "after"),

@@ -169,9 +169,21 @@ def _promote(ctx: HostContext) -> None:
 
 
 def _precheck(ctx: HostContext) -> None:
+    """The release's check before the switch. A host that serves: its candidate server IS the
+    check, one model load (checksums, golden parity single and batched, latency over HTTP
+    against the SLA, the device it runs on: steps serve-start, serve-check, then `check` with
+    `by: server` writes the release's .checked marker), not a separate runtime-check process;
+    a warm standby of it is probed at the switch instead and loads nothing. Without serving
+    (`--no-serve`): the runtime check (step check)."""
     version = ctx.bundle.version
     try:
-        stages.runtime_check(ctx, version, step=steps.CHECK)
+        if ctx.opts.serve:
+            _as_step(serving.prepare_target)(ctx)
+            if serving.started_for(ctx, version):  # it passed: the verdict and its marker
+                with ctx.step(steps.CHECK, version=version, by="server"):
+                    ctx.run(release_cmd.mark_checked(ctx.layout, version, ctx.journal.deployment))
+        else:
+            stages.runtime_check(ctx, version, step=steps.CHECK)
     except StepFailed:
         stages.push_remove_release(ctx, version)  # a release that failed its check must go
         raise
@@ -299,8 +311,22 @@ def _rollback_verify(ctx: HostContext) -> None:
 
 def _rollback_switch(ctx: HostContext) -> None:
     stages.switch_checked(
-        ctx, ctx.target, ctx.previous, action=steps.ACTION_ROLLBACK, snapshot=False, runtime=True
+        ctx,
+        ctx.target,
+        ctx.previous,
+        action=steps.ACTION_ROLLBACK,
+        snapshot=False,
+        runtime=_runtime_after_switch(ctx),
     )
+
+
+def _runtime_after_switch(ctx: HostContext) -> bool:
+    """Rollback and drill check the release they return to with the runtime check through
+    `current`, unless the host serves: then its server was checked over HTTP instead (a warm
+    standby probed, or a server started and checked like a deploy's; serve-post-check through
+    the public port after the switch) and no torch process starts. `invoke verify` remains the
+    deep check on demand."""
+    return not ctx.opts.serve
 
 
 def rollback_stages(to: str | None) -> list[Stage]:
@@ -340,7 +366,7 @@ def _drill(ctx: HostContext) -> HostOutcome:
         current,
         action=steps.ACTION_DRILL_BACK,
         snapshot=False,
-        runtime=True,
+        runtime=_runtime_after_switch(ctx),
         prefix=steps.DRILL_BACK,
     )
     back_s = time.monotonic() - started
@@ -352,7 +378,7 @@ def _drill(ctx: HostContext) -> HostOutcome:
         target,
         action=steps.ACTION_DRILL_FORWARD,
         snapshot=False,
-        runtime=True,
+        runtime=_runtime_after_switch(ctx),
         prefix=steps.DRILL_FORWARD,
     )
     with ctx.step(steps.DRILL_STEP, back_to=target, forward_to=current) as info:

@@ -22,6 +22,7 @@ Light at import (cron path): numpy is imported inside the functions.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import io
 import json
@@ -52,7 +53,9 @@ LIMITS = {
     "end": (-1, WINDOW_LEN),
     "price": (-1e12, 1e12),  # OHLC values, stored as float32
 }
-INDEX_VERSION = 2  # cached columns from this parser; older ones are rebuilt from raw/
+INDEX_VERSION = (
+    3  # cached columns from this parser; older ones are rebuilt from raw/ (3: ohlc_f32le)
+)
 CAPTURE_NAME = re.compile(r"^\d{8}T\d{6}Z-\d+\.jsonl$")
 ROLES = ("live", "shadow")
 # columns of a CaptureTable and their numpy dtypes (strings are fixed-width unicode: no pickle)
@@ -148,14 +151,32 @@ def _num(value, what: str) -> float:
     return value
 
 
-def _window(bars):
-    """The OHLC window as a float array [105, 4] of finite prices within LIMITS, None when the
-    line has none. numpy reads the lists once; text, booleans, objects or ragged bars do not
-    make a numeric array of that shape."""
-    if bars is None:
+F32LE_BYTES = WINDOW_LEN * 4 * 4  # a binary request's window in `ohlc_f32le`: 1680 bytes
+
+
+def _window(rec: dict):
+    """The line's OHLC window as a float array [105, 4] of finite prices within LIMITS, None
+    when the line has none. Two forms: `ohlc`, the bars as JSON lists (a JSON request's), or
+    `ohlc_f32le`, base64 of the window's float32 little-endian bytes as a binary request sent
+    them. numpy reads either once; text, booleans, objects, ragged bars or a wrong byte count
+    do not make a numeric array of that shape."""
+    bars, packed = rec.get("ohlc"), rec.get("ohlc_f32le")
+    if bars is None and packed is None:
         return None
     import numpy as np
 
+    if bars is not None and packed is not None:
+        raise BadLine("a line has both ohlc and ohlc_f32le")
+    if packed is not None:
+        if not isinstance(packed, str) or len(packed) > 2 * F32LE_BYTES:
+            raise BadLine("ohlc_f32le is not base64 text")
+        try:
+            data = binascii.a2b_base64(packed.encode("ascii"), strict_mode=True)
+        except (ValueError, binascii.Error):
+            raise BadLine("ohlc_f32le is not base64 text") from None
+        if len(data) != F32LE_BYTES:
+            raise BadLine(f"ohlc_f32le has {len(data)} bytes, not {F32LE_BYTES}")
+        bars = np.frombuffer(data, dtype="<f4").reshape(WINDOW_LEN, 4)
     try:
         arr = np.asarray(bars)
     except (ValueError, TypeError):  # ragged
@@ -207,7 +228,7 @@ def _record_row(rec) -> tuple:
         start,
         end,
         abstain,
-        rec.get("ohlc") is not None,
+        rec.get("ohlc") is not None or rec.get("ohlc_f32le") is not None,
     )
 
 
@@ -262,7 +283,7 @@ def parse_stream(fh, *, with_ohlc: bool = True) -> tuple[CaptureTable, int]:
         try:
             rec = json.loads(raw)
             row = _record_row(rec)
-            bars = _window(rec.get("ohlc"))  # checked either way: the same lines count
+            bars = _window(rec)  # checked either way: the same lines count
         except (ValueError, RecursionError):  # BadLine, bad JSON, JSON nested too deep
             skipped += 1
             continue

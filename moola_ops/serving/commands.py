@@ -240,9 +240,21 @@ def status(layout: Layout, python: str) -> str:
     return _ctl(layout, python, "status")
 
 
-def standby(layout: Layout, python: str, version: str, *, requests: int = 3) -> str:
+def _sla(sla_ms: float | None) -> list[str]:
+    """`--sla-ms X`: the p99 SLA the host's probe timeout derives from (none: the manifest's)."""
+    if sla_ms is None:
+        return []
+    if isinstance(sla_ms, bool) or not isinstance(sla_ms, int | float) or not sla_ms > 0:
+        raise MoolaError(f"invalid latency SLA {sla_ms!r}: give milliseconds > 0")
+    return ["--sla-ms", repr(float(sla_ms))]
+
+
+def standby(
+    layout: Layout, python: str, version: str, *, requests: int = 3, sla_ms: float | None = None
+) -> str:
     """Is the warm standby of `version` alive and ready, and does it answer real requests as
-    `version`? One round trip (rollback's fast path). Prints {ok, standby, probe, error}."""
+    `version`? One round trip (rollback's fast path). Prints {ok, standby, probe, error}.
+    Each request's timeout derives from `sla_ms` (the inventory's), else the manifest's SLA."""
     return _ctl(
         layout,
         python,
@@ -251,11 +263,18 @@ def standby(layout: Layout, python: str, version: str, *, requests: int = 3) -> 
         shlex.quote(check_name(version, "version")),
         "--requests",
         str(int(requests)),
+        *_sla(sla_ms),
     )
 
 
 def standby_switch(
-    layout: Layout, python: str, version: str, *, requests: int = 1, keep_standby: bool = True
+    layout: Layout,
+    python: str,
+    version: str,
+    *,
+    requests: int = 1,
+    keep_standby: bool = True,
+    sla_ms: float | None = None,
 ) -> str:
     """Rollback's fast path, ONE round trip: probe the warm standby of `version` (alive,
     /readyz, `requests` real requests answered as `version`) and, only when it passed, move
@@ -265,7 +284,7 @@ def standby_switch(
     args = ["--release", shlex.quote(check_name(version, "version")), "--requests", str(requests)]
     if not keep_standby:
         args.append("--no-standby")
-    return _ctl(layout, python, "standby-switch", *args)
+    return _ctl(layout, python, "standby-switch", *args, *_sla(sla_ms))
 
 
 def health(
@@ -301,11 +320,14 @@ def probe(
     concurrency: int = 1,
     windows: int = 1,
     warmup: int = 0,
+    sla_ms: float | None = None,
+    release: str | None = None,
 ) -> str:
     """Real prediction requests from the host itself (pod ports are not public): through the
     proxy (port 0) or straight to a server's private port, one kept-alive connection per
     client. Prints latency p50/p99 (after `warmup` untimed requests per client), failures and
-    which release answered."""
+    which release answered. Each request's timeout derives from `sla_ms`, else the manifest
+    SLA of `release`, else of the live release (serve_ctl.probe_timeout)."""
     for value, what in ((requests, "requests"), (concurrency, "concurrency"), (windows, "windows")):
         if not isinstance(value, int) or value < 1:
             raise MoolaError(f"invalid {what} {value!r}: give a whole number >= 1")
@@ -325,6 +347,8 @@ def probe(
         str(windows),
         "--warmup",
         str(warmup),
+        *(["--release", shlex.quote(check_name(release, "version"))] if release else []),
+        *_sla(sla_ms),
     )
 
 

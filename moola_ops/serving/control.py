@@ -53,6 +53,7 @@ class Started:
     log_tail: str = ""
     start_s: float = 0.0
     sla_p99_ms: float | None = None  # the release's own latency SLA (manifest)
+    device: dict[str, Any] | None = None  # device, device_name, torch, gpus (the server's)
 
 
 @dataclass
@@ -137,6 +138,7 @@ def start_candidate(
         log_tail=data.get("log_tail") or "",
         start_s=float(data.get("start_s") or 0.0),
         sla_p99_ms=data.get("sla_p99_ms"),
+        device=data.get("device") if isinstance(data.get("device"), dict) else None,
     )
 
 
@@ -149,9 +151,11 @@ def probe(
     concurrency: int = 1,
     windows: int = 1,
     warmup: int = 0,
+    release: str | None = None,
 ) -> Probe:
     """Send real prediction requests from the host: through the proxy (port 0, the path users
-    hit) or to one server's private port."""
+    hit) or to one server's private port (`release`'s: its manifest's SLA sets the timeout
+    unless the inventory gives `latency_sla_ms`)."""
     command = serve_cmd.probe(
         _layout(host),
         host.python,
@@ -160,6 +164,8 @@ def probe(
         concurrency=concurrency,
         windows=windows,
         warmup=warmup,
+        sla_ms=host.latency_sla_ms,
+        release=release,
     )
     data = _run(session, command, timeout_s=120)
     if "requests" not in data:

@@ -63,7 +63,9 @@ def deploy_start(ctx, version: str) -> Started:
         proxy = ensure_proxy(ctx.ssh, host)
         info["proxy_port"] = proxy.get("port")
         started = start_candidate(ctx.ssh, host, version)
-        info.update(pid=started.pid, port=started.port, start_s=started.start_s)
+        info.update(
+            pid=started.pid, port=started.port, start_s=started.start_s, device=started.device
+        )
         if not started.ok:
             info["log_tail"] = started.log_tail[-400:]
             raise ServeError(
@@ -75,7 +77,9 @@ def deploy_start(ctx, version: str) -> Started:
         # as many timed requests as the runtime check's timed runs (--check-runs), same warm-up
         requests = ctx.opts.check_runs or PROBE_REQUESTS
         warmup = PROBE_WARMUP if ctx.opts.check_warmup is None else ctx.opts.check_warmup
-        result = probe(ctx.ssh, host, port=started.port, requests=requests, warmup=warmup)
+        result = probe(
+            ctx.ssh, host, port=started.port, requests=requests, warmup=warmup, release=version
+        )
         info.update(
             p50_ms=result.p50_ms,
             p99_ms=result.p99_ms,
@@ -139,7 +143,10 @@ def warm_standby(ctx, target: str) -> dict[str, Any] | None:
     """The warm standby of `target` (alive, ready, and answering a real request as `target`),
     or None when there is none (step serve-standby). Used when the lock's facts did not say."""
     with ctx.step(steps.SERVE_STANDBY, version=target) as info:
-        data = _run(ctx.ssh, serve_cmd.standby(_layout(ctx.host), ctx.host.python, target))
+        command = serve_cmd.standby(
+            _layout(ctx.host), ctx.host.python, target, sla_ms=ctx.host.latency_sla_ms
+        )
+        data = _run(ctx.ssh, command)
         info["standby"] = data.get("standby")
         info["probe"] = {k: (data.get("probe") or {}).get(k) for k in ("p50_ms", "releases")}
         if not data.get("ok"):
@@ -203,7 +210,11 @@ def standby_switch(ctx, target: str) -> dict[str, Any] | None:
     is no standby: nothing moved."""
     keep = getattr(ctx.opts, "keep_standby", KEEP_STANDBY)
     command = serve_cmd.standby_switch(
-        _layout(ctx.host), ctx.host.python, target, keep_standby=keep
+        _layout(ctx.host),
+        ctx.host.python,
+        target,
+        keep_standby=keep,
+        sla_ms=ctx.host.latency_sla_ms,
     )
     with ctx.step(steps.SERVE_STANDBY, version=target, moves_traffic=True) as info:
         data = _run(ctx.ssh, command)
@@ -268,6 +279,9 @@ def prepare_target(ctx) -> None:
     nothing switches."""
     if not ctx.opts.serve:
         return
+    prepared = getattr(ctx, "serve_target", None)
+    if prepared and prepared[0] == ctx.target:
+        return  # the deploy's check prepared it already (deploy/flows.py _precheck)
     if already_live(ctx, ctx.target):  # traffic is on the target's server: nothing to start
         ctx.serve_target = (ctx.target, None, LIVE)
         return
@@ -280,6 +294,13 @@ def prepare_target(ctx) -> None:
         return
     port, warm = target_server(ctx, ctx.target)
     ctx.serve_target = (ctx.target, port, warm)
+
+
+def started_for(ctx, target: str) -> bool:
+    """Whether `prepare_target` started (and checked) a new server for `target`, rather than
+    finding its warm standby or live server."""
+    prepared = getattr(ctx, "serve_target", None)
+    return bool(prepared and prepared[0] == target and prepared[2] is False)
 
 
 def traffic_follows(ctx, target: str) -> None:

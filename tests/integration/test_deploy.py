@@ -106,18 +106,28 @@ def test_rollback_restores_a_damaged_target_from_its_snapshot(fleet, bundles, jo
     assert_settled(host, "v1.0")
 
 
-def test_failing_pre_switch_check_switches_nothing(fleet, bundles, journal_file):
+@pytest.mark.parametrize(
+    ("serve", "words", "step"),
+    [
+        (False, "runtime check of v9.0-slow", "check"),  # files only: the runtime check
+        (True, "the server for v9.0-slow on dep-2 failed its HTTP check", "serve-check"),
+    ],
+)
+def test_failing_pre_switch_check_switches_nothing(
+    fleet, bundles, journal_file, serve, words, step
+):
     _, inventory = fleet
     (host,) = inventory.resolve("dep-2")
-    assert engine.deploy([host], engine.resolve_bundle(str(bundles["v1.0"])), FAST).ok
+    opts = replace(FAST, serve=serve)
+    assert engine.deploy([host], engine.resolve_bundle(str(bundles["v1.0"])), opts).ok
     slow = engine.resolve_bundle(str(bundles["v9.0-slow"]))
-    result = engine.deploy([host], slow, FAST)
+    result = engine.deploy([host], slow, opts)
     outcome = result.outcomes[0]
-    assert outcome.status == "failed" and "runtime check of v9.0-slow" in outcome.message
+    assert outcome.status == "failed" and words in outcome.message, outcome.message
     assert result.exit_code == 1
     assert_settled(host, "v1.0")
     assert not (Path(host.workspace) / "releases" / "v9.0-slow").exists()
-    assert steps(journal_file, host, result.deployment)["check"] == "failed"
+    assert steps(journal_file, host, result.deployment)[step] == "failed"
 
 
 def test_failing_post_switch_check_switches_back_at_once(fleet, bundles, journal_file):

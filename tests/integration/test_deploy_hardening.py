@@ -30,7 +30,10 @@ pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 REPO = Path(__file__).parents[2]
 
 
-FAST = engine.Options(check_runs=3, check_warmup=1, check_backend="eager")
+# the runtime check's own mechanics (timeouts, a hung check, Ctrl-C inside it) are what these
+# tests drive: they deploy files only (`--no-serve`), where the runtime check runs before the
+# switch (a host that serves is checked by its candidate server: tests/integration/test_serving.py)
+FAST = engine.Options(check_runs=3, check_warmup=1, check_backend="eager", serve=False)
 # the hung check's `sleep` argument, to find it among the processes: this run's own (another
 # suite on the machine runs the same test at the same time, issue #24)
 HANG = f"987.{os.getpid():07d}"
@@ -103,6 +106,7 @@ def test_ctrl_c_during_a_hung_check_is_honoured_at_once(hosts, bundles, journal_
             "3",
             "--check-timeout",
             "600",
+            "--no-serve",  # files only: the runtime check runs (and hangs) before the switch
         ],
         cwd=REPO,
         env={**os.environ, "MOOLA_LOG": str(journal_file)},

@@ -171,10 +171,12 @@ def test_with_serving_the_plan_lists_the_serving_commands_a_deploy_and_rollback_
             "upload",
             "upload",
             "promote",
-            "check",
+            # no runtime-check process: the candidate server is the check (one model load),
+            # then `check` (by the server) writes the release's .checked marker
             "serve-start",
             "serve-start",
             "serve-check",
+            "check",
             "switch",
             "serve-switch",
             "post-check",
@@ -215,7 +217,8 @@ def test_with_serving_the_plan_lists_the_serving_commands_a_deploy_and_rollback_
             "switch",
             "serve-standby",
             "post-check",
-            "post-check-runtime",
+            # no runtime check through current: the standby was checked over HTTP, nothing
+            # loads the model (invoke verify is the deep check)
             "serve-post-check",
             "unlock",
         ]

@@ -5,6 +5,7 @@ captures the windows it answered in the shared JSON-lines contract."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import struct
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from moola_ops.serving.captures import parse_lines
 from tests.integration.helpers import release_server, wait_for, window
 from tests.unit.test_runtime import make_release
 
@@ -71,14 +73,24 @@ def test_a_binary_body_is_answered_as_its_json_twin_and_captured(server):
     for got, want in zip(answer["predictions"], twin["predictions"], strict=True):
         assert got == want  # the same numbers in, the same answer out
 
-    def lines():
-        texts = [f.read_text() for f in sorted(Path(captures).rglob("*.jsonl"))]
-        found = [json.loads(x) for text in texts for x in text.splitlines()]
-        return [x for x in found if x["request_id"] == "bin-1"]
+    def lines(request_id):
+        texts = [f.read_bytes() for f in sorted(Path(captures).rglob("*.jsonl"))]
+        found = [x for data in texts for x in data.splitlines(keepends=True)]
+        return [x for x in found if json.loads(x)["request_id"] == request_id]
 
-    captured = wait_for(lambda: len(lines()) == 3 and lines(), "three capture lines")
-    assert [f32([c["ohlc"]])[0] for c in captured] == windows  # each float32 exactly
-    assert captured[0]["output"]["label"] == answer["predictions"][0]["label"]
+    captured = wait_for(lambda: len(lines("bin-1")) == 3 and lines("bin-1"), "three lines")
+    twin_lines = wait_for(lambda: len(lines("json-1")) == 3 and lines("json-1"), "the twin's")
+    records = [json.loads(x) for x in captured]
+    # a binary window is kept as the very bytes it came in (base64), not turned into text
+    assert [base64.b64decode(r["ohlc_f32le"]) for r in records] == [pack([w]) for w in windows]
+    assert all("ohlc" not in r for r in records)
+    assert records[0]["output"]["label"] == answer["predictions"][0]["label"]
+    # the readers (ab, monitor, report, labeling) get the same float32 windows from both forms
+    table, _ = parse_lines(b"".join(captured))
+    twin_table, _ = parse_lines(b"".join(twin_lines))
+    assert table.skipped == twin_table.skipped == 0
+    assert table["has_ohlc"].all() and twin_table["has_ohlc"].all()
+    assert table.ohlc.tolist() == twin_table.ohlc.tolist() == windows
 
 
 @pytest.mark.parametrize(

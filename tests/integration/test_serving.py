@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from moola_core.bundle.build import build_bundle
+from moola_core.runtime import loads
 from moola_ops import deploy as engine
 from moola_ops.hosts.inventory import Inventory
 from moola_ops.log.journal import read_events
@@ -353,15 +354,24 @@ def test_deploy_and_rollback_move_live_traffic_without_a_failed_request(served, 
     with HostSession(host) as session:  # a stray: as if an interrupted deploy left it behind
         stray = serving.start_candidate(session, host, "v1.0")
     assert stray.ok and pid_alive(stray.pid)
+    ledger = len(loads.read(host.workspace))
     with Stream(before.proxy_port) as stream:
         deployed = engine.deploy([host], v12, opts)
         assert deployed.ok, deployed.outcomes
         wait_for(lambda: stream.releases.get("v1.2", 0) >= 3, "answers from v1.2")
         now = host_status(host)
         assert now.served_release == "v1.2" and now.standby["release"] == "v1.1"
+        # ONE model load on the host for the whole deploy: the candidate server was the check
+        deploy_loads = loads.read(host.workspace)[ledger:]
+        assert [(x["release"], x["by"], x["pid"]) for x in deploy_loads] == [
+            ("v1.2", "serve", now.live["pid"])
+        ]
         wait_for(lambda: not pid_alive(stray.pid), "the stray server to drain at the switch")
+        ledger = len(loads.read(host.workspace))
         back = engine.rollback([host], None, opts)
         assert back.ok, back.outcomes
+        # a rollback to the verified warm standby loads nothing: probe, move, check over HTTP
+        assert loads.read(host.workspace)[ledger:] == []
         seen = stream.releases.get("v1.1", 0)
         wait_for(lambda: stream.releases.get("v1.1", 0) >= seen + 3, "answers from v1.1 again")
     assert stream.failures == [], stream.failures[:3]
@@ -378,6 +388,16 @@ def test_deploy_and_rollback_move_live_traffic_without_a_failed_request(served, 
     for step in ("serve-standby", "switch", "serve-switch", "serve-post-check"):
         assert rollback_steps[step] == "ok", (step, rollback_steps)
     assert "serve-start" not in rollback_steps  # nothing had to start: the standby was warm
+    assert "post-check-runtime" not in rollback_steps  # no torch process after the switch
+    # no runtime-check process: the candidate server was the check (its verdict logged as such)
+    checked = next(
+        e for e in read_events(log, deployment=deployed.deployment) if e["step"] == "check"
+    )
+    assert checked["detail"]["by"] == "server"
+    started = next(
+        e for e in read_events(log, deployment=deployed.deployment) if e["step"] == "serve-start"
+    )
+    assert started["detail"]["device"]["device"] == "cpu"  # the device report of the check
     order = [e["step"] for e in events]
     # the standby was probed (a real request answered by v1.1) before traffic moved to it
     assert order.index("serve-standby") < order.index("serve-switch")

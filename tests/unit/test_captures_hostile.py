@@ -4,6 +4,7 @@ every good line around it is kept; a cache an older Moola poisoned is rebuilt, n
 
 from __future__ import annotations
 
+import base64
 import json
 import tracemalloc
 
@@ -21,6 +22,14 @@ NAME = "20261127T170000Z-1.jsonl"
 
 def good(i: int, role: str = "live", release: str = "v0.1") -> dict:
     return record(f"req-{i}", 0, release=release, role=role, time=1000.0 + i, window_id=f"w{i}")
+
+
+def packed(rec: dict, data: bytes | None = None) -> dict:
+    """`rec` as a binary request's line: its window as base64 of float32 little-endian bytes."""
+    if data is None:
+        data = np.asarray(rec["ohlc"], dtype="<f4").tobytes()
+    out = {k: v for k, v in rec.items() if k != "ohlc"}
+    return dict(out, ohlc_f32le=base64.b64encode(data).decode())
 
 
 def lines(records) -> bytes:
@@ -60,6 +69,11 @@ BAD_LINES = {
     "strings in ohlc": dict(good(0), ohlc=[["a", "b", "c", "d"]] * 105),
     "ohlc 104 bars": dict(good(0), ohlc=[[1.0, 2.0, 0.5, 1.5]] * 104),
     "ohlc inf": dict(good(0), ohlc=[[1e400, 2.0, 0.5, 1.5]] * 105),
+    "ohlc_f32le 1676 bytes": packed(good(0), b"\x00\x00\x80\x3f" * 419),
+    "ohlc_f32le not base64": dict(packed(good(0)), ohlc_f32le="not base64!"),
+    "ohlc_f32le a number": dict(packed(good(0)), ohlc_f32le=12),
+    "ohlc_f32le NaN": packed(good(0), b"\x00\x00\xc0\x7f" * 420),
+    "ohlc_f32le and ohlc": dict(packed(good(0)), ohlc=good(0)["ohlc"]),
     "time NaN": dict(good(0), time=float("nan")),
     "time missing": {k: v for k, v in good(0).items() if k != "time"},
     "latency negative": dict(good(0), latency_ms=-1.0),
@@ -132,3 +146,11 @@ def test_a_cache_an_older_moola_poisoned_is_rebuilt_from_the_raw_file(tmp_path):
     assert table["window_id"].dtype.itemsize <= 4 * captures.MAX_TEXT
     (index / (NAME[:-6] + ".npz")).write_bytes(b"not a zip")  # a damaged index: rebuilt too
     assert len(load_table(cache, "h1")) == 5
+
+
+def test_a_binary_window_line_reads_as_the_same_float32_window_as_its_json_line():
+    as_json = good(1)
+    table, _ = parse_lines(lines([as_json, packed(good(2))]))
+    assert table.skipped == 0 and table["has_ohlc"].tolist() == [True, True]
+    want = np.asarray(as_json["ohlc"], dtype="float32")
+    assert np.array_equal(table.ohlc[0], want) and np.array_equal(table.ohlc[1], want)

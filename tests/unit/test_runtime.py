@@ -204,6 +204,24 @@ def test_gpus_that_torch_cannot_use_fail_the_device_check(release, tmp_path):
     assert proc.returncode == EXIT_PASS, proc.stdout
 
 
+def test_the_server_refuses_gpus_torch_cannot_use_as_the_check_does(release, tmp_path, monkeypatch):
+    """The server is a deploy's check (docs/serving.md): it applies the device rule too and
+    reports what it runs on."""
+    from moola_core.runtime.serve import Predictor
+
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 1, 81559, 0, 31'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(RuntimeError, match="install a CUDA build of torch"):
+        Predictor(release, "auto").load()
+    accepted = Predictor(release, "cpu")
+    accepted.load()
+    assert accepted.device_facts["device"] == "cpu"
+    assert accepted.device_facts["gpus"] == ["NVIDIA H100 80GB HBM3"]
+
+
 def test_the_server_answers_with_the_confidence_and_a_live_models_p_under_way(tmp_path):
     """What /v1/predict returns per window comes from Predictor.predict_ohlc: every answer
     carries its confidence; a live model's also names it P(expansion under way)."""

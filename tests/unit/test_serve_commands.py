@@ -321,3 +321,22 @@ def test_every_serving_command_fits_in_the_one_argument_sshd_gives_the_shell():
         serve.status(WS, "python3"),
     ):
         assert len(wrap_command(command, 600).encode()) < max_arg_strlen * 0.75
+
+
+def test_probe_timeouts_derive_from_the_latency_sla(tmp_path):
+    from moola_core.runtime import serve_ctl
+
+    ws = tmp_path / "ws"
+    (ws / "releases" / "v1").mkdir(parents=True)
+    (ws / "releases" / "v1" / "manifest.json").write_text('{"latency_sla_p99_ms": 250}')
+    (ws / "serve").mkdir()
+    (ws / "serve" / "state.json").write_text('{"live": {"release": "v1", "port": 1}}')
+    # 20x the p99 SLA: the inventory's when given, else the release's manifest, else the live one
+    assert serve_ctl.probe_timeout(str(ws), sla_ms=500) == 10.0
+    assert serve_ctl.probe_timeout(str(ws), "v1") == 5.0
+    assert serve_ctl.probe_timeout(str(ws)) == 5.0
+    assert serve_ctl.probe_timeout(str(ws), sla_ms=5) == serve_ctl.PROBE_TIMEOUT_MIN_S
+    assert serve_ctl.probe_timeout(str(ws), sla_ms=60_000) == serve_ctl.PROBE_TIMEOUT_MAX_S
+    # no SLA anywhere (or a name that is not a release): the documented default
+    assert serve_ctl.probe_timeout(str(ws), "../etc") == serve_ctl.PROBE_TIMEOUT_DEFAULT_S
+    assert serve_ctl.probe_timeout(str(tmp_path / "empty")) == serve_ctl.PROBE_TIMEOUT_DEFAULT_S
