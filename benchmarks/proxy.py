@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PROXY = ROOT / "moola_core" / "runtime" / "serve_proxy.py"
+AGENT = ROOT / "moola_core" / "agent" / "__main__.py"
 TOKEN = "bench-token-" + "0" * 32
 BODY = json.dumps({"windows": [[[100.0, 100.5, 99.5, 100.2]] * 105]}).encode()
 ANSWER = b'{"release":"stub","predictions":[]}'
@@ -73,10 +73,51 @@ def upstream() -> int:
     return listener.getsockname()[1]
 
 
+def proxy_argv(code: Path) -> list[str]:
+    """How to run the proxy of a checkout: the agent's `proxy` action, or (a ref from before
+    the host agent) the lone serve_proxy.py file."""
+    if code.name == "__main__.py":
+        return [sys.executable, "-S", str(code), "proxy"]
+    return [sys.executable, str(code)]
+
+
+def base_proxy(ref: str, work: Path) -> Path:
+    """The proxy of `ref`, extracted under `work`: its agent package, or its lone file."""
+    listed = subprocess.run(
+        ["git", "ls-tree", "--name-only", ref, "moola_core/agent/__main__.py"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if listed:
+        tree = work / "base"
+        tree.mkdir()
+        archive = subprocess.run(
+            ["git", "archive", ref, "moola_core/__init__.py", "moola_core/agent"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        return tree / "moola_core" / "agent" / "__main__.py"
+    code = work / "base_proxy.py"
+    code.write_text(
+        subprocess.run(
+            ["git", "show", f"{ref}:moola_core/runtime/serve_proxy.py"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    return code
+
+
 def start_proxy(code: Path, ws: Path, extra: list[str]) -> tuple[subprocess.Popen, int]:
     record = ws / "serve" / "proxy.json"
     proc = subprocess.Popen(
-        [sys.executable, str(code), "--workspace", str(ws), "--port", "0", *extra],
+        [*proxy_argv(code), "--workspace", str(ws), "--port", "0", *extra],
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30
@@ -127,20 +168,11 @@ def main() -> None:
     parser.add_argument("--auth", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="moola-bench-proxy-"))
-    base_code = work / "base_proxy.py"
-    base_code.write_text(
-        subprocess.run(
-            ["git", "show", f"{args.ref}:moola_core/runtime/serve_proxy.py"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-    )
+    base_code = base_proxy(args.ref, work)
     port = upstream()
     procs, clients = [], {}
     try:
-        for side, code in (("head", PROXY), ("base", base_code)):
+        for side, code in (("head", AGENT), ("base", base_code)):
             ws = work / side
             (ws / "serve").mkdir(parents=True)
             live = {"release": "stub", "port": port, "pid": None}

@@ -27,7 +27,7 @@ Stand-in mode (one run, real OpenSSH host on 127.0.0.1, the default JadeModel, r
 Local mode (a GPU box, no sshd): builds a release, starts the server on 127.0.0.1 in this
 machine and prints windows/s and p99 at `--clients` concurrent clients (batched and unbatched).
 
-Server A/B mode (no sshd): this checkout's server (`runtime/serve.py` and `serve_http.py`)
+Server A/B mode (no sshd): this checkout's server (`runtime/serve.py` and `agent/http.py`)
 against GITREF's, the same release served by both, alternating on the same machine (one-window
 latency, windows/s at `--clients` with batching on and off, captures off, or on with
 `--ab-captures`): a before/after of a server change measured in one run, not across runs on a
@@ -821,9 +821,10 @@ def lone_latency(ports: dict[str, int], rounds: int = 10, block: int = 30) -> di
     return {name: round(percentile(values, 50), 3) for name, values in times.items()}
 
 
-# the model server's own code; the rest of the runtime (features, model) is the same on both
-# sides. A file missing at the ref (serve_http.py before the one-thread front) is removed.
-SERVER_FILES = ("serve.py", "serve_http.py")
+# the model server's own code (under moola_core/); the rest of the runtime (features, model) is
+# the same on both sides. A file missing at the ref (serve_http.py before the one-thread front,
+# or after the host agent took it as agent/http.py) is removed.
+SERVER_FILES = ("runtime/serve.py", "runtime/serve_http.py", "agent/http.py")
 
 
 def _source_at(ref: str, path: str) -> str | None:
@@ -843,8 +844,8 @@ def run_server_ab(args) -> dict:
     from tests.integration.conftest import make_bundle
 
     ref = args.server_ab
-    old = {name: _source_at(ref, f"moola_core/runtime/{name}") for name in SERVER_FILES}
-    if old["serve.py"] is None:
+    old = {name: _source_at(ref, f"moola_core/{name}") for name in SERVER_FILES}
+    if old["runtime/serve.py"] is None:
         raise SystemExit(f"cannot read moola_core/runtime/serve.py at {ref}")
     work = Path(tempfile.mkdtemp(prefix="moola-bench-ab-"))
     procs = []
@@ -853,7 +854,7 @@ def run_server_ab(args) -> dict:
         codes = {"head": release / "code", "base": work / "base-code"}
         shutil.copytree(release / "code", codes["base"])
         for name, text in old.items():  # the ref's server files; one it lacks is removed
-            path = codes["base"] / "moola_core" / "runtime" / name
+            path = codes["base"] / "moola_core" / name
             if text is None:
                 path.unlink(missing_ok=True)
             else:

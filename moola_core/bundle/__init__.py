@@ -7,6 +7,6 @@ the manifest schema load pydantic (and torch, for builds): import them from thei
 `moola_core.bundle.manifest.Manifest`.
 """
 
-from moola_core.bundle.archive import BundleError, safe_extract, validate_version
+from moola_core.agent.archive import BundleError, safe_extract, validate_version
 
 __all__ = ["BundleError", "safe_extract", "validate_version"]

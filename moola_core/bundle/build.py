@@ -19,8 +19,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from moola_core.bundle import archive as _archive
-from moola_core.bundle.archive import BundleError, validate_version
+from moola_core.agent import archive as _archive
+from moola_core.agent.archive import BundleError, validate_version
 from moola_core.bundle.manifest import (
     FeatureSpec,
     FileEntry,
@@ -40,9 +40,8 @@ CODE_FILES = (
     "moola_core/spec.py",
     "moola_core/spans.py",
     "moola_core/bundle/__init__.py",
-    "moola_core/bundle/archive.py",
 )
-CODE_PACKAGES = ("moola_core/models", "moola_core/runtime")
+CODE_PACKAGES = ("moola_core/agent", "moola_core/models", "moola_core/runtime")
 
 DEFAULT_SLA_P99_MS = 5.0
 GOLDEN_WINDOWS = 8

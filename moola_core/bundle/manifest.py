@@ -11,7 +11,7 @@ import json
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from moola_core.bundle.archive import validate_version
+from moola_core.agent.archive import validate_version
 
 SCHEMA_VERSION = 1
 
@@ -116,7 +116,7 @@ class Manifest(_Strict):
         """Parse and validate manifest.json bytes; BundleError with one sentence when invalid."""
         from pydantic import ValidationError
 
-        from moola_core.bundle.archive import BundleError
+        from moola_core.agent.archive import BundleError
 
         try:
             return cls.model_validate_json(data)

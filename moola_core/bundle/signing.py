@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from moola_core.bundle.archive import BundleError
+from moola_core.agent.archive import BundleError
 
 # The namespace binds a signature to its purpose: a Moola signature cannot be replayed as,
 # say, a git commit signature made with the same key.

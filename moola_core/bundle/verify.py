@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from moola_core.bundle import archive as _archive
+from moola_core.agent import archive as _archive
 from moola_core.bundle.manifest import Manifest
 
 

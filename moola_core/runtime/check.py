@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from moola_core.bundle.archive import MANIFEST_NAME, BundleError, verify_directory
+from moola_core.agent.archive import MANIFEST_NAME, BundleError, verify_directory
 from moola_core.runtime import devices, loads
 from moola_core.runtime.backends import BACKEND_NAMES, BackendUnavailable, make_backend
 from moola_core.runtime.report import (

@@ -37,10 +37,11 @@ import traceback
 import uuid
 from pathlib import Path
 
+from moola_core.agent.http import Front, Request, Response
+
 # imported at start, not on first use: a release folder pruned under a running server must
 # not break it later
 from moola_core.runtime import hostfeatures, loads
-from moola_core.runtime.serve_http import Front, Request, Response
 from moola_core.spec import LABELS, WINDOW_LEN
 
 DEFAULT_MAX_BATCH = 64  # windows in one forward pass
@@ -96,7 +97,7 @@ class Predictor:
 
         import torch
 
-        from moola_core.bundle.archive import verify_directory
+        from moola_core.agent.archive import verify_directory
         from moola_core.models import build_model
         from moola_core.runtime import devices
         from moola_core.runtime.check import compare_golden, finite_problem

@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moola_core.bundle import archive as bundle_archive
+from moola_core.agent import archive as bundle_archive
 from moola_core.errors import MoolaError
 from moola_ops.hosts.layout import check_name
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shlex
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -29,7 +28,6 @@ from moola_core.errors import MoolaError
 from moola_ops.deploy.commands import compose
 from moola_ops.deploy.commands import facts as facts_cmd
 from moola_ops.deploy.commands import lock as lock_cmd
-from moola_ops.deploy.commands import release as release_cmd
 from moola_ops.deploy.commands.hostfacts import HostFacts
 from moola_ops.deploy.context import HostContext, Stage
 from moola_ops.deploy.guard import run_stages
@@ -320,16 +318,5 @@ def render_plan(result: FleetResult) -> str:
                 note = prune_note(pr.get("left_alone") or [], pr.get("unchecked") or [])
                 lines.append(f"  {note.replace('removed', 'would remove', 1)}")
         for i, c in enumerate(plan.get("commands", []), 1):
-            lines.append(f"  {i:>2}. [{c['step']}] {_readable(c['command'])[:400]}")
+            lines.append(f"  {i:>2}. [{c['step']}] {c['command'][:400]}")
     return "\n".join(lines)
-
-
-def _readable(command: str) -> str:
-    """A command as a person reads it: the host-side programs that travel inline (`python3 -c
-    PROGRAM`) named instead of spelled out (`--json` shows every byte)."""
-    for source, name in (
-        (release_cmd.HOSTSIDE_SOURCE, "<hostside.py>"),
-        (serve_cmd.CTL_SOURCE, "<serve_ctl.py>"),
-    ):
-        command = command.replace(shlex.quote(source), name)
-    return command

@@ -126,7 +126,7 @@ def promote(ctx: HostContext, step: str = steps.PROMOTE) -> None:
             ctx.layout, ctx.host.python, ctx.journal.deployment, version, bundle.sha256
         )
         out = ctx.run(command, planned=release_cmd.PLANNED_OK)
-        report = release_cmd.parse_hostside(out.stdout)
+        report = release_cmd.parse_report(out.stdout)
         info["report"] = report
         if not out.ok or not report.get("ok"):
             raise StepFailed(
@@ -147,7 +147,7 @@ def verify_release(
             planned=release_cmd.PLANNED_OK,
             read_only=read_only,
         )
-        report = release_cmd.parse_hostside(out.stdout)
+        report = release_cmd.parse_report(out.stdout)
         problems = list(report.get("problems") or ([] if out.ok else [out.tail(200)]))
         info["problems"] = problems[:5]
         if problems:
@@ -248,7 +248,7 @@ def light_check(ctx: HostContext, version: str, *, step: str) -> None:
             release_cmd.checked_with_smoke(verify, ctx.layout, ctx.host.smoke),
             planned=release_cmd.planned_resolved(ctx.layout, version),
         )
-        report = release_cmd.parse_hostside(out.stdout)
+        report = release_cmd.parse_report(out.stdout)
         info["resolved"] = report.get("resolved")
         problems = list(report.get("problems") or [])
         if report.get("resolved") and not str(report["resolved"]).endswith(f"/releases/{version}"):
@@ -416,7 +416,7 @@ def restore_release(ctx: HostContext, version: str, snapshot: str | None = None)
             ctx.layout, ctx.host.python, ctx.journal.deployment, snapshot, version
         )
         out = ctx.run(command, planned=release_cmd.PLANNED_OK)
-        report = release_cmd.parse_hostside(out.stdout)
+        report = release_cmd.parse_report(out.stdout)
         info["report"] = report
         if not out.ok or not report.get("ok"):
             raise StepFailed(

@@ -22,6 +22,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import moola_core
 from moola_core.errors import MoolaError
 from moola_ops.hosts.standin_sshd import SandboxHost, find_sshd, keygen, start_host, terminate
 
@@ -229,11 +230,12 @@ def _save(sandbox: Sandbox) -> None:
 def stop_local_workspace(workspace: str, wait_s: float = 5.0) -> None:
     """Stop what serves from a stand-in host's workspace on THIS machine: the servers and the
     proxy run in their own sessions (they outlive SSH, as on a pod), so stopping sshd does not
-    reach them. The host's own control program does it (`serve_ctl stop`)."""
+    reach them. The host agent's own `serve stop` does it."""
     if not (Path(workspace) / "serve").is_dir():
         return
     subprocess.run(
-        [sys.executable, "-m", "moola_core.runtime.serve_ctl", "stop"]
+        [sys.executable, "-S", str(Path(moola_core.__file__).parent / "agent" / "__main__.py")]
+        + ["serve", "stop"]
         + ["--workspace", workspace, "--wait", str(wait_s)],
         capture_output=True,
         timeout=wait_s * 10 + 30,

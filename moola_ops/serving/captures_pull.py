@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moola_core.errors import MoolaError
+from moola_ops.hosts.layout import Layout
 from moola_ops.serving.captures import (
     CAPTURE_NAME,
     DEFAULT_CACHE,
@@ -32,6 +33,7 @@ from moola_ops.serving.captures import (
     host_cache,
     index_file,
 )
+from moola_ops.transport import agent
 
 PULL_MAX_BYTES = 64 << 20  # one pull copies at most this much (oldest files first); the rest
 # waits for the next pull, which starts where this one stopped
@@ -39,44 +41,6 @@ MAX_CAPTURE_FILE_BYTES = 1 << 30  # the server closes a file at --capture-max-mb
 FETCH_CHUNK = 8 << 20  # bytes per SFTP read
 MAX_LISTED_FILES = 100_000
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-# Runs on the host with python3 only: lists capture files with size and the sha256 of their
-# first `size` bytes. Files whose size the operator already holds (argv JSON) are listed without
-# a hash (nothing to fetch). One round trip for the listing.
-_LIST_SCRIPT = r"""
-import hashlib, json, os, sys
-root, known = os.path.abspath(os.path.expanduser(sys.argv[1])), json.loads(sys.argv[2])
-out = []
-if os.path.isdir(root):
-    for rel in sorted(os.listdir(root)):
-        d = os.path.join(root, rel)
-        if not os.path.isdir(d):
-            continue
-        for name in sorted(os.listdir(d)):
-            if not name.endswith(".jsonl"):
-                continue
-            p = os.path.join(d, name)
-            try:
-                with open(p, "rb") as fh:
-                    size = os.fstat(fh.fileno()).st_size
-                    key = rel + "/" + name
-                    digest = None
-                    if known.get(key) != size:
-                        h = hashlib.sha256()
-                        left = size
-                        while left > 0:
-                            block = fh.read(min(left, 1 << 20))
-                            if not block:
-                                break
-                            h.update(block)
-                            left -= len(block)
-                        size = size - left
-                        digest = h.hexdigest()
-            except OSError:
-                continue
-            out.append({"key": key, "size": size, "sha256": digest})
-print(json.dumps({"root": root, "files": out}))
-"""
 
 
 @dataclass
@@ -130,17 +94,18 @@ def pull_captures(
     ends; afterwards the local copy's sha256 must equal the host's hash of the same prefix, else
     (a file replaced on the host) the whole prefix is fetched again and checked once more.
     """
-    from moola_ops.hosts.layout import check_workspace
-
     started = time.monotonic()
     folder = host_cache(cache, host.name)
     state = _read_state(folder)
     known = {k: v["size"] for k, v in state["files"].items()}
-    root = check_workspace(host.workspace).rstrip("/") + "/captures"
-    python = host.python or "python3"
-    cmd = (
-        f"{shlex.quote(python)} -c {shlex.quote(_LIST_SCRIPT)} {shlex.quote(root)} "
-        f"{shlex.quote(json.dumps(known))}"
+    layout = Layout(host.workspace)
+    cmd = agent.command(
+        layout,
+        host.python,
+        "captures",
+        "list",
+        layout.path("captures"),
+        shlex.quote(json.dumps(known)),
     )
     res = session.run(cmd, timeout_s=120)
     if res.exit_code != 0:

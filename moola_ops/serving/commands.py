@@ -1,9 +1,8 @@
 """Builders for what serving does on a host, and parsers of what the host answers.
 
-Every command runs the host-side control program `moola_core/runtime/serve_ctl.py` inline
-(`python3 -S -c PROGRAM ACTION ...`, the front proxy's source travelling inside it as a string),
-the same pattern as `commands/hostside.py`: a bare pod needs nothing installed, and the
-engine never depends on what an older release left on the disk. Each prints one JSON line.
+Every command runs the host agent's `serve` action (moola_core/agent/control.py, from the
+agent's folder that moola_ops/transport/agent.py uploads once per host): the engine never
+depends on what an older release left on the disk. Each prints one JSON line.
 Read top to bottom, this file is exactly what serving does to a host.
 
     WORKSPACE/serve/state.json     live / standby / shadow server (the proxy routes by it)
@@ -15,30 +14,19 @@ Read top to bottom, this file is exactly what serving does to a host.
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import json
 import shlex
-import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from moola_core.errors import MoolaError
 from moola_ops.hosts.layout import Layout, check_name
+from moola_ops.transport import agent
 
 DEFAULT_PORT = 8080  # the public port when the inventory names none (`serve_port:`)
 DEVICES = ("auto", "cpu", "cuda")
 AUTH_MODES = ("auto", "always")  # inventory `serve_auth`: when clients need the host's token
-_RUNTIME = Path(__file__).resolve().parents[2] / "moola_core" / "runtime"
-# the proxy's source travels compressed (base85 needs no shell quoting): the whole program must
-# stay well inside the one argument sshd hands the shell (MAX_ARG_STRLEN, 128 KiB)
-_PROXY_PACKED = base64.b85encode(zlib.compress((_RUNTIME / "serve_proxy.py").read_bytes(), 9))
-CTL_SOURCE = (
-    "import base64 as _b85, zlib as _zlib\n"
-    f"PROXY_SOURCE = _zlib.decompress(_b85.b85decode({_PROXY_PACKED!r})).decode('utf-8')\n"
-    + (_RUNTIME / "serve_ctl.py").read_text()
-)
 
 
 def public_port(host) -> int:
@@ -69,7 +57,7 @@ def _port(port: int, what: str = "port") -> str:
 
 
 class CtlCommand(str):
-    """A serve_ctl command line that knows its `action` (a plan answers it: `planned`)."""
+    """An agent `serve` command line that knows its `action` (a plan answers it: `planned`)."""
 
     action: str = ""
 
@@ -78,7 +66,7 @@ PLANNED_PORT = 65535  # the port a plan's started server gets (the host picks on
 
 
 def planned(action: str, version: str | None, state: dict[str, Any] | None) -> dict[str, Any]:
-    """What serve_ctl prints when `action` succeeds for `version` (moola_ops/deploy/plan.py:
+    """What the agent's `serve` prints when `action` succeeds for `version` (moola_ops/deploy/plan.py:
     the plan runs the serving stages on these answers). `state` is serve/state.json as the
     facts read it (a recorded standby's port)."""
     standby = standby_of(state, version or "") or {"release": version, "port": PLANNED_PORT}
@@ -107,19 +95,9 @@ def planned(action: str, version: str | None, state: dict[str, Any] | None) -> d
 
 
 def _ctl(layout: Layout, python: str, action: str, *args: str) -> CtlCommand:
-    # -S: the control program is standard library only, so the interpreter skips `site` (and
-    # every .pth file of its site-packages): ~12 ms less per round trip on a stand-in host
-    parts = [
-        shlex.quote(python),
-        "-S",
-        "-c",
-        shlex.quote(CTL_SOURCE),
-        action,
-        "--workspace",
-        layout.root,
-        *args,
-    ]
-    command = CtlCommand(" ".join(parts))
+    command = CtlCommand(
+        agent.command(layout, python, "serve", action, "--workspace", layout.root, *args)
+    )
     command.action = action
     return command
 
@@ -203,6 +181,14 @@ def drain(layout: Layout, python: str, pid: int) -> str:
     if not isinstance(pid, int) or pid <= 1:
         raise MoolaError(f"invalid pid {pid!r}")
     return _ctl(layout, python, "drain", "--pid", str(pid))
+
+
+def deprioritise(layout: Layout, python: str, pid: int, nice: int) -> str:
+    """Every thread of server `pid` to `nice` and SCHED_IDLE (a shadow: it gets only the CPU
+    the live server does not want). Prints {ok, threads, sched_idle}."""
+    if not isinstance(pid, int) or pid <= 1:
+        raise MoolaError(f"invalid pid {pid!r}")
+    return _ctl(layout, python, "deprioritise", "--pid", str(pid), "--nice", str(int(nice)))
 
 
 def stop_candidates(layout: Layout, python: str, version: str) -> str:
@@ -327,7 +313,7 @@ def probe(
     proxy (port 0) or straight to a server's private port, one kept-alive connection per
     client. Prints latency p50/p99 (after `warmup` untimed requests per client), failures and
     which release answered. Each request's timeout derives from `sla_ms`, else the manifest
-    SLA of `release`, else of the live release (serve_ctl.probe_timeout)."""
+    SLA of `release`, else of the live release (agent/control.py probe_timeout)."""
     for value, what in ((requests, "requests"), (concurrency, "concurrency"), (windows, "windows")):
         if not isinstance(value, int) or value < 1:
             raise MoolaError(f"invalid {what} {value!r}: give a whole number >= 1")
@@ -394,12 +380,13 @@ def start_command_line(
     bind: str = "127.0.0.1",
     auth: str = "auto",
 ) -> str:
-    """The line for a pod's start command: serve `current` after a pod restart. `--auth` is
-    named only when it is not the default (a release built before it existed runs this line)."""
+    """The line for a pod's start command: serve `current` after a pod restart, with the agent
+    the current release ships (the uploaded agent folder may have been pruned since). `--auth`
+    is named only when it is not the default."""
     layout = Layout(workspace)
-    ctl = layout.path("current", "code", "moola_core", "runtime", "serve_ctl.py")
+    launcher = layout.path("current", "code", "moola_core", "agent", "__main__.py")
     line = (
-        f"{shlex.quote(python)} {ctl} ensure --workspace {layout.root} "
+        f"{shlex.quote(python)} -S {launcher} serve ensure --workspace {layout.root} "
         f"--port {_port(port)} --bind {_bind(bind)}"
     )
     return line if _auth(auth) == "auto" else f"{line} --auth {auth}"
@@ -429,7 +416,7 @@ def live_of(state: dict[str, Any] | None, version: str) -> dict[str, Any] | None
 
 
 def parse(stdout: str) -> dict[str, Any]:
-    """The JSON document serve_ctl printed (its last JSON line), or a failure report."""
+    """The JSON document the agent printed (its last JSON line), or a failure report."""
     for line in reversed(stdout.strip().splitlines()):
         line = line.strip()
         if line.startswith("{"):

@@ -33,7 +33,7 @@ class TrafficStream:
         import http.client
         import json
 
-        from moola_core.runtime.serve_ctl import synthetic_window
+        from moola_core.agent.control import synthetic_window
 
         body = json.dumps({"windows": [synthetic_window(7)]}).encode()
         conn, last = http.client.HTTPConnection("127.0.0.1", port, timeout=30), time.monotonic()

@@ -31,41 +31,16 @@ then the proxy moves to a fresh live server of it) and stops the shadow.
 
 from __future__ import annotations
 
-import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from moola_core.errors import MoolaError
 from moola_ops.log import steps
+from moola_ops.serving import commands as serve_cmd
 
 DEFAULT_FRACTION = 1.0
 
-# Runs on the host: every thread of the shadow's server to nice 19 and the SCHED_IDLE policy
-# (Linux sets both per thread; threads started later inherit them from the thread that starts
-# them), so on a busy host the shadow only gets CPU time the live server does not want.
-_DEPRIORITISE = r"""
-import json, os, sys
-pid, nice = int(sys.argv[1]), int(sys.argv[2])
-done = 0
-try:
-    tids = [int(t) for t in os.listdir("/proc/%d/task" % pid)]
-except OSError:
-    tids = [pid]
-idle = 0
-for tid in tids:
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, nice)
-        done += 1
-    except OSError:
-        pass
-    try:  # SCHED_IDLE: runs only on CPU time no normal task wants (Linux; else nice alone)
-        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-        idle += 1
-    except (AttributeError, OSError):
-        pass
-print(json.dumps({"ok": done > 0, "threads": done, "sched_idle": idle}))
-"""
 SHADOW_NICE = 19
 # The shadow batches like the live server (same --max-wait-ms): a longer window would save a
 # little CPU but add its length to every latency the A/B compares against the SLA.
@@ -209,10 +184,7 @@ def _stages(version: str, fraction: float, device: str):
     def deprioritise(ctx) -> None:
         pid = int(ctx.shadow_started.pid)
         with ctx.step(steps.SHADOW_DEPRIORITISE, nice=SHADOW_NICE) as info:
-            res = ctx.run(
-                f"{shlex.quote(ctx.host.python)} -c {shlex.quote(_DEPRIORITISE)} "
-                f"{pid} {SHADOW_NICE}"
-            )
+            res = ctx.run(serve_cmd.deprioritise(ctx.layout, ctx.host.python, pid, SHADOW_NICE))
             info["threads"] = res.stdout.strip()[-80:]
 
     def route_traffic(ctx) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from moola_core.errors import MoolaError
 from moola_ops.hosts.inventory import Host
-from moola_ops.transport import connect
+from moola_ops.transport import agent, connect
 from moola_ops.transport.errors import (
     Aborted,
     CommandTimeout,
@@ -67,6 +67,7 @@ class HostSession:
         self._dropped: str | None = None  # why the connection was cut (watchdog, cancel)
         self.ctrl_c = False  # a Ctrl-C noted while Paramiko worked (see _ctrl_c_deferred)
         self.cut_on_ctrl_c = False  # an upload or read under way: a Ctrl-C cuts the connection
+        self._agent_seen: set[str] = set()  # workspaces whose agent folder this session saw
 
     # -- connection -----------------------------------------------------------------------
 
@@ -222,6 +223,32 @@ class HostSession:
 
     def run(self, command: str, *, timeout_s: float | None = None) -> Result:
         """Run one shell command; return its exit code and output (non-zero does not raise).
+
+        A command that runs the host agent (moola_ops/transport/agent.py) finds it installed:
+        the session's first such command is guarded, and a host without the agent's folder
+        gets it (one more round trip) before the command is sent again. Nothing of a guarded
+        command runs when the folder is missing, so sending it again is safe.
+        """
+        workspace = agent.named_workspace(command)
+        if workspace is None or workspace in self._agent_seen:
+            return self._run(command, timeout_s=timeout_s)
+        result = self._run(agent.guarded(workspace, command), timeout_s=timeout_s)
+        if result.exit_code == agent.MISSING_RC and agent.MISSING in result.stderr:
+            self._install_agent(workspace, timeout_s)
+            result = self._run(command, timeout_s=timeout_s)
+        self._agent_seen.add(workspace)
+        return result
+
+    def _install_agent(self, workspace: str, timeout_s: float | None) -> None:
+        res = self._run(agent.install_command(workspace, self.host.python), timeout_s=timeout_s)
+        if not res.ok:
+            raise TransportError(
+                f"could not install the Moola agent on {self.host.name} under {workspace}"
+                f"/.moola/agent: {res.tail(300)}"
+            )
+
+    def _run(self, command: str, *, timeout_s: float | None = None) -> Result:
+        """Run one shell command as given; return its exit code and output (see run).
 
         The command is killed on the host (its whole process group) when it outlives
         `timeout_s` (default `command_timeout_s`): CommandTimeout. A dead or broken connection

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from moola_core.bundle.archive import write_archive
+from moola_core.agent.archive import write_archive
 from moola_core.errors import MoolaError
 from moola_ops import deploy as engine
 from moola_ops.deploy.commands import lock as lock_cmd

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from moola_core.runtime import serve_proxy
+from moola_core.agent import proxy as serve_proxy
 from tests.integration.helpers import wait_for
 
-PROXY = Path(serve_proxy.__file__)
+AGENT = Path(serve_proxy.__file__).with_name("__main__.py")
 
 # a stand-in model server: writes each request it gets (headers, body) as got-<n> (numbered under
 # a lock: counting the files raced when requests arrived together, and two wrote got-1), waits while
@@ -92,7 +92,17 @@ def start_proxy(tmp_path):
         if token is not None:
             (ws / "serve" / "token").write_text(token + "\n")
         proxy = subprocess.Popen(
-            [sys.executable, str(PROXY), "--workspace", str(ws), "--port", "0", *flags],
+            [
+                sys.executable,
+                "-S",
+                str(AGENT),
+                "proxy",
+                "--workspace",
+                str(ws),
+                "--port",
+                "0",
+                *flags,
+            ],
             stderr=subprocess.PIPE,
         )
         procs.append(proxy)

@@ -123,7 +123,7 @@ def test_token_and_rotate_token_from_the_front_door_never_reach_a_log(guarded, t
 
 
 def new_fp(token: str) -> str:
-    from moola_core.runtime.serve_ctl import token_fingerprint
+    from moola_core.agent.control import token_fingerprint
 
     return token_fingerprint(token)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from moola_core.runtime.serve_http import Front, HeadError, Response, parse_head
+from moola_core.agent.http import Front, HeadError, Response, parse_head
 from tests.integration.helpers import release_server, wait_for, window
 from tests.unit.test_runtime import make_release
 

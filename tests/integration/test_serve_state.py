@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from moola_core.runtime import serve_ctl
+from moola_core.agent import control as serve_ctl
 
-CTL = Path(serve_ctl.__file__)
+AGENT = Path(serve_ctl.__file__).with_name("__main__.py")
 LIVE = {"release": "v1", "port": 1, "pid": 1}
 
 
 def ctl(ws: Path, *args: str, wait_s: float = 30.0) -> tuple[int, dict]:
     env = dict(os.environ, MOOLA_STATE_LOCK_WAIT_S=str(wait_s))
     out = subprocess.run(
-        [sys.executable, "-S", str(CTL), args[0], "--workspace", str(ws), *args[1:]],
+        [sys.executable, "-S", str(AGENT), "serve", args[0], "--workspace", str(ws), *args[1:]],
         capture_output=True,
         text=True,
         timeout=120,

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from moola_core.runtime import serve_proxy
+from moola_core.agent import proxy as serve_proxy
 from tests.integration.helpers import wait_for
 
-PROXY = Path(serve_proxy.__file__)
+AGENT = Path(serve_proxy.__file__).with_name("__main__.py")
 
 # a stand-in model server: keeps every body it gets as got-<n>, answers 200
 STUB = r"""
@@ -90,7 +90,8 @@ def proxied(tmp_path, request):
         )
     )
     proxy = subprocess.Popen(
-        [sys.executable, str(PROXY), "--workspace", str(ws), "--port", "0"], stderr=subprocess.PIPE
+        [sys.executable, "-S", str(AGENT), "proxy", "--workspace", str(ws), "--port", "0"],
+        stderr=subprocess.PIPE,
     )
     procs.append(proxy)
     record = ws / "serve" / "proxy.json"

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from moola_core.agent import archive as bundle_archive
 from moola_core.bundle import BundleError, safe_extract, validate_version
-from moola_core.bundle import archive as bundle_archive
 from moola_core.bundle.build import REPO_ROOT, build_bundle, collect_code
 from moola_core.bundle.manifest import Manifest
 from moola_core.bundle.verify import verify_bundle
@@ -97,7 +97,7 @@ def test_build_writes_a_complete_manifest(workspace):
     assert set(entries) == paths | {"manifest.json"}
     for name in ("weights.pt", "golden.pt", "model.json", "training_config.yaml"):
         assert name in paths
-    for name in ("runtime/check.py", "models/jade.py", "spec.py", "bundle/archive.py"):
+    for name in ("runtime/check.py", "models/jade.py", "spec.py", "agent/archive.py"):
         assert f"code/moola_core/{name}" in paths
     assert not any("pydantic" in p or "data/" in p or "__pycache__" in p for p in paths)
     # weights load with weights_only=True into a fresh model

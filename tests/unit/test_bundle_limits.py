@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from moola_core.bundle import archive
-from moola_core.bundle.archive import BundleError
+from moola_core.agent import archive
+from moola_core.agent.archive import BundleError
 
 BIG = 128 * 1024**2  # one member this large; the process must stay far below it
 

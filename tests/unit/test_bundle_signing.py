@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from moola_core.agent import archive as bundle_archive
 from moola_core.bundle import BundleError
-from moola_core.bundle import archive as bundle_archive
 from moola_core.bundle.build import build_bundle
 from moola_core.bundle.signing import sign_manifest, verify_signature
 from moola_core.bundle.verify import verify_bundle

@@ -51,7 +51,7 @@ def test_an_inventory_that_is_a_folder_or_not_utf8_is_one_sentence(tmp_path):
 
 
 def test_a_deployment_log_that_cannot_be_written_stops_a_deploy_at_its_start(tmp_path):
-    from moola_core.bundle import archive
+    from moola_core.agent import archive
 
     manifest = b'{"version": "v1.0", "files": []}'
     bundle = archive.write_archive({"manifest.json": manifest}, "v1.0", tmp_path / "b.tar.gz", 0)

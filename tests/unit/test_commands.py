@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from moola_core.bundle import archive as bundle_archive
+from moola_core.agent import archive as bundle_archive
 from moola_core.errors import MoolaError
 from moola_ops.deploy.commands import decisions, facts, lock, release
 from moola_ops.hosts.layout import Layout, check_name, check_workspace
+from moola_ops.transport import agent
+from tests.agent_shell import with_agent
 
 WS = Layout("/workspace/moola")
 DEP = "20261125T170000Z-abc123"
@@ -160,7 +162,9 @@ def test_switch_and_snapshot_really_work_in_a_shell(tmp_path):
 def test_promote_and_check_builders_quote_every_argument():
     sha = "a" * 64
     cmd = release.promote(WS, "python3", DEP, "v0.3", sha)
-    assert cmd.startswith("python3 -c ")
+    assert cmd.startswith(
+        f"python3 -S /workspace/moola/.moola/agent/{agent.HASH}/agent.py release "
+    )
     assert cmd.endswith(
         f"promote /workspace/moola/incoming/{DEP}/bundle.tar.gz {sha} v0.3 "
         f"/workspace/moola/incoming/{DEP} /workspace/moola/releases/v0.3"
@@ -196,8 +200,8 @@ def test_snapshot_names_round_trip():
 
 
 def test_hostside_report_parser_tolerates_noise():
-    assert release.parse_hostside('warning: x\n{"ok": true, "files": 3}\n')["files"] == 3
-    assert release.parse_hostside("Traceback ...")["ok"] is False
+    assert release.parse_report('warning: x\n{"ok": true, "files": 3}\n')["files"] == 3
+    assert release.parse_report("Traceback ...")["ok"] is False
 
 
 # --- the host-side program, run for real by a bare interpreter --------------------------------
@@ -218,12 +222,18 @@ def bundle_file(path: Path, version: str, files: dict[str, bytes], planted=None)
 
 
 def run_on_host(command: str, cwd: Path) -> tuple[int, dict]:
-    """Run a built command as a host would: a shell, no PYTHONPATH, nothing of the repo nearby."""
+    """Run a built command as a host would: a shell, no PYTHONPATH, nothing of the repo nearby,
+    the agent installed the way a session installs it (moola_ops/transport/agent.py)."""
     env = {"PATH": os.environ["PATH"], "HOME": str(cwd)}
+    workspace = agent.named_workspace(command)
+    if workspace is not None:
+        command = (
+            f"{{ {agent.install_command(workspace, sys.executable)}; }} >/dev/null && {command}"
+        )
     proc = subprocess.run(
         ["sh", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
     )
-    return proc.returncode, release.parse_hostside(proc.stdout)
+    return proc.returncode, release.parse_report(proc.stdout)
 
 
 def upload(layout: Layout, path: Path) -> None:
@@ -236,12 +246,10 @@ def upload(layout: Layout, path: Path) -> None:
 CODE = {"code/moola_core/spec.py": b"SPEC = 1\n", "model.json": b"{}"}
 
 
-def test_host_program_is_archive_py_plus_the_release_steps_and_fits_one_argument():
-    assert Path(bundle_archive.__file__).read_text() in eval(  # the exact bytes, as a literal
-        release.HOSTSIDE_SOURCE.split("\n", 1)[0].removeprefix("ARCHIVE_SOURCE = ")
-    )
-    # Linux caps one argument (the `sh -c` command sshd runs) at 128 KiB
-    assert len(release.promote(WS, "python3", DEP, "v0.3", "a" * 64)) < 100_000
+def test_release_commands_carry_no_program_source():
+    """The agent runs from its folder on the host: a command is a short line, no `-c` source."""
+    cmd = release.promote(WS, "python3", DEP, "v0.3", "a" * 64)
+    assert len(cmd) < 400 and " -c " not in cmd
 
 
 def test_host_promote_refuses_a_file_missing_from_the_manifest(tmp_path):
@@ -391,7 +399,9 @@ def test_gather_runs_in_a_real_shell(tmp_path):
         '{"action":"deploy","version":"v1","sha256":"' + "f" * 64 + '"}\n'
     )
     out = subprocess.run(
-        ["sh", "-c", facts.gather(Layout(str(ws)), "python3")], capture_output=True, text=True
+        ["sh", "-c", with_agent(facts.gather(Layout(str(ws)), "python3"))],
+        capture_output=True,
+        text=True,
     ).stdout
     f = facts.parse(out)
     assert f.current == "v1" and f.releases == {"v1": "f" * 64} and f.python

@@ -7,18 +7,18 @@ import ast
 import dataclasses
 import json
 import re
-import shlex
 from pathlib import Path
 
 import pytest
 
-from moola_ops.deploy.commands import facts, release
+from moola_ops.deploy.commands import facts
 from moola_ops.hosts.layout import Layout
+from moola_ops.transport import agent
 
 ROOT = Path(__file__).parents[2]
 RECORDED = sorted((ROOT / "tests" / "data" / "facts").glob("*.json"))
 WS = Layout("/workspace/moola")
-HOSTSIDE = "<HOSTSIDE_PROGRAM>"
+AGENT = "<AGENT_HASH>"
 
 
 def _plain(value):
@@ -29,9 +29,9 @@ def _plain(value):
 def test_recorded_fact(path):
     case = json.loads(path.read_text())
     fact = facts.FACTS[case["fact"]]
-    # what the host is asked (the host-side program, which carries archive.py's source and
-    # changes with it, is recorded as a placeholder; tests/unit/test_commands.py covers it)
-    asked = fact.command(WS, "python3").replace(shlex.quote(release.HOSTSIDE_SOURCE), HOSTSIDE)
+    # what the host is asked (the agent's folder is named by its content hash, which changes
+    # with every change to the agent: recorded as a placeholder)
+    asked = fact.command(WS, "python3").replace(agent.HASH, AGENT)
     assert asked == case["command"]
     assert _plain(fact.parse(case["output"])) == case["parsed"]  # what Moola reads from it
 
@@ -102,6 +102,7 @@ BUILDERS = (
     OPS / "serving" / "commands.py",
     OPS / "hosts" / "layout.py",
     OPS / "transport" / "process.py",
+    OPS / "transport" / "agent.py",
 )
 # Text for a person that names a command is not a command: a span in backticks ("run `ruff
 # check --fix . && ruff format .`"), or a local task spelled out ("invoke bundle && ...").

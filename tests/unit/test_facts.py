@@ -17,6 +17,7 @@ import pytest
 from moola_core.errors import MoolaError
 from moola_ops.deploy.commands import facts as cmd
 from moola_ops.hosts.layout import Layout
+from tests.agent_shell import with_agent
 
 NVIDIA_SMI_TWO_GPUS = """\
 NVIDIA H100 80GB HBM3, 1024, 81559, 3, 34
@@ -103,7 +104,9 @@ def _release(ws, version: str, files: dict[str, bytes]) -> None:
 
 def _run_script(ws) -> cmd.HostFacts:
     script = cmd.gather(Layout(str(ws)), sys.executable, cmd.HEALTH_FACTS)
-    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        ["sh", "-c", with_agent(script)], capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 0, out.stderr
     return cmd.parse(out.stdout)
 
@@ -133,9 +136,11 @@ def test_fact_script_on_a_real_workspace(tmp_path):
 
 
 def test_fact_script_without_workspace_or_current(tmp_path):
+    # the agent's folder (installed on the way) is not a workspace: nothing deployed there
     assert _run_script(tmp_path / "absent").workspace_exists is False
+    assert (tmp_path / "absent" / ".moola" / "agent").is_dir()
     ws = tmp_path / "empty"
-    ws.mkdir()
+    (ws / "releases").mkdir(parents=True)  # made by a deploy that stopped before its upload
     facts = _run_script(ws)
     assert facts.workspace_exists and facts.link.link is None and facts.checksums is None
     os.symlink("releases/v9", ws / "current")  # dangling: the release was deleted

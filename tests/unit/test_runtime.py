@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from moola_core.agent.archive import sha256_bytes
 from moola_core.bundle import safe_extract
-from moola_core.bundle.archive import sha256_bytes
 from moola_core.bundle.build import build_bundle
 from moola_core.runtime.check import percentile, run_check
 from moola_core.runtime.report import EXIT_ERROR, EXIT_FAIL, EXIT_PASS, parse_report

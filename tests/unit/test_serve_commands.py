@@ -13,14 +13,16 @@ from moola_core.errors import MoolaError
 from moola_ops.hosts.inventory import Host
 from moola_ops.hosts.layout import Layout
 from moola_ops.serving import commands as serve
+from moola_ops.transport import agent
 
 WS = Layout("/workspace/moola")
 
 
 def args_of(command: str) -> list[str]:
-    """The words after the inline program: `python3 -S -c PROGRAM ACTION ...`."""
+    """The words after the agent: `python3 -S WS/.moola/agent/<hash>/agent.py serve ACTION ...`."""
     words = shlex.split(command)
-    assert words[1:3] == ["-S", "-c"] and words[3] == serve.CTL_SOURCE
+    assert words[1] == "-S" and words[2].endswith(f"/.moola/agent/{agent.HASH}/agent.py")
+    assert words[3] == "serve"
     return [words[0], *words[4:]]
 
 
@@ -120,7 +122,7 @@ def test_public_port_and_pod_start_line():
     assert serve.public_port(Host("h", "x", serve_port=9000)) == 9000
     line = serve.start_command_line("/workspace/moola", port=8080, bind="0.0.0.0")
     assert line == (
-        "python3 /workspace/moola/current/code/moola_core/runtime/serve_ctl.py ensure "
+        "python3 -S /workspace/moola/current/code/moola_core/agent/__main__.py serve ensure "
         "--workspace /workspace/moola --port 8080 --bind 0.0.0.0"
     )
     assert serve.start_command_line("/w", auth="always").endswith("--bind 127.0.0.1 --auth always")
@@ -324,7 +326,7 @@ def test_every_serving_command_fits_in_the_one_argument_sshd_gives_the_shell():
 
 
 def test_probe_timeouts_derive_from_the_latency_sla(tmp_path):
-    from moola_core.runtime import serve_ctl
+    from moola_core.agent import control as serve_ctl
 
     ws = tmp_path / "ws"
     (ws / "releases" / "v1").mkdir(parents=True)

@@ -35,38 +35,12 @@ from moola_ops.deploy.commands.hostfacts import (
     PythonFact,
 )
 from moola_ops.hosts.layout import BUNDLE_MARKER, CHECK_MARKER, Layout
+from moola_ops.transport import agent
 
 SECTION = "### "
 END = "end"
 GPU_TIMEOUT_S = 10  # nvidia-smi can hang on a wedged GPU; `timeout` bounds it
 REVISIONS_READ = 50  # last lines of revisions.log a decision needs
-
-# torch's version from torch/version.py, found without importing torch or scanning every
-# installed distribution (importlib.metadata costs ~70 ms here: it runs in every lock's round
-# trip, which rollback waits for); the metadata is the fallback
-_PYTHON_PROBE = (
-    "import sys, json\n"
-    "def version():\n"
-    "    import importlib.util, os, re\n"
-    "    spec = importlib.util.find_spec('torch')\n"
-    "    if spec is None:\n"
-    "        return None\n"
-    "    try:\n"
-    "        with open(os.path.join(os.path.dirname(spec.origin), 'version.py')) as fh:\n"
-    "            m = re.search(r'^__version__\\s*(?::\\s*str\\s*)?=\\s*[\\x27\\x22]([^\\x27\\x22]+)',"
-    " fh.read(), re.M)\n"
-    "        if m:\n"
-    "            return m.group(1)\n"
-    "    except (OSError, TypeError):\n"
-    "        pass\n"
-    "    from importlib import metadata\n"
-    "    return metadata.version('torch')\n"
-    "try:\n"
-    "    torch = version()\n"
-    "except Exception:\n"
-    "    torch = None\n"
-    "print(json.dumps({'python': sys.version.split()[0], 'torch': torch}))\n"
-)
 
 
 @dataclass(frozen=True)
@@ -83,7 +57,12 @@ class Fact:
 
 
 def _workspace_cmd(layout: Layout, python: str) -> str:
-    return f"if [ -d {layout.root} ]; then echo present; else echo missing; fi"
+    # a folder holding nothing but the host agent (.moola, installed by the first command
+    # that needed it, a health check's included) is no workspace: nothing was deployed there
+    return (
+        f'if [ -d {layout.root} ] && [ "$(ls -A {layout.root})" != .moola ]; '
+        "then echo present; else echo missing; fi"
+    )
 
 
 def parse_workspace(lines: list[str]) -> bool:
@@ -231,7 +210,7 @@ def parse_disk(lines: list[str]) -> DiskFact | None:
 
 
 def _python_cmd(layout: Layout, python: str) -> str:
-    return f"{shlex.quote(python)} -c {shlex.quote(_PYTHON_PROBE)} 2>/dev/null || echo missing"
+    return f"{agent.command(layout, python, 'facts', 'python')} 2>/dev/null || echo missing"
 
 
 def parse_python(lines: list[str]) -> PythonFact:
@@ -288,7 +267,7 @@ def _checksums_cmd(layout: Layout, python: str) -> str:
     cur = layout.current
     return (
         f"if [ -f {cur}/manifest.json ]; then "
-        f"{release.hostside(python, 'verify', cur, shlex.quote(''))} 2>&1; fi"
+        f"{release.on_host(layout, python, 'verify', cur, shlex.quote(''))} 2>&1; fi"
     )
 
 
@@ -297,7 +276,7 @@ def parse_checksums(lines: list[str]) -> ChecksumFact | None:
     text = "\n".join(lines).strip()
     if not text:
         return None
-    report = release.parse_hostside(text)
+    report = release.parse_report(text)
     problems = list(report.get("problems") or [])
     if problems[:1] and problems[0].startswith("no report from the host"):
         return ChecksumFact(problems=[f"checksum verifier failed: {text[-200:]}"])

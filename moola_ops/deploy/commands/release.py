@@ -9,27 +9,20 @@ from __future__ import annotations
 
 import json
 import shlex
-from pathlib import Path
 from typing import Any
 
-from moola_core.bundle import archive as bundle_archive
 from moola_ops.hosts.layout import BUNDLE_MARKER, CHECK_MARKER, Layout, check_name
+from moola_ops.transport import agent
 from moola_ops.transport.process import stop_group
 
-# The host-side program: hostside.py with archive.py's source ahead of it as a string, so the
-# host extracts and verifies with the very code the workstation uses (see hostside.py).
-HOSTSIDE_SOURCE = (
-    f"ARCHIVE_SOURCE = {Path(bundle_archive.__file__).read_text()!r}\n"
-    + (Path(__file__).parent / "hostside.py").read_text()
-)
 ARCHIVE_NAME = "bundle.tar.gz"
 LOCK_NOT_OURS = "MOOLA-SWITCH-LOCK-NOT-OURS"  # the switch found the lock held by another run
 
 
-def hostside(python: str, action: str, *args: str) -> str:
-    """`python -c PROGRAM ACTION ARGS` (ARGS already quoted): the host-side program travels
-    inside the command, so a bare host needs nothing installed."""
-    return f"{shlex.quote(python)} -c {shlex.quote(HOSTSIDE_SOURCE)} {action} {' '.join(args)}"
+def on_host(layout: Layout, python: str, action: str, *args: str) -> str:
+    """The host agent's `release ACTION ARGS` (ARGS already quoted): moola_core/agent/release.py
+    extracts and verifies with the very code (agent/archive.py) the workstation uses."""
+    return agent.command(layout, python, "release", action, *args)
 
 
 def stage(layout: Layout, deployment: str) -> str:
@@ -47,15 +40,22 @@ def promote(layout: Layout, python: str, deployment: str, version: str, sha256: 
     _check_sha(sha256)
     staging = layout.staging(deployment)
     archive = layout.path("incoming", deployment, ARCHIVE_NAME)
-    return hostside(
-        python, "promote", archive, sha256, shlex.quote(version), staging, layout.release(version)
+    return on_host(
+        layout,
+        python,
+        "promote",
+        archive,
+        sha256,
+        shlex.quote(version),
+        staging,
+        layout.release(version),
     )
 
 
 def verify(layout: Layout, python: str, version: str, *, through_current: bool = False) -> str:
     """Verify releases/<version> (or `current`) file by file against its manifest."""
     target = layout.current if through_current else layout.release(version)
-    return hostside(python, "verify", target, shlex.quote(check_name(version, "version")))
+    return on_host(layout, python, "verify", target, shlex.quote(check_name(version, "version")))
 
 
 def runtime_check(
@@ -291,7 +291,8 @@ def prune(layout: Layout, releases: list[str], backups: list[str]) -> str:
 
 def restore(layout: Layout, python: str, deployment: str, snapshot_file: str, version: str):
     """Extract backups/<snapshot>, verify it, and put it in place of releases/<version>."""
-    return hostside(
+    return on_host(
+        layout,
         python,
         "restore",
         layout.backup(snapshot_file),
@@ -328,8 +329,9 @@ def planned_report(version: str) -> str:
     )
 
 
-def parse_hostside(stdout: str) -> dict[str, Any]:
-    """The JSON report of a host-side action (last JSON line of stdout), or a problem report."""
+def parse_report(stdout: str) -> dict[str, Any]:
+    """The JSON report of an agent `release` action (last JSON line of stdout), or a problem
+    report."""
     for line in reversed(stdout.strip().splitlines()):
         line = line.strip()
         if line.startswith("{"):

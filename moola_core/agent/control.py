@@ -1,10 +1,9 @@
 """Runs ON the host: start, probe, switch, drain and stop model servers and the front proxy.
 
-`moola_ops/serving/commands.py` sends this file as `python3 -S -c PROGRAM ACTION ...` (PROGRAM is
-serve_proxy.py's source as the string PROXY_SOURCE, then this file), so a bare pod needs
-nothing installed and the engine never depends on code an older release left on disk. The
-pod's start command runs the same file from the current release:
-`python3 WS/current/code/moola_core/runtime/serve_ctl.py ensure --workspace WS --port 8080`.
+The agent's `serve` action (`python3 -S agent.py serve ACTION --workspace WS ...`, see
+moola_core/agent/__init__.py): the engine runs it from the uploaded agent folder, and a pod's
+start command runs it from the current release after a restart:
+`python3 -S WS/current/code/moola_core/agent/__main__.py serve ensure --workspace WS --port P`.
 
 Everything lives under WORKSPACE/serve/:
     state.json            which server is live / standby / shadow (the proxy reads it); every
@@ -12,13 +11,12 @@ Everything lives under WORKSPACE/serve/:
                           state.lock), so two commands at once never lose each other's edit
     token                 the clients' token (mode 0600; the proxy requires it beyond
                           loopback); made with the proxy, replaced by `token --rotate`
-    proxy.json, proxy.py  the proxy's pid and port; its code (written before each start)
+    proxy.json            the proxy's pid and port (the proxy runs from the agent's folder)
     servers/<release>-<stamp>.json   one per server process: pid, port, ready (the server writes it)
     logs/*.log            one log per process, the newest kept
 Servers and the proxy are started in their own session (setsid): they outlive the SSH session.
 
 Every action prints one JSON document on stdout; exit 0 ok, 1 the action failed, 2 bad input.
-Standard library only; Python 3.8+.
 """
 
 import argparse
@@ -37,6 +35,8 @@ import subprocess
 import sys
 import threading
 import time
+
+from moola_core.agent.home import launcher
 
 WINDOW_LEN = 105
 DEFAULT_READY_TIMEOUT_S = 180.0
@@ -525,14 +525,6 @@ def drain(pid, ws):
     return False
 
 
-def proxy_source():
-    source = globals().get("PROXY_SOURCE")
-    if source is None:  # run from a release's code/: the proxy file beside this one
-        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_proxy.py")) as fh:
-            source = fh.read()
-    return source
-
-
 def proxy_drift(record, port, bind, auth):
     """How the running proxy differs from what the inventory asks (None: it does not)."""
     if not record:
@@ -606,13 +598,8 @@ def ensure_proxy(
         old = record
     if not port and record and record.get("port"):
         port = record["port"]  # keep the port the host had (stand-in hosts pick one once)
-    code = os.path.join(folder, "proxy.py")
-    tmp = f"{code}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(proxy_source())
-    os.replace(tmp, code)
     log = _log_path(ws, f"proxy-{_stamp()}")
-    argv = [sys.executable, code, "--workspace", ws, "--port", str(port or 0), "--bind", bind]
+    argv = [*launcher(), "proxy", "--workspace", ws, "--port", str(port or 0), "--bind", bind]
     argv += ["--auth", auth]
     if read_timeout:
         argv += ["--read-timeout-s", str(read_timeout)]
@@ -967,18 +954,6 @@ def process_manager():
     return None
 
 
-def program_source():
-    """This control program's whole source (the proxy's inside it), to run the supervisor from
-    a file: the files beside this one, or our own command line when run as `python3 -c`."""
-    if "__file__" in globals():
-        with open(os.path.abspath(__file__)) as fh:
-            own = fh.read()
-        return own if "PROXY_SOURCE" in globals() else f"PROXY_SOURCE = {proxy_source()!r}\n{own}"
-    with open("/proc/self/cmdline", "rb") as fh:
-        parts = fh.read().split(b"\0")
-    return parts[parts.index(b"-c") + 1].decode("utf-8")
-
-
 def supervisor_status(ws):
     record = _read_json(supervisor_path(ws)) or {}
     record["running"] = alive(record.get("pid"), ws)
@@ -991,13 +966,8 @@ def ensure_supervisor(ws):
     record = _read_json(supervisor_path(ws)) or {}
     if alive(record.get("pid"), ws):
         return {"pid": record["pid"], "started": False}
-    code = os.path.join(serve_dir(ws), "supervisor.py")
-    tmp = f"{code}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(program_source())
-    os.replace(tmp, code)
     log = _log_path(ws, f"supervisor-{_stamp()}")
-    argv = [sys.executable, "-S", code, "supervise", "--workspace", ws]
+    argv = [*launcher(), "serve", "supervise", "--workspace", ws]
     proc = _spawn(argv, ws, dict(os.environ, PYTHONDONTWRITEBYTECODE="1"), log)
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline:
@@ -1018,6 +988,29 @@ def stop_supervisor(ws, wait_s=10.0):
     if not alive(record.get("pid"), ws):
         return None
     return {"pid": record["pid"], "drained": _terminate(record["pid"], ws, wait_s)}
+
+
+def deprioritise(pid, nice):
+    """Lower every thread of `pid` to `nice` and SCHED_IDLE where Linux allows it (a shadow
+    server: it gets only the CPU time the live server does not want). Linux sets both per
+    thread; threads started later inherit them from the thread that starts them."""
+    done = idle = 0
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        tids = [pid]
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+            done += 1
+        except OSError:
+            pass
+        try:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            idle += 1
+        except (AttributeError, OSError):
+            pass
+    return {"ok": done > 0, "threads": done, "sched_idle": idle}
 
 
 def _say(message):
@@ -1178,7 +1171,7 @@ def supervise(ws, interval=SUPERVISE_INTERVAL_S):
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="serve_ctl")
+    parser = argparse.ArgumentParser(prog="agent.py serve")
     sub = parser.add_subparsers(dest="action", required=True)
 
     def add(name):
@@ -1248,6 +1241,9 @@ def _parser():
     p.add_argument("--rotate", action="store_true", help="replace the token with a new one")
     p = add("supervise")
     p.add_argument("--interval", type=float, default=SUPERVISE_INTERVAL_S)
+    p = add("deprioritise")
+    p.add_argument("--pid", type=int, required=True)
+    p.add_argument("--nice", type=int, default=19)
     return parser
 
 
@@ -1314,6 +1310,8 @@ def run(args):
         return show_token(ws, args.rotate)
     if args.action == "supervise":
         return supervise(ws, args.interval)
+    if args.action == "deprioritise":
+        return deprioritise(args.pid, args.nice)
     raise Failed(f"unknown action {args.action}")
 
 
@@ -1326,11 +1324,7 @@ def main(argv=None):
     except Exception as exc:  # one JSON document even when something unexpected breaks
         result = {
             "ok": False,
-            "error": f"serve_ctl {args.action} crashed: {type(exc).__name__}: {exc}",
+            "error": f"agent serve {args.action} crashed: {type(exc).__name__}: {exc}",
         }
     print(json.dumps(result, sort_keys=True, default=str), flush=True)
     return 0 if result.get("ok") else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,9 +8,8 @@ anything is extracted into `releases/`):
     python3 archive.py verify DIR                            # re-check an extracted release
 
 Each prints one JSON line and exits 0 (ok), 1 (the bundle is bad) or 2 (could not run). The
-deploy engine's host-side program (moola_ops/deploy/commands/hostside.py) carries this file's source
-and runs these same functions there, so host and workstation share one implementation; it runs
-on Python 3.7 and newer (hence `from __future__ import annotations`, no parenthesised `with`).
+host agent's `release` action (release.py beside this file) runs these same functions on the
+host, so host and workstation share one implementation.
 
 Layout of an archive `moola-<version>.tar.gz`: every entry is a regular file under the one
 top-level folder `moola-<version>/`; `manifest.json` lists every other file with its size and
@@ -31,9 +30,11 @@ import tarfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-if __package__:  # imported as moola_core.bundle.archive
+try:  # on the workstation (and in a release's code/) a bundle error is a MoolaError
+    if not __package__:  # run alone: never import whatever `moola_core` lies on sys.path there
+        raise ImportError
     from moola_core.errors import MoolaError as _ErrorBase
-else:  # run alone on a host: never import whatever `moola_core` happens to lie on sys.path there
+except ImportError:  # the uploaded agent folder ships no errors.py
     _ErrorBase = Exception
 
 

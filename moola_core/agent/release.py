@@ -1,13 +1,12 @@
 """Runs ON the host: promote an uploaded bundle into releases/, verify a release, restore one.
 
-Standard library only, Python >= 3.7, no imports from the host's disk: `release.py` sends
-`python3 -c PROGRAM ACTION ARGS...`, where PROGRAM is this file preceded by the source of
-moola_core/bundle/archive.py as the string ARCHIVE_SOURCE. Safe extraction (no '..', links,
+The agent's `release` action: `python3 -S agent.py release ACTION ARGS...` (moola_ops'
+deploy/commands/release.py builds the lines). Safe extraction (no '..', links,
 devices, overwrites or files used as folders) and checksum verification (every listed file
 present and intact, nothing unlisted) are archive.py's, the same code `invoke bundle.verify`
 runs here; this file adds only what is specific to a host's releases/: the .sha256 marker,
-the rename into place and the JSON report the engine reads. A bare host needs nothing
-installed, and the engine never depends on what an older release left on the disk.
+the rename into place and the JSON report the engine reads. The engine never depends on what
+an older release left on the disk: the agent runs from its own content-addressed folder.
 
 Every action prints one JSON document on stdout; exit 0 ok, 1 verification failed, 2 error.
 """
@@ -16,23 +15,10 @@ import json
 import os
 import shutil
 import sys
-import types
+
+from moola_core.agent import archive
 
 MARKER_SUFFIX = ".sha256"  # releases/<v>.sha256 beside the release: the archive it came from
-
-
-def _load_archive():
-    source = globals().get("ARCHIVE_SOURCE")
-    if source is None:  # imported on the workstation (tests): the package's own module
-        from moola_core.bundle import archive
-
-        return archive
-    module = types.ModuleType("moola_archive")  # no __package__: it imports nothing from disk
-    exec(compile(source, "archive.py", "exec"), module.__dict__)
-    return module
-
-
-archive = _load_archive()
 
 
 def _listed_files(root):
@@ -134,7 +120,3 @@ def main(argv):
     info["ok"] = code == 0
     sys.stdout.write(json.dumps(info, sort_keys=True) + "\n")
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,118 @@
+"""The host agent as the workstation ships it: one folder per content hash, uploaded once.
+
+The agent (moola_core/agent/, standard library only) is every program Moola runs on a host.
+Its files are packed here into one deterministic tar.gz whose content hash names the folder
+it lives in on the host:
+
+    WORKSPACE/.moola/agent/<hash>/agent.py                 the launcher (agent/__main__.py)
+    WORKSPACE/.moola/agent/<hash>/moola_core/__init__.py
+    WORKSPACE/.moola/agent/<hash>/moola_core/agent/*.py
+
+Command builders call `command(layout, python, ACTION, ...)`; nothing else about the agent
+concerns them. `HostSession.run` makes sure the folder is there: the first command of a session
+that names it is sent behind a guard (`test -f .../agent.py || exit MISSING_RC`), so nothing of
+it runs when the folder is missing; then the folder is installed in one round trip (the packed
+tar travels base64 inside that command; extracted to a temporary folder and renamed into place,
+so two sessions at once cannot leave half a folder) and the command is sent again. Once a
+session saw the folder, its commands go unguarded. A new hash prunes the folders of older ones
+that no process runs from any more (`agent.py prune`).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import io
+import re
+import shlex
+import tarfile
+from pathlib import Path
+
+from moola_ops.hosts.layout import Layout
+
+_PACKAGE = Path(__file__).resolve().parents[2] / "moola_core"
+MISSING_RC = 86  # the guard's exit code when the agent folder is not on the host
+MISSING = "moola-agent-missing"  # and what it prints on stderr (both must match)
+HASH_CHARS = 16  # hex characters of the content hash in the folder name (64 bits)
+
+
+def _files() -> list[tuple[str, bytes]]:
+    """(name in the uploaded folder, bytes) of every agent file, in a fixed order."""
+    agent = _PACKAGE / "agent"
+    files = [
+        ("agent.py", (agent / "__main__.py").read_bytes()),
+        ("moola_core/__init__.py", (_PACKAGE / "__init__.py").read_bytes()),
+    ]
+    for path in sorted(agent.glob("*.py")):
+        files.append((f"moola_core/agent/{path.name}", path.read_bytes()))
+    return files
+
+
+def _digest(files: list[tuple[str, bytes]]) -> str:
+    h = hashlib.sha256()
+    for name, data in files:
+        h.update(f"{name}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()[:HASH_CHARS]
+
+
+def _pack(files: list[tuple[str, bytes]]) -> bytes:
+    """A reproducible tar.gz of `files` (fixed mtimes, owners and modes)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), compresslevel=9, mtime=0)
+
+
+_FILES = _files()
+HASH = _digest(_FILES)
+PACKED = _pack(_FILES)
+# a command that names this agent: the workspace as the builders wrote it, then the folder
+_NAMED = re.compile(r"(\S+)/\.moola/agent/" + HASH + r"/agent\.py(?=\s|$|;)")
+
+
+def folder(layout: Layout) -> str:
+    """The agent's folder on the host, quoted for the shell."""
+    return layout.path(".moola", "agent", HASH)
+
+
+def command(layout: Layout, python: str, action: str, *args: str) -> str:
+    """`PYTHON -S WORKSPACE/.moola/agent/<hash>/agent.py ACTION ARGS` (ARGS already quoted).
+    -S: the agent is standard library only, so the interpreter skips `site` and every .pth
+    file of its site-packages (~12 ms less per round trip on a stand-in host)."""
+    launcher = layout.path(".moola", "agent", HASH, "agent.py")
+    return " ".join([shlex.quote(python or "python3"), "-S", launcher, action, *args])
+
+
+def named_workspace(command_text: str) -> str | None:
+    """The workspace (as shell text) whose agent `command_text` runs, or None."""
+    found = _NAMED.search(command_text)
+    return found.group(1) if found else None
+
+
+def guarded(workspace: str, command_text: str) -> str:
+    """`command_text` behind the check that the agent folder exists (nothing runs without it)."""
+    launcher = f"{workspace}/.moola/agent/{HASH}/agent.py"
+    return (
+        f"{{ test -f {launcher} || {{ echo {MISSING} >&2; exit {MISSING_RC}; }}; }}; {command_text}"
+    )
+
+
+def install_command(workspace: str, python: str = "python3") -> str:
+    """One round trip that puts the agent folder in place and prunes older ones; prints the
+    folder on success. Safe to run twice at once: each extracts into its own temporary folder
+    and only the first rename wins."""
+    agents = f"{workspace}/.moola/agent"
+    final = f"{agents}/{HASH}"
+    packed = base64.b64encode(PACKED).decode()
+    return (
+        f"mkdir -p {agents} && t=$(mktemp -d {agents}/.install.XXXXXX) && "
+        f'printf %s {packed} | base64 -d | tar -xzf - -C "$t" && '
+        f'{{ mv -T "$t" {final} 2>/dev/null || rm -rf "$t"; }} && test -f {final}/agent.py && '
+        f"{{ {shlex.quote(python or 'python3')} -S {final}/agent.py prune {agents} "
+        f">/dev/null 2>&1 || true; }} && echo {final}"
+    )
