@@ -1,6 +1,6 @@
 """The host agent's launcher: `python3 -S WORKSPACE/.moola/agent/<hash>/agent.py ACTION ...`
 (this file, uploaded under that name), `python3 -S .../code/moola_core/agent/__main__.py ACTION
-...` from a release, or `python -m moola_core.agent ACTION ...`. It parses on any Python 3 so an
+...` from a release, or `python -m moola_core.agent ACTION ...`. It parses on Python 3.6+ so an
 old interpreter gets one JSON line that says why, not a SyntaxError.
 """
 

@@ -32,6 +32,23 @@ def _show(status, json: bool) -> None:
         print(status.summary())
 
 
+def _show_stop_plan(plan: dict, json: bool) -> None:
+    if json:
+        print_json(plan)
+        return
+    shadow = plan["shadow"]
+    if not shadow.get("release"):
+        print(f"PLAN shadow stop on {plan['host']}: no shadow; nothing to do")
+        return
+    print(
+        f"PLAN shadow stop on {plan['host']}: stop copying live traffic to {shadow['release']}"
+        + (f" and drain its server (pid {shadow['pid']})" if shadow.get("running") else "")
+        + "; nothing changed"
+    )
+    for i, c in enumerate(plan["commands"], 1):
+        print(f"  {i:>2}. [{c['step']}] {c['command'][:400]}")
+
+
 @task(
     positional=["action"],
     help={
@@ -41,15 +58,14 @@ def _show(status, json: bool) -> None:
         "sample": "start: fraction of live requests copied to the shadow, in (0, 1] (default 1.0)",
         "bundles_dir": "where bundle archives live (default bundles)",
         "device": "start: the shadow server's device, auto, cpu or cuda (default auto)",
-        "plan": "start: say what it would do on the host (the place flow's plan; nothing "
-        "changed); `invoke --dry shadow start` does the same",
+        "plan": "start, stop: say what it would do on the host (nothing changed); "
+        "`invoke --dry shadow start|stop` does the same",
     },
-    # --dry: status reads, start plans (its --plan), stop is refused
+    # --dry: status reads, start and stop plan (their --plan)
     dry=lambda kw: (
         None
-        if kw.get("action") in ("status", "start")
-        else f"shadow {kw.get('action')} changes what runs on the host; "
-        "`invoke shadow status --host H` shows the shadow"
+        if kw.get("action") in ("status", "start", "stop")
+        else f"shadow {kw.get('action')} is not an action; use start, stop or status"
     ),
 )
 @user_errors
@@ -93,7 +109,10 @@ def shadow(
         else:
             _show(started, json)
     elif action == "stop":
-        _show(ops.stop(target), json)
+        if plan or c.config.run.dry:
+            _show_stop_plan(ops.stop(target, plan=True), json)
+        else:
+            _show(ops.stop(target), json)
     elif action == "status":
         now = ops.status(target)
         _show(now, json)

@@ -42,13 +42,31 @@ from moola_ops.transport import HostSession, Result
 
 UPLOAD = "sftp put {local} -> {host}:{remote}"  # the one step that is not a shell command
 RUN_TIME_PORT = "<port>"  # a server's private port: the host picks a free one at run time
+RUN_TIME_PID = "<pid>"  # a started server's process id
 LOCAL = "local: {command}"  # a hook that runs on this machine
 
 
 def _at_run_time(command: str) -> str:
-    """`command` with the planned server port (its last `--port`) shown as RUN_TIME_PORT."""
+    """`command` with the planned server's port and pid shown as RUN_TIME_PORT / RUN_TIME_PID."""
+    command = command.replace(f"--pid {serve_cmd.PLANNED_PID}", f"--pid {RUN_TIME_PID}")
     head, sep, tail = command.rpartition(f"--port {serve_cmd.PLANNED_PORT}")
     return f"{head}--port {RUN_TIME_PORT}{tail}" if sep else command
+
+
+class Recorder:
+    """The session of a plan for a flow that is one step rather than stages (`shadow stop`):
+    the flow reads through the real session first, then sends its changes here, where each is
+    recorded under `step` and answered as success, as PlanContext answers them."""
+
+    def __init__(self, step: str):
+        self.step = step
+        self.commands: list[dict[str, str]] = []
+
+    def run(self, command: str, **_: Any) -> Result:
+        self.commands.append({"step": self.step, "command": _at_run_time(command)})
+        action = getattr(command, "action", "")
+        answer = json.dumps(serve_cmd.planned(action, None, None)) if action else ""
+        return Result(0, answer, "", 0.0)
 
 
 class PlanSession:

@@ -63,6 +63,7 @@ class CtlCommand(str):
 
 
 PLANNED_PORT = 65535  # the port a plan's started server gets (the host picks one at run time)
+PLANNED_PID = 1 << 22  # its pid: above Linux's largest pid_max, so never a real process
 
 
 def planned(action: str, version: str | None, state: dict[str, Any] | None) -> dict[str, Any]:
@@ -74,7 +75,13 @@ def planned(action: str, version: str | None, state: dict[str, Any] | None) -> d
     moved = {"ok": True, "live": live, "standby": None, "drained": []}
     answers: dict[str, dict[str, Any]] = {
         "proxy": {"ok": True, "port": None},
-        "start": {"ok": True, "ready": True, "pid": 0, "port": PLANNED_PORT, "start_s": 0.0},
+        "start": {
+            "ok": True,
+            "ready": True,
+            "pid": PLANNED_PID,
+            "port": PLANNED_PORT,
+            "start_s": 0.0,
+        },
         "probe": {"ok": True, "requests": 1, "failures": 0, "releases": {version: 1}},
         "switch": moved,
         "standby-switch": {"ok": True, "passed": True, "standby": standby, "moved": moved},

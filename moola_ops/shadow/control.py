@@ -250,23 +250,40 @@ def start(
     return status(host)
 
 
-def stop(host, *, session=None, journal_path: str | None = None) -> ShadowStatus:
-    """Stop copying traffic (at once) and drain the shadow's server. Idempotent."""
-    from moola_ops.log.journal import Journal
+def _stop_on(runner, host, before: ShadowStatus) -> dict:
+    """What `shadow stop` changes: the route cleared, then the shadow's server drained."""
     from moola_ops.serving import control as serving
+
+    route(runner, host, None)
+    if before.pid and before.running:
+        return {"drained": serving.drain(runner, host, int(before.pid))}
+    return {}
+
+
+def stop(host, *, session=None, journal_path: str | None = None, plan: bool = False):
+    """Stop copying traffic (at once) and drain the shadow's server. Idempotent.
+
+    `plan`: read the shadow for real, run the same steps against a recorder instead of the
+    host, and return {host, shadow, commands} (nothing changed, nothing logged)."""
+    from moola_ops.log.journal import Journal
     from moola_ops.transport import HostSession
 
     own = session is None
     session = session or HostSession(host).open()
     try:
         before = status_on(session, host)
+        if plan:
+            from moola_ops.deploy.plan import Recorder
+
+            recorder = Recorder(steps.SHADOW_STOP)
+            if before.release:
+                _stop_on(recorder, host, before)
+            return {"host": host.name, "shadow": before.to_dict(), "commands": recorder.commands}
         if not before.release:
             return before
         journal = Journal(steps.SHADOW, bundle=before.release, path=journal_path)
         with journal.step(host.name, steps.SHADOW_STOP, port=before.port) as info:
-            route(session, host, None)
-            if before.pid and before.running:
-                info["drained"] = serving.drain(session, host, int(before.pid))
+            info.update(_stop_on(session, host, before))
         return status_on(session, host)
     finally:
         if own:

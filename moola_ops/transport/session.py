@@ -68,6 +68,7 @@ class HostSession:
         self.ctrl_c = False  # a Ctrl-C noted while Paramiko worked (see _ctrl_c_deferred)
         self.cut_on_ctrl_c = False  # an upload or read under way: a Ctrl-C cuts the connection
         self._agent_seen: set[str] = set()  # workspaces whose agent folder this session saw
+        self.agent_installs = 0  # how often this session put the agent's folder on the host
 
     # -- connection -----------------------------------------------------------------------
 
@@ -241,6 +242,7 @@ class HostSession:
 
     def _install_agent(self, workspace: str, timeout_s: float | None) -> None:
         res = self._run(agent.install_command(workspace, self.host.python), timeout_s=timeout_s)
+        self.agent_installs += 1
         if not res.ok:
             raise TransportError(
                 f"could not install the Moola agent on {self.host.name} under {workspace}"

@@ -191,7 +191,7 @@ def test_with_serving_the_plan_lists_the_serving_commands_a_deploy_and_rollback_
         ]
         assert at_run_time == ["serve-check", "serve-switch"]
         text = plan_mod.render_plan(planned)
-        assert "[serve-start]" in text and "<serve_ctl.py> start --workspace" in text
+        assert "[serve-start]" in text and "agent.py serve start --workspace" in text
         assert tree(host.workspace) == before  # servers running, nothing on the host changed
         assert read_events(journal_file) == logged_before
 

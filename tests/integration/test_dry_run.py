@@ -84,7 +84,7 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
     ],
     "shadow": [
         (["shadow", "start", *H, "--candidate", "v1.0"], "plan"),
-        (["shadow", "stop", *H], "refused"),
+        (["shadow", "stop", *H], "plan"),
         (["shadow", "status", *H], "reads"),
     ],
     "train": [(["train"], "refused")],

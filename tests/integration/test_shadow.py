@@ -21,6 +21,7 @@ import pytest
 
 from moola_ops import deploy as engine
 from moola_ops.hosts.inventory import Inventory
+from moola_ops.log import steps
 from moola_ops.serving import control as serving
 from moola_ops.serving.captures import load_table
 from moola_ops.serving.captures_pull import pull_host
@@ -207,6 +208,36 @@ def test_real_shadow_captures_pairs_then_stops(live_host, bundles, reference, tm
     assert "NOT RUNNING" in cli.stdout and "invoke shadow stop --host" in cli.stdout
     after = shadow.stop(host, journal_path=str(log))
     assert after.release is None and after.live == "v1.0"
+
+
+def test_shadow_stop_plans_exactly_the_commands_it_then_sends(live_host, bundles, monkeypatch):
+    """`shadow stop --plan` runs stop's own steps against a recorder: the plan lists the route
+    change and the drain, the host keeps its shadow, and the real stop sends those very
+    commands (besides its status reads)."""
+    host, _, log = live_host
+    shadow.start(host, str(bundles["v1.1"]), fraction=0.5, journal_path=str(log), opts=FAST)
+    running = shadow.status(host)
+    assert running.release == "v1.1" and running.running
+    plan = shadow.stop(host, plan=True)
+    assert [c["step"] for c in plan["commands"]] == [steps.SHADOW_STOP] * 2
+    assert " serve shadow --workspace" in plan["commands"][0]["command"]
+    assert (
+        f" serve drain --workspace {host.workspace} --pid {running.pid}"
+        in (plan["commands"][1]["command"])
+    )
+    assert shadow.status(host).release == "v1.1"  # the plan changed nothing
+    sent: list[str] = []
+    real_run = HostSession.run
+
+    def run(self, command, **kw):
+        sent.append(command)
+        return real_run(self, command, **kw)
+
+    monkeypatch.setattr(HostSession, "run", run)
+    after = shadow.stop(host, journal_path=str(log))
+    assert after.release is None
+    changes = [c for c in sent if " serve shadow " in c or " serve drain " in c]
+    assert changes == [c["command"] for c in plan["commands"]]
 
 
 def test_bad_sample_and_live_candidate_are_refused(live_host, bundles):
