@@ -112,7 +112,7 @@ def state_lock(ws):
                 if time.monotonic() >= deadline:
                     raise Failed(
                         f"another serving command has been changing {serve_dir(ws)} for over "
-                        f"{wait_s:g}s: try again; if it stays, look for a stuck serve_ctl there"
+                        f"{wait_s:g}s: try again; if it stays, look for a stuck `agent.py serve` there"
                     ) from None
                 time.sleep(0.02)
         _HELD.depth = 1
@@ -172,7 +172,7 @@ def write_token(ws, rotate=False):
 
 
 def token_required(bind, auth):
-    """The proxy's rule (serve_proxy.py): `always`, or an address other than loopback."""
+    """The proxy's rule (proxy.py): `always`, or an address other than loopback."""
     try:
         loopback = ipaddress.ip_address(bind).is_loopback
     except ValueError:

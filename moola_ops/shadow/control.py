@@ -14,8 +14,8 @@ so a shadow's code reaches a host exactly the way a deploy's does:
    server of an older runtime does not lower itself), so on a busy host it only gets CPU the
    live server leaves;
 3. `"shadow": {"release", "port", "pid", "fraction", "since"}` goes into
-   WORKSPACE/serve/state.json through the host's one writer of that file (serve_ctl, under its
-   flock): from the next request on, the front proxy copies that fraction of /v1/predict
+   WORKSPACE/serve/state.json through the host's one writer of that file (the agent's
+   `serve`, under its flock): from the next request on, the front proxy copies that fraction of /v1/predict
    requests, with the same X-Moola-Request-Id, to the shadow *after* the live answer has gone
    out, on a bounded queue, and counts them for this shadow alone (a new shadow starts at
    zero). The live answer never waits for the shadow, so a slow, failing or dead shadow

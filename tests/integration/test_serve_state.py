@@ -1,5 +1,5 @@
-"""serve/state.json has one writer on a host (serve_ctl's `write_state`, under an flock on
-serve/state.lock): the host-side control program run as it runs on a host, in a workspace on
+"""serve/state.json has one writer on a host (the agent's `write_state` in control.py, under an
+flock on serve/state.lock): the host-side control program run as it runs on a host, in a workspace on
 this machine. The test holds the lock itself, so "another command is changing it" is a fact,
 not a race to win; and the clients' token file it makes is the host's alone (mode 0600)."""
 
