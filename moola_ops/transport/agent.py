@@ -11,9 +11,9 @@ it lives in on the host:
 Command builders call `command(layout, python, ACTION, ...)`; nothing else about the agent
 concerns them. `HostSession.run` makes sure the folder is there: the first command of a session
 that names it is sent behind a guard (`test -f .../agent.py || exit MISSING_RC`), so nothing of
-it runs when the folder is missing; then the folder is installed in one round trip (the packed
-tar travels base64 inside that command; extracted to a temporary folder and renamed into place,
-so two sessions at once cannot leave half a folder) and the command is sent again. Once a
+it runs when the folder is missing; then it is sent again behind the folder's install, in one
+round trip (the packed tar travels base64 inside that command; extracted to a temporary folder
+and renamed into place, so two sessions at once cannot leave half a folder). Once a
 session saw the folder, its commands go unguarded. A new hash prunes the folders of older ones
 that no process runs from any more (`agent.py prune`).
 """
@@ -34,6 +34,8 @@ from moola_ops.hosts.layout import Layout
 _PACKAGE = Path(__file__).resolve().parents[2] / "moola_core"
 MISSING_RC = 86  # the guard's exit code when the agent folder is not on the host
 MISSING = "moola-agent-missing"  # and what it prints on stderr (both must match)
+INSTALL_FAILED_RC = 87  # the install could not put the folder in place
+INSTALL_FAILED = "moola-agent-install-failed"
 HASH_CHARS = 16  # hex characters of the content hash in the folder name (64 bits)
 
 
@@ -103,16 +105,26 @@ def guarded(workspace: str, command_text: str) -> str:
 
 
 def install_command(workspace: str, python: str = "python3") -> str:
-    """One round trip that puts the agent folder in place and prunes older ones; prints the
-    folder on success. Safe to run twice at once: each extracts into its own temporary folder
-    and only the first rename wins."""
+    """A command that puts the agent folder in place and prunes older ones (only when there
+    are any: no interpreter starts otherwise); prints the folder on success. Safe to run twice
+    at once: each extracts into its own temporary folder and only the first rename wins."""
     agents = f"{workspace}/.moola/agent"
     final = f"{agents}/{HASH}"
     packed = base64.b64encode(PACKED).decode()
+    prune = f"{shlex.quote(python or 'python3')} -S {final}/agent.py prune {agents}"
     return (
         f"mkdir -p {agents} && t=$(mktemp -d {agents}/.install.XXXXXX) && "
         f'printf %s {packed} | base64 -d | tar -xzf - -C "$t" && '
         f'{{ mv -T "$t" {final} 2>/dev/null || rm -rf "$t"; }} && test -f {final}/agent.py && '
-        f"{{ {shlex.quote(python or 'python3')} -S {final}/agent.py prune {agents} "
-        f">/dev/null 2>&1 || true; }} && echo {final}"
+        f"{{ if ls -A {agents} | grep -qvx {HASH}; then {prune} >/dev/null 2>&1; fi; true; }} && "
+        f"echo {final}"
+    )
+
+
+def installed_then(workspace: str, command_text: str, python: str = "python3") -> str:
+    """The agent's install, then `command_text`, in one round trip; a failed install runs
+    nothing of the command and says so on stderr (INSTALL_FAILED, exit INSTALL_FAILED_RC)."""
+    return (
+        f"{{ {install_command(workspace, python)}; }} >/dev/null || "
+        f"{{ echo {INSTALL_FAILED} >&2; exit {INSTALL_FAILED_RC}; }}; {command_text}"
     )

@@ -226,28 +226,30 @@ class HostSession:
         """Run one shell command; return its exit code and output (non-zero does not raise).
 
         A command that runs the host agent (moola_ops/transport/agent.py) finds it installed:
-        the session's first such command is guarded, and a host without the agent's folder
-        gets it (one more round trip) before the command is sent again. Nothing of a guarded
-        command runs when the folder is missing, so sending it again is safe.
+        the session's first such command is guarded, and on a host without the agent's folder
+        it is sent again behind the folder's install (one more round trip). Nothing of a
+        guarded command runs when the folder is missing, so sending it again is safe.
         """
         workspace = agent.named_workspace(command)
         if workspace is None or workspace in self._agent_seen:
             return self._run(command, timeout_s=timeout_s)
         result = self._run(agent.guarded(workspace, command), timeout_s=timeout_s)
         if result.exit_code == agent.MISSING_RC and agent.MISSING in result.stderr:
-            self._install_agent(workspace, timeout_s)
-            result = self._run(command, timeout_s=timeout_s)
+            python = self.host.python
+            result = self._run(
+                agent.installed_then(workspace, command, python), timeout_s=timeout_s
+            )
+            self.agent_installs += 1
+            if (
+                result.exit_code == agent.INSTALL_FAILED_RC
+                and agent.INSTALL_FAILED in result.stderr
+            ):
+                raise TransportError(
+                    f"could not install the Moola agent on {self.host.name} under {workspace}"
+                    f"/.moola/agent: {result.tail(300)}"
+                )
         self._agent_seen.add(workspace)
         return result
-
-    def _install_agent(self, workspace: str, timeout_s: float | None) -> None:
-        res = self._run(agent.install_command(workspace, self.host.python), timeout_s=timeout_s)
-        self.agent_installs += 1
-        if not res.ok:
-            raise TransportError(
-                f"could not install the Moola agent on {self.host.name} under {workspace}"
-                f"/.moola/agent: {res.tail(300)}"
-            )
 
     def _run(self, command: str, *, timeout_s: float | None = None) -> Result:
         """Run one shell command as given; return its exit code and output (see run).
