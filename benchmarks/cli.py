@@ -69,23 +69,12 @@ def log(message: str) -> None:
 
 
 def tiny_bundle(out: Path) -> Path:
-    """A real bundle of a tiny random model (what the deep check loads on every host)."""
-    import torch
+    """A real bundle of a tiny random model (what the deep check loads on every host), built
+    the way the integration tests build theirs: its run carries a passed quality gate, which a
+    deploy requires since #22."""
+    from tests.integration.conftest import make_bundle
 
-    from moola_core.bundle.build import build_bundle
-    from moola_core.models import build_model
-
-    torch.manual_seed(0)
-    run = out / "runs" / "bench-run"
-    run.mkdir(parents=True)
-    model = build_model({"hidden": 16, "layers": 1})
-    torch.save(model.state_dict(), run / "weights.pt")
-    (run / "model.json").write_text(json.dumps(model.config))
-    (run / "metrics.json").write_text(json.dumps({"test": {}}))
-    built = build_bundle(
-        "v1.0", "bench-run", runs_dir=out / "runs", out_dir=out / "bundles", sla_p99_ms=500.0
-    )
-    return built.path
+    return make_bundle(out, "v1.0", sla_p99_ms=500.0, model_config={"hidden": 16, "layers": 1})
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """Bundle archives: reproducible writing, safe extraction and checksum verification.
 
-Standard library only, and runnable as a lone script, because this file also runs on GPU hosts
-that have just Python (the deploy engine uploads it next to an archive and runs it there before
-anything is extracted into `releases/`):
+Standard library only (part of the host agent, on its Python floor), and also runnable as a
+lone script on a host that has just Python, to check an archive before anything is extracted
+into `releases/`:
 
     python3 archive.py extract ARCHIVE DEST [--sha256 HEX]   # refuse, extract, verify
     python3 archive.py verify DIR                            # re-check an extracted release
@@ -112,8 +112,7 @@ def write_archive(entries: dict[str, bytes], version: str, dest: str | os.PathLi
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     try:
-        # filename="" keeps the temporary name out of the gzip header; nested `with`s (not one
-        # parenthesised group) so that this file still runs on a host's Python 3.9
+        # filename="" keeps the temporary name out of the gzip header
         with open(tmp, "wb") as raw:  # noqa: SIM117
             with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
                 with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
