@@ -114,7 +114,7 @@ def install_command(workspace: str, python: str = "python3") -> str:
     prune = f"{shlex.quote(python or 'python3')} -S {final}/agent.py prune {agents}"
     return (
         f"mkdir -p {agents} && t=$(mktemp -d {agents}/.install.XXXXXX) && "
-        f'printf %s {packed} | base64 -d | tar -xzf - -C "$t" && '
+        f'{{ printf %s {packed} | base64 -d | tar -xzf - -C "$t" || {{ rm -rf "$t"; false; }}; }} && '
         f'{{ mv -T "$t" {final} 2>/dev/null || rm -rf "$t"; }} && test -f {final}/agent.py && '
         f"{{ if ls -A {agents} | grep -qvx {HASH}; then {prune} >/dev/null 2>&1; fi; true; }} && "
         f"echo {final}"

@@ -17,6 +17,7 @@ import pytest
 from moola_ops import deploy as engine
 from moola_ops.hosts.inventory import Inventory
 from moola_ops.log.journal import read_events
+from moola_ops.transport import agent
 from tests.integration.conftest import running_hosts
 from tests.integration.helpers import default_signals, descendants, write_inventory
 
@@ -156,11 +157,33 @@ def test_sigint_after_the_switch_leaves_the_checked_release_live(
     assert logged["post-check"] == "ok" and logged["unlock"] == "ok" and "prune" not in logged
 
 
+# a file-size limit the host agent's files fit under and a bundle archive does not
+AGENT_FITS_KB = max(len(data) for _, data in agent._files()) // 1024 + 8
+
+
 def test_full_disk_during_upload_fails_cleanly(bundles, journal_file):
-    # an sshd whose processes may not write files over 16 KiB: the upload hits "disk full"
-    with running_hosts(["full-1"], fsize_limit_kb=16) as (sandbox, _root):
+    # an sshd whose processes may not write files over AGENT_FITS_KB: the upload hits "disk full"
+    assert bundles["v1.0"].stat().st_size > AGENT_FITS_KB * 1024
+    with running_hosts(["full-1"], fsize_limit_kb=AGENT_FITS_KB) as (sandbox, _root):
         (host,) = Inventory.from_sandbox(sandbox, connect_timeout_s=5).resolve("full-1")
         _full_disk_case(host, bundles, journal_file)
+
+
+def test_a_disk_too_full_for_the_agent_fails_before_anything_changes(bundles, journal_file):
+    """The agent's install (the lock's round trip) is the first write: it fails in one sentence
+    with the host's words, and the host is left as it was (no lock, no release)."""
+    with running_hosts(["full-2"], fsize_limit_kb=16) as (sandbox, _root):
+        (host,) = Inventory.from_sandbox(sandbox, connect_timeout_s=5).resolve("full-2")
+        result = engine.deploy([host], engine.resolve_bundle(str(bundles["v1.0"])), FAST)
+        (outcome,) = result.outcomes
+        assert outcome.status == "failed", outcome
+        assert "could not install the Moola agent on full-2" in outcome.message
+        ws = Path(host.workspace)
+        assert not (ws / "deploy.lock").exists() and not (ws / "current").exists()
+        assert not (ws / "releases" / "v1.0").exists()
+        assert [p.name for p in (ws / ".moola" / "agent").iterdir()] == []  # no half folder
+    logged = {e["step"]: e["status"] for e in read_events(journal_file)}
+    assert logged["lock"] == "failed" and "upload" not in logged
 
 
 def _full_disk_case(host, bundles, journal_file):
