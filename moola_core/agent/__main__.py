@@ -24,6 +24,8 @@ if sys.version_info < FLOOR:
 
 if not __package__:  # run as a file: put the folder that holds moola_core/ first on the path
     _here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0] or ".") == _here:
+        del sys.path[0]  # this file's own folder: its http.py would pass for the standard library's
     _root = (
         _here
         if os.path.isdir(os.path.join(_here, "moola_core"))

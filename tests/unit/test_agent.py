@@ -81,9 +81,16 @@ def test_one_entry_point_answers_json_for_every_outcome(tmp_path):
     files = json.loads(listed.stdout)["files"]
     assert [(f["key"], f["size"]) for f in files] == [("2026-12-07/a.jsonl", 9)]
     assert len(files[0]["sha256"]) == 64
-    # the same launcher runs from a release's code/ (a pod's start command after a restart)
-    from_release = _run([sys.executable, "-S", str(AGENT / "__main__.py"), "facts", "python"])
-    assert json.loads(from_release.stdout)["python"] == sys.version.split()[0]
+    # the same launcher runs from a release's code/ (a pod's start command after a restart),
+    # where its own folder must not shadow the standard library (agent/http.py vs http)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    for launch in (launcher, AGENT / "__main__.py"):
+        status = _run(
+            [sys.executable, "-S", str(launch), "serve", "status", "--workspace", str(ws)]
+        )
+        said = json.loads(status.stdout)
+        assert "proxy" in said and "Traceback" not in status.stderr, status
 
 
 def test_an_interpreter_below_the_floor_gets_one_json_line(tmp_path):
