@@ -8,7 +8,7 @@ import time
 from invoke.exceptions import Exit
 
 from moola_ops.cli._common import task, user_errors
-from moola_ops.demo.walk import DEMO_ROOT, run_demo, say
+from moola_ops.demo import DEMO_ROOT
 from moola_ops.terminal import print_json
 
 
@@ -25,6 +25,8 @@ from moola_ops.terminal import print_json
 @user_errors
 def demo(c, root=DEMO_ROOT, keep=False, json=False):
     """The whole checklist end to end on two local stand-in hosts (about two minutes)."""
+    from moola_ops.demo.walk import run_demo, say
+
     started = time.monotonic()
     run = run_demo(root, keep=keep)
     total = time.monotonic() - started

@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moola_ops.demo import DEMO_ROOT
 from moola_ops.log import steps
 from moola_ops.serving.traffic import demo_traffic
 from moola_ops.terminal import console, is_tty
 
-DEMO_ROOT = ".moola/demo"
 DEMO_HOSTS = ("local-1", "local-2")
 # A user hook (docs/runbook.md "Hooks"), the one inventory/hosts.yaml gives the `local` group:
 # after each checked switch, the host records it in deploys.txt in its workspace.

@@ -21,6 +21,7 @@ that no process runs from any more (`agent.py prune`).
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
 import io
@@ -72,7 +73,14 @@ def _pack(files: list[tuple[str, bytes]]) -> bytes:
 
 _FILES = _files()
 HASH = _digest(_FILES)
-PACKED = _pack(_FILES)
+
+
+@functools.cache
+def packed() -> bytes:
+    """The agent's tar.gz (made when first needed: `invoke --list` never pays for it)."""
+    return _pack(_FILES)
+
+
 # a command that names this agent: the workspace as the builders wrote it, then the folder
 _NAMED = re.compile(r"(\S+)/\.moola/agent/" + HASH + r"/agent\.py(?=\s|$|;)")
 
@@ -110,11 +118,11 @@ def install_command(workspace: str, python: str = "python3") -> str:
     at once: each extracts into its own temporary folder and only the first rename wins."""
     agents = f"{workspace}/.moola/agent"
     final = f"{agents}/{HASH}"
-    packed = base64.b64encode(PACKED).decode()
+    archive = base64.b64encode(packed()).decode()
     prune = f"{shlex.quote(python or 'python3')} -S {final}/agent.py prune {agents}"
     return (
         f"mkdir -p {agents} && t=$(mktemp -d {agents}/.install.XXXXXX) && "
-        f'{{ printf %s {packed} | base64 -d | tar -xzf - -C "$t" || {{ rm -rf "$t"; false; }}; }} && '
+        f'{{ printf %s {archive} | base64 -d | tar -xzf - -C "$t" || {{ rm -rf "$t"; false; }}; }} && '
         f'{{ mv -T "$t" {final} 2>/dev/null || rm -rf "$t"; }} && test -f {final}/agent.py && '
         f"{{ if ls -A {agents} | grep -qvx {HASH}; then {prune} >/dev/null 2>&1; fi; true; }} && "
         f"echo {final}"

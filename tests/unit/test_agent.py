@@ -24,7 +24,7 @@ HEAVY = ("numpy", "pandas", "pydantic", "yaml", "torch")
 
 def _extract(dest: Path) -> Path:
     """The uploaded folder, as the install command lays it out."""
-    with tarfile.open(fileobj=io.BytesIO(agent.PACKED), mode="r:gz") as tar:
+    with tarfile.open(fileobj=io.BytesIO(agent.packed()), mode="r:gz") as tar:
         tar.extractall(dest, filter="data")
     return dest
 
@@ -111,9 +111,9 @@ def test_the_folder_is_named_by_its_content():
     assert agent._digest(again) == agent.HASH and len(agent.HASH) == agent.HASH_CHARS
     changed = [(n, d + b"\n# edited\n" if n.endswith("proxy.py") else d) for n, d in again]
     assert agent._digest(changed) != agent.HASH
-    with tarfile.open(fileobj=io.BytesIO(agent.PACKED), mode="r:gz") as tar:
+    with tarfile.open(fileobj=io.BytesIO(agent.packed()), mode="r:gz") as tar:
         assert sorted(tar.getnames()) == sorted(n for n, _ in again)
-    assert agent._pack(again) == agent.PACKED  # reproducible bytes
+    assert agent._pack(again) == agent.packed()  # reproducible bytes
 
 
 def test_commands_name_the_folder_and_carry_no_source():
