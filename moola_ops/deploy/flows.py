@@ -14,7 +14,8 @@
               (a release beside `current`, never switched: the shadow's candidate)
 
 Named hook points (moola_ops/deploy/hooks.py): deploy passes before/after upload, check and
-switch; rollback before/after switch; place before/after upload and check; the switch stage
+switch; rollback before/after switch; place and repair before/after upload and check (a repair
+only when there is damage to repair); the switch stage
 itself `switched`, `switch-checked` and `switched-back` (in every flow that switches, drill
 included); the guard runs `failed`. What runs there comes from `hooks_for(host)`: serving's
 stages (moola_ops/serving/stages.py `attach`), then the host's inventory `hooks:`.
@@ -464,10 +465,14 @@ def _repair(ctx: HostContext) -> HostOutcome:
     with ctx.step(steps.REPAIR, version=bundle.version, problems=problems[:5]):
         ctx.run(release_cmd.set_aside(ctx.layout, bundle.version, ctx.journal.deployment))
     ctx.on_host = "absent"
+    ctx.hooks.run(steps.POINT_BEFORE_UPLOAD, ctx)
     stages.upload(ctx)
     stages.promote(ctx)
     ctx.undo.drop(stages.REMOVE_RELEASE)  # the same bytes as before: never removed
+    ctx.hooks.run(steps.POINT_AFTER_UPLOAD, ctx)
+    ctx.hooks.run(steps.POINT_BEFORE_CHECK, ctx)
     stages.runtime_check(ctx, bundle.version, step=steps.CHECK)
+    ctx.hooks.run(steps.POINT_AFTER_CHECK, ctx)
     if ctx.previous == bundle.version:
         stages.light_check(ctx, bundle.version, step=steps.POST_CHECK)
     return HostOutcome(

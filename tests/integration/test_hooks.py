@@ -89,6 +89,39 @@ def test_hooks_run_at_their_points_as_logged_steps_on_the_host_and_here(
     ]
 
 
+def test_a_repair_runs_the_upload_and_check_hooks_when_it_re_uploads(
+    standins, bundles, journal_file, tmp_path
+):
+    points = ["before-upload", "after-upload", "before-check", "after-check"]
+    hooks = {p: [{"name": "record", "run": RECORD}] for p in points}
+    (host,) = inventory_with(tmp_path, standins, "hk-1", hooks).resolve("hk-1")
+    v10 = engine.resolve_bundle(str(bundles["v1.0"]))
+    assert engine.deploy([host], v10, FAST).ok
+    record = Path(host.workspace) / "hooks.txt"
+    record.unlink(missing_ok=True)
+    assert engine.repair([host], v10, FAST).outcomes[0].status == "noop"
+    assert not record.exists()  # nothing to repair: no upload, no hooks
+    (Path(host.workspace) / "releases" / "v1.0" / "weights.pt").write_bytes(b"damaged")
+    result = engine.repair([host], v10, FAST)
+    assert result.ok, result.outcomes
+    assert record.read_text().splitlines() == [f"{p} repair v1.0 v1.0" for p in points]
+    logged = [
+        e["step"]
+        for e in read_events(journal_file, host="hk-1", deployment=result.deployment)
+        if e["status"] != "started"
+    ]
+    assert logged[logged.index("repair") :][:8] == [
+        "repair",
+        "hook:before-upload:record",
+        "upload",
+        "promote",
+        "hook:after-upload:record",
+        "hook:before-check:record",
+        "check",
+        "hook:after-check:record",
+    ]
+
+
 def test_a_failing_before_switch_hook_aborts_and_the_host_keeps_its_release(
     standins, bundles, journal_file, tmp_path
 ):
