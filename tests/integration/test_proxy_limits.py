@@ -1,11 +1,12 @@
 """The public proxy's limits against clients Moola does not control, over real sockets to a real
-proxy process (moola_core/runtime/serve_proxy.py) in front of a stub model server.
+proxy process (moola_core/agent/proxy.py on the agent's HTTP front) in front of a stub model server.
 
 Time is controlled by small configured deadlines (`--read-timeout-s`), and the moments by
 files: the stub holds every request until the test lets it go, so "every slot is busy" is a
 fact the test waits for, not a guess. Covers the whole-request deadline (slowloris), the
 connection cap (503 at once, never an empty reply; an idle kept-alive connection gives its
-place), one Content-Length only, and token authentication.
+place), one Content-Length only, token authentication, what is forwarded, the drain, and that
+a slow model server never holds up the proxy's own answers to other clients.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -41,7 +43,8 @@ class H(http.server.BaseHTTPRequestHandler):
         with numbering:  # handler threads run at once: each request its own number
             n, count[0] = count[0], count[0] + 1
         with open(os.path.join(folder, "got-%d" % n), "w") as fh:
-            json.dump({"path": self.path, "headers": dict(self.headers), "body": body.decode()}, fh)
+            json.dump({"path": self.path, "headers": dict(self.headers),
+                       "items": self.headers.items(), "body": body.decode("latin-1")}, fh)
         while os.path.exists(os.path.join(folder, "hold")):
             time.sleep(0.01)
         data = json.dumps({"ok": True, "release": "stub"}).encode()
@@ -355,3 +358,92 @@ def test_a_kept_alive_request_gets_its_own_deadline_from_its_first_byte(start_pr
         assert request(proxy, "GET", "/_proxy/healthz", sock=sock)[0] == 200
         time.sleep(1.5)  # idle longer than the deadline: the idle limit's business, not its
         assert request(proxy, "GET", "/_proxy/healthz", sock=sock)[0] == 200
+
+
+# --- the front never waits on a model server ------------------------------------------------------
+
+
+def test_a_slow_model_server_never_delays_another_clients_probe_or_state(start_proxy):
+    proxy = start_proxy("--read-timeout-s", "30")
+    (proxy.folder / "hold").touch()  # the stub holds every request it gets
+    held = [proxy.connect() for _ in range(4)]
+    try:
+        for i, sock in enumerate(held):
+            sock.sendall(f"GET /slow-{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        wait_for(lambda: len(proxy.got()) == 4, "four requests held by the model server")
+        for _ in range(3):  # answered while all four wait upstream, each on its own connection
+            status, _, body = request(proxy, "GET", "/_proxy/healthz")
+            assert status == 200 and json.loads(body)["status"] == "alive"
+        status, _, body = request(proxy, "GET", "/_proxy/state")
+        assert status == 200 and json.loads(body)["connections"] >= 4
+        (proxy.folder / "hold").unlink()
+        assert [read_answer(sock)[0] for sock in held] == [200] * 4
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_sigterm_answers_the_request_upstream_then_exits(start_proxy):
+    proxy = start_proxy("--read-timeout-s", "30")
+    (proxy.folder / "hold").touch()
+    with proxy.connect() as busy, proxy.connect() as idle:
+        assert request(proxy, "GET", "/_proxy/healthz", sock=idle)[0] == 200
+        busy.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        wait_for(lambda: len(proxy.got()) == 1, "the request held by the model server")
+        proxy.proc.send_signal(signal.SIGTERM)
+        assert closed_within(idle, 20.0)  # an idle connection is closed at once
+        wait_for(lambda: refused(proxy), "the port to stop accepting", timeout_s=20.0)
+        (proxy.folder / "hold").unlink()
+        status, headers, body = read_answer(busy)
+        assert status == 200 and json.loads(body)["ok"] and headers["connection"] == "close"
+    assert proxy.proc.wait(timeout=60) == 0  # drained
+    assert not (proxy.ws / "serve" / "proxy.json").exists()
+
+
+def refused(proxy: Proxy) -> bool:
+    try:
+        proxy.connect().close()
+    except OSError:
+        return True
+    return False
+
+
+# --- what is forwarded ---------------------------------------------------------------------------------
+
+
+def test_headers_reach_the_model_server_as_sent_less_the_hop_by_hop_ones(start_proxy):
+    proxy = start_proxy()
+    raw = (
+        b"POST /v1/predict?x=1 HTTP/1.1\r\nHost: public.example\r\nX-Tag: a\r\nx-tag: b\r\n"
+        b"Connection: keep-alive, X-Tag\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n"
+        b"Content-Type: application/vnd.moola.ohlc-f32le\r\nX-Moola-Windows: 1\r\n"
+        b"X-Moola-Request-Id: rid-1\r\nContent-Length: 4\r\n\r\n\x00\x01\x02\xff"
+    )
+    with proxy.connect() as sock:
+        sock.sendall(raw)
+        status, headers, _ = read_answer(sock)
+        assert status == 200 and "server" in headers and headers["content-length"]
+        assert request(proxy, "GET", "/v1/predict", sock=sock)[0] == 200  # kept alive
+    first, second = proxy.got()
+    assert first["path"] == "/v1/predict?x=1" and first["body"] == "\x00\x01\x02\xff"
+    assert [pair for pair in first["items"] if pair[0].lower() == "x-tag"] == [
+        ["X-Tag", "a"],
+        ["x-tag", "b"],
+    ]
+    names = {name.lower() for name, _ in first["items"]}
+    assert not names & {"connection", "keep-alive", "te"}
+    assert first["headers"]["Host"] == "127.0.0.1" and first["headers"]["X-Moola-Windows"] == "1"
+    assert first["headers"]["X-Moola-Request-Id"] == "rid-1"
+    assert first["headers"]["Content-Type"] == "application/vnd.moola.ohlc-f32le"
+    assert len(second["headers"]["X-Moola-Request-Id"]) == 32  # a fresh id when none was sent
+
+
+def test_a_refused_token_keeps_the_connection_for_the_next_request(start_proxy):
+    proxy = start_proxy("--auth", "always", token=TOKEN)
+    with proxy.connect() as sock:
+        wrong = {"Authorization": "Bearer nope"}
+        status, headers, _ = request(proxy, "POST", "/v1/predict", b'{"a": 1}', wrong, sock=sock)
+        assert status == 401 and headers.get("connection") != "close"
+        right = {"Authorization": f"Bearer {TOKEN}"}  # the unread body was skipped, not parsed
+        assert request(proxy, "POST", "/v1/predict", b"{}", right, sock=sock)[0] == 200
+    assert [got["body"] for got in proxy.got()] == ["{}"]
