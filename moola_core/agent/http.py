@@ -53,6 +53,9 @@ MAX_LINE = 65536  # request line and each header line, as http.server
 MAX_HEADERS = 100
 IDLE_TIMEOUT_S = 75.0  # a kept-alive connection with no request in it closes after this
 LINGER_S = 2.0  # after a closing answer, the client's unread bytes are drained this long at most
+LINGER_MAX = (
+    256  # connections lingering at once; beyond it a closing answer closes at once (a flood)
+)
 MAX_SKIP_BYTES = (
     4 << 20
 )  # a body unread behind a head-decided answer: skipped up to this, or closed
@@ -260,8 +263,11 @@ class Front:
         read_timeout_s: float,
         backlog: int = 256,
         max_connections: int | None = None,
+        name: str = "server",
     ):
         self.app = app
+        self.name = name  # "server" or "proxy": the Server header and the refusal say it
+        self._server_line = f"Server: moola-{name}"
         self.read_timeout_s = read_timeout_s
         self.max_connections = max_connections  # None: as many as the descriptors allow
         self.counts: collections.Counter = collections.Counter()  # refused / evicted connections
@@ -399,7 +405,7 @@ class Front:
             cap = self.max_connections
             if cap and self.open_connections() > cap and not self._make_room(conn):
                 self.counts["refused_connections"] += 1
-                sentence = f"this port already holds {cap} connections: retry in a moment"
+                sentence = f"the {self.name} already holds {cap} connections: retry in a moment"
                 self._respond(conn, self.app.error(None, 503, sentence), close=True)
 
     def _make_room(self, new: _Conn) -> bool:
@@ -576,7 +582,7 @@ class Front:
         reason = REASONS.get(response.status, "Error")
         lines = [
             f"HTTP/1.1 {response.status} {reason}",
-            "Server: moola-serve",
+            self._server_line,
             f"Date: {self._date[1]}",
         ]
         if response.content_type is not None:
@@ -620,6 +626,9 @@ class Front:
         it closes (LINGER_S at most): closing with its bytes unread would reset the connection,
         and a reset can throw away the answer before the client reads it."""
         if conn.linger_until:
+            return
+        if self._lingering >= LINGER_MAX:
+            self._close(conn)
             return
         try:
             conn.sock.shutdown(socket.SHUT_WR)

@@ -818,6 +818,7 @@ def main(argv=None):
             proxy,
             args.read_timeout_s,
             max_connections=proxy.max_connections,
+            name="proxy",
         )
     except OSError as exc:
         print(f"moola proxy: cannot listen on {args.bind}:{args.port}: {exc}", file=sys.stderr)
