@@ -348,7 +348,8 @@ class Front:
                             self._flush(conn)
                         if events & selectors.EVENT_READ and not conn.closed:
                             self._read(conn)
-                self._run_soon()
+                if self._soon:  # queued in this round (a wake-up byte, if any, is read then)
+                    self._run_soon()
                 self._round = len(self._ready)
                 for _ in range(len(self._ready)):
                     conn = self._ready.popleft()

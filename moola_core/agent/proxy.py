@@ -455,11 +455,11 @@ class Proxy:
             traceback.print_exc(file=sys.stderr)
             reply(_json(500, {"error": "internal error; see the proxy log", "status": 500}, True))
             return
+        self.stats.add("requests")
         reply(answer)
         shadow = state.get("shadow")
         if shadow and predict:
             self.shadow(shadow, head, body)
-        self.stats.add("requests")
 
     def _forward(self, upstreams, state, head, body, hold=False):
         """Send to the live server; one retry on a fresh connection (after re-reading the
