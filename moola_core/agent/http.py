@@ -24,8 +24,8 @@ so the answer is never lost to a reset caused by bytes the client had still in f
 
 The app (serve.App, proxy.Proxy) decides everything else through these calls, all on this thread:
 `head(request)` -> body length to read, or an immediate Response; `request(request, body,
-reply, alone)` -> a Response, or None when it answers later by calling `reply(make)` from any
-thread (`make()` builds the Response on this thread); `alone` says that no other request is
+reply, alone)` -> a Response, or None when it answers later by calling `reply(answer)` from
+any thread (a Response, or a function that builds it on this thread); `alone` says that no other request is
 being answered or waiting to be read, so the app may answer it on this thread at once;
 `error(request_or_None, status, sentence)` -> Response for what this module refuses.
 `tick(now)` runs about every 0.25 s. An app that does slow work (the proxy's upstream exchange)

@@ -1,4 +1,4 @@
-"""The model server's own HTTP front (moola_core/runtime/serve_http.py), spoken to byte by byte
+"""The model server's own HTTP front (moola_core/agent/http.py), spoken to byte by byte
 over real sockets: a real server process for a tiny release on 127.0.0.1, no proxy in front.
 Each answer is checked to reach the connection that asked (the front answers on one thread
 for every connection), and the server keeps serving after every refusal."""
