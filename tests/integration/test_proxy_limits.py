@@ -447,3 +447,51 @@ def test_a_refused_token_keeps_the_connection_for_the_next_request(start_proxy):
         right = {"Authorization": f"Bearer {TOKEN}"}  # the unread body was skipped, not parsed
         assert request(proxy, "POST", "/v1/predict", b"{}", right, sock=sock)[0] == 200
     assert [got["body"] for got in proxy.got()] == ["{}"]
+
+
+# --- holding predictions while the live server is down -------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _route(proxy: Proxy, port: int) -> None:
+    path = proxy.ws / "serve" / "state.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"v": 1, "live": {"release": "stub", "port": port, "pid": 1}}))
+    tmp.replace(path)  # atomically, as the one writer does
+
+
+def _state(proxy: Proxy) -> dict:
+    return json.loads(request(proxy, "GET", "/_proxy/state")[2])
+
+
+def test_predictions_are_held_up_to_the_cap_until_a_server_takes_the_live_place(start_proxy):
+    proxy = start_proxy("--hold-s", "60", "--hold-max", "1")
+    stub_port = json.loads((proxy.ws / "serve" / "state.json").read_text())["live"]["port"]
+    _route(proxy, _closed_port())  # the live server died
+    with proxy.connect() as held:
+        held.sendall(b"POST /v1/predict HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
+        wait_for(lambda: _state(proxy)["held_now"] == 1, "the prediction to be held")
+        status, headers, body = request(proxy, "POST", "/v1/predict", b"{}")  # beyond the cap
+        assert status == 503 and headers["retry-after"] == "1"
+        assert "already holds 1 requests" in json.loads(body)["error"]
+        status, _, body = request(proxy, "GET", "/metrics")  # not a prediction: never held
+        assert status == 502 and "did not answer" in json.loads(body)["error"]
+        _route(proxy, stub_port)  # the supervisor's replacement is live
+        status, _, body = read_answer(held)
+        assert status == 200 and json.loads(body)["ok"]  # slower, not an error
+    stats = _state(proxy)["stats"]
+    assert stats["held"] == 1 and stats["held_then_answered"] == 1 and stats["hold_refused"] == 1
+
+
+def test_a_held_prediction_gets_503_when_no_server_takes_the_place_in_time(start_proxy):
+    proxy = start_proxy("--hold-s", "0.5")
+    _route(proxy, _closed_port())
+    status, headers, body = request(proxy, "POST", "/v1/predict", b"{}")
+    assert status == 503 and headers["retry-after"] == "1"
+    assert "no server took its place within 0.5s" in json.loads(body)["error"]
+    assert _state(proxy)["stats"]["hold_timeouts"] == 1
