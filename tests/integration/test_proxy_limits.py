@@ -29,8 +29,9 @@ from tests.integration.helpers import wait_for
 AGENT = Path(serve_proxy.__file__).with_name("__main__.py")
 
 # a stand-in model server: writes each request it gets (headers, body) as got-<n> (numbered under
-# a lock: counting the files raced when requests arrived together, and two wrote got-1), waits while
-# the file `hold` exists, answers 200 with its port
+# a lock: counting the files raced when requests arrived together, and two wrote got-1; written
+# whole and renamed: a poll read a file half written), waits while the file `hold` exists,
+# answers 200 with its port
 STUB = r"""
 import http.server, json, os, sys, threading, time
 folder = sys.argv[1]
@@ -42,9 +43,11 @@ class H(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         with numbering:  # handler threads run at once: each request its own number
             n, count[0] = count[0], count[0] + 1
-        with open(os.path.join(folder, "got-%d" % n), "w") as fh:
+        # written whole, then renamed: the test polls the folder and must never read half a file
+        with open(os.path.join(folder, ".part-%d" % n), "w") as fh:
             json.dump({"path": self.path, "headers": dict(self.headers),
                        "items": self.headers.items(), "body": body.decode("latin-1")}, fh)
+        os.replace(os.path.join(folder, ".part-%d" % n), os.path.join(folder, "got-%d" % n))
         while os.path.exists(os.path.join(folder, "hold")):
             time.sleep(0.01)
         data = json.dumps({"ok": True, "release": "stub"}).encode()
