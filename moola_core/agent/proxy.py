@@ -221,6 +221,25 @@ class Upstream:
         self.sock.sendall(head + body if len(body) < 65536 else head)
         if len(body) >= 65536:
             self.sock.sendall(body)
+        status, lines = 100, []
+        while 100 <= status < 200:  # an interim answer (100 Continue) is followed by the real one
+            lines = self._head_lines()
+            status, headers, fields = parse_answer_head(b"".join(lines).rstrip(b"\r\n"))
+        if "transfer-encoding" in headers:  # never sent by our servers; read on, it would desync
+            raise ValueError("the upstream answer is not framed by a Content-Length")
+        length = headers.get("content-length", "0")
+        if not (length.isdigit() and length.isascii()):
+            raise ValueError("the upstream answer's Content-Length is not a whole number")
+        if head.startswith(b"HEAD ") or status in (204, 304):
+            length = "0"  # answers without a body, whatever their length says
+        data = self.rfile.read(int(length)) if length != "0" else b""
+        if len(data) < int(length):
+            raise ConnectionResetError("the upstream answer's body ended early")
+        keep = "close" not in headers.get("connection", "").lower()
+        return status, fields, data, keep and lines[0].startswith(b"HTTP/1.1")
+
+    def _head_lines(self):
+        """The next answer's status line and header lines, up to the blank line."""
         lines, total = [], 0
         while True:
             line = self.rfile.readline(MAX_LINE + 2)
@@ -228,21 +247,12 @@ class Upstream:
                 raise ConnectionResetError("upstream closed the connection")
             if line in (b"\r\n", b"\n"):
                 if lines:
-                    break
+                    return lines
                 continue  # a stray blank line before the status line
             total += len(line)
             if total > MAX_HEADER_BYTES:
                 raise ValueError("the upstream answer's head is too large")
             lines.append(line)
-        status, headers, fields = parse_answer_head(b"".join(lines).rstrip(b"\r\n"))
-        length = headers.get("content-length", "0")
-        if not (length.isdigit() and length.isascii()):
-            raise ValueError("the upstream answer's Content-Length is not a whole number")
-        data = self.rfile.read(int(length)) if length != "0" else b""
-        if len(data) < int(length):
-            raise ConnectionResetError("the upstream answer's body ended early")
-        keep = "close" not in headers.get("connection", "").lower()
-        return status, fields, data, keep and lines[0].startswith(b"HTTP/1.1")
 
 
 def _pooled_exchange(pool, port, head, body):

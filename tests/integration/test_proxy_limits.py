@@ -441,6 +441,19 @@ def test_headers_reach_the_model_server_as_sent_less_the_hop_by_hop_ones(start_p
     assert len(second["headers"]["X-Moola-Request-Id"]) == 32  # a fresh id when none was sent
 
 
+def test_an_answer_to_head_is_not_waited_on_for_a_body(start_proxy):
+    # the stub answers HEAD 501 with the length of a body it does not send (as HTTP says): the
+    # proxy waited for that many bytes, and answered 502 when the stub closed (a server that
+    # keeps the connection would have held it for the 120 s upstream timeout)
+    proxy = start_proxy()
+    with proxy.connect() as sock:
+        sock.settimeout(20)
+        sock.sendall(b"HEAD /v1/predict HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = read_answer(sock)
+        assert status == 501 and body == b""
+        assert request(proxy, "GET", "/_proxy/healthz", sock=sock)[0] == 200  # still in step
+
+
 def test_a_refused_token_keeps_the_connection_for_the_next_request(start_proxy):
     proxy = start_proxy("--auth", "always", token=TOKEN)
     with proxy.connect() as sock:
