@@ -390,7 +390,7 @@ class Front:
     def _accept(self) -> None:
         for _ in range(64):
             try:
-                sock, _addr = self.listener.accept()
+                sock, addr = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:  # out of descriptors: stop accepting until the next tick (no spin)
@@ -399,7 +399,7 @@ class Front:
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            peer = _addr[0] if isinstance(_addr, tuple) else ""
+            peer = addr[0] if isinstance(addr, tuple) else ""
             conn = _Conn(sock, time.monotonic(), peer)
             self.conns[sock.fileno()] = conn
             self._want(conn, selectors.EVENT_READ)

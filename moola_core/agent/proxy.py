@@ -329,6 +329,12 @@ def _json(status, payload, close=False):
     return Response(status, body, "application/json", headers, close)
 
 
+def _internal_error():
+    """The answer when the proxy itself failed on a request (a bug): the log keeps the detail."""
+    traceback.print_exc(file=sys.stderr)
+    return _json(500, {"error": "internal error; see the proxy log", "status": 500}, close=True)
+
+
 def _unavailable(status, message):
     """The proxy's own answer in place of the live server's: 502, or 503 with Retry-After."""
     return _json(status, {"error": message, "status": status})
@@ -410,7 +416,7 @@ class Proxy:
                 "counts": dict(self.front.counts),
                 "port": self.front.port,
             }
-            self.workers.submit(lambda _upstreams: reply(self._state(front)))
+            self.workers.submit(lambda _upstreams: self._state_one(front, reply))
         else:
             self.workers.submit(
                 lambda upstreams: self._forward_one(upstreams, request, body, reply)
@@ -462,8 +468,7 @@ class Proxy:
             predict = request.method == "POST" and request.path == "/v1/predict"
             answer = self._forward(upstreams, state, head, body, hold=predict)
         except Exception:  # a bug: the client gets an answer, the log the traceback
-            traceback.print_exc(file=sys.stderr)
-            reply(_json(500, {"error": "internal error; see the proxy log", "status": 500}, True))
+            reply(_internal_error())
             return
         self.stats.add("requests")
         reply(answer)
@@ -556,6 +561,13 @@ class Proxy:
                 return state
             time.sleep(HOLD_POLL_S)
         return None
+
+    def _state_one(self, front, reply):
+        try:
+            answer = self._state(front)
+        except Exception:  # a bug: the client gets an answer, the log the traceback
+            answer = _internal_error()
+        reply(answer)
 
     def _state(self, front):
         """GET /_proxy/state (a worker: the mirror's counters are asked for and waited on)."""
