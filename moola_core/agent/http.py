@@ -1,4 +1,5 @@
-"""The model server's HTTP/1.1 front: one thread, non-blocking sockets, one selector.
+"""The one HTTP/1.1 front of the host agent, for the model server and the front proxy alike: one
+thread, non-blocking sockets, one selector.
 
 Why not `http.server` with a thread per connection: at 32 concurrent clients that server spent
 more CPU waking and switching 32 interpreter threads (each wakes on its socket, takes the
@@ -14,15 +15,24 @@ buffer until the answer went out). Limits, each answered with one JSON sentence 
 request line 65536 bytes (414), a header line 65536 bytes or more than 100 headers (431), a
 request that has not fully arrived `read_timeout_s` after its first byte (408, then the
 connection closes), an unknown method (501). An idle kept-alive connection closes after
-IDLE_TIMEOUT_S; an answer the client does not read within `read_timeout_s` is dropped.
+IDLE_TIMEOUT_S; an answer the client does not read within `read_timeout_s` is dropped. A fresh
+connection's first request counts from the accept, so a connection that never sends is closed
+at the same deadline. With `max_connections`, a new connection at the cap takes the place of
+the connection idle longest, or gets 503 at once when every one is busy. A connection closed
+after an answer is shut for writing and read until the client closes (for at most LINGER_S),
+so the answer is never lost to a reset caused by bytes the client had still in flight.
 
-The app (serve.App) decides everything else through three calls, all on this thread:
+The app (serve.App, proxy.Proxy) decides everything else through these calls, all on this thread:
 `head(request)` -> body length to read, or an immediate Response; `request(request, body,
-reply, alone)` -> a Response, or None when it answers later by calling `reply(make)` from any
-thread (`make()` builds the Response on this thread); `alone` says that no other request is
+reply, alone)` -> a Response, or None when it answers later by calling `reply(answer)` from
+any thread (a Response, or a function that builds it on this thread); `alone` says that no other request is
 being answered or waiting to be read, so the app may answer it on this thread at once;
 `error(request_or_None, status, sentence)` -> Response for what this module refuses.
-`tick(now)` runs about every 0.25 s.
+`tick(now)` runs about every 0.25 s. An app that does slow work (the proxy's upstream exchange)
+hands it to threads of its own and answers through `reply`: this thread never waits. A
+Response decided by `head` that keeps the connection (a 401) skips the unread body instead of
+closing. The proxy reads its upstream's answers with the same header parser
+(`parse_answer_head`).
 
 Standard library only.
 """
@@ -42,21 +52,36 @@ from dataclasses import dataclass, field
 MAX_LINE = 65536  # request line and each header line, as http.server
 MAX_HEADERS = 100
 IDLE_TIMEOUT_S = 75.0  # a kept-alive connection with no request in it closes after this
+LINGER_S = 2.0  # after a closing answer, the client's unread bytes are drained this long at most
+LINGER_MAX = (
+    256  # connections lingering at once; beyond it a closing answer closes at once (a flood)
+)
+MAX_SKIP_BYTES = (
+    4 << 20
+)  # a body unread behind a head-decided answer: skipped up to this, or closed
 TICK_S = 0.25
 RECV_BYTES = 1 << 16
-REASONS = {
+REASONS = {  # RFC 9110's phrases, for what the server, the proxy and their upstreams answer
     200: "OK",
+    204: "No Content",
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
+    409: "Conflict",
     411: "Length Required",
     413: "Content Too Large",
     414: "URI Too Long",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     501: "Not Implemented",
+    502: "Bad Gateway",
     503: "Service Unavailable",
+    504: "Gateway Timeout",
     505: "HTTP Version Not Supported",
 }
 
@@ -81,6 +106,8 @@ class Request:
     headers: Headers
     keep_alive: bool
     started: float  # perf_counter when its head was parsed
+    fields: list = field(default_factory=list)  # (name, value) as sent: case, order, repeats
+    peer: str = ""  # the client's address (the front sets it)
 
     @property
     def path(self) -> str:
@@ -91,8 +118,8 @@ class Request:
 class Response:
     status: int
     body: bytes
-    content_type: str = "application/json"
-    headers: dict = field(default_factory=dict)
+    content_type: str | None = "application/json"  # None: `headers` carries it (or none)
+    headers: dict | list = field(default_factory=dict)  # a dict, or (name, value) pairs
     close: bool = False  # close the connection after it
 
 
@@ -115,30 +142,55 @@ def parse_head(head: bytes, started: float) -> Request:
     method, target, version = words
     if version not in ("HTTP/1.1", "HTTP/1.0"):
         raise HeadError(505, f"{version[:16]} is not supported: speak HTTP/1.1")
-    if len(lines) - 1 > MAX_HEADERS:
+    headers, fields = parse_fields(lines[1:])
+    connection = headers.get("connection", "").lower()
+    # HTTP/1.1 keeps the connection unless told otherwise; HTTP/1.0 only when asked
+    keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
+    return Request(method, target, version, headers, keep_alive, started, fields)
+
+
+def parse_answer_head(head: bytes) -> tuple[int, Headers, list]:
+    """An answer's status line and headers (the proxy reads its upstream's) -> (status,
+    Headers, fields); HeadError when wrong."""
+    lines = head.split(b"\n")
+    words = lines[0].rstrip(b"\r").decode("iso-8859-1").split(None, 2)
+    if len(words) < 2 or not words[0].startswith("HTTP/1.") or not words[1].isdigit():
+        raise HeadError(502, "the upstream answer's status line is malformed")
+    headers, fields = parse_fields(lines[1:])
+    return int(words[1]), headers, fields
+
+
+def parse_fields(lines: list) -> tuple[Headers, list]:
+    """Header lines (bytes, CRLF or LF) -> (Headers, [(name, value) as sent]); HeadError when
+    malformed, too many or too long, or when a SINGLE_HEADERS name repeats."""
+    if len(lines) > MAX_HEADERS:
         raise HeadError(431, "the request headers are too large")
-    headers, last = Headers(), None
-    for raw in lines[1:]:
+    headers, fields, stored = Headers(), [], False  # stored: the last field is in `headers`
+    for raw in lines:
         if len(raw) > MAX_LINE:
             raise HeadError(431, "the request headers are too large")
         text = raw.rstrip(b"\r").decode("iso-8859-1")
         if text[:1] in (" ", "\t"):
-            if last is None:
+            if not fields:
                 raise HeadError(400, "the request line or headers are malformed")
-            dict.__setitem__(headers, last, f"{dict.get(headers, last)} {text.strip()}")
+            name, value = fields[-1]
+            fields[-1] = (name, f"{value} {text.strip()}")
+            if stored:
+                dict.__setitem__(headers, name.lower(), fields[-1][1])
             continue
         name, colon, value = text.partition(":")
-        if not colon or not name.strip():
+        name = name.strip()
+        if not colon or not name:
             raise HeadError(400, "the request line or headers are malformed")
-        last = name.strip().lower()
-        if last not in headers:
-            dict.__setitem__(headers, last, value.strip())
-        elif last in SINGLE_HEADERS:  # two lengths: a proxy and we could split the stream apart
-            raise HeadError(400, f"the request has more than one {name.strip()[:40]} header")
-    connection = headers.get("connection", "").lower()
-    # HTTP/1.1 keeps the connection unless told otherwise; HTTP/1.0 only when asked
-    keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
-    return Request(method, target, version, headers, keep_alive, started)
+        value = value.strip()
+        fields.append((name, value))
+        lower = name.lower()
+        stored = lower not in headers
+        if stored:
+            dict.__setitem__(headers, lower, value)
+        elif lower in SINGLE_HEADERS:  # two lengths: a proxy and we could split the stream apart
+            raise HeadError(400, f"the request has more than one {name[:40]} header")
+    return headers, fields
 
 
 def _head_end(buf: bytearray) -> tuple[int, int]:
@@ -167,33 +219,59 @@ class _Conn:
         "write_since",
         "closed",
         "mask",
+        "peer",
+        "fresh",
+        "skip",
+        "linger_until",
     )
 
-    def __init__(self, sock: socket.socket, now: float):
+    def __init__(self, sock: socket.socket, now: float, peer: str):
         self.sock = sock
         self.inbuf = bytearray()
         self.out = b""
         self.request: Request | None = None  # head parsed, body still arriving
         self.body_len = 0
-        self.first_byte: float | None = None  # monotonic time of the current request's first byte
+        # monotonic time of the current request's first byte; a fresh connection's counts from
+        # the accept, so silence is no way around the deadline
+        self.first_byte: float | None = now
         self.last_active = now
         self.handling = False  # the app holds a request of this connection
         self.close_after = False
         self.write_since = 0.0
         self.closed = False
         self.mask = 0
+        self.peer = peer
+        self.fresh = True  # no request head parsed on it yet
+        self.skip = 0  # body bytes of a head-decided answer still to drop
+        self.linger_until = 0.0  # > 0: answered and shut for writing; reading until the close
 
     def busy(self) -> bool:
         """A request is in it: arriving, with the app, or its answer still going out."""
-        return bool(self.handling or self.out or self.inbuf.strip() or self.request)
+        if self.linger_until:
+            return False
+        return bool(self.handling or self.out or self.inbuf.strip() or self.request or self.skip)
 
 
 class Front:
     """Listens on (host, port) and runs the connections until stopped and drained."""
 
-    def __init__(self, host: str, port: int, app, read_timeout_s: float, backlog: int = 256):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        app,
+        read_timeout_s: float,
+        backlog: int = 256,
+        max_connections: int | None = None,
+        name: str = "server",
+    ):
         self.app = app
+        self.name = name  # "server" or "proxy": the Server header and the refusal say it
+        self._server_line = f"Server: moola-{name}"
         self.read_timeout_s = read_timeout_s
+        self.max_connections = max_connections  # None: as many as the descriptors allow
+        self.counts: collections.Counter = collections.Counter()  # refused / evicted connections
+        self._lingering = 0
         self.listener = socket.create_server((host, port), backlog=backlog)
         self.listener.setblocking(False)
         self.port = self.listener.getsockname()[1]
@@ -225,6 +303,10 @@ class Front:
             self._woken = True
             with contextlib.suppress(BlockingIOError, OSError):
                 self._wake_w.send(b"\0")
+
+    def open_connections(self) -> int:
+        """Client connections held now (those only waiting for their client to close: not)."""
+        return len(self.conns) - self._lingering
 
     def stop(self) -> None:
         """Stop accepting; answer what is in flight, then `run()` returns (signal-safe)."""
@@ -266,7 +348,8 @@ class Front:
                             self._flush(conn)
                         if events & selectors.EVENT_READ and not conn.closed:
                             self._read(conn)
-                self._run_soon()
+                if self._soon:  # queued in this round (a wake-up byte, if any, is read then)
+                    self._run_soon()
                 self._round = len(self._ready)
                 for _ in range(len(self._ready)):
                     conn = self._ready.popleft()
@@ -307,7 +390,7 @@ class Front:
     def _accept(self) -> None:
         for _ in range(64):
             try:
-                sock, _addr = self.listener.accept()
+                sock, addr = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:  # out of descriptors: stop accepting until the next tick (no spin)
@@ -316,9 +399,26 @@ class Front:
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Conn(sock, time.monotonic())
+            peer = addr[0] if isinstance(addr, tuple) else ""
+            conn = _Conn(sock, time.monotonic(), peer)
             self.conns[sock.fileno()] = conn
             self._want(conn, selectors.EVENT_READ)
+            cap = self.max_connections
+            if cap and self.open_connections() > cap and not self._make_room(conn):
+                self.counts["refused_connections"] += 1
+                sentence = f"the {self.name} already holds {cap} connections: retry in a moment"
+                self._respond(conn, self.app.error(None, 503, sentence), close=True)
+
+    def _make_room(self, new: _Conn) -> bool:
+        """At the cap: the connection idle longest gives its place; False when all are busy."""
+        idle = [
+            c for c in self.conns.values() if c is not new and not c.linger_until and not c.busy()
+        ]
+        if not idle:
+            return False
+        self._close(min(idle, key=lambda c: c.last_active))
+        self.counts["idle_closed_for_new"] += 1
+        return True
 
     def _pause_accepting(self) -> None:
         if self._listening and not self._accept_paused:
@@ -341,6 +441,8 @@ class Front:
             return
         self._want(conn, 0)
         conn.closed = True
+        if conn.linger_until:
+            self._lingering -= 1
         self.conns.pop(conn.sock.fileno(), None)
         with contextlib.suppress(OSError):
             conn.sock.close()
@@ -356,6 +458,8 @@ class Front:
         if not data:  # the client left; nothing of it is being answered
             self._close(conn)
             return
+        if conn.linger_until:  # answered and closing: what still comes is dropped
+            return
         now = time.monotonic()
         conn.last_active = now
         if conn.first_byte is None:
@@ -366,11 +470,18 @@ class Front:
     def _advance(self, conn: _Conn) -> None:
         """Take the next request out of the buffer when it is complete, and hand it over."""
         while not (conn.closed or conn.handling or conn.out or conn.close_after):
+            if conn.skip:
+                dropped = min(conn.skip, len(conn.inbuf))
+                del conn.inbuf[:dropped]
+                conn.skip -= dropped
+                if conn.skip:
+                    return
             if conn.request is None:
                 while conn.inbuf[:2] == b"\r\n" or conn.inbuf[:1] == b"\n":  # stray blank lines
                     del conn.inbuf[: 2 if conn.inbuf[:1] == b"\r" else 1]
                 if not conn.inbuf:
-                    conn.first_byte = None
+                    if not conn.fresh:  # a fresh connection's deadline runs from the accept
+                        conn.first_byte = None
                     return
                 if conn.first_byte is None:
                     conn.first_byte = time.monotonic()
@@ -393,16 +504,23 @@ class Front:
                     self._respond(conn, self.app.error(None, exc.status, str(exc)), close=True)
                     return
                 del conn.inbuf[:body_start]
+                request.peer, conn.fresh = conn.peer, False
                 try:
                     decided = self.app.head(request)
                 except Exception:
                     self._broken(conn)
                     return
                 if isinstance(decided, Response):
-                    # the body (if any) is not read: the connection cannot be reused
-                    length = request.headers.get("content-length", "0").strip()
-                    unread = length not in ("", "0") or "transfer-encoding" in request.headers
-                    close = decided.close or unread or not request.keep_alive
+                    # the body (if any) is not read: it is skipped when its length is plain,
+                    # else the connection cannot be reused
+                    length = request.headers.get("content-length", "0")
+                    framed = length.isdigit() and length.isascii() and int(length) <= MAX_SKIP_BYTES
+                    close = decided.close or not request.keep_alive
+                    close = close or not framed or "transfer-encoding" in request.headers
+                    if not close:
+                        conn.skip = int(length)
+                    if not conn.skip:
+                        conn.first_byte = None
                     self._respond(conn, decided, close=close)
                     return
                 conn.request, conn.body_len = request, int(decided)
@@ -465,12 +583,14 @@ class Front:
         reason = REASONS.get(response.status, "Error")
         lines = [
             f"HTTP/1.1 {response.status} {reason}",
-            "Server: moola-serve",
+            self._server_line,
             f"Date: {self._date[1]}",
-            f"Content-Type: {response.content_type}",
-            f"Content-Length: {len(response.body)}",
         ]
-        lines += [f"{name}: {value}" for name, value in response.headers.items()]
+        if response.content_type is not None:
+            lines.append(f"Content-Type: {response.content_type}")
+        lines.append(f"Content-Length: {len(response.body)}")
+        extra = response.headers
+        lines += [f"{k}: {v}" for k, v in (extra.items() if isinstance(extra, dict) else extra)]
         if close:
             lines.append("Connection: close")
             conn.close_after = True
@@ -492,7 +612,7 @@ class Front:
             return
         conn.last_active = time.monotonic()
         if conn.close_after:
-            self._close(conn)
+            self._linger(conn)
         elif not conn.handling:
             self._want(conn, selectors.EVENT_READ)
             if self.stopping and not conn.busy():
@@ -501,6 +621,25 @@ class Front:
                 # the next pipelined request starts from the loop, never from inside this
                 # send: answering from here nested one call deeper per request
                 self._ready.append(conn)
+
+    def _linger(self, conn: _Conn) -> None:
+        """The answer is out: shut the writing side and drop what the client still sends until
+        it closes (LINGER_S at most): closing with its bytes unread would reset the connection,
+        and a reset can throw away the answer before the client reads it."""
+        if conn.linger_until:
+            return
+        if self._lingering >= LINGER_MAX:
+            self._close(conn)
+            return
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(conn)
+            return
+        conn.linger_until = time.monotonic() + LINGER_S
+        self._lingering += 1
+        conn.inbuf, conn.request, conn.skip = bytearray(), None, 0
+        self._want(conn, selectors.EVENT_READ)
 
     def _tick(self, now: float) -> None:
         if self._accept_paused and self._listening:
@@ -513,10 +652,16 @@ class Front:
         for conn in list(self.conns.values()):
             if conn.closed or conn.handling:
                 continue
-            if conn.out:
+            if conn.linger_until:
+                if now > conn.linger_until or self.stopping:
+                    self._close(conn)
+            elif conn.out:
                 if now - conn.write_since > self.read_timeout_s:
                     self._close(conn)  # the client does not read its answer
             elif conn.first_byte is not None and now - conn.first_byte > self.read_timeout_s:
+                if conn.request is None and not conn.inbuf.strip() and not conn.skip:
+                    self._close(conn)  # nothing of a request came: no answer to give
+                    continue
                 what = "request body" if conn.request is not None else "request"
                 sentence = f"the {what} did not arrive within {self.read_timeout_s:g}s"
                 self._respond(conn, self.app.error(conn.request, 408, sentence), close=True)

@@ -11,34 +11,37 @@ changes hands (docs/serving.md explains why not SO_REUSEPORT).
      "standby": {"release": "v1.0", "port": 40111, "pid": 877} | null,
      "shadow": {"release": "v1.2", "port": 42000, "fraction": 0.1} | null}
 
-A minimal HTTP/1.1 forwarder (Content-Length bodies, keep-alive on both sides, one upstream
-connection per client connection), because a general-purpose client would add more latency
-than the model takes. A request is retried once on a fresh connection when the upstream closed
-a kept-alive connection before answering (predictions are idempotent). A prediction whose live
-server stays unreachable (it crashed; the host's supervisor, serve_ctl.py `supervise`, starts
-another) is held, at most `--hold-max` at once for up to `--hold-s` each, until the state file
-names the replacement, then sent there: the client sees a slower answer, not an error. `shadow`
-copies a
-sampled fraction of /v1/predict requests to a candidate server after the live answer went out:
-the proxy hands the request's bytes, without waiting, to a socket read by the mirror, a process
-it forked at start (nice 19) that sends them to the shadow; a full socket buffer drops the copy
-(counted per shadow: a new shadow starts from zero). The live answer never waits for the
+Clients speak to the agent's one HTTP front (http.py, the model server's too): one thread
+reads, parses, refuses and answers every connection, and never waits on a model server. The
+forwarding is handed to a bounded pool of worker threads (as the server hands predictions to
+its batcher); a worker sends the request upstream over its own kept-alive connection, reads the
+answer and completes it through the front. Content-Length bodies only, keep-alive on both
+sides; hop-by-hop headers are not forwarded, binary bodies pass through untouched. A request is
+retried once on a fresh connection when the upstream closed a kept-alive connection before
+answering (predictions are idempotent). A prediction whose live server stays unreachable (it
+crashed; the host's supervisor, `agent.py serve supervise`, starts another) is held, at most
+`--hold-max` at once for up to `--hold-s` each, until the state file names the replacement,
+then sent there: the client sees a slower answer, not an error. `shadow` copies a sampled
+fraction of /v1/predict requests to a candidate server after the live answer was handed to the
+front: the worker hands the request's bytes, without waiting, to a socket read by the mirror, a
+process forked at start (nice 19) that sends them to the shadow; a full socket buffer drops the
+copy (counted per shadow: a new shadow starts from zero). The live answer never waits for the
 shadow, and the copying never holds the proxy's interpreter lock. Without fork or
 SOCK_SEQPACKET, a thread with a bounded queue copies instead.
 
-The port faces clients Moola does not control, so every request has limits:
+The port faces clients Moola does not control, so every request has limits (the front's):
 - a whole-request deadline (`--read-timeout-s`, from its first byte to the end of its body; a
   fresh connection's first request counts from the accept): a client that trickles one byte
   at a time gets 408 and the connection closes, however often it sends;
-- a connection cap (`--max-connections`, one thread each): at the cap a new client takes the
-  place of the connection idle longest, and gets 503 at once when every one is busy;
+- a connection cap (`--max-connections`): at the cap a new client takes the place of the
+  connection idle longest, and gets 503 at once when every one is busy;
 - one Content-Length, digits only (a second one would let a request hide inside another);
 - a token (`Authorization: Bearer TOKEN`, the file WORKSPACE/serve/token, re-read when it
   changes so rotation needs no restart) whenever the proxy listens beyond loopback, or always
   with `--auth always`; only the liveness and readiness probes from the host itself go
   without it. The token is never logged and never forwarded to a model server.
 
-Standard library only; Python 3.8+. Run: `python3 serve_proxy.py --workspace WS --port P`.
+Standard library only. Run: `python3 -S agent.py proxy --workspace WS --port P`.
 """
 
 import argparse
@@ -48,24 +51,23 @@ import hmac
 import ipaddress
 import json
 import os
+import queue
 import random
 import select
 import signal
 import socket
-import socketserver
 import sys
 import threading
 import time
+import traceback
 import uuid
 
-MAX_HEADER_BYTES = 65536
+from moola_core.agent.http import MAX_LINE, Front, HeadError, Response, parse_answer_head
+
+MAX_HEADER_BYTES = 65536  # an upstream answer's head
 MAX_BODY_BYTES = 4 * 1024 * 1024  # the server's default limit, refused here before forwarding
-DISCARD_BYTES = 32 * 1024 * 1024  # an over-limit body up to this is read and dropped, so the
-# client reads its 413 instead of a connection reset
-IDLE_TIMEOUT_S = 75.0  # a kept-alive client connection may sit idle this long
 READ_TIMEOUT_S = 10.0  # a whole request, first byte to last, must arrive within this
-MAX_CONNECTIONS = 256  # client connections at once (one thread each)
-RECV_BYTES = 65536
+MAX_CONNECTIONS = 256  # client connections at once; also the most worker threads
 UPSTREAM_TIMEOUT_S = 120.0
 HOLD_S = 15.0  # a prediction waits this long for a restarted live server (--hold-s)
 HOLD_MAX = 128  # predictions held at once; beyond it 503 + Retry-After (--hold-max)
@@ -77,39 +79,24 @@ MIRROR_NICE = 19
 MIRROR_BUFFER_BYTES = 8 * 1024 * 1024  # asked for; copies beyond what is granted are dropped
 MIRROR_ASK_S = 0.5  # /_proxy/state waits this long for the mirror's counters
 AUTH_MODES = ("auto", "always")  # auto: a token is required when bound beyond loopback
-OPEN_PATHS = (b"/healthz", b"/readyz", b"/_proxy/healthz")  # probes from the host: no token
+OPEN_PATHS = ("/healthz", "/readyz", "/_proxy/healthz")  # probes from the host: no token
 HOP_HEADERS = {
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"transfer-encoding",
-    b"te",
-    b"upgrade",
-    b"proxy-authorization",
-    b"proxy-authenticate",
-    b"trailer",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "trailer",
 }
 # never forwarded: the hop headers, the client's Host, its token (the model servers and their
 # logs never see it) and its Content-Length (the proxy states the length it read itself)
-NOT_FORWARDED = HOP_HEADERS | {b"host", b"authorization", b"content-length"}
-REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    404: "Not Found",
-    408: "Request Timeout",
-    411: "Length Required",
-    413: "Payload Too Large",
-    431: "Request Header Fields Too Large",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-}
-
-
-class ClientError(Exception):
-    def __init__(self, status, message):
-        Exception.__init__(self, message)
-        self.status = status
+NOT_FORWARDED = HOP_HEADERS | {"host", "authorization", "content-length"}
+# not passed back: the front states its own length, Server and Date (as nginx does)
+NOT_RETURNED = HOP_HEADERS | {"content-length", "server", "date"}
+UPSTREAM_ERRORS = (OSError, ValueError, HeadError)  # what a failed exchange raises
 
 
 def is_loopback(address):
@@ -172,6 +159,10 @@ class Stats:
         with self.lock:
             self.counts[key] += n
 
+    def snapshot(self):
+        with self.lock:
+            return dict(self.counts)
+
 
 class ShadowTally:
     """Copies sent, failed and dropped per shadow (each shadow routed gets a new generation, so a
@@ -210,66 +201,8 @@ def _merge_tallies(*snapshots):
     return by_gen, total
 
 
-class Reader:
-    """A client connection's bytes, read under one deadline for the whole request: each wait
-    for more bytes gets only the time left, so a byte every few seconds cannot keep a request
-    open (a per-read timeout would restart with every byte)."""
-
-    def __init__(self, sock):
-        self.sock = sock
-        self.buf = bytearray()
-        self.deadline = None  # monotonic; set when a request starts
-        self.limit_s = 0.0
-
-    def wait(self, timeout_s):
-        """Wait up to `timeout_s` for the next request's first byte; False when the client
-        closed, stayed silent, or the connection was taken away (evicted)."""
-        if self.buf:
-            return True
-        if timeout_s <= 0:
-            return False
-        try:
-            self.sock.settimeout(timeout_s)
-            data = self.sock.recv(RECV_BYTES)
-        except (TimeoutError, OSError):
-            return False
-        self.buf += data
-        return bool(data)
-
-    def _fill(self):
-        left = self.deadline - time.monotonic()
-        try:
-            if left <= 0:
-                raise TimeoutError()
-            self.sock.settimeout(left)
-            data = self.sock.recv(RECV_BYTES)
-        except TimeoutError:
-            raise ClientError(408, f"the request did not arrive within {self.limit_s:g}s") from None
-        if not data:
-            raise ConnectionResetError("the client closed the connection mid-request")
-        self.buf += data
-
-    def readline(self, limit):
-        """One line with its newline, or `limit` bytes of a longer one."""
-        while True:
-            end = self.buf.find(b"\n", 0, limit)
-            if end >= 0 or len(self.buf) >= limit:
-                size = end + 1 if end >= 0 else limit
-                line = bytes(self.buf[:size])
-                del self.buf[:size]
-                return line
-            self._fill()
-
-    def read(self, n):
-        while len(self.buf) < n:
-            self._fill()
-        data = bytes(self.buf[:n])
-        del self.buf[:n]
-        return data
-
-
 class Upstream:
-    """One kept-alive connection to one server port."""
+    """One kept-alive connection to one server port (a worker's own; blocking)."""
 
     def __init__(self, port):
         self.port = port
@@ -284,54 +217,42 @@ class Upstream:
                 closer()
 
     def exchange(self, head, body):
-        """Send one request; return (status line, headers [(name, value)], body, keep)."""
+        """Send one request; return (status, header fields [(name, value)], body, keep)."""
         self.sock.sendall(head + body if len(body) < 65536 else head)
         if len(body) >= 65536:
             self.sock.sendall(body)
-        status_line = self.rfile.readline(MAX_HEADER_BYTES)
-        if not status_line:
-            raise ConnectionResetError("upstream closed the connection")
-        headers, length, keep = _read_headers(self.rfile)
-        data = _read_exact(self.rfile, length) if length else b""  # our servers always send it
-        if status_line.startswith(b"HTTP/1.0"):
-            keep = False
-        return status_line, headers, data, keep
+        status, lines = 100, []
+        while 100 <= status < 200:  # an interim answer (100 Continue) is followed by the real one
+            lines = self._head_lines()
+            status, headers, fields = parse_answer_head(b"".join(lines).rstrip(b"\r\n"))
+        if "transfer-encoding" in headers:  # never sent by our servers; read on, it would desync
+            raise ValueError("the upstream answer is not framed by a Content-Length")
+        length = headers.get("content-length", "0")
+        if not (length.isdigit() and length.isascii()):
+            raise ValueError("the upstream answer's Content-Length is not a whole number")
+        if head.startswith(b"HEAD ") or status in (204, 304):
+            length = "0"  # answers without a body, whatever their length says
+        data = self.rfile.read(int(length)) if length != "0" else b""
+        if len(data) < int(length):
+            raise ConnectionResetError("the upstream answer's body ended early")
+        keep = "close" not in headers.get("connection", "").lower()
+        return status, fields, data, keep and lines[0].startswith(b"HTTP/1.1")
 
-
-def _read_headers(rfile):
-    headers, length, keep, total = [], None, True, 0
-    while True:
-        line = rfile.readline(MAX_HEADER_BYTES)
-        total += len(line)
-        if not line:
-            raise ConnectionResetError("connection closed inside the headers")
-        if line in (b"\r\n", b"\n"):
-            return headers, length, keep
-        if total > MAX_HEADER_BYTES or len(headers) > 100:
-            raise ClientError(431, "the request headers are too large")
-        name, sep, value = line.partition(b":")
-        if not sep:
-            raise ClientError(400, "a request header is malformed")
-        name, value = name.strip(), value.strip()
-        lower = name.lower()
-        if lower == b"content-length":
-            if length is not None:  # which one frames the body? a guess desyncs the stream
-                raise ClientError(400, "the request has more than one Content-Length header")
-            if not value.isdigit():  # bytes.isdigit: ASCII digits only, no sign, no "_"
-                raise ClientError(400, "the Content-Length header is not a whole number")
-            length = int(value)
-        elif lower == b"connection" and value.lower() == b"close":
-            keep = False
-        elif lower == b"transfer-encoding":
-            raise ClientError(411, "send the body with a Content-Length, not chunked")
-        headers.append((name, value))
-
-
-def _read_exact(rfile, length):
-    data = rfile.read(length)
-    if len(data) < length:
-        raise ConnectionResetError("the body ended early")
-    return data
+    def _head_lines(self):
+        """The next answer's status line and header lines, up to the blank line."""
+        lines, total = [], 0
+        while True:
+            line = self.rfile.readline(MAX_LINE + 2)
+            if not line:
+                raise ConnectionResetError("upstream closed the connection")
+            if line in (b"\r\n", b"\n"):
+                if lines:
+                    return lines
+                continue  # a stray blank line before the status line
+            total += len(line)
+            if total > MAX_HEADER_BYTES:
+                raise ValueError("the upstream answer's head is too large")
+            lines.append(line)
 
 
 def _pooled_exchange(pool, port, head, body):
@@ -362,285 +283,90 @@ def _copy_to_shadow(pool, port, head, body):
         try:
             _pooled_exchange(pool, port, head, body)
             return "shadow_sent"
-        except (OSError, ValueError, ClientError):
+        except UPSTREAM_ERRORS:
             if fresh:
                 break
     return "shadow_errors"
 
 
-def _json_response(status, payload, keep, extra=""):
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    head = (
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}{}\r\n".format(
-            status,
-            REASONS.get(status, "Error"),
-            len(body),
-            extra,
-            "" if keep else "Connection: close\r\n",
-        )
-    )
-    return head.encode() + body
+class Workers:
+    """The threads that do what the front must not wait for (the upstream exchange, the mirror's
+    counters): started as needed up to `limit` (the connection cap: one request per connection,
+    so nothing queues), each keeping its own upstream connections. `submit(task)`: the next
+    free worker runs `task(upstreams)`."""
 
+    def __init__(self, limit):
+        self.limit = max(1, int(limit))
+        self.tasks = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.started = 0
+        self.idle = 0  # workers waiting for a task and not yet promised one
 
-class Handler(socketserver.BaseRequestHandler):
-    def setup(self):
-        self.sock = self.request
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.reader = Reader(self.sock)
-        self.upstreams = {}
-        peer = self.client_address[0] if isinstance(self.client_address, tuple) else ""
-        self.from_host = is_loopback(peer)  # the host itself (its own probes)
+    def submit(self, task):
+        with self.lock:
+            if self.idle:
+                self.idle -= 1
+            elif self.started < self.limit:
+                self.started += 1
+                threading.Thread(target=self._work, name="proxy-worker", daemon=True).start()
+        self.tasks.put(task)
 
-    def finish(self):
-        for upstream in self.upstreams.values():
-            upstream.close()
-
-    def handle(self):
-        server = self.server
-        reader = self.reader
-        limit = reader.limit_s = server.read_timeout_s
-        # a fresh connection's first request counts from the accept: silence is no way around
-        reader.deadline = time.monotonic() + limit
-        wait_s = limit
-        while not server.stopping:
-            if not reader.wait(wait_s) or not server.busy(self.sock):
-                return  # closed, silent too long, or its place went to a new client
-            if reader.deadline is None:  # a kept-alive connection's next request starts now
-                reader.deadline = time.monotonic() + limit
-            server.enter()
+    def _work(self):
+        upstreams = {}
+        while True:
+            task = self.tasks.get()
             try:
-                keep = self.one()
-            except ClientError as exc:
-                payload = {"error": str(exc), "status": exc.status}
-                self._send(_json_response(exc.status, payload, False), quiet=True)
-                keep = False
-            except OSError:
-                keep = False  # the client went away mid-request, or did not read its answer
-            finally:
-                server.leave()
-                server.idle(self.sock)
-            if not keep:
-                return
-            wait_s, reader.deadline = IDLE_TIMEOUT_S, None
-
-    def _send(self, data, quiet=False):
-        """The answer, within the same limit a request has to arrive (a client that does not
-        read it is dropped)."""
-        try:
-            self.sock.settimeout(self.server.read_timeout_s)
-            self.sock.sendall(data)
-        except OSError:
-            if not quiet:
-                raise
-
-    def one(self):
-        server = self.server
-        reader = self.reader
-        line = reader.readline(MAX_HEADER_BYTES)
-        if line in (b"\r\n", b"\n"):
-            return False
-        parts = line.split()
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-            raise ClientError(400, "the request line is malformed")
-        method, target, version = parts
-        headers, length, keep = _read_headers(reader)
-        if length is None:
-            if method in (b"POST", b"PUT", b"PATCH"):
-                raise ClientError(411, "a Content-Length header is required")
-            length = 0
-        if length > MAX_BODY_BYTES:
-            left = length if length <= DISCARD_BYTES else 0
-            while left > 0:
-                left -= len(reader.read(min(RECV_BYTES, left)))
-            raise ClientError(
-                413, f"the body has {length} bytes, at most {MAX_BODY_BYTES} are accepted"
-            )
-        body = reader.read(length) if length else b""
-        if version == b"HTTP/1.0":
-            keep = False
-        path = target.split(b"?", 1)[0]
-        if not self._allowed(method, path, headers):
-            server.stats.add("unauthorized")
-            challenge = 'WWW-Authenticate: Bearer realm="moola"\r\n'
-            self._send(_json_response(401, server.unauthorized_answer(), keep, challenge))
-            return keep
-        if path.startswith(b"/_proxy/"):
-            self._send(_json_response(*self._local(path), keep))
-            return keep
-        state = server.route.current()
-        request_id = None
-        out = [method + b" " + target + b" HTTP/1.1\r\n"]
-        for name, value in headers:
-            lower = name.lower()
-            if lower in NOT_FORWARDED:
-                continue
-            if lower == b"x-moola-request-id":
-                request_id = value
-            out.append(name + b": " + value + b"\r\n")
-        if request_id is None:
-            request_id = uuid.uuid4().hex.encode()
-            out.append(b"X-Moola-Request-Id: " + request_id + b"\r\n")
-        out.append(b"Host: 127.0.0.1\r\n")
-        if length or method in (b"POST", b"PUT", b"PATCH"):
-            out.append(b"Content-Length: " + str(length).encode() + b"\r\n")
-        head = b"".join(out) + b"\r\n"
-        hold = method == b"POST" and path == b"/v1/predict"  # idempotent: safe to send again
-        status_line, up_headers, data = self._forward(state, head, body, hold)
-        reply = [status_line]
-        for name, value in up_headers:
-            if name.lower() not in HOP_HEADERS:
-                reply.append(name + b": " + value + b"\r\n")
-        if not keep:
-            reply.append(b"Connection: close\r\n")
-        reply.append(b"\r\n")
-        self._send(b"".join(reply) + data)
-        shadow = state.get("shadow")
-        if shadow and method == b"POST" and path == b"/v1/predict":
-            server.shadow(shadow, head, body)
-        server.stats.add("requests")
-        return keep
-
-    def _allowed(self, method, path, headers):
-        """No token needed: auth is off, or a liveness/readiness probe from the host itself."""
-        server = self.server
-        if not server.auth_required:
-            return True
-        if self.from_host and method in (b"GET", b"HEAD") and path in OPEN_PATHS:
-            return True
-        return server.token_matches(headers)
-
-    def _forward(self, state, head, body, hold=False):
-        """Send to the live server; one retry on a fresh connection (after re-reading the
-        state file) when a connection fails before any answer arrives. With `hold` (a
-        prediction), a live server that stays unreachable is waited for: the request is held
-        (at most --hold-max at once, each up to --hold-s) until the state file names another
-        server (the supervisor restarted it), then sent there."""
-        server = self.server
-        deadline = None
-        try:
-            for attempt in range(1 << 30):
-                live = state.get("live") or {}
-                port = live.get("port")
-                if not isinstance(port, int):
-                    server.stats.add("no_live")
-                    return _bad_gateway(
-                        503,
-                        "no release is live on this host: start one with "
-                        "`invoke serve --host H start`",
-                    )
-                for other in [p for p in self.upstreams if p != port]:
-                    self.upstreams.pop(other).close()  # traffic moved: let the old server drain
-                try:
-                    status_line, headers, data, _keep = _pooled_exchange(
-                        self.upstreams, port, head, body
-                    )
-                except (OSError, ValueError, ClientError) as exc:
-                    server.stats.add("upstream_errors")
-                    if attempt == 0:
-                        state = server.route.current()
-                        continue
-                    if not hold:
-                        return _bad_gateway(
-                            502,
-                            "the model server for {} on port {} did not answer ({})".format(
-                                live.get("release"), port, type(exc).__name__
-                            ),
-                        )
-                    if deadline is None:
-                        if not server.hold_enter():
-                            server.stats.add("hold_refused")
-                            return _bad_gateway(
-                                503,
-                                "the live server of {} is restarting and the proxy already "
-                                "holds {} requests: retry in a moment".format(
-                                    live.get("release"), server.hold_max
-                                ),
-                            )
-                        deadline = time.monotonic() + server.hold_s
-                    state = server.next_route(port, deadline)
-                    if state is None:
-                        server.stats.add("hold_timeouts")
-                        return _bad_gateway(
-                            503,
-                            "the live server of {} on port {} is down and no server took its "
-                            "place within {:g}s: the host's supervisor is restarting it "
-                            "(`invoke serve --host H status`)".format(
-                                live.get("release"), port, server.hold_s
-                            ),
-                        )
-                    continue
-                if deadline is not None:
-                    server.stats.add("held_then_answered")
-                return status_line, headers, data
-            raise AssertionError("unreachable")
-        finally:
-            if deadline is not None:
-                server.hold_leave()
-
-    def _local(self, path):
-        server = self.server
-        if path == b"/_proxy/state":
-            state = server.route.current()
-            return 200, {
-                "state": state,
-                "pid": os.getpid(),
-                "port": server.server_address[1],
-                "stats": dict(server.stats.counts, **server.shadow_counts(state.get("shadow"))),
-                "connections": server.connection_count(),
-                "max_connections": server.max_connections,
-                "auth_required": server.auth_required,
-                "held_now": server.held,
-                "hold_s": server.hold_s,
-                "hold_max": server.hold_max,
-                "uptime_s": round(time.time() - server.started, 3),
-            }
-        if path == b"/_proxy/healthz":
-            return 200, {"status": "alive", "pid": os.getpid()}
-        return 404, {"error": "no such proxy path", "status": 404}
+                task(upstreams)
+            except Exception:  # the tasks answer their own failures; this is a last resort
+                traceback.print_exc(file=sys.stderr)
+            with self.lock:
+                self.idle += 1
 
 
-def _bad_gateway(status, message):
-    reason = b"Bad Gateway" if status == 502 else b"Service Unavailable"
-    body = json.dumps({"error": message, "status": status}).encode()
-    headers = [(b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode())]
-    if status == 503:
-        headers.append((b"Retry-After", b"1"))
-    return b"HTTP/1.1 " + str(status).encode() + b" " + reason + b"\r\n", headers, body
+def _json(status, payload, close=False):
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    headers = {"Retry-After": "1"} if status == 503 else {}
+    return Response(status, body, "application/json", headers, close)
 
 
-class ProxyServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 256
+def _internal_error():
+    """The answer when the proxy itself failed on a request (a bug): the log keeps the detail."""
+    traceback.print_exc(file=sys.stderr)
+    return _json(500, {"error": "internal error; see the proxy log", "status": 500}, close=True)
+
+
+def _unavailable(status, message):
+    """The proxy's own answer in place of the live server's: 502, or 503 with Retry-After."""
+    return _json(status, {"error": message, "status": status})
+
+
+class Proxy:
+    """What the proxy answers (the front asks it, on the front's thread): framing and the token
+    at the head, its own probes at once, everything else through a worker."""
 
     def __init__(
         self,
-        address,
         state_path,
-        read_timeout_s=READ_TIMEOUT_S,
-        *,
-        max_connections=MAX_CONNECTIONS,
         token_path=None,
-        auth="auto",
+        *,
+        auth_required=False,
         hold_s=HOLD_S,
         hold_max=HOLD_MAX,
+        max_connections=MAX_CONNECTIONS,
+        mirror=None,
     ):
-        socketserver.ThreadingTCPServer.__init__(self, address, Handler)
+        self.front = None  # set once the front listens
         self.hold_s, self.hold_max = float(hold_s), max(0, int(hold_max))
         self.held = 0
         self.hold_lock = threading.Lock()
-        self.read_timeout_s = read_timeout_s
         self.max_connections = max(1, int(max_connections))
+        self.workers = Workers(self.max_connections)
         self.route = Watched(state_path, _parse_state, {})
         self.token = Watched(token_path or "", _parse_token, None)
-        self.auth_required = auth == "always" or not is_loopback(address[0])
+        self.auth_required = auth_required
         self.stats = Stats()
         self.started = time.time()
         self.stopping = False
-        self.inflight = 0
-        self.cond = threading.Condition()
-        self.conns = {}  # client socket -> [busy, monotonic time it last became idle]
-        self.conn_lock = threading.Lock()
         self.shadow_items = collections.deque()
         self.shadow_cond = threading.Condition()
         self.copy_ids = iter(range(1, 1 << 62))
@@ -649,74 +375,80 @@ class ProxyServer(socketserver.ThreadingTCPServer):
         self.mirror_lock = threading.Lock()  # a copy's chunks go out together
         self.ask_lock = threading.Lock()
         self.mirror_tally = {}
-        self.mirror = _start_mirror(self.socket)
+        self.mirror = mirror
         if self.mirror is None:  # no fork / no SOCK_SEQPACKET here: copy from a thread instead
             threading.Thread(target=self._shadow_loop, name="shadow", daemon=True).start()
 
-    # -- connections: the cap, and who is busy ---------------------------------------------------
+    # -- the front's calls (its thread: nothing here waits) ----------------------------------------
 
-    def process_request(self, request, client_address):
-        if not self._admit(request):
-            self.stats.add("refused_connections")
-            _refuse(request, self.max_connections)
-            socketserver.TCPServer.shutdown_request(self, request)
-            return
-        socketserver.ThreadingTCPServer.process_request(self, request, client_address)
+    def head(self, request):
+        """The body length to read, or the answer that refuses the request (or a probe's)."""
+        method, headers = request.method, request.headers
+        if "transfer-encoding" in headers:
+            return self.error(request, 411, "send the body with a Content-Length, not chunked")
+        length = headers.get("content-length")
+        if length is None:
+            if method in ("POST", "PUT", "PATCH"):
+                return self.error(request, 411, "a Content-Length header is required")
+            length = "0"
+        if not (length.isdigit() and length.isascii()):  # int() would take "+5" and "5_0"
+            return self.error(request, 400, "the Content-Length header is not a whole number")
+        if int(length) > MAX_BODY_BYTES:
+            sentence = f"the body has {int(length)} bytes, at most {MAX_BODY_BYTES} are accepted"
+            return self.error(request, 413, sentence)
+        path = request.path
+        if not self._allowed(request):
+            self.stats.add("unauthorized")
+            answer = _json(401, self._unauthorized())
+            answer.headers["WWW-Authenticate"] = 'Bearer realm="moola"'
+            return answer
+        if path == "/_proxy/healthz":
+            return _json(200, {"status": "alive", "pid": os.getpid()})
+        if path.startswith("/_proxy/") and path != "/_proxy/state":
+            return _json(404, {"error": "no such proxy path", "status": 404})
+        return int(length)
 
-    def _admit(self, sock):
-        """Room for one more connection: at the cap the connection idle longest gives its place
-        (its thread sees the socket shut and ends); False when every one is busy."""
-        with self.conn_lock:
-            if len(self.conns) >= self.max_connections:
-                idle = [(entry[1], conn) for conn, entry in self.conns.items() if not entry[0]]
-                if not idle:
-                    return False
-                victim = min(idle, key=lambda item: item[0])[1]
-                del self.conns[victim]
-                with contextlib.suppress(OSError):
-                    victim.shutdown(socket.SHUT_RDWR)
-                self.stats.add("idle_closed_for_new")
-            self.conns[sock] = [False, time.monotonic()]
+    def request(self, request, body, reply, alone=False):
+        """Hand the request to a worker, which answers through `reply`; never answers here."""
+        if request.path == "/_proxy/state":
+            front = {
+                "connections": self.front.open_connections(),
+                "counts": dict(self.front.counts),
+                "port": self.front.port,
+            }
+            self.workers.submit(lambda _upstreams: self._state_one(front, reply))
+        else:
+            self.workers.submit(
+                lambda upstreams: self._forward_one(upstreams, request, body, reply)
+            )
+        return None
+
+    def error(self, request, status, sentence):
+        """The answer to what the front or the head refused: one JSON sentence, then close."""
+        return _json(status, {"error": sentence, "status": status}, close=True)
+
+    def tick(self, now):
+        pass
+
+    def _allowed(self, request):
+        """No token needed: auth is off, or a liveness/readiness probe from the host itself."""
+        if not self.auth_required:
             return True
-
-    def busy(self, sock):
-        """A request started on `sock`; False when its place was given away meanwhile."""
-        with self.conn_lock:
-            entry = self.conns.get(sock)
-            if entry is None:
-                return False
-            entry[0] = True
+        probe = request.method in ("GET", "HEAD") and request.path in OPEN_PATHS
+        if probe and is_loopback(request.peer):
             return True
-
-    def idle(self, sock):
-        with self.conn_lock:
-            entry = self.conns.get(sock)
-            if entry is not None:
-                entry[0], entry[1] = False, time.monotonic()
-
-    def connection_count(self):
-        with self.conn_lock:
-            return len(self.conns)
-
-    def shutdown_request(self, request):
-        with self.conn_lock:
-            self.conns.pop(request, None)
-        socketserver.ThreadingTCPServer.shutdown_request(self, request)
-
-    # -- the token ---------------------------------------------------------------------------------
-
-    def token_matches(self, headers):
         token = self.token.current()
         if not token:
             return False  # required but missing: nothing gets in (fail closed)
-        for name, value in headers:
-            if name.lower() == b"authorization":
-                scheme, _, given = value.partition(b" ")
-                if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token):
+        for name, value in request.fields:
+            if name.lower() == "authorization":
+                scheme, _, given = value.partition(" ")
+                given = given.strip().encode("iso-8859-1")
+                if scheme.lower() == "bearer" and hmac.compare_digest(given, token):
                     return True
         return False
 
-    def unauthorized_answer(self):
+    def _unauthorized(self):
         if not self.token.current():
             why = "this host has no client token yet: make one with `invoke serve --host H rotate-token`"
         else:
@@ -726,9 +458,92 @@ class ProxyServer(socketserver.ThreadingTCPServer):
             )
         return {"error": why, "status": 401}
 
-    # -- holding predictions while the live server restarts -------------------------------------
+    # -- a worker's part ---------------------------------------------------------------------------
 
-    def hold_enter(self):
+    def _forward_one(self, upstreams, request, body, reply):
+        """Forward one request and answer it through the front; then the shadow's copy."""
+        try:
+            state = self.route.current()
+            head = _upstream_head(request, len(body))
+            predict = request.method == "POST" and request.path == "/v1/predict"
+            answer = self._forward(upstreams, state, head, body, hold=predict)
+        except Exception:  # a bug: the client gets an answer, the log the traceback
+            reply(_internal_error())
+            return
+        self.stats.add("requests")
+        reply(answer)
+        shadow = state.get("shadow")
+        if shadow and predict:
+            self.shadow(shadow, head, body)
+
+    def _forward(self, upstreams, state, head, body, hold=False):
+        """Send to the live server; one retry on a fresh connection (after re-reading the
+        state file) when a connection fails before any answer arrives. With `hold` (a
+        prediction), a live server that stays unreachable is waited for: the request is held
+        (at most --hold-max at once, each up to --hold-s) until the state file names another
+        server (the supervisor restarted it), then sent there."""
+        deadline = None
+        try:
+            for attempt in range(1 << 30):
+                live = state.get("live") or {}
+                port = live.get("port")
+                if not isinstance(port, int):
+                    self.stats.add("no_live")
+                    return _unavailable(
+                        503,
+                        "no release is live on this host: start one with "
+                        "`invoke serve --host H start`",
+                    )
+                for other in [p for p in upstreams if p != port]:
+                    upstreams.pop(other).close()  # traffic moved: let the old server drain
+                try:
+                    status, fields, data, _keep = _pooled_exchange(upstreams, port, head, body)
+                except UPSTREAM_ERRORS as exc:
+                    self.stats.add("upstream_errors")
+                    if attempt == 0:
+                        state = self.route.current()
+                        continue
+                    if not hold:
+                        return _unavailable(
+                            502,
+                            "the model server for {} on port {} did not answer ({})".format(
+                                live.get("release"), port, type(exc).__name__
+                            ),
+                        )
+                    if deadline is None:
+                        if not self._hold_enter():
+                            self.stats.add("hold_refused")
+                            return _unavailable(
+                                503,
+                                "the live server of {} is restarting and the proxy already "
+                                "holds {} requests: retry in a moment".format(
+                                    live.get("release"), self.hold_max
+                                ),
+                            )
+                        deadline = time.monotonic() + self.hold_s
+                    state = self._next_route(port, deadline)
+                    if state is None:
+                        self.stats.add("hold_timeouts")
+                        return _unavailable(
+                            503,
+                            "the live server of {} on port {} is down and no server took its "
+                            "place within {:g}s: the host's supervisor is restarting it "
+                            "(`invoke serve --host H status`)".format(
+                                live.get("release"), port, self.hold_s
+                            ),
+                        )
+                    continue
+                if deadline is not None:
+                    self.stats.add("held_then_answered")
+                headers = [(n, v) for n, v in fields if n.lower() not in NOT_RETURNED]
+                return Response(status, data, None, headers)
+            raise AssertionError("unreachable")
+        finally:
+            if deadline is not None:
+                with self.hold_lock:
+                    self.held -= 1
+
+    def _hold_enter(self):
         with self.hold_lock:
             if self.held >= self.hold_max:
                 return False
@@ -736,11 +551,7 @@ class ProxyServer(socketserver.ThreadingTCPServer):
             self.stats.add("held")
             return True
 
-    def hold_leave(self):
-        with self.hold_lock:
-            self.held -= 1
-
-    def next_route(self, failed_port, deadline):
+    def _next_route(self, failed_port, deadline):
         """The state once it names a live server other than the one on `failed_port`, or None
         at `deadline` (or when the proxy stops)."""
         while time.monotonic() < deadline and not self.stopping:
@@ -751,23 +562,34 @@ class ProxyServer(socketserver.ThreadingTCPServer):
             time.sleep(HOLD_POLL_S)
         return None
 
-    # -- drain -------------------------------------------------------------------------------------
+    def _state_one(self, front, reply):
+        try:
+            answer = self._state(front)
+        except Exception:  # a bug: the client gets an answer, the log the traceback
+            answer = _internal_error()
+        reply(answer)
 
-    def enter(self):
-        with self.cond:
-            self.inflight += 1
-
-    def leave(self):
-        with self.cond:
-            self.inflight -= 1
-            self.cond.notify_all()
-
-    def wait_idle(self, timeout_s):
-        deadline = time.monotonic() + timeout_s
-        with self.cond:
-            while self.inflight > 0 and time.monotonic() < deadline:
-                self.cond.wait(max(0.0, deadline - time.monotonic()))
-            return self.inflight == 0
+    def _state(self, front):
+        """GET /_proxy/state (a worker: the mirror's counters are asked for and waited on)."""
+        state = self.route.current()
+        stats = dict(self.stats.snapshot(), **front["counts"])
+        stats.update(self.shadow_counts(state.get("shadow")))
+        return _json(
+            200,
+            {
+                "state": state,
+                "pid": os.getpid(),
+                "port": front["port"],
+                "stats": stats,
+                "connections": front["connections"],
+                "max_connections": self.max_connections,
+                "auth_required": self.auth_required,
+                "held_now": self.held,
+                "hold_s": self.hold_s,
+                "hold_max": self.hold_max,
+                "uptime_s": round(time.time() - self.started, 3),
+            },
+        )
 
     # -- the shadow --------------------------------------------------------------------------------
 
@@ -869,26 +691,33 @@ class ProxyServer(socketserver.ThreadingTCPServer):
             self.tally.add(gen, _copy_to_shadow(upstreams, port, head, body))
 
 
-def _refuse(sock, cap):
-    """The answer of a connection over the cap: 503 at once (never an empty reply), without a
-    thread; what the client already sent is read off first so the close does not reset it."""
-    payload = {
-        "error": f"the proxy already holds {cap} connections: retry in a moment",
-        "status": 503,
-    }
-    with contextlib.suppress(OSError):
-        sock.setblocking(False)
-        with contextlib.suppress(OSError):
-            while sock.recv(RECV_BYTES):
-                pass
-        sock.send(_json_response(503, payload, False, "Retry-After: 1\r\n"))
+def _upstream_head(request, length):
+    """The request's head as the live server gets it: the client's headers as sent (case,
+    order, repeats) less NOT_FORWARDED, a request id (the client's, or a new one), and the
+    length the front read."""
+    out = [f"{request.method} {request.target} HTTP/1.1\r\n"]
+    request_id = None
+    for name, value in request.fields:
+        lower = name.lower()
+        if lower in NOT_FORWARDED:
+            continue
+        if lower == "x-moola-request-id":
+            request_id = value
+        out.append(f"{name}: {value}\r\n")
+    if request_id is None:
+        out.append(f"X-Moola-Request-Id: {uuid.uuid4().hex}\r\n")
+    out.append("Host: 127.0.0.1\r\n")
+    if length or request.method in ("POST", "PUT", "PATCH"):
+        out.append(f"Content-Length: {length}\r\n")
+    out.append("\r\n")
+    return "".join(out).encode("iso-8859-1")
 
 
-def _start_mirror(listener):
+def _start_mirror():
     """Fork the mirror: a process at low CPU priority that sends the copies to the shadow, so
     the proxy's live path only hands bytes it already holds to a socket: it never waits for the
     shadow and never shares its interpreter lock with the copying. Forked before any thread
-    starts. Returns the proxy's end of the socket pair, or None where this is not possible."""
+    starts and before the public port is opened. Returns the proxy's end of the socket pair, or None where this is not possible."""
     try:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for end in (ours, theirs):  # the kernel caps it at net.core.wmem_max
@@ -902,7 +731,6 @@ def _start_mirror(listener):
         return ours
     code = 0
     try:
-        listener.close()  # the public port stays with the proxy alone
         ours.close()
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, 0, MIRROR_NICE)
@@ -965,7 +793,7 @@ def _write_json(path, payload):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="serve_proxy.py")
+    parser = argparse.ArgumentParser(prog="agent.py proxy")
     parser.add_argument("--workspace", required=True)
     parser.add_argument("--port", type=int, required=True, help="public port; 0 picks one")
     parser.add_argument("--bind", default="127.0.0.1", help="address (0.0.0.0: every interface)")
@@ -994,53 +822,61 @@ def main(argv=None):
     args = parser.parse_args(argv)
     serve_dir = os.path.join(args.workspace, "serve")
     os.makedirs(serve_dir, exist_ok=True)
+    # the mirror is forked first: before any thread starts, and without the public port
+    mirror = _start_mirror()
+    proxy = Proxy(
+        os.path.join(serve_dir, "state.json"),
+        args.token_file or os.path.join(serve_dir, "token"),
+        auth_required=args.auth == "always" or not is_loopback(args.bind),
+        hold_s=args.hold_s,
+        hold_max=args.hold_max,
+        max_connections=args.max_connections,
+        mirror=mirror,
+    )
     try:
-        server = ProxyServer(
-            (args.bind, args.port),
-            os.path.join(serve_dir, "state.json"),
+        front = proxy.front = Front(
+            args.bind,
+            args.port,
+            proxy,
             args.read_timeout_s,
-            max_connections=args.max_connections,
-            token_path=args.token_file or os.path.join(serve_dir, "token"),
-            auth=args.auth,
-            hold_s=args.hold_s,
-            hold_max=args.hold_max,
+            max_connections=proxy.max_connections,
+            name="proxy",
         )
     except OSError as exc:
         print(f"moola proxy: cannot listen on {args.bind}:{args.port}: {exc}", file=sys.stderr)
         return 2
-    port = server.server_address[1]
     record_path = os.path.join(serve_dir, "proxy.json")
     _write_json(
         record_path,
         {
             "pid": os.getpid(),
-            "port": port,
+            "port": front.port,
             "bind": args.bind,
             "auth": args.auth,
             "read_timeout_s": args.read_timeout_s,
-            "auth_required": server.auth_required,
-            "max_connections": server.max_connections,
+            "auth_required": proxy.auth_required,
+            "max_connections": proxy.max_connections,
             "started": time.time(),
         },
     )
 
     def on_signal(signum, _frame):
-        if not server.stopping:
-            server.stopping = True
-            threading.Thread(target=server.shutdown, daemon=True).start()
+        proxy.stopping = True  # held predictions give up: the drain answers them 503
+        front.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(
         "moola proxy: listening on {}:{} for {} (token {})".format(
-            args.bind, port, args.workspace, "required" if server.auth_required else "not required"
+            args.bind,
+            front.port,
+            args.workspace,
+            "required" if proxy.auth_required else "not required",
         ),
         file=sys.stderr,
         flush=True,
     )
-    server.serve_forever(poll_interval=0.1)
-    server.server_close()
-    drained = server.wait_idle(args.drain_timeout_s)
+    drained = front.run(args.drain_timeout_s)
     try:
         with open(record_path) as fh:
             if json.load(fh).get("pid") == os.getpid():

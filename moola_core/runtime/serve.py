@@ -899,7 +899,7 @@ _NOT_ALLOWED = ("PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
 
 
 class App:
-    """What the server answers (serve_http.Front asks it): routes, the predict path through the
+    """What the server answers (the agent's http.Front asks it): routes, the predict path through the
     batcher, one-sentence JSON errors, metrics and captures of every answer."""
 
     def __init__(self, state: ServerState):

@@ -1,11 +1,12 @@
 """The public proxy's limits against clients Moola does not control, over real sockets to a real
-proxy process (moola_core/runtime/serve_proxy.py) in front of a stub model server.
+proxy process (moola_core/agent/proxy.py on the agent's HTTP front) in front of a stub model server.
 
 Time is controlled by small configured deadlines (`--read-timeout-s`), and the moments by
 files: the stub holds every request until the test lets it go, so "every slot is busy" is a
 fact the test waits for, not a guess. Covers the whole-request deadline (slowloris), the
 connection cap (503 at once, never an empty reply; an idle kept-alive connection gives its
-place), one Content-Length only, and token authentication.
+place), one Content-Length only, token authentication, what is forwarded, the drain, and that
+a slow model server never holds up the proxy's own answers to other clients.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -27,8 +29,9 @@ from tests.integration.helpers import wait_for
 AGENT = Path(serve_proxy.__file__).with_name("__main__.py")
 
 # a stand-in model server: writes each request it gets (headers, body) as got-<n> (numbered under
-# a lock: counting the files raced when requests arrived together, and two wrote got-1), waits while
-# the file `hold` exists, answers 200 with its port
+# a lock: counting the files raced when requests arrived together, and two wrote got-1; written
+# whole and renamed: a poll read a file half written), waits while the file `hold` exists,
+# answers 200 with its port
 STUB = r"""
 import http.server, json, os, sys, threading, time
 folder = sys.argv[1]
@@ -40,8 +43,11 @@ class H(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         with numbering:  # handler threads run at once: each request its own number
             n, count[0] = count[0], count[0] + 1
-        with open(os.path.join(folder, "got-%d" % n), "w") as fh:
-            json.dump({"path": self.path, "headers": dict(self.headers), "body": body.decode()}, fh)
+        # written whole, then renamed: the test polls the folder and must never read half a file
+        with open(os.path.join(folder, ".part-%d" % n), "w") as fh:
+            json.dump({"path": self.path, "headers": dict(self.headers),
+                       "items": self.headers.items(), "body": body.decode("latin-1")}, fh)
+        os.replace(os.path.join(folder, ".part-%d" % n), os.path.join(folder, "got-%d" % n))
         while os.path.exists(os.path.join(folder, "hold")):
             time.sleep(0.01)
         data = json.dumps({"ok": True, "release": "stub"}).encode()
@@ -355,3 +361,174 @@ def test_a_kept_alive_request_gets_its_own_deadline_from_its_first_byte(start_pr
         assert request(proxy, "GET", "/_proxy/healthz", sock=sock)[0] == 200
         time.sleep(1.5)  # idle longer than the deadline: the idle limit's business, not its
         assert request(proxy, "GET", "/_proxy/healthz", sock=sock)[0] == 200
+
+
+# --- the front never waits on a model server ------------------------------------------------------
+
+
+def test_a_slow_model_server_never_delays_another_clients_probe_or_state(start_proxy):
+    proxy = start_proxy("--read-timeout-s", "30")
+    (proxy.folder / "hold").touch()  # the stub holds every request it gets
+    held = [proxy.connect() for _ in range(4)]
+    try:
+        for i, sock in enumerate(held):
+            sock.sendall(f"GET /slow-{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        wait_for(lambda: len(proxy.got()) == 4, "four requests held by the model server")
+        for _ in range(3):  # answered while all four wait upstream, each on its own connection
+            status, _, body = request(proxy, "GET", "/_proxy/healthz")
+            assert status == 200 and json.loads(body)["status"] == "alive"
+        status, _, body = request(proxy, "GET", "/_proxy/state")
+        assert status == 200 and json.loads(body)["connections"] >= 4
+        (proxy.folder / "hold").unlink()
+        assert [read_answer(sock)[0] for sock in held] == [200] * 4
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_the_forwarding_threads_are_bounded_by_the_connection_cap(start_proxy):
+    proxy = start_proxy("--max-connections", "3", "--read-timeout-s", "30")
+    tasks = Path(f"/proc/{proxy.proc.pid}/task")
+    assert len(list(tasks.iterdir())) == 1  # the front alone: no thread per connection
+    (proxy.folder / "hold").touch()
+    held = [proxy.connect() for _ in range(3)]
+    try:
+        for round_ in range(2):  # a second round reuses the workers of the first
+            for i, sock in enumerate(held):
+                sock.sendall(f"GET /r{round_}-{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            wait_for(lambda n=3 * (round_ + 1): len(proxy.got()) == n, "the requests upstream")
+            assert len(list(tasks.iterdir())) == 1 + 3  # the front and one worker per request
+            assert request(proxy, "GET", "/_proxy/healthz")[0] == 503  # the cap holds
+            (proxy.folder / "hold").unlink()
+            assert [read_answer(sock)[0] for sock in held] == [200] * 3
+            (proxy.folder / "hold").touch()
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_sigterm_answers_the_request_upstream_then_exits(start_proxy):
+    proxy = start_proxy("--read-timeout-s", "30")
+    (proxy.folder / "hold").touch()
+    with proxy.connect() as busy, proxy.connect() as idle:
+        assert request(proxy, "GET", "/_proxy/healthz", sock=idle)[0] == 200
+        busy.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        wait_for(lambda: len(proxy.got()) == 1, "the request held by the model server")
+        proxy.proc.send_signal(signal.SIGTERM)
+        assert closed_within(idle, 20.0)  # an idle connection is closed at once
+        wait_for(lambda: refused(proxy), "the port to stop accepting", timeout_s=20.0)
+        (proxy.folder / "hold").unlink()
+        status, headers, body = read_answer(busy)
+        assert status == 200 and json.loads(body)["ok"] and headers["connection"] == "close"
+    assert proxy.proc.wait(timeout=60) == 0  # drained
+    assert not (proxy.ws / "serve" / "proxy.json").exists()
+
+
+def refused(proxy: Proxy) -> bool:
+    try:
+        proxy.connect().close()
+    except OSError:
+        return True
+    return False
+
+
+# --- what is forwarded ---------------------------------------------------------------------------------
+
+
+def test_headers_reach_the_model_server_as_sent_less_the_hop_by_hop_ones(start_proxy):
+    proxy = start_proxy()
+    raw = (
+        b"POST /v1/predict?x=1 HTTP/1.1\r\nHost: public.example\r\nX-Tag: a\r\nx-tag: b\r\n"
+        b"Connection: keep-alive, X-Tag\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n"
+        b"Content-Type: application/vnd.moola.ohlc-f32le\r\nX-Moola-Windows: 1\r\n"
+        b"X-Moola-Request-Id: rid-1\r\nContent-Length: 4\r\n\r\n\x00\x01\x02\xff"
+    )
+    with proxy.connect() as sock:
+        sock.sendall(raw)
+        status, headers, _ = read_answer(sock)
+        assert status == 200 and "server" in headers and headers["content-length"]
+        assert request(proxy, "GET", "/v1/predict", sock=sock)[0] == 200  # kept alive
+    first, second = proxy.got()
+    assert first["path"] == "/v1/predict?x=1" and first["body"] == "\x00\x01\x02\xff"
+    assert [pair for pair in first["items"] if pair[0].lower() == "x-tag"] == [
+        ["X-Tag", "a"],
+        ["x-tag", "b"],
+    ]
+    names = {name.lower() for name, _ in first["items"]}
+    assert not names & {"connection", "keep-alive", "te"}
+    assert first["headers"]["Host"] == "127.0.0.1" and first["headers"]["X-Moola-Windows"] == "1"
+    assert first["headers"]["X-Moola-Request-Id"] == "rid-1"
+    assert first["headers"]["Content-Type"] == "application/vnd.moola.ohlc-f32le"
+    assert len(second["headers"]["X-Moola-Request-Id"]) == 32  # a fresh id when none was sent
+
+
+def test_an_answer_to_head_is_not_waited_on_for_a_body(start_proxy):
+    # the stub answers HEAD 501 with the length of a body it does not send (as HTTP says): the
+    # proxy waited for that many bytes, and answered 502 when the stub closed (a server that
+    # keeps the connection would have held it for the 120 s upstream timeout)
+    proxy = start_proxy()
+    with proxy.connect() as sock:
+        sock.settimeout(20)
+        sock.sendall(b"HEAD /v1/predict HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = read_answer(sock)
+        assert status == 501 and body == b""
+        assert request(proxy, "GET", "/_proxy/healthz", sock=sock)[0] == 200  # still in step
+
+
+def test_a_refused_token_keeps_the_connection_for_the_next_request(start_proxy):
+    proxy = start_proxy("--auth", "always", token=TOKEN)
+    with proxy.connect() as sock:
+        wrong = {"Authorization": "Bearer nope"}
+        status, headers, _ = request(proxy, "POST", "/v1/predict", b'{"a": 1}', wrong, sock=sock)
+        assert status == 401 and headers.get("connection") != "close"
+        right = {"Authorization": f"Bearer {TOKEN}"}  # the unread body was skipped, not parsed
+        assert request(proxy, "POST", "/v1/predict", b"{}", right, sock=sock)[0] == 200
+    assert [got["body"] for got in proxy.got()] == ["{}"]
+
+
+# --- holding predictions while the live server is down -------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _route(proxy: Proxy, port: int) -> None:
+    path = proxy.ws / "serve" / "state.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"v": 1, "live": {"release": "stub", "port": port, "pid": 1}}))
+    tmp.replace(path)  # atomically, as the one writer does
+
+
+def _state(proxy: Proxy) -> dict:
+    return json.loads(request(proxy, "GET", "/_proxy/state")[2])
+
+
+def test_predictions_are_held_up_to_the_cap_until_a_server_takes_the_live_place(start_proxy):
+    proxy = start_proxy("--hold-s", "60", "--hold-max", "1")
+    stub_port = json.loads((proxy.ws / "serve" / "state.json").read_text())["live"]["port"]
+    _route(proxy, _closed_port())  # the live server died
+    with proxy.connect() as held:
+        held.sendall(b"POST /v1/predict HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
+        wait_for(lambda: _state(proxy)["held_now"] == 1, "the prediction to be held")
+        status, headers, body = request(proxy, "POST", "/v1/predict", b"{}")  # beyond the cap
+        assert status == 503 and headers["retry-after"] == "1"
+        assert "already holds 1 requests" in json.loads(body)["error"]
+        status, _, body = request(proxy, "GET", "/metrics")  # not a prediction: never held
+        assert status == 502 and "did not answer" in json.loads(body)["error"]
+        _route(proxy, stub_port)  # the supervisor's replacement is live
+        status, _, body = read_answer(held)
+        assert status == 200 and json.loads(body)["ok"]  # slower, not an error
+    stats = _state(proxy)["stats"]
+    assert stats["held"] == 1 and stats["held_then_answered"] == 1 and stats["hold_refused"] == 1
+
+
+def test_a_held_prediction_gets_503_when_no_server_takes_the_place_in_time(start_proxy):
+    proxy = start_proxy("--hold-s", "0.5")
+    _route(proxy, _closed_port())
+    status, headers, body = request(proxy, "POST", "/v1/predict", b"{}")
+    assert status == 503 and headers["retry-after"] == "1"
+    assert "no server took its place within 0.5s" in json.loads(body)["error"]
+    assert _state(proxy)["stats"]["hold_timeouts"] == 1

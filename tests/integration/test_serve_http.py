@@ -1,4 +1,4 @@
-"""The model server's own HTTP front (moola_core/runtime/serve_http.py), spoken to byte by byte
+"""The model server's own HTTP front (moola_core/agent/http.py), spoken to byte by byte
 over real sockets: a real server process for a tiny release on 127.0.0.1, no proxy in front.
 Each answer is checked to reach the connection that asked (the front answers on one thread
 for every connection), and the server keeps serving after every refusal."""
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from moola_core.agent.http import Front, HeadError, Response, parse_head
+from moola_core.agent.http import Front, HeadError, Response, parse_answer_head, parse_head
 from tests.integration.helpers import release_server, wait_for, window
 from tests.unit.test_runtime import make_release
 
@@ -308,3 +308,73 @@ def test_json_nested_deeper_than_the_parser_goes_is_a_400_not_a_500(server):
             assert "nested" in json.loads(answer)["error"]
             sock.sendall(predict_bytes(json.dumps({"windows": [window(1)]}).encode()))
             assert read_one(sock)[0] == 200  # the same connection still serves
+
+
+def test_a_connection_that_never_sends_is_closed_at_the_read_deadline(server):
+    # it used to count as an idle kept-alive connection and stay open 75 s (IDLE_TIMEOUT_S)
+    port, _proc = server
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        assert sock.recv(65536) == b""  # closed without an answer: nothing was asked
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+        assert read_one(sock)[0] == 200  # a request in time is answered as always
+
+
+def test_answer_heads_are_read_by_the_same_parser_and_fields_keep_what_was_sent():
+    request = parse_head(b"GET / HTTP/1.1\r\nX-Tag: a\r\nx-tag: b\r\nX-Long: c\r\n d", 0.0)
+    assert request.fields == [("X-Tag", "a"), ("x-tag", "b"), ("X-Long", "c d")]
+    assert request.headers.get("x-tag") == "a"
+    status, headers, fields = parse_answer_head(
+        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 2"
+    )
+    assert status == 503 and headers.get("content-length") == "2"
+    assert fields == [("Retry-After", "1"), ("Content-Length", "2")]
+    for head in (
+        b"HTTP/1.1 abc",
+        b"SPDY 200 OK",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-length: 2",
+    ):
+        with pytest.raises(HeadError):
+            parse_answer_head(head)
+
+
+def test_at_the_cap_the_idle_longest_connection_gives_way_and_busy_ones_never_do():
+    app = HoldingApp()
+    front = Front("127.0.0.1", 0, app, read_timeout_s=30, max_connections=2)
+    loop = threading.Thread(target=front.run, args=(10,))
+    loop.start()
+    conns = []
+    try:
+        idle = socket.create_connection(("127.0.0.1", front.port), timeout=30)
+        conns.append(idle)
+        idle.sendall(b"GET /idle HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for(lambda: len(app.seen) == 1, "the first request to reach the app")
+        app.release("/idle")
+        assert read_one(idle)[2] == b"/idle"  # answered, kept alive, idle now
+        busy = socket.create_connection(("127.0.0.1", front.port), timeout=30)
+        conns.append(busy)
+        busy.sendall(b"GET /busy HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for(lambda: len(app.seen) == 2, "the busy request to reach the app")
+        fresh = socket.create_connection(("127.0.0.1", front.port), timeout=30)
+        conns.append(fresh)
+        assert idle.recv(65536) == b""  # the idle one made room
+        fresh.sendall(b"GET /fresh HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for(lambda: len(app.seen) == 3, "the new client's request to reach the app")
+        refused = socket.create_connection(("127.0.0.1", front.port), timeout=30)
+        conns.append(refused)
+        refused.sendall(b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := refused.recv(65536):
+            data += chunk
+        ((status, headers, body),) = answers(data)
+        assert status == 503 and headers["Connection"] == "close" and b"2 connections" in body
+        app.release("/busy")
+        app.release("/fresh")
+        assert read_one(busy)[2] == b"/busy" and read_one(fresh)[2] == b"/fresh"
+        assert dict(front.counts) == {"idle_closed_for_new": 1, "refused_connections": 1}
+    finally:
+        for conn in conns:
+            conn.close()
+        front.stop()
+        loop.join(30)
+    assert not loop.is_alive()

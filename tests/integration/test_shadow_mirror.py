@@ -1,4 +1,4 @@
-"""The proxy's mirror process (serve_proxy._start_mirror): the live path hands each copy's bytes
+"""The proxy's mirror process (proxy._start_mirror): the live path hands each copy's bytes
 to a socket without waiting; a forked process at nice 19 sends them to the shadow, byte for
 byte (also a body larger than one socket message), counts them, and ends with the proxy."""
 
