@@ -45,6 +45,7 @@ import email.utils
 import selectors
 import socket
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -193,7 +194,7 @@ def parse_fields(lines: list) -> tuple[Headers, list]:
     return headers, fields
 
 
-def _head_end(buf: bytearray) -> tuple[int, int]:
+def head_end(buf: bytearray) -> tuple[int, int]:
     """(end of the head, start of the body) in `buf`, or (-1, -1) while incomplete."""
     crlf = buf.find(b"\r\n\r\n")
     # a bare-LF end counts only before a CRLF one: no scan of the body and what follows it
@@ -291,6 +292,25 @@ class Front:
         self._listening = True
         self._accept_paused = False
         self._date = (0, "")
+        self._loop_thread = None  # the thread in run()
+        self._in_app = False  # app.request is running: an answer given now waits for the loop
+
+    # -- from the loop's thread ---------------------------------------------------------------
+
+    def watch(self, sock: socket.socket, mask: int, callback) -> None:
+        """Have the loop call `callback(events)` when `sock` is ready (the proxy's upstream
+        connections); called again for a registered socket, it changes the mask or callback."""
+        try:
+            key = self.selector.get_key(sock)
+        except KeyError:
+            self.selector.register(sock, mask, callback)
+            return
+        if key.events != mask or key.data is not callback:
+            self.selector.modify(sock, mask, callback)
+
+    def unwatch(self, sock: socket.socket) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(sock)
 
     # -- from any thread ---------------------------------------------------------------------
 
@@ -320,6 +340,7 @@ class Front:
         """Serve until `stop()`; then drain. True when everything in flight was answered."""
         next_tick = time.monotonic() + TICK_S
         drain_deadline = None
+        self._loop_thread = threading.get_ident()
         try:
             while True:
                 if self.stopping:
@@ -342,6 +363,8 @@ class Front:
                         self._accept()
                     elif key.data == "wake":
                         self._run_soon()
+                    elif not isinstance(key.data, _Conn):  # a socket of the app's (watch)
+                        key.data(events)
                     elif not key.data.closed:  # closed earlier in this same round
                         conn = key.data
                         if events & selectors.EVENT_WRITE:
@@ -485,7 +508,7 @@ class Front:
                     return
                 if conn.first_byte is None:
                     conn.first_byte = time.monotonic()
-                end, body_start = _head_end(conn.inbuf)
+                end, body_start = head_end(conn.inbuf)
                 if end < 0:
                     if len(conn.inbuf) > MAX_LINE * 2 + 1024:
                         first = conn.inbuf.find(b"\n")
@@ -535,11 +558,14 @@ class Front:
             conn.handling = True
             self._handling += 1
             self._want(conn, 0)  # nothing more is read until this one is answered
+            self._in_app = True
             try:
                 answered = self.app.request(request, body, self._replier(conn, request), alone)
             except Exception:
                 self._broken(conn)
                 return
+            finally:
+                self._in_app = False
             if answered is not None:
                 self._answer(conn, request, answered)
 
@@ -552,7 +578,10 @@ class Front:
 
     def _replier(self, conn: _Conn, request: Request):
         def reply(make) -> None:
-            self.call_soon(lambda: self._answer(conn, request, make))
+            if threading.get_ident() == self._loop_thread and not self._in_app:
+                self._answer(conn, request, make)  # from the loop (an app's socket): at once
+            else:
+                self.call_soon(lambda: self._answer(conn, request, make))
 
         return reply
 

@@ -47,6 +47,7 @@ Standard library only. Run: `python3 -S agent.py proxy --workspace WS --port P`.
 import argparse
 import collections
 import contextlib
+import errno
 import hmac
 import ipaddress
 import json
@@ -54,6 +55,7 @@ import os
 import queue
 import random
 import select
+import selectors
 import signal
 import socket
 import sys
@@ -62,13 +64,22 @@ import time
 import traceback
 import uuid
 
-from moola_core.agent.http import MAX_LINE, Front, HeadError, Response, parse_answer_head
+from moola_core.agent.http import (
+    MAX_LINE,
+    RECV_BYTES,
+    Front,
+    HeadError,
+    Response,
+    head_end,
+    parse_answer_head,
+)
 
 MAX_HEADER_BYTES = 65536  # an upstream answer's head
 MAX_BODY_BYTES = 4 * 1024 * 1024  # the server's default limit, refused here before forwarding
 READ_TIMEOUT_S = 10.0  # a whole request, first byte to last, must arrive within this
 MAX_CONNECTIONS = 256  # client connections at once; also the most worker threads
 UPSTREAM_TIMEOUT_S = 120.0
+CONNECT_TIMEOUT_S = 2.0
 HOLD_S = 15.0  # a prediction waits this long for a restarted live server (--hold-s)
 HOLD_MAX = 128  # predictions held at once; beyond it 503 + Retry-After (--hold-max)
 HOLD_POLL_S = 0.02  # how often a held request looks at the state file
@@ -206,7 +217,7 @@ class Upstream:
 
     def __init__(self, port):
         self.port = port
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=2.0)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=CONNECT_TIMEOUT_S)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(UPSTREAM_TIMEOUT_S)
         self.rfile = self.sock.makefile("rb")
@@ -289,6 +300,290 @@ def _copy_to_shadow(pool, port, head, body):
     return "shadow_errors"
 
 
+class Link:
+    """One non-blocking connection to a model server's port, run by the front's selector: it
+    sends a request's bytes and reads the answer as it arrives (`http.head_end`,
+    `parse_answer_head`), then reports to its Forward (`answered` / `failed`) and, when the
+    server keeps it, waits in the proxy's idle pool. An idle link that becomes readable was
+    closed by its server (or sent what nobody asked for): it leaves the pool."""
+
+    def __init__(self, proxy, port):
+        self.proxy, self.port = proxy, port
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connecting = True
+        self.closed = False
+        self.job = None  # the Forward whose request is upstream
+        self.out = b""
+        self.inbuf = bytearray()
+        self.answer = None  # (status, fields, length, keep) once the head is parsed
+        self.head_only = False  # the request was HEAD: no body follows the answer's head
+        self.deadline = 0.0
+        self.on_event = self._on_event  # one bound method: the selector's callback
+        code = self.sock.connect_ex(("127.0.0.1", port))
+        if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            self.sock.close()
+            self.closed = True
+            raise ConnectionRefusedError(code, os.strerror(code))
+        self.connecting = code != 0
+
+    def send(self, job, data, head_only):
+        """Start one exchange: the answer is reported to `job`."""
+        self.job, self.out, self.head_only, self.answer = job, data, head_only, None
+        now = time.monotonic()
+        self.deadline = now + (CONNECT_TIMEOUT_S if self.connecting else UPSTREAM_TIMEOUT_S)
+        self.proxy.busy.add(self)
+        if not self.connecting:
+            self._write()
+        if not self.closed and self.job is job:
+            self._watch()
+
+    def _watch(self):
+        mask = selectors.EVENT_WRITE if self.connecting or self.out else 0
+        self.proxy.front.watch(self.sock, mask | selectors.EVENT_READ, self.on_event)
+
+    def _on_event(self, events):
+        if self.closed:
+            return
+        if self.job is None:  # idle: the server closed it (or spoke unasked)
+            self._drop()
+            return
+        if events & selectors.EVENT_WRITE:
+            if self.connecting:
+                code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    self.fail(ConnectionRefusedError(code, os.strerror(code)))
+                    return
+                self.connecting = False
+                self.deadline = time.monotonic() + UPSTREAM_TIMEOUT_S
+            self._write()
+            if self.closed or self.job is None:
+                return
+            if not self.out:
+                self._watch()
+        if events & selectors.EVENT_READ and not self.connecting:
+            self._read()
+
+    def _write(self):
+        try:
+            while self.out:
+                sent = self.sock.send(self.out)
+                self.out = self.out[sent:]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.fail(exc)
+
+    def _read(self):
+        try:
+            data = self.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.fail(exc)
+            return
+        if not data:
+            self.fail(ConnectionResetError("upstream closed the connection"))
+            return
+        self.inbuf += data
+        try:
+            answer = self._parse()
+        except UPSTREAM_ERRORS as exc:
+            self.fail(exc)
+            return
+        if answer is None:
+            return
+        status, fields, body, keep = answer
+        job, self.job = self.job, None
+        self.proxy.busy.discard(self)
+        if keep:
+            self.proxy.keep(self)
+        else:
+            self.close()
+        job.answered(status, fields, body)
+
+    def _parse(self):
+        """The whole answer (status, fields, body, keep) once it arrived; None until then."""
+        buf = self.inbuf
+        while True:
+            if self.answer is None:
+                while buf[:2] == b"\r\n" or buf[:1] == b"\n":  # stray blank lines
+                    del buf[: 2 if buf[:1] == b"\r" else 1]
+                end, start = head_end(buf)
+                if end < 0 and len(buf) <= MAX_HEADER_BYTES:
+                    return None
+                if end < 0 or end > MAX_HEADER_BYTES:
+                    raise ValueError("the upstream answer's head is too large")
+                status, headers, fields = parse_answer_head(bytes(buf[:end]))
+                http11 = buf.startswith(b"HTTP/1.1")
+                del buf[:start]
+                if 100 <= status < 200:  # an interim answer (100 Continue): the real one follows
+                    continue
+                if "transfer-encoding" in headers:  # never sent by our servers
+                    raise ValueError("the upstream answer is not framed by a Content-Length")
+                length = headers.get("content-length", "0")
+                if not (length.isdigit() and length.isascii()):
+                    raise ValueError("the upstream answer's Content-Length is not a whole number")
+                if self.head_only or status in (204, 304):
+                    length = "0"  # answers without a body, whatever their length says
+                keep = http11 and "close" not in headers.get("connection", "").lower()
+                self.answer = (status, fields, int(length), keep)
+            status, fields, length, keep = self.answer
+            if len(buf) < length:
+                return None
+            body = bytes(buf[:length])
+            del buf[:length]
+            # bytes beyond the answer: the connection is out of step, not reused
+            return status, fields, body, keep and not buf
+
+    def fail(self, exc):
+        """The exchange failed: the connection closes and its Forward decides what next."""
+        job, self.job = self.job, None
+        self.close()
+        if job is not None:
+            job.failed(exc)
+
+    def _drop(self):
+        idle = self.proxy.idle.get(self.port)
+        if idle and self in idle:
+            idle.remove(self)
+        self.close()
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        self.proxy.busy.discard(self)
+        if self.proxy.front is not None:
+            self.proxy.front.unwatch(self.sock)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class Forward:
+    """One request on its way to the live server, on the front's thread: sent over a kept-alive
+    Link; retried once on a fresh connection (after re-reading the state file) when the
+    exchange fails; a prediction whose live server stays unreachable is held (at most
+    --hold-max at once, each up to --hold-s: a worker waits for the state file to name another
+    server, then the front sends it there). Answers through `reply`, then copies a sampled
+    prediction to the shadow."""
+
+    def __init__(self, proxy, request, body, reply):
+        self.proxy, self.request, self.body, self.reply = proxy, request, body, reply
+        self.attempt = 0
+        self.deadline = None  # held: give up at this time
+        self.port = None
+        self.live = {}
+
+    def start(self):
+        try:
+            self.state = self.first_state = self.proxy.route.current()
+            self.head = _upstream_head(self.request, len(self.body))
+            self.data = self.head + self.body
+            self.predict = self.request.method == "POST" and self.request.path == "/v1/predict"
+            self._try()
+        except Exception:  # a bug: the client gets an answer, the log the traceback
+            self._finish(_internal_error(), ok=False)
+
+    def _try(self):
+        self.live = self.state.get("live") or {}
+        port = self.port = self.live.get("port")
+        if not isinstance(port, int):
+            self.proxy.stats.add("no_live")
+            message = (
+                "no release is live on this host: start one with `invoke serve --host H start`"
+            )
+            self._finish(_unavailable(503, message))
+            return
+        self.proxy.moved_to(port)
+        try:
+            link = self.proxy.link(port, fresh=self.attempt > 0)
+        except OSError as exc:
+            self.failed(exc)
+            return
+        link.send(self, self.data, self.request.method == "HEAD")
+
+    def answered(self, status, fields, body):
+        try:
+            if self.deadline is not None:
+                self.proxy.stats.add("held_then_answered")
+            headers = [(n, v) for n, v in fields if n.lower() not in NOT_RETURNED]
+            answer = Response(status, body, None, headers)
+        except Exception:
+            answer = _internal_error()
+        self._finish(answer)
+
+    def failed(self, exc):
+        try:
+            self._failed(exc)
+        except Exception:
+            self._finish(_internal_error(), ok=False)
+
+    def _failed(self, exc):
+        proxy = self.proxy
+        proxy.stats.add("upstream_errors")
+        self.attempt += 1
+        if self.attempt == 1:
+            self.state = proxy.route.current()
+            self._try()
+            return
+        release, port = self.live.get("release"), self.port
+        if not self.predict:
+            message = f"the model server for {release} on port {port} did not answer ({type(exc).__name__})"
+            self._finish(_unavailable(502, message))
+            return
+        if self.deadline is None:
+            if not proxy._hold_enter():
+                proxy.stats.add("hold_refused")
+                message = (
+                    f"the live server of {release} is restarting and the proxy already holds "
+                    f"{proxy.hold_max} requests: retry in a moment"
+                )
+                self._finish(_unavailable(503, message))
+                return
+            self.deadline = time.monotonic() + proxy.hold_s
+        front, deadline = proxy.front, self.deadline
+
+        def wait(_upstreams):
+            state = proxy._next_route(port, deadline)
+            front.call_soon(lambda: self._resume(state))
+
+        proxy.workers.submit(wait)
+
+    def _resume(self, state):
+        if state is None:
+            self.proxy.stats.add("hold_timeouts")
+            message = (
+                f"the live server of {self.live.get('release')} on port {self.port} is down and "
+                f"no server took its place within {self.proxy.hold_s:g}s: the host's supervisor "
+                "is restarting it (`invoke serve --host H status`)"
+            )
+            self._finish(_unavailable(503, message))
+            return
+        self.state = state
+        try:
+            self._try()
+        except Exception:
+            self._finish(_internal_error(), ok=False)
+
+    def _finish(self, answer, ok=True):
+        proxy = self.proxy
+        if self.deadline is not None:
+            with proxy.hold_lock:
+                proxy.held -= 1
+            self.deadline = None
+        if ok:
+            proxy.stats.add("requests")
+        self.reply(answer)
+        shadow = self.first_state.get("shadow") if ok else None
+        if shadow and self.predict:
+            try:
+                proxy.shadow(shadow, self.head, self.body)
+            except Exception:  # a copy never fails the live answer, already given
+                traceback.print_exc(file=sys.stderr)
+
+
 class Workers:
     """The threads that do what the front must not wait for (the upstream exchange, the mirror's
     counters): started as needed up to `limit` (the connection cap: one request per connection,
@@ -360,7 +655,9 @@ class Proxy:
         self.held = 0
         self.hold_lock = threading.Lock()
         self.max_connections = max(1, int(max_connections))
-        self.workers = Workers(self.max_connections)
+        self.workers = Workers(self.max_connections)  # /_proxy/state, held predictions
+        self.idle = {}  # port -> [Link]: kept-alive upstream connections with nothing to do
+        self.busy = set()  # Links with a request upstream (their deadlines run)
         self.route = Watched(state_path, _parse_state, {})
         self.token = Watched(token_path or "", _parse_token, None)
         self.auth_required = auth_required
@@ -418,17 +715,12 @@ class Proxy:
             }
             self.workers.submit(lambda _upstreams: self._state_one(front, reply))
         else:
-            self.workers.submit(
-                lambda upstreams: self._forward_one(upstreams, request, body, reply)
-            )
+            Forward(self, request, body, reply).start()
         return None
 
     def error(self, request, status, sentence):
         """The answer to what the front or the head refused: one JSON sentence, then close."""
         return _json(status, {"error": sentence, "status": status}, close=True)
-
-    def tick(self, now):
-        pass
 
     def _allowed(self, request):
         """No token needed: auth is off, or a liveness/readiness probe from the host itself."""
@@ -458,90 +750,39 @@ class Proxy:
             )
         return {"error": why, "status": 401}
 
-    # -- a worker's part ---------------------------------------------------------------------------
+    # -- forwarding (the front's thread) -------------------------------------------------------
 
-    def _forward_one(self, upstreams, request, body, reply):
-        """Forward one request and answer it through the front; then the shadow's copy."""
-        try:
-            state = self.route.current()
-            head = _upstream_head(request, len(body))
-            predict = request.method == "POST" and request.path == "/v1/predict"
-            answer = self._forward(upstreams, state, head, body, hold=predict)
-        except Exception:  # a bug: the client gets an answer, the log the traceback
-            reply(_internal_error())
+    def link(self, port, fresh):
+        """A connection to `port`: a kept-alive idle one unless `fresh`, else a new one."""
+        idle = self.idle.get(port)
+        if idle and not fresh:
+            return idle.pop()
+        return Link(self, port)
+
+    def keep(self, link):
+        """An upstream connection that answered and stays open waits here for the next request."""
+        idle = self.idle.setdefault(link.port, [])
+        if len(idle) >= self.max_connections:
+            link.close()
             return
-        self.stats.add("requests")
-        reply(answer)
-        shadow = state.get("shadow")
-        if shadow and predict:
-            self.shadow(shadow, head, body)
+        idle.append(link)
 
-    def _forward(self, upstreams, state, head, body, hold=False):
-        """Send to the live server; one retry on a fresh connection (after re-reading the
-        state file) when a connection fails before any answer arrives. With `hold` (a
-        prediction), a live server that stays unreachable is waited for: the request is held
-        (at most --hold-max at once, each up to --hold-s) until the state file names another
-        server (the supervisor restarted it), then sent there."""
-        deadline = None
-        try:
-            for attempt in range(1 << 30):
-                live = state.get("live") or {}
-                port = live.get("port")
-                if not isinstance(port, int):
-                    self.stats.add("no_live")
-                    return _unavailable(
-                        503,
-                        "no release is live on this host: start one with "
-                        "`invoke serve --host H start`",
-                    )
-                for other in [p for p in upstreams if p != port]:
-                    upstreams.pop(other).close()  # traffic moved: let the old server drain
-                try:
-                    status, fields, data, _keep = _pooled_exchange(upstreams, port, head, body)
-                except UPSTREAM_ERRORS as exc:
-                    self.stats.add("upstream_errors")
-                    if attempt == 0:
-                        state = self.route.current()
-                        continue
-                    if not hold:
-                        return _unavailable(
-                            502,
-                            "the model server for {} on port {} did not answer ({})".format(
-                                live.get("release"), port, type(exc).__name__
-                            ),
-                        )
-                    if deadline is None:
-                        if not self._hold_enter():
-                            self.stats.add("hold_refused")
-                            return _unavailable(
-                                503,
-                                "the live server of {} is restarting and the proxy already "
-                                "holds {} requests: retry in a moment".format(
-                                    live.get("release"), self.hold_max
-                                ),
-                            )
-                        deadline = time.monotonic() + self.hold_s
-                    state = self._next_route(port, deadline)
-                    if state is None:
-                        self.stats.add("hold_timeouts")
-                        return _unavailable(
-                            503,
-                            "the live server of {} on port {} is down and no server took its "
-                            "place within {:g}s: the host's supervisor is restarting it "
-                            "(`invoke serve --host H status`)".format(
-                                live.get("release"), port, self.hold_s
-                            ),
-                        )
-                    continue
-                if deadline is not None:
-                    self.stats.add("held_then_answered")
-                headers = [(n, v) for n, v in fields if n.lower() not in NOT_RETURNED]
-                return Response(status, data, None, headers)
-            raise AssertionError("unreachable")
-        finally:
-            if deadline is not None:
-                with self.hold_lock:
-                    self.held -= 1
+    def moved_to(self, port):
+        """Traffic goes to `port` now: idle connections to other ports close (the old server
+        drains)."""
+        if len(self.idle) > 1 or (self.idle and port not in self.idle):
+            for other in [p for p in self.idle if p != port]:
+                for link in self.idle.pop(other):
+                    link.close()
+
+    def tick(self, now):
+        for link in [link for link in self.busy if now > link.deadline]:
+            link.fail(TimeoutError("the upstream did not answer in time"))
+
+    def close_links(self):
+        for link in list(self.busy) + [k for idle in self.idle.values() for k in idle]:
+            link.close()
+        self.idle.clear()
 
     def _hold_enter(self):
         with self.hold_lock:
@@ -877,6 +1118,7 @@ def main(argv=None):
         flush=True,
     )
     drained = front.run(args.drain_timeout_s)
+    proxy.close_links()
     try:
         with open(record_path) as fh:
             if json.load(fh).get("pid") == os.getpid():
