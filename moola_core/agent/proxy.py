@@ -62,7 +62,6 @@ import sys
 import threading
 import time
 import traceback
-import uuid
 
 from moola_core.agent.http import (
     MAX_LINE,
@@ -320,6 +319,7 @@ class Link:
         self.answer = None  # (status, fields, length, keep) once the head is parsed
         self.head_only = False  # the request was HEAD: no body follows the answer's head
         self.deadline = 0.0
+        self.mask = 0  # what the front's selector watches for
         self.on_event = self._on_event  # one bound method: the selector's callback
         code = self.sock.connect_ex(("127.0.0.1", port))
         if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
@@ -341,7 +341,10 @@ class Link:
 
     def _watch(self):
         mask = selectors.EVENT_WRITE if self.connecting or self.out else 0
-        self.proxy.front.watch(self.sock, mask | selectors.EVENT_READ, self.on_event)
+        mask |= selectors.EVENT_READ  # always: an idle link learns that its server closed it
+        if mask != self.mask:
+            self.proxy.front.watch(self.sock, mask, self.on_event)
+            self.mask = mask
 
     def _on_event(self, events):
         if self.closed:
@@ -946,7 +949,7 @@ def _upstream_head(request, length):
             request_id = value
         out.append(f"{name}: {value}\r\n")
     if request_id is None:
-        out.append(f"X-Moola-Request-Id: {uuid.uuid4().hex}\r\n")
+        out.append(f"X-Moola-Request-Id: {os.urandom(16).hex()}\r\n")  # 128 random bits
     out.append("Host: 127.0.0.1\r\n")
     if length or request.method in ("POST", "PUT", "PATCH"):
         out.append(f"Content-Length: {length}\r\n")
