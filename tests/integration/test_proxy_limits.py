@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -423,6 +424,65 @@ def test_sigterm_answers_the_request_upstream_then_exits(start_proxy):
         assert status == 200 and json.loads(body)["ok"] and headers["connection"] == "close"
     assert proxy.proc.wait(timeout=60) == 0  # drained
     assert not (proxy.ws / "serve" / "proxy.json").exists()
+
+
+def test_a_client_that_shuts_its_writing_side_still_gets_its_answer(start_proxy):
+    proxy = start_proxy("--read-timeout-s", "30")
+    (proxy.folder / "hold").touch()
+    with proxy.connect() as sock:
+        sock.sendall(b"GET /half-closed HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)  # as `nc -N` does: the request is all it will send
+        wait_for(lambda: len(proxy.got()) == 1, "the request held by the model server")
+        (proxy.folder / "hold").unlink()
+        status, _, body = read_answer(sock)
+        assert status == 200 and json.loads(body)["ok"]
+        assert closed_within(sock, 20.0)
+
+
+def test_a_kept_alive_upstream_closed_before_answering_is_retried_once_fresh(start_proxy):
+    """A model server may close a kept-alive connection just as the next request goes out on
+    it: that request goes again on a fresh connection, and the client never sees the failure."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    connections = []
+
+    def serve(conn):  # answers the first request of each connection, closes on the second
+        with conn:
+            buf = b""
+            for n in (1, 2):
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                buf = buf.split(b"\r\n\r\n", 1)[1]  # GET: no body
+                if n == 2:
+                    return
+                data = json.dumps({"connection": len(connections)}).encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(data) + data)
+
+    def accept():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            connections.append(conn)
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        proxy = start_proxy()
+        live = {"release": "closing", "port": listener.getsockname()[1]}
+        (proxy.ws / "serve" / "state.json").write_text(json.dumps({"v": 1, "live": live}))
+        with proxy.connect() as sock:
+            first = request(proxy, "GET", "/a", sock=sock)
+            second = request(proxy, "GET", "/b", sock=sock)
+        assert (first[0], json.loads(first[2])) == (200, {"connection": 1})
+        assert (second[0], json.loads(second[2])) == (200, {"connection": 2})  # a fresh one
+        stats = json.loads(request(proxy, "GET", "/_proxy/state")[2])["stats"]
+        assert stats["upstream_errors"] == 1 and stats["requests"] == 2
+    finally:
+        listener.close()
 
 
 def refused(proxy: Proxy) -> bool:
