@@ -28,8 +28,12 @@ reply, alone)` -> a Response, or None when it answers later by calling `reply(an
 any thread (a Response, or a function that builds it on this thread); `alone` says that no other request is
 being answered or waiting to be read, so the app may answer it on this thread at once;
 `error(request_or_None, status, sentence)` -> Response for what this module refuses.
-`tick(now)` runs about every 0.25 s. An app that does slow work (the proxy's upstream exchange)
-hands it to threads of its own and answers through `reply`: this thread never waits. A
+`tick(now)` runs about every 0.25 s. An app that does slow work hands it to threads of its own
+(the server's batcher) or to non-blocking sockets of its own on this loop (`watch(sock, mask,
+callback)`: the proxy's upstream connections) and answers through `reply` (from the loop: at
+once; from another thread: through a wake-up): this thread never waits. While the app holds a
+request its connection stays registered: what the client sends meanwhile is buffered (up to
+HELD_INBUF_BYTES), and a client that shut its writing side still gets its answer. A
 Response decided by `head` that keeps the connection (a 401) skips the unread body instead of
 closing. The proxy reads its upstream's answers with the same header parser
 (`parse_answer_head`).

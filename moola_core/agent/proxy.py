@@ -13,17 +13,18 @@ changes hands (docs/serving.md explains why not SO_REUSEPORT).
 
 Clients speak to the agent's one HTTP front (http.py, the model server's too): one thread
 reads, parses, refuses and answers every connection, and never waits on a model server. The
-forwarding is handed to a bounded pool of worker threads (as the server hands predictions to
-its batcher); a worker sends the request upstream over its own kept-alive connection, reads the
-answer and completes it through the front. Content-Length bodies only, keep-alive on both
-sides; hop-by-hop headers are not forwarded, binary bodies pass through untouched. A request is
-retried once on a fresh connection when the upstream closed a kept-alive connection before
-answering (predictions are idempotent). A prediction whose live server stays unreachable (it
+upstream connections run on the same thread's selector (nginx's shape): a request to forward
+is written to a kept-alive non-blocking connection to the live server (`Link`), and the answer
+is read as it arrives and completed there: no thread hand-off per request. Content-Length bodies
+only, keep-alive on both sides; hop-by-hop headers are not forwarded, binary bodies pass
+through untouched. A request is retried once on a fresh connection when the upstream closed a
+kept-alive connection before answering (predictions are idempotent). Threads remain where
+waiting is the point (`Workers`): a prediction whose live server stays unreachable (it
 crashed; the host's supervisor, `agent.py serve supervise`, starts another) is held, at most
 `--hold-max` at once for up to `--hold-s` each, until the state file names the replacement,
 then sent there: the client sees a slower answer, not an error. `shadow` copies a sampled
 fraction of /v1/predict requests to a candidate server after the live answer was handed to the
-front: the worker hands the request's bytes, without waiting, to a socket read by the mirror, a
+front: the front hands the request's bytes, without waiting, to a socket read by the mirror, a
 process forked at start (nice 19) that sends them to the shadow; a full socket buffer drops the
 copy (counted per shadow: a new shadow starts from zero). The live answer never waits for the
 shadow, and the copying never holds the proxy's interpreter lock. Without fork or
@@ -212,7 +213,8 @@ def _merge_tallies(*snapshots):
 
 
 class Upstream:
-    """One kept-alive connection to one server port (a worker's own; blocking)."""
+    """One blocking kept-alive connection to one server port: the shadow copies' (the mirror
+    process, or the proxy's copying thread)."""
 
     def __init__(self, port):
         self.port = port
@@ -588,10 +590,10 @@ class Forward:
 
 
 class Workers:
-    """The threads that do what the front must not wait for (the upstream exchange, the mirror's
-    counters): started as needed up to `limit` (the connection cap: one request per connection,
-    so nothing queues), each keeping its own upstream connections. `submit(task)`: the next
-    free worker runs `task(upstreams)`."""
+    """The threads that do what the front must not wait for (a held prediction waiting for a
+    restarted server, the mirror's counters): started as needed up to `limit` (the connection
+    cap: one request per connection, so nothing queues). `submit(task)`: the next free worker
+    runs `task(upstreams)`."""
 
     def __init__(self, limit):
         self.limit = max(1, int(limit))
@@ -640,7 +642,8 @@ def _unavailable(status, message):
 
 class Proxy:
     """What the proxy answers (the front asks it, on the front's thread): framing and the token
-    at the head, its own probes at once, everything else through a worker."""
+    at the head, its own probes at once, forwarding over Links on the front's selector,
+    /_proxy/state through a worker."""
 
     def __init__(
         self,
@@ -709,7 +712,8 @@ class Proxy:
         return int(length)
 
     def request(self, request, body, reply, alone=False):
-        """Hand the request to a worker, which answers through `reply`; never answers here."""
+        """Start forwarding the request on the front's selector (/_proxy/state: a worker);
+        the answer comes through `reply`, never from here."""
         if request.path == "/_proxy/state":
             front = {
                 "connections": self.front.open_connections(),
