@@ -1,4 +1,5 @@
-"""Facts the engine reads before it changes a host: `agent.py facts python`.
+"""Facts the engine reads before it changes a host: `agent.py facts python` (run without -S:
+what the interpreter can import, its site-packages included, is the fact).
 
     {"python": "3.11.7", "torch": "2.13.0" | null}
 

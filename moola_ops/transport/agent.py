@@ -90,12 +90,14 @@ def folder(layout: Layout) -> str:
     return layout.path(".moola", "agent", HASH)
 
 
-def command(layout: Layout, python: str, action: str, *args: str) -> str:
+def command(layout: Layout, python: str, action: str, *args: str, site: bool = False) -> str:
     """`PYTHON -S WORKSPACE/.moola/agent/<hash>/agent.py ACTION ARGS` (ARGS already quoted).
     -S: the agent is standard library only, so the interpreter skips `site` and every .pth
-    file of its site-packages (~12 ms less per round trip on a stand-in host)."""
+    file of its site-packages (~12 ms less per round trip on a stand-in host). `site=True`
+    keeps them for an action that reports what the interpreter can import (torch's version)."""
     launcher = layout.path(".moola", "agent", HASH, "agent.py")
-    return " ".join([shlex.quote(python or "python3"), "-S", launcher, action, *args])
+    flags = [] if site else ["-S"]
+    return " ".join([shlex.quote(python or "python3"), *flags, launcher, action, *args])
 
 
 def named_workspace(command_text: str) -> str | None:

@@ -190,3 +190,16 @@ def test_a_failed_install_says_so(tmp_path, python):
     finally:
         if locked.is_dir():
             locked.chmod(0o755)
+
+
+def test_the_python_fact_sees_the_interpreters_site_packages(tmp_path):
+    """torch lives in site-packages (a venv's too): the probe runs without -S, or a host with
+    torch installed would read as one without it."""
+    import torch
+
+    from moola_ops.deploy.commands import facts
+    from tests.agent_shell import with_agent
+
+    probe = facts.FACTS["python"].command(Layout(str(tmp_path / "ws")), sys.executable)
+    out = _run(["sh", "-c", with_agent(probe)])
+    assert facts.parse_python(out.stdout.splitlines()).torch == torch.__version__

@@ -210,7 +210,9 @@ def parse_disk(lines: list[str]) -> DiskFact | None:
 
 
 def _python_cmd(layout: Layout, python: str) -> str:
-    return f"{agent.command(layout, python, 'facts', 'python')} 2>/dev/null || echo missing"
+    # with `site`: torch lives in the interpreter's site-packages (a venv's included)
+    probe = agent.command(layout, python, "facts", "python", site=True)
+    return f"{probe} 2>/dev/null || echo missing"
 
 
 def parse_python(lines: list[str]) -> PythonFact:
