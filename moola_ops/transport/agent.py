@@ -85,11 +85,6 @@ def packed() -> bytes:
 _NAMED = re.compile(r"(\S+)/\.moola/agent/" + HASH + r"/agent\.py(?=\s|$|;)")
 
 
-def folder(layout: Layout) -> str:
-    """The agent's folder on the host, quoted for the shell."""
-    return layout.path(".moola", "agent", HASH)
-
-
 def command(layout: Layout, python: str, action: str, *args: str, site: bool = False) -> str:
     """`PYTHON -S WORKSPACE/.moola/agent/<hash>/agent.py ACTION ARGS` (ARGS already quoted).
     -S: the agent is standard library only, so the interpreter skips `site` and every .pth
@@ -106,9 +101,14 @@ def named_workspace(command_text: str) -> str | None:
     return found.group(1) if found else None
 
 
+def _agents(workspace: str) -> str:
+    """WORKSPACE/.moola/agent as shell text (`workspace` as named_workspace found it)."""
+    return f"{workspace}/.moola/agent"
+
+
 def guarded(workspace: str, command_text: str) -> str:
     """`command_text` behind the check that the agent folder exists (nothing runs without it)."""
-    launcher = f"{workspace}/.moola/agent/{HASH}/agent.py"
+    launcher = f"{_agents(workspace)}/{HASH}/agent.py"
     return (
         f"{{ test -f {launcher} || {{ echo {MISSING} >&2; exit {MISSING_RC}; }}; }}; {command_text}"
     )
@@ -118,7 +118,7 @@ def install_command(workspace: str, python: str = "python3") -> str:
     """A command that puts the agent folder in place and prunes older ones (only when there
     are any: no interpreter starts otherwise); prints the folder on success. Safe to run twice
     at once: each extracts into its own temporary folder and only the first rename wins."""
-    agents = f"{workspace}/.moola/agent"
+    agents = _agents(workspace)
     final = f"{agents}/{HASH}"
     archive = base64.b64encode(packed()).decode()
     prune = f"{shlex.quote(python or 'python3')} -S {final}/agent.py prune {agents}"
