@@ -214,7 +214,8 @@ def servers(ws):
             continue
         record["file"] = name
         record["alive"] = alive(record.get("pid"), ws)
-        taking_over = not record["alive"] and alive(record.get("spare_pid"), ws)
+        record["spare_alive"] = alive(record.get("spare_pid"), ws)
+        taking_over = not record["alive"] and record["spare_alive"]
         if not record["alive"] and not record.get("failed") and not taking_over:
             with contextlib.suppress(OSError):  # an exited server leaves nothing behind
                 os.unlink(path)

@@ -464,6 +464,15 @@ class ServeStatus:
         pid = (self.standby or {}).get("pid")
         return any(s.get("pid") == pid and s.get("ready_now") for s in self.servers)
 
+    @property
+    def live_spare(self) -> int | None:
+        """The pid of the live server's spare while it waits (docs/serving.md), else None."""
+        pid = (self.live or {}).get("pid")
+        for s in self.servers:
+            if s.get("pid") == pid and s.get("spare_alive"):
+                return s.get("spare_pid")
+        return None
+
     def problem(self) -> str | None:
         """One sentence when the host does not serve `current`, else None."""
         if self.error:

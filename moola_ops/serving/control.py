@@ -384,6 +384,8 @@ def _act(session, host: Host, action: str, device: str, keep_standby: bool):
         message = f"serving {now.served_release} on port {now.proxy_port}" + (
             f"; standby {standby}" if standby else ""
         )
+        spare = now.live_spare
+        message += f"; spare pid {spare}" if spare else "; no spare (a death means a cold start)"
         return message, _status_dict(now)
     if action == "stop":
         data = stop(session, host)

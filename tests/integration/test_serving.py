@@ -172,6 +172,7 @@ def test_invoke_serve_status_and_ensure_from_the_command_line(served, tmp_path):
     assert (
         status.stdout.startswith(f"{host.name}\tok\t") and "serving v1.1 on port" in status.stdout
     )
+    assert "; spare pid " in status.stdout, status.stdout  # a CPU live server has its spare
     ensure = run("--host", host.name, "--ensure")
     assert ensure.returncode == 0 and "nothing to do" in ensure.stdout, ensure.stdout
     bad = run("restart-all", "--host", host.name)
