@@ -98,8 +98,9 @@ REASONS = {  # RFC 9110's phrases, for what the server, the proxy and their upst
 
 # headers that frame the body: a repeat is refused (RFC 9112 6.3), never resolved by a guess
 SINGLE_HEADERS = ("content-length", "transfer-encoding")
-# the interim answer to `Expect: 100-continue`: the client (curl, for bodies over 1 KB) holds
-# its body back until it comes, or for a second when it never does
+# the interim answer to `Expect: 100-continue`: the client (curl for bodies over 1 MiB or of
+# unknown length, older curl and cpp-httplib over 1 KiB) holds its body back until it comes,
+# or for a second when it never does
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
