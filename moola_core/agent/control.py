@@ -214,7 +214,8 @@ def servers(ws):
             continue
         record["file"] = name
         record["alive"] = alive(record.get("pid"), ws)
-        if not record["alive"] and not record.get("failed"):
+        taking_over = not record["alive"] and alive(record.get("spare_pid"), ws)
+        if not record["alive"] and not record.get("failed") and not taking_over:
             with contextlib.suppress(OSError):  # an exited server leaves nothing behind
                 os.unlink(path)
             continue
@@ -418,6 +419,16 @@ def _tail(path, chars=600):
         return ""
 
 
+def has_spare(folder):
+    """Whether the release's own server knows `--spare` (a forked copy that takes over if it
+    dies: docs/serving.md). A release built before it runs, and rolls back, without one."""
+    try:
+        with open(os.path.join(folder, "code", "moola_core", "runtime", "serve.py"), "rb") as fh:
+            return b'"--spare"' in fh.read()
+    except OSError:
+        return False
+
+
 def start_server(ws, release, device="auto", extra=(), timeout=DEFAULT_READY_TIMEOUT_S):
     """Start a server for releases/<release> on a free private port and wait until it is ready
     (golden parity passed), failed, or `timeout` passed. Never touches live traffic."""
@@ -446,6 +457,7 @@ def start_server(ws, release, device="auto", extra=(), timeout=DEFAULT_READY_TIM
         device,
         "--state-file",
         record_path,
+        *(["--spare"] if has_spare(folder) else []),
         *extra,
     ]
     started = time.monotonic()
@@ -494,6 +506,16 @@ def start_server(ws, release, device="auto", extra=(), timeout=DEFAULT_READY_TIM
     return result
 
 
+def _exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _terminate(pid, ws, wait_s):
     """SIGTERM (drain), wait up to `wait_s`, then SIGKILL; True when it exited in time."""
     if not alive(pid, ws):
@@ -509,6 +531,12 @@ def _terminate(pid, ws, wait_s):
         if not alive(pid, ws):
             return True
         time.sleep(0.02)
+    with contextlib.suppress(OSError):
+        group = os.getpgid(pid)
+        # a server leads its own group (or its group's leader died: a spare took over from
+        # it): the group is the server and its spare, which must not take over now
+        if group != os.getpgrp() and (group == pid or not _exists(group)):
+            os.killpg(group, signal.SIGKILL)
     with contextlib.suppress(OSError):
         os.kill(pid, signal.SIGKILL)
     return False
@@ -654,6 +682,42 @@ def _server_entry(record):
     return entry
 
 
+def successor(ws, entry):
+    """The server that took over from the dead server `entry` names (its spare: the server's
+    record now carries the spare's pid), or None. -> (record or None, spare still running)."""
+    name = (entry or {}).get("record")
+    record = _read_json(os.path.join(serve_dir(ws), "servers", name)) if name else None
+    if not record:
+        return None, False
+    record["file"] = name
+    pid = record.get("pid")
+    if pid != entry.get("pid") and alive(pid, ws) and record.get("ready"):
+        return record, False
+    return None, alive(record.get("spare_pid"), ws)
+
+
+def adopt(ws):
+    """Point the live and standby entries of state.json at the spares that took over from
+    their dead servers (same port, same release: only the pid changes). -> {role: entry}."""
+    state = read_state(ws)
+    dead = [r for r in ("live", "standby") if state.get(r) and not alive(state[r].get("pid"), ws)]
+    if not dead:
+        return {}
+    adopted = {}
+    with state_lock(ws):
+        state = read_state(ws)
+        for role in dead:
+            entry = state.get(role)
+            if not entry or alive(entry.get("pid"), ws):
+                continue
+            record, _waiting = successor(ws, entry)
+            if record:
+                adopted[role] = dict(entry, pid=record["pid"], port=record.get("port"))
+        if adopted:
+            write_state(ws, dict(state, **adopted))
+    return adopted
+
+
 def switch(ws, release, port=None, keep_standby=True):
     """Make the ready server of `release` (on `port`, or the newest) live; the server that was
     live becomes the standby (or drains), and a standby pushed out drains. The proxy is asked
@@ -669,6 +733,7 @@ def switch(ws, release, port=None, keep_standby=True):
     if not candidates:
         raise Failed(f"no ready server of {release} runs on this host: start it first")
     new = _server_entry(candidates[-1])
+    adopt(ws)  # a standby that died and was taken over by its spare stays the standby
     with state_lock(ws):
         state = read_state(ws)
         old_live, old_standby = state.get("live"), state.get("standby")
@@ -713,6 +778,7 @@ def standby_check(ws, release, requests=3, sla_ms=None):
     """The warm standby of `release`: alive, /readyz 200, and real requests answered by it
     (each within the probe timeout the SLA gives)."""
     timeout = probe_timeout(ws, release, sla_ms)
+    adopt(ws)
     standby = read_state(ws).get("standby") or {}
     if standby.get("release") != release or not alive(standby.get("pid"), ws):
         return {
@@ -772,6 +838,7 @@ def standby_switch(ws, release, requests=1, keep_standby=True, sla_ms=None):
 
 
 def status(ws):
+    adopt(ws)  # true without the supervisor too: a spare that took over is the live server
     state = read_state(ws)
     found = servers(ws)
     for s in found:
@@ -903,6 +970,7 @@ def ensure(ws, port, bind, device, extra, keep_standby, timeout, keep_running=Fa
     version = current_version(ws)
     if version is None:
         raise Failed(f"{ws}/current does not exist: deploy a release first")
+    adopt(ws)
     state = read_state(ws)
     live = state.get("live") or {}
     if live.get("release") == version and alive(live.get("pid"), ws):
@@ -936,6 +1004,7 @@ SUPERVISE_INTERVAL_S = 0.1  # how often the supervisor looks at the live server 
 HEALTHY_AFTER_S = 30.0  # a restarted server that lives this long ends a crash loop
 BACKOFF_MAX_S = 60.0  # the longest wait between two tries for a crash-looping server
 CRASH_LOOP_AFTER = 3  # failed restarts in a row before the health check says CRITICAL
+SPARE_GRACE_S = 5.0  # how long a dead server's running spare gets to take over before a start
 
 
 def supervisor_path(ws):
@@ -1065,6 +1134,25 @@ def _note_exit(ws, live, rec, ours):
     return _backoff(rec)
 
 
+def _took_over(ws, live, record, rec, ours):
+    """The dead live server's spare took over (same port): point state.json at it and count
+    it. A spare that dies soon after counts as a failure, as a restarted server does."""
+    adopted = adopt(ws).get("live")
+    if not adopted or adopted.get("pid") != record["pid"]:
+        return False
+    ours[record["pid"]] = time.monotonic()
+    rec["takeovers"] += 1
+    rec["last_takeover"] = {
+        "release": live.get("release"),
+        "pid": record["pid"],
+        "from": live.get("pid"),
+        "at": round(time.time(), 3),
+    }
+    rec["last_error"] = None
+    _say(f"live again: the spare of {live.get('release')} (pid {record['pid']}) took over")
+    return True
+
+
 def _start_again(ws, live, rec, ours):
     """Start a server of the dead live server's release with its launch, and make it live when
     nobody else moved traffic meanwhile. -> seconds to wait before another try."""
@@ -1129,6 +1217,8 @@ def supervise(ws, interval=SUPERVISE_INTERVAL_S):
         "manager": process_manager(),
         "interval_s": interval,
         "restarts": 0,
+        "takeovers": 0,
+        "last_takeover": None,
         "proxy_restarts": 0,
         "failures": 0,
         "crash_loop": False,
@@ -1139,7 +1229,7 @@ def supervise(ws, interval=SUPERVISE_INTERVAL_S):
     }
     _write_json(supervisor_path(ws), rec)
     _say(f"watching {ws} every {interval:g}s (pid {os.getpid()})")
-    ours, next_try, noted = {}, 0.0, None
+    ours, next_try, noted, noted_at = {}, 0.0, None, 0.0
     while not stopping:
         with contextlib.suppress(ChildProcessError):
             while os.waitpid(-1, os.WNOHANG)[0]:
@@ -1149,9 +1239,14 @@ def supervise(ws, interval=SUPERVISE_INTERVAL_S):
         _proxy_died(ws, rec)
         if live and isinstance(live.get("pid"), int) and not alive(live["pid"], ws):
             if noted != live["pid"]:
-                noted = live["pid"]
+                noted, noted_at = live["pid"], time.monotonic()
                 next_try = time.monotonic() + _note_exit(ws, live, rec, ours)
-            if time.monotonic() >= next_try:
+            record, waiting = successor(ws, live)
+            if record and _took_over(ws, live, record, rec, ours):
+                pass  # its spare serves: nothing to start
+            elif waiting and time.monotonic() - noted_at < SPARE_GRACE_S:
+                pass  # its spare is taking over right now
+            elif time.monotonic() >= next_try:
                 next_try = time.monotonic() + _start_again(ws, live, rec, ours)
         elif rec["failures"] and live:
             born = ours.get(live.get("pid"))

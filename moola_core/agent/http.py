@@ -298,6 +298,7 @@ class Front:
         backlog: int = 256,
         max_connections: int | None = None,
         name: str = "server",
+        listener: socket.socket | None = None,
     ):
         self.app = app
         self.name = name  # "server" or "proxy": the Server header and the refusal say it
@@ -306,7 +307,9 @@ class Front:
         self.max_connections = max_connections  # None: as many as the descriptors allow
         self.counts: collections.Counter = collections.Counter()  # refused / evicted connections
         self._lingering = 0
-        self.listener = socket.create_server((host, port), backlog=backlog)
+        # a listener handed over keeps its queue: a spare that takes over (runtime/serve.py)
+        # answers the connections that waited while the server it replaces died
+        self.listener = listener or socket.create_server((host, port), backlog=backlog)
         self.listener.setblocking(False)
         self.port = self.listener.getsockname()[1]
         self.selector = selectors.DefaultSelector()
@@ -360,6 +363,22 @@ class Front:
     def open_connections(self) -> int:
         """Client connections held now (those only waiting for their client to close: not)."""
         return len(self.conns) - self._lingering
+
+    def abandon(self) -> socket.socket:
+        """In a forked copy of this process: close the copy's descriptors of this front (the
+        selector, the wake-up pair, the client connections) and return the listener, which
+        the copy keeps. The parent's connections and loop are untouched: a socket closed in
+        one process stays open in the other (no shutdown is sent), and a connection the copy
+        kept would not end when the parent closes it."""
+        for conn in list(self.conns.values()):
+            conn.closed = True
+            with contextlib.suppress(OSError):
+                conn.sock.close()
+        self.conns.clear()
+        self.selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        return self.listener
 
     def stop(self) -> None:
         """Stop accepting; answer what is in flight, then `run()` returns (signal-safe)."""

@@ -21,6 +21,7 @@ Standard library and torch only (this file ships to hosts).
 
 from __future__ import annotations
 
+import argparse
 import array
 import base64
 import collections
@@ -57,6 +58,7 @@ DEFAULT_CAPTURE_KEEP_DAYS = 7.0  # capture files older than this are deleted
 CAPTURE_PRUNE_EVERY_S = 60.0  # retention is applied at least this often, traffic or not
 CAPTURE_QUEUE = 20000  # windows waiting to be written; beyond it captures are dropped (counted)
 ANSWER_TIMEOUT_S = 60.0  # a request whose batch has not run by then gets a 503
+SPARE_AFTER_S = 10.0  # a spare that took over is replaced by its own spare only after this
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -867,6 +869,8 @@ class ServerState:
         self.started = time.time()
         self.inflight = 0  # predict requests being answered (the front's thread only)
         self.inflight_lock = threading.Lock()
+        self.spare = None  # Lifetime's Spare, once forked
+        self.generation = 0  # takeovers since the host agent started this server
 
     def enter(self) -> None:
         with self.inflight_lock:
@@ -892,6 +896,8 @@ class ServerState:
             "max_batch": self.args.max_batch,
             "max_wait_ms": self.args.max_wait_ms,
             "captures": self.captures is not None,
+            "spare": {"pid": self.spare.pid, "waiting": self.spare.alive()} if self.spare else None,
+            "generation": self.generation,
         }
 
 
@@ -1196,6 +1202,20 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--role", default="live", choices=("live", "shadow"))
     p.add_argument(
+        "--spare",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="keep a forked copy that takes over if this server dies (CPU, live role; the "
+        "host agent turns it on)",
+    )
+    p.add_argument(
+        "--spare-after-s",
+        type=float,
+        default=SPARE_AFTER_S,
+        help="a spare that took over is itself replaced by its spare only after serving this "
+        "long (a faster death is left to the supervisor's back-off)",
+    )
+    p.add_argument(
         "--test-hold-dir",
         default=None,
         help="tests only: before each forward pass touch DIR/in-forward, wait while DIR/hold exists",
@@ -1251,42 +1271,198 @@ def serve(args) -> int:
         print(f"moola serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2
     args.port = front.port
-    record = {
-        "pid": os.getpid(),
-        "port": args.port,
-        "release": None,
-        "path": str(release),
-        "ready": False,
-        "started": time.time(),
-    }
-    _write_state(args.state_file, record)
-    stop_reason: list[str] = []
+    return Lifetime(state, front).run()
 
-    def on_signal(signum, _frame):
-        if not stop_reason:
-            stop_reason.append(signal.Signals(signum).name)
-            state.draining = True
-            front.stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    failed: list[str] = []
+class Spare:
+    """The server's end of its spare: a copy of the server process, forked once the model is
+    loaded and checked and before the batcher and captures start, that waits on a pipe.
 
-    def load() -> None:
+    A server that ends on purpose (SIGTERM, SIGINT, a drain) writes "q" first and the spare
+    exits. A server that dies without a word (SIGKILL, the OOM killer, a crash) closes the
+    pipe with its death: the spare reads end-of-file, takes over the same listening socket
+    (the connections queued meanwhile are answered) and serves within milliseconds, with no
+    second model load. It then forks a spare of its own.
+
+    CPU only: a CUDA context does not survive a fork. The model is loaded and checked on one
+    torch thread and the thread count is set back after the fork: an OpenMP pool made before a
+    fork hangs the copy's first parallel forward (GNU libgomp)."""
+
+    def __init__(self, pid: int, pipe_w: int):
+        self.pid = pid
+        self._pipe_w: int | None = pipe_w
+
+    def alive(self) -> bool:
+        """Whether the spare still waits (an exited one is reaped here: no zombie)."""
+        try:
+            done, _status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        return done == 0
+
+    def reap(self, wait_s: float) -> bool:
+        """Wait up to `wait_s` for a dismissed spare to exit; True once it has (and is reaped)."""
+        deadline = time.monotonic() + wait_s
+        while self.alive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def dismiss(self) -> None:
+        """This server ends on purpose: the spare exits instead of taking over (idempotent)."""
+        if self._pipe_w is None:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self._pipe_w, b"q")
+        with contextlib.suppress(OSError):
+            os.close(self._pipe_w)
+        self._pipe_w = None
+
+
+class Lifetime:
+    """One server process from its listener to its exit: the load (or, for a spare that took
+    over, the takeover), the spare it forks, the signals, the drain, the state file."""
+
+    def __init__(self, state: ServerState, front: Front, generation: int = 0, took_over=None):
+        self.state, self.front, self.args = state, front, state.args
+        self.predictor = state.predictor
+        self.generation = generation  # 0: started by the host agent; n: the n-th takeover
+        self.took_over = took_over  # {"from": pid, "at": time} for a spare that took over
+        self.since = time.time()  # serving since (a spare's takeover rule counts from here)
+        self.spare: Spare | None = None
+        self._spare_lock = threading.Lock()  # the fork and the goodbye never cross
+        self.stop_reason: list[str] = []
+        self.failed: list[str] = []
+        self.threads: int | None = None  # torch's thread count while the model loads on one
+        self.record: dict = {
+            "pid": os.getpid(),
+            "port": self.args.port,
+            "release": None,
+            "path": str(self.args.release),
+            "ready": False,
+            "started": time.time(),
+        }
+
+    # -- the spare ------------------------------------------------------------------------------
+
+    def wants_spare(self) -> bool:
+        return bool(getattr(self.args, "spare", False)) and self.args.role == "live"
+
+    def fork_spare(self) -> None:
+        """Fork the spare (see Spare) unless this server is already stopping or not on CPU."""
+        device = getattr(self.predictor.device, "type", None)
+        if not self.wants_spare() or device != "cpu":
+            if self.wants_spare():
+                print(
+                    f"moola serve: no spare on {device}: a CUDA context does not survive fork",
+                    file=sys.stderr,
+                )
+            return
+        with self._spare_lock:
+            if self.stop_reason:
+                return
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pipe_r, pipe_w = os.pipe()
+            pid = os.fork()
+            if pid:
+                os.close(pipe_r)
+                self.spare = Spare(pid, pipe_w)
+                return
+        # the spare (this branch never returns)
+        code = 1
+        try:
+            os.close(pipe_w)
+            code = self._wait_then_take_over(pipe_r, self.front.abandon())
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+
+    def _wait_then_take_over(self, pipe_r: int, listener) -> int:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a spare asked to stop just stops
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        server = os.getppid()
+        word = os.read(pipe_r, 1)
+        os.close(pipe_r)
+        if word:
+            return 0  # the server ended on purpose
+        lived = time.time() - self.since
+        me = f"moola serve: spare {os.getpid()}"
+        if self.generation and lived < self.args.spare_after_s:
+            print(
+                f"{me}: the server (pid {server}) died {lived:.1f}s after it took over itself: "
+                "not taking over again (the supervisor starts a server, with back-off)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 0
+        print(
+            f"{me}: the server (pid {server}) died: taking over {self.args.host}:{self.args.port}",
+            file=sys.stderr,
+            flush=True,
+        )
+        state = ServerState(self.args, self.predictor)
+        front = Front(
+            self.args.host, self.args.port, App(state), self.args.read_timeout_s, listener=listener
+        )
+        heir = Lifetime(
+            state,
+            front,
+            self.generation + 1,
+            {"from": server, "at": round(time.time(), 3)},
+        )
+        heir.threads = self.threads
+        return heir.run()
+
+    # -- becoming ready ------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """The first server's load (on its own thread, while the front answers /healthz)."""
+        predictor = self.predictor
+        if self.wants_spare():
+            import torch
+
+            self.threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # no OpenMP pool before the fork (see Spare)
         try:
             detail = predictor.load()
         except Exception as exc:
-            failed.append(f"{type(exc).__name__}: {_short(exc)}")
-            state.not_ready_reason = f"the release failed to load: {failed[0]}"
-            print(f"moola serve: not ready: {state.not_ready_reason}", file=sys.stderr, flush=True)
-            _write_state(args.state_file, {**record, "failed": state.not_ready_reason})
-            front.stop()
+            self.failed.append(f"{type(exc).__name__}: {_short(exc)}")
+            self.state.not_ready_reason = f"the release failed to load: {self.failed[0]}"
+            print(
+                f"moola serve: not ready: {self.state.not_ready_reason}",
+                file=sys.stderr,
+                flush=True,
+            )
+            self._write({"failed": self.state.not_ready_reason})
+            self.front.stop()
             return
-        capture_dir = args.capture_dir or default_capture_dir(release)
+        self.fork_spare()
+        self.start_serving()
+        print(
+            f"moola serve: ready on {self.args.host}:{self.args.port}: {detail}"
+            + (f"; spare pid {self.spare.pid}" if self.spare else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def start_serving(self) -> None:
+        """Captures and the batcher start, torch gets its threads back, the record says ready."""
+        args, state = self.args, self.state
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        capture_dir = args.capture_dir or default_capture_dir(Path(args.release))
         if not args.no_capture and capture_dir:
             state.captures = Captures(
                 Path(capture_dir),
-                predictor.version,
+                self.predictor.version,
                 args.role,
                 args.capture_max_mb,
                 args.capture_keep_mb,
@@ -1296,34 +1472,87 @@ def serve(args) -> int:
             )
             state.captures.start()
         state.batcher.start()
+        state.spare = self.spare
+        state.generation = self.generation
         state.ready = True
-        record.update(release=predictor.version, ready=True, device=predictor.device_facts)
-        _write_state(args.state_file, record)
-        print(
-            f"moola serve: ready on {args.host}:{args.port}: {detail}", file=sys.stderr, flush=True
+        self.since = time.time()
+        self.record.update(
+            release=self.predictor.version,
+            ready=True,
+            device=self.predictor.device_facts,
+            spare_pid=self.spare.pid if self.spare else None,
+            generation=self.generation,
         )
+        if self.took_over:
+            self.record["took_over"] = self.took_over
+        self._write({})
 
-    threading.Thread(target=load, name="load", daemon=True).start()
-    print(
-        f"moola serve: listening on {args.host}:{args.port} for {release}",
-        file=sys.stderr,
-        flush=True,
-    )
-    # the listener closes on stop(); what is in flight is answered within the drain timeout
-    drained = front.run(args.drain_timeout_s)
-    if failed:
-        return 3
-    if state.ready:
-        state.batcher.stop()
-    if state.captures is not None:
-        state.captures.close()
-    print(
-        f"moola serve: stopped ({stop_reason[0] if stop_reason else 'shutdown'}); "
-        f"{'drained' if drained else 'drain timed out'}",
-        file=sys.stderr,
-        flush=True,
-    )
-    if args.state_file:
-        with contextlib.suppress(OSError):
-            os.unlink(args.state_file)
-    return 0 if drained else 1
+    def _write(self, extra: dict) -> None:
+        """The state file: the host agent's record of this server. A spare that took over
+        keeps what the agent added to it (how to start the server again)."""
+        payload = {**self.record, **extra}
+        if self.took_over and self.args.state_file:
+            with contextlib.suppress(OSError, ValueError), open(self.args.state_file) as fh:
+                payload = {**json.load(fh), **payload}
+        _write_state(self.args.state_file, payload)
+
+    # -- the process -----------------------------------------------------------------------------
+
+    def _on_signal(self, signum, _frame) -> None:
+        if not self.stop_reason:
+            self.stop_reason.append(signal.Signals(signum).name)
+            self.state.draining = True
+            self.goodbye()
+            self.front.stop()
+
+    def goodbye(self) -> None:
+        with self._spare_lock:
+            if self.spare is not None:
+                self.spare.dismiss()
+
+    def run(self) -> int:
+        args = self.args
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        if self.took_over:
+            # one thread here (the fork copied only the loader's): fork the next spare first
+            self.fork_spare()
+            self.start_serving()
+            print(
+                f"moola serve: serving {self.predictor.version} on {args.host}:{args.port} "
+                f"(took over from pid {self.took_over['from']}; takeover {self.generation})"
+                + (f"; spare pid {self.spare.pid}" if self.spare else ""),
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            self._write({})
+            threading.Thread(target=self.load, name="load", daemon=True).start()
+            print(
+                f"moola serve: listening on {args.host}:{args.port} for {args.release}",
+                file=sys.stderr,
+                flush=True,
+            )
+        # the listener closes on stop(); what is in flight is answered within the drain timeout
+        try:
+            drained = self.front.run(args.drain_timeout_s)
+        finally:
+            self.goodbye()  # whatever ended the loop, it was not a death: no takeover
+        if self.failed:
+            return 3
+        if self.state.ready:
+            self.state.batcher.stop()
+        if self.state.captures is not None:
+            self.state.captures.close()
+        if self.spare is not None:
+            self.spare.reap(2.0)  # it exits on the goodbye; reaped here, no zombie left
+        print(
+            f"moola serve: stopped ({self.stop_reason[0] if self.stop_reason else 'shutdown'}); "
+            f"{'drained' if drained else 'drain timed out'}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if args.state_file:
+            with contextlib.suppress(OSError):
+                os.unlink(args.state_file)
+        return 0 if drained else 1

@@ -177,7 +177,8 @@ def assess_supervision(health, data: dict, host: Host) -> None:
             CheckResult(
                 steps.CHECK_SUPERVISION,
                 OK,
-                f"supervisor pid {sup.get('pid')}, {sup.get('restarts', 0)} restarts",
+                f"supervisor pid {sup.get('pid')}, {sup.get('restarts', 0)} restarts, "
+                f"{sup.get('takeovers', 0)} takeovers by a spare",
             )
         )
     proxy = data.get("proxy") or {}

@@ -253,7 +253,7 @@ def test_kill_9_is_critical_then_ensure_restores_serving(served):
     supervisor = json.loads((Path(host.workspace) / "serve" / "supervisor.json").read_text())
     os.kill(supervisor["pid"], signal.SIGTERM)
     wait_for(lambda: not pid_alive(supervisor["pid"]), "the supervisor to stop")
-    os.kill(before.live["pid"], signal.SIGKILL)
+    os.killpg(os.getpgid(before.live["pid"]), signal.SIGKILL)  # with its spare, as a pod restart
     wait_for(lambda: not pid_alive(before.live["pid"]), "the killed server to be gone")
     after = host_status(host)
     assert not after.serving and "is not running" in after.problem()
@@ -508,7 +508,8 @@ def test_a_dead_standby_is_replaced_by_a_started_server_and_nothing_fails(served
     assert engine.deploy([host], engine.resolve_bundle(str(bundles["v1.2"])), opts).ok
     now = host_status(host)
     assert now.served_release == "v1.2" and now.standby["release"] == "v1.1"
-    os.kill(now.standby["pid"], signal.SIGKILL)  # state.json still names it: the facts do too
+    # with its spare (its process group): state.json still names it, the facts do too
+    os.killpg(os.getpgid(now.standby["pid"]), signal.SIGKILL)
     wait_for(lambda: not pid_alive(now.standby["pid"]), "the standby to die")
     with Stream(now.proxy_port) as stream:
         back = engine.rollback([host], "v1.1", opts)

@@ -121,27 +121,61 @@ class Clients:
         return all(a > b for a, b in zip(self.answered, more_than, strict=True))
 
 
+def server_record(host, entry) -> dict:
+    return json.loads((Path(host.workspace) / "serve" / "servers" / entry["record"]).read_text())
+
+
+def kill_family(pid: int) -> None:
+    """SIGKILL a server and its spare together (their own process group), as the OOM killer
+    of a container or a pod restart would: no spare is left to take over."""
+    os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+
 def test_kill_9_with_clients_running_fails_no_request(healed):
     host, _ = healed
     before = status(host)
     assert before.serving and before.served_release == "v1.1", before
     sup = wait_for(lambda: supervisor(host).get("pid") and supervisor(host), "the supervisor")
-    assert not gone(sup["pid"]) and sup["restarts"] == 0
+    assert not gone(sup["pid"]) and sup["restarts"] == 0 and sup["takeovers"] == 0
+    spare = server_record(host, before.live)["spare_pid"]
+    assert not gone(spare)
     with Clients(before.proxy_port) as clients:
         wait_for(lambda: clients.each_answered([2] * 4), "every client answered")
         os.kill(before.live["pid"], signal.SIGKILL)
         wait_for(lambda: gone(before.live["pid"]), "the killed server to be gone")
         seen = list(clients.answered)
-        wait_for(lambda: supervisor(host).get("restarts") == 1, "the supervisor's restart", 120)
+        wait_for(lambda: supervisor(host).get("takeovers") == 1, "the spare's takeover", 120)
         wait_for(lambda: clients.each_answered([n + 3 for n in seen]), "answers after", 120)
     assert clients.failures == [], clients.failures[:5]
     after = status(host)
     assert after.serving and after.served_release == "v1.1"
-    assert after.live["pid"] != before.live["pid"]
+    # the spare took over the same private port: nothing was started, nothing was loaded
+    assert after.live["pid"] == spare and after.live["port"] == before.live["port"]
     assert after.standby and after.standby["release"] == "v1.0"  # the standby was kept
     record = supervisor(host)
     assert record["last_exit"]["pid"] == before.live["pid"] and not record["crash_loop"]
-    assert service_checks(host)["supervision"][0] == "OK"
+    assert record["restarts"] == 0 and record["last_takeover"]["from"] == before.live["pid"]
+    assert not gone(server_record(host, after.live)["spare_pid"])  # and has a spare itself
+    supervision = service_checks(host)["supervision"]
+    assert supervision[0] == "OK" and "1 takeovers by a spare" in supervision[1], supervision
+
+
+def test_with_its_spare_gone_too_the_supervisor_starts_a_server(healed):
+    host, _ = healed
+    before = status(host)
+    restarts = supervisor(host)["restarts"]
+    with Clients(before.proxy_port) as clients:
+        wait_for(lambda: clients.each_answered([2] * 4), "every client answered")
+        kill_family(before.live["pid"])
+        wait_for(lambda: gone(before.live["pid"]), "the killed server to be gone")
+        seen = list(clients.answered)
+        wait_for(lambda: supervisor(host).get("restarts") == restarts + 1, "the restart", 120)
+        wait_for(lambda: clients.each_answered([n + 3 for n in seen]), "answers after", 120)
+    assert clients.failures == [], clients.failures[:5]  # the proxy held them meanwhile
+    after = status(host)
+    assert after.serving and after.served_release == "v1.1"
+    assert after.live["port"] != before.live["port"]  # a new server, a new private port
+    assert not gone(server_record(host, after.live)["spare_pid"])
 
 
 def test_a_crash_loop_backs_off_and_is_critical_with_the_last_log_lines(healed):
@@ -154,7 +188,7 @@ def test_a_crash_loop_backs_off_and_is_critical_with_the_last_log_lines(healed):
     os.replace(victim, kept)  # a new file, not an edit: a hard-linked copy elsewhere stays intact
     victim.write_bytes(kept.read_bytes() + b"corrupt")  # every new v1.1 server fails its checksum
     try:
-        os.kill(now.live["pid"], signal.SIGKILL)
+        kill_family(now.live["pid"])  # the spare has the good weights loaded: it goes too
         record = wait_for(
             lambda: supervisor(host).get("crash_loop") and supervisor(host), "a crash loop", 180
         )
@@ -178,7 +212,7 @@ def test_without_its_supervisor_the_host_is_critical_until_cron_ensure(healed):
     os.kill(sup["pid"], signal.SIGTERM)
     wait_for(lambda: gone(sup["pid"]), "the supervisor to stop")
     before = status(host)
-    os.kill(before.live["pid"], signal.SIGKILL)
+    kill_family(before.live["pid"])  # as after a pod restart: the spare is gone too
     wait_for(lambda: gone(before.live["pid"]), "the killed server to be gone")
     checks = service_checks(host)
     assert checks["service"][0] == "CRITICAL" and "is not running" in checks["service"][1]

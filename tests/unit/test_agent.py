@@ -203,3 +203,17 @@ def test_the_python_fact_sees_the_interpreters_site_packages(tmp_path):
     probe = facts.FACTS["python"].command(Layout(str(tmp_path / "ws")), sys.executable)
     out = _run(["sh", "-c", with_agent(probe)])
     assert facts.parse_python(out.stdout.splitlines()).torch == torch.__version__
+
+
+def test_a_release_whose_server_predates_the_spare_is_started_without_the_flag(tmp_path):
+    from moola_core.agent import control
+
+    serve_py = tmp_path / "new" / "code" / "moola_core" / "runtime" / "serve.py"
+    serve_py.parent.mkdir(parents=True)
+    serve_py.write_text(Path(control.__file__).parents[1].joinpath("runtime/serve.py").read_text())
+    old = tmp_path / "old" / "code" / "moola_core" / "runtime" / "serve.py"
+    old.parent.mkdir(parents=True)
+    old.write_text('p.add_argument("--role", default="live")\n')  # argparse would refuse --spare
+    assert control.has_spare(str(tmp_path / "new"))
+    assert not control.has_spare(str(tmp_path / "old"))
+    assert not control.has_spare(str(tmp_path / "missing"))
