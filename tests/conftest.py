@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from moola_core.errors import MoolaError
 from moola_ops.hosts.standin import Sandbox, start_sandbox
 
 
@@ -62,10 +63,16 @@ def sandbox_factory() -> Iterator:
     try:
         yield factory
     finally:
-        for sandbox in started:
-            sandbox.stop()
+        failures = []
+        for sandbox in started:  # each one, even when another's servers failed to stop
+            try:
+                sandbox.stop()
+            except MoolaError as exc:
+                failures.append(exc)
         for root in roots:
             shutil.rmtree(root, ignore_errors=True)
+        if failures:  # loud: servers left running outlive the test run
+            raise MoolaError("\n".join(str(exc) for exc in failures))
 
 
 @pytest.fixture

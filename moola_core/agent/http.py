@@ -11,7 +11,10 @@ batcher is the only other thread that wants the lock (docs/serving.md has the fi
 
 What it speaks: Content-Length bodies, keep-alive (HTTP/1.0 only with `Connection:
 keep-alive`), one request at a time per connection (a pipelined next request waits in the
-buffer until the answer went out). Limits, each answered with one JSON sentence by the app:
+buffer until the answer went out), `Expect: 100-continue` (the interim `100 Continue` goes
+out once the app's `head` accepted the request, before its body is read; a request refused
+from its head gets the final answer alone; any other expectation gets 417). Limits, each
+answered with one JSON sentence by the app:
 request line 65536 bytes (414), a header line 65536 bytes or more than 100 headers (431), a
 request that has not fully arrived `read_timeout_s` after its first byte (408, then the
 connection closes), an unknown method (501). An idle kept-alive connection closes after
@@ -80,6 +83,7 @@ REASONS = {  # RFC 9110's phrases, for what the server, the proxy and their upst
     411: "Length Required",
     413: "Content Too Large",
     414: "URI Too Long",
+    417: "Expectation Failed",
     422: "Unprocessable Content",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
@@ -94,6 +98,10 @@ REASONS = {  # RFC 9110's phrases, for what the server, the proxy and their upst
 
 # headers that frame the body: a repeat is refused (RFC 9112 6.3), never resolved by a guess
 SINGLE_HEADERS = ("content-length", "transfer-encoding")
+# the interim answer to `Expect: 100-continue`: the client (curl for bodies over 1 MiB or of
+# unknown length, older curl and cpp-httplib over 1 KiB) holds its body back until it comes,
+# or for a second when it never does
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Headers(dict):
@@ -153,6 +161,26 @@ def parse_head(head: bytes, started: float) -> Request:
     # HTTP/1.1 keeps the connection unless told otherwise; HTTP/1.0 only when asked
     keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
     return Request(method, target, version, headers, keep_alive, started, fields)
+
+
+def expects_continue(request: Request) -> bool:
+    """True when `request` asks for `100 Continue` before it sends its body; HeadError(417) for
+    any other expectation (RFC 9110 10.1.1, where 100-continue is the only one defined). An
+    HTTP/1.0 request's Expect is ignored, as the RFC asks."""
+    if request.version != "HTTP/1.1" or "expect" not in request.headers:
+        return False
+    members = {
+        member.strip().lower()
+        for name, value in request.fields
+        if name.lower() == "expect"
+        for member in value.split(",")
+    } - {""}
+    unknown = sorted(members - {"100-continue"})
+    if unknown:
+        raise HeadError(
+            417, f"the expectation {unknown[0][:40]!r} cannot be met: only 100-continue is known"
+        )
+    return bool(members)
 
 
 def parse_answer_head(head: bytes) -> tuple[int, Headers, list]:
@@ -560,10 +588,15 @@ class Front:
                 del conn.inbuf[:body_start]
                 request.peer, conn.fresh = conn.peer, False
                 try:
-                    decided = self.app.head(request)
-                except Exception:
-                    self._broken(conn)
-                    return
+                    wants_continue = expects_continue(request)
+                except HeadError as exc:  # an expectation it cannot meet: 417, app unasked
+                    wants_continue, decided = False, self.app.error(request, exc.status, str(exc))
+                else:
+                    try:
+                        decided = self.app.head(request)
+                    except Exception:
+                        self._broken(conn)
+                        return
                 if isinstance(decided, Response):
                     # the body (if any) is not read: it is skipped when its length is plain,
                     # else the connection cannot be reused
@@ -571,6 +604,9 @@ class Front:
                     framed = length.isdigit() and length.isascii() and int(length) <= MAX_SKIP_BYTES
                     close = decided.close or not request.keep_alive
                     close = close or not framed or "transfer-encoding" in request.headers
+                    # a client told no `100 Continue` may send its body after all or never
+                    # (curl closes): unread, it cannot be told from a next request (as Apache)
+                    close = close or (wants_continue and len(conn.inbuf) < int(length))
                     if not close:
                         conn.skip = int(length)
                     if not conn.skip:
@@ -578,6 +614,12 @@ class Front:
                     self._respond(conn, decided, close=close)
                     return
                 conn.request, conn.body_len = request, int(decided)
+                if wants_continue and len(conn.inbuf) < conn.body_len:
+                    # only now, with the head accepted: a request refused from its head above
+                    # gets its final answer alone, never a 100 that invites the body
+                    conn.out += CONTINUE
+                    conn.write_since = time.monotonic()
+                    self._flush(conn)
             if len(conn.inbuf) < conn.body_len:
                 return
             request = conn.request

@@ -103,8 +103,9 @@ HOP_HEADERS = {
     "trailer",
 }
 # never forwarded: the hop headers, the client's Host, its token (the model servers and their
-# logs never see it) and its Content-Length (the proxy states the length it read itself)
-NOT_FORWARDED = HOP_HEADERS | {"host", "authorization", "content-length"}
+# logs never see it), its Content-Length (the proxy states the length it read itself) and its
+# Expect (the front met it; the body goes upstream with the head, asking nothing)
+NOT_FORWARDED = HOP_HEADERS | {"host", "authorization", "content-length", "expect"}
 # not passed back: the front states its own length, Server and Date (as nginx does)
 NOT_RETURNED = HOP_HEADERS | {"content-length", "server", "date"}
 UPSTREAM_ERRORS = (OSError, ValueError, HeadError)  # what a failed exchange raises

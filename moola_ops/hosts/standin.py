@@ -29,6 +29,7 @@ from moola_ops.hosts.standin_sshd import SandboxHost, find_sshd, keygen, start_h
 SANDBOX_USER = "moola-sbx"
 STATE_FILE = "state.json"
 DEFAULT_ROOT = Path(".sandbox")
+STOP_STDERR_LINES = 10  # of a failed `serve stop`, carried in its error
 
 
 @dataclass
@@ -44,11 +45,19 @@ class Sandbox:
         return Path(self.root) / "ssh_config"
 
     def stop(self) -> None:
-        """Stop every sshd of this sandbox and forget it (idempotent)."""
+        """Stop every sshd of this sandbox and forget it (idempotent). A host whose servers
+        fail to stop does not keep the others running: every host is stopped first, then the
+        failures are raised (MoolaError) and the record is kept, so `sandbox down` can retry."""
+        failures = []
         for host in self.hosts.values():
             # model servers run in their own sessions (they outlive SSH, as on a pod)
-            stop_local_workspace(host.workspace)
+            try:
+                stop_local_workspace(host.workspace)
+            except MoolaError as exc:
+                failures.append(f"stand-in host {host.name}: {exc}")
             terminate(host.pid, host.host_dir)
+        if failures:
+            raise MoolaError("\n".join(failures))
         state = Path(self.root) / STATE_FILE
         state.unlink(missing_ok=True)
 
@@ -230,14 +239,48 @@ def _save(sandbox: Sandbox) -> None:
 def stop_local_workspace(workspace: str, wait_s: float = 5.0) -> None:
     """Stop what serves from a stand-in host's workspace on THIS machine: the servers and the
     proxy run in their own sessions (they outlive SSH, as on a pod), so stopping sshd does not
-    reach them. The host agent's own `serve stop` does it."""
+    reach them. The host agent's own `serve stop` does it; when it fails or answers nothing
+    readable, MoolaError names the workspace and carries the stop's last stderr lines (its
+    servers may still run, and nothing else would notice)."""
     if not (Path(workspace) / "serve").is_dir():
         return
-    subprocess.run(
-        [sys.executable, "-S", str(Path(moola_core.__file__).parent / "agent" / "__main__.py")]
-        + ["serve", "stop"]
-        + ["--workspace", workspace, "--wait", str(wait_s)],
-        capture_output=True,
-        timeout=wait_s * 10 + 30,
-        check=False,
+    timeout_s = wait_s * 10 + 30
+    agent = Path(moola_core.__file__).parent / "agent" / "__main__.py"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-S", str(agent), "serve", "stop"]
+            + ["--workspace", workspace, "--wait", str(wait_s)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise _stop_failed(workspace, f"it ran over {timeout_s:g}s", exc.stderr) from None
+    try:
+        answer = json.loads(done.stdout)
+    except ValueError:
+        answer = None
+    if done.returncode == 0 and isinstance(answer, dict) and answer.get("ok") is True:
+        return
+    if isinstance(answer, dict) and answer.get("error"):
+        why = f"exit {done.returncode}: {answer['error']}"
+    else:
+        why = (
+            f"exit {done.returncode}, and its output is not its JSON answer: {done.stdout[-200:]!r}"
+        )
+    raise _stop_failed(workspace, why, done.stderr)
+
+
+def _stop_failed(workspace: str, why: str, stderr) -> MoolaError:
+    if isinstance(stderr, bytes):  # TimeoutExpired carries bytes even with text=True
+        stderr = stderr.decode(errors="replace")
+    lines = (stderr or "").strip().splitlines()[-STOP_STDERR_LINES:]
+    sentence = (
+        f"the agent's `serve stop` failed for the stand-in workspace {workspace} ({why}); its "
+        f"model servers and proxy may still run: `ps -eo pid,args | grep -F -- {workspace}` "
+        "lists them"
     )
+    if lines:
+        sentence += "\nlast lines of its stderr:\n" + "\n".join(f"  {line}" for line in lines)
+    return MoolaError(sentence)

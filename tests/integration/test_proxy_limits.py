@@ -523,6 +523,41 @@ def test_headers_reach_the_model_server_as_sent_less_the_hop_by_hop_ones(start_p
     assert len(second["headers"]["X-Moola-Request-Id"]) == 32  # a fresh id when none was sent
 
 
+def test_expect_100_continue_is_met_by_the_proxy_and_not_forwarded(start_proxy):
+    # the proxy's front answers the Expect; it has the whole body before it forwards, so the
+    # model server is asked nothing (it would answer an interim `100 Continue` for nothing)
+    proxy = start_proxy("--auth", "always", token=TOKEN)
+    body = b'{"windows": []}'
+    head = (
+        f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Expect: 100-continue\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with proxy.connect() as sock:
+        sock.sendall(head)  # the body waits for the interim answer, as curl's does
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        assert data == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        status, _, answer = read_answer(sock)
+        assert status == 200 and json.loads(answer)["release"] == "stub"
+    with proxy.connect() as sock:
+        # a wrong token is refused from the head: the final answer alone, never a 100; the
+        # connection closes, as the client may send its body after all or never
+        sock.sendall(head.replace(TOKEN.encode(), b"nope"))
+        status, headers, _ = read_answer(sock)
+        assert status == 401 and headers["connection"] == "close"
+        assert closed_within(sock, 30)
+    ((got),) = proxy.got()
+    assert got["body"] == body.decode()
+    assert "expect" not in {name.lower() for name, _ in got["items"]}
+    other = request(proxy, "POST", "/v1/predict", body, {"Expect": "x-fast"})
+    assert other[0] == 417 and "x-fast" in json.loads(other[2])["error"]
+    assert len(proxy.got()) == 1  # refused before anything was forwarded
+
+
 def test_an_answer_to_head_is_not_waited_on_for_a_body(start_proxy):
     # the stub answers HEAD 501 with the length of a body it does not send (as HTTP says): the
     # proxy waited for that many bytes, and answered 502 when the stub closed (a server that

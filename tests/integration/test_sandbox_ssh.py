@@ -8,6 +8,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from moola_core.errors import MoolaError
+
 pytestmark = pytest.mark.ssh
 
 
@@ -91,6 +93,27 @@ def test_stop_ends_every_sshd(sandbox_factory):
             not Path(f"/proc/{pid}/cmdline").exists()
             or b"sshd" not in Path(f"/proc/{pid}/cmdline").read_bytes()
         )
+
+
+def test_a_serve_stop_that_fails_is_raised_naming_the_workspace_after_every_sshd_stops(
+    sandbox_factory,
+):
+    # it once crashed unnoticed and left ~300 model servers running across test runs
+    sandbox = sandbox_factory(["b-1", "b-2"])
+    broken = sandbox.hosts["b-1"]
+    state = Path(broken.workspace) / "serve" / "state.json"
+    state.mkdir(parents=True)  # a folder: the agent's stop cannot write the state, exits 1
+    with pytest.raises(MoolaError) as caught:
+        sandbox.stop()
+    message = str(caught.value)
+    assert message.startswith("stand-in host b-1: ") and broken.workspace in message
+    assert "IsADirectoryError" in message  # the agent's own words
+    assert sandbox.hosts["b-2"].workspace not in message
+    assert not any(h.alive() for h in sandbox.hosts.values())  # every sshd stopped all the same
+    assert (Path(sandbox.root) / "state.json").exists()  # kept: `sandbox down` can try again
+    state.rmdir()
+    sandbox.stop()  # the retry passes, and forgets the sandbox
+    assert not (Path(sandbox.root) / "state.json").exists()
 
 
 def test_file_size_limit_makes_uploads_fail(sandbox_factory):

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from moola_core.agent.http import Front, HeadError, Response, parse_answer_head, parse_head
+from moola_core.agent.http import (
+    Front,
+    HeadError,
+    Response,
+    expects_continue,
+    parse_answer_head,
+    parse_head,
+)
 from tests.integration.helpers import release_server, wait_for, window
 from tests.unit.test_runtime import make_release
 
@@ -378,3 +385,117 @@ def test_at_the_cap_the_idle_longest_connection_gives_way_and_busy_ones_never_do
         front.stop()
         loop.join(30)
     assert not loop.is_alive()
+
+
+# --- Expect: 100-continue (a client holds its body back for up to 1 s until it is told) ---
+
+
+def read_head(sock: socket.socket, data: bytes = b"") -> tuple[bytes, bytes]:
+    """The next answer head (through its blank line) from `sock`, and what came after it."""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection after {data[:80]!r}"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head + b"\r\n\r\n", rest
+
+
+def test_expectations_are_read_from_every_expect_field_and_only_in_http11():
+    def expects(head: bytes) -> bool:
+        return expects_continue(parse_head(head, 0.0))
+
+    assert expects(b"POST / HTTP/1.1\r\nExpect: 100-continue")
+    assert expects(b"POST / HTTP/1.1\r\nexpect: 100-Continue ")  # any case
+    assert not expects(b"POST / HTTP/1.1\r\nContent-Length: 3")
+    assert not expects(b"POST / HTTP/1.1\r\nExpect: ")  # an empty list asks for nothing
+    assert not expects(b"POST / HTTP/1.0\r\nExpect: 100-continue")  # RFC 9110: ignored
+    assert not expects(b"POST / HTTP/1.0\r\nExpect: something-else")
+    for head in (
+        b"POST / HTTP/1.1\r\nExpect: something-else",
+        b"POST / HTTP/1.1\r\nExpect: 100-continue, x-also",
+        b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nExpect: x-second",  # a repeat counts too
+    ):
+        with pytest.raises(HeadError) as caught:
+            expects(head)
+        assert caught.value.status == 417 and "100-continue" in str(caught.value), head
+
+
+def test_expect_100_continue_gets_the_interim_answer_before_the_body_is_sent(server):
+    port, _proc = server
+    body = json.dumps({"windows": [{"id": "w0", "ohlc": window(5)}]}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        for _ in range(2):  # and again on the same kept-alive connection
+            # the head alone; the body waits, as curl's does, for the interim answer
+            sock.sendall(predict_bytes(body, "Expect: 100-continue\r\n")[: -len(body)])
+            head, rest = read_head(sock)
+            assert head == b"HTTP/1.1 100 Continue\r\n\r\n" and rest == b""
+            sock.sendall(body)
+            status, _, answer = read_one(sock)
+            assert status == 200 and json.loads(answer)["predictions"][0]["id"] == "w0"
+
+
+def test_a_request_refused_from_its_head_gets_no_interim_answer(server):
+    port, _proc = server
+    for raw, status in (
+        (b"POST /v1/predict HTTP/1.1\r\nContent-Length: 9999999\r\n", 413),
+        (b"POST /v1/predict HTTP/1.1\r\n", 411),
+        (b"POST /v1/other HTTP/1.1\r\nContent-Length: 20\r\n", 404),
+    ):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            # the body is never sent: the client waits for a 100 that must not come
+            sock.sendall(raw + b"Expect: 100-continue\r\n\r\n")
+            head, _ = read_head(sock)
+            assert head.startswith(b"HTTP/1.1 %d " % status), head
+            # closed: the client may send its body after all or never, and an unread body
+            # cannot be told from a next request
+            assert b"\r\nConnection: close\r\n" in head
+
+
+def test_any_other_expectation_is_417_and_the_connection_goes_on(server):
+    port, _proc = server
+    body = json.dumps({"windows": [window(6)]}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(predict_bytes(body, "Expect: 200-ok-please\r\n"))
+        status, headers, answer = read_one(sock)
+        sentence = json.loads(answer)["error"]
+        assert status == 417 and "'200-ok-please'" in sentence and "\n" not in sentence
+        assert headers.get("Connection") != "close"
+        sock.sendall(predict_bytes(body))  # the refused body was skipped, not parsed
+        assert read_one(sock)[0] == 200
+    # HTTP/1.0 has no expectations: the request is simply answered
+    raw = predict_bytes(body, "Expect: 100-continue\r\n").replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+    assert exchange(port, raw).startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_curl_posting_a_window_file_is_told_to_continue(server, tmp_path):
+    port, _proc = server
+    url = f"http://127.0.0.1:{port}/v1/predict"
+    window_file = tmp_path / "window.json"
+    window_file.write_text(json.dumps({"windows": [{"id": "from-curl", "ohlc": window(7)}]}))
+
+    def curl(data: Path, *extra: str) -> tuple[str, str, str]:
+        """(status, answer, curl's trace) of `curl -d @data URL`."""
+        trace, answer = tmp_path / "trace.txt", tmp_path / "answer.json"
+        done = subprocess.run(
+            ["curl", "-sS", "--trace-ascii", str(trace), "-o", str(answer), "-w", "%{http_code}"]
+            + ["-H", "Content-Type: application/json", *extra, "-d", f"@{data}", url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout, answer.read_text(), trace.read_text()
+
+    # curl asks by itself only above 1 MiB (older releases above 1 KiB): asked for here
+    status, answer, trace = curl(window_file, "-H", "Expect: 100-continue")
+    assert status == "200" and json.loads(answer)["predictions"][0]["id"] == "from-curl"
+    assert "Expect: 100-continue" in trace  # curl asked
+    assert "<= Recv header" in trace and "HTTP/1.1 100 Continue" in trace  # and was answered
+    # over 1 MiB curl asks by itself; over this server's --max-body-mb 0.5 the answer is the 413
+    # alone: curl never sends the body, and no 100 invited it
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"windows": [window(8)] * 300}))
+    assert big.stat().st_size > 1 << 20
+    status, answer, trace = curl(big)
+    assert status == "413" and "bytes, at most" in json.loads(answer)["error"]
+    assert "Expect: 100-continue" in trace and "100 Continue" not in trace
