@@ -3,6 +3,7 @@
     python benchmarks/serving.py [--seconds 6] [--out docs/benchmarks/serving.md]
     python benchmarks/serving.py --local [--clients 64] [--seconds 10] [--device auto]
     python benchmarks/serving.py --server-ab GITREF [--ab-captures] [--clients 32] [--seconds 6]
+    python benchmarks/serving.py --gil [--seconds 2]
 
 Stand-in mode (one run, real OpenSSH host on 127.0.0.1, the default JadeModel, random weights):
 - http_over_inprocess_p50: on the host, with the host's python: p50 of one window through the
@@ -669,6 +670,66 @@ def model_cost(batches: tuple[int, ...] = (1, 16, 32), reps: int = 200) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def gil_handback(seconds: float = 2.0, batches: tuple[int, ...] = (1, 16)) -> dict:
+    """Why the server spends more CPU per window than `model_cost` (no sshd needed; `--gil`).
+
+    `Predictor.predict_ohlc` makes a few hundred small torch calls per pass, and each lets go
+    of the interpreter lock. A thread that needs the lock back while another thread runs
+    Python waits until that thread gives it up: at the latest after the switch interval
+    (`sys.getswitchinterval()`, 5 ms). The server's front thread parsing JSON is such a
+    thread. Measured here: wall ms per pass alone (the baseline), then beside one thread that
+    parses a JSON window body in a loop, at the default 5 ms and at 0.5 ms."""
+    import torch
+
+    from moola_core.bundle import safe_extract
+    from moola_core.runtime.serve import Predictor, parse_windows
+    from tests.integration.conftest import make_bundle
+
+    torch.set_num_threads(1)
+    work = Path(tempfile.mkdtemp(prefix="moola-bench-gil-"))
+    default = sys.getswitchinterval()
+    try:
+        release = safe_extract(make_bundle(work, "v1.0", model_config=MODEL), work / "release")
+        predictor = Predictor(release, "cpu")
+        predictor.load()
+        body = json.dumps({"windows": [window(3)]}).encode()
+
+        def passes(ohlc) -> float:
+            predictor.predict_ohlc(ohlc)
+            count, began = 0, time.perf_counter()
+            while time.perf_counter() - began < seconds or count < 2:
+                predictor.predict_ohlc(ohlc)
+                count += 1
+            return round((time.perf_counter() - began) / count * 1e3, 3)
+
+        out: dict = {"switch_interval_ms": round(default * 1e3, 3)}
+        for size in batches:
+            ohlc = torch.tensor([window(i) for i in range(size)], dtype=torch.float64)
+            row = {"alone_ms": passes(ohlc)}
+            for name, interval in (("beside_json", default), ("beside_json_0_5ms", 0.0005)):
+                stop = threading.Event()
+
+                def parse_forever(stop=stop) -> None:
+                    while not stop.is_set():
+                        parse_windows(body, 1)
+
+                sys.setswitchinterval(interval)
+                other = threading.Thread(target=parse_forever, daemon=True)
+                other.start()
+                try:
+                    row[f"{name}_ms"] = passes(ohlc)
+                finally:
+                    stop.set()
+                    other.join()
+                    sys.setswitchinterval(default)
+            row["slowdown"] = round(row["beside_json_ms"] / row["alone_ms"], 1)
+            out[f"batch_{size}"] = row
+        return out
+    finally:
+        sys.setswitchinterval(default)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def parse_cost(reps: int = 2000) -> dict:
     """ms per window to parse and check a request body in this process (the server's own
     functions), JSON against binary, 1 and 16 windows per body: the part of a request that
@@ -1000,6 +1061,11 @@ def main() -> None:
         help="no sshd: this checkout's server against GITREF's, same release, same run",
     )
     parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="no sshd: how a pass of the model slows beside a thread parsing JSON (the lock)",
+    )
+    parser.add_argument(
         "--ab-captures",
         action="store_true",
         help="with --server-ab: captures on (GITREF must have the unwritten-captures gauge)",
@@ -1007,7 +1073,9 @@ def main() -> None:
     args = parser.parse_args()
     meta = versions()
     meta["utc"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    if args.server_ab:
+    if args.gil:
+        result = gil_handback(args.seconds or 2.0)
+    elif args.server_ab:
         args.clients = args.clients or 32
         args.seconds = args.seconds or 6.0
         result = run_server_ab(args)
