@@ -1331,7 +1331,9 @@ class Lifetime:
         self.took_over = took_over  # {"from": pid, "at": time} for a spare that took over
         self.since = time.time()  # serving since (a spare's takeover rule counts from here)
         self.spare: Spare | None = None
-        self._spare_lock = threading.Lock()  # the fork and the goodbye never cross
+        # the fork and the goodbye never cross; re-entrant: a signal handled on the thread that
+        # is forking (a spare that took over forks on its main thread) takes it again
+        self._spare_lock = threading.RLock()
         self.stop_reason: list[str] = []
         self.failed: list[str] = []
         self.threads: int | None = None  # torch's thread count while the model loads on one
@@ -1365,7 +1367,13 @@ class Lifetime:
             sys.stdout.flush()
             sys.stderr.flush()
             pipe_r, pipe_w = os.pipe()
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as exc:  # out of memory or processes: serve on, without a spare
+                os.close(pipe_r)
+                os.close(pipe_w)
+                print(f"moola serve: no spare: fork failed ({exc})", file=sys.stderr, flush=True)
+                return
             if pid:
                 os.close(pipe_r)
                 self.spare = Spare(pid, pipe_w)
