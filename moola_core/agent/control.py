@@ -75,9 +75,14 @@ def _read_json(path):
 
 def _write_json(path, payload):
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, sort_keys=True)
-    os.replace(tmp, path)  # the proxy sees the old file or the new one, never half of one
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(payload, fh, sort_keys=True)
+        os.replace(tmp, path)  # the proxy sees the old file or the new one, never half of one
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a full disk or a folder in the way leaves no half file behind
+        raise
 
 
 def read_state(ws):

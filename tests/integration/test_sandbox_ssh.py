@@ -108,6 +108,7 @@ def test_a_serve_stop_that_fails_is_raised_naming_the_workspace_after_every_sshd
     message = str(caught.value)
     assert message.startswith("stand-in host b-1: ") and broken.workspace in message
     assert "IsADirectoryError" in message  # the agent's own words
+    assert not list(state.parent.glob("state.json.tmp-*"))  # its failed write left no half file
     assert sandbox.hosts["b-2"].workspace not in message
     assert not any(h.alive() for h in sandbox.hosts.values())  # every sshd stopped all the same
     assert (Path(sandbox.root) / "state.json").exists()  # kept: `sandbox down` can try again
