@@ -173,12 +173,22 @@ def assess_supervision(health, data: dict, host: Host) -> None:
             )
         )
     else:
+        live = (data.get("live") or {}).get("pid")
+        spare = next(
+            (
+                s.get("spare_pid")
+                for s in data.get("servers") or []
+                if s.get("pid") == live and s.get("spare_alive")
+            ),
+            None,
+        )
         add(
             CheckResult(
                 steps.CHECK_SUPERVISION,
                 OK,
                 f"supervisor pid {sup.get('pid')}, {sup.get('restarts', 0)} restarts, "
-                f"{sup.get('takeovers', 0)} takeovers by a spare",
+                f"{sup.get('takeovers', 0)} takeovers by a spare; "
+                + (f"spare pid {spare} waits" if spare else "no spare: a death means a cold start"),
             )
         )
     proxy = data.get("proxy") or {}

@@ -158,6 +158,7 @@ def test_kill_9_with_clients_running_fails_no_request(healed):
     assert not gone(server_record(host, after.live)["spare_pid"])  # and has a spare itself
     supervision = service_checks(host)["supervision"]
     assert supervision[0] == "OK" and "1 takeovers by a spare" in supervision[1], supervision
+    assert "; spare pid " in supervision[1], supervision
 
 
 def test_with_its_spare_gone_too_the_supervisor_starts_a_server(healed):
