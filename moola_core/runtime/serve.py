@@ -1135,6 +1135,14 @@ def _metric_context(state: ServerState) -> tuple[dict, dict]:
             "Seconds since start.",
             round(time.time() - state.started, 3),
         ),
+        "moola_serve_spare_waiting": (
+            "1 when a spare waits to take over if this server dies (docs/serving.md).",
+            int(state.spare is not None and state.spare.alive()),
+        ),
+        "moola_serve_takeovers": (
+            "Spares that took over before this server (0: started by the host agent).",
+            state.generation,
+        ),
     }
     return info, gauges
 

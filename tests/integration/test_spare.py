@@ -93,6 +93,12 @@ def test_a_killed_server_is_served_again_by_its_spare_with_no_second_model_load(
             assert health["spare"]["waiting"] and health["spare"]["pid"] not in (spare, proc.pid)
             assert get(port, "/readyz")[0] == 200
             assert model_loads(release) == loaded
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("GET", "/metrics")
+            metrics = conn.getresponse().read().decode()
+            conn.close()
+            assert "\nmoola_serve_spare_waiting 1\n" in metrics
+            assert "\nmoola_serve_takeovers 1\n" in metrics
         finally:
             stop(heir.get("pid") or spare)
     # the heir drained on SIGTERM and its own spare left with it
