@@ -185,16 +185,21 @@ def token_required(bind, auth):
     return auth == "always" or not loopback
 
 
-def alive(pid, ws):
-    """True when `pid` runs and is one of this workspace's processes (guards pid reuse)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
+def _exists(pid):
+    """Whether process `pid` exists (ours to signal or not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        pass
+        return True
+    return True
+
+
+def alive(pid, ws):
+    """True when `pid` runs and is one of this workspace's processes (guards pid reuse)."""
+    if not isinstance(pid, int) or pid <= 0 or not _exists(pid):
+        return False
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             cmdline = fh.read()
@@ -510,16 +515,6 @@ def start_server(ws, release, device="auto", extra=(), timeout=DEFAULT_READY_TIM
         os.unlink(record_path)
     result.update(ok=False, ready=False, reason=reason, log_tail=_tail(log))
     return result
-
-
-def _exists(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _terminate(pid, ws, wait_s):
