@@ -1135,23 +1135,19 @@ def _note_exit(ws, live, rec, ours):
     return _backoff(rec)
 
 
-def _took_over(ws, live, record, rec, ours):
-    """The dead live server's spare took over (same port): point state.json at it and count
-    it. A spare that dies soon after counts as a failure, as a restarted server does."""
-    adopted = adopt(ws).get("live")
-    if not adopted or adopted.get("pid") != record["pid"]:
-        return False
-    ours[record["pid"]] = time.monotonic()
+def _took_over(live, adopted, rec, ours):
+    """The dead live server's spare took over (same port) and state.json names it now (adopt):
+    count it. A spare that dies soon after counts as a failure, as a restarted server does."""
+    ours[adopted["pid"]] = time.monotonic()
     rec["takeovers"] += 1
     rec["last_takeover"] = {
         "release": live.get("release"),
-        "pid": record["pid"],
+        "pid": adopted["pid"],
         "from": live.get("pid"),
         "at": round(time.time(), 3),
     }
     rec["last_error"] = None
-    _say(f"live again: the spare of {live.get('release')} (pid {record['pid']}) took over")
-    return True
+    _say(f"live again: the spare of {live.get('release')} (pid {adopted['pid']}) took over")
 
 
 def _start_again(ws, live, rec, ours):
@@ -1242,11 +1238,11 @@ def supervise(ws, interval=SUPERVISE_INTERVAL_S):
             if noted != live["pid"]:
                 noted, noted_at = live["pid"], time.monotonic()
                 next_try = time.monotonic() + _note_exit(ws, live, rec, ours)
-            record, waiting = successor(ws, live)
-            if record and _took_over(ws, live, record, rec, ours):
-                pass  # its spare serves: nothing to start
-            elif waiting and time.monotonic() - noted_at < SPARE_GRACE_S:
-                pass  # its spare is taking over right now
+            adopted = adopt(ws).get("live")
+            if adopted:
+                _took_over(live, adopted, rec, ours)  # its spare serves: nothing to start
+            elif time.monotonic() - noted_at < SPARE_GRACE_S and successor(ws, live)[1]:
+                pass  # its spare runs: it is taking over right now
             elif time.monotonic() >= next_try:
                 next_try = time.monotonic() + _start_again(ws, live, rec, ours)
         elif rec["failures"] and live:
