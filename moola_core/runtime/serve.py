@@ -1337,7 +1337,9 @@ class Lifetime:
         self.predictor = state.predictor
         self.generation = generation  # 0: started by the host agent; n: the n-th takeover
         self.took_over = took_over  # {"from": pid, "at": time} for a spare that took over
-        self.since = time.time()  # serving since (a spare's takeover rule counts from here)
+        # when this process began (for a spare that took over: its takeover); its own spare,
+        # forked before it serves, reads it for the --spare-after-s rule
+        self.since = time.time()
         self.spare: Spare | None = None
         # the fork and the goodbye never cross; re-entrant: a signal handled on the thread that
         # is forking (a spare that took over forks on its main thread) takes it again
@@ -1491,7 +1493,6 @@ class Lifetime:
         state.spare = self.spare
         state.generation = self.generation
         state.ready = True
-        self.since = time.time()
         self.record.update(
             release=self.predictor.version,
             ready=True,
