@@ -491,10 +491,7 @@ def run_standin(args) -> dict:
         print("kill -9 of the live server under 4 steady clients ...", flush=True)
         with HostSession(host) as session:
             now = serving.status(session, host)
-        spare = next(
-            (s.get("spare_pid") for s in now.servers if s.get("pid") == now.live["pid"]), None
-        )
-        result["spare_private_mib"] = private_mib(spare or 0)
+        result["spare_private_mib"] = private_mib(now.live_spare or 0)
         result["live_private_mib"] = private_mib(now.live["pid"])
         result.update(kill_live(host, public))
         print("kill -9 of the live server and its spare (the cold-start baseline) ...", flush=True)
@@ -766,10 +763,7 @@ def kill_live(host, public: int, clients: int = 4, with_spare: bool = False) -> 
 
     with HostSession(host) as session:
         before = serving.status(session, host)
-    spare = None
-    for server in before.servers:
-        if server.get("pid") == before.live["pid"]:
-            spare = server.get("spare_pid")
+    spare = before.live_spare
     streams = [Stream(public, ROLLBACK_STREAM_PAUSE_S) for _ in range(clients)]
     for stream in streams:
         stream.__enter__()

@@ -53,7 +53,7 @@ def assess_service(
         )
         return
     now = serve_cmd.parse_status(out.stdout or out.stderr)
-    assess_supervision(health, data, host)
+    assess_supervision(health, data, now, host)
     if foreign_current:
         now.current = None  # no release to follow: judge the server by itself
     problem = now.problem()
@@ -133,7 +133,7 @@ def assess_service(
         )
 
 
-def assess_supervision(health, data: dict, host: Host) -> None:
+def assess_supervision(health, data: dict, now: serve_cmd.ServeStatus, host: Host) -> None:
     """The supervisor that restarts a dead live server (CRITICAL in a crash loop, with the
     server's last log lines; WARNING when it is not running or still retrying) and config
     drift: the proxy listens on another address or port than the inventory says (WARNING
@@ -173,15 +173,7 @@ def assess_supervision(health, data: dict, host: Host) -> None:
             )
         )
     else:
-        live = (data.get("live") or {}).get("pid")
-        spare = next(
-            (
-                s.get("spare_pid")
-                for s in data.get("servers") or []
-                if s.get("pid") == live and s.get("spare_alive")
-            ),
-            None,
-        )
+        spare = now.live_spare
         add(
             CheckResult(
                 steps.CHECK_SUPERVISION,
