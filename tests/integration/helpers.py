@@ -235,6 +235,15 @@ def in_thread(fn):
     return thread, box
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs now (an exited process not yet reaped, a zombie, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
 def gone(pid: int, limit_s: float = 15.0) -> bool:
     """True once `pid` has exited (a zombie counts): a kill travels over a second channel and
     lands a moment after the call returns, so wait for it (bounded) instead of racing it."""

@@ -44,6 +44,12 @@ def current_of(host) -> str | None:
     return os.readlink(link) if link.is_symlink() else None
 
 
+def ended(journal_file, host: str, deployment: str) -> list[dict]:
+    """The deployment's logged events on `host` that ended a step (not the "started" ones)."""
+    events = read_events(journal_file, host=host, deployment=deployment)
+    return [e for e in events if e["status"] != "started"]
+
+
 def test_hooks_run_at_their_points_as_logged_steps_on_the_host_and_here(
     standins, bundles, journal_file, tmp_path
 ):
@@ -65,11 +71,7 @@ def test_hooks_run_at_their_points_as_logged_steps_on_the_host_and_here(
     recorded = (Path(host.workspace) / "hooks.txt").read_text().splitlines()
     assert recorded[-6:] == [f"{p} deploy v1.1 v1.0" for p in [*points, "after-switch"]]
     assert here.read_text().splitlines() == ["hk-1 v1.0", "hk-1 v1.1"]
-    logged = [
-        e["step"]
-        for e in read_events(journal_file, host="hk-1", deployment=result.deployment)
-        if e["status"] != "started"
-    ]
+    logged = [e["step"] for e in ended(journal_file, "hk-1", result.deployment)]
     assert logged[logged.index("preflight") :] == [
         "preflight",
         "hook:before-upload:record",
@@ -105,11 +107,7 @@ def test_a_repair_runs_the_upload_and_check_hooks_when_it_re_uploads(
     result = engine.repair([host], v10, FAST)
     assert result.ok, result.outcomes
     assert record.read_text().splitlines() == [f"{p} repair v1.0 v1.0" for p in points]
-    logged = [
-        e["step"]
-        for e in read_events(journal_file, host="hk-1", deployment=result.deployment)
-        if e["status"] != "started"
-    ]
+    logged = [e["step"] for e in ended(journal_file, "hk-1", result.deployment)]
     assert logged[logged.index("repair") :][:8] == [
         "repair",
         "hook:before-upload:record",
@@ -149,8 +147,7 @@ def test_a_failing_before_switch_hook_aborts_and_the_host_keeps_its_release(
     ws = Path(host.workspace)
     assert current_of(host) == "releases/v1.0"
     assert not (ws / "releases/v1.1").exists() and not (ws / "deploy.lock").exists()
-    events = read_events(journal_file, host="hk-2", deployment=result.deployment)
-    by_step = {e["step"]: e for e in events if e["status"] != "started"}
+    by_step = {e["step"]: e for e in ended(journal_file, "hk-2", result.deployment)}
     assert by_step["hook:before-switch:gate"]["status"] == "failed"
     assert by_step["hook:before-switch:gate"]["detail"]["exit_code"] == 3
     assert by_step["cleanup"]["detail"]["removed_release"] == "v1.1"
@@ -173,8 +170,8 @@ def test_a_hook_past_its_timeout_is_stopped_on_the_host_and_fails_the_run(
     (outcome,) = result.outcomes
     assert outcome.status == "failed"
     assert "hook before-check:slow on hk-2 ran past its timeout of 1s" in outcome.message
-    logged = read_events(journal_file, host="hk-2", deployment=result.deployment)
-    slow = [e for e in logged if e["step"] == "hook:before-check:slow" and e["status"] != "started"]
+    ended_steps = ended(journal_file, "hk-2", result.deployment)
+    slow = [e for e in ended_steps if e["step"] == "hook:before-check:slow"]
     assert slow[0]["detail"]["exit_code"] == 124  # the host's own `timeout` ended it
     assert current_of(host) == "releases/v1.0"
     assert not (Path(host.workspace) / "releases/v1.2").exists()

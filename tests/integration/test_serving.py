@@ -30,7 +30,7 @@ from moola_ops.log.journal import read_events
 from moola_ops.serving import control as serving
 from moola_ops.transport import HostSession
 from tests.integration.conftest import start_hosts
-from tests.integration.helpers import wait_for, window, write_inventory
+from tests.integration.helpers import pid_alive, wait_for, window, write_inventory
 from tests.unit.tiny_runs import freeze_runtime_code, make_tiny_run
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
@@ -62,14 +62,6 @@ def get(port: int, path: str):
         return response.status, json.loads(raw) if "json" in kind else raw.decode()
     finally:
         conn.close()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")

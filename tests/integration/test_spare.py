@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from moola_core.runtime import loads
-from tests.integration.helpers import release_server, wait_for, window
+from tests.integration.helpers import pid_alive, release_server, wait_for, window
 from tests.unit.test_runtime import make_release
 
 BODY = json.dumps({"windows": [window(5)]}).encode()
@@ -26,14 +26,6 @@ BODY = json.dumps({"windows": [window(5)]}).encode()
 @pytest.fixture(scope="module")
 def release(tmp_path_factory) -> Path:
     return make_release(tmp_path_factory.mktemp("spare"), "v0.9", sla_p99_ms=10_000.0)
-
-
-def running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
-    except OSError:
-        return False
 
 
 def get(port: int, path: str, body: bytes | None = None) -> tuple[int, dict]:
@@ -61,9 +53,9 @@ def refused(port: int) -> bool:
 
 def stop(pid: int) -> None:
     """End a server this test's kill left running (a spare that took over), by its pid."""
-    if running(pid):
+    if pid_alive(pid):
         os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: not running(pid), f"server {pid} to exit")
+        wait_for(lambda: not pid_alive(pid), f"server {pid} to exit")
 
 
 def test_a_killed_server_is_served_again_by_its_spare_with_no_second_model_load(release, tmp_path):
@@ -71,7 +63,7 @@ def test_a_killed_server_is_served_again_by_its_spare_with_no_second_model_load(
     with release_server(release, state, "--no-capture", "--spare") as (port, proc):
         first = json.loads(state.read_text())
         spare = first["spare_pid"]
-        assert running(spare) and first["generation"] == 0
+        assert pid_alive(spare) and first["generation"] == 0
         code, health = get(port, "/healthz")
         assert code == 200 and health["spare"] == {"pid": spare, "waiting": True}
         assert get(port, "/v1/predict", BODY)[0] == 200
@@ -102,14 +94,14 @@ def test_a_killed_server_is_served_again_by_its_spare_with_no_second_model_load(
         finally:
             stop(heir.get("pid") or spare)
     # the heir drained on SIGTERM and its own spare left with it
-    assert not running(health["spare"]["pid"]) and refused(port)
+    assert not pid_alive(health["spare"]["pid"]) and refused(port)
 
 
 def test_a_server_that_ends_on_purpose_takes_its_spare_with_it(release, tmp_path):
     state = tmp_path / "state.json"
     with release_server(release, state, "--no-capture", "--spare") as (port, proc):
         spare = json.loads(state.read_text())["spare_pid"]
-        assert running(spare)
+        assert pid_alive(spare)
     # release_server sent SIGTERM and waited: the spare was told, exited and was reaped
     assert proc.returncode == 0
     assert not os.path.exists(f"/proc/{spare}"), "the spare is left (or a zombie)"
@@ -127,7 +119,7 @@ def test_a_spare_does_not_take_over_from_a_server_that_had_just_taken_over(relea
         heir = json.loads(state.read_text())
         assert get(port, "/readyz")[0] == 200
         os.kill(spare, signal.SIGKILL)  # dies "at once" (--spare-after-s 3600): a crash loop
-        wait_for(lambda: not running(heir["spare_pid"]), "the heir's spare to give up")
+        wait_for(lambda: not pid_alive(heir["spare_pid"]), "the heir's spare to give up")
         assert refused(port)  # left to the supervisor and its back-off (test_supervision.py)
 
 

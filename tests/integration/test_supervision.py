@@ -25,7 +25,7 @@ from moola_ops.hosts.inventory import Inventory
 from moola_ops.serving import control as serving
 from moola_ops.transport import HostSession
 from tests.integration.conftest import start_hosts
-from tests.integration.helpers import wait_for, window
+from tests.integration.helpers import pid_alive, wait_for, window
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
@@ -60,14 +60,6 @@ def supervisor(host) -> dict:
         return json.loads((Path(host.workspace) / "serve" / "supervisor.json").read_text())
     except (OSError, ValueError):
         return {}
-
-
-def gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[-1].split()[0] == b"Z"
-    except OSError:
-        return True
 
 
 def service_checks(host):
@@ -136,13 +128,13 @@ def test_kill_9_with_clients_running_fails_no_request(healed):
     before = status(host)
     assert before.serving and before.served_release == "v1.1", before
     sup = wait_for(lambda: supervisor(host).get("pid") and supervisor(host), "the supervisor")
-    assert not gone(sup["pid"]) and sup["restarts"] == 0 and sup["takeovers"] == 0
+    assert pid_alive(sup["pid"]) and sup["restarts"] == 0 and sup["takeovers"] == 0
     spare = server_record(host, before.live)["spare_pid"]
-    assert not gone(spare)
+    assert pid_alive(spare)
     with Clients(before.proxy_port) as clients:
         wait_for(lambda: clients.each_answered([2] * 4), "every client answered")
         os.kill(before.live["pid"], signal.SIGKILL)
-        wait_for(lambda: gone(before.live["pid"]), "the killed server to be gone")
+        wait_for(lambda: not pid_alive(before.live["pid"]), "the killed server to be gone")
         seen = list(clients.answered)
         wait_for(lambda: supervisor(host).get("takeovers") == 1, "the spare's takeover", 120)
         wait_for(lambda: clients.each_answered([n + 3 for n in seen]), "answers after", 120)
@@ -155,7 +147,7 @@ def test_kill_9_with_clients_running_fails_no_request(healed):
     record = supervisor(host)
     assert record["last_exit"]["pid"] == before.live["pid"] and not record["crash_loop"]
     assert record["restarts"] == 0 and record["last_takeover"]["from"] == before.live["pid"]
-    assert not gone(server_record(host, after.live)["spare_pid"])  # and has a spare itself
+    assert pid_alive(server_record(host, after.live)["spare_pid"])  # and has a spare itself
     supervision = service_checks(host)["supervision"]
     assert supervision[0] == "OK" and "1 takeovers by a spare" in supervision[1], supervision
     assert "; spare pid " in supervision[1], supervision
@@ -168,7 +160,7 @@ def test_with_its_spare_gone_too_the_supervisor_starts_a_server(healed):
     with Clients(before.proxy_port) as clients:
         wait_for(lambda: clients.each_answered([2] * 4), "every client answered")
         kill_family(before.live["pid"])
-        wait_for(lambda: gone(before.live["pid"]), "the killed server to be gone")
+        wait_for(lambda: not pid_alive(before.live["pid"]), "the killed server to be gone")
         seen = list(clients.answered)
         wait_for(lambda: supervisor(host).get("restarts") == restarts + 1, "the restart", 120)
         wait_for(lambda: clients.each_answered([n + 3 for n in seen]), "answers after", 120)
@@ -176,7 +168,7 @@ def test_with_its_spare_gone_too_the_supervisor_starts_a_server(healed):
     after = status(host)
     assert after.serving and after.served_release == "v1.1"
     assert after.live["port"] != before.live["port"]  # a new server, a new private port
-    assert not gone(server_record(host, after.live)["spare_pid"])
+    assert pid_alive(server_record(host, after.live)["spare_pid"])
 
 
 def test_a_crash_loop_backs_off_and_is_critical_with_the_last_log_lines(healed):
@@ -211,10 +203,10 @@ def test_without_its_supervisor_the_host_is_critical_until_cron_ensure(healed):
     host, log = healed
     sup = supervisor(host)
     os.kill(sup["pid"], signal.SIGTERM)
-    wait_for(lambda: gone(sup["pid"]), "the supervisor to stop")
+    wait_for(lambda: not pid_alive(sup["pid"]), "the supervisor to stop")
     before = status(host)
     kill_family(before.live["pid"])  # as after a pod restart: the spare is gone too
-    wait_for(lambda: gone(before.live["pid"]), "the killed server to be gone")
+    wait_for(lambda: not pid_alive(before.live["pid"]), "the killed server to be gone")
     checks = service_checks(host)
     assert checks["service"][0] == "CRITICAL" and "is not running" in checks["service"][1]
     assert checks["supervision"][0] == "WARNING" and "not running" in checks["supervision"][1]
@@ -222,7 +214,7 @@ def test_without_its_supervisor_the_host_is_critical_until_cron_ensure(healed):
     assert outcome.ok and "started the server for v1.1" in outcome.message, outcome.message
     assert status(host).serving
     assert "started the supervisor" in outcome.message, outcome.message
-    wait_for(lambda: not gone(supervisor(host).get("pid") or 0), "a new supervisor")
+    wait_for(lambda: pid_alive(supervisor(host).get("pid") or 0), "a new supervisor")
     supervision = service_checks(host)["supervision"]
     assert supervision[0] == "OK", supervision
 
@@ -238,7 +230,7 @@ def test_a_changed_bind_is_warned_then_applied_or_refused(healed):
     old_proxy = json.loads((Path(host.workspace) / "serve" / "proxy.json").read_text())["pid"]
     (outcome,) = serving.run([moved], "ensure", journal_path=str(log))
     assert outcome.ok, outcome.message
-    wait_for(lambda: gone(old_proxy), "the old proxy to drain and exit")
+    wait_for(lambda: not pid_alive(old_proxy), "the old proxy to drain and exit")
     conn = http.client.HTTPConnection("127.0.0.2", port, timeout=60)
     conn.request("POST", "/v1/predict", body=BODY)
     assert conn.getresponse().status == 200
