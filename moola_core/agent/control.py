@@ -690,7 +690,6 @@ def successor(ws, entry):
     record = _read_json(os.path.join(serve_dir(ws), "servers", name)) if name else None
     if not record:
         return None, False
-    record["file"] = name
     pid = record.get("pid")
     if pid != entry.get("pid") and alive(pid, ws) and record.get("ready"):
         return record, False
