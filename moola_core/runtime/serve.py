@@ -1335,12 +1335,11 @@ class Lifetime:
     def __init__(self, state: ServerState, front: Front, generation: int = 0, took_over=None):
         self.state, self.front, self.args = state, front, state.args
         self.predictor = state.predictor
-        self.generation = generation  # 0: started by the host agent; n: the n-th takeover
+        state.generation = generation  # 0: started by the host agent; n: the n-th takeover
         self.took_over = took_over  # {"from": pid, "at": time} for a spare that took over
         # when this process began (for a spare that took over: its takeover); its own spare,
         # forked before it serves, reads it for the --spare-after-s rule
         self.since = time.time()
-        self.spare: Spare | None = None
         # the fork and the goodbye never cross; re-entrant: a signal handled on the thread that
         # is forking (a spare that took over forks on its main thread) takes it again
         self._spare_lock = threading.RLock()
@@ -1386,7 +1385,7 @@ class Lifetime:
                 return
             if pid:
                 os.close(pipe_r)
-                self.spare = Spare(pid, pipe_w)
+                self.state.spare = Spare(pid, pipe_w)
                 return
         # the spare (this branch never returns)
         code = 1
@@ -1411,7 +1410,7 @@ class Lifetime:
             return 0  # the server ended on purpose
         lived = time.time() - self.since
         me = f"moola serve: spare {os.getpid()}"
-        if self.generation and lived < self.args.spare_after_s:
+        if self.state.generation and lived < self.args.spare_after_s:
             print(
                 f"{me}: the server (pid {server}) died {lived:.1f}s after it took over itself: "
                 "not taking over again (the supervisor starts a server, with back-off)",
@@ -1431,7 +1430,7 @@ class Lifetime:
         heir = Lifetime(
             state,
             front,
-            self.generation + 1,
+            self.state.generation + 1,
             {"from": server, "at": round(time.time(), 3)},
         )
         heir.threads = self.threads
@@ -1464,7 +1463,7 @@ class Lifetime:
         self.start_serving()
         print(
             f"moola serve: ready on {self.args.host}:{self.args.port}: {detail}"
-            + (f"; spare pid {self.spare.pid}" if self.spare else ""),
+            + (f"; spare pid {self.state.spare.pid}" if self.state.spare else ""),
             file=sys.stderr,
             flush=True,
         )
@@ -1490,15 +1489,13 @@ class Lifetime:
             )
             state.captures.start()
         state.batcher.start()
-        state.spare = self.spare
-        state.generation = self.generation
         state.ready = True
         self.record.update(
             release=self.predictor.version,
             ready=True,
             device=self.predictor.device_facts,
-            spare_pid=self.spare.pid if self.spare else None,
-            generation=self.generation,
+            spare_pid=self.state.spare.pid if self.state.spare else None,
+            generation=self.state.generation,
         )
         if self.took_over:
             self.record["took_over"] = self.took_over
@@ -1524,8 +1521,8 @@ class Lifetime:
 
     def goodbye(self) -> None:
         with self._spare_lock:
-            if self.spare is not None:
-                self.spare.dismiss()
+            if self.state.spare is not None:
+                self.state.spare.dismiss()
 
     def run(self) -> int:
         args = self.args
@@ -1537,8 +1534,8 @@ class Lifetime:
             self.start_serving()
             print(
                 f"moola serve: serving {self.predictor.version} on {args.host}:{args.port} "
-                f"(took over from pid {self.took_over['from']}; takeover {self.generation})"
-                + (f"; spare pid {self.spare.pid}" if self.spare else ""),
+                f"(took over from pid {self.took_over['from']}; takeover {self.state.generation})"
+                + (f"; spare pid {self.state.spare.pid}" if self.state.spare else ""),
                 file=sys.stderr,
                 flush=True,
             )
@@ -1561,8 +1558,8 @@ class Lifetime:
             self.state.batcher.stop()
         if self.state.captures is not None:
             self.state.captures.close()
-        if self.spare is not None:
-            self.spare.reap(2.0)  # it exits on the goodbye; reaped here, no zombie left
+        if self.state.spare is not None:
+            self.state.spare.reap(2.0)  # it exits on the goodbye; reaped here, no zombie left
         print(
             f"moola serve: stopped ({self.stop_reason[0] if self.stop_reason else 'shutdown'}); "
             f"{'drained' if drained else 'drain timed out'}",
